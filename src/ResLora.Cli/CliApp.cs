@@ -1,0 +1,33 @@
+using System.CommandLine;
+
+namespace ResLora.Cli;
+
+/// <summary>The <c>reslora</c> command: each verb parses options into the library's records and calls one library function.</summary>
+public static class CliApp
+{
+    public static RootCommand BuildRoot()
+    {
+        var root = new RootCommand("reslora: parameter-efficient fine-tuning (ResLoRA, RefLoRA, RoLoRA, LoRA, DoRA, AdaLoRA, LoHa, LoKr) of Hugging Face LLaMA-family models on TorchSharp.");
+        foreach (var verb in Verbs()) root.Subcommands.Add(verb);
+        return root;
+    }
+
+    /// <summary>Every verb of the tool; each lives in its own file.</summary>
+    private static IEnumerable<Command> Verbs()
+    {
+        yield return VersionVerb.Build();
+    }
+
+    public static int Run(string[] args)
+    {
+        try
+        {
+            return BuildRoot().Parse(args).Invoke();
+        }
+        catch (Exception e) when (CliErrors.IsUserError(e))
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 2;
+        }
+    }
+}

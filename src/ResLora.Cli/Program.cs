@@ -1,0 +1,4 @@
+using System.CommandLine;
+using ResLora.Cli;
+
+return CliApp.Run(args);

@@ -1,0 +1,158 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace ResLora.Models;
+
+/// <summary>
+/// <c>rope_scaling</c> of a Hugging Face config.json. Older files name the kind <c>type</c>, newer ones <c>rope_type</c>.
+/// </summary>
+public sealed record RopeScaling
+{
+    [JsonPropertyName("rope_type")] public string? RopeType { get; init; }
+    [JsonPropertyName("type")] public string? Type { get; init; }
+    [JsonPropertyName("factor")] public double Factor { get; init; } = 1.0;
+    [JsonPropertyName("low_freq_factor")] public double LowFreqFactor { get; init; } = 1.0;
+    [JsonPropertyName("high_freq_factor")] public double HighFreqFactor { get; init; } = 4.0;
+    [JsonPropertyName("original_max_position_embeddings")] public int OriginalMaxPositionEmbeddings { get; init; } = 8192;
+
+    /// <summary>The scaling kind: "default", "linear" or "llama3".</summary>
+    [JsonIgnore] public string Kind => (RopeType ?? Type ?? "default").ToLowerInvariant();
+}
+
+/// <summary>
+/// The LLaMA-family fields of a Hugging Face <c>config.json</c> (Llama 1/2/3, Mistral, Qwen2, TinyLlama, SmolLM).
+/// Immutable; runtime choices (device, dtype, threads) live in <see cref="RuntimeOptions"/>.
+/// </summary>
+public sealed record ModelConfig
+{
+    [JsonPropertyName("architectures")] public IReadOnlyList<string>? Architectures { get; init; }
+    [JsonPropertyName("model_type")] public string ModelType { get; init; } = "llama";
+    [JsonPropertyName("vocab_size")] public int VocabSize { get; init; } = 32000;
+    [JsonPropertyName("hidden_size")] public int HiddenSize { get; init; } = 4096;
+    [JsonPropertyName("intermediate_size")] public int IntermediateSize { get; init; } = 11008;
+    [JsonPropertyName("num_hidden_layers")] public int NumHiddenLayers { get; init; } = 32;
+    [JsonPropertyName("num_attention_heads")] public int NumAttentionHeads { get; init; } = 32;
+    /// <summary>Absent in older configs: then equal to <see cref="NumAttentionHeads"/> (no grouped-query attention).</summary>
+    [JsonPropertyName("num_key_value_heads")] public int? NumKeyValueHeadsRaw { get; init; }
+    /// <summary>Absent in most configs: then <c>hidden_size / num_attention_heads</c>.</summary>
+    [JsonPropertyName("head_dim")] public int? HeadDimRaw { get; init; }
+    [JsonPropertyName("hidden_act")] public string HiddenAct { get; init; } = "silu";
+    [JsonPropertyName("rms_norm_eps")] public double RmsNormEps { get; init; } = 1e-6;
+    [JsonPropertyName("rope_theta")] public double RopeTheta { get; init; } = 10000.0;
+    [JsonPropertyName("rope_scaling")] public RopeScaling? RopeScaling { get; init; }
+    [JsonPropertyName("max_position_embeddings")] public int MaxPositionEmbeddings { get; init; } = 2048;
+    [JsonPropertyName("tie_word_embeddings")] public bool TieWordEmbeddings { get; init; }
+    /// <summary>Qwen2 has q/k/v biases but no such field: see <see cref="HasQkvBias"/>.</summary>
+    [JsonPropertyName("attention_bias")] public bool AttentionBias { get; init; }
+    [JsonPropertyName("mlp_bias")] public bool MlpBias { get; init; }
+    [JsonPropertyName("torch_dtype")] public string? TorchDtype { get; init; }
+    [JsonPropertyName("bos_token_id")] public int? BosTokenId { get; init; }
+    /// <summary>An int or a list of ints in config.json.</summary>
+    [JsonPropertyName("eos_token_id")] [JsonConverter(typeof(IntOrIntListConverter))] public IReadOnlyList<int>? EosTokenIds { get; init; }
+    [JsonPropertyName("pad_token_id")] public int? PadTokenId { get; init; }
+
+    /// <summary>
+    /// ResLora's record of an offline rotation applied to the weights (RoLoRA, spec rolora.md): when set, the
+    /// loader must apply the online Hadamard transform on <c>down_proj</c>'s input. Absent in ordinary models.
+    /// </summary>
+    [JsonPropertyName("reslora_rotation")] public JsonElement? ResloraRotation { get; init; }
+
+    [JsonIgnore] public int NumKeyValueHeads => NumKeyValueHeadsRaw ?? NumAttentionHeads;
+    [JsonIgnore] public int HeadDim => HeadDimRaw ?? (NumAttentionHeads > 0 ? HiddenSize / NumAttentionHeads : 0);
+    /// <summary>Qwen2 always carries q/k/v biases; Llama-family models carry them when <c>attention_bias</c> is true.</summary>
+    [JsonIgnore] public bool HasQkvBias => AttentionBias || string.Equals(ModelType, "qwen2", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>Rejects out-of-range or conflicting settings with a message that names the field.</summary>
+    public void Validate(string source = "config.json")
+    {
+        static void Positive(string src, string field, long v)
+        {
+            if (v <= 0) throw new InvalidDataException($"{src}: '{field}' must be a positive integer, got {v}.");
+        }
+        Positive(source, "vocab_size", VocabSize);
+        Positive(source, "hidden_size", HiddenSize);
+        Positive(source, "intermediate_size", IntermediateSize);
+        Positive(source, "num_hidden_layers", NumHiddenLayers);
+        Positive(source, "num_attention_heads", NumAttentionHeads);
+        Positive(source, "num_key_value_heads", NumKeyValueHeads);
+        Positive(source, "head_dim", HeadDim);
+        Positive(source, "max_position_embeddings", MaxPositionEmbeddings);
+        if (HeadDimRaw is null && HiddenSize % NumAttentionHeads != 0)
+            throw new InvalidDataException($"{source}: 'hidden_size' ({HiddenSize}) is not divisible by 'num_attention_heads' ({NumAttentionHeads}); set 'head_dim' explicitly.");
+        if (NumAttentionHeads % NumKeyValueHeads != 0)
+            throw new InvalidDataException($"{source}: 'num_attention_heads' ({NumAttentionHeads}) must be a multiple of 'num_key_value_heads' ({NumKeyValueHeads}).");
+        if (HeadDim % 2 != 0)
+            throw new InvalidDataException($"{source}: head dimension {HeadDim} must be even for rotary embeddings.");
+        if (!(RmsNormEps > 0)) throw new InvalidDataException($"{source}: 'rms_norm_eps' must be > 0, got {RmsNormEps}.");
+        if (!(RopeTheta > 0)) throw new InvalidDataException($"{source}: 'rope_theta' must be > 0, got {RopeTheta}.");
+        if (!string.Equals(HiddenAct, "silu", StringComparison.OrdinalIgnoreCase) && !string.Equals(HiddenAct, "swish", StringComparison.OrdinalIgnoreCase))
+            throw new InvalidDataException($"{source}: 'hidden_act' is '{HiddenAct}'; only 'silu' (SwiGLU) LLaMA-family models are supported.");
+        if (RopeScaling is { } rs)
+        {
+            string kind = rs.Kind;
+            if (kind is not ("default" or "linear" or "llama3"))
+                throw new InvalidDataException($"{source}: 'rope_scaling.rope_type' '{kind}' is not supported; supported: default, linear, llama3.");
+            if (!(rs.Factor > 0)) throw new InvalidDataException($"{source}: 'rope_scaling.factor' must be > 0, got {rs.Factor}.");
+        }
+    }
+
+    internal static readonly JsonSerializerOptions JsonOptions = new()
+    {
+        ReadCommentHandling = JsonCommentHandling.Skip,
+        AllowTrailingCommas = true,
+        NumberHandling = JsonNumberHandling.AllowReadingFromString,
+        WriteIndented = true,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+    };
+
+    /// <summary>Reads and validates a config.json; errors name the file and the field.</summary>
+    public static ModelConfig Load(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: no config.json here; a Hugging Face model folder needs one.", path);
+        ModelConfig? cfg;
+        try
+        {
+            cfg = JsonSerializer.Deserialize<ModelConfig>(File.ReadAllText(path), JsonOptions);
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{path}: not a valid config.json ({e.Message}).", e);
+        }
+        if (cfg is null) throw new InvalidDataException($"{path}: config.json is empty or 'null'.");
+        cfg.Validate(path);
+        return cfg;
+    }
+
+    public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
+}
+
+/// <summary>Reads <c>5</c> or <c>[5, 7]</c> as a list of ints; writes a single value as a plain int.</summary>
+public sealed class IntOrIntListConverter : JsonConverter<IReadOnlyList<int>?>
+{
+    public override IReadOnlyList<int>? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options)
+    {
+        switch (reader.TokenType)
+        {
+            case JsonTokenType.Null: return null;
+            case JsonTokenType.Number: return new[] { reader.GetInt32() };
+            case JsonTokenType.StartArray:
+                var list = new List<int>();
+                while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+                {
+                    if (reader.TokenType != JsonTokenType.Number) throw new JsonException("expected a list of integers");
+                    list.Add(reader.GetInt32());
+                }
+                return list;
+            default: throw new JsonException("expected an integer or a list of integers");
+        }
+    }
+
+    public override void Write(Utf8JsonWriter writer, IReadOnlyList<int>? value, JsonSerializerOptions options)
+    {
+        if (value is null) { writer.WriteNullValue(); return; }
+        if (value.Count == 1) { writer.WriteNumberValue(value[0]); return; }
+        writer.WriteStartArray();
+        foreach (int v in value) writer.WriteNumberValue(v);
+        writer.WriteEndArray();
+    }
+}
