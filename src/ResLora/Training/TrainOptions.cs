@@ -1,0 +1,49 @@
+namespace ResLora.Training;
+
+/// <summary>Hyperparameters of one training run; method-independent. Defaults follow common LoRA practice.</summary>
+public sealed record TrainOptions
+{
+    /// <summary>Optimizer steps (each of <see cref="GradAccum"/> micro-batches). 0 = derived from <see cref="Epochs"/>.</summary>
+    public int Steps { get; init; } = 200;
+    /// <summary>Used when <see cref="Steps"/> is 0: steps = ceil(epochs · examples / (batch · accum)).</summary>
+    public double Epochs { get; init; }
+    public int BatchSize { get; init; } = 8;
+    public int GradAccum { get; init; } = 1;
+    public double LearningRate { get; init; } = 2e-4;
+    /// <summary>AdamW decoupled weight decay. Always passed explicitly: TorchSharp's default (0) differs from PyTorch's (0.01).</summary>
+    public double WeightDecay { get; init; }
+    public double Beta1 { get; init; } = 0.9;
+    public double Beta2 { get; init; } = 0.999;
+    public double AdamEps { get; init; } = 1e-8;
+    public int WarmupSteps { get; init; }
+    /// <summary>cosine (default), linear or constant decay after warm-up.</summary>
+    public string Schedule { get; init; } = "cosine";
+    /// <summary>Global gradient-norm clip; 0 = off.</summary>
+    public double MaxGradNorm { get; init; } = 1.0;
+    public long Seed { get; init; } = 42;
+    public int LogEvery { get; init; } = 10;
+    /// <summary>Evaluate every N steps (0 = only at the end).</summary>
+    public int EvalEvery { get; init; }
+    /// <summary>Write a checkpoint every N steps (0 = only at the end).</summary>
+    public int SaveEvery { get; init; }
+    /// <summary>At most this many eval batches per evaluation (0 = all).</summary>
+    public int EvalMaxBatches { get; init; }
+    /// <summary>At most this many examples for exact-match accuracy per evaluation (greedy generation; 0 = off).</summary>
+    public int EvalGenerateExamples { get; init; } = 64;
+    public int MaxNewTokens { get; init; } = 16;
+
+    public void Validate()
+    {
+        if (Steps < 0) throw new ArgumentException($"--steps must be 0 or more, got {Steps}.");
+        if (Steps == 0 && !(Epochs > 0)) throw new ArgumentException("give --steps N or --epochs E (one of them must be positive).");
+        if (BatchSize < 1) throw new ArgumentException($"--batch-size must be at least 1, got {BatchSize}.");
+        if (GradAccum < 1) throw new ArgumentException($"--grad-accum must be at least 1, got {GradAccum}.");
+        if (!(LearningRate > 0) || double.IsInfinity(LearningRate)) throw new ArgumentException($"--lr must be a positive number, got {LearningRate}.");
+        if (WeightDecay < 0) throw new ArgumentException($"--weight-decay must be 0 or more, got {WeightDecay}.");
+        if (WarmupSteps < 0) throw new ArgumentException($"--warmup-steps must be 0 or more, got {WarmupSteps}.");
+        if (Schedule is not ("cosine" or "linear" or "constant")) throw new ArgumentException($"--schedule '{Schedule}' is not known; use cosine, linear or constant.");
+        if (MaxGradNorm < 0) throw new ArgumentException($"--max-grad-norm must be 0 (off) or positive, got {MaxGradNorm}.");
+        if (LogEvery < 1) throw new ArgumentException($"--log-every must be at least 1, got {LogEvery}.");
+        if (EvalEvery < 0 || SaveEvery < 0) throw new ArgumentException("--eval-every and --save-every must be 0 or more.");
+    }
+}

@@ -1,0 +1,162 @@
+using System.Diagnostics;
+using ResLora.Adapters;
+using ResLora.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace ResLora.Training;
+
+/// <summary>One batch of token ids. <c>Labels</c> are aligned with <c>InputIds</c> (−100 = no loss); the loss shifts them.</summary>
+public sealed record TrainBatch(Tensor InputIds, Tensor AttentionMask, Tensor Labels) : IDisposable
+{
+    public void Dispose()
+    {
+        InputIds.Dispose();
+        AttentionMask.Dispose();
+        Labels.Dispose();
+    }
+}
+
+/// <summary>An endless, deterministic source of training batches whose position can be saved and restored (resume).</summary>
+public interface ITrainBatchSource
+{
+    TrainBatch Next();
+
+    /// <summary>Opaque JSON of the current position (epoch, index, seed).</summary>
+    string SavePosition();
+
+    void RestorePosition(string json);
+}
+
+/// <summary>What the trainer reports after each optimizer step.</summary>
+public sealed record StepReport(int Step, int TotalSteps, double Loss, double LearningRate, double TokensPerSecond, double ElapsedSeconds);
+
+/// <summary>What an evaluation produced.</summary>
+public sealed record EvalReport(int Step, double Loss, double Perplexity, double? Accuracy, int Tokens);
+
+/// <summary>
+/// The method-agnostic trainer (nanoGPT's trainer that knows nothing about the model's method): AdamW, warm-up then
+/// cosine/linear decay, gradient accumulation, clipping, method capabilities (extra loss terms, optimizer-step hooks),
+/// every step inside one dispose scope, NaN/Inf guard, periodic evaluation and atomic checkpoints with exact resume.
+/// </summary>
+public sealed class Trainer
+{
+    private readonly LlamaForCausalLM _model;
+    private readonly TrainOptions _o;
+    private readonly IReadOnlyList<Parameter> _params;
+    private readonly IReadOnlyList<IExtraLossTerm> _extraLosses;
+    private readonly IReadOnlyList<IOptimizerStepHook> _hooks;
+
+    public Trainer(LlamaForCausalLM model, TrainOptions options, IEnumerable<object> capabilities)
+    {
+        options.Validate();
+        _model = model;
+        _o = options;
+        _params = model.parameters().Where(p => p.requires_grad).ToList();
+        if (_params.Count == 0)
+            throw new InvalidOperationException("the model has no trainable parameters: no adapter was attached (check --targets) or everything is frozen.");
+        var caps = capabilities.Distinct().ToList();
+        _extraLosses = caps.OfType<IExtraLossTerm>().ToList();
+        _hooks = caps.OfType<IOptimizerStepHook>().ToList();
+    }
+
+    public IReadOnlyList<Parameter> TrainableParameters => _params;
+
+    public optim.Optimizer CreateOptimizer() =>
+        torch.optim.AdamW(_params, _o.LearningRate, _o.Beta1, _o.Beta2, _o.AdamEps, _o.WeightDecay);
+
+    /// <summary>Learning-rate multiplier at 1-based step <paramref name="step"/> (Hugging Face's warm-up + decay formulas).</summary>
+    public static double LrMultiplier(int step, int total, int warmup, string schedule)
+    {
+        // Hugging Face evaluates its schedules at the 0-based count of updates already made, and warms up from 0.
+        int s = step - 1;
+        if (s < warmup) return (double)s / Math.Max(1, warmup);
+        double progress = total > warmup ? (double)(s - warmup) / Math.Max(1, total - warmup) : 1.0;
+        return schedule switch
+        {
+            "constant" => 1.0,
+            "linear" => Math.Max(0.0, 1.0 - progress),
+            _ => Math.Max(0.0, 0.5 * (1.0 + Math.Cos(Math.PI * progress))),
+        };
+    }
+
+    /// <summary>Masked next-token cross-entropy: logits (b, t, v) predict labels shifted by one; −100 is ignored.</summary>
+    public static (Tensor Loss, long Tokens) CausalLmLoss(Tensor logits, Tensor labels)
+    {
+        long v = logits.shape[2];
+        using var shiftLogits = logits[.., ..^1, ..].reshape(-1, v).to_type(ScalarType.Float32); // (b·(t−1), v)
+        using var shiftLabels = labels[.., 1..].reshape(-1);                                          // (b·(t−1))
+        using var valid = shiftLabels.ne(-100);
+        long n = valid.sum().item<long>();
+        var sum = nn.functional.cross_entropy(shiftLogits, shiftLabels, ignore_index: -100, reduction: nn.Reduction.Sum);
+        if (n == 0) return (sum, 0);
+        var mean = sum / n;
+        sum.Dispose();
+        return (mean, n);
+    }
+
+    /// <summary>
+    /// Runs one optimizer step: <see cref="TrainOptions.GradAccum"/> micro-batches, clipping, hooks, lr schedule, step.
+    /// Returns the mean task loss and the number of loss tokens. Throws on a NaN or infinite loss before any update.
+    /// </summary>
+    public (double Loss, long Tokens, long InputTokens) Step(optim.Optimizer optimizer, ITrainBatchSource data, int step, int totalSteps)
+    {
+        using var scope = torch.NewDisposeScope();
+        _model.train();
+        double lossSum = 0;
+        long tokens = 0, inputTokens = 0;
+        for (int micro = 0; micro < _o.GradAccum; micro++)
+        {
+            using var batch = data.Next();
+            var logits = _model.forward(batch.InputIds, batch.AttentionMask);
+            var (loss, n) = CausalLmLoss(logits, batch.Labels);
+            double lv = loss.item<float>();
+            if (!double.IsFinite(lv))
+                throw new ArithmeticException($"training loss became {lv} at step {step}; stopped before updating. The last good checkpoint is intact. Lower --lr, raise --warmup-steps, or use --dtype float32.");
+            lossSum += lv;
+            tokens += n;
+            inputTokens += batch.AttentionMask.sum().item<long>();
+            var total = loss / _o.GradAccum;
+            foreach (var extra in _extraLosses) total = total + extra.ExtraLoss() / _o.GradAccum;
+            total.backward();
+        }
+        if (_o.MaxGradNorm > 0) nn.utils.clip_grad_norm_(_params, _o.MaxGradNorm);
+        double lr = _o.LearningRate * LrMultiplier(step, totalSteps, _o.WarmupSteps, _o.Schedule);
+        foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
+        var ctx = new OptimizerStepContext(step, totalSteps, optimizer);
+        foreach (var h in _hooks) h.BeforeOptimizerStep(ctx);
+        optimizer.step();
+        foreach (var h in _hooks) h.AfterOptimizerStep(ctx);
+        optimizer.zero_grad();
+        return (lossSum / _o.GradAccum, tokens, inputTokens);
+    }
+
+    /// <summary>Mean loss (token-weighted) and perplexity over the evaluation batches; no gradients, eval mode.</summary>
+    public (double Loss, double Perplexity, int Tokens) EvaluateLoss(IEnumerable<TrainBatch> batches)
+    {
+        using var noGrad = torch.no_grad();
+        _model.eval();
+        double sum = 0;
+        long tokens = 0;
+        int count = 0;
+        foreach (var batch in batches)
+        {
+            using var scope = torch.NewDisposeScope();
+            using (batch)
+            {
+                var logits = _model.forward(batch.InputIds, batch.AttentionMask);
+                var (loss, n) = CausalLmLoss(logits, batch.Labels);
+                sum += loss.item<float>() * n;
+                tokens += n;
+            }
+            if (_o.EvalMaxBatches > 0 && ++count >= _o.EvalMaxBatches) break;
+        }
+        _model.train();
+        double mean = tokens > 0 ? sum / tokens : double.NaN;
+        return (mean, Math.Exp(Math.Min(mean, 700)), (int)tokens);
+    }
+
+    /// <summary>Wall-clock helper for tokens/s.</summary>
+    public static Stopwatch StartClock() => Stopwatch.StartNew();
+}
