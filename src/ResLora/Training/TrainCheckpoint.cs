@@ -1,0 +1,116 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ResLora.Training;
+
+/// <summary>The small JSON part of a checkpoint: where training stood.</summary>
+public sealed record TrainCheckpointState
+{
+    [JsonPropertyName("step")] public int Step { get; init; }
+    [JsonPropertyName("total_steps")] public int TotalSteps { get; init; }
+    [JsonPropertyName("data_position")] public string DataPosition { get; init; } = "";
+    [JsonPropertyName("seed")] public long Seed { get; init; }
+    [JsonPropertyName("method")] public string Method { get; init; } = "";
+    [JsonPropertyName("elapsed_seconds")] public double ElapsedSeconds { get; init; }
+    /// <summary>Method statistics (e.g. ResLoRA's norm windows) as opaque JSON, restored on resume.</summary>
+    [JsonPropertyName("method_state")] public string? MethodState { get; init; }
+}
+
+/// <summary>
+/// Checkpoints that survive crashes: <c>OUT/checkpoint/</c> holds the adapter (PEFT folder), the optimizer state,
+/// the torch RNG state and <c>state.json</c>. A new checkpoint is written completely into a temp folder (files
+/// flushed to disk) and only then swapped in by renames, so the last good checkpoint exists at every instant:
+/// <c>checkpoint/</c>, or <c>checkpoint.prev/</c> during the swap (which <see cref="Find"/> also accepts).
+/// </summary>
+public static class TrainCheckpoint
+{
+    public const string FolderName = "checkpoint";
+    private const string PrevName = "checkpoint.prev";
+    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
+
+    public static void Save(string outDir, TrainCheckpointState state, Action<string> writeAdapter, optim.Optimizer optimizer)
+    {
+        Directory.CreateDirectory(outDir);
+        string tmp = Path.Combine(outDir, $".{FolderName}.tmp-{Guid.NewGuid():N}");
+        try
+        {
+            Directory.CreateDirectory(tmp);
+            writeAdapter(Path.Combine(tmp, "adapter"));
+            using (var fs = new FileStream(Path.Combine(tmp, "optimizer.bin"), FileMode.CreateNew))
+            {
+                using (var bw = new BinaryWriter(fs, System.Text.Encoding.UTF8, leaveOpen: true))
+                {
+                    if (optimizer is TorchSharp.Modules.OptimizerHelper h) h.save_state_dict(bw);
+                    else throw new InvalidOperationException($"optimizer {optimizer.GetType().Name} cannot save its state.");
+                }
+                fs.Flush(flushToDisk: true);
+            }
+            using (var rng = torch.get_rng_state())
+                WriteFlushed(Path.Combine(tmp, "rng.bin"), rng.bytes.ToArray());
+            WriteFlushed(Path.Combine(tmp, "state.json"), System.Text.Encoding.UTF8.GetBytes(JsonSerializer.Serialize(state, Json)));
+
+            string cur = Path.Combine(outDir, FolderName), prev = Path.Combine(outDir, PrevName);
+            if (Directory.Exists(prev)) Directory.Delete(prev, recursive: true);
+            if (Directory.Exists(cur)) Directory.Move(cur, prev);
+            Directory.Move(tmp, cur);
+            if (Directory.Exists(prev)) Directory.Delete(prev, recursive: true);
+        }
+        finally
+        {
+            if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
+        }
+    }
+
+    /// <summary>The folder of the last complete checkpoint under <paramref name="outDir"/>, or null.</summary>
+    public static string? Find(string outDir)
+    {
+        foreach (var name in new[] { FolderName, PrevName })
+        {
+            string d = Path.Combine(outDir, name);
+            if (File.Exists(Path.Combine(d, "state.json")) && File.Exists(Path.Combine(d, "optimizer.bin"))) return d;
+        }
+        return null;
+    }
+
+    public static TrainCheckpointState ReadState(string checkpointDir)
+    {
+        string p = Path.Combine(checkpointDir, "state.json");
+        try
+        {
+            return JsonSerializer.Deserialize<TrainCheckpointState>(File.ReadAllText(p))
+                ?? throw new InvalidDataException($"{p}: empty checkpoint state.");
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{p}: checkpoint state is not valid JSON ({e.Message}); delete the checkpoint folder to start over.", e);
+        }
+    }
+
+    /// <summary>Restores optimizer state and the torch RNG (call after the adapter weights were loaded).</summary>
+    public static void RestoreOptimizerAndRng(string checkpointDir, optim.Optimizer optimizer)
+    {
+        string opt = Path.Combine(checkpointDir, "optimizer.bin");
+        using (var fs = File.OpenRead(opt))
+        using (var br = new BinaryReader(fs))
+        {
+            if (optimizer is TorchSharp.Modules.OptimizerHelper h) h.load_state_dict(br);
+            else throw new InvalidOperationException($"optimizer {optimizer.GetType().Name} cannot load its state.");
+        }
+        byte[] rng = File.ReadAllBytes(Path.Combine(checkpointDir, "rng.bin"));
+        using var cur = torch.get_rng_state();
+        if (cur.NumberOfElements != rng.Length)
+            throw new InvalidDataException($"{checkpointDir}/rng.bin: {rng.Length} bytes, expected {cur.NumberOfElements}; the checkpoint was written by another libtorch.");
+        using var t = torch.empty(rng.Length, ScalarType.Byte);
+        t.bytes = rng;
+        torch.set_rng_state(t);
+    }
+
+    private static void WriteFlushed(string path, byte[] bytes)
+    {
+        using var fs = new FileStream(path, FileMode.CreateNew);
+        fs.Write(bytes);
+        fs.Flush(flushToDisk: true);
+    }
+}
