@@ -1,0 +1,102 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ResLora.Models;
+
+/// <summary>How to continue a prompt. Temperature 0 is greedy; otherwise sampling with optional top-k / top-p.</summary>
+public sealed record GenerationOptions
+{
+    public int MaxNewTokens { get; init; } = 64;
+    public double Temperature { get; init; } = 0.0;
+    /// <summary>Keep only the k most likely tokens; 0 disables.</summary>
+    public int TopK { get; init; }
+    /// <summary>Nucleus sampling: keep the smallest set of tokens whose probability reaches p; 1 disables.</summary>
+    public double TopP { get; init; } = 1.0;
+    public long Seed { get; init; } = 0;
+    /// <summary>Generation stops after emitting any of these ids (the id is included in the output).</summary>
+    public IReadOnlyList<int> EosTokenIds { get; init; } = Array.Empty<int>();
+    /// <summary>Reuse keys/values of earlier positions (each new token costs one position). Off only for checks.</summary>
+    public bool UseKvCache { get; init; } = true;
+
+    public void Validate()
+    {
+        if (MaxNewTokens < 0) throw new ArgumentException($"--max-new-tokens must be ≥ 0, got {MaxNewTokens}.");
+        if (!(Temperature >= 0) || double.IsInfinity(Temperature)) throw new ArgumentException($"--temperature must be ≥ 0 (0 = greedy), got {Temperature}.");
+        if (TopK < 0) throw new ArgumentException($"--top-k must be ≥ 0 (0 = off), got {TopK}.");
+        if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"--top-p must be in (0, 1], got {TopP}.");
+    }
+}
+
+/// <summary>Autoregressive decoding with a KV cache: the prompt is processed once, then one position per new token.</summary>
+public static class Generator
+{
+    /// <summary>Returns only the new token ids (the prompt is not repeated).</summary>
+    public static IReadOnlyList<int> Generate(LlamaForCausalLM model, IReadOnlyList<int> promptIds, GenerationOptions options, Action<int>? onToken = null)
+    {
+        options.Validate();
+        if (promptIds.Count == 0)
+            throw new ArgumentException("the prompt has no tokens and the tokenizer has no BOS token to start from; give a non-empty --prompt.");
+        int vocab = model.Config.VocabSize;
+        foreach (int id in promptIds)
+            if (id < 0 || id >= vocab) throw new ArgumentException($"prompt token id {id} is outside the model's vocabulary (vocab_size {vocab}).");
+        if (promptIds.Count + options.MaxNewTokens > model.Config.MaxPositionEmbeddings)
+            throw new ArgumentException($"prompt ({promptIds.Count} tokens) + --max-new-tokens ({options.MaxNewTokens}) exceeds the model's max_position_embeddings ({model.Config.MaxPositionEmbeddings}).");
+
+        bool wasTraining = model.training;
+        model.eval();
+        var output = new List<int>();
+        var eos = new HashSet<int>(options.EosTokenIds);
+        using var gen = new torch.Generator((ulong)options.Seed, model.Device);
+        using var noGrad = torch.no_grad();
+        using var cache = options.UseKvCache ? new KvCache(model.Config.NumHiddenLayers) : null;
+        var context = new List<int>(promptIds);
+        try
+        {
+            IReadOnlyList<int> feed = promptIds;
+            for (int step = 0; step < options.MaxNewTokens; step++)
+            {
+                using var scope = torch.NewDisposeScope();
+                // With the cache only the new positions go in; without it, the whole context every time.
+                var ids = torch.tensor(feed.Select(i => (long)i).ToArray(), dtype: ScalarType.Int64, device: model.Device).unsqueeze(0);
+                var logits = model.Forward(ids, null, cache); // (1, seq, vocab)
+                var last = logits[0, -1].to_type(ScalarType.Float32); // (vocab)
+                int next = Pick(last, options, gen);
+                output.Add(next);
+                onToken?.Invoke(next);
+                if (eos.Contains(next)) break;
+                context.Add(next);
+                feed = options.UseKvCache ? new[] { next } : context;
+            }
+        }
+        finally
+        {
+            if (wasTraining) model.train();
+        }
+        return output;
+    }
+
+    /// <summary>Greedy arg-max at temperature 0; otherwise softmax(logits/T) restricted by top-k and top-p, sampled.</summary>
+    internal static int Pick(Tensor logits, GenerationOptions o, torch.Generator gen)
+    {
+        using var scope = torch.NewDisposeScope();
+        if (o.Temperature == 0) return (int)logits.argmax().item<long>();
+        var l = logits / o.Temperature;
+        if (o.TopK > 0 && o.TopK < l.shape[0])
+        {
+            var kth = l.topk(o.TopK).values[-1];
+            l = l.masked_fill(l < kth, double.NegativeInfinity);
+        }
+        var probs = l.softmax(-1);
+        if (o.TopP < 1.0)
+        {
+            var (sorted, idx) = probs.sort(-1, descending: true);
+            var cum = sorted.cumsum(-1);
+            // Drop a token when the mass before it already reaches p; the most likely token is always kept.
+            var drop = (cum - sorted) >= o.TopP;
+            sorted = sorted.masked_fill(drop, 0.0);
+            probs = torch.zeros_like(probs).scatter(-1, idx, sorted);
+            probs = probs / probs.sum();
+        }
+        return (int)torch.multinomial(probs, 1, false, gen).item<long>();
+    }
+}

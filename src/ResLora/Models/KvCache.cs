@@ -1,0 +1,54 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ResLora.Models;
+
+/// <summary>
+/// Keys and values of every layer for the positions already processed, so that each new token costs one position.
+/// Owns its tensors (detached from dispose scopes); dispose it when generation ends.
+/// </summary>
+public sealed class KvCache : IDisposable
+{
+    private readonly Tensor?[] _keys;
+    private readonly Tensor?[] _values;
+
+    public KvCache(int numLayers)
+    {
+        _keys = new Tensor?[numLayers];
+        _values = new Tensor?[numLayers];
+    }
+
+    /// <summary>Positions held (the sequence length of layer 0's keys).</summary>
+    public long Length => _keys[0] is { } k ? k.shape[2] : 0;
+
+    /// <summary>
+    /// Appends this step's keys/values (batch, kvHeads, newSeq, headDim) for <paramref name="layer"/> and returns
+    /// the full ones (batch, kvHeads, past+newSeq, headDim). The returned tensors belong to the cache.
+    /// </summary>
+    internal (Tensor Keys, Tensor Values) Append(int layer, Tensor k, Tensor v)
+    {
+        Tensor newK, newV;
+        using (torch.no_grad())
+        {
+            newK = _keys[layer] is { } oldK ? torch.cat(new[] { oldK, k.detach() }, 2) : k.detach().clone();
+            newV = _values[layer] is { } oldV ? torch.cat(new[] { oldV, v.detach() }, 2) : v.detach().clone();
+        }
+        newK.DetachFromDisposeScope();
+        newV.DetachFromDisposeScope();
+        _keys[layer]?.Dispose();
+        _values[layer]?.Dispose();
+        _keys[layer] = newK;
+        _values[layer] = newV;
+        return (newK, newV);
+    }
+
+    public void Dispose()
+    {
+        for (int i = 0; i < _keys.Length; i++)
+        {
+            _keys[i]?.Dispose();
+            _values[i]?.Dispose();
+            _keys[i] = _values[i] = null;
+        }
+    }
+}

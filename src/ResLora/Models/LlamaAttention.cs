@@ -1,0 +1,69 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using TorchSharp.Utils;
+using static TorchSharp.torch;
+
+namespace ResLora.Models;
+
+/// <summary>
+/// Grouped-query self-attention of the LLaMA family (modeling_llama.py LlamaAttention): q/k/v projections
+/// (q/k/v biases for Qwen2), rotary embeddings on q and k, key/value heads repeated to the query heads, scaled
+/// dot-product attention under a causal (and padding) mask, output projection.
+/// </summary>
+public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
+{
+    [ComponentName(Name = "q_proj")] private readonly nn.Module<Tensor, Tensor> _qProj;
+    [ComponentName(Name = "k_proj")] private readonly nn.Module<Tensor, Tensor> _kProj;
+    [ComponentName(Name = "v_proj")] private readonly nn.Module<Tensor, Tensor> _vProj;
+    [ComponentName(Name = "o_proj")] private readonly nn.Module<Tensor, Tensor> _oProj;
+    private readonly int _heads, _kvHeads, _headDim, _layer;
+
+    public LlamaAttention(ModelConfig c, int layer, ILinearFactory factory, ScalarType dtype, Device device) : base("LlamaAttention")
+    {
+        _heads = c.NumAttentionHeads;
+        _kvHeads = c.NumKeyValueHeads;
+        _headDim = c.HeadDim;
+        _layer = layer;
+        string p = $"model.layers.{layer}.self_attn.";
+        bool qkvBias = c.HasQkvBias;
+        _qProj = factory.Create(new LinearSpec(p + "q_proj", "q_proj", layer, c.HiddenSize, _heads * _headDim, qkvBias), dtype, device);
+        _kProj = factory.Create(new LinearSpec(p + "k_proj", "k_proj", layer, c.HiddenSize, _kvHeads * _headDim, qkvBias), dtype, device);
+        _vProj = factory.Create(new LinearSpec(p + "v_proj", "v_proj", layer, c.HiddenSize, _kvHeads * _headDim, qkvBias), dtype, device);
+        _oProj = factory.Create(new LinearSpec(p + "o_proj", "o_proj", layer, _heads * _headDim, c.HiddenSize, c.AttentionBias), dtype, device);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) =>
+        throw new InvalidOperationException("LlamaAttention needs positions and a mask; call Forward(x, cos, sin, mask, cache).");
+
+    /// <summary>
+    /// x (batch, seq, hidden); cos/sin (batch, seq, headDim); mask: additive (batch, 1, seq, past+seq) or null for
+    /// a plain causal mask without cache; cache: appended in place when given.
+    /// </summary>
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache)
+    {
+        using var scope = torch.NewDisposeScope();
+        long b = x.shape[0], t = x.shape[1];
+        // (batch, seq, heads·headDim) → (batch, heads, seq, headDim)
+        var q = _qProj.call(x).view(b, t, _heads, _headDim).transpose(1, 2);
+        var k = _kProj.call(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        var v = _vProj.call(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        q = Rotary.Apply(q, cos, sin);
+        k = Rotary.Apply(k, cos, sin);
+        if (cache is not null) (k, v) = cache.Append(_layer, k, v);
+        // Grouped-query attention: each key/value head serves heads/kvHeads query heads (transformers' repeat_kv).
+        int rep = _heads / _kvHeads;
+        if (rep > 1)
+        {
+            long s = k.shape[2];
+            k = k.unsqueeze(2).expand(b, _kvHeads, rep, s, _headDim).reshape(b, _heads, s, _headDim);
+            v = v.unsqueeze(2).expand(b, _kvHeads, rep, s, _headDim).reshape(b, _heads, s, _headDim);
+        }
+        Tensor attn = mask is null
+            ? nn.functional.scaled_dot_product_attention(q, k, v, null, 0.0, is_casual: true)
+            : nn.functional.scaled_dot_product_attention(q, k, v, mask, 0.0, is_casual: false);
+        // (batch, heads, seq, headDim) → (batch, seq, heads·headDim)
+        var merged = attn.transpose(1, 2).reshape(b, t, _heads * _headDim);
+        return scope.MoveToOuter(_oProj.call(merged));
+    }
+}

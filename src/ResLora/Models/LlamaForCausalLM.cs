@@ -1,0 +1,225 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using TorchSharp.Utils;
+using static TorchSharp.torch;
+
+namespace ResLora.Models;
+
+/// <summary>The decoder stack: token embeddings, the layers, the final norm (Hugging Face's <c>model.*</c> keys).</summary>
+public sealed class LlamaModel : nn.Module<Tensor, Tensor>
+{
+    [ComponentName(Name = "embed_tokens")] private readonly Embedding _embedTokens;
+    [ComponentName(Name = "layers")] private readonly ModuleList<LlamaDecoderLayer> _layers;
+    [ComponentName(Name = "norm")] private readonly RmsNorm _norm;
+
+    public LlamaModel(ModelConfig c, ILinearFactory factory, ScalarType dtype, Device device) : base("LlamaModel")
+    {
+        _embedTokens = nn.Embedding(c.VocabSize, c.HiddenSize, device: device, dtype: dtype);
+        _layers = new ModuleList<LlamaDecoderLayer>();
+        for (int i = 0; i < c.NumHiddenLayers; i++) _layers.Add(new LlamaDecoderLayer(c, i, factory, dtype, device));
+        _norm = new RmsNorm(c.HiddenSize, c.RmsNormEps, dtype, device);
+        RegisterComponents();
+    }
+
+    public Embedding EmbedTokens => _embedTokens;
+    public IReadOnlyList<LlamaDecoderLayer> Layers => _layers.ToList();
+    public RmsNorm Norm => _norm;
+
+    public override Tensor forward(Tensor x) =>
+        throw new InvalidOperationException("Call LlamaForCausalLM.Forward(inputIds, attentionMask, cache).");
+}
+
+/// <summary>
+/// A LLaMA-family causal language model (Llama 1/2/3, Mistral, Qwen2, TinyLlama, SmolLM) with Hugging Face's module
+/// names and state-dict keys (<c>model.layers.{i}.self_attn.q_proj.weight</c>). Every projection is built through
+/// one <see cref="ILinearFactory"/>, which is where adapters are decided.
+/// </summary>
+public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
+{
+    [ComponentName(Name = "model")] private readonly LlamaModel _model;
+    [ComponentName(Name = "lm_head")] private readonly nn.Module<Tensor, Tensor>? _lmHead;
+    private readonly Rotary _rotary;
+    private readonly IForwardLifecycle? _lifecycle;
+
+    public ModelConfig Config { get; }
+    public ScalarType Dtype { get; }
+    public Device Device { get; }
+    public ILinearFactory Factory { get; }
+
+    public LlamaForCausalLM(ModelConfig config, ILinearFactory? factory, ScalarType dtype, Device device) : base("LlamaForCausalLM")
+    {
+        config.Validate();
+        Config = config;
+        Dtype = dtype;
+        Device = device;
+        Factory = factory ?? PlainLinearFactory.Instance;
+        _lifecycle = Factory as IForwardLifecycle;
+        _model = new LlamaModel(config, Factory, dtype, device);
+        // Tied embeddings: lm_head reuses model.embed_tokens.weight and has no module (and no key) of its own.
+        if (!config.TieWordEmbeddings)
+            _lmHead = Factory.Create(new LinearSpec("lm_head", "lm_head", -1, config.HiddenSize, config.VocabSize, false), dtype, device);
+        _rotary = new Rotary(config, device);
+        RegisterComponents();
+    }
+
+    public LlamaModel Model => _model;
+    public IReadOnlyList<LlamaDecoderLayer> Layers => _model.Layers;
+
+    /// <summary>Logits (batch, seq, vocab) for token ids (batch, seq), no padding, no cache.</summary>
+    public override Tensor forward(Tensor inputIds) => Forward(inputIds, null, null);
+
+    /// <summary>Logits with an optional attention mask (batch, seq) of 1 = token, 0 = padding.</summary>
+    public Tensor forward(Tensor inputIds, Tensor? attentionMask) => Forward(inputIds, attentionMask, null);
+
+    /// <summary>Final hidden states (batch, seq, hidden) after the last norm.</summary>
+    public Tensor HiddenStates(Tensor inputIds, Tensor? attentionMask = null, KvCache? cache = null)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var forwardContext = _lifecycle?.BeginForward();
+        long b = inputIds.shape[0], t = inputIds.shape[1];
+        long past = cache?.Length ?? 0;
+        if (attentionMask is not null && attentionMask.shape[1] != past + t)
+            throw new ArgumentException($"attention mask covers {attentionMask.shape[1]} positions but the cache holds {past} and the input {t}; it must cover past + new positions.");
+        if (past + t > Config.MaxPositionEmbeddings)
+            throw new ArgumentException($"sequence of {past + t} positions exceeds the model's max_position_embeddings ({Config.MaxPositionEmbeddings}).");
+
+        // Positions: with a mask, count only real tokens (left padding), as transformers' generate does.
+        Tensor positions = attentionMask is null
+            ? torch.arange(past, past + t, dtype: ScalarType.Int64, device: Device).unsqueeze(0).expand(b, t)
+            : (attentionMask.to_type(ScalarType.Int64).cumsum(-1) - 1).clamp_min(0).narrow(1, past, t);
+        var (cos, sin) = _rotary.CosSin(positions, Dtype);
+        Tensor? mask = BuildMask(attentionMask, b, t, past);
+
+        var h = _model.EmbedTokens.call(inputIds); // (batch, seq, hidden)
+        foreach (var layer in _model.Layers) h = layer.Forward(h, cos, sin, mask, cache);
+        return scope.MoveToOuter(_model.Norm.call(h));
+    }
+
+    /// <summary>Logits (batch, seq, vocab).</summary>
+    public Tensor Forward(Tensor inputIds, Tensor? attentionMask, KvCache? cache)
+    {
+        using var scope = torch.NewDisposeScope();
+        var h = HiddenStates(inputIds, attentionMask, cache);
+        var logits = _lmHead is null ? nn.functional.linear(h, _model.EmbedTokens.weight!, null) : _lmHead.call(h);
+        return scope.MoveToOuter(logits);
+    }
+
+    /// <summary>
+    /// Additive mask (batch, 1, seq, past+seq): 0 where query i may see key j (j ≤ past+i and j is a token), the
+    /// dtype's lowest value elsewhere (finite, so a fully padded row stays finite as in transformers). Null when a
+    /// plain causal mask is enough (no cache, no padding).
+    /// </summary>
+    private Tensor? BuildMask(Tensor? attentionMask, long b, long t, long past)
+    {
+        bool anyPadding = attentionMask is not null && !attentionMask.to_type(ScalarType.Bool).all().item<bool>();
+        if (past == 0 && !anyPadding) return null;
+        long s = past + t;
+        var qi = torch.arange(past, past + t, device: Device).unsqueeze(1); // (seq, 1)
+        var kj = torch.arange(0, s, device: Device).unsqueeze(0);           // (1, past+seq)
+        var allowed = (kj <= qi).unsqueeze(0).unsqueeze(0);               // (1, 1, seq, past+seq)
+        if (anyPadding) allowed = allowed.logical_and(attentionMask!.to_type(ScalarType.Bool).view(b, 1, 1, s));
+        else allowed = allowed.expand(b, 1, t, s);
+        double lowest = Dtype switch
+        {
+            ScalarType.BFloat16 => -3.3895313892515355e38,
+            ScalarType.Float16 => -65504.0,
+            ScalarType.Float64 => double.MinValue,
+            _ => float.MinValue,
+        };
+        return torch.where(allowed, torch.zeros(1, dtype: Dtype, device: Device), torch.full(1, lowest, dtype: Dtype, device: Device));
+    }
+
+    /// <summary>The base weights a checkpoint must provide, by Hugging Face name, with their shapes.</summary>
+    public IReadOnlyDictionary<string, long[]> ExpectedWeights() => ExpectedWeights(Config);
+
+    public static IReadOnlyDictionary<string, long[]> ExpectedWeights(ModelConfig c)
+    {
+        var d = new Dictionary<string, long[]>(StringComparer.Ordinal);
+        long h = c.HiddenSize, qOut = (long)c.NumAttentionHeads * c.HeadDim, kvOut = (long)c.NumKeyValueHeads * c.HeadDim, m = c.IntermediateSize;
+        d["model.embed_tokens.weight"] = new[] { (long)c.VocabSize, h };
+        for (int i = 0; i < c.NumHiddenLayers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            d[p + "input_layernorm.weight"] = new[] { h };
+            d[p + "self_attn.q_proj.weight"] = new[] { qOut, h };
+            d[p + "self_attn.k_proj.weight"] = new[] { kvOut, h };
+            d[p + "self_attn.v_proj.weight"] = new[] { kvOut, h };
+            d[p + "self_attn.o_proj.weight"] = new[] { h, qOut };
+            if (c.HasQkvBias)
+            {
+                d[p + "self_attn.q_proj.bias"] = new[] { qOut };
+                d[p + "self_attn.k_proj.bias"] = new[] { kvOut };
+                d[p + "self_attn.v_proj.bias"] = new[] { kvOut };
+            }
+            if (c.AttentionBias) d[p + "self_attn.o_proj.bias"] = new[] { h };
+            d[p + "post_attention_layernorm.weight"] = new[] { h };
+            d[p + "mlp.gate_proj.weight"] = new[] { m, h };
+            d[p + "mlp.up_proj.weight"] = new[] { m, h };
+            d[p + "mlp.down_proj.weight"] = new[] { h, m };
+            if (c.MlpBias)
+            {
+                d[p + "mlp.gate_proj.bias"] = new[] { m };
+                d[p + "mlp.up_proj.bias"] = new[] { m };
+                d[p + "mlp.down_proj.bias"] = new[] { h };
+            }
+        }
+        d["model.norm.weight"] = new[] { h };
+        if (!c.TieWordEmbeddings) d["lm_head.weight"] = new[] { (long)c.VocabSize, h };
+        return d;
+    }
+
+    /// <summary>The live base parameters by Hugging Face name (views; do not dispose).</summary>
+    public IReadOnlyDictionary<string, Parameter> BaseParameters()
+    {
+        var expected = ExpectedWeights();
+        var all = named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
+        var d = new Dictionary<string, Parameter>(StringComparer.Ordinal);
+        foreach (var name in expected.Keys)
+        {
+            if (!all.TryGetValue(name, out var p))
+                throw new InvalidOperationException($"model has no parameter '{name}': a linear factory must register the base weight as 'weight' (and 'bias').");
+            d[name] = p;
+        }
+        return d;
+    }
+
+    /// <summary>Copies every base weight from <paramref name="load"/> (converted to the model's dtype and device).</summary>
+    public void LoadWeights(Func<string, Tensor> load)
+    {
+        using var noGrad = torch.no_grad();
+        foreach (var (name, p) in BaseParameters())
+        {
+            using var scope = torch.NewDisposeScope();
+            var src = load(name);
+            if (!src.shape.SequenceEqual(p.shape))
+                throw new InvalidDataException($"tensor '{name}' has shape [{string.Join(", ", src.shape)}] but the model expects [{string.Join(", ", p.shape)}].");
+            p.copy_(src.to(p.dtype, p.device));
+        }
+    }
+
+    /// <summary>
+    /// Random initialisation as transformers' LlamaPreTrainedModel._init_weights: normal(0, std) for embeddings and
+    /// linear weights, zero biases, unit norms. Used for models built from scratch (tests, the demo).
+    /// </summary>
+    public void InitializeWeights(long seed, double std = 0.02)
+    {
+        using var noGrad = torch.no_grad();
+        using var gen = new torch.Generator((ulong)seed);
+        foreach (var (name, p) in BaseParameters())
+        {
+            if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(1.0);
+            else if (name.EndsWith(".bias", StringComparison.Ordinal)) p.zero_();
+            else
+            {
+                using var r = torch.randn(p.shape, dtype: ScalarType.Float32, generator: gen) * std;
+                p.copy_(r.to(p.dtype, p.device));
+            }
+        }
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _rotary.Dispose();
+        base.Dispose(disposing);
+    }
+}

@@ -1,0 +1,62 @@
+using ResLora.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ResLora.Tests.Models;
+
+/// <summary>
+/// An independent LLaMA forward pass in plain tensor ops over a name → tensor state dict, written from the
+/// transformers equations (not from our modules): explicit softmax attention with a -inf causal mask, key/value
+/// heads repeated with repeat_interleave, rotary angles computed in float64 per (position, pair).
+/// </summary>
+internal static class ReferenceLlama
+{
+    public static Tensor Logits(ModelConfig c, IReadOnlyDictionary<string, Tensor> w, long[] ids)
+    {
+        using var scope = torch.NewDisposeScope();
+        int t = ids.Length, h = c.HeadDim, nH = c.NumAttentionHeads, nKv = c.NumKeyValueHeads;
+        var x = w["model.embed_tokens.weight"].index_select(0, torch.tensor(ids)); // (t, d)
+        // Rotary: angle(pos, i) = pos · θ^(-2i/h), the pair is (i, i + h/2) (rotate-half convention).
+        var ang = new double[t, h / 2];
+        var inv = Rotary.InverseFrequencies(c); // float32 as transformers computes it
+        for (int p = 0; p < t; p++)
+            for (int i = 0; i < h / 2; i++) ang[p, i] = (float)(p * inv[i].item<float>());
+        var angle = torch.tensor(ang).to_type(ScalarType.Float32);
+        var cos = angle.cos(); var sin = angle.sin(); // (t, h/2)
+        Tensor Rope(Tensor q) // (heads, t, h)
+        {
+            var a = q.narrow(-1, 0, h / 2); var b = q.narrow(-1, h / 2, h / 2);
+            return torch.cat(new[] { a * cos - b * sin, b * cos + a * sin }, -1);
+        }
+        Tensor Norm(Tensor v, string name)
+        {
+            var rms = (v.pow(2).mean(new long[] { -1 }, keepdim: true) + c.RmsNormEps).sqrt();
+            return v / rms * w[name];
+        }
+        Tensor Lin(Tensor v, string name)
+        {
+            var y = v.matmul(w[name + ".weight"].t());
+            return w.TryGetValue(name + ".bias", out var bias) ? y + bias : y;
+        }
+        var causal = torch.ones(t, t).triu(1).to_type(ScalarType.Bool);
+        for (int l = 0; l < c.NumHiddenLayers; l++)
+        {
+            string p = $"model.layers.{l}.";
+            var hn = Norm(x, p + "input_layernorm.weight");
+            var q = Rope(Lin(hn, p + "self_attn.q_proj").view(t, nH, h).transpose(0, 1));
+            var k = Rope(Lin(hn, p + "self_attn.k_proj").view(t, nKv, h).transpose(0, 1)).repeat_interleave(nH / nKv, 0);
+            var v = Lin(hn, p + "self_attn.v_proj").view(t, nKv, h).transpose(0, 1).repeat_interleave(nH / nKv, 0);
+            var scores = q.matmul(k.transpose(1, 2)) / Math.Sqrt(h);
+            scores = scores.masked_fill(causal, double.NegativeInfinity);
+            var att = scores.softmax(-1).matmul(v).transpose(0, 1).reshape(t, nH * h);
+            x = x + Lin(att, p + "self_attn.o_proj");
+            var hm = Norm(x, p + "post_attention_layernorm.weight");
+            var g = Lin(hm, p + "mlp.gate_proj");
+            var mlp = Lin(g * g.sigmoid() * Lin(hm, p + "mlp.up_proj"), p + "mlp.down_proj");
+            x = x + mlp;
+        }
+        x = Norm(x, "model.norm.weight");
+        var head = c.TieWordEmbeddings ? w["model.embed_tokens.weight"] : w["lm_head.weight"];
+        return scope.MoveToOuter(x.matmul(head.t()));
+    }
+}
