@@ -1,0 +1,175 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+
+namespace ResLora.Training;
+
+/// <summary>
+/// One training example. The loss covers only <see cref="Completion"/>'s tokens; plain-text records have an empty
+/// prompt and the whole text as completion.
+/// </summary>
+public sealed record TextExample(string Prompt, string Completion)
+{
+    public bool IsPlainText => Prompt.Length == 0;
+}
+
+/// <summary>
+/// How records become examples. With no templates the shape is detected per file: <c>{"prompt","completion"}</c>,
+/// Alpaca <c>{"instruction","input","output"}</c>, or <c>{"text"}</c>. Templates name record fields in braces
+/// (<c>"{Body} {Question}\nAnswer:"</c>); <c>{{</c> and <c>}}</c> are literal braces; dotted paths reach nested
+/// objects (<c>{meta.id}</c>).
+/// </summary>
+public sealed record DataTemplates(string? PromptTemplate = null, string? CompletionTemplate = null)
+{
+    public void Validate()
+    {
+        if ((PromptTemplate is null) != (CompletionTemplate is null))
+            throw new ArgumentException("--prompt-template and --completion-template go together: give both (the loss covers the completion only), or neither to detect the record shape.");
+    }
+}
+
+/// <summary>Reads JSON-array or JSONL data files into examples; every error names the file, the record number and the field.</summary>
+public static class DataSet
+{
+    /// <summary>The prompt Stanford Alpaca trained with (alpaca's train.py PROMPT_DICT), used for instruction/input/output records.</summary>
+    public const string AlpacaWithInput =
+        "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
+
+    public const string AlpacaNoInput =
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n";
+
+    public static IReadOnlyList<TextExample> Load(string path, DataTemplates? templates = null)
+    {
+        templates ??= new DataTemplates();
+        templates.Validate();
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: data file not found; give a JSONL or JSON-array file with --data.", path);
+        var records = ReadRecords(path);
+        if (records.Count == 0) throw new InvalidDataException($"{path}: the data set is empty; it needs at least one record.");
+        var examples = new List<TextExample>(records.Count);
+        for (int i = 0; i < records.Count; i++)
+        {
+            var (rec, line) = records[i];
+            string where = $"{path}: record {i + 1} (line {line})";
+            if (rec.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{where}: expected a JSON object, got {rec.ValueKind}.");
+            examples.Add(ToExample(rec, templates, where));
+        }
+        return examples;
+    }
+
+    private static TextExample ToExample(JsonElement rec, DataTemplates t, string where)
+    {
+        if (t.PromptTemplate is not null)
+            return new TextExample(Render(t.PromptTemplate, rec, where), Render(t.CompletionTemplate!, rec, where));
+        if (rec.TryGetProperty("prompt", out _) || rec.TryGetProperty("completion", out _))
+            return new TextExample(Field(rec, "prompt", where), Field(rec, "completion", where));
+        if (rec.TryGetProperty("instruction", out _))
+        {
+            string input = rec.TryGetProperty("input", out var inp) ? ValueText(inp, where, "input") : "";
+            string prompt = Render(input.Length > 0 ? AlpacaWithInput : AlpacaNoInput, rec, where);
+            return new TextExample(prompt, Field(rec, "output", where));
+        }
+        if (rec.TryGetProperty("text", out _))
+        {
+            string text = Field(rec, "text", where);
+            if (text.Length == 0) throw new InvalidDataException($"{where}: field 'text' is empty.");
+            return new TextExample("", text);
+        }
+        var names = string.Join(", ", rec.EnumerateObject().Select(p => p.Name));
+        throw new InvalidDataException($"{where}: unknown record shape (fields: {names}). Use {{\"text\"}}, {{\"prompt\",\"completion\"}}, {{\"instruction\",\"input\",\"output\"}}, or give --prompt-template and --completion-template over these fields.");
+    }
+
+    private static string Field(JsonElement rec, string name, string where)
+    {
+        if (!rec.TryGetProperty(name, out var v)) throw new InvalidDataException($"{where}: missing field '{name}'.");
+        return ValueText(v, where, name);
+    }
+
+    /// <summary>A field's text: strings as they are, whole numbers without ".0", other numbers round-trippable.</summary>
+    public static string ValueText(JsonElement v, string where, string field) => v.ValueKind switch
+    {
+        JsonValueKind.String => v.GetString()!,
+        JsonValueKind.Number => v.TryGetInt64(out long l) ? l.ToString(CultureInfo.InvariantCulture) : FormatDouble(v.GetDouble()),
+        JsonValueKind.True => "true",
+        JsonValueKind.False => "false",
+        _ => throw new InvalidDataException($"{where}: field '{field}' is {v.ValueKind.ToString().ToLowerInvariant()}; a template field must be a string, number or boolean."),
+    };
+
+    private static string FormatDouble(double d) =>
+        d == Math.Floor(d) && Math.Abs(d) < 1e15 ? ((long)d).ToString(CultureInfo.InvariantCulture) : d.ToString("R", CultureInfo.InvariantCulture);
+
+    /// <summary>Fills <c>{field}</c> placeholders from the record.</summary>
+    public static string Render(string template, JsonElement rec, string where)
+    {
+        var sb = new StringBuilder();
+        for (int i = 0; i < template.Length; i++)
+        {
+            char ch = template[i];
+            if (ch == '{' && i + 1 < template.Length && template[i + 1] == '{') { sb.Append('{'); i++; continue; }
+            if (ch == '}' && i + 1 < template.Length && template[i + 1] == '}') { sb.Append('}'); i++; continue; }
+            if (ch == '}') throw new ArgumentException($"template '{template}': unmatched '}}' at position {i}; write '}}}}' for a literal brace.");
+            if (ch != '{') { sb.Append(ch); continue; }
+            int end = template.IndexOf('}', i + 1);
+            if (end < 0) throw new ArgumentException($"template '{template}': unclosed '{{' at position {i}; write '{{{{' for a literal brace.");
+            string path = template.Substring(i + 1, end - i - 1).Trim();
+            if (path.Length == 0) throw new ArgumentException($"template '{template}': empty field name at position {i}.");
+            JsonElement cur = rec;
+            foreach (var part in path.Split('.'))
+            {
+                if (cur.ValueKind != JsonValueKind.Object || !cur.TryGetProperty(part, out cur))
+                    throw new InvalidDataException($"{where}: missing field '{path}' used by the template; fields are: {string.Join(", ", rec.EnumerateObject().Select(p => p.Name))}.");
+            }
+            sb.Append(ValueText(cur, where, path));
+            i = end;
+        }
+        return sb.ToString();
+    }
+
+    private static List<(JsonElement Record, int Line)> ReadRecords(string path)
+    {
+        string text = File.ReadAllText(path);
+        var result = new List<(JsonElement, int)>();
+        var opts = new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip };
+        if (text.TrimStart().StartsWith('['))
+        {
+            try
+            {
+                using var doc = JsonDocument.Parse(text, opts);
+                foreach (var e in doc.RootElement.EnumerateArray()) result.Add((e.Clone(), 0));
+            }
+            catch (JsonException e)
+            {
+                throw new InvalidDataException($"{path}: not valid JSON ({e.Message}).", e);
+            }
+            // JSON arrays carry no line numbers per record; report 0 as "unknown".
+            return result;
+        }
+        int lineNo = 0;
+        foreach (var raw in text.Split('\n'))
+        {
+            lineNo++;
+            string line = raw.Trim();
+            if (line.Length == 0) continue;
+            try
+            {
+                using var doc = JsonDocument.Parse(line, opts);
+                result.Add((doc.RootElement.Clone(), lineNo));
+            }
+            catch (JsonException e)
+            {
+                throw new InvalidDataException($"{path}: line {lineNo} is not valid JSON ({e.Message}); JSONL needs one JSON object per line.", e);
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Splits off a held-out fraction deterministically (seeded shuffle), keeping at least one example on each side.</summary>
+    public static (IReadOnlyList<TextExample> Train, IReadOnlyList<TextExample> Eval) Split(IReadOnlyList<TextExample> all, double evalFraction, long seed)
+    {
+        if (!(evalFraction > 0 && evalFraction < 1)) throw new ArgumentException($"--eval-fraction must be in (0, 1), got {evalFraction}.");
+        if (all.Count < 2) throw new ArgumentException($"--eval-fraction needs at least 2 records; the data set has {all.Count}.");
+        var idx = Enumerable.Range(0, all.Count).ToArray();
+        new Random((int)(seed & 0x7fffffff)).Shuffle(idx);
+        int nEval = Math.Clamp((int)Math.Round(all.Count * evalFraction), 1, all.Count - 1);
+        return (idx.Skip(nEval).Select(i => all[i]).ToList(), idx.Take(nEval).Select(i => all[i]).ToList());
+    }
+}

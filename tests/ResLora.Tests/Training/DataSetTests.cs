@@ -1,0 +1,142 @@
+using ResLora.Tests.Infrastructure;
+using ResLora.Training;
+
+namespace ResLora.Tests.Training;
+
+public sealed class DataSetTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("reslora-data-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private string Write(string name, string content)
+    {
+        string p = Path.Combine(_dir, name);
+        File.WriteAllText(p, content);
+        return p;
+    }
+
+    [Fact]
+    public void CommonShapes_AreDetected()
+    {
+        var p = Write("a.jsonl", "{\"prompt\":\"Q: 2+2?\",\"completion\":\" 4\"}\n\n{\"text\":\"hello\"}\n{\"instruction\":\"Add\",\"input\":\"2 2\",\"output\":\"4\"}\n{\"instruction\":\"Say hi\",\"output\":\"hi\"}\n");
+        var ex = DataSet.Load(p);
+        Assert.Equal(new TextExample("Q: 2+2?", " 4"), ex[0]);
+        Assert.True(ex[1].IsPlainText);
+        Assert.Equal("hello", ex[1].Completion);
+        Assert.Contains("### Input:\n2 2\n\n### Response:\n", ex[2].Prompt);
+        Assert.DoesNotContain("### Input:", ex[3].Prompt);
+        Assert.Equal("hi", ex[3].Completion);
+    }
+
+    [Fact]
+    public void Templates_FillFields_AndFormatWholeNumbersWithoutDecimals()
+    {
+        var p = Write("b.json", "[{\"Body\":\"Tom has 3.0 apples.\",\"Question\":\"How many?\",\"Answer\":3.0,\"meta\":{\"x\":2.5}}]");
+        var ex = DataSet.Load(p, new DataTemplates("{Body} {Question}\nAnswer:", " {Answer} {meta.x} {{lit}}"));
+        Assert.Equal("Tom has 3.0 apples. How many?\nAnswer:", ex[0].Prompt);
+        Assert.Equal(" 3 2.5 {lit}", ex[0].Completion);
+    }
+
+    [Fact]
+    public void MissingField_NamesRecordAndField()
+    {
+        var p = Write("c.jsonl", "{\"prompt\":\"a\",\"completion\":\"b\"}\n{\"prompt\":\"a\"}\n");
+        var e = Assert.Throws<InvalidDataException>(() => DataSet.Load(p));
+        Assert.Contains("record 2", e.Message);
+        Assert.Contains("'completion'", e.Message);
+        var t = Assert.Throws<InvalidDataException>(() => DataSet.Load(p, new DataTemplates("{prompt}", "{answer}")));
+        Assert.Contains("'answer'", t.Message);
+        Assert.Contains("record 1", t.Message);
+    }
+
+    [Fact]
+    public void BadFiles_GetClearErrors()
+    {
+        Assert.Contains("not found", Assert.Throws<FileNotFoundException>(() => DataSet.Load(Path.Combine(_dir, "none.jsonl"))).Message);
+        Assert.Contains("empty", Assert.Throws<InvalidDataException>(() => DataSet.Load(Write("e.jsonl", "\n\n"))).Message);
+        Assert.Contains("line 2", Assert.Throws<InvalidDataException>(() => DataSet.Load(Write("f.jsonl", "{\"text\":\"a\"}\n{oops\n"))).Message);
+        Assert.Contains("unknown record shape", Assert.Throws<InvalidDataException>(() => DataSet.Load(Write("g.jsonl", "{\"q\":1}\n"))).Message);
+        Assert.Contains("--completion-template", Assert.Throws<ArgumentException>(() => DataSet.Load(Write("h.jsonl", "{\"q\":1}\n"), new DataTemplates("{q}", null))).Message);
+    }
+
+    [Fact]
+    public void Split_IsSeededAndDisjoint()
+    {
+        var all = Enumerable.Range(0, 20).Select(i => new TextExample("", $"t{i}")).ToList();
+        var (tr, ev) = DataSet.Split(all, 0.25, 3);
+        var (tr2, _) = DataSet.Split(all, 0.25, 3);
+        Assert.Equal(5, ev.Count);
+        Assert.Equal(15, tr.Count);
+        Assert.Empty(tr.Intersect(ev));
+        Assert.Equal(tr, tr2);
+    }
+
+    [Fact]
+    public void Tokenize_MasksThePrompt_AddsBosAndEos_AndTruncates()
+    {
+        var tok = new CharTokenizer();
+        var set = Tokenization.Tokenize(new[] { new TextExample("ab", "cd"), new TextExample("", "xyz"), new TextExample("abcdefgh", "ij") }, tok, seqLen: 6);
+        var first = set.Examples[0];
+        Assert.Equal(new[] { 1, 3 + 'a' - 32, 3 + 'b' - 32, 3 + 'c' - 32, 3 + 'd' - 32, 2 }, first.Ids);
+        Assert.Equal(new[] { -100, -100, -100, first.Ids[3], first.Ids[4], 2 }, first.Labels);
+        Assert.Equal(set.Examples[1].Ids.Skip(1), set.Examples[1].Labels.Skip(1));
+        // The third example's completion lies beyond 6 tokens: truncated, then dropped for having no loss token.
+        Assert.Equal(2, set.Examples.Count);
+        Assert.Equal(1, set.Truncated);
+        Assert.Equal(1, set.DroppedWithoutLoss);
+    }
+
+    [Fact]
+    public void Collate_PadsRight_AndPackCutsExactLengths()
+    {
+        var a = new TokenizedExample(new[] { 1, 5, 6 }, new[] { -100, 5, 6 });
+        var b = new TokenizedExample(new[] { 1, 7 }, new[] { -100, 7 });
+        using var batch = Tokenization.Collate(new[] { a, b }, padId: 0);
+        Assert.Equal(new long[] { 1, 5, 6, 1, 7, 0 }, batch.InputIds.data<long>().ToArray());
+        Assert.Equal(new long[] { 1, 1, 1, 1, 1, 0 }, batch.AttentionMask.data<long>().ToArray());
+        Assert.Equal(new long[] { -100, 5, 6, -100, 7, -100 }, batch.Labels.data<long>().ToArray());
+        var packed = Tokenization.Pack(new[] { a, b, a }, 4);
+        Assert.Equal(2, packed.Count);
+        Assert.Equal(new[] { 1, 5, 6, 1 }, packed[0].Ids);
+        Assert.Equal(new[] { 7, 1, 5, 6 }, packed[1].Ids);
+    }
+
+    [Fact]
+    public void ShuffledSource_IsDeterministic_AndRestoresItsPosition()
+    {
+        var ex = Enumerable.Range(0, 7).Select(i => new TokenizedExample(new[] { 1, 10 + i }, new[] { -100, 10 + i })).ToList();
+        var a = new ShuffledBatchSource(ex, 3, 0, seed: 9);
+        var seen = new List<long[]>();
+        string? pos = null;
+        for (int i = 0; i < 8; i++)
+        {
+            if (i == 4) pos = a.SavePosition();
+            using var bt = a.Next();
+            seen.Add(bt.InputIds.data<long>().ToArray());
+        }
+        // Every epoch covers every example exactly once.
+        var epoch1 = seen.Take(3).SelectMany(x => x).Where(v => v >= 10).OrderBy(v => v).ToArray();
+        Assert.Equal(Enumerable.Range(10, 7).Select(v => (long)v), epoch1);
+        var b = new ShuffledBatchSource(ex, 3, 0, seed: 9);
+        b.RestorePosition(pos!);
+        for (int i = 4; i < 8; i++)
+        {
+            using var bt = b.Next();
+            Assert.Equal(seen[i], bt.InputIds.data<long>().ToArray());
+        }
+        var c = new ShuffledBatchSource(ex.Take(6).ToList(), 3, 0, seed: 9);
+        Assert.Contains("--data", Assert.Throws<InvalidDataException>(() => c.RestorePosition(pos!)).Message);
+    }
+
+    [Fact]
+    public void LrSchedule_WarmsUpThenDecays()
+    {
+        Assert.Equal(0.0, Trainer.LrMultiplier(1, 100, 10, "cosine"));
+        Assert.Equal(0.5, Trainer.LrMultiplier(6, 100, 10, "cosine"), 12);
+        Assert.Equal(1.0, Trainer.LrMultiplier(11, 100, 10, "cosine"), 12);
+        Assert.Equal(0.5, Trainer.LrMultiplier(56, 100, 10, "cosine"), 12);
+        Assert.Equal(0.5, Trainer.LrMultiplier(56, 100, 10, "linear"), 12);
+        Assert.Equal(1.0, Trainer.LrMultiplier(99, 100, 10, "constant"), 12);
+    }
+}
