@@ -41,7 +41,7 @@ internal static class GenerateVerb
                 TopK = r.GetValue(topK),
                 TopP = p,
                 Seed = r.GetValue(seed),
-                StopTokenIds = stop,
+                EosTokenIds = stop,
             };
             var output = Generator.Generate(m, ids, options);
             Console.Out.Write(tokenizer.Decode(output.Where(t => !stop.Contains(t))));

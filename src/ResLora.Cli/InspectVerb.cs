@@ -10,8 +10,10 @@ internal static class InspectVerb
     public static Command Build()
     {
         var model = new Option<string>("--model") { Description = "Hugging Face model folder.", Required = true };
+        var all = new Option<bool>("--all") { Description = "List every linear module by full name instead of grouping by type." };
         var cmd = new Command("inspect", "Show a model folder: architecture, parameter counts, and every linear module with its shape (the names adapters target).");
         cmd.Options.Add(model);
+        cmd.Options.Add(all);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             string dir = CliPaths.ModelDir(r.GetValue(model));
@@ -29,18 +31,24 @@ internal static class InspectVerb
             t.AddRow("tied embeddings", c.TieWordEmbeddings.ToString());
             t.AddRow("q/k/v bias", c.HasQkvBias.ToString());
             t.AddRow("stored dtype", c.TorchDtype ?? "?");
-            long total = 0;
-            foreach (var name in ckpt.TensorNames) total += ckpt.ShapeOf(name).Aggregate(1L, (a, b) => a * b);
+            var weights = LlamaForCausalLM.ExpectedWeights(c);
+            ckpt.ValidateAgainst(weights);
+            long total = weights.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
+            long linear = weights.Where(kv => kv.Value.Length == 2 && !kv.Key.Contains("embed_tokens", StringComparison.Ordinal)).Sum(kv => kv.Value[0] * kv.Value[1]);
             t.AddRow("parameters", $"{total:N0}");
+            t.AddRow("in linear modules", $"{linear:N0}");
             console.Write(t);
 
             var lin = new Table().AddColumn("linear module").AddColumn("out × in").AddColumn("count");
-            var groups = ckpt.TensorNames
-                .Where(n => n.EndsWith(".weight", StringComparison.Ordinal) && ckpt.ShapeOf(n).Length == 2 && !n.Contains("embed_tokens", StringComparison.Ordinal))
-                .Select(n => (Name: n[..^".weight".Length], Shape: ckpt.ShapeOf(n)))
-                .GroupBy(x => (Type: x.Name.Split('.')[^1], Shape: $"{x.Shape[0]} × {x.Shape[1]}"))
-                .OrderBy(g => g.Min(x => x.Name), StringComparer.Ordinal);
-            foreach (var g in groups) lin.AddRow(g.Key.Type, g.Key.Shape, g.Count().ToString());
+            var linears = weights
+                .Where(kv => kv.Key.EndsWith(".weight", StringComparison.Ordinal) && kv.Value.Length == 2 && !kv.Key.Contains("embed_tokens", StringComparison.Ordinal))
+                .Select(kv => (Name: kv.Key[..^".weight".Length], Shape: kv.Value))
+                .ToList();
+            if (r.GetValue(all))
+                foreach (var x in linears) lin.AddRow(x.Name, $"{x.Shape[0]} × {x.Shape[1]}", "1");
+            else
+                foreach (var g in linears.GroupBy(x => (Type: x.Name.Split('.')[^1], Shape: $"{x.Shape[0]} × {x.Shape[1]}")))
+                    lin.AddRow(g.Key.Type, g.Key.Shape, g.Count().ToString());
             console.Write(lin);
             return 0;
         }));
