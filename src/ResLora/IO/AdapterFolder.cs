@@ -47,8 +47,8 @@ public static class AdapterFolder
     private static readonly List<string> ParamPrefixes = new() { "lora_", "hada_", "lokr_" };
     private static readonly object Gate = new();
 
-    /// <summary>Test hook: runs after both files are written into the temporary folder, before it is moved into place.</summary>
-    internal static Action<string>? BeforeCommit;
+    /// <summary>Test hook (per thread): runs after both files are written into the temporary folder, before it is moved into place.</summary>
+    [ThreadStatic] internal static Action<string>? BeforeCommit;
 
     /// <summary>
     /// Registers the prefix of a method's adapter parameter names (e.g. "res_") so <see cref="SplitKey"/> can find where
