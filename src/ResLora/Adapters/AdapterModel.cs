@@ -14,10 +14,18 @@ public static class AdapterModel
 {
     /// <summary>Every adapter in the tree, with its module-tree name, in registration order.</summary>
     public static IReadOnlyList<(string Name, IAdapter Adapter)> FindAdapters(nn.Module module) =>
-        module.named_modules()
-            .Where(m => m.module is IAdapter)
-            .Select(m => (m.name, (IAdapter)m.module))
+        Tree(module)
+            .Where(m => m.Module is IAdapter)
+            .Select(m => (m.Name, (IAdapter)m.Module))
             .ToList();
+
+    /// <summary>The root (named "") followed by TorchSharp's named_modules(), which leaves the root out; each module once.</summary>
+    private static IEnumerable<(string Name, nn.Module Module)> Tree(nn.Module root)
+    {
+        var seen = new HashSet<nn.Module>(ReferenceEqualityComparer.Instance);
+        foreach (var (name, m) in new[] { ("", root) }.Concat(root.named_modules()))
+            if (seen.Add(m)) yield return (name, m);
+    }
 
     /// <summary>Adapters keyed by their Hugging Face module path (<see cref="IAdapter.Spec"/>.Name), as the folder writer wants.</summary>
     public static IReadOnlyDictionary<string, IAdapter> ByModulePath(nn.Module module)
@@ -79,7 +87,7 @@ public static class AdapterModel
     public static int OnBaseWeightsLoaded(nn.Module module)
     {
         int n = 0;
-        foreach (var (_, m) in module.named_modules())
+        foreach (var (_, m) in Tree(module))
             if (m is IBaseWeightDependent d) { d.OnBaseWeightsLoaded(); n++; }
         return n;
     }
@@ -92,7 +100,7 @@ public static class AdapterModel
     {
         var objs = new List<object>();
         var seen = new HashSet<object>(ReferenceEqualityComparer.Instance);
-        foreach (var o in module.named_modules().Select(m => (object)m.module).Concat(extra.Where(e => e is not null).Select(e => e!)))
+        foreach (var o in Tree(module).Select(m => (object)m.Module).Concat(extra.Where(e => e is not null).Select(e => e!)))
             if (seen.Add(o)) objs.Add(o);
         return new AdapterCapabilities(
             objs.OfType<IExtraLossTerm>().ToList(),
