@@ -324,6 +324,14 @@ public static class AdapterConfigJson
             obj.Remove(name);
         }
         obj.Remove("peft_type"); // read-only, fixed by the record type
+        // PEFT may write null for fields we hold as non-nullable (e.g. "rank_pattern": null): keep our default instead.
+        var nullability = new NullabilityInfoContext();
+        foreach (var prop in type.GetProperties(BindingFlags.Public | BindingFlags.Instance))
+        {
+            string? name = prop.GetCustomAttribute<JsonPropertyNameAttribute>()?.Name;
+            if (name is null || !obj.TryGetPropertyValue(name, out var v) || v is not null) continue;
+            if (nullability.Create(prop).WriteState == NullabilityState.NotNull) obj.Remove(name);
+        }
         AdapterConfigBase config;
         try
         {

@@ -69,6 +69,18 @@ public sealed class AdapterConfigTests
         Assert.Equal(8, c.LoraAlpha);
     }
 
+    [Fact]
+    public void Null_values_for_non_nullable_fields_keep_the_PEFT_default()
+    {
+        var (cfg, w) = AdapterConfigJson.Parse("""{"peft_type":"LORA","target_modules":["q_proj"],"rank_pattern":null,"alpha_pattern":null,"bias":null,"r":null,"exclude_modules":null}""");
+        Assert.Empty(w);
+        Assert.Empty(cfg.RankPattern);
+        Assert.Empty(cfg.AlphaPattern);
+        Assert.Equal("none", cfg.Bias);
+        Assert.Equal(8, cfg.R);
+        Assert.Null(cfg.ExcludeModules);
+    }
+
     [Theory]
     [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"init_lora_weights":"pissa"}""", "init_lora_weights")]
     [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"fan_in_fan_out":true}""", "fan_in_fan_out")]

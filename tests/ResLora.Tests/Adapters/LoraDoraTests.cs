@@ -140,6 +140,31 @@ public sealed class LoraDoraTests
     }
 
     [Fact]
+    public void Dora_gradients_of_A_and_B_treat_the_norm_as_a_constant()
+    {
+        var spec = Spec(0, "self_attn", "o_proj", 5, 4);
+        using var l = new DoraLinear(spec, new LoraLayerOptions(2, 4), ScalarType.Float32, CPU, new Generator(16));
+        Perturb(l, 17);
+        using var x = torch.randn(new long[] { 3, 5 }, generator: new Generator(18));
+        using (var loss = l.call(x).square().sum()) loss.backward();
+
+        // Reference (§3.2 detach trick): y = (m / n_const) ⊙ ((W₀ + s·B A) x), with n_const = ‖W₀ + s·BA‖_row computed without grad.
+        using var a = l.LoraA.detach().clone().requires_grad_(true);
+        using var b = l.LoraB.detach().clone().requires_grad_(true);
+        using var nConst = torch.linalg.norm(l.Weight.detach().add(b.detach().matmul(a.detach()).mul(l.Scaling)), dims: new long[] { 1 });
+        using var v = l.Weight.detach().add(b.matmul(a).mul(l.Scaling));
+        using var yRef = nn.functional.linear(x, v).mul(l.Magnitude.detach().div(nConst));
+        using (var lossRef = yRef.square().sum()) lossRef.backward();
+        using var ga = l.LoraA.grad!;
+        using var gb = l.LoraB.grad!;
+        using var gaRef = a.grad!;
+        using var gbRef = b.grad!;
+        Assert.True(MaxAbsDiff(ga, gaRef) < 1e-4, $"dA {MaxAbsDiff(ga, gaRef)}");
+        Assert.True(MaxAbsDiff(gb, gbRef) < 1e-4, $"dB {MaxAbsDiff(gb, gbRef)}");
+        Assert.True(gaRef.abs().max().item<float>() > 1e-2);
+    }
+
+    [Fact]
     public void Dora_reset_magnitude_follows_newly_loaded_base_weights()
     {
         var spec = Spec(0, "self_attn", "q_proj", 4, 3);
