@@ -1,0 +1,148 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using ResLora.Adapters;
+
+namespace ResLora.Tests.Adapters;
+
+public sealed class AdapterConfigTests
+{
+    // Shape of a file written by PEFT 0.17 (sort_keys, indent 2), trimmed; includes fields we do not model.
+    private const string PeftLoraJson = """
+    {
+      "alpha_pattern": {},
+      "auto_mapping": null,
+      "base_model_name_or_path": "TinyLlama/TinyLlama-1.1B",
+      "bias": "none",
+      "fan_in_fan_out": false,
+      "inference_mode": true,
+      "init_lora_weights": "gaussian",
+      "layers_pattern": null,
+      "layers_to_transform": null,
+      "loftq_config": {},
+      "lora_alpha": 32,
+      "lora_bias": false,
+      "lora_dropout": 0.05,
+      "megatron_core": "megatron.core",
+      "modules_to_save": null,
+      "peft_type": "LORA",
+      "r": 16,
+      "rank_pattern": {"v_proj": 4},
+      "revision": null,
+      "target_modules": ["q_proj", "v_proj"],
+      "task_type": "CAUSAL_LM",
+      "use_dora": true,
+      "use_rslora": false
+    }
+    """;
+
+    [Fact]
+    public void Parses_a_PEFT_file_dispatching_on_peft_type_and_warns_about_unknown_fields()
+    {
+        var (cfg, warnings) = AdapterConfigJson.Parse(PeftLoraJson);
+        var c = Assert.IsType<LoraConfig>(cfg);
+        Assert.Equal(16, c.R);
+        Assert.Equal(32, c.LoraAlpha);
+        Assert.Equal(0.05, c.LoraDropout);
+        Assert.Equal(LoraInit.Gaussian, c.InitLoraWeights);
+        Assert.True(c.UseDora);
+        Assert.Equal("dora", c.Method);
+        Assert.Equal(new[] { "q_proj", "v_proj" }, c.TargetModules!.Names);
+        Assert.Equal(4, c.RankPattern["v_proj"]);
+        Assert.Equal("TinyLlama/TinyLlama-1.1B", c.BaseModelNameOrPath);
+        Assert.Equal(3, warnings.Count);
+        Assert.Contains(warnings, w => w.Contains("'auto_mapping'"));
+        Assert.Contains(warnings, w => w.Contains("'loftq_config'"));
+        Assert.Contains(warnings, w => w.Contains("'megatron_core'") && w.Contains("\"megatron.core\""));
+    }
+
+    [Fact]
+    public void Target_modules_string_is_a_regex_and_init_false_means_random()
+    {
+        var (cfg, w) = AdapterConfigJson.Parse("""{"peft_type":"LORA","target_modules":".*\\.(q|v)_proj","init_lora_weights":false,"layers_to_transform":3}""");
+        var c = (LoraConfig)cfg;
+        Assert.Equal(@".*\.(q|v)_proj", c.TargetModules!.Pattern);
+        Assert.Null(c.TargetModules.Names);
+        Assert.Equal(LoraInit.Random, c.InitLoraWeights);
+        Assert.Equal(new[] { 3 }, c.LayersToTransform);
+        Assert.Empty(w);
+        Assert.Equal(8, c.R); // PEFT defaults
+        Assert.Equal(8, c.LoraAlpha);
+    }
+
+    [Fact]
+    public void Null_values_for_non_nullable_fields_keep_the_PEFT_default()
+    {
+        var (cfg, w) = AdapterConfigJson.Parse("""{"peft_type":"LORA","target_modules":["q_proj"],"rank_pattern":null,"alpha_pattern":null,"bias":null,"r":null,"exclude_modules":null}""");
+        Assert.Empty(w);
+        Assert.Empty(cfg.RankPattern);
+        Assert.Empty(cfg.AlphaPattern);
+        Assert.Equal("none", cfg.Bias);
+        Assert.Equal(8, cfg.R);
+        Assert.Null(cfg.ExcludeModules);
+    }
+
+    [Theory]
+    [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"init_lora_weights":"pissa"}""", "init_lora_weights")]
+    [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"fan_in_fan_out":true}""", "fan_in_fan_out")]
+    [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"r":0}""", "'r'")]
+    [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"modules_to_save":["lm_head"]}""", "modules_to_save")]
+    [InlineData("""{"peft_type":"LORA","target_modules":5}""", "target_modules")]
+    [InlineData("""{"peft_type":"LORA"}""", "target_modules")]
+    [InlineData("""{"peft_type":"PREFIX_TUNING","target_modules":["q_proj"]}""", "LORA")]
+    [InlineData("""{"r":8}""", "peft_type")]
+    public void Bad_configs_are_refused_naming_the_field(string json, string expected)
+    {
+        var e = Assert.Throws<InvalidDataException>(() => AdapterConfigJson.Parse(json, "x/adapter_config.json"));
+        Assert.Contains(expected, e.Message);
+        Assert.StartsWith("x/adapter_config.json", e.Message);
+    }
+
+    [Fact]
+    public void Serialize_writes_every_PEFT_LoRA_field_sorted_and_round_trips()
+    {
+        var c = new LoraConfig
+        {
+            R = 4, LoraAlpha = 8, TargetModules = ModuleTargets.List("q_proj", "v_proj"), UseRslora = true,
+            InitLoraWeights = LoraInit.Gaussian, RankPattern = new() { ["q_proj"] = 2 }, BaseModelNameOrPath = "m",
+        };
+        string json = AdapterConfigJson.Serialize(c);
+        using var doc = JsonDocument.Parse(json);
+        var keys = doc.RootElement.EnumerateObject().Select(p => p.Name).ToList();
+        // peft-format.md §2.3 "For our writer: emit at least"
+        string[] required =
+        {
+            "peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "r", "lora_alpha", "lora_dropout",
+            "target_modules", "bias", "fan_in_fan_out", "modules_to_save", "init_lora_weights", "use_rslora", "use_dora",
+            "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern", "exclude_modules", "lora_bias", "peft_version",
+        };
+        Assert.Empty(required.Except(keys));
+        Assert.Equal(keys.OrderBy(k => k, StringComparer.Ordinal), keys);
+        Assert.Equal("LORA", doc.RootElement.GetProperty("peft_type").GetString());
+        Assert.Equal("gaussian", doc.RootElement.GetProperty("init_lora_weights").GetString());
+        Assert.Contains("\n  \"alpha_pattern\"", json); // indent 2
+        var (back, w) = AdapterConfigJson.Parse(json);
+        Assert.Empty(w);
+        var b = (LoraConfig)back;
+        Assert.Equal((4, 8.0, true, LoraInit.Gaussian, 2), (b.R, b.LoraAlpha, b.UseRslora, b.InitLoraWeights, b.RankPattern["q_proj"]));
+        Assert.Equal(c.TargetModules.Names, b.TargetModules!.Names);
+        Assert.Equal(AdapterConfigJson.Serialize(c), AdapterConfigJson.Serialize(b));
+    }
+
+    private sealed record ExtraConfig : AdapterConfigBase
+    {
+        [JsonPropertyName("peft_type")] public override string PeftType => "TEST_EXTRA";
+        [JsonPropertyName("extra_knob")] public int ExtraKnob { get; init; } = 3;
+        [JsonIgnore] public override string Method => "lora";
+    }
+
+    [Fact]
+    public void A_new_method_adds_a_record_with_extra_fields_and_one_registry_line()
+    {
+        AdapterRegistry.Register<ExtraConfig>("TEST_EXTRA", (c, g) => new LoraLayerBuilder(new LoraConfig { R = c.R, TargetModules = c.TargetModules }, g));
+        var (cfg, w) = AdapterConfigJson.Parse("""{"peft_type":"TEST_EXTRA","target_modules":["q_proj"],"extra_knob":7,"use_dora":true}""");
+        Assert.Equal(7, Assert.IsType<ExtraConfig>(cfg).ExtraKnob);
+        Assert.Single(w); // use_dora belongs to LoraConfig, not to this method
+        Assert.Contains("'use_dora'", w[0]);
+        Assert.Contains("\"extra_knob\": 7", AdapterConfigJson.Serialize(cfg));
+    }
+}
