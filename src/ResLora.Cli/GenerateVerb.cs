@@ -43,7 +43,7 @@ internal static class GenerateVerb
                 Seed = r.GetValue(seed),
                 EosTokenIds = stop,
             };
-            var output = Generator.Generate(m, ids, options);
+            var output = TextGenerator.Generate(m, ids, options);
             Console.Out.Write(tokenizer.Decode(output.Where(t => !stop.Contains(t))));
             Console.Out.WriteLine();
             return 0;

@@ -254,7 +254,7 @@ public static class Accuracy
         ids.AddRange(tok.Encode(prompt));
         int budget = Math.Min(maxNewTokens, model.Config.MaxPositionEmbeddings - ids.Count);
         if (budget <= 0 || ids.Count == 0) return false;
-        var output = Generator.Generate(model, ids, new GenerationOptions { MaxNewTokens = budget, EosTokenIds = tok.EosTokenIds });
+        var output = TextGenerator.Generate(model, ids, new GenerationOptions { MaxNewTokens = budget, EosTokenIds = tok.EosTokenIds });
         string text = tok.Decode(output.Where(i => !tok.EosTokenIds.Contains(i)));
         string want = reference.Trim();
         if (!want.Contains('\n'))

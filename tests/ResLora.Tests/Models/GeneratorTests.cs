@@ -17,8 +17,8 @@ public sealed class GeneratorTests
         var c = TinyModels.Config();
         using var model = TinyModels.Build(c, seed: 21);
         var o = new GenerationOptions { MaxNewTokens = 12, Temperature = temperature, TopK = topK, TopP = topP, Seed = 3 };
-        var cached = Generator.Generate(model, Prompt, o);
-        var uncached = Generator.Generate(model, Prompt, o with { UseKvCache = false });
+        var cached = TextGenerator.Generate(model, Prompt, o);
+        var uncached = TextGenerator.Generate(model, Prompt, o with { UseKvCache = false });
         Assert.Equal(12, cached.Count);
         Assert.Equal(uncached, cached);
     }
@@ -28,7 +28,7 @@ public sealed class GeneratorTests
     {
         var c = TinyModels.Config();
         using var model = TinyModels.Build(c, seed: 22);
-        var tokens = Generator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 3 });
+        var tokens = TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 3 });
         var context = Prompt.Select(i => (long)i).ToList();
         foreach (int tok in tokens)
         {
@@ -44,14 +44,14 @@ public sealed class GeneratorTests
         var c = TinyModels.Config();
         using var model = TinyModels.Build(c, seed: 23);
         var o = new GenerationOptions { MaxNewTokens = 16, Temperature = 1.5, Seed = 5 };
-        var a = Generator.Generate(model, Prompt, o);
-        var b = Generator.Generate(model, Prompt, o);
-        var d = Generator.Generate(model, Prompt, o with { Seed = 6 });
+        var a = TextGenerator.Generate(model, Prompt, o);
+        var b = TextGenerator.Generate(model, Prompt, o);
+        var d = TextGenerator.Generate(model, Prompt, o with { Seed = 6 });
         Assert.Equal(a, b);
         Assert.NotEqual(a, d);
-        var greedy = Generator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 16 });
-        Assert.Equal(greedy, Generator.Generate(model, Prompt, o with { TopK = 1 }));
-        Assert.Equal(greedy, Generator.Generate(model, Prompt, o with { TopP = 1e-6 }));
+        var greedy = TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 16 });
+        Assert.Equal(greedy, TextGenerator.Generate(model, Prompt, o with { TopK = 1 }));
+        Assert.Equal(greedy, TextGenerator.Generate(model, Prompt, o with { TopP = 1e-6 }));
     }
 
     [Fact]
@@ -59,10 +59,10 @@ public sealed class GeneratorTests
     {
         var c = TinyModels.Config();
         using var model = TinyModels.Build(c, seed: 24);
-        var free = Generator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 10 });
+        var free = TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 10 });
         int stop = free[3];
         int firstIndex = free.ToList().IndexOf(stop);
-        var stopped = Generator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 10, EosTokenIds = new[] { stop } });
+        var stopped = TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 10, EosTokenIds = new[] { stop } });
         Assert.Equal(free.Take(firstIndex + 1), stopped);
     }
 
@@ -71,9 +71,9 @@ public sealed class GeneratorTests
     {
         var c = TinyModels.Config();
         using var model = TinyModels.Build(c);
-        Assert.Contains("--temperature", Assert.Throws<ArgumentException>(() => Generator.Generate(model, Prompt, new GenerationOptions { Temperature = -1 })).Message);
-        Assert.Contains("--top-p", Assert.Throws<ArgumentException>(() => Generator.Generate(model, Prompt, new GenerationOptions { TopP = 0 })).Message);
-        Assert.Contains("vocab", Assert.Throws<ArgumentException>(() => Generator.Generate(model, new[] { 1, 999 }, new GenerationOptions())).Message);
-        Assert.Contains("max_position_embeddings", Assert.Throws<ArgumentException>(() => Generator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 500 })).Message);
+        Assert.Contains("--temperature", Assert.Throws<ArgumentException>(() => TextGenerator.Generate(model, Prompt, new GenerationOptions { Temperature = -1 })).Message);
+        Assert.Contains("--top-p", Assert.Throws<ArgumentException>(() => TextGenerator.Generate(model, Prompt, new GenerationOptions { TopP = 0 })).Message);
+        Assert.Contains("vocab", Assert.Throws<ArgumentException>(() => TextGenerator.Generate(model, new[] { 1, 999 }, new GenerationOptions())).Message);
+        Assert.Contains("max_position_embeddings", Assert.Throws<ArgumentException>(() => TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 500 })).Message);
     }
 }

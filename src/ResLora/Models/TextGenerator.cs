@@ -28,7 +28,7 @@ public sealed record GenerationOptions
 }
 
 /// <summary>Autoregressive decoding with a KV cache: the prompt is processed once, then one position per new token.</summary>
-public static class Generator
+public static class TextGenerator
 {
     /// <summary>Returns only the new token ids (the prompt is not repeated).</summary>
     public static IReadOnlyList<int> Generate(LlamaForCausalLM model, IReadOnlyList<int> promptIds, GenerationOptions options, Action<int>? onToken = null)
