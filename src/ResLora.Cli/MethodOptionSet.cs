@@ -1,0 +1,53 @@
+using System.CommandLine;
+using ResLora.Adapters;
+using ResLora.Models;
+
+namespace ResLora.Cli;
+
+/// <summary>The adapter method and its hyperparameters on the command line, parsed into the method's config record.</summary>
+internal sealed class MethodOptionSet
+{
+    public static readonly string[] Methods = { "lora", "dora" };
+
+    public Option<string> Method { get; } = new("--method") { Description = $"Adapter method: {string.Join(", ", Methods)}.", DefaultValueFactory = _ => "lora" };
+    public Option<int> Rank { get; } = new("--rank") { Description = "Adapter rank r.", DefaultValueFactory = _ => 8 };
+    public Option<double> Alpha { get; } = new("--alpha") { Description = "Scaling numerator α (scaling = α/r).", DefaultValueFactory = _ => 16.0 };
+    public Option<double> Dropout { get; } = new("--dropout") { Description = "Dropout on the adapter input.", DefaultValueFactory = _ => 0.0 };
+    public Option<string> Targets { get; } = new("--targets") { Description = "Modules to adapt: comma-separated names (q_proj,v_proj), all-linear, or a regex over full module paths.", DefaultValueFactory = _ => "q_proj,v_proj" };
+    public Option<string?> Exclude { get; } = new("--exclude") { Description = "Modules to leave alone (same syntax as --targets)." };
+    public Option<bool> Rslora { get; } = new("--rslora") { Description = "Scale by α/√r (rsLoRA) instead of α/r." };
+
+    public void AddTo(Command cmd)
+    {
+        foreach (var o in new Option[] { Method, Rank, Alpha, Dropout, Targets, Exclude, Rslora }) cmd.Options.Add(o);
+    }
+
+    public static ModuleTargets ParseTargets(string s, string flag)
+    {
+        s = s.Trim();
+        if (s.Length == 0) throw new ArgumentException($"{flag} is empty; give module names such as q_proj,v_proj, or all-linear.");
+        if (string.Equals(s, "all-linear", StringComparison.OrdinalIgnoreCase)) return ModuleTargets.AllLinear;
+        // A plain comma list of names/dotted suffixes; anything with regex metacharacters is a full-match regex (PEFT).
+        if (s.IndexOfAny(new[] { '*', '(', ')', '[', ']', '|', '^', '$', '\\', '+', '?' }) >= 0) return ModuleTargets.Regex(s);
+        return ModuleTargets.List(s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+    }
+
+    /// <summary>The adapter config and any non-layer capabilities (built from the loaded model) for the chosen method.</summary>
+    public (AdapterConfigBase Config, Func<LlamaForCausalLM, IEnumerable<object>>? Extras) Read(System.CommandLine.ParseResult r)
+    {
+        string m = (r.GetValue(Method) ?? "lora").Trim().ToLowerInvariant();
+        var targets = ParseTargets(r.GetValue(Targets)!, "--targets");
+        var exclude = r.GetValue(Exclude) is { } e ? ParseTargets(e, "--exclude") : null;
+        int rank = r.GetValue(Rank);
+        double alpha = r.GetValue(Alpha), dropout = r.GetValue(Dropout);
+        bool rs = r.GetValue(Rslora);
+        AdapterConfigBase cfg = m switch
+        {
+            "lora" => new LoraConfig { R = rank, LoraAlpha = alpha, LoraDropout = dropout, TargetModules = targets, ExcludeModules = exclude, UseRslora = rs },
+            "dora" => new LoraConfig { R = rank, LoraAlpha = alpha, LoraDropout = dropout, TargetModules = targets, ExcludeModules = exclude, UseRslora = rs, UseDora = true },
+            _ => throw new ArgumentException($"--method '{m}' is not known; use one of: {string.Join(", ", Methods)}."),
+        };
+        cfg.Validate();
+        return (cfg, null);
+    }
+}

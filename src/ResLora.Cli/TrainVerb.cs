@@ -1,0 +1,90 @@
+using System.CommandLine;
+using System.Globalization;
+using ResLora.Training;
+using Spectre.Console;
+
+namespace ResLora.Cli;
+
+internal static class TrainVerb
+{
+    public static Command Build()
+    {
+        var model = new Option<string>("--model") { Description = "Hugging Face model folder (config.json, *.safetensors, tokenizer.json).", Required = true };
+        var data = new Option<string>("--data") { Description = "Training data: JSONL or a JSON array of records ({\"text\"}, {\"prompt\",\"completion\"}, Alpaca, or any shape with templates).", Required = true };
+        var evalData = new Option<string?>("--eval-data") { Description = "Held-out data file (default: --eval-fraction of --data)." };
+        var evalFraction = new Option<double>("--eval-fraction") { Description = "Fraction of --data held out for evaluation when --eval-data is not given (0 = none).", DefaultValueFactory = _ => 0.1 };
+        var promptTemplate = new Option<string?>("--prompt-template") { Description = "Prompt built from record fields, e.g. \"{Body} {Question}\\nAnswer:\"." };
+        var completionTemplate = new Option<string?>("--completion-template") { Description = "Completion built from record fields, e.g. \" {Answer}\" (the loss covers only this part)." };
+        var output = new Option<string>("--out") { Description = "Output folder: adapter (PEFT format), metrics.jsonl, train_summary.json, loss.png, checkpoint/.", Required = true };
+        var resume = new Option<bool>("--resume") { Description = "Continue the run in --out from its last checkpoint." };
+        var seqLen = new Option<int>("--seq-len") { Description = "Longest sequence in tokens; longer examples are cut.", DefaultValueFactory = _ => 256 };
+        var pack = new Option<bool>("--pack") { Description = "Pack examples into full --seq-len sequences instead of padding each." };
+        var steps = new Option<int>("--steps") { Description = "Optimizer steps (0: use --epochs).", DefaultValueFactory = _ => 200 };
+        var epochs = new Option<double>("--epochs") { Description = "Epochs over the training data when --steps is 0.", DefaultValueFactory = _ => 0 };
+        var batch = new Option<int>("--batch-size") { Description = "Sequences per micro-batch.", DefaultValueFactory = _ => 8 };
+        var accum = new Option<int>("--grad-accum") { Description = "Micro-batches per optimizer step.", DefaultValueFactory = _ => 1 };
+        var lr = new Option<double>("--lr") { Description = "Peak learning rate (AdamW).", DefaultValueFactory = _ => 2e-4 };
+        var wd = new Option<double>("--weight-decay") { Description = "AdamW decoupled weight decay.", DefaultValueFactory = _ => 0.0 };
+        var warmup = new Option<int>("--warmup-steps") { Description = "Linear warm-up steps.", DefaultValueFactory = _ => 0 };
+        var schedule = new Option<string>("--schedule") { Description = "cosine, linear or constant decay after warm-up.", DefaultValueFactory = _ => "cosine" };
+        var clip = new Option<double>("--max-grad-norm") { Description = "Gradient-norm clip (0 = off).", DefaultValueFactory = _ => 1.0 };
+        var seed = new Option<long>("--seed") { Description = "Seed for adapter init, data order and dropout.", DefaultValueFactory = _ => 42L };
+        var logEvery = new Option<int>("--log-every") { Description = "Log (metrics.jsonl, progress) every N steps.", DefaultValueFactory = _ => 10 };
+        var evalEvery = new Option<int>("--eval-every") { Description = "Evaluate every N steps (0 = only at the end).", DefaultValueFactory = _ => 0 };
+        var saveEvery = new Option<int>("--save-every") { Description = "Checkpoint every N steps (0 = only at the end).", DefaultValueFactory = _ => 50 };
+        var evalExamples = new Option<int>("--eval-generate") { Description = "Examples whose answers are generated for exact-match accuracy at each evaluation (0 = off).", DefaultValueFactory = _ => 64 };
+        var maxNew = new Option<int>("--max-new-tokens") { Description = "Longest generated answer during evaluation.", DefaultValueFactory = _ => 16 };
+        var method = new MethodOptionSet();
+        var rt = new RuntimeOptionSet();
+        var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
+        foreach (var o in new Option[] { model, data, evalData, evalFraction, promptTemplate, completionTemplate, output, resume, seqLen, pack, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew })
+            cmd.Options.Add(o);
+        method.AddTo(cmd);
+        rt.AddTo(cmd);
+        cmd.SetAction(r => CliErrors.Guard(() =>
+        {
+            string dir = CliPaths.ModelDir(r.GetValue(model));
+            var runtime = rt.Read(r);
+            var (adapter, extras) = method.Read(r);
+            var req = new FineTuneRequest
+            {
+                ModelDir = dir,
+                DataPath = r.GetValue(data)!,
+                EvalDataPath = r.GetValue(evalData),
+                EvalFraction = r.GetValue(evalFraction),
+                Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)),
+                Adapter = adapter,
+                ExtraCapabilities = extras,
+                Runtime = runtime,
+                OutDir = r.GetValue(output)!,
+                Resume = r.GetValue(resume),
+                SeqLen = r.GetValue(seqLen),
+                Pack = r.GetValue(pack),
+                Train = new TrainOptions
+                {
+                    Steps = r.GetValue(steps),
+                    Epochs = r.GetValue(epochs),
+                    BatchSize = r.GetValue(batch),
+                    GradAccum = r.GetValue(accum),
+                    LearningRate = r.GetValue(lr),
+                    WeightDecay = r.GetValue(wd),
+                    WarmupSteps = r.GetValue(warmup),
+                    Schedule = r.GetValue(schedule)!,
+                    MaxGradNorm = r.GetValue(clip),
+                    Seed = r.GetValue(seed),
+                    LogEvery = r.GetValue(logEvery),
+                    EvalEvery = r.GetValue(evalEvery),
+                    SaveEvery = r.GetValue(saveEvery),
+                    EvalGenerateExamples = r.GetValue(evalExamples),
+                    MaxNewTokens = r.GetValue(maxNew),
+                },
+            };
+            var summary = ProgressDisplay.Run($"train {adapter.Method}", obs => FineTuning.Run(req, obs));
+            string I(double? v) => v is { } x && !double.IsNaN(x) ? x.ToString("0.0000", CultureInfo.InvariantCulture) : "-";
+            Console.Out.WriteLine($"done: {summary.Steps} steps in {summary.WallSeconds:0.0}s; train loss {I(summary.FinalTrainLoss)}, eval loss {I(summary.FinalEvalLoss)}, eval accuracy {(summary.FinalEvalAccuracy is { } a ? a.ToString("P1", CultureInfo.InvariantCulture) : "-")}");
+            Console.Out.WriteLine($"adapter: {Path.GetFullPath(req.OutDir)} (PEFT format); plot: {Path.Combine(req.OutDir, TrainLoop.PlotFile)}");
+            return 0;
+        }));
+        return cmd;
+    }
+}

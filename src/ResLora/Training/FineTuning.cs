@@ -1,0 +1,113 @@
+using ResLora.Adapters;
+using ResLora.IO;
+using ResLora.Models;
+using TorchSharp;
+
+namespace ResLora.Training;
+
+/// <summary>One fine-tuning run as <c>reslora train</c> describes it.</summary>
+public sealed record FineTuneRequest
+{
+    public required string ModelDir { get; init; }
+    public required string DataPath { get; init; }
+    /// <summary>A separate evaluation file; when null, <see cref="EvalFraction"/> of the data is held out (0 = no evaluation).</summary>
+    public string? EvalDataPath { get; init; }
+    public double EvalFraction { get; init; } = 0.1;
+    public DataTemplates Templates { get; init; } = new();
+    public required AdapterConfigBase Adapter { get; init; }
+    public TrainOptions Train { get; init; } = new();
+    public RuntimeOptions Runtime { get; init; } = new();
+    public required string OutDir { get; init; }
+    public int SeqLen { get; init; } = 256;
+    public bool Pack { get; init; }
+    public bool Resume { get; init; }
+    /// <summary>Method extras that are not layers (RefLoRA's step hook): built from the loaded model.</summary>
+    public Func<LlamaForCausalLM, IEnumerable<object>>? ExtraCapabilities { get; init; }
+}
+
+/// <summary>The library function behind <c>reslora train</c>: model + adapter plan + data → trained adapter folder.</summary>
+public static class FineTuning
+{
+    public static TrainSummary Run(FineTuneRequest req, ITrainObserver? observer = null)
+    {
+        observer ??= new SilentObserver();
+        req.Train.Validate();
+        req.Templates.Validate();
+        req.Adapter.Validate();
+        if (req.SeqLen < 2) throw new ArgumentException($"--seq-len must be at least 2, got {req.SeqLen}.");
+        PrepareOutDir(req.OutDir, req.Resume);
+
+        var tokenizer = TokenizerLoader.Load(req.ModelDir);
+        var all = DataSet.Load(req.DataPath, req.Templates);
+        IReadOnlyList<TextExample> train = all, evalSet = Array.Empty<TextExample>();
+        if (req.EvalDataPath is not null) evalSet = DataSet.Load(req.EvalDataPath, req.Templates);
+        else if (req.EvalFraction > 0 && all.Count >= 2) (train, evalSet) = DataSet.Split(all, req.EvalFraction, req.Train.Seed);
+
+        torch.manual_seed(req.Train.Seed);
+        using var gen = new torch.Generator((ulong)req.Train.Seed);
+        var plan = new AdapterPlan(req.Adapter with { BaseModelNameOrPath = req.Adapter.BaseModelNameOrPath ?? Path.GetFullPath(req.ModelDir) }, gen);
+        using var model = ModelLoader.Load(req.ModelDir, req.Runtime, plan);
+        if (req.SeqLen > model.Config.MaxPositionEmbeddings)
+            throw new ArgumentException($"--seq-len {req.SeqLen} is longer than the model's max_position_embeddings ({model.Config.MaxPositionEmbeddings}); lower --seq-len.");
+        plan.EnsureAllPatternsMatched();
+        AdapterModel.OnBaseWeightsLoaded(model);
+        AdapterModel.FreezeAllButAdapters(model);
+        var (trainable, total) = AdapterModel.CountParameters(model);
+        observer.OnMessage($"{plan.Builder.Method}: {AdapterModel.FindAdapters(model).Count} adapted modules, {trainable:N0} trainable of {total:N0} parameters ({100.0 * trainable / total:0.###}%)");
+
+        var trainTok = Tokenization.Tokenize(train, tokenizer, req.SeqLen);
+        var evalTok = Tokenization.Tokenize(evalSet, tokenizer, req.SeqLen);
+        if (trainTok.Truncated + evalTok.Truncated > 0)
+            observer.OnMessage($"{trainTok.Truncated + evalTok.Truncated} examples were longer than --seq-len {req.SeqLen} and were cut; {trainTok.DroppedWithoutLoss + evalTok.DroppedWithoutLoss} lost every completion token and were dropped.");
+        var trainSeqs = req.Pack ? Tokenization.Pack(trainTok.Examples, req.SeqLen) : trainTok.Examples;
+        if (trainSeqs.Count == 0) throw new InvalidDataException($"{req.DataPath}: no training sequence is left after tokenization (every example lost its completion to --seq-len {req.SeqLen}).");
+
+        var config = plan.Config;
+        var extras = req.ExtraCapabilities?.Invoke(model).ToList() ?? new List<object>();
+        var caps = AdapterModel.CollectCapabilities(model, extras.Prepend(plan.Builder).ToArray());
+        var statistics = caps.Statistics;
+        return TrainLoop.Run(new TrainRunSpec
+        {
+            Model = model,
+            Tokenizer = tokenizer,
+            Train = trainSeqs,
+            Eval = evalTok.Examples,
+            AccuracyExamples = evalSet.Where(e => !e.IsPlainText).ToList(),
+            Options = req.Train,
+            OutDir = req.OutDir,
+            Method = plan.Builder.Method,
+            Resume = req.Resume,
+            Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks).Concat(caps.Statistics),
+            SaveWeights = dir => AdapterFolder.Save(dir, config, model),
+            LoadWeights = dir => AdapterFolder.LoadInto(dir, model),
+        }, observer);
+    }
+
+    /// <summary>
+    /// The output folder must be writable; an existing run there is continued only with --resume (never overwritten
+    /// silently), and --resume without a checkpoint is an error rather than a fresh start.
+    /// </summary>
+    public static void PrepareOutDir(string outDir, bool resume)
+    {
+        bool hasCheckpoint = Directory.Exists(outDir) && TrainCheckpoint.Find(outDir) is not null;
+        if (resume && !hasCheckpoint)
+            throw new InvalidOperationException($"--resume: no checkpoint in {outDir}; run without --resume to start.");
+        if (!resume && hasCheckpoint)
+            throw new InvalidOperationException($"--out {outDir} already holds a training run; add --resume to continue it, or choose another --out folder.");
+        try
+        {
+            Directory.CreateDirectory(outDir);
+            string probe = Path.Combine(outDir, $".write-test-{Guid.NewGuid():N}");
+            File.WriteAllText(probe, "");
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is UnauthorizedAccessException or IOException)
+        {
+            throw new IOException($"--out {outDir}: cannot write there ({e.Message}); choose a writable folder.", e);
+        }
+    }
+
+    private sealed class SilentObserver : ITrainObserver
+    {
+    }
+}
