@@ -16,6 +16,7 @@ public static class CliApp
     private static IEnumerable<Command> Verbs()
     {
         yield return VersionVerb.Build();
+        yield return BenchVerb.Build();
     }
 
     public static int Run(string[] args)

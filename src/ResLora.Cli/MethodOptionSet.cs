@@ -7,7 +7,7 @@ namespace ResLora.Cli;
 /// <summary>The adapter method and its hyperparameters on the command line, parsed into the method's config record.</summary>
 internal sealed class MethodOptionSet
 {
-    public static readonly string[] Methods = { "lora", "dora" };
+    public static IReadOnlyCollection<string> Methods => MethodCatalog.Names;
 
     public Option<string> Method { get; } = new("--method") { Description = $"Adapter method: {string.Join(", ", Methods)}.", DefaultValueFactory = _ => "lora" };
     public Option<int> Rank { get; } = new("--rank") { Description = "Adapter rank r.", DefaultValueFactory = _ => 8 };
@@ -32,22 +32,22 @@ internal sealed class MethodOptionSet
         return ModuleTargets.List(s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
     }
 
-    /// <summary>The adapter config and any non-layer capabilities (built from the loaded model) for the chosen method.</summary>
-    public (AdapterConfigBase Config, Func<LlamaForCausalLM, IEnumerable<object>>? Extras) Read(System.CommandLine.ParseResult r)
+    /// <summary>The method's config record and any non-layer capabilities (built from the loaded model).</summary>
+    public MethodSetup Read(System.CommandLine.ParseResult r) => MethodCatalog.Build(ReadSpec(r));
+
+    public MethodSpec ReadSpec(System.CommandLine.ParseResult r)
     {
-        string m = (r.GetValue(Method) ?? "lora").Trim().ToLowerInvariant();
-        var targets = ParseTargets(r.GetValue(Targets)!, "--targets");
-        var exclude = r.GetValue(Exclude) is { } e ? ParseTargets(e, "--exclude") : null;
-        int rank = r.GetValue(Rank);
-        double alpha = r.GetValue(Alpha), dropout = r.GetValue(Dropout);
-        bool rs = r.GetValue(Rslora);
-        AdapterConfigBase cfg = m switch
+        var extra = new Dictionary<string, string>();
+        return new MethodSpec
         {
-            "lora" => new LoraConfig { R = rank, LoraAlpha = alpha, LoraDropout = dropout, TargetModules = targets, ExcludeModules = exclude, UseRslora = rs },
-            "dora" => new LoraConfig { R = rank, LoraAlpha = alpha, LoraDropout = dropout, TargetModules = targets, ExcludeModules = exclude, UseRslora = rs, UseDora = true },
-            _ => throw new ArgumentException($"--method '{m}' is not known; use one of: {string.Join(", ", Methods)}."),
+            Method = r.GetValue(Method) ?? "lora",
+            Rank = r.GetValue(Rank),
+            Alpha = r.GetValue(Alpha),
+            Dropout = r.GetValue(Dropout),
+            Targets = ParseTargets(r.GetValue(Targets)!, "--targets"),
+            Exclude = r.GetValue(Exclude) is { } e ? ParseTargets(e, "--exclude") : null,
+            UseRslora = r.GetValue(Rslora),
+            Extra = extra,
         };
-        cfg.Validate();
-        return (cfg, null);
     }
 }

@@ -45,7 +45,9 @@ internal static class TrainVerb
         {
             string dir = CliPaths.ModelDir(r.GetValue(model));
             var runtime = rt.Read(r);
-            var (adapter, extras) = method.Read(r);
+            var setup = method.Read(r);
+            var adapter = setup.Config;
+            var extras = setup.Extras;
             var req = new FineTuneRequest
             {
                 ModelDir = dir,

@@ -1,0 +1,63 @@
+using ResLora.Models;
+
+namespace ResLora.Adapters;
+
+/// <summary>
+/// A method and its hyperparameters as the command line, the demo and the benchmarks name them. One record for all
+/// methods keeps the CLI thin; <see cref="MethodCatalog.Build"/> turns it into the method's own config record.
+/// </summary>
+public sealed record MethodSpec
+{
+    public string Method { get; init; } = "lora";
+    public int Rank { get; init; } = 8;
+    public double Alpha { get; init; } = 16;
+    public double Dropout { get; init; }
+    public ModuleTargets Targets { get; init; } = ModuleTargets.List("q_proj", "v_proj");
+    public ModuleTargets? Exclude { get; init; }
+    public bool UseRslora { get; init; }
+    /// <summary>Per-method extras by name (ResLoRA's structure/pre_num/merge, RefLoRA's variant, ...).</summary>
+    public IReadOnlyDictionary<string, string> Extra { get; init; } = new Dictionary<string, string>();
+
+    public string Label => Extra.Count == 0 ? Method : $"{Method}({string.Join(",", Extra.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => $"{kv.Key}={kv.Value}"))})";
+}
+
+/// <summary>What a method needs at training time besides its layers (a step hook built from the loaded model).</summary>
+public sealed record MethodSetup(AdapterConfigBase Config, Func<LlamaForCausalLM, IEnumerable<object>>? Extras = null);
+
+/// <summary>The methods this build knows, by command-line name.</summary>
+public static class MethodCatalog
+{
+    private static readonly Dictionary<string, Func<MethodSpec, MethodSetup>> Builders = new(StringComparer.Ordinal)
+    {
+        ["lora"] = s => new MethodSetup(Lora(s)),
+        ["dora"] = s => new MethodSetup(Lora(s) with { UseDora = true }),
+    };
+
+    public static IReadOnlyCollection<string> Names => Builders.Keys.ToArray();
+
+    /// <summary>Adds a method (each method file registers itself through <see cref="Register"/>).</summary>
+    public static void Register(string name, Func<MethodSpec, MethodSetup> builder) => Builders[name] = builder;
+
+    public static MethodSetup Build(MethodSpec spec)
+    {
+        string m = spec.Method.Trim().ToLowerInvariant();
+        if (!Builders.TryGetValue(m, out var b))
+            throw new ArgumentException($"--method '{spec.Method}' is not known; use one of: {string.Join(", ", Builders.Keys.OrderBy(k => k, StringComparer.Ordinal))}.");
+        var setup = b(spec);
+        setup.Config.Validate();
+        return setup;
+    }
+
+    public static LoraConfig Lora(MethodSpec s) => new()
+    {
+        R = s.Rank,
+        LoraAlpha = s.Alpha,
+        LoraDropout = s.Dropout,
+        TargetModules = s.Targets,
+        ExcludeModules = s.Exclude,
+        UseRslora = s.UseRslora,
+    };
+
+    /// <summary>Reads an extra as a string, with a default; unknown extras are refused by each method's builder.</summary>
+    public static string ExtraOr(this MethodSpec s, string key, string fallback) => s.Extra.TryGetValue(key, out var v) ? v : fallback;
+}
