@@ -133,29 +133,8 @@ public sealed class Trainer
     }
 
     /// <summary>Mean loss (token-weighted) and perplexity over the evaluation batches; no gradients, eval mode.</summary>
-    public (double Loss, double Perplexity, int Tokens) EvaluateLoss(IEnumerable<TrainBatch> batches)
-    {
-        using var noGrad = torch.no_grad();
-        _model.eval();
-        double sum = 0;
-        long tokens = 0;
-        int count = 0;
-        foreach (var batch in batches)
-        {
-            using var scope = torch.NewDisposeScope();
-            using (batch)
-            {
-                var logits = _model.forward(batch.InputIds, batch.AttentionMask);
-                var (loss, n) = CausalLmLoss(logits, batch.Labels);
-                sum += loss.item<float>() * n;
-                tokens += n;
-            }
-            if (_o.EvalMaxBatches > 0 && ++count >= _o.EvalMaxBatches) break;
-        }
-        _model.train();
-        double mean = tokens > 0 ? sum / tokens : double.NaN;
-        return (mean, Math.Exp(Math.Min(mean, 700)), (int)tokens);
-    }
+    public (double Loss, double Perplexity, int Tokens) EvaluateLoss(IEnumerable<TrainBatch> batches) =>
+        Evaluation.Loss(_model, batches, _o.EvalMaxBatches);
 
     /// <summary>Wall-clock helper for tokens/s.</summary>
     public static Stopwatch StartClock() => Stopwatch.StartNew();
