@@ -1,0 +1,85 @@
+using ResLora.IO;
+using ResLora.Models;
+using ResLora.Tests.Infrastructure;
+using TorchSharp;
+
+namespace ResLora.Tests.IO;
+
+public sealed class HfCheckpointTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("reslora-ckpt-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private static IEnumerable<KeyValuePair<string, torch.Tensor>> Weights(LlamaForCausalLM m) =>
+        m.BaseParameters().Select(kv => new KeyValuePair<string, torch.Tensor>(kv.Key, kv.Value));
+
+    [Theory]
+    [InlineData(false, long.MaxValue)]
+    [InlineData(true, 20_000L)]
+    public void SaveThenLoad_GivesTheSameLogits(bool tied, long shardBytes)
+    {
+        var c = TinyModels.Config(tied: tied);
+        using var model = TinyModels.Build(c, seed: 3);
+        HfCheckpoint.Save(_dir, c, Weights(model), shardBytes);
+        Assert.Equal(shardBytes < long.MaxValue, File.Exists(Path.Combine(_dir, HfCheckpoint.IndexFile)));
+        if (shardBytes < long.MaxValue) Assert.True(Directory.GetFiles(_dir, "model-0000*-of-*.safetensors").Length > 1);
+        using var loaded = ModelLoader.Load(_dir, new RuntimeOptions());
+        using var ids = TinyModels.RandomIds(2, 7, c.VocabSize, 1);
+        using var a = model.forward(ids);
+        using var b = loaded.forward(ids);
+        Assert.Equal(0.0, (a - b).abs().max().item<float>());
+        Assert.All(loaded.parameters(), p => Assert.False(p.requires_grad));
+    }
+
+    [Fact]
+    public void MismatchedWeights_AreListedByName()
+    {
+        var c = TinyModels.Config();
+        using var model = TinyModels.Build(c);
+        var w = Weights(model).Where(kv => kv.Key != "model.norm.weight").ToList();
+        using var extra = torch.zeros(3);
+        w.Add(new("model.layers.0.self_attn.rotary_emb.inv_freq", extra));
+        w.Add(new("model.extra.weight", extra));
+        HfCheckpoint.Save(_dir, c with { IntermediateSize = 40 }, w);
+        var e = Assert.Throws<InvalidDataException>(() => ModelLoader.Load(_dir, new RuntimeOptions()));
+        Assert.Contains("missing (1): model.norm.weight", e.Message);
+        Assert.Contains("unexpected (1): model.extra.weight", e.Message);
+        Assert.Contains("model.layers.0.mlp.up_proj.weight: stored [48, 32], config.json implies [40, 32]", e.Message);
+    }
+
+    [Fact]
+    public void PickleOnlyFolder_IsRefused()
+    {
+        File.WriteAllText(Path.Combine(_dir, "config.json"), TinyModels.Config().ToJson());
+        File.WriteAllBytes(Path.Combine(_dir, "pytorch_model.bin"), new byte[] { 0x80, 0x02 });
+        var e = Assert.Throws<InvalidDataException>(() => HfCheckpoint.Open(_dir));
+        Assert.Contains("pytorch_model.bin", e.Message);
+        Assert.Contains("never loaded", e.Message);
+        Assert.Contains("safe_serialization=True", e.Message);
+    }
+
+    [Fact]
+    public void IndexPointingAtMissingShard_NamesTheShard()
+    {
+        var c = TinyModels.Config();
+        using var model = TinyModels.Build(c);
+        HfCheckpoint.Save(_dir, c, Weights(model), 20_000);
+        var shard = Directory.GetFiles(_dir, "model-00002-of-*.safetensors").Single();
+        File.Delete(shard);
+        var e = Assert.Throws<FileNotFoundException>(() => HfCheckpoint.Open(_dir));
+        Assert.Contains(Path.GetFileName(shard), e.Message);
+    }
+
+    [Fact]
+    public void TiedModel_IgnoresAStoredLmHead_AndMissingFolderIsClear()
+    {
+        var c = TinyModels.Config(tied: true);
+        using var model = TinyModels.Build(c);
+        var w = Weights(model).ToList();
+        w.Add(new("lm_head.weight", model.BaseParameters()["model.embed_tokens.weight"]));
+        HfCheckpoint.Save(_dir, c, w);
+        using var loaded = ModelLoader.Load(_dir, new RuntimeOptions());
+        Assert.Contains("no such folder", Assert.Throws<DirectoryNotFoundException>(() => HfCheckpoint.Open(Path.Combine(_dir, "nope"))).Message);
+    }
+}
