@@ -16,6 +16,11 @@ public static class CliApp
     private static IEnumerable<Command> Verbs()
     {
         yield return VersionVerb.Build();
+        yield return InspectVerb.Build();
+        yield return GenerateVerb.Build();
+        yield return TrainVerb.Build();
+        yield return EvalVerb.Build();
+        yield return MergeVerb.Build();
         yield return BenchVerb.Build();
     }
 

@@ -32,9 +32,8 @@ internal static class EvalVerb
             int bs = r.GetValue(batch);
             if (bs < 1) throw new ArgumentException($"--batch-size must be at least 1, got {bs}.");
             var res = Evaluation.Run(m, tokenizer, examples, r.GetValue(seqLen), bs, r.GetValue(maxNew), r.GetValue(limit));
-            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"examples {res.Examples}, loss tokens {res.LossTokens}: loss {res.Loss:0.0000}, perplexity {res.Perplexity:0.000}" +
-                (res.Accuracy is { } a ? $", exact-match accuracy {a:P1} on {res.AccuracyExamples}" : "")));
+            string acc = res.Accuracy is { } a ? string.Create(CultureInfo.InvariantCulture, $", exact-match accuracy {a:P1} on {res.AccuracyExamples}") : "";
+            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"examples {res.Examples}, loss tokens {res.LossTokens}: loss {res.Loss:0.0000}, perplexity {res.Perplexity:0.000}") + acc);
             return 0;
         }));
         return cmd;

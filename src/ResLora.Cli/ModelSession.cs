@@ -1,3 +1,4 @@
+using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Models;
 
@@ -8,7 +9,7 @@ internal static class ModelSession
 {
     public static LlamaForCausalLM LoadModel(string modelDir, string? adapterDir, RuntimeOptions runtime)
     {
-        if (adapterDir is not null) return AdapterSession.LoadWithAdapter(modelDir, adapterDir, runtime);
+        if (adapterDir is not null) return AdapterSession.LoadWithAdapter(modelDir, adapterDir, runtime, w => Console.Error.WriteLine($"warning: {w}"));
         return ModelLoader.Load(modelDir, runtime);
     }
 

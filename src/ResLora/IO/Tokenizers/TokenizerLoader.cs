@@ -1,0 +1,137 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.ML.Tokenizers;
+
+namespace ResLora.IO;
+
+/// <summary>
+/// Loads a model folder's tokenizer: Hugging Face <c>tokenizer.json</c> (preferred) or SentencePiece
+/// <c>tokenizer.model</c>, with BOS/EOS/pad from <c>tokenizer_config.json</c>, <c>generation_config.json</c> and
+/// <c>config.json</c>.
+/// </summary>
+public static class TokenizerLoader
+{
+    public static ITextTokenizer Load(string modelDir)
+    {
+        if (!Directory.Exists(modelDir)) throw new DirectoryNotFoundException($"{modelDir}: no such folder.");
+        string json = Path.Combine(modelDir, "tokenizer.json"), spm = Path.Combine(modelDir, "tokenizer.model");
+        var cfg = ReadJson(Path.Combine(modelDir, "tokenizer_config.json"));
+        var gen = ReadJson(Path.Combine(modelDir, "generation_config.json"));
+        var model = ReadJson(Path.Combine(modelDir, "config.json"));
+        if (File.Exists(json))
+        {
+            JsonObject root;
+            try
+            {
+                root = JsonNode.Parse(File.ReadAllText(json)) as JsonObject ?? throw new InvalidDataException($"{json}: expected a JSON object.");
+            }
+            catch (JsonException e)
+            {
+                throw new InvalidDataException($"{json}: not valid JSON ({e.Message}).", e);
+            }
+            var tok = new Tokenizers.HfTokenizer(root, json);
+            var (bos, eos, pad, addBos) = Specials(cfg, gen, model, tok.TokenId, DefaultAddBos(root, cfg), json);
+            return new HfJsonTokenizer(tok, bos, eos, pad, addBos);
+        }
+        if (File.Exists(spm))
+        {
+            LlamaTokenizer sp;
+            try
+            {
+                using var fs = File.OpenRead(spm);
+                sp = LlamaTokenizer.Create(fs, addBeginOfSentence: false, addEndOfSentence: false);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                throw new InvalidDataException($"{spm}: not a readable SentencePiece model ({e.Message}).", e);
+            }
+            var (bos, eos, pad, addBos) = Specials(cfg, gen, model, t => sp.Vocabulary.TryGetValue(t, out int id) ? id : null, true, spm);
+            bos ??= sp.BeginningOfSentenceId;
+            if (eos.Count == 0) eos.Add(sp.EndOfSentenceId);
+            return new SentencePieceModelTokenizer(sp, bos, eos, pad, addBos);
+        }
+        throw new FileNotFoundException($"{modelDir}: no tokenizer.json or tokenizer.model; copy the tokenizer files of the model into the folder.");
+    }
+
+    private static JsonObject? ReadJson(string path)
+    {
+        if (!File.Exists(path)) return null;
+        try
+        {
+            return JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip }) as JsonObject;
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{path}: not valid JSON ({e.Message}).", e);
+        }
+    }
+
+    /// <summary>Without add_bos_token in tokenizer_config.json, BOS is added when the post-processor template starts with a special token.</summary>
+    private static bool DefaultAddBos(JsonObject root, JsonObject? cfg)
+    {
+        if (cfg?["add_bos_token"] is JsonValue v && v.TryGetValue<bool>(out bool b)) return b;
+        if (root["post_processor"] is JsonObject pp)
+        {
+            var procs = (string?)pp["type"] == "Sequence" ? (pp["processors"] as JsonArray ?? new JsonArray()).OfType<JsonObject>() : new[] { pp };
+            foreach (var p in procs)
+                if ((string?)p["type"] == "TemplateProcessing" && p["single"] is JsonArray single && single.Count > 0 && single[0] is JsonObject first && first.ContainsKey("SpecialToken"))
+                    return true;
+        }
+        return false;
+    }
+
+    private static string? TokenContent(JsonNode? n) => n switch
+    {
+        JsonValue v when v.TryGetValue<string>(out var s) => s,
+        JsonObject o => (string?)o["content"],
+        _ => null,
+    };
+
+    private static List<int> Ids(JsonNode? n) => n switch
+    {
+        JsonValue v when v.TryGetValue<int>(out int i) => new List<int> { i },
+        JsonArray a => a.Select(x => (int)x!).ToList(),
+        _ => new List<int>(),
+    };
+
+    private static (int? Bos, List<int> Eos, int? Pad, bool AddBos) Specials(JsonObject? cfg, JsonObject? gen, JsonObject? model, Func<string, int?> lookup, bool addBosDefault, string source)
+    {
+        int? Resolve(string field)
+        {
+            string? content = TokenContent(cfg?[field]);
+            if (content is null) return null;
+            return lookup(content) ?? throw new InvalidDataException($"{source}: tokenizer_config.json names {field} '{content}', which is not in the vocabulary.");
+        }
+        int? bos = Resolve("bos_token") ?? Ids(gen?["bos_token_id"]).Cast<int?>().FirstOrDefault() ?? Ids(model?["bos_token_id"]).Cast<int?>().FirstOrDefault();
+        var eos = new List<int>();
+        foreach (int e in Ids(gen?["eos_token_id"])) if (!eos.Contains(e)) eos.Add(e);
+        if (Resolve("eos_token") is { } te && !eos.Contains(te)) eos.Add(te);
+        if (eos.Count == 0) eos.AddRange(Ids(model?["eos_token_id"]));
+        int? pad = Resolve("pad_token") ?? Ids(gen?["pad_token_id"]).Cast<int?>().FirstOrDefault() ?? Ids(model?["pad_token_id"]).Cast<int?>().FirstOrDefault();
+        bool addBos = cfg?["add_bos_token"] is JsonValue v && v.TryGetValue<bool>(out bool b) ? b : addBosDefault;
+        return (bos, eos, pad, addBos && bos is not null);
+    }
+
+    private sealed class HfJsonTokenizer(Tokenizers.HfTokenizer tok, int? bos, IReadOnlyList<int> eos, int? pad, bool addBos) : ITextTokenizer
+    {
+        public int VocabSize => tok.VocabSize;
+        public int? BosTokenId => bos;
+        public IReadOnlyList<int> EosTokenIds => eos;
+        public int? PadTokenId => pad;
+        public bool AddBosToken => addBos;
+        public IReadOnlyList<int> Encode(string text) => tok.Encode(text);
+        public string Decode(IEnumerable<int> ids, bool skipSpecialTokens = true) => tok.Decode(ids, skipSpecialTokens);
+    }
+
+    private sealed class SentencePieceModelTokenizer(LlamaTokenizer sp, int? bos, IReadOnlyList<int> eos, int? pad, bool addBos) : ITextTokenizer
+    {
+        public int VocabSize => sp.Vocabulary.Count;
+        public int? BosTokenId => bos;
+        public IReadOnlyList<int> EosTokenIds => eos;
+        public int? PadTokenId => pad;
+        public bool AddBosToken => addBos;
+        public IReadOnlyList<int> Encode(string text) => sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false);
+        public string Decode(IEnumerable<int> ids, bool skipSpecialTokens = true) =>
+            sp.Decode(skipSpecialTokens ? ids.Where(i => i != bos && !eos.Contains(i) && i != pad) : ids) ?? "";
+    }
+}
