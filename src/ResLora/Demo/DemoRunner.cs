@@ -149,7 +149,8 @@ public static class DemoRunner
 
         // 4. Compare: each method at the shared default and at its own best (lowest eval loss) setting.
         var loraDefault = runs.First(r => r.Label == "lora" && r.Lr == o.DefaultLr && r.Alpha == o.DefaultAlpha);
-        double loraFinal = loraDefault.Summary.FinalTrainLoss;
+        // The last logged (window-averaged) training loss, not the single last batch: a fair, less noisy target.
+        double loraFinal = loraDefault.Summary.Curve.Count > 0 ? loraDefault.Summary.Curve[^1].Loss : loraDefault.Summary.FinalTrainLoss;
         int early = Math.Max(1, o.Steps / 4);
         using var probe = ProbeBatch(tokenizer, evalExamples);
         var rows = new List<DemoRow>();
