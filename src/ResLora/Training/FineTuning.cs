@@ -18,7 +18,8 @@ public sealed record FineTuneRequest
     public TrainOptions Train { get; init; } = new();
     public RuntimeOptions Runtime { get; init; } = new();
     public required string OutDir { get; init; }
-    public int SeqLen { get; init; } = 256;
+    /// <summary>Longest sequence; null = min(256, the model's max_position_embeddings).</summary>
+    public int? SeqLen { get; init; }
     public bool Pack { get; init; }
     public bool Resume { get; init; }
     /// <summary>Method extras that are not layers (RefLoRA's step hook): built from the loaded model.</summary>
@@ -34,7 +35,7 @@ public static class FineTuning
         req.Train.Validate();
         req.Templates.Validate();
         req.Adapter.Validate();
-        if (req.SeqLen < 2) throw new ArgumentException($"--seq-len must be at least 2, got {req.SeqLen}.");
+        if (req.SeqLen is < 2) throw new ArgumentException($"--seq-len must be at least 2, got {req.SeqLen}.");
         PrepareOutDir(req.OutDir, req.Resume);
 
         var tokenizer = TokenizerLoader.Load(req.ModelDir);
@@ -49,18 +50,19 @@ public static class FineTuning
         using var model = ModelLoader.Load(req.ModelDir, req.Runtime, plan);
         if (req.SeqLen > model.Config.MaxPositionEmbeddings)
             throw new ArgumentException($"--seq-len {req.SeqLen} is longer than the model's max_position_embeddings ({model.Config.MaxPositionEmbeddings}); lower --seq-len.");
+        int seqLen = req.SeqLen ?? Math.Min(256, model.Config.MaxPositionEmbeddings);
         plan.EnsureAllPatternsMatched();
         AdapterModel.OnBaseWeightsLoaded(model);
         AdapterModel.FreezeAllButAdapters(model);
         var (trainable, total) = AdapterModel.CountParameters(model);
         observer.OnMessage($"{plan.Builder.Method}: {AdapterModel.FindAdapters(model).Count} adapted modules, {trainable:N0} trainable of {total:N0} parameters ({100.0 * trainable / total:0.###}%)");
 
-        var trainTok = Tokenization.Tokenize(train, tokenizer, req.SeqLen);
-        var evalTok = Tokenization.Tokenize(evalSet, tokenizer, req.SeqLen);
+        var trainTok = Tokenization.Tokenize(train, tokenizer, seqLen);
+        var evalTok = Tokenization.Tokenize(evalSet, tokenizer, seqLen);
         if (trainTok.Truncated + evalTok.Truncated > 0)
-            observer.OnMessage($"{trainTok.Truncated + evalTok.Truncated} examples were longer than --seq-len {req.SeqLen} and were cut; {trainTok.DroppedWithoutLoss + evalTok.DroppedWithoutLoss} lost every completion token and were dropped.");
-        var trainSeqs = req.Pack ? Tokenization.Pack(trainTok.Examples, req.SeqLen) : trainTok.Examples;
-        if (trainSeqs.Count == 0) throw new InvalidDataException($"{req.DataPath}: no training sequence is left after tokenization (every example lost its completion to --seq-len {req.SeqLen}).");
+            observer.OnMessage($"{trainTok.Truncated + evalTok.Truncated} examples were longer than --seq-len {seqLen} and were cut; {trainTok.DroppedWithoutLoss + evalTok.DroppedWithoutLoss} lost every completion token and were dropped.");
+        var trainSeqs = req.Pack ? Tokenization.Pack(trainTok.Examples, seqLen) : trainTok.Examples;
+        if (trainSeqs.Count == 0) throw new InvalidDataException($"{req.DataPath}: no training sequence is left after tokenization (every example lost its completion to --seq-len {seqLen}).");
 
         var config = plan.Config;
         var extras = req.ExtraCapabilities?.Invoke(model).ToList() ?? new List<object>();

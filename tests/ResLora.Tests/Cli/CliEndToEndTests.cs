@@ -1,0 +1,126 @@
+using ResLora.Cli;
+using ResLora.Demo;
+using ResLora.IO;
+using ResLora.Models;
+using ResLora.Tests.Infrastructure;
+using TorchSharp;
+
+namespace ResLora.Tests.Cli;
+
+[CollectionDefinition("console", DisableParallelization = true)]
+public sealed class ConsoleCollection
+{
+}
+
+/// <summary>A tiny model written as a Hugging Face folder, trained from the CLI, evaluated, merged and generated from.</summary>
+[Collection("console")]
+public sealed class CliEndToEndTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("reslora-cli-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private string ModelFolder()
+    {
+        string dir = Path.Combine(_dir, "model");
+        var c = TinyModels.Config(vocab: DemoTokenizerFiles.VocabSize);
+        using var m = TinyModels.Build(c, seed: 2);
+        HfCheckpoint.Save(dir, c, m.BaseParameters().Select(kv => new KeyValuePair<string, torch.Tensor>(kv.Key, kv.Value)));
+        DemoTokenizerFiles.Write(dir);
+        return dir;
+    }
+
+    private string Data(string name, int n, int seed)
+    {
+        var (train, _) = DemoCorpus.FinetuneTask(n, 1, seed);
+        string p = Path.Combine(_dir, name);
+        File.WriteAllLines(p, train.Select(e => System.Text.Json.JsonSerializer.Serialize(new { Body = e.Prompt, Answer = int.Parse(e.Completion) })));
+        return p;
+    }
+
+    private static (int Rc, string Out, string Err) Run(params string[] args)
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        var (so, se) = (Console.Out, Console.Error);
+        Console.SetOut(o);
+        Console.SetError(e);
+        try
+        {
+            return (CliApp.Run(args), o.ToString(), e.ToString());
+        }
+        finally
+        {
+            Console.SetOut(so);
+            Console.SetError(se);
+        }
+    }
+
+    [Fact]
+    public void Train_Eval_Merge_Generate()
+    {
+        string model = ModelFolder(), data = Data("train.jsonl", 48, 1), evalData = Data("eval.jsonl", 8, 2), adapter = Path.Combine(_dir, "adapter");
+        var tpl = new[] { "--prompt-template", "{Body}", "--completion-template", " {Answer}" };
+        var (rc, output, err) = Run(new[] { "train", "--model", model, "--data", data, "--eval-data", evalData, "--method", "lora", "--targets", "all-linear", "--steps", "12", "--batch-size", "8", "--lr", "3e-3", "--log-every", "4", "--save-every", "6", "--out", adapter, "--threads", "1" }.Concat(tpl).ToArray());
+        Assert.True(rc == 0, err);
+        Assert.Contains("done: 12 steps", output);
+        foreach (var f in new[] { "adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "train_summary.json", "loss.png" })
+            Assert.True(File.Exists(Path.Combine(adapter, f)), f);
+        Assert.Contains("\"peft_type\": \"LORA\"", File.ReadAllText(Path.Combine(adapter, "adapter_config.json")));
+
+        // Re-running into the same folder without --resume is refused; with --resume it finds the run complete.
+        var again = Run(new[] { "train", "--model", model, "--data", data, "--out", adapter }.Concat(tpl).ToArray());
+        Assert.Equal(2, again.Rc);
+        Assert.Contains("--resume", again.Err);
+
+        var ev = Run(new[] { "eval", "--model", model, "--adapter", adapter, "--data", evalData, "--accuracy-examples", "4", "--max-new-tokens", "3" }.Concat(tpl).ToArray());
+        Assert.True(ev.Rc == 0, ev.Err);
+        Assert.Contains("perplexity", ev.Out);
+        Assert.Contains("exact-match accuracy", ev.Out);
+
+        string merged = Path.Combine(_dir, "merged");
+        var mg = Run("merge", "--model", model, "--adapter", adapter, "--out", merged);
+        Assert.True(mg.Rc == 0, mg.Err);
+        Assert.Contains("merged 14 lora modules", mg.Out);
+
+        var g1 = Run("generate", "--model", merged, "--prompt", "What is 3 times 4? Answer:", "--max-new-tokens", "5");
+        var g2 = Run("generate", "--model", model, "--adapter", adapter, "--prompt", "What is 3 times 4? Answer:", "--max-new-tokens", "5");
+        Assert.True(g1.Rc == 0, g1.Err);
+        Assert.Equal(g2.Out, g1.Out);
+        Assert.DoesNotContain("What is", g1.Out);
+
+        var insp = Run("inspect", "--model", model);
+        Assert.True(insp.Rc == 0, insp.Err);
+        Assert.Contains("q_proj", insp.Out);
+    }
+
+    [Fact]
+    public void BadInputs_GetOneLineErrors_AndLeaveNoOutput()
+    {
+        string model = ModelFolder(), data = Data("train.jsonl", 8, 1);
+        string outDir = Path.Combine(_dir, "o");
+        (string[] Args, string Expect)[] cases =
+        {
+            (new[] { "train", "--model", Path.Combine(_dir, "none"), "--data", data, "--out", outDir }, "no such folder"),
+            (new[] { "train", "--model", model, "--data", Path.Combine(_dir, "none.jsonl"), "--out", outDir }, "not found"),
+            (new[] { "train", "--model", model, "--data", data, "--out", outDir, "--method", "nope" }, "--method 'nope'"),
+            (new[] { "train", "--model", model, "--data", data, "--out", outDir, "--targets", "q_prj" }, "q_prj"),
+            (new[] { "train", "--model", model, "--data", data, "--out", outDir, "--seq-len", "4096" }, "max_position_embeddings"),
+            (new[] { "train", "--model", model, "--data", data, "--out", outDir, "--lr", "-1" }, "--lr"),
+            (new[] { "train", "--model", model, "--data", data, "--out", outDir, "--prompt-template", "{Body}", "--completion-template", " {Missing}" }, "'Missing'"),
+            (new[] { "generate", "--model", model, "--temperature", "-2" }, "--temperature"),
+            (new[] { "train", "--model", model, "--data", data, "--out", outDir, "--dtype", "float16" }, "float16"),
+        };
+        var tpl = new[] { "--prompt-template", "{Body}", "--completion-template", " {Answer}" };
+        foreach (var (args0, expect) in cases)
+        {
+            var args = args0[0] == "train" && !args0.Contains("--prompt-template") ? args0.Concat(tpl).ToArray() : args0;
+            var (rc, _, err) = Run(args);
+            Assert.True(rc == 2, $"{string.Join(' ', args)} → rc {rc}: {err}");
+            Assert.Contains(expect, err);
+            Assert.StartsWith("error: ", err);
+            Assert.DoesNotContain("   at ", err);
+        }
+        Assert.False(File.Exists(Path.Combine(outDir, "adapter_model.safetensors")));
+    }
+}
