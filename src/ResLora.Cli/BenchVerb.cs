@@ -19,6 +19,7 @@ internal static class BenchVerb
         var threads = new Option<int>("--threads") { Description = "Torch threads.", DefaultValueFactory = _ => 1 };
         var cmd = new Command("bench", "Measure training step time per method relative to LoRA, merged-inference speed relative to the base model, and achieved GFLOP/s against this machine's matmul ceiling.");
         foreach (var o in new Option[] { quick, output, methods, rounds, threads }) cmd.Options.Add(o);
+        cmd.Subcommands.Add(BenchPytorchVerb.Build());
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             int th = r.GetValue(threads);
