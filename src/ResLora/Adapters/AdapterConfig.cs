@@ -36,7 +36,7 @@ public abstract record AdapterConfigBase
     [JsonPropertyName("use_rslora")] public bool UseRslora { get; init; }
     [JsonPropertyName("modules_to_save")] public List<string>? ModulesToSave { get; init; }
     /// <summary>Decoder-layer indices to adapt (int or list); null = all. Matched against <see cref="LinearSpec.LayerIndex"/>.</summary>
-    [JsonPropertyName("layers_to_transform")] [JsonConverter(typeof(IntOrIntListConverter))] public List<int>? LayersToTransform { get; init; }
+    [JsonPropertyName("layers_to_transform")][JsonConverter(typeof(IntOrIntListConverter))] public List<int>? LayersToTransform { get; init; }
     /// <summary>Kept for PEFT round-trips; our layer index comes from <see cref="LinearSpec.LayerIndex"/>.</summary>
     [JsonPropertyName("layers_pattern")] public JsonNode? LayersPattern { get; init; }
     [JsonPropertyName("lora_bias")] public bool LoraBias { get; init; }

@@ -23,9 +23,16 @@ public sealed record BenchShape
 
     public ModelConfig ToConfig() => new()
     {
-        VocabSize = Vocab, HiddenSize = Hidden, IntermediateSize = Intermediate, NumHiddenLayers = Layers,
-        NumAttentionHeads = Heads, NumKeyValueHeadsRaw = KvHeads, MaxPositionEmbeddings = Math.Max(256, SeqLen * 2),
-        RmsNormEps = 1e-5, BosTokenId = 1, EosTokenIds = new[] { 2 },
+        VocabSize = Vocab,
+        HiddenSize = Hidden,
+        IntermediateSize = Intermediate,
+        NumHiddenLayers = Layers,
+        NumAttentionHeads = Heads,
+        NumKeyValueHeadsRaw = KvHeads,
+        MaxPositionEmbeddings = Math.Max(256, SeqLen * 2),
+        RmsNormEps = 1e-5,
+        BosTokenId = 1,
+        EosTokenIds = new[] { 2 },
     };
 
     public long Tokens => (long)Batch * SeqLen;

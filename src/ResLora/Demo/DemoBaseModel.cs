@@ -17,7 +17,7 @@ public sealed record DemoBaseSettings
     public int KvHeads { get; init; } = 2;
     public int IntermediateSize { get; init; } = 344;
     public int PretrainTexts { get; init; } = 6000;
-    public int PretrainSteps { get; init; } = 1200;
+    public int PretrainSteps { get; init; } = 600;
     public int BatchSize { get; init; } = 32;
     public double LearningRate { get; init; } = 3e-3;
     public int Seed { get; init; } = 1234;

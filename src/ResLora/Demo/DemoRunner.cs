@@ -31,8 +31,13 @@ public sealed record DemoOptions
 
     public static DemoOptions QuickDefaults(string outDir) => new()
     {
-        Quick = true, OutDir = outDir, Steps = 30, TrainExamples = 96, EvalExamples = 16,
-        SweepLrs = new[] { 1e-3 }, SweepAlphas = new[] { 16.0 },
+        Quick = true,
+        OutDir = outDir,
+        Steps = 30,
+        TrainExamples = 96,
+        EvalExamples = 16,
+        SweepLrs = new[] { 1e-3 },
+        SweepAlphas = new[] { 16.0 },
     };
 }
 
@@ -137,8 +142,15 @@ public static class DemoRunner
                     SeqLen = 128,
                     Train = new TrainOptions
                     {
-                        Steps = o.Steps, BatchSize = 16, LearningRate = lr, WarmupSteps = Math.Max(1, o.Steps / 10),
-                        LogEvery = Math.Max(1, o.Steps / 40), Seed = o.Seed, EvalGenerateExamples = o.EvalExamples, MaxNewTokens = 4, SaveEvery = 0,
+                        Steps = o.Steps,
+                        BatchSize = 16,
+                        LearningRate = lr,
+                        WarmupSteps = Math.Max(1, o.Steps / 10),
+                        LogEvery = Math.Max(1, o.Steps / 40),
+                        Seed = o.Seed,
+                        EvalGenerateExamples = o.EvalExamples,
+                        MaxNewTokens = 4,
+                        SaveEvery = 0,
                     },
                 };
                 var summary = FineTuning.Run(req, runObserver?.Invoke($"{label} {name}") ?? new Quiet());
@@ -190,8 +202,11 @@ public static class DemoRunner
             method = r.Label,
             default_setting = new { lr = r.Default.Lr, alpha = r.Default.Alpha, eval_loss = r.Default.EvalLoss, accuracy = r.Default.Accuracy, final_train_loss = r.Default.Summary.FinalTrainLoss, step_seconds = r.Default.Summary.MeanStepSeconds },
             best_setting = new { lr = r.Best.Lr, alpha = r.Best.Alpha, eval_loss = r.Best.EvalLoss, accuracy = r.Best.Accuracy, final_train_loss = r.Best.Summary.FinalTrainLoss },
-            loss_at_early_step = r.LossAtEarlyStep, early_step = r.EarlyStep, steps_to_lora_final = r.StepsToLoraFinal,
-            merge_max_abs_diff = r.MergeMaxDiff, merge_mean_abs_diff = r.MergeMeanDiff,
+            loss_at_early_step = r.LossAtEarlyStep,
+            early_step = r.EarlyStep,
+            steps_to_lora_final = r.StepsToLoraFinal,
+            merge_max_abs_diff = r.MergeMaxDiff,
+            merge_mean_abs_diff = r.MergeMeanDiff,
         }), new JsonSerializerOptions { WriteIndented = true }));
         return result;
     }

@@ -36,8 +36,13 @@ public static class DemoTokenizerFiles
         for (int i = 0; i < vocab.Count; i++) vocabObj[vocab[i]] = i;
         JsonObject Special(int id, string content) => new()
         {
-            ["id"] = id, ["content"] = content, ["single_word"] = false, ["lstrip"] = false,
-            ["rstrip"] = false, ["normalized"] = false, ["special"] = true,
+            ["id"] = id,
+            ["content"] = content,
+            ["single_word"] = false,
+            ["lstrip"] = false,
+            ["rstrip"] = false,
+            ["normalized"] = false,
+            ["special"] = true,
         };
         var tok = new JsonObject
         {
@@ -50,7 +55,9 @@ public static class DemoTokenizerFiles
                 ["type"] = "Sequence",
                 ["normalizers"] = new JsonArray(new JsonObject
                 {
-                    ["type"] = "Replace", ["pattern"] = new JsonObject { ["String"] = " " }, ["content"] = "\u2581",
+                    ["type"] = "Replace",
+                    ["pattern"] = new JsonObject { ["String"] = " " },
+                    ["content"] = "\u2581",
                 }),
             },
             ["pre_tokenizer"] = null,

@@ -48,7 +48,7 @@ public sealed record ModelConfig
     [JsonPropertyName("torch_dtype")] public string? TorchDtype { get; init; }
     [JsonPropertyName("bos_token_id")] public int? BosTokenId { get; init; }
     /// <summary>An int or a list of ints in config.json.</summary>
-    [JsonPropertyName("eos_token_id")] [JsonConverter(typeof(IntOrIntListConverter))] public IReadOnlyList<int>? EosTokenIds { get; init; }
+    [JsonPropertyName("eos_token_id")][JsonConverter(typeof(IntOrIntListConverter))] public IReadOnlyList<int>? EosTokenIds { get; init; }
     [JsonPropertyName("pad_token_id")] public int? PadTokenId { get; init; }
 
     /// <summary>

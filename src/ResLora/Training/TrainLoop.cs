@@ -190,7 +190,11 @@ public static class TrainLoop
 
     private static void AppendMetric(string path, StepReport r) => File.AppendAllText(path, JsonSerializer.Serialize(new Dictionary<string, object>
     {
-        ["step"] = r.Step, ["loss"] = r.Loss, ["lr"] = r.LearningRate, ["tokens_per_second"] = Math.Round(r.TokensPerSecond, 1), ["elapsed_seconds"] = Math.Round(r.ElapsedSeconds, 3),
+        ["step"] = r.Step,
+        ["loss"] = r.Loss,
+        ["lr"] = r.LearningRate,
+        ["tokens_per_second"] = Math.Round(r.TokensPerSecond, 1),
+        ["elapsed_seconds"] = Math.Round(r.ElapsedSeconds, 3),
     }) + "\n");
 
     private static void AppendMetric(string path, EvalReport r)

@@ -102,8 +102,13 @@ public sealed class AdapterConfigTests
     {
         var c = new LoraConfig
         {
-            R = 4, LoraAlpha = 8, TargetModules = ModuleTargets.List("q_proj", "v_proj"), UseRslora = true,
-            InitLoraWeights = LoraInit.Gaussian, RankPattern = new() { ["q_proj"] = 2 }, BaseModelNameOrPath = "m",
+            R = 4,
+            LoraAlpha = 8,
+            TargetModules = ModuleTargets.List("q_proj", "v_proj"),
+            UseRslora = true,
+            InitLoraWeights = LoraInit.Gaussian,
+            RankPattern = new() { ["q_proj"] = 2 },
+            BaseModelNameOrPath = "m",
         };
         string json = AdapterConfigJson.Serialize(c);
         using var doc = JsonDocument.Parse(json);

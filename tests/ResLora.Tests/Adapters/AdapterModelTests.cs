@@ -3,8 +3,8 @@ using ResLora.IO;
 using ResLora.Models;
 using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 using static ResLora.Tests.Adapters.AdapterTestKit;
+using static TorchSharp.torch;
 
 namespace ResLora.Tests.Adapters;
 

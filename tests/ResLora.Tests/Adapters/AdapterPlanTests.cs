@@ -3,8 +3,8 @@ using ResLora.Adapters;
 using ResLora.Models;
 using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 using static ResLora.Tests.Adapters.AdapterTestKit;
+using static TorchSharp.torch;
 
 namespace ResLora.Tests.Adapters;
 
@@ -56,7 +56,8 @@ public sealed class AdapterPlanTests
     {
         var c = new LoraConfig
         {
-            R = 8, LoraAlpha = 16,
+            R = 8,
+            LoraAlpha = 16,
             TargetModules = ModuleTargets.List("q_proj", "v_proj"),
             RankPattern = new() { ["model.layers.1.self_attn.q_proj"] = 2, ["v_proj"] = 4, [@"layers\.1\..*"] = 6 },
             AlphaPattern = new() { [@"layers\.0\.self_attn\.q_proj"] = 32 },

@@ -2,8 +2,8 @@ using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Models;
 using TorchSharp;
-using static TorchSharp.torch;
 using static ResLora.Tests.Adapters.AdapterTestKit;
+using static TorchSharp.torch;
 
 namespace ResLora.Tests.IO;
 

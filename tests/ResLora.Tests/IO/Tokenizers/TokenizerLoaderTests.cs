@@ -14,7 +14,13 @@ public sealed class TokenizerLoaderTests : IDisposable
 
     private static JsonObject Special(int id, string content) => new()
     {
-        ["id"] = id, ["content"] = content, ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false, ["normalized"] = false, ["special"] = true,
+        ["id"] = id,
+        ["content"] = content,
+        ["single_word"] = false,
+        ["lstrip"] = false,
+        ["rstrip"] = false,
+        ["normalized"] = false,
+        ["special"] = true,
     };
 
     /// <summary>Llama-2 style: Prepend("▁") + Replace(" ", "▁"), byte fallback, decoder strips the leading space.</summary>
