@@ -20,6 +20,8 @@ internal static class BenchVerb
         var cmd = new Command("bench", "Measure training step time per method relative to LoRA, merged-inference speed relative to the base model, and achieved GFLOP/s against this machine's matmul ceiling.");
         foreach (var o in new Option[] { quick, output, methods, rounds, threads }) cmd.Options.Add(o);
         cmd.Subcommands.Add(BenchPytorchVerb.Build());
+        cmd.Subcommands.Add(BenchMemoryVerb.Build());
+        cmd.Subcommands.Add(BenchMemoryVerb.BuildWorker());
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             int th = r.GetValue(threads);

@@ -166,6 +166,28 @@ public static class Benchmarks
         return times.Select(kv => new GenerationTiming(kv.Key, newTokens / Median(kv.Value), newTokens)).ToList();
     }
 
+    /// <summary>Trains one contender for <paramref name="steps"/> steps; returns trainable parameters and live tensor counts after the first and last step.</summary>
+    public static (long Trainable, long LiveFirst, long LiveLast) MemoryRun(BenchShape shape, MethodSpec? spec, int steps, long seed = 1)
+    {
+        var cfg = shape.ToConfig();
+        using var gen = new torch.Generator((ulong)seed);
+        var setup = spec is null ? null : MethodCatalog.Build(spec);
+        using var model = new LlamaForCausalLM(cfg, setup is null ? null : new AdapterPlan(setup.Config, gen), ScalarType.Float32, torch.CPU);
+        model.InitializeWeights(seed);
+        if (spec is not null) AdapterModel.FreezeAllButAdapters(model);
+        var found = AdapterModel.CollectCapabilities(model, (setup?.Extras?.Invoke(model) ?? Array.Empty<object>()).ToArray());
+        var trainer = new Trainer(model, new TrainOptions { Steps = steps, BatchSize = shape.Batch, LearningRate = 1e-4 }, found.ExtraLossTerms.Cast<object>().Concat(found.StepHooks));
+        using var opt = trainer.CreateOptimizer();
+        var data = new RandomBatches(shape, seed);
+        long first = 0;
+        for (int s = 1; s <= steps; s++)
+        {
+            trainer.Step(opt, data, s, steps);
+            if (s == 1) first = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        }
+        return (trainer.TrainableParameters.Sum(p => p.numel()), first, DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+    }
+
     private static double Time(Action a)
     {
         var sw = Stopwatch.StartNew();

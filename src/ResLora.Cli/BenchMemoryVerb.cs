@@ -1,0 +1,78 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using ResLora.Adapters;
+using ResLora.Bench;
+using TorchSharp;
+
+namespace ResLora.Cli;
+
+/// <summary>
+/// <c>reslora bench memory</c>: peak RSS and live tensor counts of LoRA versus full fine-tuning. Each contender runs in
+/// a fresh child process (peak RSS is per process), on the benchmark shape, for the same number of steps.
+/// </summary>
+internal static class BenchMemoryVerb
+{
+    public static Command Build()
+    {
+        var steps = new Option<int>("--steps") { Description = "Training steps per contender.", DefaultValueFactory = _ => 30 };
+        var quick = new Option<bool>("--quick") { Description = "Tiny shapes." };
+        var methods = new Option<string>("--methods") { Description = "Contenders (full = full fine-tuning).", DefaultValueFactory = _ => "lora,full" };
+        var cmd = new Command("memory", "Peak RSS and live tensors of adapter training versus full fine-tuning, each in its own process.");
+        foreach (var o in new Option[] { steps, quick, methods }) cmd.Options.Add(o);
+        cmd.SetAction(r => CliErrors.Guard(() =>
+        {
+            int n = r.GetValue(steps);
+            bool q = r.GetValue(quick);
+            var rows = new List<JsonElement>();
+            foreach (var m in r.GetValue(methods)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            {
+                var args = new List<string> { "bench", "memory-worker", "--method", m, "--steps", n.ToString(CultureInfo.InvariantCulture) };
+                if (q) args.Add("--quick");
+                rows.Add(RunSelf(args));
+            }
+            Console.Out.WriteLine("| contender | trainable params | peak RSS (MiB) | live tensors after step 1 | after last step |");
+            Console.Out.WriteLine("|---|---|---|---|---|");
+            foreach (var x in rows)
+                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {x.GetProperty("method").GetString()} | {x.GetProperty("trainable").GetInt64():N0} | {x.GetProperty("peak_rss").GetInt64() / 1048576.0:0} | {x.GetProperty("live_first").GetInt64()} | {x.GetProperty("live_last").GetInt64()} |"));
+            return 0;
+        }));
+        return cmd;
+    }
+
+    /// <summary>The hidden child: trains one contender and prints one JSON line.</summary>
+    public static Command BuildWorker()
+    {
+        var method = new Option<string>("--method") { Required = true };
+        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 30 };
+        var quick = new Option<bool>("--quick");
+        var cmd = new Command("memory-worker", "(internal) one contender of bench memory.") { Hidden = true };
+        foreach (var o in new Option[] { method, steps, quick }) cmd.Options.Add(o);
+        cmd.SetAction(r => CliErrors.Guard(() =>
+        {
+            torch.set_num_threads(1);
+            string m = r.GetValue(method)!;
+            var shape = r.GetValue(quick) ? BenchShape.Quick : new BenchShape();
+            var (trainable, first, last) = Benchmarks.MemoryRun(shape, m == "full" ? null : new MethodSpec { Method = m }, r.GetValue(steps));
+            Console.Out.WriteLine(JsonSerializer.Serialize(new { method = m, trainable, live_first = first, live_last = last, peak_rss = Process.GetCurrentProcess().PeakWorkingSet64 }));
+            return 0;
+        }));
+        return cmd;
+    }
+
+    private static JsonElement RunSelf(IEnumerable<string> args)
+    {
+        string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot find our own executable.");
+        var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true };
+        if (Path.GetFileNameWithoutExtension(exe) == "dotnet") psi.ArgumentList.Add(typeof(BenchMemoryVerb).Assembly.Location);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        string o = p.StandardOutput.ReadToEnd();
+        string e = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        if (p.ExitCode != 0) throw new InvalidOperationException($"bench memory worker failed: {e.Trim()}");
+        return JsonDocument.Parse(o.Trim().Split('\n')[^1]).RootElement.Clone();
+    }
+}
