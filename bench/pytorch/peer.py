@@ -138,7 +138,9 @@ class Llama(torch.nn.Module):
             k = k * cos + rotate_half(k) * sin
             rep = c.heads // c.kv
             k = k.repeat_interleave(rep, 1); v = v.repeat_interleave(rep, 1)
-            att = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+            # PyTorch 1.13 (Debian's python3-torch) has no scaled_dot_product_attention: the same math by hand.
+            sc = (q @ k.transpose(-1, -2)) / math.sqrt(c.head_dim)
+            att = sc.masked_fill(~keep, float("-inf")).softmax(-1) @ v
             att = att.transpose(1, 2).reshape(b, t, c.heads * c.head_dim)
             h = h + self.lin(p + "self_attn.o_proj", att)
             x = rms(h, w[p + "post_attention_layernorm.weight"], c.eps)
