@@ -44,6 +44,7 @@ internal static class DemoVerb
 
     private static void Print(DemoResult r)
     {
+        if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 170);
         var t = new Table().Title("fine-tuning on held-out multiplication problems").AddColumns("method", "eval loss", "accuracy", $"loss @ step {r.Rows[0].EarlyStep}", "steps to LoRA's final", "best eval loss", "best accuracy", "best lr/alpha", "ms/step", "merge max |Δ|");
         foreach (var row in r.Rows)
             t.AddRow(row.Label, F(row.Default.EvalLoss), F(row.Default.Accuracy, "P0"), F(row.LossAtEarlyStep), row.StepsToLoraFinal?.ToString(CultureInfo.InvariantCulture) ?? "-",

@@ -30,7 +30,7 @@ public static class LossPlot
         plot.Title(title);
         plot.XLabel("step");
         plot.YLabel("loss");
-        plot.ShowLegend();
+        plot.ShowLegend(Alignment.UpperRight);
         string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
         Directory.CreateDirectory(dir);
         string tmp = Path.Combine(dir, $".{Path.GetFileNameWithoutExtension(path)}.tmp-{Guid.NewGuid():N}.png");

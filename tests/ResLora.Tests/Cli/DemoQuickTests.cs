@@ -20,7 +20,7 @@ public sealed class DemoQuickTests : IDisposable
         Assert.True(new FileInfo(Path.Combine(outDir, "loss.png")).Length > 1000);
         Assert.True(File.Exists(Path.Combine(outDir, "merged", "model.safetensors")));
         Assert.True(File.Exists(Path.Combine(outDir, "merged", "tokenizer.json")));
-        Assert.True(File.Exists(Path.Combine(outDir, "runs", "lora", "lr1e-3_alpha16", "adapter_model.safetensors")));
+        Assert.True(File.Exists(Path.Combine(outDir, "runs", "lora", "lr3e-3_alpha16", "adapter_model.safetensors")));
         var results = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "results.json")));
         foreach (var row in results.RootElement.EnumerateArray())
             Assert.True(row.GetProperty("merge_max_abs_diff").GetDouble() < 1e-3, row.ToString());
