@@ -36,8 +36,7 @@ public sealed record DemoOptions
         Steps = 30,
         TrainExamples = 96,
         EvalExamples = 16,
-        SweepLrs = new[] { 1e-3 },
-        SweepAlphas = new[] { 16.0 },
+        Sweep = Array.Empty<(double, double)>(),
     };
 }
 
