@@ -46,11 +46,11 @@ internal static class BenchVerb
             var t = new Table().AddColumns("method", "median step (s)", "× LoRA", "tokens/s", "GFLOP/s", "% of ceiling", "trainable params");
             foreach (var s in steps)
                 t.AddRow(s.Label, F(s.MedianSeconds, "0.0000"), F(s.MedianSeconds / loraTime, "0.000"), F(s.TokensPerSecond, "0"), F(s.EstimatedGflops, "0.0"), F(100 * s.EstimatedGflops / ceiling, "0"), s.TrainableParameters.ToString("N0", CultureInfo.InvariantCulture));
-            AnsiConsole.Write(t);
+            CliConsole.Out().Write(t);
             var g = new Table().AddColumns("generation", "tokens/s", "× base");
             foreach (var x in gen) g.AddRow(x.Label, F(x.TokensPerSecond, "0.0"), F(x.TokensPerSecond / baseGen, "0.000"));
-            AnsiConsole.Write(g);
-            AnsiConsole.MarkupLine($"matmul ceiling (fp32 {(q ? 256 : 1024)}², {th} thread(s)): {ceiling:0.0} GFLOP/s");
+            CliConsole.Out().Write(g);
+            CliConsole.Out().MarkupLine($"matmul ceiling (fp32 {(q ? 256 : 1024)}², {th} thread(s)): {ceiling:0.0} GFLOP/s");
 
             string dir = r.GetValue(output)!;
             Directory.CreateDirectory(dir);

@@ -44,12 +44,11 @@ internal static class DemoVerb
 
     private static void Print(DemoResult r)
     {
-        if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 170);
         var t = new Table().Title("fine-tuning on held-out multiplication problems").AddColumns("method", "eval loss", "accuracy", $"loss @ step {r.Rows[0].EarlyStep}", "steps to LoRA's final", "best eval loss", "best accuracy", "best lr/alpha", "ms/step", "merge max |Δ|");
         foreach (var row in r.Rows)
             t.AddRow(row.Label, F(row.Default.EvalLoss), F(row.Default.Accuracy, "P0"), F(row.LossAtEarlyStep), row.StepsToLoraFinal?.ToString(CultureInfo.InvariantCulture) ?? "-",
                 F(row.Best.EvalLoss), F(row.Best.Accuracy, "P0"), string.Create(CultureInfo.InvariantCulture, $"{row.Best.Lr}/{row.Best.Alpha}"), F(row.Default.Summary.MeanStepSeconds * 1000, "0.0"), row.MergeMaxDiff.ToString("0.##e0", CultureInfo.InvariantCulture));
-        AnsiConsole.Write(t);
+        CliConsole.Out().Write(t);
         Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"base model before fine-tuning: accuracy {F(r.BaseAccuracy, "P0")}, eval loss {F(r.BaseEvalLoss)}"));
         Console.Out.WriteLine($"merged {r.Merge.Method} adapter → {r.MergedDir} (max |Δlogit| vs unmerged {r.Merge.MaxAbsDiff.ToString("0.##e0", CultureInfo.InvariantCulture)})");
         Console.Out.WriteLine($"prompt: {r.SamplePrompt}");

@@ -19,7 +19,7 @@ internal static class InspectVerb
             string dir = CliPaths.ModelDir(r.GetValue(model));
             using var ckpt = HfCheckpoint.Open(dir);
             var c = ckpt.Config;
-            var console = AnsiConsole.Console;
+            var console = CliConsole.Out();
             console.MarkupLine($"[bold]{Markup.Escape(dir)}[/]");
             var t = new Table().AddColumn("field").AddColumn("value");
             t.AddRow("architecture", Markup.Escape(string.Join(", ", c.Architectures ?? new[] { c.ModelType })));
