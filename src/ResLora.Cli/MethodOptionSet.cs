@@ -16,10 +16,13 @@ internal sealed class MethodOptionSet
     public Option<string> Targets { get; } = new("--targets") { Description = "Modules to adapt: comma-separated names (q_proj,v_proj), all-linear, or a regex over full module paths.", DefaultValueFactory = _ => "q_proj,v_proj" };
     public Option<string?> Exclude { get; } = new("--exclude") { Description = "Modules to leave alone (same syntax as --targets)." };
     public Option<bool> Rslora { get; } = new("--rslora") { Description = "Scale by α/√r (rsLoRA) instead of α/r." };
+    public Option<string?> Structure { get; } = new("--structure") { Description = "ResLoRA: is (input-shortcut, default), bs (block-shortcut) or ms (middle-shortcut)." };
+    public Option<int?> PreNum { get; } = new("--pre-num") { Description = "ResLoRA bs/ms: previous blocks used (m ≥ 1, or -1 for all; default -1 for bs/ms)." };
+    public Option<string?> Merge { get; } = new("--merge") { Description = "ResLoRA: how is/ms paths are merged away: bi (input norms, default), bw (weight norms; for ms the A-merge, also called a). bs merges exactly." };
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Method, Rank, Alpha, Dropout, Targets, Exclude, Rslora }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { Method, Rank, Alpha, Dropout, Targets, Exclude, Rslora, Structure, PreNum, Merge }) cmd.Options.Add(o);
     }
 
     public static ModuleTargets ParseTargets(string s, string flag)
@@ -38,6 +41,9 @@ internal sealed class MethodOptionSet
     public MethodSpec ReadSpec(System.CommandLine.ParseResult r)
     {
         var extra = new Dictionary<string, string>();
+        if (r.GetValue(Structure) is { } st) extra["structure"] = st.Trim().ToLowerInvariant();
+        if (r.GetValue(PreNum) is { } pn) extra["pre_num"] = pn.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        if (r.GetValue(Merge) is { } mg) extra["merge"] = mg.Trim().ToLowerInvariant();
         return new MethodSpec
         {
             Method = r.GetValue(Method) ?? "lora",

@@ -257,6 +257,7 @@ public static class AdapterRegistry
     static AdapterRegistry()
     {
         Register<LoraConfig>("LORA", (c, g) => new LoraLayerBuilder(c, g));
+        Register<ResLoraConfig>("RESLORA", (c, g) => new ResLoraLayerBuilder(c, g));
     }
 
     /// <summary>Registers (or replaces) a method. <paramref name="builder"/> gets the validated config and an optional init generator.</summary>

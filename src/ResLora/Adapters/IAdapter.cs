@@ -93,3 +93,10 @@ public interface ITrainingStatistics
     /// <summary>Serializable statistics to save with the adapter (adapter_config.json extras).</summary>
     IReadOnlyDictionary<string, object> ExportStatistics();
 }
+
+/// <summary>Capability of a layer builder whose saved config carries training state (ResLoRA's window statistics).</summary>
+public interface IConfigSnapshot
+{
+    /// <summary>The config to write into adapter_config.json now.</summary>
+    AdapterConfigBase SnapshotConfig();
+}

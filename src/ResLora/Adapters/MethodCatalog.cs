@@ -29,8 +29,9 @@ public static class MethodCatalog
 {
     private static readonly Dictionary<string, Func<MethodSpec, MethodSetup>> Builders = new(StringComparer.Ordinal)
     {
-        ["lora"] = s => new MethodSetup(Lora(s)),
-        ["dora"] = s => new MethodSetup(Lora(s) with { UseDora = true }),
+        ["lora"] = s => { CheckExtras(s); return new MethodSetup(Lora(s)); },
+        ["dora"] = s => { CheckExtras(s); return new MethodSetup(Lora(s) with { UseDora = true }); },
+        ["reslora"] = s => new MethodSetup(ResLora(s)),
     };
 
     public static IReadOnlyCollection<string> Names => Builders.Keys.ToArray();
@@ -57,6 +58,27 @@ public static class MethodCatalog
         ExcludeModules = s.Exclude,
         UseRslora = s.UseRslora,
     };
+
+    /// <summary>ResLoRA with structure (is|bs|ms), pre_num (m ≥ 1 or −1) and merge (bi|bw|a) from the extras.</summary>
+    public static ResLoraConfig ResLora(MethodSpec s)
+    {
+        CheckExtras(s, "structure", "pre_num", "merge");
+        string structure = s.ExtraOr("structure", "is");
+        string preNum = s.ExtraOr("pre_num", structure == "is" ? "1" : "-1");
+        if (!int.TryParse(preNum, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int pn))
+            throw new ArgumentException($"--pre-num '{preNum}' is not an integer; use m ≥ 1 or -1 for all previous blocks.");
+        return new ResLoraConfig
+        {
+            R = s.Rank, LoraAlpha = s.Alpha, LoraDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude, UseRslora = s.UseRslora,
+            Structure = structure, PreNum = pn, Merge = s.ExtraOr("merge", structure == "ms" ? "bi" : "bi"),
+        };
+    }
+
+    private static void CheckExtras(MethodSpec s, params string[] allowed)
+    {
+        foreach (var k in s.Extra.Keys)
+            if (!allowed.Contains(k)) throw new ArgumentException($"--{k.Replace('_', '-')} does not apply to --method {s.Method}.");
+    }
 
     /// <summary>Reads an extra as a string, with a default; unknown extras are refused by each method's builder.</summary>
     public static string ExtraOr(this MethodSpec s, string key, string fallback) => s.Extra.TryGetValue(key, out var v) ? v : fallback;

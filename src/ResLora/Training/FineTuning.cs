@@ -80,7 +80,7 @@ public static class FineTuning
             Method = plan.Builder.Method,
             Resume = req.Resume,
             Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks).Concat(caps.Statistics),
-            SaveWeights = dir => AdapterFolder.Save(dir, config, model),
+            SaveWeights = dir => AdapterFolder.Save(dir, plan.Builder is IConfigSnapshot snap ? snap.SnapshotConfig() : config, model),
             LoadWeights = dir => AdapterFolder.LoadInto(dir, model),
         }, observer);
     }

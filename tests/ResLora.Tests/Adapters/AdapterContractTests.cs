@@ -21,6 +21,10 @@ public sealed class AdapterContractTests
         ["lora-rslora"] = new(new LoraConfig { R = 4, LoraAlpha = 6, UseRslora = true, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
         ["lora-gaussian"] = new(new LoraConfig { R = 2, LoraAlpha = 4, InitLoraWeights = LoraInit.Gaussian, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
         ["dora"] = new(new LoraConfig { R = 3, LoraAlpha = 5, UseDora = true, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight", "lora_magnitude_vector" }),
+        // A standalone ResLoRA block is a chain start: is merges exactly with α = 1 (W + 2sBA), ms with α = 0, bs exactly.
+        ["reslora-is"] = new(new ResLoraConfig { R = 3, LoraAlpha = 6, Structure = "is", TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
+        ["reslora-bs"] = new(new ResLoraConfig { R = 3, LoraAlpha = 6, Structure = "bs", PreNum = -1, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
+        ["reslora-ms"] = new(new ResLoraConfig { R = 2, LoraAlpha = 6, Structure = "ms", PreNum = -1, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
     };
 
     public static TheoryData<string> KindNames()

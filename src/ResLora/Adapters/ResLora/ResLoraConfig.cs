@@ -1,0 +1,70 @@
+using System.Text.Json.Serialization;
+
+namespace ResLora.Adapters;
+
+/// <summary>
+/// ResLoRA (arXiv 2402.18039; shared/specs/reslora.md), named by meaning rather than the official code's flag numbers:
+/// <c>structure</c> is (input-shortcut), bs (block-shortcut) or ms (middle-shortcut); <c>pre_num</c> the previous
+/// blocks bs/ms use (−1 = all); <c>merge</c> how is/ms paths are removed for inference (bs is exact). Saved with
+/// peft_type RESLORA and PEFT's LoRA key names; the window statistics travel in <c>statistics</c>.
+/// </summary>
+public sealed record ResLoraConfig : AdapterConfigBase
+{
+    [JsonPropertyName("peft_type")] public override string PeftType => "RESLORA";
+
+    [JsonPropertyName("structure")] public string Structure { get; init; } = "is";
+
+    [JsonPropertyName("pre_num")] public int PreNum { get; init; } = 1;
+
+    /// <summary>is: bi (input-norm windows) or bw (weight norms of the two chain predecessors); ms: bi (scalar, ‖A x‖ windows) or bw / a (fold predecessors' A); bs: exact.</summary>
+    [JsonPropertyName("merge")] public string Merge { get; init; } = "bi";
+
+    /// <summary>Sliding-window length of the norm statistics (spec §4.2: merge_4_len = 100).</summary>
+    [JsonPropertyName("window_length")] public int WindowLength { get; init; } = 100;
+
+    /// <summary>Per module path: the window means (input ‖x‖_F, middle ‖A x‖_F) and the merge α, as last computed.</summary>
+    [JsonPropertyName("statistics")] public Dictionary<string, ResLoraModuleStatistics>? Statistics { get; init; }
+
+    [JsonIgnore] public override string Method => "reslora";
+
+    [JsonIgnore] public ResLoraStructure StructureKind => Structure.ToLowerInvariant() switch
+    {
+        "is" => ResLoraStructure.InputShortcut,
+        "bs" => ResLoraStructure.BlockShortcut,
+        "ms" => ResLoraStructure.MiddleShortcut,
+        _ => throw new ArgumentException($"adapter_config.json: 'structure' is '{Structure}'; use is (input-shortcut), bs (block-shortcut) or ms (middle-shortcut)."),
+    };
+
+    /// <summary>The merge actually used: bs is always exact; "a" is the ms A-merge (same as bw for ms).</summary>
+    [JsonIgnore] public ResLoraMergeKind MergeKind => (StructureKind, Merge.ToLowerInvariant()) switch
+    {
+        (ResLoraStructure.BlockShortcut, _) => ResLoraMergeKind.Exact,
+        (_, "bi") => ResLoraMergeKind.Bi,
+        (_, "bw") => ResLoraMergeKind.Bw,
+        (ResLoraStructure.MiddleShortcut, "a") => ResLoraMergeKind.Bw,
+        _ => throw new ArgumentException($"adapter_config.json: 'merge' is '{Merge}'; use bi or bw for structure is, bi, bw or a for ms (bs merges exactly)."),
+    };
+
+    public override void Validate()
+    {
+        base.Validate();
+        _ = StructureKind;
+        _ = MergeKind;
+        if (PreNum == 0 && StructureKind != ResLoraStructure.InputShortcut)
+            throw new ArgumentException("adapter_config.json: 'pre_num' is 0, which makes bs/ms plain LoRA; use m ≥ 1 or −1 (all previous blocks).");
+        if (PreNum < -1) throw new ArgumentException($"adapter_config.json: 'pre_num' is {PreNum}; use m ≥ 1 or −1 (all previous blocks).");
+        if (WindowLength < 1) throw new ArgumentException($"adapter_config.json: 'window_length' must be at least 1, got {WindowLength}.");
+    }
+}
+
+public enum ResLoraStructure { InputShortcut, BlockShortcut, MiddleShortcut }
+
+public enum ResLoraMergeKind { Exact, Bi, Bw }
+
+/// <summary>What a module saved about its training inputs: window means and the merge coefficient.</summary>
+public sealed record ResLoraModuleStatistics
+{
+    [JsonPropertyName("input_norm")] public double InputNorm { get; init; }
+    [JsonPropertyName("middle_norm")] public double MiddleNorm { get; init; }
+    [JsonPropertyName("alpha")] public double Alpha { get; init; }
+}

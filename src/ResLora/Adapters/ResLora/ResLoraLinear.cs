@@ -1,0 +1,181 @@
+using ResLora.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace ResLora.Adapters;
+
+/// <summary>
+/// One ResLoRA block on a frozen linear (spec §3): the LoRA pair in PEFT's orientation plus a residual path to the
+/// previous block of its chain. The chain link and the tensors passed between layers live in
+/// <see cref="ResLoraLayerBuilder"/> (outside the module tree), so the state dict holds only weight, bias,
+/// lora_A.weight and lora_B.weight.
+/// </summary>
+public sealed class ResLoraLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowRankPair
+{
+#pragma warning disable IDE1006 // field names are the PEFT / Hugging Face state-dict keys
+    private readonly Parameter weight;
+    private readonly Parameter? bias;
+    private readonly Linear lora_A;
+    private readonly Linear lora_B;
+#pragma warning restore IDE1006
+
+    private readonly ResLoraLayerBuilder _owner;
+    private readonly LoraLayerOptions _options;
+    private readonly Queue<double> _inputNorms = new();
+    private readonly Queue<double> _middleNorms = new();
+    private Tensor? _mergedDelta;
+
+    internal ResLoraLinear(LinearSpec spec, LoraLayerOptions options, ResLoraLayerBuilder owner, ScalarType dtype, Device device, Generator? generator)
+        : base(spec.Name)
+    {
+        LowRank.CheckOptions(spec, options);
+        Spec = spec;
+        _options = options;
+        _owner = owner;
+        (weight, bias) = LowRank.CreateBase(spec, dtype, device, generator);
+        AdapterDtype = LowRank.AdapterDtype(dtype);
+        lora_A = nn.Linear(spec.InFeatures, options.R, hasBias: false, device: device, dtype: AdapterDtype);
+        lora_B = nn.Linear(options.R, spec.OutFeatures, hasBias: false, device: device, dtype: AdapterDtype);
+        // Spec §1: the blocks are ordinary LoRA pairs (A Kaiming-uniform, B zero), so training starts from the base model.
+        LowRank.InitFactors(lora_A.weight!, lora_B.weight!, options, generator);
+        RegisterComponents();
+    }
+
+    public LinearSpec Spec { get; }
+    public string Method => "reslora";
+    public ScalarType AdapterDtype { get; }
+    public Parameter Weight => weight;
+    public Parameter? Bias => bias;
+    public Parameter LoraA => lora_A.weight!;
+    public Parameter LoraB => lora_B.weight!;
+    public double Scaling => _options.Scaling;
+    public bool IsMerged => _mergedDelta is not null;
+    public IReadOnlyList<Parameter> TrainableParameters => new[] { LoraA, LoraB };
+
+    /// <summary>Position in its chain (0 = chain start) and the previous block, or null at a chain start.</summary>
+    public int ChainPosition { get; internal set; }
+    public ResLoraLinear? Previous { get; internal set; }
+
+    /// <summary>Window means of ‖x‖_F and ‖A·drop(x)‖_F over recent training forwards (0 when empty).</summary>
+    public double InputNormMean => _inputNorms.Count == 0 ? 0 : _inputNorms.Average();
+    public double MiddleNormMean => _middleNorms.Count == 0 ? 0 : _middleNorms.Average();
+    public int WindowCount => _inputNorms.Count;
+
+    /// <summary>The predecessors used by bs/ms: up to min(pre_num, position) blocks back along the chain (spec §2).</summary>
+    public IReadOnlyList<ResLoraLinear> Predecessors(int preNum)
+    {
+        var list = new List<ResLoraLinear>();
+        int limit = preNum < 0 ? int.MaxValue : preNum;
+        for (var p = Previous; p is not null && list.Count < limit; p = p.Previous) list.Add(p);
+        return list;
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor result = nn.functional.linear(x, weight, bias);
+        if (IsMerged) return scope.MoveToOuter(result);
+        // Outside a model forward (a standalone layer) only a chain start can run: it needs nothing from other layers.
+        var ctx = _owner.Current;
+        if (ctx is null && Previous is not null && _owner.Structure != ResLoraStructure.BlockShortcut) ctx = _owner.Context(Spec.Name);
+        Tensor xa = x.to_type(AdapterDtype);
+        Tensor delta;
+        switch (_owner.Structure)
+        {
+            case ResLoraStructure.InputShortcut:
+                {
+                    // §3.1: h = Wx + s·B A drop(x_n + x_{n−1}); a chain start uses x_{n−1} := x_n. The stashed input is the
+                    // live tensor (never detached): gradients skip the layers in between.
+                    Tensor prev = Previous is null ? xa : ctx!.Get(Previous, Spec.Name);
+                    if (!prev.shape.SequenceEqual(xa.shape))
+                        throw new InvalidOperationException($"{Spec.Name}: input shape [{string.Join(", ", xa.shape)}] differs from its chain predecessor's [{string.Join(", ", prev.shape)}] in this forward.");
+                    ctx?.Put(this, xa);
+                    delta = lora_B.call(lora_A.call(Drop(xa + prev)));
+                    break;
+                }
+            case ResLoraStructure.BlockShortcut:
+                {
+                    // §3.2: s·Σ_k B_{n−k} A_{n−k} x as ONE product of the concatenated factors (one shared dropout mask).
+                    var preds = Predecessors(_owner.PreNum);
+                    if (preds.Count == 0) delta = lora_B.call(lora_A.call(Drop(xa)));
+                    else
+                    {
+                        var aCat = torch.cat(preds.Select(p => (Tensor)p.LoraA).Prepend(LoraA).ToArray(), 0); // (r(m+1), in)
+                        var bCat = torch.cat(preds.Select(p => (Tensor)p.LoraB).Prepend(LoraB).ToArray(), 1); // (out, r(m+1))
+                        delta = nn.functional.linear(nn.functional.linear(Drop(xa), aCat), bCat);
+                    }
+                    break;
+                }
+            default:
+                {
+                    // §3.3: z_n = A drop(x_n); h = Wx + s·B (z_n + Σ_k z_{n−k}), each z the predecessor's own, from this forward.
+                    Tensor z = lora_A.call(Drop(xa)); // (.., r)
+                    ctx?.Put(this, z);
+                    Tensor acc = z;
+                    foreach (var p in Predecessors(_owner.PreNum)) acc = acc + ctx!.Get(p, Spec.Name);
+                    delta = lora_B.call(acc);
+                    if (training) Record(_middleNorms, z);
+                    break;
+                }
+        }
+        if (training) Record(_inputNorms, xa);
+        result = result.add(delta.mul(Scaling).to_type(result.dtype));
+        return scope.MoveToOuter(result);
+    }
+
+    private Tensor Drop(Tensor t) => _options.Dropout > 0 && training ? nn.functional.dropout(t, _options.Dropout, true) : t;
+
+    /// <summary>§4.2: one Frobenius norm per training forward (float32), window of the last N, zero norms not pushed.</summary>
+    private void Record(Queue<double> window, Tensor t)
+    {
+        using var _ = torch.no_grad();
+        using var n = t.detach().to_type(ScalarType.Float32).norm();
+        double v = n.item<float>();
+        if (!(v > 0) || !double.IsFinite(v)) return;
+        window.Enqueue(v);
+        while (window.Count > _owner.WindowLength) window.Dequeue();
+    }
+
+    internal void SeedStatistics(double inputNorm, double middleNorm)
+    {
+        _inputNorms.Clear();
+        _middleNorms.Clear();
+        if (inputNorm > 0) _inputNorms.Enqueue(inputNorm);
+        if (middleNorm > 0) _middleNorms.Enqueue(middleNorm);
+    }
+
+    /// <summary>ΔW (out, in), float32, of the configured merge (spec §4): what Merge() adds to W.</summary>
+    public Tensor DeltaWeight() => _owner.DeltaWeight(this);
+
+    public void Merge()
+    {
+        if (IsMerged) throw new InvalidOperationException($"{Spec.Name}: the ResLoRA adapter is already merged; call Unmerge() first.");
+        var d = _owner.DeltaWeight(this).DetachFromDisposeScope();
+        LowRank.AddToWeight(weight, () => d, +1);
+        _mergedDelta = d;
+    }
+
+    public void Unmerge()
+    {
+        if (_mergedDelta is not { } d) throw new InvalidOperationException($"{Spec.Name}: the ResLoRA adapter is not merged; nothing to unmerge.");
+        LowRank.AddToWeight(weight, () => d, -1);
+        d.Dispose();
+        _mergedDelta = null;
+    }
+
+    public IReadOnlyDictionary<string, Tensor> GetAdapterState() =>
+        new Dictionary<string, Tensor> { ["lora_A.weight"] = LoraA, ["lora_B.weight"] = LoraB };
+
+    public void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state)
+    {
+        if (IsMerged) throw new InvalidOperationException($"{Spec.Name}: cannot load adapter weights while merged; call Unmerge() first.");
+        LowRank.CopyState(Spec.Name, GetAdapterState(), state);
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _mergedDelta?.Dispose();
+        base.Dispose(disposing);
+    }
+}
