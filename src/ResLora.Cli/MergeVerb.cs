@@ -14,9 +14,10 @@ internal static class MergeVerb
         var adapter = new Option<string>("--adapter") { Description = "Adapter folder (PEFT format) to fold into the base weights.", Required = true };
         var output = new Option<string>("--out") { Description = "New folder for the merged model (must not exist or be empty).", Required = true };
         var probe = new Option<string?>("--probe") { Description = "Text whose logits are compared merged vs unmerged (default: a fixed sentence)." };
+        var merge = new Option<string?>("--merge") { Description = "ResLoRA only: bi, bw, a (ms A-merge) or auto (try each, keep the smallest measured difference); default: the adapter's." };
         var rt = new RuntimeOptionSet();
         var cmd = new Command("merge", "Fold an adapter into the base weights and write a complete Hugging Face model folder; reports the merged-vs-unmerged logit difference.");
-        foreach (var o in new Option[] { model, adapter, output, probe }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, adapter, output, probe, merge }) cmd.Options.Add(o);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
@@ -26,7 +27,7 @@ internal static class MergeVerb
             string text = r.GetValue(probe) ?? "The quick brown fox jumps over the lazy dog. 12 + 30 = 42.";
             var ids = ModelSession.PromptIds(tokenizer, text).Select(i => (long)i).ToArray();
             using var probeIds = torch.tensor(ids).unsqueeze(0);
-            var report = AdapterSession.MergeToFolder(dir, r.GetValue(adapter)!, r.GetValue(output)!, runtime, probeIds, w => Console.Error.WriteLine($"warning: {w}"));
+            var report = AdapterSession.MergeToFolder(dir, r.GetValue(adapter)!, r.GetValue(output)!, runtime, probeIds, w => Console.Error.WriteLine($"note: {w}"), r.GetValue(merge));
             Console.Out.WriteLine($"merged {report.MergedModules} {report.Method} modules into {report.OutDir}");
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"merged vs unmerged logits on the probe ({ids.Length} tokens): max |Δ| {report.MaxAbsDiff:0.###e0}, mean |Δ| {report.MeanAbsDiff:0.###e0} (largest logit {report.LogitScale:0.###})"));

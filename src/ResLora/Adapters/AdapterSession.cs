@@ -12,13 +12,14 @@ public sealed record MergeReport(string Method, int MergedModules, double MaxAbs
 public static class AdapterSession
 {
     /// <summary>Builds the model with the adapter's plan (read from adapter_config.json) and loads the adapter tensors.</summary>
-    public static LlamaForCausalLM LoadWithAdapter(string modelDir, string adapterDir, RuntimeOptions runtime, Action<string>? warn = null)
+    public static LlamaForCausalLM LoadWithAdapter(string modelDir, string adapterDir, RuntimeOptions runtime, Action<string>? warn = null, Func<AdapterConfigBase, AdapterConfigBase>? adjust = null)
     {
         string cfgPath = Path.Combine(adapterDir, AdapterFolder.ConfigFileName);
         if (!Directory.Exists(adapterDir)) throw new DirectoryNotFoundException($"--adapter {adapterDir}: no such folder; pass a folder with {AdapterFolder.ConfigFileName} and {AdapterFolder.WeightsFileName}.");
         if (!File.Exists(cfgPath)) throw new FileNotFoundException($"{cfgPath}: not found; an adapter folder needs {AdapterFolder.ConfigFileName} and {AdapterFolder.WeightsFileName}.", cfgPath);
         var (config, warnings) = AdapterConfigJson.Parse(File.ReadAllText(cfgPath), cfgPath);
         foreach (var w in warnings) warn?.Invoke(w);
+        if (adjust is not null) config = adjust(config);
         var plan = new AdapterPlan(config);
         var model = ModelLoader.Load(modelDir, runtime, plan);
         try
@@ -41,12 +42,15 @@ public static class AdapterSession
     /// into the base weights, measures again, and writes a complete Hugging Face folder: config, safetensors (sharded as
     /// the input was), tokenizer and generation files copied. The folder appears whole or not at all.
     /// </summary>
-    public static MergeReport MergeToFolder(string modelDir, string adapterDir, string outDir, RuntimeOptions runtime, Tensor probeIds, Action<string>? warn = null)
+    public static MergeReport MergeToFolder(string modelDir, string adapterDir, string outDir, RuntimeOptions runtime, Tensor probeIds, Action<string>? warn = null, string? mergeKind = null)
     {
         if (Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any())
             throw new IOException($"--out {outDir} exists and is not empty; choose a new folder (merging never overwrites).");
-        using var model = LoadWithAdapter(modelDir, adapterDir, runtime, warn);
+        string? chosen = ChooseResLoraMerge(modelDir, adapterDir, runtime, probeIds, mergeKind, warn);
+        Func<AdapterConfigBase, AdapterConfigBase>? adjust = chosen is null ? null : c => c is ResLoraConfig rc ? rc with { Merge = chosen } : c;
+        using var model = LoadWithAdapter(modelDir, adapterDir, runtime, warn, adjust);
         string method = AdapterModel.FindAdapters(model).FirstOrDefault().Adapter?.Method ?? "none";
+        if (chosen is not null) method += $" (merge {chosen})";
         double maxDiff, meanDiff, scale;
         int merged;
         using (torch.no_grad())
@@ -80,6 +84,43 @@ public static class AdapterSession
             if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
         }
         return new MergeReport(method, merged, maxDiff, meanDiff, scale, full);
+    }
+
+    /// <summary>
+    /// For ResLoRA adapters: the merge to use. An explicit <paramref name="requested"/> kind wins; "auto" (requested or
+    /// saved in the adapter) measures every candidate on the probe and keeps the one with the smallest max |Δlogit|.
+    /// Null for other methods.
+    /// </summary>
+    public static string? ChooseResLoraMerge(string modelDir, string adapterDir, RuntimeOptions runtime, Tensor probeIds, string? requested, Action<string>? warn = null)
+    {
+        string cfgPath = Path.Combine(adapterDir, AdapterFolder.ConfigFileName);
+        if (!File.Exists(cfgPath)) return null;
+        var (config, _) = AdapterConfigJson.Parse(File.ReadAllText(cfgPath), cfgPath);
+        if (config is not ResLoraConfig rc)
+        {
+            if (requested is not null) throw new ArgumentException($"--merge applies to ResLoRA adapters only; {adapterDir} holds a {config.Method} adapter.");
+            return null;
+        }
+        string kind = (requested ?? rc.Merge).ToLowerInvariant();
+        if (kind != "auto")
+        {
+            _ = (rc with { Merge = kind }).MergeKind; // validates the name for this structure
+            return kind;
+        }
+        string best = rc.MergeCandidates[0];
+        double bestDiff = double.MaxValue;
+        foreach (var candidate in rc.MergeCandidates)
+        {
+            using var model = LoadWithAdapter(modelDir, adapterDir, runtime, null, c => ((ResLoraConfig)c) with { Merge = candidate });
+            using var noGrad = torch.no_grad();
+            using var before = model.forward(probeIds);
+            AdapterModel.MergeAll(model);
+            using var after = model.forward(probeIds);
+            double d = (after - before).abs().max().item<float>();
+            warn?.Invoke($"merge {candidate}: max |Δlogit| {d:0.###e0}");
+            if (d < bestDiff) (best, bestDiff) = (candidate, d);
+        }
+        return best;
     }
 
     /// <summary>Keeps the input's sharding: a single file stays single; sharded inputs keep their largest shard's size as the limit.</summary>

@@ -69,8 +69,15 @@ public static class MethodCatalog
             throw new ArgumentException($"--pre-num '{preNum}' is not an integer; use m ≥ 1 or -1 for all previous blocks.");
         return new ResLoraConfig
         {
-            R = s.Rank, LoraAlpha = s.Alpha, LoraDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude, UseRslora = s.UseRslora,
-            Structure = structure, PreNum = pn, Merge = s.ExtraOr("merge", structure == "ms" ? "bi" : "bi"),
+            R = s.Rank,
+            LoraAlpha = s.Alpha,
+            LoraDropout = s.Dropout,
+            TargetModules = s.Targets,
+            ExcludeModules = s.Exclude,
+            UseRslora = s.UseRslora,
+            Structure = structure,
+            PreNum = pn,
+            Merge = s.ExtraOr("merge", structure == "ms" ? "bi" : "bi"),
         };
     }
 

@@ -181,7 +181,7 @@ public static class DemoRunner
         LossPlot.Save(plot, rows.Select(r => new LossPlot.Series(r.Label, r.Default.Summary.Curve.Select(c => (c.Step, c.Loss)).ToList(), r.Default.Summary.Evals.Select(e => (e.Step, e.Loss)).ToList())).ToList(),
             string.Create(CultureInfo.InvariantCulture, $"demo fine-tuning, lr {o.DefaultLr:0.####}, alpha {o.DefaultAlpha}, rank {o.Rank}"));
         var winner = rows.Select(r => r.Best).OrderByDescending(r => double.IsNaN(r.Accuracy) ? -1 : r.Accuracy).ThenBy(r => r.EvalLoss).First();
-        var merge = AdapterSession.MergeToFolder(baseDir, winner.AdapterDir, mergedDir, o.Runtime, probe);
+        var merge = AdapterSession.MergeToFolder(baseDir, winner.AdapterDir, mergedDir, o.Runtime, probe, null, winner.Label is "reslora-is" or "reslora-ms" ? "auto" : null);
         var sample = eval[0];
         string answer;
         using (var merged = ModelLoader.Load(mergedDir, o.Runtime))

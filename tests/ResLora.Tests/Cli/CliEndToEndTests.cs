@@ -94,6 +94,30 @@ public sealed class CliEndToEndTests : IDisposable
         Assert.Contains("q_proj", insp.Out);
     }
 
+    [Theory]
+    [InlineData("is", "auto")]
+    [InlineData("bs", null)]
+    [InlineData("ms", "a")]
+    public void ResLora_TrainsSavesStatistics_AndMerges(string structure, string? merge)
+    {
+        string model = ModelFolder(), data = Data("train.jsonl", 32, 1), adapter = Path.Combine(_dir, "adapter");
+        var (rc, _, err) = Run("train", "--model", model, "--data", data, "--method", "reslora", "--structure", structure, "--targets", "q_proj,v_proj",
+            "--steps", "6", "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", "0", "--out", adapter, "--prompt-template", "{Body}", "--completion-template", " {Answer}");
+        Assert.True(rc == 0, err);
+        string cfg = File.ReadAllText(Path.Combine(adapter, "adapter_config.json"));
+        Assert.Contains("\"peft_type\": \"RESLORA\"", cfg);
+        Assert.Contains($"\"structure\": \"{structure}\"", cfg);
+        Assert.Contains("\"input_norm\"", cfg);
+        var args = new List<string> { "merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, "merged") };
+        if (merge is not null) { args.Add("--merge"); args.Add(merge); }
+        var mg = Run(args.ToArray());
+        Assert.True(mg.Rc == 0, mg.Err);
+        Assert.Contains("reslora", mg.Out);
+        var lora = Run("merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, "m2"), "--merge", "bogus");
+        Assert.Equal(2, lora.Rc);
+        Assert.Contains("'merge'", lora.Err);
+    }
+
     [Fact]
     public void BadInputs_GetOneLineErrors_AndLeaveNoOutput()
     {

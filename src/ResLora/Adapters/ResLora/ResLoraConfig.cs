@@ -27,7 +27,8 @@ public sealed record ResLoraConfig : AdapterConfigBase
 
     [JsonIgnore] public override string Method => "reslora";
 
-    [JsonIgnore] public ResLoraStructure StructureKind => Structure.ToLowerInvariant() switch
+    [JsonIgnore]
+    public ResLoraStructure StructureKind => Structure.ToLowerInvariant() switch
     {
         "is" => ResLoraStructure.InputShortcut,
         "bs" => ResLoraStructure.BlockShortcut,
@@ -36,13 +37,23 @@ public sealed record ResLoraConfig : AdapterConfigBase
     };
 
     /// <summary>The merge actually used: bs is always exact; "a" is the ms A-merge (same as bw for ms).</summary>
-    [JsonIgnore] public ResLoraMergeKind MergeKind => (StructureKind, Merge.ToLowerInvariant()) switch
+    [JsonIgnore]
+    public ResLoraMergeKind MergeKind => (StructureKind, Merge.ToLowerInvariant()) switch
     {
-        (ResLoraStructure.BlockShortcut, _) => ResLoraMergeKind.Exact,
-        (_, "bi") => ResLoraMergeKind.Bi,
+        (ResLoraStructure.BlockShortcut, "bi" or "bw" or "a" or "auto" or "exact") => ResLoraMergeKind.Exact,
+        (_, "bi" or "auto") => ResLoraMergeKind.Bi,
         (_, "bw") => ResLoraMergeKind.Bw,
         (ResLoraStructure.MiddleShortcut, "a") => ResLoraMergeKind.Bw,
-        _ => throw new ArgumentException($"adapter_config.json: 'merge' is '{Merge}'; use bi or bw for structure is, bi, bw or a for ms (bs merges exactly)."),
+        _ => throw new ArgumentException($"adapter_config.json: 'merge' is '{Merge}'; use bi or bw for structure is, bi, bw or a for ms, or auto (bs merges exactly)."),
+    };
+
+    /// <summary>The merges worth trying for this structure when <c>merge</c> is auto (the one with the smaller measured logit difference wins).</summary>
+    [JsonIgnore]
+    public IReadOnlyList<string> MergeCandidates => StructureKind switch
+    {
+        ResLoraStructure.BlockShortcut => new[] { "bi" },
+        ResLoraStructure.InputShortcut => new[] { "bi", "bw" },
+        _ => new[] { "bi", "a" },
     };
 
     public override void Validate()
