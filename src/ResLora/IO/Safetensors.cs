@@ -1,3 +1,4 @@
+using System.IO.MemoryMappedFiles;
 using System.Text;
 using System.Text.Json;
 using TorchSharp;
@@ -13,54 +14,171 @@ public sealed record SafetensorsEntry(string Name, string Dtype, long[] Shape, l
 
 /// <summary>
 /// Reader of the safetensors format: u64 little-endian header length N, N bytes of JSON
-/// <c>{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}</c>, then the raw
-/// little-endian data; offsets are relative to the end of the header.
-/// NOTE: initial implementation (whole-file read); the IO issue replaces it with a memory-mapped, fully checked reader.
+/// <c>{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}</c>, then the raw little-endian
+/// data; offsets are relative to the end of the header. The file is memory-mapped and every header field is checked
+/// against it before any byte is read: header length and JSON shape, known dtypes, non-negative shapes, offsets
+/// inside the data section, byte counts equal to shape × element size (checked arithmetic), no overlaps. A bad file
+/// gets an <see cref="InvalidDataException"/> naming the file, the tensor and the problem.
 /// </summary>
-public sealed class SafetensorsFile : IDisposable
+public sealed unsafe class SafetensorsFile : IDisposable
 {
-    private readonly byte[] _bytes;
+    /// <summary>Headers larger than this are refused (the format's reference implementation uses the same 100 MB limit).</summary>
+    public const long MaxHeaderBytes = 100_000_000;
+
+    private readonly MemoryMappedFile? _map;
+    private readonly MemoryMappedViewAccessor? _view;
+    private readonly byte* _base;
+    private readonly long _length;
     private readonly long _dataStart;
     private readonly Dictionary<string, SafetensorsEntry> _entries;
+    private bool _disposed;
 
     public string FilePath { get; }
     public IReadOnlyDictionary<string, string> Metadata { get; }
     public IReadOnlyList<SafetensorsEntry> Entries { get; }
 
-    private SafetensorsFile(string path, byte[] bytes, long dataStart, List<SafetensorsEntry> entries, Dictionary<string, string> meta)
+    private SafetensorsFile(string path, MemoryMappedFile? map, MemoryMappedViewAccessor? view, byte* basePtr, long length, long dataStart, List<SafetensorsEntry> entries, Dictionary<string, string> meta)
     {
         FilePath = path;
-        _bytes = bytes;
+        _map = map;
+        _view = view;
+        _base = basePtr;
+        _length = length;
         _dataStart = dataStart;
         Entries = entries;
-        _entries = entries.ToDictionary(e => e.Name);
+        _entries = entries.ToDictionary(e => e.Name, StringComparer.Ordinal);
         Metadata = meta;
     }
 
     public static SafetensorsFile Open(string path)
     {
-        byte[] bytes = File.ReadAllBytes(path);
-        if (bytes.Length < 8) throw new InvalidDataException($"{path}: not a safetensors file (shorter than its 8-byte header length).");
-        ulong n = BitConverter.ToUInt64(bytes, 0);
-        if (n > (ulong)(bytes.Length - 8)) throw new InvalidDataException($"{path}: header length {n} runs past the end of the file ({bytes.Length} bytes).");
-        var entries = new List<SafetensorsEntry>();
-        var meta = new Dictionary<string, string>();
-        using (var doc = JsonDocument.Parse(bytes.AsMemory(8, (int)n)))
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: file not found.", path);
+        long length = new FileInfo(path).Length;
+        if (length < 8) throw new InvalidDataException($"{path}: not a safetensors file: {length} bytes, shorter than the 8-byte header length.");
+        MemoryMappedFile? map = null;
+        MemoryMappedViewAccessor? view = null;
+        byte* ptr = null;
+        try
         {
+            map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            view.SafeMemoryMappedViewHandle.AcquirePointer(ref ptr);
+            ptr += view.PointerOffset;
+            ulong n = BitConverter.ToUInt64(new ReadOnlySpan<byte>(ptr, 8));
+            if (n < 2) throw Bad(path, null, $"header length {n} is too small for a JSON object");
+            if (n > (ulong)(length - 8)) throw Bad(path, null, $"header length {n} runs past the end of the file ({length} bytes)");
+            if (n > MaxHeaderBytes) throw Bad(path, null, $"header length {n} exceeds the {MaxHeaderBytes}-byte limit");
+            long dataStart = 8 + (long)n;
+            List<SafetensorsEntry> entries;
+            Dictionary<string, string> meta;
+            try
+            {
+                (entries, meta) = ParseHeader(path, new ReadOnlySpan<byte>(ptr + 8, (int)n), length - dataStart);
+            }
+            catch (InvalidOperationException e)
+            {
+                // System.Text.Json reports undecodable strings (e.g. escaped lone surrogates) this way.
+                throw Bad(path, null, $"the header holds an invalid string ({e.Message})");
+            }
+            return new SafetensorsFile(path, map, view, ptr, length, dataStart, entries, meta);
+        }
+        catch
+        {
+            if (ptr != null) view!.SafeMemoryMappedViewHandle.ReleasePointer();
+            view?.Dispose();
+            map?.Dispose();
+            throw;
+        }
+    }
+
+    private static InvalidDataException Bad(string path, string? tensor, string what) =>
+        new(tensor is null ? $"{path}: {what}." : $"{path}: tensor '{tensor}': {what}.");
+
+    private static (List<SafetensorsEntry>, Dictionary<string, string>) ParseHeader(string path, ReadOnlySpan<byte> header, long dataBytes)
+    {
+        var entries = new List<SafetensorsEntry>();
+        var meta = new Dictionary<string, string>(StringComparer.Ordinal);
+        JsonDocument doc;
+        try
+        {
+            _ = new UTF8Encoding(false, true).GetCharCount(header);
+        }
+        catch (DecoderFallbackException)
+        {
+            throw Bad(path, null, "the header is not valid UTF-8");
+        }
+        try
+        {
+            doc = JsonDocument.Parse(header.ToArray(), new JsonDocumentOptions { MaxDepth = 16 });
+        }
+        catch (JsonException e)
+        {
+            throw Bad(path, null, $"the header is not valid JSON ({e.Message})");
+        }
+        using (doc)
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw Bad(path, null, $"the header must be a JSON object, not {doc.RootElement.ValueKind}");
+            var seen = new HashSet<string>(StringComparer.Ordinal);
             foreach (var p in doc.RootElement.EnumerateObject())
             {
+                if (!seen.Add(p.Name)) throw Bad(path, p.Name, "appears twice in the header");
                 if (p.Name == "__metadata__")
                 {
-                    foreach (var m in p.Value.EnumerateObject()) meta[m.Name] = m.Value.GetString() ?? "";
+                    if (p.Value.ValueKind != JsonValueKind.Object) throw Bad(path, null, "__metadata__ must be an object of strings");
+                    foreach (var m in p.Value.EnumerateObject())
+                    {
+                        if (m.Value.ValueKind != JsonValueKind.String) throw Bad(path, null, $"__metadata__ value '{m.Name}' must be a string");
+                        meta[m.Name] = m.Value.GetString()!;
+                    }
                     continue;
                 }
-                string dtype = p.Value.GetProperty("dtype").GetString()!;
-                long[] shape = p.Value.GetProperty("shape").EnumerateArray().Select(e => e.GetInt64()).ToArray();
-                var offs = p.Value.GetProperty("data_offsets").EnumerateArray().Select(e => e.GetInt64()).ToArray();
-                entries.Add(new SafetensorsEntry(p.Name, dtype, shape, offs[0], offs[1]));
+                entries.Add(ParseEntry(path, p.Name, p.Value, dataBytes));
             }
         }
-        return new SafetensorsFile(path, bytes, 8 + (long)n, entries, meta);
+        // Tensors must not overlap (the format also wants them contiguous, but readers in the wild accept gaps).
+        var sorted = entries.Where(e => e.ByteLength > 0).OrderBy(e => e.Begin).ToList();
+        for (int i = 1; i < sorted.Count; i++)
+            if (sorted[i].Begin < sorted[i - 1].End)
+                throw Bad(path, sorted[i].Name, $"data_offsets [{sorted[i].Begin}, {sorted[i].End}] overlap tensor '{sorted[i - 1].Name}' [{sorted[i - 1].Begin}, {sorted[i - 1].End}]");
+        return (entries, meta);
+    }
+
+    private static SafetensorsEntry ParseEntry(string path, string name, JsonElement v, long dataBytes)
+    {
+        if (v.ValueKind != JsonValueKind.Object) throw Bad(path, name, "entry must be an object with dtype, shape and data_offsets");
+        if (!v.TryGetProperty("dtype", out var dt) || dt.ValueKind != JsonValueKind.String) throw Bad(path, name, "missing string field 'dtype'");
+        string dtype = dt.GetString()!;
+        int elem = SafetensorsDtypes.ElementSize(dtype) ?? throw Bad(path, name, $"dtype '{dtype}' is not supported (F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)");
+        if (!v.TryGetProperty("shape", out var sh) || sh.ValueKind != JsonValueKind.Array) throw Bad(path, name, "missing array field 'shape'");
+        var shape = new List<long>();
+        long count = 1;
+        foreach (var d in sh.EnumerateArray())
+        {
+            if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long x) || x < 0) throw Bad(path, name, $"shape entry {d} is not a non-negative integer");
+            shape.Add(x);
+            try { count = checked(count * x); }
+            catch (OverflowException) { throw Bad(path, name, "the shape's element count overflows"); }
+        }
+        if (shape.Count > 16) throw Bad(path, name, $"{shape.Count} dimensions is more than the 16 supported");
+        if (!v.TryGetProperty("data_offsets", out var off) || off.ValueKind != JsonValueKind.Array || off.GetArrayLength() != 2)
+            throw Bad(path, name, "missing field 'data_offsets' = [begin, end]");
+        long[] o = new long[2];
+        int k = 0;
+        foreach (var d in off.EnumerateArray())
+        {
+            if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long x) || x < 0) throw Bad(path, name, $"data_offsets entry {d} is not a non-negative integer");
+            o[k++] = x;
+        }
+        if (o[0] > o[1]) throw Bad(path, name, $"data_offsets [{o[0]}, {o[1]}] end before they begin");
+        if (o[1] > dataBytes) throw Bad(path, name, $"data_offsets [{o[0]}, {o[1]}] run past the data section ({dataBytes} bytes)");
+        long need;
+        try { need = checked(count * elem); }
+        catch (OverflowException) { throw Bad(path, name, "the shape's byte count overflows"); }
+        if (o[1] - o[0] != need)
+            throw Bad(path, name, $"data_offsets [{o[0]}, {o[1]}] hold {o[1] - o[0]} bytes but {dtype} shape [{string.Join(", ", shape)}] needs {need}");
+        foreach (var extra in v.EnumerateObject())
+            if (extra.Name is not ("dtype" or "shape" or "data_offsets")) throw Bad(path, name, $"unknown field '{extra.Name}'");
+        return new SafetensorsEntry(name, dtype, shape.ToArray(), o[0], o[1]);
     }
 
     public bool Contains(string name) => _entries.ContainsKey(name);
@@ -68,19 +186,38 @@ public sealed class SafetensorsFile : IDisposable
     public SafetensorsEntry GetEntry(string name) =>
         _entries.TryGetValue(name, out var e) ? e : throw new KeyNotFoundException($"{FilePath}: no tensor named '{name}'.");
 
-    /// <summary>Copies one tensor into a new torch tensor (on CPU, in its stored dtype unless <paramref name="dtype"/> is given).</summary>
+    /// <summary>Copies one tensor out of the mapped file into a new torch tensor (CPU, stored dtype unless <paramref name="dtype"/> is given).</summary>
     public Tensor Load(string name, ScalarType? dtype = null, Device? device = null)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         var e = GetEntry(name);
         ScalarType st = SafetensorsDtypes.ToScalarType(e.Dtype, FilePath, name);
         Tensor t = torch.empty(e.Shape, st);
-        t.bytes = _bytes.AsSpan((int)(_dataStart + e.Begin), (int)e.ByteLength);
+        if (e.ByteLength > 0)
+        {
+            // Offsets were checked against the file at Open; copy in chunks (spans are int-sized).
+            long src = _dataStart + e.Begin;
+            if (e.ByteLength > int.MaxValue)
+            {
+                t.Dispose();
+                throw new NotSupportedException($"{FilePath}: tensor '{name}' is {e.ByteLength} bytes; tensors over 2 GiB are not supported yet (re-shard the checkpoint).");
+            }
+            // The setter only reads the span (the mapping is read-only).
+            t.bytes = new Span<byte>(_base + src, checked((int)e.ByteLength));
+        }
         if (dtype is { } d && d != st) { var c = t.to_type(d); t.Dispose(); t = c; }
         if (device is not null && device.type != DeviceType.CPU) { var c = t.to(device); t.Dispose(); t = c; }
         return t;
     }
 
-    public void Dispose() { }
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _view?.SafeMemoryMappedViewHandle.ReleasePointer();
+        _view?.Dispose();
+        _map?.Dispose();
+    }
 }
 
 /// <summary>Maps safetensors dtype names to torch scalar types and back.</summary>
@@ -99,6 +236,16 @@ public static class SafetensorsDtypes
         "U8" => ScalarType.Byte,
         "BOOL" => ScalarType.Bool,
         _ => throw new InvalidDataException($"{file}: tensor '{tensor}' has dtype '{dtype}', which is not supported (F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL)."),
+    };
+
+    /// <summary>Bytes per element of a safetensors dtype name, or null when unsupported.</summary>
+    public static int? ElementSize(string dtype) => dtype switch
+    {
+        "F64" or "I64" => 8,
+        "F32" or "I32" => 4,
+        "F16" or "BF16" or "I16" => 2,
+        "I8" or "U8" or "BOOL" => 1,
+        _ => null,
     };
 
     public static string FromScalarType(ScalarType st) => st switch
@@ -123,6 +270,12 @@ public static class SafetensorsWriter
     public static void Write(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var items = tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal).ToList();
+        for (int i = 0; i < items.Count; i++)
+        {
+            if (items[i].Key == "__metadata__") throw new ArgumentException($"{path}: a tensor cannot be named '__metadata__' (reserved by the format).");
+            if (items[i].Key.Length == 0) throw new ArgumentException($"{path}: a tensor name cannot be empty.");
+            if (i > 0 && items[i].Key == items[i - 1].Key) throw new ArgumentException($"{path}: two tensors are named '{items[i].Key}'.");
+        }
         var header = new Dictionary<string, object>();
         if (metadata is { Count: > 0 }) header["__metadata__"] = metadata;
         long offset = 0;
