@@ -20,9 +20,12 @@ internal sealed class MethodOptionSet
     public Option<int?> PreNum { get; } = new("--pre-num") { Description = "ResLoRA bs/ms: previous blocks used (m ≥ 1, or -1 for all; default -1 for bs/ms)." };
     public Option<string?> Merge { get; } = new("--merge") { Description = "ResLoRA: how is/ms paths are merged away: bi (input norms, default), bw (weight norms; for ms the A-merge, also called a). bs merges exactly." };
 
+    public Option<int?> RefactorWarmup { get; } = new("--refactor-warmup") { Description = "RefLoRA: plain-LoRA steps before refactoring starts (default 20)." };
+    public Option<int?> RefactorInterval { get; } = new("--refactor-interval") { Description = "RefLoRA: refactor every N steps after warm-up (default 1)." };
+
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Method, Rank, Alpha, Dropout, Targets, Exclude, Rslora, Structure, PreNum, Merge }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { Method, Rank, Alpha, Dropout, Targets, Exclude, Rslora, Structure, PreNum, Merge, RefactorWarmup, RefactorInterval }) cmd.Options.Add(o);
     }
 
     public static ModuleTargets ParseTargets(string s, string flag)
@@ -44,6 +47,8 @@ internal sealed class MethodOptionSet
         if (r.GetValue(Structure) is { } st) extra["structure"] = st.Trim().ToLowerInvariant();
         if (r.GetValue(PreNum) is { } pn) extra["pre_num"] = pn.ToString(System.Globalization.CultureInfo.InvariantCulture);
         if (r.GetValue(Merge) is { } mg) extra["merge"] = mg.Trim().ToLowerInvariant();
+        if (r.GetValue(RefactorWarmup) is { } rw) extra["refactor_warmup"] = rw.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        if (r.GetValue(RefactorInterval) is { } ri) extra["refactor_interval"] = ri.ToString(System.Globalization.CultureInfo.InvariantCulture);
         return new MethodSpec
         {
             Method = r.GetValue(Method) ?? "lora",

@@ -43,6 +43,9 @@ public abstract record AdapterConfigBase
     [JsonPropertyName("peft_version")] public string? PeftVersion { get; init; }
 
     /// <summary>Method name as on the command line and in <see cref="IAdapter.Method"/> (lora, dora, ...).</summary>
+    /// <summary>The method the layers report (IAdapter.Method); differs from <see cref="Method"/> only for training-time methods on LoRA layers (RefLoRA).</summary>
+    [JsonIgnore] public virtual string LayerMethod => Method;
+
     [JsonIgnore] public abstract string Method { get; }
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid field and how to fix it.</summary>
@@ -258,6 +261,7 @@ public static class AdapterRegistry
     {
         Register<LoraConfig>("LORA", (c, g) => new LoraLayerBuilder(c, g));
         Register<ResLoraConfig>("RESLORA", (c, g) => new ResLoraLayerBuilder(c, g));
+        Register<RefLoraConfig>("REFLORA", (c, g) => new RefLoraLayerBuilder(c, g));
     }
 
     /// <summary>Registers (or replaces) a method. <paramref name="builder"/> gets the validated config and an optional init generator.</summary>

@@ -32,6 +32,8 @@ public static class MethodCatalog
         ["lora"] = s => { CheckExtras(s); return new MethodSetup(Lora(s)); },
         ["dora"] = s => { CheckExtras(s); return new MethodSetup(Lora(s) with { UseDora = true }); },
         ["reslora"] = s => new MethodSetup(ResLora(s)),
+        ["reflora"] = s => RefLora(s, "full"),
+        ["reflora-s"] = s => RefLora(s, "scalar"),
     };
 
     public static IReadOnlyCollection<string> Names => Builders.Keys.ToArray();
@@ -79,6 +81,25 @@ public static class MethodCatalog
             PreNum = pn,
             Merge = s.ExtraOr("merge", structure == "ms" ? "bi" : "bi"),
         };
+    }
+
+    /// <summary>RefLoRA: LoRA layers plus the refactoring step hook over every LoRA pair of the model.</summary>
+    public static MethodSetup RefLora(MethodSpec s, string variant)
+    {
+        CheckExtras(s, "refactor_warmup", "refactor_interval");
+        var cfg = new RefLoraConfig
+        {
+            R = s.Rank,
+            LoraAlpha = s.Alpha,
+            LoraDropout = s.Dropout,
+            TargetModules = s.Targets,
+            ExcludeModules = s.Exclude,
+            UseRslora = s.UseRslora,
+            Variant = variant,
+            RefactorWarmupSteps = int.Parse(s.ExtraOr("refactor_warmup", "20"), System.Globalization.CultureInfo.InvariantCulture),
+            RefactorInterval = int.Parse(s.ExtraOr("refactor_interval", "1"), System.Globalization.CultureInfo.InvariantCulture),
+        };
+        return new MethodSetup(cfg, model => new object[] { new RefLoraHook(cfg, AdapterModel.FindAdapters(model).Select(a => a.Adapter).OfType<ILowRankPair>()) });
     }
 
     private static void CheckExtras(MethodSpec s, params string[] allowed)

@@ -73,7 +73,7 @@ public static class AdapterFolder
         foreach (var (path, a) in adapters.OrderBy(kv => kv.Key, StringComparer.Ordinal))
         {
             if (a.Spec.Name != path) throw new ArgumentException($"{dir}: adapter registered under '{path}' is for module '{a.Spec.Name}'; key the dictionary by IAdapter.Spec.Name.");
-            if (a.Method != config.Method) throw new ArgumentException($"{dir}: module '{path}' holds a '{a.Method}' adapter but the config describes '{config.Method}'; save with the config the model was built from.");
+            if (a.Method != config.LayerMethod) throw new ArgumentException($"{dir}: module '{path}' holds a '{a.Method}' adapter but the config describes '{config.LayerMethod}'; save with the config the model was built from.");
             foreach (var (suffix, t) in a.GetAdapterState())
                 tensors.Add(new(KeyPrefix + path + "." + suffix, t.detach().to_type(ScalarType.Float32).cpu().contiguous().clone()));
         }

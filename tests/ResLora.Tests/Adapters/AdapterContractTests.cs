@@ -21,6 +21,7 @@ public sealed class AdapterContractTests
         ["lora-rslora"] = new(new LoraConfig { R = 4, LoraAlpha = 6, UseRslora = true, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
         ["lora-gaussian"] = new(new LoraConfig { R = 2, LoraAlpha = 4, InitLoraWeights = LoraInit.Gaussian, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
         ["dora"] = new(new LoraConfig { R = 3, LoraAlpha = 5, UseDora = true, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight", "lora_magnitude_vector" }),
+        ["reflora"] = new(new RefLoraConfig { R = 3, LoraAlpha = 6, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
         // A standalone ResLoRA block is a chain start: is merges exactly with α = 1 (W + 2sBA), ms with α = 0, bs exactly.
         ["reslora-is"] = new(new ResLoraConfig { R = 3, LoraAlpha = 6, Structure = "is", TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
         ["reslora-bs"] = new(new ResLoraConfig { R = 3, LoraAlpha = 6, Structure = "bs", PreNum = -1, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
@@ -41,7 +42,8 @@ public sealed class AdapterContractTests
         var plan = new AdapterPlan(Kinds[kind].Config, new Generator(seed));
         var m = plan.Create(TheSpec, ScalarType.Float32, CPU);
         var a = Assert.IsAssignableFrom<IAdapter>(m);
-        Assert.Equal(Kinds[kind].Config.Method, a.Method);
+        // RefLoRA trains plain LoRA layers (the method is its step hook), so its layers report "lora".
+        Assert.Equal(Kinds[kind].Config.LayerMethod, a.Method);
         return (m, a);
     }
 

@@ -94,6 +94,21 @@ public sealed class CliEndToEndTests : IDisposable
         Assert.Contains("q_proj", insp.Out);
     }
 
+    [Fact]
+    public void RefLora_TrainsFromTheCli_AndMerges()
+    {
+        string model = ModelFolder(), data = Data("train.jsonl", 32, 1), adapter = Path.Combine(_dir, "adapter");
+        var (rc, output, err) = Run("train", "--model", model, "--data", data, "--method", "reflora", "--refactor-warmup", "2", "--targets", "all-linear",
+            "--steps", "6", "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", "0", "--out", adapter, "--prompt-template", "{Body}", "--completion-template", " {Answer}");
+        Assert.True(rc == 0, err);
+        Assert.Contains("\"peft_type\": \"REFLORA\"", File.ReadAllText(Path.Combine(adapter, "adapter_config.json")));
+        var mg = Run("merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, "merged"));
+        Assert.True(mg.Rc == 0, mg.Err);
+        var bad = Run("train", "--model", model, "--data", data, "--method", "lora", "--structure", "is", "--out", Path.Combine(_dir, "x"), "--prompt-template", "{Body}", "--completion-template", " {Answer}");
+        Assert.Equal(2, bad.Rc);
+        Assert.Contains("--structure does not apply", bad.Err);
+    }
+
     [Theory]
     [InlineData("is", "auto")]
     [InlineData("bs", null)]
