@@ -22,6 +22,8 @@ public static class ModelLoader
             var expected = model.ExpectedWeights();
             ckpt.ValidateAgainst(expected);
             model.LoadWeights(name => ckpt.Load(name));
+            // A RoLoRA-rotated model (config.json reslora_rotation) needs the online Hadamard before down_proj.
+            Quantization.RoLoraRotation.ApplyOnline(model);
             // Freeze exactly the base weights (Hugging Face names); adapter parameters keep requires_grad.
             foreach (var (name, p) in model.named_parameters())
                 if (expected.ContainsKey(name)) p.requires_grad = false;
