@@ -11,9 +11,13 @@ internal static class InspectVerb
     {
         var model = new Option<string>("--model") { Description = "Hugging Face model folder.", Required = true };
         var all = new Option<bool>("--all") { Description = "List every linear module by full name instead of grouping by type." };
+        var kurt = new Option<bool>("--kurtosis") { Description = "Also measure the kurtosis of every decoder linear's input on --data (RoLoRA's outlier measure; Gaussian = 3)." };
+        var data = new Option<string?>("--data") { Description = "Text for --kurtosis (JSONL/JSON data file)." };
         var cmd = new Command("inspect", "Show a model folder: architecture, parameter counts, and every linear module with its shape (the names adapters target).");
         cmd.Options.Add(model);
         cmd.Options.Add(all);
+        cmd.Options.Add(kurt);
+        cmd.Options.Add(data);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             string dir = CliPaths.ModelDir(r.GetValue(model));
@@ -50,6 +54,18 @@ internal static class InspectVerb
                 foreach (var g in linears.GroupBy(x => (Type: x.Name.Split('.')[^1], Shape: $"{x.Shape[0]} × {x.Shape[1]}")))
                     lin.AddRow(g.Key.Type, g.Key.Shape, g.Count().ToString());
             console.Write(lin);
+            if (r.GetValue(kurt))
+            {
+                string file = r.GetValue(data) ?? throw new ArgumentException("--kurtosis needs --data FILE (text to run through the model).");
+                var tok = TokenizerLoader.Load(dir);
+                var batches = Quantization.QuantizeFolder.CalibrationBatches(tok, Training.DataSet.Load(file).Select(e => e.Prompt + e.Completion), 256, 32);
+                using var m = ModelLoader.Load(dir, new RuntimeOptions());
+                var kt = new Table().AddColumn("linear input").AddColumn("kurtosis");
+                foreach (var (name, k) in Quantization.ModelQuantizer.InputKurtosis(m, batches))
+                    kt.AddRow(name, k.ToString("0.00", System.Globalization.CultureInfo.InvariantCulture));
+                console.Write(kt);
+                foreach (var b in batches) b.Dispose();
+            }
             return 0;
         }));
         return cmd;

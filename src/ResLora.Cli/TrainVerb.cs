@@ -57,6 +57,7 @@ internal static class TrainVerb
                 Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)),
                 Adapter = adapter,
                 ExtraCapabilities = extras,
+                PrepareModel = setup.PrepareModel,
                 Runtime = runtime,
                 OutDir = r.GetValue(output)!,
                 Resume = r.GetValue(resume),

@@ -262,6 +262,7 @@ public static class AdapterRegistry
         Register<LoraConfig>("LORA", (c, g) => new LoraLayerBuilder(c, g));
         Register<ResLoraConfig>("RESLORA", (c, g) => new ResLoraLayerBuilder(c, g));
         Register<RefLoraConfig>("REFLORA", (c, g) => new RefLoraLayerBuilder(c, g));
+        Register<RoLoraConfig>("ROLORA", (c, g) => new RoLoraLayerBuilder(c, g));
     }
 
     /// <summary>Registers (or replaces) a method. <paramref name="builder"/> gets the validated config and an optional init generator.</summary>

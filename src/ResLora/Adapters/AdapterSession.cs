@@ -24,6 +24,7 @@ public static class AdapterSession
         var model = ModelLoader.Load(modelDir, runtime, plan);
         try
         {
+            if (config is RoLoraConfig ro) ro.CheckModel(model.Config, adapterDir);
             plan.EnsureAllPatternsMatched();
             AdapterFolder.LoadInto(adapterDir, model);
             AdapterModel.FreezeAllButAdapters(model);

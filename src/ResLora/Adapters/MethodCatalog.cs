@@ -22,7 +22,11 @@ public sealed record MethodSpec
 }
 
 /// <summary>What a method needs at training time besides its layers (a step hook built from the loaded model).</summary>
-public sealed record MethodSetup(AdapterConfigBase Config, Func<LlamaForCausalLM, IEnumerable<object>>? Extras = null);
+public sealed record MethodSetup(AdapterConfigBase Config, Func<LlamaForCausalLM, IEnumerable<object>>? Extras = null)
+{
+    /// <summary>A transform of the base model before training (RoLoRA's rotation): (model folder, output folder) → (folder to train on, final config).</summary>
+    public Func<string, string, (string ModelDir, AdapterConfigBase Config)>? PrepareModel { get; init; }
+}
 
 /// <summary>The methods this build knows, by command-line name.</summary>
 public static class MethodCatalog
@@ -34,6 +38,7 @@ public static class MethodCatalog
         ["reslora"] = s => new MethodSetup(ResLora(s)),
         ["reflora"] = s => RefLora(s, "full"),
         ["reflora-s"] = s => RefLora(s, "scalar"),
+        ["rolora"] = RoLora,
     };
 
     public static IReadOnlyCollection<string> Names => Builders.Keys.ToArray();
@@ -100,6 +105,24 @@ public static class MethodCatalog
             RefactorInterval = int.Parse(s.ExtraOr("refactor_interval", "1"), System.Globalization.CultureInfo.InvariantCulture),
         };
         return new MethodSetup(cfg, model => new object[] { new RefLoraHook(cfg, AdapterModel.FindAdapters(model).Select(a => a.Adapter).OfType<ILowRankPair>()) });
+    }
+
+    /// <summary>RoLoRA: rotate the base (norm fusion, R1 with the seed, R4) into OUT/rotated-base once, then LoRA on it.</summary>
+    public static MethodSetup RoLora(MethodSpec s)
+    {
+        CheckExtras(s, "rotation_seed");
+        long seed = long.Parse(s.ExtraOr("rotation_seed", "0"), System.Globalization.CultureInfo.InvariantCulture);
+        var cfg = new RoLoraConfig { R = s.Rank, LoraAlpha = s.Alpha, LoraDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude, UseRslora = s.UseRslora, RotationSeed = seed };
+        return new MethodSetup(cfg)
+        {
+            PrepareModel = (modelDir, outDir) =>
+            {
+                string rotated = Path.Combine(outDir, "rotated-base");
+                if (!File.Exists(Path.Combine(rotated, "config.json"))) Quantization.RoLoraRotation.RotateFolder(modelDir, rotated, seed);
+                var rec = Quantization.RotationRecord.FromConfig(ModelConfig.Load(Path.Combine(rotated, "config.json")))!;
+                return (rotated, cfg with { RotationSignsHash = rec.SignsHash, BaseModelNameOrPath = Path.GetFullPath(rotated) });
+            },
+        };
     }
 
     private static void CheckExtras(MethodSpec s, params string[] allowed)

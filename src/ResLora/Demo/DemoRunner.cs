@@ -136,6 +136,7 @@ public static class DemoRunner
                     EvalDataPath = evalPath,
                     Adapter = setup.Config,
                     ExtraCapabilities = setup.Extras,
+                    PrepareModel = setup.PrepareModel,
                     Runtime = o.Runtime,
                     OutDir = dir,
                     SeqLen = 128,

@@ -57,6 +57,12 @@ public sealed record ModelConfig
     /// </summary>
     [JsonPropertyName("reslora_rotation")] public JsonElement? ResloraRotation { get; init; }
 
+    /// <summary>
+    /// ResLora's record of evaluation-time fake quantization (<c>reslora quantize</c>): the weights are already quantized;
+    /// the loader installs per-token activation quantizers of the recorded width on every decoder linear.
+    /// </summary>
+    [JsonPropertyName("reslora_quantization")] public JsonElement? ResloraQuantization { get; init; }
+
     [JsonIgnore] public int NumKeyValueHeads => NumKeyValueHeadsRaw ?? NumAttentionHeads;
     [JsonIgnore] public int HeadDim => HeadDimRaw ?? (NumAttentionHeads > 0 ? HiddenSize / NumAttentionHeads : 0);
     /// <summary>Qwen2 always carries q/k/v biases; Llama-family models carry them when <c>attention_bias</c> is true.</summary>

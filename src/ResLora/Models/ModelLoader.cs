@@ -24,6 +24,8 @@ public static class ModelLoader
             model.LoadWeights(name => ckpt.Load(name));
             // A RoLoRA-rotated model (config.json reslora_rotation) needs the online Hadamard before down_proj.
             Quantization.RoLoraRotation.ApplyOnline(model);
+            // A folder written by `reslora quantize` evaluates with its activation quantizers.
+            Quantization.ModelQuantizer.ApplyRecorded(model);
             // Freeze exactly the base weights (Hugging Face names); adapter parameters keep requires_grad.
             foreach (var (name, p) in model.named_parameters())
                 if (expected.ContainsKey(name)) p.requires_grad = false;

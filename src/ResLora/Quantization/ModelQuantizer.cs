@@ -21,6 +21,17 @@ public sealed record QuantizeOptions
     }
 }
 
+/// <summary>What <c>reslora quantize</c> wrote into config.json (<c>reslora_quantization</c>).</summary>
+public sealed record QuantizationRecord
+{
+    [System.Text.Json.Serialization.JsonPropertyName("wbits")] public int WBits { get; init; }
+    [System.Text.Json.Serialization.JsonPropertyName("abits")] public int ABits { get; init; }
+    [System.Text.Json.Serialization.JsonPropertyName("method")] public string Method { get; init; } = "rtn";
+
+    public static QuantizationRecord? FromConfig(ModelConfig c) =>
+        c.ResloraQuantization is { ValueKind: System.Text.Json.JsonValueKind.Object } e ? System.Text.Json.JsonSerializer.Deserialize<QuantizationRecord>(e) : null;
+}
+
 /// <summary>
 /// Quantizes a loaded model for evaluation (spec §5): weights of every decoder linear (q,k,v,o,gate,up,down; never
 /// lm_head or embeddings) by RTN or sequential GPTQ, and per-token activations on the input of every decoder linear
@@ -117,6 +128,13 @@ public static class ModelQuantizer
                     hess[n].Dispose();
                 }
             }
+    }
+
+    /// <summary>Installs the activation quantizers a quantized folder's config records (weights are stored quantized already).</summary>
+    public static void ApplyRecorded(LlamaForCausalLM model)
+    {
+        if (QuantizationRecord.FromConfig(model.Config) is not { ABits: < 16 } rec) return;
+        foreach (var (_, m) in DecoderLinears(model)) m.register_forward_pre_hook((_, x) => Quantizers.Activation(x, rec.ABits));
     }
 
     /// <summary>Kurtosis of each decoder linear's input over the given batches (one value per distinct input: q/k/v share one, gate/up share one).</summary>

@@ -24,6 +24,9 @@ public sealed record FineTuneRequest
     public bool Resume { get; init; }
     /// <summary>Method extras that are not layers (RefLoRA's step hook): built from the loaded model.</summary>
     public Func<LlamaForCausalLM, IEnumerable<object>>? ExtraCapabilities { get; init; }
+
+    /// <summary>A base-model transform before training (RoLoRA's rotation); see <see cref="MethodSetup.PrepareModel"/>.</summary>
+    public Func<string, string, (string ModelDir, AdapterConfigBase Config)>? PrepareModel { get; init; }
 }
 
 /// <summary>The library function behind <c>reslora train</c>: model + adapter plan + data → trained adapter folder.</summary>
@@ -38,6 +41,12 @@ public static class FineTuning
         if (req.SeqLen is < 2) throw new ArgumentException($"--seq-len must be at least 2, got {req.SeqLen}.");
         PrepareOutDir(req.OutDir, req.Resume);
 
+        if (req.PrepareModel is { } prepare)
+        {
+            var (dir, cfg) = prepare(req.ModelDir, req.OutDir);
+            observer.OnMessage($"training on the transformed base model in {dir}");
+            req = req with { ModelDir = dir, Adapter = cfg, PrepareModel = null };
+        }
         var tokenizer = TokenizerLoader.Load(req.ModelDir);
         var all = DataSet.Load(req.DataPath, req.Templates);
         IReadOnlyList<TextExample> train = all, evalSet = Array.Empty<TextExample>();

@@ -95,6 +95,36 @@ public sealed class CliEndToEndTests : IDisposable
     }
 
     [Fact]
+    public void RoLora_RotatesTrainsMergesQuantizesAndEvaluates()
+    {
+        string model = ModelFolder(), data = Data("train.jsonl", 32, 1), adapter = Path.Combine(_dir, "adapter");
+        var tpl = new[] { "--prompt-template", "{Body}", "--completion-template", " {Answer}" };
+        var (rc, _, err) = Run(new[] { "train", "--model", model, "--data", data, "--method", "rolora", "--rotation-seed", "5", "--steps", "4", "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", "0", "--out", adapter }.Concat(tpl).ToArray());
+        Assert.True(rc == 0, err);
+        string rotated = Path.Combine(adapter, "rotated-base");
+        Assert.Contains("reslora_rotation", File.ReadAllText(Path.Combine(rotated, "config.json")));
+        Assert.Contains("\"rotation_signs_sha256\"", File.ReadAllText(Path.Combine(adapter, "adapter_config.json")));
+        // On the un-rotated base the adapter is refused; on its rotated base it merges.
+        var wrong = Run("merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, "bad"));
+        Assert.Equal(2, wrong.Rc);
+        Assert.Contains("not rotated", wrong.Err);
+        var mg = Run("merge", "--model", rotated, "--adapter", adapter, "--out", Path.Combine(_dir, "merged"));
+        Assert.True(mg.Rc == 0, mg.Err);
+        var q = Run("quantize", "--model", Path.Combine(_dir, "merged"), "--wbits", "4", "--abits", "8", "--out", Path.Combine(_dir, "w4a8"));
+        Assert.True(q.Rc == 0, q.Err);
+        Assert.Contains("reslora_quantization", File.ReadAllText(Path.Combine(_dir, "w4a8", "config.json")));
+        var ev = Run(new[] { "eval", "--model", Path.Combine(_dir, "w4a8"), "--data", data, "--accuracy-examples", "0" }.Concat(tpl).ToArray());
+        Assert.True(ev.Rc == 0, ev.Err);
+        var ev2 = Run(new[] { "eval", "--model", rotated, "--adapter", adapter, "--data", data, "--accuracy-examples", "0", "--wbits", "4", "--abits", "4" }.Concat(tpl).ToArray());
+        Assert.True(ev2.Rc == 0, ev2.Err);
+        string text = Path.Combine(_dir, "text.jsonl");
+        File.WriteAllLines(text, new[] { "{\"text\": \"Tom has 3 apples and gets 4 more.\"}", "{\"text\": \"What is 9 minus 2? Answer: 7\"}" });
+        var k = Run("inspect", "--model", rotated, "--kurtosis", "--data", text);
+        Assert.True(k.Rc == 0, k.Err);
+        Assert.Contains("mlp.down_proj", k.Out);
+    }
+
+    [Fact]
     public void RefLora_TrainsFromTheCli_AndMerges()
     {
         string model = ModelFolder(), data = Data("train.jsonl", 32, 1), adapter = Path.Combine(_dir, "adapter");
