@@ -263,6 +263,8 @@ public static class AdapterRegistry
         Register<ResLoraConfig>("RESLORA", (c, g) => new ResLoraLayerBuilder(c, g));
         Register<RefLoraConfig>("REFLORA", (c, g) => new RefLoraLayerBuilder(c, g));
         Register<RoLoraConfig>("ROLORA", (c, g) => new RoLoraLayerBuilder(c, g));
+        Register<LoHaConfig>("LOHA", (c, g) => new LoHaLayerBuilder(c, g));
+        Register<LoKrConfig>("LOKR", (c, g) => new LoKrLayerBuilder(c, g));
     }
 
     /// <summary>Registers (or replaces) a method. <paramref name="builder"/> gets the validated config and an optional init generator.</summary>

@@ -39,6 +39,8 @@ public static class MethodCatalog
         ["reflora"] = s => RefLora(s, "full"),
         ["reflora-s"] = s => RefLora(s, "scalar"),
         ["rolora"] = RoLora,
+        ["loha"] = s => { CheckExtras(s); return new MethodSetup(new LoHaConfig { R = s.Rank, Alpha = s.Alpha, ModuleDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude }); },
+        ["lokr"] = s => { CheckExtras(s); return new MethodSetup(new LoKrConfig { R = s.Rank, Alpha = s.Alpha, ModuleDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude }); },
     };
 
     public static IReadOnlyCollection<string> Names => Builders.Keys.ToArray();
