@@ -14,7 +14,7 @@ internal static class BenchVerb
     {
         var quick = new Option<bool>("--quick") { Description = "Tiny shapes and few rounds: checks the benchmark runs (CI); numbers mean little." };
         var output = new Option<string>("--out") { Description = "Folder for bench.json and bench.md.", DefaultValueFactory = _ => "reslora-bench" };
-        var methods = new Option<string>("--methods") { Description = "Comma-separated methods to time against LoRA (full = full fine-tuning).", DefaultValueFactory = _ => "lora,dora,full" };
+        var methods = new Option<string>("--methods") { Description = "Comma-separated methods to time against LoRA (full = full fine-tuning).", DefaultValueFactory = _ => "lora,dora,reslora-is,reslora-bs,reslora-ms,reflora,loha,lokr,full" };
         var rounds = new Option<int>("--rounds") { Description = "Timed training steps per method (interleaved round-robin).", DefaultValueFactory = _ => 20 };
         var threads = new Option<int>("--threads") { Description = "Torch threads.", DefaultValueFactory = _ => 1 };
         var cmd = new Command("bench", "Measure training step time per method relative to LoRA, merged-inference speed relative to the base model, and achieved GFLOP/s against this machine's matmul ceiling.");
@@ -33,7 +33,7 @@ internal static class BenchVerb
             var shape = q ? BenchShape.Quick : new BenchShape();
             var names = r.GetValue(methods)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
             if (!names.Contains("lora")) names.Insert(0, "lora");
-            var contenders = names.Select(m => (Label: m, Spec: m == "full" ? null : new MethodSpec { Method = m })).ToList();
+            var contenders = names.Select(m => (Label: m, Spec: m == "full" ? null : SpecFor(m))).ToList();
             foreach (var (label, spec) in contenders) if (spec is not null) MethodCatalog.Build(spec);
 
             Console.Error.WriteLine($"bench: matmul ceiling, then {contenders.Count} methods × {n} interleaved steps on d={shape.Hidden}, {shape.Layers} layers, seq {shape.SeqLen}, batch {shape.Batch}, {th} thread(s)");
@@ -77,6 +77,15 @@ internal static class BenchVerb
         }));
         return cmd;
     }
+
+    /// <summary>A method label: a catalog name, or reslora-is / reslora-bs / reslora-ms (bs/ms with all previous blocks).</summary>
+    internal static MethodSpec SpecFor(string label) => label switch
+    {
+        "reslora-is" => new MethodSpec { Method = "reslora", Extra = new Dictionary<string, string> { ["structure"] = "is" } },
+        "reslora-bs" => new MethodSpec { Method = "reslora", Extra = new Dictionary<string, string> { ["structure"] = "bs", ["pre_num"] = "-1" } },
+        "reslora-ms" => new MethodSpec { Method = "reslora", Extra = new Dictionary<string, string> { ["structure"] = "ms", ["pre_num"] = "-1" } },
+        _ => new MethodSpec { Method = label },
+    };
 
     private static string F(double v, string fmt) => v.ToString(fmt, CultureInfo.InvariantCulture);
 }
