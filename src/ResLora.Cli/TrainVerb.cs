@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using ResLora.Adapters;
 using ResLora.Training;
 using Spectre.Console;
 
@@ -45,7 +46,10 @@ internal static class TrainVerb
         {
             string dir = CliPaths.ModelDir(r.GetValue(model));
             var runtime = rt.Read(r);
-            var setup = method.Read(r);
+            var mspec = method.ReadSpec(r);
+            if (mspec.Method == "adalora" && !mspec.Extra.ContainsKey("total_step"))
+                mspec = mspec with { Extra = new Dictionary<string, string>(mspec.Extra) { ["total_step"] = r.GetValue(steps).ToString(System.Globalization.CultureInfo.InvariantCulture) } };
+            var setup = MethodCatalog.Build(mspec);
             var adapter = setup.Config;
             var extras = setup.Extras;
             var req = new FineTuneRequest

@@ -265,6 +265,7 @@ public static class AdapterRegistry
         Register<RoLoraConfig>("ROLORA", (c, g) => new RoLoraLayerBuilder(c, g));
         Register<LoHaConfig>("LOHA", (c, g) => new LoHaLayerBuilder(c, g));
         Register<LoKrConfig>("LOKR", (c, g) => new LoKrLayerBuilder(c, g));
+        Register<AdaLoraConfig>("ADALORA", (c, g) => new AdaLoraLayerBuilder(c, g));
     }
 
     /// <summary>Registers (or replaces) a method. <paramref name="builder"/> gets the validated config and an optional init generator.</summary>

@@ -39,6 +39,26 @@ public static class MethodCatalog
         ["reflora"] = s => RefLora(s, "full"),
         ["reflora-s"] = s => RefLora(s, "scalar"),
         ["rolora"] = RoLora,
+        ["adalora"] = s =>
+        {
+            CheckExtras(s, "total_step", "target_r");
+            int init = s.Rank, target = int.Parse(s.ExtraOr("target_r", Math.Max(1, s.Rank * 2 / 3).ToString(System.Globalization.CultureInfo.InvariantCulture)), System.Globalization.CultureInfo.InvariantCulture);
+            int total = int.Parse(s.ExtraOr("total_step", "0"), System.Globalization.CultureInfo.InvariantCulture);
+            // PEFT's schedule shape: no pruning for the first 10% of steps, the final budget fixed for the last 20%.
+            return new MethodSetup(new AdaLoraConfig
+            {
+                InitR = init,
+                TargetR = target,
+                TotalStep = total,
+                TInit = total / 10,
+                TFinal = total / 5,
+                DeltaT = Math.Max(1, total / 50),
+                LoraAlpha = s.Alpha,
+                LoraDropout = s.Dropout,
+                TargetModules = s.Targets,
+                ExcludeModules = s.Exclude,
+            });
+        },
         ["loha"] = s => { CheckExtras(s); return new MethodSetup(new LoHaConfig { R = s.Rank, Alpha = s.Alpha, ModuleDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude }); },
         ["lokr"] = s => { CheckExtras(s); return new MethodSetup(new LoKrConfig { R = s.Rank, Alpha = s.Alpha, ModuleDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude }); },
     };

@@ -128,7 +128,9 @@ public static class DemoRunner
             {
                 string name = string.Create(CultureInfo.InvariantCulture, $"lr{lr:0.####e0}_alpha{alpha:0.##}");
                 string dir = Path.Combine(runsDir, label, name);
-                var setup = MethodCatalog.Build(spec with { Alpha = alpha });
+                var mspec = spec with { Alpha = alpha };
+                if (mspec.Method == "adalora") mspec = mspec with { Extra = new Dictionary<string, string> { ["total_step"] = o.Steps.ToString(CultureInfo.InvariantCulture) } };
+                var setup = MethodCatalog.Build(mspec);
                 var req = new FineTuneRequest
                 {
                     ModelDir = baseDir,

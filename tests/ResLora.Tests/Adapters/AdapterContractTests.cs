@@ -24,6 +24,7 @@ public sealed class AdapterContractTests
         ["reflora"] = new(new RefLoraConfig { R = 3, LoraAlpha = 6, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
         ["loha"] = new(new LoHaConfig { R = 3, Alpha = 6, TargetModules = ModuleTargets.List("q_proj") }, new[] { "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b" }),
         ["lokr"] = new(new LoKrConfig { R = 2, Alpha = 4, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lokr_w1", "lokr_w2_a", "lokr_w2_b" }),
+        ["adalora"] = new(new AdaLoraConfig { InitR = 4, TargetR = 2, TotalStep = 10, LoraAlpha = 4, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A", "lora_B", "lora_E" }),
         // A standalone ResLoRA block is a chain start: is merges exactly with α = 1 (W + 2sBA), ms with α = 0, bs exactly.
         ["reslora-is"] = new(new ResLoraConfig { R = 3, LoraAlpha = 6, Structure = "is", TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
         ["reslora-bs"] = new(new ResLoraConfig { R = 3, LoraAlpha = 6, Structure = "bs", PreNum = -1, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
