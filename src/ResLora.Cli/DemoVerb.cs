@@ -14,7 +14,7 @@ internal static class DemoVerb
         var output = new Option<string>("--out") { Description = "Output folder (report.md, loss.png, results.json, data/, runs/, merged/).", DefaultValueFactory = _ => "reslora-demo" };
         var cache = new Option<string?>("--cache") { Description = "Where the pre-trained base model is cached (default: ~/.cache/reslora or $XDG_CACHE_HOME/reslora)." };
         var methods = new Option<string?>("--methods") { Description = "Comma-separated method labels to compare (default: all this build has; lora is always included)." };
-        var steps = new Option<int?>("--steps") { Description = "Fine-tuning steps per run (default 200; quick 30)." };
+        var steps = new Option<int?>("--steps") { Description = "Fine-tuning steps per run (default 150; quick 30)." };
         var threads = new Option<int>("--threads") { Description = "Torch threads (0 = libtorch's default).", DefaultValueFactory = _ => 0 };
         var cmd = new Command("demo", "The whole story on an embedded default: pre-train a small model (once, cached), fine-tune it with every method on held-out problems, compare, plot, merge and generate.");
         foreach (var o in new Option[] { quick, output, cache, methods, steps, threads }) cmd.Options.Add(o);

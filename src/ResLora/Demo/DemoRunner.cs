@@ -17,15 +17,15 @@ public sealed record DemoOptions
     public string? CacheRoot { get; init; }
     /// <summary>Methods by label; null = every method this build has (see <see cref="DemoRunner.DefaultMethods"/>).</summary>
     public IReadOnlyList<string>? Methods { get; init; }
-    public int Steps { get; init; } = 200;
+    public int Steps { get; init; } = 150;
     public int TrainExamples { get; init; } = 600;
     public int EvalExamples { get; init; } = 100;
     public int Rank { get; init; } = 8;
     /// <summary>The shared default setting every method runs at, and the sweep every method (LoRA included) gets.</summary>
     public double DefaultLr { get; init; } = 3e-3;
     public double DefaultAlpha { get; init; } = 16;
-    /// <summary>(lr, alpha) settings besides the default: a larger step size two ways (lr ×3, alpha ×2).</summary>
-    public IReadOnlyList<(double Lr, double Alpha)> Sweep { get; init; } = new[] { (1e-2, 16.0), (3e-3, 32.0) };
+    /// <summary>(lr, alpha) settings besides the default: a larger step size two ways (lr ×2, alpha ×2).</summary>
+    public IReadOnlyList<(double Lr, double Alpha)> Sweep { get; init; } = new[] { (6e-3, 16.0), (3e-3, 32.0) };
     public long Seed { get; init; } = 7;
     public RuntimeOptions Runtime { get; init; } = new();
 
