@@ -15,9 +15,10 @@ internal static class DemoVerb
         var cache = new Option<string?>("--cache") { Description = "Where the pre-trained base model is cached (default: ~/.cache/reslora or $XDG_CACHE_HOME/reslora)." };
         var methods = new Option<string?>("--methods") { Description = "Comma-separated method labels to compare (default: all this build has; lora is always included)." };
         var steps = new Option<int?>("--steps") { Description = "Fine-tuning steps per run (default 150; quick 30)." };
+        var seed = new Option<long?>("--seed") { Description = "Seed of the fine-tuning runs and the task split (default 7); the base model is shared." };
         var threads = new Option<int>("--threads") { Description = "Torch threads (0 = libtorch's default).", DefaultValueFactory = _ => 0 };
         var cmd = new Command("demo", "The whole story on an embedded default: pre-train a small model (once, cached), fine-tune it with every method on held-out problems, compare, plot, merge and generate.");
-        foreach (var o in new Option[] { quick, output, cache, methods, steps, threads }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { quick, output, cache, methods, steps, seed, threads }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             int th = r.GetValue(threads);
@@ -29,6 +30,7 @@ internal static class DemoVerb
                 CacheRoot = r.GetValue(cache),
                 Methods = r.GetValue(methods)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
                 Steps = r.GetValue(steps) ?? o.Steps,
+                Seed = r.GetValue(seed) ?? o.Seed,
                 Runtime = new RuntimeOptions { Threads = th },
             };
             if (o.Steps < 1) throw new ArgumentException($"--steps must be at least 1, got {o.Steps}.");
