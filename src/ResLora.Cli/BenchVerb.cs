@@ -14,7 +14,7 @@ internal static class BenchVerb
     {
         var quick = new Option<bool>("--quick") { Description = "Tiny shapes and few rounds: checks the benchmark runs (CI); numbers mean little." };
         var output = new Option<string>("--out") { Description = "Folder for bench.json and bench.md.", DefaultValueFactory = _ => "reslora-bench" };
-        var methods = new Option<string>("--methods") { Description = "Comma-separated methods to time against LoRA (full = full fine-tuning).", DefaultValueFactory = _ => "lora,dora,reslora-is,reslora-bs,reslora-ms,reflora,loha,lokr,full" };
+        var methods = new Option<string>("--methods") { Description = "Comma-separated methods to time against LoRA (full = full fine-tuning).", DefaultValueFactory = _ => "lora,dora,reslora-is,reslora-bs,reslora-ms,reflora,reflora-s,adalora,loha,lokr,full" };
         var rounds = new Option<int>("--rounds") { Description = "Timed training steps per method (interleaved round-robin).", DefaultValueFactory = _ => 20 };
         var threads = new Option<int>("--threads") { Description = "Torch threads.", DefaultValueFactory = _ => 1 };
         var cmd = new Command("bench", "Measure training step time per method relative to LoRA, merged-inference speed relative to the base model, and achieved GFLOP/s against this machine's matmul ceiling.");
@@ -84,6 +84,7 @@ internal static class BenchVerb
         "reslora-is" => new MethodSpec { Method = "reslora", Extra = new Dictionary<string, string> { ["structure"] = "is" } },
         "reslora-bs" => new MethodSpec { Method = "reslora", Extra = new Dictionary<string, string> { ["structure"] = "bs", ["pre_num"] = "-1" } },
         "reslora-ms" => new MethodSpec { Method = "reslora", Extra = new Dictionary<string, string> { ["structure"] = "ms", ["pre_num"] = "-1" } },
+        "adalora" => new MethodSpec { Method = "adalora", Extra = new Dictionary<string, string> { ["total_step"] = "1000" } },
         _ => new MethodSpec { Method = label },
     };
 

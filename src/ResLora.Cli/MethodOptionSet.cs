@@ -23,11 +23,12 @@ internal sealed class MethodOptionSet
     public Option<int?> RefactorWarmup { get; } = new("--refactor-warmup") { Description = "RefLoRA: plain-LoRA steps before refactoring starts (default 20)." };
     public Option<int?> RefactorInterval { get; } = new("--refactor-interval") { Description = "RefLoRA: refactor every N steps after warm-up (default 1)." };
 
+    public Option<string?> Refactor { get; } = new("--refactor") { Description = "RefLoRA's refactoring (full or scalar) on top of any method with low-rank pairs, e.g. --method reslora --structure bs --refactor full." };
     public Option<long?> RotationSeed { get; } = new("--rotation-seed") { Description = "RoLoRA: seed of R1's random signs (default 0)." };
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Method, Rank, Alpha, Dropout, Targets, Exclude, Rslora, Structure, PreNum, Merge, RefactorWarmup, RefactorInterval, RotationSeed }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { Method, Rank, Alpha, Dropout, Targets, Exclude, Rslora, Structure, PreNum, Merge, RefactorWarmup, RefactorInterval, RotationSeed, Refactor }) cmd.Options.Add(o);
     }
 
     public static ModuleTargets ParseTargets(string s, string flag)
@@ -50,6 +51,7 @@ internal sealed class MethodOptionSet
         if (r.GetValue(PreNum) is { } pn) extra["pre_num"] = pn.ToString(System.Globalization.CultureInfo.InvariantCulture);
         if (r.GetValue(Merge) is { } mg) extra["merge"] = mg.Trim().ToLowerInvariant();
         if (r.GetValue(RefactorWarmup) is { } rw) extra["refactor_warmup"] = rw.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        if (r.GetValue(Refactor) is { } rfc) extra["refactor"] = rfc.Trim().ToLowerInvariant();
         if (r.GetValue(RotationSeed) is { } rs) extra["rotation_seed"] = rs.ToString(System.Globalization.CultureInfo.InvariantCulture);
         if (r.GetValue(RefactorInterval) is { } ri) extra["refactor_interval"] = ri.ToString(System.Globalization.CultureInfo.InvariantCulture);
         return new MethodSpec

@@ -73,9 +73,41 @@ public static class MethodCatalog
         string m = spec.Method.Trim().ToLowerInvariant();
         if (!Builders.TryGetValue(m, out var b))
             throw new ArgumentException($"--method '{spec.Method}' is not known; use one of: {string.Join(", ", Builders.Keys.OrderBy(k => k, StringComparer.Ordinal))}.");
-        var setup = b(spec);
+        // --refactor full|scalar: RefLoRA's step hook on top of any method whose layers are (A, B) pairs (ResLoRA included).
+        string? refactor = spec.Extra.TryGetValue("refactor", out var rf) ? rf : null;
+        var inner = refactor is null ? spec : spec with { Extra = spec.Extra.Where(kv => kv.Key is not ("refactor" or "refactor_warmup" or "refactor_interval")).ToDictionary(kv => kv.Key, kv => kv.Value) };
+        var setup = b(inner);
         setup.Config.Validate();
-        return setup;
+        if (refactor is null) return setup;
+        if (m is "reflora" or "reflora-s") throw new ArgumentException("--refactor is already what --method reflora does; drop one of them.");
+        if (refactor is not ("full" or "scalar")) throw new ArgumentException($"--refactor '{refactor}': use full or scalar.");
+        var hookCfg = new RefLoraConfig
+        {
+            R = setup.Config.R,
+            LoraAlpha = setup.Config.LoraAlpha,
+            TargetModules = setup.Config.TargetModules,
+            Variant = refactor,
+            RefactorWarmupSteps = int.Parse(spec.ExtraOr("refactor_warmup", "20"), System.Globalization.CultureInfo.InvariantCulture),
+            RefactorInterval = int.Parse(spec.ExtraOr("refactor_interval", "1"), System.Globalization.CultureInfo.InvariantCulture),
+        };
+        var baseExtras = setup.Extras;
+        return setup with
+        {
+            Extras = model =>
+            {
+                var pairs = AdapterModel.FindAdapters(model).Select(a => a.Adapter).OfType<ILowRankPair>().ToList();
+                if (pairs.Count == 0) throw new ArgumentException($"--refactor needs low-rank (A, B) pairs; --method {spec.Method} has none.");
+                var list = baseExtras?.Invoke(model).ToList() ?? new List<object>();
+                list.Add(new RefLoraHook(hookCfg, pairs));
+                list.Add(new RefactorNote(hookCfg));
+                return list;
+            },
+        };
+    }
+
+    private sealed class RefactorNote(RefLoraConfig c) : IAdapterFolderNote
+    {
+        public (string FileName, string Json) Note() => RefLoraNote.For(c);
     }
 
     public static LoraConfig Lora(MethodSpec s) => new()

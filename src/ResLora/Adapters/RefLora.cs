@@ -162,12 +162,39 @@ public sealed class RefLoraHook : IOptimizerStepHook
     }
 }
 
-/// <summary>RefLoRA's layers are LoRA's; the builder only changes the reported method.</summary>
-internal sealed class RefLoraLayerBuilder(RefLoraConfig config, Generator? generator) : IAdapterLayerBuilder
+/// <summary>
+/// RefLoRA's layers are LoRA's, and so is what it saves: an ordinary LoRA adapter (peft_type LORA, loadable by PEFT),
+/// with the refactoring used noted in <see cref="RefLoraNote.FileName"/> beside it.
+/// </summary>
+internal sealed class RefLoraLayerBuilder(RefLoraConfig config, Generator? generator) : IAdapterLayerBuilder, IConfigSnapshot, IAdapterFolderNote
 {
     private readonly LoraLayerBuilder _inner = new(config.AsLora(), generator);
 
     public string Method => config.Method;
 
+    public AdapterConfigBase SnapshotConfig() => config.AsLora() with { BaseModelNameOrPath = config.BaseModelNameOrPath };
+
+    public (string FileName, string Json) Note() => RefLoraNote.For(config);
+
     public nn.Module<Tensor, Tensor> Build(AdapterTarget target, ScalarType dtype, Device device) => _inner.Build(target, dtype, device);
+}
+
+/// <summary>Capability of a layer builder that writes a note file beside the adapter (what training did that the config cannot say).</summary>
+public interface IAdapterFolderNote
+{
+    (string FileName, string Json) Note();
+}
+
+/// <summary>The note RefLoRA leaves in an adapter folder: which refactoring trained these LoRA weights.</summary>
+public static class RefLoraNote
+{
+    public const string FileName = "reslora_training.json";
+
+    public static (string FileName, string Json) For(RefLoraConfig c) => (FileName, System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object>
+    {
+        ["refactoring"] = c.Variant == "scalar" ? "reflora-s" : "reflora",
+        ["refactor_warmup_steps"] = c.RefactorWarmupSteps,
+        ["refactor_interval"] = c.RefactorInterval,
+        ["spec"] = "RefLoRA (gradient preconditioning before each optimizer step; scalar: rescale + Adam-moment transform after)",
+    }, new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
 }

@@ -89,7 +89,16 @@ public static class FineTuning
             Method = plan.Builder.Method,
             Resume = req.Resume,
             Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks).Concat(caps.Statistics),
-            SaveWeights = dir => AdapterFolder.Save(dir, plan.Builder is IConfigSnapshot snap ? snap.SnapshotConfig() : config, model),
+            SaveWeights = dir =>
+            {
+                AdapterFolder.Save(dir, plan.Builder is IConfigSnapshot snap ? snap.SnapshotConfig() : config, model);
+                var notes = extras.OfType<IAdapterFolderNote>().Prepend(plan.Builder as IAdapterFolderNote).Where(n => n is not null);
+                foreach (var n in notes)
+                {
+                    var (file, json) = n!.Note();
+                    AtomicFile.WriteAllText(Path.Combine(dir, file), json);
+                }
+            },
             LoadWeights = dir => AdapterFolder.LoadInto(dir, model),
         }, observer);
     }

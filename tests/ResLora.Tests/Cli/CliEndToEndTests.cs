@@ -131,7 +131,15 @@ public sealed class CliEndToEndTests : IDisposable
         var (rc, output, err) = Run("train", "--model", model, "--data", data, "--method", "reflora", "--refactor-warmup", "2", "--targets", "all-linear",
             "--steps", "6", "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", "0", "--out", adapter, "--prompt-template", "{Body}", "--completion-template", " {Answer}");
         Assert.True(rc == 0, err);
-        Assert.Contains("\"peft_type\": \"REFLORA\"", File.ReadAllText(Path.Combine(adapter, "adapter_config.json")));
+        // RefLoRA trains ordinary LoRA weights: saved as peft_type LORA (PEFT loads it) with a note of the refactoring.
+        Assert.Contains("\"peft_type\": \"LORA\"", File.ReadAllText(Path.Combine(adapter, "adapter_config.json")));
+        Assert.Contains("\"refactoring\": \"reflora\"", File.ReadAllText(Path.Combine(adapter, "reslora_training.json")));
+        string res = Path.Combine(_dir, "res");
+        var (rc2, _, err2) = Run("train", "--model", model, "--data", data, "--method", "reslora", "--structure", "bs", "--refactor", "full", "--refactor-warmup", "2", "--targets", "q_proj,v_proj",
+            "--steps", "5", "--batch-size", "8", "--eval-fraction", "0", "--out", res, "--prompt-template", "{Body}", "--completion-template", " {Answer}");
+        Assert.True(rc2 == 0, err2);
+        Assert.Contains("\"peft_type\": \"RESLORA\"", File.ReadAllText(Path.Combine(res, "adapter_config.json")));
+        Assert.True(File.Exists(Path.Combine(res, "reslora_training.json")));
         var mg = Run("merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, "merged"));
         Assert.True(mg.Rc == 0, mg.Err);
         var bad = Run("train", "--model", model, "--data", data, "--method", "lora", "--structure", "is", "--out", Path.Combine(_dir, "x"), "--prompt-template", "{Body}", "--completion-template", " {Answer}");
