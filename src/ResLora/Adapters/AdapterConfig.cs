@@ -43,6 +43,21 @@ public abstract record AdapterConfigBase
     [JsonPropertyName("peft_version")] public string? PeftVersion { get; init; }
 
     /// <summary>Method name as on the command line and in <see cref="IAdapter.Method"/> (lora, dora, ...).</summary>
+    /// <summary>The same targets and LoRA hyperparameters as a plain LoRA config (RefLoRA and RoLoRA train LoRA layers).</summary>
+    public LoraConfig AsLora() => new()
+    {
+        R = R,
+        LoraAlpha = LoraAlpha,
+        LoraDropout = LoraDropout,
+        TargetModules = TargetModules,
+        ExcludeModules = ExcludeModules,
+        RankPattern = RankPattern,
+        AlphaPattern = AlphaPattern,
+        InitLoraWeights = InitLoraWeights,
+        UseRslora = UseRslora,
+        LayersToTransform = LayersToTransform,
+    };
+
     /// <summary>The method the layers report (IAdapter.Method); differs from <see cref="Method"/> only for training-time methods on LoRA layers (RefLoRA).</summary>
     [JsonIgnore] public virtual string LayerMethod => Method;
 

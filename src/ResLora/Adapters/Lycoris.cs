@@ -114,7 +114,7 @@ public abstract class MaterializedDeltaLinear : nn.Module<Tensor, Tensor>, IAdap
 
     public abstract IReadOnlyDictionary<string, Tensor> GetAdapterState();
 
-    public void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state)
+    public virtual void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state)
     {
         if (IsMerged) throw new InvalidOperationException($"{Spec.Name}: cannot load adapter weights while merged; call Unmerge() first.");
         LowRank.CopyState(Spec.Name, GetAdapterState(), state);

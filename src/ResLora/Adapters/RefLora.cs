@@ -37,20 +37,6 @@ public sealed record RefLoraConfig : AdapterConfigBase
             throw new ArgumentException("adapter_config.json: 'refactor_warmup_steps' must be at least 1 with B initialised to zero (S would be 0 and B would never move, spec §3.3); use --refactor-warmup N.");
     }
 
-    /// <summary>The layer is plain LoRA; the method lives in the optimizer-step hook.</summary>
-    public LoraConfig AsLora() => new()
-    {
-        R = R,
-        LoraAlpha = LoraAlpha,
-        LoraDropout = LoraDropout,
-        TargetModules = TargetModules,
-        ExcludeModules = ExcludeModules,
-        RankPattern = RankPattern,
-        AlphaPattern = AlphaPattern,
-        InitLoraWeights = InitLoraWeights,
-        UseRslora = UseRslora,
-        LayersToTransform = LayersToTransform,
-    };
 }
 
 /// <summary>The closed-form refactoring (spec §2.2) in PEFT's orientation: A = lora_A (r, in), B = lora_B (out, r), ΔW = B A.</summary>

@@ -23,19 +23,6 @@ public sealed record RoLoraConfig : AdapterConfigBase
 
     [JsonIgnore] public override string LayerMethod => "lora";
 
-    public LoraConfig AsLora() => new()
-    {
-        R = R,
-        LoraAlpha = LoraAlpha,
-        LoraDropout = LoraDropout,
-        TargetModules = TargetModules,
-        ExcludeModules = ExcludeModules,
-        RankPattern = RankPattern,
-        AlphaPattern = AlphaPattern,
-        InitLoraWeights = InitLoraWeights,
-        UseRslora = UseRslora,
-        LayersToTransform = LayersToTransform,
-    };
 
     /// <summary>Refuses a model whose rotation differs from the one this adapter was trained on.</summary>
     public void CheckModel(ModelConfig model, string where)

@@ -49,20 +49,16 @@ public sealed record AdaLoraConfig : AdapterConfigBase
 /// AdaLoRA's SVD-shaped layer (§3.3): ΔW = (α/r₀)·P diag(λ) Q with P = lora_B (out, r₀), λ = lora_E (r₀, 1),
 /// Q = lora_A (r₀, in); λ = 0 and P, Q ~ N(0, 0.02²) at init. Pruned triplets have λ = 0 and a false keep-mask.
 /// </summary>
-public sealed class AdaLoraLinear : nn.Module<Tensor, Tensor>, IAdapter
+public sealed class AdaLoraLinear : MaterializedDeltaLinear
 {
 #pragma warning disable IDE1006
-    private readonly Parameter weight;
-    private readonly Parameter? bias;
     private readonly Parameter lora_A, lora_E, lora_B;
 #pragma warning restore IDE1006
     private readonly double _scaling, _dropout;
-    private Tensor? _merged;
 
-    public AdaLoraLinear(LinearSpec spec, int initR, double alpha, double dropout, bool[]? keep, ScalarType dtype, Device device, Generator? g) : base(spec.Name)
+    public AdaLoraLinear(LinearSpec spec, int initR, double alpha, double dropout, bool[]? keep, ScalarType dtype, Device device, Generator? g)
+        : base(spec, 0, 0, false, dtype, device, g)
     {
-        Spec = spec;
-        (weight, bias) = LowRank.CreateBase(spec, dtype, device, g);
         var ad = LowRank.AdapterDtype(dtype);
         lora_A = new Parameter((torch.randn(new long[] { initR, spec.InFeatures }, generator: g) * 0.02).to(ad, device));
         lora_E = new Parameter(torch.zeros(initR, 1, dtype: ad, device: device));
@@ -73,16 +69,12 @@ public sealed class AdaLoraLinear : nn.Module<Tensor, Tensor>, IAdapter
         RegisterComponents();
     }
 
-    public LinearSpec Spec { get; }
-    public string Method => "adalora";
-    public Parameter Weight => weight;
-    public Parameter? Bias => bias;
+    public override string Method => "adalora";
     public Parameter P => lora_B;
     public Parameter Lambda => lora_E;
     public Parameter Q => lora_A;
-    public double Scaling => _scaling;
-    public bool IsMerged => _merged is not null;
-    public IReadOnlyList<Parameter> TrainableParameters => new[] { lora_A, lora_E, lora_B };
+    public override double Scaling => _scaling;
+    public override IReadOnlyList<Parameter> TrainableParameters => new[] { lora_A, lora_E, lora_B };
 
     /// <summary>Which singular triplets are kept (the allocator's mask).</summary>
     public bool[] Keep { get; private set; }
@@ -95,6 +87,9 @@ public sealed class AdaLoraLinear : nn.Module<Tensor, Tensor>, IAdapter
         lora_E.masked_fill_(m.logical_not(), 0);
     }
 
+    protected override Tensor Delta() => lora_B.matmul(lora_A * lora_E);
+
+    /// <summary>y = W₀x + b + (α/r₀)·drop(x)(Q ⊙ λ)ᵀPᵀ: the low-rank path, without materialising ΔW.</summary>
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
@@ -106,35 +101,13 @@ public sealed class AdaLoraLinear : nn.Module<Tensor, Tensor>, IAdapter
         return scope.MoveToOuter(y + d.to_type(y.dtype));
     }
 
-    public Tensor DeltaWeight()
-    {
-        using var scope = torch.NewDisposeScope();
-        using var _ = torch.no_grad();
-        var d = lora_B.to_type(ScalarType.Float32).matmul(lora_A.to_type(ScalarType.Float32) * lora_E.to_type(ScalarType.Float32)) * _scaling;
-        return scope.MoveToOuter(d);
-    }
-
-    public void Merge()
-    {
-        if (IsMerged) throw new InvalidOperationException($"{Spec.Name}: the AdaLoRA adapter is already merged; call Unmerge() first.");
-        var d = DeltaWeight().DetachFromDisposeScope();
-        LowRank.AddToWeight(weight, () => d, +1);
-        _merged = d;
-    }
-
-    public void Unmerge()
-    {
-        if (_merged is not { } d) throw new InvalidOperationException($"{Spec.Name}: the AdaLoRA adapter is not merged; nothing to unmerge.");
-        LowRank.AddToWeight(weight, () => d, -1);
-        d.Dispose();
-        _merged = null;
-    }
+    private Tensor KeptIndex() => torch.tensor(Keep.Select((k, i) => (k, i)).Where(x => x.k).Select(x => (long)x.i).ToArray()).to(lora_A.device);
 
     /// <summary>PEFT's saved form: the kept triplets only (rows of A and E, columns of B), as rank_pattern describes.</summary>
-    public IReadOnlyDictionary<string, Tensor> GetAdapterState()
+    public override IReadOnlyDictionary<string, Tensor> GetAdapterState()
     {
         if (Keep.All(k => k)) return new Dictionary<string, Tensor> { ["lora_A"] = lora_A, ["lora_E"] = lora_E, ["lora_B"] = lora_B };
-        using var idx = torch.tensor(Keep.Select((k, i) => (k, i)).Where(x => x.k).Select(x => (long)x.i).ToArray()).to(lora_A.device);
+        using var idx = KeptIndex();
         return new Dictionary<string, Tensor>
         {
             ["lora_A"] = lora_A.index_select(0, idx).DetachFromDisposeScope(),
@@ -143,7 +116,7 @@ public sealed class AdaLoraLinear : nn.Module<Tensor, Tensor>, IAdapter
         };
     }
 
-    public void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state)
+    public override void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state)
     {
         if (IsMerged) throw new InvalidOperationException($"{Spec.Name}: cannot load adapter weights while merged; call Unmerge() first.");
         int kept = Keep.Count(k => k);
@@ -153,17 +126,11 @@ public sealed class AdaLoraLinear : nn.Module<Tensor, Tensor>, IAdapter
             if (!t.shape.SequenceEqual(shape)) throw new InvalidDataException($"{Spec.Name}.{k}: saved shape [{string.Join(", ", t.shape)}] does not match [{string.Join(", ", shape)}] (rank_pattern keeps {kept} of {Keep.Length}).");
         }
         using var _ = torch.no_grad();
-        using var idx = torch.tensor(Keep.Select((k, i) => (k, i)).Where(x => x.k).Select(x => (long)x.i).ToArray());
+        using var idx = KeptIndex().cpu();
         lora_A.zero_(); lora_E.zero_(); lora_B.zero_();
         lora_A.index_copy_(0, idx, state["lora_A"].to(lora_A.dtype));
         lora_E.index_copy_(0, idx, state["lora_E"].to(lora_E.dtype));
         lora_B.index_copy_(1, idx, state["lora_B"].to(lora_B.dtype));
-    }
-
-    protected override void Dispose(bool disposing)
-    {
-        if (disposing) _merged?.Dispose();
-        base.Dispose(disposing);
     }
 }
 
