@@ -12,6 +12,12 @@ STEPS=${STEPS:-200}
 [ -f "$DATA/train.jsonl" ] || { echo "no $DATA/train.jsonl; run ./reslora demo first or set DATA" >&2; exit 2; }
 rm -rf "$OUT"; mkdir -p "$OUT"
 R="dotnet run --project src/ResLora.Cli -c Release --"
+# PLANT_FACTOR=50 plants function-preserving outliers (4 channels of every RMSNorm output ×50) first: the demo model
+# has none of the massive activation outliers of real LLMs that RoLoRA targets.
+if [ -n "${PLANT_FACTOR:-}" ]; then
+  $R bench plant-outliers --model "$BASE" --out "$OUT/planted-base" --channels 4 --factor "$PLANT_FACTOR" > /dev/null
+  BASE="$OUT/planted-base"
+fi
 $R train --model "$BASE" --data "$DATA/train.jsonl" --eval-data "$DATA/eval.jsonl" --method lora --targets q_proj,v_proj --rank 16 --alpha 16 --lr 3e-3 --steps "$STEPS" --batch-size 16 --out "$OUT/lora" > "$OUT/lora.log" 2>&1
 $R train --model "$BASE" --data "$DATA/train.jsonl" --eval-data "$DATA/eval.jsonl" --method rolora --targets q_proj,v_proj --rank 16 --alpha 16 --lr 3e-3 --steps "$STEPS" --batch-size 16 --out "$OUT/rolora" > "$OUT/rolora.log" 2>&1
 $R merge --model "$BASE" --adapter "$OUT/lora" --out "$OUT/lora-merged" > /dev/null

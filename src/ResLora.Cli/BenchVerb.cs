@@ -21,6 +21,7 @@ internal static class BenchVerb
         foreach (var o in new Option[] { quick, output, methods, rounds, threads }) cmd.Options.Add(o);
         cmd.Subcommands.Add(BenchPytorchVerb.Build());
         cmd.Subcommands.Add(BenchMemoryVerb.Build());
+        cmd.Subcommands.Add(BenchOutliersVerb.Build());
         cmd.Subcommands.Add(BenchMemoryVerb.BuildWorker());
         cmd.SetAction(r => CliErrors.Guard(() =>
         {

@@ -141,3 +141,48 @@ public static class RoLoraRotation
         foreach (var layer in model.Layers) layer.Mlp.DownProjInputTransform = z => Hadamard.Apply(z, rec.Seed);
     }
 }
+
+/// <summary>
+/// Plants activation outliers without changing the model's function, for RoLoRA benchmarks on small models that have
+/// none: the RMSNorm weights γ of a few channels are multiplied by <c>factor</c> and the matching input columns of the
+/// linears that read those norms (q/k/v, gate/up, lm_head) are divided by it. The normed activations — exactly what the
+/// activation quantizers see — then carry the large per-channel outliers real LLMs have.
+/// </summary>
+public static class OutlierPlanting
+{
+    public static void PlantFolder(string modelDir, string outDir, int channels, double factor, long seed)
+    {
+        using var ckpt = HfCheckpoint.Open(modelDir);
+        var c = ckpt.Config;
+        var expected = LlamaForCausalLM.ExpectedWeights(c);
+        ckpt.ValidateAgainst(expected);
+        var w = expected.Keys.ToDictionary(k => k, k => ckpt.Load(k, ScalarType.Float64), StringComparer.Ordinal);
+        try
+        {
+            if (c.TieWordEmbeddings) w["lm_head.weight"] = w["model.embed_tokens.weight"].clone();
+            var rng = new Random((int)seed);
+            var idx = Enumerable.Range(0, c.HiddenSize).OrderBy(_ => rng.Next()).Take(channels).Select(i => (long)i).ToArray();
+            using var ix = torch.tensor(idx);
+            void Plant(string norm, params string[] readers)
+            {
+                w[norm].index_copy_(0, ix, w[norm].index_select(0, ix) * factor);
+                foreach (var r in readers) w[r].index_copy_(1, ix, w[r].index_select(1, ix) / factor);
+            }
+            for (int i = 0; i < c.NumHiddenLayers; i++)
+            {
+                string p = $"model.layers.{i}.";
+                Plant(p + "input_layernorm.weight", p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight");
+                Plant(p + "post_attention_layernorm.weight", p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight");
+            }
+            Plant("model.norm.weight", "lm_head.weight");
+            var cfg = c with { TieWordEmbeddings = false };
+            HfCheckpoint.Save(outDir, cfg, w.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.to_type(ScalarType.Float32))));
+            foreach (var name in new[] { "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json" })
+                if (File.Exists(Path.Combine(modelDir, name))) File.Copy(Path.Combine(modelDir, name), Path.Combine(outDir, name), overwrite: true);
+        }
+        finally
+        {
+            foreach (var t in w.Values) t.Dispose();
+        }
+    }
+}

@@ -107,3 +107,29 @@ public sealed class RotationTests : IDisposable
         Assert.Throws<InvalidOperationException>(() => RoLoraRotation.RotateFolder(dst, Path.Combine(_dir, "twice"), seed: 4));
     }
 }
+
+public sealed class OutlierPlantingTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("reslora-plant-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public void PlantedOutliers_KeepTheFunction_AndRaiseKurtosis()
+    {
+        var c = TinyModels.Config();
+        string src = Path.Combine(_dir, "m"), dst = Path.Combine(_dir, "p");
+        using (var m = TinyModels.Build(c, 3))
+            HfCheckpoint.Save(src, c, m.BaseParameters().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)));
+        OutlierPlanting.PlantFolder(src, dst, 2, 50, 1);
+        using var a = ModelLoader.Load(src, new RuntimeOptions());
+        using var b = ModelLoader.Load(dst, new RuntimeOptions());
+        using var ids = TinyModels.RandomIds(2, 8, c.VocabSize, 4);
+        using var la = a.forward(ids);
+        using var lb = b.forward(ids);
+        Assert.True((la - lb).abs().max().item<float>() < 1e-4);
+        double ka = ModelQuantizer.InputKurtosis(a, new[] { ids }).First().Kurtosis;
+        double kb = ModelQuantizer.InputKurtosis(b, new[] { ids }).First().Kurtosis;
+        Assert.True(kb > 5 * ka, $"kurtosis {ka} → {kb}");
+    }
+}
