@@ -34,7 +34,7 @@ public static class DemoReport
         sb.AppendLine("How to read it: \"steps to LoRA's final train loss\" counts logged steps at the shared default until a method's training loss first reaches the loss LoRA ends with; a method that gets there sooner learns faster at that setting. A faster start can come from a larger effective step size rather than from the method's structure; the best-setting columns compare every method after the same small sweep, which separates the two. The merge column is exact (float rounding) for LoRA, DoRA and ResLoRA-bs, and an approximation for ResLoRA-is/ms (spec §4.2); it is measured on a held-out example.");
         sb.AppendLine();
         sb.AppendLine("## The merged model").AppendLine();
-        sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"The best adapter ({r.Merge.Method}, {r.Merge.MergedModules} modules) was folded into the base weights and written as a Hugging Face folder at `{r.MergedDir}` (merged vs unmerged: max |Δlogit| {r.Merge.MaxAbsDiff:0.##e0}, mean {r.Merge.MeanAbsDiff:0.##e0})."));
+        sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"The best adapter whose merge keeps the model (max |Δlogit| < 0.01; {r.Merge.Method}, {r.Merge.MergedModules} modules) was folded into the base weights and written as a Hugging Face folder at `{r.MergedDir}` (merged vs unmerged: max |Δlogit| {r.Merge.MaxAbsDiff:0.##e0}, mean {r.Merge.MeanAbsDiff:0.##e0})."));
         sb.AppendLine();
         sb.AppendLine($"- Prompt: `{r.SamplePrompt}`");
         sb.AppendLine($"- Merged model's answer: `{r.SampleAnswer.Trim()}` (reference: `{r.SampleReference.Trim()}`)");

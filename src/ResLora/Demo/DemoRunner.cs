@@ -183,7 +183,11 @@ public static class DemoRunner
         string plot = Path.Combine(outDir, "loss.png");
         LossPlot.Save(plot, rows.Select(r => new LossPlot.Series(r.Label, r.Default.Summary.Curve.Select(c => (c.Step, c.Loss)).ToList(), r.Default.Summary.Evals.Select(e => (e.Step, e.Loss)).ToList())).ToList(),
             string.Create(CultureInfo.InvariantCulture, $"demo fine-tuning, lr {o.DefaultLr:0.####}, alpha {o.DefaultAlpha}, rank {o.Rank}"));
-        var winner = rows.Select(r => r.Best).OrderByDescending(r => double.IsNaN(r.Accuracy) ? -1 : r.Accuracy).ThenBy(r => r.EvalLoss).First();
+        // The adapter to merge and ship: the best accuracy among methods whose merge keeps the model (measured max
+        // |Δlogit| < 0.01). ResLoRA-is/ms merges are approximations that can cost far more than their training gain.
+        var shippable = rows.Where(r => r.MergeMaxDiff < 1e-2).ToList();
+        var winner = (shippable.Count > 0 ? shippable : rows).Select(r => r.Best)
+            .OrderByDescending(r => double.IsNaN(r.Accuracy) ? -1 : r.Accuracy).ThenBy(r => r.EvalLoss).First();
         var merge = AdapterSession.MergeToFolder(baseDir, winner.AdapterDir, mergedDir, o.Runtime, probe, null, winner.Label is "reslora-is" or "reslora-ms" ? "auto" : null);
         var sample = eval[0];
         string answer;
