@@ -110,15 +110,11 @@ public static class MethodCatalog
         public (string FileName, string Json) Note() => RefLoraNote.For(c);
     }
 
-    public static LoraConfig Lora(MethodSpec s) => new()
-    {
-        R = s.Rank,
-        LoraAlpha = s.Alpha,
-        LoraDropout = s.Dropout,
-        TargetModules = s.Targets,
-        ExcludeModules = s.Exclude,
-        UseRslora = s.UseRslora,
-    };
+    public static LoraConfig Lora(MethodSpec s) => WithCommon(new LoraConfig(), s);
+
+    /// <summary>The hyperparameters every LoRA-family config shares, from the method spec.</summary>
+    public static T WithCommon<T>(T config, MethodSpec s) where T : AdapterConfigBase =>
+        (T)(config with { R = s.Rank, LoraAlpha = s.Alpha, LoraDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude, UseRslora = s.UseRslora });
 
     /// <summary>ResLoRA with structure (is|bs|ms), pre_num (m ≥ 1 or −1) and merge (bi|bw|a) from the extras.</summary>
     public static ResLoraConfig ResLora(MethodSpec s)
@@ -128,36 +124,24 @@ public static class MethodCatalog
         string preNum = s.ExtraOr("pre_num", structure == "is" ? "1" : "-1");
         if (!int.TryParse(preNum, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int pn))
             throw new ArgumentException($"--pre-num '{preNum}' is not an integer; use m ≥ 1 or -1 for all previous blocks.");
-        return new ResLoraConfig
+        return WithCommon(new ResLoraConfig
         {
-            R = s.Rank,
-            LoraAlpha = s.Alpha,
-            LoraDropout = s.Dropout,
-            TargetModules = s.Targets,
-            ExcludeModules = s.Exclude,
-            UseRslora = s.UseRslora,
             Structure = structure,
             PreNum = pn,
-            Merge = s.ExtraOr("merge", structure == "ms" ? "bi" : "bi"),
-        };
+            Merge = s.ExtraOr("merge", "bi"),
+        }, s);
     }
 
     /// <summary>RefLoRA: LoRA layers plus the refactoring step hook over every LoRA pair of the model.</summary>
     public static MethodSetup RefLora(MethodSpec s, string variant)
     {
         CheckExtras(s, "refactor_warmup", "refactor_interval");
-        var cfg = new RefLoraConfig
+        var cfg = WithCommon(new RefLoraConfig
         {
-            R = s.Rank,
-            LoraAlpha = s.Alpha,
-            LoraDropout = s.Dropout,
-            TargetModules = s.Targets,
-            ExcludeModules = s.Exclude,
-            UseRslora = s.UseRslora,
             Variant = variant,
             RefactorWarmupSteps = int.Parse(s.ExtraOr("refactor_warmup", "20"), System.Globalization.CultureInfo.InvariantCulture),
             RefactorInterval = int.Parse(s.ExtraOr("refactor_interval", "1"), System.Globalization.CultureInfo.InvariantCulture),
-        };
+        }, s);
         return new MethodSetup(cfg, model => new object[] { new RefLoraHook(cfg, AdapterModel.FindAdapters(model).Select(a => a.Adapter).OfType<ILowRankPair>()) });
     }
 
@@ -166,7 +150,7 @@ public static class MethodCatalog
     {
         CheckExtras(s, "rotation_seed");
         long seed = long.Parse(s.ExtraOr("rotation_seed", "0"), System.Globalization.CultureInfo.InvariantCulture);
-        var cfg = new RoLoraConfig { R = s.Rank, LoraAlpha = s.Alpha, LoraDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude, UseRslora = s.UseRslora, RotationSeed = seed };
+        var cfg = WithCommon(new RoLoraConfig { RotationSeed = seed }, s);
         return new MethodSetup(cfg)
         {
             PrepareModel = (modelDir, outDir) =>
