@@ -117,6 +117,47 @@ public sealed class RefLoraTests
         }
     }
 
+    /// <summary>T14: AdamW toy, statistical only (spec: mean steps LoRA 501, RefLoRA 468, RefLoRA-S 504 over 8 seeds).</summary>
+    private static int AdamToy(string variant, ulong seed)
+    {
+        using var gen = new torch.Generator(seed);
+        using var u = torch.linalg.qr(torch.randn(new long[] { 64, 4 }, ScalarType.Float64, generator: gen)).Q;
+        using var v = torch.linalg.qr(torch.randn(new long[] { 48, 4 }, ScalarType.Float64, generator: gen)).Q;
+        using var target = (u * torch.tensor(new double[] { 4, 2, 1, 0.5 }).unsqueeze(0)).matmul(v.t()); // (64, 48)
+        // Paper A0 = U(−1,1)/√64 (in = 64 here, so lora_A is (4, 64)), B0 = 0.
+        var pair = new Pair((torch.rand(new long[] { 4, 64 }, ScalarType.Float64, generator: gen) * 2 - 1) / 8, torch.zeros(48, 4, ScalarType.Float64));
+        using var opt = torch.optim.AdamW(new[] { pair.LoraA, pair.LoraB }, 3e-3, 0.9, 0.999, 1e-8, 0.0);
+        var hook = variant == "lora" ? null : new RefLoraHook(new RefLoraConfig { R = 4, LoraAlpha = 4, Variant = variant, RefactorWarmupSteps = 20, TargetModules = ModuleTargets.AllLinear }, new[] { pair });
+        for (int step = 1; step <= 3000; step++)
+        {
+            using var scope = torch.NewDisposeScope();
+            opt.zero_grad();
+            var l = 0.5 * (pair.LoraB.matmul(pair.LoraA) - target.t()).pow(2).sum();
+            if (l.item<double>() < 1e-4) return step;
+            l.backward();
+            var ctx = new OptimizerStepContext(step, 3000, opt);
+            hook?.BeforeOptimizerStep(ctx);
+            opt.step();
+            hook?.AfterOptimizerStep(ctx);
+        }
+        return 3000;
+    }
+
+    [Fact]
+    public void T14_AdamToy_RefLoraIsNotSlowerOnAverage()
+    {
+        var lora = new List<int>();
+        var full = new List<int>();
+        for (ulong seed = 1; seed <= 8; seed++)
+        {
+            lora.Add(AdamToy("lora", seed));
+            full.Add(AdamToy("full", seed));
+        }
+        // Statistical, not per seed: the mean over seeds must not be worse than LoRA's by more than 5%.
+        Assert.True(full.Average() <= lora.Average() * 1.05, $"RefLoRA mean {full.Average()} vs LoRA {lora.Average()} (per seed {string.Join(",", full)} vs {string.Join(",", lora)})");
+        Assert.All(lora.Concat(full), s => Assert.True(s < 3000));
+    }
+
     [Fact]
     public void T10_ScalarVariant_BalancesNorms_KeepsTheProduct_AndTransformsAdamMoments()
     {
