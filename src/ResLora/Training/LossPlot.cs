@@ -11,26 +11,34 @@ public static class LossPlot
     public static void Save(string path, IReadOnlyList<Series> series, string title, int width = 900, int height = 540)
     {
         var plot = new Plot();
-        foreach (var s in series)
+        // One distinct colour per method (Category10 has ten); a method's eval points share its colour, and with several
+        // methods they carry no legend entry of their own (the legend lists methods, to the right of the plot).
+        var palette = new ScottPlot.Palettes.Category10();
+        for (int i = 0; i < series.Count; i++)
         {
+            var s = series[i];
+            var color = palette.GetColor(i);
             if (s.Train.Count > 0)
             {
                 var line = plot.Add.Scatter(s.Train.Select(p => (double)p.Step).ToArray(), s.Train.Select(p => p.Loss).ToArray());
                 line.LegendText = series.Count > 1 ? s.Name : "train";
                 line.MarkerSize = 0;
+                line.Color = color;
             }
             if (s.Eval.Count > 0)
             {
                 var ev = plot.Add.Scatter(s.Eval.Select(p => (double)p.Step).ToArray(), s.Eval.Select(p => p.Loss).ToArray());
-                ev.LegendText = series.Count > 1 ? $"{s.Name} (eval)" : "eval";
+                if (series.Count == 1) ev.LegendText = "eval";
                 ev.LinePattern = LinePattern.Dashed;
-                ev.MarkerSize = 6;
+                ev.MarkerSize = 7;
+                ev.Color = color;
             }
         }
         plot.Title(title);
         plot.XLabel("step");
         plot.YLabel("loss");
-        plot.ShowLegend(Alignment.UpperRight);
+        if (series.Count > 1) plot.ShowLegend(Edge.Right);
+        else plot.ShowLegend(Alignment.UpperRight);
         string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
         Directory.CreateDirectory(dir);
         string tmp = Path.Combine(dir, $".{Path.GetFileNameWithoutExtension(path)}.tmp-{Guid.NewGuid():N}.png");
