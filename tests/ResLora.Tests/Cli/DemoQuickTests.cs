@@ -3,6 +3,7 @@ using ResLora.Cli;
 namespace ResLora.Tests.Cli;
 
 /// <summary>End to end through the CLI: `demo --quick` pre-trains, fine-tunes, compares, merges and generates.</summary>
+[Collection("console")]
 public sealed class DemoQuickTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("reslora-demo-").FullName;
