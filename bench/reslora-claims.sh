@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # ResLoRA's claim, measured fairly (docs/benchmarks.md): LoRA and ResLoRA is/bs/ms on the demo task over several
 # seeds, each at the shared default and after the same (lr, alpha) sweep; prints mean ± spread per method.
-# Usage: bench/reslora-claims.sh [SEEDS...]   (default seeds 1 2 3)
+# Usage: [METHODS=lora,reflora] [CACHE=dir] bench/reslora-claims.sh [SEEDS...]   (default seeds 1 2 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-${TMPDIR:-/tmp}/reslora-claims}
 SEEDS=${*:-1 2 3}
 mkdir -p "$OUT"
 for s in $SEEDS; do
-  dotnet run --project src/ResLora.Cli -c Release -- demo --methods lora,reslora-is,reslora-bs,reslora-ms --seed "$s" --out "$OUT/seed$s" ${CACHE:+--cache "$CACHE"} > "$OUT/seed$s.log" 2>&1
+  dotnet run --project src/ResLora.Cli -c Release -- demo --methods "${METHODS:-lora,reslora-is,reslora-bs,reslora-ms}" --seed "$s" --out "$OUT/seed$s" ${CACHE:+--cache "$CACHE"} > "$OUT/seed$s.log" 2>&1
 done
 python3 - "$OUT" $SEEDS <<'PY'
 import json, statistics as st, sys
