@@ -55,7 +55,7 @@ internal static class BenchMemoryVerb
             torch.set_num_threads(1);
             string m = r.GetValue(method)!;
             var shape = r.GetValue(quick) ? BenchShape.Quick : new BenchShape();
-            var (trainable, first, last) = Benchmarks.MemoryRun(shape, m == "full" ? null : new MethodSpec { Method = m }, r.GetValue(steps));
+            var (trainable, first, last) = Benchmarks.MemoryRun(shape, m == "full" ? null : BenchVerb.SpecFor(m), r.GetValue(steps));
             Console.Out.WriteLine(JsonSerializer.Serialize(new { method = m, trainable, live_first = first, live_last = last, peak_rss = Process.GetCurrentProcess().PeakWorkingSet64 }));
             return 0;
         }));

@@ -22,7 +22,7 @@ internal static class BenchOutliersVerb
             if (Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any()) throw new IOException($"--out {outDir} exists and is not empty.");
             int ch = r.GetValue(channels);
             double f = r.GetValue(factor);
-            if (ch < 1 || !(f > 0)) throw new ArgumentException("--channels must be ≥ 1 and --factor > 0.");
+            if (ch < 1 || !(f > 0)) throw new UserInputException("--channels must be ≥ 1 and --factor > 0.");
             OutlierPlanting.PlantFolder(dir, outDir, ch, f, r.GetValue(seed));
             Console.Out.WriteLine($"wrote {Path.GetFullPath(outDir)}: {ch} outlier channels ×{f}");
             return 0;

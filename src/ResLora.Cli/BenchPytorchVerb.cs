@@ -27,9 +27,7 @@ internal static class BenchPytorchVerb
         {
             string d = r.GetValue(dir)!;
             string m = r.GetValue(method)!;
-            var extra = new Dictionary<string, string>();
-            if (m == "reslora") { extra["structure"] = r.GetValue(structure)!; extra["pre_num"] = r.GetValue(preNum).ToString(CultureInfo.InvariantCulture); }
-            var spec = new MethodSpec { Method = m, Extra = extra };
+            var spec = new MethodSpec { Method = m, Options = m == "reslora" ? new ResLoraOptions(r.GetValue(structure)!, r.GetValue(preNum)) : null };
             int th = r.GetValue(threads), n = r.GetValue(steps), reps = r.GetValue(repeats);
             string peer = FindPeer();
             var shape = r.GetValue(quick) ? BenchShape.Quick : new BenchShape();
@@ -44,7 +42,7 @@ internal static class BenchPytorchVerb
             }
             double maxDiff = ours[0].Losses.Zip(theirs[0].Losses, (a, b) => Math.Abs(a - b)).Max();
             double tsMed = Median(ours.SelectMany(o => o.StepSeconds.Skip(2)).ToList()), ptMed = Median(theirs.SelectMany(o => o.StepSeconds.Skip(2)).ToList());
-            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{spec.Label}: d={shape.Hidden}, {shape.Layers} layers, seq {shape.SeqLen}, batch {shape.Batch}, {n} steps × {reps} alternating runs"));
+            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{spec.Method}{(spec.Options is ResLoraOptions ro ? $" ({ro.Structure}, pre_num {ro.PreNum})" : "")}: d={shape.Hidden}, {shape.Layers} layers, seq {shape.SeqLen}, batch {shape.Batch}, {n} steps × {reps} alternating runs"));
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"losses: first {ours[0].Losses[0]:0.000000} vs {theirs[0].Losses[0]:0.000000}, last {ours[0].Losses[^1]:0.000000} vs {theirs[0].Losses[^1]:0.000000}, max |Δ| {maxDiff:0.##e0}"));
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"median step: torchsharp ({th} threads) {tsMed * 1000:0.0} ms, pytorch (1 torch thread + {th} OpenBLAS) {ptMed * 1000:0.0} ms, ratio torchsharp/pytorch {tsMed / ptMed:0.000}"));
             if (maxDiff > 1e-3) { Console.Error.WriteLine($"error: the loss curves disagree (max |Δ| {maxDiff:0.###e0} > 1e-3)."); return 1; }

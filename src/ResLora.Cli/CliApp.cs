@@ -32,10 +32,9 @@ public static class CliApp
         {
             return BuildRoot().Parse(args).Invoke();
         }
-        catch (Exception e) when (CliErrors.IsUserError(e))
+        catch (Exception e)
         {
-            Console.Error.WriteLine($"error: {e.Message}");
-            return 2;
+            return CliErrors.Report(e);
         }
     }
 }

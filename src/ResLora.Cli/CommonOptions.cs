@@ -19,7 +19,7 @@ internal sealed class RuntimeOptionSet
     public RuntimeOptions Read(ParseResult r)
     {
         var o = new RuntimeOptions { Device = r.GetValue(Device)!, Dtype = r.GetValue(Dtype)!, Threads = r.GetValue(Threads) };
-        if (o.Threads < 0) throw new ArgumentException($"--threads must be 0 or more, got {o.Threads}.");
+        if (o.Threads < 0) throw new UserInputException($"--threads must be 0 or more, got {o.Threads}.");
         _ = o.TorchDevice;
         _ = o.ScalarType;
         return o;
@@ -31,7 +31,7 @@ internal static class CliPaths
     /// <summary>Checks a model folder exists before anything heavy happens.</summary>
     public static string ModelDir(string? dir, string flag = "--model")
     {
-        if (string.IsNullOrWhiteSpace(dir)) throw new ArgumentException($"{flag} is required: a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).");
+        if (string.IsNullOrWhiteSpace(dir)) throw new UserInputException($"{flag} is required: a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).");
         if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"{flag} {dir}: no such folder. Pass a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).");
         return dir;
     }

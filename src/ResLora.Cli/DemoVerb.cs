@@ -22,7 +22,7 @@ internal static class DemoVerb
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             int th = r.GetValue(threads);
-            if (th < 0) throw new ArgumentException($"--threads must be 0 or more, got {th}.");
+            if (th < 0) throw new UserInputException($"--threads must be 0 or more, got {th}.");
             string outDir = r.GetValue(output)!;
             var o = r.GetValue(quick) ? DemoOptions.QuickDefaults(outDir) : new DemoOptions { OutDir = outDir };
             o = o with
@@ -33,7 +33,7 @@ internal static class DemoVerb
                 Seed = r.GetValue(seed) ?? o.Seed,
                 Runtime = new RuntimeOptions { Threads = th },
             };
-            if (o.Steps < 1) throw new ArgumentException($"--steps must be at least 1, got {o.Steps}.");
+            if (o.Steps < 1) throw new UserInputException($"--steps must be at least 1, got {o.Steps}.");
             var log = new LineLog();
             var result = ProgressDisplay.Run("demo", obs => DemoRunner.Run(o, new Tee(obs, log), null));
             Print(result);

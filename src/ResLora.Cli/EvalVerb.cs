@@ -1,3 +1,5 @@
+using ResLora.Pipelines;
+using ResLora.Quantization;
 using System.CommandLine;
 using System.Globalization;
 using ResLora.IO;
@@ -28,25 +30,20 @@ internal static class EvalVerb
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
-            string dir = CliPaths.ModelDir(r.GetValue(model));
-            var runtime = rt.Read(r);
-            var examples = DataSet.Load(r.GetValue(data)!, new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)));
-            var tokenizer = TokenizerLoader.Load(dir);
-            using var m = ModelSession.LoadModel(dir, r.GetValue(adapter), runtime);
-            var q = new Quantization.QuantizeOptions { WBits = r.GetValue(wbits), ABits = r.GetValue(abits), Method = r.GetValue(wquant)! };
-            q.Validate();
-            IDisposable? quant = null;
-            if (q.WBits < 16 || q.ABits < 16)
+            var res = EvalPipeline.Run(new EvalRequest
             {
-                if (r.GetValue(adapter) is not null) Adapters.AdapterModel.MergeAll(m);
-                List<TorchSharp.torch.Tensor>? cal = null;
-                if (r.GetValue(calib) is { } cf) cal = Quantization.QuantizeFolder.CalibrationBatches(tokenizer, DataSet.Load(cf).Select(e => e.Prompt + e.Completion), 256, 64);
-                quant = Quantization.ModelQuantizer.Apply(m, q, cal);
-            }
-            using var quantScope = quant;
-            int bs = r.GetValue(batch);
-            if (bs < 1) throw new ArgumentException($"--batch-size must be at least 1, got {bs}.");
-            var res = Evaluation.Run(m, tokenizer, examples, r.GetValue(seqLen), bs, r.GetValue(maxNew), r.GetValue(limit));
+                ModelDir = CliPaths.ModelDir(r.GetValue(model)),
+                AdapterDir = r.GetValue(adapter),
+                DataPath = r.GetValue(data)!,
+                Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)),
+                SeqLen = r.GetValue(seqLen),
+                BatchSize = r.GetValue(batch),
+                MaxNewTokens = r.GetValue(maxNew),
+                AccuracyExamples = r.GetValue(limit),
+                Quantize = new QuantizeOptions { WBits = r.GetValue(wbits), ABits = r.GetValue(abits), Method = r.GetValue(wquant)! },
+                CalibrationPath = r.GetValue(calib),
+                Runtime = rt.Read(r),
+            }, w => Console.Error.WriteLine($"warning: {w}"));
             string acc = res.Accuracy is { } a ? string.Create(CultureInfo.InvariantCulture, $", exact-match accuracy {a:P1} on {res.AccuracyExamples}") : "";
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"examples {res.Examples}, loss tokens {res.LossTokens}: loss {res.Loss:0.0000}, perplexity {res.Perplexity:0.000}") + acc);
             return 0;

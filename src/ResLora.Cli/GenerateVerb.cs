@@ -1,3 +1,4 @@
+using ResLora.Pipelines;
 using System.CommandLine;
 using ResLora.IO;
 using ResLora.Models;
@@ -25,14 +26,14 @@ internal static class GenerateVerb
             string dir = CliPaths.ModelDir(r.GetValue(model));
             var runtime = rt.Read(r);
             int n = r.GetValue(maxNew);
-            if (n < 1) throw new ArgumentException($"--max-new-tokens must be at least 1, got {n}.");
+            if (n < 1) throw new UserInputException($"--max-new-tokens must be at least 1, got {n}.");
             double temp = r.GetValue(temperature);
-            if (temp < 0) throw new ArgumentException($"--temperature must be 0 (greedy) or positive, got {temp}.");
+            if (temp < 0) throw new UserInputException($"--temperature must be 0 (greedy) or positive, got {temp}.");
             double p = r.GetValue(topP);
-            if (p <= 0 || p > 1) throw new ArgumentException($"--top-p must be in (0, 1], got {p}.");
+            if (p <= 0 || p > 1) throw new UserInputException($"--top-p must be in (0, 1], got {p}.");
             var tokenizer = TokenizerLoader.Load(dir);
-            using var m = ModelSession.LoadModel(dir, r.GetValue(adapter), runtime);
-            var ids = ModelSession.PromptIds(tokenizer, r.GetValue(prompt) ?? "");
+            using var m = ModelSessions.Load(dir, r.GetValue(adapter), runtime, w => Console.Error.WriteLine($"warning: {w}"));
+            var ids = Prompts.Ids(tokenizer, r.GetValue(prompt) ?? "");
             var stop = tokenizer.EosTokenIds.ToList();
             var options = new GenerationOptions
             {

@@ -1,3 +1,4 @@
+using ResLora.Pipelines;
 using System.CommandLine;
 using System.Globalization;
 using ResLora.Adapters;
@@ -25,9 +26,9 @@ internal static class MergeVerb
             var runtime = rt.Read(r);
             var tokenizer = TokenizerLoader.Load(dir);
             string text = r.GetValue(probe) ?? "The quick brown fox jumps over the lazy dog. 12 + 30 = 42.";
-            var ids = ModelSession.PromptIds(tokenizer, text).Select(i => (long)i).ToArray();
+            var ids = Prompts.Ids(tokenizer, text).Select(i => (long)i).ToArray();
             using var probeIds = torch.tensor(ids).unsqueeze(0);
-            var report = AdapterSession.MergeToFolder(dir, r.GetValue(adapter)!, r.GetValue(output)!, runtime, probeIds, w => Console.Error.WriteLine($"note: {w}"), r.GetValue(merge));
+            var report = MergePipeline.MergeToFolder(dir, r.GetValue(adapter)!, r.GetValue(output)!, runtime, probeIds, w => Console.Error.WriteLine($"note: {w}"), r.GetValue(merge));
             Console.Out.WriteLine($"merged {report.MergedModules} {report.Method} modules into {report.OutDir}");
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"merged vs unmerged logits on the probe ({ids.Length} tokens): max |Δ| {report.MaxAbsDiff:0.###e0}, mean |Δ| {report.MeanAbsDiff:0.###e0} (largest logit {report.LogitScale:0.###})"));

@@ -1,3 +1,4 @@
+using ResLora.Plots;
 using System.Globalization;
 using ResLora.Training;
 using Spectre.Console;
@@ -48,10 +49,14 @@ internal static class ProgressDisplay
             AnsiConsole.MarkupLine(Markup.Escape($"  eval @ {r.Step}: loss {F(r.Loss)} ppl {r.Perplexity:0.00}" + (r.Accuracy is { } a ? $" accuracy {a:P1}" : "")));
 
         public void OnMessage(string message) => AnsiConsole.MarkupLine(Markup.Escape("  " + message));
+
+        public void OnFinish(TrainSummary summary, string outDir) => LossPlot.SaveRun(summary, outDir);
     }
 
     private sealed class LineObserver(string title) : ITrainObserver
     {
+        public void OnFinish(TrainSummary summary, string outDir) => LossPlot.SaveRun(summary, outDir);
+
         private int _total;
         private DateTime _start = DateTime.UtcNow;
         private int _startStep;

@@ -1,3 +1,4 @@
+using ResLora.Pipelines;
 using System.CommandLine;
 using ResLora.IO;
 using ResLora.Quantization;
@@ -35,7 +36,7 @@ internal static class QuantizeVerb
                 var tok = TokenizerLoader.Load(dir);
                 cal = QuantizeFolder.CalibrationBatches(tok, DataSet.Load(cf).Select(e => e.Prompt + e.Completion), 256, r.GetValue(calibN));
             }
-            else if (o.Method == "gptq" && o.WBits < 16) throw new ArgumentException("--wquant gptq needs --calib FILE (text to collect input statistics from).");
+            else if (o.Method == "gptq" && o.WBits < 16) throw new UserInputException("--wquant gptq needs --calib FILE (text to collect input statistics from).");
             var warnings = QuantizeFolder.Run(dir, r.GetValue(adapter), r.GetValue(rotate), r.GetValue(seed), o, cal, r.GetValue(output)!, runtime);
             foreach (var w in warnings) Console.Error.WriteLine($"warning: {w}");
             Console.Out.WriteLine($"wrote {Path.GetFullPath(r.GetValue(output)!)}: W{o.WBits}A{o.ABits} ({o.Method}){(r.GetValue(rotate) ? ", rotated" : "")}");

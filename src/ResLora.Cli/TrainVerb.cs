@@ -1,3 +1,5 @@
+using ResLora.Plots;
+using ResLora.Pipelines;
 using System.CommandLine;
 using System.Globalization;
 using ResLora.Adapters;
@@ -46,12 +48,6 @@ internal static class TrainVerb
         {
             string dir = CliPaths.ModelDir(r.GetValue(model));
             var runtime = rt.Read(r);
-            var mspec = method.ReadSpec(r);
-            if (mspec.Method == "adalora" && !mspec.Extra.ContainsKey("total_step"))
-                mspec = mspec with { Extra = new Dictionary<string, string>(mspec.Extra) { ["total_step"] = r.GetValue(steps).ToString(System.Globalization.CultureInfo.InvariantCulture) } };
-            var setup = MethodCatalog.Build(mspec);
-            var adapter = setup.Config;
-            var extras = setup.Extras;
             var req = new FineTuneRequest
             {
                 ModelDir = dir,
@@ -59,9 +55,7 @@ internal static class TrainVerb
                 EvalDataPath = r.GetValue(evalData),
                 EvalFraction = r.GetValue(evalFraction),
                 Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)),
-                Adapter = adapter,
-                ExtraCapabilities = extras,
-                PrepareModel = setup.PrepareModel,
+                Method = method.ReadSpec(r),
                 Runtime = runtime,
                 OutDir = r.GetValue(output)!,
                 Resume = r.GetValue(resume),
@@ -86,10 +80,10 @@ internal static class TrainVerb
                     MaxNewTokens = r.GetValue(maxNew),
                 },
             };
-            var summary = ProgressDisplay.Run($"train {adapter.Method}", obs => FineTuning.Run(req, obs));
+            var summary = ProgressDisplay.Run($"train {req.Method.Method}", obs => FineTuning.Run(req, obs));
             string I(double? v) => v is { } x && !double.IsNaN(x) ? x.ToString("0.0000", CultureInfo.InvariantCulture) : "-";
             Console.Out.WriteLine($"done: {summary.Steps} steps in {summary.WallSeconds:0.0}s; train loss {I(summary.FinalTrainLoss)}, eval loss {I(summary.FinalEvalLoss)}, eval accuracy {(summary.FinalEvalAccuracy is { } a ? a.ToString("P1", CultureInfo.InvariantCulture) : "-")}");
-            Console.Out.WriteLine($"adapter: {Path.GetFullPath(req.OutDir)} (PEFT format); plot: {Path.Combine(req.OutDir, TrainLoop.PlotFile)}");
+            Console.Out.WriteLine($"adapter: {Path.GetFullPath(req.OutDir)} (PEFT format); plot: {Path.Combine(req.OutDir, LossPlot.FileName)}");
             return 0;
         }));
         return cmd;

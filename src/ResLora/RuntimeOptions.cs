@@ -21,10 +21,10 @@ public sealed record RuntimeOptions
         if (d == "cuda" || d.StartsWith("cuda:", StringComparison.Ordinal))
         {
             if (!torch.cuda.is_available())
-                throw new ArgumentException($"--device {device}: CUDA is not available. Install TorchSharp's CUDA package (TorchSharp-cuda-linux or -windows) on a machine with an NVIDIA GPU, or use --device cpu.");
+                throw new UserInputException($"--device {device}: CUDA is not available. Install TorchSharp's CUDA package (TorchSharp-cuda-linux or -windows) on a machine with an NVIDIA GPU, or use --device cpu.");
             return torch.device(d);
         }
-        throw new ArgumentException($"--device '{device}' is not known; use cpu, cuda or cuda:N.");
+        throw new UserInputException($"--device '{device}' is not known; use cpu, cuda or cuda:N.");
     }
 
     public static torch.ScalarType ParseDtype(string dtype, string device = "cpu") => dtype.Trim().ToLowerInvariant() switch
@@ -32,8 +32,8 @@ public sealed record RuntimeOptions
         "float32" or "fp32" or "f32" => torch.ScalarType.Float32,
         "bfloat16" or "bf16" => torch.ScalarType.BFloat16,
         "float16" or "fp16" or "f16" when !device.StartsWith("cpu", StringComparison.OrdinalIgnoreCase) => torch.ScalarType.Float16,
-        "float16" or "fp16" or "f16" => throw new ArgumentException($"--dtype {dtype}: float16 matmul on CPU is unusably slow; use --dtype float32 or bfloat16 on CPU."),
-        _ => throw new ArgumentException($"--dtype '{dtype}' is not known; use float32 or bfloat16."),
+        "float16" or "fp16" or "f16" => throw new UserInputException($"--dtype {dtype}: float16 matmul on CPU is unusably slow; use --dtype float32 or bfloat16 on CPU."),
+        _ => throw new UserInputException($"--dtype '{dtype}' is not known; use float32 or bfloat16."),
     };
 
     /// <summary>Applies the thread setting (process-global in libtorch).</summary>

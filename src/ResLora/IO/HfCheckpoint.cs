@@ -1,14 +1,14 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using ResLora.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace ResLora.IO;
 
 /// <summary>
-/// A Hugging Face model folder: <c>config.json</c> plus the weights in one <c>model.safetensors</c> or in shards listed
-/// by <c>model.safetensors.index.json</c>. Pickle checkpoints (<c>*.bin</c>, <c>*.pt</c>) are refused, never loaded.
+/// The weights of a Hugging Face model folder: one <c>model.safetensors</c> or shards listed by
+/// <c>model.safetensors.index.json</c>. Pickle checkpoints (<c>*.bin</c>, <c>*.pt</c>) are refused, never loaded.
+/// Knows file formats only; <c>config.json</c> is read by the model layer (<c>ResLora.Models.ModelFolder</c>).
 /// </summary>
 public sealed class HfCheckpoint : IDisposable
 {
@@ -18,14 +18,11 @@ public sealed class HfCheckpoint : IDisposable
     private readonly Dictionary<string, SafetensorsFile> _files;
     private readonly Dictionary<string, SafetensorsFile> _byTensor;
 
-    public ModelConfig Config { get; }
     public string Directory { get; }
-    public IReadOnlyCollection<string> TensorNames => _byTensor.Keys;
 
-    private HfCheckpoint(string dir, ModelConfig config, Dictionary<string, SafetensorsFile> files, Dictionary<string, SafetensorsFile> byTensor)
+    private HfCheckpoint(string dir, Dictionary<string, SafetensorsFile> files, Dictionary<string, SafetensorsFile> byTensor)
     {
         Directory = dir;
-        Config = config;
         _files = files;
         _byTensor = byTensor;
     }
@@ -34,7 +31,6 @@ public sealed class HfCheckpoint : IDisposable
     {
         if (!System.IO.Directory.Exists(modelDir))
             throw new DirectoryNotFoundException($"{modelDir}: no such folder; pass a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).");
-        var config = ModelConfig.Load(Path.Combine(modelDir, "config.json"));
         string single = Path.Combine(modelDir, SingleFile), index = Path.Combine(modelDir, IndexFile);
         var files = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
         var byTensor = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
@@ -46,14 +42,14 @@ public sealed class HfCheckpoint : IDisposable
                 foreach (var (tensor, shard) in map)
                 {
                     if (shard.Contains('/') || shard.Contains('\\') || shard.Contains(".."))
-                        throw new InvalidDataException($"{index}: weight_map entry '{tensor}' points at '{shard}', outside the model folder.");
+                        throw new UserInputException($"{index}: weight_map entry '{tensor}' points at '{shard}', outside the model folder.");
                     if (!files.TryGetValue(shard, out var f))
                     {
                         string p = Path.Combine(modelDir, shard);
                         if (!File.Exists(p)) throw new FileNotFoundException($"{index}: weight_map sends '{tensor}' to {shard}, which is missing from {modelDir}.", p);
                         files[shard] = f = SafetensorsFile.Open(p);
                     }
-                    if (!f.Contains(tensor)) throw new InvalidDataException($"{index}: weight_map sends '{tensor}' to {shard}, but that file has no such tensor.");
+                    if (!f.Contains(tensor)) throw new UserInputException($"{index}: weight_map sends '{tensor}' to {shard}, but that file has no such tensor.");
                     byTensor[tensor] = f;
                 }
             }
@@ -69,7 +65,7 @@ public sealed class HfCheckpoint : IDisposable
                     .Where(n => n!.EndsWith(".bin", StringComparison.OrdinalIgnoreCase) || n.EndsWith(".pt", StringComparison.OrdinalIgnoreCase) || n.EndsWith(".pth", StringComparison.OrdinalIgnoreCase) || n.EndsWith(".ckpt", StringComparison.OrdinalIgnoreCase))
                     .ToList();
                 if (pickles.Count > 0)
-                    throw new InvalidDataException($"{modelDir}: only pickle checkpoints here ({string.Join(", ", pickles)}); pickle files can run arbitrary code and are never loaded. Convert once in Python: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True).");
+                    throw new UserInputException($"{modelDir}: only pickle checkpoints here ({string.Join(", ", pickles)}); pickle files can run arbitrary code and are never loaded. Convert once in Python: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True).");
                 throw new FileNotFoundException($"{modelDir}: no {SingleFile} or {IndexFile}; a Hugging Face model folder needs its weights as safetensors.");
             }
         }
@@ -78,26 +74,26 @@ public sealed class HfCheckpoint : IDisposable
             foreach (var f in files.Values) f.Dispose();
             throw;
         }
-        return new HfCheckpoint(modelDir, config, files, byTensor);
+        return new HfCheckpoint(modelDir, files, byTensor);
     }
 
     private static Dictionary<string, string> ReadIndex(string index)
     {
         try
         {
-            var root = JsonNode.Parse(File.ReadAllText(index)) as JsonObject ?? throw new InvalidDataException($"{index}: expected a JSON object.");
-            if (root["weight_map"] is not JsonObject map) throw new InvalidDataException($"{index}: missing object field 'weight_map'.");
+            var root = JsonNode.Parse(File.ReadAllText(index)) as JsonObject ?? throw new UserInputException($"{index}: expected a JSON object.");
+            if (root["weight_map"] is not JsonObject map) throw new UserInputException($"{index}: missing object field 'weight_map'.");
             var d = new Dictionary<string, string>(StringComparer.Ordinal);
             foreach (var (k, v) in map)
             {
-                if (v is not JsonValue jv || !jv.TryGetValue<string>(out var s)) throw new InvalidDataException($"{index}: weight_map['{k}'] must be a file name string.");
+                if (v is not JsonValue jv || !jv.TryGetValue<string>(out var s)) throw new UserInputException($"{index}: weight_map['{k}'] must be a file name string.");
                 d[k] = s;
             }
             return d;
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{index}: not valid JSON ({e.Message}).", e);
+            throw new UserInputException($"{index}: not valid JSON ({e.Message}).", e);
         }
     }
 
@@ -112,29 +108,30 @@ public sealed class HfCheckpoint : IDisposable
 
     /// <summary>
     /// Checks the stored tensors against the model's expected base weights; every missing, unexpected or mis-shaped
-    /// tensor is listed by name in one error. A stored lm_head.weight is ignored when embeddings are tied, and old
-    /// rotary inv_freq buffers are ignored.
+    /// tensor is listed by name in one error. Stored tensors for which <paramref name="ignoreExtra"/> is true (a tied
+    /// lm_head.weight) and old rotary inv_freq buffers are not reported as unexpected.
     /// </summary>
-    public void ValidateAgainst(IReadOnlyDictionary<string, long[]> expected)
+    public void ValidateAgainst(IReadOnlyDictionary<string, long[]> expected, Func<string, bool>? ignoreExtra = null)
     {
         var missing = expected.Keys.Where(k => !_byTensor.ContainsKey(k)).OrderBy(k => k, StringComparer.Ordinal).ToList();
         var unexpected = _byTensor.Keys.Where(k => !expected.ContainsKey(k)
-            && !(Config.TieWordEmbeddings && k == "lm_head.weight")
+            && !(ignoreExtra?.Invoke(k) ?? false)
             && !k.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)).OrderBy(k => k, StringComparer.Ordinal).ToList();
         var mismatched = expected.Where(kv => _byTensor.ContainsKey(kv.Key) && !ShapeOf(kv.Key).SequenceEqual(kv.Value))
             .Select(kv => $"{kv.Key}: stored [{string.Join(", ", ShapeOf(kv.Key))}], config.json implies [{string.Join(", ", kv.Value)}]").ToList();
         if (missing.Count + unexpected.Count + mismatched.Count == 0) return;
         static string List(string title, List<string> items) => items.Count == 0 ? "" :
             $"\n  {title} ({items.Count}): {string.Join(", ", items.Take(20))}{(items.Count > 20 ? $" ... and {items.Count - 20} more" : "")}";
-        throw new InvalidDataException($"{Directory}: the weights do not match config.json." + List("missing", missing) + List("unexpected", unexpected) + List("shape mismatch", mismatched)
+        throw new UserInputException($"{Directory}: the weights do not match config.json." + List("missing", missing) + List("unexpected", unexpected) + List("shape mismatch", mismatched)
             + "\n  Check that config.json belongs to these weights (LLaMA-family layout).");
     }
 
     /// <summary>
-    /// Writes config.json and the weights (one file, or shards of at most <paramref name="maxShardBytes"/> with an index)
-    /// into <paramref name="modelDir"/>; each file atomically.
+    /// Writes the weights (one file, or shards of at most <paramref name="maxShardBytes"/> with an index) into
+    /// <paramref name="modelDir"/>, each file atomically. Returns the weights' dtype as config.json names it
+    /// (<c>float32</c>, <c>bfloat16</c>, <c>float16</c>).
     /// </summary>
-    public static void Save(string modelDir, ModelConfig config, IEnumerable<KeyValuePair<string, Tensor>> weights, long maxShardBytes = 2L << 30)
+    public static string SaveWeights(string modelDir, IEnumerable<KeyValuePair<string, Tensor>> weights, long maxShardBytes = 2L << 30)
     {
         System.IO.Directory.CreateDirectory(modelDir);
         var items = weights.OrderBy(kv => kv.Key, StringComparer.Ordinal).ToList();
@@ -149,11 +146,10 @@ public sealed class HfCheckpoint : IDisposable
             size += bytes;
         }
         string dtype = items.Count > 0 ? items[0].Value.dtype switch { ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32" } : "float32";
-        Training.AtomicFile.WriteAllText(Path.Combine(modelDir, "config.json"), (config with { TorchDtype = dtype }).ToJson());
         if (shards.Count == 1)
         {
             SafetensorsWriter.Write(Path.Combine(modelDir, SingleFile), shards[0], meta);
-            return;
+            return dtype;
         }
         var map = new JsonObject();
         long total = 0;
@@ -168,7 +164,8 @@ public sealed class HfCheckpoint : IDisposable
             }
         }
         var index = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = total }, ["weight_map"] = map };
-        Training.AtomicFile.WriteAllText(Path.Combine(modelDir, IndexFile), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteAllText(Path.Combine(modelDir, IndexFile), index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        return dtype;
     }
 
     public void Dispose()

@@ -54,7 +54,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: file not found.", path);
         long length = new FileInfo(path).Length;
-        if (length < 8) throw new InvalidDataException($"{path}: not a safetensors file: {length} bytes, shorter than the 8-byte header length.");
+        if (length < 8) throw new UserInputException($"{path}: not a safetensors file: {length} bytes, shorter than the 8-byte header length.");
         MemoryMappedFile? map = null;
         MemoryMappedViewAccessor? view = null;
         byte* ptr = null;
@@ -91,7 +91,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
         }
     }
 
-    private static InvalidDataException Bad(string path, string? tensor, string what) =>
+    private static UserInputException Bad(string path, string? tensor, string what) =>
         new(tensor is null ? $"{path}: {what}." : $"{path}: tensor '{tensor}': {what}.");
 
     private static (List<SafetensorsEntry>, Dictionary<string, string>) ParseHeader(string path, ReadOnlySpan<byte> header, long dataBytes)
@@ -235,7 +235,7 @@ public static class SafetensorsDtypes
         "I8" => ScalarType.Int8,
         "U8" => ScalarType.Byte,
         "BOOL" => ScalarType.Bool,
-        _ => throw new InvalidDataException($"{file}: tensor '{tensor}' has dtype '{dtype}', which is not supported (F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL)."),
+        _ => throw new UserInputException($"{file}: tensor '{tensor}' has dtype '{dtype}', which is not supported (F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL)."),
     };
 
     /// <summary>Bytes per element of a safetensors dtype name, or null when unsupported.</summary>
@@ -260,7 +260,7 @@ public static class SafetensorsDtypes
         ScalarType.Int8 => "I8",
         ScalarType.Byte => "U8",
         ScalarType.Bool => "BOOL",
-        _ => throw new ArgumentException($"dtype {st} cannot be written to safetensors."),
+        _ => throw new UserInputException($"dtype {st} cannot be written to safetensors."),
     };
 }
 
@@ -272,9 +272,9 @@ public static class SafetensorsWriter
         var items = tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal).ToList();
         for (int i = 0; i < items.Count; i++)
         {
-            if (items[i].Key == "__metadata__") throw new ArgumentException($"{path}: a tensor cannot be named '__metadata__' (reserved by the format).");
-            if (items[i].Key.Length == 0) throw new ArgumentException($"{path}: a tensor name cannot be empty.");
-            if (i > 0 && items[i].Key == items[i - 1].Key) throw new ArgumentException($"{path}: two tensors are named '{items[i].Key}'.");
+            if (items[i].Key == "__metadata__") throw new UserInputException($"{path}: a tensor cannot be named '__metadata__' (reserved by the format).");
+            if (items[i].Key.Length == 0) throw new UserInputException($"{path}: a tensor name cannot be empty.");
+            if (i > 0 && items[i].Key == items[i - 1].Key) throw new UserInputException($"{path}: two tensors are named '{items[i].Key}'.");
         }
         var header = new Dictionary<string, object>();
         if (metadata is { Count: > 0 }) header["__metadata__"] = metadata;

@@ -79,9 +79,9 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         long b = inputIds.shape[0], t = inputIds.shape[1];
         long past = cache?.Length ?? 0;
         if (attentionMask is not null && attentionMask.shape[1] != past + t)
-            throw new ArgumentException($"attention mask covers {attentionMask.shape[1]} positions but the cache holds {past} and the input {t}; it must cover past + new positions.");
+            throw new UserInputException($"attention mask covers {attentionMask.shape[1]} positions but the cache holds {past} and the input {t}; it must cover past + new positions.");
         if (past + t > Config.MaxPositionEmbeddings)
-            throw new ArgumentException($"sequence of {past + t} positions exceeds the model's max_position_embeddings ({Config.MaxPositionEmbeddings}).");
+            throw new UserInputException($"sequence of {past + t} positions exceeds the model's max_position_embeddings ({Config.MaxPositionEmbeddings}).");
 
         // Positions: with a mask, count only real tokens (left padding), as transformers' generate does.
         Tensor positions = attentionMask is null
@@ -192,7 +192,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
             using var scope = torch.NewDisposeScope();
             var src = load(name);
             if (!src.shape.SequenceEqual(p.shape))
-                throw new InvalidDataException($"tensor '{name}' has shape [{string.Join(", ", src.shape)}] but the model expects [{string.Join(", ", p.shape)}].");
+                throw new UserInputException($"tensor '{name}' has shape [{string.Join(", ", src.shape)}] but the model expects [{string.Join(", ", p.shape)}].");
             p.copy_(src.to(p.dtype, p.device));
         }
     }

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using ResLora.IO.Json;
 
 namespace ResLora.Models;
 
@@ -73,7 +74,7 @@ public sealed record ModelConfig
     {
         static void Positive(string src, string field, long v)
         {
-            if (v <= 0) throw new InvalidDataException($"{src}: '{field}' must be a positive integer, got {v}.");
+            if (v <= 0) throw new UserInputException($"{src}: '{field}' must be a positive integer, got {v}.");
         }
         Positive(source, "vocab_size", VocabSize);
         Positive(source, "hidden_size", HiddenSize);
@@ -84,21 +85,21 @@ public sealed record ModelConfig
         Positive(source, "head_dim", HeadDim);
         Positive(source, "max_position_embeddings", MaxPositionEmbeddings);
         if (HeadDimRaw is null && HiddenSize % NumAttentionHeads != 0)
-            throw new InvalidDataException($"{source}: 'hidden_size' ({HiddenSize}) is not divisible by 'num_attention_heads' ({NumAttentionHeads}); set 'head_dim' explicitly.");
+            throw new UserInputException($"{source}: 'hidden_size' ({HiddenSize}) is not divisible by 'num_attention_heads' ({NumAttentionHeads}); set 'head_dim' explicitly.");
         if (NumAttentionHeads % NumKeyValueHeads != 0)
-            throw new InvalidDataException($"{source}: 'num_attention_heads' ({NumAttentionHeads}) must be a multiple of 'num_key_value_heads' ({NumKeyValueHeads}).");
+            throw new UserInputException($"{source}: 'num_attention_heads' ({NumAttentionHeads}) must be a multiple of 'num_key_value_heads' ({NumKeyValueHeads}).");
         if (HeadDim % 2 != 0)
-            throw new InvalidDataException($"{source}: head dimension {HeadDim} must be even for rotary embeddings.");
-        if (!(RmsNormEps > 0)) throw new InvalidDataException($"{source}: 'rms_norm_eps' must be > 0, got {RmsNormEps}.");
-        if (!(RopeTheta > 0)) throw new InvalidDataException($"{source}: 'rope_theta' must be > 0, got {RopeTheta}.");
+            throw new UserInputException($"{source}: head dimension {HeadDim} must be even for rotary embeddings.");
+        if (!(RmsNormEps > 0)) throw new UserInputException($"{source}: 'rms_norm_eps' must be > 0, got {RmsNormEps}.");
+        if (!(RopeTheta > 0)) throw new UserInputException($"{source}: 'rope_theta' must be > 0, got {RopeTheta}.");
         if (!string.Equals(HiddenAct, "silu", StringComparison.OrdinalIgnoreCase) && !string.Equals(HiddenAct, "swish", StringComparison.OrdinalIgnoreCase))
-            throw new InvalidDataException($"{source}: 'hidden_act' is '{HiddenAct}'; only 'silu' (SwiGLU) LLaMA-family models are supported.");
+            throw new UserInputException($"{source}: 'hidden_act' is '{HiddenAct}'; only 'silu' (SwiGLU) LLaMA-family models are supported.");
         if (RopeScaling is { } rs)
         {
             string kind = rs.Kind;
             if (kind is not ("default" or "linear" or "llama3"))
-                throw new InvalidDataException($"{source}: 'rope_scaling.rope_type' '{kind}' is not supported; supported: default, linear, llama3.");
-            if (!(rs.Factor > 0)) throw new InvalidDataException($"{source}: 'rope_scaling.factor' must be > 0, got {rs.Factor}.");
+                throw new UserInputException($"{source}: 'rope_scaling.rope_type' '{kind}' is not supported; supported: default, linear, llama3.");
+            if (!(rs.Factor > 0)) throw new UserInputException($"{source}: 'rope_scaling.factor' must be > 0, got {rs.Factor}.");
         }
     }
 
@@ -122,43 +123,12 @@ public sealed record ModelConfig
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{path}: not a valid config.json ({e.Message}).", e);
+            throw new UserInputException($"{path}: not a valid config.json ({e.Message}).", e);
         }
-        if (cfg is null) throw new InvalidDataException($"{path}: config.json is empty or 'null'.");
+        if (cfg is null) throw new UserInputException($"{path}: config.json is empty or 'null'.");
         cfg.Validate(path);
         return cfg;
     }
 
     public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
-}
-
-/// <summary>Reads <c>5</c> or <c>[5, 7]</c> as a list of ints; writes a single value as a plain int.</summary>
-public sealed class IntOrIntListConverter : JsonConverter<IReadOnlyList<int>?>
-{
-    public override IReadOnlyList<int>? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options)
-    {
-        switch (reader.TokenType)
-        {
-            case JsonTokenType.Null: return null;
-            case JsonTokenType.Number: return new[] { reader.GetInt32() };
-            case JsonTokenType.StartArray:
-                var list = new List<int>();
-                while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
-                {
-                    if (reader.TokenType != JsonTokenType.Number) throw new JsonException("expected a list of integers");
-                    list.Add(reader.GetInt32());
-                }
-                return list;
-            default: throw new JsonException("expected an integer or a list of integers");
-        }
-    }
-
-    public override void Write(Utf8JsonWriter writer, IReadOnlyList<int>? value, JsonSerializerOptions options)
-    {
-        if (value is null) { writer.WriteNullValue(); return; }
-        if (value.Count == 1) { writer.WriteNumberValue(value[0]); return; }
-        writer.WriteStartArray();
-        foreach (int v in value) writer.WriteNumberValue(v);
-        writer.WriteEndArray();
-    }
 }

@@ -1,31 +1,37 @@
 using ResLora.IO;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace ResLora.Models;
 
-/// <summary>Takes a Hugging Face model folder to a ready <see cref="LlamaForCausalLM"/>: config, weights, frozen base.</summary>
+/// <summary>
+/// A transform applied to a freshly loaded model before it is handed out (RoLoRA's online Hadamard on a rotated
+/// folder, the activation quantizers of a quantized folder). The caller passes them in: the model layer knows none.
+/// </summary>
+public interface IModelLoadTransform
+{
+    /// <summary>Applies itself when the model's config asks for it; otherwise does nothing.</summary>
+    void Apply(LlamaForCausalLM model);
+}
+
+/// <summary>Builds a model from a Hugging Face folder, checks the weights against the config, loads them.</summary>
 public static class ModelLoader
 {
     /// <summary>
-    /// Loads config.json and the safetensors weights of <paramref name="modelDir"/>. Every projection is built through
-    /// <paramref name="factory"/> (the adapter plan; plain linears when null). Base weights are frozen.
+    /// Loads <paramref name="modelDir"/> on the runtime's device and dtype, building every projection through
+    /// <paramref name="factory"/> (the adapter plan; plain linears when null), then runs <paramref name="transforms"/> in
+    /// order. Base weights are frozen.
     /// </summary>
-    public static LlamaForCausalLM Load(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null)
+    public static LlamaForCausalLM Load(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null, IEnumerable<IModelLoadTransform>? transforms = null)
     {
         runtime.Apply();
+        var config = ModelFolder.LoadConfig(modelDir);
         using var ckpt = HfCheckpoint.Open(modelDir);
-        var config = ckpt.Config;
         var model = new LlamaForCausalLM(config, factory, runtime.ScalarType, runtime.TorchDevice);
         try
         {
             var expected = model.ExpectedWeights();
-            ckpt.ValidateAgainst(expected);
+            ckpt.ValidateAgainst(expected, name => config.TieWordEmbeddings && name == "lm_head.weight");
             model.LoadWeights(name => ckpt.Load(name));
-            // A RoLoRA-rotated model (config.json reslora_rotation) needs the online Hadamard before down_proj.
-            Quantization.RoLoraRotation.ApplyOnline(model);
-            // A folder written by `reslora quantize` evaluates with its activation quantizers.
-            Quantization.ModelQuantizer.ApplyRecorded(model);
+            foreach (var t in transforms ?? Array.Empty<IModelLoadTransform>()) t.Apply(model);
             // Freeze exactly the base weights (Hugging Face names); adapter parameters keep requires_grad.
             foreach (var (name, p) in model.named_parameters())
                 if (expected.ContainsKey(name)) p.requires_grad = false;

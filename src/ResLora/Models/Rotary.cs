@@ -51,7 +51,7 @@ public sealed class Rotary : IDisposable
                     break;
                 }
             default:
-                throw new InvalidDataException($"config.json: rope_scaling kind '{rs!.Kind}' is not supported; supported: default, linear, llama3.");
+                throw new UserInputException($"config.json: rope_scaling kind '{rs!.Kind}' is not supported; supported: default, linear, llama3.");
         }
         return scope.MoveToOuter(invFreq);
     }

@@ -20,10 +20,10 @@ public sealed record GenerationOptions
 
     public void Validate()
     {
-        if (MaxNewTokens < 0) throw new ArgumentException($"--max-new-tokens must be ≥ 0, got {MaxNewTokens}.");
-        if (!(Temperature >= 0) || double.IsInfinity(Temperature)) throw new ArgumentException($"--temperature must be ≥ 0 (0 = greedy), got {Temperature}.");
-        if (TopK < 0) throw new ArgumentException($"--top-k must be ≥ 0 (0 = off), got {TopK}.");
-        if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"--top-p must be in (0, 1], got {TopP}.");
+        if (MaxNewTokens < 0) throw new UserInputException($"--max-new-tokens must be ≥ 0, got {MaxNewTokens}.");
+        if (!(Temperature >= 0) || double.IsInfinity(Temperature)) throw new UserInputException($"--temperature must be ≥ 0 (0 = greedy), got {Temperature}.");
+        if (TopK < 0) throw new UserInputException($"--top-k must be ≥ 0 (0 = off), got {TopK}.");
+        if (!(TopP > 0 && TopP <= 1)) throw new UserInputException($"--top-p must be in (0, 1], got {TopP}.");
     }
 }
 
@@ -35,12 +35,12 @@ public static class TextGenerator
     {
         options.Validate();
         if (promptIds.Count == 0)
-            throw new ArgumentException("the prompt has no tokens and the tokenizer has no BOS token to start from; give a non-empty --prompt.");
+            throw new UserInputException("the prompt has no tokens and the tokenizer has no BOS token to start from; give a non-empty --prompt.");
         int vocab = model.Config.VocabSize;
         foreach (int id in promptIds)
-            if (id < 0 || id >= vocab) throw new ArgumentException($"prompt token id {id} is outside the model's vocabulary (vocab_size {vocab}).");
+            if (id < 0 || id >= vocab) throw new UserInputException($"prompt token id {id} is outside the model's vocabulary (vocab_size {vocab}).");
         if (promptIds.Count + options.MaxNewTokens > model.Config.MaxPositionEmbeddings)
-            throw new ArgumentException($"prompt ({promptIds.Count} tokens) + --max-new-tokens ({options.MaxNewTokens}) exceeds the model's max_position_embeddings ({model.Config.MaxPositionEmbeddings}).");
+            throw new UserInputException($"prompt ({promptIds.Count} tokens) + --max-new-tokens ({options.MaxNewTokens}) exceeds the model's max_position_embeddings ({model.Config.MaxPositionEmbeddings}).");
 
         bool wasTraining = model.training;
         model.eval();

@@ -18,7 +18,7 @@ public static class Hadamard
     /// <summary>Splits n into K·2^m with K the largest factor we can build (K = 1 for powers of two); null K when none works.</summary>
     public static (int K, int Pow2, bool Constructed) Factor(int n)
     {
-        if (n < 1) throw new ArgumentException($"Hadamard size must be positive, got {n}.");
+        if (n < 1) throw new UserInputException($"Hadamard size must be positive, got {n}.");
         int p = 1;
         while (n % (p * 2) == 0) p *= 2;
         int k = n / p;
@@ -133,7 +133,7 @@ public static class Hadamard
     {
         using var scope = torch.NewDisposeScope();
         long n = x.shape[^1];
-        if ((n & (n - 1)) != 0) throw new ArgumentException($"FWHT needs a power-of-two length, got {n}.");
+        if ((n & (n - 1)) != 0) throw new UserInputException($"FWHT needs a power-of-two length, got {n}.");
         var shape = x.shape;
         var v = x.reshape(-1, n);
         for (long h = 1; h < n; h *= 2)

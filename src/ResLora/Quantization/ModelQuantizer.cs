@@ -15,9 +15,9 @@ public sealed record QuantizeOptions
 
     public void Validate()
     {
-        if (WBits is not (>= 2 and <= 16)) throw new ArgumentException($"--wbits must be in 2..16 (16 = full precision), got {WBits}.");
-        if (ABits is not (>= 2 and <= 16)) throw new ArgumentException($"--abits must be in 2..16 (16 = full precision), got {ABits}.");
-        if (Method is not ("rtn" or "gptq")) throw new ArgumentException($"--wquant '{Method}' is not known; use rtn or gptq.");
+        if (WBits is not (>= 2 and <= 16)) throw new UserInputException($"--wbits must be in 2..16 (16 = full precision), got {WBits}.");
+        if (ABits is not (>= 2 and <= 16)) throw new UserInputException($"--abits must be in 2..16 (16 = full precision), got {ABits}.");
+        if (Method is not ("rtn" or "gptq")) throw new UserInputException($"--wquant '{Method}' is not known; use rtn or gptq.");
     }
 }
 
@@ -75,7 +75,7 @@ public static class ModelQuantizer
                 }
             else if (o.WBits < 16)
             {
-                if (calibration is not { Count: > 0 }) throw new ArgumentException("--wquant gptq needs calibration data (--calib FILE).");
+                if (calibration is not { Count: > 0 }) throw new UserInputException("--wquant gptq needs calibration data (--calib FILE).");
                 Gptq(model, baseParams, o, calibration);
             }
         }

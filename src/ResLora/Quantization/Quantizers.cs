@@ -10,7 +10,7 @@ namespace ResLora.Quantization;
 public static class Quantizers
 {
     /// <summary>maxq = 2^{b−1} − 1; integers in [−(maxq+1), maxq] (§5.1).</summary>
-    public static int MaxQ(int bits) => bits is >= 2 and <= 16 ? (1 << (bits - 1)) - 1 : throw new ArgumentException($"bits must be in 2..16, got {bits}.");
+    public static int MaxQ(int bits) => bits is >= 2 and <= 16 ? (1 << (bits - 1)) - 1 : throw new UserInputException($"bits must be in 2..16, got {bits}.");
 
     /// <summary>q = clamp(round(w/scale), −(maxq+1), maxq)·scale with round-half-to-even; scale broadcast per row.</summary>
     public static Tensor QuantDequant(Tensor w, Tensor scale, int maxq)

@@ -27,7 +27,7 @@ public sealed record RotationRecord
 }
 
 /// <summary>
-/// RoLoRA's model transform (shared/specs/rolora.md §3) on a Hugging Face weight dictionary: untie embeddings, fold every
+/// RoLoRA's model transform (docs/specs/rolora.md §3) on a Hugging Face weight dictionary: untie embeddings, fold every
 /// RMSNorm weight into the linears that read it (γ := 1), rotate the residual stream by R1 = diag(s)·Mᵀ (random-sign
 /// normalized Hadamard), and rotate down_proj's input side by the Hadamard M (R4 offline part; the model applies T online).
 /// All arithmetic in float64. No embedding-mean subtraction (§3.1: not an identity for RMSNorm models).
@@ -38,7 +38,7 @@ public static class RoLoraRotation
     public static (Dictionary<string, Tensor> Weights, ModelConfig Config, IReadOnlyList<string> Warnings) Rotate(
         ModelConfig c, IReadOnlyDictionary<string, Tensor> weights, long seed = 0, bool rotateDownProj = true)
     {
-        if (RotationRecord.FromConfig(c) is not null) throw new InvalidOperationException("the model is already rotated (config.json has reslora_rotation); rotating twice is refused.");
+        if (RotationRecord.FromConfig(c) is not null) throw new UserInputException("the model is already rotated (config.json has reslora_rotation); rotating twice is refused.");
         var warnings = new List<string>();
         var w = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         foreach (var (k, v) in weights) w[k] = v.detach().to_type(ScalarType.Float64).cpu().clone();
@@ -104,28 +104,12 @@ public static class RoLoraRotation
     /// <summary>Rotates a Hugging Face model folder into a new folder (config records the rotation; tokenizer files copied).</summary>
     public static IReadOnlyList<string> RotateFolder(string modelDir, string outDir, long seed = 0, bool rotateDownProj = true)
     {
-        using var ckpt = HfCheckpoint.Open(modelDir);
-        var expected = LlamaForCausalLM.ExpectedWeights(ckpt.Config);
-        ckpt.ValidateAgainst(expected);
-        var weights = expected.Keys.ToDictionary(k => k, k => ckpt.Load(k, ScalarType.Float32), StringComparer.Ordinal);
+        var (config, weights) = ModelFolder.LoadBaseWeights(modelDir, ScalarType.Float32);
         try
         {
-            var (rotated, cfg, warnings) = Rotate(ckpt.Config, weights, seed, rotateDownProj);
-            string full = Path.GetFullPath(outDir);
-            string tmp = full + $".tmp-{Guid.NewGuid():N}";
-            try
-            {
-                HfCheckpoint.Save(tmp, cfg, rotated);
-                foreach (var name in new[] { "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json" })
-                    if (File.Exists(Path.Combine(modelDir, name))) File.Copy(Path.Combine(modelDir, name), Path.Combine(tmp, name));
-                if (Directory.Exists(full)) Directory.Delete(full, recursive: true);
-                Directory.Move(tmp, full);
-            }
-            finally
-            {
-                if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
-                foreach (var t in rotated.Values) t.Dispose();
-            }
+            var (rotated, cfg, warnings) = Rotate(config, weights, seed, rotateDownProj);
+            try { ModelFolder.SaveNew(outDir, cfg, rotated, companionsFrom: modelDir); }
+            finally { foreach (var t in rotated.Values) t.Dispose(); }
             return warnings;
         }
         finally
@@ -143,6 +127,24 @@ public static class RoLoraRotation
 }
 
 /// <summary>
+/// What a folder written by this library records in its config.json and the loader must re-apply to the live model:
+/// the online Hadamard of a RoLoRA-rotated model, the activation quantizers of a <c>reslora quantize</c> output.
+/// Pass <see cref="Recorded"/> to <see cref="ModelLoader.Load"/> whenever the folder may be one of these.
+/// </summary>
+public sealed class RecordedTransforms : IModelLoadTransform
+{
+    public static readonly IReadOnlyList<IModelLoadTransform> Recorded = new[] { new RecordedTransforms() };
+
+    private RecordedTransforms() { }
+
+    public void Apply(LlamaForCausalLM model)
+    {
+        RoLoraRotation.ApplyOnline(model);
+        ModelQuantizer.ApplyRecorded(model);
+    }
+}
+
+/// <summary>
 /// Plants activation outliers without changing the model's function, for RoLoRA benchmarks on small models that have
 /// none: the RMSNorm weights γ of a few channels are multiplied by <c>factor</c> and the matching input columns of the
 /// linears that read those norms (q/k/v, gate/up, lm_head) are divided by it. The normed activations — exactly what the
@@ -152,11 +154,7 @@ public static class OutlierPlanting
 {
     public static void PlantFolder(string modelDir, string outDir, int channels, double factor, long seed)
     {
-        using var ckpt = HfCheckpoint.Open(modelDir);
-        var c = ckpt.Config;
-        var expected = LlamaForCausalLM.ExpectedWeights(c);
-        ckpt.ValidateAgainst(expected);
-        var w = expected.Keys.ToDictionary(k => k, k => ckpt.Load(k, ScalarType.Float64), StringComparer.Ordinal);
+        var (c, w) = ModelFolder.LoadBaseWeights(modelDir, ScalarType.Float64);
         try
         {
             if (c.TieWordEmbeddings) w["lm_head.weight"] = w["model.embed_tokens.weight"].clone();
@@ -176,9 +174,7 @@ public static class OutlierPlanting
             }
             Plant("model.norm.weight", "lm_head.weight");
             var cfg = c with { TieWordEmbeddings = false };
-            HfCheckpoint.Save(outDir, cfg, w.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.to_type(ScalarType.Float32))));
-            foreach (var name in new[] { "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json" })
-                if (File.Exists(Path.Combine(modelDir, name))) File.Copy(Path.Combine(modelDir, name), Path.Combine(outDir, name), overwrite: true);
+            ModelFolder.SaveNew(outDir, cfg, w.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.to_type(ScalarType.Float32))), companionsFrom: modelDir);
         }
         finally
         {

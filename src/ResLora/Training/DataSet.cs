@@ -24,7 +24,7 @@ public sealed record DataTemplates(string? PromptTemplate = null, string? Comple
     public void Validate()
     {
         if ((PromptTemplate is null) != (CompletionTemplate is null))
-            throw new ArgumentException("--prompt-template and --completion-template go together: give both (the loss covers the completion only), or neither to detect the record shape.");
+            throw new UserInputException("--prompt-template and --completion-template go together: give both (the loss covers the completion only), or neither to detect the record shape.");
     }
 }
 
@@ -44,13 +44,13 @@ public static class DataSet
         templates.Validate();
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: data file not found; give a JSONL or JSON-array file with --data.", path);
         var records = ReadRecords(path);
-        if (records.Count == 0) throw new InvalidDataException($"{path}: the data set is empty; it needs at least one record.");
+        if (records.Count == 0) throw new UserInputException($"{path}: the data set is empty; it needs at least one record.");
         var examples = new List<TextExample>(records.Count);
         for (int i = 0; i < records.Count; i++)
         {
             var (rec, line) = records[i];
             string where = $"{path}: record {i + 1} (line {line})";
-            if (rec.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{where}: expected a JSON object, got {rec.ValueKind}.");
+            if (rec.ValueKind != JsonValueKind.Object) throw new UserInputException($"{where}: expected a JSON object, got {rec.ValueKind}.");
             examples.Add(ToExample(rec, templates, where));
         }
         return examples;
@@ -71,16 +71,16 @@ public static class DataSet
         if (rec.TryGetProperty("text", out _))
         {
             string text = Field(rec, "text", where);
-            if (text.Length == 0) throw new InvalidDataException($"{where}: field 'text' is empty.");
+            if (text.Length == 0) throw new UserInputException($"{where}: field 'text' is empty.");
             return new TextExample("", text);
         }
         var names = string.Join(", ", rec.EnumerateObject().Select(p => p.Name));
-        throw new InvalidDataException($"{where}: unknown record shape (fields: {names}). Use {{\"text\"}}, {{\"prompt\",\"completion\"}}, {{\"instruction\",\"input\",\"output\"}}, or give --prompt-template and --completion-template over these fields.");
+        throw new UserInputException($"{where}: unknown record shape (fields: {names}). Use {{\"text\"}}, {{\"prompt\",\"completion\"}}, {{\"instruction\",\"input\",\"output\"}}, or give --prompt-template and --completion-template over these fields.");
     }
 
     private static string Field(JsonElement rec, string name, string where)
     {
-        if (!rec.TryGetProperty(name, out var v)) throw new InvalidDataException($"{where}: missing field '{name}'.");
+        if (!rec.TryGetProperty(name, out var v)) throw new UserInputException($"{where}: missing field '{name}'.");
         return ValueText(v, where, name);
     }
 
@@ -91,7 +91,7 @@ public static class DataSet
         JsonValueKind.Number => v.TryGetInt64(out long l) ? l.ToString(CultureInfo.InvariantCulture) : FormatDouble(v.GetDouble()),
         JsonValueKind.True => "true",
         JsonValueKind.False => "false",
-        _ => throw new InvalidDataException($"{where}: field '{field}' is {v.ValueKind.ToString().ToLowerInvariant()}; a template field must be a string, number or boolean."),
+        _ => throw new UserInputException($"{where}: field '{field}' is {v.ValueKind.ToString().ToLowerInvariant()}; a template field must be a string, number or boolean."),
     };
 
     private static string FormatDouble(double d) =>
@@ -106,17 +106,17 @@ public static class DataSet
             char ch = template[i];
             if (ch == '{' && i + 1 < template.Length && template[i + 1] == '{') { sb.Append('{'); i++; continue; }
             if (ch == '}' && i + 1 < template.Length && template[i + 1] == '}') { sb.Append('}'); i++; continue; }
-            if (ch == '}') throw new ArgumentException($"template '{template}': unmatched '}}' at position {i}; write '}}}}' for a literal brace.");
+            if (ch == '}') throw new UserInputException($"template '{template}': unmatched '}}' at position {i}; write '}}}}' for a literal brace.");
             if (ch != '{') { sb.Append(ch); continue; }
             int end = template.IndexOf('}', i + 1);
-            if (end < 0) throw new ArgumentException($"template '{template}': unclosed '{{' at position {i}; write '{{{{' for a literal brace.");
+            if (end < 0) throw new UserInputException($"template '{template}': unclosed '{{' at position {i}; write '{{{{' for a literal brace.");
             string path = template.Substring(i + 1, end - i - 1).Trim();
-            if (path.Length == 0) throw new ArgumentException($"template '{template}': empty field name at position {i}.");
+            if (path.Length == 0) throw new UserInputException($"template '{template}': empty field name at position {i}.");
             JsonElement cur = rec;
             foreach (var part in path.Split('.'))
             {
                 if (cur.ValueKind != JsonValueKind.Object || !cur.TryGetProperty(part, out cur))
-                    throw new InvalidDataException($"{where}: missing field '{path}' used by the template; fields are: {string.Join(", ", rec.EnumerateObject().Select(p => p.Name))}.");
+                    throw new UserInputException($"{where}: missing field '{path}' used by the template; fields are: {string.Join(", ", rec.EnumerateObject().Select(p => p.Name))}.");
             }
             sb.Append(ValueText(cur, where, path));
             i = end;
@@ -138,7 +138,7 @@ public static class DataSet
             }
             catch (JsonException e)
             {
-                throw new InvalidDataException($"{path}: not valid JSON ({e.Message}).", e);
+                throw new UserInputException($"{path}: not valid JSON ({e.Message}).", e);
             }
             // JSON arrays carry no line numbers per record; report 0 as "unknown".
             return result;
@@ -156,7 +156,7 @@ public static class DataSet
             }
             catch (JsonException e)
             {
-                throw new InvalidDataException($"{path}: line {lineNo} is not valid JSON ({e.Message}); JSONL needs one JSON object per line.", e);
+                throw new UserInputException($"{path}: line {lineNo} is not valid JSON ({e.Message}); JSONL needs one JSON object per line.", e);
             }
         }
         return result;
@@ -165,8 +165,8 @@ public static class DataSet
     /// <summary>Splits off a held-out fraction deterministically (seeded shuffle), keeping at least one example on each side.</summary>
     public static (IReadOnlyList<TextExample> Train, IReadOnlyList<TextExample> Eval) Split(IReadOnlyList<TextExample> all, double evalFraction, long seed)
     {
-        if (!(evalFraction > 0 && evalFraction < 1)) throw new ArgumentException($"--eval-fraction must be in (0, 1), got {evalFraction}.");
-        if (all.Count < 2) throw new ArgumentException($"--eval-fraction needs at least 2 records; the data set has {all.Count}.");
+        if (!(evalFraction > 0 && evalFraction < 1)) throw new UserInputException($"--eval-fraction must be in (0, 1), got {evalFraction}.");
+        if (all.Count < 2) throw new UserInputException($"--eval-fraction needs at least 2 records; the data set has {all.Count}.");
         var idx = Enumerable.Range(0, all.Count).ToArray();
         new Random((int)(seed & 0x7fffffff)).Shuffle(idx);
         int nEval = Math.Clamp((int)Math.Round(all.Count * evalFraction), 1, all.Count - 1);

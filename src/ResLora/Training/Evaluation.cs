@@ -45,7 +45,7 @@ public static class Evaluation
     public static EvalResult Run(LlamaForCausalLM model, ITextTokenizer tokenizer, IReadOnlyList<TextExample> examples, int seqLen, int batchSize, int maxNewTokens, int accuracyLimit)
     {
         var tok = Tokenization.Tokenize(examples, tokenizer, seqLen);
-        if (tok.Examples.Count == 0) throw new InvalidDataException("no example is left to evaluate after tokenization (check --seq-len).");
+        if (tok.Examples.Count == 0) throw new UserInputException("no example is left to evaluate after tokenization (check --seq-len).");
         int pad = tokenizer.PadTokenId ?? (tokenizer.EosTokenIds.Count > 0 ? tokenizer.EosTokenIds[0] : 0);
         var (loss, ppl, tokens) = Loss(model, Tokenization.Sequential(tok.Examples, batchSize, pad, model.Device));
         var qa = examples.Where(e => !e.IsPlainText).Take(Math.Max(0, accuracyLimit)).ToList();

@@ -24,7 +24,7 @@ public static class Tokenization
     /// </summary>
     public static TokenizedSet Tokenize(IReadOnlyList<TextExample> examples, ITextTokenizer tok, int seqLen, bool addEos = true)
     {
-        if (seqLen < 2) throw new ArgumentException($"--seq-len must be at least 2, got {seqLen}.");
+        if (seqLen < 2) throw new UserInputException($"--seq-len must be at least 2, got {seqLen}.");
         var result = new List<TokenizedExample>(examples.Count);
         int truncated = 0, dropped = 0;
         int? eos = tok.EosTokenIds.Count > 0 ? tok.EosTokenIds[0] : null;
@@ -131,8 +131,8 @@ public sealed class ShuffledBatchSource : ITrainBatchSource
 
     public ShuffledBatchSource(IReadOnlyList<TokenizedExample> examples, int batchSize, int padId, long seed, Device? device = null)
     {
-        if (examples.Count == 0) throw new ArgumentException("no training examples are left after tokenization; check --seq-len and the data.");
-        if (batchSize < 1) throw new ArgumentException($"--batch-size must be ≥ 1, got {batchSize}.");
+        if (examples.Count == 0) throw new UserInputException("no training examples are left after tokenization; check --seq-len and the data.");
+        if (batchSize < 1) throw new UserInputException($"--batch-size must be ≥ 1, got {batchSize}.");
         _examples = examples;
         _batchSize = batchSize;
         _padId = padId;
@@ -168,9 +168,9 @@ public sealed class ShuffledBatchSource : ITrainBatchSource
 
     public void RestorePosition(string json)
     {
-        var d = JsonSerializer.Deserialize<Dictionary<string, long>>(json) ?? throw new InvalidDataException("checkpoint: empty data position.");
+        var d = JsonSerializer.Deserialize<Dictionary<string, long>>(json) ?? throw new UserInputException("checkpoint: empty data position.");
         if (d.GetValueOrDefault("count") != _examples.Count || d.GetValueOrDefault("seed") != _seed)
-            throw new InvalidDataException($"checkpoint: the data set or seed changed since the checkpoint ({d.GetValueOrDefault("count")} examples, seed {d.GetValueOrDefault("seed")}; now {_examples.Count}, seed {_seed}); resume with the same --data and --seed, or start a new --out folder.");
+            throw new UserInputException($"checkpoint: the data set or seed changed since the checkpoint ({d.GetValueOrDefault("count")} examples, seed {d.GetValueOrDefault("seed")}; now {_examples.Count}, seed {_seed}); resume with the same --data and --seed, or start a new --out folder.");
         Epoch = (int)d["epoch"];
         Reorder();
         Index = (int)d["index"];

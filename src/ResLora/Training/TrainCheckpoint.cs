@@ -80,11 +80,11 @@ public static class TrainCheckpoint
         try
         {
             return JsonSerializer.Deserialize<TrainCheckpointState>(File.ReadAllText(p))
-                ?? throw new InvalidDataException($"{p}: empty checkpoint state.");
+                ?? throw new UserInputException($"{p}: empty checkpoint state.");
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{p}: checkpoint state is not valid JSON ({e.Message}); delete the checkpoint folder to start over.", e);
+            throw new UserInputException($"{p}: checkpoint state is not valid JSON ({e.Message}); delete the checkpoint folder to start over.", e);
         }
     }
 
@@ -101,7 +101,7 @@ public static class TrainCheckpoint
         byte[] rng = File.ReadAllBytes(Path.Combine(checkpointDir, "rng.bin"));
         using var cur = torch.get_rng_state();
         if (cur.NumberOfElements != rng.Length)
-            throw new InvalidDataException($"{checkpointDir}/rng.bin: {rng.Length} bytes, expected {cur.NumberOfElements}; the checkpoint was written by another libtorch.");
+            throw new UserInputException($"{checkpointDir}/rng.bin: {rng.Length} bytes, expected {cur.NumberOfElements}; the checkpoint was written by another libtorch.");
         using var t = torch.empty(rng.Length, ScalarType.Byte);
         t.bytes = rng;
         torch.set_rng_state(t);

@@ -32,18 +32,22 @@ public sealed record TrainOptions
     public int EvalGenerateExamples { get; init; } = 64;
     public int MaxNewTokens { get; init; } = 16;
 
+    /// <summary>Optimizer steps of a run over <paramref name="examples"/> training sequences (at least 1).</summary>
+    public int TotalSteps(int examples) =>
+        Math.Max(1, Steps > 0 ? Steps : (int)Math.Ceiling(Epochs * examples / (double)(BatchSize * GradAccum)));
+
     public void Validate()
     {
-        if (Steps < 0) throw new ArgumentException($"--steps must be 0 or more, got {Steps}.");
-        if (Steps == 0 && !(Epochs > 0)) throw new ArgumentException("give --steps N or --epochs E (one of them must be positive).");
-        if (BatchSize < 1) throw new ArgumentException($"--batch-size must be at least 1, got {BatchSize}.");
-        if (GradAccum < 1) throw new ArgumentException($"--grad-accum must be at least 1, got {GradAccum}.");
-        if (!(LearningRate > 0) || double.IsInfinity(LearningRate)) throw new ArgumentException($"--lr must be a positive number, got {LearningRate}.");
-        if (WeightDecay < 0) throw new ArgumentException($"--weight-decay must be 0 or more, got {WeightDecay}.");
-        if (WarmupSteps < 0) throw new ArgumentException($"--warmup-steps must be 0 or more, got {WarmupSteps}.");
-        if (Schedule is not ("cosine" or "linear" or "constant")) throw new ArgumentException($"--schedule '{Schedule}' is not known; use cosine, linear or constant.");
-        if (MaxGradNorm < 0) throw new ArgumentException($"--max-grad-norm must be 0 (off) or positive, got {MaxGradNorm}.");
-        if (LogEvery < 1) throw new ArgumentException($"--log-every must be at least 1, got {LogEvery}.");
-        if (EvalEvery < 0 || SaveEvery < 0) throw new ArgumentException("--eval-every and --save-every must be 0 or more.");
+        if (Steps < 0) throw new UserInputException($"--steps must be 0 or more, got {Steps}.");
+        if (Steps == 0 && !(Epochs > 0)) throw new UserInputException("give --steps N or --epochs E (one of them must be positive).");
+        if (BatchSize < 1) throw new UserInputException($"--batch-size must be at least 1, got {BatchSize}.");
+        if (GradAccum < 1) throw new UserInputException($"--grad-accum must be at least 1, got {GradAccum}.");
+        if (!(LearningRate > 0) || double.IsInfinity(LearningRate)) throw new UserInputException($"--lr must be a positive number, got {LearningRate}.");
+        if (WeightDecay < 0) throw new UserInputException($"--weight-decay must be 0 or more, got {WeightDecay}.");
+        if (WarmupSteps < 0) throw new UserInputException($"--warmup-steps must be 0 or more, got {WarmupSteps}.");
+        if (Schedule is not ("cosine" or "linear" or "constant")) throw new UserInputException($"--schedule '{Schedule}' is not known; use cosine, linear or constant.");
+        if (MaxGradNorm < 0) throw new UserInputException($"--max-grad-norm must be 0 (off) or positive, got {MaxGradNorm}.");
+        if (LogEvery < 1) throw new UserInputException($"--log-every must be at least 1, got {LogEvery}.");
+        if (EvalEvery < 0 || SaveEvery < 0) throw new UserInputException("--eval-every and --save-every must be 0 or more.");
     }
 }

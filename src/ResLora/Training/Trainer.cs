@@ -55,7 +55,7 @@ public sealed class Trainer
         _o = options;
         _params = model.parameters().Where(p => p.requires_grad).ToList();
         if (_params.Count == 0)
-            throw new InvalidOperationException("the model has no trainable parameters: no adapter was attached (check --targets) or everything is frozen.");
+            throw new UserInputException("the model has no trainable parameters: no adapter was attached (check --targets) or everything is frozen.");
         var caps = capabilities.Distinct().ToList();
         _extraLosses = caps.OfType<IExtraLossTerm>().ToList();
         _hooks = caps.OfType<IOptimizerStepHook>().ToList();
@@ -113,7 +113,7 @@ public sealed class Trainer
             var (loss, n) = CausalLmLoss(logits, batch.Labels);
             double lv = loss.item<float>();
             if (!double.IsFinite(lv))
-                throw new ArithmeticException($"training loss became {lv} at step {step}; stopped before updating. The last good checkpoint is intact. Lower --lr, raise --warmup-steps, or use --dtype float32.");
+                throw new UserInputException($"training loss became {lv} at step {step}; stopped before updating. The last good checkpoint is intact. Lower --lr, raise --warmup-steps, or use --dtype float32.");
             lossSum += lv;
             tokens += n;
             inputTokens += batch.AttentionMask.sum().item<long>();
@@ -135,7 +135,4 @@ public sealed class Trainer
     /// <summary>Mean loss (token-weighted) and perplexity over the evaluation batches; no gradients, eval mode.</summary>
     public (double Loss, double Perplexity, int Tokens) EvaluateLoss(IEnumerable<TrainBatch> batches) =>
         Evaluation.Loss(_model, batches, _o.EvalMaxBatches);
-
-    /// <summary>Wall-clock helper for tokens/s.</summary>
-    public static Stopwatch StartClock() => Stopwatch.StartNew();
 }

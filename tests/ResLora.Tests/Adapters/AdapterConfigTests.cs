@@ -76,7 +76,7 @@ public sealed class AdapterConfigTests
         Assert.Empty(w);
         Assert.Empty(cfg.RankPattern);
         Assert.Empty(cfg.AlphaPattern);
-        Assert.Equal("none", cfg.Bias);
+        Assert.Contains("\"bias\": \"none\"", AdapterConfigJson.Serialize(cfg));
         Assert.Equal(8, cfg.R);
         Assert.Null(cfg.ExcludeModules);
     }
@@ -92,7 +92,7 @@ public sealed class AdapterConfigTests
     [InlineData("""{"r":8}""", "peft_type")]
     public void Bad_configs_are_refused_naming_the_field(string json, string expected)
     {
-        var e = Assert.Throws<InvalidDataException>(() => AdapterConfigJson.Parse(json, "x/adapter_config.json"));
+        var e = Assert.Throws<UserInputException>(() => AdapterConfigJson.Parse(json, "x/adapter_config.json"));
         Assert.Contains(expected, e.Message);
         Assert.StartsWith("x/adapter_config.json", e.Message);
     }
@@ -140,10 +140,26 @@ public sealed class AdapterConfigTests
         [JsonIgnore] public override string Method => "lora";
     }
 
-    [Fact]
-    public void A_new_method_adds_a_record_with_extra_fields_and_one_registry_line()
+    /// <summary>A method defined outside the library: a descriptor naming its record, registered at run time.</summary>
+    private sealed class ExtraMethod : AdapterMethod
     {
-        AdapterRegistry.Register<ExtraConfig>("TEST_EXTRA", (c, g) => new LoraLayerBuilder(new LoraConfig { R = c.R, TargetModules = c.TargetModules }, g));
+        public override string Name => "test-extra";
+        public override string Description => "test";
+        public override string PeftType => "TEST_EXTRA";
+        public override Type ConfigType => typeof(ExtraConfig);
+        public override IReadOnlyList<string> ParameterPrefixes => new[] { "lora_" };
+        public override IEnumerable<MethodContender> Contenders(int rank) => Array.Empty<MethodContender>(); // never in the demo or bench
+        public override MethodSetup Build(MethodSpec spec, MethodOptions? options) => new(WithCommon(new ExtraConfig(), spec));
+        public override IReadOnlyList<Type> LayerTypes(AdapterConfigBase config) => new[] { typeof(LoraLinear) };
+        public override IAdapterLayerBuilder CreateBuilder(AdapterConfigBase c, TorchSharp.torch.Generator? g) => new LoraLayerBuilder(new LoraConfig { R = c.R, TargetModules = c.TargetModules }, g);
+    }
+
+    private static readonly Lazy<bool> ExtraRegistered = new(() => { AdapterMethods.Register(new ExtraMethod()); return true; });
+
+    [Fact]
+    public void A_new_method_adds_a_record_with_extra_fields_and_one_descriptor()
+    {
+        _ = ExtraRegistered.Value;
         var (cfg, w) = AdapterConfigJson.Parse("""{"peft_type":"TEST_EXTRA","target_modules":["q_proj"],"extra_knob":7,"use_dora":true}""");
         Assert.Equal(7, Assert.IsType<ExtraConfig>(cfg).ExtraKnob);
         Assert.Single(w); // use_dora belongs to LoraConfig, not to this method

@@ -45,8 +45,6 @@ public sealed class AdapterContractTests
         var plan = new AdapterPlan(Kinds[kind].Config, new Generator(seed));
         var m = plan.Create(TheSpec, ScalarType.Float32, CPU);
         var a = Assert.IsAssignableFrom<IAdapter>(m);
-        // RefLoRA trains plain LoRA layers (the method is its step hook), so its layers report "lora".
-        Assert.Equal(Kinds[kind].Config.LayerMethod, a.Method);
         return (m, a);
     }
 

@@ -114,7 +114,6 @@ public sealed class AdapterModelTests
         var caps = AdapterModel.CollectCapabilities(m, h, h, null);
         Assert.Same(h, Assert.Single(caps.ExtraLossTerms));
         Assert.Same(h, Assert.Single(caps.StepHooks));
-        Assert.Empty(caps.Statistics);
         Assert.Empty(AdapterModel.CollectCapabilities(m).StepHooks);
     }
 }

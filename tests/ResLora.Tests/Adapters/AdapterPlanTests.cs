@@ -47,7 +47,7 @@ public sealed class AdapterPlanTests
         Assert.Equal(7, rx.Count);
         Assert.All(rx, n => Assert.StartsWith("model.layers.0.", n));
 
-        var layers = Adapted(Plan(new LoraConfig { TargetModules = ModuleTargets.List("q_proj"), LayersToTransform = new() { 1 } }));
+        var layers = Adapted(Plan(new LoraConfig { TargetModules = ModuleTargets.List("q_proj"), LayersToTransform = new[] { 1 } }));
         Assert.Equal(new[] { "model.layers.1.self_attn.q_proj" }, layers);
     }
 
@@ -103,7 +103,7 @@ public sealed class AdapterPlanTests
     {
         var plan = Plan(new LoraConfig { TargetModules = ModuleTargets.List("q_proj", "query"), RankPattern = new() { ["dense"] = 4 } });
         foreach (var s in TinyLlamaSpecs()) plan.Create(s, ScalarType.Float32, CPU);
-        var e = Assert.Throws<InvalidOperationException>(plan.EnsureAllPatternsMatched);
+        var e = Assert.Throws<UserInputException>(plan.EnsureAllPatternsMatched);
         Assert.Contains("target_modules entry 'query' matched no module", e.Message);
         Assert.Contains("rank_pattern key 'dense' matched no module", e.Message);
         Assert.Contains("down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj", e.Message);
@@ -111,21 +111,23 @@ public sealed class AdapterPlanTests
 
         var rx = Plan(new LoraConfig { TargetModules = ModuleTargets.Regex("q_proj") });
         foreach (var s in TinyLlamaSpecs()) rx.Create(s, ScalarType.Float32, CPU);
-        Assert.Contains("target_modules entry 'q_proj' matched no module", Assert.Throws<InvalidOperationException>(rx.EnsureAllPatternsMatched).Message);
+        Assert.Contains("target_modules entry 'q_proj' matched no module", Assert.Throws<UserInputException>(rx.EnsureAllPatternsMatched).Message);
 
         var allExcluded = Plan(new LoraConfig { TargetModules = ModuleTargets.List("q_proj"), ExcludeModules = ModuleTargets.List("self_attn.q_proj") });
         foreach (var s in TinyLlamaSpecs()) allExcluded.Create(s, ScalarType.Float32, CPU);
-        Assert.Contains("no module was adapted", Assert.Throws<InvalidOperationException>(allExcluded.EnsureAllPatternsMatched).Message);
+        Assert.Contains("no module was adapted", Assert.Throws<UserInputException>(allExcluded.EnsureAllPatternsMatched).Message);
     }
 
     [Fact]
     public void Invalid_config_is_refused_naming_the_field()
     {
-        Assert.Contains("'r'", Assert.Throws<ArgumentException>(() => Plan(new LoraConfig { R = 0, TargetModules = ModuleTargets.List("q_proj") })).Message);
-        Assert.Contains("'fan_in_fan_out'", Assert.Throws<ArgumentException>(() => Plan(new LoraConfig { FanInFanOut = true, TargetModules = ModuleTargets.List("q_proj") })).Message);
-        Assert.Contains("'target_modules'", Assert.Throws<ArgumentException>(() => Plan(new LoraConfig())).Message);
-        Assert.Contains("'target_modules'", Assert.Throws<ArgumentException>(() => Plan(new LoraConfig { TargetModules = ModuleTargets.Regex("(q_proj") })).Message);
-        Assert.Contains("'bias'", Assert.Throws<ArgumentException>(() => Plan(new LoraConfig { Bias = "all", TargetModules = ModuleTargets.List("q_proj") })).Message);
+        Assert.Contains("'r'", Assert.Throws<UserInputException>(() => Plan(new LoraConfig { R = 0, TargetModules = ModuleTargets.List("q_proj") })).Message);
+        Assert.Contains("'fan_in_fan_out'", Assert.Throws<UserInputException>(() => AdapterConfigJson.Parse("""{"peft_type":"LORA","target_modules":["q_proj"],"fan_in_fan_out":true}""")).Message);
+        Assert.Contains("'target_modules'", Assert.Throws<UserInputException>(() => Plan(new LoraConfig())).Message);
+        Assert.Contains("'target_modules'", Assert.Throws<UserInputException>(() => Plan(new LoraConfig { TargetModules = ModuleTargets.Regex("(q_proj") })).Message);
+        Assert.Contains("'bias'", Assert.Throws<UserInputException>(() => AdapterConfigJson.Parse("""{"peft_type":"LORA","target_modules":["q_proj"],"bias":"all"}""")).Message);
+        Assert.Contains("'lora_bias'", Assert.Throws<UserInputException>(() => AdapterConfigJson.Parse("""{"peft_type":"LORA","target_modules":["q_proj"],"lora_bias":true}""")).Message);
+        Assert.Contains("'modules_to_save'", Assert.Throws<UserInputException>(() => AdapterConfigJson.Parse("""{"peft_type":"LORA","target_modules":["q_proj"],"modules_to_save":["lm_head"]}""")).Message);
     }
 
     // A registered method whose builder has a per-forward context (like ResLoRA): the plan must forward BeginForward.
@@ -139,7 +141,6 @@ public sealed class AdapterPlanTests
     {
         public int Begun;
         public int Ended;
-        public string Method => "lora";
         public nn.Module<Tensor, Tensor> Build(AdapterTarget t, ScalarType dtype, Device device) =>
             new LoraLinear(t.Spec, new LoraLayerOptions(t.R, t.Alpha), dtype, device);
         public IDisposable BeginForward() { Begun++; return new End(this); }
@@ -147,11 +148,10 @@ public sealed class AdapterPlanTests
     }
 
     [Fact]
-    public void Registry_dispatches_custom_methods_and_the_plan_forwards_BeginForward()
+    public void Plan_ForwardsBeginForward_ToABuilderWithAContext()
     {
-        LifecycleBuilder? built = null;
-        AdapterRegistry.Register<LifecycleConfig>("TEST_LIFECYCLE", (c, g) => built = new LifecycleBuilder());
-        var plan = new AdapterPlan(new LifecycleConfig { TargetModules = ModuleTargets.List("q_proj") });
+        var built = new LifecycleBuilder();
+        var plan = new AdapterPlan(new LifecycleConfig { TargetModules = ModuleTargets.List("q_proj") }, built);
         Assert.Same(built, plan.Builder);
         using (plan.BeginForward()) Assert.Equal(1, built!.Begun);
         Assert.Equal(1, built.Ended);

@@ -1,3 +1,4 @@
+using ResLora.Pipelines;
 using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Models;
@@ -18,11 +19,11 @@ public sealed class AdapterSessionTests : IDisposable
         var c = TinyModels.Config();
         string modelDir = Path.Combine(_dir, "model"), adapterDir = Path.Combine(_dir, "adapter");
         using (var m = TinyModels.Build(c, seed: 4))
-            HfCheckpoint.Save(modelDir, c, m.BaseParameters().Select(kv => new KeyValuePair<string, torch.Tensor>(kv.Key, kv.Value)));
+            ModelFolder.Save(modelDir, c, m.BaseParameters().Select(kv => new KeyValuePair<string, torch.Tensor>(kv.Key, kv.Value)));
         File.WriteAllText(Path.Combine(modelDir, "tokenizer.json"), "{}");
         var cfg = new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ModuleTargets.AllLinear, UseDora = dora };
         using var gen = new torch.Generator(5);
-        using var model = ModelLoader.Load(modelDir, new RuntimeOptions(), new AdapterPlan(cfg, gen));
+        using var model = ModelSessions.LoadBase(modelDir, new RuntimeOptions(), new AdapterPlan(cfg, gen));
         AdapterModel.OnBaseWeightsLoaded(model);
         using (torch.no_grad())
             foreach (var (name, p) in model.named_parameters())
@@ -39,21 +40,21 @@ public sealed class AdapterSessionTests : IDisposable
         var (modelDir, adapterDir, c) = Prepare(dora);
         using var ids = TinyModels.RandomIds(2, 9, c.VocabSize, 8);
         torch.Tensor unmerged;
-        using (var m = AdapterSession.LoadWithAdapter(modelDir, adapterDir, new RuntimeOptions()))
+        using (var m = ModelSessions.LoadWithAdapter(modelDir, adapterDir, new RuntimeOptions()))
             unmerged = m.forward(ids).detach();
-        using var baseModel = ModelLoader.Load(modelDir, new RuntimeOptions());
+        using var baseModel = ModelSessions.LoadBase(modelDir, new RuntimeOptions());
         using var baseLogits = baseModel.forward(ids);
         Assert.True((unmerged - baseLogits).abs().max().item<float>() > 1e-2, "the adapter must change the output");
 
         string outDir = Path.Combine(_dir, "merged");
-        var report = AdapterSession.MergeToFolder(modelDir, adapterDir, outDir, new RuntimeOptions(), ids);
+        var report = MergePipeline.MergeToFolder(modelDir, adapterDir, outDir, new RuntimeOptions(), ids);
         Assert.Equal(14, report.MergedModules);
         Assert.True(report.MaxAbsDiff < 1e-4, $"merged vs unmerged {report.MaxAbsDiff}");
         Assert.True(File.Exists(Path.Combine(outDir, "tokenizer.json")));
-        using var merged = ModelLoader.Load(outDir, new RuntimeOptions());
+        using var merged = ModelSessions.LoadBase(outDir, new RuntimeOptions());
         using var mergedLogits = merged.forward(ids);
         Assert.True((mergedLogits - unmerged).abs().max().item<float>() < 1e-4);
         unmerged.Dispose();
-        Assert.Contains("not empty", Assert.Throws<IOException>(() => AdapterSession.MergeToFolder(modelDir, adapterDir, outDir, new RuntimeOptions(), ids)).Message);
+        Assert.Contains("not empty", Assert.Throws<IOException>(() => MergePipeline.MergeToFolder(modelDir, adapterDir, outDir, new RuntimeOptions(), ids)).Message);
     }
 }

@@ -183,11 +183,11 @@ public sealed class LoraDoraTests
         var spec = Spec(0, "self_attn", "q_proj", 4, 3);
         using var l = new LoraLinear(spec, new LoraLayerOptions(2, 2), ScalarType.Float32, CPU);
         var bad = new Dictionary<string, Tensor> { ["lora_A.weight"] = torch.zeros(3, 4), ["lora_B.weight"] = torch.zeros(3, 2) };
-        var e = Assert.Throws<InvalidDataException>(() => l.LoadAdapterState(bad));
+        var e = Assert.Throws<UserInputException>(() => l.LoadAdapterState(bad));
         Assert.Contains("model.layers.0.self_attn.q_proj.lora_A.weight", e.Message);
         Assert.Contains("[3, 4]", e.Message);
         Assert.Contains("[2, 4]", e.Message);
         var missing = new Dictionary<string, Tensor> { ["lora_A.weight"] = torch.zeros(2, 4) };
-        Assert.Contains("'lora_B.weight' is missing", Assert.Throws<InvalidDataException>(() => l.LoadAdapterState(missing)).Message);
+        Assert.Contains("'lora_B.weight' is missing", Assert.Throws<UserInputException>(() => l.LoadAdapterState(missing)).Message);
     }
 }

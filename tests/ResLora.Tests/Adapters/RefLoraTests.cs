@@ -207,6 +207,6 @@ public sealed class RefLoraTests
             if (hook.Refactorings > before) fired.Add(step);
         }
         Assert.Equal(new[] { 4, 6, 8 }, fired);
-        Assert.Contains("refactor_warmup_steps", Assert.Throws<ArgumentException>(() => new RefLoraConfig { R = 2, LoraAlpha = 2, RefactorWarmupSteps = 0, TargetModules = ModuleTargets.AllLinear }.Validate()).Message);
+        Assert.Contains("refactor_warmup_steps", Assert.Throws<UserInputException>(() => new RefLoraConfig { R = 2, LoraAlpha = 2, RefactorWarmupSteps = 0, TargetModules = ModuleTargets.AllLinear }.Validate()).Message);
     }
 }

@@ -25,7 +25,7 @@ public sealed class CliEndToEndTests : IDisposable
         string dir = Path.Combine(_dir, "model");
         var c = TinyModels.Config(vocab: DemoTokenizerFiles.VocabSize);
         using var m = TinyModels.Build(c, seed: 2);
-        HfCheckpoint.Save(dir, c, m.BaseParameters().Select(kv => new KeyValuePair<string, torch.Tensor>(kv.Key, kv.Value)));
+        ResLora.Models.ModelFolder.Save(dir, c, m.BaseParameters().Select(kv => new KeyValuePair<string, torch.Tensor>(kv.Key, kv.Value)));
         DemoTokenizerFiles.Write(dir);
         return dir;
     }

@@ -73,7 +73,7 @@ public sealed class AdapterFolderTests
     [InlineData("base_model.model.lora_A.weight", "not an adapter tensor")]
     public void SplitKey_rejects_non_adapter_and_foreign_adapter_keys(string key, string expected)
     {
-        Assert.Contains(expected, Assert.Throws<InvalidDataException>(() => AdapterFolder.SplitKey(key)).Message);
+        Assert.Contains(expected, Assert.Throws<UserInputException>(() => AdapterFolder.SplitKey(key)).Message);
     }
 
     [Fact]
@@ -84,7 +84,7 @@ public sealed class AdapterFolderTests
         using (var contents = AdapterFolder.Load(dir))
         using (var l = BuildFromConfig(contents.Config))
         {
-            var e = Assert.Throws<InvalidDataException>(() => AdapterFolder.Apply(contents, new Dictionary<string, IAdapter> { [Q.Name] = l }));
+            var e = Assert.Throws<UserInputException>(() => AdapterFolder.Apply(contents, new Dictionary<string, IAdapter> { [Q.Name] = l }));
             Assert.Contains("'base_model.model.model.layers.5.self_attn.q_proj.lora_", e.Message);
             Assert.Contains("model.layers.0.self_attn.q_proj", e.Message); // lists what exists
         }
@@ -94,7 +94,7 @@ public sealed class AdapterFolderTests
         using (var contents = AdapterFolder.Load(dir2))
         using (var l = BuildFromConfig(contents.Config with { R = 2 }))
         {
-            var e = Assert.Throws<InvalidDataException>(() => AdapterFolder.Apply(contents, new Dictionary<string, IAdapter> { [Q.Name] = l }));
+            var e = Assert.Throws<UserInputException>(() => AdapterFolder.Apply(contents, new Dictionary<string, IAdapter> { [Q.Name] = l }));
             Assert.Contains("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", e.Message);
             Assert.Contains("[1, 2]", e.Message);
             Assert.Contains("[2, 2]", e.Message);
@@ -106,7 +106,7 @@ public sealed class AdapterFolderTests
         {
             var adapters = new Dictionary<string, IAdapter> { [Q.Name] = l, ["model.layers.0.self_attn.k_proj"] = k };
             Assert.Contains("no tensors for module 'model.layers.0.self_attn.k_proj'",
-                Assert.Throws<InvalidDataException>(() => AdapterFolder.Apply(contents, adapters)).Message);
+                Assert.Throws<UserInputException>(() => AdapterFolder.Apply(contents, adapters)).Message);
         }
     }
 
@@ -149,7 +149,7 @@ public sealed class AdapterFolderTests
         using var l = BuildFromConfig(lora);
         string parent = TempDir();
         var e = Assert.Throws<ArgumentException>(() => AdapterFolder.Save(Path.Combine(parent, "x"), lora with { UseDora = true }, new Dictionary<string, IAdapter> { [Q.Name] = l }));
-        Assert.Contains("'lora' adapter", e.Message);
+        Assert.Contains("holds a LoraLinear but the config describes a dora adapter", e.Message);
         Assert.Empty(Directory.GetFileSystemEntries(parent));
 
         string dir = TempDir();

@@ -1,3 +1,4 @@
+using ResLora.Pipelines;
 using ResLora.IO;
 using ResLora.Models;
 using ResLora.Tests.Infrastructure;
@@ -21,10 +22,10 @@ public sealed class HfCheckpointTests : IDisposable
     {
         var c = TinyModels.Config(tied: tied);
         using var model = TinyModels.Build(c, seed: 3);
-        HfCheckpoint.Save(_dir, c, Weights(model), shardBytes);
+        ModelFolder.Save(_dir, c, Weights(model), shardBytes);
         Assert.Equal(shardBytes < long.MaxValue, File.Exists(Path.Combine(_dir, HfCheckpoint.IndexFile)));
         if (shardBytes < long.MaxValue) Assert.True(Directory.GetFiles(_dir, "model-0000*-of-*.safetensors").Length > 1);
-        using var loaded = ModelLoader.Load(_dir, new RuntimeOptions());
+        using var loaded = ModelSessions.LoadBase(_dir, new RuntimeOptions());
         using var ids = TinyModels.RandomIds(2, 7, c.VocabSize, 1);
         using var a = model.forward(ids);
         using var b = loaded.forward(ids);
@@ -41,8 +42,8 @@ public sealed class HfCheckpointTests : IDisposable
         using var extra = torch.zeros(3);
         w.Add(new("model.layers.0.self_attn.rotary_emb.inv_freq", extra));
         w.Add(new("model.extra.weight", extra));
-        HfCheckpoint.Save(_dir, c with { IntermediateSize = 40 }, w);
-        var e = Assert.Throws<InvalidDataException>(() => ModelLoader.Load(_dir, new RuntimeOptions()));
+        ModelFolder.Save(_dir, c with { IntermediateSize = 40 }, w);
+        var e = Assert.Throws<UserInputException>(() => ModelSessions.LoadBase(_dir, new RuntimeOptions()));
         Assert.Contains("missing (1): model.norm.weight", e.Message);
         Assert.Contains("unexpected (1): model.extra.weight", e.Message);
         Assert.Contains("model.layers.0.mlp.up_proj.weight: stored [48, 32], config.json implies [40, 32]", e.Message);
@@ -53,7 +54,7 @@ public sealed class HfCheckpointTests : IDisposable
     {
         File.WriteAllText(Path.Combine(_dir, "config.json"), TinyModels.Config().ToJson());
         File.WriteAllBytes(Path.Combine(_dir, "pytorch_model.bin"), new byte[] { 0x80, 0x02 });
-        var e = Assert.Throws<InvalidDataException>(() => HfCheckpoint.Open(_dir));
+        var e = Assert.Throws<UserInputException>(() => HfCheckpoint.Open(_dir));
         Assert.Contains("pytorch_model.bin", e.Message);
         Assert.Contains("never loaded", e.Message);
         Assert.Contains("safe_serialization=True", e.Message);
@@ -64,7 +65,7 @@ public sealed class HfCheckpointTests : IDisposable
     {
         var c = TinyModels.Config();
         using var model = TinyModels.Build(c);
-        HfCheckpoint.Save(_dir, c, Weights(model), 20_000);
+        ModelFolder.Save(_dir, c, Weights(model), 20_000);
         var shard = Directory.GetFiles(_dir, "model-00002-of-*.safetensors").Single();
         File.Delete(shard);
         var e = Assert.Throws<FileNotFoundException>(() => HfCheckpoint.Open(_dir));
@@ -78,8 +79,8 @@ public sealed class HfCheckpointTests : IDisposable
         using var model = TinyModels.Build(c);
         var w = Weights(model).ToList();
         w.Add(new("lm_head.weight", model.BaseParameters()["model.embed_tokens.weight"]));
-        HfCheckpoint.Save(_dir, c, w);
-        using var loaded = ModelLoader.Load(_dir, new RuntimeOptions());
+        ModelFolder.Save(_dir, c, w);
+        using var loaded = ModelSessions.LoadBase(_dir, new RuntimeOptions());
         Assert.Contains("no such folder", Assert.Throws<DirectoryNotFoundException>(() => HfCheckpoint.Open(Path.Combine(_dir, "nope"))).Message);
     }
 }

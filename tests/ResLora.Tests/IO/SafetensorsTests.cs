@@ -80,7 +80,7 @@ public sealed class SafetensorsTests : IDisposable
     public void MalformedHeaders_NameTheFileTheTensorAndTheProblem(string header, int dataBytes, string expected)
     {
         string p = WithHeader(header, dataBytes);
-        var e = Assert.Throws<InvalidDataException>(() => SafetensorsFile.Open(p));
+        var e = Assert.Throws<UserInputException>(() => SafetensorsFile.Open(p));
         Assert.Contains(p, e.Message);
         Assert.Contains(expected, e.Message);
     }
@@ -90,9 +90,9 @@ public sealed class SafetensorsTests : IDisposable
     {
         string p = Path.Combine(_dir, "t.safetensors");
         File.WriteAllBytes(p, new byte[] { 1, 2, 3 });
-        Assert.Contains("shorter than the 8-byte", Assert.Throws<InvalidDataException>(() => SafetensorsFile.Open(p)).Message);
+        Assert.Contains("shorter than the 8-byte", Assert.Throws<UserInputException>(() => SafetensorsFile.Open(p)).Message);
         File.WriteAllBytes(p, BitConverter.GetBytes(1_000_000UL));
-        Assert.Contains("runs past the end", Assert.Throws<InvalidDataException>(() => SafetensorsFile.Open(p)).Message);
+        Assert.Contains("runs past the end", Assert.Throws<UserInputException>(() => SafetensorsFile.Open(p)).Message);
     }
 
     [Fact]
@@ -100,8 +100,8 @@ public sealed class SafetensorsTests : IDisposable
     {
         string p = Path.Combine(_dir, "w.safetensors");
         using var x = torch.zeros(2);
-        Assert.Throws<ArgumentException>(() => SafetensorsWriter.Write(p, new[] { new KeyValuePair<string, Tensor>("__metadata__", x) }));
-        Assert.Throws<ArgumentException>(() => SafetensorsWriter.Write(p, new[] { new KeyValuePair<string, Tensor>("a", x), new KeyValuePair<string, Tensor>("a", x) }));
+        Assert.Throws<UserInputException>(() => SafetensorsWriter.Write(p, new[] { new KeyValuePair<string, Tensor>("__metadata__", x) }));
+        Assert.Throws<UserInputException>(() => SafetensorsWriter.Write(p, new[] { new KeyValuePair<string, Tensor>("a", x), new KeyValuePair<string, Tensor>("a", x) }));
         Assert.False(File.Exists(p));
         Assert.Empty(Directory.GetFiles(_dir));
     }
@@ -154,7 +154,7 @@ public sealed class SafetensorsFuzzTests : IDisposable
                 }
                 loaded++;
             }
-            catch (InvalidDataException e)
+            catch (UserInputException e)
             {
                 Assert.Contains(p, e.Message);
                 refused++;

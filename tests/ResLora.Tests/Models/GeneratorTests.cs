@@ -71,9 +71,9 @@ public sealed class GeneratorTests
     {
         var c = TinyModels.Config();
         using var model = TinyModels.Build(c);
-        Assert.Contains("--temperature", Assert.Throws<ArgumentException>(() => TextGenerator.Generate(model, Prompt, new GenerationOptions { Temperature = -1 })).Message);
-        Assert.Contains("--top-p", Assert.Throws<ArgumentException>(() => TextGenerator.Generate(model, Prompt, new GenerationOptions { TopP = 0 })).Message);
-        Assert.Contains("vocab", Assert.Throws<ArgumentException>(() => TextGenerator.Generate(model, new[] { 1, 999 }, new GenerationOptions())).Message);
-        Assert.Contains("max_position_embeddings", Assert.Throws<ArgumentException>(() => TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 500 })).Message);
+        Assert.Contains("--temperature", Assert.Throws<UserInputException>(() => TextGenerator.Generate(model, Prompt, new GenerationOptions { Temperature = -1 })).Message);
+        Assert.Contains("--top-p", Assert.Throws<UserInputException>(() => TextGenerator.Generate(model, Prompt, new GenerationOptions { TopP = 0 })).Message);
+        Assert.Contains("vocab", Assert.Throws<UserInputException>(() => TextGenerator.Generate(model, new[] { 1, 999 }, new GenerationOptions())).Message);
+        Assert.Contains("max_position_embeddings", Assert.Throws<UserInputException>(() => TextGenerator.Generate(model, Prompt, new GenerationOptions { MaxNewTokens = 500 })).Message);
     }
 }

@@ -1,3 +1,4 @@
+using ResLora.Pipelines;
 using ResLora.IO;
 using ResLora.Models;
 using ResLora.Quantization;
@@ -63,7 +64,7 @@ public sealed class RotationTests : IDisposable
     {
         string dir = Path.Combine(_dir, $"m{seed}");
         using var m = TinyModels.Build(c, seed);
-        HfCheckpoint.Save(dir, c, m.BaseParameters().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)));
+        ModelFolder.Save(dir, c, m.BaseParameters().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)));
         return dir;
     }
 
@@ -77,8 +78,8 @@ public sealed class RotationTests : IDisposable
         string src = SaveTiny(c, 5), dst = Path.Combine(_dir, "rot");
         var warnings = RoLoraRotation.RotateFolder(src, dst, seed: 3);
         Assert.Empty(warnings);
-        using var a = ModelLoader.Load(src, new RuntimeOptions());
-        using var b = ModelLoader.Load(dst, new RuntimeOptions());
+        using var a = ModelSessions.LoadBase(src, new RuntimeOptions());
+        using var b = ModelSessions.LoadBase(dst, new RuntimeOptions());
         Assert.NotNull(RotationRecord.FromConfig(b.Config));
         Assert.False(b.Config.TieWordEmbeddings);
         using var ids = TinyModels.RandomIds(2, 9, c.VocabSize, 1);
@@ -96,15 +97,15 @@ public sealed class RotationTests : IDisposable
         var c = TinyModels.Config() with { IntermediateSize = 48 };
         string src = SaveTiny(c, 6), dst = Path.Combine(_dir, "rot");
         RoLoraRotation.RotateFolder(src, dst, seed: 3);
-        using var a = ModelLoader.Load(src, new RuntimeOptions());
-        using var b = ModelLoader.Load(dst, new RuntimeOptions());
+        using var a = ModelSessions.LoadBase(src, new RuntimeOptions());
+        using var b = ModelSessions.LoadBase(dst, new RuntimeOptions());
         using var ids = TinyModels.RandomIds(1, 7, c.VocabSize, 2);
         using var la = a.forward(ids);
         foreach (var layer in b.Layers) layer.Mlp.DownProjInputTransform = null; // forget R4's online half
         using var lb = b.forward(ids);
         Assert.True((la - lb).abs().max().item<float>() > 1e-2);
         // Rotating a second time is refused: the record in config.json guards it.
-        Assert.Throws<InvalidOperationException>(() => RoLoraRotation.RotateFolder(dst, Path.Combine(_dir, "twice"), seed: 4));
+        Assert.Throws<UserInputException>(() => RoLoraRotation.RotateFolder(dst, Path.Combine(_dir, "twice"), seed: 4));
     }
 }
 
@@ -120,10 +121,10 @@ public sealed class OutlierPlantingTests : IDisposable
         var c = TinyModels.Config();
         string src = Path.Combine(_dir, "m"), dst = Path.Combine(_dir, "p");
         using (var m = TinyModels.Build(c, 3))
-            HfCheckpoint.Save(src, c, m.BaseParameters().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)));
+            ModelFolder.Save(src, c, m.BaseParameters().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)));
         OutlierPlanting.PlantFolder(src, dst, 2, 50, 1);
-        using var a = ModelLoader.Load(src, new RuntimeOptions());
-        using var b = ModelLoader.Load(dst, new RuntimeOptions());
+        using var a = ModelSessions.LoadBase(src, new RuntimeOptions());
+        using var b = ModelSessions.LoadBase(dst, new RuntimeOptions());
         using var ids = TinyModels.RandomIds(2, 8, c.VocabSize, 4);
         using var la = a.forward(ids);
         using var lb = b.forward(ids);

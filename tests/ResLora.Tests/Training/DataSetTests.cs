@@ -42,10 +42,10 @@ public sealed class DataSetTests : IDisposable
     public void MissingField_NamesRecordAndField()
     {
         var p = Write("c.jsonl", "{\"prompt\":\"a\",\"completion\":\"b\"}\n{\"prompt\":\"a\"}\n");
-        var e = Assert.Throws<InvalidDataException>(() => DataSet.Load(p));
+        var e = Assert.Throws<UserInputException>(() => DataSet.Load(p));
         Assert.Contains("record 2", e.Message);
         Assert.Contains("'completion'", e.Message);
-        var t = Assert.Throws<InvalidDataException>(() => DataSet.Load(p, new DataTemplates("{prompt}", "{answer}")));
+        var t = Assert.Throws<UserInputException>(() => DataSet.Load(p, new DataTemplates("{prompt}", "{answer}")));
         Assert.Contains("'answer'", t.Message);
         Assert.Contains("record 1", t.Message);
     }
@@ -54,10 +54,10 @@ public sealed class DataSetTests : IDisposable
     public void BadFiles_GetClearErrors()
     {
         Assert.Contains("not found", Assert.Throws<FileNotFoundException>(() => DataSet.Load(Path.Combine(_dir, "none.jsonl"))).Message);
-        Assert.Contains("empty", Assert.Throws<InvalidDataException>(() => DataSet.Load(Write("e.jsonl", "\n\n"))).Message);
-        Assert.Contains("line 2", Assert.Throws<InvalidDataException>(() => DataSet.Load(Write("f.jsonl", "{\"text\":\"a\"}\n{oops\n"))).Message);
-        Assert.Contains("unknown record shape", Assert.Throws<InvalidDataException>(() => DataSet.Load(Write("g.jsonl", "{\"q\":1}\n"))).Message);
-        Assert.Contains("--completion-template", Assert.Throws<ArgumentException>(() => DataSet.Load(Write("h.jsonl", "{\"q\":1}\n"), new DataTemplates("{q}", null))).Message);
+        Assert.Contains("empty", Assert.Throws<UserInputException>(() => DataSet.Load(Write("e.jsonl", "\n\n"))).Message);
+        Assert.Contains("line 2", Assert.Throws<UserInputException>(() => DataSet.Load(Write("f.jsonl", "{\"text\":\"a\"}\n{oops\n"))).Message);
+        Assert.Contains("unknown record shape", Assert.Throws<UserInputException>(() => DataSet.Load(Write("g.jsonl", "{\"q\":1}\n"))).Message);
+        Assert.Contains("--completion-template", Assert.Throws<UserInputException>(() => DataSet.Load(Write("h.jsonl", "{\"q\":1}\n"), new DataTemplates("{q}", null))).Message);
     }
 
     [Fact]
@@ -126,7 +126,7 @@ public sealed class DataSetTests : IDisposable
             Assert.Equal(seen[i], bt.InputIds.data<long>().ToArray());
         }
         var c = new ShuffledBatchSource(ex.Take(6).ToList(), 3, 0, seed: 9);
-        Assert.Contains("--data", Assert.Throws<InvalidDataException>(() => c.RestorePosition(pos!)).Message);
+        Assert.Contains("--data", Assert.Throws<UserInputException>(() => c.RestorePosition(pos!)).Message);
     }
 
     [Fact]

@@ -58,12 +58,14 @@ public sealed class TrainLoopTests : IDisposable
     {
         using var model = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 5);
         var o = new TrainOptions { Steps = 120, BatchSize = 16, LearningRate = 3e-3, WarmupSteps = 10, LogEvery = 10, EvalGenerateExamples = 20, MaxNewTokens = 3 };
-        var summary = TrainLoop.Run(Spec(model, _dir, o));
+        var finished = new FinishRecorder();
+        var summary = TrainLoop.Run(Spec(model, _dir, o), finished);
         double first = summary.Curve[0].Loss;
         Assert.True(summary.FinalTrainLoss < 0.3 * first, $"loss {first} → {summary.FinalTrainLoss}");
         Assert.True(summary.FinalEvalAccuracy > 0.5, $"accuracy {summary.FinalEvalAccuracy}");
-        Assert.True(File.Exists(Path.Combine(_dir, TrainLoop.PlotFile)));
-        Assert.True(new FileInfo(Path.Combine(_dir, TrainLoop.PlotFile)).Length > 1000);
+        Assert.Same(summary, finished.Summary); // the observer gets the finished run (the CLI plots it)
+        Assert.Equal(_dir, finished.OutDir);
+        Assert.Equal(12, finished.Summary!.Curve.Count);
         Assert.Contains("\"final_eval_accuracy\"", File.ReadAllText(Path.Combine(_dir, TrainLoop.SummaryFile)));
         var lines = File.ReadAllLines(Path.Combine(_dir, TrainLoop.MetricsFile));
         Assert.Equal(12, lines.Count(l => l.Contains("\"loss\"")));
@@ -96,5 +98,12 @@ public sealed class TrainLoopTests : IDisposable
         Assert.Equal(whole.Curve.Select(c => c.Loss), resumed.Curve.Select(c => c.Loss));
         Assert.Equal(whole.FinalEvalLoss, resumed.FinalEvalLoss);
         Assert.Equal(12, File.ReadAllLines(Path.Combine(b, TrainLoop.MetricsFile)).Count(l => l.Contains("\"loss\"")));
+    }
+
+    private sealed class FinishRecorder : ITrainObserver
+    {
+        public TrainSummary? Summary;
+        public string? OutDir;
+        public void OnFinish(TrainSummary summary, string outDir) => (Summary, OutDir) = (summary, outDir);
     }
 }

@@ -28,10 +28,10 @@ public sealed record AdaLoraConfig : AdapterConfigBase
     public override void Validate()
     {
         base.Validate();
-        if (TotalStep is not > 0) throw new ArgumentException("adapter_config.json: AdaLoRA needs 'total_step' > 0 (the training steps); it sets the budget schedule.");
-        if (!(TInit < TotalStep - TFinal)) throw new ArgumentException($"adapter_config.json: 'tinit' ({TInit}) must be below total_step − tfinal ({TotalStep - TFinal}).");
-        if (InitR < 1 || TargetR < 0 || TargetR > InitR) throw new ArgumentException($"adapter_config.json: need 0 ≤ target_r ({TargetR}) ≤ init_r ({InitR}) and init_r ≥ 1.");
-        if (DeltaT < 1) throw new ArgumentException($"adapter_config.json: 'deltaT' must be at least 1, got {DeltaT}.");
+        if (TotalStep is not > 0) throw new UserInputException("adapter_config.json: AdaLoRA needs 'total_step' > 0 (the training steps); it sets the budget schedule.");
+        if (!(TInit < TotalStep - TFinal)) throw new UserInputException($"adapter_config.json: 'tinit' ({TInit}) must be below total_step − tfinal ({TotalStep - TFinal}).");
+        if (InitR < 1 || TargetR < 0 || TargetR > InitR) throw new UserInputException($"adapter_config.json: need 0 ≤ target_r ({TargetR}) ≤ init_r ({InitR}) and init_r ≥ 1.");
+        if (DeltaT < 1) throw new UserInputException($"adapter_config.json: 'deltaT' must be at least 1, got {DeltaT}.");
     }
 
     /// <summary>§3.3 budget at step t: b₀ before tinit, b_T after T − tfinal, cubic decay between.</summary>
@@ -69,7 +69,7 @@ public sealed class AdaLoraLinear : MaterializedDeltaLinear
         RegisterComponents();
     }
 
-    public override string Method => "adalora";
+    protected override string MethodName => "AdaLoRA";
     public Parameter P => lora_B;
     public Parameter Lambda => lora_E;
     public Parameter Q => lora_A;
@@ -118,12 +118,12 @@ public sealed class AdaLoraLinear : MaterializedDeltaLinear
 
     public override void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state)
     {
-        if (IsMerged) throw new InvalidOperationException($"{Spec.Name}: cannot load adapter weights while merged; call Unmerge() first.");
+        RefuseWhileMerged("load adapter weights");
         int kept = Keep.Count(k => k);
         foreach (var (k, shape) in new[] { ("lora_A", new long[] { kept, lora_A.shape[1] }), ("lora_E", new long[] { kept, 1 }), ("lora_B", new long[] { lora_B.shape[0], kept }) })
         {
-            if (!state.TryGetValue(k, out var t)) throw new InvalidDataException($"{Spec.Name}: adapter tensor '{k}' is missing.");
-            if (!t.shape.SequenceEqual(shape)) throw new InvalidDataException($"{Spec.Name}.{k}: saved shape [{string.Join(", ", t.shape)}] does not match [{string.Join(", ", shape)}] (rank_pattern keeps {kept} of {Keep.Length}).");
+            if (!state.TryGetValue(k, out var t)) throw new UserInputException($"{Spec.Name}: adapter tensor '{k}' is missing.");
+            if (!t.shape.SequenceEqual(shape)) throw new UserInputException($"{Spec.Name}.{k}: saved shape [{string.Join(", ", t.shape)}] does not match [{string.Join(", ", shape)}] (rank_pattern keeps {kept} of {Keep.Length}).");
         }
         using var _ = torch.no_grad();
         using var idx = KeptIndex().cpu();
@@ -152,13 +152,12 @@ public sealed class AdaLoraLayerBuilder : IAdapterLayerBuilder, IExtraLossTerm, 
         _g = g;
     }
 
-    public string Method => "adalora";
     public IReadOnlyList<AdaLoraLinear> Layers => _layers;
 
     public nn.Module<Tensor, Tensor> Build(AdapterTarget t, ScalarType dtype, Device device)
     {
         bool[]? keep = _c.RankPattern is { } rp && rp.TryGetValue(t.Spec.Name + ".lora_E", out var mask) ? mask.ToArray() : null;
-        if (keep is not null && keep.Length != _c.InitR) throw new InvalidDataException($"adapter_config.json: rank_pattern['{t.Spec.Name}.lora_E'] has {keep.Length} entries, init_r is {_c.InitR}.");
+        if (keep is not null && keep.Length != _c.InitR) throw new UserInputException($"adapter_config.json: rank_pattern['{t.Spec.Name}.lora_E'] has {keep.Length} entries, init_r is {_c.InitR}.");
         var l = new AdaLoraLinear(t.Spec, _c.InitR, t.Alpha, _c.LoraDropout, keep, dtype, device, _g);
         _layers.Add(l);
         return l;

@@ -3,7 +3,7 @@ using System.Text.Json.Serialization;
 namespace ResLora.Adapters;
 
 /// <summary>
-/// ResLoRA (arXiv 2402.18039; shared/specs/reslora.md), named by meaning rather than the official code's flag numbers:
+/// ResLoRA (arXiv 2402.18039; docs/specs/reslora.md), named by meaning rather than the official code's flag numbers:
 /// <c>structure</c> is (input-shortcut), bs (block-shortcut) or ms (middle-shortcut); <c>pre_num</c> the previous
 /// blocks bs/ms use (−1 = all); <c>merge</c> how is/ms paths are removed for inference (bs is exact). Saved with
 /// peft_type RESLORA and PEFT's LoRA key names; the window statistics travel in <c>statistics</c>.
@@ -33,7 +33,7 @@ public sealed record ResLoraConfig : AdapterConfigBase
         "is" => ResLoraStructure.InputShortcut,
         "bs" => ResLoraStructure.BlockShortcut,
         "ms" => ResLoraStructure.MiddleShortcut,
-        _ => throw new ArgumentException($"adapter_config.json: 'structure' is '{Structure}'; use is (input-shortcut), bs (block-shortcut) or ms (middle-shortcut)."),
+        _ => throw new UserInputException($"adapter_config.json: 'structure' is '{Structure}'; use is (input-shortcut), bs (block-shortcut) or ms (middle-shortcut)."),
     };
 
     /// <summary>The merge actually used: bs is always exact; "a" is the ms A-merge (same as bw for ms).</summary>
@@ -44,7 +44,7 @@ public sealed record ResLoraConfig : AdapterConfigBase
         (_, "bi" or "auto") => ResLoraMergeKind.Bi,
         (_, "bw") => ResLoraMergeKind.Bw,
         (ResLoraStructure.MiddleShortcut, "a") => ResLoraMergeKind.Bw,
-        _ => throw new ArgumentException($"adapter_config.json: 'merge' is '{Merge}'; use bi or bw for structure is, bi, bw or a for ms, or auto (bs merges exactly)."),
+        _ => throw new UserInputException($"adapter_config.json: 'merge' is '{Merge}'; use bi or bw for structure is, bi, bw or a for ms, or auto (bs merges exactly)."),
     };
 
     /// <summary>The merges worth trying for this structure when <c>merge</c> is auto (the one with the smaller measured logit difference wins).</summary>
@@ -62,9 +62,9 @@ public sealed record ResLoraConfig : AdapterConfigBase
         _ = StructureKind;
         _ = MergeKind;
         if (PreNum == 0 && StructureKind != ResLoraStructure.InputShortcut)
-            throw new ArgumentException("adapter_config.json: 'pre_num' is 0, which makes bs/ms plain LoRA; use m ≥ 1 or −1 (all previous blocks).");
-        if (PreNum < -1) throw new ArgumentException($"adapter_config.json: 'pre_num' is {PreNum}; use m ≥ 1 or −1 (all previous blocks).");
-        if (WindowLength < 1) throw new ArgumentException($"adapter_config.json: 'window_length' must be at least 1, got {WindowLength}.");
+            throw new UserInputException("adapter_config.json: 'pre_num' is 0, which makes bs/ms plain LoRA; use m ≥ 1 or −1 (all previous blocks).");
+        if (PreNum < -1) throw new UserInputException($"adapter_config.json: 'pre_num' is {PreNum}; use m ≥ 1 or −1 (all previous blocks).");
+        if (WindowLength < 1) throw new UserInputException($"adapter_config.json: 'window_length' must be at least 1, got {WindowLength}.");
     }
 }
 

@@ -9,7 +9,7 @@ namespace ResLora.Adapters;
 /// type, in layer order, linked only between equal (in, out) shapes), the per-forward context holding the tensors
 /// passed between layers, and the merge coefficients.
 /// </summary>
-public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycle, ITrainingStatistics, IConfigSnapshot
+public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycle, IConfigSnapshot
 {
     private readonly ResLoraConfig _config;
     private readonly Generator? _generator;
@@ -26,7 +26,6 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
         _generator = generator;
     }
 
-    public string Method => "reslora";
     public ResLoraConfig Config => _config;
     public ResLoraStructure Structure => _config.StructureKind;
     public ResLoraMergeKind MergeKind => _config.MergeKind;
@@ -171,9 +170,6 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
     }
 
     /// <summary>Window means and α per module, for adapter_config.json (recomputed now when nothing is merged).</summary>
-    public IReadOnlyDictionary<string, object> ExportStatistics() =>
-        CurrentStatistics().ToDictionary(kv => kv.Key, kv => (object)kv.Value);
-
     public Dictionary<string, ResLoraModuleStatistics> CurrentStatistics()
     {
         var alphas = ComputeAlphas();

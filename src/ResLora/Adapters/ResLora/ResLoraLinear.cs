@@ -11,47 +11,20 @@ namespace ResLora.Adapters;
 /// <see cref="ResLoraLayerBuilder"/> (outside the module tree), so the state dict holds only weight, bias,
 /// lora_A.weight and lora_B.weight.
 /// </summary>
-public sealed class ResLoraLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowRankPair
+public sealed class ResLoraLinear : LowRankLinear
 {
-#pragma warning disable IDE1006 // field names are the PEFT / Hugging Face state-dict keys
-    private readonly Parameter weight;
-    private readonly Parameter? bias;
-    private readonly Linear lora_A;
-    private readonly Linear lora_B;
-#pragma warning restore IDE1006
-
     private readonly ResLoraLayerBuilder _owner;
-    private readonly LoraLayerOptions _options;
     private readonly Queue<double> _inputNorms = new();
     private readonly Queue<double> _middleNorms = new();
-    private Tensor? _mergedDelta;
 
     internal ResLoraLinear(LinearSpec spec, LoraLayerOptions options, ResLoraLayerBuilder owner, ScalarType dtype, Device device, Generator? generator)
-        : base(spec.Name)
+        : base(spec, options, dtype, device, generator) // spec §1: the blocks are ordinary LoRA pairs (A Kaiming-uniform, B zero)
     {
-        LowRank.CheckOptions(spec, options);
-        Spec = spec;
-        _options = options;
         _owner = owner;
-        (weight, bias) = LowRank.CreateBase(spec, dtype, device, generator);
-        AdapterDtype = LowRank.AdapterDtype(dtype);
-        lora_A = nn.Linear(spec.InFeatures, options.R, hasBias: false, device: device, dtype: AdapterDtype);
-        lora_B = nn.Linear(options.R, spec.OutFeatures, hasBias: false, device: device, dtype: AdapterDtype);
-        // Spec §1: the blocks are ordinary LoRA pairs (A Kaiming-uniform, B zero), so training starts from the base model.
-        LowRank.InitFactors(lora_A.weight!, lora_B.weight!, options, generator);
         RegisterComponents();
     }
 
-    public LinearSpec Spec { get; }
-    public string Method => "reslora";
-    public ScalarType AdapterDtype { get; }
-    public Parameter Weight => weight;
-    public Parameter? Bias => bias;
-    public Parameter LoraA => lora_A.weight!;
-    public Parameter LoraB => lora_B.weight!;
-    public double Scaling => _options.Scaling;
-    public bool IsMerged => _mergedDelta is not null;
-    public IReadOnlyList<Parameter> TrainableParameters => new[] { LoraA, LoraB };
+    protected override string MethodName => "ResLoRA";
 
     /// <summary>Position in its chain (0 = chain start) and the previous block, or null at a chain start.</summary>
     public int ChainPosition { get; internal set; }
@@ -124,8 +97,6 @@ public sealed class ResLoraLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowRan
         return scope.MoveToOuter(result);
     }
 
-    private Tensor Drop(Tensor t) => _options.Dropout > 0 && training ? nn.functional.dropout(t, _options.Dropout, true) : t;
-
     /// <summary>§4.2: one Frobenius norm per training forward (float32), window of the last N, zero norms not pushed.</summary>
     private void Record(Queue<double> window, Tensor t)
     {
@@ -146,36 +117,5 @@ public sealed class ResLoraLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowRan
     }
 
     /// <summary>ΔW (out, in), float32, of the configured merge (spec §4): what Merge() adds to W.</summary>
-    public Tensor DeltaWeight() => _owner.DeltaWeight(this);
-
-    public void Merge()
-    {
-        if (IsMerged) throw new InvalidOperationException($"{Spec.Name}: the ResLoRA adapter is already merged; call Unmerge() first.");
-        var d = _owner.DeltaWeight(this).DetachFromDisposeScope();
-        LowRank.AddToWeight(weight, () => d, +1);
-        _mergedDelta = d;
-    }
-
-    public void Unmerge()
-    {
-        if (_mergedDelta is not { } d) throw new InvalidOperationException($"{Spec.Name}: the ResLoRA adapter is not merged; nothing to unmerge.");
-        LowRank.AddToWeight(weight, () => d, -1);
-        d.Dispose();
-        _mergedDelta = null;
-    }
-
-    public IReadOnlyDictionary<string, Tensor> GetAdapterState() =>
-        new Dictionary<string, Tensor> { ["lora_A.weight"] = LoraA, ["lora_B.weight"] = LoraB };
-
-    public void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state)
-    {
-        if (IsMerged) throw new InvalidOperationException($"{Spec.Name}: cannot load adapter weights while merged; call Unmerge() first.");
-        LowRank.CopyState(Spec.Name, GetAdapterState(), state);
-    }
-
-    protected override void Dispose(bool disposing)
-    {
-        if (disposing) _mergedDelta?.Dispose();
-        base.Dispose(disposing);
-    }
+    public override Tensor DeltaWeight() => _owner.DeltaWeight(this);
 }

@@ -27,12 +27,12 @@ internal sealed class BpeModel
         _ignoreMerges = ignoreMerges;
         if (unkToken is not null)
         {
-            if (!vocab.TryGetValue(unkToken, out int u)) throw new InvalidDataException($"{source}: model.unk_token '{unkToken}' is not in the vocabulary.");
+            if (!vocab.TryGetValue(unkToken, out int u)) throw new UserInputException($"{source}: model.unk_token '{unkToken}' is not in the vocabulary.");
             _unkId = u;
         }
         for (int b = 0; b < 256; b++) _byteIds[b] = vocab.TryGetValue($"<0x{b:X2}>", out int id) ? id : -1;
         if (byteFallback && _byteIds.Any(i => i < 0))
-            throw new InvalidDataException($"{source}: model.byte_fallback is true but the vocabulary lacks some <0xXX> byte pieces.");
+            throw new UserInputException($"{source}: model.byte_fallback is true but the vocabulary lacks some <0xXX> byte pieces.");
     }
 
     public void Encode(string word, List<int> output)
@@ -55,7 +55,7 @@ internal sealed class BpeModel
             return;
         }
         if (_unkId is { } u) { ids.Add(u); return; }
-        throw new InvalidDataException($"tokenizer: '{symbol}' is not in the vocabulary and the model has neither byte_fallback nor unk_token.");
+        throw new UserInputException($"tokenizer: '{symbol}' is not in the vocabulary and the model has neither byte_fallback nor unk_token.");
     }
 
     /// <summary>The symbols of <paramref name="word"/> after all merges (characters are whole code points).</summary>

@@ -69,7 +69,7 @@ internal sealed class HfTokenizer
         if (root["decoder"] is JsonObject d) AddDecoder(d);
     }
 
-    private InvalidDataException Bad(string field, string what) => new($"{_source}: '{field}' {what}.");
+    private UserInputException Bad(string field, string what) => new($"{_source}: '{field}' {what}.");
 
     public bool IsSpecial(int id) => _addedById.TryGetValue(id, out var a) && a.Special;
 
@@ -209,7 +209,7 @@ internal sealed class HfTokenizer
                     foreach (var p in parts) { if (o.Count > 0 && o[^1].Match == p.Match) o[^1] = (o[^1].Text + p.Text, p.Match); else o.Add(p); }
                     return o.Select(p => p.Text);
                 }
-            default: throw new InvalidDataException($"tokenizer.json: pre_tokenizer Split behavior '{behavior}' is not supported.");
+            default: throw new UserInputException($"tokenizer.json: pre_tokenizer Split behavior '{behavior}' is not supported.");
         }
     }
 
@@ -272,7 +272,7 @@ internal sealed class HfTokenizer
         var tokens = new List<string>();
         foreach (int id in ids)
         {
-            if (id < 0 || id >= _idToToken.Length || _idToToken[id] is null) throw new ArgumentException($"token id {id} is not in the vocabulary (size {VocabSize}).");
+            if (id < 0 || id >= _idToToken.Length || _idToToken[id] is null) throw new UserInputException($"token id {id} is not in the vocabulary (size {VocabSize}).");
             if (skipSpecial && IsSpecial(id)) continue;
             tokens.Add(_idToToken[id]);
         }

@@ -23,11 +23,11 @@ public static class TokenizerLoader
             JsonObject root;
             try
             {
-                root = JsonNode.Parse(File.ReadAllText(json)) as JsonObject ?? throw new InvalidDataException($"{json}: expected a JSON object.");
+                root = JsonNode.Parse(File.ReadAllText(json)) as JsonObject ?? throw new UserInputException($"{json}: expected a JSON object.");
             }
             catch (JsonException e)
             {
-                throw new InvalidDataException($"{json}: not valid JSON ({e.Message}).", e);
+                throw new UserInputException($"{json}: not valid JSON ({e.Message}).", e);
             }
             var tok = new Tokenizers.HfTokenizer(root, json);
             var (bos, eos, pad, addBos) = Specials(cfg, gen, model, tok.TokenId, DefaultAddBos(root, cfg), json);
@@ -43,7 +43,7 @@ public static class TokenizerLoader
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
-                throw new InvalidDataException($"{spm}: not a readable SentencePiece model ({e.Message}).", e);
+                throw new UserInputException($"{spm}: not a readable SentencePiece model ({e.Message}).", e);
             }
             var (bos, eos, pad, addBos) = Specials(cfg, gen, model, t => sp.Vocabulary.TryGetValue(t, out int id) ? id : null, true, spm);
             bos ??= sp.BeginningOfSentenceId;
@@ -62,7 +62,7 @@ public static class TokenizerLoader
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{path}: not valid JSON ({e.Message}).", e);
+            throw new UserInputException($"{path}: not valid JSON ({e.Message}).", e);
         }
     }
 
@@ -100,7 +100,7 @@ public static class TokenizerLoader
         {
             string? content = TokenContent(cfg?[field]);
             if (content is null) return null;
-            return lookup(content) ?? throw new InvalidDataException($"{source}: tokenizer_config.json names {field} '{content}', which is not in the vocabulary.");
+            return lookup(content) ?? throw new UserInputException($"{source}: tokenizer_config.json names {field} '{content}', which is not in the vocabulary.");
         }
         int? bos = Resolve("bos_token") ?? Ids(gen?["bos_token_id"]).Cast<int?>().FirstOrDefault() ?? Ids(model?["bos_token_id"]).Cast<int?>().FirstOrDefault();
         var eos = new List<int>();

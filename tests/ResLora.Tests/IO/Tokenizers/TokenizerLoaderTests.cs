@@ -203,11 +203,11 @@ public sealed class TokenizerLoaderTests : IDisposable
         string bad = Path.Combine(_dir, "bad");
         Directory.CreateDirectory(bad);
         File.WriteAllText(Path.Combine(bad, "tokenizer.json"), "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}");
-        Assert.Contains("'model.type'", Assert.Throws<InvalidDataException>(() => TokenizerLoader.Load(bad)).Message);
+        Assert.Contains("'model.type'", Assert.Throws<UserInputException>(() => TokenizerLoader.Load(bad)).Message);
         File.WriteAllText(Path.Combine(bad, "tokenizer.json"), "{oops");
-        Assert.Contains("not valid JSON", Assert.Throws<InvalidDataException>(() => TokenizerLoader.Load(bad)).Message);
+        Assert.Contains("not valid JSON", Assert.Throws<UserInputException>(() => TokenizerLoader.Load(bad)).Message);
         File.Delete(Path.Combine(bad, "tokenizer.json"));
         File.WriteAllBytes(Path.Combine(bad, "tokenizer.model"), new byte[] { 1, 2, 3, 4, 5 });
-        Assert.Contains("tokenizer.model", Assert.Throws<InvalidDataException>(() => TokenizerLoader.Load(bad)).Message);
+        Assert.Contains("tokenizer.model", Assert.Throws<UserInputException>(() => TokenizerLoader.Load(bad)).Message);
     }
 }

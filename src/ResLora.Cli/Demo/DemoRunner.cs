@@ -1,0 +1,228 @@
+using ResLora.Plots;
+using ResLora.Pipelines;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using ResLora.Adapters;
+using ResLora.IO;
+using ResLora.Models;
+using ResLora.Training;
+using TorchSharp;
+
+namespace ResLora.Demo;
+
+/// <summary>Settings of <c>reslora demo</c>. <see cref="Quick"/> shrinks everything so CI can run it in well under a minute.</summary>
+public sealed record DemoOptions
+{
+    public bool Quick { get; init; }
+    public string OutDir { get; init; } = "reslora-demo";
+    public string? CacheRoot { get; init; }
+    /// <summary>Methods by label; null = every method this build has (see <see cref="DemoRunner.DefaultMethods"/>).</summary>
+    public IReadOnlyList<string>? Methods { get; init; }
+    public int Steps { get; init; } = 150;
+    public int TrainExamples { get; init; } = 600;
+    public int EvalExamples { get; init; } = 100;
+    public int Rank { get; init; } = 8;
+    /// <summary>The shared default setting every method runs at, and the sweep every method (LoRA included) gets.</summary>
+    public double DefaultLr { get; init; } = 3e-3;
+    public double DefaultAlpha { get; init; } = 16;
+    /// <summary>(lr, alpha) settings besides the default: a larger step size two ways (lr ×2, alpha ×2).</summary>
+    public IReadOnlyList<(double Lr, double Alpha)> Sweep { get; init; } = new[] { (6e-3, 16.0), (3e-3, 32.0) };
+    public long Seed { get; init; } = 7;
+    public RuntimeOptions Runtime { get; init; } = new();
+
+    public static DemoOptions QuickDefaults(string outDir) => new()
+    {
+        Quick = true,
+        OutDir = outDir,
+        Steps = 30,
+        TrainExamples = 96,
+        EvalExamples = 16,
+        Sweep = Array.Empty<(double, double)>(),
+    };
+}
+
+/// <summary>One method at one setting: its run summary and the derived comparison numbers.</summary>
+public sealed record DemoRun(string Label, double Lr, double Alpha, TrainSummary Summary, string AdapterDir)
+{
+    public double EvalLoss => Summary.FinalEvalLoss ?? double.NaN;
+    public double Accuracy => Summary.FinalEvalAccuracy ?? double.NaN;
+}
+
+/// <summary>A row of the demo table: a method at the shared default and at its own best setting.</summary>
+public sealed record DemoRow(string Label, DemoRun Default, DemoRun Best, double LossAtEarlyStep, int EarlyStep, int? StepsToLoraFinal, double MergeMaxDiff, double MergeMeanDiff);
+
+/// <summary>Everything the demo produced.</summary>
+public sealed record DemoResult(string BaseModelDir, double BaseAccuracy, double BaseEvalLoss, IReadOnlyList<DemoRow> Rows, string MergedDir, MergeReport Merge, string SamplePrompt, string SampleAnswer, string SampleReference, double WallSeconds, string ReportPath, string PlotPath);
+
+/// <summary>
+/// The main job: pre-train (once, cached) a small base model on the generated corpus, fine-tune it on the held-out
+/// multiplication problems with every method at the same budget and seed (each with the same small lr × alpha sweep),
+/// then compare, plot, merge the best adapter and answer a question with the merged model.
+/// </summary>
+public static class DemoRunner
+{
+    /// <summary>The contenders every registered method offers for the demo (<see cref="MethodContender.InDemo"/>), in registry order, on all linears.</summary>
+    public static IReadOnlyList<(string Label, MethodSpec Spec)> DefaultMethods(int rank) =>
+        AdapterMethods.Contenders(rank).Where(c => c.InDemo)
+            .Select(c => (c.Label, c.Spec with { Rank = rank, Targets = ModuleTargets.AllLinear }))
+            .ToList();
+
+    public static DemoResult Run(DemoOptions o, ITrainObserver? observer = null, Func<string, ITrainObserver>? runObserver = null)
+    {
+        var clock = Stopwatch.StartNew();
+        observer ??= new Quiet();
+        var methods = DefaultMethods(o.Rank);
+        if (o.Methods is { Count: > 0 } wanted)
+        {
+            var unknown = wanted.Where(w => methods.All(m => m.Label != w)).ToList();
+            if (unknown.Count > 0) throw new UserInputException($"--methods: unknown {string.Join(", ", unknown)}; available: {string.Join(", ", methods.Select(m => m.Label))}.");
+            methods = methods.Where(m => wanted.Contains(m.Label)).ToList();
+            if (methods.All(m => m.Label != "lora")) methods = DefaultMethods(o.Rank).Where(m => m.Label == "lora").Concat(methods).ToList();
+        }
+        string outDir = Path.GetFullPath(o.OutDir);
+        Directory.CreateDirectory(outDir);
+        string runsDir = Path.Combine(outDir, "runs");
+        if (Directory.Exists(runsDir)) Directory.Delete(runsDir, recursive: true);
+        string mergedDir = Path.Combine(outDir, "merged");
+        if (Directory.Exists(mergedDir)) Directory.Delete(mergedDir, recursive: true);
+
+        // 1. The base model (pre-trained once, then cached).
+        var baseSettings = o.Quick ? DemoBaseSettings.Quick : new DemoBaseSettings();
+        string baseDir = DemoBaseModel.Ensure(baseSettings, o.CacheRoot ?? DemoBaseModel.DefaultCacheRoot(), o.Runtime, observer);
+        observer.OnMessage($"base model: {baseDir}");
+
+        // 2. The task, written as ordinary JSONL files a user could pass to `reslora train`.
+        var (train, eval) = DemoCorpus.FinetuneTask(o.TrainExamples, o.EvalExamples, (int)o.Seed);
+        string dataDir = Path.Combine(outDir, "data");
+        string trainPath = Path.Combine(dataDir, "train.jsonl"), evalPath = Path.Combine(dataDir, "eval.jsonl");
+        WriteJsonl(trainPath, train);
+        WriteJsonl(evalPath, eval);
+        var tokenizer = TokenizerLoader.Load(baseDir);
+        var evalExamples = eval.Select(e => new TextExample(e.Prompt, e.Completion)).ToList();
+        EvalResult baseEval;
+        using (var baseModel = ModelSessions.LoadBase(baseDir, o.Runtime))
+            baseEval = Evaluation.Run(baseModel, tokenizer, evalExamples, 128, 16, 4, evalExamples.Count);
+        observer.OnMessage(string.Create(CultureInfo.InvariantCulture, $"base model before fine-tuning: eval loss {baseEval.Loss:0.000}, accuracy {baseEval.Accuracy:P0}"));
+
+        // 3. Every method at every setting of the sweep (the shared default is part of it).
+        var settings = new List<(double Lr, double Alpha)> { (o.DefaultLr, o.DefaultAlpha) };
+        settings.AddRange(o.Sweep.Where(x => x != (o.DefaultLr, o.DefaultAlpha)));
+        var runs = new List<DemoRun>();
+        foreach (var (label, spec) in methods)
+        {
+            foreach (var (lr, alpha) in settings)
+            {
+                string name = string.Create(CultureInfo.InvariantCulture, $"lr{lr:0.####e0}_alpha{alpha:0.##}");
+                string dir = Path.Combine(runsDir, label, name);
+                var req = new FineTuneRequest
+                {
+                    ModelDir = baseDir,
+                    DataPath = trainPath,
+                    EvalDataPath = evalPath,
+                    Method = spec with { Alpha = alpha },
+                    Runtime = o.Runtime,
+                    OutDir = dir,
+                    SeqLen = 128,
+                    Train = new TrainOptions
+                    {
+                        Steps = o.Steps,
+                        BatchSize = 16,
+                        LearningRate = lr,
+                        WarmupSteps = Math.Max(1, o.Steps / 10),
+                        LogEvery = Math.Max(1, o.Steps / 40),
+                        Seed = o.Seed,
+                        EvalGenerateExamples = o.EvalExamples,
+                        MaxNewTokens = 4,
+                        SaveEvery = 0,
+                    },
+                };
+                var summary = FineTuning.Run(req, runObserver?.Invoke($"{label} {name}") ?? new Quiet());
+                runs.Add(new DemoRun(label, lr, alpha, summary, dir));
+                observer.OnMessage(string.Create(CultureInfo.InvariantCulture, $"{label,-11} {name}: eval loss {summary.FinalEvalLoss:0.0000}, accuracy {summary.FinalEvalAccuracy:P0}, {summary.MeanStepSeconds * 1000:0} ms/step"));
+            }
+        }
+
+        // 4. Compare: each method at the shared default and at its own best (lowest eval loss) setting.
+        var loraDefault = runs.First(r => r.Label == "lora" && r.Lr == o.DefaultLr && r.Alpha == o.DefaultAlpha);
+        // The last logged (window-averaged) training loss, not the single last batch: a fair, less noisy target.
+        double loraFinal = loraDefault.Summary.Curve.Count > 0 ? loraDefault.Summary.Curve[^1].Loss : loraDefault.Summary.FinalTrainLoss;
+        int early = Math.Max(1, o.Steps / 4);
+        using var probe = ProbeBatch(tokenizer, evalExamples);
+        var rows = new List<DemoRow>();
+        foreach (var (label, _) in methods)
+        {
+            var mine = runs.Where(r => r.Label == label).ToList();
+            var def = mine.First(r => r.Lr == o.DefaultLr && r.Alpha == o.DefaultAlpha);
+            var best = mine.OrderBy(r => double.IsNaN(r.EvalLoss) ? double.MaxValue : r.EvalLoss).First();
+            double earlyLoss = def.Summary.Curve.Where(c => c.Step <= early).Select(c => c.Loss).DefaultIfEmpty(double.NaN).Last();
+            int? reach = def.Summary.Curve.FirstOrDefault(c => c.Loss <= loraFinal)?.Step;
+            var (maxD, meanD) = MergeDifference(baseDir, best.AdapterDir, o.Runtime, probe);
+            rows.Add(new DemoRow(label, def, best, earlyLoss, early, reach, maxD, meanD));
+        }
+
+        // 5. Plot every method's default-setting curve; merge the best adapter; answer a question with the merged model.
+        string plot = Path.Combine(outDir, "loss.png");
+        LossPlot.Save(plot, rows.Select(r => new LossPlot.Series(r.Label, r.Default.Summary.Curve.Select(c => (c.Step, c.Loss)).ToList(), r.Default.Summary.Evals.Select(e => (e.Step, e.Loss)).ToList())).ToList(),
+            string.Create(CultureInfo.InvariantCulture, $"demo fine-tuning, lr {o.DefaultLr:0.####}, alpha {o.DefaultAlpha}, rank {o.Rank}"));
+        // The adapter to merge and ship: the best accuracy among methods whose merge keeps the model (measured max
+        // |Δlogit| < 0.01). ResLoRA-is/ms merges are approximations that can cost far more than their training gain.
+        var shippable = rows.Where(r => r.MergeMaxDiff < 1e-2).ToList();
+        var winner = (shippable.Count > 0 ? shippable : rows).Select(r => r.Best)
+            .OrderByDescending(r => double.IsNaN(r.Accuracy) ? -1 : r.Accuracy).ThenBy(r => r.EvalLoss).First();
+        var merge = MergePipeline.MergeToFolder(baseDir, winner.AdapterDir, mergedDir, o.Runtime, probe, null, winner.Label is "reslora-is" or "reslora-ms" ? "auto" : null);
+        var sample = eval[0];
+        string answer;
+        using (var merged = ModelSessions.LoadBase(mergedDir, o.Runtime))
+        {
+            var mtok = TokenizerLoader.Load(mergedDir);
+            var ids = new List<int>();
+            if (mtok.AddBosToken && mtok.BosTokenId is { } bos) ids.Add(bos);
+            ids.AddRange(mtok.Encode(sample.Prompt));
+            var outIds = TextGenerator.Generate(merged, ids, new GenerationOptions { MaxNewTokens = 6, EosTokenIds = mtok.EosTokenIds });
+            answer = mtok.Decode(outIds);
+        }
+        string report = Path.Combine(outDir, "report.md");
+        var result = new DemoResult(baseDir, baseEval.Accuracy ?? double.NaN, baseEval.Loss, rows, mergedDir, merge, sample.Prompt, answer, sample.Completion, clock.Elapsed.TotalSeconds, report, plot);
+        AtomicFile.WriteAllText(report, DemoReport.Markdown(result, o, baseSettings));
+        AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), JsonSerializer.Serialize(rows.Select(r => new
+        {
+            method = r.Label,
+            default_setting = new { lr = r.Default.Lr, alpha = r.Default.Alpha, eval_loss = r.Default.EvalLoss, accuracy = r.Default.Accuracy, final_train_loss = r.Default.Summary.FinalTrainLoss, step_seconds = r.Default.Summary.MeanStepSeconds },
+            best_setting = new { lr = r.Best.Lr, alpha = r.Best.Alpha, eval_loss = r.Best.EvalLoss, accuracy = r.Best.Accuracy, final_train_loss = r.Best.Summary.FinalTrainLoss },
+            loss_at_early_step = r.LossAtEarlyStep,
+            early_step = r.EarlyStep,
+            steps_to_lora_final = r.StepsToLoraFinal,
+            merge_max_abs_diff = r.MergeMaxDiff,
+            merge_mean_abs_diff = r.MergeMeanDiff,
+        }), new JsonSerializerOptions { WriteIndented = true }));
+        return result;
+    }
+
+    /// <summary>Largest and mean |merged − unmerged| logit on the probe batch.</summary>
+    public static (double Max, double Mean) MergeDifference(string baseDir, string adapterDir, RuntimeOptions runtime, torch.Tensor probe)
+    {
+        using var model = ModelSessions.LoadWithAdapter(baseDir, adapterDir, runtime);
+        using var noGrad = torch.no_grad();
+        using var before = model.forward(probe);
+        AdapterModel.MergeAll(model);
+        using var after = model.forward(probe);
+        using var d = (after - before).abs();
+        return (d.max().item<float>(), d.mean().item<float>());
+    }
+
+    private static torch.Tensor ProbeBatch(ITextTokenizer tok, IReadOnlyList<TextExample> eval)
+    {
+        var ids = new List<long>();
+        if (tok.AddBosToken && tok.BosTokenId is { } bos) ids.Add(bos);
+        ids.AddRange(tok.Encode(eval[0].Prompt + eval[0].Completion).Select(i => (long)i));
+        return torch.tensor(ids.ToArray()).unsqueeze(0);
+    }
+
+    private static void WriteJsonl(string path, IEnumerable<DemoExample> items) =>
+        AtomicFile.WriteAllText(path, string.Concat(items.Select(e => JsonSerializer.Serialize(new { prompt = e.Prompt, completion = e.Completion }) + "\n")));
+
+    private sealed class Quiet : ITrainObserver
+    {
+    }
+}

@@ -1,0 +1,113 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
+using ResLora.IO.Json;
+
+namespace ResLora.Adapters;
+
+/// <summary>
+/// Fields every PEFT adapter config shares (peft-format.md §2.2, §2.3), with PEFT's JSON names and defaults.
+/// A method adds a sealed record deriving from this with its own <see cref="PeftType"/> and extra fields; its
+/// <see cref="AdapterMethod"/> descriptor names the record type so <see cref="AdapterConfigJson"/> can read it.
+/// </summary>
+public abstract record AdapterConfigBase
+{
+    /// <summary>PEFT's <c>peft_type</c> ("LORA", ...): the key <see cref="AdapterMethods"/> dispatches on.</summary>
+    [JsonPropertyName("peft_type")] public abstract string PeftType { get; }
+
+    [JsonPropertyName("r")] public int R { get; init; } = 8;
+    [JsonPropertyName("lora_alpha")] public double LoraAlpha { get; init; } = 8;
+    [JsonPropertyName("lora_dropout")] public double LoraDropout { get; init; }
+    [JsonPropertyName("target_modules")] public ModuleTargets? TargetModules { get; init; }
+    [JsonPropertyName("exclude_modules")] public ModuleTargets? ExcludeModules { get; init; }
+    [JsonPropertyName("rank_pattern")] public Dictionary<string, int> RankPattern { get; init; } = new();
+    [JsonPropertyName("alpha_pattern")] public Dictionary<string, double> AlphaPattern { get; init; } = new();
+    [JsonPropertyName("task_type")] public string? TaskType { get; init; } = "CAUSAL_LM";
+    [JsonPropertyName("base_model_name_or_path")] public string? BaseModelNameOrPath { get; init; }
+    [JsonPropertyName("revision")] public string? Revision { get; init; }
+    [JsonPropertyName("inference_mode")] public bool InferenceMode { get; init; }
+    [JsonPropertyName("init_lora_weights")] public LoraInit InitLoraWeights { get; init; } = LoraInit.Default;
+    [JsonPropertyName("use_rslora")] public bool UseRslora { get; init; }
+    /// <summary>Decoder-layer indices to adapt (int or list); null = all. Matched against <see cref="LinearSpec.LayerIndex"/>.</summary>
+    [JsonPropertyName("layers_to_transform")][JsonConverter(typeof(IntOrIntListConverter))] public IReadOnlyList<int>? LayersToTransform { get; init; }
+    /// <summary>Kept for PEFT round-trips; our layer index comes from <see cref="LinearSpec.LayerIndex"/>.</summary>
+    [JsonPropertyName("layers_pattern")] public JsonNode? LayersPattern { get; init; }
+    [JsonPropertyName("peft_version")] public string? PeftVersion { get; init; }
+
+    /// <summary>The same targets and LoRA hyperparameters as a plain LoRA config (RefLoRA and RoLoRA train LoRA layers).</summary>
+    public LoraConfig AsLora() => new()
+    {
+        R = R,
+        LoraAlpha = LoraAlpha,
+        LoraDropout = LoraDropout,
+        TargetModules = TargetModules,
+        ExcludeModules = ExcludeModules,
+        RankPattern = RankPattern,
+        AlphaPattern = AlphaPattern,
+        InitLoraWeights = InitLoraWeights,
+        UseRslora = UseRslora,
+        LayersToTransform = LayersToTransform,
+    };
+
+    /// <summary>The method (or named variant) as the command line says it: lora, dora, reslora, reflora-s, ...</summary>
+    [JsonIgnore] public abstract string Method { get; }
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid field and how to fix it.</summary>
+    public virtual void Validate()
+    {
+        if (R <= 0) throw Bad("r", R, "must be a positive rank, e.g. 8");
+        if (!(LoraAlpha > 0) || double.IsInfinity(LoraAlpha)) throw Bad("lora_alpha", LoraAlpha, "must be a positive finite number, e.g. 16");
+        if (!(LoraDropout >= 0 && LoraDropout < 1)) throw Bad("lora_dropout", LoraDropout, "must be in [0, 1)");
+        if (TargetModules is null) throw Bad("target_modules", "null", "set a list of module names (e.g. [\"q_proj\",\"v_proj\"]), a regex string, or \"all-linear\"");
+        TargetModules.Validate("target_modules");
+        ExcludeModules?.Validate("exclude_modules");
+        if (ExcludeModules is { IsAllLinear: true }) throw Bad("exclude_modules", "all-linear", "\"all-linear\" is only meaningful for target_modules");
+        foreach (var (k, v) in RankPattern)
+        {
+            ModuleTargets.CheckRegex(k, "rank_pattern");
+            if (v <= 0) throw Bad($"rank_pattern[\"{k}\"]", v, "must be a positive rank");
+        }
+        foreach (var (k, v) in AlphaPattern)
+        {
+            ModuleTargets.CheckRegex(k, "alpha_pattern");
+            if (!(v > 0) || double.IsInfinity(v)) throw Bad($"alpha_pattern[\"{k}\"]", v, "must be a positive finite number");
+        }
+        if (LayersToTransform is { } l && l.Any(i => i < 0)) throw Bad("layers_to_transform", string.Join(",", l), "layer indices must be ≥ 0");
+    }
+
+    protected static UserInputException Bad(string field, object? value, string fix) =>
+        new($"adapter config field '{field}' = {value}: {fix}.");
+}
+
+/// <summary>PEFT's <c>init_lora_weights</c>: <c>true</c> (Kaiming-uniform A, zero B), <c>"gaussian"</c> (A ~ N(0, 1/r), zero B), <c>false</c> (both random).</summary>
+[JsonConverter(typeof(LoraInitConverter))]
+public enum LoraInit
+{
+    Default,
+    Gaussian,
+    Random,
+}
+
+/// <summary>Reads/writes <see cref="LoraInit"/> as PEFT spells it: true, false or "gaussian".</summary>
+internal sealed class LoraInitConverter : JsonConverter<LoraInit>
+{
+    public override LoraInit Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => reader.TokenType switch
+    {
+        JsonTokenType.True => LoraInit.Default,
+        JsonTokenType.False => LoraInit.Random,
+        JsonTokenType.String when reader.GetString() == "gaussian" => LoraInit.Gaussian,
+        JsonTokenType.String => throw new JsonException(
+            $"init_lora_weights = \"{reader.GetString()}\" is not supported (data-driven/base-mutating inits such as pissa, olora, loftq, eva, corda are not implemented); use true, false or \"gaussian\"."),
+        _ => throw new JsonException($"init_lora_weights must be true, false or \"gaussian\", found {reader.TokenType}."),
+    };
+
+    public override void Write(Utf8JsonWriter writer, LoraInit value, JsonSerializerOptions options)
+    {
+        switch (value)
+        {
+            case LoraInit.Default: writer.WriteBooleanValue(true); break;
+            case LoraInit.Random: writer.WriteBooleanValue(false); break;
+            default: writer.WriteStringValue("gaussian"); break;
+        }
+    }
+}

@@ -1,0 +1,185 @@
+using System.Text;
+using ResLora.IO;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ResLora.Adapters;
+
+/// <summary>
+/// What <see cref="AdapterFolder.Load"/> read: the config, non-fatal warnings (unknown config fields), and the adapter
+/// tensors (float32, CPU) by Hugging Face module path, then by PEFT parameter suffix (<c>lora_A.weight</c>, ...).
+/// Owns the tensors: dispose when done.
+/// </summary>
+public sealed class AdapterFolderContents : IDisposable
+{
+    internal AdapterFolderContents(string directory, AdapterConfigBase config, IReadOnlyList<string> warnings,
+        IReadOnlyDictionary<string, IReadOnlyDictionary<string, Tensor>> tensors)
+    {
+        Directory = directory;
+        Config = config;
+        Warnings = warnings;
+        Tensors = tensors;
+    }
+
+    public string Directory { get; }
+    public AdapterConfigBase Config { get; }
+    public IReadOnlyList<string> Warnings { get; }
+    public IReadOnlyDictionary<string, IReadOnlyDictionary<string, Tensor>> Tensors { get; }
+
+    public void Dispose()
+    {
+        foreach (var m in Tensors.Values)
+            foreach (var t in m.Values) t.Dispose();
+    }
+}
+
+/// <summary>
+/// PEFT adapter folders (peft-format.md §2.1–2.5): <c>adapter_config.json</c> + <c>adapter_model.safetensors</c> with keys
+/// <c>base_model.model.&lt;module path&gt;.lora_A.weight</c> etc.
+/// </summary>
+public static class AdapterFolder
+{
+    public const string ConfigFileName = "adapter_config.json";
+    public const string WeightsFileName = "adapter_model.safetensors";
+    public const string KeyPrefix = "base_model.model.";
+    public const string DefaultAdapterName = "default";
+
+    /// <summary>Test hook (per thread): runs after the weights file is written, before the config file is.</summary>
+    [ThreadStatic] internal static Action<string>? BeforeCommit;
+
+    /// <summary>
+    /// Writes the adapter into <paramref name="dir"/> (created if needed; other files in it are kept): first the weights,
+    /// then the config, each atomically (temp file, flush, rename), so a crash leaves the previous pair or a complete new
+    /// weights file beside the previous config, never a torn file or a missing folder. Tensors are written as float32,
+    /// metadata {"format":"pt"}; the config is written with inference_mode forced to true, as PEFT does (§2.2).
+    /// </summary>
+    public static void Save(string dir, AdapterConfigBase config, IReadOnlyDictionary<string, IAdapter> adapters)
+    {
+        config.Validate();
+        if (adapters.Count == 0) throw new UserInputException($"{dir}: no adapters to save (the model has no adapter layers; check target_modules).");
+        var layerTypes = AdapterMethods.For(config).LayerTypes(config);
+        var tensors = new List<KeyValuePair<string, Tensor>>();
+        using var scope = torch.NewDisposeScope();
+        foreach (var (path, a) in adapters.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        {
+            if (a.Spec.Name != path) throw new UserInputException($"{dir}: adapter registered under '{path}' is for module '{a.Spec.Name}'; key the dictionary by IAdapter.Spec.Name.");
+            if (!layerTypes.Contains(a.GetType()))
+                throw new ArgumentException($"{dir}: module '{path}' holds a {a.GetType().Name} but the config describes a {config.Method} adapter ({string.Join(" or ", layerTypes.Select(t => t.Name))}); save with the config the model was built from.");
+            foreach (var (suffix, t) in a.GetAdapterState())
+                tensors.Add(new(KeyPrefix + path + "." + suffix, t.detach().to_type(ScalarType.Float32).cpu().contiguous().clone()));
+        }
+        string json = AdapterConfigJson.Serialize(config with { InferenceMode = true });
+        void WritePair(string into)
+        {
+            SafetensorsWriter.Write(Path.Combine(into, WeightsFileName), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+            BeforeCommit?.Invoke(into);
+            AtomicFile.WriteAllText(Path.Combine(into, ConfigFileName), json);
+        }
+        // A new folder appears whole; an existing one (a training run's --out) gets each file replaced atomically.
+        if (Directory.Exists(dir)) WritePair(dir);
+        else AtomicFolder.Write(dir, WritePair, flag: "adapter folder");
+    }
+
+    /// <summary>Saves every adapter found in <paramref name="model"/>.</summary>
+    public static void Save(string dir, AdapterConfigBase config, nn.Module model) => Save(dir, config, AdapterModel.ByModulePath(model));
+
+    /// <summary>
+    /// Reads a PEFT adapter folder. Accepts F32/F16/BF16 tensors (returned as float32), keys with or without the
+    /// <c>base_model.model.</c> prefix and with or without PEFT's adapter name (<c>.lora_A.default.weight</c>).
+    /// </summary>
+    public static AdapterFolderContents Load(string dir, string adapterName = DefaultAdapterName)
+    {
+        string configPath = Path.Combine(dir, ConfigFileName);
+        string weightsPath = Path.Combine(dir, WeightsFileName);
+        if (!File.Exists(configPath)) throw new FileNotFoundException($"{configPath}: not found; an adapter folder needs {ConfigFileName} and {WeightsFileName}.", configPath);
+        if (!File.Exists(weightsPath))
+        {
+            string bin = Path.Combine(dir, "adapter_model.bin");
+            throw new FileNotFoundException(File.Exists(bin)
+                ? $"{weightsPath}: not found, only the pickle file {bin}, which cannot be read safely; convert it in Python with PeftModel.from_pretrained(...).save_pretrained(dir, safe_serialization=True)."
+                : $"{weightsPath}: not found; an adapter folder needs {ConfigFileName} and {WeightsFileName}.", weightsPath);
+        }
+        var (config, warnings) = AdapterConfigJson.Parse(File.ReadAllText(configPath), configPath);
+        var byModule = new Dictionary<string, Dictionary<string, Tensor>>(StringComparer.Ordinal);
+        var origin = new Dictionary<(string, string), string>();
+        try
+        {
+            using var file = SafetensorsFile.Open(weightsPath);
+            foreach (var e in file.Entries)
+            {
+                if (e.Dtype is not ("F32" or "F16" or "BF16"))
+                    throw new UserInputException($"{weightsPath}: tensor '{e.Name}' has dtype {e.Dtype}; adapter tensors must be F32, F16 or BF16.");
+                var (module, param) = SplitKey(e.Name, adapterName, weightsPath);
+                if (origin.TryGetValue((module, param), out var first))
+                    throw new UserInputException($"{weightsPath}: keys '{first}' and '{e.Name}' both name {module}.{param}; remove one.");
+                origin[(module, param)] = e.Name;
+                if (!byModule.TryGetValue(module, out var m)) byModule[module] = m = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+                m[param] = file.Load(e.Name, ScalarType.Float32);
+            }
+        }
+        catch
+        {
+            foreach (var m in byModule.Values) foreach (var t in m.Values) t.Dispose();
+            throw;
+        }
+        return new AdapterFolderContents(dir, config, warnings,
+            byModule.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, Tensor>)kv.Value, StringComparer.Ordinal));
+    }
+
+    /// <summary>
+    /// Copies loaded tensors into the model's adapters (keyed by module path). Tensors for a module without an adapter,
+    /// adapters without tensors, and shape mismatches are errors naming the key and the shapes.
+    /// </summary>
+    public static void Apply(AdapterFolderContents contents, IReadOnlyDictionary<string, IAdapter> adapters)
+    {
+        string file = Path.Combine(contents.Directory, WeightsFileName);
+        foreach (var (module, state) in contents.Tensors)
+        {
+            if (!adapters.TryGetValue(module, out var a))
+            {
+                string known = string.Join(", ", adapters.Keys.OrderBy(k => k, StringComparer.Ordinal).Take(6)) + (adapters.Count > 6 ? ", ..." : "");
+                throw new UserInputException($"{file}: key '{KeyPrefix}{module}.{state.Keys.First()}' is for module '{module}', which has no adapter in this model (adapted modules: {(known.Length == 0 ? "none" : known)}); check target_modules and the base model.");
+            }
+            var own = a.GetAdapterState();
+            foreach (var (param, t) in state)
+                if (own.TryGetValue(param, out var live) && !live.shape.SequenceEqual(t.shape))
+                    throw new UserInputException($"{file}: key '{KeyPrefix}{module}.{param}' has shape [{string.Join(", ", t.shape)}] but the model's tensor is [{string.Join(", ", live.shape)}]; check r / rank_pattern in {ConfigFileName}.");
+            try { a.LoadAdapterState(state); }
+            catch (UserInputException e) { throw new UserInputException($"{file}: {e.Message}", e); }
+        }
+        foreach (var module in adapters.Keys)
+            if (!contents.Tensors.ContainsKey(module))
+                throw new UserInputException($"{file}: has no tensors for module '{module}', which this model adapts; the folder was saved for a different target_modules.");
+    }
+
+    /// <summary>Loads a folder into a model built from a matching config; returns the config warnings.</summary>
+    public static IReadOnlyList<string> LoadInto(string dir, nn.Module model, string adapterName = DefaultAdapterName)
+    {
+        using var contents = Load(dir, adapterName);
+        Apply(contents, AdapterModel.ByModulePath(model));
+        return contents.Warnings;
+    }
+
+    /// <summary>
+    /// Splits a PEFT tensor key into (module path, parameter suffix), inverse of the save naming (§2.4), on whole
+    /// segments: optional <c>base_model.model.</c> prefix; then the module path up to the first segment starting with a
+    /// registered parameter prefix; the adapter name is removed when it is the segment after the parameter name;
+    /// <c>lora_magnitude_vector.weight</c> becomes <c>lora_magnitude_vector</c>.
+    /// </summary>
+    public static (string ModulePath, string Param) SplitKey(string key, string adapterName = DefaultAdapterName, string file = "")
+    {
+        string k = key.StartsWith(KeyPrefix, StringComparison.Ordinal) ? key[KeyPrefix.Length..] : key;
+        string[] seg = k.Split('.');
+        var prefixes = AdapterMethods.ParameterPrefixes;
+        int i = Array.FindIndex(seg, 1, s => prefixes.Any(p => s.StartsWith(p, StringComparison.Ordinal)));
+        if (i < 1)
+            throw new UserInputException($"{file}: key '{key}' is not an adapter tensor (no segment starting with {string.Join("/", prefixes)} after a module path); only adapter weights are supported (bias='none', no modules_to_save).");
+        var rest = seg.Skip(i + 1).ToList();
+        if (rest.Count > 0 && rest[0] == adapterName) rest.RemoveAt(0);
+        if (rest.Count > 1 || (rest.Count == 1 && rest[0] is not ("weight" or "bias")))
+            throw new UserInputException($"{file}: key '{key}' does not end in <param>[.{adapterName}][.weight|.bias]; tensors of other adapters are not supported (load with the adapter name they were saved under).");
+        string param = rest.Count == 0 ? seg[i] : seg[i] + "." + rest[0];
+        if (param == "lora_magnitude_vector.weight") param = "lora_magnitude_vector";
+        return (string.Join('.', seg.Take(i)), param);
+    }
+}

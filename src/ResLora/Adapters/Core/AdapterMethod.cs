@@ -1,0 +1,158 @@
+using ResLora.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ResLora.Adapters;
+
+/// <summary>A method's own typed options (ResLoRA's structure, RefLoRA's warm-up, ...). Each method defines one record.</summary>
+public abstract record MethodOptions;
+
+/// <summary>
+/// A method and its hyperparameters as the command line, the demo and the benchmarks name them: the hyperparameters
+/// every LoRA-family method shares, plus the method's own typed <see cref="Options"/>.
+/// </summary>
+public sealed record MethodSpec
+{
+    /// <summary>A method name (lora, reslora, ...) or one of its named variants (dora, reslora-bs, reflora-s).</summary>
+    public string Method { get; init; } = "lora";
+    public int Rank { get; init; } = 8;
+    public double Alpha { get; init; } = 16;
+    public double Dropout { get; init; }
+    public ModuleTargets Targets { get; init; } = ModuleTargets.List("q_proj", "v_proj");
+    public ModuleTargets? Exclude { get; init; }
+    public bool UseRslora { get; init; }
+
+    /// <summary>The method's own options; null = the defaults of the method or of the named variant.</summary>
+    public MethodOptions? Options { get; init; }
+
+    /// <summary>RefLoRA's refactoring composed with any method whose layers are low-rank pairs (<c>--refactor</c>); null = none.</summary>
+    public RefLoraOptions? Refactor { get; init; }
+
+    /// <summary>Optimizer steps of the run, for methods whose schedule depends on it (AdaLoRA's rank budget); 0 = unknown.</summary>
+    public int TotalSteps { get; init; }
+}
+
+/// <summary>
+/// One command-line flag of a method, typed: the CLI makes an option of <see cref="ValueType"/> from it and hands the
+/// parsed value back through <see cref="Apply"/>; the library never parses strings of its own options.
+/// </summary>
+public abstract record MethodFlag(string Name, string Description)
+{
+    public abstract Type ValueType { get; }
+
+    /// <summary>The options with this flag's value set; <paramref name="value"/> is of <see cref="ValueType"/>.</summary>
+    public abstract MethodOptions Apply(MethodOptions options, object value);
+}
+
+/// <summary>A flag whose value of type <typeparamref name="T"/> sets a field of <typeparamref name="TOptions"/>.</summary>
+public sealed record MethodFlag<TOptions, T>(string Name, string Description, Func<TOptions, T, TOptions> Set) : MethodFlag(Name, Description)
+    where TOptions : MethodOptions
+{
+    public override Type ValueType => typeof(T);
+    public override MethodOptions Apply(MethodOptions options, object value) => Set((TOptions)options, (T)value);
+}
+
+/// <summary>A named variant of a method (dora, reslora-bs, reflora-s): the method with preset options.</summary>
+public sealed record MethodVariant(string Name, MethodOptions Options, string Description);
+
+/// <summary>A labelled configuration the demo and the benchmarks compare (every method contributes its own).</summary>
+public sealed record MethodContender(string Label, MethodSpec Spec, bool InDemo = true);
+
+/// <summary>What building a method for a run gives: its config, plus what training needs besides the layers.</summary>
+public sealed record MethodSetup(AdapterConfigBase Config)
+{
+    /// <summary>Objects built from the loaded model that the trainer or the saver use (step hooks, folder notes).</summary>
+    public Func<nn.Module, IEnumerable<object>>? TrainingExtras { get; init; }
+
+    /// <summary>A transform of the base model before training (RoLoRA's rotation): (model folder, output folder) → (folder to train on, final config).</summary>
+    public Func<string, string, (string ModelDir, AdapterConfigBase Config)>? PrepareBase { get; init; }
+}
+
+/// <summary>
+/// Everything the library knows about one adapter method, in one place: its names, the PEFT type and config record it
+/// reads and writes, its parameter-name prefixes, its typed options and flags, how it builds its layers and what it
+/// adds to training, loading and merging. One subclass per method, in the method's folder, listed once in
+/// <see cref="AdapterMethods"/>; the CLI, the adapter folder, merge, the demo, the bench and the contract tests read it.
+/// </summary>
+public abstract class AdapterMethod
+{
+    /// <summary>The command-line name (lora, reslora, ...).</summary>
+    public abstract string Name { get; }
+
+    /// <summary>One line for <c>--help</c> and docs.</summary>
+    public abstract string Description { get; }
+
+    /// <summary>PEFT's <c>peft_type</c> of <see cref="ConfigType"/> (LORA, ...).</summary>
+    public abstract string PeftType { get; }
+
+    /// <summary>The config record adapter_config.json is read into for <see cref="PeftType"/>.</summary>
+    public abstract Type ConfigType { get; }
+
+    /// <summary>How the names of this method's saved tensors start (lora_, hada_, ...): where a PEFT key's module path ends.</summary>
+    public abstract IReadOnlyList<string> ParameterPrefixes { get; }
+
+    /// <summary>The method's options with nothing set (null for a method without options).</summary>
+    public virtual MethodOptions? DefaultOptions => null;
+
+    /// <summary>The flags that set <see cref="DefaultOptions"/>' fields.</summary>
+    public virtual IReadOnlyList<MethodFlag> Flags => Array.Empty<MethodFlag>();
+
+    /// <summary>Named variants, accepted wherever a method name is (<c>--method reslora-bs</c>).</summary>
+    public virtual IReadOnlyList<MethodVariant> Variants => Array.Empty<MethodVariant>();
+
+    /// <summary>The method's config (validated) and training-time extras for a run described by <paramref name="spec"/>, whose options are this method's.</summary>
+    public abstract MethodSetup Build(MethodSpec spec, MethodOptions? options);
+
+    /// <summary>The layer type(s) <see cref="CreateBuilder"/> builds for <paramref name="config"/> (what a saved adapter must hold).</summary>
+    public abstract IReadOnlyList<Type> LayerTypes(AdapterConfigBase config);
+
+    /// <summary>The layer builder for a config of <see cref="ConfigType"/> (validated first).</summary>
+    public abstract IAdapterLayerBuilder CreateBuilder(AdapterConfigBase config, Generator? generator);
+
+    /// <summary>What the demo and the bench compare for this method (default: the method and each variant).</summary>
+    public virtual IEnumerable<MethodContender> Contenders(int rank)
+    {
+        if (Variants.Count == 0) yield return new MethodContender(Name, new MethodSpec { Method = Name, Rank = rank });
+        else
+        {
+            if (!Variants.Any(v => v.Name == Name)) yield return new MethodContender(Name, new MethodSpec { Method = Name, Rank = rank });
+            foreach (var v in Variants) yield return new MethodContender(v.Name, new MethodSpec { Method = v.Name, Rank = rank });
+        }
+    }
+
+    /// <summary>Refuses a base model the adapter cannot be used on (RoLoRA: a differently rotated base). Default: any.</summary>
+    public virtual void CheckBase(AdapterConfigBase config, ModelConfig model, string where)
+    {
+    }
+
+    /// <summary>
+    /// The configs to try when merging (ResLoRA: one per merge kind; <paramref name="requested"/> = <c>--merge</c>, "auto"
+    /// or null for the saved choice). More than one means: measure each, keep the closest. Default: the config itself.
+    /// </summary>
+    public virtual IReadOnlyList<(string? Label, AdapterConfigBase Config)> MergeCandidates(AdapterConfigBase config, string? requested)
+    {
+        if (requested is not null) throw new UserInputException($"--merge chooses how ResLoRA's residual paths are merged; this is a {config.Method} adapter, which merges one way only. Drop --merge.");
+        return new (string?, AdapterConfigBase)[] { (null, config) };
+    }
+
+    /// <summary>Checks the config type, validates it and returns it typed.</summary>
+    protected T Checked<T>(AdapterConfigBase config) where T : AdapterConfigBase
+    {
+        if (config is not T t) throw new UserInputException($"method {Name} builds from a {typeof(T).Name}, not a {config.GetType().Name}.");
+        t.Validate();
+        return t;
+    }
+
+    /// <summary>Options of the expected type, or the defaults.</summary>
+    protected T OptionsOr<T>(MethodOptions? options, T defaults) where T : MethodOptions =>
+        options switch
+        {
+            null => defaults,
+            T t => t,
+            _ => throw new UserInputException($"method {Name} takes {typeof(T).Name}, not {options.GetType().Name}."),
+        };
+
+    /// <summary>The hyperparameters every LoRA-family config shares, from the spec.</summary>
+    protected static T WithCommon<T>(T config, MethodSpec s) where T : AdapterConfigBase =>
+        (T)(config with { R = s.Rank, LoraAlpha = s.Alpha, LoraDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude, UseRslora = s.UseRslora });
+}

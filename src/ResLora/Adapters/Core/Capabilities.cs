@@ -1,0 +1,46 @@
+using static TorchSharp.torch;
+
+namespace ResLora.Adapters;
+
+/// <summary>Capability: an extra loss term the trainer adds to the task loss every step (AdaLoRA's orthogonality penalty).</summary>
+public interface IExtraLossTerm
+{
+    /// <summary>A scalar tensor connected to the trainable parameters; the trainer adds it to the loss.</summary>
+    Tensor ExtraLoss();
+}
+
+/// <summary>Capability: hooks around the optimizer step (RefLoRA's preconditioning and rebalancing, AdaLoRA's allocator).</summary>
+public interface IOptimizerStepHook
+{
+    /// <summary>After backward (gradients are final, clipping done), before <c>optimizer.step()</c>.</summary>
+    void BeforeOptimizerStep(OptimizerStepContext context);
+
+    /// <summary>After <c>optimizer.step()</c>.</summary>
+    void AfterOptimizerStep(OptimizerStepContext context);
+}
+
+/// <summary>What a step hook may see: the global step (1-based, counted in optimizer steps) and the optimizer.</summary>
+public sealed record OptimizerStepContext(int Step, int TotalSteps, optim.Optimizer Optimizer);
+
+/// <summary>Capability of a layer builder whose saved config carries training state (ResLoRA's window statistics, AdaLoRA's masks).</summary>
+public interface IConfigSnapshot
+{
+    /// <summary>The config to write into adapter_config.json now.</summary>
+    AdapterConfigBase SnapshotConfig();
+}
+
+/// <summary>Capability of a builder or training extra that writes a note file beside the adapter (what training did that the config cannot say).</summary>
+public interface IAdapterFolderNote
+{
+    (string FileName, string Json) Note();
+}
+
+/// <summary>
+/// Capability of an adapter whose initial state depends on the base weight (DoRA's magnitude = row norms of W₀).
+/// The model builds layers before the checkpoint is loaded, so call <see cref="AdapterModel.OnBaseWeightsLoaded"/>
+/// after loading base weights and before training a freshly initialised adapter (not after loading a saved one).
+/// </summary>
+public interface IBaseWeightDependent
+{
+    void OnBaseWeightsLoaded();
+}

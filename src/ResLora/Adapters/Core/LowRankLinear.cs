@@ -1,0 +1,224 @@
+using ResLora.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace ResLora.Adapters;
+
+/// <summary>
+/// The low-rank component that LoRA, DoRA, ResLoRA and RefLoRA (and RoLoRA, which trains LoRA layers) share: the frozen
+/// base projection (<c>weight</c> (out, in), <c>bias</c>), the pair A = <c>lora_A.weight</c> (r, in) and
+/// B = <c>lora_B.weight</c> (out, r) in PEFT's orientation with PEFT's inits (peft-format.md §3.1), the scaling
+/// s = α/r (α/√r with rsLoRA), the adapter dtype, dropout on the adapter input, merge guards with a bit-exact unmerge,
+/// and the state-dict get/load. A layer adds only its forward and its ΔW (and any parameters of its own).
+/// One abstract base, not a chain: the field names below are the Hugging Face / PEFT state-dict keys, which
+/// TorchSharp registers from fields, so they must live on the module class.
+/// </summary>
+public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowRankPair
+{
+#pragma warning disable IDE1006 // field names are the PEFT / Hugging Face state-dict keys
+    protected readonly Parameter weight;
+    protected readonly Parameter? bias;
+    protected readonly Linear lora_A;
+    protected readonly Linear lora_B;
+#pragma warning restore IDE1006
+
+    private readonly MergeState _merge = new();
+
+    protected LowRankLinear(LinearSpec spec, LoraLayerOptions options, ScalarType dtype, Device device, Generator? generator)
+        : base(spec.Name)
+    {
+        LowRank.CheckOptions(spec, options);
+        Spec = spec;
+        Options = options;
+        (weight, bias) = LowRank.CreateBase(spec, dtype, device, generator);
+        AdapterDtype = LowRank.AdapterDtype(dtype);
+        lora_A = nn.Linear(spec.InFeatures, options.R, hasBias: false, device: device, dtype: AdapterDtype);
+        lora_B = nn.Linear(options.R, spec.OutFeatures, hasBias: false, device: device, dtype: AdapterDtype);
+        LowRank.InitFactors(lora_A.weight!, lora_B.weight!, options, generator);
+    }
+
+    public LinearSpec Spec { get; }
+    public LoraLayerOptions Options { get; }
+
+    /// <summary>dtype of A and B: float32 for fp16/bf16 bases (PEFT's autocast_adapter_dtype, §2.5), else the base dtype.</summary>
+    public ScalarType AdapterDtype { get; }
+
+    public Parameter Weight => weight;
+    public Parameter? Bias => bias;
+    public Parameter LoraA => lora_A.weight!;
+    public Parameter LoraB => lora_B.weight!;
+    public double Scaling => Options.Scaling;
+    public bool IsMerged => _merge.IsMerged;
+    public virtual IReadOnlyList<Parameter> TrainableParameters => new[] { LoraA, LoraB };
+
+    /// <summary>ΔW (out, in), float32, detached: what <see cref="Merge"/> adds to W₀.</summary>
+    public abstract Tensor DeltaWeight();
+
+    /// <summary>The method's name in error messages (LoRA, DoRA, ResLoRA).</summary>
+    protected abstract string MethodName { get; }
+
+    public void Merge() => _merge.Merge(weight, DeltaWeight, Spec.Name, MethodName);
+
+    public void Unmerge() => _merge.Unmerge(weight, Spec.Name, MethodName);
+
+    public virtual IReadOnlyDictionary<string, Tensor> GetAdapterState() =>
+        new Dictionary<string, Tensor> { ["lora_A.weight"] = LoraA, ["lora_B.weight"] = LoraB };
+
+    public void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state)
+    {
+        _merge.RefuseWhileMerged(Spec.Name, "load adapter weights");
+        LowRank.CopyState(Spec.Name, GetAdapterState(), state);
+    }
+
+    /// <summary>W₀ x + b: the frozen projection (the merged one once merged).</summary>
+    protected Tensor BaseForward(Tensor x) => nn.functional.linear(x, weight, bias);
+
+    /// <summary>§3.1: the input cast to the adapter dtype, with dropout on the adapter path only (training).</summary>
+    protected Tensor AdapterInput(Tensor x) => Drop(x.to_type(AdapterDtype));
+
+    protected Tensor Drop(Tensor t) => Options.Dropout > 0 && training ? nn.functional.dropout(t, Options.Dropout, true) : t;
+
+    /// <summary>W₀ in float32: the weight before merging, also while merged (for ΔW formulas that read W₀, e.g. DoRA).</summary>
+    protected Tensor BaseWeight32() => _merge.OriginalWeight32(weight);
+
+    /// <summary>B·A in float32, (out, in).</summary>
+    protected Tensor ProductBA() => LowRank.Product(LoraB, LoraA);
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _merge.Dispose();
+        base.Dispose(disposing);
+    }
+}
+
+/// <summary>
+/// Merge bookkeeping every adapter layer shares: a second merge is refused, ΔW is added in float32, and the weight
+/// before merging is kept so that unmerge restores it bit for bit (W + ΔW − ΔW is not W in floating point).
+/// The copy costs the adapted weights' size while merged.
+/// </summary>
+public sealed class MergeState : IDisposable
+{
+    private Tensor? _original;
+
+    public bool IsMerged => _original is not null;
+
+    public void Merge(Parameter weight, Func<Tensor> delta, string module, string method)
+    {
+        if (IsMerged) throw new InvalidOperationException($"{module}: the {method} adapter is already merged; call Unmerge() first.");
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        Tensor d = delta();
+        Tensor original = weight.detach().clone();
+        weight.detach().copy_(weight.detach().to_type(ScalarType.Float32).add(d));
+        _original = original.DetachFromDisposeScope();
+    }
+
+    public void Unmerge(Parameter weight, string module, string method)
+    {
+        if (_original is not { } o) throw new InvalidOperationException($"{module}: the {method} adapter is not merged; nothing to unmerge.");
+        using (torch.no_grad()) weight.detach().copy_(o);
+        o.Dispose();
+        _original = null;
+    }
+
+    /// <summary>The weight before merging in float32 (the live weight when not merged); a new tensor.</summary>
+    public Tensor OriginalWeight32(Parameter weight) => (_original ?? weight).detach().to_type(ScalarType.Float32);
+
+    public void RefuseWhileMerged(string module, string what)
+    {
+        if (IsMerged) throw new InvalidOperationException($"{module}: cannot {what} while merged; call Unmerge() first.");
+    }
+
+    public void Dispose()
+    {
+        _original?.Dispose();
+        _original = null;
+    }
+}
+
+/// <summary>Code shared by the LoRA-family layers (base creation, PEFT inits, merge arithmetic, state copies).</summary>
+internal static class LowRank
+{
+    internal static void CheckOptions(LinearSpec spec, LoraLayerOptions o)
+    {
+        if (o.R <= 0) throw new UserInputException($"{spec.Name}: rank r = {o.R} must be positive (config field 'r' or 'rank_pattern').");
+        if (!(o.Alpha > 0)) throw new UserInputException($"{spec.Name}: lora_alpha = {o.Alpha} must be positive (config field 'lora_alpha' or 'alpha_pattern').");
+        if (!(o.Dropout >= 0 && o.Dropout < 1)) throw new UserInputException($"{spec.Name}: lora_dropout = {o.Dropout} must be in [0, 1).");
+        if (spec.InFeatures <= 0 || spec.OutFeatures <= 0) throw new UserInputException($"{spec.Name}: in/out features ({spec.InFeatures}, {spec.OutFeatures}) must be positive.");
+    }
+
+    internal static ScalarType AdapterDtype(ScalarType baseDtype) =>
+        baseDtype is ScalarType.Float16 or ScalarType.BFloat16 ? ScalarType.Float32 : baseDtype;
+
+    /// <summary>
+    /// Frozen base weight (out, in) and bias (out), initialised like nn.Linear (U(±1/√in)) so a standalone layer is
+    /// non-trivial; the model loader overwrites them with the checkpoint.
+    /// </summary>
+    internal static (Parameter Weight, Parameter? Bias) CreateBase(LinearSpec spec, ScalarType dtype, Device device, Generator? g)
+    {
+        using var _ = torch.no_grad();
+        double bound = 1.0 / Math.Sqrt(spec.InFeatures);
+        var w = new Parameter(Uniform(new long[] { spec.OutFeatures, spec.InFeatures }, bound, dtype, device, g), requires_grad: false);
+        Parameter? b = spec.HasBias ? new Parameter(Uniform(new long[] { spec.OutFeatures }, bound, dtype, device, g), requires_grad: false) : null;
+        return (w, b);
+    }
+
+    /// <summary>
+    /// PEFT's init_lora_weights (§3.1): true → A Kaiming-uniform with a = √5, i.e. U(−1/√in, 1/√in), B = 0;
+    /// "gaussian" → A ~ N(0, σ = 1/r), B = 0; false → A as true, B also Kaiming-uniform (U(−1/√r, 1/√r)), so ΔW ≠ 0.
+    /// </summary>
+    internal static void InitFactors(Tensor a, Tensor b, LoraLayerOptions o, Generator? g)
+    {
+        using var _ = torch.no_grad();
+        long inFeatures = a.shape[1], r = a.shape[0];
+        switch (o.Init)
+        {
+            case LoraInit.Gaussian:
+                using (var t = torch.randn(a.shape, dtype: ScalarType.Float32, generator: g)) a.copy_(t.mul(1.0 / r));
+                b.zero_();
+                break;
+            case LoraInit.Random:
+                using (var t = Uniform(a.shape, 1.0 / Math.Sqrt(inFeatures), ScalarType.Float32, CPU, g)) a.copy_(t);
+                using (var t = Uniform(b.shape, 1.0 / Math.Sqrt(r), ScalarType.Float32, CPU, g)) b.copy_(t);
+                break;
+            default:
+                using (var t = Uniform(a.shape, 1.0 / Math.Sqrt(inFeatures), ScalarType.Float32, CPU, g)) a.copy_(t);
+                b.zero_();
+                break;
+        }
+    }
+
+    /// <summary>U(−bound, bound) of the given shape; drawn in float32 on CPU for device-independent reproducibility.</summary>
+    internal static Tensor Uniform(long[] shape, double bound, ScalarType dtype, Device device, Generator? g)
+    {
+        using var u = torch.rand(shape, dtype: ScalarType.Float32, generator: g);
+        using var s = u.mul(2 * bound).sub_(bound);
+        return s.to(dtype, device);
+    }
+
+    /// <summary>B·A in float32: (out, r)·(r, in) → (out, in).</summary>
+    internal static Tensor Product(Tensor b, Tensor a)
+    {
+        using var b32 = b.detach().to_type(ScalarType.Float32);
+        using var a32 = a.detach().to_type(ScalarType.Float32);
+        return b32.matmul(a32);
+    }
+
+    /// <summary>Copies <paramref name="source"/> into the live tensors of <paramref name="target"/>; missing, extra or mis-shaped keys are errors.</summary>
+    internal static void CopyState(string module, IReadOnlyDictionary<string, Tensor> target, IReadOnlyDictionary<string, Tensor> source)
+    {
+        foreach (var k in source.Keys)
+            if (!target.ContainsKey(k))
+                throw new UserInputException($"{module}: unexpected adapter tensor '{k}'; this layer has {string.Join(", ", target.Keys)}.");
+        foreach (var (k, t) in target)
+        {
+            if (!source.TryGetValue(k, out var s))
+                throw new UserInputException($"{module}: adapter tensor '{k}' is missing (expected shape [{string.Join(", ", t.shape)}]).");
+            if (!s.shape.SequenceEqual(t.shape))
+                throw new UserInputException($"{module}.{k}: saved shape [{string.Join(", ", s.shape)}] does not match the layer's [{string.Join(", ", t.shape)}]; check r / rank_pattern in adapter_config.json.");
+        }
+        using var _ = torch.no_grad();
+        foreach (var (k, t) in target) t.detach().copy_(source[k]);
+    }
+}

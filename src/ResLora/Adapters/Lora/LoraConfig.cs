@@ -1,0 +1,44 @@
+using System.Text.Json.Serialization;
+using ResLora.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ResLora.Adapters;
+
+/// <summary>PEFT's <c>LoraConfig</c> (peft-format.md §2.3); <c>use_dora</c> switches the layer to DoRA (§3.2).</summary>
+public sealed record LoraConfig : AdapterConfigBase
+{
+    [JsonPropertyName("peft_type")] public override string PeftType => "LORA";
+
+    [JsonPropertyName("use_dora")] public bool UseDora { get; init; }
+
+    [JsonIgnore] public override string Method => UseDora ? "dora" : "lora";
+}
+
+/// <summary>Options shared by LoRA and DoRA layers, resolved from a config for one module.</summary>
+public sealed record LoraLayerOptions(int R, double Alpha, double Dropout = 0, bool UseRslora = false, LoraInit Init = LoraInit.Default)
+{
+    /// <summary>§3.1: s = α/r, or α/√r with rsLoRA.</summary>
+    public double Scaling => UseRslora ? Alpha / Math.Sqrt(R) : Alpha / R;
+}
+
+/// <summary>Builds <see cref="LoraLinear"/> or <see cref="DoraLinear"/> for each targeted projection.</summary>
+public sealed class LoraLayerBuilder : IAdapterLayerBuilder
+{
+    private readonly LoraConfig _config;
+    private readonly Generator? _generator;
+
+    public LoraLayerBuilder(LoraConfig config, Generator? generator = null)
+    {
+        _config = config;
+        _generator = generator;
+    }
+
+    public nn.Module<Tensor, Tensor> Build(AdapterTarget target, ScalarType dtype, Device device)
+    {
+        var o = new LoraLayerOptions(target.R, target.Alpha, _config.LoraDropout, _config.UseRslora, _config.InitLoraWeights);
+        return _config.UseDora
+            ? new DoraLinear(target.Spec, o, dtype, device, _generator)
+            : new LoraLinear(target.Spec, o, dtype, device, _generator);
+    }
+}

@@ -1,0 +1,92 @@
+using ResLora.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace ResLora.Adapters;
+
+/// <summary>
+/// The common body of LoHa and LoKr layers: ΔW is materialised each forward (no B(Ax) shortcut exists for a Hadamard or
+/// Kronecker product) and applied as y = W₀x + b + ΔW x, with PEFT's rank dropout (rows of ΔW, rescaled) and module
+/// dropout (skip the adapter) in training only.
+/// </summary>
+public abstract class MaterializedDeltaLinear : nn.Module<Tensor, Tensor>, IAdapter
+{
+#pragma warning disable IDE1006 // state-dict keys
+    protected readonly Parameter weight;
+    protected readonly Parameter? bias;
+#pragma warning restore IDE1006
+    private readonly double _rankDropout, _moduleDropout;
+    private readonly bool _rescaleRankDropout;
+    private readonly MergeState _merge = new();
+
+    protected MaterializedDeltaLinear(LinearSpec spec, double rankDropout, double moduleDropout, bool rescale, ScalarType dtype, Device device, Generator? g) : base(spec.Name)
+    {
+        Spec = spec;
+        (weight, bias) = LowRank.CreateBase(spec, dtype, device, g);
+        _rankDropout = rankDropout;
+        _moduleDropout = moduleDropout;
+        _rescaleRankDropout = rescale;
+    }
+
+    public LinearSpec Spec { get; }
+    /// <summary>The method's name in error messages (LoHa, LoKr, AdaLoRA).</summary>
+    protected abstract string MethodName { get; }
+    public Parameter Weight => weight;
+    public Parameter? Bias => bias;
+    public bool IsMerged => _merge.IsMerged;
+    public abstract IReadOnlyList<Parameter> TrainableParameters { get; }
+    public abstract double Scaling { get; }
+
+    /// <summary>ΔW (out, in) in the adapter dtype, with gradients (no scaling by dropout).</summary>
+    protected abstract Tensor Delta();
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = torch.NewDisposeScope();
+        var y = nn.functional.linear(x, weight, bias);
+        if (IsMerged) return scope.MoveToOuter(y);
+        if (training && _moduleDropout > 0 && Random.Shared.NextDouble() < _moduleDropout) return scope.MoveToOuter(y);
+        var d = Delta() * Scaling;
+        if (training && _rankDropout > 0)
+        {
+            var keep = (torch.rand(d.shape[0], 1, device: d.device) > _rankDropout).to_type(d.dtype);
+            d = d * keep;
+            if (_rescaleRankDropout) d = d / (1 - _rankDropout);
+        }
+        return scope.MoveToOuter(y + nn.functional.linear(x.to_type(d.dtype), d).to_type(y.dtype));
+    }
+
+    public Tensor DeltaWeight()
+    {
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        return scope.MoveToOuter((Delta() * Scaling).to_type(ScalarType.Float32));
+    }
+
+    public void Merge() => _merge.Merge(weight, DeltaWeight, Spec.Name, MethodName);
+
+    public void Unmerge() => _merge.Unmerge(weight, Spec.Name, MethodName);
+
+    public abstract IReadOnlyDictionary<string, Tensor> GetAdapterState();
+
+    public virtual void LoadAdapterState(IReadOnlyDictionary<string, Tensor> state)
+    {
+        RefuseWhileMerged("load adapter weights");
+        LowRank.CopyState(Spec.Name, GetAdapterState(), state);
+    }
+
+    protected void RefuseWhileMerged(string what) => _merge.RefuseWhileMerged(Spec.Name, what);
+
+    /// <summary>Kaiming-uniform with a = √5 on a (rows, cols) matrix: U(±1/√cols), as nn.Linear / PEFT's reset.</summary>
+    protected static Parameter Kaiming(long rows, long cols, ScalarType dtype, Device device, Generator? g) =>
+        new(LowRank.Uniform(new[] { rows, cols }, 1.0 / Math.Sqrt(cols), dtype, device, g));
+
+    protected static Parameter Zeros(long rows, long cols, ScalarType dtype, Device device) => new(torch.zeros(rows, cols, dtype: dtype, device: device));
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _merge.Dispose();
+        base.Dispose(disposing);
+    }
+}

@@ -1,0 +1,73 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ResLora.Adapters;
+
+/// <summary>
+/// ResLoRA's options: <c>structure</c> is (input-shortcut), bs (block-shortcut) or ms (middle-shortcut); <c>pre_num</c>
+/// the previous blocks bs/ms use (m ≥ 1, or −1 for all; null = 1 for is, −1 for bs/ms); <c>merge</c> how is/ms
+/// paths are merged away (bi, bw, a, auto; bs merges exactly).
+/// </summary>
+public sealed record ResLoraOptions(string Structure = "is", int? PreNum = null, string Merge = "bi") : MethodOptions;
+
+/// <summary>ResLoRA (arXiv 2402.18039; docs/specs/reslora.md): residual paths between LoRA blocks, merged away for inference.</summary>
+public sealed class ResLoraMethod : AdapterMethod
+{
+    public override string Name => "reslora";
+    public override string Description => "ResLoRA: LoRA blocks with residual paths to the previous layers' blocks (Shi et al. 2024), merged away for inference.";
+    public override string PeftType => "RESLORA";
+    public override Type ConfigType => typeof(ResLoraConfig);
+    public override IReadOnlyList<string> ParameterPrefixes => new[] { "lora_" };
+    public override MethodOptions DefaultOptions => new ResLoraOptions();
+
+    public override IReadOnlyList<MethodFlag> Flags => new MethodFlag[]
+    {
+        new MethodFlag<ResLoraOptions, string>("--structure", "ResLoRA: is (input-shortcut, default), bs (block-shortcut) or ms (middle-shortcut).", (o, v) => o with { Structure = v.Trim().ToLowerInvariant() }),
+        new MethodFlag<ResLoraOptions, int>("--pre-num", "ResLoRA bs/ms: previous blocks used (m ≥ 1, or -1 for all; default -1 for bs/ms, 1 for is).", (o, v) => o with { PreNum = v }),
+        new MethodFlag<ResLoraOptions, string>("--merge", "ResLoRA: how is/ms paths are merged away: bi (input norms, default), bw (weight norms; for ms the A-merge, also called a), auto. bs merges exactly.", (o, v) => o with { Merge = v.Trim().ToLowerInvariant() }),
+    };
+
+    public override IReadOnlyList<MethodVariant> Variants => new[]
+    {
+        new MethodVariant("reslora-is", new ResLoraOptions("is"), "ResLoRA input-shortcut (pre_num 1)."),
+        new MethodVariant("reslora-bs", new ResLoraOptions("bs", -1), "ResLoRA block-shortcut over all previous blocks (merges exactly)."),
+        new MethodVariant("reslora-ms", new ResLoraOptions("ms", -1), "ResLoRA middle-shortcut over all previous blocks."),
+    };
+
+    /// <summary>The three structures; bare "reslora" is reslora-is.</summary>
+    public override IEnumerable<MethodContender> Contenders(int rank) =>
+        Variants.Select(v => new MethodContender(v.Name, new MethodSpec { Method = v.Name, Rank = rank }));
+
+    public override MethodSetup Build(MethodSpec spec, MethodOptions? options)
+    {
+        var o = OptionsOr(options, new ResLoraOptions());
+        return new(WithCommon(new ResLoraConfig
+        {
+            Structure = o.Structure,
+            PreNum = o.PreNum ?? (o.Structure == "is" ? 1 : -1),
+            Merge = o.Merge,
+        }, spec));
+    }
+
+    public override IReadOnlyList<Type> LayerTypes(AdapterConfigBase config) => new[] { typeof(ResLoraLinear) };
+
+    public override IAdapterLayerBuilder CreateBuilder(AdapterConfigBase config, Generator? generator) =>
+        new ResLoraLayerBuilder(Checked<ResLoraConfig>(config), generator);
+
+    /// <summary>
+    /// An explicit <paramref name="requested"/> kind (validated for the structure), the saved kind, or for "auto" (asked
+    /// or saved) every candidate of the structure, to be measured by the caller.
+    /// </summary>
+    public override IReadOnlyList<(string? Label, AdapterConfigBase Config)> MergeCandidates(AdapterConfigBase config, string? requested)
+    {
+        var rc = Checked<ResLoraConfig>(config);
+        string kind = (requested ?? rc.Merge).Trim().ToLowerInvariant();
+        if (kind != "auto")
+        {
+            var chosen = rc with { Merge = kind };
+            _ = chosen.MergeKind; // validates the name for this structure
+            return new (string?, AdapterConfigBase)[] { (kind, chosen) };
+        }
+        return rc.MergeCandidates.Select(c => ((string?)c, (AdapterConfigBase)(rc with { Merge = c }))).ToList();
+    }
+}

@@ -1,0 +1,56 @@
+using ResLora.IO;
+using static TorchSharp.torch;
+
+namespace ResLora.Models;
+
+/// <summary>
+/// A Hugging Face model folder as the model layer sees it: <c>config.json</c> (a <see cref="ModelConfig"/>) beside the
+/// safetensors weights that <see cref="HfCheckpoint"/> reads and writes.
+/// </summary>
+public static class ModelFolder
+{
+    public const string ConfigFile = "config.json";
+
+    /// <summary>Reads and validates <c>config.json</c>; a missing folder is named before a missing file.</summary>
+    public static ModelConfig LoadConfig(string modelDir)
+    {
+        if (!Directory.Exists(modelDir))
+            throw new DirectoryNotFoundException($"{modelDir}: no such folder; pass a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).");
+        return ModelConfig.Load(Path.Combine(modelDir, ConfigFile));
+    }
+
+    /// <summary>
+    /// Writes <c>config.json</c> (with <c>torch_dtype</c> set to the weights' dtype) and the weights, one file or shards of
+    /// at most <paramref name="maxShardBytes"/>; each file atomically.
+    /// </summary>
+    public static void Save(string modelDir, ModelConfig config, IEnumerable<KeyValuePair<string, Tensor>> weights, long maxShardBytes = 2L << 30)
+    {
+        string dtype = HfCheckpoint.SaveWeights(modelDir, weights, maxShardBytes);
+        AtomicFile.WriteAllText(Path.Combine(modelDir, ConfigFile), (config with { TorchDtype = dtype }).ToJson());
+    }
+
+    /// <summary>Writes a whole model folder atomically (see <see cref="AtomicFolder"/>), tokenizer files copied from <paramref name="companionsFrom"/>.</summary>
+    public static void SaveNew(string outDir, ModelConfig config, IEnumerable<KeyValuePair<string, Tensor>> weights, string? companionsFrom, long maxShardBytes = 2L << 30) =>
+        AtomicFolder.Write(outDir, tmp => Save(tmp, config, weights, maxShardBytes), companionsFrom);
+
+    /// <summary>
+    /// The config and every base weight the config implies (checked against the stored tensors), loaded as
+    /// <paramref name="dtype"/> on the CPU; for whole-model transforms (rotation, outlier planting). Caller disposes.
+    /// </summary>
+    public static (ModelConfig Config, Dictionary<string, Tensor> Weights) LoadBaseWeights(string modelDir, ScalarType dtype)
+    {
+        var config = LoadConfig(modelDir);
+        using var ckpt = HfCheckpoint.Open(modelDir);
+        var expected = LlamaForCausalLM.ExpectedWeights(config);
+        ckpt.ValidateAgainst(expected, name => config.TieWordEmbeddings && name == "lm_head.weight");
+        return (config, expected.Keys.ToDictionary(k => k, k => ckpt.Load(k, dtype), StringComparer.Ordinal));
+    }
+
+    /// <summary>The largest shard's size when the folder is sharded (so a rewrite keeps its sharding), else unlimited.</summary>
+    public static long ShardSizeOf(string modelDir)
+    {
+        var shards = Directory.GetFiles(modelDir, "*.safetensors");
+        if (shards.Length <= 1) return long.MaxValue;
+        return shards.Max(f => new FileInfo(f).Length);
+    }
+}

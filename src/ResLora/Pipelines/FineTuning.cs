@@ -1,0 +1,129 @@
+using ResLora.Adapters;
+using ResLora.IO;
+using ResLora.Training;
+using TorchSharp;
+
+namespace ResLora.Pipelines;
+
+/// <summary>One fine-tuning run as <c>reslora train</c> describes it.</summary>
+public sealed record FineTuneRequest
+{
+    public required string ModelDir { get; init; }
+    public required string DataPath { get; init; }
+    /// <summary>A separate evaluation file; when null, <see cref="EvalFraction"/> of the data is held out (0 = no evaluation).</summary>
+    public string? EvalDataPath { get; init; }
+    public double EvalFraction { get; init; } = 0.1;
+    public DataTemplates Templates { get; init; } = new();
+    /// <summary>The adapter method and its hyperparameters; the run's total steps are filled in for methods that need them.</summary>
+    public required MethodSpec Method { get; init; }
+    public TrainOptions Train { get; init; } = new();
+    public RuntimeOptions Runtime { get; init; } = new();
+    public required string OutDir { get; init; }
+    /// <summary>Longest sequence; null = min(256, the model's max_position_embeddings).</summary>
+    public int? SeqLen { get; init; }
+    public bool Pack { get; init; }
+    public bool Resume { get; init; }
+}
+
+/// <summary>The library function behind <c>reslora train</c>: model + adapter plan + data → trained adapter folder.</summary>
+public static class FineTuning
+{
+    public static TrainSummary Run(FineTuneRequest req, ITrainObserver? observer = null)
+    {
+        observer ??= new SilentObserver();
+        req.Train.Validate();
+        req.Templates.Validate();
+        if (req.SeqLen is < 2) throw new UserInputException($"--seq-len must be at least 2, got {req.SeqLen}.");
+        var all = DataSet.Load(req.DataPath, req.Templates);
+        IReadOnlyList<TextExample> train = all, evalSet = Array.Empty<TextExample>();
+        if (req.EvalDataPath is not null) evalSet = DataSet.Load(req.EvalDataPath, req.Templates);
+        else if (req.EvalFraction > 0 && all.Count >= 2) (train, evalSet) = DataSet.Split(all, req.EvalFraction, req.Train.Seed);
+        // The method is built (and checked) before anything is written; steps are known up to packing, which only
+        // shortens epoch-based runs, so AdaLoRA's schedule uses the unpacked count.
+        var setup = AdapterMethods.Build(req.Method with { TotalSteps = req.Train.TotalSteps(train.Count) });
+        PrepareOutDir(req.OutDir, req.Resume);
+
+        string modelDir = req.ModelDir;
+        var adapterConfig = setup.Config;
+        if (setup.PrepareBase is { } prepare)
+        {
+            (modelDir, adapterConfig) = prepare(req.ModelDir, req.OutDir);
+            observer.OnMessage($"training on the transformed base model in {modelDir}");
+        }
+        var tokenizer = TokenizerLoader.Load(modelDir);
+
+        torch.manual_seed(req.Train.Seed);
+        using var gen = new torch.Generator((ulong)req.Train.Seed);
+        var plan = new AdapterPlan(adapterConfig with { BaseModelNameOrPath = adapterConfig.BaseModelNameOrPath ?? Path.GetFullPath(modelDir) }, gen);
+        using var model = ModelSessions.LoadBase(modelDir, req.Runtime, plan);
+        if (req.SeqLen > model.Config.MaxPositionEmbeddings)
+            throw new UserInputException($"--seq-len {req.SeqLen} is longer than the model's max_position_embeddings ({model.Config.MaxPositionEmbeddings}); lower --seq-len.");
+        int seqLen = req.SeqLen ?? Math.Min(256, model.Config.MaxPositionEmbeddings);
+        plan.EnsureAllPatternsMatched();
+        AdapterModel.OnBaseWeightsLoaded(model);
+        AdapterModel.FreezeAllButAdapters(model);
+        var (trainable, total) = AdapterModel.CountParameters(model);
+        observer.OnMessage($"{plan.Config.Method}: {AdapterModel.FindAdapters(model).Count} adapted modules, {trainable:N0} trainable of {total:N0} parameters ({100.0 * trainable / total:0.###}%)");
+
+        var trainTok = Tokenization.Tokenize(train, tokenizer, seqLen);
+        var evalTok = Tokenization.Tokenize(evalSet, tokenizer, seqLen);
+        if (trainTok.Truncated + evalTok.Truncated > 0)
+            observer.OnMessage($"{trainTok.Truncated + evalTok.Truncated} examples were longer than --seq-len {seqLen} and were cut; {trainTok.DroppedWithoutLoss + evalTok.DroppedWithoutLoss} lost every completion token and were dropped.");
+        var trainSeqs = req.Pack ? Tokenization.Pack(trainTok.Examples, seqLen) : trainTok.Examples;
+        if (trainSeqs.Count == 0) throw new UserInputException($"{req.DataPath}: no training sequence is left after tokenization (every example lost its completion to --seq-len {seqLen}).");
+
+        var extras = setup.TrainingExtras?.Invoke(model).ToList() ?? new List<object>();
+        var caps = AdapterModel.CollectCapabilities(model, extras.Prepend(plan.Builder).ToArray());
+        return TrainLoop.Run(new TrainRunSpec
+        {
+            Model = model,
+            Tokenizer = tokenizer,
+            Train = trainSeqs,
+            Eval = evalTok.Examples,
+            AccuracyExamples = evalSet.Where(e => !e.IsPlainText).ToList(),
+            Options = req.Train,
+            OutDir = req.OutDir,
+            Method = plan.Config.Method,
+            Resume = req.Resume,
+            Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks),
+            SaveWeights = dir =>
+            {
+                AdapterFolder.Save(dir, plan.Builder is IConfigSnapshot snap ? snap.SnapshotConfig() : plan.Config, model);
+                foreach (var n in extras.Prepend(plan.Builder).OfType<IAdapterFolderNote>())
+                {
+                    var (file, json) = n.Note();
+                    AtomicFile.WriteAllText(Path.Combine(dir, file), json);
+                }
+            },
+            LoadWeights = dir => AdapterFolder.LoadInto(dir, model),
+        }, observer);
+    }
+
+    /// <summary>
+    /// The output folder must be writable; an existing run there is continued only with --resume (never overwritten
+    /// silently), and --resume without a checkpoint is an error rather than a fresh start.
+    /// </summary>
+    public static void PrepareOutDir(string outDir, bool resume)
+    {
+        bool hasCheckpoint = Directory.Exists(outDir) && TrainCheckpoint.Find(outDir) is not null;
+        if (resume && !hasCheckpoint)
+            throw new UserInputException($"--resume: no checkpoint in {outDir}; run without --resume to start.");
+        if (!resume && hasCheckpoint)
+            throw new UserInputException($"--out {outDir} already holds a training run; add --resume to continue it, or choose another --out folder.");
+        try
+        {
+            Directory.CreateDirectory(outDir);
+            string probe = Path.Combine(outDir, $".write-test-{Guid.NewGuid():N}");
+            File.WriteAllText(probe, "");
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is UnauthorizedAccessException or IOException)
+        {
+            throw new IOException($"--out {outDir}: cannot write there ({e.Message}); choose a writable folder.", e);
+        }
+    }
+
+    private sealed class SilentObserver : ITrainObserver
+    {
+    }
+}

@@ -1,0 +1,56 @@
+using ResLora.Adapters;
+using ResLora.Models;
+using ResLora.Quantization;
+
+namespace ResLora.Pipelines;
+
+/// <summary>Loading a model folder the way every verb does: with what the folder records applied, with or without an adapter.</summary>
+public static class ModelSessions
+{
+    /// <summary>
+    /// A model folder, built through <paramref name="factory"/> (plain when null), with the transforms its config records
+    /// (RoLoRA's online Hadamard, a quantized folder's activation quantizers) applied.
+    /// </summary>
+    public static LlamaForCausalLM LoadBase(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null) =>
+        ModelLoader.Load(modelDir, runtime, factory, RecordedTransforms.Recorded);
+
+    /// <summary>Reads an adapter folder's config (warnings through <paramref name="warn"/>), naming the folder when it is not one.</summary>
+    public static AdapterConfigBase ReadAdapterConfig(string adapterDir, Action<string>? warn = null)
+    {
+        string cfgPath = Path.Combine(adapterDir, AdapterFolder.ConfigFileName);
+        if (!Directory.Exists(adapterDir)) throw new DirectoryNotFoundException($"--adapter {adapterDir}: no such folder; pass a folder with {AdapterFolder.ConfigFileName} and {AdapterFolder.WeightsFileName}.");
+        if (!File.Exists(cfgPath)) throw new FileNotFoundException($"{cfgPath}: not found; an adapter folder needs {AdapterFolder.ConfigFileName} and {AdapterFolder.WeightsFileName}.", cfgPath);
+        var (config, warnings) = AdapterConfigJson.Parse(File.ReadAllText(cfgPath), cfgPath);
+        foreach (var w in warnings) warn?.Invoke(w);
+        return config;
+    }
+
+    /// <summary>
+    /// Builds the model with the adapter's plan (read from adapter_config.json, or <paramref name="config"/> when given,
+    /// e.g. with another merge kind) and loads the adapter tensors. The adapter's method may refuse the base (RoLoRA).
+    /// </summary>
+    public static LlamaForCausalLM LoadWithAdapter(string modelDir, string adapterDir, RuntimeOptions runtime, Action<string>? warn = null, AdapterConfigBase? config = null)
+    {
+        config ??= ReadAdapterConfig(adapterDir, warn);
+        var plan = new AdapterPlan(config);
+        var model = LoadBase(modelDir, runtime, plan);
+        try
+        {
+            AdapterMethods.For(config).CheckBase(config, model.Config, adapterDir);
+            plan.EnsureAllPatternsMatched();
+            AdapterFolder.LoadInto(adapterDir, model);
+            AdapterModel.FreezeAllButAdapters(model);
+            model.eval();
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The base alone, or the base with the adapter in <paramref name="adapterDir"/> when given.</summary>
+    public static LlamaForCausalLM Load(string modelDir, string? adapterDir, RuntimeOptions runtime, Action<string>? warn = null) =>
+        adapterDir is null ? LoadBase(modelDir, runtime) : LoadWithAdapter(modelDir, adapterDir, runtime, warn);
+}

@@ -1,0 +1,56 @@
+using System.Text.Json.Serialization;
+using ResLora.IO;
+using ResLora.Models;
+
+namespace ResLora.Training;
+
+/// <summary>Receives progress from a run; the CLI draws a progress bar or prints lines, tests record.</summary>
+public interface ITrainObserver
+{
+    void OnStart(int totalSteps, int startStep) { }
+    void OnStep(StepReport report) { }
+    void OnEval(EvalReport report) { }
+    void OnMessage(string message) { }
+
+    /// <summary>After the final adapter and summary are written (the CLI draws the loss plot here).</summary>
+    void OnFinish(TrainSummary summary, string outDir) { }
+}
+
+/// <summary>The outcome of a run, written as <c>train_summary.json</c>.</summary>
+public sealed record TrainSummary
+{
+    [JsonPropertyName("method")] public string Method { get; init; } = "";
+    [JsonPropertyName("steps")] public int Steps { get; init; }
+    [JsonPropertyName("final_train_loss")] public double FinalTrainLoss { get; init; }
+    [JsonPropertyName("final_eval_loss")] public double? FinalEvalLoss { get; init; }
+    [JsonPropertyName("final_eval_perplexity")] public double? FinalEvalPerplexity { get; init; }
+    [JsonPropertyName("final_eval_accuracy")] public double? FinalEvalAccuracy { get; init; }
+    [JsonPropertyName("trainable_parameters")] public long TrainableParameters { get; init; }
+    [JsonPropertyName("wall_seconds")] public double WallSeconds { get; init; }
+    [JsonPropertyName("mean_step_seconds")] public double MeanStepSeconds { get; init; }
+    [JsonPropertyName("peak_rss_bytes")] public long PeakRssBytes { get; init; }
+    [JsonPropertyName("resumed_from_step")] public int? ResumedFromStep { get; init; }
+    [JsonIgnore] public IReadOnlyList<StepReport> Curve { get; init; } = Array.Empty<StepReport>();
+    [JsonIgnore] public IReadOnlyList<EvalReport> Evals { get; init; } = Array.Empty<EvalReport>();
+}
+
+/// <summary>Everything one run needs; the method is hidden behind the save/load delegates and capabilities.</summary>
+public sealed record TrainRunSpec
+{
+    public required LlamaForCausalLM Model { get; init; }
+    public required ITextTokenizer Tokenizer { get; init; }
+    public required IReadOnlyList<TokenizedExample> Train { get; init; }
+    public IReadOnlyList<TokenizedExample> Eval { get; init; } = Array.Empty<TokenizedExample>();
+    /// <summary>Prompt/completion examples for exact-match accuracy (greedy generation); empty = no accuracy.</summary>
+    public IReadOnlyList<TextExample> AccuracyExamples { get; init; } = Array.Empty<TextExample>();
+    public required TrainOptions Options { get; init; }
+    public required string OutDir { get; init; }
+    public string Method { get; init; } = "lora";
+    /// <summary>Writes the trained weights (the adapter folder) into the given directory.</summary>
+    public required Action<string> SaveWeights { get; init; }
+    /// <summary>Reads weights saved by <see cref="SaveWeights"/> back into the live model (resume).</summary>
+    public required Action<string> LoadWeights { get; init; }
+    public IEnumerable<object> Capabilities { get; init; } = Array.Empty<object>();
+    /// <summary>Continue from <c>OutDir/checkpoint</c> when it exists.</summary>
+    public bool Resume { get; init; }
+}
