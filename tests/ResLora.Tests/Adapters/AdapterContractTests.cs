@@ -8,27 +8,38 @@ using static TorchSharp.torch;
 namespace ResLora.Tests.Adapters;
 
 /// <summary>
-/// One contract every adapter kind must satisfy. To add a method, add ONE line to <see cref="Kinds"/>: its config
-/// (built through the registry like the model does) and the PEFT tensor suffixes it must save.
+/// One contract every adapter kind must satisfy. The kinds are every contender of every registered method
+/// (<see cref="AdapterMethods.Contenders"/>, so a new method is covered by adding it to the registry), plus a few
+/// extra configurations of the LoRA family.
 /// </summary>
 public sealed class AdapterContractTests
 {
-    private sealed record Kind(AdapterConfigBase Config, string[] SavedSuffixes);
+    private static readonly ModuleTargets Q = ModuleTargets.List("q_proj");
 
-    private static readonly Dictionary<string, Kind> Kinds = new()
+    private static readonly Dictionary<string, AdapterConfigBase> Kinds = BuildKinds();
+
+    private static Dictionary<string, AdapterConfigBase> BuildKinds()
     {
-        ["lora"] = new(new LoraConfig { R = 3, LoraAlpha = 6, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
-        ["lora-rslora"] = new(new LoraConfig { R = 4, LoraAlpha = 6, UseRslora = true, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
-        ["lora-gaussian"] = new(new LoraConfig { R = 2, LoraAlpha = 4, InitLoraWeights = LoraInit.Gaussian, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
-        ["dora"] = new(new LoraConfig { R = 3, LoraAlpha = 5, UseDora = true, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight", "lora_magnitude_vector" }),
-        ["reflora"] = new(new RefLoraConfig { R = 3, LoraAlpha = 6, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
-        ["loha"] = new(new LoHaConfig { R = 3, Alpha = 6, TargetModules = ModuleTargets.List("q_proj") }, new[] { "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b" }),
-        ["lokr"] = new(new LoKrConfig { R = 2, Alpha = 4, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lokr_w1", "lokr_w2_a", "lokr_w2_b" }),
-        ["adalora"] = new(new AdaLoraConfig { InitR = 4, TargetR = 2, TotalStep = 10, LoraAlpha = 4, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A", "lora_B", "lora_E" }),
+        var d = new Dictionary<string, AdapterConfigBase>(StringComparer.Ordinal);
         // A standalone ResLoRA block is a chain start: is merges exactly with α = 1 (W + 2sBA), ms with α = 0, bs exactly.
-        ["reslora-is"] = new(new ResLoraConfig { R = 3, LoraAlpha = 6, Structure = "is", TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
-        ["reslora-bs"] = new(new ResLoraConfig { R = 3, LoraAlpha = 6, Structure = "bs", PreNum = -1, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
-        ["reslora-ms"] = new(new ResLoraConfig { R = 2, LoraAlpha = 6, Structure = "ms", PreNum = -1, TargetModules = ModuleTargets.List("q_proj") }, new[] { "lora_A.weight", "lora_B.weight" }),
+        foreach (var c in AdapterMethods.Contenders(rank: 3))
+            d[c.Label] = AdapterMethods.Build(c.Spec with { Alpha = 6, Targets = Q, TotalSteps = 10 }).Config;
+        d["lora-rslora"] = new LoraConfig { R = 4, LoraAlpha = 6, UseRslora = true, TargetModules = Q };
+        d["lora-gaussian"] = new LoraConfig { R = 2, LoraAlpha = 4, InitLoraWeights = LoraInit.Gaussian, TargetModules = Q };
+        return d;
+    }
+
+    /// <summary>PEFT's tensor names, pinned for the methods whose format PEFT defines (a new method is checked against its prefixes).</summary>
+    private static readonly Dictionary<string, string[]> PeftSuffixes = new()
+    {
+        ["LORA"] = new[] { "lora_A.weight", "lora_B.weight" },
+        ["LORA+dora"] = new[] { "lora_A.weight", "lora_B.weight", "lora_magnitude_vector" },
+        ["LOHA"] = new[] { "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b" },
+        ["LOKR"] = new[] { "lokr_w1", "lokr_w2_a", "lokr_w2_b" },
+        ["ADALORA"] = new[] { "lora_A", "lora_B", "lora_E" },
+        ["RESLORA"] = new[] { "lora_A.weight", "lora_B.weight" },
+        ["REFLORA"] = new[] { "lora_A.weight", "lora_B.weight" },
+        ["ROLORA"] = new[] { "lora_A.weight", "lora_B.weight" },
     };
 
     public static TheoryData<string> KindNames()
@@ -38,11 +49,18 @@ public sealed class AdapterContractTests
         return d;
     }
 
+    [Fact]
+    public void EveryRegisteredMethod_HasAKind()
+    {
+        foreach (var m in AdapterMethods.All.Where(m => m.Contenders(3).Any()))
+            Assert.Contains(Kinds.Values, c => AdapterMethods.For(c) == m);
+    }
+
     private static readonly LinearSpec TheSpec = new("model.layers.0.self_attn.q_proj", "q_proj", 0, 7, 5, true);
 
     private static (nn.Module<Tensor, Tensor> Module, IAdapter Adapter) Build(string kind, ulong seed = 11)
     {
-        var plan = new AdapterPlan(Kinds[kind].Config, new Generator(seed));
+        var plan = new AdapterPlan(Kinds[kind], new Generator(seed));
         var m = plan.Create(TheSpec, ScalarType.Float32, CPU);
         var a = Assert.IsAssignableFrom<IAdapter>(m);
         return (m, a);
@@ -53,7 +71,7 @@ public sealed class AdapterContractTests
     private static Tensor BaseOut(IAdapter a, Tensor x) => nn.functional.linear(x, a.Weight, a.Bias);
 
     [Theory, MemberData(nameof(KindNames))]
-    public void ZeroInit_leaves_output_equal_to_the_base(string kind)
+    public void ZeroInit_LeavesOutputEqualToTheBase(string kind)
     {
         var (m, a) = Build(kind);
         using var x = Input();
@@ -66,7 +84,7 @@ public sealed class AdapterContractTests
     }
 
     [Theory, MemberData(nameof(KindNames))]
-    public void Merged_forward_equals_unmerged_and_unmerge_restores_the_base(string kind)
+    public void Merge_EqualsUnmergedForward_IsRefusedTwice_AndUnmergeRestoresBitExactly(string kind)
     {
         var (m, a) = Build(kind);
         m.eval();
@@ -86,17 +104,19 @@ public sealed class AdapterContractTests
         using var deltaWhileMerged = a.DeltaWeight();
         Assert.True(MaxAbsDiff(deltaWhileMerged, delta) < 1e-5);
 
-        Assert.Throws<InvalidOperationException>(() => a.Merge());
+        using var wMerged = a.Weight.detach().clone();
+        Assert.Contains("already merged", Assert.Throws<InvalidOperationException>(() => a.Merge()).Message);
+        Assert.True(a.Weight.eq(wMerged).all().item<bool>(), "a refused second merge must not touch the weight");
         a.Unmerge();
         Assert.False(a.IsMerged);
-        Assert.True(MaxAbsDiff(a.Weight, w0) < 1e-6, $"{kind}: unmerge error {MaxAbsDiff(a.Weight, w0)}");
+        Assert.True(a.Weight.eq(w0).all().item<bool>(), $"{kind}: unmerge must restore W0 bit for bit (max |Δ| {MaxAbsDiff(a.Weight, w0)})");
         Assert.Throws<InvalidOperationException>(() => a.Unmerge());
         using var yAgain = m.call(x);
         Assert.True(MaxAbsDiff(yAgain, yUnmerged) < 1e-5);
     }
 
     [Theory, MemberData(nameof(KindNames))]
-    public void Only_adapter_parameters_receive_gradients(string kind)
+    public void Backward_GivesGradientsOnlyToAdapterParameters(string kind)
     {
         var (m, a) = Build(kind);
         Perturb(a, 4);
@@ -127,17 +147,22 @@ public sealed class AdapterContractTests
     }
 
     [Theory, MemberData(nameof(KindNames))]
-    public void Save_then_load_is_exact_and_keys_have_PEFT_names(string kind)
+    public void SaveThenLoad_IsExact_WithPeftKeyNames(string kind)
     {
         var (m, a) = Build(kind, seed: 21);
         Perturb(a, 6);
         string dir = Path.Combine(TempDir(), "adapter");
-        AdapterFolder.Save(dir, Kinds[kind].Config, new Dictionary<string, IAdapter> { [TheSpec.Name] = a });
+        var config = Kinds[kind];
+        AdapterFolder.Save(dir, config, new Dictionary<string, IAdapter> { [TheSpec.Name] = a });
 
         using (var f = SafetensorsFile.Open(Path.Combine(dir, AdapterFolder.WeightsFileName)))
         {
-            var expected = Kinds[kind].SavedSuffixes.Select(s => "base_model.model.model.layers.0.self_attn.q_proj." + s).OrderBy(s => s, StringComparer.Ordinal);
+            string peftKind = config.PeftType + (config is LoraConfig { UseDora: true } ? "+dora" : "");
+            var suffixes = PeftSuffixes.TryGetValue(peftKind, out var pinned) ? pinned : a.GetAdapterState().Keys.ToArray();
+            var expected = suffixes.Select(s => "base_model.model.model.layers.0.self_attn.q_proj." + s).OrderBy(s => s, StringComparer.Ordinal);
             Assert.Equal(expected, f.Entries.Select(e => e.Name).OrderBy(s => s, StringComparer.Ordinal));
+            var prefixes = AdapterMethods.For(config).ParameterPrefixes;
+            Assert.All(suffixes, s => Assert.Contains(prefixes, p => s.StartsWith(p, StringComparison.Ordinal)));
             Assert.All(f.Entries, e => Assert.Equal("F32", e.Dtype));
             Assert.Equal("pt", f.Metadata["format"]);
         }
@@ -149,7 +174,9 @@ public sealed class AdapterContractTests
             a2.Bias!.copy_(a.Bias!);
         }
         using var contents = AdapterFolder.Load(dir);
-        Assert.Equal(Kinds[kind].Config with { InferenceMode = true }, contents.Config with { RankPattern = Kinds[kind].Config.RankPattern, AlphaPattern = Kinds[kind].Config.AlphaPattern, TargetModules = Kinds[kind].Config.TargetModules });
+        // What was loaded is what was saved (inference_mode set, as PEFT does), compared field by field through JSON.
+        Assert.Equal(AdapterConfigJson.Serialize(config with { InferenceMode = true }), AdapterConfigJson.Serialize(contents.Config));
+        Assert.Equal(config.GetType(), contents.Config.GetType());
         Assert.Empty(contents.Warnings);
         AdapterFolder.Apply(contents, new Dictionary<string, IAdapter> { [TheSpec.Name] = a2 });
         var s1 = a.GetAdapterState();
