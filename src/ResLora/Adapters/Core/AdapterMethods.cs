@@ -18,6 +18,7 @@ public static class AdapterMethods
         new AdaLoraMethod(),
         new LoHaMethod(),
         new LoKrMethod(),
+        new Ia3Method(),
     };
 
     private static readonly object Gate = new();

@@ -1,0 +1,42 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ResLora.Adapters;
+
+/// <summary>(IA)³'s option: which targeted modules scale their input (default: down_proj, as PEFT's LLaMA default).</summary>
+public sealed record Ia3Options(string? FeedforwardModules = null) : MethodOptions;
+
+/// <summary>(IA)³ (Liu et al. 2022) as PEFT implements it: peft_type IA3, one <c>ia3_l</c> vector per module, no rank.</summary>
+public sealed class Ia3Method : AdapterMethod
+{
+    public override string Name => "ia3";
+    public override string Description => "(IA)³: one learned scaling vector per module (inputs of feedforward modules, outputs of the others); --rank and --alpha are unused.";
+    public override string PeftType => "IA3";
+    public override Type ConfigType => typeof(Ia3Config);
+    public override IReadOnlyList<string> ParameterPrefixes => new[] { "ia3_" };
+    public override MethodOptions DefaultOptions => new Ia3Options();
+
+    public override IReadOnlyList<MethodFlag> Flags => new MethodFlag[]
+    {
+        new MethodFlag<Ia3Options, string>("--feedforward-modules", "IA3: targeted modules whose input is scaled (comma-separated names; default down_proj where targeted).", (o, v) => o with { FeedforwardModules = v }),
+    };
+
+    public override MethodSetup Build(MethodSpec spec, MethodOptions? options)
+    {
+        var o = OptionsOr(options, new Ia3Options());
+        ModuleTargets feedforward = o.FeedforwardModules is { } names
+            ? ModuleTargets.List(names.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            : ModuleTargets.List(spec.Targets.Names is { } targets ? targets.Where(t => t == "down_proj").ToArray() : new[] { "down_proj" });
+        return new(new Ia3Config
+        {
+            TargetModules = spec.Targets,
+            ExcludeModules = spec.Exclude,
+            FeedforwardModules = feedforward.Names!.Count > 0 ? feedforward : null,
+        });
+    }
+
+    public override IReadOnlyList<Type> LayerTypes(AdapterConfigBase config) => new[] { typeof(Ia3Linear) };
+
+    public override IAdapterLayerBuilder CreateBuilder(AdapterConfigBase config, Generator? generator) =>
+        new Ia3LayerBuilder(Checked<Ia3Config>(config), generator);
+}
