@@ -5,9 +5,16 @@ namespace ResLora.Cli;
 /// <summary>The <c>reslora</c> command: each verb parses options into the library's records and calls one library function.</summary>
 public static class CliApp
 {
-    public static RootCommand BuildRoot()
+    /// <summary>
+    /// The root is a plain command named <c>reslora</c>, not a RootCommand: a RootCommand takes its name from the executable
+    /// (ResLora.Cli under <c>dotnet run</c>; the assembly cannot be named reslora beside the library ResLora), and the
+    /// usage line must say what users type. It carries the two options a RootCommand would add.
+    /// </summary>
+    public static Command BuildRoot()
     {
-        var root = new RootCommand("reslora: parameter-efficient fine-tuning (ResLoRA, RefLoRA, RoLoRA, LoRA, DoRA, AdaLoRA, LoHa, LoKr) of Hugging Face LLaMA-family models on TorchSharp.");
+        var root = new Command("reslora", "reslora: parameter-efficient fine-tuning (ResLoRA, RefLoRA, RoLoRA, LoRA, DoRA, AdaLoRA, LoHa, LoKr, (IA)³) of Hugging Face LLaMA-family models on TorchSharp.");
+        root.Options.Add(new System.CommandLine.Help.HelpOption());
+        root.Options.Add(new VersionOption());
         foreach (var verb in Verbs()) root.Subcommands.Add(verb);
         return root;
     }

@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
 using ResLora.IO.Json;
+using ResLora.Models;
 
 namespace ResLora.Adapters;
 
