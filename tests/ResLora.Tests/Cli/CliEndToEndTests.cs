@@ -1,3 +1,5 @@
+using ResLora.Pipelines;
+using ResLora.Adapters;
 using ResLora.Cli;
 using ResLora.Demo;
 using ResLora.IO;
@@ -147,13 +149,20 @@ public sealed class CliEndToEndTests : IDisposable
         Assert.Contains("--structure does not apply", bad.Err);
     }
 
+    private static double Printed(string text, string label)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(text, System.Text.RegularExpressions.Regex.Escape(label) + @"\s*([-+0-9.eE]+|NaN|∞|-∞|Infinity)");
+        Assert.True(m.Success, $"'{label}' not found in: {text}");
+        return double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+    }
+
     [Theory]
     [InlineData("is", "auto")]
     [InlineData("bs", null)]
     [InlineData("ms", "a")]
-    public void ResLora_TrainsSavesStatistics_AndMerges(string structure, string? merge)
+    public void ResLoraMerge_AfterCliTraining_WritesAModelWhoseLogitsMatchTheReport(string structure, string? merge)
     {
-        string model = ModelFolder(), data = Data("train.jsonl", 32, 1), adapter = Path.Combine(_dir, "adapter");
+        string model = ModelFolder(), data = Data("train.jsonl", 32, 1), adapter = Path.Combine(_dir, "adapter"), mergedDir = Path.Combine(_dir, "merged");
         var (rc, _, err) = Run("train", "--model", model, "--data", data, "--method", "reslora", "--structure", structure, "--targets", "q_proj,v_proj",
             "--steps", "6", "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", "0", "--out", adapter, "--prompt-template", "{Body}", "--completion-template", " {Answer}");
         Assert.True(rc == 0, err);
@@ -161,11 +170,44 @@ public sealed class CliEndToEndTests : IDisposable
         Assert.Contains("\"peft_type\": \"RESLORA\"", cfg);
         Assert.Contains($"\"structure\": \"{structure}\"", cfg);
         Assert.Contains("\"input_norm\"", cfg);
-        var args = new List<string> { "merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, "merged") };
+        const string probe = "Tom has 3 apples and gets 4 more. How many apples? Answer: 7";
+        var args = new List<string> { "merge", "--model", model, "--adapter", adapter, "--out", mergedDir, "--probe", probe };
         if (merge is not null) { args.Add("--merge"); args.Add(merge); }
         var mg = Run(args.ToArray());
         Assert.True(mg.Rc == 0, mg.Err);
-        Assert.Contains("reslora", mg.Out);
+        Assert.Contains("merged 4 reslora", mg.Out);
+        double reportedMax = Printed(mg.Out, "max |Δ|"), reportedScale = Printed(mg.Out, "largest logit");
+        Assert.True(double.IsFinite(reportedMax) && double.IsFinite(reportedScale) && reportedScale > 0, mg.Out);
+        if (merge == "auto")
+        {
+            // Every candidate was measured; the one kept has the smallest reported difference, and it is the one merged.
+            double bi = Printed(mg.Err, "merge bi: max |Δlogit|"), bw = Printed(mg.Err, "merge bw: max |Δlogit|");
+            Assert.Contains(bi <= bw ? "(merge bi)" : "(merge bw)", mg.Out);
+        }
+
+        // The merged folder, loaded as a plain model, against the unmerged adapter and the bare base on the same probe.
+        var runtime = new RuntimeOptions();
+        var ids = Prompts.Ids(TokenizerLoader.Load(model), probe).Select(i => (long)i).ToArray();
+        using var probeIds = torch.tensor(ids).unsqueeze(0);
+        using var mergedModel = ModelSessions.LoadBase(mergedDir, runtime);
+        using var unmergedModel = ModelSessions.LoadWithAdapter(model, adapter, runtime);
+        using var baseModel = ModelSessions.LoadBase(model, runtime);
+        Assert.Empty(AdapterModel.ByModulePath(mergedModel));
+        using var merged = mergedModel.forward(probeIds);
+        using var unmerged = unmergedModel.forward(probeIds);
+        using var bare = baseModel.forward(probeIds);
+        double mergeDiff = (merged - unmerged).abs().max().item<float>();
+        double adapterEffect = (unmerged - bare).abs().max().item<float>();
+        double scale = unmerged.abs().max().item<float>();
+        Assert.True(double.IsFinite(mergeDiff) && double.IsFinite(adapterEffect));
+        Assert.True(Math.Abs(reportedScale - scale) <= 1e-3 * scale, $"reported largest logit {reportedScale} vs {scale}");
+        Assert.True(Math.Abs(reportedMax - mergeDiff) <= 1e-3 * mergeDiff + 1e-6, $"reported max |Δ| {reportedMax} vs measured on the saved folder {mergeDiff}");
+        Assert.True(adapterEffect > 1e-4, $"the trained adapter must change the logits ({adapterEffect})");
+        if (structure == "bs")
+            Assert.True(mergeDiff <= 1e-4 * Math.Max(1, scale), $"bs merges exactly: max |Δlogit| {mergeDiff}");
+        else
+            Assert.True(mergeDiff < adapterEffect, $"{structure}: the merged model ({mergeDiff}) must be closer to the adapter than the base is ({adapterEffect})");
+
         var lora = Run("merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, "m2"), "--merge", "bogus");
         Assert.Equal(2, lora.Rc);
         Assert.Contains("'merge'", lora.Err);

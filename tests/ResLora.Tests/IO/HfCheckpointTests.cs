@@ -72,15 +72,61 @@ public sealed class HfCheckpointTests : IDisposable
         Assert.Contains(Path.GetFileName(shard), e.Message);
     }
 
+    private static double MaxDiff(torch.Tensor a, torch.Tensor b) => (a - b).abs().max().item<float>();
+
     [Fact]
-    public void TiedModel_IgnoresAStoredLmHead_AndMissingFolderIsClear()
+    public void TiedCheckpoint_WithAStoredLmHeadUnlikeTheEmbedding_IgnoresItAndUsesTheEmbedding()
     {
         var c = TinyModels.Config(tied: true);
         using var model = TinyModels.Build(c);
+        using var embed = model.BaseParameters()["model.embed_tokens.weight"].detach().clone();
+        using var gen = new torch.Generator(77);
+        using var storedHead = torch.randn(embed.shape, generator: gen) * 0.2;
+        Assert.True(MaxDiff(storedHead, embed) > 0.1);
         var w = Weights(model).ToList();
-        w.Add(new("lm_head.weight", model.BaseParameters()["model.embed_tokens.weight"]));
+        w.Add(new("lm_head.weight", storedHead));
         ModelFolder.Save(_dir, c, w);
         using var loaded = ModelSessions.LoadBase(_dir, new RuntimeOptions());
+        Assert.DoesNotContain("lm_head.weight", loaded.state_dict().Keys);
+        Assert.Equal(0.0, MaxDiff(loaded.BaseParameters()["model.embed_tokens.weight"], embed));
+        using var ids = TinyModels.RandomIds(2, 7, c.VocabSize, 1);
+        using var logits = loaded.forward(ids);
+        using var hidden = loaded.HiddenStates(ids);
+        using var byEmbedding = hidden.matmul(embed.t());
+        using var byStoredHead = hidden.matmul(storedHead.t());
+        Assert.True(MaxDiff(logits, byEmbedding) < 1e-5, $"logits vs final hidden · embedᵀ: {MaxDiff(logits, byEmbedding)}");
+        Assert.True(MaxDiff(logits, byStoredHead) > 0.1, "a tied model must not use the stored lm_head");
+        using var original = model.forward(ids);
+        Assert.Equal(0.0, MaxDiff(logits, original));
+    }
+
+    [Fact]
+    public void UntiedCheckpoint_WithLmHeadUnlikeTheEmbedding_LoadsAndUsesLmHead()
+    {
+        var c = TinyModels.Config(tied: false);
+        using var model = TinyModels.Build(c, seed: 5);
+        using var embed = model.BaseParameters()["model.embed_tokens.weight"].detach().clone();
+        using var gen = new torch.Generator(78);
+        using var storedHead = torch.randn(embed.shape, generator: gen) * 0.2;
+        Assert.True(MaxDiff(storedHead, embed) > 0.1);
+        var w = Weights(model).Where(kv => kv.Key != "lm_head.weight").ToList();
+        w.Add(new("lm_head.weight", storedHead));
+        ModelFolder.Save(_dir, c, w);
+        using var loaded = ModelSessions.LoadBase(_dir, new RuntimeOptions());
+        Assert.Equal(0.0, MaxDiff(loaded.BaseParameters()["lm_head.weight"], storedHead));
+        Assert.Equal(0.0, MaxDiff(loaded.BaseParameters()["model.embed_tokens.weight"], embed));
+        using var ids = TinyModels.RandomIds(2, 7, c.VocabSize, 1);
+        using var logits = loaded.forward(ids);
+        using var hidden = loaded.HiddenStates(ids);
+        using var byHead = hidden.matmul(storedHead.t());
+        using var byEmbedding = hidden.matmul(embed.t());
+        Assert.True(MaxDiff(logits, byHead) < 1e-5, $"logits vs final hidden · lm_headᵀ: {MaxDiff(logits, byHead)}");
+        Assert.True(MaxDiff(logits, byEmbedding) > 0.1, "an untied model must not use the embedding as its head");
+    }
+
+    [Fact]
+    public void Open_MissingFolder_SaysNoSuchFolder()
+    {
         Assert.Contains("no such folder", Assert.Throws<DirectoryNotFoundException>(() => HfCheckpoint.Open(Path.Combine(_dir, "nope"))).Message);
     }
 }

@@ -33,7 +33,7 @@ public sealed class LlamaForCausalLMTests
     [Theory]
     [InlineData("linear")]
     [InlineData("llama3")]
-    public void RopeScaling_ChangesLogits_AndMatchesReference(string kind)
+    public void Logits_WithRopeScaling_MatchTheReferenceAndDifferFromUnscaled(string kind)
     {
         var rope = new RopeScaling { RopeType = kind, Factor = 4, LowFreqFactor = 1, HighFreqFactor = 4, OriginalMaxPositionEmbeddings = 16 };
         var c = TinyModels.Config(rope: rope);
@@ -50,24 +50,59 @@ public sealed class LlamaForCausalLMTests
     }
 
     [Fact]
-    public void Llama3Frequencies_FollowTheThreeBands()
+    public void InverseFrequencies_Llama3Scaling_FollowTheThreeBands()
     {
-        // head_dim 32, theta 10000: wavelengths 2π·10000^(2i/32) go from 6.3 to ~36,000. With original length 16,
-        // low factor 1, high factor 4: wavelengths < 4 stay, > 16 are divided by 8, the band between is blended.
-        var c = TinyModels.Config() with { HiddenSize = 128, RopeScaling = new RopeScaling { RopeType = "llama3", Factor = 8, LowFreqFactor = 1, HighFreqFactor = 4, OriginalMaxPositionEmbeddings = 16 } };
+        // head_dim 32, theta 10000: wavelengths 2π·10000^(2i/32) = 6.3, 11.2, 19.9, … ~36,000. With original length 16,
+        // low factor 1, high factor 2: wavelengths < 8 stay (i = 0), > 16 are divided by 8 (i ≥ 2), the band between is blended (i = 1).
+        var c = TinyModels.Config() with { HiddenSize = 128, RopeScaling = new RopeScaling { RopeType = "llama3", Factor = 8, LowFreqFactor = 1, HighFreqFactor = 2, OriginalMaxPositionEmbeddings = 16 } };
         using var scaled = Rotary.InverseFrequencies(c);
-        using var baseFreq = Rotary.InverseFrequencies(c with { RopeScaling = null });
+        Assert.Equal(16, scaled.shape[0]);
+        int kept = 0, divided = 0, blended = 0;
         for (int i = 0; i < 16; i++)
         {
-            double f = baseFreq[i].item<float>(), s = scaled[i].item<float>();
+            double f = 1.0 / Math.Pow(10000, 2.0 * i / 32), s = scaled[i].item<float>();
             double wavelen = 2 * Math.PI / f;
-            if (wavelen < 4) Assert.Equal(f, s, 6);
-            else if (wavelen > 16) Assert.Equal(f / 8, s, 6);
+            if (wavelen < 8) { Assert.Equal(f, s, 6); kept++; }
+            else if (wavelen > 16) { Assert.Equal(f / 8, s, 6); divided++; }
             else
             {
-                double smooth = (16 / wavelen - 1) / (4 - 1);
+                double smooth = (16 / wavelen - 1) / (2 - 1);
                 Assert.Equal((1 - smooth) * f / 8 + smooth * f, s, 5);
+                blended++;
             }
+        }
+        Assert.Equal((1, 1, 14), (kept, blended, divided));
+    }
+
+    public static TheoryData<string, int, double[]> HandFrequencies => new()
+    {
+        // d = 4, θ = 10⁴: 1/θ^(0/4), 1/θ^(2/4) = [1, 0.01].
+        { "default", 4, new[] { 1.0, 0.01 } },
+        // d = 8: [1, 10⁻¹, 10⁻², 10⁻³].
+        { "default", 8, new[] { 1.0, 0.1, 0.01, 0.001 } },
+        // linear, factor 4: every frequency / 4.
+        { "linear", 4, new[] { 0.25, 0.0025 } },
+        // llama3, factor 8, low 1, high 4, original length 1000: wavelengths 2π·[1, 10, 100, 1000] = [6.3, 63, 628, 6283].
+        // < 250 kept; > 1000 divided by 8; 628 is blended with s = (1000/(200π) − 1)/3: 0.01·((1 − s)/8 + s) = 0.0029753525.
+        { "llama3", 8, new[] { 1.0, 0.1, 0.01 * (1 + 7 * ((5 / Math.PI - 1) / 3)) / 8, 0.001 / 8 } },
+    };
+
+    [Theory]
+    [MemberData(nameof(HandFrequencies))]
+    public void InverseFrequencies_SmallHeadDim_EqualHandComputedValues(string kind, int headDim, double[] expected)
+    {
+        var rope = kind == "default" ? null : new RopeScaling { RopeType = kind, Factor = kind == "linear" ? 4 : 8, LowFreqFactor = 1, HighFreqFactor = 4, OriginalMaxPositionEmbeddings = 1000 };
+        var c = TinyModels.Config() with { HeadDimRaw = headDim, RopeTheta = 10000, RopeScaling = rope };
+        Assert.Equal(headDim, c.HeadDim);
+        using var ours = Rotary.InverseFrequencies(c);
+        var reference = ReferenceLlama.InverseFrequencies(c);
+        Assert.Equal(expected.Length, ours.shape[0]);
+        Assert.Equal(expected.Length, reference.Length);
+        if (kind == "llama3") Assert.Equal(0.0029753525, expected[2], 1e-10);
+        for (int i = 0; i < expected.Length; i++)
+        {
+            Assert.True(Math.Abs(ours[i].item<float>() - expected[i]) <= 1e-6 * expected[i], $"Rotary [{i}]: {ours[i].item<float>()} vs {expected[i]}");
+            Assert.True(Math.Abs(reference[i] - expected[i]) <= 1e-12 * expected[i], $"reference [{i}]: {reference[i]} vs {expected[i]}");
         }
     }
 

@@ -7,10 +7,49 @@ namespace ResLora.Tests.Models;
 /// <summary>
 /// An independent LLaMA forward pass in plain tensor ops over a name → tensor state dict, written from the
 /// transformers equations (not from our modules): explicit softmax attention with a -inf causal mask, key/value
-/// heads repeated with repeat_interleave, rotary angles computed in float64 per (position, pair).
+/// heads repeated with repeat_interleave, rotary angles computed in float64 per (position, pair) from inverse
+/// frequencies written out here (not <see cref="Rotary.InverseFrequencies"/>).
 /// </summary>
 internal static class ReferenceLlama
 {
+    /// <summary>
+    /// inv_freq (head_dim/2), float64, by the textbook formulas: inv_i = 1 / θ^(2i/d); "linear" rope_scaling divides
+    /// positions (equivalently inv) by factor; "llama3" is transformers' _compute_llama3_parameters element by element:
+    /// wavelength λ = 2π/inv; λ &lt; L/high kept, λ &gt; L/low divided by factor, in between
+    /// (1 − s)·inv/factor + s·inv with s = (L/λ − low)/(high − low), L = original_max_position_embeddings.
+    /// </summary>
+    public static double[] InverseFrequencies(ModelConfig c)
+    {
+        int d = c.HeadDim;
+        var inv = new double[d / 2];
+        for (int i = 0; i < d / 2; i++) inv[i] = 1.0 / Math.Pow(c.RopeTheta, 2.0 * i / d);
+        var rs = c.RopeScaling;
+        switch ((rs?.RopeType ?? rs?.Type ?? "default").ToLowerInvariant())
+        {
+            case "default":
+                break;
+            case "linear":
+                for (int i = 0; i < inv.Length; i++) inv[i] /= rs!.Factor;
+                break;
+            case "llama3":
+                {
+                    double factor = rs!.Factor, low = rs.LowFreqFactor, high = rs.HighFreqFactor, len = rs.OriginalMaxPositionEmbeddings;
+                    for (int i = 0; i < inv.Length; i++)
+                    {
+                        double wavelen = 2 * Math.PI / inv[i];
+                        if (wavelen < len / high) continue;
+                        if (wavelen > len / low) { inv[i] /= factor; continue; }
+                        double smooth = (len / wavelen - low) / (high - low);
+                        inv[i] = (1 - smooth) * inv[i] / factor + smooth * inv[i];
+                    }
+                    break;
+                }
+            default:
+                throw new ArgumentException($"reference: rope scaling '{rs!.RopeType ?? rs.Type}' not written out");
+        }
+        return inv;
+    }
+
     public static Tensor Logits(ModelConfig c, IReadOnlyDictionary<string, Tensor> w, long[] ids)
     {
         using var scope = torch.NewDisposeScope();
@@ -18,9 +57,9 @@ internal static class ReferenceLlama
         var x = w["model.embed_tokens.weight"].index_select(0, torch.tensor(ids)); // (t, d)
         // Rotary: angle(pos, i) = pos · θ^(-2i/h), the pair is (i, i + h/2) (rotate-half convention).
         var ang = new double[t, h / 2];
-        var inv = Rotary.InverseFrequencies(c); // float32 as transformers computes it
+        var inv = InverseFrequencies(c);
         for (int p = 0; p < t; p++)
-            for (int i = 0; i < h / 2; i++) ang[p, i] = (float)(p * inv[i].item<float>());
+            for (int i = 0; i < h / 2; i++) ang[p, i] = p * inv[i];
         var angle = torch.tensor(ang).to_type(ScalarType.Float32);
         var cos = angle.cos(); var sin = angle.sin(); // (t, h/2)
         Tensor Rope(Tensor q) // (heads, t, h)

@@ -74,22 +74,42 @@ public sealed class QuantizerTests
     }
 
     [Fact]
-    public void QuantizedModel_W8A8IsNearFullPrecision_AndW4A4IsNot()
+    public void QuantizedModel_W8A8VersusW4A4_W8A8WithinBoundsOfFullPrecisionAndW4A4Worse()
     {
         var c = TinyModels.Config();
         using var ids = TinyModels.RandomIds(2, 8, c.VocabSize, 3);
         using var fp = TinyModels.Build(c, seed: 4);
         using var full = fp.forward(ids);
-        double Diff(int w, int a, string method)
+        double fullMeanAbs = full.abs().mean().item<float>(), fullMaxAbs = full.abs().max().item<float>();
+        using var labels = ids.clone();
+        double fullLoss;
+        {
+            var (loss, _) = ResLora.Training.Trainer.CausalLmLoss(full, labels);
+            using (loss) fullLoss = loss.item<float>();
+        }
+        (double MeanRel, double MaxRel, double LossDiff) Err(int w, int a, string method)
         {
             using var m = TinyModels.Build(c, seed: 4);
             using var hooks = ModelQuantizer.Apply(m, new QuantizeOptions { WBits = w, ABits = a, Method = method }, new[] { ids });
             using var l = m.forward(ids);
-            return (l - full).abs().mean().item<float>();
+            using var d = (l - full).abs();
+            var (loss, _) = ResLora.Training.Trainer.CausalLmLoss(l, labels);
+            using (loss)
+                return (d.mean().item<float>() / fullMeanAbs, d.max().item<float>() / fullMaxAbs, Math.Abs(loss.item<float>() - fullLoss));
         }
-        double w8 = Diff(8, 8, "rtn"), w4 = Diff(4, 4, "rtn"), g4 = Diff(4, 16, "gptq"), r4 = Diff(4, 16, "rtn");
-        Assert.True(w8 < 0.1 * w4, $"W8A8 {w8} vs W4A4 {w4}");
-        Assert.True(g4 < r4 * 1.5, $"GPTQ W4 {g4} vs RTN W4 {r4}");
+        var w8 = Err(8, 8, "rtn");
+        var w4 = Err(4, 4, "rtn");
+        var g4 = Err(4, 16, "gptq");
+        var r4 = Err(4, 16, "rtn");
+        // Measured on this model: W8A8 mean 2.0 %, max 2.5 %, loss +0.0069 (of 4.91); W4A4 mean 35 %, max 47 %, loss +0.0154.
+        // Bounds with ~1.5× margin.
+        Assert.True(w8.MeanRel < 0.03, $"W8A8 mean |Δlogit| / mean |logit| = {w8.MeanRel}");
+        Assert.True(w8.MaxRel < 0.04, $"W8A8 max |Δlogit| / max |logit| = {w8.MaxRel}");
+        Assert.True(w8.LossDiff < 0.011, $"W8A8 loss {w8.LossDiff} away from full precision {fullLoss}");
+        Assert.True(w4.MeanRel > 10 * w8.MeanRel, $"W4A4 {w4.MeanRel} vs W8A8 {w8.MeanRel}");
+        Assert.True(w4.MaxRel > w8.MaxRel);
+        Assert.True(w4.LossDiff > w8.LossDiff, $"W4A4 loss diff {w4.LossDiff} vs W8A8 {w8.LossDiff}");
+        Assert.True(g4.MeanRel < r4.MeanRel * 1.5, $"GPTQ W4 {g4.MeanRel} vs RTN W4 {r4.MeanRel}");
         Assert.Equal(14, ModelQuantizer.DecoderLinears(fp).Count);
     }
 }

@@ -1,4 +1,5 @@
 using ResLora.Pipelines;
+using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Models;
 using ResLora.Quantization;
@@ -92,18 +93,49 @@ public sealed class RotationTests : IDisposable
     }
 
     [Fact]
-    public void WithoutTheOnlineHadamard_OrWithAnotherR1_TheLogitsBreak()
+    public void RotatedModel_WithoutTheOnlineHadamardOrWithAnotherR1_LogitsBreakAndTheAdapterIsRefused()
     {
         var c = TinyModels.Config() with { IntermediateSize = 48 };
-        string src = SaveTiny(c, 6), dst = Path.Combine(_dir, "rot");
+        string src = SaveTiny(c, 6), dst = Path.Combine(_dir, "rot"), other = Path.Combine(_dir, "rot-other");
         RoLoraRotation.RotateFolder(src, dst, seed: 3);
+        RoLoraRotation.RotateFolder(src, other, seed: 4); // the same base, a different R1
         using var a = ModelSessions.LoadBase(src, new RuntimeOptions());
         using var b = ModelSessions.LoadBase(dst, new RuntimeOptions());
+        using var b4 = ModelSessions.LoadBase(other, new RuntimeOptions());
+        var rec3 = RotationRecord.FromConfig(b.Config)!;
+        var rec4 = RotationRecord.FromConfig(b4.Config)!;
+        Assert.Equal((3L, 4L), (rec3.Seed, rec4.Seed));
+        Assert.NotEqual(rec3.SignsHash, rec4.SignsHash);
         using var ids = TinyModels.RandomIds(1, 7, c.VocabSize, 2);
         using var la = a.forward(ids);
-        foreach (var layer in b.Layers) layer.Mlp.DownProjInputTransform = null; // forget R4's online half
-        using var lb = b.forward(ids);
-        Assert.True((la - lb).abs().max().item<float>() > 1e-2);
+        // Each rotation alone keeps the function; the two R1 really differ (the rotated embeddings are not the same).
+        using (var l3 = b.forward(ids)) Assert.True((la - l3).abs().max().item<float>() < 1e-4);
+        using (var l4 = b4.forward(ids)) Assert.True((la - l4).abs().max().item<float>() < 1e-4);
+        Assert.True((b.BaseParameters()["model.embed_tokens.weight"] - b4.BaseParameters()["model.embed_tokens.weight"]).abs().max().item<float>() > 1e-2);
+
+        // Another R1 on one side of the model (seed-4 embeddings into the seed-3 model) breaks the logits.
+        using var mixed = ModelSessions.LoadBase(dst, new RuntimeOptions());
+        using (torch.no_grad()) mixed.BaseParameters()["model.embed_tokens.weight"].copy_(b4.BaseParameters()["model.embed_tokens.weight"]);
+        using (var lm = mixed.forward(ids)) Assert.True((la - lm).abs().max().item<float>() > 1e-2);
+
+        // A RoLoRA adapter trained on the seed-3 base loads there and is refused on the seed-4 base, with the reason.
+        var cfg = new RoLoraConfig { R = 2, LoraAlpha = 4, TargetModules = ModuleTargets.List("q_proj", "v_proj"), RotationSeed = 3, RotationSignsHash = rec3.SignsHash };
+        string adapter = Path.Combine(_dir, "adapter");
+        using (var trained = ModelSessions.LoadBase(dst, new RuntimeOptions(), new AdapterPlan(cfg)))
+            AdapterFolder.Save(adapter, cfg, trained);
+        using (var ok = ModelSessions.LoadWithAdapter(dst, adapter, new RuntimeOptions()))
+            Assert.NotEmpty(AdapterModel.ByModulePath(ok));
+        var refused = Assert.Throws<UserInputException>(() => ModelSessions.LoadWithAdapter(other, adapter, new RuntimeOptions()).Dispose());
+        Assert.Contains("rotated with seed 4", refused.Message);
+        Assert.Contains("the adapter with seed 3", refused.Message);
+        Assert.Contains("a different R1 breaks the model", refused.Message);
+        Assert.Contains(rec4.SignsHash, refused.Message);
+        // On the un-rotated base it is refused too.
+        Assert.Contains("not rotated", Assert.Throws<UserInputException>(() => ModelSessions.LoadWithAdapter(src, adapter, new RuntimeOptions()).Dispose()).Message);
+
+        // Without R4's online half the rotated model breaks as well.
+        foreach (var layer in b.Layers) layer.Mlp.DownProjInputTransform = null;
+        using (var lb = b.forward(ids)) Assert.True((la - lb).abs().max().item<float>() > 1e-2);
         // Rotating a second time is refused: the record in config.json guards it.
         Assert.Throws<UserInputException>(() => RoLoraRotation.RotateFolder(dst, Path.Combine(_dir, "twice"), seed: 4));
     }

@@ -130,13 +130,38 @@ public sealed class DataSetTests : IDisposable
     }
 
     [Fact]
-    public void LrSchedule_WarmsUpThenDecays()
+    public void LrMultiplier_WarmupThenDecay_FollowsTheTextbookFormulas()
     {
+        // Steps are 1-based; Hugging Face evaluates at s = step − 1 updates done. Warmup: s / warmup.
         Assert.Equal(0.0, Trainer.LrMultiplier(1, 100, 10, "cosine"));
         Assert.Equal(0.5, Trainer.LrMultiplier(6, 100, 10, "cosine"), 12);
+        Assert.Equal(0.9, Trainer.LrMultiplier(10, 100, 10, "linear"), 12);
         Assert.Equal(1.0, Trainer.LrMultiplier(11, 100, 10, "cosine"), 12);
         Assert.Equal(0.5, Trainer.LrMultiplier(56, 100, 10, "cosine"), 12);
         Assert.Equal(0.5, Trainer.LrMultiplier(56, 100, 10, "linear"), 12);
         Assert.Equal(1.0, Trainer.LrMultiplier(99, 100, 10, "constant"), 12);
+
+        // 110 steps, warmup 10: the decay covers s = 10 … 110, progress p = (s − 10) / 100.
+        // linear: 1 − p; cosine: (1 + cos πp) / 2. They agree only at p = 0, ½ and 1.
+        const int total = 110, warmup = 10;
+        (int Step, double Linear, double Cosine)[] points =
+        {
+            (11, 1.0, 1.0),                                   // p = 0
+            (36, 0.75, 0.5 + Math.Sqrt(2) / 4),                // p = ¼: cos(π/4) = √2/2 → 0.853553…
+            (61, 0.5, 0.5),                                   // p = ½
+            (86, 0.25, 0.5 - Math.Sqrt(2) / 4),                // p = ¾ → 0.146447…
+            (total, 0.01, (1 + Math.Cos(0.99 * Math.PI)) / 2), // last step, p = 0.99 → 0.000246…
+            (total + 1, 0.0, 0.0),                            // p = 1: the end of the schedule
+        };
+        foreach (var (step, linear, cosine) in points)
+        {
+            Assert.Equal(linear, Trainer.LrMultiplier(step, total, warmup, "linear"), 12);
+            Assert.Equal(cosine, Trainer.LrMultiplier(step, total, warmup, "cosine"), 12);
+            Assert.Equal(1.0, Trainer.LrMultiplier(step, total, warmup, "constant"), 12);
+        }
+        Assert.Equal(0.853553390593, Trainer.LrMultiplier(36, total, warmup, "cosine"), 11);
+        Assert.Equal(0.146446609407, Trainer.LrMultiplier(86, total, warmup, "cosine"), 11);
+        // Past the end linear is clamped at 0, not negative.
+        Assert.Equal(0.0, Trainer.LrMultiplier(total + 20, total, warmup, "linear"), 12);
     }
 }
