@@ -1,8 +1,8 @@
-using ResLora.Pipelines;
-using ResLora.Quantization;
 using System.CommandLine;
 using System.Globalization;
 using ResLora.IO;
+using ResLora.Pipelines;
+using ResLora.Quantization;
 using ResLora.Training;
 
 namespace ResLora.Cli;

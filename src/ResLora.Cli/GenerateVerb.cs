@@ -1,7 +1,7 @@
-using ResLora.Pipelines;
 using System.CommandLine;
 using ResLora.IO;
 using ResLora.Models;
+using ResLora.Pipelines;
 
 namespace ResLora.Cli;
 

@@ -1,8 +1,8 @@
-using System.Globalization;
-using ResLora.Pipelines;
 using System.CommandLine;
+using System.Globalization;
 using ResLora.IO;
 using ResLora.Models;
+using ResLora.Pipelines;
 using Spectre.Console;
 
 namespace ResLora.Cli;

@@ -1,8 +1,8 @@
-using ResLora.Pipelines;
 using System.CommandLine;
 using System.Globalization;
 using ResLora.Adapters;
 using ResLora.IO;
+using ResLora.Pipelines;
 using TorchSharp;
 
 namespace ResLora.Cli;

@@ -1,5 +1,5 @@
-using ResLora.Plots;
 using System.Globalization;
+using ResLora.Plots;
 using ResLora.Training;
 using Spectre.Console;
 

@@ -1,6 +1,6 @@
-using ResLora.Pipelines;
 using System.CommandLine;
 using ResLora.IO;
+using ResLora.Pipelines;
 using ResLora.Quantization;
 using ResLora.Training;
 

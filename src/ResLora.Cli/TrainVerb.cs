@@ -1,8 +1,8 @@
-using ResLora.Plots;
-using ResLora.Pipelines;
 using System.CommandLine;
 using System.Globalization;
 using ResLora.Adapters;
+using ResLora.Pipelines;
+using ResLora.Plots;
 using ResLora.Training;
 using Spectre.Console;
 

@@ -1,9 +1,9 @@
-using ResLora.Pipelines;
 using System.Diagnostics;
 using System.Text.Json;
 using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Models;
+using ResLora.Pipelines;
 using ResLora.Training;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -1,11 +1,11 @@
-using ResLora.Plots;
-using ResLora.Pipelines;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Models;
+using ResLora.Pipelines;
+using ResLora.Plots;
 using ResLora.Training;
 using TorchSharp;
 

@@ -1,6 +1,5 @@
-using ScottPlot;
-
 using ResLora.Training;
+using ScottPlot;
 
 namespace ResLora.Plots;
 

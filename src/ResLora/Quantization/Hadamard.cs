@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 namespace ResLora.Quantization;
 
 /// <summary>
-/// Normalized Hadamard transforms of any size n = K·2^m used in LLaMA-family models (shared/specs/rolora.md §6):
+/// Normalized Hadamard transforms of any size n = K·2^m used in LLaMA-family models (docs/specs/rolora.md §6):
 /// M = (H_K ⊗ H_{2^m}) / √n with Sylvester H_{2^m} and H_K from the Paley I/II constructions (plus doubling); the
 /// transform of a row v is T(v) = v Mᵀ = reshape(H_K · V · H_{2^m}) / √n with V = v as a K × 2^m matrix (§6.2).
 /// For an n whose K has no construction here, a seeded random orthogonal K×K matrix replaces Ĥ_K (§6.3 option b):

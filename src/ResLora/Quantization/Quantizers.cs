@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 namespace ResLora.Quantization;
 
 /// <summary>
-/// Fake quantization (quantize → dequantize in float) as RoLoRA evaluates (shared/specs/rolora.md §5): symmetric
+/// Fake quantization (quantize → dequantize in float) as RoLoRA evaluates (docs/specs/rolora.md §5): symmetric
 /// per-output-channel weights with an MSE clip search, RTN or GPTQ; symmetric per-token activations.
 /// </summary>
 public static class Quantizers

@@ -36,7 +36,7 @@ public sealed class AdapterConfigTests
     """;
 
     [Fact]
-    public void Parses_a_PEFT_file_dispatching_on_peft_type_and_warns_about_unknown_fields()
+    public void Parse_PeftFile_DispatchesOnPeftTypeAndWarnsAboutUnknownFields()
     {
         var (cfg, warnings) = AdapterConfigJson.Parse(PeftLoraJson);
         var c = Assert.IsType<LoraConfig>(cfg);
@@ -56,7 +56,7 @@ public sealed class AdapterConfigTests
     }
 
     [Fact]
-    public void Target_modules_string_is_a_regex_and_init_false_means_random()
+    public void Parse_StringTargetsAndInitFalse_GiveRegexAndRandomInit()
     {
         var (cfg, w) = AdapterConfigJson.Parse("""{"peft_type":"LORA","target_modules":".*\\.(q|v)_proj","init_lora_weights":false,"layers_to_transform":3}""");
         var c = (LoraConfig)cfg;
@@ -70,7 +70,7 @@ public sealed class AdapterConfigTests
     }
 
     [Fact]
-    public void Null_values_for_non_nullable_fields_keep_the_PEFT_default()
+    public void Parse_NullForNonNullableFields_KeepsThePeftDefault()
     {
         var (cfg, w) = AdapterConfigJson.Parse("""{"peft_type":"LORA","target_modules":["q_proj"],"rank_pattern":null,"alpha_pattern":null,"bias":null,"r":null,"exclude_modules":null}""");
         Assert.Empty(w);
@@ -90,7 +90,7 @@ public sealed class AdapterConfigTests
     [InlineData("""{"peft_type":"LORA"}""", "target_modules")]
     [InlineData("""{"peft_type":"PREFIX_TUNING","target_modules":["q_proj"]}""", "LORA")]
     [InlineData("""{"r":8}""", "peft_type")]
-    public void Bad_configs_are_refused_naming_the_field(string json, string expected)
+    public void Parse_BadConfig_IsRefusedNamingTheField(string json, string expected)
     {
         var e = Assert.Throws<UserInputException>(() => AdapterConfigJson.Parse(json, "x/adapter_config.json"));
         Assert.Contains(expected, e.Message);
@@ -98,7 +98,7 @@ public sealed class AdapterConfigTests
     }
 
     [Fact]
-    public void Serialize_writes_every_PEFT_LoRA_field_sorted_and_round_trips()
+    public void Serialize_LoraConfig_WritesEveryPeftFieldSortedAndRoundTrips()
     {
         var c = new LoraConfig
         {
@@ -157,7 +157,7 @@ public sealed class AdapterConfigTests
     private static readonly Lazy<bool> ExtraRegistered = new(() => { AdapterMethods.Register(new ExtraMethod()); return true; });
 
     [Fact]
-    public void A_new_method_adds_a_record_with_extra_fields_and_one_descriptor()
+    public void Register_NewMethod_ReadsAndWritesItsExtraFields()
     {
         _ = ExtraRegistered.Value;
         var (cfg, w) = AdapterConfigJson.Parse("""{"peft_type":"TEST_EXTRA","target_modules":["q_proj"],"extra_knob":7,"use_dora":true}""");

@@ -51,7 +51,7 @@ public sealed class AdapterModelTests
     private static readonly LoraConfig Cfg = new() { R = 2, LoraAlpha = 4, TargetModules = ModuleTargets.List("q_proj", "v_proj") };
 
     [Fact]
-    public void Finds_adapters_freezes_counts_and_merges_the_whole_tree()
+    public void AdapterModel_WholeTree_FindsFreezesCountsAndMerges()
     {
         var plan = new AdapterPlan(Cfg, new Generator(1));
         using var m = new Tiny(plan);
@@ -78,7 +78,7 @@ public sealed class AdapterModelTests
     }
 
     [Fact]
-    public void Whole_model_save_and_load_round_trips_through_a_folder()
+    public void SaveAndLoad_WholeModel_RoundTripsThroughAFolder()
     {
         var plan = new AdapterPlan(Cfg, new Generator(4));
         using var m = new Tiny(plan);
@@ -96,7 +96,7 @@ public sealed class AdapterModelTests
     }
 
     [Fact]
-    public void State_dict_keys_are_the_Hugging_Face_and_PEFT_names()
+    public void StateDict_AdaptedModules_UseHuggingFaceAndPeftKeys()
     {
         var spec = Spec(0, "self_attn", "q_proj", 4, 3, bias: true);
         using var l = new LoraLinear(spec, new LoraLayerOptions(2, 2), ScalarType.Float32, CPU);
@@ -106,7 +106,7 @@ public sealed class AdapterModelTests
     }
 
     [Fact]
-    public void CollectCapabilities_finds_hook_modules_and_extra_objects_once()
+    public void CollectCapabilities_HooksAndExtras_FindsEachObjectOnce()
     {
         var plan = new AdapterPlan(Cfg);
         using var m = new Tiny(plan);

@@ -16,14 +16,14 @@ public sealed class AdapterPlanTests
         TinyLlamaSpecs().Select(plan.Decide).Where(d => d.Adapted).Select(d => d.Spec.Name).ToList();
 
     [Fact]
-    public void List_entries_match_the_path_or_a_dot_suffix_only()
+    public void TargetList_Entry_MatchesThePathOrADotSuffixOnly()
     {
         var plan = Plan(new LoraConfig { TargetModules = ModuleTargets.List("q_proj", "layers.1.mlp.down_proj", "_proj") });
         Assert.Equal(new[] { "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj", "model.layers.1.mlp.down_proj" }, Adapted(plan));
     }
 
     [Fact]
-    public void A_string_is_a_regex_that_must_match_the_whole_path()
+    public void TargetString_Regex_MustMatchTheWholePath()
     {
         var plan = Plan(new LoraConfig { TargetModules = ModuleTargets.Regex(@".*\.layers\.0\..*(q|v)_proj") });
         Assert.Equal(new[] { "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj" }, Adapted(plan));
@@ -31,7 +31,7 @@ public sealed class AdapterPlanTests
     }
 
     [Fact]
-    public void All_linear_takes_every_decoder_projection_but_never_lm_head_and_exclusions_apply()
+    public void AllLinear_WithExclusions_TakesEveryDecoderProjectionButNeverLmHead()
     {
         var all = Adapted(Plan(new LoraConfig { TargetModules = ModuleTargets.AllLinear }));
         Assert.Equal(14, all.Count);
@@ -52,7 +52,7 @@ public sealed class AdapterPlanTests
     }
 
     [Fact]
-    public void Rank_and_alpha_patterns_use_the_first_key_matching_as_a_dot_suffix()
+    public void RankAndAlphaPatterns_SeveralKeys_FirstDotSuffixMatchWins()
     {
         var c = new LoraConfig
         {
@@ -76,7 +76,7 @@ public sealed class AdapterPlanTests
     }
 
     [Fact]
-    public void Create_wraps_targets_returns_frozen_linears_otherwise_and_records_decisions()
+    public void Create_TargetsAndOthers_WrapsTargetsFreezesOthersAndRecordsDecisions()
     {
         var plan = Plan(new LoraConfig { R = 2, LoraAlpha = 4, TargetModules = ModuleTargets.List("v_proj"), UseDora = true });
         var specs = TinyLlamaSpecs();
@@ -99,7 +99,7 @@ public sealed class AdapterPlanTests
     }
 
     [Fact]
-    public void Unmatched_pattern_error_names_the_pattern_and_lists_module_types()
+    public void EnsureAllPatternsMatched_UnmatchedPattern_NamesItAndListsModuleTypes()
     {
         var plan = Plan(new LoraConfig { TargetModules = ModuleTargets.List("q_proj", "query"), RankPattern = new() { ["dense"] = 4 } });
         foreach (var s in TinyLlamaSpecs()) plan.Create(s, ScalarType.Float32, CPU);
@@ -119,7 +119,7 @@ public sealed class AdapterPlanTests
     }
 
     [Fact]
-    public void Invalid_config_is_refused_naming_the_field()
+    public void Plan_InvalidConfig_IsRefusedNamingTheField()
     {
         Assert.Contains("'r'", Assert.Throws<UserInputException>(() => Plan(new LoraConfig { R = 0, TargetModules = ModuleTargets.List("q_proj") })).Message);
         Assert.Contains("'fan_in_fan_out'", Assert.Throws<UserInputException>(() => AdapterConfigJson.Parse("""{"peft_type":"LORA","target_modules":["q_proj"],"fan_in_fan_out":true}""")).Message);

@@ -11,7 +11,7 @@ public sealed class LoraDoraTests
     private static readonly LinearSpec Big = new("model.layers.0.mlp.down_proj", "down_proj", 0, 400, 6, false);
 
     [Fact]
-    public void Default_init_is_kaiming_uniform_A_with_bound_1_over_sqrt_in_and_zero_B()
+    public void Init_Default_AIsKaimingUniformOverSqrtInAndBIsZero()
     {
         using var l = new LoraLinear(Big, new LoraLayerOptions(8, 16), ScalarType.Float32, CPU, new Generator(1));
         double bound = 1 / Math.Sqrt(400); // §3.1: a = √5 ⇒ U(−1/√d_in, 1/√d_in)
@@ -27,7 +27,7 @@ public sealed class LoraDoraTests
     }
 
     [Fact]
-    public void Gaussian_init_has_std_1_over_r_and_false_init_makes_B_nonzero()
+    public void Init_GaussianOrFalse_AHasStdOneOverRAndFalseMakesBNonzero()
     {
         using var g = new LoraLinear(Big, new LoraLayerOptions(4, 8, Init: LoraInit.Gaussian), ScalarType.Float32, CPU, new Generator(2));
         double std = g.LoraA.std().item<float>();
@@ -41,14 +41,14 @@ public sealed class LoraDoraTests
     }
 
     [Fact]
-    public void Rslora_scaling_is_alpha_over_sqrt_r()
+    public void Scaling_WithRslora_IsAlphaOverSqrtR()
     {
         Assert.Equal(4.0, new LoraLayerOptions(4, 8, UseRslora: true).Scaling, 12);
         Assert.Equal(2.0, new LoraLayerOptions(4, 8).Scaling, 12);
     }
 
     [Fact]
-    public void Forward_is_hand_computed_Wx_plus_b_plus_s_BAx()
+    public void Forward_Lora_EqualsHandComputedWxPlusBPlusSBAx()
     {
         var spec = new LinearSpec("model.layers.0.self_attn.q_proj", "q_proj", 0, 2, 2, true);
         using var l = new LoraLinear(spec, new LoraLayerOptions(1, 2), ScalarType.Float32, CPU);
@@ -65,7 +65,7 @@ public sealed class LoraDoraTests
     }
 
     [Fact]
-    public void Dropout_touches_only_the_adapter_path_and_is_off_in_eval()
+    public void Dropout_InTraining_TouchesOnlyTheAdapterPathAndIsOffInEval()
     {
         var spec = Spec(0, "self_attn", "v_proj", 16, 4);
         using var l = new LoraLinear(spec, new LoraLayerOptions(2, 4, Dropout: 0.5), ScalarType.Float32, CPU, new Generator(3));
@@ -85,7 +85,7 @@ public sealed class LoraDoraTests
     }
 
     [Fact]
-    public void Bf16_base_keeps_float32_adapter_and_merge_casts_back()
+    public void Bf16Base_Adapter_StaysFloat32AndMergeCastsBack()
     {
         var spec = Spec(0, "self_attn", "q_proj", 8, 4);
         using var l = new LoraLinear(spec, new LoraLayerOptions(2, 4), ScalarType.BFloat16, CPU, new Generator(6));
@@ -105,7 +105,7 @@ public sealed class LoraDoraTests
     }
 
     [Fact]
-    public void Dora_forward_matches_the_weight_decomposition_formula()
+    public void DoraForward_AnyInput_MatchesTheWeightDecompositionFormula()
     {
         var spec = Spec(1, "mlp", "up_proj", 6, 4, bias: true);
         using var l = new DoraLinear(spec, new LoraLayerOptions(2, 3), ScalarType.Float32, CPU, new Generator(9));
@@ -123,7 +123,7 @@ public sealed class LoraDoraTests
     }
 
     [Fact]
-    public void Dora_magnitude_gradient_is_through_m_over_detached_norm()
+    public void DoraMagnitude_Backward_FlowsThroughMOverTheDetachedNorm()
     {
         // With the norm detached, ∂y/∂m_j = (1/n_j)·(V x)_j exactly; check on a 1-row layer against that formula.
         var spec = Spec(0, "self_attn", "k_proj", 3, 1);
@@ -140,7 +140,7 @@ public sealed class LoraDoraTests
     }
 
     [Fact]
-    public void Dora_gradients_of_A_and_B_treat_the_norm_as_a_constant()
+    public void DoraFactors_Backward_TreatTheNormAsAConstant()
     {
         var spec = Spec(0, "self_attn", "o_proj", 5, 4);
         using var l = new DoraLinear(spec, new LoraLayerOptions(2, 4), ScalarType.Float32, CPU, new Generator(16));
@@ -165,7 +165,7 @@ public sealed class LoraDoraTests
     }
 
     [Fact]
-    public void Dora_reset_magnitude_follows_newly_loaded_base_weights()
+    public void DoraMagnitude_AfterBaseLoad_FollowsTheNewBaseWeights()
     {
         var spec = Spec(0, "self_attn", "q_proj", 4, 3);
         using var l = new DoraLinear(spec, new LoraLayerOptions(2, 2), ScalarType.Float32, CPU, new Generator(14));
@@ -178,7 +178,7 @@ public sealed class LoraDoraTests
     }
 
     [Fact]
-    public void Load_state_rejects_wrong_shapes_and_missing_keys_naming_them()
+    public void LoadState_WrongShapesOrMissingKeys_AreRefusedByName()
     {
         var spec = Spec(0, "self_attn", "q_proj", 4, 3);
         using var l = new LoraLinear(spec, new LoraLayerOptions(2, 2), ScalarType.Float32, CPU);

@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 
 namespace ResLora.Tests.Adapters;
 
-/// <summary>shared/specs/reflora.md §10 in PEFT's orientation: lora_A = paper Aᵀ (r, in), lora_B = paper B (out, r).</summary>
+/// <summary>docs/specs/reflora.md §10 in PEFT's orientation: lora_A = paper Aᵀ (r, in), lora_B = paper B (out, r).</summary>
 public sealed class RefLoraTests
 {
     private sealed class Pair(Tensor a, Tensor b) : ILowRankPair

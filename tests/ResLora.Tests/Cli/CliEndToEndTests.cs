@@ -1,9 +1,9 @@
-using ResLora.Pipelines;
 using ResLora.Adapters;
 using ResLora.Cli;
 using ResLora.Demo;
 using ResLora.IO;
 using ResLora.Models;
+using ResLora.Pipelines;
 using ResLora.Tests.Infrastructure;
 using TorchSharp;
 

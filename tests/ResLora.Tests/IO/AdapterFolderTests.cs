@@ -42,7 +42,7 @@ public sealed class AdapterFolderTests
     [InlineData(ScalarType.Float32, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight")]
     [InlineData(ScalarType.Float16, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight", "base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight")]
     [InlineData(ScalarType.BFloat16, "model.layers.0.self_attn.q_proj.lora_A.weight", "model.layers.0.self_attn.q_proj.lora_B.weight")]
-    public void A_PEFT_folder_loads_and_gives_the_hand_computed_output(ScalarType dtype, string aKey, string bKey)
+    public void Load_PeftFolder_GivesTheHandComputedOutput(ScalarType dtype, string aKey, string bKey)
     {
         string dir = WritePeftFolder(dtype, aKey, bKey);
         using var contents = AdapterFolder.Load(dir);
@@ -62,7 +62,7 @@ public sealed class AdapterFolderTests
     [InlineData("base_model.model.model.weight_proj.default.lora_A.default.weight", "model.weight_proj.default", "lora_A.weight")] // #2772: 'weight'/'default' inside module names
     [InlineData("base_model.model.model.layers.1.self_attn.q_proj.lora_E.default", "model.layers.1.self_attn.q_proj", "lora_E")]
     [InlineData("base_model.model.model.layers.1.self_attn.q_proj.hada_w1_a", "model.layers.1.self_attn.q_proj", "hada_w1_a")]
-    public void SplitKey_inverts_PEFT_naming_on_whole_segments(string key, string module, string param)
+    public void SplitKey_PeftKeys_InvertsTheNamingOnWholeSegments(string key, string module, string param)
     {
         Assert.Equal((module, param), AdapterFolder.SplitKey(key));
     }
@@ -71,13 +71,13 @@ public sealed class AdapterFolderTests
     [InlineData("base_model.model.model.layers.0.self_attn.q_proj.weight", "not an adapter tensor")]
     [InlineData("base_model.model.model.layers.0.self_attn.q_proj.lora_A.other.weight", "other adapters")]
     [InlineData("base_model.model.lora_A.weight", "not an adapter tensor")]
-    public void SplitKey_rejects_non_adapter_and_foreign_adapter_keys(string key, string expected)
+    public void SplitKey_NonAdapterOrForeignKeys_AreRefused(string key, string expected)
     {
         Assert.Contains(expected, Assert.Throws<UserInputException>(() => AdapterFolder.SplitKey(key)).Message);
     }
 
     [Fact]
-    public void Keys_for_unknown_modules_and_shape_mismatches_are_errors_naming_key_and_shapes()
+    public void Apply_UnknownModuleOrShapeMismatch_IsAnErrorNamingKeyAndShapes()
     {
         string dir = WritePeftFolder(ScalarType.Float32,
             "base_model.model.model.layers.5.self_attn.q_proj.lora_A.weight", "base_model.model.model.layers.5.self_attn.q_proj.lora_B.weight");
@@ -111,7 +111,7 @@ public sealed class AdapterFolderTests
     }
 
     [Fact]
-    public void Save_is_atomic_keeps_other_files_and_a_failed_save_leaves_the_old_folder_intact()
+    public void Save_FailingMidway_KeepsOtherFilesAndTheOldPair()
     {
         var cfg = new LoraConfig { R = 1, LoraAlpha = 2, TargetModules = ModuleTargets.List("q_proj") };
         using var l = BuildFromConfig(cfg);
@@ -143,7 +143,7 @@ public sealed class AdapterFolderTests
     }
 
     [Fact]
-    public void Save_refuses_a_config_of_another_method_and_Load_explains_pickle_only_folders()
+    public void SaveAndLoad_WrongConfigOrPickleOnly_AreRefusedWithTheFix()
     {
         var lora = new LoraConfig { R = 1, LoraAlpha = 2, TargetModules = ModuleTargets.List("q_proj") };
         using var l = BuildFromConfig(lora);

@@ -1,6 +1,6 @@
-using ResLora.Pipelines;
 using ResLora.IO;
 using ResLora.Models;
+using ResLora.Pipelines;
 using ResLora.Tests.Infrastructure;
 using TorchSharp;
 

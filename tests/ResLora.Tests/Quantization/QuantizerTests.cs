@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 
 namespace ResLora.Tests.Quantization;
 
-/// <summary>shared/specs/rolora.md §10 cases 9–12.</summary>
+/// <summary>docs/specs/rolora.md §10 cases 9–12.</summary>
 public sealed class QuantizerTests
 {
     private static void Near(float[] expected, Tensor actual, double tol = 1e-5)

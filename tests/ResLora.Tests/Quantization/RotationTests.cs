@@ -1,7 +1,7 @@
-using ResLora.Pipelines;
 using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Models;
+using ResLora.Pipelines;
 using ResLora.Quantization;
 using ResLora.Tests.Infrastructure;
 using TorchSharp;

@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 
 namespace ResLora.Tests.Adapters.ResLora;
 
-/// <summary>The numeric cases of shared/specs/reslora.md §8 (one chain of 3 blocks, d = 2, r = 1, α = 2 ⇒ s = 2, W = I).</summary>
+/// <summary>The numeric cases of docs/specs/reslora.md §8 (one chain of 3 blocks, d = 2, r = 1, α = 2 ⇒ s = 2, W = I).</summary>
 public sealed class ResLoraSpecTests
 {
     private static readonly float[][] A = { new[] { 1f, 0f }, new[] { 0f, 1f }, new[] { 1f, 1f } };
