@@ -4,7 +4,6 @@ using System.Globalization;
 using System.Text.Json;
 using ResLora.Adapters;
 using ResLora.Bench;
-using TorchSharp;
 
 namespace ResLora.Cli;
 

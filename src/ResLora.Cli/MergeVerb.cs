@@ -3,7 +3,6 @@ using System.Globalization;
 using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Pipelines;
-using TorchSharp;
 
 namespace ResLora.Cli;
 

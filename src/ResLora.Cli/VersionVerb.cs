@@ -1,5 +1,4 @@
 using System.CommandLine;
-using TorchSharp;
 
 namespace ResLora.Cli;
 

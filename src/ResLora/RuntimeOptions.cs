@@ -1,5 +1,3 @@
-using TorchSharp;
-
 namespace ResLora;
 
 /// <summary>Runtime choices kept apart from the model config: device, dtype, torch threads.</summary>

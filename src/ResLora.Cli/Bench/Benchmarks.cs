@@ -2,8 +2,6 @@ using System.Diagnostics;
 using ResLora.Adapters;
 using ResLora.Models;
 using ResLora.Training;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace ResLora.Bench;
 

@@ -5,8 +5,6 @@ using ResLora.IO;
 using ResLora.Models;
 using ResLora.Pipelines;
 using ResLora.Training;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace ResLora.Bench;
 

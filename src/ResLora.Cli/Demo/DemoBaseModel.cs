@@ -4,7 +4,6 @@ using System.Text.Json;
 using ResLora.IO;
 using ResLora.Models;
 using ResLora.Training;
-using TorchSharp;
 
 namespace ResLora.Demo;
 

@@ -7,7 +7,6 @@ using ResLora.Models;
 using ResLora.Pipelines;
 using ResLora.Plots;
 using ResLora.Training;
-using TorchSharp;
 
 namespace ResLora.Demo;
 

@@ -1,7 +1,4 @@
-using TorchSharp;
-using TorchSharp.Modules;
 using TorchSharp.Utils;
-using static TorchSharp.torch;
 
 namespace ResLora.Models;
 

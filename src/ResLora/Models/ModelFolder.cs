@@ -1,5 +1,4 @@
 using ResLora.IO;
-using static TorchSharp.torch;
 
 namespace ResLora.Models;
 

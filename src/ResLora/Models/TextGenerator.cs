@@ -1,6 +1,3 @@
-using TorchSharp;
-using static TorchSharp.torch;
-
 namespace ResLora.Models;
 
 /// <summary>How to continue a prompt. Temperature 0 is greedy; otherwise sampling with optional top-k / top-p.</summary>

@@ -2,7 +2,6 @@ using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Quantization;
 using ResLora.Training;
-using static TorchSharp.torch;
 
 namespace ResLora.Pipelines;
 

@@ -1,7 +1,6 @@
 using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Training;
-using TorchSharp;
 
 namespace ResLora.Pipelines;
 

@@ -1,7 +1,5 @@
 using ResLora.Adapters;
 using ResLora.Models;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace ResLora.Pipelines;
 

@@ -3,8 +3,6 @@ using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Models;
 using ResLora.Quantization;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace ResLora.Pipelines;
 

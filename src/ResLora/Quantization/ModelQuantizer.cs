@@ -1,6 +1,4 @@
 using ResLora.Models;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace ResLora.Quantization;
 

@@ -2,8 +2,6 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using ResLora.IO;
 using ResLora.Models;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace ResLora.Quantization;
 

@@ -1,6 +1,5 @@
 using ResLora.IO;
 using ResLora.Models;
-using TorchSharp;
 
 namespace ResLora.Training;
 

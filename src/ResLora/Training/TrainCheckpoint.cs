@@ -1,7 +1,5 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace ResLora.Training;
 

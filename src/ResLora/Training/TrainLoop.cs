@@ -4,7 +4,6 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using ResLora.IO;
 using ResLora.Models;
-using TorchSharp;
 
 namespace ResLora.Training;
 

@@ -1,9 +1,6 @@
 using System.Diagnostics;
 using ResLora.Adapters;
 using ResLora.Models;
-using TorchSharp;
-using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace ResLora.Training;
 

@@ -141,13 +141,8 @@ public sealed class AdapterConfigTests
     }
 
     /// <summary>A method defined outside the library: a descriptor naming its record, registered at run time.</summary>
-    private sealed class ExtraMethod : AdapterMethod
+    private sealed class ExtraMethod() : AdapterMethod("test-extra", "TEST_EXTRA", typeof(ExtraConfig), "test", "lora_")
     {
-        public override string Name => "test-extra";
-        public override string Description => "test";
-        public override string PeftType => "TEST_EXTRA";
-        public override Type ConfigType => typeof(ExtraConfig);
-        public override IReadOnlyList<string> ParameterPrefixes => new[] { "lora_" };
         public override IEnumerable<MethodContender> Contenders(int rank) => Array.Empty<MethodContender>(); // never in the demo or bench
         public override MethodSetup Build(MethodSpec spec, MethodOptions? options) => new(WithCommon(new ExtraConfig(), spec));
         public override IReadOnlyList<Type> LayerTypes(AdapterConfigBase config) => new[] { typeof(LoraLinear) };

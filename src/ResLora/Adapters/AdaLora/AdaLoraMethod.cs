@@ -1,19 +1,12 @@
-using TorchSharp;
-using static TorchSharp.torch;
-
 namespace ResLora.Adapters;
 
 /// <summary>AdaLoRA's option: the final average rank (default: two thirds of the initial rank).</summary>
 public sealed record AdaLoraOptions(int? TargetR = null) : MethodOptions;
 
 /// <summary>AdaLoRA (peft-format.md §3.3): SVD-shaped adapters whose rank budget is pruned on PEFT's cubic schedule.</summary>
-public sealed class AdaLoraMethod : AdapterMethod
+public sealed class AdaLoraMethod() : AdapterMethod("adalora", "ADALORA", typeof(AdaLoraConfig),
+    "AdaLoRA: SVD-shaped adapters, rank budget moved to where the sensitivity is (Zhang et al. 2023).", "lora_")
 {
-    public override string Name => "adalora";
-    public override string Description => "AdaLoRA: SVD-shaped adapters, rank budget moved to where the sensitivity is (Zhang et al. 2023).";
-    public override string PeftType => "ADALORA";
-    public override Type ConfigType => typeof(AdaLoraConfig);
-    public override IReadOnlyList<string> ParameterPrefixes => new[] { "lora_" };
     public override MethodOptions DefaultOptions => new AdaLoraOptions();
 
     public override IReadOnlyList<MethodFlag> Flags => new MethodFlag[]

@@ -1,7 +1,5 @@
 using System.Text;
 using ResLora.IO;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace ResLora.Adapters;
 

@@ -1,6 +1,4 @@
 using ResLora.Models;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace ResLora.Adapters;
 
@@ -76,20 +74,27 @@ public sealed record MethodSetup(AdapterConfigBase Config)
 /// </summary>
 public abstract class AdapterMethod
 {
-    /// <summary>The command-line name (lora, reslora, ...).</summary>
-    public abstract string Name { get; }
+    /// <param name="name">The command-line name (lora, reslora, ...).</param>
+    /// <param name="peftType">PEFT's <c>peft_type</c> of <paramref name="configType"/> (LORA, ...).</param>
+    /// <param name="configType">The config record adapter_config.json is read into for <paramref name="peftType"/>.</param>
+    /// <param name="description">One line for <c>--help</c> and docs.</param>
+    /// <param name="parameterPrefixes">How the names of the method's saved tensors start (lora_, hada_, ...).</param>
+    protected AdapterMethod(string name, string peftType, Type configType, string description, params string[] parameterPrefixes)
+    {
+        Name = name;
+        PeftType = peftType;
+        ConfigType = configType;
+        Description = description;
+        ParameterPrefixes = parameterPrefixes;
+    }
 
-    /// <summary>One line for <c>--help</c> and docs.</summary>
-    public abstract string Description { get; }
+    public string Name { get; }
+    public string Description { get; }
+    public string PeftType { get; }
+    public Type ConfigType { get; }
 
-    /// <summary>PEFT's <c>peft_type</c> of <see cref="ConfigType"/> (LORA, ...).</summary>
-    public abstract string PeftType { get; }
-
-    /// <summary>The config record adapter_config.json is read into for <see cref="PeftType"/>.</summary>
-    public abstract Type ConfigType { get; }
-
-    /// <summary>How the names of this method's saved tensors start (lora_, hada_, ...): where a PEFT key's module path ends.</summary>
-    public abstract IReadOnlyList<string> ParameterPrefixes { get; }
+    /// <summary>Where a PEFT key's module path ends: the first segment starting with one of these.</summary>
+    public IReadOnlyList<string> ParameterPrefixes { get; }
 
     /// <summary>The method's options with nothing set (null for a method without options).</summary>
     public virtual MethodOptions? DefaultOptions => null;

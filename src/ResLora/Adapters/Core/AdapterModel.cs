@@ -1,6 +1,3 @@
-using TorchSharp;
-using static TorchSharp.torch;
-
 namespace ResLora.Adapters;
 
 /// <summary>The capability objects found in a model (see <see cref="AdapterModel.CollectCapabilities"/>).</summary>

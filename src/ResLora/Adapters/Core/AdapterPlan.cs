@@ -1,8 +1,5 @@
 using System.Text.RegularExpressions;
 using ResLora.Models;
-using TorchSharp;
-using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace ResLora.Adapters;
 

@@ -1,5 +1,3 @@
-using static TorchSharp.torch;
-
 namespace ResLora.Adapters;
 
 /// <summary>Capability: an extra loss term the trainer adds to the task loss every step (AdaLoRA's orthogonality penalty).</summary>

@@ -1,6 +1,4 @@
 using ResLora.Models;
-using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace ResLora.Adapters;
 

@@ -1,19 +1,12 @@
-using TorchSharp;
-using static TorchSharp.torch;
-
 namespace ResLora.Adapters;
 
 /// <summary>(IA)³'s option: which targeted modules scale their input (default: down_proj, as PEFT's LLaMA default).</summary>
 public sealed record Ia3Options(string? FeedforwardModules = null) : MethodOptions;
 
 /// <summary>(IA)³ (Liu et al. 2022) as PEFT implements it: peft_type IA3, one <c>ia3_l</c> vector per module, no rank.</summary>
-public sealed class Ia3Method : AdapterMethod
+public sealed class Ia3Method() : AdapterMethod("ia3", "IA3", typeof(Ia3Config),
+    "(IA)³: one learned scaling vector per module (inputs of feedforward modules, outputs of the others); --rank and --alpha are unused.", "ia3_")
 {
-    public override string Name => "ia3";
-    public override string Description => "(IA)³: one learned scaling vector per module (inputs of feedforward modules, outputs of the others); --rank and --alpha are unused.";
-    public override string PeftType => "IA3";
-    public override Type ConfigType => typeof(Ia3Config);
-    public override IReadOnlyList<string> ParameterPrefixes => new[] { "ia3_" };
     public override MethodOptions DefaultOptions => new Ia3Options();
 
     public override IReadOnlyList<MethodFlag> Flags => new MethodFlag[]

@@ -1,7 +1,5 @@
 using System.Text.Json.Serialization;
 using ResLora.Models;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace ResLora.Adapters;
 

@@ -1,19 +1,12 @@
-using TorchSharp;
-using static TorchSharp.torch;
-
 namespace ResLora.Adapters;
 
 /// <summary>LoRA's options: <c>use_dora</c> switches the layers to DoRA (weight-decomposed LoRA).</summary>
 public sealed record LoraOptions(bool UseDora = false) : MethodOptions;
 
 /// <summary>LoRA (peft-format.md §3.1) and its variant DoRA (§3.2), both saved as PEFT's LORA.</summary>
-public sealed class LoraMethod : AdapterMethod
+public sealed class LoraMethod() : AdapterMethod("lora", "LORA", typeof(LoraConfig),
+    "LoRA: y = W₀x + (α/r)·B A x (Hu et al. 2021); variant dora: weight-decomposed LoRA (Liu et al. 2024).", "lora_")
 {
-    public override string Name => "lora";
-    public override string Description => "LoRA: y = W₀x + (α/r)·B A x (Hu et al. 2021); variant dora: weight-decomposed LoRA (Liu et al. 2024).";
-    public override string PeftType => "LORA";
-    public override Type ConfigType => typeof(LoraConfig);
-    public override IReadOnlyList<string> ParameterPrefixes => new[] { "lora_" };
     public override MethodOptions DefaultOptions => new LoraOptions();
 
     public override IReadOnlyList<MethodVariant> Variants => new[]

@@ -1,8 +1,5 @@
 using System.Text.Json.Serialization;
 using ResLora.Models;
-using TorchSharp;
-using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace ResLora.Adapters;
 

@@ -1,17 +1,9 @@
-using TorchSharp;
-using static TorchSharp.torch;
-
 namespace ResLora.Adapters;
 
 /// <summary>LoHa (peft-format.md §3.4): ΔW as the Hadamard product of two low-rank products.</summary>
-public sealed class LoHaMethod : AdapterMethod
+public sealed class LoHaMethod() : AdapterMethod("loha", "LOHA", typeof(LoHaConfig),
+    "LoHa: ΔW = (W1a W1b) ⊙ (W2a W2b), LyCORIS's Hadamard-product adapter.", "hada_")
 {
-    public override string Name => "loha";
-    public override string Description => "LoHa: ΔW = (W1a W1b) ⊙ (W2a W2b), LyCORIS's Hadamard-product adapter.";
-    public override string PeftType => "LOHA";
-    public override Type ConfigType => typeof(LoHaConfig);
-    public override IReadOnlyList<string> ParameterPrefixes => new[] { "hada_" };
-
     public override MethodSetup Build(MethodSpec spec, MethodOptions? options) =>
         new(new LoHaConfig { R = spec.Rank, Alpha = spec.Alpha, ModuleDropout = spec.Dropout, TargetModules = spec.Targets, ExcludeModules = spec.Exclude });
 
@@ -22,14 +14,9 @@ public sealed class LoHaMethod : AdapterMethod
 }
 
 /// <summary>LoKr (peft-format.md §3.5): ΔW as a Kronecker product of a small and a low-rank factor.</summary>
-public sealed class LoKrMethod : AdapterMethod
+public sealed class LoKrMethod() : AdapterMethod("lokr", "LOKR", typeof(LoKrConfig),
+    "LoKr: ΔW = W1 ⊗ (W2a W2b), LyCORIS's Kronecker-product adapter.", "lokr_")
 {
-    public override string Name => "lokr";
-    public override string Description => "LoKr: ΔW = W1 ⊗ (W2a W2b), LyCORIS's Kronecker-product adapter.";
-    public override string PeftType => "LOKR";
-    public override Type ConfigType => typeof(LoKrConfig);
-    public override IReadOnlyList<string> ParameterPrefixes => new[] { "lokr_" };
-
     public override MethodSetup Build(MethodSpec spec, MethodOptions? options) =>
         new(new LoKrConfig { R = spec.Rank, Alpha = spec.Alpha, ModuleDropout = spec.Dropout, TargetModules = spec.Targets, ExcludeModules = spec.Exclude });
 

@@ -1,7 +1,4 @@
 using ResLora.Models;
-using TorchSharp;
-using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace ResLora.Adapters;
 

@@ -1,6 +1,3 @@
-using TorchSharp;
-using static TorchSharp.torch;
-
 namespace ResLora.Adapters;
 
 /// <summary>The closed-form refactoring (spec §2.2) in PEFT's orientation: A = lora_A (r, in), B = lora_B (out, r), ΔW = B A.</summary>

@@ -1,6 +1,3 @@
-using TorchSharp;
-using static TorchSharp.torch;
-
 namespace ResLora.Adapters;
 
 /// <summary>
@@ -39,7 +36,8 @@ public sealed record RefLoraOptions(string Variant = "full", int WarmupSteps = 2
 /// RefLoRA (docs/specs/reflora.md): LoRA layers plus the refactoring step hook over every LoRA pair of the model; saved
 /// as an ordinary LoRA adapter. Its refactoring also composes with any method of low-rank pairs (<see cref="Compose"/>).
 /// </summary>
-public sealed class RefLoraMethod : AdapterMethod
+public sealed class RefLoraMethod() : AdapterMethod("reflora", "REFLORA", typeof(RefLoraConfig),
+    "RefLoRA: LoRA with the per-step optimal refactoring of its factors (gradient preconditioning); variant reflora-s rescales them.", "lora_")
 {
     /// <summary>The flags that set the warm-up and interval, of RefLoRA itself or of <c>--refactor</c> on another method.</summary>
     public static readonly IReadOnlyList<MethodFlag> RefactorFlags = new MethodFlag[]
@@ -48,11 +46,6 @@ public sealed class RefLoraMethod : AdapterMethod
         new MethodFlag<RefLoraOptions, int>("--refactor-interval", "RefLoRA: refactor every N steps after warm-up (default 1).", (o, v) => o with { Interval = v }),
     };
 
-    public override string Name => "reflora";
-    public override string Description => "RefLoRA: LoRA with the per-step optimal refactoring of its factors (gradient preconditioning); variant reflora-s rescales them.";
-    public override string PeftType => "REFLORA";
-    public override Type ConfigType => typeof(RefLoraConfig);
-    public override IReadOnlyList<string> ParameterPrefixes => new[] { "lora_" };
     public override MethodOptions DefaultOptions => new RefLoraOptions();
     public override IReadOnlyList<MethodFlag> Flags => RefactorFlags;
 

@@ -1,6 +1,3 @@
-using TorchSharp;
-using static TorchSharp.torch;
-
 namespace ResLora.Adapters;
 
 /// <summary>
@@ -11,13 +8,9 @@ namespace ResLora.Adapters;
 public sealed record ResLoraOptions(string Structure = "is", int? PreNum = null, string Merge = "bi") : MethodOptions;
 
 /// <summary>ResLoRA (arXiv 2402.18039; docs/specs/reslora.md): residual paths between LoRA blocks, merged away for inference.</summary>
-public sealed class ResLoraMethod : AdapterMethod
+public sealed class ResLoraMethod() : AdapterMethod("reslora", "RESLORA", typeof(ResLoraConfig),
+    "ResLoRA: LoRA blocks with residual paths to the previous layers' blocks (Shi et al. 2024), merged away for inference.", "lora_")
 {
-    public override string Name => "reslora";
-    public override string Description => "ResLoRA: LoRA blocks with residual paths to the previous layers' blocks (Shi et al. 2024), merged away for inference.";
-    public override string PeftType => "RESLORA";
-    public override Type ConfigType => typeof(ResLoraConfig);
-    public override IReadOnlyList<string> ParameterPrefixes => new[] { "lora_" };
     public override MethodOptions DefaultOptions => new ResLoraOptions();
 
     public override IReadOnlyList<MethodFlag> Flags => new MethodFlag[]

@@ -1,7 +1,5 @@
 using ResLora.Models;
 using ResLora.Quantization;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace ResLora.Adapters;
 
@@ -12,15 +10,11 @@ public sealed record RoLoraOptions(long RotationSeed = 0) : MethodOptions;
 /// RoLoRA (docs/specs/rolora.md §4): rotate the base once (norm fusion, R1 with the seed, R4) into OUT/rotated-base,
 /// then train LoRA there. Loading the adapter on a base rotated otherwise, or not at all, is refused (§9).
 /// </summary>
-public sealed class RoLoraMethod : AdapterMethod
+public sealed class RoLoraMethod() : AdapterMethod("rolora", "ROLORA", typeof(RoLoraConfig),
+    "RoLoRA: LoRA on a rotated base (Hadamard rotations remove activation outliers) for W4A4 quantization (Huang et al. 2024).", "lora_")
 {
     public const string RotatedBaseFolder = "rotated-base";
 
-    public override string Name => "rolora";
-    public override string Description => "RoLoRA: LoRA on a rotated base (Hadamard rotations remove activation outliers) for W4A4 quantization (Huang et al. 2024).";
-    public override string PeftType => "ROLORA";
-    public override Type ConfigType => typeof(RoLoraConfig);
-    public override IReadOnlyList<string> ParameterPrefixes => new[] { "lora_" };
     public override MethodOptions DefaultOptions => new RoLoraOptions();
 
     public override IReadOnlyList<MethodFlag> Flags => new MethodFlag[]
