@@ -42,3 +42,19 @@ public interface IBaseWeightDependent
 {
     void OnBaseWeightsLoaded();
 }
+
+/// <summary>
+/// Capability of a layer builder whose merge is fitted on calibration text (ResLoRA's least-squares fold): the merge
+/// pipeline runs the model over calibration batches through <see cref="Calibrate"/> before merging or exporting.
+/// </summary>
+public interface ICalibratedMerge
+{
+    /// <summary>True while the configured merge still needs its calibration pass.</summary>
+    bool NeedsCalibration { get; }
+
+    /// <summary>
+    /// Runs <paramref name="forward"/> (token ids (b, t), attention mask (b, t) → logits) over the batches in eval mode
+    /// with recording on, then fits. Only positions whose mask is 1 are used.
+    /// </summary>
+    void Calibrate(Func<Tensor, Tensor, Tensor> forward, IEnumerable<(Tensor Ids, Tensor Mask)> batches);
+}

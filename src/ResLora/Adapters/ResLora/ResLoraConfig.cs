@@ -36,24 +36,29 @@ public sealed record ResLoraConfig : AdapterConfigBase
         _ => throw new UserInputException($"adapter_config.json: 'structure' is '{Structure}'; use is (input-shortcut), bs (block-shortcut) or ms (middle-shortcut)."),
     };
 
-    /// <summary>The merge actually used: bs is always exact; "a" is the ms A-merge (same as bw for ms).</summary>
+    /// <summary>
+    /// The merge actually used: bs is always exact; "a" is the ms A-merge (same as bw for ms); "ls" the calibrated
+    /// least-squares fold of is/ms (<see cref="LeastSquaresFold"/>), which needs calibration text at merge time.
+    /// </summary>
     [JsonIgnore]
     public ResLoraMergeKind MergeKind => (StructureKind, Merge.ToLowerInvariant()) switch
     {
+        (ResLoraStructure.BlockShortcut, "ls") => throw new UserInputException("merge 'ls' fits the residual paths of is/ms blocks; a bs adapter has nothing to fit: it merges exactly. Drop --merge ls."),
         (ResLoraStructure.BlockShortcut, "bi" or "bw" or "a" or "auto" or "exact") => ResLoraMergeKind.Exact,
         (_, "bi" or "auto") => ResLoraMergeKind.Bi,
         (_, "bw") => ResLoraMergeKind.Bw,
         (ResLoraStructure.MiddleShortcut, "a") => ResLoraMergeKind.Bw,
-        _ => throw new UserInputException($"adapter_config.json: 'merge' is '{Merge}'; use bi or bw for structure is, bi, bw or a for ms, or auto (bs merges exactly)."),
+        (_, "ls") => ResLoraMergeKind.LeastSquares,
+        _ => throw new UserInputException($"adapter_config.json: 'merge' is '{Merge}'; use bi, bw or ls for structure is, bi, bw, a or ls for ms, or auto (bs merges exactly)."),
     };
 
-    /// <summary>The merges worth trying for this structure when <c>merge</c> is auto (the one with the smaller measured logit difference wins).</summary>
+    /// <summary>The merges worth trying for this structure when <c>merge</c> is auto (the one closest to the unmerged model on held-out text wins).</summary>
     [JsonIgnore]
     public IReadOnlyList<string> MergeCandidates => StructureKind switch
     {
         ResLoraStructure.BlockShortcut => new[] { "bi" },
-        ResLoraStructure.InputShortcut => new[] { "bi", "bw" },
-        _ => new[] { "bi", "a" },
+        ResLoraStructure.InputShortcut => new[] { "bi", "bw", "ls" },
+        _ => new[] { "bi", "a", "ls" },
     };
 
     public override void Validate()
@@ -70,7 +75,7 @@ public sealed record ResLoraConfig : AdapterConfigBase
 
 public enum ResLoraStructure { InputShortcut, BlockShortcut, MiddleShortcut }
 
-public enum ResLoraMergeKind { Exact, Bi, Bw }
+public enum ResLoraMergeKind { Exact, Bi, Bw, LeastSquares }
 
 /// <summary>What a module saved about its training inputs: window means and the merge coefficient.</summary>
 public sealed record ResLoraModuleStatistics

@@ -7,7 +7,7 @@ namespace ResLora.Adapters;
 /// type, in layer order, linked only between equal (in, out) shapes), the per-forward context holding the tensors
 /// passed between layers, and the merge coefficients.
 /// </summary>
-public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycle, IConfigSnapshot
+public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycle, IConfigSnapshot, ICalibratedMerge
 {
     private readonly ResLoraConfig _config;
     private readonly Generator? _generator;
@@ -66,6 +66,40 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
     }
 
     internal ForwardContext? Current => _current;
+
+    /// <summary>While set, every is/ms block records its input and the vector it feeds to B (a calibration pass).</summary>
+    public LeastSquaresFold? Fold { get; set; }
+
+    /// <summary>A*_n per block from <see cref="LeastSquaresFold.Fit"/>; what the <c>ls</c> merge folds (ΔW = s·B_n·A*_n).</summary>
+    public IReadOnlyDictionary<ResLoraLinear, Tensor>? FoldedA { get; set; }
+
+    /// <summary>The ridge factor of the fold (λ = ridge · tr(X Xᵀ)/d).</summary>
+    public double FoldRidge { get; set; } = LeastSquaresFold.DefaultRidge;
+
+    public bool NeedsCalibration => MergeKind == ResLoraMergeKind.LeastSquares && FoldedA is null;
+
+    /// <summary>The calibration pass of the <c>ls</c> merge: record every block's input and middle vector, then fit A* per block.</summary>
+    public void Calibrate(Func<Tensor, Tensor, Tensor> forward, IEnumerable<(Tensor Ids, Tensor Mask)> batches)
+    {
+        if (_layers.Any(l => l.IsMerged)) throw new InvalidOperationException("ResLoRA: calibrate before merging.");
+        using var fold = new LeastSquaresFold();
+        Fold = fold;
+        try
+        {
+            using var _ = torch.no_grad();
+            foreach (var (ids, mask) in batches)
+            {
+                using var scope = torch.NewDisposeScope();
+                fold.TokenMask = mask;
+                forward(ids, mask);
+            }
+        }
+        finally
+        {
+            Fold = null;
+        }
+        FoldedA = fold.Fit(_layers, FoldRidge);
+    }
 
     internal ForwardContext Context(string module) =>
         _current ?? throw new InvalidOperationException($"{module}: a ResLoRA block ran outside a model forward; its residual path needs the model to open a forward context (LlamaForCausalLM does).");
@@ -151,6 +185,12 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
             // §4.1, exact: W* = W + s Σ_{k=0..m} B_{n−k} A_{n−k}.
             d = LowRank.Product(l.LoraB, l.LoraA);
             foreach (var p in l.Predecessors(PreNum)) d = d + LowRank.Product(p.LoraB, p.LoraA);
+        }
+        else if (MergeKind == ResLoraMergeKind.LeastSquares)
+        {
+            var folded = FoldedA is { } f && f.TryGetValue(l, out var a) ? a
+                : throw new InvalidOperationException($"{l.Spec.Name}: merge ls needs the calibration pass first (ResLoraLayerBuilder.Calibrate).");
+            d = l.LoraB.detach().to_type(ScalarType.Float32).matmul(folded.detach().to_type(ScalarType.Float32));
         }
         else if (Structure == ResLoraStructure.MiddleShortcut && MergeKind == ResLoraMergeKind.Bw)
         {

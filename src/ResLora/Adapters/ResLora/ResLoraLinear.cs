@@ -61,7 +61,9 @@ public sealed class ResLoraLinear : LowRankLinear
                     if (!prev.shape.SequenceEqual(xa.shape))
                         throw new InvalidOperationException($"{Spec.Name}: input shape [{string.Join(", ", xa.shape)}] differs from its chain predecessor's [{string.Join(", ", prev.shape)}] in this forward.");
                     ctx?.Put(this, xa);
-                    delta = lora_B.call(lora_A.call(Drop(xa + prev)));
+                    Tensor middle = lora_A.call(Drop(xa + prev)); // (.., r)
+                    _owner.Fold?.Record(this, xa, middle);
+                    delta = lora_B.call(middle);
                     break;
                 }
             case ResLoraStructure.BlockShortcut:
@@ -84,6 +86,7 @@ public sealed class ResLoraLinear : LowRankLinear
                     ctx?.Put(this, z);
                     Tensor acc = z;
                     foreach (var p in Predecessors(_owner.PreNum)) acc = acc + ctx!.Get(p, Spec.Name);
+                    _owner.Fold?.Record(this, xa, acc);
                     delta = lora_B.call(acc);
                     if (training) Record(_middleNorms, z);
                     break;
