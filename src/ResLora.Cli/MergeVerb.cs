@@ -14,10 +14,12 @@ internal static class MergeVerb
         var adapter = new Option<string>("--adapter") { Description = "Adapter folder (PEFT format) to fold into the base weights.", Required = true };
         var output = new Option<string>("--out") { Description = "New folder for the merged model (must not exist or be empty).", Required = true };
         var probe = new Option<string?>("--probe") { Description = "Text whose logits are compared merged vs unmerged (default: a fixed sentence)." };
-        var merge = new Option<string?>("--merge") { Description = "ResLoRA only: bi, bw, a (ms A-merge) or auto (try each, keep the smallest measured difference); default: the adapter's." };
+        var merge = new Option<string?>("--merge") { Description = "ResLoRA only: bi, bw, a (ms A-merge), ls (least-squares fold on calibration text; is/ms) or auto (try each, keep the one closest to the unmerged model on held-out text); default: the adapter's." };
+        var folding = new FoldingOptionSet();
         var rt = new RuntimeOptionSet();
         var cmd = new Command("merge", "Fold an adapter into the base weights and write a complete Hugging Face model folder; reports the merged-vs-unmerged logit difference.");
         foreach (var o in new Option[] { model, adapter, output, probe, merge }) cmd.Options.Add(o);
+        folding.AddTo(cmd);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
@@ -27,10 +29,15 @@ internal static class MergeVerb
             string text = r.GetValue(probe) ?? "The quick brown fox jumps over the lazy dog. 12 + 30 = 42.";
             var ids = Prompts.Ids(tokenizer, text).Select(i => (long)i).ToArray();
             using var probeIds = torch.tensor(ids).unsqueeze(0);
-            var report = MergePipeline.MergeToFolder(dir, r.GetValue(adapter)!, r.GetValue(output)!, runtime, probeIds, w => Console.Error.WriteLine($"note: {w}"), r.GetValue(merge));
+            var options = new MergeOptions { MergeKind = r.GetValue(merge), Texts = folding.Read(r), DistillSteps = r.GetValue(folding.Distill) };
+            var report = MergePipeline.MergeToFolder(dir, r.GetValue(adapter)!, r.GetValue(output)!, runtime, probeIds, options, w => Console.Error.WriteLine($"note: {w}"));
             Console.Out.WriteLine($"merged {report.MergedModules} {report.Method} modules into {report.OutDir}");
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"merged vs unmerged logits on the probe ({ids.Length} tokens): max |Δ| {report.MaxAbsDiff:0.###e0}, mean |Δ| {report.MeanAbsDiff:0.###e0} (largest logit {report.LogitScale:0.###})"));
+            Console.Out.WriteLine(FoldingOptionSet.HeldOutLine(report.HeldOut, report.HeldOutSource));
+            if (report.Candidates.FirstOrDefault(c => c.Fold is not null)?.Fold is { DistillSteps: > 0 } f)
+                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"distillation: {f.DistillSteps} steps, calibration KL {f.DistillFirstKl:0.###e0} → {f.DistillLastKl:0.###e0} ({f.DistillSeconds:0.0} s)"));
+            Console.Out.WriteLine($"report: {Path.Combine(report.OutDir, MergeReport.FileName)}");
             return 0;
         }));
         return cmd;

@@ -33,10 +33,8 @@ public static class FineTuning
         req.Train.Validate();
         req.Templates.Validate();
         if (req.SeqLen is < 2) throw new UserInputException($"--seq-len must be at least 2, got {req.SeqLen}.");
-        var all = DataSet.Load(req.DataPath, req.Templates);
-        IReadOnlyList<TextExample> train = all, evalSet = Array.Empty<TextExample>();
-        if (req.EvalDataPath is not null) evalSet = DataSet.Load(req.EvalDataPath, req.Templates);
-        else if (req.EvalFraction > 0 && all.Count >= 2) (train, evalSet) = DataSet.Split(all, req.EvalFraction, req.Train.Seed);
+        var (train, evalSet) = TrainingSplits.Make(DataSet.Load(req.DataPath, req.Templates),
+            req.EvalDataPath is null ? null : DataSet.Load(req.EvalDataPath, req.Templates), req.EvalFraction, req.Train.Seed);
         // The method is built (and checked) before anything is written; steps are known up to packing, which only
         // shortens epoch-based runs, so AdaLoRA's schedule uses the unpacked count.
         var setup = AdapterMethods.Build(req.Method with { TotalSteps = req.Train.TotalSteps(train.Count) });
@@ -72,6 +70,16 @@ public static class FineTuning
         if (trainSeqs.Count == 0) throw new UserInputException($"{req.DataPath}: no training sequence is left after tokenization (every example lost its completion to --seq-len {seqLen}).");
 
         var extras = setup.TrainingExtras?.Invoke(model).ToList() ?? new List<object>();
+        var dataRecord = new TrainingDataRecord
+        {
+            DataPath = Path.GetFullPath(req.DataPath),
+            EvalDataPath = req.EvalDataPath is null ? null : Path.GetFullPath(req.EvalDataPath),
+            EvalFraction = req.EvalDataPath is null ? req.EvalFraction : 0,
+            Seed = req.Train.Seed,
+            PromptTemplate = req.Templates.PromptTemplate,
+            CompletionTemplate = req.Templates.CompletionTemplate,
+            SeqLen = seqLen,
+        };
         var caps = AdapterModel.CollectCapabilities(model, extras.Prepend(plan.Builder).ToArray());
         return TrainLoop.Run(new TrainRunSpec
         {
@@ -88,11 +96,8 @@ public static class FineTuning
             SaveWeights = dir =>
             {
                 AdapterFolder.Save(dir, plan.Builder is IConfigSnapshot snap ? snap.SnapshotConfig() : plan.Config, model);
-                foreach (var n in extras.Prepend(plan.Builder).OfType<IAdapterFolderNote>())
-                {
-                    var (file, json) = n.Note();
+                foreach (var (file, json) in extras.Prepend(plan.Builder).OfType<IAdapterFolderNote>().Select(n => n.Note()).Append(dataRecord.Note()))
                     AtomicFile.WriteAllText(Path.Combine(dir, file), json);
-                }
             },
             LoadWeights = dir => AdapterFolder.LoadInto(dir, model),
         }, observer);

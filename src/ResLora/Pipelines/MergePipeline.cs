@@ -1,63 +1,144 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
 using ResLora.Adapters;
+using ResLora.IO;
 using ResLora.Models;
+using ResLora.Training;
 
 namespace ResLora.Pipelines;
 
-/// <summary>What merging measured: how far merged logits are from unmerged ones on a probe batch.</summary>
-public sealed record MergeReport(string Method, int MergedModules, double MaxAbsDiff, double MeanAbsDiff, double LogitScale, string OutDir);
+/// <summary>How <c>reslora merge</c> merges: the ResLoRA merge kind, the calibration and held-out texts, distillation.</summary>
+public sealed record MergeOptions
+{
+    /// <summary>ResLoRA only: bi, bw, a, ls or auto; null = the adapter's saved choice.</summary>
+    public string? MergeKind { get; init; }
+    public FoldingTextOptions Texts { get; init; } = new();
+    /// <summary>With the ls merge: train the least-squares LoRA this many steps towards the unmerged model (0 = off).</summary>
+    public int DistillSteps { get; init; }
+}
+
+/// <summary>One merge that was tried: its label, how close it stays to the unmerged model, what folding it took.</summary>
+public sealed record MergeCandidateReport(
+    [property: JsonPropertyName("merge")] string Label,
+    [property: JsonPropertyName("held_out")] ComparisonReport? HeldOut,
+    [property: JsonPropertyName("probe_max_abs_logit_diff")] double ProbeMaxAbsDiff,
+    [property: JsonPropertyName("fold")] FoldReport? Fold);
+
+/// <summary>What merging measured: how far merged logits are from unmerged ones on a probe batch and on held-out text.</summary>
+public sealed record MergeReport(string Method, int MergedModules, double MaxAbsDiff, double MeanAbsDiff, double LogitScale, string OutDir)
+{
+    /// <summary>The chosen merge on held-out text (null when no held-out text was available).</summary>
+    public ComparisonReport? HeldOut { get; init; }
+    public string HeldOutSource { get; init; } = "none";
+    public string CalibrationSource { get; init; } = "none";
+    /// <summary>Every merge tried (one unless --merge auto); the chosen one has the smallest held-out KL (probe difference without held-out text).</summary>
+    public IReadOnlyList<MergeCandidateReport> Candidates { get; init; } = Array.Empty<MergeCandidateReport>();
+
+    public const string FileName = "merge_report.json";
+}
 
 /// <summary>The library function behind <c>reslora merge</c>: a base model plus an adapter folder → a new model folder.</summary>
 public static class MergePipeline
 {
     /// <summary>
-    /// Loads model + adapter, measures logits on <paramref name="probeIds"/> (batch, seq) unmerged, merges every adapter
-    /// into the base weights, measures again, and writes a complete Hugging Face folder: config, safetensors (sharded as
-    /// the input was), tokenizer and generation files copied. The folder appears whole or not at all. When the adapter's
-    /// method offers several merges (ResLoRA's --merge auto), each is measured and the closest is kept.
+    /// Loads model + adapter, merges it into the base weights (each candidate merge when the method offers several, e.g.
+    /// ResLoRA's --merge auto, keeping the one closest to the unmerged model on held-out text), and writes a complete
+    /// Hugging Face folder: config, safetensors (sharded as the input was), tokenizer files, and <see cref="MergeReport.FileName"/>
+    /// with the measurements. The folder appears whole or not at all.
     /// </summary>
-    public static MergeReport MergeToFolder(string modelDir, string adapterDir, string outDir, RuntimeOptions runtime, Tensor probeIds, Action<string>? warn = null, string? mergeKind = null)
+    public static MergeReport MergeToFolder(string modelDir, string adapterDir, string outDir, RuntimeOptions runtime, Tensor probeIds, Action<string>? warn = null, string? mergeKind = null) =>
+        MergeToFolder(modelDir, adapterDir, outDir, runtime, probeIds, new MergeOptions { MergeKind = mergeKind }, warn);
+
+    public static MergeReport MergeToFolder(string modelDir, string adapterDir, string outDir, RuntimeOptions runtime, Tensor probeIds, MergeOptions options, Action<string>? warn = null)
     {
         if (Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any())
             throw new IOException($"--out {outDir} exists and is not empty; choose a new folder (merging never overwrites).");
         var config = ModelSessions.ReadAdapterConfig(adapterDir, warn);
-        var candidates = AdapterMethods.For(config).MergeCandidates(config, mergeKind);
-        var (label, chosen) = candidates.Count == 1 ? candidates[0] : Closest(modelDir, adapterDir, runtime, probeIds, candidates, warn);
-        using var model = ModelSessions.LoadWithAdapter(modelDir, adapterDir, runtime, null, chosen);
-        string method = chosen.Method + (label is null ? "" : $" (merge {label})");
-        double maxDiff, meanDiff, scale;
-        int merged;
-        using (torch.no_grad())
+        var candidates = AdapterMethods.For(config).MergeCandidates(config, options.MergeKind);
+        bool fits = candidates.Any(c => c.Config is ResLoraConfig { MergeKind: ResLoraMergeKind.LeastSquares });
+        if (options.DistillSteps > 0 && !fits)
+            throw new UserInputException("--distill trains the least-squares LoRA of a ResLoRA is/ms adapter; use it with --merge ls (or auto).");
+        var texts = FoldingTexts.Resolve(adapterDir, options.Texts, needCalibration: fits);
+        var tokenizer = TokenizerLoader.Load(modelDir);
+        int pad = FoldingTexts.PadId(tokenizer);
+
+        using var reference = ModelSessions.LoadWithAdapter(modelDir, adapterDir, runtime, out var referencePlan, null, config);
+        Tensor referenceProbe;
+        using (torch.no_grad()) referenceProbe = reference.forward(probeIds).to_type(ScalarType.Float32).DetachFromDisposeScope();
+        using var _ = referenceProbe;
+        var tried = new List<MergeCandidateReport>();
+        LlamaForCausalLM? best = null;
+        (string? Label, double Score, MergeCandidateReport Report) bestInfo = (null, double.MaxValue, null!);
+        try
         {
-            using var before = model.forward(probeIds).to_type(ScalarType.Float32);
-            merged = AdapterModel.MergeAll(model);
-            using var after = model.forward(probeIds).to_type(ScalarType.Float32);
-            using var diff = (after - before).abs();
-            maxDiff = diff.max().item<float>();
-            meanDiff = diff.mean().item<float>();
-            scale = before.abs().max().item<float>();
+            foreach (var (label, candidate) in candidates)
+            {
+                var (merged, fold) = MergedCandidate(modelDir, adapterDir, runtime, candidate, reference, referencePlan, texts, tokenizer, pad, options);
+                double probeDiff;
+                using (torch.no_grad())
+                using (var after = merged.forward(probeIds).to_type(ScalarType.Float32))
+                    probeDiff = (after - referenceProbe).abs().max().item<float>();
+                var held = texts.HeldOut.Count > 0 ? ModelComparison.Compare(reference, merged, tokenizer, texts.HeldOut, options.Texts.SeqLen) : null;
+                var report = new MergeCandidateReport(label ?? config.Method, held, probeDiff, fold);
+                tried.Add(report);
+                if (candidates.Count > 1)
+                    warn?.Invoke($"merge {report.Label}: " + (held is null ? $"max |Δlogit| on the probe {probeDiff:0.###e0}" : ModelComparison.Describe(held)));
+                double score = held?.MeanKl ?? probeDiff;
+                if (score < bestInfo.Score)
+                {
+                    best?.Dispose();
+                    best = merged;
+                    bestInfo = (label, score, report);
+                }
+                else merged.Dispose();
+            }
+            var chosen = best!;
+            double maxDiff, meanDiff, scale;
+            using (torch.no_grad())
+            using (var after = chosen.forward(probeIds).to_type(ScalarType.Float32))
+            using (var diff = (after - referenceProbe).abs())
+            {
+                maxDiff = diff.max().item<float>();
+                meanDiff = diff.mean().item<float>();
+                scale = referenceProbe.abs().max().item<float>();
+            }
+            string method = config.Method + (bestInfo.Label is null ? "" : $" (merge {bestInfo.Label})");
+            var result = new MergeReport(method, AdapterModel.FindAdapters(chosen).Count, maxDiff, meanDiff, scale, Path.GetFullPath(outDir))
+            {
+                HeldOut = bestInfo.Report.HeldOut,
+                HeldOutSource = texts.HeldOutSource,
+                CalibrationSource = fits ? texts.CalibrationSource : "none",
+                Candidates = tried,
+            };
+            var weights = chosen.BaseParameters().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value));
+            AtomicFolder.Write(outDir, tmp =>
+            {
+                ModelFolder.Save(tmp, chosen.Config, weights, ModelFolder.ShardSizeOf(modelDir));
+                AtomicFile.WriteAllText(Path.Combine(tmp, MergeReport.FileName), JsonSerializer.Serialize(result, ReportJson));
+            }, companionsFrom: modelDir);
+            return result;
         }
-        var weights = model.BaseParameters().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value));
-        ModelFolder.SaveNew(outDir, model.Config, weights, companionsFrom: modelDir, ModelFolder.ShardSizeOf(modelDir));
-        return new MergeReport(method, merged, maxDiff, meanDiff, scale, Path.GetFullPath(outDir));
+        finally
+        {
+            best?.Dispose();
+        }
     }
 
-    /// <summary>Measures each candidate merge on the probe and keeps the one with the smallest max |Δlogit|.</summary>
-    private static (string? Label, AdapterConfigBase Config) Closest(string modelDir, string adapterDir, RuntimeOptions runtime, Tensor probeIds,
-        IReadOnlyList<(string? Label, AdapterConfigBase Config)> candidates, Action<string>? warn)
+    private static readonly JsonSerializerOptions ReportJson = new() { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull };
+
+    /// <summary>The merged model of one candidate: the ls fold's (distilled) LoRA merged, or the adapter merged its own way.</summary>
+    private static (LlamaForCausalLM Model, FoldReport? Fold) MergedCandidate(string modelDir, string adapterDir, RuntimeOptions runtime, AdapterConfigBase candidate,
+        LlamaForCausalLM reference, AdapterPlan referencePlan, FoldingTexts texts, ITextTokenizer tokenizer, int pad, MergeOptions options)
     {
-        var best = candidates[0];
-        double bestDiff = double.MaxValue;
-        foreach (var c in candidates)
+        if (candidate is ResLoraConfig { MergeKind: ResLoraMergeKind.LeastSquares })
         {
-            using var model = ModelSessions.LoadWithAdapter(modelDir, adapterDir, runtime, null, c.Config);
-            using var noGrad = torch.no_grad();
-            using var before = model.forward(probeIds);
-            AdapterModel.MergeAll(model);
-            using var after = model.forward(probeIds);
-            double d = (after - before).abs().max().item<float>();
-            warn?.Invoke($"merge {c.Label}: max |Δlogit| {d:0.###e0}");
-            if (d < bestDiff) (best, bestDiff) = (c, d);
+            var calib = FoldingTexts.Tokenize(texts.Calibration, tokenizer, options.Texts.SeqLen, "calibration");
+            var (student, fold) = ResLoraFolding.ToLora(reference, referencePlan, modelDir, runtime, calib, pad, options.DistillSteps);
+            AdapterModel.MergeAll(student);
+            return (student, fold);
         }
-        return best;
+        var model = ModelSessions.LoadWithAdapter(modelDir, adapterDir, runtime, null, candidate);
+        AdapterModel.MergeAll(model);
+        return (model, null);
     }
 }

@@ -29,10 +29,14 @@ public static class ModelSessions
     /// Builds the model with the adapter's plan (read from adapter_config.json, or <paramref name="config"/> when given,
     /// e.g. with another merge kind) and loads the adapter tensors. The adapter's method may refuse the base (RoLoRA).
     /// </summary>
-    public static LlamaForCausalLM LoadWithAdapter(string modelDir, string adapterDir, RuntimeOptions runtime, Action<string>? warn = null, AdapterConfigBase? config = null)
+    public static LlamaForCausalLM LoadWithAdapter(string modelDir, string adapterDir, RuntimeOptions runtime, Action<string>? warn = null, AdapterConfigBase? config = null) =>
+        LoadWithAdapter(modelDir, adapterDir, runtime, out _, warn, config);
+
+    /// <summary>As <see cref="LoadWithAdapter(string, string, RuntimeOptions, Action{string}?, AdapterConfigBase?)"/>, also giving the plan (its layer builder holds method state, e.g. ResLoRA's chains).</summary>
+    public static LlamaForCausalLM LoadWithAdapter(string modelDir, string adapterDir, RuntimeOptions runtime, out AdapterPlan plan, Action<string>? warn = null, AdapterConfigBase? config = null)
     {
         config ??= ReadAdapterConfig(adapterDir, warn);
-        var plan = new AdapterPlan(config);
+        plan = new AdapterPlan(config);
         var model = LoadBase(modelDir, runtime, plan);
         try
         {

@@ -45,8 +45,16 @@ public sealed class Trainer
     private readonly IReadOnlyList<IExtraLossTerm> _extraLosses;
     private readonly IReadOnlyList<IOptimizerStepHook> _hooks;
 
-    public Trainer(LlamaForCausalLM model, TrainOptions options, IEnumerable<object> capabilities)
+    private readonly Func<Tensor, TrainBatch, (Tensor Loss, long Tokens)> _loss;
+
+    /// <summary>
+    /// A trainer of <paramref name="model"/>'s trainable parameters. <paramref name="loss"/> is the task loss of a batch from
+    /// the model's logits (default: masked next-token cross-entropy, <see cref="CausalLmLoss"/>); distillation passes its
+    /// KL to a teacher here.
+    /// </summary>
+    public Trainer(LlamaForCausalLM model, TrainOptions options, IEnumerable<object> capabilities, Func<Tensor, TrainBatch, (Tensor Loss, long Tokens)>? loss = null)
     {
+        _loss = loss ?? ((logits, batch) => CausalLmLoss(logits, batch.Labels));
         options.Validate();
         _model = model;
         _o = options;
@@ -107,7 +115,7 @@ public sealed class Trainer
         {
             using var batch = data.Next();
             var logits = _model.forward(batch.InputIds, batch.AttentionMask);
-            var (loss, n) = CausalLmLoss(logits, batch.Labels);
+            var (loss, n) = _loss(logits, batch);
             double lv = loss.item<float>();
             if (!double.IsFinite(lv))
                 throw new UserInputException($"training loss became {lv} at step {step}; stopped before updating. The last good checkpoint is intact. Lower --lr, raise --warmup-steps, or use --dtype float32.");

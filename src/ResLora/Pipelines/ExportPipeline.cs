@@ -1,0 +1,138 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using ResLora.Adapters;
+using ResLora.IO;
+using ResLora.Models;
+
+namespace ResLora.Pipelines;
+
+/// <summary>How <c>reslora export --as lora</c> exports.</summary>
+public sealed record ExportOptions
+{
+    /// <summary>The rank of the truncated SVD for adapters that are not low-rank pairs (DoRA, LoHa, LoKr, AdaLoRA, IA3).</summary>
+    public int Rank { get; init; } = 16;
+    public FoldingTextOptions Texts { get; init; } = new();
+    /// <summary>ResLoRA is/ms: distillation steps after the least-squares fold (0 = off).</summary>
+    public int DistillSteps { get; init; }
+}
+
+/// <summary>What an export did and how close the exported LoRA stays to the original adapter on held-out text.</summary>
+public sealed record ExportReport
+{
+    public const string FileName = "heldout_report.json";
+
+    [JsonPropertyName("method")] public string Method { get; init; } = "";
+    /// <summary>copy (already LoRA), concat (ResLoRA bs, exact), ls / ls+distill (ResLoRA is/ms), svd (others).</summary>
+    [JsonPropertyName("mode")] public string Mode { get; init; } = "";
+    [JsonPropertyName("out_dir")] public string OutDir { get; init; } = "";
+    [JsonPropertyName("min_energy_kept")] public double MinEnergyKept { get; init; }
+    [JsonPropertyName("mean_energy_kept")] public double MeanEnergyKept { get; init; }
+    [JsonPropertyName("held_out")] public ComparisonReport? HeldOut { get; init; }
+    [JsonPropertyName("held_out_source")] public string HeldOutSource { get; init; } = "none";
+    [JsonPropertyName("calibration_source")] public string CalibrationSource { get; init; } = "none";
+    [JsonPropertyName("fold")] public FoldReport? Fold { get; init; }
+    [JsonPropertyName("notes")] public IReadOnlyList<string> Notes { get; init; } = Array.Empty<string>();
+}
+
+/// <summary>
+/// The library function behind <c>reslora export --as lora</c>: any adapter leaves as a PEFT LORA folder that every
+/// LoRA server loads. LoRA and RefLoRA are copied; ResLoRA bs exactly as concatenated factors of rank r·(m+1); ResLoRA
+/// is/ms through the least-squares fold (and distillation); DoRA, LoHa, LoKr, AdaLoRA and IA3 through a truncated SVD
+/// of ΔW, reporting the energy kept. RoLoRA is refused: its adapter is valid only on its rotated base.
+/// </summary>
+public static class ExportPipeline
+{
+    public static ExportReport AsLora(string modelDir, string adapterDir, string outDir, RuntimeOptions runtime, ExportOptions options, Action<string>? warn = null)
+    {
+        if (options.Rank < 1) throw new UserInputException($"--rank must be at least 1, got {options.Rank}.");
+        if (Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any())
+            throw new IOException($"--out {outDir} exists and is not empty; choose a new folder (exporting never overwrites).");
+        var config = ModelSessions.ReadAdapterConfig(adapterDir, warn);
+        if (config is RoLoraConfig ro)
+            throw new UserInputException($"{adapterDir}: a RoLoRA adapter is valid only on the base rotated with seed {ro.RotationSeed}, so as a LoRA it would break any other base. Export the merged model instead: reslora merge --model ROTATED_BASE --adapter {adapterDir} --out DIR (or reslora quantize ... --wbits 16 --abits 16).");
+        bool fold = config is ResLoraConfig { StructureKind: not ResLoraStructure.BlockShortcut };
+        if (options.DistillSteps > 0 && !fold)
+            throw new UserInputException("--distill trains the least-squares LoRA of a ResLoRA is/ms adapter; this adapter exports without fitting.");
+        var texts = FoldingTexts.Resolve(adapterDir, options.Texts, needCalibration: fold);
+        var tokenizer = TokenizerLoader.Load(modelDir);
+        int pad = FoldingTexts.PadId(tokenizer);
+
+        using var reference = ModelSessions.LoadWithAdapter(modelDir, adapterDir, runtime, out var plan, null, config);
+        var adapters = AdapterModel.ByModulePath(reference);
+        LlamaForCausalLM? student = null;
+        FoldReport? foldReport = null;
+        string mode;
+        LoraExportResult result;
+        try
+        {
+            if (fold)
+            {
+                var calib = FoldingTexts.Tokenize(texts.Calibration, tokenizer, options.Texts.SeqLen, "calibration");
+                (student, foldReport) = ResLoraFolding.ToLora(reference, plan, modelDir, runtime, calib, pad, options.DistillSteps);
+                result = LoraExport.FromLowRankPairs(AdapterModel.ByModulePath(student).ToDictionary(kv => kv.Key, kv => (ILowRankPair)kv.Value, StringComparer.Ordinal), config);
+                mode = foldReport.Kind;
+            }
+            else if (config is ResLoraConfig && plan.Builder is ResLoraLayerBuilder rb)
+            {
+                result = LoraExport.FromLowRankPairs(ConcatenatedPairs(rb), config);
+                mode = "concat";
+            }
+            else if (adapters.Values.All(a => a.GetType() == typeof(LoraLinear)))
+            {
+                result = LoraExport.FromLowRankPairs(adapters.ToDictionary(kv => kv.Key, kv => (ILowRankPair)kv.Value, StringComparer.Ordinal), config);
+                mode = "copy";
+            }
+            else
+            {
+                result = LoraExport.FromDeltaWeights(adapters, options.Rank, config);
+                mode = "svd";
+            }
+        }
+        finally
+        {
+            student?.Dispose();
+        }
+        using (result)
+        {
+            LoraExport.Save(result, outDir);
+            ComparisonReport? held = null;
+            if (texts.HeldOut.Count > 0)
+            {
+                using var exported = ModelSessions.LoadWithAdapter(modelDir, outDir, runtime);
+                held = ModelComparison.Compare(reference, exported, tokenizer, texts.HeldOut, options.Texts.SeqLen);
+            }
+            var report = new ExportReport
+            {
+                Method = config.Method,
+                Mode = mode,
+                OutDir = Path.GetFullPath(outDir),
+                MinEnergyKept = result.MinEnergyKept,
+                MeanEnergyKept = result.MeanEnergyKept,
+                HeldOut = held,
+                HeldOutSource = texts.HeldOutSource,
+                CalibrationSource = fold ? texts.CalibrationSource : "none",
+                Fold = foldReport,
+                Notes = result.Notes,
+            };
+            AtomicFile.WriteAllText(Path.Combine(outDir, ExportReport.FileName), JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull }));
+            return report;
+        }
+    }
+
+    /// <summary>ResLoRA bs, exactly: block n's merged ΔW = s·Σ_k B_{n−k}A_{n−k} is one pair of rank r·(m+1) (spec §4.1).</summary>
+    private static Dictionary<string, ILowRankPair> ConcatenatedPairs(ResLoraLayerBuilder builder)
+    {
+        var d = new Dictionary<string, ILowRankPair>(StringComparer.Ordinal);
+        using var _ = torch.no_grad();
+        foreach (var l in builder.Layers)
+        {
+            var blocks = l.Predecessors(builder.PreNum).Prepend(l).ToList();
+            var a = torch.cat(blocks.Select(b => (Tensor)b.LoraA.detach()).ToArray(), 0); // (r(m+1), in)
+            var b = torch.cat(blocks.Select(b => (Tensor)b.LoraB.detach()).ToArray(), 1); // (out, r(m+1))
+            d[l.Spec.Name] = new FixedPair(new Parameter(a, requires_grad: false), new Parameter(b, requires_grad: false), l.Scaling);
+        }
+        return d;
+    }
+
+    private sealed record FixedPair(Parameter LoraA, Parameter LoraB, double Scaling) : ILowRankPair;
+}

@@ -1,0 +1,75 @@
+using ResLora.Adapters;
+using ResLora.Models;
+using ResLora.Training;
+
+namespace ResLora.Pipelines;
+
+/// <summary>What folding a ResLoRA adapter into a plain LoRA did.</summary>
+public sealed record FoldReport
+{
+    /// <summary>ls, or ls+distill.</summary>
+    public string Kind { get; init; } = "ls";
+    public long CalibrationTokens { get; init; }
+    public double FitSeconds { get; init; }
+    public int DistillSteps { get; init; }
+    /// <summary>Mean KL(teacher ‖ student) on the calibration batches at the first and the last distillation step.</summary>
+    public double? DistillFirstKl { get; init; }
+    public double? DistillLastKl { get; init; }
+    public double DistillSeconds { get; init; }
+}
+
+/// <summary>
+/// ResLoRA is/ms → plain LoRA: the calibrated least-squares fold (<see cref="LeastSquaresFold"/>) gives each block a
+/// pair (B_n, A*_n) that uses only its own input; <c>--distill N</c> then trains that LoRA for N steps to match the
+/// unmerged ResLoRA model (KL on the calibration text, no labels).
+/// </summary>
+public static class ResLoraFolding
+{
+    /// <param name="teacher">The unmerged ResLoRA model, loaded with <paramref name="plan"/>.</param>
+    /// <param name="plan">Its plan; the builder's chains are what the calibration pass records.</param>
+    /// <param name="modelDir">The base model folder (the student is built on it).</param>
+    /// <param name="runtime">Device, dtype, threads.</param>
+    /// <param name="calibration">Calibration sequences (tokenized, every token real).</param>
+    /// <param name="padId">Pad id for batching.</param>
+    /// <param name="distillSteps">0 = least squares only.</param>
+    /// <param name="seed">Seed of the distillation's batch order.</param>
+    public static (LlamaForCausalLM Student, FoldReport Report) ToLora(LlamaForCausalLM teacher, AdapterPlan plan, string modelDir, RuntimeOptions runtime,
+        IReadOnlyList<TokenizedExample> calibration, int padId, int distillSteps = 0, long seed = 0)
+    {
+        if (plan.Builder is not ResLoraLayerBuilder builder || plan.Config is not ResLoraConfig config)
+            throw new UserInputException($"--merge ls and the least-squares export fold ResLoRA is/ms adapters; this is a {plan.Config.Method} adapter, which has no residual paths to fit.");
+        if (config.StructureKind == ResLoraStructure.BlockShortcut)
+            throw new UserInputException("a ResLoRA bs adapter has nothing to fit: it merges exactly (and exports exactly as concatenated factors). Drop --merge ls.");
+        long tokens = calibration.Sum(e => (long)e.Ids.Length);
+        if (tokens < config.R)
+            throw new UserInputException($"the calibration text has {tokens} tokens, fewer than the rank r = {config.R}; give more text with --calib.");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var batches = Tokenization.Sequential(calibration, 8, padId, teacher.Device).ToList();
+        try
+        {
+            builder.FoldedA = null;
+            teacher.eval();
+            builder.Calibrate((ids, mask) => teacher.forward(ids, mask), batches.Select(b => (b.InputIds, b.AttentionMask)));
+        }
+        finally
+        {
+            foreach (var b in batches) b.Dispose();
+        }
+        var pairs = builder.Layers.ToDictionary(l => l.Spec.Name, l => (builder.FoldedA![l], (Tensor)l.LoraB), StringComparer.Ordinal);
+        double fitSeconds = clock.Elapsed.TotalSeconds;
+        var student = LoraStudent.Build(modelDir, runtime, config, pairs);
+        var report = new FoldReport { CalibrationTokens = tokens, FitSeconds = fitSeconds };
+        if (distillSteps <= 0) return (student, report);
+        try
+        {
+            clock.Restart();
+            var (first, last) = Distillation.Run(teacher, student, calibration, padId, distillSteps, seed: seed);
+            return (student, report with { Kind = "ls+distill", DistillSteps = distillSteps, DistillFirstKl = first, DistillLastKl = last, DistillSeconds = clock.Elapsed.TotalSeconds });
+        }
+        catch
+        {
+            student.Dispose();
+            throw;
+        }
+    }
+}

@@ -1,0 +1,57 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using ResLora.IO;
+using ResLora.Training;
+
+namespace ResLora.Pipelines;
+
+/// <summary>
+/// The data a training run used, recorded beside its adapter (<see cref="FileName"/>) so that later steps can find
+/// text of the same kind: merge and export take calibration text from the training split and held-out text from
+/// the evaluation split, exactly as training divided them.
+/// </summary>
+public sealed record TrainingDataRecord
+{
+    public const string FileName = "reslora_data.json";
+
+    [JsonPropertyName("data")] public required string DataPath { get; init; }
+    [JsonPropertyName("eval_data")] public string? EvalDataPath { get; init; }
+    [JsonPropertyName("eval_fraction")] public double EvalFraction { get; init; }
+    [JsonPropertyName("seed")] public long Seed { get; init; }
+    [JsonPropertyName("prompt_template")] public string? PromptTemplate { get; init; }
+    [JsonPropertyName("completion_template")] public string? CompletionTemplate { get; init; }
+    [JsonPropertyName("seq_len")] public int SeqLen { get; init; }
+
+    public DataTemplates Templates => new(PromptTemplate, CompletionTemplate);
+
+    /// <summary>The record in an adapter folder, or null when there is none (an adapter trained elsewhere).</summary>
+    public static TrainingDataRecord? Read(string adapterDir)
+    {
+        string path = Path.Combine(adapterDir, FileName);
+        if (!File.Exists(path)) return null;
+        try { return JsonSerializer.Deserialize<TrainingDataRecord>(File.ReadAllText(path)); }
+        catch (JsonException e) { throw new UserInputException($"{path}: not a valid training-data record ({e.Message}); delete it and pass --calib/--heldout.", e); }
+    }
+
+    public (string FileName, string Json) Note() => (FileName, JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true }));
+
+    /// <summary>The train and eval splits as training made them; a data file that is gone is an error naming it and the fix.</summary>
+    public (IReadOnlyList<TextExample> Train, IReadOnlyList<TextExample> Eval) Load()
+    {
+        foreach (var p in new[] { DataPath, EvalDataPath })
+            if (p is not null && !File.Exists(p))
+                throw new UserInputException($"{FileName}: the training data {p} is gone; pass --calib FILE (and --heldout FILE) instead.");
+        return TrainingSplits.Make(DataSet.Load(DataPath, Templates), EvalDataPath is null ? null : DataSet.Load(EvalDataPath, Templates), EvalFraction, Seed);
+    }
+}
+
+/// <summary>How training divides its data (one rule for training, merge and export).</summary>
+public static class TrainingSplits
+{
+    public static (IReadOnlyList<TextExample> Train, IReadOnlyList<TextExample> Eval) Make(IReadOnlyList<TextExample> all, IReadOnlyList<TextExample>? evalSet, double evalFraction, long seed)
+    {
+        if (evalSet is not null) return (all, evalSet);
+        if (evalFraction > 0 && all.Count >= 2) return DataSet.Split(all, evalFraction, seed);
+        return (all, Array.Empty<TextExample>());
+    }
+}
