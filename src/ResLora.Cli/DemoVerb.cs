@@ -46,15 +46,16 @@ internal static class DemoVerb
 
     private static void Print(DemoResult r)
     {
-        var t = new Table().Title("fine-tuning on held-out multiplication problems").AddColumns("method", "eval loss", "accuracy", $"loss @ step {r.Rows[0].EarlyStep}", "steps to LoRA's final", "best eval loss", "best accuracy", "best lr/alpha", "ms/step", "merge max |Δ|");
+        var t = new Table().Title("fine-tuning on held-out multiplication problems").AddColumns("method", "eval loss", "accuracy", $"loss @ step {r.Rows[0].EarlyStep}", "steps to LoRA's final", "best eval loss", "best accuracy", "best lr/alpha", "ms/step", "merge", "merge KL (held-out)");
         foreach (var row in r.Rows)
             t.AddRow(row.Label, F(row.Default.EvalLoss), F(row.Default.Accuracy, "P0"), F(row.LossAtEarlyStep), row.StepsToLoraFinal?.ToString(CultureInfo.InvariantCulture) ?? "-",
-                F(row.Best.EvalLoss), F(row.Best.Accuracy, "P0"), string.Create(CultureInfo.InvariantCulture, $"{row.Best.Lr}/{row.Best.Alpha}"), F(row.Default.Summary.MeanStepSeconds * 1000, "0.0"), row.MergeMaxDiff.ToString("0.##e0", CultureInfo.InvariantCulture));
+                F(row.Best.EvalLoss), F(row.Best.Accuracy, "P0"), string.Create(CultureInfo.InvariantCulture, $"{row.Best.Lr}/{row.Best.Alpha}"), F(row.Default.Summary.MeanStepSeconds * 1000, "0.0"), Markup.Escape(row.MergeKind), F(row.MergeHeldOutKl, "0.###e0"));
         CliConsole.Out().Write(t);
         Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"base model before fine-tuning: accuracy {F(r.BaseAccuracy, "P0")}, eval loss {F(r.BaseEvalLoss)}"));
-        Console.Out.WriteLine($"merged {r.Merge.Method} adapter → {r.MergedDir} (max |Δlogit| vs unmerged {r.Merge.MaxAbsDiff.ToString("0.##e0", CultureInfo.InvariantCulture)})");
-        Console.Out.WriteLine($"prompt: {r.SamplePrompt}");
-        Console.Out.WriteLine($"merged model answers: {r.SampleAnswer.Trim()}   (reference: {r.SampleReference.Trim()})");
+        Console.Out.WriteLine($"merged {r.Merge.Method} adapter → {r.MergedDir} (held-out KL vs unmerged {(r.Merge.HeldOut is { } h ? F(h.MeanKl, "0.###e0") : "-")}, max |Δlogit| on the probe {r.Merge.MaxAbsDiff.ToString("0.##e0", CultureInfo.InvariantCulture)})");
+        foreach (var a in r.Answers)
+            Console.Out.WriteLine($"  {(a.Correct ? "right" : "wrong")}: {a.Prompt.Replace("\n", " ").Trim()} → {a.Answer.Trim()}   (reference: {a.Reference.Trim()})");
+        Console.Out.WriteLine($"merged model on {r.Answers.Count} held-out questions: {r.Answers.Count(a => a.Correct)} right ({F(r.AnswerAccuracy, "P0")})");
         Console.Out.WriteLine($"report: {r.ReportPath}   plot: {r.PlotPath}   ({r.WallSeconds:0} s)");
     }
 

@@ -22,26 +22,29 @@ public static class DemoReport
         sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"- Every method: rank {o.Rank} on all linear layers, {o.Steps} steps, batch 16, AdamW with warm-up and cosine decay, seed {o.Seed}. Each method (LoRA included) was run at the shared default (lr {o.DefaultLr}, alpha {o.DefaultAlpha}) and at the same extra settings (lr, alpha) ∈ {{{string.Join(", ", o.Sweep.Select(x => $"({x.Lr}, {x.Alpha})"))}}}; \"best\" is the setting with the lowest eval loss."));
         sb.AppendLine();
         sb.AppendLine("## Results").AppendLine();
-        sb.AppendLine($"| method | eval loss (default) | accuracy (default) | train loss at step {r.Rows[0].EarlyStep} | steps to LoRA's final train loss | eval loss (best) | accuracy (best) | best lr / alpha | ms / step | merged − unmerged max abs logit diff |");
-        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|");
+        sb.AppendLine($"| method | eval loss (default) | accuracy (default) | train loss at step {r.Rows[0].EarlyStep} | steps to LoRA's final train loss | eval loss (best) | accuracy (best) | best lr / alpha | ms / step | merge | merged vs unmerged: held-out KL / greedy agreement / max abs logit diff (probe) |");
+        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (var row in r.Rows)
         {
             sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {row.Label} | {F(row.Default.EvalLoss)} | {P(row.Default.Accuracy)} | {F(row.LossAtEarlyStep)} | {(row.StepsToLoraFinal is { } s ? s.ToString(CultureInfo.InvariantCulture) : "not reached")} | {F(row.Best.EvalLoss)} | {P(row.Best.Accuracy)} | {row.Best.Lr} / {row.Best.Alpha} | {F(row.Default.Summary.MeanStepSeconds * 1000, "0.0")} | {row.MergeMaxDiff.ToString("0.##e0", CultureInfo.InvariantCulture)} |"));
+                $"| {row.Label} | {F(row.Default.EvalLoss)} | {P(row.Default.Accuracy)} | {F(row.LossAtEarlyStep)} | {(row.StepsToLoraFinal is { } s ? s.ToString(CultureInfo.InvariantCulture) : "not reached")} | {F(row.Best.EvalLoss)} | {P(row.Best.Accuracy)} | {row.Best.Lr} / {row.Best.Alpha} | {F(row.Default.Summary.MeanStepSeconds * 1000, "0.0")} | {row.MergeKind} | {F(row.MergeHeldOutKl, "0.###e0")} / {P(row.MergeGreedyAgreement)} / {row.MergeMaxDiff.ToString("0.##e0", CultureInfo.InvariantCulture)} |"));
         }
         sb.AppendLine();
         sb.AppendLine("![loss curves at the default setting](loss.png)").AppendLine();
-        sb.AppendLine("How to read it: \"steps to LoRA's final train loss\" counts logged steps at the shared default until a method's training loss first reaches the loss LoRA ends with; a method that gets there sooner learns faster at that setting. A faster start can come from a larger effective step size rather than from the method's structure; the best-setting columns compare every method after the same small sweep, which separates the two. The merge column is exact (float rounding) for LoRA, DoRA and ResLoRA-bs, and an approximation for ResLoRA-is/ms (spec §4.2); it is measured on a held-out example.");
+        sb.AppendLine("How to read it: \"steps to LoRA's final train loss\" counts logged steps at the shared default until a method's training loss first reaches the loss LoRA ends with; a method that gets there sooner learns faster at that setting. A faster start can come from a larger effective step size rather than from the method's structure; the best-setting columns compare every method after the same small sweep, which separates the two. The merge columns compare the merged model with the unmerged one on the held-out problems: exact (float rounding) for LoRA, DoRA and ResLoRA-bs; for ResLoRA-is/ms the merge that `--merge auto` picks among the norm-window merges (spec §4.2) and the least-squares fold calibrated on training text (docs/methods.md), the one with the smallest held-out KL.");
         sb.AppendLine();
         sb.AppendLine("## The merged model").AppendLine();
-        sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"The best adapter whose merge keeps the model (max |Δlogit| < 0.01; {r.Merge.Method}, {r.Merge.MergedModules} modules) was folded into the base weights and written as a Hugging Face folder at `{r.MergedDir}` (merged vs unmerged: max |Δlogit| {r.Merge.MaxAbsDiff:0.##e0}, mean {r.Merge.MeanAbsDiff:0.##e0})."));
+        sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"The best adapter whose merge keeps the model (held-out KL < {DemoRunner.MergeKlBudget}; {r.Merge.Method}, {r.Merge.MergedModules} modules) was folded into the base weights and written as a Hugging Face folder at `{r.MergedDir}` (merged vs unmerged: held-out KL {(r.Merge.HeldOut is { } h ? h.MeanKl.ToString("0.###e0", CultureInfo.InvariantCulture) : "-")}, max |Δlogit| on the probe {r.Merge.MaxAbsDiff:0.##e0})."));
         sb.AppendLine();
-        sb.AppendLine($"- Prompt: `{r.SamplePrompt}`");
-        sb.AppendLine($"- Merged model's answer: `{r.SampleAnswer.Trim()}` (reference: `{r.SampleReference.Trim()}`)");
+        sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"The merged model on {r.Answers.Count} held-out questions: **{r.Answers.Count(a => a.Correct)} of {r.Answers.Count} right ({P(r.AnswerAccuracy)})**."));
+        sb.AppendLine();
+        sb.AppendLine("| question | answer | reference | |").AppendLine("|---|---|---|---|");
+        foreach (var a in r.Answers)
+            sb.AppendLine($"| `{a.Prompt.Replace("\n", " ").Trim()}` | `{a.Answer.Trim()}` | `{a.Reference.Trim()}` | {(a.Correct ? "right" : "wrong")} |");
         sb.AppendLine();
         sb.AppendLine("Try it yourself:").AppendLine();
         sb.AppendLine("```");
-        sb.AppendLine($"./reslora generate --model {r.MergedDir} --prompt \"{r.SamplePrompt}\" --max-new-tokens 6");
+        if (r.Answers.Count > 0) sb.AppendLine($"./reslora generate --model {r.MergedDir} --prompt \"{r.Answers[0].Prompt}\" --max-new-tokens 6");
         sb.AppendLine($"./reslora train --model {r.BaseModelDir} --data {Path.Combine(Path.GetDirectoryName(r.ReportPath)!, "data", "train.jsonl")} --method lora --targets all-linear --steps {o.Steps} --lr {o.DefaultLr} --out my-adapter");
         sb.AppendLine("```");
         return sb.ToString();

@@ -49,10 +49,26 @@ public sealed record DemoRun(string Label, double Lr, double Alpha, TrainSummary
 }
 
 /// <summary>A row of the demo table: a method at the shared default and at its own best setting.</summary>
-public sealed record DemoRow(string Label, DemoRun Default, DemoRun Best, double LossAtEarlyStep, int EarlyStep, int? StepsToLoraFinal, double MergeMaxDiff, double MergeMeanDiff);
+public sealed record DemoRow(string Label, DemoRun Default, DemoRun Best, double LossAtEarlyStep, int EarlyStep, int? StepsToLoraFinal, double MergeMaxDiff, double MergeMeanDiff)
+{
+    /// <summary>How the best adapter merges (ResLoRA is/ms: the merge --merge auto picks, the least-squares fold among them).</summary>
+    public string MergeKind { get; init; } = "";
+    /// <summary>Mean KL(unmerged ‖ merged) on held-out text (the demo's eval split).</summary>
+    public double MergeHeldOutKl { get; init; } = double.NaN;
+    public double MergeGreedyAgreement { get; init; } = double.NaN;
+}
+
+/// <summary>One held-out question answered by the merged model.</summary>
+public sealed record DemoAnswer(string Prompt, string Answer, string Reference)
+{
+    public bool Correct => string.Equals(Answer.Trim().Split('\n')[0].Trim(), Reference.Trim(), StringComparison.Ordinal);
+}
 
 /// <summary>Everything the demo produced.</summary>
-public sealed record DemoResult(string BaseModelDir, double BaseAccuracy, double BaseEvalLoss, IReadOnlyList<DemoRow> Rows, string MergedDir, MergeReport Merge, string SamplePrompt, string SampleAnswer, string SampleReference, double WallSeconds, string ReportPath, string PlotPath);
+public sealed record DemoResult(string BaseModelDir, double BaseAccuracy, double BaseEvalLoss, IReadOnlyList<DemoRow> Rows, string MergedDir, MergeReport Merge, IReadOnlyList<DemoAnswer> Answers, double WallSeconds, string ReportPath, string PlotPath)
+{
+    public double AnswerAccuracy => Answers.Count == 0 ? double.NaN : Answers.Count(a => a.Correct) / (double)Answers.Count;
+}
 
 /// <summary>
 /// The main job: pre-train (once, cached) a small base model on the generated corpus, fine-tune it on the held-out
@@ -156,33 +172,39 @@ public static class DemoRunner
             var best = mine.OrderBy(r => double.IsNaN(r.EvalLoss) ? double.MaxValue : r.EvalLoss).First();
             double earlyLoss = def.Summary.Curve.Where(c => c.Step <= early).Select(c => c.Loss).DefaultIfEmpty(double.NaN).Last();
             int? reach = def.Summary.Curve.FirstOrDefault(c => c.Loss <= loraFinal)?.Step;
-            var (maxD, meanD) = MergeDifference(baseDir, best.AdapterDir, o.Runtime, probe);
-            rows.Add(new DemoRow(label, def, best, earlyLoss, early, reach, maxD, meanD));
+            // Every adapter merged the way it would ship: ResLoRA is/ms through --merge auto (bi, bw/a and the
+            // least-squares fold, the closest on held-out text wins), the others their one way.
+            var m = MergePipeline.Measure(baseDir, best.AdapterDir, o.Runtime, probe, new MergeOptions { MergeKind = IsApproximate(label) ? "auto" : null });
+            rows.Add(new DemoRow(label, def, best, earlyLoss, early, reach, m.MaxAbsDiff, m.MeanAbsDiff)
+            {
+                MergeKind = m.Method,
+                MergeHeldOutKl = m.HeldOut?.MeanKl ?? double.NaN,
+                MergeGreedyAgreement = m.HeldOut?.GreedyAgreement ?? double.NaN,
+            });
         }
 
         // 5. Plot every method's default-setting curve; merge the best adapter; answer a question with the merged model.
         string plot = Path.Combine(outDir, "loss.png");
         LossPlot.Save(plot, rows.Select(r => new LossPlot.Series(r.Label, r.Default.Summary.Curve.Select(c => (c.Step, c.Loss)).ToList(), r.Default.Summary.Evals.Select(e => (e.Step, e.Loss)).ToList())).ToList(),
             string.Create(CultureInfo.InvariantCulture, $"demo fine-tuning, lr {o.DefaultLr:0.####}, alpha {o.DefaultAlpha}, rank {o.Rank}"));
-        // The adapter to merge and ship: the best accuracy among methods whose merge keeps the model (measured max
-        // |Δlogit| < 0.01). ResLoRA-is/ms merges are approximations that can cost far more than their training gain.
-        var shippable = rows.Where(r => r.MergeMaxDiff < 1e-2).ToList();
+        // The adapter to merge and ship: the best accuracy among methods whose merge keeps the model (mean KL to the
+        // unmerged model on held-out text below 0.01).
+        var shippable = rows.Where(r => r.MergeHeldOutKl < MergeKlBudget).ToList();
         var winner = (shippable.Count > 0 ? shippable : rows).Select(r => r.Best)
             .OrderByDescending(r => double.IsNaN(r.Accuracy) ? -1 : r.Accuracy).ThenBy(r => r.EvalLoss).First();
-        var merge = MergePipeline.MergeToFolder(baseDir, winner.AdapterDir, mergedDir, o.Runtime, probe, null, winner.Label is "reslora-is" or "reslora-ms" ? "auto" : null);
-        var sample = eval[0];
-        string answer;
+        var merge = MergePipeline.MergeToFolder(baseDir, winner.AdapterDir, mergedDir, o.Runtime, probe, new MergeOptions { MergeKind = IsApproximate(winner.Label) ? "auto" : null });
+        var answers = new List<DemoAnswer>();
         using (var merged = ModelSessions.LoadBase(mergedDir, o.Runtime))
         {
             var mtok = TokenizerLoader.Load(mergedDir);
-            var ids = new List<int>();
-            if (mtok.AddBosToken && mtok.BosTokenId is { } bos) ids.Add(bos);
-            ids.AddRange(mtok.Encode(sample.Prompt));
-            var outIds = TextGenerator.Generate(merged, ids, new GenerationOptions { MaxNewTokens = 6, EosTokenIds = mtok.EosTokenIds });
-            answer = mtok.Decode(outIds);
+            foreach (var q in eval.Take(AnsweredQuestions))
+            {
+                var outIds = TextGenerator.Generate(merged, Prompts.Ids(mtok, q.Prompt), new GenerationOptions { MaxNewTokens = 6, EosTokenIds = mtok.EosTokenIds });
+                answers.Add(new DemoAnswer(q.Prompt, mtok.Decode(outIds.Where(i => !mtok.EosTokenIds.Contains(i))), q.Completion));
+            }
         }
         string report = Path.Combine(outDir, "report.md");
-        var result = new DemoResult(baseDir, baseEval.Accuracy ?? double.NaN, baseEval.Loss, rows, mergedDir, merge, sample.Prompt, answer, sample.Completion, clock.Elapsed.TotalSeconds, report, plot);
+        var result = new DemoResult(baseDir, baseEval.Accuracy ?? double.NaN, baseEval.Loss, rows, mergedDir, merge, answers, clock.Elapsed.TotalSeconds, report, plot);
         AtomicFile.WriteAllText(report, DemoReport.Markdown(result, o, baseSettings));
         AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), JsonSerializer.Serialize(rows.Select(r => new
         {
@@ -192,23 +214,23 @@ public static class DemoRunner
             loss_at_early_step = r.LossAtEarlyStep,
             early_step = r.EarlyStep,
             steps_to_lora_final = r.StepsToLoraFinal,
+            merge = r.MergeKind,
             merge_max_abs_diff = r.MergeMaxDiff,
             merge_mean_abs_diff = r.MergeMeanDiff,
+            merge_heldout_mean_kl = r.MergeHeldOutKl,
+            merge_heldout_greedy_agreement = r.MergeGreedyAgreement,
         }), new JsonSerializerOptions { WriteIndented = true }));
         return result;
     }
 
-    /// <summary>Largest and mean |merged − unmerged| logit on the probe batch.</summary>
-    public static (double Max, double Mean) MergeDifference(string baseDir, string adapterDir, RuntimeOptions runtime, torch.Tensor probe)
-    {
-        using var model = ModelSessions.LoadWithAdapter(baseDir, adapterDir, runtime);
-        using var noGrad = torch.no_grad();
-        using var before = model.forward(probe);
-        AdapterModel.MergeAll(model);
-        using var after = model.forward(probe);
-        using var d = (after - before).abs();
-        return (d.max().item<float>(), d.mean().item<float>());
-    }
+    /// <summary>The held-out KL below which a merge counts as keeping the model (the adapter may ship merged).</summary>
+    public const double MergeKlBudget = 0.01;
+
+    /// <summary>Held-out questions the merged model answers at the end.</summary>
+    public const int AnsweredQuestions = 5;
+
+    /// <summary>Contenders whose merge is an approximation with several candidates (ResLoRA is/ms).</summary>
+    private static bool IsApproximate(string label) => label is "reslora-is" or "reslora-ms";
 
     private static torch.Tensor ProbeBatch(ITextTokenizer tok, IReadOnlyList<TextExample> eval)
     {

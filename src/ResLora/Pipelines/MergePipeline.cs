@@ -53,14 +53,35 @@ public static class MergePipeline
     {
         if (Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any())
             throw new IOException($"--out {outDir} exists and is not empty; choose a new folder (merging never overwrites).");
+        return Run(modelDir, adapterDir, runtime, probeIds, options, warn, (chosen, report) =>
+        {
+            var result = report with { OutDir = Path.GetFullPath(outDir) };
+            var weights = chosen.BaseParameters().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value));
+            AtomicFolder.Write(outDir, tmp =>
+            {
+                ModelFolder.Save(tmp, chosen.Config, weights, ModelFolder.ShardSizeOf(modelDir));
+                AtomicFile.WriteAllText(Path.Combine(tmp, MergeReport.FileName), JsonSerializer.Serialize(result, ReportJson));
+            }, companionsFrom: modelDir);
+            return result;
+        });
+    }
+
+    /// <summary>Everything <see cref="MergeToFolder(string, string, string, RuntimeOptions, Tensor, MergeOptions, Action{string}?)"/> measures, without writing a folder (OutDir is empty).</summary>
+    public static MergeReport Measure(string modelDir, string adapterDir, RuntimeOptions runtime, Tensor probeIds, MergeOptions options, Action<string>? warn = null) =>
+        Run(modelDir, adapterDir, runtime, probeIds, options, warn, (_, report) => report);
+
+    private static MergeReport Run(string modelDir, string adapterDir, RuntimeOptions runtime, Tensor probeIds, MergeOptions options, Action<string>? warn,
+        Func<LlamaForCausalLM, MergeReport, MergeReport> finish)
+    {
         var config = ModelSessions.ReadAdapterConfig(adapterDir, warn);
         var candidates = AdapterMethods.For(config).MergeCandidates(config, options.MergeKind);
         bool fits = candidates.Any(c => c.Config is ResLoraConfig { MergeKind: ResLoraMergeKind.LeastSquares });
         if (options.DistillSteps > 0 && !fits)
             throw new UserInputException("--distill trains the least-squares LoRA of a ResLoRA is/ms adapter; use it with --merge ls (or auto).");
         var texts = FoldingTexts.Resolve(adapterDir, options.Texts, needCalibration: fits);
-        var tokenizer = TokenizerLoader.Load(modelDir);
-        int pad = FoldingTexts.PadId(tokenizer);
+        // The tokenizer is needed only for text (calibration, held-out); the probe is given as ids.
+        var tokenizer = fits || texts.HeldOut.Count > 0 ? TokenizerLoader.Load(modelDir) : null;
+        int pad = tokenizer is null ? 0 : FoldingTexts.PadId(tokenizer);
 
         using var reference = ModelSessions.LoadWithAdapter(modelDir, adapterDir, runtime, out var referencePlan, null, config);
         Tensor referenceProbe;
@@ -78,13 +99,13 @@ public static class MergePipeline
                 using (torch.no_grad())
                 using (var after = merged.forward(probeIds).to_type(ScalarType.Float32))
                     probeDiff = (after - referenceProbe).abs().max().item<float>();
-                var held = texts.HeldOut.Count > 0 ? ModelComparison.Compare(reference, merged, tokenizer, texts.HeldOut, options.Texts.SeqLen) : null;
+                var held = tokenizer is not null && texts.HeldOut.Count > 0 ? ModelComparison.Compare(reference, merged, tokenizer, texts.HeldOut, options.Texts.SeqLen) : null;
                 var report = new MergeCandidateReport(label ?? config.Method, held, probeDiff, fold);
                 tried.Add(report);
                 if (candidates.Count > 1)
                     warn?.Invoke($"merge {report.Label}: " + (held is null ? $"max |Δlogit| on the probe {probeDiff:0.###e0}" : ModelComparison.Describe(held)));
                 double score = held?.MeanKl ?? probeDiff;
-                if (score < bestInfo.Score)
+                if (score < bestInfo.Score || best is null)
                 {
                     best?.Dispose();
                     best = merged;
@@ -103,20 +124,14 @@ public static class MergePipeline
                 scale = referenceProbe.abs().max().item<float>();
             }
             string method = config.Method + (bestInfo.Label is null ? "" : $" (merge {bestInfo.Label})");
-            var result = new MergeReport(method, AdapterModel.FindAdapters(chosen).Count, maxDiff, meanDiff, scale, Path.GetFullPath(outDir))
+            var result = new MergeReport(method, AdapterModel.FindAdapters(chosen).Count, maxDiff, meanDiff, scale, "")
             {
                 HeldOut = bestInfo.Report.HeldOut,
                 HeldOutSource = texts.HeldOutSource,
                 CalibrationSource = fits ? texts.CalibrationSource : "none",
                 Candidates = tried,
             };
-            var weights = chosen.BaseParameters().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value));
-            AtomicFolder.Write(outDir, tmp =>
-            {
-                ModelFolder.Save(tmp, chosen.Config, weights, ModelFolder.ShardSizeOf(modelDir));
-                AtomicFile.WriteAllText(Path.Combine(tmp, MergeReport.FileName), JsonSerializer.Serialize(result, ReportJson));
-            }, companionsFrom: modelDir);
-            return result;
+            return finish(chosen, result);
         }
         finally
         {
@@ -128,11 +143,11 @@ public static class MergePipeline
 
     /// <summary>The merged model of one candidate: the ls fold's (distilled) LoRA merged, or the adapter merged its own way.</summary>
     private static (LlamaForCausalLM Model, FoldReport? Fold) MergedCandidate(string modelDir, string adapterDir, RuntimeOptions runtime, AdapterConfigBase candidate,
-        LlamaForCausalLM reference, AdapterPlan referencePlan, FoldingTexts texts, ITextTokenizer tokenizer, int pad, MergeOptions options)
+        LlamaForCausalLM reference, AdapterPlan referencePlan, FoldingTexts texts, ITextTokenizer? tokenizer, int pad, MergeOptions options)
     {
         if (candidate is ResLoraConfig { MergeKind: ResLoraMergeKind.LeastSquares })
         {
-            var calib = FoldingTexts.Tokenize(texts.Calibration, tokenizer, options.Texts.SeqLen, "calibration");
+            var calib = FoldingTexts.Tokenize(texts.Calibration, tokenizer!, options.Texts.SeqLen, "calibration");
             var (student, fold) = ResLoraFolding.ToLora(reference, referencePlan, modelDir, runtime, calib, pad, options.DistillSteps);
             AdapterModel.MergeAll(student);
             return (student, fold);
