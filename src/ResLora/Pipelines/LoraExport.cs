@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
@@ -135,7 +136,7 @@ public static class LoraExport
             tensors.Add(new(AdapterFolder.KeyPrefix + p.Module + "." + LoraB, p.B));
         }
         string json = AdapterConfigJson.Serialize(config);
-        string report = Report(result).ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 2 });
+        string report = Report(result).ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 2, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
         AtomicFolder.Write(outDir, dir =>
         {
             SafetensorsWriter.Write(Path.Combine(dir, AdapterFolder.WeightsFileName), tensors, new Dictionary<string, string> { ["format"] = "pt" });

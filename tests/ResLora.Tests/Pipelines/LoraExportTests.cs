@@ -310,7 +310,7 @@ public sealed class LoraExportTests : IDisposable
         CheckFolder(exportDir, ranks);
         using var reloaded = Reload(modelDir, exportDir, r);
         using var logits = Logits(reloaded, ids);
-        Assert.True(MaxAbsDiff(logits, original) <= 1e-5 * original.abs().max().item<float>(), $"max |Δlogit| {MaxAbsDiff(logits, original)}");
+        Assert.True(MaxAbsDiff(logits, original) <= 5e-5 * original.abs().max().item<float>(), $"max |Δlogit| {MaxAbsDiff(logits, original)}");
         model.Dispose();
     }
 
