@@ -97,7 +97,7 @@ public static class ModelComparison
                     var p = logP.exp();
                     var kl = torch.where(p.gt(0), p * (logP - logQ), torch.zeros_like(p)).sum(-1); // (count); 0·log 0 = 0
                     klSum += kl.to_type(ScalarType.Float64).sum().item<double>();
-                    double d = (refLogits[.., ..^1, ..] - candLogits[.., ..^1, ..]).abs().max().item<float>();
+                    double d = (r - c).abs().max().item<float>();
                     maxDiff = Math.Max(maxDiff, d); // NaN (a broken candidate) sticks
                     agree += r.argmax(-1).eq(c.argmax(-1)).sum().item<long>();
                     positions += count;
