@@ -11,9 +11,11 @@ internal sealed class FoldingOptionSet
     public Option<int> CalibSequences { get; } = new("--calib-sequences") { Description = "Calibration sequences used.", DefaultValueFactory = _ => 64 };
     public Option<int> Distill { get; } = new("--distill") { Description = "ResLoRA is/ms: after the least-squares fold, train the LoRA this many steps towards the unmerged model (KL on the calibration text).", DefaultValueFactory = _ => 0 };
 
+    public Option<double> DistillLr { get; } = new("--distill-lr") { Description = "Peak learning rate of --distill (AdamW, cosine).", DefaultValueFactory = _ => Distillation.DefaultLearningRate };
+
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Calib, HeldOut, CalibSequences, Distill }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { Calib, HeldOut, CalibSequences, Distill, DistillLr }) cmd.Options.Add(o);
     }
 
     public FoldingTextOptions Read(ParseResult r)

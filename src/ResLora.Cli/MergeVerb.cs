@@ -29,7 +29,7 @@ internal static class MergeVerb
             string text = r.GetValue(probe) ?? "The quick brown fox jumps over the lazy dog. 12 + 30 = 42.";
             var ids = Prompts.Ids(tokenizer, text).Select(i => (long)i).ToArray();
             using var probeIds = torch.tensor(ids).unsqueeze(0);
-            var options = new MergeOptions { MergeKind = r.GetValue(merge), Texts = folding.Read(r), DistillSteps = r.GetValue(folding.Distill) };
+            var options = new MergeOptions { MergeKind = r.GetValue(merge), Texts = folding.Read(r), DistillSteps = r.GetValue(folding.Distill), DistillLearningRate = r.GetValue(folding.DistillLr) };
             var report = MergePipeline.MergeToFolder(dir, r.GetValue(adapter)!, r.GetValue(output)!, runtime, probeIds, options, w => Console.Error.WriteLine($"note: {w}"));
             Console.Out.WriteLine($"merged {report.MergedModules} {report.Method} modules into {report.OutDir}");
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,

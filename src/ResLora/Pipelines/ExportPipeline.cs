@@ -14,6 +14,7 @@ public sealed record ExportOptions
     public FoldingTextOptions Texts { get; init; } = new();
     /// <summary>ResLoRA is/ms: distillation steps after the least-squares fold (0 = off).</summary>
     public int DistillSteps { get; init; }
+    public double DistillLearningRate { get; init; } = Distillation.DefaultLearningRate;
 }
 
 /// <summary>What an export did and how close the exported LoRA stays to the original adapter on held-out text.</summary>
@@ -68,7 +69,8 @@ public static class ExportPipeline
             if (fold)
             {
                 var calib = FoldingTexts.Tokenize(texts.Calibration, tokenizer, options.Texts.SeqLen, "calibration");
-                (student, foldReport) = ResLoraFolding.ToLora(reference, plan, modelDir, runtime, calib, pad, options.DistillSteps);
+                (student, foldReport) = ResLoraFolding.ToLora(reference, plan, modelDir, runtime, calib, pad, options.DistillSteps, distillLearningRate: options.DistillLearningRate,
+                distillation: options.DistillSteps > 0 ? FoldingTexts.Tokenize(texts.Distillation, tokenizer, options.Texts.SeqLen, "distillation") : null);
                 result = LoraExport.FromLowRankPairs(AdapterModel.ByModulePath(student).ToDictionary(kv => kv.Key, kv => (ILowRankPair)kv.Value, StringComparer.Ordinal), config);
                 mode = foldReport.Kind;
             }

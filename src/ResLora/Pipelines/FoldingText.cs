@@ -15,6 +15,12 @@ public sealed record FoldingTextOptions
     /// <summary>Calibration sequences (the first of the training split, or of the file).</summary>
     public int CalibrationSequences { get; init; } = 64;
 
+    /// <summary>
+    /// Sequences distillation trains on (more than the fit needs: with the fit's 64, distillation overfits them and
+    /// held-out KL rises; docs/benchmarks.md). Taken from the same source as the calibration text.
+    /// </summary>
+    public int DistillSequences { get; init; } = 1024;
+
     /// <summary>Held-out sequences the report runs over.</summary>
     public int HeldOutSequences { get; init; } = 64;
 
@@ -24,6 +30,9 @@ public sealed record FoldingTextOptions
 /// <summary>The calibration and held-out texts of a merge or export, never the same examples.</summary>
 public sealed record FoldingTexts(IReadOnlyList<TextExample> Calibration, IReadOnlyList<TextExample> HeldOut, string CalibrationSource, string HeldOutSource)
 {
+    /// <summary>The text distillation trains on: the calibration source, up to <see cref="FoldingTextOptions.DistillSequences"/>.</summary>
+    public IReadOnlyList<TextExample> Distillation { get; init; } = Array.Empty<TextExample>();
+
     /// <summary>
     /// Resolves the texts. Calibration: <c>--calib</c>, else the first sequences of the adapter's training split.
     /// Held-out: <c>--heldout</c>, else the evaluation split, else training examples after the calibration ones.
@@ -33,17 +42,20 @@ public sealed record FoldingTexts(IReadOnlyList<TextExample> Calibration, IReadO
     {
         var record = TrainingDataRecord.Read(adapterDir);
         (IReadOnlyList<TextExample> Train, IReadOnlyList<TextExample> Eval)? splits = o.CalibrationPath is null || o.HeldOutPath is null ? record?.Load() : null;
-        IReadOnlyList<TextExample> calib = Array.Empty<TextExample>();
+        IReadOnlyList<TextExample> calib = Array.Empty<TextExample>(), distill = Array.Empty<TextExample>();
         string calibSource = "none";
         if (o.CalibrationPath is { } cf)
         {
-            calib = DataSet.Load(cf).Take(o.CalibrationSequences).ToList();
+            var all = DataSet.Load(cf);
+            calib = all.Take(o.CalibrationSequences).ToList();
+            distill = all.Take(Math.Max(o.CalibrationSequences, o.DistillSequences)).ToList();
             calibSource = cf;
         }
         else if (splits is { } s1)
         {
             calib = s1.Train.Take(o.CalibrationSequences).ToList();
-            calibSource = $"{o.CalibrationSequences} sequences of the training split of {record!.DataPath}";
+            distill = s1.Train.Take(Math.Max(o.CalibrationSequences, o.DistillSequences)).ToList();
+            calibSource = $"the training split of {record!.DataPath} ({calib.Count} sequences for the fit, {distill.Count} for distillation)";
         }
         else if (needCalibration)
             throw new UserInputException($"{adapterDir}: this merge fits on calibration text, and the adapter folder records no training data ({TrainingDataRecord.FileName}); give --calib FILE (JSONL/JSON text of the kind the adapter was trained on).");
@@ -58,14 +70,14 @@ public sealed record FoldingTexts(IReadOnlyList<TextExample> Calibration, IReadO
         else if (splits is { } s2 && s2.Eval.Count > 0)
         {
             heldOut = s2.Eval.Take(o.HeldOutSequences).ToList();
-            heldSource = $"the evaluation split of {record!.DataPath}";
+            heldSource = record!.EvalDataPath is { } ed ? $"the evaluation data {ed}" : $"the evaluation split of {record.DataPath}";
         }
-        else if (splits is { } s3 && s3.Train.Count > o.CalibrationSequences)
+        else if (splits is { } s3 && s3.Train.Count > Math.Max(o.CalibrationSequences, o.DistillSequences))
         {
-            heldOut = s3.Train.Skip(o.CalibrationSequences).Take(o.HeldOutSequences).ToList();
+            heldOut = s3.Train.Skip(Math.Max(o.CalibrationSequences, o.DistillSequences)).Take(o.HeldOutSequences).ToList();
             heldSource = $"training examples after the calibration ones ({record!.DataPath}; no evaluation split was recorded)";
         }
-        return new FoldingTexts(calib, heldOut, calibSource, heldSource);
+        return new FoldingTexts(calib, heldOut, calibSource, heldSource) { Distillation = distill };
     }
 
     /// <summary>Tokenized calibration sequences (every token a target: the texts are only read, never trained to).</summary>

@@ -45,6 +45,9 @@ public static class LoraStudent
 /// <summary>Distillation of a student model towards a teacher: KL(teacher ‖ student) on unlabelled text, with the ordinary trainer.</summary>
 public static class Distillation
 {
+    /// <summary>The default peak learning rate of <c>--distill</c>.</summary>
+    public const double DefaultLearningRate = 1e-3;
+
     /// <summary>
     /// Mean over real positions (mask 1) of KL(softmax(teacher) ‖ softmax(student)) per next-token distribution, in
     /// float32; the student's logits carry the gradient. Returns the loss and the number of positions.
@@ -65,7 +68,7 @@ public static class Distillation
     /// KL of the first and the last step.
     /// </summary>
     public static (double FirstKl, double LastKl) Run(LlamaForCausalLM teacher, LlamaForCausalLM student, IReadOnlyList<TokenizedExample> data, int padId,
-        int steps, double learningRate = 1e-3, int batchSize = 8, long seed = 0)
+        int steps, double learningRate = DefaultLearningRate, int batchSize = 8, long seed = 0)
     {
         if (steps < 1) throw new UserInputException($"--distill must be at least 1 step, got {steps}.");
         if (data.Count == 0) throw new UserInputException("distillation needs calibration text; none is left after tokenization.");

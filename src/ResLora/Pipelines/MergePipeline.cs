@@ -15,6 +15,7 @@ public sealed record MergeOptions
     public FoldingTextOptions Texts { get; init; } = new();
     /// <summary>With the ls merge: train the least-squares LoRA this many steps towards the unmerged model (0 = off).</summary>
     public int DistillSteps { get; init; }
+    public double DistillLearningRate { get; init; } = Distillation.DefaultLearningRate;
 }
 
 /// <summary>One merge that was tried: its label, how close it stays to the unmerged model, what folding it took.</summary>
@@ -148,7 +149,8 @@ public static class MergePipeline
         if (candidate is ResLoraConfig { MergeKind: ResLoraMergeKind.LeastSquares })
         {
             var calib = FoldingTexts.Tokenize(texts.Calibration, tokenizer!, options.Texts.SeqLen, "calibration");
-            var (student, fold) = ResLoraFolding.ToLora(reference, referencePlan, modelDir, runtime, calib, pad, options.DistillSteps);
+            var (student, fold) = ResLoraFolding.ToLora(reference, referencePlan, modelDir, runtime, calib, pad, options.DistillSteps, distillLearningRate: options.DistillLearningRate,
+                distillation: options.DistillSteps > 0 ? FoldingTexts.Tokenize(texts.Distillation, tokenizer!, options.Texts.SeqLen, "distillation") : null);
             AdapterModel.MergeAll(student);
             return (student, fold);
         }

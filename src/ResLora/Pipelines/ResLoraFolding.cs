@@ -29,12 +29,15 @@ public static class ResLoraFolding
     /// <param name="plan">Its plan; the builder's chains are what the calibration pass records.</param>
     /// <param name="modelDir">The base model folder (the student is built on it).</param>
     /// <param name="runtime">Device, dtype, threads.</param>
-    /// <param name="calibration">Calibration sequences (tokenized, every token real).</param>
+    /// <param name="calibration">Calibration sequences of the fit (tokenized, every token real).</param>
+    /// <param name="distillation">Sequences distillation trains on (null = the calibration ones).</param>
     /// <param name="padId">Pad id for batching.</param>
     /// <param name="distillSteps">0 = least squares only.</param>
     /// <param name="seed">Seed of the distillation's batch order.</param>
+    /// <param name="distillLearningRate">Peak AdamW learning rate of the distillation.</param>
     public static (LlamaForCausalLM Student, FoldReport Report) ToLora(LlamaForCausalLM teacher, AdapterPlan plan, string modelDir, RuntimeOptions runtime,
-        IReadOnlyList<TokenizedExample> calibration, int padId, int distillSteps = 0, long seed = 0)
+        IReadOnlyList<TokenizedExample> calibration, int padId, int distillSteps = 0, long seed = 0, double distillLearningRate = Distillation.DefaultLearningRate,
+        IReadOnlyList<TokenizedExample>? distillation = null)
     {
         if (plan.Builder is not ResLoraLayerBuilder builder || plan.Config is not ResLoraConfig config)
             throw new UserInputException($"--merge ls and the least-squares export fold ResLoRA is/ms adapters; this is a {plan.Config.Method} adapter, which has no residual paths to fit.");
@@ -63,7 +66,7 @@ public static class ResLoraFolding
         try
         {
             clock.Restart();
-            var (first, last) = Distillation.Run(teacher, student, calibration, padId, distillSteps, seed: seed);
+            var (first, last) = Distillation.Run(teacher, student, distillation ?? calibration, padId, distillSteps, distillLearningRate, seed: seed);
             return (student, report with { Kind = "ls+distill", DistillSteps = distillSteps, DistillFirstKl = first, DistillLastKl = last, DistillSeconds = clock.Elapsed.TotalSeconds });
         }
         catch

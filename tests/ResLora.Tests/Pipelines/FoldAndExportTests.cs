@@ -2,8 +2,8 @@ using ResLora.Adapters;
 using ResLora.Demo;
 using ResLora.Models;
 using ResLora.Pipelines;
-using ResLora.Training;
 using ResLora.Tests.Infrastructure;
+using ResLora.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
