@@ -10,6 +10,22 @@ public static class CliErrors
     public const int UserErrorExit = 2;
     public const int BugExit = 70;
 
+    /// <summary>
+    /// The first line of a libtorch (or .NET) allocation failure anywhere in the exception chain, or null: a size the
+    /// user asked for (a rank, a batch, a model) that this machine cannot hold is not a bug.
+    /// </summary>
+    public static string? NativeAllocationFailure(Exception e)
+    {
+        for (Exception? x = e; x is not null; x = x.InnerException)
+        {
+            if (x is OutOfMemoryException) return x.Message;
+            if (x is System.Runtime.InteropServices.ExternalException
+                && (x.Message.Contains("allocate", StringComparison.OrdinalIgnoreCase) || x.Message.Contains("out of memory", StringComparison.OrdinalIgnoreCase)))
+                return x.Message.Split('\n')[0].Trim();
+        }
+        return null;
+    }
+
     public static bool IsUserError(Exception e) =>
         e is UserInputException or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
             or PathTooLongException || (e is IOException && e.GetType() == typeof(IOException));
@@ -32,6 +48,11 @@ public static class CliErrors
         if (IsUserError(e))
         {
             Console.Error.WriteLine($"error: {e.Message}");
+            return UserErrorExit;
+        }
+        if (NativeAllocationFailure(e) is { } alloc)
+        {
+            Console.Error.WriteLine($"error: the tensors this needs do not fit in memory (libtorch: {alloc}). The model, --batch-size, --seq-len or --rank is too large for this machine; lower them, or use --dtype bfloat16.");
             return UserErrorExit;
         }
         string trace = Path.Combine(Path.GetTempPath(), $"reslora-crash-{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Environment.ProcessId}.txt");

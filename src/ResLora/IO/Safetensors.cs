@@ -51,7 +51,10 @@ public sealed unsafe class SafetensorsFile : IDisposable
     public static SafetensorsFile Open(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: file not found.", path);
-        long length = new FileInfo(path).Length;
+        // Hugging Face's hub cache links snapshots/<rev>/*.safetensors to blobs/<hash>: the size is the target's, not the link's.
+        var info = new FileInfo(path);
+        if (info.LinkTarget is not null && info.ResolveLinkTarget(returnFinalTarget: true) is FileInfo target) info = target;
+        long length = info.Length;
         if (length < 8) throw new UserInputException($"{path}: not a safetensors file: {length} bytes, shorter than the 8-byte header length.");
         MemoryMappedFile? map = null;
         MemoryMappedViewAccessor? view = null;

@@ -115,7 +115,8 @@ public static class ModelComparison
         double candLossMean = lossTokens > 0 ? candLossSum / lossTokens : double.NaN;
         return new ComparisonReport
         {
-            MeanKl = klSum / positions,
+            // KL ≥ 0; float32 rounding can leave a mean of −1e-9 for identical distributions: report 0 then.
+            MeanKl = Math.Max(0, klSum / positions),
             MaxAbsLogitDiff = maxDiff,
             ReferenceLoss = refLossMean,
             CandidateLoss = candLossMean,

@@ -111,7 +111,7 @@ public static class TrainLoop
             Curve = curve,
             Evals = evals,
         };
-        AtomicFile.WriteAllText(Path.Combine(spec.OutDir, SummaryFile), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull }));
+        AtomicFile.WriteAllText(Path.Combine(spec.OutDir, SummaryFile), JsonSerializer.Serialize(summary, new JsonSerializerOptions(MetricJson) { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull }));
         observer.OnFinish(summary, spec.OutDir);
         return summary;
     }
@@ -133,6 +133,12 @@ public static class TrainLoop
         TrainCheckpoint.Save(spec.OutDir, state, spec.SaveWeights, optimizer);
     }
 
+    /// <summary>
+    /// Metrics and the summary may hold NaN or ±∞ (a diverging evaluation): written as "NaN"/"Infinity" strings, as the
+    /// serializer allows, so the end of the run (adapter, checkpoint, summary) is still written.
+    /// </summary>
+    private static readonly JsonSerializerOptions MetricJson = new() { NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
     private static void AppendMetric(string path, StepReport r) => File.AppendAllText(path, JsonSerializer.Serialize(new Dictionary<string, object>
     {
         ["step"] = r.Step,
@@ -140,38 +146,54 @@ public static class TrainLoop
         ["lr"] = r.LearningRate,
         ["tokens_per_second"] = Math.Round(r.TokensPerSecond, 1),
         ["elapsed_seconds"] = Math.Round(r.ElapsedSeconds, 3),
-    }) + "\n");
+    }, MetricJson) + "\n");
 
     private static void AppendMetric(string path, EvalReport r)
     {
         var d = new Dictionary<string, object> { ["step"] = r.Step, ["eval_loss"] = r.Loss, ["eval_perplexity"] = r.Perplexity, ["eval_tokens"] = r.Tokens };
         if (r.Accuracy is { } a) d["eval_accuracy"] = a;
-        File.AppendAllText(path, JsonSerializer.Serialize(d) + "\n");
+        File.AppendAllText(path, JsonSerializer.Serialize(d, MetricJson) + "\n");
     }
 
-    /// <summary>Keeps the metric lines up to the checkpoint's step (a killed run may have logged past it).</summary>
+    /// <summary>
+    /// Keeps the metric lines up to the checkpoint's step (a killed run may have logged past it). A torn last line (what a
+    /// crash or a full disk mid-append leaves) is dropped; a broken line before it is an error naming it.
+    /// </summary>
     private static (List<StepReport>, List<EvalReport>) TrimMetrics(string path, int step)
     {
         var curve = new List<StepReport>();
         var evals = new List<EvalReport>();
         if (!File.Exists(path)) return (curve, evals);
         var kept = new List<string>();
-        foreach (var line in File.ReadAllLines(path))
+        var lines = File.ReadAllLines(path).Where(l => l.Trim().Length > 0).ToList();
+        for (int i = 0; i < lines.Count; i++)
         {
-            if (line.Trim().Length == 0) continue;
-            using var doc = JsonDocument.Parse(line);
+            string line = lines[i];
+            JsonDocument doc;
+            try { doc = JsonDocument.Parse(line); }
+            catch (JsonException e)
+            {
+                if (i == lines.Count - 1) break; // torn by a crash mid-append
+                throw new UserInputException($"{path}: line {i + 1} is not valid JSON ({e.Message}); repair or delete the line to resume.", e);
+            }
+            using var _ = doc;
             var r = doc.RootElement;
             int s = r.GetProperty("step").GetInt32();
             if (s > step) continue;
             kept.Add(line);
             if (r.TryGetProperty("loss", out var l))
-                curve.Add(new StepReport(s, 0, l.GetDouble(), r.GetProperty("lr").GetDouble(), r.GetProperty("tokens_per_second").GetDouble(), r.GetProperty("elapsed_seconds").GetDouble()));
+                curve.Add(new StepReport(s, 0, Number(l), Number(r.GetProperty("lr")), Number(r.GetProperty("tokens_per_second")), Number(r.GetProperty("elapsed_seconds"))));
             else if (r.TryGetProperty("eval_loss", out var el))
-                evals.Add(new EvalReport(s, el.GetDouble(), r.GetProperty("eval_perplexity").GetDouble(), r.TryGetProperty("eval_accuracy", out var a) ? a.GetDouble() : null, r.GetProperty("eval_tokens").GetInt32()));
+                evals.Add(new EvalReport(s, Number(el), Number(r.GetProperty("eval_perplexity")), r.TryGetProperty("eval_accuracy", out var a) ? Number(a) : null, r.GetProperty("eval_tokens").GetInt32()));
         }
         AtomicFile.WriteAllText(path, kept.Count > 0 ? string.Join("\n", kept) + "\n" : "");
         return (curve, evals);
     }
+
+    /// <summary>A number as <see cref="MetricJson"/> writes it: a JSON number, or "NaN"/"Infinity"/"-Infinity".</summary>
+    private static double Number(JsonElement e) => e.ValueKind == JsonValueKind.String
+        ? double.Parse(e.GetString()!, System.Globalization.CultureInfo.InvariantCulture)
+        : e.GetDouble();
 
     private sealed class NullObserver : ITrainObserver
     {

@@ -1,4 +1,5 @@
 using ResLora.Cli;
+using TorchSharp;
 
 namespace ResLora.Tests.Cli;
 
@@ -48,5 +49,19 @@ public sealed class CliErrorsTests
         string trace = File.ReadAllText(path);
         Assert.Contains(nameof(Report_AnythingElse_IsABugWithTheTraceInAFile), trace); // the stack, not just the message
         File.Delete(path);
+    }
+
+    [Fact]
+    public void Report_NativeAllocationFailure_IsOneLineNamingTheLikelyCause()
+    {
+        Exception thrown;
+        try { torch.empty(1L << 44, dtype: torch.ScalarType.Float32).Dispose(); throw new InvalidOperationException("the allocation unexpectedly succeeded"); }
+        catch (Exception e) { thrown = e; }
+        Assert.NotNull(CliErrors.NativeAllocationFailure(thrown));
+        var (code, err) = Capture(thrown);
+        Assert.Equal(2, code);
+        Assert.StartsWith("error: the tensors this needs do not fit in memory", err);
+        Assert.Contains("--batch-size", err);
+        Assert.Single(err.Trim().Split('\n'));
     }
 }

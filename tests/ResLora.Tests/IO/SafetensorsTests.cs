@@ -7,6 +7,29 @@ namespace ResLora.Tests.IO;
 
 public sealed class SafetensorsTests : IDisposable
 {
+    [Fact]
+    public void Open_ThroughASymlinkAsInTheHubCache_ReadsTheTargetsTensors()
+    {
+        string root = Directory.CreateTempSubdirectory("reslora-hub-").FullName;
+        try
+        {
+            Directory.CreateDirectory(Path.Combine(root, "blobs"));
+            Directory.CreateDirectory(Path.Combine(root, "snapshots", "abc123"));
+            string blob = Path.Combine(root, "blobs", "0f3c9d");
+            using (var t = torch.arange(6, dtype: ScalarType.Float32).reshape(2, 3))
+                SafetensorsWriter.Write(blob, new[] { new KeyValuePair<string, Tensor>("w", t) });
+            string link = Path.Combine(root, "snapshots", "abc123", "model.safetensors");
+            File.CreateSymbolicLink(link, Path.Combine("..", "..", "blobs", "0f3c9d"));
+            using var f = SafetensorsFile.Open(link);
+            using var w = f.Load("w");
+            Assert.Equal(new float[] { 0, 1, 2, 3, 4, 5 }, w.data<float>().ToArray());
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
     private readonly string _dir = Directory.CreateTempSubdirectory("reslora-st-").FullName;
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);

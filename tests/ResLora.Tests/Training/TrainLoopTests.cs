@@ -100,6 +100,48 @@ public sealed class TrainLoopTests : IDisposable
         Assert.Equal(12, File.ReadAllLines(Path.Combine(b, TrainLoop.MetricsFile)).Count(l => l.Contains("\"loss\"")));
     }
 
+    [Fact]
+    public void Resume_WithATornLastMetricsLine_DropsItAndMatchesTheUninterruptedRun()
+    {
+        var o = new TrainOptions { Steps = 12, BatchSize = 8, LearningRate = 2e-3, LogEvery = 1, SaveEvery = 4, EvalGenerateExamples = 0 };
+        string a = Path.Combine(_dir, "a"), b = Path.Combine(_dir, "b");
+        TrainSummary whole;
+        using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 6)) whole = TrainLoop.Run(Spec(m, a, o));
+        using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 6))
+            Assert.Throws<OperationCanceledException>(() => TrainLoop.Run(Spec(m, b, o), new KillAt(10)));
+        File.AppendAllText(Path.Combine(b, TrainLoop.MetricsFile), "{\"step\": 11, \"lo"); // a crash mid-append
+        TrainSummary resumed;
+        using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 77))
+            resumed = TrainLoop.Run(Spec(m, b, o, resume: true));
+        Assert.Equal(whole.Curve.Select(c => c.Loss), resumed.Curve.Select(c => c.Loss));
+        Assert.All(File.ReadAllLines(Path.Combine(b, TrainLoop.MetricsFile)), l => System.Text.Json.JsonDocument.Parse(l).Dispose());
+    }
+
+    [Fact]
+    public void Run_WithANonFiniteFinalEvalLoss_StillWritesTheAdapterCheckpointAndSummary()
+    {
+        var o = new TrainOptions { Steps = 4, BatchSize = 8, LearningRate = 2e-3, LogEvery = 1, SaveEvery = 0, EvalGenerateExamples = 0 };
+        string dir = Path.Combine(_dir, "nan");
+        using var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 6);
+        var summary = TrainLoop.Run(Spec(m, dir, o), new PoisonAfter(4, m)); // the model diverges after the last step
+        Assert.True(double.IsNaN(summary.FinalEvalLoss!.Value));
+        Assert.Contains("\"NaN\"", File.ReadAllText(Path.Combine(dir, TrainLoop.SummaryFile)));
+        Assert.True(File.Exists(Path.Combine(dir, "weights.safetensors")));
+        Assert.NotNull(TrainCheckpoint.Find(dir));
+        Assert.Contains("\"eval_loss\":\"NaN\"", File.ReadAllText(Path.Combine(dir, TrainLoop.MetricsFile)));
+    }
+
+    /// <summary>Sets the output head to NaN once step <c>step</c> is logged (before the final evaluation).</summary>
+    private sealed class PoisonAfter(int step, LlamaForCausalLM model) : ITrainObserver
+    {
+        public void OnStep(StepReport report)
+        {
+            if (report.Step != step) return;
+            using var _ = torch.no_grad();
+            model.named_parameters().First(p => p.name == "lm_head.weight").parameter.fill_(double.NaN);
+        }
+    }
+
     private sealed class FinishRecorder : ITrainObserver
     {
         public TrainSummary? Summary;

@@ -55,6 +55,11 @@ public sealed class ResLoraMethod() : AdapterMethod("reslora", "RESLORA", typeof
     {
         var rc = Checked<ResLoraConfig>(config);
         string kind = (requested ?? rc.Merge).Trim().ToLowerInvariant();
+        if (rc.StructureKind == ResLoraStructure.BlockShortcut)
+        {
+            _ = (rc with { Merge = kind }).MergeKind; // refuses ls: nothing to fit
+            return new (string?, AdapterConfigBase)[] { ("exact", rc) };
+        }
         if (kind != "auto")
         {
             var chosen = rc with { Merge = kind };
