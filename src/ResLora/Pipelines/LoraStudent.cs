@@ -18,8 +18,7 @@ public static class LoraStudent
     {
         var config = source.AsLora() with { BaseModelNameOrPath = source.BaseModelNameOrPath, LoraDropout = 0 };
         var plan = new AdapterPlan(config);
-        var model = ModelSessions.LoadBase(modelDir, runtime, plan);
-        try
+        return ModelSessions.WithAdapters(ModelSessions.LoadBase(modelDir, runtime, plan), model =>
         {
             plan.EnsureAllPatternsMatched();
             using var _ = torch.no_grad();
@@ -30,15 +29,7 @@ public static class LoraStudent
                 lora.LoraA.copy_(p.A);
                 lora.LoraB.copy_(p.B);
             }
-            AdapterModel.FreezeAllButAdapters(model);
-            model.eval();
-            return model;
-        }
-        catch
-        {
-            model.Dispose();
-            throw;
-        }
+        });
     }
 }
 

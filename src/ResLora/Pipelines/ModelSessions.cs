@@ -37,12 +37,24 @@ public static class ModelSessions
     {
         config ??= ReadAdapterConfig(adapterDir, warn);
         plan = new AdapterPlan(config);
-        var model = LoadBase(modelDir, runtime, plan);
-        try
+        var p = plan;
+        return WithAdapters(LoadBase(modelDir, runtime, plan), model =>
         {
             AdapterMethods.For(config).CheckBase(config, model.Config, adapterDir);
-            plan.EnsureAllPatternsMatched();
+            p.EnsureAllPatternsMatched();
             AdapterFolder.LoadInto(adapterDir, model);
+        });
+    }
+
+    /// <summary>
+    /// Finishes a model built with adapter layers: <paramref name="fill"/> puts the adapter state in, then only adapter
+    /// parameters stay trainable and the model is in eval mode. On any failure the model is disposed.
+    /// </summary>
+    public static LlamaForCausalLM WithAdapters(LlamaForCausalLM model, Action<LlamaForCausalLM> fill)
+    {
+        try
+        {
+            fill(model);
             AdapterModel.FreezeAllButAdapters(model);
             model.eval();
             return model;

@@ -85,12 +85,7 @@ public sealed class TrainLoopTests : IDisposable
     [Fact]
     public void KilledAndResumedRun_MatchesTheUninterruptedRun()
     {
-        var o = new TrainOptions { Steps = 12, BatchSize = 8, LearningRate = 2e-3, LogEvery = 1, SaveEvery = 4, EvalGenerateExamples = 0 };
-        string a = Path.Combine(_dir, "a"), b = Path.Combine(_dir, "b");
-        TrainSummary whole;
-        using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 6)) whole = TrainLoop.Run(Spec(m, a, o));
-        using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 6))
-            Assert.Throws<OperationCanceledException>(() => TrainLoop.Run(Spec(m, b, o), new KillAt(10)));
+        var (o, a, b, whole) = WholeRunAndOneKilledAtStep10();
         TrainSummary resumed;
         using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 77)) // different init: everything must come from the checkpoint
             resumed = TrainLoop.Run(Spec(m, b, o, resume: true));
@@ -103,12 +98,7 @@ public sealed class TrainLoopTests : IDisposable
     [Fact]
     public void Resume_WithATornLastMetricsLine_DropsItAndMatchesTheUninterruptedRun()
     {
-        var o = new TrainOptions { Steps = 12, BatchSize = 8, LearningRate = 2e-3, LogEvery = 1, SaveEvery = 4, EvalGenerateExamples = 0 };
-        string a = Path.Combine(_dir, "a"), b = Path.Combine(_dir, "b");
-        TrainSummary whole;
-        using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 6)) whole = TrainLoop.Run(Spec(m, a, o));
-        using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 6))
-            Assert.Throws<OperationCanceledException>(() => TrainLoop.Run(Spec(m, b, o), new KillAt(10)));
+        var (o, a, b, whole) = WholeRunAndOneKilledAtStep10();
         File.AppendAllText(Path.Combine(b, TrainLoop.MetricsFile), "{\"step\": 11, \"lo"); // a crash mid-append
         TrainSummary resumed;
         using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 77))
@@ -140,6 +130,18 @@ public sealed class TrainLoopTests : IDisposable
             using var _ = torch.no_grad();
             model.named_parameters().First(p => p.name == "lm_head.weight").parameter.fill_(double.NaN);
         }
+    }
+
+    /// <summary>A 12-step run in a/, and the same run killed at step 10 in b/ (its last checkpoint at step 8).</summary>
+    private (TrainOptions O, string A, string B, TrainSummary Whole) WholeRunAndOneKilledAtStep10()
+    {
+        var o = new TrainOptions { Steps = 12, BatchSize = 8, LearningRate = 2e-3, LogEvery = 1, SaveEvery = 4, EvalGenerateExamples = 0 };
+        string a = Path.Combine(_dir, "a"), b = Path.Combine(_dir, "b");
+        TrainSummary whole;
+        using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 6)) whole = TrainLoop.Run(Spec(m, a, o));
+        using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 6))
+            Assert.Throws<OperationCanceledException>(() => TrainLoop.Run(Spec(m, b, o), new KillAt(10)));
+        return (o, a, b, whole);
     }
 
     private sealed class FinishRecorder : ITrainObserver
