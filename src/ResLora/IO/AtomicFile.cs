@@ -84,3 +84,53 @@ public static class AtomicFolder
         }
     }
 }
+
+/// <summary>
+/// An exclusive lock on a run folder, held for the run's lifetime: a second run on the same folder is refused at once
+/// with the holder's process id, instead of both writing interleaved metrics. The lock is the OS's (an open file with
+/// no sharing); it ends with the process, so a killed run never leaves the folder locked.
+/// </summary>
+public sealed class RunLock : IDisposable
+{
+    public const string FileName = ".reslora.lock";
+    private const string OwnerFile = ".reslora.lock.owner";
+
+    private readonly FileStream _stream;
+    private readonly string _dir;
+
+    private RunLock(FileStream stream, string dir)
+    {
+        _stream = stream;
+        _dir = dir;
+    }
+
+    /// <summary>Takes the lock on <paramref name="dir"/> (created if needed), or refuses naming the run that holds it.</summary>
+    public static RunLock Acquire(string dir, string flag = "--out")
+    {
+        Directory.CreateDirectory(dir);
+        string path = Path.Combine(dir, FileName);
+        FileStream stream;
+        try
+        {
+            stream = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+        }
+        catch (IOException e)
+        {
+            string owner = File.Exists(Path.Combine(dir, OwnerFile)) ? File.ReadAllText(Path.Combine(dir, OwnerFile)).Trim() : "another process";
+            throw new UserInputException($"{flag} {dir} is in use by another run ({owner}); wait for it to finish, or choose another {flag} folder.", e);
+        }
+        AtomicFile.WriteAllText(Path.Combine(dir, OwnerFile), $"pid {Environment.ProcessId}, started {DateTime.UtcNow:u}");
+        return new RunLock(stream, dir);
+    }
+
+    public void Dispose()
+    {
+        _stream.Dispose();
+        foreach (var f in new[] { OwnerFile, FileName })
+        {
+            try { File.Delete(Path.Combine(_dir, f)); }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+        }
+    }
+}

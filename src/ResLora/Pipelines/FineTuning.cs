@@ -39,6 +39,7 @@ public static class FineTuning
         // shortens epoch-based runs, so AdaLoRA's schedule uses the unpacked count.
         var setup = AdapterMethods.Build(req.Method with { TotalSteps = req.Train.TotalSteps(train.Count) });
         PrepareOutDir(req.OutDir, req.Resume);
+        using var runLock = RunLock.Acquire(req.OutDir); // one run per folder, for the run's lifetime
 
         string modelDir = req.ModelDir;
         var adapterConfig = setup.Config;
