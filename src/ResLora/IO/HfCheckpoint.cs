@@ -97,6 +97,9 @@ public sealed class HfCheckpoint : IDisposable
 
     public bool Contains(string name) => _byTensor.ContainsKey(name);
 
+    /// <summary>How many tensors the checkpoint stores.</summary>
+    public int Count => _byTensor.Count;
+
     public long[] ShapeOf(string name) => FileOf(name).GetEntry(name).Shape;
 
     private SafetensorsFile FileOf(string name) =>

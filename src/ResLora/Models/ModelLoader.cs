@@ -25,11 +25,15 @@ public static class ModelLoader
         runtime.Apply();
         var config = ModelFolder.LoadConfig(modelDir);
         using var ckpt = HfCheckpoint.Open(modelDir);
+        // Check config.json against the stored shapes before anything is allocated: a wrong or missing size must not
+        // cost a model-sized allocation (or a native crash) before the error.
+        if (config.NumHiddenLayers > ckpt.Count)
+            throw new UserInputException($"{Path.Combine(modelDir, ModelFolder.ConfigFile)}: 'num_hidden_layers' is {config.NumHiddenLayers}, but the checkpoint stores only {ckpt.Count} tensors; check that config.json belongs to these weights.");
+        var expected = LlamaForCausalLM.ExpectedWeights(config);
+        ckpt.ValidateAgainst(expected, name => config.TieWordEmbeddings && name == "lm_head.weight");
         var model = new LlamaForCausalLM(config, factory, runtime.ScalarType, runtime.TorchDevice);
         try
         {
-            var expected = model.ExpectedWeights();
-            ckpt.ValidateAgainst(expected, name => config.TieWordEmbeddings && name == "lm_head.weight");
             model.LoadWeights(name => ckpt.Load(name));
             foreach (var t in transforms ?? Array.Empty<IModelLoadTransform>()) t.Apply(model);
             // Freeze exactly the base weights (Hugging Face names); adapter parameters keep requires_grad.

@@ -49,6 +49,24 @@ public sealed class HfCheckpointTests : IDisposable
         Assert.Contains("model.layers.0.mlp.up_proj.weight: stored [48, 32], config.json implies [40, 32]", e.Message);
     }
 
+    [Theory]
+    [InlineData("hidden_size", 1_000_000_000)]
+    [InlineData("intermediate_size", 1_000_000_000)]
+    [InlineData("num_hidden_layers", 1_000_000_000)]
+    [InlineData("vocab_size", 2_000_000_000)]
+    public void Load_WithAHugeSizeInConfig_IsRefusedBeforeAllocating(string field, long value)
+    {
+        var c = TinyModels.Config();
+        using (var model = TinyModels.Build(c, seed: 1)) ModelFolder.Save(_dir, c, Weights(model));
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "config.json")))!.AsObject();
+        json[field] = value;
+        File.WriteAllText(Path.Combine(_dir, "config.json"), json.ToJsonString());
+        long before = GC.GetTotalMemory(false);
+        var e = Assert.Throws<UserInputException>(() => ModelSessions.LoadBase(_dir, new RuntimeOptions()).Dispose());
+        Assert.Contains("config.json", e.Message);
+        Assert.True(GC.GetTotalMemory(false) - before < 100_000_000, "nothing model-sized was allocated");
+    }
+
     [Fact]
     public void PickleOnlyFolder_IsRefused()
     {
