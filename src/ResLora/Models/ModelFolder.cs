@@ -33,15 +33,37 @@ public static class ModelFolder
         AtomicFolder.Write(outDir, tmp => Save(tmp, config, weights, maxShardBytes), companionsFrom);
 
     /// <summary>
+    /// The config and the open checkpoint, checked against each other before anything model-sized is allocated: a layer
+    /// count beyond the stored tensors, and every missing, unexpected or mis-shaped tensor, is an error naming config.json.
+    /// Returns the expected base weights (name → shape). The caller disposes the checkpoint.
+    /// </summary>
+    public static (ModelConfig Config, HfCheckpoint Checkpoint, IReadOnlyDictionary<string, long[]> Expected) OpenChecked(string modelDir)
+    {
+        var config = LoadConfig(modelDir);
+        var ckpt = HfCheckpoint.Open(modelDir);
+        try
+        {
+            if (config.NumHiddenLayers > ckpt.Count)
+                throw new UserInputException($"{Path.Combine(modelDir, ConfigFile)}: 'num_hidden_layers' is {config.NumHiddenLayers}, but the checkpoint stores only {ckpt.Count} tensors; check that config.json belongs to these weights.");
+            var expected = LlamaForCausalLM.ExpectedWeights(config);
+            ckpt.ValidateAgainst(expected, name => config.TieWordEmbeddings && name == "lm_head.weight");
+            return (config, ckpt, expected);
+        }
+        catch
+        {
+            ckpt.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
     /// The config and every base weight the config implies (checked against the stored tensors), loaded as
     /// <paramref name="dtype"/> on the CPU; for whole-model transforms (rotation, outlier planting). Caller disposes.
     /// </summary>
     public static (ModelConfig Config, Dictionary<string, Tensor> Weights) LoadBaseWeights(string modelDir, ScalarType dtype)
     {
-        var config = LoadConfig(modelDir);
-        using var ckpt = HfCheckpoint.Open(modelDir);
-        var expected = LlamaForCausalLM.ExpectedWeights(config);
-        ckpt.ValidateAgainst(expected, name => config.TieWordEmbeddings && name == "lm_head.weight");
+        var (config, ckpt, expected) = OpenChecked(modelDir);
+        using var _ = ckpt;
         return (config, expected.Keys.ToDictionary(k => k, k => ckpt.Load(k, dtype), StringComparer.Ordinal));
     }
 

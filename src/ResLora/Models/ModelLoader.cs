@@ -23,14 +23,10 @@ public static class ModelLoader
     public static LlamaForCausalLM Load(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null, IEnumerable<IModelLoadTransform>? transforms = null)
     {
         runtime.Apply();
-        var config = ModelFolder.LoadConfig(modelDir);
-        using var ckpt = HfCheckpoint.Open(modelDir);
-        // Check config.json against the stored shapes before anything is allocated: a wrong or missing size must not
+        // config.json is checked against the stored shapes before anything is allocated: a wrong or missing size must not
         // cost a model-sized allocation (or a native crash) before the error.
-        if (config.NumHiddenLayers > ckpt.Count)
-            throw new UserInputException($"{Path.Combine(modelDir, ModelFolder.ConfigFile)}: 'num_hidden_layers' is {config.NumHiddenLayers}, but the checkpoint stores only {ckpt.Count} tensors; check that config.json belongs to these weights.");
-        var expected = LlamaForCausalLM.ExpectedWeights(config);
-        ckpt.ValidateAgainst(expected, name => config.TieWordEmbeddings && name == "lm_head.weight");
+        var (config, ckpt, expected) = ModelFolder.OpenChecked(modelDir);
+        using var _ = ckpt;
         var model = new LlamaForCausalLM(config, factory, runtime.ScalarType, runtime.TorchDevice);
         try
         {

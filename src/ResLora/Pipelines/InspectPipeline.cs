@@ -17,10 +17,8 @@ public static class InspectPipeline
     /// <summary>Reads config.json and checks the stored weights against it, without building the model.</summary>
     public static ModelSummary Describe(string modelDir, bool groupByType = true)
     {
-        var c = ModelFolder.LoadConfig(modelDir);
-        using var ckpt = HfCheckpoint.Open(modelDir);
-        var weights = LlamaForCausalLM.ExpectedWeights(c);
-        ckpt.ValidateAgainst(weights, name => c.TieWordEmbeddings && name == "lm_head.weight");
+        var (c, ckpt, weights) = ModelFolder.OpenChecked(modelDir);
+        ckpt.Dispose();
         long total = weights.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
         var linears = weights
             .Where(kv => kv.Key.EndsWith(".weight", StringComparison.Ordinal) && kv.Value.Length == 2 && !kv.Key.Contains("embed_tokens", StringComparison.Ordinal))
