@@ -172,9 +172,9 @@ public static class DemoRunner
             var best = mine.OrderBy(r => double.IsNaN(r.EvalLoss) ? double.MaxValue : r.EvalLoss).First();
             double earlyLoss = def.Summary.Curve.Where(c => c.Step <= early).Select(c => c.Loss).DefaultIfEmpty(double.NaN).Last();
             int? reach = def.Summary.Curve.FirstOrDefault(c => c.Loss <= loraFinal)?.Step;
-            // Every adapter merged the way it would ship: ResLoRA is/ms through --merge auto (bi, bw/a and the
-            // least-squares fold, the closest on held-out text wins), the others their one way.
-            var m = MergePipeline.Measure(baseDir, best.AdapterDir, o.Runtime, probe, new MergeOptions { MergeKind = IsApproximate(label) ? "auto" : null });
+            // Every adapter merged the way it would ship, through --merge auto: for ResLoRA is/ms that tries bi, bw/a and the
+            // least-squares fold, the closest on held-out text wins; the others merge their one way.
+            var m = MergePipeline.Measure(baseDir, best.AdapterDir, o.Runtime, probe, new MergeOptions { MergeKind = "auto" });
             rows.Add(new DemoRow(label, def, best, earlyLoss, early, reach, m.MaxAbsDiff, m.MeanAbsDiff)
             {
                 MergeKind = m.Method,
@@ -192,7 +192,7 @@ public static class DemoRunner
         var shippable = rows.Where(r => r.MergeHeldOutKl < MergeKlBudget).ToList();
         var winner = (shippable.Count > 0 ? shippable : rows).Select(r => r.Best)
             .OrderByDescending(r => double.IsNaN(r.Accuracy) ? -1 : r.Accuracy).ThenBy(r => r.EvalLoss).First();
-        var merge = MergePipeline.MergeToFolder(baseDir, winner.AdapterDir, mergedDir, o.Runtime, probe, new MergeOptions { MergeKind = IsApproximate(winner.Label) ? "auto" : null });
+        var merge = MergePipeline.MergeToFolder(baseDir, winner.AdapterDir, mergedDir, o.Runtime, probe, new MergeOptions { MergeKind = "auto" });
         var answers = new List<DemoAnswer>();
         using (var merged = ModelSessions.LoadBase(mergedDir, o.Runtime))
         {
@@ -228,9 +228,6 @@ public static class DemoRunner
 
     /// <summary>Held-out questions the merged model answers at the end.</summary>
     public const int AnsweredQuestions = 5;
-
-    /// <summary>Contenders whose merge is an approximation with several candidates (ResLoRA is/ms).</summary>
-    private static bool IsApproximate(string label) => label is "reslora-is" or "reslora-ms";
 
     private static torch.Tensor ProbeBatch(ITextTokenizer tok, IReadOnlyList<TextExample> eval)
     {

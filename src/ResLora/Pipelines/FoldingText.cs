@@ -83,9 +83,11 @@ public sealed record FoldingTexts(IReadOnlyList<TextExample> Calibration, IReadO
     /// <summary>Tokenized calibration sequences (every token a target: the texts are only read, never trained to).</summary>
     public static IReadOnlyList<TokenizedExample> Tokenize(IReadOnlyList<TextExample> texts, ITextTokenizer tokenizer, int seqLen, string what)
     {
+        if (texts.Count == 0)
+            throw new UserInputException($"no {what} text: the adapter's recorded training data is empty or gone; give --calib FILE.");
         var asText = texts.Select(t => new TextExample("", t.Prompt + t.Completion)).Where(t => t.Completion.Length > 0).ToList();
         var tok = Tokenization.Tokenize(asText, tokenizer, seqLen).Examples;
-        if (tok.Count == 0) throw new UserInputException($"the {what} text has no usable sequence after tokenization.");
+        if (tok.Count == 0) throw new UserInputException($"the {what} text ({texts.Count} records) has no usable sequence after tokenization; give longer text with --calib FILE.");
         return tok;
     }
 

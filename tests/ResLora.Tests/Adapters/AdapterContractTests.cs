@@ -49,13 +49,6 @@ public sealed class AdapterContractTests
         return d;
     }
 
-    [Fact]
-    public void EveryRegisteredMethod_HasAKind()
-    {
-        foreach (var m in AdapterMethods.All.Where(m => m.Contenders(3).Any()))
-            Assert.Contains(Kinds.Values, c => AdapterMethods.For(c) == m);
-    }
-
     private static readonly LinearSpec TheSpec = new("model.layers.0.self_attn.q_proj", "q_proj", 0, 7, 5, true);
 
     private static (nn.Module<Tensor, Tensor> Module, IAdapter Adapter) Build(string kind, ulong seed = 11)

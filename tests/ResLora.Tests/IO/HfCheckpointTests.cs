@@ -61,10 +61,9 @@ public sealed class HfCheckpointTests : IDisposable
         var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "config.json")))!.AsObject();
         json[field] = value;
         File.WriteAllText(Path.Combine(_dir, "config.json"), json.ToJsonString());
-        long before = GC.GetTotalMemory(false);
+        // Before the check, these built the model first: a native allocation failure or a crash, not this error.
         var e = Assert.Throws<UserInputException>(() => ModelSessions.LoadBase(_dir, new RuntimeOptions()).Dispose());
         Assert.Contains("config.json", e.Message);
-        Assert.True(GC.GetTotalMemory(false) - before < 100_000_000, "nothing model-sized was allocated");
     }
 
     [Fact]

@@ -155,6 +155,8 @@ public sealed class FoldAndExportTests : IDisposable
         using var probe = Probe();
         string lora = Train("lora", new MethodSpec { Method = "lora" }, steps: 2);
         Assert.Contains("ResLoRA", Assert.Throws<UserInputException>(() => MergePipeline.MergeToFolder(ModelFolder(), lora, Path.Combine(_dir, "x"), Runtime, probe, new MergeOptions { MergeKind = "ls" })).Message);
+        // "auto" is the method's best merge: for LoRA, its only one.
+        Assert.Equal("lora", MergePipeline.Measure(ModelFolder(), lora, Runtime, probe, new MergeOptions { MergeKind = "auto" }).Method);
         string bs = Train("bs", new MethodSpec { Method = "reslora-bs" }, steps: 2);
         Assert.Contains("nothing to fit", Assert.Throws<UserInputException>(() => MergePipeline.MergeToFolder(ModelFolder(), bs, Path.Combine(_dir, "y"), Runtime, probe, new MergeOptions { MergeKind = "ls" })).Message);
         string rolora = Train("rolora", new MethodSpec { Method = "rolora" }, steps: 2);

@@ -132,11 +132,12 @@ public abstract class AdapterMethod
 
     /// <summary>
     /// The configs to try when merging (ResLoRA: one per merge kind; <paramref name="requested"/> = <c>--merge</c>, "auto"
-    /// or null for the saved choice). More than one means: measure each, keep the closest. Default: the config itself.
+    /// or null for the saved choice). More than one means: measure each, keep the closest. Default: the config itself
+    /// ("auto" accepted: a method with one merge has nothing to choose).
     /// </summary>
     public virtual IReadOnlyList<(string? Label, AdapterConfigBase Config)> MergeCandidates(AdapterConfigBase config, string? requested)
     {
-        if (requested is not null) throw new UserInputException($"--merge chooses how ResLoRA's residual paths are merged; this is a {config.Method} adapter, which merges one way only. Drop --merge.");
+        if (requested is not (null or "auto")) throw new UserInputException($"--merge chooses how ResLoRA's residual paths are merged; this is a {config.Method} adapter, which merges one way only. Drop --merge.");
         return new (string?, AdapterConfigBase)[] { (null, config) };
     }
 
