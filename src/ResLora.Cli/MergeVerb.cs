@@ -14,7 +14,7 @@ internal static class MergeVerb
         var adapter = new Option<string>("--adapter") { Description = "Adapter folder (PEFT format) to fold into the base weights.", Required = true };
         var output = new Option<string>("--out") { Description = "New folder for the merged model (must not exist or be empty).", Required = true };
         var probe = new Option<string?>("--probe") { Description = "Text whose logits are compared merged vs unmerged (default: a fixed sentence)." };
-        var merge = new Option<string?>("--merge") { Description = "ResLoRA only: bi, bw, a (ms A-merge), ls (least-squares fold on calibration text; is/ms) or auto (try each, keep the one closest to the unmerged model on held-out text); default: the adapter's." };
+        var merge = new Option<string?>("--merge") { Description = "How to merge: auto (every method: its best merge; ResLoRA is/ms try bi, bw or a, and ls, keeping the one closest to the unmerged model on held-out text) or, for ResLoRA, bi, bw, a (ms A-merge) or ls (least-squares fold on calibration text); default: the adapter's saved choice." };
         var folding = new FoldingOptionSet();
         var rt = new RuntimeOptionSet();
         var cmd = new Command("merge", "Fold an adapter into the base weights and write a complete Hugging Face model folder; reports the merged-vs-unmerged logit difference.");
