@@ -25,3 +25,27 @@ public interface ITextTokenizer
     /// <summary>Decodes ids to text; special tokens are dropped when <paramref name="skipSpecialTokens"/>.</summary>
     string Decode(IEnumerable<int> ids, bool skipSpecialTokens = true);
 }
+
+/// <summary>
+/// An encoder's input for one example: token ids with the model's special tokens in place, and the segment (token
+/// type) of each id: 0 for the first text and its specials, 1 for the second text where the model uses segments.
+/// </summary>
+public sealed record EncodedInput(int[] Ids, int[] TypeIds);
+
+/// <summary>
+/// Optional capability of a tokenizer whose folder says how one text or a text pair becomes model input (Hugging Face's
+/// post-processor: BERT's <c>[CLS] a [SEP] b [SEP]</c> with segments 0/1, RoBERTa's <c>&lt;s&gt; a &lt;/s&gt;&lt;/s&gt; b &lt;/s&gt;</c>
+/// with segment 0 throughout, or a template).
+/// </summary>
+public interface ISentencePairTokenizer
+{
+    /// <summary>
+    /// Encodes <paramref name="text"/> (and <paramref name="pair"/> when given) with the special tokens added, truncated to at
+    /// most <paramref name="maxLength"/> ids in total by Hugging Face's <c>longest_first</c> rule (one token at a time from
+    /// the longer of the two texts; specials are never cut).
+    /// </summary>
+    EncodedInput EncodeForModel(string text, string? pair, int maxLength);
+
+    /// <summary>The id padded positions carry (BERT's <c>[PAD]</c>, RoBERTa's <c>&lt;pad&gt;</c>).</summary>
+    int PadId { get; }
+}
