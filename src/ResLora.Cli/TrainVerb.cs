@@ -37,10 +37,11 @@ internal static class TrainVerb
         var saveEvery = new Option<int>("--save-every") { Description = "Checkpoint every N steps (0 = only at the end).", DefaultValueFactory = _ => 50 };
         var evalExamples = new Option<int>("--eval-generate") { Description = "Examples whose answers are generated for exact-match accuracy at each evaluation (0 = off).", DefaultValueFactory = _ => 64 };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Longest generated answer during evaluation.", DefaultValueFactory = _ => 16 };
+        var checkWeights = new Option<bool>("--check-weights") { Description = "Read every base weight once before training and refuse NaN/infinite values or integer-typed weights (as inspect --check; adapter tensors are always checked)." };
         var method = new MethodOptionSet();
         var rt = new RuntimeOptionSet();
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
-        foreach (var o in new Option[] { model, data, evalData, evalFraction, promptTemplate, completionTemplate, output, resume, seqLen, pack, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew })
+        foreach (var o in new Option[] { model, data, evalData, evalFraction, promptTemplate, completionTemplate, output, resume, seqLen, pack, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
@@ -80,6 +81,7 @@ internal static class TrainVerb
                     MaxNewTokens = r.GetValue(maxNew),
                 },
             };
+            if (r.GetValue(checkWeights)) InspectPipeline.RequireCleanWeights(dir);
             var summary = ProgressDisplay.Run($"train {req.Method.Method}", obs => FineTuning.Run(req, obs));
             string I(double? v) => v is { } x && !double.IsNaN(x) ? x.ToString("0.0000", CultureInfo.InvariantCulture) : "-";
             Console.Out.WriteLine($"done: {summary.Steps} steps in {summary.WallSeconds:0.0}s; train loss {I(summary.FinalTrainLoss)}, eval loss {I(summary.FinalEvalLoss)}, eval accuracy {(summary.FinalEvalAccuracy is { } a ? a.ToString("P1", CultureInfo.InvariantCulture) : "-")}");

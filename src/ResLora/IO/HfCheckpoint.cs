@@ -102,6 +102,15 @@ public sealed class HfCheckpoint : IDisposable
 
     public long[] ShapeOf(string name) => FileOf(name).GetEntry(name).Shape;
 
+    /// <summary>Every stored tensor's name.</summary>
+    public IEnumerable<string> Names => _byTensor.Keys;
+
+    /// <summary>A stored tensor's header entry (dtype as the file labels it, shape, offsets).</summary>
+    public SafetensorsEntry EntryOf(string name) => FileOf(name).GetEntry(name);
+
+    /// <summary>The file that stores a tensor.</summary>
+    public string PathOf(string name) => FileOf(name).FilePath;
+
     private SafetensorsFile FileOf(string name) =>
         _byTensor.TryGetValue(name, out var f) ? f : throw new KeyNotFoundException($"{Directory}: the checkpoint has no tensor '{name}'.");
 

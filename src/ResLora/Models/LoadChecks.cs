@@ -52,4 +52,24 @@ public static class LoadChecks
             : "use a smaller model or a machine with more memory";
         throw new UserInputException($"{modelDir}: the model's weights need about {AvailableMemory.Format(need)} as {dt}, but only {AvailableMemory.Format(mem.AvailableBytes)} of memory is available ({mem.Source}); {fix}.");
     }
+
+    /// <summary>
+    /// Expected weights stored with an integer or boolean dtype: the model computes with floats, so such a tensor is
+    /// mislabelled (e.g. float32 bytes labelled I32: the same size, so the header check cannot tell) or not a weight.
+    /// </summary>
+    public static IReadOnlyList<TensorProblem> NonFloatWeights(HfCheckpoint checkpoint, IReadOnlyDictionary<string, long[]> expected) =>
+        expected.Keys.Where(checkpoint.Contains).OrderBy(k => k, StringComparer.Ordinal)
+            .Select(k => (Name: k, Entry: checkpoint.EntryOf(k)))
+            .Where(x => !TensorScan.IsFloat(x.Entry.Dtype))
+            .Select(x => new TensorProblem(checkpoint.PathOf(x.Name), x.Name, $"stored as {x.Entry.Dtype}, but the model needs floating-point weights (F32, F16, BF16 or F64)"))
+            .ToList();
+
+    /// <summary>Refuses integer-typed weights (<see cref="NonFloatWeights"/>) in one line naming the first and the count.</summary>
+    public static void RefuseNonFloat(HfCheckpoint checkpoint, IReadOnlyDictionary<string, long[]> expected)
+    {
+        var bad = NonFloatWeights(checkpoint, expected);
+        if (bad.Count == 0) return;
+        string more = bad.Count > 1 ? $" ({bad.Count} weights in all: {string.Join(", ", bad.Skip(1).Take(5).Select(b => b.Tensor))}{(bad.Count > 6 ? ", ..." : "")} too)" : "";
+        throw new UserInputException($"{bad[0]}{more}; the file is mislabelled or not this model's checkpoint. Re-save it with float weights.");
+    }
 }
