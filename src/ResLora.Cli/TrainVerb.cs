@@ -20,6 +20,7 @@ internal static class TrainVerb
         var completionTemplate = new Option<string?>("--completion-template") { Description = "Completion built from record fields, e.g. \" {Answer}\" (the loss covers only this part)." };
         var output = new Option<string>("--out") { Description = "Output folder: adapter (PEFT format), metrics.jsonl, train_summary.json, loss.png, checkpoint/.", Required = true };
         var resume = new Option<bool>("--resume") { Description = "Continue the run in --out from its last checkpoint." };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Replace what --out holds (an adapter folder, or a previous run's checkpoint, metrics and summary) instead of refusing." };
         var seqLen = new Option<int?>("--seq-len") { Description = "Longest sequence in tokens; longer examples are cut (default: 256 or the model's max_position_embeddings if smaller)." };
         var pack = new Option<bool>("--pack") { Description = "Pack examples into full --seq-len sequences instead of padding each." };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps (0: use --epochs).", DefaultValueFactory = _ => 200 };
@@ -41,7 +42,7 @@ internal static class TrainVerb
         var method = new MethodOptionSet();
         var rt = new RuntimeOptionSet();
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
-        foreach (var o in new Option[] { model, data, evalData, evalFraction, promptTemplate, completionTemplate, output, resume, seqLen, pack, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
+        foreach (var o in new Option[] { model, data, evalData, evalFraction, promptTemplate, completionTemplate, output, resume, overwrite, seqLen, pack, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
@@ -60,6 +61,7 @@ internal static class TrainVerb
                 Runtime = runtime,
                 OutDir = r.GetValue(output)!,
                 Resume = r.GetValue(resume),
+                Overwrite = r.GetValue(overwrite),
                 SeqLen = r.GetValue(seqLen),
                 Pack = r.GetValue(pack),
                 Train = new TrainOptions

@@ -22,6 +22,8 @@ public sealed record FineTuneRequest
     public int? SeqLen { get; init; }
     public bool Pack { get; init; }
     public bool Resume { get; init; }
+    /// <summary>Replace what <see cref="OutDir"/> holds (an adapter folder, or a previous run) instead of refusing.</summary>
+    public bool Overwrite { get; init; }
 }
 
 /// <summary>The library function behind <c>reslora train</c>: model + adapter plan + data → trained adapter folder.</summary>
@@ -38,7 +40,7 @@ public static class FineTuning
         // The method is built (and checked) before anything is written; steps are known up to packing, which only
         // shortens epoch-based runs, so AdaLoRA's schedule uses the unpacked count.
         var setup = AdapterMethods.Build(req.Method with { TotalSteps = req.Train.TotalSteps(train.Count) });
-        PrepareOutDir(req.OutDir, req.Resume);
+        PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
         using var runLock = RunLock.Acquire(req.OutDir); // one run per folder, for the run's lifetime
 
         string modelDir = req.ModelDir;
@@ -105,16 +107,21 @@ public static class FineTuning
     }
 
     /// <summary>
-    /// The output folder must be writable; an existing run there is continued only with --resume (never overwritten
-    /// silently), and --resume without a checkpoint is an error rather than a fresh start.
+    /// The output folder must be writable; an existing run there is continued only with --resume and an adapter folder
+    /// without a run (a downloaded PEFT adapter) is replaced only with --overwrite (never overwritten silently), and
+    /// --resume without a checkpoint is an error rather than a fresh start.
     /// </summary>
-    public static void PrepareOutDir(string outDir, bool resume)
+    public static void PrepareOutDir(string outDir, bool resume, bool overwrite = false)
     {
+        if (resume && overwrite)
+            throw new UserInputException("--resume continues the run in --out and --overwrite starts a new one there; give one of them.");
         bool hasCheckpoint = Directory.Exists(outDir) && TrainCheckpoint.Find(outDir) is not null;
         if (resume && !hasCheckpoint)
             throw new UserInputException($"--resume: no checkpoint in {outDir}; run without --resume to start.");
-        if (!resume && hasCheckpoint)
-            throw new UserInputException($"--out {outDir} already holds a training run; add --resume to continue it, or choose another --out folder.");
+        if (!resume && hasCheckpoint && !overwrite)
+            throw new UserInputException($"--out {outDir} already holds a training run; add --resume to continue it, --overwrite to start it again, or choose another --out folder.");
+        if (!resume && !hasCheckpoint && !overwrite && new[] { AdapterFolder.ConfigFileName, AdapterFolder.WeightsFileName }.FirstOrDefault(f => File.Exists(Path.Combine(outDir, f))) is { } held)
+            throw new UserInputException($"--out {outDir} holds an adapter ({held}) but no training run (a downloaded PEFT adapter?); training would overwrite it. Choose another --out folder, or add --overwrite to replace it.");
         try
         {
             Directory.CreateDirectory(outDir);

@@ -61,6 +61,16 @@ public static class TrainCheckpoint
         }
     }
 
+    /// <summary>Removes every checkpoint under <paramref name="outDir"/> (a new run replacing an old one).</summary>
+    public static void Delete(string outDir)
+    {
+        foreach (var name in new[] { FolderName, PrevName })
+        {
+            string d = Path.Combine(outDir, name);
+            if (Directory.Exists(d)) Directory.Delete(d, recursive: true);
+        }
+    }
+
     /// <summary>The folder of the last complete checkpoint under <paramref name="outDir"/>, or null.</summary>
     public static string? Find(string outDir)
     {

@@ -49,7 +49,13 @@ public static class TrainLoop
             (curve, evals) = TrimMetrics(metricsPath, startStep);
             observer.OnMessage($"resuming from step {startStep} ({ckpt})");
         }
-        else if (File.Exists(metricsPath)) File.Delete(metricsPath);
+        else
+        {
+            // A new run starts from nothing: a previous run's checkpoint, metrics and summary would mix with this one's.
+            TrainCheckpoint.Delete(spec.OutDir);
+            foreach (var f in new[] { metricsPath, Path.Combine(spec.OutDir, SummaryFile) })
+                if (File.Exists(f)) File.Delete(f);
+        }
 
         observer.OnStart(total, startStep);
         var clock = Stopwatch.StartNew();
