@@ -42,6 +42,9 @@ public static class FineTuning
         var setup = AdapterMethods.Build(req.Method with { TotalSteps = req.Train.TotalSteps(train.Count) });
         PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
         using var runLock = RunLock.Acquire(req.OutDir); // one run per folder, for the run's lifetime
+        int removed = AtomicFile.RemoveLeftovers(req.OutDir); // under the lock: no writer is active there
+        if (removed > 0)
+            observer.OnMessage($"removed {removed} temporary file(s) left in {req.OutDir} by an interrupted run");
 
         string modelDir = req.ModelDir;
         var adapterConfig = setup.Config;
@@ -107,7 +110,8 @@ public static class FineTuning
     }
 
     /// <summary>
-    /// The output folder must be writable; an existing run there is continued only with --resume and an adapter folder
+    /// Checks --out before anything is written (the run's lock creates it, and removes it again if the run fails before
+    /// writing anything): an existing run there is continued only with --resume and an adapter folder
     /// without a run (a downloaded PEFT adapter) is replaced only with --overwrite (never overwritten silently), and
     /// --resume without a checkpoint is an error rather than a fresh start.
     /// </summary>
@@ -122,17 +126,6 @@ public static class FineTuning
             throw new UserInputException($"--out {outDir} already holds a training run; add --resume to continue it, --overwrite to start it again, or choose another --out folder.");
         if (!resume && !hasCheckpoint && !overwrite && new[] { AdapterFolder.ConfigFileName, AdapterFolder.WeightsFileName }.FirstOrDefault(f => File.Exists(Path.Combine(outDir, f))) is { } held)
             throw new UserInputException($"--out {outDir} holds an adapter ({held}) but no training run (a downloaded PEFT adapter?); training would overwrite it. Choose another --out folder, or add --overwrite to replace it.");
-        try
-        {
-            Directory.CreateDirectory(outDir);
-            string probe = Path.Combine(outDir, $".write-test-{Guid.NewGuid():N}");
-            File.WriteAllText(probe, "");
-            File.Delete(probe);
-        }
-        catch (Exception e) when (e is UnauthorizedAccessException or IOException)
-        {
-            throw new IOException($"--out {outDir}: cannot write there ({e.Message}); choose a writable folder.", e);
-        }
     }
 
     private sealed class SilentObserver : ITrainObserver

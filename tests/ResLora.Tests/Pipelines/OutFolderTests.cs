@@ -69,4 +69,57 @@ public sealed class OutFolderTests : IDisposable
         }
         Assert.Equal("the user's own file", File.ReadAllText(Path.Combine(work, "notes.txt")));
     }
+
+    [Theory]
+    [InlineData("--targets", "q_prj")] // found after the model is loaded
+    [InlineData("--seq-len", "4096")] // longer than the model's max_position_embeddings: known after loading
+    [InlineData("--lr", "-1")]
+    [InlineData("--eval-fraction", "1.5")]
+    [InlineData("--data", "missing.jsonl")]
+    [InlineData("--model", "no-model")]
+    public void Train_WithABadFlagOrData_LeavesNoOutFolder(string flag, string value)
+    {
+        string model = ModelFolder(Path.Combine(_dir, "model")), data = Data(Path.Combine(_dir, "d.jsonl"), 16, 1), outDir = Path.Combine(_dir, "new", "run");
+        var args = Train(model, data, outDir).ToList();
+        int at = args.IndexOf(flag);
+        if (flag is "--data" or "--model") value = Path.Combine(_dir, value);
+        if (at >= 0) args[at + 1] = value;
+        else args.AddRange(new[] { flag, value });
+        var r = Run(args.ToArray());
+        Assert.True(r.Rc == 2, r.Err);
+        Assert.False(Directory.Exists(outDir), $"{flag} {value} left {outDir} behind");
+    }
+
+    [Theory]
+    [InlineData(".checkpoint.tmp-0123456789abcdef0123456789abcdef", true)]
+    [InlineData(".adapter_model.safetensors.tmp-0123456789abcdef0123456789abcdef", true)]
+    [InlineData(".adapter_config.json.old-0123456789abcdef0123456789abcdef", true)]
+    [InlineData(".loss.tmp-0123456789abcdef0123456789abcdef.png", true)]
+    [InlineData(".adapter_model.safetensors.89abcdef.tmp", true)]
+    [InlineData(".write-test-0123456789abcdef0123456789abcdef", true)]
+    [InlineData(".notes.tmp", false)]
+    [InlineData("adapter_model.safetensors.tmp-0123456789abcdef0123456789abcdef", false)]
+    [InlineData(".data.tmp-123", false)]
+    [InlineData(".reslora.lock", false)]
+    [InlineData("checkpoint.prev", false)]
+    public void IsLeftover_MatchesOnlyTheAtomicWritersTemporaryNames(string name, bool leftover) =>
+        Assert.Equal(leftover, ResLora.IO.AtomicFile.IsLeftover(name));
+
+    [Fact]
+    public void Resume_RemovesTheLeftoversOfAKilledRun_AndNothingElse()
+    {
+        string model = ModelFolder(Path.Combine(_dir, "model")), data = Data(Path.Combine(_dir, "d.jsonl"), 16, 1), outDir = Path.Combine(_dir, "run");
+        Assert.Equal(0, Run(Train(model, data, outDir)).Rc);
+        string guid = Guid.NewGuid().ToString("N");
+        string[] leftovers = { $".checkpoint.tmp-{guid}", $".adapter_model.safetensors.tmp-{guid}", $".adapter_config.json.old-{guid}", $".loss.tmp-{guid}.png", ".adapter_model.safetensors.0badf00d.tmp" };
+        Directory.CreateDirectory(Path.Combine(outDir, leftovers[0], "adapter"));
+        File.WriteAllText(Path.Combine(outDir, leftovers[0], "adapter", "x"), "half a checkpoint");
+        foreach (var f in leftovers.Skip(1)) File.WriteAllText(Path.Combine(outDir, f), "torn");
+        File.WriteAllText(Path.Combine(outDir, ".notes.tmp"), "the user's");
+        var r = Run(Train(model, data, outDir, "--resume"));
+        Assert.True(r.Rc == 0, r.Err);
+        foreach (var f in leftovers) Assert.False(Path.Exists(Path.Combine(outDir, f)), f);
+        Assert.True(File.Exists(Path.Combine(outDir, ".notes.tmp")));
+        Assert.DoesNotContain(Directory.EnumerateFileSystemEntries(outDir), p => ResLora.IO.AtomicFile.IsLeftover(Path.GetFileName(p)));
+    }
 }
