@@ -94,6 +94,30 @@ public static class AtomicFolder
     };
 
     /// <summary>
+    /// Fails at once, naming <paramref name="flag"/>, when <see cref="Write"/> into <paramref name="dir"/> would fail at the
+    /// end: the folder is not empty, or its nearest existing ancestor cannot hold a new folder. Call before long work.
+    /// </summary>
+    public static void CheckWritable(string dir, string flag = "--out")
+    {
+        string full = Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar);
+        if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any())
+            throw new IOException($"{flag} {dir} exists and is not empty; choose a new folder (finished output is never overwritten).");
+        string? existing = Path.GetDirectoryName(full) ?? throw new UserInputException($"{flag} {dir}: cannot write into a filesystem root.");
+        while (existing is not null && !Directory.Exists(existing)) existing = Path.GetDirectoryName(existing);
+        if (existing is null) return;
+        string probe = AtomicFile.TempName(Path.Combine(existing, "write-probe"));
+        try
+        {
+            Directory.CreateDirectory(probe);
+            Directory.Delete(probe);
+        }
+        catch (Exception e) when (e is UnauthorizedAccessException or IOException)
+        {
+            throw new IOException($"{flag} {dir}: cannot write there ({e.Message}); choose a writable folder.", e);
+        }
+    }
+
+    /// <summary>
     /// Runs <paramref name="write"/> on an empty temporary folder next to <paramref name="dir"/>, copies the
     /// <see cref="CompanionFiles"/> that exist in <paramref name="companionsFrom"/> (when given and not written already),
     /// then moves the folder into place. <paramref name="dir"/> must not exist or be empty: finished output is never

@@ -79,7 +79,7 @@ public sealed class HfCheckpoint : IDisposable
     {
         try
         {
-            var root = JsonNode.Parse(File.ReadAllText(index)) as JsonObject ?? throw new UserInputException($"{index}: expected a JSON object.");
+            var root = JsonNode.Parse(BoundedFile.ReadAllText(index, BoundedFile.ConfigLimit, "shard index")) as JsonObject ?? throw new UserInputException($"{index}: expected a JSON object.");
             if (root["weight_map"] is not JsonObject map) throw new UserInputException($"{index}: missing object field 'weight_map'.");
             var d = new Dictionary<string, string>(StringComparer.Ordinal);
             foreach (var (k, v) in map)

@@ -98,6 +98,7 @@ public static class FineTuning
             OutDir = req.OutDir,
             Method = plan.Config.Method,
             Resume = req.Resume,
+            ResumeSettings = new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture), ["--pack"] = req.Pack ? "true" : "false" },
             Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks),
             SaveWeights = dir =>
             {

@@ -14,6 +14,13 @@ public sealed record TrainCheckpointState
     [JsonPropertyName("elapsed_seconds")] public double ElapsedSeconds { get; init; }
     /// <summary>Method statistics (e.g. ResLoRA's norm windows) as opaque JSON, restored on resume.</summary>
     [JsonPropertyName("method_state")] public string? MethodState { get; init; }
+    /// <summary>The last step's training loss: what a resumed finished run reports as its final train loss.</summary>
+    [JsonPropertyName("last_train_loss")] public double? LastTrainLoss { get; init; }
+    /// <summary>
+    /// The settings that shape every step, by flag name (<c>--lr</c> → <c>0.0002</c>): a resume must give the same
+    /// values, or its losses silently differ from the run it continues. Absent in checkpoints of earlier versions.
+    /// </summary>
+    [JsonPropertyName("settings")] public Dictionary<string, string>? Settings { get; init; }
 }
 
 /// <summary>
@@ -26,7 +33,7 @@ public static class TrainCheckpoint
 {
     public const string FolderName = "checkpoint";
     private const string PrevName = "checkpoint.prev";
-    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
+    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
     public static void Save(string outDir, TrainCheckpointState state, Action<string> writeAdapter, optim.Optimizer optimizer)
     {
@@ -87,7 +94,7 @@ public static class TrainCheckpoint
         string p = Path.Combine(checkpointDir, "state.json");
         try
         {
-            return JsonSerializer.Deserialize<TrainCheckpointState>(File.ReadAllText(p))
+            return JsonSerializer.Deserialize<TrainCheckpointState>(File.ReadAllText(p), Json)
                 ?? throw new UserInputException($"{p}: empty checkpoint state.");
         }
         catch (JsonException e)

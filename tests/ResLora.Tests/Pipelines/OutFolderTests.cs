@@ -75,6 +75,7 @@ public sealed class OutFolderTests : IDisposable
     [InlineData("--seq-len", "4096")] // longer than the model's max_position_embeddings: known after loading
     [InlineData("--lr", "-1")]
     [InlineData("--eval-fraction", "1.5")]
+    [InlineData("--eval-fraction", "-0.1")] // was read as 0 while 1.5 was refused
     [InlineData("--data", "missing.jsonl")]
     [InlineData("--model", "no-model")]
     public void Train_WithABadFlagOrData_LeavesNoOutFolder(string flag, string value)

@@ -98,7 +98,7 @@ public static class AdapterFolder
                 ? $"{weightsPath}: not found, only the pickle file {bin}, which cannot be read safely; convert it in Python with PeftModel.from_pretrained(...).save_pretrained(dir, safe_serialization=True)."
                 : $"{weightsPath}: not found; an adapter folder needs {ConfigFileName} and {WeightsFileName}.", weightsPath);
         }
-        var (config, warnings) = AdapterConfigJson.Parse(File.ReadAllText(configPath), configPath);
+        var (config, warnings) = AdapterConfigJson.Parse(BoundedFile.ReadAllText(configPath, BoundedFile.ConfigLimit, "adapter config"), configPath);
         var byModule = new Dictionary<string, Dictionary<string, Tensor>>(StringComparer.Ordinal);
         var origin = new Dictionary<(string, string), string>();
         try
