@@ -11,7 +11,8 @@ public static class AtomicFile
 
     /// <summary>
     /// Writes <paramref name="path"/> whole or not at all: <paramref name="write"/> fills a temporary file beside it
-    /// (<see cref="TempName"/>), which is flushed to disk and then renamed over the target.
+    /// (<see cref="TempName"/>), which is flushed to disk and then renamed over the target; the folder is flushed so the
+    /// rename lasts. A crash leaves the old file or the new one, and at most a temporary file beside it.
     /// </summary>
     public static void Write(string path, Action<Stream> write)
     {
@@ -23,13 +24,15 @@ public static class AtomicFile
             using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write))
             {
                 write(fs);
-                fs.Flush(flushToDisk: true);
+                Durable.Flush(fs);
             }
-            File.Move(tmp, path, overwrite: true);
+            Durable.MoveFile(tmp, path);
+            Durable.FlushFolder(dir);
         }
-        finally
+        catch (Exception e) when (!Durable.IsCrash(e))
         {
             if (File.Exists(tmp)) File.Delete(tmp);
+            throw;
         }
     }
 
@@ -150,12 +153,15 @@ public static class AtomicFolder
         {
             write(tmp);
             if (companionsFrom is not null) CopyCompanions(companionsFrom, tmp);
+            Durable.FlushFolder(tmp);
             if (Directory.Exists(full)) Directory.Delete(full);
-            Directory.Move(tmp, full);
+            Durable.MoveFolder(tmp, full);
+            Durable.FlushFolder(parent);
         }
-        finally
+        catch (Exception e) when (!Durable.IsCrash(e))
         {
             if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
+            throw;
         }
     }
 
@@ -165,7 +171,11 @@ public static class AtomicFolder
         foreach (var name in CompanionFiles)
         {
             string src = Path.Combine(from, name), dst = Path.Combine(to, name);
-            if (File.Exists(src) && !File.Exists(dst)) File.Copy(src, dst);
+            if (!File.Exists(src) || File.Exists(dst)) continue;
+            using var source = File.OpenRead(src);
+            using var copy = new FileStream(dst, FileMode.CreateNew, FileAccess.Write);
+            source.CopyTo(copy);
+            Durable.Flush(copy); // before the folder is renamed into place
         }
     }
 }

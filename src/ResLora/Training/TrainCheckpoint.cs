@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using ResLora.IO;
 
 namespace ResLora.Training;
 
@@ -38,7 +39,7 @@ public static class TrainCheckpoint
     public static void Save(string outDir, TrainCheckpointState state, Action<string> writeAdapter, optim.Optimizer optimizer)
     {
         Directory.CreateDirectory(outDir);
-        string tmp = Path.Combine(outDir, $".{FolderName}.tmp-{Guid.NewGuid():N}");
+        string tmp = AtomicFile.TempName(Path.Combine(outDir, FolderName));
         try
         {
             Directory.CreateDirectory(tmp);
@@ -50,22 +51,36 @@ public static class TrainCheckpoint
                     if (optimizer is TorchSharp.Modules.OptimizerHelper h) h.save_state_dict(bw);
                     else throw new InvalidOperationException($"optimizer {optimizer.GetType().Name} cannot save its state.");
                 }
-                fs.Flush(flushToDisk: true);
+                Durable.Flush(fs);
             }
             using (var rng = torch.get_rng_state())
                 WriteFlushed(Path.Combine(tmp, "rng.bin"), rng.bytes.ToArray());
             WriteFlushed(Path.Combine(tmp, "state.json"), System.Text.Encoding.UTF8.GetBytes(JsonSerializer.Serialize(state, Json)));
+            Durable.FlushFolder(tmp);
 
+            // The swap: at every instant checkpoint/ or checkpoint.prev/ is complete (Find takes either).
             string cur = Path.Combine(outDir, FolderName), prev = Path.Combine(outDir, PrevName);
-            if (Directory.Exists(prev)) Directory.Delete(prev, recursive: true);
-            if (Directory.Exists(cur)) Directory.Move(cur, prev);
-            Directory.Move(tmp, cur);
-            if (Directory.Exists(prev)) Directory.Delete(prev, recursive: true);
+            if (Directory.Exists(prev)) Durable.DeleteFolder(prev);
+            if (Directory.Exists(cur)) Durable.MoveFolder(cur, prev);
+            Durable.MoveFolder(tmp, cur);
+            Durable.FlushFolder(outDir);
+            if (Directory.Exists(prev)) Durable.DeleteFolder(prev);
         }
-        finally
+        catch (Exception e) when (!Durable.IsCrash(e))
         {
             if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
+            throw;
         }
+    }
+
+    /// <summary>
+    /// Removes <c>checkpoint.prev/</c> when <c>checkpoint/</c> is complete beside it (a kill between the swap's last rename
+    /// and the removal leaves both); call while holding the run folder.
+    /// </summary>
+    public static void RemoveStalePrevious(string outDir)
+    {
+        string prev = Path.Combine(outDir, PrevName);
+        if (Directory.Exists(prev) && Find(outDir) is { } found && Path.GetFileName(found) == FolderName) Directory.Delete(prev, recursive: true);
     }
 
     /// <summary>Removes every checkpoint under <paramref name="outDir"/> (a new run replacing an old one).</summary>
@@ -126,6 +141,6 @@ public static class TrainCheckpoint
     {
         using var fs = new FileStream(path, FileMode.CreateNew);
         fs.Write(bytes);
-        fs.Flush(flushToDisk: true);
+        Durable.Flush(fs);
     }
 }

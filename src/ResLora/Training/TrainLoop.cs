@@ -38,6 +38,7 @@ public static class TrainLoop
         double? savedLastLoss = null;
         if (spec.Resume && TrainCheckpoint.Find(spec.OutDir) is { } ckpt)
         {
+            TrainCheckpoint.RemoveStalePrevious(spec.OutDir);
             var state = TrainCheckpoint.ReadState(ckpt);
             if (state.Method != spec.Method)
                 throw new UserInputException($"{ckpt}: the checkpoint was written by method '{state.Method}', not '{spec.Method}'; use the same --method or a new --out folder.");
