@@ -18,10 +18,8 @@ namespace ResLora.Tests.Pipelines;
 [Collection(TorchRngCollection.Name)]
 public sealed class CrashSafetyTests(ITestOutputHelper output) : IDisposable
 {
-    /// <summary>In memory (tmpfs) where there is one: the test runs ~100 short runs, each with ~30 fsyncs, which a disk makes slow.</summary>
-    private readonly string _dir = Directory.Exists("/dev/shm")
-        ? Directory.CreateDirectory(Path.Combine("/dev/shm", $"reslora-crash-{Guid.NewGuid():N}")).FullName
-        : Directory.CreateTempSubdirectory("reslora-crash-").FullName;
+    /// <summary>In memory where possible: the test makes ~100 short runs, each with ~30 fsyncs.</summary>
+    private readonly string _dir = TestDirs.InMemory("reslora-crash-");
 
     public void Dispose()
     {
