@@ -157,8 +157,14 @@ public static class TrainLoop
     {
         var state = new TrainCheckpointState
         {
-            Step = step, TotalSteps = total, DataPosition = data.SavePosition(), Seed = spec.Options.Seed, Method = spec.Method, ElapsedSeconds = elapsed,
-            LastTrainLoss = lastLoss, Settings = settings,
+            Step = step,
+            TotalSteps = total,
+            DataPosition = data.SavePosition(),
+            Seed = spec.Options.Seed,
+            Method = spec.Method,
+            ElapsedSeconds = elapsed,
+            LastTrainLoss = lastLoss,
+            Settings = settings,
         };
         TrainCheckpoint.Save(spec.OutDir, state, spec.SaveWeights, optimizer);
     }

@@ -3,8 +3,8 @@ using System.Text.Json;
 using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Pipelines;
-using ResLora.Training;
 using ResLora.Tests.Infrastructure;
+using ResLora.Training;
 using Xunit.Abstractions;
 using static ResLora.Tests.Infrastructure.CliHarness;
 
