@@ -31,6 +31,7 @@ public static class CliApp
         yield return EmbedVerb.Build();
         yield return ExportVerb.Build();
         yield return QuantizeVerb.Build();
+        yield return ConvertVerb.Build();
         yield return DemoVerb.Build();
         yield return BenchVerb.Build();
     }
