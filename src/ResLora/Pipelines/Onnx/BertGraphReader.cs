@@ -152,6 +152,8 @@ internal static class BertGraphReader
         }
         if (rest.Count != 2 || tokenType is null || position is null || tokenType == position)
             throw new UserInputException($"{g.File}: the embeddings add {rest.Count} table lookups besides the word embeddings; BERT adds two (positions, and token types from token_type_ids).");
+        if (g.DependsOn(position.Input[1], "input_ids"))
+            throw new UserInputException($"{g.File}: the positions are computed from input_ids (RoBERTa's padding-offset positions); RoBERTa exports are not converted yet (their BPE tokenizer and position offset are not handled), only BERT-style ones.");
         string wordTable = g.Constant(word.Input[0])!.Value.Name;
         var (vocab, hidden) = Dims(g, wordTable, outIn: true);
         sources.Add(new("embeddings.word_embeddings.weight", wordTable, false));
