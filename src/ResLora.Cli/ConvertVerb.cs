@@ -19,7 +19,7 @@ internal static class ConvertVerb
         var vocab = new Option<string>("--vocab") { Description = "Its WordPiece vocab.txt.", Required = true };
         var output = new Option<string>("--out") { Description = "New folder for the Hugging Face model (config.json, model.safetensors, vocab.txt, tokenizer_config.json).", Required = true };
         var heads = new Option<int?>("--heads") { Description = "Attention heads, only for a graph that does not show them (the converter says when)." };
-        var cmd = new Command("onnx", "Convert a BERT/RoBERTa-style ONNX export into a Hugging Face folder; weights are named by following the graph (projections, attention, layer norms), not by initializer names.");
+        var cmd = new Command("onnx", "Convert a BERT-family ONNX export (BERT, MiniLM, a sentence-transformers model.onnx) into a Hugging Face folder; weights are named by following the graph (projections, attention, layer norms), not by initializer names.");
         foreach (var o in new Option[] { onnx, vocab, output, heads }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {

@@ -33,7 +33,7 @@ internal static class BertGraphReader
         RefuseDecoder(g);
         var sources = new List<OnnxTensorSource>();
         var emb = Embeddings(g, sources);
-        var headsSeen = new List<(long Heads, string From)>();
+        var headsSeen = new List<long>();
         string h = emb.Norm.Output, act = "";
         long intermediate = 0;
         int layer = 0;
@@ -49,7 +49,7 @@ internal static class BertGraphReader
             AddLinear(sources, p + "attention.self.value", v, where);
             foreach (var proj in new[] { q, k, v })
             {
-                if (HeadsOf(g, proj, emb.Hidden) is { } hd) headsSeen.Add((hd, $"the head Reshape after layer {layer}'s projections"));
+                if (HeadsOf(g, proj, emb.Hidden) is { } hd) headsSeen.Add(hd);
             }
             var attnOut = NextLinear(g, context) ?? throw new UserInputException($"{where}: no projection after the attention context (attention.output.dense).");
             AddLinear(sources, p + "attention.output.dense", attnOut, where);
@@ -152,6 +152,8 @@ internal static class BertGraphReader
         }
         if (rest.Count != 2 || tokenType is null || position is null || tokenType == position)
             throw new UserInputException($"{g.File}: the embeddings add {rest.Count} table lookups besides the word embeddings; BERT adds two (positions, and token types from token_type_ids).");
+        if (g.DependsOn(position.Input[1], "input_ids"))
+            throw new UserInputException($"{g.File}: the positions are computed from input_ids (RoBERTa's padding-offset positions); RoBERTa exports are not converted yet (their BPE tokenizer and position offset are not handled), only BERT-style ones.");
         string wordTable = g.Constant(word.Input[0])!.Value.Name;
         var (vocab, hidden) = Dims(g, wordTable, outIn: true);
         sources.Add(new("embeddings.word_embeddings.weight", wordTable, false));
@@ -253,9 +255,9 @@ internal static class BertGraphReader
         return null;
     }
 
-    private static (int Heads, string From) Heads(OnnxGraph g, List<(long Heads, string From)> seen, int? flag, long hidden)
+    private static (int Heads, string From) Heads(OnnxGraph g, List<long> seen, int? flag, long hidden)
     {
-        var found = seen.Select(s => s.Heads).Distinct().ToList();
+        var found = seen.Distinct().ToList();
         if (found.Count > 1) throw new UserInputException($"{g.File}: the head Reshapes disagree on the head count ({string.Join(", ", found)}).");
         long? graph = found.Count == 1 ? found[0] : null;
         string from = found.Count == 1 ? "the head Reshape of the query/key/value projections" : "";

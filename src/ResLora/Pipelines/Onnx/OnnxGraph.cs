@@ -73,9 +73,6 @@ internal sealed class OnnxGraph
         return new OnnxGraph(path, model.Graph);
     }
 
-    /// <summary>Wraps an already parsed graph (tests).</summary>
-    public static OnnxGraph From(string file, GraphProto graph) => new(file, graph);
-
     private static string OneLine(string s) => string.Join(' ', s.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
 
     public NodeProto? Producer(string tensor) => _producer.GetValueOrDefault(tensor);
@@ -109,8 +106,8 @@ internal sealed class OnnxGraph
     public static AttributeProto? Attr(NodeProto n, string name) => n.Attribute.FirstOrDefault(a => a.Name == name);
 
     /// <summary>
-    /// Whether <paramref name="tensor"/> is computed from the graph input <paramref name="input"/> (walks producers up
-    /// to a bounded number of nodes).
+    /// Whether <paramref name="tensor"/> is computed from the values of the graph input <paramref name="input"/> (walks
+    /// producers up to a bounded number of nodes; a Shape or Size of the input depends on its shape only, not followed).
     /// </summary>
     public bool DependsOn(string tensor, string input, int maxNodes = 64)
     {
@@ -122,7 +119,7 @@ internal sealed class OnnxGraph
             string t = todo.Dequeue();
             if (!seen.Add(t)) continue;
             if (t == input) return true;
-            if (Producer(t) is { } p) foreach (var i in p.Input) if (i.Length > 0) todo.Enqueue(i);
+            if (Producer(t) is { OpType: not ("Shape" or "Size") } p) foreach (var i in p.Input) if (i.Length > 0) todo.Enqueue(i);
         }
         return false;
     }
@@ -133,8 +130,19 @@ internal sealed class OnnxGraph
 
     public static string DataTypeName(int t) => t switch
     {
-        Float => "float32", 2 => "uint8", 3 => "int8", 4 => "uint16", 5 => "int16", Int32 => "int32", Int64 => "int64", 8 => "string",
-        9 => "bool", Float16 => "float16", Double => "float64", BFloat16 => "bfloat16", _ => $"data type {t}",
+        Float => "float32",
+        2 => "uint8",
+        3 => "int8",
+        4 => "uint16",
+        5 => "int16",
+        Int32 => "int32",
+        Int64 => "int64",
+        8 => "string",
+        9 => "bool",
+        Float16 => "float16",
+        Double => "float64",
+        BFloat16 => "bfloat16",
+        _ => $"data type {t}",
     };
 
     public static bool IsFloating(TensorProto t) => t.DataType is Float or Float16 or BFloat16 or Double;
