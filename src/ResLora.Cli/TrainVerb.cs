@@ -62,23 +62,23 @@ internal static class TrainVerb
             if (!encoder && taskName is "classify" or "regress")
                 throw new UserInputException($"--task {taskName} needs a BERT-family encoder (model_type bert, roberta or xlm-roberta in config.json); {dir} is not one.");
             var trainOptions = new TrainOptions
-                {
-                    Steps = r.GetValue(steps),
-                    Epochs = r.GetValue(epochs),
-                    BatchSize = r.GetValue(batch),
-                    GradAccum = r.GetValue(accum),
-                    LearningRate = r.GetValue(lr),
-                    WeightDecay = r.GetValue(wd),
-                    WarmupSteps = r.GetValue(warmup),
-                    Schedule = r.GetValue(schedule)!,
-                    MaxGradNorm = r.GetValue(clip),
-                    Seed = r.GetValue(seed),
-                    LogEvery = r.GetValue(logEvery),
-                    EvalEvery = r.GetValue(evalEvery),
-                    SaveEvery = r.GetValue(saveEvery),
-                    EvalGenerateExamples = r.GetValue(evalExamples),
-                    MaxNewTokens = r.GetValue(maxNew),
-                };
+            {
+                Steps = r.GetValue(steps),
+                Epochs = r.GetValue(epochs),
+                BatchSize = r.GetValue(batch),
+                GradAccum = r.GetValue(accum),
+                LearningRate = r.GetValue(lr),
+                WeightDecay = r.GetValue(wd),
+                WarmupSteps = r.GetValue(warmup),
+                Schedule = r.GetValue(schedule)!,
+                MaxGradNorm = r.GetValue(clip),
+                Seed = r.GetValue(seed),
+                LogEvery = r.GetValue(logEvery),
+                EvalEvery = r.GetValue(evalEvery),
+                SaveEvery = r.GetValue(saveEvery),
+                EvalGenerateExamples = r.GetValue(evalExamples),
+                MaxNewTokens = r.GetValue(maxNew),
+            };
             string outDir = r.GetValue(output)!;
             TrainSummary summary;
             if (encoder)
