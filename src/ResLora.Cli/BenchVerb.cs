@@ -23,6 +23,7 @@ internal static class BenchVerb
         cmd.Subcommands.Add(BenchMemoryVerb.Build());
         cmd.Subcommands.Add(BenchOutliersVerb.Build());
         cmd.Subcommands.Add(BenchMergesVerb.Build());
+        cmd.Subcommands.Add(BenchNluVerb.Build());
         cmd.Subcommands.Add(BenchMemoryVerb.BuildWorker());
         cmd.SetAction(r => CliErrors.Guard(() =>
         {

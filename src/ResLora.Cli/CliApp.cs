@@ -28,8 +28,10 @@ public static class CliApp
         yield return TrainVerb.Build();
         yield return EvalVerb.Build();
         yield return MergeVerb.Build();
+        yield return EmbedVerb.Build();
         yield return ExportVerb.Build();
         yield return QuantizeVerb.Build();
+        yield return ConvertVerb.Build();
         yield return DemoVerb.Build();
         yield return BenchVerb.Build();
     }

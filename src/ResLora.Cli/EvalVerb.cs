@@ -4,6 +4,7 @@ using ResLora.IO;
 using ResLora.Pipelines;
 using ResLora.Quantization;
 using ResLora.Training;
+using ResLora.Training.Classification;
 
 namespace ResLora.Cli;
 
@@ -24,15 +25,25 @@ internal static class EvalVerb
         var abits = new Option<int>("--abits") { Description = "Per-token activation bits on every decoder linear input (16 = off).", DefaultValueFactory = _ => 16 };
         var wquant = new Option<string>("--wquant") { Description = "rtn or gptq (gptq needs --calib).", DefaultValueFactory = _ => "rtn" };
         var calib = new Option<string?>("--calib") { Description = "Calibration data for GPTQ." };
+        var predictions = new Option<string?>("--predictions") { Description = "Encoders: write one JSON line per example (text, gold label, prediction, class probabilities) to this file." };
+        var textField = new Option<string?>("--text-field") { Description = "Encoders: the text field (default: the one the adapter was trained on)." };
+        var pairField = new Option<string?>("--text-pair-field") { Description = "Encoders: the second text's field (default: the one the adapter was trained on)." };
+        var labelField = new Option<string?>("--label-field") { Description = "Encoders: the label field (default: the one the adapter was trained on)." };
         var rt = new RuntimeOptionSet();
-        var cmd = new Command("eval", "Loss, perplexity and exact-match accuracy of a model (optionally with an adapter) on a data set.");
-        foreach (var o in new Option[] { model, adapter, data, promptTemplate, completionTemplate, seqLen, batch, maxNew, limit, wbits, abits, wquant, calib }) cmd.Options.Add(o);
+        var cmd = new Command("eval", "Loss, perplexity and exact-match accuracy of a causal LM (optionally with an adapter) on a data set; for a BERT-family classifier: accuracy, F1, Matthews correlation (or Pearson/Spearman for regression) and per-example predictions.");
+        foreach (var o in new Option[] { model, adapter, data, promptTemplate, completionTemplate, seqLen, batch, maxNew, limit, wbits, abits, wquant, calib, predictions, textField, pairField, labelField }) cmd.Options.Add(o);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
+            string modelDir = CliPaths.ModelDir(r.GetValue(model));
+            if (Classification.IsEncoderFolder(modelDir))
+                return EvalClassifier(modelDir, r.GetValue(adapter), r.GetValue(data)!, r.GetValue(batch), r.GetValue(predictions), rt.Read(r),
+                    new LabelledDataOptions { TextField = r.GetValue(textField), PairField = r.GetValue(pairField), LabelField = r.GetValue(labelField) ?? "label" }, r.GetValue(labelField) is not null);
+            if (r.GetValue(predictions) is not null)
+                throw new UserInputException("--predictions is written for BERT-family classifiers; for a causal LM use reslora generate.");
             var res = EvalPipeline.Run(new EvalRequest
             {
-                ModelDir = CliPaths.ModelDir(r.GetValue(model)),
+                ModelDir = modelDir,
                 AdapterDir = r.GetValue(adapter),
                 DataPath = r.GetValue(data)!,
                 Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)),
@@ -49,5 +60,21 @@ internal static class EvalVerb
             return 0;
         }));
         return cmd;
+    }
+
+    private static int EvalClassifier(string modelDir, string? adapterDir, string dataPath, int batchSize, string? predictionsPath, RuntimeOptions runtime, LabelledDataOptions fields, bool labelGiven)
+    {
+        var (model, task) = Classification.Load(modelDir, adapterDir, runtime);
+        using var _ = model;
+        var (res, data) = Classification.Evaluate(model, task, dataPath, modelDir, batchSize, fields with { LabelField = labelGiven ? fields.LabelField : task.LabelField });
+        string metrics = string.Join(", ", res.Metrics.Select(kv => string.Create(CultureInfo.InvariantCulture, $"{kv.Key} {kv.Value:0.0000}")));
+        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"examples {data.Examples.Count}: loss {res.Loss:0.0000}, {metrics}"));
+        if (predictionsPath is not null)
+        {
+            if (model.Config.IsRegression) PredictionsWriter.Write(predictionsPath, data.Examples, res.Values);
+            else PredictionsWriter.Write(predictionsPath, data.Examples, res.Predicted, new LabelMap(task.Labels!), res.Probabilities);
+            Console.Out.WriteLine($"predictions: {Path.GetFullPath(predictionsPath)}");
+        }
+        return 0;
     }
 }

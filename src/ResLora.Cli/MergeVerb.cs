@@ -3,6 +3,7 @@ using System.Globalization;
 using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Pipelines;
+using ResLora.Training.Classification;
 
 namespace ResLora.Cli;
 
@@ -27,8 +28,17 @@ internal static class MergeVerb
             string dir = CliPaths.ModelDir(r.GetValue(model));
             var runtime = rt.Read(r);
             if (r.GetValue(checkWeights)) InspectPipeline.RequireCleanWeights(dir);
-            var tokenizer = TokenizerLoader.Load(dir);
             string text = r.GetValue(probe) ?? "The quick brown fox jumps over the lazy dog. 12 + 30 = 42.";
+            if (Classification.IsEncoderFolder(dir))
+            {
+                var (_, pairs) = Classification.LoadTokenizer(dir);
+                var check = new[] { new EncodedExample(pairs.EncodeForModel(text, null, 128), 0, 0f) };
+                double diff = Classification.Merge(dir, r.GetValue(adapter)!, r.GetValue(output)!, runtime, check);
+                Console.Out.WriteLine($"merged the adapter and its classification head into {Path.GetFullPath(r.GetValue(output)!)}");
+                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"merged vs unmerged logits on the probe: max |Δ| {diff:0.###e0}"));
+                return 0;
+            }
+            var tokenizer = TokenizerLoader.Load(dir);
             var ids = Prompts.Ids(tokenizer, text).Select(i => (long)i).ToArray();
             using var probeIds = torch.tensor(ids).unsqueeze(0);
             var options = new MergeOptions { MergeKind = r.GetValue(merge), Texts = folding.Read(r), DistillSteps = r.GetValue(folding.Distill), DistillLearningRate = r.GetValue(folding.DistillLr) };

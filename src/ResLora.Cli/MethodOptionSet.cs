@@ -15,7 +15,7 @@ internal sealed class MethodOptionSet
     public Option<int> Rank { get; } = new("--rank") { Description = "Adapter rank r.", DefaultValueFactory = _ => 8 };
     public Option<double> Alpha { get; } = new("--alpha") { Description = "Scaling numerator α (scaling = α/r).", DefaultValueFactory = _ => 16.0 };
     public Option<double> Dropout { get; } = new("--dropout") { Description = "Dropout on the adapter input.", DefaultValueFactory = _ => 0.0 };
-    public Option<string> Targets { get; } = new("--targets") { Description = "Modules to adapt: comma-separated names (q_proj,v_proj), all-linear, or a regex over full module paths.", DefaultValueFactory = _ => "q_proj,v_proj" };
+    public Option<string?> Targets { get; } = new("--targets") { Description = "Modules to adapt: comma-separated names, all-linear, or a regex over full module paths (default: q_proj,v_proj for LLaMA-family models, query,value for BERT-family encoders)." };
     public Option<string?> Exclude { get; } = new("--exclude") { Description = "Modules to leave alone (same syntax as --targets)." };
     public Option<bool> Rslora { get; } = new("--rslora") { Description = "Scale by α/√r (rsLoRA) instead of α/r." };
     public Option<string?> Refactor { get; } = new("--refactor") { Description = "RefLoRA's refactoring (full or scalar) on top of any method with low-rank pairs, e.g. --method reslora-bs --refactor full." };
@@ -36,8 +36,11 @@ internal sealed class MethodOptionSet
         return ModuleTargets.List(s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
     }
 
-    /// <summary>The method spec the flags describe: common hyperparameters, the method's typed options, the refactoring.</summary>
-    public MethodSpec ReadSpec(ParseResult r)
+    /// <summary>
+    /// The method spec the flags describe: common hyperparameters, the method's typed options, the refactoring.
+    /// <paramref name="defaultTargets"/> applies when --targets is not given (the model family's PEFT default).
+    /// </summary>
+    public MethodSpec ReadSpec(ParseResult r, ModuleTargets? defaultTargets = null)
     {
         var spec = new MethodSpec
         {
@@ -45,7 +48,7 @@ internal sealed class MethodOptionSet
             Rank = r.GetValue(Rank),
             Alpha = r.GetValue(Alpha),
             Dropout = r.GetValue(Dropout),
-            Targets = ParseTargets(r.GetValue(Targets)!, "--targets"),
+            Targets = r.GetValue(Targets) is { } t ? ParseTargets(t, "--targets") : defaultTargets ?? ModuleTargets.List("q_proj", "v_proj"),
             Exclude = r.GetValue(Exclude) is { } e ? ParseTargets(e, "--exclude") : null,
             UseRslora = r.GetValue(Rslora),
             Refactor = r.GetValue(Refactor) is { } rf ? new RefLoraOptions(rf.Trim().ToLowerInvariant()) : null,

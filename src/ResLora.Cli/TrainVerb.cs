@@ -4,6 +4,7 @@ using ResLora.Adapters;
 using ResLora.Pipelines;
 using ResLora.Plots;
 using ResLora.Training;
+using ResLora.Training.Classification;
 using Spectre.Console;
 
 namespace ResLora.Cli;
@@ -39,10 +40,14 @@ internal static class TrainVerb
         var evalExamples = new Option<int>("--eval-generate") { Description = "Examples whose answers are generated for exact-match accuracy at each evaluation (0 = off).", DefaultValueFactory = _ => 64 };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Longest generated answer during evaluation.", DefaultValueFactory = _ => 16 };
         var checkWeights = new Option<bool>("--check-weights") { Description = "Read every base weight once before training and refuse NaN/infinite values or integer-typed weights (as inspect --check; adapter tensors are always checked)." };
+        var task = new Option<string?>("--task") { Description = "What to train: omitted for a causal LM (LLaMA family); classify or regress for a BERT-family encoder (a sequence-classification head, saved with the adapter)." };
+        var textField = new Option<string?>("--text-field") { Description = "classify/regress: the field (or TSV/CSV column) holding the text (default: text, sentence or sentence1)." };
+        var pairField = new Option<string?>("--text-pair-field") { Description = "classify/regress: the field holding the second text of a pair (e.g. sentence2)." };
+        var labelField = new Option<string>("--label-field") { Description = "classify/regress: the field holding the label (integer or string classes; a number for regress).", DefaultValueFactory = _ => "label" };
         var method = new MethodOptionSet();
         var rt = new RuntimeOptionSet();
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
-        foreach (var o in new Option[] { model, data, evalData, evalFraction, promptTemplate, completionTemplate, output, resume, overwrite, seqLen, pack, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
+        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, output, resume, overwrite, seqLen, pack, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
@@ -50,44 +55,84 @@ internal static class TrainVerb
         {
             string dir = CliPaths.ModelDir(r.GetValue(model));
             var runtime = rt.Read(r);
-            var req = new FineTuneRequest
+            string? taskName = r.GetValue(task)?.Trim().ToLowerInvariant();
+            bool encoder = Classification.IsEncoderFolder(dir);
+            if (taskName is not (null or "lm" or "classify" or "regress"))
+                throw new UserInputException($"--task '{taskName}' is not known; use classify or regress (BERT-family encoders), or leave it out for a causal LM.");
+            if (encoder && taskName is null or "lm")
+                throw new UserInputException($"--model {dir} is a BERT-family encoder; add --task classify (or regress) and a labelled data file.");
+            if (!encoder && taskName is "classify" or "regress")
+                throw new UserInputException($"--task {taskName} needs a BERT-family encoder (model_type bert, roberta or xlm-roberta in config.json); {dir} is not one.");
+            var trainOptions = new TrainOptions
             {
-                ModelDir = dir,
-                DataPath = r.GetValue(data)!,
-                EvalDataPath = r.GetValue(evalData),
-                EvalFraction = r.GetValue(evalFraction),
-                Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)),
-                Method = method.ReadSpec(r),
-                Runtime = runtime,
-                OutDir = r.GetValue(output)!,
-                Resume = r.GetValue(resume),
-                Overwrite = r.GetValue(overwrite),
-                SeqLen = r.GetValue(seqLen),
-                Pack = r.GetValue(pack),
-                Train = new TrainOptions
-                {
-                    Steps = r.GetValue(steps),
-                    Epochs = r.GetValue(epochs),
-                    BatchSize = r.GetValue(batch),
-                    GradAccum = r.GetValue(accum),
-                    LearningRate = r.GetValue(lr),
-                    WeightDecay = r.GetValue(wd),
-                    WarmupSteps = r.GetValue(warmup),
-                    Schedule = r.GetValue(schedule)!,
-                    MaxGradNorm = r.GetValue(clip),
-                    Seed = r.GetValue(seed),
-                    LogEvery = r.GetValue(logEvery),
-                    EvalEvery = r.GetValue(evalEvery),
-                    SaveEvery = r.GetValue(saveEvery),
-                    EvalGenerateExamples = r.GetValue(evalExamples),
-                    MaxNewTokens = r.GetValue(maxNew),
-                },
+                Steps = r.GetValue(steps),
+                Epochs = r.GetValue(epochs),
+                BatchSize = r.GetValue(batch),
+                GradAccum = r.GetValue(accum),
+                LearningRate = r.GetValue(lr),
+                WeightDecay = r.GetValue(wd),
+                WarmupSteps = r.GetValue(warmup),
+                Schedule = r.GetValue(schedule)!,
+                MaxGradNorm = r.GetValue(clip),
+                Seed = r.GetValue(seed),
+                LogEvery = r.GetValue(logEvery),
+                EvalEvery = r.GetValue(evalEvery),
+                SaveEvery = r.GetValue(saveEvery),
+                EvalGenerateExamples = r.GetValue(evalExamples),
+                MaxNewTokens = r.GetValue(maxNew),
             };
+            string outDir = r.GetValue(output)!;
             if (r.GetValue(checkWeights)) InspectPipeline.RequireCleanWeights(dir);
-            var summary = ProgressDisplay.Run($"train {req.Method.Method}", obs => FineTuning.Run(req, obs));
+            TrainSummary summary;
+            if (encoder)
+            {
+                var creq = new ClassifierTrainRequest
+                {
+                    ModelDir = dir,
+                    DataPath = r.GetValue(data)!,
+                    EvalDataPath = r.GetValue(evalData),
+                    EvalFraction = r.GetValue(evalFraction),
+                    Data = new LabelledDataOptions
+                    {
+                        TextField = r.GetValue(textField),
+                        PairField = r.GetValue(pairField),
+                        LabelField = r.GetValue(labelField)!,
+                        Task = taskName == "regress" ? LabelTask.Regress : LabelTask.Classify,
+                    },
+                    Method = method.ReadSpec(r, Classification.DefaultTargets),
+                    Runtime = runtime,
+                    OutDir = outDir,
+                    Resume = r.GetValue(resume),
+                    Overwrite = r.GetValue(overwrite),
+                    SeqLen = r.GetValue(seqLen),
+                    Train = trainOptions,
+                };
+                summary = ProgressDisplay.Run($"train {creq.Method.Method} ({taskName})", obs => Classification.Train(creq, obs));
+            }
+            else
+            {
+                var req = new FineTuneRequest
+                {
+                    ModelDir = dir,
+                    DataPath = r.GetValue(data)!,
+                    EvalDataPath = r.GetValue(evalData),
+                    EvalFraction = r.GetValue(evalFraction),
+                    Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)),
+                    Method = method.ReadSpec(r),
+                    Runtime = runtime,
+                    OutDir = outDir,
+                    Resume = r.GetValue(resume),
+                    Overwrite = r.GetValue(overwrite),
+                    SeqLen = r.GetValue(seqLen),
+                    Pack = r.GetValue(pack),
+                    Train = trainOptions,
+                };
+                summary = ProgressDisplay.Run($"train {req.Method.Method}", obs => FineTuning.Run(req, obs));
+            }
             string I(double? v) => v is { } x && !double.IsNaN(x) ? x.ToString("0.0000", CultureInfo.InvariantCulture) : "-";
-            Console.Out.WriteLine($"done: {summary.Steps} steps in {summary.WallSeconds:0.0}s; train loss {I(summary.FinalTrainLoss)}, eval loss {I(summary.FinalEvalLoss)}, eval accuracy {(summary.FinalEvalAccuracy is { } a ? a.ToString("P1", CultureInfo.InvariantCulture) : "-")}");
-            Console.Out.WriteLine($"adapter: {Path.GetFullPath(req.OutDir)} (PEFT format); plot: {Path.Combine(req.OutDir, LossPlot.FileName)}");
+            string extra = summary.FinalEvalMetrics is { Count: > 0 } m ? "; " + string.Join(", ", m.Select(kv => $"{kv.Key} {I(kv.Value)}")) : "";
+            Console.Out.WriteLine($"done: {summary.Steps} steps in {summary.WallSeconds:0.0}s; train loss {I(summary.FinalTrainLoss)}, eval loss {I(summary.FinalEvalLoss)}, eval accuracy {(summary.FinalEvalAccuracy is { } a ? a.ToString("P1", CultureInfo.InvariantCulture) : "-")}{extra}");
+            Console.Out.WriteLine($"adapter: {Path.GetFullPath(outDir)} (PEFT format); plot: {Path.Combine(outDir, LossPlot.FileName)}");
             return 0;
         }));
         return cmd;

@@ -90,9 +90,7 @@ public static class DemoBaseModel
             var work = Path.Combine(tmp, ".pretrain");
             TrainLoop.Run(new TrainRunSpec
             {
-                Model = model,
-                Tokenizer = tokenizer,
-                Train = tokenized,
+                Task = new CausalLmTask(model, tokenizer, tokenized),
                 Options = new TrainOptions { Steps = s.PretrainSteps, BatchSize = s.BatchSize, LearningRate = s.LearningRate, WarmupSteps = Math.Min(100, s.PretrainSteps / 10), WeightDecay = 0.01, LogEvery = Math.Max(1, s.PretrainSteps / 20), Seed = s.Seed, EvalGenerateExamples = 0 },
                 OutDir = work,
                 Method = "pretrain",

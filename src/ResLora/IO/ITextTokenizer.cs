@@ -1,9 +1,9 @@
 namespace ResLora.IO;
 
 /// <summary>
-/// What the rest of the library needs of a tokenizer. Implementations: Hugging Face tokenizer.json (both the
-/// SentencePiece-style BPE with byte fallback and byte-level BPE), SentencePiece tokenizer.model, and the
-/// demo's built-in tokenizer.
+/// What the rest of the library needs of a tokenizer. Implementations: Hugging Face tokenizer.json (the
+/// SentencePiece-style BPE with byte fallback, byte-level BPE, and BERT's WordPiece), SentencePiece tokenizer.model,
+/// a classic BERT vocab.txt, and the demo's built-in tokenizer.
 /// </summary>
 public interface ITextTokenizer
 {

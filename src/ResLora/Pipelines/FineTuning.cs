@@ -89,11 +89,7 @@ public static class FineTuning
         var caps = AdapterModel.CollectCapabilities(model, extras.Prepend(plan.Builder).ToArray());
         return TrainLoop.Run(new TrainRunSpec
         {
-            Model = model,
-            Tokenizer = tokenizer,
-            Train = trainSeqs,
-            Eval = evalTok.Examples,
-            AccuracyExamples = evalSet.Where(e => !e.IsPlainText).ToList(),
+            Task = new CausalLmTask(model, tokenizer, trainSeqs, evalTok.Examples, evalSet.Where(e => !e.IsPlainText).ToList()),
             Options = req.Train,
             OutDir = req.OutDir,
             Method = plan.Config.Method,

@@ -1,6 +1,7 @@
 using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Models;
+using ResLora.Models.Encoders;
 using ResLora.Quantization;
 using ResLora.Training;
 
@@ -45,7 +46,11 @@ public static class InspectPipeline
     /// </summary>
     public static WeightCheckReport CheckWeights(string modelDir, string? adapterDir = null)
     {
-        var (_, ckpt, expected) = ModelFolder.OpenChecked(modelDir, null, refuseNonFloat: false);
+        var (ckpt, expected) = Classification.IsEncoderFolder(modelDir)
+            ? Encoder(EncoderLoader.OpenChecked(modelDir, null, refuseNonFloat: false))
+            : Decoder(ModelFolder.OpenChecked(modelDir, null, refuseNonFloat: false));
+        static (HfCheckpoint, IReadOnlyDictionary<string, long[]>) Encoder((EncoderConfig, HfCheckpoint C, EncoderCheckpointLayout, IReadOnlyDictionary<string, long[]> E) o) => (o.C, o.E);
+        static (HfCheckpoint, IReadOnlyDictionary<string, long[]>) Decoder((ModelConfig, HfCheckpoint C, IReadOnlyDictionary<string, long[]> E) o) => (o.C, o.E);
         using var _ = ckpt;
         var problems = LoadChecks.NonFloatWeights(ckpt, expected).ToList();
         problems.AddRange(TensorScan.NonFinite(ckpt));

@@ -113,29 +113,28 @@ public static class Tokenization
 }
 
 /// <summary>
-/// Endless shuffled batches: each epoch is a seeded permutation (seed + epoch) of the examples, cut into batches.
-/// Its position (epoch, index) is saved with checkpoints, so a resumed run sees exactly the batches it would have seen.
+/// Shuffled batches of any example type, reshuffled every epoch from the seed; the position (epoch, index) is saved in
+/// checkpoints so a resumed run sees exactly the batches it would have seen.
 /// </summary>
-public sealed class ShuffledBatchSource : ITrainBatchSource
+public class ShuffledBatchSource<T> : ITrainBatchSource
 {
-    private readonly IReadOnlyList<TokenizedExample> _examples;
-    private readonly int _batchSize, _padId;
+    private readonly IReadOnlyList<T> _examples;
+    private readonly int _batchSize;
     private readonly long _seed;
-    private readonly Device? _device;
+    private readonly Func<IReadOnlyList<T>, TrainBatch> _collate;
     private int[] _order = Array.Empty<int>();
 
     public int Epoch { get; private set; }
     public int Index { get; private set; }
 
-    public ShuffledBatchSource(IReadOnlyList<TokenizedExample> examples, int batchSize, int padId, long seed, Device? device = null)
+    public ShuffledBatchSource(IReadOnlyList<T> examples, int batchSize, long seed, Func<IReadOnlyList<T>, TrainBatch> collate)
     {
         if (examples.Count == 0) throw new UserInputException("no training examples are left after tokenization; check --seq-len and the data.");
         if (batchSize < 1) throw new UserInputException($"--batch-size must be ≥ 1, got {batchSize}.");
         _examples = examples;
         _batchSize = batchSize;
-        _padId = padId;
         _seed = seed;
-        _device = device;
+        _collate = collate;
         Reorder();
     }
 
@@ -156,10 +155,10 @@ public sealed class ShuffledBatchSource : ITrainBatchSource
             Index = 0;
             Reorder();
         }
-        var group = new List<TokenizedExample>(_batchSize);
+        var group = new List<T>(_batchSize);
         for (int i = Index; i < Math.Min(Index + _batchSize, _order.Length); i++) group.Add(_examples[_order[i]]);
         Index += _batchSize;
-        return Tokenization.Collate(group, _padId, _device);
+        return _collate(group);
     }
 
     public string SavePosition() => JsonSerializer.Serialize(new Dictionary<string, long> { ["epoch"] = Epoch, ["index"] = Index, ["seed"] = _seed, ["count"] = _examples.Count });
@@ -174,3 +173,10 @@ public sealed class ShuffledBatchSource : ITrainBatchSource
         Index = (int)d["index"];
     }
 }
+
+/// <summary>
+/// Endless shuffled batches: each epoch is a seeded permutation (seed + epoch) of the examples, cut into batches.
+/// Its position (epoch, index) is saved with checkpoints, so a resumed run sees exactly the batches it would have seen.
+/// </summary>
+public sealed class ShuffledBatchSource(IReadOnlyList<TokenizedExample> examples, int batchSize, int padId, long seed, Device? device = null)
+    : ShuffledBatchSource<TokenizedExample>(examples, batchSize, seed, group => Tokenization.Collate(group, padId, device));

@@ -22,10 +22,10 @@ public static class TrainLoop
         var o = spec.Options;
         o.Validate();
         Directory.CreateDirectory(spec.OutDir);
-        var trainer = new Trainer(spec.Model, o, spec.Capabilities);
-        int total = o.TotalSteps(spec.Train.Count);
-        int pad = spec.Tokenizer.PadTokenId ?? (spec.Tokenizer.EosTokenIds.Count > 0 ? spec.Tokenizer.EosTokenIds[0] : 0);
-        var data = new ShuffledBatchSource(spec.Train, o.BatchSize, pad, o.Seed, spec.Model.Device);
+        var task = spec.Task;
+        var trainer = new Trainer(task.Model, task.Forward, o, spec.Capabilities, task.Loss);
+        int total = o.TotalSteps(task.TrainCount);
+        var data = task.CreateBatchSource(o);
         using var optimizer = trainer.CreateOptimizer();
         torch.manual_seed(o.Seed);
 
@@ -87,9 +87,9 @@ public static class TrainLoop
                 lossAcc = 0; tokAcc = 0; accSteps = 0; windowStart = now;
             }
             bool evalNow = o.EvalEvery > 0 && step % o.EvalEvery == 0 && step != total;
-            if (evalNow && spec.Eval.Count > 0)
+            if (evalNow && task.HasEval)
             {
-                var ev = Evaluate(spec, trainer, step, pad);
+                var ev = task.Evaluate(trainer, step, o);
                 evals.Add(ev);
                 AppendMetric(metricsPath, ev);
                 observer.OnEval(ev);
@@ -104,9 +104,9 @@ public static class TrainLoop
         // final save) keeps its final evaluation, which metrics.jsonl holds up to the checkpoint's step: not run twice.
         bool wasFinished = ran == 0;
         EvalReport? final = wasFinished ? evals.LastOrDefault(e => e.Step == total) : null;
-        if (spec.Eval.Count > 0 && final is null)
+        if (task.HasEval && final is null)
         {
-            final = Evaluate(spec, trainer, total, pad);
+            final = task.Evaluate(trainer, total, o);
             evals.Add(final);
             AppendMetric(metricsPath, final);
             observer.OnEval(final);
@@ -127,8 +127,9 @@ public static class TrainLoop
             Steps = total,
             FinalTrainLoss = lastLoss,
             FinalEvalLoss = final?.Loss,
-            FinalEvalPerplexity = final?.Perplexity,
+            FinalEvalPerplexity = final is null || (double.IsNaN(final.Perplexity) && !double.IsNaN(final.Loss)) ? null : final.Perplexity, // a task without perplexity writes none
             FinalEvalAccuracy = final?.Accuracy,
+            FinalEvalMetrics = final?.Metrics,
             TrainableParameters = trainer.TrainableParameters.Sum(p => p.numel()),
             WallSeconds = wall,
             MeanStepSeconds = ran > 0 ? clock.Elapsed.TotalSeconds / ran : 0,
@@ -140,17 +141,6 @@ public static class TrainLoop
         AtomicFile.WriteAllText(summaryPath, JsonSerializer.Serialize(summary, new JsonSerializerOptions(MetricJson) { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull }));
         observer.OnFinish(summary, spec.OutDir);
         return summary;
-    }
-
-    /// <summary>Loss/perplexity over the eval set, plus exact-match accuracy of greedy answers when there are prompt/completion examples.</summary>
-    public static EvalReport Evaluate(TrainRunSpec spec, Trainer trainer, int step, int pad)
-    {
-        var o = spec.Options;
-        var (loss, ppl, tokens) = trainer.EvaluateLoss(Tokenization.Sequential(spec.Eval, o.BatchSize, pad, spec.Model.Device));
-        double? acc = null;
-        if (o.EvalGenerateExamples > 0 && spec.AccuracyExamples.Count > 0)
-            acc = Accuracy.ExactMatch(spec.Model, spec.Tokenizer, spec.AccuracyExamples.Take(o.EvalGenerateExamples).ToList(), o.MaxNewTokens);
-        return new EvalReport(step, loss, ppl, acc, tokens);
     }
 
     private static void SaveCheckpoint(TrainRunSpec spec, torch.optim.Optimizer optimizer, ITrainBatchSource data, int step, int total, double elapsed, double lastLoss, Dictionary<string, string> settings)
@@ -202,8 +192,10 @@ public static class TrainLoop
 
     private static void AppendMetric(string path, EvalReport r)
     {
-        var d = new Dictionary<string, object> { ["step"] = r.Step, ["eval_loss"] = r.Loss, ["eval_perplexity"] = r.Perplexity, ["eval_tokens"] = r.Tokens };
+        var d = new Dictionary<string, object> { ["step"] = r.Step, ["eval_loss"] = r.Loss, ["eval_tokens"] = r.Tokens };
+        if (!double.IsNaN(r.Perplexity)) d["eval_perplexity"] = r.Perplexity; // classification has none
         if (r.Accuracy is { } a) d["eval_accuracy"] = a;
+        foreach (var (k, v) in r.Metrics ?? new Dictionary<string, double>()) d["eval_" + k] = v;
         File.AppendAllText(path, JsonSerializer.Serialize(d, MetricJson) + "\n");
     }
 
@@ -236,7 +228,14 @@ public static class TrainLoop
             if (r.TryGetProperty("loss", out var l))
                 curve.Add(new StepReport(s, 0, Number(l), Number(r.GetProperty("lr")), Number(r.GetProperty("tokens_per_second")), Number(r.GetProperty("elapsed_seconds"))));
             else if (r.TryGetProperty("eval_loss", out var el))
-                evals.Add(new EvalReport(s, Number(el), Number(r.GetProperty("eval_perplexity")), r.TryGetProperty("eval_accuracy", out var a) ? Number(a) : null, r.GetProperty("eval_tokens").GetInt32()));
+            {
+                var metrics = r.EnumerateObject().Where(p => p.Name.StartsWith("eval_", StringComparison.Ordinal) && p.Name is not ("eval_loss" or "eval_perplexity" or "eval_accuracy" or "eval_tokens"))
+                    .ToDictionary(p => p.Name["eval_".Length..], p => Number(p.Value), StringComparer.Ordinal);
+                evals.Add(new EvalReport(s, Number(el), (r.TryGetProperty("eval_perplexity", out var pp) ? Number(pp) : double.NaN), r.TryGetProperty("eval_accuracy", out var a) ? Number(a) : null, r.GetProperty("eval_tokens").GetInt32())
+                {
+                    Metrics = metrics.Count > 0 ? metrics : null,
+                });
+            }
         }
         AtomicFile.WriteAllText(path, kept.Count > 0 ? string.Join("\n", kept) + "\n" : "");
         return (curve, evals);

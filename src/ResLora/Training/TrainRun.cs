@@ -25,6 +25,8 @@ public sealed record TrainSummary
     [JsonPropertyName("final_eval_loss")] public double? FinalEvalLoss { get; init; }
     [JsonPropertyName("final_eval_perplexity")] public double? FinalEvalPerplexity { get; init; }
     [JsonPropertyName("final_eval_accuracy")] public double? FinalEvalAccuracy { get; init; }
+    /// <summary>The task's further held-out scores at the end (f1, mcc, pearson, ...), when it has any.</summary>
+    [JsonPropertyName("final_eval_metrics")] public IReadOnlyDictionary<string, double>? FinalEvalMetrics { get; init; }
     [JsonPropertyName("trainable_parameters")] public long TrainableParameters { get; init; }
     [JsonPropertyName("wall_seconds")] public double WallSeconds { get; init; }
     [JsonPropertyName("mean_step_seconds")] public double MeanStepSeconds { get; init; }
@@ -37,12 +39,8 @@ public sealed record TrainSummary
 /// <summary>Everything one run needs; the method is hidden behind the save/load delegates and capabilities.</summary>
 public sealed record TrainRunSpec
 {
-    public required LlamaForCausalLM Model { get; init; }
-    public required ITextTokenizer Tokenizer { get; init; }
-    public required IReadOnlyList<TokenizedExample> Train { get; init; }
-    public IReadOnlyList<TokenizedExample> Eval { get; init; } = Array.Empty<TokenizedExample>();
-    /// <summary>Prompt/completion examples for exact-match accuracy (greedy generation); empty = no accuracy.</summary>
-    public IReadOnlyList<TextExample> AccuracyExamples { get; init; } = Array.Empty<TextExample>();
+    /// <summary>The model, its data and its scoring (<see cref="CausalLmTask"/>, or sequence classification).</summary>
+    public required ITrainTask Task { get; init; }
     public required TrainOptions Options { get; init; }
     public required string OutDir { get; init; }
     public string Method { get; init; } = "lora";

@@ -4,14 +4,19 @@ using ResLora.Models;
 
 namespace ResLora.Training;
 
-/// <summary>One batch of token ids. <c>Labels</c> are aligned with <c>InputIds</c> (−100 = no loss); the loss shifts them.</summary>
-public sealed record TrainBatch(Tensor InputIds, Tensor AttentionMask, Tensor Labels) : IDisposable
+/// <summary>
+/// One batch of token ids. For a causal LM <c>Labels</c> are aligned with <c>InputIds</c> (−100 = no loss) and the loss
+/// shifts them; for sequence classification they are one class id (or one float for regression) per row, and
+/// <c>TokenTypeIds</c> carries the segments of sentence pairs.
+/// </summary>
+public sealed record TrainBatch(Tensor InputIds, Tensor AttentionMask, Tensor Labels, Tensor? TokenTypeIds = null) : IDisposable
 {
     public void Dispose()
     {
         InputIds.Dispose();
         AttentionMask.Dispose();
         Labels.Dispose();
+        TokenTypeIds?.Dispose();
     }
 }
 
@@ -29,8 +34,11 @@ public interface ITrainBatchSource
 /// <summary>What the trainer reports after each optimizer step.</summary>
 public sealed record StepReport(int Step, int TotalSteps, double Loss, double LearningRate, double TokensPerSecond, double ElapsedSeconds);
 
-/// <summary>What an evaluation produced.</summary>
-public sealed record EvalReport(int Step, double Loss, double Perplexity, double? Accuracy, int Tokens);
+/// <summary>What an evaluation produced; <see cref="Metrics"/> holds a task's further scores (f1, mcc, pearson, ...).</summary>
+public sealed record EvalReport(int Step, double Loss, double Perplexity, double? Accuracy, int Tokens)
+{
+    public IReadOnlyDictionary<string, double>? Metrics { get; init; }
+}
 
 /// <summary>
 /// The method-agnostic trainer (nanoGPT's trainer that knows nothing about the model's method): AdamW, warm-up then
@@ -39,7 +47,9 @@ public sealed record EvalReport(int Step, double Loss, double Perplexity, double
 /// </summary>
 public sealed class Trainer
 {
-    private readonly LlamaForCausalLM _model;
+    private readonly nn.Module _model;
+    private readonly LlamaForCausalLM? _lm;
+    private readonly Func<TrainBatch, Tensor> _forward;
     private readonly TrainOptions _o;
     private readonly IReadOnlyList<Parameter> _params;
     private readonly IReadOnlyList<IExtraLossTerm> _extraLosses;
@@ -53,8 +63,16 @@ public sealed class Trainer
     /// KL to a teacher here.
     /// </summary>
     public Trainer(LlamaForCausalLM model, TrainOptions options, IEnumerable<object> capabilities, Func<Tensor, TrainBatch, (Tensor Loss, long Tokens)>? loss = null)
+        : this(model, b => model.forward(b.InputIds, b.AttentionMask), options, capabilities, loss ?? ((logits, batch) => CausalLmLoss(logits, batch.Labels)))
     {
-        _loss = loss ?? ((logits, batch) => CausalLmLoss(logits, batch.Labels));
+        _lm = model;
+    }
+
+    /// <summary>A trainer of any model: <paramref name="forward"/> maps a batch to the model's output, <paramref name="loss"/> scores it.</summary>
+    public Trainer(nn.Module model, Func<TrainBatch, Tensor> forward, TrainOptions options, IEnumerable<object> capabilities, Func<Tensor, TrainBatch, (Tensor Loss, long Tokens)> loss)
+    {
+        _loss = loss;
+        _forward = forward;
         options.Validate();
         _model = model;
         _o = options;
@@ -114,7 +132,7 @@ public sealed class Trainer
         for (int micro = 0; micro < _o.GradAccum; micro++)
         {
             using var batch = data.Next();
-            var logits = _model.forward(batch.InputIds, batch.AttentionMask);
+            var logits = _forward(batch);
             var (loss, n) = _loss(logits, batch);
             double lv = loss.item<float>();
             if (!double.IsFinite(lv))
@@ -139,5 +157,8 @@ public sealed class Trainer
 
     /// <summary>Mean loss (token-weighted) and perplexity over the evaluation batches; no gradients, eval mode.</summary>
     public (double Loss, double Perplexity, int Tokens) EvaluateLoss(IEnumerable<TrainBatch> batches) =>
-        Evaluation.Loss(_model, batches, _o.EvalMaxBatches);
+        Evaluation.Loss(_lm ?? throw new InvalidOperationException("EvaluateLoss is the causal-LM evaluation; this trainer was built for another task."), batches, _o.EvalMaxBatches);
+
+    /// <summary>At most this many evaluation batches (0 = all).</summary>
+    public int EvalMaxBatches => _o.EvalMaxBatches;
 }

@@ -26,11 +26,7 @@ public sealed class TrainLoopTests : IDisposable
         var evalEx = CopyTask(20, 2);
         return new TrainRunSpec
         {
-            Model = model,
-            Tokenizer = tok,
-            Train = train,
-            Eval = Tokenization.Tokenize(evalEx, tok, 16).Examples,
-            AccuracyExamples = evalEx,
+            Task = new CausalLmTask(model, tok, train, Tokenization.Tokenize(evalEx, tok, 16).Examples, evalEx),
             Options = o,
             OutDir = outDir,
             Method = "full",

@@ -34,6 +34,15 @@ public abstract record AdapterConfigBase
     /// <summary>Kept for PEFT round-trips; our layer index comes from <see cref="LinearSpec.LayerIndex"/>.</summary>
     [JsonPropertyName("layers_pattern")] public JsonNode? LayersPattern { get; init; }
     [JsonPropertyName("peft_version")] public string? PeftVersion { get; init; }
+    /// <summary>
+    /// PEFT's <c>modules_to_save</c>: modules trained fully and saved beside the adapter under their own names
+    /// (<c>base_model.model.classifier.weight</c>); the classification head of a SEQ_CLS adapter.
+    /// </summary>
+    [JsonPropertyName("modules_to_save")] public IReadOnlyList<string>? ModulesToSave { get; init; }
+
+    /// <summary>Whether the tensor (or module) path <paramref name="path"/> lies inside one of <see cref="ModulesToSave"/>.</summary>
+    public bool IsSavedModule(string path) =>
+        ModulesToSave is { } m && m.Any(n => path == n || path.StartsWith(n + ".", StringComparison.Ordinal) || path.Contains("." + n + ".", StringComparison.Ordinal) || path.EndsWith("." + n, StringComparison.Ordinal));
 
     /// <summary>The same targets and LoRA hyperparameters as a plain LoRA config (RefLoRA and RoLoRA train LoRA layers).</summary>
     public LoraConfig AsLora() => new()
@@ -74,6 +83,7 @@ public abstract record AdapterConfigBase
             if (!(v > 0) || double.IsInfinity(v)) throw Bad($"alpha_pattern[\"{k}\"]", v, "must be a positive finite number");
         }
         if (LayersToTransform is { } l && l.Any(i => i < 0)) throw Bad("layers_to_transform", string.Join(",", l), "layer indices must be ≥ 0");
+        if (ModulesToSave is { } mts && mts.Any(string.IsNullOrWhiteSpace)) throw Bad("modules_to_save", string.Join(",", mts), "module names must not be empty");
     }
 
     protected static UserInputException Bad(string field, object? value, string fix) =>

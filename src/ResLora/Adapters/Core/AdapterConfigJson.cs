@@ -30,8 +30,6 @@ public static class AdapterConfigJson
             "LLaMA projections are nn.Linear with (out, in) weights; set it to false"),
         ("lora_bias", JsonValue.Create(false), v => v is null || (v is JsonValue s && s.TryGetValue<bool>(out var b) && !b),
             "a bias on lora_B is not supported; set it to false"),
-        ("modules_to_save", null, v => v is null || (v is JsonArray a && a.Count == 0),
-            "fully trained extra modules are not supported; remove the field or set it to null"),
     };
 
     /// <summary>Parses a config; fields unknown to the config record are dropped and reported in <c>warnings</c> (PEFT PR #2038 behaviour).</summary>

@@ -11,12 +11,13 @@ namespace ResLora.Adapters;
 public sealed class AdapterFolderContents : IDisposable
 {
     internal AdapterFolderContents(string directory, AdapterConfigBase config, IReadOnlyList<string> warnings,
-        IReadOnlyDictionary<string, IReadOnlyDictionary<string, Tensor>> tensors)
+        IReadOnlyDictionary<string, IReadOnlyDictionary<string, Tensor>> tensors, IReadOnlyDictionary<string, Tensor> savedModules)
     {
         Directory = directory;
         Config = config;
         Warnings = warnings;
         Tensors = tensors;
+        SavedModules = savedModules;
     }
 
     public string Directory { get; }
@@ -24,10 +25,14 @@ public sealed class AdapterFolderContents : IDisposable
     public IReadOnlyList<string> Warnings { get; }
     public IReadOnlyDictionary<string, IReadOnlyDictionary<string, Tensor>> Tensors { get; }
 
+    /// <summary>Fully trained module weights (<c>modules_to_save</c>) by parameter path in the model (<c>classifier.weight</c>).</summary>
+    public IReadOnlyDictionary<string, Tensor> SavedModules { get; }
+
     public void Dispose()
     {
         foreach (var m in Tensors.Values)
             foreach (var t in m.Values) t.Dispose();
+        foreach (var t in SavedModules.Values) t.Dispose();
     }
 }
 
@@ -51,7 +56,12 @@ public static class AdapterFolder
     /// weights file beside the previous config, never a torn file or a missing folder. Tensors are written as float32,
     /// metadata {"format":"pt"}; the config is written with inference_mode forced to true, as PEFT does (§2.2).
     /// </summary>
-    public static void Save(string dir, AdapterConfigBase config, IReadOnlyDictionary<string, IAdapter> adapters)
+    /// <param name="dir">The adapter folder.</param>
+    /// <param name="config">The config the adapters were built from.</param>
+    /// <param name="adapters">The adapters by module path.</param>
+    /// <param name="savedModules">Weights of <see cref="AdapterConfigBase.ModulesToSave"/> by parameter path, saved as PEFT does
+    /// (<c>base_model.model.classifier.weight</c>); every module the config names must be given.</param>
+    public static void Save(string dir, AdapterConfigBase config, IReadOnlyDictionary<string, IAdapter> adapters, IReadOnlyDictionary<string, Tensor>? savedModules = null)
     {
         config.Validate();
         if (adapters.Count == 0) throw new UserInputException($"{dir}: no adapters to save (the model has no adapter layers; check target_modules).");
@@ -65,6 +75,14 @@ public static class AdapterFolder
                 throw new ArgumentException($"{dir}: module '{path}' holds a {a.GetType().Name} but the config describes a {config.Method} adapter ({string.Join(" or ", layerTypes.Select(t => t.Name))}); save with the config the model was built from.");
             foreach (var (suffix, t) in a.GetAdapterState())
                 tensors.Add(new(KeyPrefix + path + "." + suffix, t.detach().to_type(ScalarType.Float32).cpu().contiguous().clone()));
+        }
+        foreach (var name in config.ModulesToSave ?? Array.Empty<string>())
+            if (savedModules is null || !savedModules.Keys.Any(k => config.IsSavedModule(k)))
+                throw new ArgumentException($"{dir}: modules_to_save names '{name}' but no weights of it were given to save.");
+        foreach (var (name, t) in (savedModules ?? new Dictionary<string, Tensor>()).OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        {
+            if (!config.IsSavedModule(name)) throw new ArgumentException($"{dir}: '{name}' is not inside a module of modules_to_save.");
+            tensors.Add(new(KeyPrefix + name, t.detach().to_type(ScalarType.Float32).cpu().contiguous().clone()));
         }
         string json = AdapterConfigJson.Serialize(config with { InferenceMode = true });
         void WritePair(string into)
@@ -100,6 +118,7 @@ public static class AdapterFolder
         }
         var (config, warnings) = AdapterConfigJson.Parse(BoundedFile.ReadAllText(configPath, BoundedFile.ConfigLimit, "adapter config"), configPath);
         var byModule = new Dictionary<string, Dictionary<string, Tensor>>(StringComparer.Ordinal);
+        var saved = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         var origin = new Dictionary<(string, string), string>();
         try
         {
@@ -108,6 +127,14 @@ public static class AdapterFolder
             {
                 if (e.Dtype is not ("F32" or "F16" or "BF16"))
                     throw new UserInputException($"{weightsPath}: tensor '{e.Name}' has dtype {e.Dtype}; adapter tensors must be F32, F16 or BF16.");
+                // modules_to_save weights: base_model.model.<path> (PEFT drops "modules_to_save.<name>." when saving).
+                string plain = (e.Name.StartsWith(KeyPrefix, StringComparison.Ordinal) ? e.Name[KeyPrefix.Length..] : e.Name).Replace($".modules_to_save.{adapterName}.", ".", StringComparison.Ordinal);
+                if (config.IsSavedModule(plain))
+                {
+                    if (!saved.TryAdd(plain, file.Load(e.Name, ScalarType.Float32)))
+                        throw new UserInputException($"{weightsPath}: two keys name the module weight '{plain}'; remove one.");
+                    continue;
+                }
                 var (module, param) = SplitKey(e.Name, adapterName, weightsPath);
                 if (origin.TryGetValue((module, param), out var first))
                     throw new UserInputException($"{weightsPath}: keys '{first}' and '{e.Name}' both name {module}.{param}; remove one.");
@@ -123,19 +150,33 @@ public static class AdapterFolder
         catch
         {
             foreach (var m in byModule.Values) foreach (var t in m.Values) t.Dispose();
+            foreach (var t in saved.Values) t.Dispose();
             throw;
         }
+        foreach (var name in config.ModulesToSave ?? Array.Empty<string>())
+            if (!saved.Keys.Any(k => k == name || k.StartsWith(name + ".", StringComparison.Ordinal) || k.Contains("." + name + ".", StringComparison.Ordinal)))
+            {
+                foreach (var t in saved.Values) t.Dispose();
+                foreach (var m in byModule.Values) foreach (var t in m.Values) t.Dispose();
+                throw new UserInputException($"{weightsPath}: {ConfigFileName} lists '{name}' in modules_to_save but the file holds no weights of it; the folder is incomplete.");
+            }
         return new AdapterFolderContents(dir, config, warnings,
-            byModule.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, Tensor>)kv.Value, StringComparer.Ordinal));
+            byModule.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, Tensor>)kv.Value, StringComparer.Ordinal), saved);
     }
 
     /// <summary>
     /// Copies loaded tensors into the model's adapters (keyed by module path). Tensors for a module without an adapter,
     /// adapters without tensors, and shape mismatches are errors naming the key and the shapes.
     /// </summary>
-    public static void Apply(AdapterFolderContents contents, IReadOnlyDictionary<string, IAdapter> adapters)
+    /// <param name="contents">What <see cref="Load"/> read.</param>
+    /// <param name="adapters">The model's adapters by module path.</param>
+    /// <param name="savedModulesHandled">True when the caller copies <see cref="AdapterFolderContents.SavedModules"/> itself
+    /// (<see cref="ApplySavedModules"/>); otherwise a folder with such weights is refused rather than half applied.</param>
+    public static void Apply(AdapterFolderContents contents, IReadOnlyDictionary<string, IAdapter> adapters, bool savedModulesHandled = false)
     {
         string file = Path.Combine(contents.Directory, WeightsFileName);
+        if (contents.SavedModules.Count > 0 && !savedModulesHandled)
+            throw new UserInputException($"{file}: the adapter also holds fully trained modules ({string.Join(", ", contents.Config.ModulesToSave ?? Array.Empty<string>())}, modules_to_save); they are read for sequence-classification encoders (--task classify), not for causal LMs.");
         foreach (var (module, state) in contents.Tensors)
         {
             if (!adapters.TryGetValue(module, out var a))
@@ -153,6 +194,25 @@ public static class AdapterFolder
         foreach (var module in adapters.Keys)
             if (!contents.Tensors.ContainsKey(module))
                 throw new UserInputException($"{file}: has no tensors for module '{module}', which this model adapts; the folder was saved for a different target_modules.");
+    }
+
+    /// <summary>
+    /// Copies the fully trained module weights (<see cref="AdapterFolderContents.SavedModules"/>) into the model's parameters of
+    /// the same names; a name the model lacks or a shape mismatch is an error naming the key.
+    /// </summary>
+    public static void ApplySavedModules(AdapterFolderContents contents, nn.Module model)
+    {
+        string file = Path.Combine(contents.Directory, WeightsFileName);
+        var live = model.named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
+        using var noGrad = torch.no_grad();
+        foreach (var (name, t) in contents.SavedModules)
+        {
+            if (!live.TryGetValue(name, out var p))
+                throw new UserInputException($"{file}: key '{KeyPrefix}{name}' names a module weight this model does not have; the adapter was saved for another model or head.");
+            if (!p.shape.SequenceEqual(t.shape))
+                throw new UserInputException($"{file}: key '{KeyPrefix}{name}' has shape [{string.Join(", ", t.shape)}] but the model's is [{string.Join(", ", p.shape)}]; the adapter was trained with another number of labels.");
+            p.copy_(t.to(p.dtype, p.device));
+        }
     }
 
     /// <summary>Loads a folder into a model built from a matching config; returns the config warnings.</summary>

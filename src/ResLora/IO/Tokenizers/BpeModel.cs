@@ -8,7 +8,7 @@ namespace ResLora.IO.Tokenizers;
 /// SentencePiece-style "word" — a whole line — stays fast). Symbols missing from the vocabulary fall back to UTF-8
 /// byte pieces <c>&lt;0xXX&gt;</c> when <c>byte_fallback</c> is set, otherwise to the unknown token.
 /// </summary>
-internal sealed class BpeModel
+internal sealed class BpeModel : ITokenModel
 {
     private readonly Dictionary<string, int> _vocab;
     private readonly Dictionary<(string, string), int> _ranks;

@@ -8,15 +8,17 @@ namespace ResLora.IO.Tokenizers;
 internal sealed record AddedToken(int Id, string Content, bool Special, bool Lstrip, bool Rstrip, bool Normalized, bool SingleWord);
 
 /// <summary>
-/// A Hugging Face <c>tokenizer.json</c> with a BPE model, run the way the Rust <c>tokenizers</c> library runs it:
-/// added tokens split the text first; each remaining piece is normalized, pre-tokenized and BPE-encoded; decoding
-/// runs the decoder chain over the token strings. Covers the SentencePiece-style family (Llama 2, TinyLlama, Mistral:
-/// Prepend/Replace normalizers or a Metaspace pre-tokenizer, byte fallback) and the byte-level family (GPT-2,
-/// Llama 3, Qwen2: Split + ByteLevel). Unsupported components are refused by name, never silently skipped.
+/// A Hugging Face <c>tokenizer.json</c> with a BPE or WordPiece model, run the way the Rust <c>tokenizers</c> library
+/// runs it: added tokens split the text first; each remaining piece is normalized, pre-tokenized and encoded by the
+/// model; decoding runs the decoder chain over the token strings. Covers the SentencePiece-style family (Llama 2,
+/// TinyLlama, Mistral: Prepend/Replace normalizers or a Metaspace pre-tokenizer, byte fallback), the byte-level family
+/// (GPT-2, RoBERTa, Llama 3, Qwen2: Split + ByteLevel) and BERT (BertNormalizer, BertPreTokenizer, WordPiece). The
+/// post-processor (specials around one text or a pair) is read into <see cref="PostProcessor"/>. Unsupported components
+/// are refused by name, never silently skipped.
 /// </summary>
 internal sealed class HfTokenizer
 {
-    private readonly BpeModel _bpe;
+    private readonly ITokenModel _model;
     private readonly string[] _idToToken;
     private readonly Dictionary<string, int> _vocab;
     private readonly List<AddedToken> _added;
@@ -28,13 +30,19 @@ internal sealed class HfTokenizer
 
     public int VocabSize { get; }
 
+    /// <summary>The post-processor that adds specials around one text or a pair; null when the file defines none.</summary>
+    public PostProcessor? PostProcessor { get; }
+
+    /// <summary><c>padding.pad_id</c> when the file enables padding.</summary>
+    public int? PaddingId { get; }
+
     public HfTokenizer(JsonObject root, string source)
     {
         _source = source;
         var model = root["model"] as JsonObject ?? throw Bad("model", "missing");
         string type = (string?)model["type"] ?? "BPE";
-        if (type != "BPE") throw Bad("model.type", $"'{type}' is not supported (only BPE tokenizers: Llama, Mistral, Qwen2, GPT-2 families)");
-        if (model["continuing_subword_prefix"] is JsonValue csp && ((string?)csp)?.Length > 0) throw Bad("model.continuing_subword_prefix", "is not supported");
+        if (type is not ("BPE" or "WordPiece")) throw Bad("model.type", $"'{type}' is not supported (supported: BPE for the Llama, Mistral, Qwen2, GPT-2 and RoBERTa families; WordPiece for BERT)");
+        if (type == "BPE" && model["continuing_subword_prefix"] is JsonValue csp && ((string?)csp)?.Length > 0) throw Bad("model.continuing_subword_prefix", "is not supported for BPE");
         if (model["end_of_word_suffix"] is JsonValue ews && ((string?)ews)?.Length > 0) throw Bad("model.end_of_word_suffix", "is not supported");
         _vocab = new Dictionary<string, int>(StringComparer.Ordinal);
         foreach (var (k, v) in model["vocab"] as JsonObject ?? throw Bad("model.vocab", "missing")) _vocab[k] = (int)v!;
@@ -63,10 +71,18 @@ internal sealed class HfTokenizer
         _idToToken = new string[VocabSize];
         foreach (var (k, v) in _vocab) _idToToken[v] = k;
         foreach (var a in _added) _idToToken[a.Id] = a.Content;
-        _bpe = new BpeModel(_vocab, merges, (string?)model["unk_token"], (bool?)model["byte_fallback"] ?? false, (bool?)model["ignore_merges"] ?? false, source);
+        _model = type == "WordPiece"
+            ? new WordPieceModel(_vocab, (string?)model["unk_token"] ?? "[UNK]", (string?)model["continuing_subword_prefix"] ?? "##", (int?)model["max_input_chars_per_word"] ?? 100, source)
+            : new BpeModel(_vocab, merges, (string?)model["unk_token"], (bool?)model["byte_fallback"] ?? false, (bool?)model["ignore_merges"] ?? false, source);
         if (root["normalizer"] is JsonObject n) AddNormalizer(n);
         if (root["pre_tokenizer"] is JsonObject p) AddPreTokenizer(p);
         if (root["decoder"] is JsonObject d) AddDecoder(d);
+        PostProcessor = PostProcessor.Parse(root["post_processor"] as JsonObject, TokenId, source);
+        if (root["padding"] is JsonObject pad && pad["pad_id"] is JsonValue pid)
+        {
+            PaddingId = (int)pid;
+            if (PaddingId < 0 || PaddingId >= VocabSize) throw Bad("padding.pad_id", $"{PaddingId} is outside the vocabulary (size {VocabSize})");
+        }
     }
 
     private UserInputException Bad(string field, string what) => new($"{_source}: '{field}' {what}.");
@@ -84,11 +100,20 @@ internal sealed class HfTokenizer
             case "Prepend": { string s = (string)n["prepend"]!; _normalizers.Add(x => x.Length == 0 ? x : s + x); break; }
             case "Replace": { var (pattern, content) = ReplacePattern(n, "normalizer"); _normalizers.Add(x => pattern.Replace(x, content)); break; }
             case "NFC": _normalizers.Add(x => x.Normalize(NormalizationForm.FormC)); break;
-            case "NFD": _normalizers.Add(x => x.Normalize(NormalizationForm.FormD)); break;
+            case "NFD": _normalizers.Add(UnicodeNfd.Decompose); break; // string.Normalize is a no-op under InvariantGlobalization
             case "NFKC": _normalizers.Add(x => x.Normalize(NormalizationForm.FormKC)); break;
             case "NFKD": _normalizers.Add(x => x.Normalize(NormalizationForm.FormKD)); break;
-            case "Lowercase": _normalizers.Add(x => x.ToLowerInvariant()); break;
-            default: throw Bad("normalizer.type", $"'{t}' is not supported (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase)");
+            case "Lowercase": _normalizers.Add(BertText.Lowercase); break;
+            case "StripAccents": _normalizers.Add(BertText.DropNonSpacingMarks); break; // normalizers/strip.rs: no NFD of its own
+            case "BertNormalizer":
+                {
+                    bool clean = (bool?)n["clean_text"] ?? true, chinese = (bool?)n["handle_chinese_chars"] ?? true, lower = (bool?)n["lowercase"] ?? true;
+                    // strip_accents null (the usual value) means "strip when lowercasing", as in tokenizers' deserializer.
+                    bool strip = (bool?)n["strip_accents"] ?? lower;
+                    _normalizers.Add(x => BertText.Normalize(x, clean, chinese, strip, lower));
+                    break;
+                }
+            default: throw Bad("normalizer.type", $"'{t}' is not supported (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, BertNormalizer)");
         }
     }
 
@@ -169,8 +194,18 @@ internal sealed class HfTokenizer
                     });
                     break;
                 }
-            default: throw Bad("pre_tokenizer.type", $"'{t}' is not supported (supported: Sequence, ByteLevel, Split, Digits, Metaspace)");
+            case "BertPreTokenizer": _preTokenizers.Add((pieces, _) => Each(pieces, BertText.BertPreTokenize)); break;
+            case "WhitespaceSplit": _preTokenizers.Add((pieces, _) => Each(pieces, BertText.WhitespaceSplit)); break;
+            case "Whitespace": _preTokenizers.Add((pieces, _) => Each(pieces, BertText.WhitespaceWords)); break;
+            default: throw Bad("pre_tokenizer.type", $"'{t}' is not supported (supported: Sequence, ByteLevel, Split, Digits, Metaspace, BertPreTokenizer, WhitespaceSplit, Whitespace)");
         }
+    }
+
+    private static List<string> Each(List<string> pieces, Action<string, List<string>> split)
+    {
+        var outp = new List<string>();
+        foreach (var s in pieces) split(s, outp);
+        return outp;
     }
 
     private static IEnumerable<string> Split(string s, Regex re, string behavior)
@@ -217,8 +252,8 @@ internal sealed class HfTokenizer
     {
         string t = (string?)d["type"] ?? "";
         if (t == "Sequence") { foreach (var x in (JsonArray)d["decoders"]!) AddDecoder((JsonObject)x!); return; }
-        if (t is not ("Replace" or "ByteFallback" or "Fuse" or "Strip" or "ByteLevel" or "Metaspace"))
-            throw Bad("decoder.type", $"'{t}' is not supported (supported: Sequence, Replace, ByteFallback, Fuse, Strip, ByteLevel, Metaspace)");
+        if (t is not ("Replace" or "ByteFallback" or "Fuse" or "Strip" or "ByteLevel" or "Metaspace" or "WordPiece"))
+            throw Bad("decoder.type", $"'{t}' is not supported (supported: Sequence, Replace, ByteFallback, Fuse, Strip, ByteLevel, Metaspace, WordPiece)");
         _decoders.Add(d);
     }
 
@@ -233,7 +268,7 @@ internal sealed class HfTokenizer
             foreach (var n in _normalizers) s = n(s);
             var pieces = new List<string> { s };
             foreach (var p in _preTokenizers) pieces = p(pieces, first);
-            foreach (var w in pieces) _bpe.Encode(w, ids);
+            foreach (var w in pieces) _model.Encode(w, ids);
         }
         return ids;
     }
@@ -343,7 +378,25 @@ internal sealed class HfTokenizer
                         return i == 0 && scheme != "never" && s.StartsWith(' ') ? s[1..] : s;
                     }).ToList();
                 }
+            case "WordPiece":
+                {
+                    // decoders/wordpiece.rs: every token but the first loses one leading prefix or gains a leading space (a
+                    // first token keeps its "##"); cleanup then glues punctuation and English contractions back on.
+                    string prefix = (string?)d["prefix"] ?? "##";
+                    bool cleanup = (bool?)d["cleanup"] ?? true;
+                    return tokens.Select((t, i) =>
+                    {
+                        if (i > 0) t = t.StartsWith(prefix, StringComparison.Ordinal) ? t[prefix.Length..] : " " + t;
+                        return cleanup ? WordPieceCleanup(t) : t;
+                    }).ToList();
+                }
             default: throw new InvalidOperationException("unreachable");
         }
     }
+
+    private static string WordPieceCleanup(string s) => s
+        .Replace(" .", ".", StringComparison.Ordinal).Replace(" ?", "?", StringComparison.Ordinal).Replace(" !", "!", StringComparison.Ordinal)
+        .Replace(" ,", ",", StringComparison.Ordinal).Replace(" ' ", "'", StringComparison.Ordinal).Replace(" n't", "n't", StringComparison.Ordinal)
+        .Replace(" 'm", "'m", StringComparison.Ordinal).Replace(" do not", " don't", StringComparison.Ordinal).Replace(" 's", "'s", StringComparison.Ordinal)
+        .Replace(" 've", "'ve", StringComparison.Ordinal).Replace(" 're", "'re", StringComparison.Ordinal);
 }

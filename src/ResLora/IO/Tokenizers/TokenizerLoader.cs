@@ -5,16 +5,22 @@ using Microsoft.ML.Tokenizers;
 namespace ResLora.IO;
 
 /// <summary>
-/// Loads a model folder's tokenizer: Hugging Face <c>tokenizer.json</c> (preferred) or SentencePiece
-/// <c>tokenizer.model</c>, with BOS/EOS/pad from <c>tokenizer_config.json</c>, <c>generation_config.json</c> and
-/// <c>config.json</c>.
+/// Loads a model folder's tokenizer: Hugging Face <c>tokenizer.json</c> (preferred), SentencePiece
+/// <c>tokenizer.model</c>, or a classic BERT <c>vocab.txt</c>, with BOS/EOS/pad from <c>tokenizer_config.json</c>,
+/// <c>generation_config.json</c> and <c>config.json</c>.
 /// </summary>
 public static class TokenizerLoader
 {
+    /// <summary>
+    /// Loads the tokenizer of the model folder <paramref name="modelDir"/>. When the folder says how specials go around
+    /// a text or a text pair (a tokenizer.json <c>post_processor</c> of type BertProcessing, RobertaProcessing,
+    /// TemplateProcessing or a Sequence holding one, or a vocab.txt BERT folder), the result also implements
+    /// <see cref="ISentencePairTokenizer"/>; an encoder pipeline checks for it with <c>is ISentencePairTokenizer</c>.
+    /// </summary>
     public static ITextTokenizer Load(string modelDir)
     {
         if (!Directory.Exists(modelDir)) throw new DirectoryNotFoundException($"{modelDir}: no such folder.");
-        string json = Path.Combine(modelDir, "tokenizer.json"), spm = Path.Combine(modelDir, "tokenizer.model");
+        string json = Path.Combine(modelDir, "tokenizer.json"), spm = Path.Combine(modelDir, "tokenizer.model"), vocabTxt = Path.Combine(modelDir, "vocab.txt");
         var cfg = ReadJson(Path.Combine(modelDir, "tokenizer_config.json"));
         var gen = ReadJson(Path.Combine(modelDir, "generation_config.json"));
         var model = ReadJson(Path.Combine(modelDir, "config.json"));
@@ -31,7 +37,7 @@ public static class TokenizerLoader
             }
             var tok = new Tokenizers.HfTokenizer(root, json);
             var (bos, eos, pad, addBos) = Specials(cfg, gen, model, tok.TokenId, DefaultAddBos(root, cfg), json);
-            return new HfJsonTokenizer(tok, bos, eos, pad, addBos);
+            return Wrap(tok, bos, eos, pad, addBos, json);
         }
         if (File.Exists(spm))
         {
@@ -50,7 +56,39 @@ public static class TokenizerLoader
             if (eos.Count == 0) eos.Add(sp.EndOfSentenceId);
             return new SentencePieceModelTokenizer(sp, bos, eos, pad, addBos);
         }
-        throw new FileNotFoundException($"{modelDir}: no tokenizer.json or tokenizer.model; copy the tokenizer files of the model into the folder.");
+        if (File.Exists(vocabTxt))
+        {
+            var tok = new Tokenizers.HfTokenizer(Tokenizers.BertVocabFile.ToTokenizerJson(vocabTxt, cfg), vocabTxt);
+            // BERT has no BOS/EOS: [CLS]/[SEP] come from the post-processor, never from AddBosToken or EOS-stopping.
+            var (_, _, pad, _) = Specials(cfg, gen, model, tok.TokenId, false, vocabTxt);
+            return Wrap(tok, null, new List<int>(), pad, false, vocabTxt);
+        }
+        throw new FileNotFoundException($"{modelDir}: no tokenizer.json, tokenizer.model or vocab.txt; copy the tokenizer files of the model into the folder.");
+    }
+
+    /// <summary>
+    /// tokenizer_config.json's <c>model_max_length</c> in <paramref name="modelDir"/>: the longest input the tokenizer was
+    /// made for (BERT: 512). Null when the file or the field is absent, or holds transformers' "no limit" placeholder (1e30).
+    /// </summary>
+    public static int? ReadModelMaxLength(string modelDir)
+    {
+        string path = Path.Combine(modelDir, "tokenizer_config.json");
+        if (ReadJson(path)?["model_max_length"] is not JsonValue v) return null;
+        if (v.TryGetValue<double>(out double d))
+        {
+            if (d > int.MaxValue) return null;
+            if (d >= 1 && d == Math.Floor(d)) return (int)d;
+        }
+        throw new UserInputException($"{path}: model_max_length {v.ToJsonString()} must be a positive whole number (BERT: 512).");
+    }
+
+    private static ITextTokenizer Wrap(Tokenizers.HfTokenizer tok, int? bos, List<int> eos, int? pad, bool addBos, string source)
+    {
+        pad = tok.PaddingId ?? pad;
+        if (tok.PostProcessor is null) return new HfJsonTokenizer(tok, bos, eos, pad, addBos);
+        // An encoder pads its batches, so a pair tokenizer also finds the pad token by its usual names.
+        pad ??= tok.TokenId("[PAD]") ?? tok.TokenId("<pad>");
+        return new HfPairTokenizer(tok, tok.PostProcessor, bos, eos, pad, addBos, source);
     }
 
     private static JsonObject? ReadJson(string path)
@@ -121,6 +159,25 @@ public static class TokenizerLoader
         public bool AddBosToken => addBos;
         public IReadOnlyList<int> Encode(string text) => tok.Encode(text);
         public string Decode(IEnumerable<int> ids, bool skipSpecialTokens = true) => tok.Decode(ids, skipSpecialTokens);
+    }
+
+    /// <summary>A tokenizer.json or vocab.txt tokenizer whose post-processor adds the model's specials.</summary>
+    private sealed class HfPairTokenizer(Tokenizers.HfTokenizer tok, Tokenizers.PostProcessor post, int? bos, IReadOnlyList<int> eos, int? pad, bool addBos, string source)
+        : ITextTokenizer, ISentencePairTokenizer
+    {
+        public int VocabSize => tok.VocabSize;
+        public int? BosTokenId => bos;
+        public IReadOnlyList<int> EosTokenIds => eos;
+        public int? PadTokenId => pad;
+        public bool AddBosToken => addBos;
+        public IReadOnlyList<int> Encode(string text) => tok.Encode(text);
+        public string Decode(IEnumerable<int> ids, bool skipSpecialTokens = true) => tok.Decode(ids, skipSpecialTokens);
+
+        public int PadId => pad ?? throw new UserInputException(
+            $"{source}: no pad token (no tokenizer.json padding.pad_id, no pad_token in tokenizer_config.json, no pad_token_id in config.json, no [PAD] or <pad> in the vocabulary); name one in tokenizer_config.json's pad_token.");
+
+        public EncodedInput EncodeForModel(string text, string? pair, int maxLength) =>
+            post.Encode(tok.Encode(text), pair is null ? null : tok.Encode(pair), maxLength);
     }
 
     private sealed class SentencePieceModelTokenizer(LlamaTokenizer sp, int? bos, IReadOnlyList<int> eos, int? pad, bool addBos) : ITextTokenizer

@@ -199,7 +199,7 @@ public sealed class TokenizerLoaderTests : IDisposable
     [Fact]
     public void BadFolders_GetClearErrors()
     {
-        Assert.Contains("no tokenizer.json or tokenizer.model", Assert.Throws<FileNotFoundException>(() => TokenizerLoader.Load(_dir)).Message);
+        Assert.Contains("no tokenizer.json, tokenizer.model or vocab.txt", Assert.Throws<FileNotFoundException>(() => TokenizerLoader.Load(_dir)).Message);
         string bad = Path.Combine(_dir, "bad");
         Directory.CreateDirectory(bad);
         File.WriteAllText(Path.Combine(bad, "tokenizer.json"), "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}");

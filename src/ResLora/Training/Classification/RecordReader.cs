@@ -1,0 +1,251 @@
+using System.Text;
+using System.Text.Json;
+
+namespace ResLora.Training.Classification;
+
+/// <summary>One field's value as read: its JSON kind (every TSV/CSV cell is a string) and its text.</summary>
+internal readonly record struct Cell(JsonValueKind Kind, string Text);
+
+/// <summary>One record of a data file: the line it starts on (1-based) and its fields by name, in file order.</summary>
+internal sealed record RawRecord(int Line, IReadOnlyList<KeyValuePair<string, Cell>> Fields)
+{
+    public bool TryGet(string name, out Cell cell)
+    {
+        foreach (var (k, v) in Fields)
+        {
+            if (k == name)
+            {
+                cell = v;
+                return true;
+            }
+        }
+        cell = default;
+        return false;
+    }
+
+    public string FieldNames => string.Join(", ", Fields.Select(f => f.Key));
+}
+
+/// <summary>
+/// Splits a data file into records: JSONL (one object per line), a JSON array of objects, TSV as GLUE ships it
+/// (header row, tab-separated, no quoting: a quote is an ordinary character) and CSV (header row, RFC 4180 quoting:
+/// quoted fields may hold commas, doubled quotes and line breaks). The format follows the extension; an unknown
+/// extension is read as JSON when the file starts with '[' or '{'.
+/// </summary>
+internal static class RecordReader
+{
+    public static List<RawRecord> Read(string path)
+    {
+        string text = File.ReadAllText(path);
+        string ext = Path.GetExtension(path).ToLowerInvariant();
+        string head = text.TrimStart();
+        return ext switch
+        {
+            ".tsv" => ReadDelimited(path, SplitTsv(text), "TSV"),
+            ".csv" => ReadDelimited(path, SplitCsv(path, text), "CSV"),
+            ".json" or ".jsonl" or ".ndjson" => head.StartsWith('[') ? ReadJsonArray(path, text) : ReadJsonLines(path, text),
+            _ when head.StartsWith('[') => ReadJsonArray(path, text),
+            _ when head.StartsWith('{') => ReadJsonLines(path, text),
+            _ => throw new UserInputException($"{path}: unknown data format '{ext}'; use a .jsonl, .json, .tsv or .csv file (TSV and CSV with a header row)."),
+        };
+    }
+
+    private static List<RawRecord> ReadJsonLines(string path, string text)
+    {
+        var result = new List<RawRecord>();
+        var lines = text.Split('\n');
+        for (int i = 0; i < lines.Length; i++)
+        {
+            string line = lines[i].Trim();
+            if (line.Length == 0) continue;
+            JsonElement rec;
+            try
+            {
+                using var doc = JsonDocument.Parse(line);
+                rec = doc.RootElement.Clone();
+            }
+            catch (JsonException e)
+            {
+                throw new UserInputException($"{path}:{i + 1}{Column(e)}: not valid JSON ({Reason(e)}); JSONL needs one JSON object per line.", e);
+            }
+            result.Add(FromJson(path, rec, i + 1));
+        }
+        return result;
+    }
+
+    /// <summary>A JSON array read element by element, so each record knows the line it starts on.</summary>
+    private static List<RawRecord> ReadJsonArray(string path, string text)
+    {
+        var bytes = Encoding.UTF8.GetBytes(text);
+        var result = new List<RawRecord>();
+        var reader = new Utf8JsonReader(bytes, new JsonReaderOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+        int line = 1;
+        long counted = 0;
+        try
+        {
+            reader.Read(); // the '['
+            while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+            {
+                // Count the line breaks between the previous record and this one.
+                for (long b = counted; b < reader.TokenStartIndex; b++)
+                {
+                    if (bytes[b] == (byte)'\n') line++;
+                }
+                counted = reader.TokenStartIndex;
+                using var doc = JsonDocument.ParseValue(ref reader);
+                result.Add(FromJson(path, doc.RootElement.Clone(), line));
+            }
+            if (reader.TokenType != JsonTokenType.EndArray) throw new UserInputException($"{path}: the JSON array is not closed; add the final ']'.");
+            while (reader.Read()) { } // anything after the ']' that is not white space or a comment throws
+        }
+        catch (JsonException e)
+        {
+            long at = e.LineNumber is { } l ? l + 1 : line;
+            throw new UserInputException($"{path}:{at}{Column(e)}: not valid JSON ({Reason(e)}).", e);
+        }
+        return result;
+    }
+
+    /// <summary>The parser's reason without its trailing " Path: … | LineNumber: … | BytePositionInLine: …", which the location replaces.</summary>
+    private static string Reason(JsonException e)
+    {
+        string m = e.Message;
+        int cut = m.IndexOf(" Path: ", StringComparison.Ordinal);
+        if (cut < 0) cut = m.IndexOf(" LineNumber: ", StringComparison.Ordinal);
+        return (cut < 0 ? m : m[..cut]).TrimEnd('.', ' ');
+    }
+
+    private static string Column(JsonException e) => e.BytePositionInLine is { } b ? $":{b + 1}" : "";
+
+    private static RawRecord FromJson(string path, JsonElement rec, int line)
+    {
+        if (rec.ValueKind != JsonValueKind.Object)
+            throw new UserInputException($"{path}:{line}: expected a JSON object (one record with named fields), got {rec.ValueKind.ToString().ToLowerInvariant()}.");
+        var fields = new List<KeyValuePair<string, Cell>>();
+        foreach (var p in rec.EnumerateObject())
+        {
+            var v = p.Value;
+            string text = v.ValueKind switch
+            {
+                JsonValueKind.String => v.GetString()!,
+                JsonValueKind.True => "true",
+                JsonValueKind.False => "false",
+                JsonValueKind.Null => "",
+                _ => v.GetRawText(),
+            };
+            fields.Add(new(p.Name, new Cell(v.ValueKind, text)));
+        }
+        return new RawRecord(line, fields);
+    }
+
+    /// <summary>Header row first, then one record per row; every row must have the header's number of columns.</summary>
+    private static List<RawRecord> ReadDelimited(string path, IEnumerable<(int Line, List<string> Cells)> rows, string format)
+    {
+        var result = new List<RawRecord>();
+        List<string>? header = null;
+        foreach (var (line, cells) in rows)
+        {
+            if (header is null)
+            {
+                header = cells;
+                var dup = header.GroupBy(h => h, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1);
+                if (dup is not null) throw new UserInputException($"{path}:{line}: the header row names column '{dup.Key}' twice; {format} files need a header row of distinct column names.");
+                continue;
+            }
+            if (cells.Count != header.Count)
+                throw new UserInputException($"{path}:{line}: {cells.Count} columns, but the header row (line 1) has {header.Count} ({string.Join(", ", header)}); {(format == "TSV" ? "TSV fields are split at every tab (no quoting)" : "quote a field that holds a comma")}.");
+            var fields = new List<KeyValuePair<string, Cell>>(cells.Count);
+            for (int i = 0; i < cells.Count; i++) fields.Add(new(header[i], new Cell(JsonValueKind.String, cells[i])));
+            result.Add(new RawRecord(line, fields));
+        }
+        return result;
+    }
+
+    /// <summary>GLUE's TSV: every tab separates, quotes are ordinary characters, blank lines are skipped.</summary>
+    private static IEnumerable<(int Line, List<string> Cells)> SplitTsv(string text)
+    {
+        var lines = text.Split('\n');
+        for (int i = 0; i < lines.Length; i++)
+        {
+            string line = lines[i].EndsWith('\r') ? lines[i][..^1] : lines[i];
+            if (line.Length == 0) continue;
+            yield return (i + 1, line.Split('\t').ToList());
+        }
+    }
+
+    /// <summary>
+    /// RFC 4180: commas separate fields, CRLF or LF ends a record, a field in double quotes may hold commas, line
+    /// breaks and doubled quotes (<c>""</c> is one quote). Blank lines are skipped. Each record carries the line it
+    /// starts on.
+    /// </summary>
+    private static IEnumerable<(int Line, List<string> Cells)> SplitCsv(string path, string text)
+    {
+        var cells = new List<string>();
+        var cell = new StringBuilder();
+        int line = 1, recordLine = 1;
+        int i = 0;
+        bool quoted = false; // the current cell was quoted (and is now closed)
+        while (i <= text.Length)
+        {
+            if (i == text.Length || text[i] == '\n' || (text[i] == '\r' && i + 1 < text.Length && text[i + 1] == '\n'))
+            {
+                // End of record (or of the file).
+                bool blank = cells.Count == 0 && cell.Length == 0 && !quoted;
+                if (!blank)
+                {
+                    cells.Add(cell.ToString());
+                    yield return (recordLine, cells);
+                }
+                cells = new List<string>();
+                cell.Clear();
+                quoted = false;
+                if (i == text.Length) break;
+                i += text[i] == '\r' ? 2 : 1;
+                line++;
+                recordLine = line;
+                continue;
+            }
+            char c = text[i];
+            if (c == ',')
+            {
+                cells.Add(cell.ToString());
+                cell.Clear();
+                quoted = false;
+                i++;
+                continue;
+            }
+            if (c == '"' && cell.Length == 0 && !quoted)
+            {
+                // A quoted field: read to the closing quote, keeping commas and line breaks.
+                int openLine = line;
+                i++;
+                while (true)
+                {
+                    if (i == text.Length) throw new UserInputException($"{path}:{openLine}: a quoted field is never closed; end it with '\"' (write a quote inside a field as \"\").");
+                    if (text[i] == '"')
+                    {
+                        if (i + 1 < text.Length && text[i + 1] == '"')
+                        {
+                            cell.Append('"');
+                            i += 2;
+                            continue;
+                        }
+                        i++;
+                        break;
+                    }
+                    if (text[i] == '\n') line++;
+                    cell.Append(text[i]);
+                    i++;
+                }
+                quoted = true;
+                if (i < text.Length && text[i] != ',' && text[i] != '\n' && text[i] != '\r')
+                    throw new UserInputException($"{path}:{line}: unexpected '{text[i]}' after a closing quote; a quoted field must end at a comma or the end of the line (write a quote inside a field as \"\").");
+                continue;
+            }
+            if (quoted)
+                throw new UserInputException($"{path}:{line}: unexpected '{c}' after a closing quote; a quoted field must end at a comma or the end of the line.");
+            cell.Append(c);
+            i++;
+        }
+    }
+}
