@@ -46,6 +46,17 @@ public sealed class LoadChecksTests : IDisposable
     }
 
     [Fact]
+    public void EncoderLoad_WhenTheWeightsExceedTheAvailableMemory_IsRefusedToo()
+    {
+        var (dir, _, _) = TinyEncoders.WriteFolder(Path.Combine(_dir, "bert"));
+        AvailableMemory.Override = () => new MemoryReading(1000, "a test");
+        var e = Assert.Throws<UserInputException>(() => ResLora.Models.Encoders.EncoderLoader.LoadEncoder(dir, new RuntimeOptions()).Dispose());
+        Assert.StartsWith($"{dir}: the model's weights need about", e.Message);
+        AvailableMemory.Override = null;
+        ResLora.Models.Encoders.EncoderLoader.LoadEncoder(dir, new RuntimeOptions()).Dispose();
+    }
+
+    [Fact]
     public void EstimateBytes_IsEveryWeightAtTheDtypePlusTheLargestOnce()
     {
         var expected = new Dictionary<string, long[]> { ["a"] = new long[] { 10, 4 }, ["b"] = new long[] { 6 } };

@@ -90,4 +90,21 @@ public sealed class WeightCheckTests : IDisposable
         Assert.Equal(2, resume.Rc);
         Assert.Contains($"{ckptWeights}: tensor '{key}': 1 of 256 values are NaN or infinite", resume.Err);
     }
+
+    [Fact]
+    public void Encoders_GetTheSameChecks_IntegerWeightsRefused_NaNReportedByCheckWeights()
+    {
+        const string query = "encoder.layer.1.attention.self.query.weight";
+        var (dir, _, _) = TinyEncoders.WriteFolder(Path.Combine(_dir, "bert"));
+        string file = Path.Combine(dir, "model.safetensors");
+        PoisonWithNaN(file, query, 2);
+        var report = InspectPipeline.CheckWeights(dir);
+        Assert.Equal($"{file}: tensor '{query}': 2 of 256 values are NaN or infinite", Assert.Single(report.Problems).ToString());
+        Assert.Contains("--check-weights: 1 tensor problem(s)", Assert.Throws<UserInputException>(() => InspectPipeline.RequireCleanWeights(dir)).Message);
+
+        Relabel(file, query, "F32", "I32");
+        var e = Assert.Throws<UserInputException>(() => ResLora.Models.Encoders.EncoderLoader.LoadEncoder(dir, new RuntimeOptions()).Dispose());
+        Assert.Contains($"'{query}': stored as I32", e.Message);
+        Assert.Contains(InspectPipeline.CheckWeights(dir).Problems, p => p.Tensor == query && p.Problem.StartsWith("stored as I32", StringComparison.Ordinal));
+    }
 }
