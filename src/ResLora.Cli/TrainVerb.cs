@@ -43,7 +43,7 @@ internal static class TrainVerb
         var pairField = new Option<string?>("--text-pair-field") { Description = "classify/regress: the field holding the second text of a pair (e.g. sentence2)." };
         var labelField = new Option<string>("--label-field") { Description = "classify/regress: the field holding the label (integer or string classes; a number for regress).", DefaultValueFactory = _ => "label" };
         var method = new MethodOptionSet();
-        var rt = new RuntimeOptionSet();
+        var rt = new RuntimeOptionSet(baseBits: true);
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
         foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, output, resume, seqLen, pack, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew })
             cmd.Options.Add(o);
@@ -83,6 +83,7 @@ internal static class TrainVerb
             TrainSummary summary;
             if (encoder)
             {
+                RuntimeOptionSet.RefuseBaseBits(runtime, dir);
                 var creq = new ClassifierTrainRequest
                 {
                     ModelDir = dir,

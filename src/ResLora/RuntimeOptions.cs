@@ -8,9 +8,24 @@ public sealed record RuntimeOptions
     public string Dtype { get; init; } = "float32";
     /// <summary>Torch intra-op threads; 0 leaves libtorch's default. Tests and CI use 1.</summary>
     public int Threads { get; init; }
+    /// <summary>
+    /// How the frozen base's decoder linears are stored (<c>--base-bits</c>): 16 (full precision, default), 8 (int8 per
+    /// output channel), 4 or nf4 (NF4, QLoRA's), int4 (4-bit round-to-nearest, groups of 64).
+    /// </summary>
+    public string BaseBits { get; init; } = "16";
 
     public torch.Device TorchDevice => ParseDevice(Device);
     public torch.ScalarType ScalarType => ParseDtype(Dtype, Device);
+    public BaseWeightStorage BaseStorage => ParseBaseBits(BaseBits);
+
+    public static BaseWeightStorage ParseBaseBits(string bits) => bits.Trim().ToLowerInvariant() switch
+    {
+        "16" or "32" or "none" or "" => BaseWeightStorage.Full,
+        "8" or "int8" => BaseWeightStorage.Int8,
+        "4" or "nf4" => BaseWeightStorage.Nf4,
+        "int4" => BaseWeightStorage.Int4,
+        _ => throw new UserInputException($"--base-bits {bits} is not supported; use 8 (int8, one scale per output channel), 4 or nf4 (NF4 as QLoRA: blocks of 64, double-quantized scales), int4 (4-bit round-to-nearest, groups of 64), or 16 for a full-precision base (the default)."),
+    };
 
     public static torch.Device ParseDevice(string device)
     {
@@ -39,4 +54,17 @@ public sealed record RuntimeOptions
     {
         if (Threads > 0) torch.set_num_threads(Threads);
     }
+}
+
+/// <summary>How the frozen base's decoder linear weights are held in memory (<see cref="RuntimeOptions.BaseBits"/>).</summary>
+public enum BaseWeightStorage
+{
+    /// <summary>Full-precision parameters in the runtime's dtype.</summary>
+    Full,
+    /// <summary>int8 codes, one float32 scale per output channel (~0.25× float32).</summary>
+    Int8,
+    /// <summary>NF4 codes, blocks of 64, double-quantized block scales (~0.13× float32).</summary>
+    Nf4,
+    /// <summary>4-bit round-to-nearest codes, one float32 scale per group of 64 (~0.14× float32).</summary>
+    Int4,
 }

@@ -165,32 +165,59 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         return d;
     }
 
-    /// <summary>The live base parameters by Hugging Face name (views; do not dispose).</summary>
+    /// <summary>The live base parameters by Hugging Face name (views; do not dispose). A packed base (--base-bits) has none for its linears: an error.</summary>
     public IReadOnlyDictionary<string, Parameter> BaseParameters()
     {
-        var expected = ExpectedWeights();
-        var all = named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
         var d = new Dictionary<string, Parameter>(StringComparer.Ordinal);
-        foreach (var name in expected.Keys)
-        {
-            if (!all.TryGetValue(name, out var p))
-                throw new InvalidOperationException($"model has no parameter '{name}': a linear factory must register the base weight as 'weight' (and 'bias').");
-            d[name] = p;
-        }
+        foreach (var (name, p, packed) in BaseTargets())
+            d[name] = p ?? throw new UserInputException($"'{name}' is stored packed ({packed!.Packed!.Format}, --base-bits); this needs the full-precision base weights: run it without --base-bits.");
         return d;
     }
 
-    /// <summary>Copies every base weight from <paramref name="load"/> (converted to the model's dtype and device).</summary>
+    /// <summary>The projections whose frozen weight is packed (--base-bits), by the Hugging Face name of that weight; empty for a full-precision model.</summary>
+    public IReadOnlyDictionary<string, FrozenBase> PackedBases() =>
+        named_modules().Where(m => m.module is IFrozenBaseOwner { Base.IsPacked: true })
+            .ToDictionary(m => m.name + ".weight", m => ((IFrozenBaseOwner)m.module).Base, StringComparer.Ordinal);
+
+    /// <summary>
+    /// Every base weight by Hugging Face name as a checkpoint stores it: the parameters themselves, and packed weights
+    /// dequantized to the model's dtype (with the merged ΔW once an adapter is merged). Dequantized tensors are new:
+    /// enumerate inside a dispose scope.
+    /// </summary>
+    public IEnumerable<KeyValuePair<string, Tensor>> FullPrecisionWeights()
+    {
+        foreach (var (name, p, packed) in BaseTargets())
+            yield return new(name, p ?? packed!.FullPrecisionWeight());
+    }
+
+    /// <summary>Each expected base weight: its parameter, or the packed base of its projection.</summary>
+    private IEnumerable<(string Name, Parameter? Param, FrozenBase? Packed)> BaseTargets()
+    {
+        var packed = PackedBases();
+        var all = named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
+        var list = new List<(string, Parameter?, FrozenBase?)>();
+        foreach (var name in ExpectedWeights().Keys)
+        {
+            if (packed.TryGetValue(name, out var b)) list.Add((name, null, b));
+            else if (all.TryGetValue(name, out var p)) list.Add((name, p, null));
+            else throw new InvalidOperationException($"model has no parameter '{name}': a linear factory must register the base weight as 'weight' (and 'bias').");
+        }
+        return list;
+    }
+
+    /// <summary>Copies every base weight from <paramref name="load"/> (converted to the model's dtype and device; packed weights are quantized one at a time).</summary>
     public void LoadWeights(Func<string, Tensor> load)
     {
         using var noGrad = torch.no_grad();
-        foreach (var (name, p) in BaseParameters())
+        foreach (var (name, p, packed) in BaseTargets())
         {
             using var scope = torch.NewDisposeScope();
             var src = load(name);
-            if (!src.shape.SequenceEqual(p.shape))
-                throw new UserInputException($"tensor '{name}' has shape [{string.Join(", ", src.shape)}] but the model expects [{string.Join(", ", p.shape)}].");
-            p.copy_(src.to(p.dtype, p.device));
+            long[] shape = p?.shape ?? new long[] { packed!.Spec.OutFeatures, packed.Spec.InFeatures };
+            if (!src.shape.SequenceEqual(shape))
+                throw new UserInputException($"tensor '{name}' has shape [{string.Join(", ", src.shape)}] but the model expects [{string.Join(", ", shape)}].");
+            if (p is not null) p.copy_(src.to(p.dtype, p.device));
+            else packed!.Packed!.Pack(src);
         }
     }
 
@@ -202,13 +229,19 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     {
         using var noGrad = torch.no_grad();
         using var gen = new torch.Generator((ulong)seed);
-        foreach (var (name, p) in BaseParameters())
+        foreach (var (name, p, packed) in BaseTargets())
         {
-            if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(1.0);
-            else if (name.EndsWith(".bias", StringComparison.Ordinal)) p.zero_();
+            if (packed is not null)
+            {
+                // The same draws as a full-precision model of the same seed, then packed: the quantized twin of that model.
+                using var r = torch.randn(new long[] { packed.Spec.OutFeatures, packed.Spec.InFeatures }, dtype: ScalarType.Float32, generator: gen) * std;
+                packed.Packed!.Pack(r);
+            }
+            else if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p!.fill_(1.0);
+            else if (name.EndsWith(".bias", StringComparison.Ordinal)) p!.zero_();
             else
             {
-                using var r = torch.randn(p.shape, dtype: ScalarType.Float32, generator: gen) * std;
+                using var r = torch.randn(p!.shape, dtype: ScalarType.Float32, generator: gen) * std;
                 p.copy_(r.to(p.dtype, p.device));
             }
         }

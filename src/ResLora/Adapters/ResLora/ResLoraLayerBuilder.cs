@@ -152,7 +152,7 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
             if (wNorm.TryGetValue(l, out var v)) return v;
             using var scope = torch.NewDisposeScope();
             using var _ = torch.no_grad();
-            var w = l.Weight.detach().to_type(ScalarType.Float32) + LowRank.Product(l.LoraB, l.LoraA).mul(l.Scaling);
+            var w = l.Base.Weight32() + LowRank.Product(l.LoraB, l.LoraA).mul(l.Scaling);
             return wNorm[l] = w.norm().item<float>();
         }
         static double Ratio(double num, double den) => num > 0 && den > 0 ? num / den : 1.0;

@@ -44,7 +44,7 @@ public sealed class ResLoraLinear : LowRankLinear
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        Tensor result = nn.functional.linear(x, weight, bias);
+        Tensor result = BaseForward(x);
         if (IsMerged) return scope.MoveToOuter(result);
         // Outside a model forward (a standalone layer) only a chain start can run: it needs nothing from other layers.
         var ctx = _owner.Current;
