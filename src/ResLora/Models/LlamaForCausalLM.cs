@@ -37,6 +37,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     [ComponentName(Name = "lm_head")] private readonly nn.Module<Tensor, Tensor>? _lmHead;
     private readonly Rotary _rotary;
     private readonly IForwardLifecycle? _lifecycle;
+    private bool _checkpointing;
 
     public ModelConfig Config { get; }
     public ScalarType Dtype { get; }
@@ -61,6 +62,22 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
 
     public LlamaModel Model => _model;
     public IReadOnlyList<LlamaDecoderLayer> Layers => _model.Layers;
+
+    /// <summary>
+    /// Activation checkpointing per decoder layer (<c>--grad-checkpoint</c>): while training with gradients on, each layer
+    /// keeps only its input and is recomputed in backward (<see cref="DecoderLayerCheckpoint"/>). Turning it on is refused
+    /// when the factory's modules cannot be recomputed one layer at a time (<see cref="ICheckpointSupport"/>).
+    /// </summary>
+    public bool GradientCheckpointing
+    {
+        get => _checkpointing;
+        set
+        {
+            if (value && Factory is ICheckpointSupport { CheckpointRefusal: { } why })
+                throw new UserInputException($"--grad-checkpoint: {why}");
+            _checkpointing = value;
+        }
+    }
 
     /// <summary>Logits (batch, seq, vocab) for token ids (batch, seq), no padding, no cache.</summary>
     public override Tensor forward(Tensor inputIds) => Forward(inputIds, null, null);
@@ -88,7 +105,12 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         Tensor? mask = BuildMask(attentionMask, b, t, past);
 
         var h = _model.EmbedTokens.call(inputIds); // (batch, seq, hidden)
-        foreach (var layer in _model.Layers) h = layer.Forward(h, cos, sin, mask, cache);
+        bool recompute = _checkpointing && training && torch.is_grad_enabled() && cache is null;
+        // A checkpointed layer passes gradients to its parameters only if its input requires grad; the embeddings are
+        // frozen, so the first layer's input is made a leaf that does (transformers' enable_input_require_grads).
+        if (recompute && !h.requires_grad) h = h.detach().requires_grad_(true);
+        foreach (var layer in _model.Layers)
+            h = recompute ? DecoderLayerCheckpoint.Run(layer, h, cos, sin, mask) : layer.Forward(h, cos, sin, mask, cache);
         return scope.MoveToOuter(_model.Norm.call(h));
     }
 

@@ -5,7 +5,7 @@ using TorchSharp;
 
 namespace ResLora.Tests.Cli;
 
-/// <summary>The large-model flags from the command line on a tiny model: a packed base (--base-bits) for train, merge, eval and generate.</summary>
+/// <summary>The large-model flags from the command line on a tiny model: a packed base (--base-bits) for train, merge, eval and generate; --grad-checkpoint.</summary>
 [Collection("console")]
 public sealed class LargeModelCliTests : IDisposable
 {
@@ -74,6 +74,29 @@ public sealed class LargeModelCliTests : IDisposable
         var ev = Run(new[] { "eval", "--model", model, "--adapter", adapter, "--data", data, "--base-bits", "8", "--accuracy-examples", "2", "--max-new-tokens", "2" }.Concat(Template).ToArray());
         Assert.True(ev.Rc == 0, ev.Err);
         Assert.Contains("perplexity", ev.Out);
+    }
+
+    [Fact]
+    public void GradCheckpoint_TrainsTheSameLosses_AndRefusesResLoraIs()
+    {
+        string model = ModelFolder(), data = Data("train.jsonl", 16, 1);
+        string[] Train(string outDir, params string[] extra) => new[] { "train", "--model", model, "--data", data, "--method", "lora", "--targets", "all-linear", "--dropout", "0.1",
+            "--steps", "3", "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", "0", "--log-every", "1", "--out", outDir, "--threads", "1" }.Concat(Template).Concat(extra).ToArray();
+        string plain = Path.Combine(_dir, "plain"), ckpt = Path.Combine(_dir, "ckpt");
+        var a = Run(Train(plain));
+        var b = Run(Train(ckpt, "--grad-checkpoint"));
+        Assert.True(a.Rc == 0, a.Err);
+        Assert.True(b.Rc == 0, b.Err);
+        static IEnumerable<double> Losses(string dir) => File.ReadAllLines(Path.Combine(dir, "metrics.jsonl"))
+            .Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement).Where(e => e.TryGetProperty("loss", out _)).Select(e => e.GetProperty("loss").GetDouble());
+        Assert.Equal(3, Losses(plain).Count());
+        Assert.Equal(Losses(plain), Losses(ckpt)); // recomputation with dropout replays the same masks: identical training
+
+        string bad = Path.Combine(_dir, "bad");
+        var r = Run(new[] { "train", "--model", model, "--data", data, "--method", "reslora", "--grad-checkpoint", "--out", bad }.Concat(Template).ToArray());
+        Assert.Equal(2, r.Rc);
+        Assert.Contains("error: --grad-checkpoint: ResLoRA's is structure passes live tensors", r.Err);
+        Assert.False(Directory.Exists(bad), "nothing is written before the combination is refused");
     }
 
     [Fact]

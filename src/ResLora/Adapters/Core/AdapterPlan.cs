@@ -28,7 +28,7 @@ public sealed record PlanDecision(LinearSpec Spec, bool Adapted, string Method, 
 /// Construction-time targeting (peft-format.md §2.3): decides for every projection the model asks for whether it
 /// gets the config's adapter layer (with per-module r/α from rank_pattern/alpha_pattern) or stays a frozen nn.Linear.
 /// </summary>
-public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle
+public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle, ICheckpointSupport
 {
     private readonly List<PlanDecision> _decisions = new();
     private readonly object _gate = new();
@@ -105,6 +105,9 @@ public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle
         foreach (var p in lin.parameters()) p.requires_grad = false;
         return lin;
     }
+
+    /// <summary>Why the method's layers cannot be recomputed one decoder layer at a time (ResLoRA is/ms), or null.</summary>
+    public string? CheckpointRefusal => Builder is ICheckpointSupport c ? c.CheckpointRefusal : null;
 
     /// <summary>Starts a per-forward context in the method's builder when it has one (ResLoRA); otherwise a no-op.</summary>
     public IDisposable BeginForward() => Builder is IForwardLifecycle f ? f.BeginForward() : NoOp.Instance;
