@@ -30,7 +30,7 @@ internal sealed class RuntimeOptionSet(bool baseBits = false)
         _ = o.TorchDevice;
         _ = o.ScalarType;
         _ = o.BaseStorage;
-        return o;
+        return o.ForThisMachine(w => Console.Error.WriteLine($"warning: {w}"));
     }
 
     /// <summary>Refuses --base-bits for a model it does not apply to (BERT-family encoders keep full-precision bases).</summary>
