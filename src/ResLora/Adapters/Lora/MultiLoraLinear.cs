@@ -104,17 +104,22 @@ public sealed class MultiLoraLinear : nn.Module<Tensor, Tensor>
         foreach (var (slot, rows) in mine)
         {
             Tensor xs = rows is null ? x : x.index_select(0, rows); // (rows, seq, in)
-            Tensor xa = xs.to_type(AdapterDtype);
-            Tensor lora = nn.functional.linear(nn.functional.linear(xa, slot.A), slot.B); // (rows, seq, out)
-            Tensor delta;
+            Tensor xa = xs.dtype == AdapterDtype ? xs : xs.to_type(AdapterDtype);
+            Tensor lora = nn.functional.linear(nn.functional.linear(xa, slot.A), slot.B); // B A x, (rows, seq, out)
             if (slot.DoraScale is { } c)
             {
-                Tensor b0 = (rows is null ? baseOut! : baseOut!.index_select(0, rows)).to_type(AdapterDtype);
-                delta = c.sub(1).mul(b0).add(c.mul(lora).mul(slot.Scaling));
+                Tensor b0 = rows is null ? baseOut! : baseOut!.index_select(0, rows);
+                if (b0.dtype != AdapterDtype) b0 = b0.to_type(AdapterDtype);
+                Tensor delta = c.sub(1).mul(b0).add(c.mul(lora).mul(slot.Scaling));
+                if (delta.dtype != y.dtype) delta = delta.to_type(y.dtype);
+                y = rows is null ? y.add(delta) : y.index_add(0, rows, delta, 1);
             }
-            else delta = lora.mul(slot.Scaling);
-            delta = delta.to_type(y.dtype);
-            y = rows is null ? y.add(delta) : y.index_add(0, rows, delta, 1);
+            else
+            {
+                // s is applied by the add itself (alpha): one kernel less per adapter and projection.
+                if (lora.dtype != y.dtype) lora = lora.to_type(y.dtype);
+                y = rows is null ? y.add(lora, slot.Scaling) : y.index_add(0, rows, lora, slot.Scaling);
+            }
         }
         return scope.MoveToOuter(y);
     }
