@@ -26,13 +26,16 @@ public enum CombinationType
 /// <summary>PEFT's <c>majority_sign_method</c> for TIES: the sign of the summed values, or of the summed signs.</summary>
 public enum MajoritySign
 {
+    /// <summary>The sign of Σ tᵢ per entry (PEFT's default).</summary>
     Total,
+    /// <summary>The sign of Σ sign(tᵢ) per entry.</summary>
     Frequency,
 }
 
 /// <summary>Options of a combination (PEFT's add_weighted_adapter arguments).</summary>
 public sealed record CombineOptions
 {
+    /// <summary>The combination type (PEFT's combination_type; its default is svd).</summary>
     public CombinationType How { get; init; } = CombinationType.Svd;
 
     /// <summary>svd: the rank of the result; default the largest input rank (PEFT's svd_rank=None).</summary>

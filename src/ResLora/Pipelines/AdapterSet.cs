@@ -165,5 +165,6 @@ public sealed class AdapterSet : IDisposable
         return outputs;
     }
 
+    /// <summary>Frees the model and every adapter's tensors.</summary>
     public void Dispose() => Model.Dispose();
 }

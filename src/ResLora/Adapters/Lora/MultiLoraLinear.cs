@@ -88,6 +88,7 @@ public sealed class MultiLoraLinear : nn.Module<Tensor, Tensor>
         if (_slots.Remove(name, out var s)) s.Dispose();
     }
 
+    /// <summary>y = W₀x + b plus, for every adapter the current forward applies here, its term on its rows; x is (batch, ..., in).</summary>
     public override Tensor forward(Tensor x)
     {
         var groups = _plan.CurrentGroups(x.shape[0]);

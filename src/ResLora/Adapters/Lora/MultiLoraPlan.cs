@@ -23,7 +23,8 @@ public sealed record LoraPairView(string Module, Tensor A, Tensor B, double Scal
 /// vector). Which adapter a forward uses is either the <see cref="Active"/> one for the whole batch, or, inside
 /// <see cref="Route"/>, one per batch row. Targeting follows each adapter's config exactly as a single-adapter model
 /// would (<see cref="AdapterPlan.Decide"/>: target_modules, exclude_modules, layers_to_transform, rank/alpha patterns).
-/// Not thread-safe for forwards: run one forward at a time (adding, removing and switching are locked).
+/// Forwards are not thread-safe: run one forward at a time, and add or remove adapters only between forwards (adding,
+/// removing and switching lock against each other, and refuse while a routed forward is running).
 /// </summary>
 public sealed class MultiLoraPlan : ILinearFactory
 {
@@ -38,6 +39,7 @@ public sealed class MultiLoraPlan : ILinearFactory
     private string? _active;
     private RouteScope? _route;
 
+    /// <summary>Builds the projection as a <see cref="MultiLoraLinear"/> with no adapter yet.</summary>
     public nn.Module<Tensor, Tensor> Create(LinearSpec spec, ScalarType dtype, Device device)
     {
         var layer = new MultiLoraLinear(spec, dtype, device, this);
