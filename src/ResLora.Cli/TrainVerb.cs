@@ -24,6 +24,7 @@ internal static class TrainVerb
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace what --out holds (an adapter folder, or a previous run's checkpoint, metrics and summary) instead of refusing." };
         var seqLen = new Option<int?>("--seq-len") { Description = "Longest sequence in tokens; longer examples are cut (default: 256 or the model's max_position_embeddings if smaller)." };
         var pack = new Option<bool>("--pack") { Description = "Pack examples into full --seq-len sequences instead of padding each." };
+        var gradCheckpoint = new Option<bool>("--grad-checkpoint") { Description = "Activation checkpointing per decoder layer: keeps one input per layer instead of every activation, recomputes each layer in backward (its forward runs twice). Exact with dropout; refused for ResLoRA is/ms." };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps (0: use --epochs).", DefaultValueFactory = _ => 200 };
         var epochs = new Option<double>("--epochs") { Description = "Epochs over the training data when --steps is 0.", DefaultValueFactory = _ => 0 };
         var batch = new Option<int>("--batch-size") { Description = "Sequences per micro-batch.", DefaultValueFactory = _ => 8 };
@@ -39,15 +40,15 @@ internal static class TrainVerb
         var saveEvery = new Option<int>("--save-every") { Description = "Checkpoint every N steps (0 = only at the end).", DefaultValueFactory = _ => 50 };
         var evalExamples = new Option<int>("--eval-generate") { Description = "Examples whose answers are generated for exact-match accuracy at each evaluation (0 = off).", DefaultValueFactory = _ => 64 };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Longest generated answer during evaluation.", DefaultValueFactory = _ => 16 };
-        var checkWeights = new Option<bool>("--check-weights") { Description = "Read every base weight once before training and refuse NaN/infinite values or integer-typed weights (as inspect --check; adapter tensors are always checked)." };
         var task = new Option<string?>("--task") { Description = "What to train: omitted for a causal LM (LLaMA family); classify or regress for a BERT-family encoder (a sequence-classification head, saved with the adapter)." };
         var textField = new Option<string?>("--text-field") { Description = "classify/regress: the field (or TSV/CSV column) holding the text (default: text, sentence or sentence1)." };
         var pairField = new Option<string?>("--text-pair-field") { Description = "classify/regress: the field holding the second text of a pair (e.g. sentence2)." };
         var labelField = new Option<string>("--label-field") { Description = "classify/regress: the field holding the label (integer or string classes; a number for regress).", DefaultValueFactory = _ => "label" };
+        var checkWeights = new Option<bool>("--check-weights") { Description = "Read every base weight once before training and refuse NaN/infinite values or integer-typed weights (as inspect --check; adapter tensors are always checked)." };
         var method = new MethodOptionSet();
-        var rt = new RuntimeOptionSet();
+        var rt = new RuntimeOptionSet(baseBits: true);
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
-        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, output, resume, overwrite, seqLen, pack, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
+        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
@@ -86,6 +87,8 @@ internal static class TrainVerb
             TrainSummary summary;
             if (encoder)
             {
+                RuntimeOptionSet.RefuseBaseBits(runtime, dir);
+                if (r.GetValue(gradCheckpoint)) throw new UserInputException($"--grad-checkpoint recomputes LLaMA-family decoder layers; {dir} is a BERT-family encoder. Drop --grad-checkpoint.");
                 var creq = new ClassifierTrainRequest
                 {
                     ModelDir = dir,
@@ -125,6 +128,7 @@ internal static class TrainVerb
                     Overwrite = r.GetValue(overwrite),
                     SeqLen = r.GetValue(seqLen),
                     Pack = r.GetValue(pack),
+                    GradCheckpoint = r.GetValue(gradCheckpoint),
                     Train = trainOptions,
                 };
                 summary = ProgressDisplay.Run($"train {req.Method.Method}", obs => FineTuning.Run(req, obs));
