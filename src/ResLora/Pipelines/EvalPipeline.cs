@@ -32,7 +32,7 @@ public static class EvalPipeline
         if (req.BatchSize < 1) throw new UserInputException($"--batch-size must be at least 1, got {req.BatchSize}.");
         if (req.SeqLen < 2) throw new UserInputException($"--seq-len must be at least 2, got {req.SeqLen}.");
         req.Quantize.Validate();
-        var examples = DataSet.Load(req.DataPath, req.Templates);
+        var examples = DataSet.Load(req.DataPath, req.Templates.ForModel(req.ModelDir));
         var tokenizer = TokenizerLoader.Load(req.ModelDir);
         using var model = ModelSessions.Load(req.ModelDir, req.AdapterDir, req.Runtime, warn);
         IDisposable? quant = null;
