@@ -2,27 +2,42 @@ using System.CommandLine;
 
 namespace ResLora.Cli;
 
-/// <summary>Options several verbs share: the runtime (device, dtype, threads) and the model folder.</summary>
-internal sealed class RuntimeOptionSet
+/// <summary>
+/// Options several verbs share: the runtime (device, dtype, threads; with <c>baseBits</c>, the packed base of
+/// <c>--base-bits</c>) and the model folder.
+/// </summary>
+internal sealed class RuntimeOptionSet(bool baseBits = false)
 {
     public Option<string> Device { get; } = new("--device") { Description = "cpu (default), cuda or cuda:N (needs TorchSharp's CUDA package).", DefaultValueFactory = _ => "cpu" };
     public Option<string> Dtype { get; } = new("--dtype") { Description = "float32 (default, the reference path) or bfloat16.", DefaultValueFactory = _ => "float32" };
     public Option<int> Threads { get; } = new("--threads") { Description = "Torch threads (0 = libtorch's default).", DefaultValueFactory = _ => 0 };
+    public Option<string>? BaseBits { get; } = baseBits
+        ? new("--base-bits") { Description = "Keep the frozen base's decoder linears packed, dequantized per matmul: 8 (int8, a scale per output channel), 4 = nf4 (NF4 as QLoRA: blocks of 64, double-quantized scales), int4 (4-bit round-to-nearest, groups of 64), 16 (full precision, default). Adapters stay float32; merge writes full-precision weights.", DefaultValueFactory = _ => "16" }
+        : null;
 
     public void AddTo(Command cmd)
     {
         cmd.Options.Add(Device);
         cmd.Options.Add(Dtype);
         cmd.Options.Add(Threads);
+        if (BaseBits is not null) cmd.Options.Add(BaseBits);
     }
 
     public RuntimeOptions Read(ParseResult r)
     {
-        var o = new RuntimeOptions { Device = r.GetValue(Device)!, Dtype = r.GetValue(Dtype)!, Threads = r.GetValue(Threads) };
+        var o = new RuntimeOptions { Device = r.GetValue(Device)!, Dtype = r.GetValue(Dtype)!, Threads = r.GetValue(Threads), BaseBits = BaseBits is null ? "16" : r.GetValue(BaseBits)! };
         if (o.Threads < 0) throw new UserInputException($"--threads must be 0 or more, got {o.Threads}.");
         _ = o.TorchDevice;
         _ = o.ScalarType;
-        return o;
+        _ = o.BaseStorage;
+        return o.ForThisMachine(w => Console.Error.WriteLine($"warning: {w}"));
+    }
+
+    /// <summary>Refuses --base-bits for a model it does not apply to (BERT-family encoders keep full-precision bases).</summary>
+    public static void RefuseBaseBits(RuntimeOptions o, string what)
+    {
+        if (o.BaseStorage != BaseWeightStorage.Full)
+            throw new UserInputException($"--base-bits {o.BaseBits} packs the bases of LLaMA-family decoders; {what} is a BERT-family encoder, whose base stays full precision. Drop --base-bits.");
     }
 }
 

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using ResLora.Bench;
 using ResLora.Demo;
 using ResLora.Training;
 using Spectre.Console;
@@ -17,8 +18,10 @@ internal static class DemoVerb
         var steps = new Option<int?>("--steps") { Description = "Fine-tuning steps per run (default 150; quick 30)." };
         var seed = new Option<long?>("--seed") { Description = "Seed of the fine-tuning runs and the task split (default 7); the base model is shared." };
         var threads = new Option<int>("--threads") { Description = "Torch threads (0 = libtorch's default).", DefaultValueFactory = _ => 0 };
+        var task = new Option<string>("--task") { Description = "all: the causal-LM story, then (outside --quick) a real pretrained encoder (MiniLM) classifying sentences with LoRA vs ResLoRA, merged; lm or nlu: one part only.", DefaultValueFactory = _ => "all" };
+        var nluSteps = new Option<int>("--nlu-steps") { Description = "Fine-tuning steps of each NLU run.", DefaultValueFactory = _ => 60 };
         var cmd = new Command("demo", "The whole story on an embedded default: pre-train a small model (once, cached), fine-tune it with every method on held-out problems, compare, plot, merge and generate.");
-        foreach (var o in new Option[] { quick, output, cache, methods, steps, seed, threads }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { quick, output, cache, methods, steps, seed, threads, task, nluSteps }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             int th = r.GetValue(threads);
@@ -34,9 +37,26 @@ internal static class DemoVerb
                 Runtime = new RuntimeOptions { Threads = th },
             };
             if (o.Steps < 1) throw new UserInputException($"--steps must be at least 1, got {o.Steps}.");
-            var log = new LineLog();
-            var result = ProgressDisplay.Run("demo", obs => DemoRunner.Run(o, new Tee(obs, log), null));
-            Print(result);
+            string part = r.GetValue(task)!.Trim().ToLowerInvariant();
+            if (part is not ("all" or "lm" or "nlu")) throw new UserInputException($"--task '{part}' is not known; use all, lm or nlu.");
+            if (part == "nlu" && r.GetValue(quick)) throw new UserInputException("--task nlu has no --quick form (it fine-tunes a real 22 M-parameter encoder); drop --quick.");
+            if (part != "nlu")
+            {
+                var log = new LineLog();
+                var result = ProgressDisplay.Run("demo", obs => DemoRunner.Run(o, new Tee(obs, log), null));
+                Print(result);
+            }
+            if (part == "nlu" || (part == "all" && !r.GetValue(quick)))
+            {
+                if (MiniLmAssets.AssemblyPath() is null && part == "all")
+                {
+                    Console.Out.WriteLine($"(the NLU part needs {MiniLmAssets.AssemblyFile}, which the source build copies beside the CLI; skipped)");
+                    return 0;
+                }
+                if (th > 0) new RuntimeOptions { Threads = th }.Apply();
+                var nlu = DemoNlu.Run(outDir, o.CacheRoot ?? DemoBaseModel.DefaultCacheRoot(), r.GetValue(nluSteps), m => Console.Error.WriteLine(m));
+                PrintNlu(nlu);
+            }
             return 0;
         }));
         return cmd;
@@ -57,6 +77,16 @@ internal static class DemoVerb
             Console.Out.WriteLine($"  {(a.Correct ? "right" : "wrong")}: {a.Prompt.Replace("\n", " ").Trim()} → {a.Answer.Trim()}   (reference: {a.Reference.Trim()})");
         Console.Out.WriteLine($"merged model on {r.Answers.Count} held-out questions: {r.Answers.Count(a => a.Correct)} right ({F(r.AnswerAccuracy, "P0")})");
         Console.Out.WriteLine($"report: {r.ReportPath}   plot: {r.PlotPath}   ({r.WallSeconds:0} s)");
+    }
+
+    private static void PrintNlu(DemoNluResult r)
+    {
+        Console.Out.WriteLine();
+        Console.Out.WriteLine("a real pretrained encoder (all-MiniLM-L6-v2) learns sentiment; accuracy on sentences whose opinion words it never saw in fine-tuning:");
+        Console.Out.Write(r.Table);
+        Console.Out.WriteLine($"the merged {r.MergedMethod} classifier ({r.MergedDir}) on held-out sentences:");
+        foreach (var e in r.Examples)
+            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {(e.Gold == e.Predicted ? "right" : "wrong")}: \"{e.Text}\" → {e.Predicted} ({e.Probability:P0})   (reference: {e.Gold})"));
     }
 
     private sealed class LineLog : ITrainObserver

@@ -29,7 +29,7 @@ internal static class EvalVerb
         var textField = new Option<string?>("--text-field") { Description = "Encoders: the text field (default: the one the adapter was trained on)." };
         var pairField = new Option<string?>("--text-pair-field") { Description = "Encoders: the second text's field (default: the one the adapter was trained on)." };
         var labelField = new Option<string?>("--label-field") { Description = "Encoders: the label field (default: the one the adapter was trained on)." };
-        var rt = new RuntimeOptionSet();
+        var rt = new RuntimeOptionSet(baseBits: true);
         var cmd = new Command("eval", "Loss, perplexity and exact-match accuracy of a causal LM (optionally with an adapter) on a data set; for a BERT-family classifier: accuracy, F1, Matthews correlation (or Pearson/Spearman for regression) and per-example predictions.");
         foreach (var o in new Option[] { model, adapter, data, promptTemplate, completionTemplate, seqLen, batch, maxNew, limit, wbits, abits, wquant, calib, predictions, textField, pairField, labelField }) cmd.Options.Add(o);
         rt.AddTo(cmd);
@@ -37,8 +37,11 @@ internal static class EvalVerb
         {
             string modelDir = CliPaths.ModelDir(r.GetValue(model));
             if (Classification.IsEncoderFolder(modelDir))
+            {
+                RuntimeOptionSet.RefuseBaseBits(rt.Read(r), modelDir);
                 return EvalClassifier(modelDir, r.GetValue(adapter), r.GetValue(data)!, r.GetValue(batch), r.GetValue(predictions), rt.Read(r),
                     new LabelledDataOptions { TextField = r.GetValue(textField), PairField = r.GetValue(pairField), LabelField = r.GetValue(labelField) ?? "label" }, r.GetValue(labelField) is not null);
+            }
             if (r.GetValue(predictions) is not null)
                 throw new UserInputException("--predictions is written for BERT-family classifiers; for a causal LM use reslora generate.");
             var res = EvalPipeline.Run(new EvalRequest

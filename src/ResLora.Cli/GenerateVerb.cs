@@ -17,7 +17,7 @@ internal static class GenerateVerb
         var topK = new Option<int>("--top-k") { Description = "Sample among the k most likely tokens (0 = off).", DefaultValueFactory = _ => 0 };
         var topP = new Option<double>("--top-p") { Description = "Nucleus sampling mass (1 = off).", DefaultValueFactory = _ => 1.0 };
         var seed = new Option<long>("--seed") { Description = "Sampling seed.", DefaultValueFactory = _ => 0L };
-        var rt = new RuntimeOptionSet();
+        var rt = new RuntimeOptionSet(baseBits: true);
         var cmd = new Command("generate", "Generate a continuation of a prompt; writes only the generated text to stdout.");
         foreach (var o in new Option[] { model, adapter, prompt, maxNew, temperature, topK, topP, seed }) cmd.Options.Add(o);
         rt.AddTo(cmd);

@@ -17,7 +17,7 @@ internal static class MergeVerb
         var probe = new Option<string?>("--probe") { Description = "Text whose logits are compared merged vs unmerged (default: a fixed sentence)." };
         var merge = new Option<string?>("--merge") { Description = "How to merge: auto (every method: its best merge; ResLoRA is/ms try bi, bw or a, and ls, keeping the one closest to the unmerged model on held-out text) or, for ResLoRA, bi, bw, a (ms A-merge) or ls (least-squares fold on calibration text); default: the adapter's saved choice." };
         var folding = new FoldingOptionSet();
-        var rt = new RuntimeOptionSet();
+        var rt = new RuntimeOptionSet(baseBits: true);
         var cmd = new Command("merge", "Fold an adapter into the base weights and write a complete Hugging Face model folder; reports the merged-vs-unmerged logit difference.");
         foreach (var o in new Option[] { model, adapter, output, probe, merge }) cmd.Options.Add(o);
         folding.AddTo(cmd);
@@ -29,6 +29,7 @@ internal static class MergeVerb
             string text = r.GetValue(probe) ?? "The quick brown fox jumps over the lazy dog. 12 + 30 = 42.";
             if (Classification.IsEncoderFolder(dir))
             {
+                RuntimeOptionSet.RefuseBaseBits(runtime, dir);
                 var (_, pairs) = Classification.LoadTokenizer(dir);
                 var check = new[] { new EncodedExample(pairs.EncodeForModel(text, null, 128), 0, 0f) };
                 double diff = Classification.Merge(dir, r.GetValue(adapter)!, r.GetValue(output)!, runtime, check);
@@ -42,6 +43,7 @@ internal static class MergeVerb
             var options = new MergeOptions { MergeKind = r.GetValue(merge), Texts = folding.Read(r), DistillSteps = r.GetValue(folding.Distill), DistillLearningRate = r.GetValue(folding.DistillLr) };
             var report = MergePipeline.MergeToFolder(dir, r.GetValue(adapter)!, r.GetValue(output)!, runtime, probeIds, options, w => Console.Error.WriteLine($"note: {w}"));
             Console.Out.WriteLine($"merged {report.MergedModules} {report.Method} modules into {report.OutDir}");
+            if (report.QuantizedBase is { } q) Console.Out.WriteLine($"quantized base: {q}");
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"merged vs unmerged logits on the probe ({ids.Length} tokens): max |Δ| {report.MaxAbsDiff:0.###e0}, mean |Δ| {report.MeanAbsDiff:0.###e0} (largest logit {report.LogitScale:0.###})"));
             Console.Out.WriteLine(FoldingOptionSet.HeldOutLine(report.HeldOut, report.HeldOutSource));

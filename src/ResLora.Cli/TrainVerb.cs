@@ -23,6 +23,7 @@ internal static class TrainVerb
         var resume = new Option<bool>("--resume") { Description = "Continue the run in --out from its last checkpoint." };
         var seqLen = new Option<int?>("--seq-len") { Description = "Longest sequence in tokens; longer examples are cut (default: 256 or the model's max_position_embeddings if smaller)." };
         var pack = new Option<bool>("--pack") { Description = "Pack examples into full --seq-len sequences instead of padding each." };
+        var gradCheckpoint = new Option<bool>("--grad-checkpoint") { Description = "Activation checkpointing per decoder layer: keeps one input per layer instead of every activation, recomputes each layer in backward (its forward runs twice). Exact with dropout; refused for ResLoRA is/ms." };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps (0: use --epochs).", DefaultValueFactory = _ => 200 };
         var epochs = new Option<double>("--epochs") { Description = "Epochs over the training data when --steps is 0.", DefaultValueFactory = _ => 0 };
         var batch = new Option<int>("--batch-size") { Description = "Sequences per micro-batch.", DefaultValueFactory = _ => 8 };
@@ -43,9 +44,9 @@ internal static class TrainVerb
         var pairField = new Option<string?>("--text-pair-field") { Description = "classify/regress: the field holding the second text of a pair (e.g. sentence2)." };
         var labelField = new Option<string>("--label-field") { Description = "classify/regress: the field holding the label (integer or string classes; a number for regress).", DefaultValueFactory = _ => "label" };
         var method = new MethodOptionSet();
-        var rt = new RuntimeOptionSet();
+        var rt = new RuntimeOptionSet(baseBits: true);
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
-        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, output, resume, seqLen, pack, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew })
+        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, output, resume, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew })
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
@@ -62,27 +63,29 @@ internal static class TrainVerb
             if (!encoder && taskName is "classify" or "regress")
                 throw new UserInputException($"--task {taskName} needs a BERT-family encoder (model_type bert, roberta or xlm-roberta in config.json); {dir} is not one.");
             var trainOptions = new TrainOptions
-                {
-                    Steps = r.GetValue(steps),
-                    Epochs = r.GetValue(epochs),
-                    BatchSize = r.GetValue(batch),
-                    GradAccum = r.GetValue(accum),
-                    LearningRate = r.GetValue(lr),
-                    WeightDecay = r.GetValue(wd),
-                    WarmupSteps = r.GetValue(warmup),
-                    Schedule = r.GetValue(schedule)!,
-                    MaxGradNorm = r.GetValue(clip),
-                    Seed = r.GetValue(seed),
-                    LogEvery = r.GetValue(logEvery),
-                    EvalEvery = r.GetValue(evalEvery),
-                    SaveEvery = r.GetValue(saveEvery),
-                    EvalGenerateExamples = r.GetValue(evalExamples),
-                    MaxNewTokens = r.GetValue(maxNew),
-                };
+            {
+                Steps = r.GetValue(steps),
+                Epochs = r.GetValue(epochs),
+                BatchSize = r.GetValue(batch),
+                GradAccum = r.GetValue(accum),
+                LearningRate = r.GetValue(lr),
+                WeightDecay = r.GetValue(wd),
+                WarmupSteps = r.GetValue(warmup),
+                Schedule = r.GetValue(schedule)!,
+                MaxGradNorm = r.GetValue(clip),
+                Seed = r.GetValue(seed),
+                LogEvery = r.GetValue(logEvery),
+                EvalEvery = r.GetValue(evalEvery),
+                SaveEvery = r.GetValue(saveEvery),
+                EvalGenerateExamples = r.GetValue(evalExamples),
+                MaxNewTokens = r.GetValue(maxNew),
+            };
             string outDir = r.GetValue(output)!;
             TrainSummary summary;
             if (encoder)
             {
+                RuntimeOptionSet.RefuseBaseBits(runtime, dir);
+                if (r.GetValue(gradCheckpoint)) throw new UserInputException($"--grad-checkpoint recomputes LLaMA-family decoder layers; {dir} is a BERT-family encoder. Drop --grad-checkpoint.");
                 var creq = new ClassifierTrainRequest
                 {
                     ModelDir = dir,
@@ -120,6 +123,7 @@ internal static class TrainVerb
                     Resume = r.GetValue(resume),
                     SeqLen = r.GetValue(seqLen),
                     Pack = r.GetValue(pack),
+                    GradCheckpoint = r.GetValue(gradCheckpoint),
                     Train = trainOptions,
                 };
                 summary = ProgressDisplay.Run($"train {req.Method.Method}", obs => FineTuning.Run(req, obs));

@@ -8,9 +8,24 @@ public sealed record RuntimeOptions
     public string Dtype { get; init; } = "float32";
     /// <summary>Torch intra-op threads; 0 leaves libtorch's default. Tests and CI use 1.</summary>
     public int Threads { get; init; }
+    /// <summary>
+    /// How the frozen base's decoder linears are stored (<c>--base-bits</c>): 16 (full precision, default), 8 (int8 per
+    /// output channel), 4 or nf4 (NF4, QLoRA's), int4 (4-bit round-to-nearest, groups of 64).
+    /// </summary>
+    public string BaseBits { get; init; } = "16";
 
     public torch.Device TorchDevice => ParseDevice(Device);
     public torch.ScalarType ScalarType => ParseDtype(Dtype, Device);
+    public BaseWeightStorage BaseStorage => ParseBaseBits(BaseBits);
+
+    public static BaseWeightStorage ParseBaseBits(string bits) => bits.Trim().ToLowerInvariant() switch
+    {
+        "16" or "32" or "none" or "" => BaseWeightStorage.Full,
+        "8" or "int8" => BaseWeightStorage.Int8,
+        "4" or "nf4" => BaseWeightStorage.Nf4,
+        "int4" => BaseWeightStorage.Int4,
+        _ => throw new UserInputException($"--base-bits {bits} is not supported; use 8 (int8, one scale per output channel), 4 or nf4 (NF4 as QLoRA: blocks of 64, double-quantized scales), int4 (4-bit round-to-nearest, groups of 64), or 16 for a full-precision base (the default)."),
+    };
 
     public static torch.Device ParseDevice(string device)
     {
@@ -34,9 +49,59 @@ public sealed record RuntimeOptions
         _ => throw new UserInputException($"--dtype '{dtype}' is not known; use float32 or bfloat16."),
     };
 
+    /// <summary>
+    /// The options to run with on this machine: a bfloat16 request on a CPU without a fast bf16 matmul falls back to
+    /// float32, with a warning through <paramref name="warn"/> that says what that costs. <paramref name="detect"/> replaces
+    /// the detection (<see cref="CpuHasFastBf16"/>, tests); a CPU that cannot be told (null) keeps bfloat16.
+    /// </summary>
+    public RuntimeOptions ForThisMachine(Action<string> warn, Func<bool?>? detect = null)
+    {
+        if (ScalarType != torch.ScalarType.BFloat16 || TorchDevice.type != DeviceType.CPU) return this;
+        if ((detect ?? CpuHasFastBf16)() != false) return this;
+        // Measured on an AVX2-only CPU: bf16 matmul 0.21 GFLOP/s, float32 11× that on the same (busy) machine.
+        warn("--dtype bfloat16: this CPU has no fast bfloat16 matmul (libtorch's needs AVX-512 on x86-64, or the BF16 extension on Arm64), " +
+             "so bf16 matmuls would run on libtorch's reference kernel (measured 0.2 GFLOP/s, about 10× slower than float32 on the same CPU). " +
+             "Using float32 instead: the frozen base takes twice the memory of a bf16 base; add --base-bits 8 or 4 to shrink it.");
+        return this with { Dtype = "float32" };
+    }
+
+    /// <summary>
+    /// Whether this CPU runs bfloat16 matmuls on a fast kernel, as PyTorch decides it (mkldnn_bf16_device_check): oneDNN's bf16
+    /// path needs AVX-512 (F, BW, VL, DQ; native AVX512-BF16 is faster still) on x86-64, or the BF16 extension on Arm64.
+    /// Null when it cannot be told (Arm64 outside Linux).
+    /// </summary>
+    public static bool? CpuHasFastBf16()
+    {
+        switch (System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture)
+        {
+            case System.Runtime.InteropServices.Architecture.X64:
+                return System.Runtime.Intrinsics.X86.Avx512F.IsSupported && System.Runtime.Intrinsics.X86.Avx512BW.IsSupported
+                    && System.Runtime.Intrinsics.X86.Avx512BW.VL.IsSupported && System.Runtime.Intrinsics.X86.Avx512DQ.IsSupported;
+            case System.Runtime.InteropServices.Architecture.Arm64 when OperatingSystem.IsLinux() && File.Exists("/proc/cpuinfo"):
+                return File.ReadLines("/proc/cpuinfo").Any(l => l.StartsWith("Features", StringComparison.Ordinal) && l.Split(' ', ':', '\t').Contains("bf16"));
+            case System.Runtime.InteropServices.Architecture.Arm64:
+                return null;
+            default:
+                return false;
+        }
+    }
+
     /// <summary>Applies the thread setting (process-global in libtorch).</summary>
     public void Apply()
     {
         if (Threads > 0) torch.set_num_threads(Threads);
     }
+}
+
+/// <summary>How the frozen base's decoder linear weights are held in memory (<see cref="RuntimeOptions.BaseBits"/>).</summary>
+public enum BaseWeightStorage
+{
+    /// <summary>Full-precision parameters in the runtime's dtype.</summary>
+    Full,
+    /// <summary>int8 codes, one float32 scale per output channel (~0.25× float32).</summary>
+    Int8,
+    /// <summary>NF4 codes, blocks of 64, double-quantized block scales (~0.13× float32).</summary>
+    Nf4,
+    /// <summary>4-bit round-to-nearest codes, one float32 scale per group of 64 (~0.14× float32).</summary>
+    Int4,
 }

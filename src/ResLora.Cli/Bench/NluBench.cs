@@ -26,18 +26,24 @@ public static class SentimentTask
     /// <summary>Writes <paramref name="n"/> labelled sentences (JSONL: text, label pos|neg) from the given word lists.</summary>
     public static string Write(string path, int n, int seed, string[] positive, string[] negative)
     {
+        File.WriteAllLines(path, Sentences(n, seed, positive, negative).Select(x => new JsonObject { ["text"] = x.Text, ["label"] = x.Label }.ToJsonString()));
+        return path;
+    }
+
+    /// <summary>The sentences and labels (pos|neg) that <see cref="Write"/> writes.</summary>
+    public static List<(string Text, string Label)> Sentences(int n, int seed, string[] positive, string[] negative)
+    {
         var rng = new Random(seed);
-        var lines = new List<string>(n);
+        var lines = new List<(string, string)>(n);
         for (int i = 0; i < n; i++)
         {
             bool pos = rng.Next(2) == 0;
             string word = (pos ? positive : negative)[rng.Next(positive.Length)];
             string text = Patterns[rng.Next(Patterns.Length)].Replace("{s}", Subjects[rng.Next(Subjects.Length)], StringComparison.Ordinal)
                 .Replace("{adv}", Adverbs[rng.Next(Adverbs.Length)], StringComparison.Ordinal).Replace("{a}", word, StringComparison.Ordinal);
-            lines.Add(new JsonObject { ["text"] = text, ["label"] = pos ? "pos" : "neg" }.ToJsonString());
+            lines.Add((text, pos ? "pos" : "neg"));
         }
-        File.WriteAllLines(path, lines);
-        return path;
+        return lines;
     }
 }
 
@@ -73,7 +79,8 @@ public static class NluBench
         Options = label == "reslora-ms" ? new ResLoraOptions("ms", PreNum: 4) : null,
     };
 
-    public static List<NluRun> Run(string modelDir, string workDir, NluSettings s, Action<string>? log = null)
+    /// <summary>Runs every method and seed; with <paramref name="keepMerged"/> the merged folders stay in <paramref name="workDir"/> (LABEL-seedN-merged).</summary>
+    public static List<NluRun> Run(string modelDir, string workDir, NluSettings s, Action<string>? log = null, bool keepMerged = false)
     {
         Directory.CreateDirectory(workDir);
         string train = SentimentTask.Write(Path.Combine(workDir, "train.jsonl"), s.TrainExamples, 11, SentimentTask.TrainPositive, SentimentTask.TrainNegative);
@@ -102,7 +109,7 @@ public static class NluBench
                 var (m, task) = Classification.Load(merged, null, new RuntimeOptions());
                 ClassificationResult mres;
                 using (m) (mres, _) = Classification.Evaluate(m, task, test, merged, 64);
-                Directory.Delete(merged, recursive: true);
+                if (!keepMerged) Directory.Delete(merged, recursive: true);
                 var curve = summary.Evals.Select(e => (e.Step, e.Accuracy ?? double.NaN, e.Loss)).ToList();
                 runs.Add(new NluRun(label, seed, curve, mres.Metrics["accuracy"], mres.Loss, seconds, summary.TrainableParameters));
                 log?.Invoke($"{label} seed {seed}: held-out accuracy {curve[^1].Item2:P1} (merged {mres.Metrics["accuracy"]:P1}) in {seconds:0.0} s");

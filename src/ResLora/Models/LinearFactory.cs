@@ -1,3 +1,5 @@
+using TorchSharp.Utils;
+
 namespace ResLora.Models;
 
 /// <summary>
@@ -6,7 +8,21 @@ namespace ResLora.Models;
 /// <paramref name="ModuleType"/> its last segment (<c>q_proj</c>), <paramref name="LayerIndex"/> the decoder layer
 /// (-1 outside the layers, e.g. <c>lm_head</c>). Weight shape is (OutFeatures, InFeatures), as in nn.Linear.
 /// </summary>
-public sealed record LinearSpec(string Name, string ModuleType, int LayerIndex, int InFeatures, int OutFeatures, bool HasBias);
+public sealed record LinearSpec(string Name, string ModuleType, int LayerIndex, int InFeatures, int OutFeatures, bool HasBias)
+{
+    /// <summary>
+    /// How the frozen base weight is stored: null = a full-precision <c>weight</c> parameter; else packed in this format
+    /// (<c>--base-bits</c>). Set by the factory (<see cref="PlainLinearFactory"/>, the adapter plan), never by the model.
+    /// </summary>
+    public IPackedWeightFormat? PackedBase { get; init; }
+
+    /// <summary>
+    /// This projection with its base packed in <paramref name="format"/> when it is inside a decoder layer. <c>lm_head</c>
+    /// stays full precision, as transformers' bitsandbytes integration keeps the output layer unquantized.
+    /// </summary>
+    public LinearSpec PackedIn(IPackedWeightFormat? format) =>
+        format is null || LayerIndex < 0 || PackedBase is not null ? this : this with { PackedBase = format };
+}
 
 /// <summary>
 /// Every projection of the model is built through one factory; adapters are decided here, when the model is built
@@ -29,23 +45,39 @@ public interface IForwardLifecycle
     IDisposable BeginForward();
 }
 
-/// <summary>Builds plain projections: the model without adapters.</summary>
-public sealed class PlainLinearFactory : ILinearFactory
+/// <summary>
+/// Optional capability of a factory whose modules cannot be recomputed one decoder layer at a time (activation
+/// checkpointing), e.g. because they pass tensors between layers within a forward (ResLoRA's is/ms).
+/// </summary>
+public interface ICheckpointSupport
+{
+    /// <summary>Why per-layer recomputation would be wrong with these modules, or null when it is safe.</summary>
+    string? CheckpointRefusal { get; }
+}
+
+/// <summary>Builds plain projections: the model without adapters (with a packed base when a format is given).</summary>
+public sealed class PlainLinearFactory(IPackedWeightFormat? packedBase = null) : ILinearFactory
 {
     public static readonly PlainLinearFactory Instance = new();
 
-    public nn.Module<Tensor, Tensor> Create(LinearSpec spec, ScalarType dtype, Device device) => new PlainLinear(spec, dtype, device);
+    /// <summary>The format every base weight is packed in, or null for full precision.</summary>
+    public IPackedWeightFormat? PackedBase { get; } = packedBase;
+
+    public nn.Module<Tensor, Tensor> Create(LinearSpec spec, ScalarType dtype, Device device) =>
+        new PlainLinear(spec.PackedIn(PackedBase), dtype, device);
 }
 
 /// <summary>
 /// y = x Wᵀ + b through <c>functional.linear</c>, with the keys <c>weight</c> and <c>bias</c> of nn.Linear. Measured in
 /// <c>reslora bench</c>: TorchSharp's nn.Linear module call costs more per token in generation than the functional
-/// call the adapter layers use, which made an unadapted model slower than a merged adapted one.
+/// call the adapter layers use, which made an unadapted model slower than a merged adapted one. With
+/// <see cref="LinearSpec.PackedBase"/> set, W is a packed submodule <c>weight</c> (zero until the loader packs the checkpoint).
 /// </summary>
-public sealed class PlainLinear : nn.Module<Tensor, Tensor>
+public sealed class PlainLinear : nn.Module<Tensor, Tensor>, IFrozenBaseOwner
 {
 #pragma warning disable IDE1006 // state-dict keys
-    private readonly Parameter weight;
+    private readonly Parameter? weight;
+    [ComponentName(Name = "weight")] private readonly PackedWeight? packed_weight;
     private readonly Parameter? bias;
 #pragma warning restore IDE1006
 
@@ -55,13 +87,19 @@ public sealed class PlainLinear : nn.Module<Tensor, Tensor>
         double bound = 1.0 / Math.Sqrt(spec.InFeatures);
         using (torch.no_grad())
         {
-            weight = new Parameter((torch.rand(spec.OutFeatures, spec.InFeatures) * 2 * bound - bound).to(dtype, device));
+            if (spec.PackedBase is { } f) packed_weight = f.Create(spec.OutFeatures, spec.InFeatures, device);
+            else weight = new Parameter((torch.rand(spec.OutFeatures, spec.InFeatures) * 2 * bound - bound).to(dtype, device));
             if (spec.HasBias) bias = new Parameter((torch.rand(spec.OutFeatures) * 2 * bound - bound).to(dtype, device));
         }
+        Base = new FrozenBase(spec, dtype, weight, packed_weight, bias);
         RegisterComponents();
     }
 
-    public Parameter Weight => weight;
+    /// <summary>The full-precision weight; an error when the base is packed (see <see cref="Base"/>).</summary>
+    public Parameter Weight => Base.RequireWeight("reading the weight tensor");
 
-    public override Tensor forward(Tensor x) => nn.functional.linear(x, weight, bias);
+    /// <inheritdoc/>
+    public FrozenBase Base { get; }
+
+    public override Tensor forward(Tensor x) => weight is not null ? nn.functional.linear(x, weight, bias) : Base.Linear(x);
 }

@@ -37,6 +37,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     [ComponentName(Name = "lm_head")] private readonly nn.Module<Tensor, Tensor>? _lmHead;
     private readonly Rotary _rotary;
     private readonly IForwardLifecycle? _lifecycle;
+    private bool _checkpointing;
 
     public ModelConfig Config { get; }
     public ScalarType Dtype { get; }
@@ -61,6 +62,22 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
 
     public LlamaModel Model => _model;
     public IReadOnlyList<LlamaDecoderLayer> Layers => _model.Layers;
+
+    /// <summary>
+    /// Activation checkpointing per decoder layer (<c>--grad-checkpoint</c>): while training with gradients on, each layer
+    /// keeps only its input and is recomputed in backward (<see cref="DecoderLayerCheckpoint"/>). Turning it on is refused
+    /// when the factory's modules cannot be recomputed one layer at a time (<see cref="ICheckpointSupport"/>).
+    /// </summary>
+    public bool GradientCheckpointing
+    {
+        get => _checkpointing;
+        set
+        {
+            if (value && Factory is ICheckpointSupport { CheckpointRefusal: { } why })
+                throw new UserInputException($"--grad-checkpoint: {why}");
+            _checkpointing = value;
+        }
+    }
 
     /// <summary>Logits (batch, seq, vocab) for token ids (batch, seq), no padding, no cache.</summary>
     public override Tensor forward(Tensor inputIds) => Forward(inputIds, null, null);
@@ -88,7 +105,12 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         Tensor? mask = BuildMask(attentionMask, b, t, past);
 
         var h = _model.EmbedTokens.call(inputIds); // (batch, seq, hidden)
-        foreach (var layer in _model.Layers) h = layer.Forward(h, cos, sin, mask, cache);
+        bool recompute = _checkpointing && training && torch.is_grad_enabled() && cache is null;
+        // A checkpointed layer passes gradients to its parameters only if its input requires grad; the embeddings are
+        // frozen, so the first layer's input is made a leaf that does (transformers' enable_input_require_grads).
+        if (recompute && !h.requires_grad) h = h.detach().requires_grad_(true);
+        foreach (var layer in _model.Layers)
+            h = recompute ? DecoderLayerCheckpoint.Run(layer, h, cos, sin, mask) : layer.Forward(h, cos, sin, mask, cache);
         return scope.MoveToOuter(_model.Norm.call(h));
     }
 
@@ -165,32 +187,59 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         return d;
     }
 
-    /// <summary>The live base parameters by Hugging Face name (views; do not dispose).</summary>
+    /// <summary>The live base parameters by Hugging Face name (views; do not dispose). A packed base (--base-bits) has none for its linears: an error.</summary>
     public IReadOnlyDictionary<string, Parameter> BaseParameters()
     {
-        var expected = ExpectedWeights();
-        var all = named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
         var d = new Dictionary<string, Parameter>(StringComparer.Ordinal);
-        foreach (var name in expected.Keys)
-        {
-            if (!all.TryGetValue(name, out var p))
-                throw new InvalidOperationException($"model has no parameter '{name}': a linear factory must register the base weight as 'weight' (and 'bias').");
-            d[name] = p;
-        }
+        foreach (var (name, p, packed) in BaseTargets())
+            d[name] = p ?? throw new UserInputException($"'{name}' is stored packed ({packed!.Packed!.Format}, --base-bits); this needs the full-precision base weights: run it without --base-bits.");
         return d;
     }
 
-    /// <summary>Copies every base weight from <paramref name="load"/> (converted to the model's dtype and device).</summary>
+    /// <summary>The projections whose frozen weight is packed (--base-bits), by the Hugging Face name of that weight; empty for a full-precision model.</summary>
+    public IReadOnlyDictionary<string, FrozenBase> PackedBases() =>
+        named_modules().Where(m => m.module is IFrozenBaseOwner { Base.IsPacked: true })
+            .ToDictionary(m => m.name + ".weight", m => ((IFrozenBaseOwner)m.module).Base, StringComparer.Ordinal);
+
+    /// <summary>
+    /// Every base weight by Hugging Face name as a checkpoint stores it: the parameters themselves, and packed weights
+    /// dequantized to the model's dtype (with the merged ΔW once an adapter is merged). Dequantized tensors are new:
+    /// enumerate inside a dispose scope.
+    /// </summary>
+    public IEnumerable<KeyValuePair<string, Tensor>> FullPrecisionWeights()
+    {
+        foreach (var (name, p, packed) in BaseTargets())
+            yield return new(name, p ?? packed!.FullPrecisionWeight());
+    }
+
+    /// <summary>Each expected base weight: its parameter, or the packed base of its projection.</summary>
+    private IEnumerable<(string Name, Parameter? Param, FrozenBase? Packed)> BaseTargets()
+    {
+        var packed = PackedBases();
+        var all = named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
+        var list = new List<(string, Parameter?, FrozenBase?)>();
+        foreach (var name in ExpectedWeights().Keys)
+        {
+            if (packed.TryGetValue(name, out var b)) list.Add((name, null, b));
+            else if (all.TryGetValue(name, out var p)) list.Add((name, p, null));
+            else throw new InvalidOperationException($"model has no parameter '{name}': a linear factory must register the base weight as 'weight' (and 'bias').");
+        }
+        return list;
+    }
+
+    /// <summary>Copies every base weight from <paramref name="load"/> (converted to the model's dtype and device; packed weights are quantized one at a time).</summary>
     public void LoadWeights(Func<string, Tensor> load)
     {
         using var noGrad = torch.no_grad();
-        foreach (var (name, p) in BaseParameters())
+        foreach (var (name, p, packed) in BaseTargets())
         {
             using var scope = torch.NewDisposeScope();
             var src = load(name);
-            if (!src.shape.SequenceEqual(p.shape))
-                throw new UserInputException($"tensor '{name}' has shape [{string.Join(", ", src.shape)}] but the model expects [{string.Join(", ", p.shape)}].");
-            p.copy_(src.to(p.dtype, p.device));
+            long[] shape = p?.shape ?? new long[] { packed!.Spec.OutFeatures, packed.Spec.InFeatures };
+            if (!src.shape.SequenceEqual(shape))
+                throw new UserInputException($"tensor '{name}' has shape [{string.Join(", ", src.shape)}] but the model expects [{string.Join(", ", shape)}].");
+            if (p is not null) p.copy_(src.to(p.dtype, p.device));
+            else packed!.Packed!.Pack(src);
         }
     }
 
@@ -202,13 +251,19 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     {
         using var noGrad = torch.no_grad();
         using var gen = new torch.Generator((ulong)seed);
-        foreach (var (name, p) in BaseParameters())
+        foreach (var (name, p, packed) in BaseTargets())
         {
-            if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(1.0);
-            else if (name.EndsWith(".bias", StringComparison.Ordinal)) p.zero_();
+            if (packed is not null)
+            {
+                // The same draws as a full-precision model of the same seed, then packed: the quantized twin of that model.
+                using var r = torch.randn(new long[] { packed.Spec.OutFeatures, packed.Spec.InFeatures }, dtype: ScalarType.Float32, generator: gen) * std;
+                packed.Packed!.Pack(r);
+            }
+            else if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p!.fill_(1.0);
+            else if (name.EndsWith(".bias", StringComparison.Ordinal)) p!.zero_();
             else
             {
-                using var r = torch.randn(p.shape, dtype: ScalarType.Float32, generator: gen) * std;
+                using var r = torch.randn(p!.shape, dtype: ScalarType.Float32, generator: gen) * std;
                 p.copy_(r.to(p.dtype, p.device));
             }
         }

@@ -252,6 +252,28 @@ public static class Classification
         return (SequenceClassificationTask.Run(model, enc, pairs.PadId, batchSize), data);
     }
 
+    /// <summary>The predicted class name and its probability (or the predicted value for regression) of each text.</summary>
+    public static List<(string Label, double Score)> Predict(EncoderClassifier model, ClassificationTaskRecord task, IReadOnlyList<string> texts, string modelDir)
+    {
+        var (_, pairs) = LoadTokenizer(modelDir);
+        var enc = texts.Select(t => new EncodedExample(pairs.EncodeForModel(t, null, Math.Min(task.SeqLen, model.Config.MaxInputLength)), 0, 0f)).ToList();
+        using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        model.eval();
+        var logits = Logits(model, enc, pairs.PadId).to_type(ScalarType.Float32).cpu();
+        var result = new List<(string, double)>();
+        if (model.Config.IsRegression)
+        {
+            foreach (float v in logits.squeeze(-1).data<float>()) result.Add(("value", v));
+            return result;
+        }
+        var p = nn.functional.softmax(logits, -1);
+        var best = p.argmax(-1).data<long>().ToArray();
+        for (int i = 0; i < texts.Count; i++)
+            result.Add((task.Labels is { } l ? l[(int)best[i]] : best[i].ToString(System.Globalization.CultureInfo.InvariantCulture), p[i, best[i]].item<float>()));
+        return result;
+    }
+
     /// <summary>
     /// Merges a SEQ_CLS adapter into its encoder and writes a complete <c>*ForSequenceClassification</c> folder (config with
     /// the labels, weights with Hugging Face's prefixed names and the head, tokenizer files, the task record), atomically.

@@ -32,6 +32,8 @@ public static class EvalPipeline
         if (req.BatchSize < 1) throw new UserInputException($"--batch-size must be at least 1, got {req.BatchSize}.");
         if (req.SeqLen < 2) throw new UserInputException($"--seq-len must be at least 2, got {req.SeqLen}.");
         req.Quantize.Validate();
+        if (req.Quantize.WBits < 16 && req.Runtime.BaseStorage != BaseWeightStorage.Full)
+            throw new UserInputException($"--wbits fake-quantizes full-precision weights, but --base-bits {req.Runtime.BaseBits} already packs the base; drop one of them.");
         var examples = DataSet.Load(req.DataPath, req.Templates.ForModel(req.ModelDir));
         var tokenizer = TokenizerLoader.Load(req.ModelDir);
         using var model = ModelSessions.Load(req.ModelDir, req.AdapterDir, req.Runtime, warn);

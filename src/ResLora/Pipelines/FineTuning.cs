@@ -22,6 +22,8 @@ public sealed record FineTuneRequest
     public int? SeqLen { get; init; }
     public bool Pack { get; init; }
     public bool Resume { get; init; }
+    /// <summary>Activation checkpointing per decoder layer (<c>--grad-checkpoint</c>): less activation memory, each layer's forward twice.</summary>
+    public bool GradCheckpoint { get; init; }
 }
 
 /// <summary>The library function behind <c>reslora train</c>: model + adapter plan + data → trained adapter folder.</summary>
@@ -39,6 +41,7 @@ public static class FineTuning
         // The method is built (and checked) before anything is written; steps are known up to packing, which only
         // shortens epoch-based runs, so AdaLoRA's schedule uses the unpacked count.
         var setup = AdapterMethods.Build(req.Method with { TotalSteps = req.Train.TotalSteps(train.Count) });
+        if (req.GradCheckpoint) CheckGradCheckpoint(setup.Config, req.Runtime);
         PrepareOutDir(req.OutDir, req.Resume);
         using var runLock = RunLock.Acquire(req.OutDir); // one run per folder, for the run's lifetime
 
@@ -61,6 +64,7 @@ public static class FineTuning
         plan.EnsureAllPatternsMatched();
         AdapterModel.OnBaseWeightsLoaded(model);
         AdapterModel.FreezeAllButAdapters(model);
+        model.GradientCheckpointing = req.GradCheckpoint;
         var (trainable, total) = AdapterModel.CountParameters(model);
         observer.OnMessage($"{plan.Config.Method}: {AdapterModel.FindAdapters(model).Count} adapted modules, {trainable:N0} trainable of {total:N0} parameters ({100.0 * trainable / total:0.###}%)");
 
@@ -123,6 +127,14 @@ public static class FineTuning
         {
             throw new IOException($"--out {outDir}: cannot write there ({e.Message}); choose a writable folder.", e);
         }
+    }
+
+    /// <summary>--grad-checkpoint is refused before anything is written when the method's layers cannot be recomputed one at a time, or dropout could not be replayed.</summary>
+    private static void CheckGradCheckpoint(AdapterConfigBase config, RuntimeOptions runtime)
+    {
+        if (new AdapterPlan(config).CheckpointRefusal is { } why) throw new UserInputException($"--grad-checkpoint: {why}");
+        if (config.LoraDropout > 0 && runtime.TorchDevice.type != DeviceType.CPU)
+            throw new UserInputException($"--grad-checkpoint with --dropout {config.LoraDropout} on {runtime.Device}: the recompute must replay the dropout masks, and TorchSharp exposes only the CPU generator's state. Use --dropout 0 there, or train on the CPU.");
     }
 
     private sealed class SilentObserver : ITrainObserver

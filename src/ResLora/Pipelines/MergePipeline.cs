@@ -31,6 +31,11 @@ public sealed record MergeReport(string Method, int MergedModules, double MaxAbs
     /// <summary>The chosen merge on held-out text (null when no held-out text was available).</summary>
     public ComparisonReport? HeldOut { get; init; }
     public string HeldOutSource { get; init; } = "none";
+    /// <summary>
+    /// Set when the base was loaded packed (--base-bits): the adapter was merged into the dequantized weights, and the
+    /// folder holds those in full precision (they differ from the original base by the quantization error).
+    /// </summary>
+    public string? QuantizedBase { get; init; }
     public string CalibrationSource { get; init; } = "none";
     /// <summary>Every merge tried (one unless --merge auto); the chosen one has the smallest held-out KL (probe difference without held-out text).</summary>
     public IReadOnlyList<MergeCandidateReport> Candidates { get; init; } = Array.Empty<MergeCandidateReport>();
@@ -57,10 +62,11 @@ public static class MergePipeline
         return Run(modelDir, adapterDir, runtime, probeIds, options, warn, (chosen, report) =>
         {
             var result = report with { OutDir = Path.GetFullPath(outDir) };
-            var weights = chosen.BaseParameters().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value));
             AtomicFolder.Write(outDir, tmp =>
             {
-                ModelFolder.Save(tmp, chosen.Config, weights, ModelFolder.ShardSizeOf(modelDir));
+                // A packed base is written dequantized (with the merged ΔW), one full-precision copy while saving.
+                using var scope = torch.NewDisposeScope();
+                ModelFolder.Save(tmp, chosen.Config, chosen.FullPrecisionWeights(), ModelFolder.ShardSizeOf(modelDir));
                 AtomicFile.WriteAllText(Path.Combine(tmp, MergeReport.FileName), JsonSerializer.Serialize(result, ReportJson));
             }, companionsFrom: modelDir);
             return result;
@@ -130,6 +136,9 @@ public static class MergePipeline
                 HeldOut = bestInfo.Report.HeldOut,
                 HeldOutSource = texts.HeldOutSource,
                 CalibrationSource = fits ? texts.CalibrationSource : "none",
+                QuantizedBase = chosen.PackedBases().Values.FirstOrDefault()?.Packed is { } pw
+                    ? $"{pw.Format} (--base-bits {runtime.BaseBits}): merged into the dequantized base weights; the folder holds them in {runtime.Dtype}, which differ from the original base by the quantization error. To merge into the original weights, run merge without --base-bits."
+                    : null,
                 Candidates = tried,
             };
             return finish(chosen, result);

@@ -9,10 +9,27 @@ public static class ModelSessions
 {
     /// <summary>
     /// A model folder, built through <paramref name="factory"/> (plain when null), with the transforms its config records
-    /// (RoLoRA's online Hadamard, a quantized folder's activation quantizers) applied.
+    /// (RoLoRA's online Hadamard, a quantized folder's activation quantizers) applied. With <c>--base-bits</c> the decoder
+    /// linears' base weights are packed as each is loaded (<see cref="PackedFormats"/>).
     /// </summary>
     public static LlamaForCausalLM LoadBase(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null) =>
-        ModelLoader.Load(modelDir, runtime, factory, RecordedTransforms.Recorded);
+        ModelLoader.Load(modelDir, runtime, WithPackedBase(factory, runtime), RecordedTransforms.Recorded);
+
+    /// <summary>The factory that builds the runtime's base storage: <paramref name="factory"/> itself for a full-precision base.</summary>
+    private static ILinearFactory? WithPackedBase(ILinearFactory? factory, RuntimeOptions runtime)
+    {
+        if (PackedFormats.For(runtime.BaseStorage) is not { } format) return factory;
+        switch (factory)
+        {
+            case null:
+                return new PlainLinearFactory(format);
+            case AdapterPlan plan:
+                plan.PackedBase = format;
+                return plan;
+            default:
+                throw new UserInputException($"--base-bits {runtime.BaseBits}: this model is built by a {factory.GetType().Name}, which cannot pack base weights; run without --base-bits.");
+        }
+    }
 
     /// <summary>Reads an adapter folder's config (warnings through <paramref name="warn"/>), naming the folder when it is not one.</summary>
     public static AdapterConfigBase ReadAdapterConfig(string adapterDir, Action<string>? warn = null)

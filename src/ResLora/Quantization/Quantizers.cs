@@ -13,8 +13,14 @@ public static class Quantizers
     public static Tensor QuantDequant(Tensor w, Tensor scale, int maxq)
     {
         using var scope = torch.NewDisposeScope();
-        var q = (w / scale).round().clamp(-(maxq + 1), maxq);
-        return scope.MoveToOuter(q * scale);
+        return scope.MoveToOuter(Codes(w, scale, maxq) * scale);
+    }
+
+    /// <summary>The integers of <see cref="QuantDequant"/>: clamp(round(w/scale), −(maxq+1), maxq), in w's float dtype.</summary>
+    public static Tensor Codes(Tensor w, Tensor scale, int maxq)
+    {
+        using var scope = torch.NewDisposeScope();
+        return scope.MoveToOuter((w / scale).round().clamp(-(maxq + 1), maxq));
     }
 
     /// <summary>

@@ -101,7 +101,7 @@ public static class TrainLoop
             Steps = total,
             FinalTrainLoss = lastLoss,
             FinalEvalLoss = final?.Loss,
-            FinalEvalPerplexity = final?.Perplexity,
+            FinalEvalPerplexity = final is null || (double.IsNaN(final.Perplexity) && !double.IsNaN(final.Loss)) ? null : final.Perplexity, // a task without perplexity writes none
             FinalEvalAccuracy = final?.Accuracy,
             FinalEvalMetrics = final?.Metrics,
             TrainableParameters = trainer.TrainableParameters.Sum(p => p.numel()),
@@ -140,7 +140,8 @@ public static class TrainLoop
 
     private static void AppendMetric(string path, EvalReport r)
     {
-        var d = new Dictionary<string, object> { ["step"] = r.Step, ["eval_loss"] = r.Loss, ["eval_perplexity"] = r.Perplexity, ["eval_tokens"] = r.Tokens };
+        var d = new Dictionary<string, object> { ["step"] = r.Step, ["eval_loss"] = r.Loss, ["eval_tokens"] = r.Tokens };
+        if (!double.IsNaN(r.Perplexity)) d["eval_perplexity"] = r.Perplexity; // classification has none
         if (r.Accuracy is { } a) d["eval_accuracy"] = a;
         foreach (var (k, v) in r.Metrics ?? new Dictionary<string, double>()) d["eval_" + k] = v;
         File.AppendAllText(path, JsonSerializer.Serialize(d, MetricJson) + "\n");
@@ -178,7 +179,7 @@ public static class TrainLoop
             {
                 var metrics = r.EnumerateObject().Where(p => p.Name.StartsWith("eval_", StringComparison.Ordinal) && p.Name is not ("eval_loss" or "eval_perplexity" or "eval_accuracy" or "eval_tokens"))
                     .ToDictionary(p => p.Name["eval_".Length..], p => Number(p.Value), StringComparer.Ordinal);
-                evals.Add(new EvalReport(s, Number(el), Number(r.GetProperty("eval_perplexity")), r.TryGetProperty("eval_accuracy", out var a) ? Number(a) : null, r.GetProperty("eval_tokens").GetInt32())
+                evals.Add(new EvalReport(s, Number(el), (r.TryGetProperty("eval_perplexity", out var pp) ? Number(pp) : double.NaN), r.TryGetProperty("eval_accuracy", out var a) ? Number(a) : null, r.GetProperty("eval_tokens").GetInt32())
                 {
                     Metrics = metrics.Count > 0 ? metrics : null,
                 });

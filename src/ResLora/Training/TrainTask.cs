@@ -56,7 +56,7 @@ public sealed class CausalLmTask(
     /// <summary>Loss/perplexity over the eval set, plus exact-match accuracy of greedy answers when there are prompt/completion examples.</summary>
     public EvalReport Evaluate(Trainer trainer, int step, TrainOptions options)
     {
-        var (loss, ppl, tokens) = trainer.EvaluateLoss(Tokenization.Sequential(_eval, options.BatchSize, _pad, model.Device));
+        var (loss, ppl, tokens) = Evaluation.Loss(model, Tokenization.Sequential(_eval, options.BatchSize, _pad, model.Device), trainer.EvalMaxBatches);
         double? acc = null;
         if (options.EvalGenerateExamples > 0 && _accuracy.Count > 0)
             acc = Accuracy.ExactMatch(model, tokenizer, _accuracy.Take(options.EvalGenerateExamples).ToList(), options.MaxNewTokens);

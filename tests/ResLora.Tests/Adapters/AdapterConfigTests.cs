@@ -85,7 +85,7 @@ public sealed class AdapterConfigTests
     [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"init_lora_weights":"pissa"}""", "init_lora_weights")]
     [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"fan_in_fan_out":true}""", "fan_in_fan_out")]
     [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"r":0}""", "'r'")]
-    [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"modules_to_save":["lm_head"]}""", "modules_to_save")]
+    [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"modules_to_save":[""]}""", "modules_to_save")]
     [InlineData("""{"peft_type":"LORA","target_modules":5}""", "target_modules")]
     [InlineData("""{"peft_type":"LORA"}""", "target_modules")]
     [InlineData("""{"peft_type":"PREFIX_TUNING","target_modules":["q_proj"]}""", "LORA")]

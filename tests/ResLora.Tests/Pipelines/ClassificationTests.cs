@@ -74,6 +74,9 @@ public sealed class ClassificationTests : IDisposable
             Assert.Contains("base_model.model.bert.encoder.layer.1.output.dense.lora_B.weight", keys);
             Assert.Equal(2 + 2 * 6 * 2, keys.Count); // the head + A and B of 6 projections in 2 layers
         }
+        // A causal-LM load (no head to put them in) refuses the head's weights rather than dropping them.
+        var lmRefusal = Assert.Throws<UserInputException>(() => AdapterFolder.LoadInto(req.OutDir, nn.Linear(2, 2)));
+        Assert.Contains("modules_to_save", lmRefusal.Message);
         var task = ClassificationTaskRecord.Read(req.OutDir)!;
         Assert.Equal(new[] { "neg", "pos" }, task.Labels);
 

@@ -90,7 +90,7 @@ public sealed class AdaLoraLinear : MaterializedDeltaLinear
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        var y = nn.functional.linear(x, weight, bias);
+        var y = BaseForward(x);
         if (IsMerged) return scope.MoveToOuter(y);
         var xa = x.to_type(lora_A.dtype);
         if (_dropout > 0 && training) xa = nn.functional.dropout(xa, _dropout, true);

@@ -42,10 +42,12 @@ public static class AdapterModel
         return CountParameters(module).Trainable;
     }
 
-    /// <summary>(trainable, total) element counts; shared parameters are counted once.</summary>
+    /// <summary>(trainable, total) element counts; shared parameters are counted once, a packed base weight (--base-bits) by its (out, in) elements.</summary>
     public static (long Trainable, long Total) CountParameters(nn.Module module)
     {
         long trainable = 0, total = 0;
+        foreach (var (_, m) in Tree(module))
+            if (m is Models.PackedWeight pw) total += pw.OutFeatures * pw.InFeatures;
         var seen = new HashSet<IntPtr>();
         foreach (var p in module.parameters())
         {

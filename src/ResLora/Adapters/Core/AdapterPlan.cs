@@ -28,7 +28,7 @@ public sealed record PlanDecision(LinearSpec Spec, bool Adapted, string Method, 
 /// Construction-time targeting (peft-format.md §2.3): decides for every projection the model asks for whether it
 /// gets the config's adapter layer (with per-module r/α from rank_pattern/alpha_pattern) or stays a frozen nn.Linear.
 /// </summary>
-public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle
+public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle, ICheckpointSupport
 {
     private readonly List<PlanDecision> _decisions = new();
     private readonly object _gate = new();
@@ -49,6 +49,23 @@ public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle
 
     public AdapterConfigBase Config { get; }
     public IAdapterLayerBuilder Builder { get; }
+
+    /// <summary>
+    /// The format the frozen base weights of decoder-layer projections are packed in (<c>--base-bits</c>), or null for
+    /// full precision. Set it before the model is built; adapted and frozen projections alike get it.
+    /// </summary>
+    public IPackedWeightFormat? PackedBase
+    {
+        get => _packedBase;
+        set
+        {
+            lock (_gate)
+                if (_decisions.Count > 0) throw new InvalidOperationException("AdapterPlan.PackedBase must be set before the model is built.");
+            _packedBase = value;
+        }
+    }
+
+    private IPackedWeightFormat? _packedBase;
 
     /// <summary>Every decision made by <see cref="Create"/> so far, in call order.</summary>
     public IReadOnlyList<PlanDecision> Decisions { get { lock (_gate) return _decisions.ToArray(); } }
@@ -71,11 +88,26 @@ public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle
     {
         var d = Decide(spec);
         lock (_gate) _decisions.Add(d);
-        if (d.Adapted) return Builder.Build(new AdapterTarget(spec, d.R, d.Alpha), dtype, device);
-        Linear lin = nn.Linear(spec.InFeatures, spec.OutFeatures, hasBias: spec.HasBias, device: device, dtype: dtype);
+        spec = spec.PackedIn(_packedBase);
+        if (d.Adapted)
+        {
+            var layer = Builder.Build(new AdapterTarget(spec, d.R, d.Alpha), dtype, device);
+            if (spec.PackedBase is { } f && layer is not IFrozenBaseOwner { Base.IsPacked: true })
+            {
+                layer.Dispose();
+                throw new UserInputException($"--method {Config.Method} cannot train on a packed base (--base-bits {f.Name}): its layer {layer.GetType().Name} keeps a full-precision base weight. Run it without --base-bits.");
+            }
+            return layer;
+        }
+        nn.Module<Tensor, Tensor> lin = spec.PackedBase is not null
+            ? new PlainLinear(spec, dtype, device)
+            : nn.Linear(spec.InFeatures, spec.OutFeatures, hasBias: spec.HasBias, device: device, dtype: dtype);
         foreach (var p in lin.parameters()) p.requires_grad = false;
         return lin;
     }
+
+    /// <summary>Why the method's layers cannot be recomputed one decoder layer at a time (ResLoRA is/ms), or null.</summary>
+    public string? CheckpointRefusal => Builder is ICheckpointSupport c ? c.CheckpointRefusal : null;
 
     /// <summary>Starts a per-forward context in the method's builder when it has one (ResLoRA); otherwise a no-op.</summary>
     public IDisposable BeginForward() => Builder is IForwardLifecycle f ? f.BeginForward() : NoOp.Instance;

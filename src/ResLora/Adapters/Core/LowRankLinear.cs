@@ -1,4 +1,5 @@
 using ResLora.Models;
+using TorchSharp.Utils;
 
 namespace ResLora.Adapters;
 
@@ -9,12 +10,14 @@ namespace ResLora.Adapters;
 /// s = α/r (α/√r with rsLoRA), the adapter dtype, dropout on the adapter input, merge guards with a bit-exact unmerge,
 /// and the state-dict get/load. A layer adds only its forward and its ΔW (and any parameters of its own).
 /// One abstract base, not a chain: the field names below are the Hugging Face / PEFT state-dict keys, which
-/// TorchSharp registers from fields, so they must live on the module class.
+/// TorchSharp registers from fields, so they must live on the module class. The base W is either the parameter
+/// <c>weight</c> or, with <c>--base-bits</c>, a packed submodule under the same name; layers reach it through <see cref="Base"/>.
 /// </summary>
-public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowRankPair
+public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowRankPair, IFrozenBaseOwner
 {
 #pragma warning disable IDE1006 // field names are the PEFT / Hugging Face state-dict keys
-    protected readonly Parameter weight;
+    private readonly Parameter? weight;
+    [ComponentName(Name = "weight")] private readonly PackedWeight? packed_weight;
     protected readonly Parameter? bias;
     protected readonly Linear lora_A;
     protected readonly Linear lora_B;
@@ -28,7 +31,8 @@ public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowR
         LowRank.CheckOptions(spec, options);
         Spec = spec;
         Options = options;
-        (weight, bias) = LowRank.CreateBase(spec, dtype, device, generator);
+        Base = LowRank.CreateBase(spec, dtype, device, generator);
+        (weight, packed_weight, bias) = (Base.Weight, Base.Packed, Base.Bias);
         AdapterDtype = LowRank.AdapterDtype(dtype);
         lora_A = nn.Linear(spec.InFeatures, options.R, hasBias: false, device: device, dtype: AdapterDtype);
         lora_B = nn.Linear(options.R, spec.OutFeatures, hasBias: false, device: device, dtype: AdapterDtype);
@@ -41,8 +45,13 @@ public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowR
     /// <summary>dtype of A and B: float32 for fp16/bf16 bases (PEFT's autocast_adapter_dtype, §2.5), else the base dtype.</summary>
     public ScalarType AdapterDtype { get; }
 
-    public Parameter Weight => weight;
+    /// <summary>The full-precision base weight; an error naming <c>--base-bits</c> when the base is packed (use <see cref="Base"/>).</summary>
+    public Parameter Weight => Base.RequireWeight("reading the base weight tensor");
     public Parameter? Bias => bias;
+
+    /// <inheritdoc/>
+    public FrozenBase Base { get; }
+
     public Parameter LoraA => lora_A.weight!;
     public Parameter LoraB => lora_B.weight!;
     public double Scaling => Options.Scaling;
@@ -55,9 +64,9 @@ public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowR
     /// <summary>The method's name in error messages (LoRA, DoRA, ResLoRA).</summary>
     protected abstract string MethodName { get; }
 
-    public void Merge() => _merge.Merge(weight, DeltaWeight, Spec.Name, MethodName);
+    public void Merge() => _merge.Merge(Base, DeltaWeight, Spec.Name, MethodName);
 
-    public void Unmerge() => _merge.Unmerge(weight, Spec.Name, MethodName);
+    public void Unmerge() => _merge.Unmerge(Base, Spec.Name, MethodName);
 
     public virtual IReadOnlyDictionary<string, Tensor> GetAdapterState() =>
         new Dictionary<string, Tensor> { ["lora_A.weight"] = LoraA, ["lora_B.weight"] = LoraB };
@@ -69,7 +78,7 @@ public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowR
     }
 
     /// <summary>W₀ x + b: the frozen projection (the merged one once merged).</summary>
-    protected Tensor BaseForward(Tensor x) => nn.functional.linear(x, weight, bias);
+    protected Tensor BaseForward(Tensor x) => Base.Linear(x);
 
     /// <summary>§3.1: the input cast to the adapter dtype, with dropout on the adapter path only (training).</summary>
     protected Tensor AdapterInput(Tensor x) => Drop(x.to_type(AdapterDtype));
@@ -77,7 +86,7 @@ public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowR
     protected Tensor Drop(Tensor t) => Options.Dropout > 0 && training ? nn.functional.dropout(t, Options.Dropout, true) : t;
 
     /// <summary>W₀ in float32: the weight before merging, also while merged (for ΔW formulas that read W₀, e.g. DoRA).</summary>
-    protected Tensor BaseWeight32() => _merge.OriginalWeight32(weight);
+    protected Tensor BaseWeight32() => _merge.OriginalWeight32(Base);
 
     /// <summary>B·A in float32, (out, in).</summary>
     protected Tensor ProductBA() => LowRank.Product(LoraB, LoraA);
@@ -92,35 +101,51 @@ public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowR
 /// <summary>
 /// Merge bookkeeping every adapter layer shares: a second merge is refused, ΔW is added in float32, and the weight
 /// before merging is kept so that unmerge restores it bit for bit (W + ΔW − ΔW is not W in floating point).
-/// The copy costs the adapted weights' size while merged.
+/// The copy costs the adapted weights' size while merged. A packed base (<c>--base-bits</c>) is never changed: the merge
+/// dequantizes it, adds ΔW and keeps that full-precision weight beside it until unmerged.
 /// </summary>
 public sealed class MergeState : IDisposable
 {
     private Tensor? _original;
+    private FrozenBase? _packedMerged;
 
-    public bool IsMerged => _original is not null;
+    public bool IsMerged => _original is not null || _packedMerged is not null;
 
-    public void Merge(Parameter weight, Func<Tensor> delta, string module, string method)
+    public void Merge(FrozenBase b, Func<Tensor> delta, string module, string method)
     {
         if (IsMerged) throw new InvalidOperationException($"{module}: the {method} adapter is already merged; call Unmerge() first.");
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
         Tensor d = delta();
+        if (b.Weight is not { } weight)
+        {
+            // W_merged = dequant(W) + ΔW in the model's dtype; the packed W stays as it was.
+            b.SetMergedWeight(b.Packed!.Dequantize(ScalarType.Float32).add(d).to_type(b.Dtype).DetachFromDisposeScope());
+            _packedMerged = b;
+            return;
+        }
         Tensor original = weight.detach().clone();
         weight.detach().copy_(weight.detach().to_type(ScalarType.Float32).add(d));
         _original = original.DetachFromDisposeScope();
     }
 
-    public void Unmerge(Parameter weight, string module, string method)
+    public void Unmerge(FrozenBase b, string module, string method)
     {
+        if (_packedMerged is not null)
+        {
+            b.ClearMergedWeight();
+            _packedMerged = null;
+            return;
+        }
         if (_original is not { } o) throw new InvalidOperationException($"{module}: the {method} adapter is not merged; nothing to unmerge.");
-        using (torch.no_grad()) weight.detach().copy_(o);
+        using (torch.no_grad()) b.Weight!.detach().copy_(o);
         o.Dispose();
         _original = null;
     }
 
-    /// <summary>The weight before merging in float32 (the live weight when not merged); a new tensor.</summary>
-    public Tensor OriginalWeight32(Parameter weight) => (_original ?? weight).detach().to_type(ScalarType.Float32);
+    /// <summary>The weight before merging in float32 (the live weight when not merged; a packed one dequantized); a new tensor.</summary>
+    public Tensor OriginalWeight32(FrozenBase b) =>
+        b.Weight is { } w ? (_original ?? w).detach().to_type(ScalarType.Float32) : b.Packed!.Dequantize(ScalarType.Float32);
 
     public void RefuseWhileMerged(string module, string what)
     {
@@ -131,6 +156,8 @@ public sealed class MergeState : IDisposable
     {
         _original?.Dispose();
         _original = null;
+        _packedMerged?.ClearMergedWeight();
+        _packedMerged = null;
     }
 }
 
@@ -150,15 +177,24 @@ internal static class LowRank
 
     /// <summary>
     /// Frozen base weight (out, in) and bias (out), initialised like nn.Linear (U(±1/√in)) so a standalone layer is
-    /// non-trivial; the model loader overwrites them with the checkpoint.
+    /// non-trivial; the model loader overwrites them with the checkpoint. With <see cref="LinearSpec.PackedBase"/> the
+    /// weight is packed storage instead (zero until the loader packs the checkpoint into it).
     /// </summary>
-    internal static (Parameter Weight, Parameter? Bias) CreateBase(LinearSpec spec, ScalarType dtype, Device device, Generator? g)
+    internal static FrozenBase CreateBase(LinearSpec spec, ScalarType dtype, Device device, Generator? g)
     {
         using var _ = torch.no_grad();
         double bound = 1.0 / Math.Sqrt(spec.InFeatures);
-        var w = new Parameter(Uniform(new long[] { spec.OutFeatures, spec.InFeatures }, bound, dtype, device, g), requires_grad: false);
+        Parameter? w = null;
+        PackedWeight? packed = spec.PackedBase?.Create(spec.OutFeatures, spec.InFeatures, device);
+        if (packed is null) w = new Parameter(Uniform(new long[] { spec.OutFeatures, spec.InFeatures }, bound, dtype, device, g), requires_grad: false);
+        else if (g is not null)
+        {
+            // The same draws as a full-precision base (discarded, one layer at a time), so that the adapter drawn next from
+            // the same generator is the same with and without --base-bits.
+            using var discard = Uniform(new long[] { spec.OutFeatures, spec.InFeatures }, bound, ScalarType.Float32, CPU, g);
+        }
         Parameter? b = spec.HasBias ? new Parameter(Uniform(new long[] { spec.OutFeatures }, bound, dtype, device, g), requires_grad: false) : null;
-        return (w, b);
+        return new FrozenBase(spec, dtype, w, packed, b);
     }
 
     /// <summary>

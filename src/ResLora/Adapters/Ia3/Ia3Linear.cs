@@ -1,5 +1,6 @@
 using System.Text.Json.Serialization;
 using ResLora.Models;
+using TorchSharp.Utils;
 
 namespace ResLora.Adapters;
 
@@ -33,10 +34,11 @@ public sealed record Ia3Config : AdapterConfigBase
 /// otherwise, with l = <c>ia3_l</c> saved as PEFT shapes it: (1, in) for feedforward, (out, 1) otherwise. Merging
 /// scales W₀'s columns (feedforward) or rows and the bias.
 /// </summary>
-public sealed class Ia3Linear : nn.Module<Tensor, Tensor>, IAdapter
+public sealed class Ia3Linear : nn.Module<Tensor, Tensor>, IAdapter, IFrozenBaseOwner
 {
 #pragma warning disable IDE1006 // state-dict keys
-    private readonly Parameter weight;
+    private readonly Parameter? weight;
+    [ComponentName(Name = "weight")] private readonly PackedWeight? packed_weight;
     private readonly Parameter? bias;
     private readonly Parameter ia3_l;
 #pragma warning restore IDE1006
@@ -47,7 +49,8 @@ public sealed class Ia3Linear : nn.Module<Tensor, Tensor>, IAdapter
     {
         Spec = spec;
         IsFeedforward = feedforward;
-        (weight, bias) = LowRank.CreateBase(spec, dtype, device, generator);
+        Base = LowRank.CreateBase(spec, dtype, device, generator);
+        (weight, packed_weight, bias) = (Base.Weight, Base.Packed, Base.Bias);
         long[] shape = feedforward ? new long[] { 1, spec.InFeatures } : new long[] { spec.OutFeatures, 1 };
         using (torch.no_grad())
         {
@@ -59,8 +62,12 @@ public sealed class Ia3Linear : nn.Module<Tensor, Tensor>, IAdapter
 
     public LinearSpec Spec { get; }
     public bool IsFeedforward { get; }
-    public Parameter Weight => weight;
+    /// <summary>The full-precision base weight; an error naming <c>--base-bits</c> when the base is packed (use <see cref="Base"/>).</summary>
+    public Parameter Weight => Base.RequireWeight("reading the base weight tensor");
     public Parameter? Bias => bias;
+
+    /// <inheritdoc/>
+    public FrozenBase Base { get; }
     public Parameter Vector => ia3_l;
     public bool IsMerged => _merge.IsMerged;
     public IReadOnlyList<Parameter> TrainableParameters => new[] { ia3_l };
@@ -68,11 +75,11 @@ public sealed class Ia3Linear : nn.Module<Tensor, Tensor>, IAdapter
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        if (IsMerged) return scope.MoveToOuter(nn.functional.linear(x, weight, bias));
+        if (IsMerged) return scope.MoveToOuter(Base.Linear(x));
         Tensor l = ia3_l.flatten(); // (in) or (out)
         Tensor y = IsFeedforward
-            ? nn.functional.linear(x.to_type(l.dtype).mul(l).to_type(x.dtype), weight, bias)
-            : nn.functional.linear(x, weight, bias).mul(l).to_type(x.dtype);
+            ? Base.Linear(x.to_type(l.dtype).mul(l).to_type(x.dtype))
+            : Base.Linear(x).mul(l).to_type(x.dtype);
         return scope.MoveToOuter(y);
     }
 
@@ -81,14 +88,14 @@ public sealed class Ia3Linear : nn.Module<Tensor, Tensor>, IAdapter
     {
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
-        Tensor w0 = _merge.OriginalWeight32(weight);
+        Tensor w0 = _merge.OriginalWeight32(Base);
         Tensor l = ia3_l.detach().to_type(ScalarType.Float32); // (1, in) broadcasts over rows, (out, 1) over columns
         return scope.MoveToOuter(w0.mul(l).sub(w0));
     }
 
     public void Merge()
     {
-        _merge.Merge(weight, DeltaWeight, Spec.Name, "IA3");
+        _merge.Merge(Base, DeltaWeight, Spec.Name, "IA3");
         if (bias is null || IsFeedforward) return;
         using var _ = torch.no_grad();
         _biasBeforeMerge = bias.detach().clone().DetachFromDisposeScope();
@@ -97,7 +104,7 @@ public sealed class Ia3Linear : nn.Module<Tensor, Tensor>, IAdapter
 
     public void Unmerge()
     {
-        _merge.Unmerge(weight, Spec.Name, "IA3");
+        _merge.Unmerge(Base, Spec.Name, "IA3");
         if (_biasBeforeMerge is null) return;
         using (torch.no_grad()) bias!.detach().copy_(_biasBeforeMerge);
         _biasBeforeMerge.Dispose();

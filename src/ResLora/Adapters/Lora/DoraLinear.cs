@@ -33,7 +33,8 @@ public sealed class DoraLinear : LowRankLinear, IBaseWeightDependent
         if (IsMerged) throw new InvalidOperationException($"{Spec.Name}: cannot reset the DoRA magnitude while merged; call Unmerge() first.");
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
-        lora_magnitude_vector.detach().copy_(RowNorm(BaseWeight32().add(ProductBA().mul(Scaling))));
+        using var sba = ProductBA().mul(Scaling); // (out, in); a packed W₀ is dequantized block by block
+        lora_magnitude_vector.detach().copy_(Base.RowNorms(ScalarType.Float32, (start, count) => sba.narrow(0, start, count)));
     }
 
     void IBaseWeightDependent.OnBaseWeightsLoaded() => ResetMagnitude();
@@ -41,7 +42,7 @@ public sealed class DoraLinear : LowRankLinear, IBaseWeightDependent
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        Tensor baseOut = nn.functional.linear(x, weight); // W₀x, (..., out)
+        Tensor baseOut = Base.Linear(x, withBias: false); // W₀x, (..., out)
         Tensor result = bias is null ? baseOut : baseOut.add(bias);
         if (IsMerged) return scope.MoveToOuter(result);
 
@@ -51,13 +52,14 @@ public sealed class DoraLinear : LowRankLinear, IBaseWeightDependent
         {
             // §3.2: with active dropout PEFT recomputes W₀·dropout(x), so both terms see the dropped input.
             xa = nn.functional.dropout(xa, Options.Dropout, true);
-            baseForDora = nn.functional.linear(xa, weight.to_type(AdapterDtype));
+            baseForDora = Base.Linear(xa, withBias: false); // W₀ in the adapter dtype
         }
         else baseForDora = baseOut.to_type(AdapterDtype); // PR #2122: reuse the base output minus bias
 
         // n (out): row norms of W₀ + s·BA with the LoRA product detached, then n itself detached (paper §4.3).
         Tensor ba = lora_B.weight!.detach().matmul(lora_A.weight!.detach());
-        Tensor n = torch.linalg.norm(weight.detach().to_type(AdapterDtype).add(ba.mul(Scaling)), dims: new long[] { 1 }).detach();
+        Tensor sba = ba.mul(Scaling);
+        Tensor n = Base.RowNorms(AdapterDtype, (start, count) => sba.narrow(0, start, count)).detach();
         Tensor c = lora_magnitude_vector.div(n); // (out), broadcast over (..., out)
         Tensor lora = lora_B.call(lora_A.call(xa));
         Tensor dora = c.sub(1).mul(baseForDora).add(c.mul(lora).mul(Scaling));

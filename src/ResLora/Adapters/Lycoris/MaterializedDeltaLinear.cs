@@ -1,4 +1,5 @@
 using ResLora.Models;
+using TorchSharp.Utils;
 
 namespace ResLora.Adapters;
 
@@ -7,11 +8,12 @@ namespace ResLora.Adapters;
 /// Kronecker product) and applied as y = W₀x + b + ΔW x, with PEFT's rank dropout (rows of ΔW, rescaled) and module
 /// dropout (skip the adapter) in training only.
 /// </summary>
-public abstract class MaterializedDeltaLinear : nn.Module<Tensor, Tensor>, IAdapter
+public abstract class MaterializedDeltaLinear : nn.Module<Tensor, Tensor>, IAdapter, IFrozenBaseOwner
 {
 #pragma warning disable IDE1006 // state-dict keys
-    protected readonly Parameter weight;
-    protected readonly Parameter? bias;
+    private readonly Parameter? weight;
+    [ComponentName(Name = "weight")] private readonly PackedWeight? packed_weight;
+    private readonly Parameter? bias;
 #pragma warning restore IDE1006
     private readonly double _rankDropout, _moduleDropout;
     private readonly bool _rescaleRankDropout;
@@ -20,7 +22,8 @@ public abstract class MaterializedDeltaLinear : nn.Module<Tensor, Tensor>, IAdap
     protected MaterializedDeltaLinear(LinearSpec spec, double rankDropout, double moduleDropout, bool rescale, ScalarType dtype, Device device, Generator? g) : base(spec.Name)
     {
         Spec = spec;
-        (weight, bias) = LowRank.CreateBase(spec, dtype, device, g);
+        Base = LowRank.CreateBase(spec, dtype, device, g);
+        (weight, packed_weight, bias) = (Base.Weight, Base.Packed, Base.Bias);
         _rankDropout = rankDropout;
         _moduleDropout = moduleDropout;
         _rescaleRankDropout = rescale;
@@ -29,8 +32,12 @@ public abstract class MaterializedDeltaLinear : nn.Module<Tensor, Tensor>, IAdap
     public LinearSpec Spec { get; }
     /// <summary>The method's name in error messages (LoHa, LoKr, AdaLoRA).</summary>
     protected abstract string MethodName { get; }
-    public Parameter Weight => weight;
+    /// <summary>The full-precision base weight; an error naming <c>--base-bits</c> when the base is packed (use <see cref="Base"/>).</summary>
+    public Parameter Weight => Base.RequireWeight("reading the base weight tensor");
     public Parameter? Bias => bias;
+
+    /// <inheritdoc/>
+    public FrozenBase Base { get; }
     public bool IsMerged => _merge.IsMerged;
     public abstract IReadOnlyList<Parameter> TrainableParameters { get; }
     public abstract double Scaling { get; }
@@ -41,9 +48,10 @@ public abstract class MaterializedDeltaLinear : nn.Module<Tensor, Tensor>, IAdap
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        var y = nn.functional.linear(x, weight, bias);
+        var y = BaseForward(x);
         if (IsMerged) return scope.MoveToOuter(y);
-        if (training && _moduleDropout > 0 && Random.Shared.NextDouble() < _moduleDropout) return scope.MoveToOuter(y);
+        // Drawn from torch's generator: seeded by --seed, and replayed by --grad-checkpoint's recompute.
+        if (training && _moduleDropout > 0 && torch.rand(1).item<float>() < _moduleDropout) return scope.MoveToOuter(y);
         var d = Delta() * Scaling;
         if (training && _rankDropout > 0)
         {
@@ -61,9 +69,12 @@ public abstract class MaterializedDeltaLinear : nn.Module<Tensor, Tensor>, IAdap
         return scope.MoveToOuter((Delta() * Scaling).to_type(ScalarType.Float32));
     }
 
-    public void Merge() => _merge.Merge(weight, DeltaWeight, Spec.Name, MethodName);
+    public void Merge() => _merge.Merge(Base, DeltaWeight, Spec.Name, MethodName);
 
-    public void Unmerge() => _merge.Unmerge(weight, Spec.Name, MethodName);
+    public void Unmerge() => _merge.Unmerge(Base, Spec.Name, MethodName);
+
+    /// <summary>W₀x + b through the frozen base (full precision or packed).</summary>
+    protected Tensor BaseForward(Tensor x) => Base.Linear(x);
 
     public abstract IReadOnlyDictionary<string, Tensor> GetAdapterState();
 

@@ -7,7 +7,7 @@ namespace ResLora.Adapters;
 /// type, in layer order, linked only between equal (in, out) shapes), the per-forward context holding the tensors
 /// passed between layers, and the merge coefficients.
 /// </summary>
-public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycle, IConfigSnapshot, ICalibratedMerge
+public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycle, IConfigSnapshot, ICalibratedMerge, ICheckpointSupport
 {
     private readonly ResLoraConfig _config;
     private readonly Generator? _generator;
@@ -55,6 +55,16 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
         }
         return layer;
     }
+
+    /// <summary>
+    /// Spec §7.3: is and ms pass live tensors between decoder layers, so per-layer recomputation is refused for them; bs
+    /// passes only weights (its predecessors' A and B) and recomputes safely.
+    /// </summary>
+    public string? CheckpointRefusal => Structure == ResLoraStructure.BlockShortcut ? null :
+        $"ResLoRA's {_config.Structure} structure passes live tensors from each decoder layer to the next (is: a block's input; ms: its A·x), " +
+        "and the shortcut's gradient through them is the method (spec §7.3). A checkpointed layer runs its first forward without a graph and is " +
+        "recomputed alone in backward, so that gradient would be lost and the recompute would read another forward's tensors. " +
+        "Use --structure bs (it passes only weights between layers) or train without --grad-checkpoint.";
 
     /// <summary>Opens the context of one model forward; layers stash and read cross-layer tensors only through it.</summary>
     public IDisposable BeginForward()
@@ -152,7 +162,7 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
             if (wNorm.TryGetValue(l, out var v)) return v;
             using var scope = torch.NewDisposeScope();
             using var _ = torch.no_grad();
-            var w = l.Weight.detach().to_type(ScalarType.Float32) + LowRank.Product(l.LoraB, l.LoraA).mul(l.Scaling);
+            var w = l.Base.Weight32() + LowRank.Product(l.LoraB, l.LoraA).mul(l.Scaling);
             return wNorm[l] = w.norm().item<float>();
         }
         static double Ratio(double num, double den) => num > 0 && den > 0 ? num / den : 1.0;

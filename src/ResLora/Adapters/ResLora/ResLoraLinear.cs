@@ -44,7 +44,7 @@ public sealed class ResLoraLinear : LowRankLinear
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        Tensor result = nn.functional.linear(x, weight, bias);
+        Tensor result = BaseForward(x);
         if (IsMerged) return scope.MoveToOuter(result);
         // Outside a model forward (a standalone layer) only a chain start can run: it needs nothing from other layers.
         var ctx = _owner.Current;
@@ -88,14 +88,20 @@ public sealed class ResLoraLinear : LowRankLinear
                     foreach (var p in Predecessors(_owner.PreNum)) acc = acc + ctx!.Get(p, Spec.Name);
                     _owner.Fold?.Record(this, xa, acc);
                     delta = lora_B.call(acc);
-                    if (training) Record(_middleNorms, z);
+                    if (RecordsStatistics) Record(_middleNorms, z);
                     break;
                 }
         }
-        if (training) Record(_inputNorms, xa);
+        if (RecordsStatistics) Record(_inputNorms, xa);
         result = result.add(delta.mul(Scaling).to_type(result.dtype));
         return scope.MoveToOuter(result);
     }
+
+    /// <summary>
+    /// Training forwards push one norm each. Under --grad-checkpoint a layer also runs a second time, recomputed in backward
+    /// on the same input; that run does not count, so the window is the same as without checkpointing.
+    /// </summary>
+    private bool RecordsStatistics => training && !ActivationCheckpoint.IsRecomputing;
 
     /// <summary>§4.2: one Frobenius norm per training forward (float32), window of the last N, zero norms not pushed.</summary>
     private void Record(Queue<double> window, Tensor t)
