@@ -41,21 +41,15 @@ internal static class GenerateVerb
             bool asChat = r.GetValue(chat) || messagesFile is not null;
             if (!asChat && (r.GetValue(system) is not null || r.GetValue(chatTemplate) is not null))
                 throw new UserInputException("--system and --chat-template apply to chat generation; add --chat.");
-            IReadOnlyList<int> ids;
-            List<int> stop;
+            ChatPrompt? chatPrompt = null;
             if (asChat)
             {
                 var format = ChatFormat.ForModel(dir, r.GetValue(chatTemplate))
                     ?? throw new UserInputException($"--chat: {dir} has no chat_template in tokenizer_config.json; give one with --chat-template NAME|FILE (built-in: {string.Join(", ", BuiltInChatTemplates.Names)}).");
-                var conversation = ChatConversation(messagesFile, r.GetValue(prompt) ?? "", r.GetValue(system));
-                var chatPrompt = Prompts.Chat(tokenizer, format, conversation, w => Console.Error.WriteLine($"warning: {w}"));
-                (ids, stop) = (chatPrompt.Ids, chatPrompt.StopIds.ToList());
+                chatPrompt = Prompts.Chat(tokenizer, format, ChatConversation(messagesFile, r.GetValue(prompt) ?? "", r.GetValue(system)));
             }
-            else
-            {
-                ids = Prompts.Ids(tokenizer, r.GetValue(prompt) ?? "");
-                stop = tokenizer.EosTokenIds.ToList();
-            }
+            var ids = chatPrompt?.Ids ?? Prompts.Ids(tokenizer, r.GetValue(prompt) ?? "");
+            var stop = (chatPrompt?.StopIds ?? tokenizer.EosTokenIds).ToList();
             using var m = ModelSessions.Load(dir, r.GetValue(adapter), runtime, w => Console.Error.WriteLine($"warning: {w}"));
             var options = new GenerationOptions
             {
@@ -65,9 +59,10 @@ internal static class GenerateVerb
                 TopP = p,
                 Seed = r.GetValue(seed),
                 EosTokenIds = stop,
+                StopWhen = chatPrompt?.StopWhen(tokenizer),
             };
             var output = TextGenerator.Generate(m, ids, options);
-            Console.Out.Write(tokenizer.Decode(output.Where(t => !stop.Contains(t))));
+            Console.Out.Write(chatPrompt?.Reply(tokenizer, output) ?? tokenizer.Decode(output.Where(t => !stop.Contains(t))));
             Console.Out.WriteLine();
             return 0;
         }));
