@@ -1,5 +1,6 @@
 using System.CommandLine;
 using ResLora.IO;
+using ResLora.IO.Templates;
 using ResLora.Models;
 using ResLora.Pipelines;
 
@@ -17,9 +18,13 @@ internal static class GenerateVerb
         var topK = new Option<int>("--top-k") { Description = "Sample among the k most likely tokens (0 = off).", DefaultValueFactory = _ => 0 };
         var topP = new Option<double>("--top-p") { Description = "Nucleus sampling mass (1 = off).", DefaultValueFactory = _ => 1.0 };
         var seed = new Option<long>("--seed") { Description = "Sampling seed.", DefaultValueFactory = _ => 0L };
+        var chat = new Option<bool>("--chat") { Description = "Answer as the assistant: --prompt is a user message, rendered with the model's chat template and the assistant's header; stops at the template's end-of-turn token as well as EOS." };
+        var messages = new Option<string?>("--messages") { Description = "--chat from a conversation file: a JSON list of {\"role\", \"content\"} messages (system, user, assistant, tool); implies --chat." };
+        var system = new Option<string?>("--system") { Description = "--chat: a system message put first." };
+        var chatTemplate = new Option<string?>("--chat-template") { Description = $"--chat: the chat template, when the model has none or another is wanted: a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", BuiltInChatTemplates.Names)})." };
         var rt = new RuntimeOptionSet(baseBits: true);
-        var cmd = new Command("generate", "Generate a continuation of a prompt; writes only the generated text to stdout.");
-        foreach (var o in new Option[] { model, adapter, prompt, maxNew, temperature, topK, topP, seed }) cmd.Options.Add(o);
+        var cmd = new Command("generate", "Generate a continuation of a prompt (or, with --chat, the assistant's reply to a conversation); writes only the generated text to stdout.");
+        foreach (var o in new Option[] { model, adapter, prompt, maxNew, temperature, topK, topP, seed, chat, messages, system, chatTemplate }) cmd.Options.Add(o);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
@@ -32,9 +37,20 @@ internal static class GenerateVerb
             double p = r.GetValue(topP);
             if (p <= 0 || p > 1) throw new UserInputException($"--top-p must be in (0, 1], got {p}.");
             var tokenizer = TokenizerLoader.Load(dir);
+            string? messagesFile = r.GetValue(messages);
+            bool asChat = r.GetValue(chat) || messagesFile is not null;
+            if (!asChat && (r.GetValue(system) is not null || r.GetValue(chatTemplate) is not null))
+                throw new UserInputException("--system and --chat-template apply to chat generation; add --chat.");
+            ChatPrompt? chatPrompt = null;
+            if (asChat)
+            {
+                var format = ChatFormat.ForModel(dir, r.GetValue(chatTemplate))
+                    ?? throw new UserInputException($"--chat: {dir} has no chat_template in tokenizer_config.json; give one with --chat-template NAME|FILE (built-in: {string.Join(", ", BuiltInChatTemplates.Names)}).");
+                chatPrompt = Prompts.Chat(tokenizer, format, ChatConversation(messagesFile, r.GetValue(prompt) ?? "", r.GetValue(system)));
+            }
+            var ids = chatPrompt?.Ids ?? Prompts.Ids(tokenizer, r.GetValue(prompt) ?? "");
+            var stop = (chatPrompt?.StopIds ?? tokenizer.EosTokenIds).ToList();
             using var m = ModelSessions.Load(dir, r.GetValue(adapter), runtime, w => Console.Error.WriteLine($"warning: {w}"));
-            var ids = Prompts.Ids(tokenizer, r.GetValue(prompt) ?? "");
-            var stop = tokenizer.EosTokenIds.ToList();
             var options = new GenerationOptions
             {
                 MaxNewTokens = n,
@@ -43,12 +59,33 @@ internal static class GenerateVerb
                 TopP = p,
                 Seed = r.GetValue(seed),
                 EosTokenIds = stop,
+                StopWhen = chatPrompt?.StopWhen(tokenizer),
             };
             var output = TextGenerator.Generate(m, ids, options);
-            Console.Out.Write(tokenizer.Decode(output.Where(t => !stop.Contains(t))));
+            Console.Out.Write(chatPrompt?.Reply(tokenizer, output) ?? tokenizer.Decode(output.Where(t => !stop.Contains(t))));
             Console.Out.WriteLine();
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>The conversation of <c>--chat</c>: the --messages file, or --prompt as one user message; --system first.</summary>
+    private static List<ChatMessage> ChatConversation(string? messagesFile, string prompt, string? system)
+    {
+        if (messagesFile is not null && prompt.Length > 0)
+            throw new UserInputException("give the conversation as --messages FILE or the user's message as --prompt, not both.");
+        var conversation = messagesFile is not null ? Prompts.ReadMessages(messagesFile).ToList() : new List<ChatMessage>();
+        if (messagesFile is null)
+        {
+            if (prompt.Length == 0) throw new UserInputException("--chat needs the user's message: --prompt TEXT (or --messages FILE).");
+            conversation.Add(new ChatMessage("user", prompt));
+        }
+        if (system is not null)
+        {
+            if (conversation.Count > 0 && conversation[0].Role == "system")
+                throw new UserInputException("--system: the conversation already starts with a system message.");
+            conversation.Insert(0, new ChatMessage("system", system));
+        }
+        return conversation;
     }
 }

@@ -19,6 +19,7 @@ internal static class TrainVerb
         var evalFraction = new Option<double>("--eval-fraction") { Description = "Fraction of --data held out for evaluation when --eval-data is not given (0 = none).", DefaultValueFactory = _ => 0.1 };
         var promptTemplate = new Option<string?>("--prompt-template") { Description = "Prompt built from record fields, e.g. \"{Body} {Question}\\nAnswer:\"." };
         var completionTemplate = new Option<string?>("--completion-template") { Description = "Completion built from record fields, e.g. \" {Answer}\" (the loss covers only this part)." };
+        var chatTemplate = new Option<string?>("--chat-template") { Description = $"Chat template for {{\"messages\"}}/ShareGPT records when the model has none or another is wanted: a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", IO.Templates.BuiltInChatTemplates.Names)})." };
         var output = new Option<string>("--out") { Description = "Output folder: adapter (PEFT format), metrics.jsonl, train_summary.json, loss.png, checkpoint/.", Required = true };
         var resume = new Option<bool>("--resume") { Description = "Continue the run in --out from its last checkpoint." };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace what --out holds (an adapter folder, or a previous run's checkpoint, metrics and summary) instead of refusing." };
@@ -48,7 +49,7 @@ internal static class TrainVerb
         var method = new MethodOptionSet();
         var rt = new RuntimeOptionSet(baseBits: true);
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
-        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
+        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
@@ -120,7 +121,7 @@ internal static class TrainVerb
                     DataPath = r.GetValue(data)!,
                     EvalDataPath = r.GetValue(evalData),
                     EvalFraction = r.GetValue(evalFraction),
-                    Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)),
+                    Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)) { ChatTemplate = r.GetValue(chatTemplate) },
                     Method = method.ReadSpec(r),
                     Runtime = runtime,
                     OutDir = outDir,

@@ -49,3 +49,29 @@ public interface ISentencePairTokenizer
     /// <summary>The id padded positions carry (BERT's <c>[PAD]</c>, RoBERTa's <c>&lt;pad&gt;</c>).</summary>
     int PadId { get; }
 }
+
+/// <summary>A token and the [<see cref="Start"/>, <see cref="End"/>) range of the encoded text (UTF-16 units) it was made from.</summary>
+/// <param name="Id">The token id.</param>
+/// <param name="Start">The first character of the text the token covers.</param>
+/// <param name="End">One past the last character the token covers.</param>
+public readonly record struct TokenOffset(int Id, int Start, int End);
+
+/// <summary>
+/// Optional capability of a tokenizer that knows where each token came from in its input (Hugging Face tokenizer.json
+/// tokenizers): what a loss mask over rendered chat text needs, and what <c>reslora tokenize</c> shows.
+/// </summary>
+public interface ITokenOffsets
+{
+    /// <summary>
+    /// Encodes exactly as <see cref="ITextTokenizer.Encode"/> does, with each token's character range in
+    /// <paramref name="text"/>: a token covers the characters it was made from, as Hugging Face tokenizers' offsets
+    /// (a SentencePiece <c>▁</c> covers the word it starts; each byte piece of a character covers the whole character).
+    /// </summary>
+    IReadOnlyList<TokenOffset> EncodeWithOffsets(string text);
+
+    /// <summary>The vocabulary entry of <paramref name="id"/> (<c>Ġworld</c>, <c>▁the</c>, <c>&lt;0x0A&gt;</c>, <c>&lt;|im_end|&gt;</c>).</summary>
+    string TokenString(int id);
+
+    /// <summary>Whether <paramref name="id"/> is an added token marked special (dropped when decoding with special tokens skipped).</summary>
+    bool IsSpecial(int id);
+}

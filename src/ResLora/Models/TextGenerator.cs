@@ -12,6 +12,11 @@ public sealed record GenerationOptions
     public long Seed { get; init; } = 0;
     /// <summary>Generation stops after emitting any of these ids (the id is included in the output).</summary>
     public IReadOnlyList<int> EosTokenIds { get; init; } = Array.Empty<int>();
+    /// <summary>
+    /// Also stop after a token when this returns true for the new tokens so far (a chat template's end-of-turn text that is
+    /// several tokens in the vocabulary); null = only <see cref="EosTokenIds"/>.
+    /// </summary>
+    public Func<IReadOnlyList<int>, bool>? StopWhen { get; init; }
     /// <summary>Reuse keys/values of earlier positions (each new token costs one position). Off only for checks.</summary>
     public bool UseKvCache { get; init; } = true;
 
@@ -60,7 +65,7 @@ public static class TextGenerator
                 int next = Pick(last, options, gen);
                 output.Add(next);
                 onToken?.Invoke(next);
-                if (eos.Contains(next)) break;
+                if (eos.Contains(next) || options.StopWhen?.Invoke(output) == true) break;
                 context.Add(next);
                 feed = options.UseKvCache ? new[] { next } : context;
             }

@@ -34,7 +34,7 @@ public static class EvalPipeline
         req.Quantize.Validate();
         if (req.Quantize.WBits < 16 && req.Runtime.BaseStorage != BaseWeightStorage.Full)
             throw new UserInputException($"--wbits fake-quantizes full-precision weights, but --base-bits {req.Runtime.BaseBits} already packs the base; drop one of them.");
-        var examples = DataSet.Load(req.DataPath, req.Templates);
+        var examples = DataSet.Load(req.DataPath, req.Templates.ForModel(req.ModelDir));
         var tokenizer = TokenizerLoader.Load(req.ModelDir);
         using var model = ModelSessions.Load(req.ModelDir, req.AdapterDir, req.Runtime, warn);
         IDisposable? quant = null;

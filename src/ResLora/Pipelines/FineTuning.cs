@@ -37,8 +37,9 @@ public static class FineTuning
         req.Train.Validate();
         req.Templates.Validate();
         if (req.SeqLen is < 2) throw new UserInputException($"--seq-len must be at least 2, got {req.SeqLen}.");
-        var (train, evalSet) = TrainingSplits.Make(DataSet.Load(req.DataPath, req.Templates),
-            req.EvalDataPath is null ? null : DataSet.Load(req.EvalDataPath, req.Templates), req.EvalFraction, req.Train.Seed);
+        var templates = req.Templates.ForModel(req.ModelDir); // conversations render with the model's chat template
+        var (train, evalSet) = TrainingSplits.Make(DataSet.Load(req.DataPath, templates),
+            req.EvalDataPath is null ? null : DataSet.Load(req.EvalDataPath, templates), req.EvalFraction, req.Train.Seed);
         // The method is built (and checked) before anything is written; steps are known up to packing, which only
         // shortens epoch-based runs, so AdaLoRA's schedule uses the unpacked count.
         var setup = AdapterMethods.Build(req.Method with { TotalSteps = req.Train.TotalSteps(train.Count) });
@@ -89,7 +90,7 @@ public static class FineTuning
             PromptTemplate = req.Templates.PromptTemplate,
             CompletionTemplate = req.Templates.CompletionTemplate,
             SeqLen = seqLen,
-        };
+        }.WithChat(train.Concat(evalSet).Any(e => e.IsConversation) ? templates.Chat : null);
         var caps = AdapterModel.CollectCapabilities(model, extras.Prepend(plan.Builder).ToArray());
         return TrainLoop.Run(new TrainRunSpec
         {

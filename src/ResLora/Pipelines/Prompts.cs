@@ -1,6 +1,42 @@
+using System.Text.Json;
 using ResLora.IO;
+using ResLora.IO.Templates;
+using ResLora.Training;
 
 namespace ResLora.Pipelines;
+
+/// <summary>A conversation ready to generate from: the prompt's ids and what ends the reply.</summary>
+/// <param name="Text">The rendered prompt, ending with the header that opens the assistant's reply.</param>
+/// <param name="Ids">Its token ids (the template writes BOS itself when the model uses one).</param>
+/// <param name="StopIds">EOS ids and the ids of the template's end-of-turn tokens that are one token in the vocabulary.</param>
+/// <param name="StopTexts">End-of-turn texts that are several tokens in the vocabulary (a built-in template on a base
+/// model whose vocabulary lacks its markers): the reply ends when its text contains one.</param>
+public sealed record ChatPrompt(string Text, IReadOnlyList<int> Ids, IReadOnlyList<int> StopIds, IReadOnlyList<string> StopTexts)
+{
+    /// <summary>Generation options' stop condition for <see cref="StopTexts"/> (null when there are none).</summary>
+    public Func<IReadOnlyList<int>, bool>? StopWhen(ITextTokenizer tokenizer) => StopTexts.Count == 0
+        ? null
+        : output => StopTexts.Any(t => tokenizer.Decode(output, skipSpecialTokens: false).Contains(t, StringComparison.Ordinal));
+
+    /// <summary>The reply's text: <paramref name="output"/> without its stop ids and cut before the first stop text, special tokens skipped.</summary>
+    public string Reply(ITextTokenizer tokenizer, IReadOnlyList<int> output)
+    {
+        var kept = output.Where(t => !StopIds.Contains(t)).ToList();
+        if (StopTexts.Count > 0)
+        {
+            string all = tokenizer.Decode(kept, skipSpecialTokens: false);
+            int cut = StopTexts.Select(t => all.IndexOf(t, StringComparison.Ordinal)).Where(i => i >= 0).DefaultIfEmpty(-1).Min();
+            if (cut >= 0)
+            {
+                // Keep the tokens that lie wholly before the stop text.
+                int m = kept.Count;
+                while (m > 0 && tokenizer.Decode(kept.Take(m), skipSpecialTokens: false).Length > cut) m--;
+                kept = kept.Take(m).ToList();
+            }
+        }
+        return tokenizer.Decode(kept);
+    }
+}
 
 /// <summary>How a prompt becomes token ids for generation and probing.</summary>
 public static class Prompts
@@ -14,5 +50,55 @@ public static class Prompts
         if (ids.Count == 0)
             throw new UserInputException("--prompt is empty and the tokenizer defines no BOS token to start from; give a prompt.");
         return ids;
+    }
+
+    /// <summary>
+    /// A conversation rendered with <paramref name="format"/> and the generation prompt, encoded as transformers'
+    /// <c>apply_chat_template(add_generation_prompt=True)</c> does (no BOS added: the template writes it); generation stops
+    /// at EOS and at each end-of-turn token of the template (by id when it is one token in the vocabulary, otherwise by
+    /// its text).
+    /// </summary>
+    public static ChatPrompt Chat(ITextTokenizer tokenizer, ChatFormat format, IReadOnlyList<ChatMessage> messages)
+    {
+        if (messages.Count == 0) throw new UserInputException("the conversation is empty; give --prompt or --messages.");
+        string text = format.RenderPrompt(messages);
+        var ids = tokenizer.Encode(text);
+        if (ids.Count == 0) throw new UserInputException($"{format.Origin}: the conversation renders to no tokens.");
+        var stops = tokenizer.EosTokenIds.ToList();
+        var texts = new List<string>();
+        foreach (var marker in format.EndOfTurn)
+        {
+            var m = tokenizer.Encode(marker);
+            if (m.Count == 1) { if (!stops.Contains(m[0])) stops.Add(m[0]); }
+            else texts.Add(marker);
+        }
+        return new ChatPrompt(text, ids, stops, texts);
+    }
+
+    /// <summary>
+    /// Reads a conversation file: a JSON list of <c>{"role", "content"}</c> messages, or one record as training data
+    /// holds it (<c>{"messages": [...]}</c>, ShareGPT <c>{"conversations": [...]}</c>, optional <c>"system"</c>).
+    /// </summary>
+    public static IReadOnlyList<ChatMessage> ReadMessages(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"--messages {path}: no such file; give a JSON list of {{\"role\", \"content\"}} messages.", path);
+        JsonDocument doc;
+        try
+        {
+            doc = JsonDocument.Parse(File.ReadAllText(path), new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+        }
+        catch (JsonException e)
+        {
+            throw new UserInputException($"{path}: not valid JSON ({e.Message}).", e);
+        }
+        using var _ = doc;
+        var root = doc.RootElement;
+        if (root.ValueKind == JsonValueKind.Array)
+        {
+            using var wrapped = JsonDocument.Parse("{\"messages\":" + root.GetRawText() + "}");
+            return ChatRecords.Messages(wrapped.RootElement, path);
+        }
+        if (root.ValueKind == JsonValueKind.Object && ChatRecords.IsConversation(root)) return ChatRecords.Messages(root, path);
+        throw new UserInputException($"{path}: expected a JSON list of {{\"role\", \"content\"}} messages or an object with \"messages\".");
     }
 }

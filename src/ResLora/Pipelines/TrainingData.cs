@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using ResLora.IO;
+using ResLora.IO.Templates;
 using ResLora.Training;
 
 namespace ResLora.Pipelines;
@@ -21,8 +22,19 @@ public sealed record TrainingDataRecord
     [JsonPropertyName("prompt_template")] public string? PromptTemplate { get; init; }
     [JsonPropertyName("completion_template")] public string? CompletionTemplate { get; init; }
     [JsonPropertyName("seq_len")] public int SeqLen { get; init; }
+    /// <summary>The chat template conversation records were rendered with (its Jinja source), and its BOS/EOS texts; null without conversations.</summary>
+    [JsonPropertyName("chat_template")] public string? ChatTemplate { get; init; }
+    [JsonPropertyName("chat_bos_token")] public string? ChatBosToken { get; init; }
+    [JsonPropertyName("chat_eos_token")] public string? ChatEosToken { get; init; }
 
-    public DataTemplates Templates => new(PromptTemplate, CompletionTemplate);
+    public DataTemplates Templates => new(PromptTemplate, CompletionTemplate)
+    {
+        Chat = ChatTemplate is null ? null : new ChatFormat(IO.Templates.ChatTemplate.Parse(ChatTemplate, "default"), ChatBosToken, ChatEosToken, origin: $"{FileName} chat_template"),
+    };
+
+    /// <summary>This record with the chat format the data was rendered with (null: none).</summary>
+    public TrainingDataRecord WithChat(ChatFormat? chat) =>
+        chat is null ? this : this with { ChatTemplate = chat.Template.Source, ChatBosToken = chat.BosToken, ChatEosToken = chat.EosToken };
 
     /// <summary>The record in an adapter folder, or null when there is none (an adapter trained elsewhere).</summary>
     public static TrainingDataRecord? Read(string adapterDir)

@@ -2,26 +2,45 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using ResLora.IO;
+using ResLora.IO.Templates;
 
 namespace ResLora.Training;
 
 /// <summary>
 /// One training example. The loss covers only <see cref="Completion"/>'s tokens; plain-text records have an empty
-/// prompt and the whole text as completion.
+/// prompt and the whole text as completion. A conversation is its rendered text as completion with
+/// <see cref="LossSpans"/> set: then only tokens inside those ranges carry loss, and no BOS/EOS is added (the chat
+/// template writes its own).
 /// </summary>
 public sealed record TextExample(string Prompt, string Completion)
 {
     public bool IsPlainText => Prompt.Length == 0;
+
+    /// <summary>For a rendered conversation: the [start, end) ranges of <see cref="Completion"/> whose tokens carry loss (its assistant turns); null otherwise.</summary>
+    public IReadOnlyList<(int Start, int End)>? LossSpans { get; init; }
+
+    /// <summary>Whether this is a rendered conversation (<see cref="LossSpans"/> set).</summary>
+    public bool IsConversation => LossSpans is not null;
 }
 
 /// <summary>
 /// How records become examples. With no templates the shape is detected per file: <c>{"prompt","completion"}</c>,
 /// Alpaca <c>{"instruction","input","output"}</c>, or <c>{"text"}</c>. Templates name record fields in braces
 /// (<c>"{Body} {Question}\nAnswer:"</c>); <c>{{</c> and <c>}}</c> are literal braces; dotted paths reach nested
-/// objects (<c>{meta.id}</c>).
+/// objects (<c>{meta.id}</c>). Conversation records (<c>{"messages"}</c>, ShareGPT <c>{"conversations"}</c>) are
+/// rendered with <see cref="Chat"/>.
 /// </summary>
 public sealed record DataTemplates(string? PromptTemplate = null, string? CompletionTemplate = null)
 {
+    /// <summary>The <c>--chat-template</c> value (a file, a built-in name); null for the model's own template.</summary>
+    public string? ChatTemplate { get; init; }
+
+    /// <summary>The chat format conversation records are rendered with; set by <see cref="ForModel"/>.</summary>
+    public ChatFormat? Chat { get; init; }
+
+    /// <summary>These templates with <see cref="Chat"/> taken from the model folder (or <see cref="ChatTemplate"/>) when not set.</summary>
+    public DataTemplates ForModel(string modelDir) => Chat is not null ? this : this with { Chat = ChatFormat.ForModel(modelDir, ChatTemplate) };
+
     public void Validate()
     {
         if ((PromptTemplate is null) != (CompletionTemplate is null))
@@ -61,6 +80,7 @@ public static class DataSet
     {
         if (t.PromptTemplate is not null)
             return new TextExample(Render(t.PromptTemplate, rec, where), Render(t.CompletionTemplate!, rec, where));
+        if (ChatRecords.IsConversation(rec)) return ChatRecords.ToExample(rec, t.Chat, where);
         if (rec.TryGetProperty("prompt", out _) || rec.TryGetProperty("completion", out _))
             return new TextExample(Field(rec, "prompt", where), Field(rec, "completion", where));
         if (rec.TryGetProperty("instruction", out _))
@@ -76,7 +96,7 @@ public static class DataSet
             return new TextExample("", text);
         }
         var names = string.Join(", ", rec.EnumerateObject().Select(p => p.Name));
-        throw new UserInputException($"{where}: unknown record shape (fields: {names}). Use {{\"text\"}}, {{\"prompt\",\"completion\"}}, {{\"instruction\",\"input\",\"output\"}}, or give --prompt-template and --completion-template over these fields.");
+        throw new UserInputException($"{where}: unknown record shape (fields: {names}). Use {{\"text\"}}, {{\"prompt\",\"completion\"}}, {{\"instruction\",\"input\",\"output\"}}, {{\"messages\"}}, ShareGPT {{\"conversations\"}}, or give --prompt-template and --completion-template over these fields.");
     }
 
     private static string Field(JsonElement rec, string name, string where)

@@ -15,34 +15,17 @@ public static class Tokenization
     public const int IgnoreIndex = -100;
 
     /// <summary>
-    /// BOS (when the tokenizer config asks for it) + prompt + completion + EOS. The prompt/completion boundary is found
-    /// by encoding the prompt alone and the whole text: tokens shared with the prompt's encoding get no loss, so a
-    /// merge across the boundary never hides completion tokens. Sequences longer than <paramref name="seqLen"/> are
-    /// cut on the right; an example left with no loss token is dropped. Both are counted.
+    /// Each example as <see cref="TokenizeOne"/> makes it; sequences longer than <paramref name="seqLen"/> are cut on the
+    /// right; an example left with no loss token is dropped. Both are counted.
     /// </summary>
     public static TokenizedSet Tokenize(IReadOnlyList<TextExample> examples, ITextTokenizer tok, int seqLen, bool addEos = true)
     {
         if (seqLen < 2) throw new UserInputException($"--seq-len must be at least 2, got {seqLen}.");
         var result = new List<TokenizedExample>(examples.Count);
         int truncated = 0, dropped = 0;
-        int? eos = tok.EosTokenIds.Count > 0 ? tok.EosTokenIds[0] : null;
         foreach (var ex in examples)
         {
-            var ids = new List<int>();
-            if (tok.AddBosToken && tok.BosTokenId is { } bos) ids.Add(bos);
-            int start = ids.Count;
-            var full = tok.Encode(ex.Prompt + ex.Completion);
-            int boundary = 0;
-            if (!ex.IsPlainText)
-            {
-                var p = tok.Encode(ex.Prompt);
-                while (boundary < p.Count && boundary < full.Count && p[boundary] == full[boundary]) boundary++;
-            }
-            ids.AddRange(full);
-            if (addEos && eos is { } e) ids.Add(e);
-            var labels = new int[ids.Count];
-            for (int i = 0; i < labels.Length; i++) labels[i] = i < start + boundary ? IgnoreIndex : ids[i];
-            int[] idArr = ids.ToArray();
+            var (idArr, labels) = TokenizeOne(ex, tok, addEos);
             if (idArr.Length > seqLen)
             {
                 truncated++;
@@ -54,6 +37,53 @@ public static class Tokenization
             result.Add(new TokenizedExample(idArr, labels));
         }
         return new TokenizedSet(result, truncated, dropped);
+    }
+
+    /// <summary>
+    /// One example, uncut. Prompt/completion and plain text: BOS (when the tokenizer config asks for it) + prompt +
+    /// completion + EOS. The prompt/completion boundary is found by encoding the prompt alone and the whole text: tokens
+    /// shared with the prompt's encoding get no loss, so a merge across the boundary never hides completion tokens.
+    /// A conversation (<see cref="TextExample.LossSpans"/>): its rendered text encoded as it is (the template wrote BOS
+    /// and the end-of-turn tokens); a token carries loss when the characters it was made from lie inside an assistant turn.
+    /// </summary>
+    public static TokenizedExample TokenizeOne(TextExample ex, ITextTokenizer tok, bool addEos = true)
+    {
+        if (ex.LossSpans is { } spans) return Conversation(ex.Completion, spans, tok);
+        int? eos = tok.EosTokenIds.Count > 0 ? tok.EosTokenIds[0] : null;
+        var ids = new List<int>();
+        if (tok.AddBosToken && tok.BosTokenId is { } bos) ids.Add(bos);
+        int start = ids.Count;
+        var full = tok.Encode(ex.Prompt + ex.Completion);
+        int boundary = 0;
+        if (!ex.IsPlainText)
+        {
+            var p = tok.Encode(ex.Prompt);
+            while (boundary < p.Count && boundary < full.Count && p[boundary] == full[boundary]) boundary++;
+        }
+        ids.AddRange(full);
+        if (addEos && eos is { } e) ids.Add(e);
+        var labels = new int[ids.Count];
+        for (int i = 0; i < labels.Length; i++) labels[i] = i < start + boundary ? IgnoreIndex : ids[i];
+        return new TokenizedExample(ids.ToArray(), labels);
+    }
+
+    private static TokenizedExample Conversation(string text, IReadOnlyList<(int Start, int End)> spans, ITextTokenizer tok)
+    {
+        if (tok is not ITokenOffsets offsets)
+            throw new UserInputException("conversation data needs a tokenizer that reports where each token came from (a Hugging Face tokenizer.json); this model's tokenizer (tokenizer.model or vocab.txt) does not. Add the model's tokenizer.json to its folder.");
+        var tokens = offsets.EncodeWithOffsets(text);
+        var ids = new int[tokens.Count];
+        var labels = new int[tokens.Count];
+        for (int i = 0; i < tokens.Count; i++)
+        {
+            var t = tokens[i];
+            ids[i] = t.Id;
+            bool inside = false;
+            foreach (var (s, e) in spans)
+                if (t.Start >= s && t.End <= e) { inside = true; break; }
+            labels[i] = inside ? t.Id : IgnoreIndex;
+        }
+        return new TokenizedExample(ids, labels);
     }
 
     /// <summary>Concatenates examples and cuts the stream into sequences of exactly <paramref name="seqLen"/> (the tail shorter than that is dropped).</summary>

@@ -20,6 +20,7 @@ public static class TrainLoop
     {
         observer ??= new NullObserver();
         var o = spec.Options;
+        if (o.TensorBoard) observer = new TensorBoardLog(observer, spec.OutDir);
         o.Validate();
         Directory.CreateDirectory(spec.OutDir);
         var task = spec.Task;

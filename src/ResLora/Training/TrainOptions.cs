@@ -31,6 +31,8 @@ public sealed record TrainOptions
     /// <summary>At most this many examples for exact-match accuracy per evaluation (greedy generation; 0 = off).</summary>
     public int EvalGenerateExamples { get; init; } = 64;
     public int MaxNewTokens { get; init; } = 16;
+    /// <summary>Also write TensorBoard event files beside metrics.jsonl (<see cref="TrainLoop"/>).</summary>
+    public bool TensorBoard { get; init; } = true;
 
     /// <summary>Optimizer steps of a run over <paramref name="examples"/> training sequences (at least 1).</summary>
     public int TotalSteps(int examples) =>

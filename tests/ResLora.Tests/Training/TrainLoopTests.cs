@@ -183,6 +183,36 @@ public sealed class TrainLoopTests : IDisposable
         return (o, a, b, whole);
     }
 
+    [Fact]
+    public void Run_WritesTensorBoardEvents_ForEveryLoggedStepAndEvaluation()
+    {
+        var o = new TrainOptions { Steps = 6, BatchSize = 8, LearningRate = 2e-3, LogEvery = 2, EvalEvery = 3, EvalGenerateExamples = 4, MaxNewTokens = 2 };
+        using var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 6);
+        var summary = TrainLoop.Run(Spec(m, _dir, o));
+        var scalars = TensorBoardEvents.Read(_dir);
+        Assert.Equal(new long[] { 2, 4, 6 }, scalars.Where(s => s.Tag == "train/loss").Select(s => s.Step));
+        Assert.Equal(summary.Curve.Select(c => (float)c.Loss), scalars.Where(s => s.Tag == "train/loss").Select(s => s.Value));
+        Assert.Equal(summary.Curve.Select(c => (float)c.LearningRate), scalars.Where(s => s.Tag == "train/learning_rate").Select(s => s.Value));
+        Assert.Equal(3, scalars.Count(s => s.Tag == "train/tokens_per_second"));
+        Assert.Equal(new long[] { 3, 6 }, scalars.Where(s => s.Tag == "eval/loss").Select(s => s.Step));
+        Assert.Equal((float)summary.FinalEvalLoss!.Value, scalars.Last(s => s.Tag == "eval/loss").Value);
+        Assert.Equal(2, scalars.Count(s => s.Tag == "eval/perplexity"));
+        Assert.Equal(2, scalars.Count(s => s.Tag == "eval/accuracy"));
+    }
+
+    [Fact]
+    public void Resume_RewritesTheEventFile_WithoutTheStepsLoggedAfterTheCheckpoint()
+    {
+        var (o, a, b, whole) = WholeRunAndOneKilledAtStep10();
+        Assert.Equal(10, TensorBoardEvents.Read(b).Count(s => s.Tag == "train/loss")); // the killed run logged steps 1-10
+        using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 77))
+            TrainLoop.Run(Spec(m, b, o, resume: true));
+        var losses = TensorBoardEvents.Read(b).Where(s => s.Tag == "train/loss").ToList();
+        Assert.Equal(Enumerable.Range(1, 12).Select(i => (long)i), losses.Select(s => s.Step));
+        Assert.Equal(whole.Curve.Select(c => (float)c.Loss), losses.Select(s => s.Value));
+        Assert.Single(Directory.GetFiles(b, "events.out.tfevents.*"));
+    }
+
     private sealed class FinishRecorder : ITrainObserver
     {
         public TrainSummary? Summary;

@@ -54,12 +54,14 @@ public sealed class ChatTemplate
     /// <returns>The rendered text.</returns>
     /// <exception cref="ChatTemplateRaisedException">The template called <c>raise_exception</c>.</exception>
     /// <exception cref="ChatTemplateException">A runtime error, with the template line it happened on.</exception>
-    public string Render(IReadOnlyDictionary<string, object?> variables)
+    public string Render(IReadOnlyDictionary<string, object?> variables) => Render(variables, null);
+
+    private string Render(IReadOnlyDictionary<string, object?> variables, List<(int Start, int End)>? generation)
     {
         ArgumentNullException.ThrowIfNull(variables);
         var globals = new Dictionary<string, object?>(StringComparer.Ordinal);
         foreach (var (key, value) in variables) globals[key] = TemplateValues.FromDotNet(value, key);
-        return TemplateRenderer.Render(_body, globals, Name, _clock);
+        return TemplateRenderer.Render(_body, globals, Name, _clock, generation);
     }
 
     /// <summary>
@@ -76,7 +78,24 @@ public sealed class ChatTemplate
     /// <returns>The prompt text.</returns>
     /// <exception cref="ChatTemplateRaisedException">The template rejected the conversation (e.g. roles that do not alternate).</exception>
     public string RenderConversation(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, string? bosToken, string? eosToken,
-        IReadOnlyDictionary<string, object?>? extra = null)
+        IReadOnlyDictionary<string, object?>? extra = null) =>
+        RenderConversationCore(messages, addGenerationPrompt, bosToken, eosToken, extra, null);
+
+    /// <summary>
+    /// <see cref="RenderConversation(IReadOnlyList{ChatMessage}, bool, string, string, IReadOnlyDictionary{string, object})"/>,
+    /// also returning the output ranges of the template's <c>{% generation %}</c> blocks (empty when it has none): the
+    /// text transformers' <c>return_assistant_tokens_mask</c> marks as the assistant's.
+    /// </summary>
+    internal (string Text, IReadOnlyList<(int Start, int End)> Generation) RenderConversationMarked(IReadOnlyList<ChatMessage> messages,
+        bool addGenerationPrompt, string? bosToken, string? eosToken)
+    {
+        var marks = new List<(int Start, int End)>();
+        string text = RenderConversationCore(messages, addGenerationPrompt, bosToken, eosToken, null, marks);
+        return (text, marks);
+    }
+
+    private string RenderConversationCore(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, string? bosToken, string? eosToken,
+        IReadOnlyDictionary<string, object?>? extra, List<(int Start, int End)>? generation)
     {
         ArgumentNullException.ThrowIfNull(messages);
         var variables = new Dictionary<string, object?>(StringComparer.Ordinal)
@@ -94,6 +113,6 @@ public sealed class ChatTemplate
         variables["add_generation_prompt"] = addGenerationPrompt;
         if (bosToken is not null) variables["bos_token"] = bosToken;
         if (eosToken is not null) variables["eos_token"] = eosToken;
-        return Render(variables);
+        return Render(variables, generation);
     }
 }

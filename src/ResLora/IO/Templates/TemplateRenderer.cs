@@ -16,17 +16,26 @@ internal sealed class TemplateRenderer
     private readonly TimeProvider _clock;
     private readonly List<Dictionary<string, object?>> _frames = new();
     private StringBuilder _out = new();
+    private readonly StringBuilder _root;
+    private readonly List<(int Start, int End)>? _generation;
 
-    private TemplateRenderer(string? name, TimeProvider clock, Dictionary<string, object?> globals)
+    private TemplateRenderer(string? name, TimeProvider clock, Dictionary<string, object?> globals, List<(int Start, int End)>? generation)
     {
         _name = name;
         _clock = clock;
         _frames.Add(globals);
+        _root = _out;
+        _generation = generation;
     }
 
-    public static string Render(IReadOnlyList<Node> body, Dictionary<string, object?> globals, string? name, TimeProvider clock)
+    /// <summary>
+    /// Renders <paramref name="body"/>; when <paramref name="generation"/> is given, the output range of every
+    /// <c>{% generation %}</c> block written to the output (not into a block <c>set</c>) is added to it.
+    /// </summary>
+    public static string Render(IReadOnlyList<Node> body, Dictionary<string, object?> globals, string? name, TimeProvider clock,
+        List<(int Start, int End)>? generation = null)
     {
-        var renderer = new TemplateRenderer(name, clock, globals);
+        var renderer = new TemplateRenderer(name, clock, globals, generation);
         renderer.Exec(body);
         return renderer._out.ToString();
     }
@@ -64,7 +73,12 @@ internal sealed class TemplateRenderer
             case LoopControlNode c:
                 return c.IsBreak ? Flow.Break : Flow.Continue;
             case BlockNode b:
-                return Exec(b.Body);
+                {
+                    int start = _out.Length;
+                    var flow = Exec(b.Body);
+                    if (_generation is not null && ReferenceEquals(_out, _root) && _out.Length > start) _generation.Add((start, _out.Length));
+                    return flow;
+                }
             default:
                 throw new InvalidOperationException($"unknown template node {node.GetType().Name}");
         }

@@ -46,6 +46,26 @@ internal sealed class BpeModel : ITokenModel
         output.AddRange(ids);
     }
 
+    public void Encode(string word, List<int> output, List<(int Start, int End)> spans)
+    {
+        if (word.Length == 0) return;
+        if (_ignoreMerges && _vocab.TryGetValue(word, out int whole))
+        {
+            output.Add(whole);
+            spans.Add((0, word.Length));
+            return;
+        }
+        int pos = 0;
+        foreach (var sym in Merge(word))
+        {
+            // Byte-fallback pieces of one symbol all cover the symbol's characters.
+            int before = output.Count;
+            Emit(sym, output);
+            for (int k = before; k < output.Count; k++) spans.Add((pos, pos + sym.Length));
+            pos += sym.Length;
+        }
+    }
+
     private void Emit(string symbol, List<int> ids)
     {
         if (_vocab.TryGetValue(symbol, out int id)) { ids.Add(id); return; }

@@ -25,6 +25,10 @@ internal sealed class HfTokenizer
     private readonly Dictionary<int, AddedToken> _addedById;
     private readonly List<Func<string, string>> _normalizers = new();
     private readonly List<Func<List<string>, bool, List<string>>> _preTokenizers = new();
+    // The same steps on aligned text (EncodeWithOffsets): each computes its text with the step above and only adds where
+    // every unit came from.
+    private readonly List<Func<AlignedText, AlignedText>> _alignedNormalizers = new();
+    private readonly List<Func<List<AlignedText>, bool, List<AlignedText>>> _alignedPreTokenizers = new();
     private readonly List<JsonObject> _decoders = new();
     private readonly string _source;
 
@@ -97,24 +101,44 @@ internal sealed class HfTokenizer
         switch (t)
         {
             case "Sequence": foreach (var x in (JsonArray)n["normalizers"]!) AddNormalizer((JsonObject)x!); break;
-            case "Prepend": { string s = (string)n["prepend"]!; _normalizers.Add(x => x.Length == 0 ? x : s + x); break; }
-            case "Replace": { var (pattern, content) = ReplacePattern(n, "normalizer"); _normalizers.Add(x => pattern.Replace(x, content)); break; }
-            case "NFC": _normalizers.Add(x => x.Normalize(NormalizationForm.FormC)); break;
-            case "NFD": _normalizers.Add(UnicodeNfd.Decompose); break; // string.Normalize is a no-op under InvariantGlobalization
-            case "NFKC": _normalizers.Add(x => x.Normalize(NormalizationForm.FormKC)); break;
-            case "NFKD": _normalizers.Add(x => x.Normalize(NormalizationForm.FormKD)); break;
-            case "Lowercase": _normalizers.Add(BertText.Lowercase); break;
-            case "StripAccents": _normalizers.Add(BertText.DropNonSpacingMarks); break; // normalizers/strip.rs: no NFD of its own
+            case "Prepend":
+                {
+                    string s = (string)n["prepend"]!;
+                    _normalizers.Add(x => x.Length == 0 ? x : s + x);
+                    _alignedNormalizers.Add(a => a.Length == 0 ? a : a.Prepend(s));
+                    break;
+                }
+            case "Replace":
+                {
+                    var (pattern, content) = ReplacePattern(n, "normalizer");
+                    string literal = (string?)n["content"] ?? "";
+                    _normalizers.Add(x => pattern.Replace(x, content));
+                    _alignedNormalizers.Add(a => a.Replace(pattern, literal, pattern.Replace(a.Text, content)));
+                    break;
+                }
+            case "NFC": AddLocalNormalizer(x => x.Normalize(NormalizationForm.FormC)); break;
+            case "NFD": AddLocalNormalizer(UnicodeNfd.Decompose); break; // string.Normalize is a no-op under InvariantGlobalization
+            case "NFKC": AddLocalNormalizer(x => x.Normalize(NormalizationForm.FormKC)); break;
+            case "NFKD": AddLocalNormalizer(x => x.Normalize(NormalizationForm.FormKD)); break;
+            case "Lowercase": AddLocalNormalizer(BertText.Lowercase); break;
+            case "StripAccents": AddLocalNormalizer(BertText.DropNonSpacingMarks); break; // normalizers/strip.rs: no NFD of its own
             case "BertNormalizer":
                 {
                     bool clean = (bool?)n["clean_text"] ?? true, chinese = (bool?)n["handle_chinese_chars"] ?? true, lower = (bool?)n["lowercase"] ?? true;
                     // strip_accents null (the usual value) means "strip when lowercasing", as in tokenizers' deserializer.
                     bool strip = (bool?)n["strip_accents"] ?? lower;
-                    _normalizers.Add(x => BertText.Normalize(x, clean, chinese, strip, lower));
+                    AddLocalNormalizer(x => BertText.Normalize(x, clean, chinese, strip, lower));
                     break;
                 }
             default: throw Bad("normalizer.type", $"'{t}' is not supported (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, BertNormalizer)");
         }
+    }
+
+    /// <summary>A normalizer that works character by character (with combining marks), so offsets can follow it.</summary>
+    private void AddLocalNormalizer(Func<string, string> f)
+    {
+        _normalizers.Add(f);
+        _alignedNormalizers.Add(a => a.Map(f, f(a.Text)));
     }
 
     private (Regex Pattern, string Content) ReplacePattern(JsonObject n, string where)
@@ -151,6 +175,18 @@ internal sealed class HfTokenizer
                         }
                         return outp;
                     });
+                    _alignedPreTokenizers.Add((pieces, first) =>
+                    {
+                        var outp = new List<AlignedText>();
+                        for (int i = 0; i < pieces.Count; i++)
+                        {
+                            var s = pieces[i];
+                            if (prefix && i == 0 && !s.Text.StartsWith(' ')) s = s.Prepend(" ");
+                            if (useRegex) foreach (Match m in re.Matches(s.Text)) outp.Add(s.Slice(m.Index, m.Length).ToByteLevel());
+                            else outp.Add(s.ToByteLevel());
+                        }
+                        return outp;
+                    });
                     break;
                 }
             case "Split":
@@ -159,6 +195,7 @@ internal sealed class HfTokenizer
                     string behavior = (string?)p["behavior"] ?? "Isolated";
                     if ((bool?)p["invert"] ?? false) throw Bad("pre_tokenizer.invert", "true is not supported");
                     _preTokenizers.Add((pieces, _) => pieces.SelectMany(s => Split(s, re, behavior)).ToList());
+                    _alignedPreTokenizers.Add((pieces, _) => pieces.SelectMany(a => SplitRanges(a.Text, re, behavior).Select(r => a.Slice(r.Start, r.Length))).ToList());
                     break;
                 }
             case "Digits":
@@ -166,6 +203,7 @@ internal sealed class HfTokenizer
                     bool individual = (bool?)p["individual_digits"] ?? false;
                     var re = new Regex(individual ? @"\p{Nd}" : @"\p{Nd}+", RegexOptions.CultureInvariant);
                     _preTokenizers.Add((pieces, _) => pieces.SelectMany(s => Split(s, re, "Isolated")).ToList());
+                    _alignedPreTokenizers.Add((pieces, _) => pieces.SelectMany(a => SplitRanges(a.Text, re, "Isolated").Select(r => a.Slice(r.Start, r.Length))).ToList());
                     break;
                 }
             case "Metaspace":
@@ -192,11 +230,31 @@ internal sealed class HfTokenizer
                         }
                         return outp;
                     });
+                    var space = new Regex(" ", RegexOptions.CultureInvariant);
+                    _alignedPreTokenizers.Add((pieces, first) =>
+                    {
+                        var outp = new List<AlignedText>();
+                        for (int i = 0; i < pieces.Count; i++)
+                        {
+                            var s = pieces[i].Replace(space, rep, pieces[i].Text.Replace(" ", rep, StringComparison.Ordinal));
+                            bool prepend = scheme == "always" || (scheme == "first" && first && i == 0);
+                            if (prepend && s.Length > 0 && !s.Text.StartsWith(rep, StringComparison.Ordinal)) s = s.Prepend(rep);
+                            if (!split) { outp.Add(s); continue; }
+                            int start = 0;
+                            for (int k = 1; k <= s.Length; k++)
+                                if (k == s.Length || string.CompareOrdinal(s.Text, k, rep, 0, rep.Length) == 0)
+                                {
+                                    if (k > start) outp.Add(s.Slice(start, k - start));
+                                    start = k;
+                                }
+                        }
+                        return outp;
+                    });
                     break;
                 }
-            case "BertPreTokenizer": _preTokenizers.Add((pieces, _) => Each(pieces, BertText.BertPreTokenize)); break;
-            case "WhitespaceSplit": _preTokenizers.Add((pieces, _) => Each(pieces, BertText.WhitespaceSplit)); break;
-            case "Whitespace": _preTokenizers.Add((pieces, _) => Each(pieces, BertText.WhitespaceWords)); break;
+            case "BertPreTokenizer": AddSplitter(BertText.BertPreTokenize); break;
+            case "WhitespaceSplit": AddSplitter(BertText.WhitespaceSplit); break;
+            case "Whitespace": AddSplitter(BertText.WhitespaceWords); break;
             default: throw Bad("pre_tokenizer.type", $"'{t}' is not supported (supported: Sequence, ByteLevel, Split, Digits, Metaspace, BertPreTokenizer, WhitespaceSplit, Whitespace)");
         }
     }
@@ -208,44 +266,75 @@ internal sealed class HfTokenizer
         return outp;
     }
 
-    private static IEnumerable<string> Split(string s, Regex re, string behavior)
+    /// <summary>
+    /// A pre-tokenizer that splits on whitespace (dropped) and punctuation: its pieces are substrings of the input in
+    /// order, separated by whitespace only, so each is found by searching forward from the end of the previous one.
+    /// </summary>
+    private void AddSplitter(Action<string, List<string>> split)
+    {
+        _preTokenizers.Add((pieces, _) => Each(pieces, split));
+        _alignedPreTokenizers.Add((pieces, _) =>
+        {
+            var outp = new List<AlignedText>();
+            var words = new List<string>();
+            foreach (var a in pieces)
+            {
+                words.Clear();
+                split(a.Text, words);
+                int cursor = 0;
+                foreach (var w in words)
+                {
+                    int at = a.Text.IndexOf(w, cursor, StringComparison.Ordinal);
+                    if (at < 0) { outp.Add(a.Coarse(w)); continue; }
+                    outp.Add(a.Slice(at, w.Length));
+                    cursor = at + w.Length;
+                }
+            }
+            return outp;
+        });
+    }
+
+    private static IEnumerable<string> Split(string s, Regex re, string behavior) =>
+        SplitRanges(s, re, behavior).Select(r => s.Substring(r.Start, r.Length));
+
+    /// <summary>tokenizers' Split pre-tokenizer as (start, length) ranges of <paramref name="s"/>; every behaviour keeps pieces contiguous.</summary>
+    private static List<(int Start, int Length)> SplitRanges(string s, Regex re, string behavior)
     {
         int last = 0;
-        var parts = new List<(string Text, bool Match)>();
+        var parts = new List<(int Start, int End, bool Match)>();
         foreach (Match m in re.Matches(s))
         {
             if (m.Length == 0) continue;
-            if (m.Index > last) parts.Add((s[last..m.Index], false));
-            parts.Add((m.Value, true));
+            if (m.Index > last) parts.Add((last, m.Index, false));
+            parts.Add((m.Index, m.Index + m.Length, true));
             last = m.Index + m.Length;
         }
-        if (last < s.Length) parts.Add((s[last..], false));
+        if (last < s.Length) parts.Add((last, s.Length, false));
+        var o = new List<(int Start, int End, bool Match)>();
         switch (behavior)
         {
-            case "Isolated": return parts.Select(p => p.Text);
-            case "Removed": return parts.Where(p => !p.Match).Select(p => p.Text);
+            case "Isolated": o = parts; break;
+            case "Removed": o = parts.Where(p => !p.Match).ToList(); break;
             case "MergedWithPrevious":
-                {
-                    var o = new List<string>();
-                    foreach (var p in parts) { if (p.Match && o.Count > 0) o[^1] += p.Text; else o.Add(p.Text); }
-                    return o;
-                }
+                foreach (var p in parts) { if (p.Match && o.Count > 0) o[^1] = (o[^1].Start, p.End, false); else o.Add(p); }
+                break;
             case "MergedWithNext":
                 {
-                    var o = new List<string>();
-                    string carry = "";
-                    foreach (var p in parts) { if (p.Match) carry += p.Text; else { o.Add(carry + p.Text); carry = ""; } }
-                    if (carry.Length > 0) o.Add(carry);
-                    return o;
+                    int carry = -1; // start of the matches waiting for the next piece
+                    foreach (var p in parts)
+                    {
+                        if (p.Match) { if (carry < 0) carry = p.Start; }
+                        else { o.Add((carry >= 0 ? carry : p.Start, p.End, false)); carry = -1; }
+                    }
+                    if (carry >= 0) o.Add((carry, parts[^1].End, true));
+                    break;
                 }
             case "Contiguous":
-                {
-                    var o = new List<(string Text, bool Match)>();
-                    foreach (var p in parts) { if (o.Count > 0 && o[^1].Match == p.Match) o[^1] = (o[^1].Text + p.Text, p.Match); else o.Add(p); }
-                    return o.Select(p => p.Text);
-                }
+                foreach (var p in parts) { if (o.Count > 0 && o[^1].Match == p.Match) o[^1] = (o[^1].Start, p.End, p.Match); else o.Add(p); }
+                break;
             default: throw new UserInputException($"tokenizer.json: pre_tokenizer Split behavior '{behavior}' is not supported.");
         }
+        return o.Select(p => (p.Start, p.End - p.Start)).ToList();
     }
 
     private void AddDecoder(JsonObject d)
@@ -272,6 +361,46 @@ internal sealed class HfTokenizer
         }
         return ids;
     }
+
+    /// <summary>
+    /// <see cref="Encode"/> with each token's [start, end) range of <paramref name="text"/> (UTF-16 units), as Hugging Face
+    /// tokenizers' offsets: a token covers the characters it was made from (a Llama <c>▁</c> the word it starts, a byte
+    /// piece the whole character); an added token covers its own text.
+    /// </summary>
+    public List<(int Id, int Start, int End)> EncodeWithOffsets(string text)
+    {
+        var result = new List<(int Id, int Start, int End)>();
+        var ids = new List<int>();
+        var spans = new List<(int Start, int End)>();
+        foreach (var (piece, added, start) in SplitOnAdded(text))
+        {
+            if (added is not null) { result.Add((added.Id, start, start + added.Content.Length)); continue; }
+            bool first = start == 0;
+            var s = AlignedText.Original(piece, start);
+            foreach (var n in _alignedNormalizers) s = n(s);
+            var pieces = new List<AlignedText> { s };
+            foreach (var p in _alignedPreTokenizers) pieces = p(pieces, first);
+            foreach (var w in pieces)
+            {
+                ids.Clear();
+                spans.Clear();
+                _model.Encode(w.Text, ids, spans);
+                for (int k = 0; k < ids.Count; k++)
+                {
+                    var (a, b) = w.Span(spans[k].Start, spans[k].End);
+                    result.Add((ids[k], a, b));
+                }
+            }
+        }
+        // Both paths run the same steps on the same text; a difference would be a bug here, never the user's input.
+        if (!Encode(text).SequenceEqual(result.Select(r => r.Id)))
+            throw new InvalidOperationException($"{_source}: the offsets encoding disagrees with the plain encoding of the same text.");
+        return result;
+    }
+
+    /// <summary>The vocabulary entry of <paramref name="id"/> (transformers' <c>convert_ids_to_tokens</c>).</summary>
+    public string TokenString(int id) =>
+        id >= 0 && id < _idToToken.Length && _idToToken[id] is { } t ? t : throw new UserInputException($"token id {id} is not in the vocabulary (size {VocabSize}).");
 
     /// <summary>Splits raw text on added tokens (longest first, left to right), honouring lstrip/rstrip/single_word.</summary>
     private List<(string Text, AddedToken? Token, int Start)> SplitOnAdded(string text)

@@ -150,8 +150,11 @@ public static class TokenizerLoader
         return (bos, eos, pad, addBos && bos is not null);
     }
 
-    private sealed class HfJsonTokenizer(Tokenizers.HfTokenizer tok, int? bos, IReadOnlyList<int> eos, int? pad, bool addBos) : ITextTokenizer
+    private sealed class HfJsonTokenizer(Tokenizers.HfTokenizer tok, int? bos, IReadOnlyList<int> eos, int? pad, bool addBos) : ITextTokenizer, ITokenOffsets
     {
+        public IReadOnlyList<TokenOffset> EncodeWithOffsets(string text) => tok.EncodeWithOffsets(text).Select(t => new TokenOffset(t.Id, t.Start, t.End)).ToList();
+        public string TokenString(int id) => tok.TokenString(id);
+        public bool IsSpecial(int id) => tok.IsSpecial(id);
         public int VocabSize => tok.VocabSize;
         public int? BosTokenId => bos;
         public IReadOnlyList<int> EosTokenIds => eos;
@@ -163,8 +166,11 @@ public static class TokenizerLoader
 
     /// <summary>A tokenizer.json or vocab.txt tokenizer whose post-processor adds the model's specials.</summary>
     private sealed class HfPairTokenizer(Tokenizers.HfTokenizer tok, Tokenizers.PostProcessor post, int? bos, IReadOnlyList<int> eos, int? pad, bool addBos, string source)
-        : ITextTokenizer, ISentencePairTokenizer
+        : ITextTokenizer, ISentencePairTokenizer, ITokenOffsets
     {
+        public IReadOnlyList<TokenOffset> EncodeWithOffsets(string text) => tok.EncodeWithOffsets(text).Select(t => new TokenOffset(t.Id, t.Start, t.End)).ToList();
+        public string TokenString(int id) => tok.TokenString(id);
+        public bool IsSpecial(int id) => tok.IsSpecial(id);
         public int VocabSize => tok.VocabSize;
         public int? BosTokenId => bos;
         public IReadOnlyList<int> EosTokenIds => eos;

@@ -6,6 +6,9 @@ namespace ResLora.IO.Tokenizers;
 internal interface ITokenModel
 {
     void Encode(string word, List<int> output);
+
+    /// <summary>As <see cref="Encode(string, List{int})"/>, also adding each token's [start, end) range in <paramref name="word"/> to <paramref name="spans"/>.</summary>
+    void Encode(string word, List<int> output, List<(int Start, int End)> spans);
 }
 
 /// <summary>
@@ -38,14 +41,16 @@ internal sealed class WordPieceModel : ITokenModel
         _maxChars = maxInputCharsPerWord;
     }
 
-    public void Encode(string word, List<int> output)
+    public void Encode(string word, List<int> output) => Encode(word, output, null);
+
+    public void Encode(string word, List<int> output, List<(int Start, int End)>? spans)
     {
         if (word.Length == 0) return;
         // A surrogate pair is one char here; a lone surrogate counts as one too.
         int chars = 0;
         foreach (var _ in word.EnumerateRunes()) chars++;
-        if (chars > _maxChars) { output.Add(_unkId); return; }
-        int first = output.Count, start = 0;
+        if (chars > _maxChars) { output.Add(_unkId); spans?.Add((0, word.Length)); return; }
+        int first = output.Count, firstSpan = spans?.Count ?? 0, start = 0;
         var piece = new StringBuilder();
         while (start < word.Length)
         {
@@ -64,9 +69,12 @@ internal sealed class WordPieceModel : ITokenModel
             {
                 output.RemoveRange(first, output.Count - first);
                 output.Add(_unkId);
+                spans?.RemoveRange(firstSpan, spans.Count - firstSpan);
+                spans?.Add((0, word.Length));
                 return;
             }
             output.Add(id);
+            spans?.Add((start, end));
             start = end;
         }
     }

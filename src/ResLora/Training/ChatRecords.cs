@@ -1,0 +1,98 @@
+using System.Text.Json;
+using ResLora.IO.Templates;
+
+namespace ResLora.Training;
+
+/// <summary>
+/// Conversation records: <c>{"messages": [{"role", "content"}, ...]}</c> (OpenAI/TRL style; roles system, user,
+/// assistant, tool) and ShareGPT <c>{"conversations": [{"from", "value"}, ...]}</c> (from human, gpt, system, tool or
+/// observation; user/assistant accepted too), with an optional top-level <c>"system"</c> string put first. Each becomes
+/// one example: the conversation rendered with the model's chat template, the loss on its assistant turns.
+/// </summary>
+internal static class ChatRecords
+{
+    private static readonly string[] Roles = { "system", "user", "assistant", "tool" };
+
+    private static readonly Dictionary<string, string> ShareGptRoles = new(StringComparer.Ordinal)
+    {
+        ["system"] = "system",
+        ["human"] = "user",
+        ["user"] = "user",
+        ["gpt"] = "assistant",
+        ["assistant"] = "assistant",
+        ["tool"] = "tool",
+        ["observation"] = "tool",
+    };
+
+    public static bool IsConversation(JsonElement rec) => rec.TryGetProperty("messages", out _) || rec.TryGetProperty("conversations", out _);
+
+    public static TextExample ToExample(JsonElement rec, ChatFormat? chat, string where)
+    {
+        var messages = Messages(rec, where);
+        if (!messages.Any(m => m.Role == "assistant"))
+            throw new UserInputException($"{where}: the conversation has no assistant message, so there is nothing to learn from it.");
+        if (chat is null)
+            throw new UserInputException($"{where}: this is a conversation, but the model has no chat_template in tokenizer_config.json; give one with --chat-template NAME|FILE (built-in: {string.Join(", ", BuiltInChatTemplates.Names)}).");
+        RenderedConversation rendered;
+        try
+        {
+            rendered = chat.Render(messages);
+        }
+        catch (UserInputException e)
+        {
+            throw new UserInputException($"{where}: {e.Message}", e);
+        }
+        return new TextExample("", rendered.Text) { LossSpans = rendered.AssistantSpans };
+    }
+
+    /// <summary>The record's messages, checked: every role known, every content a string.</summary>
+    public static List<ChatMessage> Messages(JsonElement rec, string where)
+    {
+        bool shareGpt = !rec.TryGetProperty("messages", out var list);
+        string field = shareGpt ? "conversations" : "messages";
+        if (shareGpt) list = rec.GetProperty("conversations");
+        if (list.ValueKind != JsonValueKind.Array)
+            throw new UserInputException($"{where}: '{field}' must be a list of messages, got {Kind(list)}.");
+        var messages = new List<ChatMessage>();
+        if (rec.TryGetProperty("system", out var system))
+        {
+            if (system.ValueKind != JsonValueKind.String) throw new UserInputException($"{where}: 'system' must be a string, got {Kind(system)}.");
+            messages.Add(new ChatMessage("system", system.GetString()!));
+        }
+        int i = 0;
+        foreach (var m in list.EnumerateArray())
+        {
+            string at = $"{field}[{i++}]";
+            if (m.ValueKind != JsonValueKind.Object) throw new UserInputException($"{where}: {at} must be an object, got {Kind(m)}.");
+            // A ShareGPT record may still use role/content inside its list (several converters write it so).
+            bool fromValue = m.TryGetProperty("from", out _) || (shareGpt && !m.TryGetProperty("role", out _));
+            string roleField = fromValue ? "from" : "role", contentField = fromValue ? "value" : "content";
+            string role = Text(m, roleField, where, at);
+            if (fromValue)
+            {
+                if (!ShareGptRoles.TryGetValue(role, out var mapped))
+                    throw new UserInputException($"{where}: {at}.from '{role}' is not a ShareGPT speaker; use human, gpt, system, tool or observation.");
+                role = mapped;
+            }
+            else if (Array.IndexOf(Roles, role) < 0)
+            {
+                throw new UserInputException($"{where}: {at}.role '{role}' is not a chat role; use system, user, assistant or tool.");
+            }
+            if (i == 1 && role == "system" && messages.Count == 1)
+                throw new UserInputException($"{where}: the record has a 'system' field and also starts '{field}' with a system message; keep one.");
+            messages.Add(new ChatMessage(role, Text(m, contentField, where, at)));
+        }
+        if (i == 0) throw new UserInputException($"{where}: '{field}' is empty.");
+        return messages;
+    }
+
+    private static string Text(JsonElement m, string name, string where, string at)
+    {
+        if (!m.TryGetProperty(name, out var v)) throw new UserInputException($"{where}: {at} has no '{name}'.");
+        if (v.ValueKind != JsonValueKind.String)
+            throw new UserInputException($"{where}: {at}.{name} must be a string, got {Kind(v)} (content given as a list of parts is not supported).");
+        return v.GetString()!;
+    }
+
+    private static string Kind(JsonElement v) => v.ValueKind.ToString().ToLowerInvariant();
+}

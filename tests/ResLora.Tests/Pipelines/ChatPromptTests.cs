@@ -1,0 +1,51 @@
+using ResLora.IO;
+using ResLora.IO.Templates;
+using ResLora.Pipelines;
+using ResLora.Tests.Infrastructure;
+
+namespace ResLora.Tests.Pipelines;
+
+/// <summary>Prompts.Chat: what ends a reply when the template's end-of-turn token is one token, and when it is plain text.</summary>
+public sealed class ChatPromptTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("reslora-chatprompt-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private (ITextTokenizer Tok, ChatFormat Format) Folder(string[] specials)
+    {
+        string dir = Path.Combine(_dir, string.Join("", specials.Length));
+        ChatTokenizerFiles.WriteByteLevel(dir, specials, Array.Empty<(string, string)>(), new System.Text.Json.Nodes.JsonObject { ["eos_token"] = "<|endoftext|>" });
+        return (TokenizerLoader.Load(dir), ChatFormat.ForModel(dir, "chatml")!);
+    }
+
+    [Fact]
+    public void Chat_EndOfTurnIsOneToken_StopsOnItsId()
+    {
+        var (tok, format) = Folder(new[] { "<|im_start|>", "<|im_end|>", "<|endoftext|>" });
+        var p = Prompts.Chat(tok, format, new[] { new ChatMessage("system", "S"), new ChatMessage("user", "Q") });
+        Assert.Equal("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n", p.Text);
+        Assert.Equal(tok.Encode(p.Text), p.Ids);
+        Assert.Equal(new[] { 258, 257 }, p.StopIds); // <|endoftext|> (EOS), then <|im_end|>
+        Assert.Empty(p.StopTexts);
+        Assert.Null(p.StopWhen(tok));
+        Assert.Equal("A", p.Reply(tok, tok.Encode("A<|im_end|>")));
+    }
+
+    [Fact]
+    public void Chat_EndOfTurnIsPlainTextInTheVocabulary_StopsWhenTheReplyContainsIt()
+    {
+        // A base model taught the built-in ChatML format: <|im_end|> is ten byte tokens, not one.
+        var (tok, format) = Folder(new[] { "<|endoftext|>" });
+        var p = Prompts.Chat(tok, format, new[] { new ChatMessage("user", "Q") });
+        Assert.Equal(new[] { 256 }, p.StopIds);
+        Assert.Equal(new[] { "<|im_end|>" }, p.StopTexts);
+        var stopWhen = p.StopWhen(tok)!;
+        var reply = tok.Encode("blue<|im_end|>\n<|im_start|>");
+        int stopsAt = Enumerable.Range(1, reply.Count).First(n => stopWhen(reply.Take(n).ToList()));
+        Assert.Equal(tok.Encode("blue<|im_end|>").Count, stopsAt);
+        Assert.Equal("blue", p.Reply(tok, reply.Take(stopsAt).ToList()));
+        Assert.Equal("blue", p.Reply(tok, reply));
+        Assert.Equal("no end", p.Reply(tok, tok.Encode("no end")));
+    }
+}
