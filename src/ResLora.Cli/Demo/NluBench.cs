@@ -1,6 +1,6 @@
+using System.Diagnostics;
 using System.Globalization;
 using System.Text;
-using System.Diagnostics;
 using System.Text.Json.Nodes;
 using ResLora.Adapters;
 using ResLora.Pipelines;

@@ -53,29 +53,12 @@ public sealed class ChatCliTests : IDisposable
         return p;
     }
 
-    private static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        var (so, se) = (Console.Out, Console.Error);
-        Console.SetOut(o);
-        Console.SetError(e);
-        try
-        {
-            return (CliApp.Run(args), o.ToString(), e.ToString());
-        }
-        finally
-        {
-            Console.SetOut(so);
-            Console.SetError(se);
-        }
-    }
 
     [Fact]
     public void ChatFineTune_ThenGenerateChat_AnswersInTheFormatAndStopsAtImEnd()
     {
         string model = ModelFolder(), data = ChatData(), adapter = Path.Combine(_dir, "adapter");
-        var (rc, output, err) = Run("train", "--model", model, "--data", data, "--eval-fraction", "0", "--method", "lora", "--targets", "all-linear",
+        var (rc, output, err) = CliHarness.Run("train", "--model", model, "--data", data, "--eval-fraction", "0", "--method", "lora", "--targets", "all-linear",
             "--rank", "16", "--steps", "60", "--batch-size", "9", "--lr", "1e-2", "--warmup-steps", "5", "--log-every", "10", "--save-every", "0",
             "--out", adapter, "--threads", "1");
         Assert.True(rc == 0, err);
@@ -86,7 +69,7 @@ public sealed class ChatCliTests : IDisposable
 
         foreach (var (q, a) in Facts)
         {
-            var g = Run("generate", "--model", model, "--adapter", adapter, "--chat", "--prompt", q, "--max-new-tokens", "12", "--threads", "1");
+            var g = CliHarness.Run("generate", "--model", model, "--adapter", adapter, "--chat", "--prompt", q, "--max-new-tokens", "12", "--threads", "1");
             Assert.True(g.Rc == 0, g.Err);
             Assert.Equal(a + Environment.NewLine, g.Out);
         }
@@ -106,7 +89,7 @@ public sealed class ChatCliTests : IDisposable
         // A conversation file with a system message works the same way.
         string messages = Path.Combine(_dir, "messages.json");
         File.WriteAllText(messages, "[{\"role\":\"user\",\"content\":\"grass\"}]");
-        var fromFile = Run("generate", "--model", model, "--adapter", adapter, "--messages", messages, "--max-new-tokens", "12", "--threads", "1");
+        var fromFile = CliHarness.Run("generate", "--model", model, "--adapter", adapter, "--messages", messages, "--max-new-tokens", "12", "--threads", "1");
         Assert.True(fromFile.Rc == 0, fromFile.Err);
         Assert.Equal("green" + Environment.NewLine, fromFile.Out);
     }
@@ -115,13 +98,13 @@ public sealed class ChatCliTests : IDisposable
     public void Tokenize_Text_PrintsHandCheckedIdsAndPieces()
     {
         string model = ModelFolder();
-        var (rc, output, err) = Run("tokenize", "--model", model, "--text", "<|im_start|>hi\n");
+        var (rc, output, err) = CliHarness.Run("tokenize", "--model", model, "--text", "<|im_start|>hi\n");
         Assert.True(rc == 0, err);
         // <|im_start|> is the first added token (256); the bytes 'h' (0x68), 'i' (0x69) and '\n' (0x0A, written Ċ) are their own ids.
         Assert.Equal(
             "4 tokens\ntext: \"<|im_start|>hi\\n\"\nids: 256 104 105 10\n#   id  piece\n0  256  \"<|im_start|>\"\n1  104  \"h\"\n2  105  \"i\"\n3   10  \"Ċ\"\n",
             output.ReplaceLineEndings("\n"));
-        var json = Run("tokenize", "--model", model, "--text", "hi", "--json");
+        var json = CliHarness.Run("tokenize", "--model", model, "--text", "hi", "--json");
         Assert.Equal("{\"text\":\"hi\",\"ids\":[104,105],\"pieces\":[\"h\",\"i\"]}\n", json.Out.ReplaceLineEndings("\n"));
     }
 
@@ -129,7 +112,7 @@ public sealed class ChatCliTests : IDisposable
     public void Tokenize_ChatData_MarksOnlyTheAssistantTurnsTokens()
     {
         string model = ModelFolder(), data = ChatData();
-        var (rc, output, err) = Run("tokenize", "--model", model, "--data", data, "--limit", "1", "--json");
+        var (rc, output, err) = CliHarness.Run("tokenize", "--model", model, "--data", data, "--limit", "1", "--json");
         Assert.True(rc == 0, err);
         var o = JsonNode.Parse(output)!;
         Assert.Equal(1, (int)o["record"]!);
@@ -139,7 +122,7 @@ public sealed class ChatCliTests : IDisposable
         Assert.Equal(new[] { (int)'b', 'l', 'u', 'e', ImEnd }, ids.Where((_, i) => loss[i]));
         Assert.Equal(ImStart, ids[0]);
 
-        var table = Run("tokenize", "--model", model, "--data", data, "--limit", "2");
+        var table = CliHarness.Run("tokenize", "--model", model, "--data", data, "--limit", "2");
         Assert.True(table.Rc == 0, table.Err);
         Assert.Contains("record 1: 28 tokens, 5 with loss (marked *)", table.Out);
         Assert.Contains("record 2: 28 tokens, 5 with loss (marked *)", table.Out);
@@ -150,18 +133,18 @@ public sealed class ChatCliTests : IDisposable
     public void ChatWithoutTemplate_IsOneLineErrorNamingTheFix_AndChatTemplateSuppliesOne()
     {
         string model = ModelFolder(withTemplate: false), data = ChatData();
-        var (rc, _, err) = Run("train", "--model", model, "--data", data, "--steps", "1", "--out", Path.Combine(_dir, "a"), "--threads", "1");
+        var (rc, _, err) = CliHarness.Run("train", "--model", model, "--data", data, "--steps", "1", "--out", Path.Combine(_dir, "a"), "--threads", "1");
         Assert.Equal(2, rc);
         Assert.Single(err.Trim().Split('\n'));
         Assert.Contains($"{data}: record 1 (line 1): this is a conversation, but the model has no chat_template", err);
         Assert.Contains("--chat-template", err);
-        var g = Run("generate", "--model", model, "--chat", "--prompt", "sky", "--max-new-tokens", "2", "--threads", "1");
+        var g = CliHarness.Run("generate", "--model", model, "--chat", "--prompt", "sky", "--max-new-tokens", "2", "--threads", "1");
         Assert.Equal(2, g.Rc);
         Assert.Contains("--chat-template", g.Err);
-        var t = Run("tokenize", "--model", model, "--data", data, "--chat-template", "chatml", "--limit", "1", "--json");
+        var t = CliHarness.Run("tokenize", "--model", model, "--data", data, "--chat-template", "chatml", "--limit", "1", "--json");
         Assert.True(t.Rc == 0, t.Err);
         Assert.Contains("<|im_start|>assistant\\nblue<|im_end|>", t.Out);
-        var bad = Run("tokenize", "--model", model, "--text", "x", "--data", data);
+        var bad = CliHarness.Run("tokenize", "--model", model, "--text", "x", "--data", data);
         Assert.Equal(2, bad.Rc);
         Assert.Contains("one of them", bad.Err);
     }

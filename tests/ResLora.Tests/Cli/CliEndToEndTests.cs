@@ -40,30 +40,13 @@ public sealed class CliEndToEndTests : IDisposable
         return p;
     }
 
-    private static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        var (so, se) = (Console.Out, Console.Error);
-        Console.SetOut(o);
-        Console.SetError(e);
-        try
-        {
-            return (CliApp.Run(args), o.ToString(), e.ToString());
-        }
-        finally
-        {
-            Console.SetOut(so);
-            Console.SetError(se);
-        }
-    }
 
     [Fact]
     public void Train_Eval_Merge_Generate()
     {
         string model = ModelFolder(), data = Data("train.jsonl", 48, 1), evalData = Data("eval.jsonl", 8, 2), adapter = Path.Combine(_dir, "adapter");
         var tpl = new[] { "--prompt-template", "{Body}", "--completion-template", " {Answer}" };
-        var (rc, output, err) = Run(new[] { "train", "--model", model, "--data", data, "--eval-data", evalData, "--method", "lora", "--targets", "all-linear", "--steps", "12", "--batch-size", "8", "--lr", "3e-3", "--log-every", "4", "--save-every", "6", "--out", adapter, "--threads", "1" }.Concat(tpl).ToArray());
+        var (rc, output, err) = CliHarness.Run(new[] { "train", "--model", model, "--data", data, "--eval-data", evalData, "--method", "lora", "--targets", "all-linear", "--steps", "12", "--batch-size", "8", "--lr", "3e-3", "--log-every", "4", "--save-every", "6", "--out", adapter, "--threads", "1" }.Concat(tpl).ToArray());
         Assert.True(rc == 0, err);
         Assert.Contains("done: 12 steps", output);
         foreach (var f in new[] { "adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "train_summary.json", "loss.png" })
@@ -71,27 +54,27 @@ public sealed class CliEndToEndTests : IDisposable
         Assert.Contains("\"peft_type\": \"LORA\"", File.ReadAllText(Path.Combine(adapter, "adapter_config.json")));
 
         // Re-running into the same folder without --resume is refused; with --resume it finds the run complete.
-        var again = Run(new[] { "train", "--model", model, "--data", data, "--out", adapter }.Concat(tpl).ToArray());
+        var again = CliHarness.Run(new[] { "train", "--model", model, "--data", data, "--out", adapter }.Concat(tpl).ToArray());
         Assert.Equal(2, again.Rc);
         Assert.Contains("--resume", again.Err);
 
-        var ev = Run(new[] { "eval", "--model", model, "--adapter", adapter, "--data", evalData, "--accuracy-examples", "4", "--max-new-tokens", "3" }.Concat(tpl).ToArray());
+        var ev = CliHarness.Run(new[] { "eval", "--model", model, "--adapter", adapter, "--data", evalData, "--accuracy-examples", "4", "--max-new-tokens", "3" }.Concat(tpl).ToArray());
         Assert.True(ev.Rc == 0, ev.Err);
         Assert.Contains("perplexity", ev.Out);
         Assert.Contains("exact-match accuracy", ev.Out);
 
         string merged = Path.Combine(_dir, "merged");
-        var mg = Run("merge", "--model", model, "--adapter", adapter, "--out", merged);
+        var mg = CliHarness.Run("merge", "--model", model, "--adapter", adapter, "--out", merged);
         Assert.True(mg.Rc == 0, mg.Err);
         Assert.Contains("merged 14 lora modules", mg.Out);
 
-        var g1 = Run("generate", "--model", merged, "--prompt", "What is 3 times 4? Answer:", "--max-new-tokens", "5");
-        var g2 = Run("generate", "--model", model, "--adapter", adapter, "--prompt", "What is 3 times 4? Answer:", "--max-new-tokens", "5");
+        var g1 = CliHarness.Run("generate", "--model", merged, "--prompt", "What is 3 times 4? Answer:", "--max-new-tokens", "5");
+        var g2 = CliHarness.Run("generate", "--model", model, "--adapter", adapter, "--prompt", "What is 3 times 4? Answer:", "--max-new-tokens", "5");
         Assert.True(g1.Rc == 0, g1.Err);
         Assert.Equal(g2.Out, g1.Out);
         Assert.DoesNotContain("What is", g1.Out);
 
-        var insp = Run("inspect", "--model", model);
+        var insp = CliHarness.Run("inspect", "--model", model);
         Assert.True(insp.Rc == 0, insp.Err);
         Assert.Contains("q_proj", insp.Out);
     }
@@ -101,27 +84,27 @@ public sealed class CliEndToEndTests : IDisposable
     {
         string model = ModelFolder(), data = Data("train.jsonl", 32, 1), adapter = Path.Combine(_dir, "adapter");
         var tpl = new[] { "--prompt-template", "{Body}", "--completion-template", " {Answer}" };
-        var (rc, _, err) = Run(new[] { "train", "--model", model, "--data", data, "--method", "rolora", "--rotation-seed", "5", "--steps", "4", "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", "0", "--out", adapter }.Concat(tpl).ToArray());
+        var (rc, _, err) = CliHarness.Run(new[] { "train", "--model", model, "--data", data, "--method", "rolora", "--rotation-seed", "5", "--steps", "4", "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", "0", "--out", adapter }.Concat(tpl).ToArray());
         Assert.True(rc == 0, err);
         string rotated = Path.Combine(adapter, "rotated-base");
         Assert.Contains("reslora_rotation", File.ReadAllText(Path.Combine(rotated, "config.json")));
         Assert.Contains("\"rotation_signs_sha256\"", File.ReadAllText(Path.Combine(adapter, "adapter_config.json")));
         // On the un-rotated base the adapter is refused; on its rotated base it merges.
-        var wrong = Run("merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, "bad"));
+        var wrong = CliHarness.Run("merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, "bad"));
         Assert.Equal(2, wrong.Rc);
         Assert.Contains("not rotated", wrong.Err);
-        var mg = Run("merge", "--model", rotated, "--adapter", adapter, "--out", Path.Combine(_dir, "merged"));
+        var mg = CliHarness.Run("merge", "--model", rotated, "--adapter", adapter, "--out", Path.Combine(_dir, "merged"));
         Assert.True(mg.Rc == 0, mg.Err);
-        var q = Run("quantize", "--model", Path.Combine(_dir, "merged"), "--wbits", "4", "--abits", "8", "--out", Path.Combine(_dir, "w4a8"));
+        var q = CliHarness.Run("quantize", "--model", Path.Combine(_dir, "merged"), "--wbits", "4", "--abits", "8", "--out", Path.Combine(_dir, "w4a8"));
         Assert.True(q.Rc == 0, q.Err);
         Assert.Contains("reslora_quantization", File.ReadAllText(Path.Combine(_dir, "w4a8", "config.json")));
-        var ev = Run(new[] { "eval", "--model", Path.Combine(_dir, "w4a8"), "--data", data, "--accuracy-examples", "0" }.Concat(tpl).ToArray());
+        var ev = CliHarness.Run(new[] { "eval", "--model", Path.Combine(_dir, "w4a8"), "--data", data, "--accuracy-examples", "0" }.Concat(tpl).ToArray());
         Assert.True(ev.Rc == 0, ev.Err);
-        var ev2 = Run(new[] { "eval", "--model", rotated, "--adapter", adapter, "--data", data, "--accuracy-examples", "0", "--wbits", "4", "--abits", "4" }.Concat(tpl).ToArray());
+        var ev2 = CliHarness.Run(new[] { "eval", "--model", rotated, "--adapter", adapter, "--data", data, "--accuracy-examples", "0", "--wbits", "4", "--abits", "4" }.Concat(tpl).ToArray());
         Assert.True(ev2.Rc == 0, ev2.Err);
         string text = Path.Combine(_dir, "text.jsonl");
         File.WriteAllLines(text, new[] { "{\"text\": \"Tom has 3 apples and gets 4 more.\"}", "{\"text\": \"What is 9 minus 2? Answer: 7\"}" });
-        var k = Run("inspect", "--model", rotated, "--kurtosis", "--data", text);
+        var k = CliHarness.Run("inspect", "--model", rotated, "--kurtosis", "--data", text);
         Assert.True(k.Rc == 0, k.Err);
         Assert.Contains("mlp.down_proj", k.Out);
     }
@@ -130,21 +113,21 @@ public sealed class CliEndToEndTests : IDisposable
     public void RefLora_TrainsFromTheCli_AndMerges()
     {
         string model = ModelFolder(), data = Data("train.jsonl", 32, 1), adapter = Path.Combine(_dir, "adapter");
-        var (rc, output, err) = Run("train", "--model", model, "--data", data, "--method", "reflora", "--refactor-warmup", "2", "--targets", "all-linear",
+        var (rc, output, err) = CliHarness.Run("train", "--model", model, "--data", data, "--method", "reflora", "--refactor-warmup", "2", "--targets", "all-linear",
             "--steps", "6", "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", "0", "--out", adapter, "--prompt-template", "{Body}", "--completion-template", " {Answer}");
         Assert.True(rc == 0, err);
         // RefLoRA trains ordinary LoRA weights: saved as peft_type LORA (PEFT loads it) with a note of the refactoring.
         Assert.Contains("\"peft_type\": \"LORA\"", File.ReadAllText(Path.Combine(adapter, "adapter_config.json")));
         Assert.Contains("\"refactoring\": \"reflora\"", File.ReadAllText(Path.Combine(adapter, "reslora_training.json")));
         string res = Path.Combine(_dir, "res");
-        var (rc2, _, err2) = Run("train", "--model", model, "--data", data, "--method", "reslora", "--structure", "bs", "--refactor", "full", "--refactor-warmup", "2", "--targets", "q_proj,v_proj",
+        var (rc2, _, err2) = CliHarness.Run("train", "--model", model, "--data", data, "--method", "reslora", "--structure", "bs", "--refactor", "full", "--refactor-warmup", "2", "--targets", "q_proj,v_proj",
             "--steps", "5", "--batch-size", "8", "--eval-fraction", "0", "--out", res, "--prompt-template", "{Body}", "--completion-template", " {Answer}");
         Assert.True(rc2 == 0, err2);
         Assert.Contains("\"peft_type\": \"RESLORA\"", File.ReadAllText(Path.Combine(res, "adapter_config.json")));
         Assert.True(File.Exists(Path.Combine(res, "reslora_training.json")));
-        var mg = Run("merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, "merged"));
+        var mg = CliHarness.Run("merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, "merged"));
         Assert.True(mg.Rc == 0, mg.Err);
-        var bad = Run("train", "--model", model, "--data", data, "--method", "lora", "--structure", "is", "--out", Path.Combine(_dir, "x"), "--prompt-template", "{Body}", "--completion-template", " {Answer}");
+        var bad = CliHarness.Run("train", "--model", model, "--data", data, "--method", "lora", "--structure", "is", "--out", Path.Combine(_dir, "x"), "--prompt-template", "{Body}", "--completion-template", " {Answer}");
         Assert.Equal(2, bad.Rc);
         Assert.Contains("--structure does not apply", bad.Err);
     }
@@ -163,7 +146,7 @@ public sealed class CliEndToEndTests : IDisposable
     public void ResLoraMerge_AfterCliTraining_WritesAModelWhoseLogitsMatchTheReport(string structure, string? merge)
     {
         string model = ModelFolder(), data = Data("train.jsonl", 32, 1), adapter = Path.Combine(_dir, "adapter"), mergedDir = Path.Combine(_dir, "merged");
-        var (rc, _, err) = Run("train", "--model", model, "--data", data, "--method", "reslora", "--structure", structure, "--targets", "q_proj,v_proj",
+        var (rc, _, err) = CliHarness.Run("train", "--model", model, "--data", data, "--method", "reslora", "--structure", structure, "--targets", "q_proj,v_proj",
             "--steps", "6", "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", "0", "--out", adapter, "--prompt-template", "{Body}", "--completion-template", " {Answer}");
         Assert.True(rc == 0, err);
         string cfg = File.ReadAllText(Path.Combine(adapter, "adapter_config.json"));
@@ -173,7 +156,7 @@ public sealed class CliEndToEndTests : IDisposable
         const string probe = "Tom has 3 apples and gets 4 more. How many apples? Answer: 7";
         var args = new List<string> { "merge", "--model", model, "--adapter", adapter, "--out", mergedDir, "--probe", probe };
         if (merge is not null) { args.Add("--merge"); args.Add(merge); }
-        var mg = Run(args.ToArray());
+        var mg = CliHarness.Run(args.ToArray());
         Assert.True(mg.Rc == 0, mg.Err);
         Assert.Contains("merged 4 reslora", mg.Out);
         double reportedMax = Printed(mg.Out, "max |Δ|"), reportedScale = Printed(mg.Out, "largest logit");
@@ -209,7 +192,7 @@ public sealed class CliEndToEndTests : IDisposable
         else
             Assert.True(mergeDiff < adapterEffect, $"{structure}: the merged model ({mergeDiff}) must be closer to the adapter than the base is ({adapterEffect})");
 
-        var lora = Run("merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, "m2"), "--merge", "bogus");
+        var lora = CliHarness.Run("merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, "m2"), "--merge", "bogus");
         Assert.Equal(2, lora.Rc);
         Assert.Contains("'merge'", lora.Err);
     }
@@ -235,7 +218,7 @@ public sealed class CliEndToEndTests : IDisposable
         foreach (var (args0, expect) in cases)
         {
             var args = args0[0] == "train" && !args0.Contains("--prompt-template") ? args0.Concat(tpl).ToArray() : args0;
-            var (rc, _, err) = Run(args);
+            var (rc, _, err) = CliHarness.Run(args);
             Assert.True(rc == 2, $"{string.Join(' ', args)} → rc {rc}: {err}");
             Assert.Contains(expect, err);
             Assert.StartsWith("error: ", err);

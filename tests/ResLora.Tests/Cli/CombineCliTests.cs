@@ -1,5 +1,6 @@
 using ResLora.Cli;
 using ResLora.Pipelines;
+using ResLora.Tests.Infrastructure;
 using ResLora.Tests.Pipelines;
 
 namespace ResLora.Tests.Cli;
@@ -12,23 +13,6 @@ public sealed class CombineCliTests : IClassFixture<MultiAdapterFixture>
 
     public CombineCliTests(MultiAdapterFixture fixture) => _f = fixture;
 
-    private static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        var (so, se) = (Console.Out, Console.Error);
-        Console.SetOut(o);
-        Console.SetError(e);
-        try
-        {
-            return (CliApp.Run(args), o.ToString(), e.ToString());
-        }
-        finally
-        {
-            Console.SetOut(so);
-            Console.SetError(se);
-        }
-    }
 
     private string Out() => Path.Combine(_f.Root, "cli-" + Guid.NewGuid().ToString("N"));
 
@@ -36,7 +20,7 @@ public sealed class CombineCliTests : IClassFixture<MultiAdapterFixture>
     public void Combine_Cat_WritesAnAdapterThatLoads()
     {
         string outDir = Out();
-        var (rc, output, err) = Run("combine", "--model", _f.ModelDir, "--adapter", $"math={_f.Dir("lora")}:0.5", "--adapter", $"{_f.Dir("lora8")}", "--how", "cat", "--out", outDir);
+        var (rc, output, err) = CliHarness.Run("combine", "--model", _f.ModelDir, "--adapter", $"math={_f.Dir("lora")}:0.5", "--adapter", $"{_f.Dir("lora8")}", "--how", "cat", "--out", outDir);
         Assert.True(rc == 0, err);
         Assert.Contains("combined 2 adapter(s) (math ×0.5, lora8 ×1) by cat", output);
         Assert.Contains("r = 12", output);
@@ -50,7 +34,7 @@ public sealed class CombineCliTests : IClassFixture<MultiAdapterFixture>
     [InlineData("mean", "lora", "--how 'mean' is not a combination type")]
     public void Combine_BadInput_IsOneLineAndExitCode2(string how, string second, string expected)
     {
-        var (rc, _, err) = Run("combine", "--model", _f.ModelDir, "--adapter", $"a={_f.Dir("lora")}", "--adapter", $"b={_f.Dir(second)}", "--how", how, "--out", Out());
+        var (rc, _, err) = CliHarness.Run("combine", "--model", _f.ModelDir, "--adapter", $"a={_f.Dir("lora")}", "--adapter", $"b={_f.Dir(second)}", "--how", how, "--out", Out());
         Assert.Equal(CliErrors.UserErrorExit, rc);
         Assert.StartsWith("error: ", err);
         Assert.Contains(expected, err);

@@ -33,29 +33,12 @@ public sealed class LargeModelCliTests : IDisposable
         return p;
     }
 
-    private static (int Rc, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        var (so, se) = (Console.Out, Console.Error);
-        Console.SetOut(o);
-        Console.SetError(e);
-        try
-        {
-            return (CliApp.Run(args), o.ToString(), e.ToString());
-        }
-        finally
-        {
-            Console.SetOut(so);
-            Console.SetError(se);
-        }
-    }
 
     [Fact]
     public void QuantizedBase_TrainMergeEvalGenerate_FromTheCli()
     {
         string model = ModelFolder(), data = Data("train.jsonl", 16, 1), adapter = Path.Combine(_dir, "adapter");
-        var (rc, output, err) = Run(new[] { "train", "--model", model, "--data", data, "--method", "dora", "--targets", "all-linear", "--base-bits", "4",
+        var (rc, output, err) = CliHarness.Run(new[] { "train", "--model", model, "--data", data, "--method", "dora", "--targets", "all-linear", "--base-bits", "4",
             "--steps", "4", "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", "0", "--out", adapter, "--threads", "1" }.Concat(Template).ToArray());
         Assert.True(rc == 0, err);
         Assert.Contains("done: 4 steps", output);
@@ -63,15 +46,15 @@ public sealed class LargeModelCliTests : IDisposable
 
         // Merging on the packed base merges into the dequantized weights, writes full precision and says so.
         string merged = Path.Combine(_dir, "merged");
-        var mg = Run("merge", "--model", model, "--adapter", adapter, "--out", merged, "--base-bits", "4");
+        var mg = CliHarness.Run("merge", "--model", model, "--adapter", adapter, "--out", merged, "--base-bits", "4");
         Assert.True(mg.Rc == 0, mg.Err);
         Assert.Contains("quantized base: nf4 (--base-bits 4): merged into the dequantized base weights", mg.Out);
         Assert.Contains("\"QuantizedBase\"", File.ReadAllText(Path.Combine(merged, "merge_report.json")));
         Assert.Contains("\"torch_dtype\": \"float32\"", File.ReadAllText(Path.Combine(merged, "config.json")));
 
-        var g = Run("generate", "--model", model, "--adapter", adapter, "--base-bits", "4", "--prompt", "What is 3 times 4? Answer:", "--max-new-tokens", "3");
+        var g = CliHarness.Run("generate", "--model", model, "--adapter", adapter, "--base-bits", "4", "--prompt", "What is 3 times 4? Answer:", "--max-new-tokens", "3");
         Assert.True(g.Rc == 0, g.Err);
-        var ev = Run(new[] { "eval", "--model", model, "--adapter", adapter, "--data", data, "--base-bits", "8", "--accuracy-examples", "2", "--max-new-tokens", "2" }.Concat(Template).ToArray());
+        var ev = CliHarness.Run(new[] { "eval", "--model", model, "--adapter", adapter, "--data", data, "--base-bits", "8", "--accuracy-examples", "2", "--max-new-tokens", "2" }.Concat(Template).ToArray());
         Assert.True(ev.Rc == 0, ev.Err);
         Assert.Contains("perplexity", ev.Out);
     }
@@ -83,8 +66,8 @@ public sealed class LargeModelCliTests : IDisposable
         string[] Train(string outDir, params string[] extra) => new[] { "train", "--model", model, "--data", data, "--method", "lora", "--targets", "all-linear", "--dropout", "0.1",
             "--steps", "3", "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", "0", "--log-every", "1", "--out", outDir, "--threads", "1" }.Concat(Template).Concat(extra).ToArray();
         string plain = Path.Combine(_dir, "plain"), ckpt = Path.Combine(_dir, "ckpt");
-        var a = Run(Train(plain));
-        var b = Run(Train(ckpt, "--grad-checkpoint"));
+        var a = CliHarness.Run(Train(plain));
+        var b = CliHarness.Run(Train(ckpt, "--grad-checkpoint"));
         Assert.True(a.Rc == 0, a.Err);
         Assert.True(b.Rc == 0, b.Err);
         static IEnumerable<double> Losses(string dir) => File.ReadAllLines(Path.Combine(dir, "metrics.jsonl"))
@@ -93,7 +76,7 @@ public sealed class LargeModelCliTests : IDisposable
         Assert.Equal(Losses(plain), Losses(ckpt)); // recomputation with dropout replays the same masks: identical training
 
         string bad = Path.Combine(_dir, "bad");
-        var r = Run(new[] { "train", "--model", model, "--data", data, "--method", "reslora", "--grad-checkpoint", "--out", bad }.Concat(Template).ToArray());
+        var r = CliHarness.Run(new[] { "train", "--model", model, "--data", data, "--method", "reslora", "--grad-checkpoint", "--out", bad }.Concat(Template).ToArray());
         Assert.Equal(2, r.Rc);
         Assert.Contains("error: --grad-checkpoint: ResLoRA's is structure passes live tensors", r.Err);
         Assert.False(Directory.Exists(bad), "nothing is written before the combination is refused");
@@ -103,11 +86,11 @@ public sealed class LargeModelCliTests : IDisposable
     public void BaseBits_BadValueOrCombination_IsOneLineError()
     {
         string model = ModelFolder(), data = Data("train.jsonl", 8, 1);
-        var bad = Run(new[] { "train", "--model", model, "--data", data, "--base-bits", "3", "--out", Path.Combine(_dir, "a") }.Concat(Template).ToArray());
+        var bad = CliHarness.Run(new[] { "train", "--model", model, "--data", data, "--base-bits", "3", "--out", Path.Combine(_dir, "a") }.Concat(Template).ToArray());
         Assert.Equal(2, bad.Rc);
         Assert.Contains("--base-bits 3 is not supported; use 8", bad.Err);
         Assert.False(Directory.Exists(Path.Combine(_dir, "a")), "nothing is written before the flag is checked");
-        var both = Run(new[] { "eval", "--model", model, "--data", data, "--base-bits", "4", "--wbits", "4", "--accuracy-examples", "0" }.Concat(Template).ToArray());
+        var both = CliHarness.Run(new[] { "eval", "--model", model, "--data", data, "--base-bits", "4", "--wbits", "4", "--accuracy-examples", "0" }.Concat(Template).ToArray());
         Assert.Equal(2, both.Rc);
         Assert.Contains("drop one of them", both.Err);
     }
