@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
-using ResLora.Bench;
+using ResLora.Demo;
 using Spectre.Console;
 
 namespace ResLora.Cli;
@@ -45,7 +45,7 @@ internal static class BenchNluVerb
             string outDir = r.GetValue(output)!;
             Console.Error.WriteLine($"bench nlu: {s.Methods.Count} methods × {s.Seeds.Count} seeds × {s.Steps} steps on {dir}, {th} thread(s)");
             var runs = NluBench.Run(dir, Path.Combine(outDir, "runs"), s, m => Console.Error.WriteLine(m));
-            string md = Markdown(runs, s);
+            string md = NluBench.Markdown(runs, s);
             Console.Out.Write(md);
             AtomicWrite(Path.Combine(outDir, "nlu.md"), md);
             AtomicWrite(Path.Combine(outDir, "nlu.json"), JsonSerializer.Serialize(runs.Select(x => new
@@ -64,31 +64,4 @@ internal static class BenchNluVerb
     }
 
     private static void AtomicWrite(string path, string text) => ResLora.IO.AtomicFile.WriteAllText(path, text);
-
-    /// <summary>Mean over seeds (± half the range) per method and evaluation step, then the end and merged columns.</summary>
-    public static string Markdown(IReadOnlyList<NluRun> runs, NluSettings s)
-    {
-        static string Pm(IEnumerable<double> xs, string fmt)
-        {
-            var v = xs.ToList();
-            double mean = v.Average(), half = (v.Max() - v.Min()) / 2;
-            return v.Count > 1 ? $"{mean.ToString(fmt, CultureInfo.InvariantCulture)} ± {half.ToString(fmt, CultureInfo.InvariantCulture)}" : mean.ToString(fmt, CultureInfo.InvariantCulture);
-        }
-        var steps = runs[0].Curve.Select(c => c.Step).ToList();
-        var sb = new StringBuilder();
-        sb.Append("| method | ").AppendJoin(" | ", steps.Select(st => $"acc @ {st}")).Append(" | loss @ end | merged acc | merged − unmerged | s/run | trainable |\n");
-        sb.Append("|---|").AppendJoin("", steps.Select(_ => "---|")).Append("---|---|---|---|---|\n");
-        foreach (var g in runs.GroupBy(x => x.Label))
-        {
-            sb.Append("| ").Append(g.Key).Append(" | ");
-            foreach (var st in steps) sb.Append(Pm(g.Select(x => x.Curve.First(c => c.Step == st).Accuracy * 100), "0.0")).Append(" | ");
-            sb.Append(Pm(g.Select(x => x.Curve[^1].Loss), "0.000")).Append(" | ");
-            sb.Append(Pm(g.Select(x => x.MergedAccuracy * 100), "0.0")).Append(" | ");
-            sb.Append(Pm(g.Select(x => (x.MergedAccuracy - x.Curve[^1].Accuracy) * 100), "0.0")).Append(" | ");
-            sb.Append(g.Average(x => x.Seconds).ToString("0", CultureInfo.InvariantCulture)).Append(" | ");
-            sb.Append(g.First().TrainableParameters.ToString("N0", CultureInfo.InvariantCulture)).Append(" |\n");
-        }
-        sb.Append(CultureInfo.InvariantCulture, $"\nAccuracy in % on {s.TestExamples} sentences whose opinion words never occur in the {s.TrainExamples} training sentences; mean ± half-range over seeds {string.Join(", ", runs.Select(x => x.Seed).Distinct())}; rank {s.Rank}, α {s.Alpha}, lr {s.LearningRate}, batch {s.BatchSize}, targets query,value + the classification head.\n");
-        return sb.ToString();
-    }
 }

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Globalization;
-using ResLora.Bench;
 using ResLora.Demo;
 using ResLora.Training;
 using Spectre.Console;

@@ -15,14 +15,20 @@ internal static class InspectVerb
         var all = new Option<bool>("--all") { Description = "List every linear module by full name instead of grouping by type." };
         var kurt = new Option<bool>("--kurtosis") { Description = "Also measure the kurtosis of every decoder linear's input on --data (RoLoRA's outlier measure; Gaussian = 3)." };
         var data = new Option<string?>("--data") { Description = "Text for --kurtosis (JSONL/JSON data file)." };
+        var check = new Option<bool>("--check") { Description = "Instead of the summary, read every tensor once and report NaN/infinite values (count per tensor) and weights stored as integers; exit code 1 when any is found." };
+        var adapter = new Option<string?>("--adapter") { Description = "With --check: check this adapter folder's tensors too." };
         var cmd = new Command("inspect", "Show a model folder: architecture, parameter counts, and every linear module with its shape (the names adapters target).");
         cmd.Options.Add(model);
         cmd.Options.Add(all);
         cmd.Options.Add(kurt);
         cmd.Options.Add(data);
+        cmd.Options.Add(check);
+        cmd.Options.Add(adapter);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             string dir = CliPaths.ModelDir(r.GetValue(model));
+            if (r.GetValue(check)) return Check(dir, r.GetValue(adapter));
+            if (r.GetValue(adapter) is not null) throw new UserInputException("--adapter is used with --check (to check the adapter's tensors too).");
             var info = InspectPipeline.Describe(dir, groupByType: !r.GetValue(all));
             var c = info.Config;
             var console = CliConsole.Out();
@@ -54,5 +60,22 @@ internal static class InspectVerb
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>Exit code 1 when a problem is found, so scripts can gate on it (2 stays "bad input").</summary>
+    public const int ProblemsFoundExit = 1;
+
+    private static int Check(string dir, string? adapterDir)
+    {
+        var report = InspectPipeline.CheckWeights(dir, adapterDir);
+        string read = $"{report.Tensors:N0} tensors, {AvailableMemory.Format(report.Bytes)}";
+        if (report.Clean)
+        {
+            Console.Out.WriteLine($"ok: {read} read; no NaN or infinite values, no integer-typed weights.");
+            return 0;
+        }
+        foreach (var p in report.Problems) Console.Out.WriteLine(p.ToString());
+        Console.Out.WriteLine($"{report.Problems.Count} problem(s) in {read} read.");
+        return ProblemsFoundExit;
     }
 }

@@ -16,16 +16,18 @@ internal static class MergeVerb
         var output = new Option<string>("--out") { Description = "New folder for the merged model (must not exist or be empty).", Required = true };
         var probe = new Option<string?>("--probe") { Description = "Text whose logits are compared merged vs unmerged (default: a fixed sentence)." };
         var merge = new Option<string?>("--merge") { Description = "How to merge: auto (every method: its best merge; ResLoRA is/ms try bi, bw or a, and ls, keeping the one closest to the unmerged model on held-out text) or, for ResLoRA, bi, bw, a (ms A-merge) or ls (least-squares fold on calibration text); default: the adapter's saved choice." };
+        var checkWeights = new Option<bool>("--check-weights") { Description = "Read every base weight once first and refuse NaN/infinite values or integer-typed weights (as inspect --check; adapter tensors are always checked)." };
         var folding = new FoldingOptionSet();
         var rt = new RuntimeOptionSet(baseBits: true);
         var cmd = new Command("merge", "Fold an adapter into the base weights and write a complete Hugging Face model folder; reports the merged-vs-unmerged logit difference.");
-        foreach (var o in new Option[] { model, adapter, output, probe, merge }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, adapter, output, probe, merge, checkWeights }) cmd.Options.Add(o);
         folding.AddTo(cmd);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             string dir = CliPaths.ModelDir(r.GetValue(model));
             var runtime = rt.Read(r);
+            if (r.GetValue(checkWeights)) InspectPipeline.RequireCleanWeights(dir);
             string text = r.GetValue(probe) ?? "The quick brown fox jumps over the lazy dog. 12 + 30 = 42.";
             if (Classification.IsEncoderFolder(dir))
             {

@@ -22,6 +22,7 @@ internal static class TrainVerb
         var chatTemplate = new Option<string?>("--chat-template") { Description = $"Chat template for {{\"messages\"}}/ShareGPT records when the model has none or another is wanted: a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", IO.Templates.BuiltInChatTemplates.Names)})." };
         var output = new Option<string>("--out") { Description = "Output folder: adapter (PEFT format), metrics.jsonl, train_summary.json, loss.png, checkpoint/.", Required = true };
         var resume = new Option<bool>("--resume") { Description = "Continue the run in --out from its last checkpoint." };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Replace what --out holds (an adapter folder, or a previous run's checkpoint, metrics and summary) instead of refusing." };
         var seqLen = new Option<int?>("--seq-len") { Description = "Longest sequence in tokens; longer examples are cut (default: 256 or the model's max_position_embeddings if smaller)." };
         var pack = new Option<bool>("--pack") { Description = "Pack examples into full --seq-len sequences instead of padding each." };
         var gradCheckpoint = new Option<bool>("--grad-checkpoint") { Description = "Activation checkpointing per decoder layer: keeps one input per layer instead of every activation, recomputes each layer in backward (its forward runs twice). Exact with dropout; refused for ResLoRA is/ms." };
@@ -44,10 +45,11 @@ internal static class TrainVerb
         var textField = new Option<string?>("--text-field") { Description = "classify/regress: the field (or TSV/CSV column) holding the text (default: text, sentence or sentence1)." };
         var pairField = new Option<string?>("--text-pair-field") { Description = "classify/regress: the field holding the second text of a pair (e.g. sentence2)." };
         var labelField = new Option<string>("--label-field") { Description = "classify/regress: the field holding the label (integer or string classes; a number for regress).", DefaultValueFactory = _ => "label" };
+        var checkWeights = new Option<bool>("--check-weights") { Description = "Read every base weight once before training and refuse NaN/infinite values or integer-typed weights (as inspect --check; adapter tensors are always checked)." };
         var method = new MethodOptionSet();
         var rt = new RuntimeOptionSet(baseBits: true);
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
-        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, output, resume, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew })
+        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
@@ -82,6 +84,7 @@ internal static class TrainVerb
                 MaxNewTokens = r.GetValue(maxNew),
             };
             string outDir = r.GetValue(output)!;
+            if (r.GetValue(checkWeights)) InspectPipeline.RequireCleanWeights(dir);
             TrainSummary summary;
             if (encoder)
             {
@@ -104,6 +107,7 @@ internal static class TrainVerb
                     Runtime = runtime,
                     OutDir = outDir,
                     Resume = r.GetValue(resume),
+                    Overwrite = r.GetValue(overwrite),
                     SeqLen = r.GetValue(seqLen),
                     Train = trainOptions,
                 };
@@ -122,6 +126,7 @@ internal static class TrainVerb
                     Runtime = runtime,
                     OutDir = outDir,
                     Resume = r.GetValue(resume),
+                    Overwrite = r.GetValue(overwrite),
                     SeqLen = r.GetValue(seqLen),
                     Pack = r.GetValue(pack),
                     GradCheckpoint = r.GetValue(gradCheckpoint),

@@ -1,4 +1,3 @@
-using ResLora.Bench;
 using ResLora.Pipelines;
 
 namespace ResLora.Demo;
@@ -31,5 +30,5 @@ public static class DemoNlu
         return new DemoNluResult(runs, "reslora-ms", merged, examples, table);
     }
 
-    private static string BenchNluTable(IReadOnlyList<NluRun> runs, NluSettings s) => ResLora.Cli.BenchNluVerb.Markdown(runs, s);
+    private static string BenchNluTable(IReadOnlyList<NluRun> runs, NluSettings s) => NluBench.Markdown(runs, s);
 }

@@ -79,7 +79,7 @@ public sealed class HfCheckpoint : IDisposable
     {
         try
         {
-            var root = JsonNode.Parse(File.ReadAllText(index)) as JsonObject ?? throw new UserInputException($"{index}: expected a JSON object.");
+            var root = JsonNode.Parse(BoundedFile.ReadAllText(index, BoundedFile.ConfigLimit, "shard index")) as JsonObject ?? throw new UserInputException($"{index}: expected a JSON object.");
             if (root["weight_map"] is not JsonObject map) throw new UserInputException($"{index}: missing object field 'weight_map'.");
             var d = new Dictionary<string, string>(StringComparer.Ordinal);
             foreach (var (k, v) in map)
@@ -101,6 +101,15 @@ public sealed class HfCheckpoint : IDisposable
     public int Count => _byTensor.Count;
 
     public long[] ShapeOf(string name) => FileOf(name).GetEntry(name).Shape;
+
+    /// <summary>Every stored tensor's name.</summary>
+    public IEnumerable<string> Names => _byTensor.Keys;
+
+    /// <summary>A stored tensor's header entry (dtype as the file labels it, shape, offsets).</summary>
+    public SafetensorsEntry EntryOf(string name) => FileOf(name).GetEntry(name);
+
+    /// <summary>The file that stores a tensor.</summary>
+    public string PathOf(string name) => FileOf(name).FilePath;
 
     private SafetensorsFile FileOf(string name) =>
         _byTensor.TryGetValue(name, out var f) ? f : throw new KeyNotFoundException($"{Directory}: the checkpoint has no tensor '{name}'.");

@@ -265,7 +265,7 @@ public static class SafetensorsDtypes
     };
 }
 
-/// <summary>Writes safetensors files atomically: a temp file beside the target, flushed, then renamed into place.</summary>
+/// <summary>Writes safetensors files atomically (<see cref="AtomicFile.Write"/>): a temp file beside the target, flushed, then renamed into place.</summary>
 public static class SafetensorsWriter
 {
     public static void Write(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
@@ -296,24 +296,12 @@ public static class SafetensorsWriter
         }
         byte[] json = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(header));
         int pad = (8 - json.Length % 8) % 8;
-        string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        Directory.CreateDirectory(dir);
-        string tmp = Path.Combine(dir, "." + Path.GetFileName(path) + "." + Guid.NewGuid().ToString("N")[..8] + ".tmp");
-        try
+        AtomicFile.Write(path, fs =>
         {
-            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write))
-            {
-                fs.Write(BitConverter.GetBytes((ulong)(json.Length + pad)));
-                fs.Write(json);
-                for (int i = 0; i < pad; i++) fs.WriteByte((byte)' ');
-                foreach (var b in blobs) fs.Write(b);
-                fs.Flush(flushToDisk: true);
-            }
-            File.Move(tmp, path, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(tmp)) File.Delete(tmp);
-        }
+            fs.Write(BitConverter.GetBytes((ulong)(json.Length + pad)));
+            fs.Write(json);
+            for (int i = 0; i < pad; i++) fs.WriteByte((byte)' ');
+            foreach (var b in blobs) fs.Write(b);
+        });
     }
 }

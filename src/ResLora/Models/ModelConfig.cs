@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using ResLora.IO;
 using ResLora.IO.Json;
 
 namespace ResLora.Models;
@@ -119,7 +120,7 @@ public sealed record ModelConfig
         ModelConfig? cfg;
         try
         {
-            cfg = JsonSerializer.Deserialize<ModelConfig>(File.ReadAllText(path), JsonOptions);
+            cfg = JsonSerializer.Deserialize<ModelConfig>(BoundedFile.ReadAllText(path, BoundedFile.ConfigLimit, "config.json"), JsonOptions);
         }
         catch (JsonException e)
         {

@@ -34,10 +34,17 @@ public static class ModelFolder
 
     /// <summary>
     /// The config and the open checkpoint, checked against each other before anything model-sized is allocated: a layer
-    /// count beyond the stored tensors, and every missing, unexpected or mis-shaped tensor, is an error naming config.json.
-    /// Returns the expected base weights (name → shape). The caller disposes the checkpoint.
+    /// count beyond the stored tensors, and every missing, unexpected or mis-shaped tensor, is an error naming config.json;
+    /// a weight stored as integers (<see cref="LoadChecks.RefuseNonFloat"/>) is an error naming it.
+    /// Returns the expected base weights (name → shape). The caller disposes the checkpoint. With <paramref name="loadAs"/>
+    /// (the dtype the weights will be loaded as, in host memory), a load whose weights alone exceed the memory left is
+    /// refused too (<see cref="LoadChecks.EnsureFitsInMemory"/>).
     /// </summary>
-    public static (ModelConfig Config, HfCheckpoint Checkpoint, IReadOnlyDictionary<string, long[]> Expected) OpenChecked(string modelDir)
+    public static (ModelConfig Config, HfCheckpoint Checkpoint, IReadOnlyDictionary<string, long[]> Expected) OpenChecked(string modelDir, ScalarType? loadAs = null) =>
+        OpenChecked(modelDir, loadAs, refuseNonFloat: true);
+
+    /// <summary>As above; <c>inspect --check</c> reports integer-typed weights instead of refusing them.</summary>
+    internal static (ModelConfig Config, HfCheckpoint Checkpoint, IReadOnlyDictionary<string, long[]> Expected) OpenChecked(string modelDir, ScalarType? loadAs, bool refuseNonFloat)
     {
         var config = LoadConfig(modelDir);
         var ckpt = HfCheckpoint.Open(modelDir);
@@ -47,6 +54,8 @@ public static class ModelFolder
                 throw new UserInputException($"{Path.Combine(modelDir, ConfigFile)}: 'num_hidden_layers' is {config.NumHiddenLayers}, but the checkpoint stores only {ckpt.Count} tensors; check that config.json belongs to these weights.");
             var expected = LlamaForCausalLM.ExpectedWeights(config);
             ckpt.ValidateAgainst(expected, name => config.TieWordEmbeddings && name == "lm_head.weight");
+            if (refuseNonFloat) LoadChecks.RefuseNonFloat(ckpt, expected);
+            if (loadAs is { } dtype) LoadChecks.EnsureFitsInMemory(modelDir, expected, dtype);
             return (config, ckpt, expected);
         }
         catch
@@ -62,7 +71,7 @@ public static class ModelFolder
     /// </summary>
     public static (ModelConfig Config, Dictionary<string, Tensor> Weights) LoadBaseWeights(string modelDir, ScalarType dtype)
     {
-        var (config, ckpt, expected) = OpenChecked(modelDir);
+        var (config, ckpt, expected) = OpenChecked(modelDir, dtype);
         using var _ = ckpt;
         return (config, expected.Keys.ToDictionary(k => k, k => ckpt.Load(k, dtype), StringComparer.Ordinal));
     }

@@ -23,9 +23,10 @@ public static class ModelLoader
     public static LlamaForCausalLM Load(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null, IEnumerable<IModelLoadTransform>? transforms = null)
     {
         runtime.Apply();
-        // config.json is checked against the stored shapes before anything is allocated: a wrong or missing size must not
-        // cost a model-sized allocation (or a native crash) before the error.
-        var (config, ckpt, expected) = ModelFolder.OpenChecked(modelDir);
+        // config.json is checked against the stored shapes, and on the CPU the weights against the memory left, before
+        // anything is allocated: a wrong or missing size, or a model too big for this machine, must not cost a model-sized
+        // allocation (or a native crash) before the error.
+        var (config, ckpt, expected) = ModelFolder.OpenChecked(modelDir, runtime.TorchDevice.type == DeviceType.CPU ? runtime.ScalarType : null);
         using var _ = ckpt;
         var model = new LlamaForCausalLM(config, factory, runtime.ScalarType, runtime.TorchDevice);
         try

@@ -60,6 +60,8 @@ public sealed record ClassifierTrainRequest
     /// <summary>Longest input in tokens, specials included; null = min(128, the model's positions).</summary>
     public int? SeqLen { get; init; }
     public bool Resume { get; init; }
+    /// <summary>Replace what <see cref="OutDir"/> holds (an adapter folder, or a previous run) instead of refusing.</summary>
+    public bool Overwrite { get; init; }
 }
 
 /// <summary>
@@ -140,8 +142,11 @@ public static class Classification
         var setup = AdapterMethods.Build(method with { TotalSteps = req.Train.TotalSteps(train.Count) });
         if (setup.PrepareBase is not null)
             throw new UserInputException($"--method {method.Method}: its base-model transform (RoLoRA's rotation) is implemented for LLaMA-family decoders, not for encoders; use lora, dora, reslora, reflora, adalora, loha, lokr or ia3.");
-        FineTuning.PrepareOutDir(req.OutDir, req.Resume);
+        FineTuning.PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
         using var runLock = RunLock.Acquire(req.OutDir);
+        int removed = AtomicFile.RemoveLeftovers(req.OutDir); // under the lock: no writer is active there
+        if (removed > 0)
+            observer.OnMessage($"removed {removed} temporary file(s) left in {req.OutDir} by an interrupted run");
 
         torch.manual_seed(req.Train.Seed);
         using var gen = new torch.Generator((ulong)req.Train.Seed);
@@ -178,6 +183,7 @@ public static class Classification
             OutDir = req.OutDir,
             Method = config.Method,
             Resume = req.Resume,
+            ResumeSettings = new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture) },
             Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks),
             SaveWeights = dir =>
             {

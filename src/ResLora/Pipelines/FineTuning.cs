@@ -24,6 +24,8 @@ public sealed record FineTuneRequest
     public bool Resume { get; init; }
     /// <summary>Activation checkpointing per decoder layer (<c>--grad-checkpoint</c>): less activation memory, each layer's forward twice.</summary>
     public bool GradCheckpoint { get; init; }
+    /// <summary>Replace what <see cref="OutDir"/> holds (an adapter folder, or a previous run) instead of refusing.</summary>
+    public bool Overwrite { get; init; }
 }
 
 /// <summary>The library function behind <c>reslora train</c>: model + adapter plan + data → trained adapter folder.</summary>
@@ -42,8 +44,11 @@ public static class FineTuning
         // shortens epoch-based runs, so AdaLoRA's schedule uses the unpacked count.
         var setup = AdapterMethods.Build(req.Method with { TotalSteps = req.Train.TotalSteps(train.Count) });
         if (req.GradCheckpoint) CheckGradCheckpoint(setup.Config, req.Runtime);
-        PrepareOutDir(req.OutDir, req.Resume);
+        PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
         using var runLock = RunLock.Acquire(req.OutDir); // one run per folder, for the run's lifetime
+        int removed = AtomicFile.RemoveLeftovers(req.OutDir); // under the lock: no writer is active there
+        if (removed > 0)
+            observer.OnMessage($"removed {removed} temporary file(s) left in {req.OutDir} by an interrupted run");
 
         string modelDir = req.ModelDir;
         var adapterConfig = setup.Config;
@@ -94,6 +99,7 @@ public static class FineTuning
             OutDir = req.OutDir,
             Method = plan.Config.Method,
             Resume = req.Resume,
+            ResumeSettings = new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture), ["--pack"] = req.Pack ? "true" : "false" },
             Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks),
             SaveWeights = dir =>
             {
@@ -106,27 +112,22 @@ public static class FineTuning
     }
 
     /// <summary>
-    /// The output folder must be writable; an existing run there is continued only with --resume (never overwritten
-    /// silently), and --resume without a checkpoint is an error rather than a fresh start.
+    /// Checks --out before anything is written (the run's lock creates it, and removes it again if the run fails before
+    /// writing anything): an existing run there is continued only with --resume and an adapter folder
+    /// without a run (a downloaded PEFT adapter) is replaced only with --overwrite (never overwritten silently), and
+    /// --resume without a checkpoint is an error rather than a fresh start.
     /// </summary>
-    public static void PrepareOutDir(string outDir, bool resume)
+    public static void PrepareOutDir(string outDir, bool resume, bool overwrite = false)
     {
+        if (resume && overwrite)
+            throw new UserInputException("--resume continues the run in --out and --overwrite starts a new one there; give one of them.");
         bool hasCheckpoint = Directory.Exists(outDir) && TrainCheckpoint.Find(outDir) is not null;
         if (resume && !hasCheckpoint)
             throw new UserInputException($"--resume: no checkpoint in {outDir}; run without --resume to start.");
-        if (!resume && hasCheckpoint)
-            throw new UserInputException($"--out {outDir} already holds a training run; add --resume to continue it, or choose another --out folder.");
-        try
-        {
-            Directory.CreateDirectory(outDir);
-            string probe = Path.Combine(outDir, $".write-test-{Guid.NewGuid():N}");
-            File.WriteAllText(probe, "");
-            File.Delete(probe);
-        }
-        catch (Exception e) when (e is UnauthorizedAccessException or IOException)
-        {
-            throw new IOException($"--out {outDir}: cannot write there ({e.Message}); choose a writable folder.", e);
-        }
+        if (!resume && hasCheckpoint && !overwrite)
+            throw new UserInputException($"--out {outDir} already holds a training run; add --resume to continue it, --overwrite to start it again, or choose another --out folder.");
+        if (!resume && !hasCheckpoint && !overwrite && new[] { AdapterFolder.ConfigFileName, AdapterFolder.WeightsFileName }.FirstOrDefault(f => File.Exists(Path.Combine(outDir, f))) is { } held)
+            throw new UserInputException($"--out {outDir} holds an adapter ({held}) but no training run (a downloaded PEFT adapter?); training would overwrite it. Choose another --out folder, or add --overwrite to replace it.");
     }
 
     /// <summary>--grad-checkpoint is refused before anything is written when the method's layers cannot be recomputed one at a time, or dropout could not be replayed.</summary>

@@ -1,5 +1,7 @@
+using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Models;
+using ResLora.Models.Encoders;
 using ResLora.Quantization;
 using ResLora.Training;
 
@@ -10,6 +12,12 @@ public sealed record LinearModuleInfo(string Name, long Out, long In, int Count)
 
 /// <summary>What <c>reslora inspect</c> shows: the config, parameter counts, the linear modules.</summary>
 public sealed record ModelSummary(ModelConfig Config, long Parameters, long LinearParameters, IReadOnlyList<LinearModuleInfo> Linears);
+
+/// <summary>What <c>reslora inspect --check</c> found: how much was read, and every problem by file and tensor.</summary>
+public sealed record WeightCheckReport(int Tensors, long Bytes, IReadOnlyList<TensorProblem> Problems)
+{
+    public bool Clean => Problems.Count == 0;
+}
 
 /// <summary>The library functions behind <c>reslora inspect</c>.</summary>
 public static class InspectPipeline
@@ -29,6 +37,47 @@ public static class InspectPipeline
             ? linears.GroupBy(x => (Type: x.Name.Split('.')[^1], x.Out, x.In)).Select(g => new LinearModuleInfo(g.Key.Type, g.Key.Out, g.Key.In, g.Count())).ToList()
             : linears;
         return new ModelSummary(c, total, linear, shown);
+    }
+
+    /// <summary>
+    /// Reads every stored tensor once (one at a time) and reports what the headers cannot show: weights the model needs as
+    /// floats stored as integers, and NaN/±∞ values, counted per tensor; with <paramref name="adapterDir"/>, the adapter's
+    /// tensors too. Structural problems (config.json against the shapes, a malformed file) are errors, as for every load.
+    /// </summary>
+    public static WeightCheckReport CheckWeights(string modelDir, string? adapterDir = null)
+    {
+        var (ckpt, expected) = Classification.IsEncoderFolder(modelDir)
+            ? Encoder(EncoderLoader.OpenChecked(modelDir, null, refuseNonFloat: false))
+            : Decoder(ModelFolder.OpenChecked(modelDir, null, refuseNonFloat: false));
+        static (HfCheckpoint, IReadOnlyDictionary<string, long[]>) Encoder((EncoderConfig, HfCheckpoint C, EncoderCheckpointLayout, IReadOnlyDictionary<string, long[]> E) o) => (o.C, o.E);
+        static (HfCheckpoint, IReadOnlyDictionary<string, long[]>) Decoder((ModelConfig, HfCheckpoint C, IReadOnlyDictionary<string, long[]> E) o) => (o.C, o.E);
+        using var _ = ckpt;
+        var problems = LoadChecks.NonFloatWeights(ckpt, expected).ToList();
+        problems.AddRange(TensorScan.NonFinite(ckpt));
+        int tensors = ckpt.Count;
+        long bytes = ckpt.Names.Sum(n => ckpt.EntryOf(n).ByteLength);
+        if (adapterDir is not null)
+        {
+            string path = Path.Combine(adapterDir, AdapterFolder.WeightsFileName);
+            using var file = SafetensorsFile.Open(path);
+            problems.AddRange(file.Entries.Where(e => !TensorScan.IsFloat(e.Dtype)).OrderBy(e => e.Name, StringComparer.Ordinal)
+                .Select(e => new TensorProblem(path, e.Name, $"stored as {e.Dtype}; adapter tensors must be F32, F16 or BF16")));
+            problems.AddRange(TensorScan.NonFinite(file));
+            tensors += file.Entries.Count;
+            bytes += file.Entries.Sum(e => e.ByteLength);
+        }
+        return new WeightCheckReport(tensors, bytes, problems);
+    }
+
+    /// <summary>
+    /// <c>--check-weights</c> of train and merge: refuses a base model whose tensors hold NaN/±∞ or integer-typed weights
+    /// (<see cref="CheckWeights"/>), in one line naming the first problems and the command that lists them all.
+    /// </summary>
+    public static void RequireCleanWeights(string modelDir)
+    {
+        var r = CheckWeights(modelDir);
+        if (r.Clean) return;
+        throw new UserInputException($"--check-weights: {r.Problems.Count} tensor problem(s) in {modelDir}: {string.Join("; ", r.Problems.Take(3))}{(r.Problems.Count > 3 ? "; ..." : "")}. `reslora inspect --model {modelDir} --check` lists them all.");
     }
 
     /// <summary>Kurtosis of every decoder linear's input over up to 32 texts of <paramref name="dataPath"/> (RoLoRA's outlier measure; Gaussian = 3).</summary>

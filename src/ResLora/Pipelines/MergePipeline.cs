@@ -57,8 +57,7 @@ public static class MergePipeline
 
     public static MergeReport MergeToFolder(string modelDir, string adapterDir, string outDir, RuntimeOptions runtime, Tensor probeIds, MergeOptions options, Action<string>? warn = null)
     {
-        if (Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any())
-            throw new IOException($"--out {outDir} exists and is not empty; choose a new folder (merging never overwrites).");
+        AtomicFolder.CheckWritable(outDir); // before the merge's work, not after it
         return Run(modelDir, adapterDir, runtime, probeIds, options, warn, (chosen, report) =>
         {
             var result = report with { OutDir = Path.GetFullPath(outDir) };

@@ -1,4 +1,5 @@
 using ResLora.Adapters;
+using ResLora.IO;
 using ResLora.Models;
 using ResLora.Quantization;
 
@@ -37,7 +38,7 @@ public static class ModelSessions
         string cfgPath = Path.Combine(adapterDir, AdapterFolder.ConfigFileName);
         if (!Directory.Exists(adapterDir)) throw new DirectoryNotFoundException($"--adapter {adapterDir}: no such folder; pass a folder with {AdapterFolder.ConfigFileName} and {AdapterFolder.WeightsFileName}.");
         if (!File.Exists(cfgPath)) throw new FileNotFoundException($"{cfgPath}: not found; an adapter folder needs {AdapterFolder.ConfigFileName} and {AdapterFolder.WeightsFileName}.", cfgPath);
-        var (config, warnings) = AdapterConfigJson.Parse(File.ReadAllText(cfgPath), cfgPath);
+        var (config, warnings) = AdapterConfigJson.Parse(BoundedFile.ReadAllText(cfgPath, BoundedFile.ConfigLimit, "adapter config"), cfgPath);
         foreach (var w in warnings) warn?.Invoke(w);
         return config;
     }

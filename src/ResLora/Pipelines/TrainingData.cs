@@ -41,7 +41,7 @@ public sealed record TrainingDataRecord
     {
         string path = Path.Combine(adapterDir, FileName);
         if (!File.Exists(path)) return null;
-        try { return JsonSerializer.Deserialize<TrainingDataRecord>(File.ReadAllText(path)); }
+        try { return JsonSerializer.Deserialize<TrainingDataRecord>(BoundedFile.ReadAllText(path, BoundedFile.ConfigLimit, "training-data record")); }
         catch (JsonException e) { throw new UserInputException($"{path}: not a valid training-data record ({e.Message}); delete it and pass --calib/--heldout.", e); }
     }
 
@@ -62,6 +62,8 @@ public static class TrainingSplits
 {
     public static (IReadOnlyList<TextExample> Train, IReadOnlyList<TextExample> Eval) Make(IReadOnlyList<TextExample> all, IReadOnlyList<TextExample>? evalSet, double evalFraction, long seed)
     {
+        if (evalSet is null && !(evalFraction >= 0 && evalFraction < 1))
+            throw new UserInputException($"--eval-fraction must be in [0, 1) (0 = no evaluation), got {evalFraction}.");
         if (evalSet is not null) return (all, evalSet);
         if (evalFraction > 0 && all.Count >= 2) return DataSet.Split(all, evalFraction, seed);
         return (all, Array.Empty<TextExample>());

@@ -26,8 +26,19 @@ public sealed record QuantizationRecord
     [System.Text.Json.Serialization.JsonPropertyName("abits")] public int ABits { get; init; }
     [System.Text.Json.Serialization.JsonPropertyName("method")] public string Method { get; init; } = "rtn";
 
-    public static QuantizationRecord? FromConfig(ModelConfig c) =>
-        c.ResloraQuantization is { ValueKind: System.Text.Json.JsonValueKind.Object } e ? System.Text.Json.JsonSerializer.Deserialize<QuantizationRecord>(e) : null;
+    /// <summary>The record in config.json, or null when there is none; a damaged record is an error naming the field.</summary>
+    public static QuantizationRecord? FromConfig(ModelConfig c)
+    {
+        if (c.ResloraQuantization is not { ValueKind: not System.Text.Json.JsonValueKind.Null } e) return null;
+        static UserInputException Bad(string what) =>
+            new($"config.json: 'reslora_quantization' {what}; it is written by reslora quantize as {{\"wbits\": 4, \"abits\": 8, \"method\": \"rtn\"}}.");
+        QuantizationRecord? r;
+        try { r = e.ValueKind == System.Text.Json.JsonValueKind.Object ? System.Text.Json.JsonSerializer.Deserialize<QuantizationRecord>(e) : null; }
+        catch (System.Text.Json.JsonException x) { throw Bad($"is not a quantization record ({x.Message})"); }
+        if (r is null) throw Bad($"is {e.ValueKind.ToString().ToLowerInvariant()}, not an object");
+        if (r.WBits is not (>= 2 and <= 16) || r.ABits is not (>= 2 and <= 16)) throw Bad($"has wbits {r.WBits} and abits {r.ABits}; both must be in 2..16");
+        return r;
+    }
 }
 
 /// <summary>

@@ -9,13 +9,13 @@ namespace ResLora.Quantization;
 public static class PackedFormats
 {
     /// <summary>int8, one scale per output row (absmax/127).</summary>
-    public static readonly IPackedWeightFormat Int8 = new Format("int8", (o, i, d) => new Int8Weight(o, i, d));
+    public static readonly IPackedWeightFormat Int8 = new NamedPackedFormat("int8", (o, i, d) => new Int8Weight(o, i, d));
 
     /// <summary>NF4 with double quantization (bitsandbytes' <c>quant_type="nf4"</c>, <c>compress_statistics=True</c>).</summary>
-    public static readonly IPackedWeightFormat Nf4 = new Format("nf4", (o, i, d) => new Nf4Weight(o, i, d));
+    public static readonly IPackedWeightFormat Nf4 = new NamedPackedFormat("nf4", (o, i, d) => new Nf4Weight(o, i, d));
 
     /// <summary>Symmetric 4-bit round-to-nearest, one absmax/7 scale per group of 64.</summary>
-    public static readonly IPackedWeightFormat Int4 = new Format("int4", (o, i, d) => new Int4Weight(o, i, d));
+    public static readonly IPackedWeightFormat Int4 = new NamedPackedFormat("int4", (o, i, d) => new Int4Weight(o, i, d));
 
     /// <summary>The format of a runtime's <c>--base-bits</c>, or null for a full-precision base.</summary>
     public static IPackedWeightFormat? For(BaseWeightStorage storage) => storage switch
@@ -26,7 +26,7 @@ public static class PackedFormats
         _ => null,
     };
 
-    private sealed class Format(string name, Func<long, long, Device, PackedWeight> create) : IPackedWeightFormat
+    private sealed class NamedPackedFormat(string name, Func<long, long, Device, PackedWeight> create) : IPackedWeightFormat
     {
         public string Name => name;
         public PackedWeight Create(long outFeatures, long inFeatures, Device device) => create(outFeatures, inFeatures, device);

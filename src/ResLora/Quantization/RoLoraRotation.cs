@@ -18,8 +18,21 @@ public sealed record RotationRecord
     /// <summary>The loader must apply the online Hadamard T to down_proj's input (R4, spec §3.3).</summary>
     [JsonPropertyName("online_hadamard_down_proj")] public bool OnlineHadamardDownProj { get; init; } = true;
 
-    public static RotationRecord? FromConfig(ModelConfig c) =>
-        c.ResloraRotation is { ValueKind: JsonValueKind.Object } e ? e.Deserialize<RotationRecord>() : null;
+    /// <summary>The record in config.json, or null when there is none; a damaged record is an error naming the field.</summary>
+    public static RotationRecord? FromConfig(ModelConfig c)
+    {
+        if (c.ResloraRotation is not { ValueKind: not JsonValueKind.Null } e) return null;
+        // Ignoring a damaged record would load a rotated model without its online Hadamard: silently wrong outputs.
+        static UserInputException Bad(string what) => new($"config.json: 'reslora_rotation' {what}; it is written by RoLoRA's rotation, restore it from the rotated folder.");
+        try
+        {
+            return e.ValueKind == JsonValueKind.Object ? e.Deserialize<RotationRecord>() ?? throw Bad("is empty") : throw Bad($"is {e.ValueKind.ToString().ToLowerInvariant()}, not an object");
+        }
+        catch (JsonException x)
+        {
+            throw Bad($"is not a rotation record ({x.Message})");
+        }
+    }
 
     public JsonElement ToJsonElement() => JsonSerializer.SerializeToElement(this);
 }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using ResLora.IO;
 using ResLora.IO.Templates;
 
 namespace ResLora.Training;
@@ -67,8 +68,8 @@ public static class DataSet
         var examples = new List<TextExample>(records.Count);
         for (int i = 0; i < records.Count; i++)
         {
-            var (rec, line) = records[i];
-            string where = $"{path}: record {i + 1} (line {line})";
+            var (rec, line, element) = records[i];
+            string where = element is { } el ? $"{path}: record {i + 1} (array element [{el}], line {line})" : $"{path}: record {i + 1} (line {line})";
             if (rec.ValueKind != JsonValueKind.Object) throw new UserInputException($"{where}: expected a JSON object, got {rec.ValueKind}.");
             examples.Add(ToExample(rec, templates, where));
         }
@@ -144,23 +145,22 @@ public static class DataSet
         return sb.ToString();
     }
 
-    private static List<(JsonElement Record, int Line)> ReadRecords(string path)
+    private static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    /// <summary>
+    /// The file's records with their line (and, in a JSON array, their element index). The file must be UTF-8: an
+    /// undecodable byte is an error naming file:line, never silently replaced.
+    /// </summary>
+    private static List<(JsonElement Record, int Line, int? Element)> ReadRecords(string path)
     {
-        string text = File.ReadAllText(path);
-        var result = new List<(JsonElement, int)>();
+        byte[] bytes = BoundedFile.ReadAllBytes(path, BoundedFile.DataLimit, "data file");
+        int start = BoundedFile.BomLength(bytes);
+        string text = DecodeStrict(path, bytes, start);
+        var result = new List<(JsonElement, int, int?)>();
         var opts = new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip };
         if (text.TrimStart().StartsWith('['))
         {
-            try
-            {
-                using var doc = JsonDocument.Parse(text, opts);
-                foreach (var e in doc.RootElement.EnumerateArray()) result.Add((e.Clone(), 0));
-            }
-            catch (JsonException e)
-            {
-                throw new UserInputException($"{path}: not valid JSON ({e.Message}).", e);
-            }
-            // JSON arrays carry no line numbers per record; report 0 as "unknown".
+            ReadArray(path, bytes.AsSpan(start), result);
             return result;
         }
         int lineNo = 0;
@@ -172,7 +172,7 @@ public static class DataSet
             try
             {
                 using var doc = JsonDocument.Parse(line, opts);
-                result.Add((doc.RootElement.Clone(), lineNo));
+                result.Add((doc.RootElement.Clone(), lineNo, null));
             }
             catch (JsonException e)
             {
@@ -180,6 +180,57 @@ public static class DataSet
             }
         }
         return result;
+    }
+
+    /// <summary>The elements of a JSON-array file, each with its index and the line it starts on.</summary>
+    private static void ReadArray(string path, ReadOnlySpan<byte> json, List<(JsonElement, int, int?)> into)
+    {
+        var reader = new Utf8JsonReader(json, new JsonReaderOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+        try
+        {
+            reader.Read(); // [
+            int line = 1, counted = 0;
+            while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+            {
+                int at = (int)reader.TokenStartIndex;
+                line += json[counted..at].Count((byte)'\n');
+                counted = at;
+                using var doc = JsonDocument.ParseValue(ref reader);
+                into.Add((doc.RootElement.Clone(), line, into.Count));
+            }
+            while (reader.Read()) { } // anything after the array is an error (reported by the reader)
+        }
+        catch (JsonException e)
+        {
+            string where = into.Count == 0 ? "before the first array element" : $"after array element [{into.Count - 1}]";
+            throw new UserInputException($"{path}: not valid JSON {where} ({e.Message}).", e);
+        }
+    }
+
+    /// <summary>The text of a UTF-8 file; an undecodable byte is an error naming file:line.</summary>
+    private static string DecodeStrict(string path, byte[] bytes, int start)
+    {
+        try
+        {
+            return StrictUtf8.GetString(bytes, start, bytes.Length - start);
+        }
+        catch (DecoderFallbackException)
+        {
+            int line = 1, lineStart = start;
+            for (int i = start; i <= bytes.Length; i++)
+            {
+                if (i < bytes.Length && bytes[i] != (byte)'\n') continue;
+                try { StrictUtf8.GetCharCount(bytes, lineStart, i - lineStart); }
+                catch (DecoderFallbackException e)
+                {
+                    string hex = e.BytesUnknown is { Length: > 0 } u ? $" (byte 0x{u[0]:X2})" : "";
+                    throw new UserInputException($"{path}:{line}: not valid UTF-8{hex}; save the data file as UTF-8.", e);
+                }
+                line++;
+                lineStart = i + 1;
+            }
+            throw new UserInputException($"{path}: not valid UTF-8; save the data file as UTF-8.");
+        }
     }
 
     /// <summary>Splits off a held-out fraction deterministically (seeded shuffle), keeping at least one example on each side.</summary>

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using ResLora.IO;
 
 namespace ResLora.Training;
 
@@ -14,6 +15,13 @@ public sealed record TrainCheckpointState
     [JsonPropertyName("elapsed_seconds")] public double ElapsedSeconds { get; init; }
     /// <summary>Method statistics (e.g. ResLoRA's norm windows) as opaque JSON, restored on resume.</summary>
     [JsonPropertyName("method_state")] public string? MethodState { get; init; }
+    /// <summary>The last step's training loss: what a resumed finished run reports as its final train loss.</summary>
+    [JsonPropertyName("last_train_loss")] public double? LastTrainLoss { get; init; }
+    /// <summary>
+    /// The settings that shape every step, by flag name (<c>--lr</c> → <c>0.0002</c>): a resume must give the same
+    /// values, or its losses silently differ from the run it continues. Absent in checkpoints of earlier versions.
+    /// </summary>
+    [JsonPropertyName("settings")] public Dictionary<string, string>? Settings { get; init; }
 }
 
 /// <summary>
@@ -26,12 +34,12 @@ public static class TrainCheckpoint
 {
     public const string FolderName = "checkpoint";
     private const string PrevName = "checkpoint.prev";
-    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
+    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
     public static void Save(string outDir, TrainCheckpointState state, Action<string> writeAdapter, optim.Optimizer optimizer)
     {
         Directory.CreateDirectory(outDir);
-        string tmp = Path.Combine(outDir, $".{FolderName}.tmp-{Guid.NewGuid():N}");
+        string tmp = AtomicFile.TempName(Path.Combine(outDir, FolderName));
         try
         {
             Directory.CreateDirectory(tmp);
@@ -43,21 +51,45 @@ public static class TrainCheckpoint
                     if (optimizer is TorchSharp.Modules.OptimizerHelper h) h.save_state_dict(bw);
                     else throw new InvalidOperationException($"optimizer {optimizer.GetType().Name} cannot save its state.");
                 }
-                fs.Flush(flushToDisk: true);
+                Durable.Flush(fs);
             }
             using (var rng = torch.get_rng_state())
                 WriteFlushed(Path.Combine(tmp, "rng.bin"), rng.bytes.ToArray());
             WriteFlushed(Path.Combine(tmp, "state.json"), System.Text.Encoding.UTF8.GetBytes(JsonSerializer.Serialize(state, Json)));
+            Durable.FlushFolder(tmp);
 
+            // The swap: at every instant checkpoint/ or checkpoint.prev/ is complete (Find takes either).
             string cur = Path.Combine(outDir, FolderName), prev = Path.Combine(outDir, PrevName);
-            if (Directory.Exists(prev)) Directory.Delete(prev, recursive: true);
-            if (Directory.Exists(cur)) Directory.Move(cur, prev);
-            Directory.Move(tmp, cur);
-            if (Directory.Exists(prev)) Directory.Delete(prev, recursive: true);
+            if (Directory.Exists(prev)) Durable.DeleteFolder(prev);
+            if (Directory.Exists(cur)) Durable.MoveFolder(cur, prev);
+            Durable.MoveFolder(tmp, cur);
+            Durable.FlushFolder(outDir);
+            if (Directory.Exists(prev)) Durable.DeleteFolder(prev);
         }
-        finally
+        catch (Exception e) when (!Durable.IsCrash(e))
         {
             if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Removes <c>checkpoint.prev/</c> when <c>checkpoint/</c> is complete beside it (a kill between the swap's last rename
+    /// and the removal leaves both); call while holding the run folder.
+    /// </summary>
+    public static void RemoveStalePrevious(string outDir)
+    {
+        string prev = Path.Combine(outDir, PrevName);
+        if (Directory.Exists(prev) && Find(outDir) is { } found && Path.GetFileName(found) == FolderName) Directory.Delete(prev, recursive: true);
+    }
+
+    /// <summary>Removes every checkpoint under <paramref name="outDir"/> (a new run replacing an old one).</summary>
+    public static void Delete(string outDir)
+    {
+        foreach (var name in new[] { FolderName, PrevName })
+        {
+            string d = Path.Combine(outDir, name);
+            if (Directory.Exists(d)) Directory.Delete(d, recursive: true);
         }
     }
 
@@ -77,7 +109,7 @@ public static class TrainCheckpoint
         string p = Path.Combine(checkpointDir, "state.json");
         try
         {
-            return JsonSerializer.Deserialize<TrainCheckpointState>(File.ReadAllText(p))
+            return JsonSerializer.Deserialize<TrainCheckpointState>(File.ReadAllText(p), Json)
                 ?? throw new UserInputException($"{p}: empty checkpoint state.");
         }
         catch (JsonException e)
@@ -109,6 +141,6 @@ public static class TrainCheckpoint
     {
         using var fs = new FileStream(path, FileMode.CreateNew);
         fs.Write(bytes);
-        fs.Flush(flushToDisk: true);
+        Durable.Flush(fs);
     }
 }

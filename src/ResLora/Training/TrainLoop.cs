@@ -35,27 +35,43 @@ public static class TrainLoop
         string metricsPath = Path.Combine(spec.OutDir, MetricsFile);
         var curve = new List<StepReport>();
         var evals = new List<EvalReport>();
+        var settings = Settings(spec);
+        double? savedLastLoss = null;
         if (spec.Resume && TrainCheckpoint.Find(spec.OutDir) is { } ckpt)
         {
+            TrainCheckpoint.RemoveStalePrevious(spec.OutDir);
             var state = TrainCheckpoint.ReadState(ckpt);
             if (state.Method != spec.Method)
                 throw new UserInputException($"{ckpt}: the checkpoint was written by method '{state.Method}', not '{spec.Method}'; use the same --method or a new --out folder.");
             if (state.TotalSteps != total)
                 throw new UserInputException($"{ckpt}: the checkpoint belongs to a run of {state.TotalSteps} steps, this one has {total}; resume with the same --steps/--epochs.");
+            var changed = (state.Settings ?? new()).Where(kv => settings.TryGetValue(kv.Key, out var now) && now != kv.Value)
+                .Select(kv => $"{kv.Key} {settings[kv.Key]} (the checkpoint was trained with {kv.Value})").ToList();
+            if (changed.Count > 0)
+                throw new UserInputException($"{ckpt}: this resume changes {string.Join(", ", changed)}; a resumed run must keep the settings of the run it continues. Resume with the checkpoint's values, or start a new run (another --out folder, or --overwrite).");
+            savedLastLoss = state.LastTrainLoss;
             spec.LoadWeights(Path.Combine(ckpt, "adapter"));
             TrainCheckpoint.RestoreOptimizerAndRng(ckpt, optimizer);
             data.RestorePosition(state.DataPosition);
             startStep = state.Step;
             elapsedBefore = state.ElapsedSeconds;
             (curve, evals) = TrimMetrics(metricsPath, startStep);
-            observer.OnMessage($"resuming from step {startStep} ({ckpt})");
+            observer.OnMessage(startStep == total
+                ? $"the run is complete ({total} steps): nothing to train; its adapter is written again from {ckpt}"
+                : $"resuming from step {startStep} ({ckpt})");
         }
-        else if (File.Exists(metricsPath)) File.Delete(metricsPath);
+        else
+        {
+            // A new run starts from nothing: a previous run's checkpoint, metrics and summary would mix with this one's.
+            TrainCheckpoint.Delete(spec.OutDir);
+            foreach (var f in new[] { metricsPath, Path.Combine(spec.OutDir, SummaryFile) })
+                if (File.Exists(f)) File.Delete(f);
+        }
 
         observer.OnStart(total, startStep);
         var clock = Stopwatch.StartNew();
         double lossAcc = 0; long tokAcc = 0; int accSteps = 0; double windowStart = 0;
-        double lastLoss = curve.Count > 0 ? curve[^1].Loss : double.NaN;
+        double lastLoss = savedLastLoss ?? (curve.Count > 0 ? curve[^1].Loss : double.NaN);
         for (int step = startStep + 1; step <= total; step++)
         {
             var (loss, _, inputTokens) = trainer.Step(optimizer, data, step, total);
@@ -80,21 +96,31 @@ public static class TrainLoop
                 observer.OnEval(ev);
             }
             if (o.SaveEvery > 0 && step % o.SaveEvery == 0 && step != total)
-                SaveCheckpoint(spec, optimizer, data, step, total, elapsedBefore + clock.Elapsed.TotalSeconds);
+                SaveCheckpoint(spec, optimizer, data, step, total, elapsedBefore + clock.Elapsed.TotalSeconds, lastLoss, settings);
         }
         double wall = elapsedBefore + clock.Elapsed.TotalSeconds;
         int ran = total - startStep;
 
-        EvalReport? final = null;
-        if (task.HasEval)
+        // A finished run resumed (its final checkpoint written, perhaps not its adapter or summary: a kill during the
+        // final save) keeps its final evaluation, which metrics.jsonl holds up to the checkpoint's step: not run twice.
+        bool wasFinished = ran == 0;
+        EvalReport? final = wasFinished ? evals.LastOrDefault(e => e.Step == total) : null;
+        if (task.HasEval && final is null)
         {
             final = task.Evaluate(trainer, total, o);
             evals.Add(final);
             AppendMetric(metricsPath, final);
             observer.OnEval(final);
         }
-        SaveCheckpoint(spec, optimizer, data, total, total, wall);
+        if (!wasFinished) SaveCheckpoint(spec, optimizer, data, total, total, wall, lastLoss, settings);
         spec.SaveWeights(spec.OutDir);
+        string summaryPath = Path.Combine(spec.OutDir, SummaryFile);
+        if (wasFinished && ReadSummary(summaryPath) is { } done)
+        {
+            done = done with { Curve = curve, Evals = evals };
+            observer.OnFinish(done, spec.OutDir);
+            return done;
+        }
 
         var summary = new TrainSummary
         {
@@ -113,15 +139,41 @@ public static class TrainLoop
             Curve = curve,
             Evals = evals,
         };
-        AtomicFile.WriteAllText(Path.Combine(spec.OutDir, SummaryFile), JsonSerializer.Serialize(summary, new JsonSerializerOptions(MetricJson) { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull }));
+        AtomicFile.WriteAllText(summaryPath, JsonSerializer.Serialize(summary, new JsonSerializerOptions(MetricJson) { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull }));
         observer.OnFinish(summary, spec.OutDir);
         return summary;
     }
 
-    private static void SaveCheckpoint(TrainRunSpec spec, torch.optim.Optimizer optimizer, ITrainBatchSource data, int step, int total, double elapsed)
+    private static void SaveCheckpoint(TrainRunSpec spec, torch.optim.Optimizer optimizer, ITrainBatchSource data, int step, int total, double elapsed, double lastLoss, Dictionary<string, string> settings)
     {
-        var state = new TrainCheckpointState { Step = step, TotalSteps = total, DataPosition = data.SavePosition(), Seed = spec.Options.Seed, Method = spec.Method, ElapsedSeconds = elapsed };
+        var state = new TrainCheckpointState
+        {
+            Step = step,
+            TotalSteps = total,
+            DataPosition = data.SavePosition(),
+            Seed = spec.Options.Seed,
+            Method = spec.Method,
+            ElapsedSeconds = elapsed,
+            LastTrainLoss = lastLoss,
+            Settings = settings,
+        };
         TrainCheckpoint.Save(spec.OutDir, state, spec.SaveWeights, optimizer);
+    }
+
+    /// <summary>The settings a resume must keep: the options' and the caller's (<see cref="TrainRunSpec.ResumeSettings"/>).</summary>
+    private static Dictionary<string, string> Settings(TrainRunSpec spec)
+    {
+        var d = new Dictionary<string, string>(spec.Options.ResumeSettings(), StringComparer.Ordinal);
+        foreach (var (k, v) in spec.ResumeSettings) d[k] = v;
+        return d;
+    }
+
+    /// <summary>A finished run's summary as written, or null when it is missing or unreadable (then it is written anew).</summary>
+    private static TrainSummary? ReadSummary(string path)
+    {
+        if (!File.Exists(path)) return null;
+        try { return JsonSerializer.Deserialize<TrainSummary>(File.ReadAllText(path), MetricJson); }
+        catch (JsonException) { return null; }
     }
 
     /// <summary>

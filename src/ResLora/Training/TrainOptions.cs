@@ -38,6 +38,29 @@ public sealed record TrainOptions
     public int TotalSteps(int examples) =>
         Math.Max(1, Steps > 0 ? Steps : (int)Math.Ceiling(Epochs * examples / (double)(BatchSize * GradAccum)));
 
+    /// <summary>
+    /// The settings a resumed run must share with the run it continues, by flag name (library-only settings by their
+    /// field name): each shapes every optimizer step. Logging, evaluation and checkpoint cadence may change.
+    /// </summary>
+    public IReadOnlyDictionary<string, string> ResumeSettings()
+    {
+        static string D(double v) => v.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+        return new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["--batch-size"] = BatchSize.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["--grad-accum"] = GradAccum.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["--lr"] = D(LearningRate),
+            ["--weight-decay"] = D(WeightDecay),
+            ["--warmup-steps"] = WarmupSteps.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["--schedule"] = Schedule,
+            ["--max-grad-norm"] = D(MaxGradNorm),
+            ["--seed"] = Seed.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["beta1"] = D(Beta1),
+            ["beta2"] = D(Beta2),
+            ["adam_eps"] = D(AdamEps),
+        };
+    }
+
     public void Validate()
     {
         if (Steps < 0) throw new UserInputException($"--steps must be 0 or more, got {Steps}.");

@@ -51,4 +51,9 @@ public sealed record TrainRunSpec
     public IEnumerable<object> Capabilities { get; init; } = Array.Empty<object>();
     /// <summary>Continue from <c>OutDir/checkpoint</c> when it exists.</summary>
     public bool Resume { get; init; }
+    /// <summary>
+    /// Settings beyond <see cref="TrainOptions"/> that a resume must keep (by flag name, e.g. <c>--seq-len</c>); saved
+    /// with each checkpoint with <see cref="TrainOptions.ResumeSettings"/>.
+    /// </summary>
+    public IReadOnlyDictionary<string, string> ResumeSettings { get; init; } = new Dictionary<string, string>();
 }

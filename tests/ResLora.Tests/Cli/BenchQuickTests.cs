@@ -32,4 +32,27 @@ public sealed class BenchQuickTests : IDisposable
         using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(_dir, "bench.json")));
         Assert.True(doc.RootElement.GetProperty("matmul_ceiling_gflops").GetDouble() > 0);
     }
+
+    [Fact]
+    public void BenchAdaptersQuick_WritesEveryServingMode()
+    {
+        var (so, se) = (Console.Out, Console.Error);
+        Console.SetOut(TextWriter.Null);
+        Console.SetError(TextWriter.Null);
+        int rc;
+        try
+        {
+            rc = CliApp.Run(new[] { "bench", "adapters", "--quick", "--batch", "8", "--out", _dir });
+        }
+        finally
+        {
+            Console.SetOut(so);
+            Console.SetError(se);
+        }
+        Assert.Equal(0, rc);
+        string md = File.ReadAllText(Path.Combine(_dir, "adapters.md"));
+        foreach (var m in new[] { "| mixed batch |", "| per adapter |", "| one at a time |", "| base batch |" }) Assert.Contains(m, md);
+        using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(_dir, "adapters.json")));
+        Assert.All(doc.RootElement.GetProperty("results").EnumerateArray(), r => Assert.True(r.GetProperty("TokensPerSecond").GetDouble() > 0));
+    }
 }

@@ -164,4 +164,41 @@ public sealed class DataSetTests : IDisposable
         // Past the end linear is clamped at 0, not negative.
         Assert.Equal(0.0, Trainer.LrMultiplier(total + 20, total, warmup, "linear"), 12);
     }
+
+    [Fact]
+    public void InvalidUtf8_IsAnErrorNamingFileAndLine()
+    {
+        string p = Path.Combine(_dir, "latin1.jsonl");
+        byte[] good = System.Text.Encoding.UTF8.GetBytes("{\"text\": \"caf\u00e9\"}\n{\"text\": \"ok\"}\n");
+        byte[] bad = { (byte)'{', (byte)'"', (byte)'t', (byte)'e', (byte)'x', (byte)'t', (byte)'"', (byte)':', (byte)'"', (byte)'c', (byte)'a', (byte)'f', 0xE9, (byte)'"', (byte)'}', (byte)'\n' };
+        File.WriteAllBytes(p, good.Concat(bad).ToArray()); // a Latin-1 "é" on line 3: silently U+FFFD before
+        var e = Assert.Throws<UserInputException>(() => DataSet.Load(p));
+        Assert.Equal($"{p}:3: not valid UTF-8 (byte 0xE9); save the data file as UTF-8.", e.Message);
+        // A byte-order mark is fine.
+        File.WriteAllBytes(p, new byte[] { 0xEF, 0xBB, 0xBF }.Concat(good).ToArray());
+        Assert.Equal("caf\u00e9", DataSet.Load(p)[0].Completion);
+    }
+
+    [Fact]
+    public void JsonArrayErrors_NameTheElementIndexAndItsLine()
+    {
+        var p = Write("arr.json", "[\n  {\"text\": \"a\"},\n  {\"text\": \"b\"},\n  {\"txt\": \"c\"}\n]\n");
+        var e = Assert.Throws<UserInputException>(() => DataSet.Load(p));
+        Assert.StartsWith($"{p}: record 3 (array element [2], line 4): unknown record shape", e.Message);
+        Assert.DoesNotContain("line 0", e.Message);
+        var q = Write("broken.json", "[{\"text\": \"a\"},\n {\"text\": }]");
+        Assert.Contains("after array element [0]", Assert.Throws<UserInputException>(() => DataSet.Load(q)).Message);
+    }
+
+    [Fact]
+    public void ADeviceAsAFile_IsOneLineNamingIt_AndAFileWithinTheLimitReads()
+    {
+        if (!File.Exists("/dev/zero")) return;
+        // Data files are read through BoundedFile (1 GiB); a small limit shows the behaviour without reading a gigabyte.
+        var e = Assert.Throws<UserInputException>(() => ResLora.IO.BoundedFile.ReadAllBytes("/dev/zero", 1 << 20, "data file"));
+        Assert.Equal("/dev/zero: more than 1.0 MiB, far more than any data file (is it a device such as /dev/zero?).", e.Message);
+        var p = Write("small.jsonl", "{\"text\": \"a\"}\n");
+        Assert.Equal(14, ResLora.IO.BoundedFile.ReadAllBytes(p, 14, "data file").Length);
+        Assert.Throws<UserInputException>(() => ResLora.IO.BoundedFile.ReadAllBytes(p, 13, "data file"));
+    }
 }

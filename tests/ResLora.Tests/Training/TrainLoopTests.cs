@@ -117,6 +117,49 @@ public sealed class TrainLoopTests : IDisposable
         Assert.Contains("\"eval_loss\":\"NaN\"", File.ReadAllText(Path.Combine(dir, TrainLoop.MetricsFile)));
     }
 
+    [Fact]
+    public void Resume_OfAFinishedRun_AddsNoEvalLine_AndKeepsTheSummaryAndFinalTrainLoss()
+    {
+        var o = new TrainOptions { Steps = 6, BatchSize = 8, LearningRate = 2e-3, LogEvery = 3, SaveEvery = 0, EvalGenerateExamples = 0 };
+        string dir = Path.Combine(_dir, "done");
+        TrainSummary first;
+        using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 6)) first = TrainLoop.Run(Spec(m, dir, o));
+        byte[] metrics = File.ReadAllBytes(Path.Combine(dir, TrainLoop.MetricsFile));
+        byte[] summary = File.ReadAllBytes(Path.Combine(dir, TrainLoop.SummaryFile));
+        byte[] weights = File.ReadAllBytes(Path.Combine(dir, "weights.safetensors"));
+        // The summary's final train loss is the last step's, not the mean of the last logging window.
+        Assert.NotEqual(first.Curve[^1].Loss, first.FinalTrainLoss);
+
+        TrainSummary again;
+        using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 77)) again = TrainLoop.Run(Spec(m, dir, o, resume: true));
+        Assert.Equal(metrics, File.ReadAllBytes(Path.Combine(dir, TrainLoop.MetricsFile))); // no second final eval line
+        Assert.Equal(summary, File.ReadAllBytes(Path.Combine(dir, TrainLoop.SummaryFile)));
+        Assert.Equal(weights, File.ReadAllBytes(Path.Combine(dir, "weights.safetensors"))); // rewritten from the checkpoint
+        Assert.Equal(first.FinalTrainLoss, again.FinalTrainLoss);
+        Assert.Equal(first.FinalEvalLoss, again.FinalEvalLoss);
+
+        // A kill after the final checkpoint but before the summary: the resume writes it with the last step's loss.
+        File.Delete(Path.Combine(dir, TrainLoop.SummaryFile));
+        using (var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 77)) again = TrainLoop.Run(Spec(m, dir, o, resume: true));
+        Assert.Equal(first.FinalTrainLoss, again.FinalTrainLoss);
+        Assert.Equal(metrics, File.ReadAllBytes(Path.Combine(dir, TrainLoop.MetricsFile)));
+    }
+
+    [Theory]
+    [InlineData("--lr", 4e-3, 8, "--lr 0.004 (the checkpoint was trained with 0.002)")]
+    [InlineData("--batch-size", 2e-3, 4, "--batch-size 4 (the checkpoint was trained with 8)")]
+    public void Resume_WithAChangedHyperparameter_IsRefusedNamingTheFlagAndBothValues(string flag, double lr, int batch, string expected)
+    {
+        var (o, _, b, _) = WholeRunAndOneKilledAtStep10();
+        using var m = TinyModels.Build(TinyModels.Config(vocab: 99), seed: 77);
+        var e = Assert.Throws<UserInputException>(() => TrainLoop.Run(Spec(m, b, o with { LearningRate = lr, BatchSize = batch }, resume: true)));
+        Assert.Contains(expected, e.Message);
+        Assert.Contains("start a new run", e.Message);
+        Assert.Contains(flag, e.Message);
+        // Cadence is free to change.
+        TrainLoop.Run(Spec(m, b, o with { LogEvery = 2, EvalEvery = 3 }, resume: true));
+    }
+
     /// <summary>Sets the output head to NaN once step <c>step</c> is logged (before the final evaluation).</summary>
     private sealed class PoisonAfter(int step, LlamaForCausalLM model) : ITrainObserver
     {

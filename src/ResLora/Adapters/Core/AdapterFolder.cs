@@ -102,6 +102,7 @@ public static class AdapterFolder
     /// <summary>
     /// Reads a PEFT adapter folder. Accepts F32/F16/BF16 tensors (returned as float32), keys with or without the
     /// <c>base_model.model.</c> prefix and with or without PEFT's adapter name (<c>.lora_A.default.weight</c>).
+    /// A tensor holding NaN or ±∞ is an error naming the file and the tensor.
     /// </summary>
     public static AdapterFolderContents Load(string dir, string adapterName = DefaultAdapterName)
     {
@@ -115,7 +116,7 @@ public static class AdapterFolder
                 ? $"{weightsPath}: not found, only the pickle file {bin}, which cannot be read safely; convert it in Python with PeftModel.from_pretrained(...).save_pretrained(dir, safe_serialization=True)."
                 : $"{weightsPath}: not found; an adapter folder needs {ConfigFileName} and {WeightsFileName}.", weightsPath);
         }
-        var (config, warnings) = AdapterConfigJson.Parse(File.ReadAllText(configPath), configPath);
+        var (config, warnings) = AdapterConfigJson.Parse(BoundedFile.ReadAllText(configPath, BoundedFile.ConfigLimit, "adapter config"), configPath);
         var byModule = new Dictionary<string, Dictionary<string, Tensor>>(StringComparer.Ordinal);
         var saved = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         var origin = new Dictionary<(string, string), string>();
@@ -139,7 +140,11 @@ public static class AdapterFolder
                     throw new UserInputException($"{weightsPath}: keys '{first}' and '{e.Name}' both name {module}.{param}; remove one.");
                 origin[(module, param)] = e.Name;
                 if (!byModule.TryGetValue(module, out var m)) byModule[module] = m = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-                m[param] = file.Load(e.Name, ScalarType.Float32);
+                var t = m[param] = file.Load(e.Name, ScalarType.Float32);
+                // A NaN or ∞ in an adapter (a diverged run saved elsewhere, a damaged file) would silently poison every
+                // output, a merge or a resumed run: refused here, for every verb that reads an adapter.
+                if (TensorScan.NonFiniteProblem(TensorScan.CountNonFinite(t), t.NumberOfElements) is { } bad)
+                    throw new UserInputException($"{weightsPath}: tensor '{e.Name}': {bad}; the adapter is broken (a diverged or damaged save). Retrain it, or resume from an earlier checkpoint.");
             }
         }
         catch

@@ -109,6 +109,18 @@ public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle, ICheckpoint
     /// <summary>Why the method's layers cannot be recomputed one decoder layer at a time (ResLoRA is/ms), or null.</summary>
     public string? CheckpointRefusal => Builder is ICheckpointSupport c ? c.CheckpointRefusal : null;
 
+    /// <summary>
+    /// Decides and records every projection of a model built by another factory (an adapter set's shared base,
+    /// <see cref="MultiLoraPlan"/>), so that <see cref="EnsureAllPatternsMatched"/> checks this config against them.
+    /// </summary>
+    /// <param name="specs">The projections the model created.</param>
+    public IReadOnlyList<PlanDecision> DecideAll(IEnumerable<LinearSpec> specs)
+    {
+        var d = specs.Select(Decide).ToList();
+        lock (_gate) _decisions.AddRange(d);
+        return d;
+    }
+
     /// <summary>Starts a per-forward context in the method's builder when it has one (ResLoRA); otherwise a no-op.</summary>
     public IDisposable BeginForward() => Builder is IForwardLifecycle f ? f.BeginForward() : NoOp.Instance;
 

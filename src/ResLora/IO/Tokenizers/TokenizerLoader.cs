@@ -29,7 +29,7 @@ public static class TokenizerLoader
             JsonObject root;
             try
             {
-                root = JsonNode.Parse(File.ReadAllText(json)) as JsonObject ?? throw new UserInputException($"{json}: expected a JSON object.");
+                root = JsonNode.Parse(BoundedFile.ReadAllText(json, BoundedFile.TokenizerLimit, "tokenizer.json")) as JsonObject ?? throw new UserInputException($"{json}: expected a JSON object.");
             }
             catch (JsonException e)
             {
@@ -44,7 +44,7 @@ public static class TokenizerLoader
             LlamaTokenizer sp;
             try
             {
-                using var fs = File.OpenRead(spm);
+                using var fs = new MemoryStream(BoundedFile.ReadAllBytes(spm, BoundedFile.TokenizerLimit, "tokenizer.model"));
                 sp = LlamaTokenizer.Create(fs, addBeginOfSentence: false, addEndOfSentence: false);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
@@ -96,7 +96,7 @@ public static class TokenizerLoader
         if (!File.Exists(path)) return null;
         try
         {
-            return JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip }) as JsonObject;
+            return JsonNode.Parse(BoundedFile.ReadAllText(path, BoundedFile.ConfigLimit, "JSON config"), documentOptions: new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip }) as JsonObject;
         }
         catch (JsonException e)
         {

@@ -14,9 +14,18 @@ public static class EncoderLoader
     /// <summary>
     /// The config and the open checkpoint, checked against each other before anything model-sized is allocated. The caller
     /// disposes the checkpoint. Extra tensors of pre-training heads (<c>cls.*</c>, <c>lm_head.*</c>) and the
-    /// <c>position_ids</c> buffer are ignored; extra encoder layers are an error naming config.json.
+    /// <c>position_ids</c> buffer are ignored; extra encoder layers are an error naming config.json. A weight stored as
+    /// integers is an error naming it, and with <paramref name="loadAs"/> a load whose weights exceed the memory left is
+    /// refused (<see cref="LoadChecks"/>, as for decoders).
     /// </summary>
-    public static (EncoderConfig Config, HfCheckpoint Checkpoint, EncoderCheckpointLayout Layout) OpenChecked(string modelDir)
+    public static (EncoderConfig Config, HfCheckpoint Checkpoint, EncoderCheckpointLayout Layout) OpenChecked(string modelDir, ScalarType? loadAs = null)
+    {
+        var (config, ckpt, layout, _) = OpenChecked(modelDir, loadAs, refuseNonFloat: true);
+        return (config, ckpt, layout);
+    }
+
+    /// <summary>As above, also giving the expected weights by stored name; <c>inspect --check</c> reports integer-typed weights instead of refusing them.</summary>
+    internal static (EncoderConfig Config, HfCheckpoint Checkpoint, EncoderCheckpointLayout Layout, IReadOnlyDictionary<string, long[]> Expected) OpenChecked(string modelDir, ScalarType? loadAs, bool refuseNonFloat)
     {
         var config = EncoderConfig.Load(modelDir);
         var ckpt = HfCheckpoint.Open(modelDir);
@@ -39,7 +48,9 @@ public static class EncoderLoader
             {
                 throw new UserInputException($"{configPath} does not match the weights: {e.Message}", e);
             }
-            return (config, ckpt, new EncoderCheckpointLayout(prefix, pooler, head));
+            if (refuseNonFloat) LoadChecks.RefuseNonFloat(ckpt, expected);
+            if (loadAs is { } dtype) LoadChecks.EnsureFitsInMemory(modelDir, expected, dtype);
+            return (config, ckpt, new EncoderCheckpointLayout(prefix, pooler, head), expected);
         }
         catch
         {
@@ -52,7 +63,7 @@ public static class EncoderLoader
     public static BertEncoder LoadEncoder(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null)
     {
         runtime.Apply();
-        var (config, ckpt, layout) = OpenChecked(modelDir);
+        var (config, ckpt, layout) = OpenChecked(modelDir, runtime.TorchDevice.type == DeviceType.CPU ? runtime.ScalarType : null);
         using var _ = ckpt;
         var model = new BertEncoder(config, factory, runtime.ScalarType, runtime.TorchDevice, "", layout.HasPooler);
         try
@@ -76,7 +87,7 @@ public static class EncoderLoader
     public static (EncoderClassifier Model, EncoderCheckpointLayout Layout) LoadClassifier(string modelDir, RuntimeOptions runtime, ILinearFactory? factory, EncoderConfig? head, long seed)
     {
         runtime.Apply();
-        var (stored, ckpt, layout) = OpenChecked(modelDir);
+        var (stored, ckpt, layout) = OpenChecked(modelDir, runtime.TorchDevice.type == DeviceType.CPU ? runtime.ScalarType : null);
         using var _ = ckpt;
         if (head is null && !layout.HasHead)
             throw new UserInputException($"{modelDir}: the folder has no trained classification head (config.json declares no *ForSequenceClassification with weights 'classifier.*'); train one with reslora train --task classify, or pass the adapter that holds it.");

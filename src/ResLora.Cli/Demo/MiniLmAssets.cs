@@ -1,7 +1,7 @@
 using System.Reflection;
 using ResLora.Pipelines;
 
-namespace ResLora.Bench;
+namespace ResLora.Demo;
 
 /// <summary>
 /// The real pretrained encoder of the NLU demo and benchmark: all-MiniLM-L6-v2 (BertModel, 6 layers × 384, MIT) as the

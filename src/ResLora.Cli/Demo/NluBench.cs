@@ -1,3 +1,5 @@
+using System.Globalization;
+using System.Text;
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using ResLora.Adapters;
@@ -5,7 +7,7 @@ using ResLora.Pipelines;
 using ResLora.Training;
 using ResLora.Training.Classification;
 
-namespace ResLora.Bench;
+namespace ResLora.Demo;
 
 /// <summary>
 /// A sentiment task on which pretrained knowledge matters: training sentences use one set of opinion words, the test
@@ -115,5 +117,32 @@ public static class NluBench
                 log?.Invoke($"{label} seed {seed}: held-out accuracy {curve[^1].Item2:P1} (merged {mres.Metrics["accuracy"]:P1}) in {seconds:0.0} s");
             }
         return runs;
+    }
+
+    /// <summary>Mean over seeds (± half the range) per method and evaluation step, then the end and merged columns.</summary>
+    public static string Markdown(IReadOnlyList<NluRun> runs, NluSettings s)
+    {
+        static string Pm(IEnumerable<double> xs, string fmt)
+        {
+            var v = xs.ToList();
+            double mean = v.Average(), half = (v.Max() - v.Min()) / 2;
+            return v.Count > 1 ? $"{mean.ToString(fmt, CultureInfo.InvariantCulture)} ± {half.ToString(fmt, CultureInfo.InvariantCulture)}" : mean.ToString(fmt, CultureInfo.InvariantCulture);
+        }
+        var steps = runs[0].Curve.Select(c => c.Step).ToList();
+        var sb = new StringBuilder();
+        sb.Append("| method | ").AppendJoin(" | ", steps.Select(st => $"acc @ {st}")).Append(" | loss @ end | merged acc | merged − unmerged | s/run | trainable |\n");
+        sb.Append("|---|").AppendJoin("", steps.Select(_ => "---|")).Append("---|---|---|---|---|\n");
+        foreach (var g in runs.GroupBy(x => x.Label))
+        {
+            sb.Append("| ").Append(g.Key).Append(" | ");
+            foreach (var st in steps) sb.Append(Pm(g.Select(x => x.Curve.First(c => c.Step == st).Accuracy * 100), "0.0")).Append(" | ");
+            sb.Append(Pm(g.Select(x => x.Curve[^1].Loss), "0.000")).Append(" | ");
+            sb.Append(Pm(g.Select(x => x.MergedAccuracy * 100), "0.0")).Append(" | ");
+            sb.Append(Pm(g.Select(x => (x.MergedAccuracy - x.Curve[^1].Accuracy) * 100), "0.0")).Append(" | ");
+            sb.Append(g.Average(x => x.Seconds).ToString("0", CultureInfo.InvariantCulture)).Append(" | ");
+            sb.Append(g.First().TrainableParameters.ToString("N0", CultureInfo.InvariantCulture)).Append(" |\n");
+        }
+        sb.Append(CultureInfo.InvariantCulture, $"\nAccuracy in % on {s.TestExamples} sentences whose opinion words never occur in the {s.TrainExamples} training sentences; mean ± half-range over seeds {string.Join(", ", runs.Select(x => x.Seed).Distinct())}; rank {s.Rank}, α {s.Alpha}, lr {s.LearningRate}, batch {s.BatchSize}, targets query,value + the classification head.\n");
+        return sb.ToString();
     }
 }
