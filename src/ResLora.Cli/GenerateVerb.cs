@@ -44,7 +44,9 @@ internal static class GenerateVerb
             ChatPrompt? chatPrompt = null;
             if (asChat)
             {
+                // The model's template, else the one the adapter was trained with (recorded beside it), else --chat-template.
                 var format = ChatFormat.ForModel(dir, r.GetValue(chatTemplate))
+                    ?? (r.GetValue(adapter) is { } ad ? TrainingDataRecord.Read(ad)?.Templates.Chat : null)
                     ?? throw new UserInputException($"--chat: {dir} has no chat_template in tokenizer_config.json; give one with --chat-template NAME|FILE (built-in: {string.Join(", ", BuiltInChatTemplates.Names)}).");
                 chatPrompt = Prompts.Chat(tokenizer, format, ChatConversation(messagesFile, r.GetValue(prompt) ?? "", r.GetValue(system)));
             }

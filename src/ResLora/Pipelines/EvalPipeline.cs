@@ -34,7 +34,10 @@ public static class EvalPipeline
         req.Quantize.Validate();
         if (req.Quantize.WBits < 16 && req.Runtime.BaseStorage != BaseWeightStorage.Full)
             throw new UserInputException($"--wbits fake-quantizes full-precision weights, but --base-bits {req.Runtime.BaseBits} already packs the base; drop one of them.");
-        var examples = DataSet.Load(req.DataPath, req.Templates.ForModel(req.ModelDir));
+        // Conversations render with the model's chat template, else the one the adapter was trained with.
+        var templates = req.Templates.ForModel(req.ModelDir);
+        if (templates.Chat is null && req.AdapterDir is not null) templates = templates with { Chat = TrainingDataRecord.Read(req.AdapterDir)?.Templates.Chat };
+        var examples = DataSet.Load(req.DataPath, templates);
         var tokenizer = TokenizerLoader.Load(req.ModelDir);
         using var model = ModelSessions.Load(req.ModelDir, req.AdapterDir, req.Runtime, warn);
         IDisposable? quant = null;

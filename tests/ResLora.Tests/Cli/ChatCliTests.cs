@@ -144,6 +144,15 @@ public sealed class ChatCliTests : IDisposable
         var t = CliHarness.Run("tokenize", "--model", model, "--data", data, "--chat-template", "chatml", "--limit", "1", "--json");
         Assert.True(t.Rc == 0, t.Err);
         Assert.Contains("<|im_start|>assistant\\nblue<|im_end|>", t.Out);
+        // Trained with --chat-template, the adapter remembers it: eval and generate --chat need no flag.
+        string adapter = Path.Combine(_dir, "b");
+        var tr = CliHarness.Run("train", "--model", model, "--data", data, "--chat-template", "chatml", "--steps", "2", "--eval-fraction", "0", "--out", adapter, "--threads", "1");
+        Assert.True(tr.Rc == 0, tr.Err);
+        var ev = CliHarness.Run("eval", "--model", model, "--adapter", adapter, "--data", data, "--threads", "1");
+        Assert.True(ev.Rc == 0, ev.Err);
+        Assert.Contains("perplexity", ev.Out);
+        var ga = CliHarness.Run("generate", "--model", model, "--adapter", adapter, "--chat", "--prompt", "sky", "--max-new-tokens", "2", "--threads", "1");
+        Assert.True(ga.Rc == 0, ga.Err);
         var bad = CliHarness.Run("tokenize", "--model", model, "--text", "x", "--data", data);
         Assert.Equal(2, bad.Rc);
         Assert.Contains("one of them", bad.Err);

@@ -26,9 +26,11 @@ public sealed class ChatFormat
     /// <summary>End-of-turn texts that families use, looked for when the tokenizer files list no special tokens.</summary>
     private static readonly string[] KnownEndOfTurn = { "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|eom_id|>", "<|endoftext|>", "</s>" };
 
-    private readonly Lazy<ChatTemplate> _template;
+    /// <summary>What the format is made of, read on first use for a model's own template (data without conversations never needs it).</summary>
+    private sealed record Parts(ChatTemplate Template, string? Bos, string? Eos, IReadOnlyList<string> Specials);
+
+    private readonly Lazy<Parts> _parts;
     private readonly Lazy<IReadOnlyList<string>> _endOfTurn;
-    private readonly IReadOnlyList<string> _specialTokens;
 
     /// <summary>A format from a parsed template.</summary>
     /// <param name="template">The chat template.</param>
@@ -37,17 +39,18 @@ public sealed class ChatFormat
     /// <param name="specialTokens">The tokenizer's special token texts, among which the end-of-turn token is looked for.</param>
     /// <param name="origin">Where the template came from, for messages ("model/tokenizer_config.json", "built-in 'chatml'").</param>
     public ChatFormat(ChatTemplate template, string? bosToken, string? eosToken, IEnumerable<string>? specialTokens = null, string? origin = null)
-        : this(() => template, bosToken, eosToken, specialTokens, origin ?? $"chat template '{template.Name ?? "default"}'")
+        : this(() => new Parts(template, bosToken, eosToken, (specialTokens ?? Array.Empty<string>()).ToList()), origin ?? $"chat template '{template.Name ?? "default"}'")
     {
         ArgumentNullException.ThrowIfNull(template);
     }
 
-    private ChatFormat(Func<ChatTemplate> template, string? bosToken, string? eosToken, IEnumerable<string>? specialTokens, string origin)
+    private ChatFormat(Func<Parts> parts, string origin)
     {
-        _template = new Lazy<ChatTemplate>(template);
-        BosToken = bosToken;
-        EosToken = eosToken;
-        _specialTokens = (specialTokens ?? Array.Empty<string>()).Where(s => s.Length > 0).Distinct().ToList();
+        _parts = new Lazy<Parts>(() =>
+        {
+            var p = parts();
+            return p with { Specials = p.Specials.Where(s => s.Length > 0).Distinct().ToList() };
+        });
         Origin = origin;
         _endOfTurn = new Lazy<IReadOnlyList<string>>(DetectEndOfTurn);
     }
@@ -56,13 +59,13 @@ public sealed class ChatFormat
     public string Origin { get; }
 
     /// <summary>The template (a model's own template is parsed on first use, so data without conversations never needs it).</summary>
-    public ChatTemplate Template => _template.Value;
+    public ChatTemplate Template => _parts.Value.Template;
 
     /// <summary>The BOS token's text, or null.</summary>
-    public string? BosToken { get; }
+    public string? BosToken => _parts.Value.Bos;
 
     /// <summary>The EOS token's text, or null.</summary>
-    public string? EosToken { get; }
+    public string? EosToken => _parts.Value.Eos;
 
     /// <summary>
     /// The texts that end an assistant turn: the template's own end-of-turn token (<c>&lt;|im_end|&gt;</c>,
@@ -156,7 +159,7 @@ public sealed class ChatFormat
     private string? ProbeEndOfTurn()
     {
         const string Reply = "ResLoraProbeReply";
-        var candidates = _specialTokens.Concat(KnownEndOfTurn).Append(EosToken ?? "").Where(s => s.Length > 0).Distinct().ToList();
+        var candidates = _parts.Value.Specials.Concat(KnownEndOfTurn).Append(EosToken ?? "").Where(s => s.Length > 0).Distinct().ToList();
         var probes = new[]
         {
             new[] { new ChatMessage("user", "Hello"), new ChatMessage("assistant", Reply) },
@@ -203,45 +206,50 @@ public sealed class ChatFormat
     {
         string configPath = Path.Combine(modelDir, "tokenizer_config.json");
         var config = ReadJson(configPath) ?? new JsonObject();
-        var specials = SpecialTokens(modelDir, config);
+        if (chatTemplate is not { Length: > 0 } option)
+        {
+            if (config["chat_template"] is null) return null;
+            // The model's own template: read (and its tokens looked up) on first use.
+            return new ChatFormat(() =>
+            {
+                var (bos, eos, specials) = Tokens(modelDir, config);
+                return new Parts(Wrap(configPath, () => ChatTemplates.FromTokenizerConfig(config))!, bos, eos, specials);
+            }, configPath);
+        }
+        ChatTemplate template;
+        string origin;
+        if (File.Exists(option))
+        {
+            origin = option;
+            template = option.EndsWith(".json", StringComparison.OrdinalIgnoreCase)
+                ? Wrap(option, () => ChatTemplates.FromTokenizerConfig(ReadJson(option)!))
+                    ?? throw new UserInputException($"--chat-template {option}: the file has no chat_template field.")
+                : Wrap(option, () => ChatTemplate.Parse(File.ReadAllText(option), Path.GetFileNameWithoutExtension(option)));
+        }
+        else if (BuiltInChatTemplates.Source(option) is { } builtIn)
+        {
+            origin = $"built-in chat template '{option.ToLowerInvariant()}'";
+            template = Wrap(origin, () => ChatTemplate.Parse(builtIn, option.ToLowerInvariant()));
+        }
+        else if (config["chat_template"] is JsonArray named && named.OfType<JsonObject>().Any(e => (string?)e["name"] == option))
+        {
+            origin = $"{configPath} ({option})";
+            template = Wrap(configPath, () => ChatTemplates.FromTokenizerConfig(config, option))!;
+        }
+        else
+        {
+            throw new UserInputException($"--chat-template '{option}' is neither a file nor a built-in template ({string.Join(", ", BuiltInChatTemplates.Names)}) nor a template named in {configPath}.");
+        }
+        var (b, e, s) = Tokens(modelDir, config);
+        return new ChatFormat(template, b, e, s, origin);
+    }
+
+    /// <summary>BOS/EOS texts (tokenizer_config.json, else the tokenizer's BOS/EOS ids) and the special tokens' texts.</summary>
+    private static (string? Bos, string? Eos, List<string> Specials) Tokens(string modelDir, JsonObject config)
+    {
         string? bos = TokenText(config["bos_token"]), eos = TokenText(config["eos_token"]);
         if (bos is null || eos is null) (bos, eos) = FromTokenizer(modelDir, bos, eos);
-
-        if (chatTemplate is { Length: > 0 } option)
-        {
-            string source, origin;
-            if (File.Exists(option))
-            {
-                string text = File.ReadAllText(option);
-                origin = option;
-                if (option.EndsWith(".json", StringComparison.OrdinalIgnoreCase))
-                {
-                    var json = ReadJson(option)!;
-                    var inner = Wrap(option, () => ChatTemplates.FromTokenizerConfig(json))
-                        ?? throw new UserInputException($"--chat-template {option}: the file has no chat_template field.");
-                    return new ChatFormat(inner, bos, eos, specials, option);
-                }
-                source = text;
-            }
-            else if (BuiltInChatTemplates.Source(option) is { } builtIn)
-            {
-                source = builtIn;
-                origin = $"built-in chat template '{option.ToLowerInvariant()}'";
-            }
-            else if (config["chat_template"] is JsonArray named && named.OfType<JsonObject>().Any(e => (string?)e["name"] == option))
-            {
-                var t = Wrap(configPath, () => ChatTemplates.FromTokenizerConfig(config, option))!;
-                return new ChatFormat(t, bos, eos, specials, $"{configPath} ({option})");
-            }
-            else
-            {
-                throw new UserInputException($"--chat-template '{option}' is neither a file nor a built-in template ({string.Join(", ", BuiltInChatTemplates.Names)}) nor a template named in {configPath}.");
-            }
-            var parsed = Wrap(origin, () => ChatTemplate.Parse(source, Path.GetFileNameWithoutExtension(option)));
-            return new ChatFormat(parsed, bos, eos, specials, origin);
-        }
-        if (!config.ContainsKey("chat_template") || config["chat_template"] is null) return null;
-        return new ChatFormat(() => Wrap(configPath, () => ChatTemplates.FromTokenizerConfig(config))!, bos, eos, specials, configPath);
+        return (bos, eos, SpecialTokens(modelDir, config));
     }
 
     private static T Wrap<T>(string where, Func<T> read)

@@ -92,6 +92,31 @@ public sealed class TokenOffsetsTests : IDisposable
         Assert.Equal(new[] { (0, 5), (5, 6), (6, 7), (6, 7) }, Offsets(tok, "hello é"));
     }
 
+    [Theory]
+    [InlineData("Isolated", "ab| |cd", "ab| | |cd")]
+    [InlineData("Removed", "ab|cd", "ab|cd")]
+    [InlineData("MergedWithPrevious", "ab |cd", "ab | |cd")]
+    [InlineData("MergedWithNext", "ab| cd", "ab| | cd")]
+    [InlineData("Contiguous", "ab| |cd", "ab|  |cd")]
+    public void SplitPreTokenizer_EachBehaviour_CutsWhereTokenizersDoes(string behavior, string oneSpace, string twoSpaces)
+    {
+        // Pieces are made visible by merges that exist only for them ("ab ", " cd", "  "); each piece's tokens cover it.
+        string dir = Path.Combine(_dir, behavior);
+        ChatTokenizerFiles.WriteSentencePiece(dir, Array.Empty<string>(), new[] { "a", "b", "c", "d", " " },
+            new[] { ("a", "b"), ("c", "d"), ("ab", " "), (" ", "cd"), (" ", " ") });
+        string path = Path.Combine(dir, "tokenizer.json");
+        var root = (JsonObject)JsonNode.Parse(File.ReadAllText(path))!;
+        root["normalizer"] = null;
+        root["pre_tokenizer"] = new JsonObject { ["type"] = "Split", ["pattern"] = new JsonObject { ["String"] = " " }, ["behavior"] = behavior, ["invert"] = false };
+        File.WriteAllText(path, root.ToJsonString());
+        var tok = TokenizerLoader.Load(dir);
+        foreach (var (text, expected) in new[] { ("ab cd", oneSpace), ("ab  cd", twoSpaces) })
+        {
+            var pieces = ((ITokenOffsets)tok).EncodeWithOffsets(text).Select(t => text[t.Start..t.End]);
+            Assert.Equal(expected, string.Join("|", pieces));
+        }
+    }
+
     [Fact]
     public void Bert_LowercasedAccentStrippedAndSplitText_MapsBackToTheOriginal()
     {
