@@ -4,6 +4,7 @@ using Onnx;
 using ResLora.Cli;
 using ResLora.IO;
 using ResLora.Pipelines;
+using ResLora.Tests.Infrastructure;
 using TorchSharp;
 
 namespace ResLora.Tests.Pipelines;
@@ -166,7 +167,7 @@ public sealed class OnnxConversionTests : IDisposable
         Assert.StartsWith($"{onnx}: not a readable ONNX model", e.Message);
         Assert.DoesNotContain('\n', e.Message);
 
-        var (rc, _, err) = Cli("convert", "onnx", "--onnx", onnx, "--vocab", Vocab(), "--out", Path.Combine(_dir, "cli-out"));
+        var (rc, _, err) = CliHarness.Run("convert", "onnx", "--onnx", onnx, "--vocab", Vocab(), "--out", Path.Combine(_dir, "cli-out"));
         Assert.Equal(CliErrors.UserErrorExit, rc);
         Assert.Single(err.TrimEnd().Split('\n'));
         Assert.StartsWith($"error: {onnx}: not a readable ONNX model", err);
@@ -211,7 +212,7 @@ public sealed class OnnxConversionTests : IDisposable
         string onnx = Write("model.onnx", new TinyBertOnnx(new TinyBertVariant(FusedLayerNorm: true)).Bytes());
         string outDir = Path.Combine(_dir, "cli-out");
 
-        var (rc, stdout, err) = Cli("convert", "onnx", "--onnx", onnx, "--vocab", Vocab(), "--out", outDir);
+        var (rc, stdout, err) = CliHarness.Run("convert", "onnx", "--onnx", onnx, "--vocab", Vocab(), "--out", outDir);
 
         Assert.True(rc == 0, err);
         Assert.Contains("found: 2 layers, hidden 8, 2 heads", stdout);
@@ -248,23 +249,5 @@ public sealed class OnnxConversionTests : IDisposable
         N("Add", new[] { "qkv0", "c_attn_b" }, "qkv");
         if (causalMaskOp) N("Trilu", new[] { "ones" }, "causal");
         return new ModelProto { IrVersion = 8, Graph = g }.ToByteArray();
-    }
-
-    private static (int Rc, string Out, string Err) Cli(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        var (so, se) = (Console.Out, Console.Error);
-        Console.SetOut(o);
-        Console.SetError(e);
-        try
-        {
-            return (CliApp.Run(args), o.ToString(), e.ToString());
-        }
-        finally
-        {
-            Console.SetOut(so);
-            Console.SetError(se);
-        }
     }
 }

@@ -150,8 +150,9 @@ public static class TokenizerLoader
         return (bos, eos, pad, addBos && bos is not null);
     }
 
-    private sealed class HfJsonTokenizer(Tokenizers.HfTokenizer tok, int? bos, IReadOnlyList<int> eos, int? pad, bool addBos) : ITextTokenizer, ITokenOffsets
+    private class HfJsonTokenizer(Tokenizers.HfTokenizer tok, int? bos, IReadOnlyList<int> eos, int? pad, bool addBos) : ITextTokenizer, ITokenOffsets
     {
+        protected Tokenizers.HfTokenizer Tok => tok;
         public IReadOnlyList<TokenOffset> EncodeWithOffsets(string text) => tok.EncodeWithOffsets(text).Select(t => new TokenOffset(t.Id, t.Start, t.End)).ToList();
         public string TokenString(int id) => tok.TokenString(id);
         public bool IsSpecial(int id) => tok.IsSpecial(id);
@@ -166,24 +167,13 @@ public static class TokenizerLoader
 
     /// <summary>A tokenizer.json or vocab.txt tokenizer whose post-processor adds the model's specials.</summary>
     private sealed class HfPairTokenizer(Tokenizers.HfTokenizer tok, Tokenizers.PostProcessor post, int? bos, IReadOnlyList<int> eos, int? pad, bool addBos, string source)
-        : ITextTokenizer, ISentencePairTokenizer, ITokenOffsets
+        : HfJsonTokenizer(tok, bos, eos, pad, addBos), ISentencePairTokenizer
     {
-        public IReadOnlyList<TokenOffset> EncodeWithOffsets(string text) => tok.EncodeWithOffsets(text).Select(t => new TokenOffset(t.Id, t.Start, t.End)).ToList();
-        public string TokenString(int id) => tok.TokenString(id);
-        public bool IsSpecial(int id) => tok.IsSpecial(id);
-        public int VocabSize => tok.VocabSize;
-        public int? BosTokenId => bos;
-        public IReadOnlyList<int> EosTokenIds => eos;
-        public int? PadTokenId => pad;
-        public bool AddBosToken => addBos;
-        public IReadOnlyList<int> Encode(string text) => tok.Encode(text);
-        public string Decode(IEnumerable<int> ids, bool skipSpecialTokens = true) => tok.Decode(ids, skipSpecialTokens);
-
-        public int PadId => pad ?? throw new UserInputException(
+        public int PadId => PadTokenId ?? throw new UserInputException(
             $"{source}: no pad token (no tokenizer.json padding.pad_id, no pad_token in tokenizer_config.json, no pad_token_id in config.json, no [PAD] or <pad> in the vocabulary); name one in tokenizer_config.json's pad_token.");
 
         public EncodedInput EncodeForModel(string text, string? pair, int maxLength) =>
-            post.Encode(tok.Encode(text), pair is null ? null : tok.Encode(pair), maxLength);
+            post.Encode(Tok.Encode(text), pair is null ? null : Tok.Encode(pair), maxLength);
     }
 
     private sealed class SentencePieceModelTokenizer(LlamaTokenizer sp, int? bos, IReadOnlyList<int> eos, int? pad, bool addBos) : ITextTokenizer
