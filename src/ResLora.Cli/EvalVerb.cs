@@ -17,6 +17,7 @@ internal static class EvalVerb
         var data = new Option<string>("--data") { Description = "JSONL or JSON-array data (same shapes and templates as train).", Required = true };
         var promptTemplate = new Option<string?>("--prompt-template") { Description = "Prompt built from record fields." };
         var completionTemplate = new Option<string?>("--completion-template") { Description = "Completion built from record fields." };
+        var chatTemplate = new Option<string?>("--chat-template") { Description = $"Chat template for {{\"messages\"}}/ShareGPT records (default: the model's own, else the one the adapter was trained with): a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", IO.Templates.BuiltInChatTemplates.Names)})." };
         var seqLen = new Option<int>("--seq-len") { Description = "Longest sequence in tokens.", DefaultValueFactory = _ => 256 };
         var batch = new Option<int>("--batch-size") { Description = "Sequences per batch.", DefaultValueFactory = _ => 8 };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Longest generated answer for exact-match accuracy.", DefaultValueFactory = _ => 16 };
@@ -31,7 +32,7 @@ internal static class EvalVerb
         var labelField = new Option<string?>("--label-field") { Description = "Encoders: the label field (default: the one the adapter was trained on)." };
         var rt = new RuntimeOptionSet(baseBits: true);
         var cmd = new Command("eval", "Loss, perplexity and exact-match accuracy of a causal LM (optionally with an adapter) on a data set; for a BERT-family classifier: accuracy, F1, Matthews correlation (or Pearson/Spearman for regression) and per-example predictions.");
-        foreach (var o in new Option[] { model, adapter, data, promptTemplate, completionTemplate, seqLen, batch, maxNew, limit, wbits, abits, wquant, calib, predictions, textField, pairField, labelField }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, adapter, data, promptTemplate, completionTemplate, chatTemplate, seqLen, batch, maxNew, limit, wbits, abits, wquant, calib, predictions, textField, pairField, labelField }) cmd.Options.Add(o);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
@@ -49,7 +50,7 @@ internal static class EvalVerb
                 ModelDir = modelDir,
                 AdapterDir = r.GetValue(adapter),
                 DataPath = r.GetValue(data)!,
-                Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)),
+                Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)) { ChatTemplate = r.GetValue(chatTemplate) },
                 SeqLen = r.GetValue(seqLen),
                 BatchSize = r.GetValue(batch),
                 MaxNewTokens = r.GetValue(maxNew),

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using ResLora.IO.Templates;
 
 namespace ResLora.Training;
@@ -6,8 +7,12 @@ namespace ResLora.Training;
 /// <summary>
 /// Conversation records: <c>{"messages": [{"role", "content"}, ...]}</c> (OpenAI/TRL style; roles system, user,
 /// assistant, tool) and ShareGPT <c>{"conversations": [{"from", "value"}, ...]}</c> (from human, gpt, system, tool or
-/// observation; user/assistant accepted too), with an optional top-level <c>"system"</c> string put first. Each becomes
-/// one example: the conversation rendered with the model's chat template, the loss on its assistant turns.
+/// observation; function_call and user/assistant accepted too), with an optional top-level <c>"system"</c> string put
+/// first and an optional top-level <c>"tools"</c> list (JSON schemas, or a string holding that list as JSON) handed to
+/// the template. A message's other fields (<c>tool_calls</c>, <c>tool_call_id</c>, <c>name</c>) reach the template as
+/// they are; an assistant message with <c>tool_calls</c> may have a null or missing <c>content</c>. Each record becomes
+/// one example: the conversation rendered with the model's chat template, the loss on its assistant turns (tool calls
+/// included, since the model writes them).
 /// </summary>
 internal static class ChatRecords
 {
@@ -22,6 +27,7 @@ internal static class ChatRecords
         ["assistant"] = "assistant",
         ["tool"] = "tool",
         ["observation"] = "tool",
+        ["function_call"] = "assistant",
     };
 
     public static bool IsConversation(JsonElement rec) => rec.TryGetProperty("messages", out _) || rec.TryGetProperty("conversations", out _);
@@ -36,7 +42,7 @@ internal static class ChatRecords
         RenderedConversation rendered;
         try
         {
-            rendered = chat.Render(messages);
+            rendered = chat.Render(messages, Tools(rec, where));
         }
         catch (UserInputException e)
         {
@@ -80,10 +86,46 @@ internal static class ChatRecords
             }
             if (i == 1 && role == "system" && messages.Count == 1)
                 throw new UserInputException($"{where}: the record has a 'system' field and also starts '{field}' with a system message; keep one.");
-            messages.Add(new ChatMessage(role, Text(m, contentField, where, at)));
+            var fields = fromValue ? null : OtherFields(m, where, at);
+            bool callsOnly = role == "assistant" && fields?["tool_calls"] is JsonArray && (!m.TryGetProperty(contentField, out var c) || c.ValueKind == JsonValueKind.Null);
+            if (callsOnly) fields!["content"] = null;
+            messages.Add(new ChatMessage(role, callsOnly ? "" : Text(m, contentField, where, at)) { Fields = fields });
         }
         if (i == 0) throw new UserInputException($"{where}: '{field}' is empty.");
         return messages;
+    }
+
+    /// <summary>A message's fields other than role and content (tool_calls, tool_call_id, name, ...), checked where the template relies on their shape; null when there are none.</summary>
+    private static JsonObject? OtherFields(JsonElement m, string where, string at)
+    {
+        JsonObject? fields = null;
+        foreach (var p in m.EnumerateObject())
+        {
+            if (p.Name is "role" or "content") continue;
+            if (p.Name == "tool_calls" && p.Value.ValueKind is not (JsonValueKind.Array or JsonValueKind.Null))
+                throw new UserInputException($"{where}: {at}.tool_calls must be a list of calls ({{\"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}), got {Kind(p.Value)}.");
+            if (p.Name is "tool_call_id" or "name" && p.Value.ValueKind is not (JsonValueKind.String or JsonValueKind.Null))
+                throw new UserInputException($"{where}: {at}.{p.Name} must be a string, got {Kind(p.Value)}.");
+            fields ??= new JsonObject();
+            fields[p.Name] = JsonNode.Parse(p.Value.GetRawText());
+        }
+        return fields;
+    }
+
+    /// <summary>The record's <c>tools</c> (a list, or a string holding one as JSON, as LLaMA-Factory writes it), or null.</summary>
+    public static JsonArray? Tools(JsonElement rec, string where)
+    {
+        if (!rec.TryGetProperty("tools", out var tools) || tools.ValueKind == JsonValueKind.Null) return null;
+        string json = tools.ValueKind == JsonValueKind.String ? tools.GetString()! : tools.GetRawText();
+        try
+        {
+            if (JsonNode.Parse(json) is JsonArray list) return list;
+        }
+        catch (JsonException)
+        {
+            // reported below with the record
+        }
+        throw new UserInputException($"{where}: 'tools' must be a list of tool definitions (JSON schemas), or a string holding that list as JSON; got {Kind(tools)}.");
     }
 
     private static string Text(JsonElement m, string name, string where, string at)

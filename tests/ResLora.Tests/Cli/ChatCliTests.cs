@@ -144,6 +144,12 @@ public sealed class ChatCliTests : IDisposable
         var t = CliHarness.Run("tokenize", "--model", model, "--data", data, "--chat-template", "chatml", "--limit", "1", "--json");
         Assert.True(t.Rc == 0, t.Err);
         Assert.Contains("<|im_start|>assistant\\nblue<|im_end|>", t.Out);
+        var evBase = CliHarness.Run("eval", "--model", model, "--data", data, "--threads", "1");
+        Assert.Equal(2, evBase.Rc);
+        Assert.Contains("--chat-template", evBase.Err);
+        evBase = CliHarness.Run("eval", "--model", model, "--data", data, "--chat-template", "chatml", "--accuracy-examples", "0", "--threads", "1");
+        Assert.True(evBase.Rc == 0, evBase.Err);
+        Assert.Contains("perplexity", evBase.Out);
         // Trained with --chat-template, the adapter remembers it: eval and generate --chat need no flag.
         string adapter = Path.Combine(_dir, "b");
         var tr = CliHarness.Run("train", "--model", model, "--data", data, "--chat-template", "chatml", "--steps", "2", "--eval-fraction", "0", "--out", adapter, "--threads", "1");

@@ -77,18 +77,24 @@ public sealed class ChatFormat
     /// <summary>The conversation followed by the header that opens the assistant's reply (<c>add_generation_prompt</c>).</summary>
     /// <param name="messages">The conversation so far, oldest first.</param>
     /// <returns>The prompt text.</returns>
-    public string RenderPrompt(IReadOnlyList<ChatMessage> messages) =>
-        Template.RenderConversation(messages, addGenerationPrompt: true, BosToken, EosToken);
+    /// <param name="tools">The tools the model may call (JSON schemas, the <c>tools</c> of transformers' <c>apply_chat_template</c>), or null.</param>
+    public string RenderPrompt(IReadOnlyList<ChatMessage> messages, JsonArray? tools = null) =>
+        Template.RenderConversation(messages, addGenerationPrompt: true, BosToken, EosToken, Variables(tools));
+
+    private static Dictionary<string, object?>? Variables(JsonArray? tools) =>
+        tools is null ? null : new Dictionary<string, object?>(StringComparer.Ordinal) { ["tools"] = tools };
 
     /// <summary>Renders a whole conversation and finds its assistant turns (see the remarks on <see cref="ChatFormat"/>).</summary>
     /// <param name="messages">The conversation, oldest first.</param>
     /// <returns>The text and the assistant turns' ranges.</returns>
     /// <exception cref="ChatTemplateException">The template failed or rejected the conversation.</exception>
     /// <exception cref="UserInputException">An assistant turn cannot be located in the text.</exception>
-    public RenderedConversation Render(IReadOnlyList<ChatMessage> messages)
+    /// <param name="tools">The tools the model may call (rendered by templates that describe them), or null.</param>
+    public RenderedConversation Render(IReadOnlyList<ChatMessage> messages, JsonArray? tools = null)
     {
         ArgumentNullException.ThrowIfNull(messages);
-        var (text, marked) = Template.RenderConversationMarked(messages, addGenerationPrompt: false, BosToken, EosToken);
+        var variables = Variables(tools);
+        var (text, marked) = Template.RenderConversationMarked(messages, addGenerationPrompt: false, BosToken, EosToken, variables);
         if (marked.Count > 0) return new RenderedConversation(text, marked);
         var spans = new List<(int Start, int End)>();
         int from = 0, turn = 0;
@@ -96,24 +102,24 @@ public sealed class ChatFormat
         {
             if (messages[i].Role != "assistant") continue;
             turn++;
-            var span = AssistantSpan(messages, i, turn, text, from);
+            var span = AssistantSpan(messages, i, turn, text, from, variables);
             spans.Add(span);
             from = span.End;
         }
         return new RenderedConversation(text, spans);
     }
 
-    private (int Start, int End) AssistantSpan(IReadOnlyList<ChatMessage> messages, int i, int turn, string full, int from)
+    private (int Start, int End) AssistantSpan(IReadOnlyList<ChatMessage> messages, int i, int turn, string full, int from, Dictionary<string, object?>? variables)
     {
         var before = messages.Take(i).ToList();
-        string upTo = Template.RenderConversation(messages.Take(i + 1).ToList(), addGenerationPrompt: false, BosToken, EosToken);
+        string upTo = Template.RenderConversation(messages.Take(i + 1).ToList(), addGenerationPrompt: false, BosToken, EosToken, variables);
         string? prefix = null;
         foreach (bool generationPrompt in new[] { true, false })
         {
             string p;
             try
             {
-                p = Template.RenderConversation(before, generationPrompt, BosToken, EosToken);
+                p = Template.RenderConversation(before, generationPrompt, BosToken, EosToken, variables);
             }
             catch (ChatTemplateException)
             {

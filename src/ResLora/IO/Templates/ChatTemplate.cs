@@ -2,8 +2,16 @@ namespace ResLora.IO.Templates;
 
 /// <summary>One chat message as chat templates see it: <c>{"role": ..., "content": ...}</c>.</summary>
 /// <param name="Role">"system", "user", "assistant", or whatever role the template knows.</param>
-/// <param name="Content">The message text.</param>
-public sealed record ChatMessage(string Role, string Content);
+/// <param name="Content">The message text ("" for an assistant message that only calls tools).</param>
+public sealed record ChatMessage(string Role, string Content)
+{
+    /// <summary>
+    /// The message's other fields as the template sees them, e.g. <c>tool_calls</c> (an assistant's function calls),
+    /// <c>tool_call_id</c> and <c>name</c> (a tool's result); a <c>content</c> field here (null for a message that only
+    /// calls tools) replaces <see cref="Content"/> in the template's view. Null when the message has none.
+    /// </summary>
+    public System.Text.Json.Nodes.JsonObject? Fields { get; init; }
+}
 
 /// <summary>
 /// A Hugging Face chat template (the <c>chat_template</c> Jinja source of <c>tokenizer_config.json</c>), parsed
@@ -87,10 +95,10 @@ public sealed class ChatTemplate
     /// text transformers' <c>return_assistant_tokens_mask</c> marks as the assistant's.
     /// </summary>
     internal (string Text, IReadOnlyList<(int Start, int End)> Generation) RenderConversationMarked(IReadOnlyList<ChatMessage> messages,
-        bool addGenerationPrompt, string? bosToken, string? eosToken)
+        bool addGenerationPrompt, string? bosToken, string? eosToken, IReadOnlyDictionary<string, object?>? extra = null)
     {
         var marks = new List<(int Start, int End)>();
-        string text = RenderConversationCore(messages, addGenerationPrompt, bosToken, eosToken, null, marks);
+        string text = RenderConversationCore(messages, addGenerationPrompt, bosToken, eosToken, extra, marks);
         return (text, marks);
     }
 

@@ -75,7 +75,10 @@ internal static class TemplateValues
             case sbyte or byte or short or ushort or int or uint or long: return Convert.ToInt64(value, CultureInfo.InvariantCulture);
             case ulong u when u <= long.MaxValue: return (long)u;
             case float or double or decimal: return Convert.ToDouble(value, CultureInfo.InvariantCulture);
-            case ChatMessage m: return Dict(("role", m.Role), ("content", m.Content));
+            case ChatMessage m:
+                var message = Dict(("role", m.Role), ("content", m.Content));
+                foreach (var (k, v) in m.Fields ?? new JsonObject()) message[k] = v is null ? null : FromJsonText(v.ToJsonString(), $"{path}.{k}");
+                return message;
             case JsonNode node: return FromJsonText(node.ToJsonString(), path);
             case JsonElement element: return FromJsonText(element.GetRawText(), path);
             case IReadOnlyDictionary<string, object?> map:
