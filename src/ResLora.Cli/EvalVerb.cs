@@ -13,7 +13,7 @@ internal static class EvalVerb
     public static Command Build()
     {
         var model = new Option<string>("--model") { Description = "Hugging Face model folder.", Required = true };
-        var adapter = new Option<string?>("--adapter") { Description = "Adapter folder (PEFT format) to evaluate unmerged on top of the model." };
+        var adapter = new Option<string[]>("--adapter") { Description = "Adapter folder (PEFT format) to evaluate unmerged on top of the model; repeat as NAME=DIR to load several under names that the data records pick with their \"adapter\" field (no field: the base model)." };
         var data = new Option<string>("--data") { Description = "JSONL or JSON-array data (same shapes and templates as train).", Required = true };
         var promptTemplate = new Option<string?>("--prompt-template") { Description = "Prompt built from record fields." };
         var completionTemplate = new Option<string?>("--completion-template") { Description = "Completion built from record fields." };
@@ -37,18 +37,20 @@ internal static class EvalVerb
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             string modelDir = CliPaths.ModelDir(r.GetValue(model));
+            var adapters = NamedAdapters.Parse(r.GetValue(adapter));
             if (Classification.IsEncoderFolder(modelDir))
             {
                 RuntimeOptionSet.RefuseBaseBits(rt.Read(r), modelDir);
-                return EvalClassifier(modelDir, r.GetValue(adapter), r.GetValue(data)!, r.GetValue(batch), r.GetValue(predictions), rt.Read(r),
+                if (adapters.IsNamed) throw new UserInputException("several named adapters are for causal LMs; evaluate a classifier's adapter with one --adapter DIR.");
+                return EvalClassifier(modelDir, adapters.Single, r.GetValue(data)!, r.GetValue(batch), r.GetValue(predictions), rt.Read(r),
                     new LabelledDataOptions { TextField = r.GetValue(textField), PairField = r.GetValue(pairField), LabelField = r.GetValue(labelField) ?? "label" }, r.GetValue(labelField) is not null);
             }
             if (r.GetValue(predictions) is not null)
                 throw new UserInputException("--predictions is written for BERT-family classifiers; for a causal LM use reslora generate.");
-            var res = EvalPipeline.Run(new EvalRequest
+            var request = new EvalRequest
             {
                 ModelDir = modelDir,
-                AdapterDir = r.GetValue(adapter),
+                AdapterDir = adapters.Single,
                 DataPath = r.GetValue(data)!,
                 Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)) { ChatTemplate = r.GetValue(chatTemplate) },
                 SeqLen = r.GetValue(seqLen),
@@ -58,12 +60,24 @@ internal static class EvalVerb
                 Quantize = new QuantizeOptions { WBits = r.GetValue(wbits), ABits = r.GetValue(abits), Method = r.GetValue(wquant)! },
                 CalibrationPath = r.GetValue(calib),
                 Runtime = rt.Read(r),
-            }, w => Console.Error.WriteLine($"warning: {w}"));
-            string acc = res.Accuracy is { } a ? string.Create(CultureInfo.InvariantCulture, $", exact-match accuracy {a:P1} on {res.AccuracyExamples}") : "";
-            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"examples {res.Examples}, loss tokens {res.LossTokens}: loss {res.Loss:0.0000}, perplexity {res.Perplexity:0.000}") + acc);
+            };
+            if (adapters.IsNamed)
+            {
+                var routed = RoutedEvalPipeline.Run(request, adapters.Named, w => Console.Error.WriteLine($"warning: {w}"));
+                foreach (var (name, result) in routed.PerAdapter) Console.Out.WriteLine($"{name ?? "base"}: {Summary(result)}");
+                Console.Out.WriteLine($"all: {Summary(routed.Total)}");
+                return 0;
+            }
+            Console.Out.WriteLine(Summary(EvalPipeline.Run(request, w => Console.Error.WriteLine($"warning: {w}"))));
             return 0;
         }));
         return cmd;
+    }
+
+    private static string Summary(EvalResult res)
+    {
+        string acc = res.Accuracy is { } a ? string.Create(CultureInfo.InvariantCulture, $", exact-match accuracy {a:P1} on {res.AccuracyExamples}") : "";
+        return string.Create(CultureInfo.InvariantCulture, $"examples {res.Examples}, loss tokens {res.LossTokens}: loss {res.Loss:0.0000}, perplexity {res.Perplexity:0.000}") + acc;
     }
 
     private static int EvalClassifier(string modelDir, string? adapterDir, string dataPath, int batchSize, string? predictionsPath, RuntimeOptions runtime, LabelledDataOptions fields, bool labelGiven)

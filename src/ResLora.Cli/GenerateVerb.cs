@@ -1,8 +1,10 @@
 using System.CommandLine;
+using System.Text.Json;
 using ResLora.IO;
 using ResLora.IO.Templates;
 using ResLora.Models;
 using ResLora.Pipelines;
+using ResLora.Training;
 
 namespace ResLora.Cli;
 
@@ -11,7 +13,9 @@ internal static class GenerateVerb
     public static Command Build()
     {
         var model = new Option<string>("--model") { Description = "Hugging Face model folder.", Required = true };
-        var adapter = new Option<string?>("--adapter") { Description = "Adapter folder (PEFT format) to run unmerged on top of the model." };
+        var adapter = new Option<string[]>("--adapter") { Description = "Adapter folder (PEFT format) to run unmerged on top of the model; with --prompts, repeat as NAME=DIR to load several under names that the prompt records pick." };
+        var promptsFile = new Option<string?>("--prompts") { Description = "Batch generation: a JSONL file of {\"prompt\"} or {\"messages\"} records, each with an optional \"adapter\": NAME; writes one JSON line per record ({\"index\", \"adapter\", \"output\"}) in file order, several adapters in one batch." };
+        var batchSize = new Option<int>("--batch-size") { Description = "--prompts: records per batch.", DefaultValueFactory = _ => 8 };
         var prompt = new Option<string>("--prompt") { Description = "Prompt text (empty: start from BOS alone).", DefaultValueFactory = _ => "" };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Most tokens to generate.", DefaultValueFactory = _ => 64 };
         var temperature = new Option<double>("--temperature") { Description = "0 = greedy; > 0 samples.", DefaultValueFactory = _ => 0.0 };
@@ -24,7 +28,7 @@ internal static class GenerateVerb
         var chatTemplate = new Option<string?>("--chat-template") { Description = $"--chat: the chat template, when the model has none or another is wanted: a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", BuiltInChatTemplates.Names)})." };
         var rt = new RuntimeOptionSet(baseBits: true);
         var cmd = new Command("generate", "Generate a continuation of a prompt (or, with --chat, the assistant's reply to a conversation); writes only the generated text to stdout.");
-        foreach (var o in new Option[] { model, adapter, prompt, maxNew, temperature, topK, topP, seed, chat, messages, system, chatTemplate }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, adapter, promptsFile, batchSize, prompt, maxNew, temperature, topK, topP, seed, chat, messages, system, chatTemplate }) cmd.Options.Add(o);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
@@ -37,6 +41,23 @@ internal static class GenerateVerb
             double p = r.GetValue(topP);
             if (p <= 0 || p > 1) throw new UserInputException($"--top-p must be in (0, 1], got {p}.");
             var tokenizer = TokenizerLoader.Load(dir);
+            if (r.GetValue(promptsFile) is { } file)
+            {
+                if (r.GetValue(chat) || r.GetValue(messages) is not null || r.GetValue(system) is not null || (r.GetValue(prompt) ?? "").Length > 0)
+                    throw new UserInputException("--prompts reads every prompt (and conversation) from its file; drop --prompt, --chat, --messages and --system.");
+                var records = PromptRecords.Load(file);
+                var format = records.Any(x => x.Messages is not null) ? ChatFormat.ForModel(dir, r.GetValue(chatTemplate)) : null;
+                using var set = AdapterSet.Load(dir, runtime);
+                foreach (var (name, folder) in NamedAdapters.Parse(r.GetValue(adapter), forceNamed: true).Named) set.Add(name, folder, w => Console.Error.WriteLine($"warning: {w}"));
+                var batchOptions = new GenerationOptions { MaxNewTokens = n, Temperature = temp, TopK = r.GetValue(topK), TopP = p, Seed = r.GetValue(seed) };
+                BatchGeneration.Run(set, tokenizer, format, records, batchOptions, r.GetValue(batchSize), a =>
+                    Console.Out.WriteLine(JsonSerializer.Serialize(new { index = a.Index, adapter = a.Adapter, output = a.Output })));
+                return 0;
+            }
+            var adapters = NamedAdapters.Parse(r.GetValue(adapter));
+            if (adapters.IsNamed)
+                throw new UserInputException("several adapters (or --adapter NAME=DIR) are for --prompts FILE, whose records name their adapter; for one prompt give --adapter DIR.");
+            string? adapterDir = adapters.Single;
             string? messagesFile = r.GetValue(messages);
             bool asChat = r.GetValue(chat) || messagesFile is not null;
             if (!asChat && (r.GetValue(system) is not null || r.GetValue(chatTemplate) is not null))
@@ -46,13 +67,13 @@ internal static class GenerateVerb
             {
                 // The model's template, else the one the adapter was trained with (recorded beside it), else --chat-template.
                 var format = ChatFormat.ForModel(dir, r.GetValue(chatTemplate))
-                    ?? (r.GetValue(adapter) is { } ad ? TrainingDataRecord.Read(ad)?.Templates.Chat : null)
+                    ?? (adapterDir is { } ad ? TrainingDataRecord.Read(ad)?.Templates.Chat : null)
                     ?? throw new UserInputException($"--chat: {dir} has no chat_template in tokenizer_config.json; give one with --chat-template NAME|FILE (built-in: {string.Join(", ", BuiltInChatTemplates.Names)}).");
                 chatPrompt = Prompts.Chat(tokenizer, format, ChatConversation(messagesFile, r.GetValue(prompt) ?? "", r.GetValue(system)));
             }
             var ids = chatPrompt?.Ids ?? Prompts.Ids(tokenizer, r.GetValue(prompt) ?? "");
             var stop = (chatPrompt?.StopIds ?? tokenizer.EosTokenIds).ToList();
-            using var m = ModelSessions.Load(dir, r.GetValue(adapter), runtime, w => Console.Error.WriteLine($"warning: {w}"));
+            using var m = ModelSessions.Load(dir, adapterDir, runtime, w => Console.Error.WriteLine($"warning: {w}"));
             var options = new GenerationOptions
             {
                 MaxNewTokens = n,

@@ -53,3 +53,49 @@ public static class EvalPipeline
         return Evaluation.Run(model, tokenizer, examples, req.SeqLen, req.BatchSize, req.MaxNewTokens, req.AccuracyExamples);
     }
 }
+
+/// <summary>An evaluation whose records name their adapters: the totals and one result per adapter (null = the base model).</summary>
+/// <param name="Total">All examples together: token-weighted loss, accuracy weighted by its examples.</param>
+/// <param name="PerAdapter">Each adapter's examples alone, in order of first appearance in the data.</param>
+public sealed record RoutedEvalResult(EvalResult Total, IReadOnlyList<(string? Adapter, EvalResult Result)> PerAdapter);
+
+/// <summary><c>reslora eval</c> with several named adapters on one base: each record's <c>"adapter"</c> field picks one.</summary>
+public static class RoutedEvalPipeline
+{
+    /// <summary>
+    /// Loads the base once and every adapter under its name (LoRA-family folders, as <see cref="AdapterSet"/> takes), then
+    /// evaluates each record with the adapter it names (none: the base model). <see cref="EvalRequest.AdapterDir"/> must be null.
+    /// </summary>
+    /// <param name="req">The evaluation; fake quantization is not available here.</param>
+    /// <param name="adapters">Name and folder of each adapter.</param>
+    /// <param name="warn">Receives warnings.</param>
+    public static RoutedEvalResult Run(EvalRequest req, IReadOnlyList<(string Name, string Dir)> adapters, Action<string>? warn = null)
+    {
+        if (req.BatchSize < 1) throw new UserInputException($"--batch-size must be at least 1, got {req.BatchSize}.");
+        if (req.SeqLen < 2) throw new UserInputException($"--seq-len must be at least 2, got {req.SeqLen}.");
+        if (req.AdapterDir is not null) throw new ArgumentException("a routed evaluation names its adapters in the list, not in AdapterDir.", nameof(req));
+        if (req.Quantize.WBits < 16 || req.Quantize.ABits < 16)
+            throw new UserInputException("--wbits/--abits evaluate one merged model; with several --adapter NAME=DIR, evaluate each adapter on its own.");
+        var templates = req.Templates.ForModel(req.ModelDir);
+        var examples = DataSet.Load(req.DataPath, templates);
+        var names = adapters.Select(a => a.Name).ToHashSet(StringComparer.Ordinal);
+        for (int i = 0; i < examples.Count; i++)
+            if (examples[i].Adapter is { } n && n != MultiLoraPlan.BaseName && !names.Contains(n))
+                throw new UserInputException($"{req.DataPath}: record {i + 1} names adapter '{n}', which is not loaded (loaded: {string.Join(", ", names)}); add --adapter {n}=DIR.");
+        var tokenizer = TokenizerLoader.Load(req.ModelDir);
+        using var set = AdapterSet.Load(req.ModelDir, req.Runtime);
+        foreach (var (name, dir) in adapters) set.Add(name, dir, warn);
+        var per = new List<(string?, EvalResult)>();
+        foreach (var group in examples.GroupBy(e => e.Adapter == MultiLoraPlan.BaseName ? null : e.Adapter))
+        {
+            set.Active = group.Key;
+            per.Add((group.Key, Evaluation.Run(set.Model, tokenizer, group.ToList(), req.SeqLen, req.BatchSize, req.MaxNewTokens, req.AccuracyExamples)));
+        }
+        set.Active = null;
+        int ex = per.Sum(p => p.Item2.Examples), tokens = per.Sum(p => p.Item2.LossTokens);
+        double loss = per.Sum(p => p.Item2.Loss * p.Item2.LossTokens) / Math.Max(1, tokens);
+        int accEx = per.Sum(p => p.Item2.AccuracyExamples);
+        double? acc = accEx > 0 ? per.Sum(p => (p.Item2.Accuracy ?? 0) * p.Item2.AccuracyExamples) / accEx : null;
+        return new RoutedEvalResult(new EvalResult(ex, tokens, loss, Math.Exp(Math.Min(loss, 700)), acc, accEx), per);
+    }
+}

@@ -58,10 +58,14 @@ public static class Prompts
     /// at EOS and at each end-of-turn token of the template (by id when it is one token in the vocabulary, otherwise by
     /// its text).
     /// </summary>
-    public static ChatPrompt Chat(ITextTokenizer tokenizer, ChatFormat format, IReadOnlyList<ChatMessage> messages)
+    /// <param name="tokenizer">The model's tokenizer.</param>
+    /// <param name="format">The chat format.</param>
+    /// <param name="messages">The conversation so far.</param>
+    /// <param name="tools">The tools the template is given (null: none).</param>
+    public static ChatPrompt Chat(ITextTokenizer tokenizer, ChatFormat format, IReadOnlyList<ChatMessage> messages, System.Text.Json.Nodes.JsonArray? tools = null)
     {
         if (messages.Count == 0) throw new UserInputException("the conversation is empty; give --prompt or --messages.");
-        string text = format.RenderPrompt(messages);
+        string text = format.RenderPrompt(messages, tools);
         var ids = tokenizer.Encode(text);
         if (ids.Count == 0) throw new UserInputException($"{format.Origin}: the conversation renders to no tokens.");
         var stops = tokenizer.EosTokenIds.ToList();

@@ -21,6 +21,9 @@ public sealed record TextExample(string Prompt, string Completion)
 
     /// <summary>Whether this is a rendered conversation (<see cref="LossSpans"/> set).</summary>
     public bool IsConversation => LossSpans is not null;
+
+    /// <summary>The adapter the record names in its <c>"adapter"</c> field (several adapters on one base), or null for none.</summary>
+    public string? Adapter { get; init; }
 }
 
 /// <summary>
@@ -71,9 +74,18 @@ public static class DataSet
             var (rec, line, element) = records[i];
             string where = element is { } el ? $"{path}: record {i + 1} (array element [{el}], line {line})" : $"{path}: record {i + 1} (line {line})";
             if (rec.ValueKind != JsonValueKind.Object) throw new UserInputException($"{where}: expected a JSON object, got {rec.ValueKind}.");
-            examples.Add(ToExample(rec, templates, where));
+            examples.Add(ToExample(rec, templates, where) with { Adapter = AdapterName(rec, where) });
         }
         return examples;
+    }
+
+    /// <summary>The record's <c>"adapter"</c> field: a name, or null when absent or null.</summary>
+    internal static string? AdapterName(JsonElement rec, string where)
+    {
+        if (!rec.TryGetProperty("adapter", out var a) || a.ValueKind == JsonValueKind.Null) return null;
+        if (a.ValueKind != JsonValueKind.String || a.GetString()!.Length == 0)
+            throw new UserInputException($"{where}: 'adapter' must be the name of a loaded adapter (a non-empty string), or null for the base model; got {a.ValueKind.ToString().ToLowerInvariant()}.");
+        return a.GetString();
     }
 
     private static TextExample ToExample(JsonElement rec, DataTemplates t, string where)
@@ -151,7 +163,7 @@ public static class DataSet
     /// The file's records with their line (and, in a JSON array, their element index). The file must be UTF-8: an
     /// undecodable byte is an error naming file:line, never silently replaced.
     /// </summary>
-    private static List<(JsonElement Record, int Line, int? Element)> ReadRecords(string path)
+    internal static List<(JsonElement Record, int Line, int? Element)> ReadRecords(string path)
     {
         byte[] bytes = BoundedFile.ReadAllBytes(path, BoundedFile.DataLimit, "data file");
         int start = BoundedFile.BomLength(bytes);

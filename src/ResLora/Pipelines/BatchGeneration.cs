@@ -1,0 +1,83 @@
+using ResLora.Adapters;
+using ResLora.IO;
+using ResLora.IO.Templates;
+using ResLora.Models;
+using ResLora.Training;
+
+namespace ResLora.Pipelines;
+
+/// <summary>One answer of a batch generation.</summary>
+/// <param name="Index">The prompt record's position in its file, from 0.</param>
+/// <param name="Adapter">The adapter it ran with, or null for the base model.</param>
+/// <param name="Output">The generated text (for a conversation: the assistant's reply, cut at its end of turn).</param>
+/// <param name="Tokens">Tokens generated, the stop token included.</param>
+public sealed record BatchAnswer(int Index, string? Adapter, string Output, int Tokens);
+
+/// <summary>
+/// Generation for a file of prompts where each line names its adapter (<c>reslora generate --prompts</c>): the records
+/// are taken in file order in batches of up to <c>batchSize</c>, and each batch runs as one mixed-adapter forward per
+/// step (<see cref="AdapterSet.Generate"/>), plain prompts and conversations in separate batches (they stop on
+/// different tokens). Each answer equals generating that prompt alone with its adapter.
+/// </summary>
+public static class BatchGeneration
+{
+    /// <summary>Answers every record, calling <paramref name="onAnswer"/> in file order.</summary>
+    /// <param name="set">The base model with the adapters loaded.</param>
+    /// <param name="tokenizer">The model's tokenizer.</param>
+    /// <param name="chat">The chat format for conversation records (null: conversations are refused).</param>
+    /// <param name="records">The prompts.</param>
+    /// <param name="options">Length and sampling, shared by all; stop ids are set per batch (EOS, and the template's end of turn for conversations).</param>
+    /// <param name="batchSize">Most prompts per batch.</param>
+    /// <param name="onAnswer">Receives each answer.</param>
+    public static void Run(AdapterSet set, ITextTokenizer tokenizer, ChatFormat? chat, IReadOnlyList<PromptRecord> records,
+        GenerationOptions options, int batchSize, Action<BatchAnswer> onAnswer)
+    {
+        if (batchSize < 1) throw new UserInputException($"--batch-size must be at least 1, got {batchSize}.");
+        var loaded = set.Adapters.Select(a => a.Name).ToHashSet(StringComparer.Ordinal);
+        var prepared = new List<(PromptRecord Record, IReadOnlyList<int> Ids, ChatPrompt? Chat)>(records.Count);
+        foreach (var r in records)
+        {
+            if (r.Adapter is { } name && name != MultiLoraPlan.BaseName && !loaded.Contains(name))
+                throw new UserInputException($"{r.Where}: adapter '{name}' is not loaded ({(loaded.Count == 0 ? "none is" : "loaded: " + string.Join(", ", loaded))}); load it with --adapter {name}=DIR.");
+            if (r.Messages is { } messages)
+            {
+                if (chat is null)
+                    throw new UserInputException($"{r.Where}: this is a conversation, but the model has no chat_template in tokenizer_config.json; give one with --chat-template NAME|FILE (built-in: {string.Join(", ", BuiltInChatTemplates.Names)}).");
+                ChatPrompt p;
+                try
+                {
+                    p = Prompts.Chat(tokenizer, chat, messages, r.Tools);
+                }
+                catch (UserInputException e)
+                {
+                    throw new UserInputException($"{r.Where}: {e.Message}", e);
+                }
+                prepared.Add((r, p.Ids, p));
+            }
+            else
+            {
+                prepared.Add((r, Prompts.Ids(tokenizer, r.Prompt ?? ""), null));
+            }
+        }
+        for (int start = 0; start < prepared.Count; start += batchSize)
+        {
+            var chunk = prepared.Skip(start).Take(batchSize).ToList();
+            var answers = new BatchAnswer?[chunk.Count];
+            foreach (bool conversations in new[] { false, true })
+            {
+                var rows = Enumerable.Range(0, chunk.Count).Where(i => (chunk[i].Chat is not null) == conversations).ToList();
+                if (rows.Count == 0) continue;
+                var stops = conversations ? chunk[rows[0]].Chat!.StopIds : tokenizer.EosTokenIds;
+                var outputs = set.Generate(rows.Select(i => chunk[i].Ids).ToList(), rows.Select(i => chunk[i].Record.Adapter).ToList(), options with { EosTokenIds = stops, StopWhen = null });
+                for (int k = 0; k < rows.Count; k++)
+                {
+                    var (record, _, chatPrompt) = chunk[rows[k]];
+                    var output = outputs[k];
+                    string text = chatPrompt?.Reply(tokenizer, output) ?? tokenizer.Decode(output.Where(t => !stops.Contains(t)));
+                    answers[rows[k]] = new BatchAnswer(record.Index, record.Adapter, text, output.Count);
+                }
+            }
+            foreach (var a in answers) onAnswer(a!);
+        }
+    }
+}
