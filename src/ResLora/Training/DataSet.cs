@@ -66,17 +66,23 @@ public static class DataSet
         templates ??= new DataTemplates();
         templates.Validate();
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: data file not found; give a JSONL or JSON-array file with --data.", path);
+        return ObjectRecords(path, "data set").Select(r => ToExample(r.Record, templates, r.Where) with { Adapter = AdapterName(r.Record, r.Where) }).ToList();
+    }
+
+    /// <summary>The file's records, each a JSON object, with "file: record N (line L)" to name it in errors; an empty file is an error naming <paramref name="what"/>.</summary>
+    internal static List<(JsonElement Record, string Where)> ObjectRecords(string path, string what)
+    {
         var records = ReadRecords(path);
-        if (records.Count == 0) throw new UserInputException($"{path}: the data set is empty; it needs at least one record.");
-        var examples = new List<TextExample>(records.Count);
+        if (records.Count == 0) throw new UserInputException($"{path}: the {what} is empty; it needs at least one record.");
+        var result = new List<(JsonElement, string)>(records.Count);
         for (int i = 0; i < records.Count; i++)
         {
             var (rec, line, element) = records[i];
             string where = element is { } el ? $"{path}: record {i + 1} (array element [{el}], line {line})" : $"{path}: record {i + 1} (line {line})";
             if (rec.ValueKind != JsonValueKind.Object) throw new UserInputException($"{where}: expected a JSON object, got {rec.ValueKind}.");
-            examples.Add(ToExample(rec, templates, where) with { Adapter = AdapterName(rec, where) });
+            result.Add((rec, where));
         }
-        return examples;
+        return result;
     }
 
     /// <summary>The record's <c>"adapter"</c> field: a name, or null when absent or null.</summary>

@@ -36,14 +36,11 @@ public static class PromptRecords
     public static IReadOnlyList<PromptRecord> Load(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: prompts file not found; give a JSONL file of {{\"prompt\"}} or {{\"messages\"}} records, each with an optional \"adapter\".", path);
-        var records = DataSet.ReadRecords(path);
-        if (records.Count == 0) throw new UserInputException($"{path}: the prompts file is empty; it needs at least one record.");
+        var records = DataSet.ObjectRecords(path, "prompts file");
         var result = new List<PromptRecord>(records.Count);
         for (int i = 0; i < records.Count; i++)
         {
-            var (rec, line, element) = records[i];
-            string where = element is { } el ? $"{path}: record {i + 1} (array element [{el}], line {line})" : $"{path}: record {i + 1} (line {line})";
-            if (rec.ValueKind != JsonValueKind.Object) throw new UserInputException($"{where}: expected a JSON object, got {rec.ValueKind}.");
+            var (rec, where) = records[i];
             var r = new PromptRecord(i, where) { Adapter = DataSet.AdapterName(rec, where) };
             if (ChatRecords.IsConversation(rec))
             {
