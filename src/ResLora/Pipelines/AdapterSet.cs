@@ -164,6 +164,7 @@ public sealed class AdapterSet : IDisposable
         var gens = rows.Select(r => r.Options.Temperature == 0 ? null : new torch.Generator((ulong)r.Options.Seed, Model.Device)).ToArray();
         // The original indices of the rows in the batch, in batch order (also the KV cache's rows).
         var live = Enumerable.Range(0, b).Where(i => rows[i].Options.MaxNewTokens > 0).ToList();
+        foreach (int i in Enumerable.Range(0, b).Except(live)) rows[i].OnFinished?.Invoke(outputs[i]);
         var finished = new bool[b];
         using var cache = useCache ? new KvCache(c.NumHiddenLayers) : null;
         using var noGrad = torch.no_grad();
@@ -173,6 +174,7 @@ public sealed class AdapterSet : IDisposable
             while (true)
             {
                 var keep = live.Where(i => !finished[i] && !rows[i].Cancellation.IsCancellationRequested).ToList();
+                foreach (int i in live.Except(keep)) rows[i].OnFinished?.Invoke(outputs[i]);
                 if (keep.Count == 0) break;
                 if (keep.Count < live.Count && cache is not null && !prefill)
                     cache.KeepRows(keep.Select(i => (long)live.IndexOf(i)).ToArray());
@@ -220,4 +222,7 @@ public sealed record GenerationRow(IReadOnlyList<int> Prompt, string? Adapter, G
 
     /// <summary>When cancelled, the row leaves the batch before the next step; its tokens so far are returned.</summary>
     public CancellationToken Cancellation { get; init; }
+
+    /// <summary>Called once, on the generating thread, with the row's tokens when it leaves the batch (finished or cancelled), before the batch ends.</summary>
+    public Action<IReadOnlyList<int>>? OnFinished { get; init; }
 }
