@@ -79,6 +79,7 @@ public sealed class ServeTests : IClassFixture<ServingFixture>
         var models = await Ok(await client.GetAsync("/v1/models"));
         Assert.Equal(new[] { "tiny-chat", "tiny-chat:lora", "tiny-chat:dora" }, models["data"]!.AsArray().Select(m => (string)m!["id"]!));
 
+        var answers = new List<string>();
         foreach (var adapter in new[] { null, "lora", "dora" })
         {
             string model = adapter is null ? _f.Name : $"{_f.Name}:{adapter}";
@@ -87,12 +88,16 @@ public sealed class ServeTests : IClassFixture<ServingFixture>
             Assert.Equal("text_completion", (string)completion["object"]!);
             Assert.Equal(model, (string)completion["model"]!);
             Assert.Equal(Tokens, (int)completion["usage"]!["completion_tokens"]!);
+            answers.Add(Text(completion, chat: false));
 
             var chat = await Ok(await Post(client, "/v1/chat/completions", Chat(model, "What colour is snow?")));
             Assert.Equal(Generate(adapter, "What colour is snow?", chat: true), Text(chat, chat: true));
             Assert.Equal("chat.completion", (string)chat["object"]!);
             Assert.Equal("assistant", (string)chat["choices"]![0]!["message"]!["role"]!);
+            answers.Add(Text(chat, chat: true));
         }
+        Assert.Equal(6, answers.Distinct().Count()); // each adapter changes the answers
+        Assert.All(answers, a => Assert.NotEmpty(a));
     }
 
     [Fact]
