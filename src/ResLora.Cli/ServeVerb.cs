@@ -83,7 +83,7 @@ internal static class ServeVerb
             served.Dispose();
             throw;
         }
-        Console.Out.WriteLine($"serving {string.Join(", ", served.ModelIds)} on {server.Address} (batch ≤ {options.MaxBatch}, queue ≤ {options.MaxQueue}{(settings.ApiKey is null ? "" : ", API key required")}); Ctrl+C stops");
+        Console.Out.WriteLine($"serving {string.Join(", ", served.ModelIds)} on {server.Address.GetLeftPart(UriPartial.Authority)} (batch ≤ {options.MaxBatch}, queue ≤ {options.MaxQueue}{(settings.ApiKey is null ? "" : ", API key required")}); Ctrl+C stops");
         Console.Out.Flush();
         try
         {
