@@ -46,6 +46,24 @@ public sealed class SchedulerTests
     }
 
     [Fact]
+    public async Task Shutdown_AfterItsTimeout_CancelsWhatIsStillRunning()
+    {
+        using var entered = new SemaphoreSlim(0);
+        using var scheduler = new BatchScheduler(rows =>
+        {
+            entered.Release();
+            // A batch that only ends when its row is cancelled (as AdapterSet does between steps).
+            rows[0].Cancellation.WaitHandle.WaitOne(TimeSpan.FromMinutes(1));
+            rows[0].OnFinished?.Invoke(Array.Empty<int>());
+            return new[] { (IReadOnlyList<int>)Array.Empty<int>() };
+        }, maxBatch: 1, maxQueue: 1);
+        var running = scheduler.Submit(Row(1));
+        Assert.True(await entered.WaitAsync(TimeSpan.FromMinutes(1)));
+        Assert.False(await scheduler.ShutdownAsync(TimeSpan.FromMilliseconds(50)));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => running);
+    }
+
+    [Fact]
     public void ReplyText_HoldsBackPossibleStopStringsAndUnfinishedCharacters_PiecesConcatenate()
     {
         // Token t renders as the character t; 0 renders as an unfinished character (U+FFFD) unless followed by 1.

@@ -253,8 +253,12 @@ public sealed class ServeTests : IClassFixture<ServingFixture>
                 ? ("/v1/completions", Completion(m, prompt, maxTokens: 3 + i % 4), false)
                 : ("/v1/chat/completions", new JsonObject
                 {
-                    ["model"] = m, ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = prompt }),
-                    ["max_tokens"] = 4 + i % 3, ["temperature"] = 0.8, ["top_p"] = 0.9, ["seed"] = 100 + i,
+                    ["model"] = m,
+                    ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = prompt }),
+                    ["max_tokens"] = 4 + i % 3,
+                    ["temperature"] = 0.8,
+                    ["top_p"] = 0.9,
+                    ["seed"] = 100 + i,
                 }.ToJsonString(), true));
         }
 
