@@ -90,7 +90,9 @@ public sealed class ServedModel : IDisposable
     private readonly Dictionary<string, ChatFormat?> _chat; // by adapter name; "" = the base
     private readonly string _modelDir;
 
-    private ServedModel(ServingOptions options, AdapterSet set, ITextTokenizer tokenizer, Dictionary<string, ChatFormat?> chat)
+    private bool _workerThreadsSet;
+
+    private ServedModel(ServingOptions options, RuntimeOptions runtime, AdapterSet set, ITextTokenizer tokenizer, Dictionary<string, ChatFormat?> chat)
     {
         _set = set;
         _tokenizer = tokenizer;
@@ -98,7 +100,13 @@ public sealed class ServedModel : IDisposable
         _modelDir = options.ModelDir;
         Name = options.Name ?? DefaultName(options.ModelDir);
         Options = options;
-        Scheduler = new BatchScheduler(_set.Generate, options.MaxBatch, options.MaxQueue,
+        Scheduler = new BatchScheduler(rows =>
+        {
+            // libtorch's thread count can be per calling thread (OpenMP): set it on the worker too, once.
+            if (!_workerThreadsSet) runtime.Apply();
+            _workerThreadsSet = true;
+            return _set.Generate(rows);
+        }, options.MaxBatch, options.MaxQueue,
             rows => AdapterSet.PaddedLength(rows) <= _set.Model.Config.MaxPositionEmbeddings, options.BeforeBatch);
     }
 
@@ -121,7 +129,7 @@ public sealed class ServedModel : IDisposable
                 set.Add(name, dir, warn);
                 chat[name] = Prompts.ChatFormatFor(options.ModelDir, dir, options.ChatTemplate);
             }
-            return new ServedModel(options, set, tokenizer, chat);
+            return new ServedModel(options, runtime, set, tokenizer, chat);
         }
         catch
         {
