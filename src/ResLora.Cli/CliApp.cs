@@ -25,6 +25,7 @@ public static class CliApp
         yield return VersionVerb.Build();
         yield return InspectVerb.Build();
         yield return GenerateVerb.Build();
+        yield return ServeVerb.Build();
         yield return TokenizeVerb.Build();
         yield return TrainVerb.Build();
         yield return EvalVerb.Build();

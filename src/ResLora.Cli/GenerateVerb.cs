@@ -65,11 +65,9 @@ internal static class GenerateVerb
             ChatPrompt? chatPrompt = null;
             if (asChat)
             {
-                // The model's template, else the one the adapter was trained with (recorded beside it), else --chat-template.
-                var format = ChatFormat.ForModel(dir, r.GetValue(chatTemplate))
-                    ?? (adapterDir is { } ad ? TrainingDataRecord.Read(ad)?.Templates.Chat : null)
-                    ?? throw new UserInputException($"--chat: {dir} has no chat_template in tokenizer_config.json; give one with --chat-template NAME|FILE (built-in: {string.Join(", ", BuiltInChatTemplates.Names)}).");
-                chatPrompt = Prompts.Chat(tokenizer, format, ChatConversation(messagesFile, r.GetValue(prompt) ?? "", r.GetValue(system)));
+                // The model's template (or --chat-template), else the one the adapter was trained with (recorded beside it).
+                var format = Prompts.ChatFormatFor(dir, adapterDir, r.GetValue(chatTemplate)) ?? throw Prompts.NoChatTemplate("--chat: " + dir);
+                chatPrompt = Prompts.Chat(tokenizer, format, Prompts.Conversation(messagesFile, r.GetValue(prompt) ?? "", r.GetValue(system)));
             }
             var ids = chatPrompt?.Ids ?? Prompts.Ids(tokenizer, r.GetValue(prompt) ?? "");
             var stop = (chatPrompt?.StopIds ?? tokenizer.EosTokenIds).ToList();
@@ -90,25 +88,5 @@ internal static class GenerateVerb
             return 0;
         }));
         return cmd;
-    }
-
-    /// <summary>The conversation of <c>--chat</c>: the --messages file, or --prompt as one user message; --system first.</summary>
-    private static List<ChatMessage> ChatConversation(string? messagesFile, string prompt, string? system)
-    {
-        if (messagesFile is not null && prompt.Length > 0)
-            throw new UserInputException("give the conversation as --messages FILE or the user's message as --prompt, not both.");
-        var conversation = messagesFile is not null ? Prompts.ReadMessages(messagesFile).ToList() : new List<ChatMessage>();
-        if (messagesFile is null)
-        {
-            if (prompt.Length == 0) throw new UserInputException("--chat needs the user's message: --prompt TEXT (or --messages FILE).");
-            conversation.Add(new ChatMessage("user", prompt));
-        }
-        if (system is not null)
-        {
-            if (conversation.Count > 0 && conversation[0].Role == "system")
-                throw new UserInputException("--system: the conversation already starts with a system message.");
-            conversation.Insert(0, new ChatMessage("system", system));
-        }
-        return conversation;
     }
 }

@@ -39,6 +39,26 @@ public sealed class KvCache : IDisposable
         return (newK, newV);
     }
 
+    /// <summary>
+    /// Keeps only the batch rows at <paramref name="rows"/> (in that order) of every layer's keys and values: a batched
+    /// generation drops the rows that finished so they stop costing attention and memory.
+    /// </summary>
+    internal void KeepRows(long[] rows)
+    {
+        using var scope = torch.NewDisposeScope();
+        var index = torch.tensor(rows, dtype: ScalarType.Int64, device: _keys[0]?.device ?? torch.CPU);
+        for (int i = 0; i < _keys.Length; i++)
+        {
+            if (_keys[i] is not { } k || _values[i] is not { } v) continue;
+            var newK = k.index_select(0, index).DetachFromDisposeScope(); // (kept, kvHeads, past, headDim)
+            var newV = v.index_select(0, index).DetachFromDisposeScope();
+            k.Dispose();
+            v.Dispose();
+            _keys[i] = newK;
+            _values[i] = newV;
+        }
+    }
+
     public void Dispose()
     {
         for (int i = 0; i < _keys.Length; i++)

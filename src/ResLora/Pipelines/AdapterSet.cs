@@ -103,68 +103,126 @@ public sealed class AdapterSet : IDisposable
     /// <param name="onToken">Called with (row, token) as each row's token is chosen.</param>
     public IReadOnlyList<IReadOnlyList<int>> Generate(IReadOnlyList<IReadOnlyList<int>> prompts, IReadOnlyList<string?> adapterPerRow, GenerationOptions options, Action<int, int>? onToken = null)
     {
-        options.Validate();
-        int b = prompts.Count;
-        if (b == 0) throw new UserInputException("no prompts to generate from.");
-        if (adapterPerRow.Count != b) throw new UserInputException($"{b} prompts but {adapterPerRow.Count} adapter names; name one adapter (or null for none) per prompt.");
-        var c = Model.Config;
-        for (int i = 0; i < b; i++)
+        if (prompts.Count == 0) throw new UserInputException("no prompts to generate from.");
+        if (adapterPerRow.Count != prompts.Count) throw new UserInputException($"{prompts.Count} prompts but {adapterPerRow.Count} adapter names; name one adapter (or null for none) per prompt.");
+        return Generate(prompts.Select((p, i) => new GenerationRow(p, adapterPerRow[i], options) { OnToken = onToken is null ? null : t => onToken(i, t) }).ToList());
+    }
+
+    /// <summary>
+    /// Positions a batch of <paramref name="rows"/> needs: the longest prompt (every row is left-padded to it) plus the
+    /// largest token budget. It must stay within the model's max_position_embeddings.
+    /// </summary>
+    public static int PaddedLength(IEnumerable<GenerationRow> rows)
+    {
+        int len = 0, budget = 0;
+        foreach (var r in rows)
         {
-            if (prompts[i].Count == 0) throw new UserInputException($"prompt {i} has no tokens; give each row at least one token (e.g. BOS).");
-            foreach (int id in prompts[i])
-                if (id < 0 || id >= c.VocabSize) throw new UserInputException($"prompt {i}: token id {id} is outside the model's vocabulary (vocab_size {c.VocabSize}).");
-            if (prompts[i].Count + options.MaxNewTokens > c.MaxPositionEmbeddings)
-                throw new UserInputException($"prompt {i} ({prompts[i].Count} tokens) + max new tokens ({options.MaxNewTokens}) exceeds the model's max_position_embeddings ({c.MaxPositionEmbeddings}).");
+            len = Math.Max(len, r.Prompt.Count);
+            budget = Math.Max(budget, r.Options.MaxNewTokens);
         }
-        int len = prompts.Max(p => p.Count);
-        var context = new long[b][];
-        var mask = new List<long[]>();
+        return len + budget;
+    }
+
+    /// <summary>
+    /// Continues every row's prompt with its own adapter and its own settings (token budget, sampling, seed, stop ids,
+    /// stop condition, cancellation) in one batch: each row gets the tokens <see cref="TextGenerator.Generate"/> gives
+    /// its prompt alone with its adapter active and its options. A row that stops (stop id, stop condition, budget,
+    /// cancellation) leaves the batch: its KV cache rows are dropped, so the remaining rows cost only their own work.
+    /// Returns the new ids per row (a stop id included; a cancelled row's tokens so far).
+    /// </summary>
+    /// <param name="rows">The rows; all must agree on <see cref="GenerationOptions.UseKvCache"/>.</param>
+    public IReadOnlyList<IReadOnlyList<int>> Generate(IReadOnlyList<GenerationRow> rows)
+    {
+        int b = rows.Count;
+        if (b == 0) throw new UserInputException("no prompts to generate from.");
+        var c = Model.Config;
+        bool useCache = rows[0].Options.UseKvCache;
         for (int i = 0; i < b; i++)
         {
-            int pad = len - prompts[i].Count; // left padding: every row's last prompt token sits in the last column
-            context[i] = Enumerable.Repeat(0L, pad).Concat(prompts[i].Select(t => (long)t)).ToArray();
-            mask.Add(Enumerable.Repeat(0L, pad).Concat(Enumerable.Repeat(1L, prompts[i].Count)).ToArray());
+            var r = rows[i];
+            r.Options.Validate();
+            if (r.Options.UseKvCache != useCache) throw new ArgumentException("every row of a batch must agree on UseKvCache.", nameof(rows));
+            if (r.Prompt.Count == 0) throw new UserInputException($"prompt {i} has no tokens; give each row at least one token (e.g. BOS).");
+            foreach (int id in r.Prompt)
+                if (id < 0 || id >= c.VocabSize) throw new UserInputException($"prompt {i}: token id {id} is outside the model's vocabulary (vocab_size {c.VocabSize}).");
+            if (r.Prompt.Count + r.Options.MaxNewTokens > c.MaxPositionEmbeddings)
+                throw new UserInputException($"prompt {i} ({r.Prompt.Count} tokens) + max new tokens ({r.Options.MaxNewTokens}) exceeds the model's max_position_embeddings ({c.MaxPositionEmbeddings}).");
+        }
+        if (PaddedLength(rows) > c.MaxPositionEmbeddings)
+            throw new UserInputException($"the batch's longest prompt plus its largest token budget ({PaddedLength(rows)} positions) exceeds the model's max_position_embeddings ({c.MaxPositionEmbeddings}); generate these rows in separate batches.");
+        int len = rows.Max(r => r.Prompt.Count);
+        var context = new List<long>[b];
+        var mask = new List<long>[b];
+        for (int i = 0; i < b; i++)
+        {
+            int pad = len - rows[i].Prompt.Count; // left padding: every row's last prompt token sits in the last column
+            context[i] = Enumerable.Repeat(0L, pad).Concat(rows[i].Prompt.Select(t => (long)t)).ToList();
+            mask[i] = Enumerable.Repeat(0L, pad).Concat(Enumerable.Repeat(1L, rows[i].Prompt.Count)).ToList();
         }
         var outputs = Enumerable.Range(0, b).Select(_ => new List<int>()).ToArray();
-        var done = new bool[b];
-        var eos = new HashSet<int>(options.EosTokenIds);
-        var gens = options.Temperature == 0 ? null : Enumerable.Range(0, b).Select(_ => new torch.Generator((ulong)options.Seed, Model.Device)).ToArray();
-        using var cache = options.UseKvCache ? new KvCache(c.NumHiddenLayers) : null;
+        var stops = rows.Select(r => new HashSet<int>(r.Options.EosTokenIds)).ToArray();
+        var gens = rows.Select(r => r.Options.Temperature == 0 ? null : new torch.Generator((ulong)r.Options.Seed, Model.Device)).ToArray();
+        // The original indices of the rows in the batch, in batch order (also the KV cache's rows).
+        var live = Enumerable.Range(0, b).Where(i => rows[i].Options.MaxNewTokens > 0).ToList();
+        foreach (int i in Enumerable.Range(0, b).Except(live)) rows[i].OnFinished?.Invoke(outputs[i]);
+        var finished = new bool[b];
+        using var cache = useCache ? new KvCache(c.NumHiddenLayers) : null;
         using var noGrad = torch.no_grad();
         try
         {
-            long[][] feed = context;
-            for (int step = 0; step < options.MaxNewTokens && done.Contains(false); step++)
+            bool prefill = true;
+            while (true)
             {
+                var keep = live.Where(i => !finished[i] && !rows[i].Cancellation.IsCancellationRequested).ToList();
+                foreach (int i in live.Except(keep)) rows[i].OnFinished?.Invoke(outputs[i]);
+                if (keep.Count == 0) break;
+                if (keep.Count < live.Count && cache is not null && !prefill)
+                    cache.KeepRows(keep.Select(i => (long)live.IndexOf(i)).ToArray());
+                live = keep;
                 using var scope = torch.NewDisposeScope();
-                var ids = torch.tensor(feed.SelectMany(r => r).ToArray(), dtype: ScalarType.Int64, device: Model.Device).view(b, feed[0].Length);
-                var m = torch.tensor(mask.SelectMany(r => r).ToArray(), dtype: ScalarType.Int64, device: Model.Device).view(b, mask[0].Length);
-                var last = Forward(ids, m, adapterPerRow, cache).select(1, -1).to_type(ScalarType.Float32); // (batch, vocab)
-                var next = new long[b];
-                for (int i = 0; i < b; i++)
+                // With the cache, the prompt once and then each row's last token; without it, every row's whole context.
+                var feed = live.Select(i => prefill || cache is null ? context[i] : context[i].Skip(context[i].Count - 1)).Select(x => x.ToArray()).ToList();
+                int n = live.Count, width = feed[0].Length;
+                var ids = torch.tensor(feed.SelectMany(x => x).ToArray(), dtype: ScalarType.Int64, device: Model.Device).view(n, width);
+                var m = torch.tensor(live.SelectMany(i => mask[i]).ToArray(), dtype: ScalarType.Int64, device: Model.Device).view(n, mask[live[0]].Count);
+                var last = Forward(ids, m, live.Select(i => rows[i].Adapter).ToList(), cache).select(1, -1).to_type(ScalarType.Float32); // (live, vocab)
+                prefill = false;
+                for (int j = 0; j < n; j++)
                 {
-                    if (done[i]) continue; // a finished row keeps a slot in the batch; its tokens are not used
-                    int t = options.Temperature == 0 ? (int)last[i].argmax().item<long>() : TextGenerator.Pick(last[i], options, gens![i]);
-                    next[i] = t;
+                    int i = live[j];
+                    var o = rows[i].Options;
+                    int t = o.Temperature == 0 ? (int)last[j].argmax().item<long>() : TextGenerator.Pick(last[j], o, gens[i]!);
                     outputs[i].Add(t);
-                    onToken?.Invoke(i, t);
-                    if (eos.Contains(t)) done[i] = true;
+                    context[i].Add(t);
+                    mask[i].Add(1L);
+                    rows[i].OnToken?.Invoke(t);
+                    if (stops[i].Contains(t) || outputs[i].Count >= o.MaxNewTokens || o.StopWhen?.Invoke(outputs[i]) == true) finished[i] = true;
                 }
-                for (int i = 0; i < b; i++)
-                {
-                    context[i] = context[i].Append(next[i]).ToArray();
-                    mask[i] = mask[i].Append(1L).ToArray();
-                }
-                feed = options.UseKvCache ? next.Select(t => new[] { t }).ToArray() : context;
             }
         }
         finally
         {
-            foreach (var g in gens ?? Array.Empty<torch.Generator>()) g.Dispose();
+            foreach (var g in gens) g?.Dispose();
         }
         return outputs;
     }
 
     /// <summary>Frees the model and every adapter's tensors.</summary>
     public void Dispose() => Model.Dispose();
+}
+
+/// <summary>One row of a mixed-adapter batch: its prompt, its adapter and its own generation settings.</summary>
+/// <param name="Prompt">Token ids (non-empty).</param>
+/// <param name="Adapter">The adapter's name, or null (or <see cref="MultiLoraPlan.BaseName"/>) for the base alone.</param>
+/// <param name="Options">Budget, sampling, seed and stop conditions of this row.</param>
+public sealed record GenerationRow(IReadOnlyList<int> Prompt, string? Adapter, GenerationOptions Options)
+{
+    /// <summary>Called with each token as it is chosen (on the generating thread).</summary>
+    public Action<int>? OnToken { get; init; }
+
+    /// <summary>When cancelled, the row leaves the batch before the next step; its tokens so far are returned.</summary>
+    public CancellationToken Cancellation { get; init; }
+
+    /// <summary>Called once, on the generating thread, with the row's tokens when it leaves the batch (finished or cancelled), before the batch ends.</summary>
+    public Action<IReadOnlyList<int>>? OnFinished { get; init; }
 }

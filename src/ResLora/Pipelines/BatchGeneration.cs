@@ -16,8 +16,8 @@ public sealed record BatchAnswer(int Index, string? Adapter, string Output, int 
 /// <summary>
 /// Generation for a file of prompts where each line names its adapter (<c>reslora generate --prompts</c>): the records
 /// are taken in file order in batches of up to <c>batchSize</c>, and each batch runs as one mixed-adapter forward per
-/// step (<see cref="AdapterSet.Generate"/>), plain prompts and conversations in separate batches (they stop on
-/// different tokens). Each answer equals generating that prompt alone with its adapter.
+/// step (<see cref="AdapterSet.Generate(IReadOnlyList{GenerationRow})"/>), each row with its own stop tokens (EOS; for
+/// a conversation also the template's end of turn). Each answer equals generating that prompt alone with its adapter.
 /// </summary>
 public static class BatchGeneration
 {
@@ -26,7 +26,7 @@ public static class BatchGeneration
     /// <param name="tokenizer">The model's tokenizer.</param>
     /// <param name="chat">The chat format for conversation records (null: conversations are refused).</param>
     /// <param name="records">The prompts.</param>
-    /// <param name="options">Length and sampling, shared by all; stop ids are set per batch (EOS, and the template's end of turn for conversations).</param>
+    /// <param name="options">Length and sampling, shared by all; stop ids are set per row (EOS, and the template's end of turn for conversations).</param>
     /// <param name="batchSize">Most prompts per batch.</param>
     /// <param name="onAnswer">Receives each answer.</param>
     public static void Run(AdapterSet set, ITextTokenizer tokenizer, ChatFormat? chat, IReadOnlyList<PromptRecord> records,
@@ -62,22 +62,19 @@ public static class BatchGeneration
         for (int start = 0; start < prepared.Count; start += batchSize)
         {
             var chunk = prepared.Skip(start).Take(batchSize).ToList();
-            var answers = new BatchAnswer?[chunk.Count];
-            foreach (bool conversations in new[] { false, true })
+            var rows = chunk.Select(c => new GenerationRow(c.Ids, c.Record.Adapter, options with
             {
-                var rows = Enumerable.Range(0, chunk.Count).Where(i => (chunk[i].Chat is not null) == conversations).ToList();
-                if (rows.Count == 0) continue;
-                var stops = conversations ? chunk[rows[0]].Chat!.StopIds : tokenizer.EosTokenIds;
-                var outputs = set.Generate(rows.Select(i => chunk[i].Ids).ToList(), rows.Select(i => chunk[i].Record.Adapter).ToList(), options with { EosTokenIds = stops, StopWhen = null });
-                for (int k = 0; k < rows.Count; k++)
-                {
-                    var (record, _, chatPrompt) = chunk[rows[k]];
-                    var output = outputs[k];
-                    string text = chatPrompt?.Reply(tokenizer, output) ?? tokenizer.Decode(output.Where(t => !stops.Contains(t)));
-                    answers[rows[k]] = new BatchAnswer(record.Index, record.Adapter, text, output.Count);
-                }
+                EosTokenIds = c.Chat?.StopIds ?? tokenizer.EosTokenIds,
+                StopWhen = c.Chat?.StopWhen(tokenizer),
+            })).ToList();
+            var outputs = set.Generate(rows);
+            for (int k = 0; k < chunk.Count; k++)
+            {
+                var (record, _, chatPrompt) = chunk[k];
+                var stops = rows[k].Options.EosTokenIds;
+                string text = chatPrompt?.Reply(tokenizer, outputs[k]) ?? tokenizer.Decode(outputs[k].Where(t => !stops.Contains(t)));
+                onAnswer(new BatchAnswer(record.Index, record.Adapter, text, outputs[k].Count));
             }
-            foreach (var a in answers) onAnswer(a!);
         }
     }
 }

@@ -53,6 +53,47 @@ public static class Prompts
     }
 
     /// <summary>
+    /// The chat format to answer with: <paramref name="chatTemplate"/> when given (a Jinja file, a JSON file with
+    /// chat_template, or a built-in name), else the model's own template, else the one the adapter was trained with (recorded
+    /// beside it), else null.
+    /// </summary>
+    /// <param name="modelDir">The model folder (its tokenizer_config.json).</param>
+    /// <param name="adapterDir">The adapter folder, or null.</param>
+    /// <param name="chatTemplate">The --chat-template value, or null.</param>
+    public static ChatFormat? ChatFormatFor(string modelDir, string? adapterDir, string? chatTemplate = null) =>
+        ChatFormat.ForModel(modelDir, chatTemplate) ?? (adapterDir is not null ? TrainingDataRecord.Read(adapterDir)?.Templates.Chat : null);
+
+    /// <summary>The error for a chat request when <see cref="ChatFormatFor"/> found no template.</summary>
+    public static UserInputException NoChatTemplate(string modelDir, string flag = "--chat-template") =>
+        new($"{modelDir} has no chat_template in tokenizer_config.json; give one with {flag} NAME|FILE (built-in: {string.Join(", ", BuiltInChatTemplates.Names)}).");
+
+    /// <summary>
+    /// A conversation from a --messages file or one user message, with an optional system message put first (refused
+    /// when the conversation already starts with one).
+    /// </summary>
+    /// <param name="messagesFile">A conversation file (see <see cref="ReadMessages"/>), or null.</param>
+    /// <param name="prompt">The user's message when there is no file ("" for none).</param>
+    /// <param name="system">A system message, or null.</param>
+    public static List<ChatMessage> Conversation(string? messagesFile, string prompt, string? system)
+    {
+        if (messagesFile is not null && prompt.Length > 0)
+            throw new UserInputException("give the conversation as --messages FILE or the user's message as --prompt, not both.");
+        var conversation = messagesFile is not null ? ReadMessages(messagesFile).ToList() : new List<ChatMessage>();
+        if (messagesFile is null)
+        {
+            if (prompt.Length == 0) throw new UserInputException("--chat needs the user's message: --prompt TEXT (or --messages FILE).");
+            conversation.Add(new ChatMessage("user", prompt));
+        }
+        if (system is not null)
+        {
+            if (conversation.Count > 0 && conversation[0].Role == "system")
+                throw new UserInputException("--system: the conversation already starts with a system message.");
+            conversation.Insert(0, new ChatMessage("system", system));
+        }
+        return conversation;
+    }
+
+    /// <summary>
     /// A conversation rendered with <paramref name="format"/> and the generation prompt, encoded as transformers'
     /// <c>apply_chat_template(add_generation_prompt=True)</c> does (no BOS added: the template writes it); generation stops
     /// at EOS and at each end-of-turn token of the template (by id when it is one token in the vocabulary, otherwise by

@@ -35,11 +35,17 @@ public sealed class RoutedAdapterCliTests : IClassFixture<MultiAdapterFixture>
     [Fact]
     public void GeneratePrompts_MixedAdaptersInOneBatch_EachAnswerEqualsGeneratingItAloneWithItsAdapter()
     {
-        string file = WriteFile("prompts.jsonl", Rows.Select(r => JsonSerializer.Serialize(r.Adapter is null ? (object)new { prompt = r.Prompt } : new { prompt = r.Prompt, adapter = r.Adapter })));
-        var (rc, output, err) = CliHarness.Run(new[] { "generate", "--model", _f.ModelDir, "--prompts", file, "--batch-size", "4", "--max-new-tokens", "6", "--threads", "1" }.Concat(AdapterArgs()).ToArray());
+        // Row 6 is a conversation in the same batch as plain prompts: it stops at its template's end of turn, they at EOS.
+        var lines0 = Rows.Select(r => JsonSerializer.Serialize(r.Adapter is null ? (object)new { prompt = r.Prompt } : new { prompt = r.Prompt, adapter = r.Adapter })).ToList();
+        lines0.Add(JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = "the dog" } }, adapter = "d" }));
+        string file = WriteFile("prompts.jsonl", lines0);
+        var (rc, output, err) = CliHarness.Run(new[] { "generate", "--model", _f.ModelDir, "--prompts", file, "--chat-template", "chatml", "--batch-size", "4", "--max-new-tokens", "6", "--threads", "1" }.Concat(AdapterArgs()).ToArray());
         Assert.True(rc == 0, err);
         var lines = output.Trim().Split('\n');
-        Assert.Equal(Rows.Length, lines.Length);
+        Assert.Equal(Rows.Length + 1, lines.Length);
+        var chatAlone = CliHarness.Run("generate", "--model", _f.ModelDir, "--chat", "--prompt", "the dog", "--chat-template", "chatml", "--adapter", FolderOf("d"), "--max-new-tokens", "6", "--threads", "1");
+        Assert.True(chatAlone.Rc == 0, chatAlone.Err);
+        Assert.Equal(chatAlone.Out.TrimEnd('\n'), JsonDocument.Parse(lines[^1]).RootElement.GetProperty("output").GetString());
         for (int i = 0; i < Rows.Length; i++)
         {
             using var doc = JsonDocument.Parse(lines[i]);

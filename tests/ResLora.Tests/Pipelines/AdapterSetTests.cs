@@ -85,6 +85,48 @@ public sealed class AdapterSetTests : IClassFixture<MultiAdapterFixture>
     }
 
     [Fact]
+    public void Generate_RowsWithTheirOwnSettings_EachEqualsThatRowAlone()
+    {
+        using var set = LoadSet(Served);
+        var prompts = new[] { new[] { 1, 5, 9, 14 }, new[] { 1, 7 }, new[] { 1, 3, 3, 8, 20, 11 }, new[] { 1, 30, 4 }, new[] { 1, 12 } };
+        string?[] perRow = { "dora", "lora", null, "exported", "rslora" };
+        var options = new[]
+        {
+            new GenerationOptions { MaxNewTokens = 7 },
+            new GenerationOptions { MaxNewTokens = 2, Temperature = 0.9, Seed = 3 },
+            new GenerationOptions { MaxNewTokens = 5, Temperature = 0.7, TopP = 0.8, Seed = 11 },
+            new GenerationOptions { MaxNewTokens = 0 },
+            new GenerationOptions { MaxNewTokens = 6, StopWhen = o => o.Count == 3 },
+        };
+        var rows = prompts.Select((p, i) => new GenerationRow(p, perRow[i], options[i])).ToList();
+        var outputs = set.Generate(rows);
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            using var reference = Reference(perRow[i]);
+            Assert.Equal(TextGenerator.Generate(reference, prompts[i], options[i]), outputs[i]);
+        }
+        Assert.Equal(new[] { 7, 2, 5, 0, 3 }, outputs.Select(o => o.Count));
+    }
+
+    [Fact]
+    public void Generate_CancelledRow_LeavesTheBatchAndTheOthersAreUnchanged()
+    {
+        using var set = LoadSet("lora", "dora");
+        var prompts = new[] { new[] { 1, 5, 9 }, new[] { 1, 7 }, new[] { 1, 4, 4, 4 } };
+        string?[] perRow = { "lora", "dora", null };
+        var options = new GenerationOptions { MaxNewTokens = 6 };
+        using var cancel = new CancellationTokenSource();
+        var rows = prompts.Select((p, i) => new GenerationRow(p, perRow[i], options) { Cancellation = i == 1 ? cancel.Token : default, OnToken = i == 1 ? _ => cancel.Cancel() : null }).ToList();
+        var outputs = set.Generate(rows);
+        Assert.Single(outputs[1]); // cancelled after its first token
+        foreach (int i in new[] { 0, 2 })
+        {
+            using var reference = Reference(perRow[i]);
+            Assert.Equal(TextGenerator.Generate(reference, prompts[i], options), outputs[i]);
+        }
+    }
+
+    [Fact]
     public void Generate_StopsEachRowAtItsEndOfSequence()
     {
         using var set = LoadSet("lora");

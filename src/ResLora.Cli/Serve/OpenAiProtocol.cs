@@ -1,0 +1,213 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using ResLora.IO.Templates;
+using ResLora.Pipelines.Serving;
+
+namespace ResLora.Cli.Serve;
+
+/// <summary>A parsed request body: what to generate, and how to answer.</summary>
+internal sealed record ApiRequest(CompletionRequest Completion, bool Stream, bool IncludeUsage);
+
+/// <summary>
+/// The OpenAI API's JSON for <c>/v1/completions</c> and <c>/v1/chat/completions</c>: request fields to a
+/// <see cref="CompletionRequest"/> (every refusal names its field), and the response and stream-chunk shapes.
+/// </summary>
+internal static class OpenAiProtocol
+{
+    /// <summary>Completions' default budget when a request gives no max_tokens (the OpenAI API's default).</summary>
+    public const int CompletionsDefaultMaxTokens = 16;
+
+    private static readonly string[] Roles = { "system", "user", "assistant", "tool" };
+
+    public static ApiRequest Parse(JsonElement root, bool chat)
+    {
+        if (root.ValueKind != JsonValueKind.Object) throw Bad("the request body must be a JSON object.", null);
+        string model = root.TryGetProperty("model", out var m) && m.ValueKind == JsonValueKind.String && m.GetString()!.Length > 0
+            ? m.GetString()! : throw Bad("model is required: a string naming a served model (GET /v1/models lists them).", "model");
+
+        // Fields whose non-default values ask for something this server does not do.
+        Unsupported(root, "n", v => v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n == 1, "only n = 1 is supported; send one request per sample");
+        Unsupported(root, "best_of", v => v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n == 1, "best_of is not supported");
+        Unsupported(root, "echo", v => v.ValueKind == JsonValueKind.False, "echo is not supported");
+        Unsupported(root, "logprobs", v => v.ValueKind is JsonValueKind.False || (v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n == 0), "logprobs are not supported");
+        Unsupported(root, "suffix", v => v.ValueKind == JsonValueKind.String && v.GetString()!.Length == 0, "suffix is not supported");
+        Unsupported(root, "presence_penalty", IsZero, "presence_penalty is not supported (only 0)");
+        Unsupported(root, "frequency_penalty", IsZero, "frequency_penalty is not supported (only 0)");
+        Unsupported(root, "logit_bias", v => v.ValueKind == JsonValueKind.Object && !v.EnumerateObject().Any(), "logit_bias is not supported");
+        Unsupported(root, "tools", v => v.ValueKind == JsonValueKind.Array && v.GetArrayLength() == 0, "tools are not supported");
+        Unsupported(root, "functions", v => v.ValueKind == JsonValueKind.Array && v.GetArrayLength() == 0, "functions are not supported");
+        Unsupported(root, "response_format", v => v.ValueKind == JsonValueKind.Object && v.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "text", "response_format other than text is not supported");
+
+        string? prompt = null;
+        IReadOnlyList<ChatMessage>? messages = null;
+        if (chat) messages = Messages(root);
+        else prompt = Prompt(root);
+        int? maxTokens = Int(root, "max_tokens");
+        if (chat && Int(root, "max_completion_tokens") is { } mct)
+        {
+            if (maxTokens is not null && maxTokens != mct) throw Bad("give max_tokens or max_completion_tokens, not two different values.", "max_completion_tokens");
+            maxTokens = mct;
+        }
+        if (!chat) maxTokens ??= CompletionsDefaultMaxTokens;
+        var request = new CompletionRequest
+        {
+            Model = model,
+            Prompt = prompt,
+            Messages = messages,
+            MaxTokens = maxTokens,
+            Temperature = Number(root, "temperature") ?? 1.0,
+            TopP = Number(root, "top_p") ?? 1.0,
+            Seed = Long(root, "seed"),
+            Stop = Stop(root),
+        };
+        bool stream = Bool(root, "stream") ?? false;
+        bool includeUsage = false;
+        if (root.TryGetProperty("stream_options", out var so) && so.ValueKind != JsonValueKind.Null)
+        {
+            if (so.ValueKind != JsonValueKind.Object) throw Bad("stream_options must be an object.", "stream_options");
+            includeUsage = Bool(so, "include_usage", "stream_options.include_usage") ?? false;
+        }
+        return new ApiRequest(request, stream, includeUsage);
+    }
+
+    private static string Prompt(JsonElement root)
+    {
+        if (!root.TryGetProperty("prompt", out var p)) throw Bad("prompt is required: the text to continue.", "prompt");
+        if (p.ValueKind == JsonValueKind.String) return p.GetString()!;
+        if (p.ValueKind == JsonValueKind.Array && p.GetArrayLength() == 1 && p[0].ValueKind == JsonValueKind.String) return p[0].GetString()!;
+        throw Bad("prompt must be a string (or a list of one string); token-id prompts and several prompts per request are not supported.", "prompt");
+    }
+
+    private static List<ChatMessage> Messages(JsonElement root)
+    {
+        if (!root.TryGetProperty("messages", out var ms) || ms.ValueKind != JsonValueKind.Array)
+            throw Bad("messages is required: a list of {\"role\", \"content\"} objects.", "messages");
+        var list = new List<ChatMessage>();
+        int i = 0;
+        foreach (var msg in ms.EnumerateArray())
+        {
+            string where = $"messages[{i++}]";
+            if (msg.ValueKind != JsonValueKind.Object) throw Bad($"{where} must be an object with role and content.", where);
+            string role = msg.TryGetProperty("role", out var r) && r.ValueKind == JsonValueKind.String ? r.GetString()! : throw Bad($"{where}.role is required.", $"{where}.role");
+            if (role == "developer") role = "system"; // newer clients' name for the system role
+            if (!Roles.Contains(role)) throw Bad($"{where}.role '{role}' is not one of {string.Join(", ", Roles)}.", $"{where}.role");
+            if (!msg.TryGetProperty("content", out var c) || c.ValueKind == JsonValueKind.Null) throw Bad($"{where}.content is required.", $"{where}.content");
+            string content = c.ValueKind switch
+            {
+                JsonValueKind.String => c.GetString()!,
+                // Content parts: only text parts are supported.
+                JsonValueKind.Array => string.Concat(c.EnumerateArray().Select((part, k) =>
+                    part.ValueKind == JsonValueKind.Object && part.TryGetProperty("type", out var t) && t.GetString() == "text" && part.TryGetProperty("text", out var tx) && tx.ValueKind == JsonValueKind.String
+                        ? tx.GetString()
+                        : throw Bad($"{where}.content[{k}]: only text parts ({{\"type\": \"text\", \"text\": ...}}) are supported.", $"{where}.content"))),
+                _ => throw Bad($"{where}.content must be a string or a list of text parts.", $"{where}.content"),
+            };
+            list.Add(new ChatMessage(role, content));
+        }
+        if (list.Count == 0) throw Bad("messages is empty; give at least one message.", "messages");
+        return list;
+    }
+
+    private static IReadOnlyList<string> Stop(JsonElement root)
+    {
+        if (!root.TryGetProperty("stop", out var s) || s.ValueKind == JsonValueKind.Null) return Array.Empty<string>();
+        if (s.ValueKind == JsonValueKind.String) return new[] { s.GetString()! };
+        if (s.ValueKind == JsonValueKind.Array && s.EnumerateArray().All(x => x.ValueKind == JsonValueKind.String))
+            return s.EnumerateArray().Select(x => x.GetString()!).ToList();
+        throw Bad("stop must be a string or a list of strings.", "stop");
+    }
+
+    private static bool IsZero(JsonElement v) => v.ValueKind == JsonValueKind.Number && v.GetDouble() == 0;
+
+    private static void Unsupported(JsonElement root, string name, Func<JsonElement, bool> isDefault, string why)
+    {
+        if (root.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null && !isDefault(v)) throw Bad($"{name}: {why}.", name);
+    }
+
+    private static int? Int(JsonElement root, string name)
+    {
+        if (!root.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        return v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int i) ? i : throw Bad($"{name} must be an integer.", name);
+    }
+
+    private static long? Long(JsonElement root, string name)
+    {
+        if (!root.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        return v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out long i) ? i : throw Bad($"{name} must be an integer.", name);
+    }
+
+    private static double? Number(JsonElement root, string name)
+    {
+        if (!root.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        return v.ValueKind == JsonValueKind.Number ? v.GetDouble() : throw Bad($"{name} must be a number.", name);
+    }
+
+    private static bool? Bool(JsonElement root, string name, string? param = null)
+    {
+        if (!root.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        return v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : throw Bad($"{param ?? name} must be true or false.", param ?? name);
+    }
+
+    private static ServingException Bad(string message, string? param) => new(ServingErrorKind.InvalidRequest, message, param);
+
+    // ---- responses ----
+
+    public static JsonObject Usage(Completion c) => new()
+    {
+        ["prompt_tokens"] = c.PromptTokens,
+        ["completion_tokens"] = c.CompletionTokens,
+        ["total_tokens"] = c.PromptTokens + c.CompletionTokens,
+    };
+
+    /// <summary>A whole answer.</summary>
+    public static JsonObject Response(bool chat, string id, long created, string model, Completion c) => new()
+    {
+        ["id"] = id,
+        ["object"] = chat ? "chat.completion" : "text_completion",
+        ["created"] = created,
+        ["model"] = model,
+        ["choices"] = new JsonArray(chat
+            ? new JsonObject { ["index"] = 0, ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = c.Text }, ["logprobs"] = null, ["finish_reason"] = c.FinishReason }
+            : new JsonObject { ["index"] = 0, ["text"] = c.Text, ["logprobs"] = null, ["finish_reason"] = c.FinishReason }),
+        ["usage"] = Usage(c),
+    };
+
+    /// <summary>One stream chunk: a piece of text (or, for chat, the role), or the end with its finish reason.</summary>
+    public static JsonObject Chunk(bool chat, string id, long created, string model, string? text, string? finishReason, bool role = false)
+    {
+        JsonObject choice;
+        if (chat)
+        {
+            var delta = new JsonObject();
+            if (role) delta["role"] = "assistant";
+            if (text is not null) delta["content"] = text;
+            choice = new JsonObject { ["index"] = 0, ["delta"] = delta, ["logprobs"] = null, ["finish_reason"] = finishReason };
+        }
+        else choice = new JsonObject { ["index"] = 0, ["text"] = text ?? "", ["logprobs"] = null, ["finish_reason"] = finishReason };
+        return new JsonObject
+        {
+            ["id"] = id,
+            ["object"] = chat ? "chat.completion.chunk" : "text_completion",
+            ["created"] = created,
+            ["model"] = model,
+            ["choices"] = new JsonArray(choice),
+        };
+    }
+
+    /// <summary>The usage chunk that ends a stream when stream_options.include_usage is set (no choices).</summary>
+    public static JsonObject UsageChunk(bool chat, string id, long created, string model, Completion c) => new()
+    {
+        ["id"] = id,
+        ["object"] = chat ? "chat.completion.chunk" : "text_completion",
+        ["created"] = created,
+        ["model"] = model,
+        ["choices"] = new JsonArray(),
+        ["usage"] = Usage(c),
+    };
+
+    /// <summary>The OpenAI error shape: <c>{"error": {"message", "type", "param", "code"}}</c>.</summary>
+    public static JsonObject Error(string message, string type, string? param, string? code) => new()
+    {
+        ["error"] = new JsonObject { ["message"] = message, ["type"] = type, ["param"] = param, ["code"] = code },
+    };
+}

@@ -1,0 +1,275 @@
+using ResLora.IO;
+using ResLora.IO.Templates;
+using ResLora.Models;
+
+namespace ResLora.Pipelines.Serving;
+
+/// <summary>What <see cref="ServedModel.Load"/> serves and how much it takes.</summary>
+public sealed record ServingOptions
+{
+    /// <summary>The base model folder.</summary>
+    public required string ModelDir { get; init; }
+
+    /// <summary>The base's served name (requests name it, or <c>name:adapter</c>); null = the model folder's name.</summary>
+    public string? Name { get; init; }
+
+    /// <summary>Adapter folders by name.</summary>
+    public IReadOnlyList<KeyValuePair<string, string>> Adapters { get; init; } = Array.Empty<KeyValuePair<string, string>>();
+
+    /// <summary>A chat template for every served model (a file or a built-in name); null = the model's, else each adapter's recorded one.</summary>
+    public string? ChatTemplate { get; init; }
+
+    /// <summary>Most requests generated together in one batch.</summary>
+    public int MaxBatch { get; init; } = 8;
+
+    /// <summary>Most requests waiting for a batch; one more is refused (<see cref="ServingErrorKind.QueueFull"/>).</summary>
+    public int MaxQueue { get; init; } = 64;
+
+    /// <summary>Largest <c>max_tokens</c> a request may ask for.</summary>
+    public int MaxTokensLimit { get; init; } = 512;
+
+    /// <summary>Called on the worker with the batch size before each batch (logging, tests).</summary>
+    public Action<int>? BeforeBatch { get; init; }
+
+    /// <summary>Rejects out-of-range settings, naming the flag.</summary>
+    public void Validate()
+    {
+        if (MaxBatch < 1) throw new UserInputException($"--max-batch must be at least 1, got {MaxBatch}.");
+        if (MaxQueue < 1) throw new UserInputException($"--max-queue must be at least 1, got {MaxQueue}.");
+        if (MaxTokensLimit < 1) throw new UserInputException($"--max-tokens-limit must be at least 1, got {MaxTokensLimit}.");
+        if (Name is not null && (Name.Length == 0 || Name.Contains(':', StringComparison.Ordinal) || Name.Any(char.IsWhiteSpace)))
+            throw new UserInputException($"--name '{Name}': give a non-empty name without ':' or spaces (requests name adapters as NAME:ADAPTER).");
+    }
+}
+
+/// <summary>One completion request, as the OpenAI API's fields give it.</summary>
+public sealed record CompletionRequest
+{
+    /// <summary>The served model: the base's name or <c>name:adapter</c>.</summary>
+    public required string Model { get; init; }
+
+    /// <summary>The prompt to continue (completions), or null for a chat request.</summary>
+    public string? Prompt { get; init; }
+
+    /// <summary>The conversation to answer (chat completions), or null.</summary>
+    public IReadOnlyList<ChatMessage>? Messages { get; init; }
+
+    /// <summary>Most new tokens; null = as many as the limit and the model's positions allow.</summary>
+    public int? MaxTokens { get; init; }
+
+    /// <summary>0 = greedy; up to 2.</summary>
+    public double Temperature { get; init; } = 1.0;
+
+    /// <summary>Nucleus sampling mass in (0, 1].</summary>
+    public double TopP { get; init; } = 1.0;
+
+    /// <summary>Sampling seed; null = a fresh random one.</summary>
+    public long? Seed { get; init; }
+
+    /// <summary>Up to four strings that end the reply (not included in it).</summary>
+    public IReadOnlyList<string> Stop { get; init; } = Array.Empty<string>();
+}
+
+/// <summary>A finished reply.</summary>
+/// <param name="Text">The reply's text.</param>
+/// <param name="FinishReason">"stop" (a stop token or string) or "length" (the token budget ran out).</param>
+/// <param name="PromptTokens">Tokens in the prompt.</param>
+/// <param name="CompletionTokens">Tokens generated.</param>
+public sealed record Completion(string Text, string FinishReason, int PromptTokens, int CompletionTokens);
+
+/// <summary>
+/// A base model with named adapters behind one batch scheduler: requests from many clients, each naming the base or an
+/// adapter, are tokenized (chat requests with the chat template, as <c>reslora generate --chat</c> does), generated in
+/// mixed-adapter batches on one worker, and answered as text, streamed in pieces if asked. Thread-safe.
+/// </summary>
+public sealed class ServedModel : IDisposable
+{
+    private readonly AdapterSet _set;
+    private readonly ITextTokenizer _tokenizer;
+    private readonly object _tokenizerLock = new();
+    private readonly Dictionary<string, ChatFormat?> _chat; // by adapter name; "" = the base
+    private readonly string _modelDir;
+
+    private bool _workerThreadsSet;
+
+    private ServedModel(ServingOptions options, RuntimeOptions runtime, AdapterSet set, ITextTokenizer tokenizer, Dictionary<string, ChatFormat?> chat)
+    {
+        _set = set;
+        _tokenizer = tokenizer;
+        _chat = chat;
+        _modelDir = options.ModelDir;
+        Name = options.Name ?? DefaultName(options.ModelDir);
+        Options = options;
+        Scheduler = new BatchScheduler(rows =>
+        {
+            // libtorch's thread count can be per calling thread (OpenMP): set it on the worker too, once.
+            if (!_workerThreadsSet) runtime.Apply();
+            _workerThreadsSet = true;
+            return _set.Generate(rows);
+        }, options.MaxBatch, options.MaxQueue,
+            rows => AdapterSet.PaddedLength(rows) <= _set.Model.Config.MaxPositionEmbeddings, options.BeforeBatch);
+    }
+
+    /// <summary>Loads the base once and every adapter on it.</summary>
+    /// <param name="options">What to serve.</param>
+    /// <param name="runtime">Device, dtype, threads.</param>
+    /// <param name="warn">Receives warnings (unknown config fields).</param>
+    public static ServedModel Load(ServingOptions options, RuntimeOptions runtime, Action<string>? warn = null)
+    {
+        options.Validate();
+        var names = options.Adapters.Select(a => a.Key).ToList();
+        if (names.Distinct().Count() != names.Count) throw new UserInputException($"--adapter: each adapter needs its own name; given: {string.Join(", ", names)}.");
+        var tokenizer = TokenizerLoader.Load(options.ModelDir);
+        var set = AdapterSet.Load(options.ModelDir, runtime);
+        try
+        {
+            var chat = new Dictionary<string, ChatFormat?> { [""] = Prompts.ChatFormatFor(options.ModelDir, null, options.ChatTemplate) };
+            foreach (var (name, dir) in options.Adapters)
+            {
+                set.Add(name, dir, warn);
+                chat[name] = Prompts.ChatFormatFor(options.ModelDir, dir, options.ChatTemplate);
+            }
+            return new ServedModel(options, runtime, set, tokenizer, chat);
+        }
+        catch
+        {
+            set.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The base's served name.</summary>
+    public string Name { get; }
+
+    /// <summary>What was loaded.</summary>
+    public ServingOptions Options { get; }
+
+    /// <summary>The queue and its worker (for its counts and for shutting down).</summary>
+    public BatchScheduler Scheduler { get; }
+
+    /// <summary>The adapters and the base.</summary>
+    public AdapterSet Adapters => _set;
+
+    /// <summary>Every served model id: the base's name, then <c>name:adapter</c> for each adapter.</summary>
+    public IReadOnlyList<string> ModelIds => _set.Adapters.Select(a => $"{Name}:{a.Name}").Prepend(Name).ToList();
+
+    /// <summary>The name a model folder is served under by default: the folder's name.</summary>
+    public static string DefaultName(string modelDir) =>
+        Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelDir))) is { Length: > 0 } n ? n : "model";
+
+    /// <summary>The adapter a model id names (null for the base); refused when it names nothing served.</summary>
+    public string? Resolve(string model)
+    {
+        if (model == Name) return null;
+        if (model.StartsWith(Name + ":", StringComparison.Ordinal) && _set.Adapters.Any(a => a.Name == model[(Name.Length + 1)..]))
+            return model[(Name.Length + 1)..];
+        throw new ServingException(ServingErrorKind.ModelNotFound, $"the model '{model}' is not served; served models: {string.Join(", ", ModelIds)}.", "model");
+    }
+
+    /// <summary>
+    /// Generates one reply: validates the request, queues it, and returns when it is done. <paramref name="onText"/>
+    /// receives the reply in pieces as it is generated (on the worker thread; keep it quick); the pieces concatenate to
+    /// the returned text. Cancelling <paramref name="cancel"/> drops the request (waiting or running).
+    /// </summary>
+    /// <exception cref="ServingException">Bad fields, an unknown model, a full queue, shutting down.</exception>
+    public async Task<Completion> CompleteAsync(CompletionRequest request, Action<string>? onText = null, CancellationToken cancel = default)
+    {
+        string? adapter = Resolve(request.Model);
+        var (row, reply, promptTokens) = Prepare(request, adapter, onText, cancel);
+        IReadOnlyList<int> tokens = await Scheduler.Submit(row).ConfigureAwait(false);
+        string finish;
+        lock (_tokenizerLock)
+        {
+            reply.Finish();
+            bool stoppedByToken = tokens.Count > 0 && row.Options.EosTokenIds.Contains(tokens[^1]);
+            finish = stoppedByToken || reply.Stopped || row.Options.StopWhen?.Invoke(tokens) == true || tokens.Count < row.Options.MaxNewTokens ? "stop" : "length";
+        }
+        return new Completion(reply.Text, finish, promptTokens, tokens.Count);
+    }
+
+    private (GenerationRow Row, ReplyText Reply, int PromptTokens) Prepare(CompletionRequest r, string? adapter, Action<string>? onText, CancellationToken cancel)
+    {
+        if (!(r.Temperature >= 0 && r.Temperature <= 2)) Invalid($"temperature must be between 0 and 2 (0 = greedy), got {r.Temperature}.", "temperature");
+        if (!(r.TopP > 0 && r.TopP <= 1)) Invalid($"top_p must be in (0, 1], got {r.TopP}.", "top_p");
+        if (r.Stop.Count > 4) Invalid($"stop takes at most 4 strings, got {r.Stop.Count}.", "stop");
+        if (r.Stop.Any(s => s.Length == 0)) Invalid("stop strings must not be empty.", "stop");
+        if (r.MaxTokens is { } asked && asked < 1) Invalid($"max_tokens must be at least 1, got {asked}.", "max_tokens");
+        if (r.MaxTokens > Options.MaxTokensLimit)
+            Invalid($"max_tokens is {r.MaxTokens}, over this server's limit of {Options.MaxTokensLimit} (--max-tokens-limit).", "max_tokens");
+        if ((r.Prompt is null) == (r.Messages is null)) Invalid("give either prompt (completions) or messages (chat completions).", r.Prompt is null ? "prompt" : "messages");
+
+        IReadOnlyList<int> ids;
+        IReadOnlyList<int> stopIds;
+        Func<IReadOnlyList<int>, string> render;
+        Func<IReadOnlyList<int>, bool>? templateStop = null;
+        IReadOnlyList<string> stopTexts = r.Stop;
+        lock (_tokenizerLock)
+        {
+            if (r.Messages is { } messages)
+            {
+                if (messages.Count == 0) Invalid("messages is empty; give at least one message.", "messages");
+                var format = _chat[adapter ?? ""]
+                    ?? throw new ServingException(ServingErrorKind.InvalidRequest, $"'{r.Model}' has no chat template (none in {_modelDir}/tokenizer_config.json{(adapter is null ? "" : " or recorded with the adapter")}); use /v1/completions, or start the server with --chat-template NAME|FILE.", "messages");
+                ChatPrompt chat;
+                try
+                {
+                    chat = Prompts.Chat(_tokenizer, format, messages);
+                }
+                catch (Exception e) when (e is UserInputException or ChatTemplateException)
+                {
+                    throw new ServingException(ServingErrorKind.InvalidRequest, $"messages: {e.Message}", "messages");
+                }
+                ids = chat.Ids;
+                stopIds = chat.StopIds;
+                render = tokens => chat.Reply(_tokenizer, tokens);
+                templateStop = chat.StopWhen(_tokenizer);
+                // A multi-token end-of-turn text also ends the streamed text, so it is never sent.
+                stopTexts = r.Stop.Concat(chat.StopTexts).ToList();
+            }
+            else
+            {
+                ids = r.Prompt!.Length == 0 && _tokenizer.BosTokenId is null
+                    ? throw new ServingException(ServingErrorKind.InvalidRequest, "prompt is empty and the model has no BOS token to start from; give a prompt.", "prompt")
+                    : Prompts.Ids(_tokenizer, r.Prompt);
+                stopIds = _tokenizer.EosTokenIds;
+                var stopSet = stopIds.ToHashSet();
+                render = tokens => _tokenizer.Decode(tokens.Where(t => !stopSet.Contains(t)));
+            }
+        }
+        int positions = _set.Model.Config.MaxPositionEmbeddings;
+        if (ids.Count >= positions)
+            Invalid($"the prompt is {ids.Count} tokens; the model holds {positions} positions, so no token is left to generate.", r.Messages is null ? "prompt" : "messages");
+        int maxTokens = r.MaxTokens ?? Math.Min(Options.MaxTokensLimit, positions - ids.Count);
+        if (ids.Count + maxTokens > positions)
+            Invalid($"the prompt ({ids.Count} tokens) + max_tokens ({maxTokens}) exceeds the model's {positions} positions; lower max_tokens to at most {positions - ids.Count}.", "max_tokens");
+
+        var reply = new ReplyText(render, stopTexts, onText);
+        var options = new GenerationOptions
+        {
+            MaxNewTokens = maxTokens,
+            Temperature = r.Temperature,
+            TopP = r.TopP,
+            Seed = r.Seed ?? Random.Shared.NextInt64(),
+            EosTokenIds = stopIds,
+            StopWhen = tokens => reply.Stopped || templateStop?.Invoke(tokens) == true,
+        };
+        var row = new GenerationRow(ids, adapter, options)
+        {
+            Cancellation = cancel,
+            OnToken = t =>
+            {
+                lock (_tokenizerLock) reply.Add(t);
+            },
+        };
+        return (row, reply, ids.Count);
+    }
+
+    private static void Invalid(string message, string param) => throw new ServingException(ServingErrorKind.InvalidRequest, message, param);
+
+    /// <summary>Stops the worker (cancelling what is left) and frees the model.</summary>
+    public void Dispose()
+    {
+        Scheduler.Dispose();
+        _set.Dispose();
+    }
+}
