@@ -53,8 +53,10 @@ internal static class TrainVerb
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
-        cmd.SetAction(r => CliErrors.Guard(() =>
+        cmd.SetAction(r => CliErrors.Guard(() => DistributedLaunch.Run(comm =>
         {
+            // Under mpirun every rank runs this; rank 0 alone shows progress and prints (the library writes on rank 0 only).
+            bool shows = comm is null || comm.Rank == 0;
             string dir = CliPaths.ModelDir(r.GetValue(model));
             var runtime = rt.Read(r);
             string? taskName = r.GetValue(task)?.Trim().ToLowerInvariant();
@@ -110,8 +112,9 @@ internal static class TrainVerb
                     Overwrite = r.GetValue(overwrite),
                     SeqLen = r.GetValue(seqLen),
                     Train = trainOptions,
+                    Communicator = comm,
                 };
-                summary = ProgressDisplay.Run($"train {creq.Method.Method} ({taskName})", obs => Classification.Train(creq, obs));
+                summary = shows ? ProgressDisplay.Run($"train {creq.Method.Method} ({taskName})", obs => Classification.Train(creq, obs)) : Classification.Train(creq);
             }
             else
             {
@@ -131,15 +134,17 @@ internal static class TrainVerb
                     Pack = r.GetValue(pack),
                     GradCheckpoint = r.GetValue(gradCheckpoint),
                     Train = trainOptions,
+                    Communicator = comm,
                 };
-                summary = ProgressDisplay.Run($"train {req.Method.Method}", obs => FineTuning.Run(req, obs));
+                summary = shows ? ProgressDisplay.Run($"train {req.Method.Method}", obs => FineTuning.Run(req, obs)) : FineTuning.Run(req);
             }
+            if (!shows) return 0;
             string I(double? v) => v is { } x && !double.IsNaN(x) ? x.ToString("0.0000", CultureInfo.InvariantCulture) : "-";
             string extra = summary.FinalEvalMetrics is { Count: > 0 } m ? "; " + string.Join(", ", m.Select(kv => $"{kv.Key} {I(kv.Value)}")) : "";
             Console.Out.WriteLine($"done: {summary.Steps} steps in {summary.WallSeconds:0.0}s; train loss {I(summary.FinalTrainLoss)}, eval loss {I(summary.FinalEvalLoss)}, eval accuracy {(summary.FinalEvalAccuracy is { } a ? a.ToString("P1", CultureInfo.InvariantCulture) : "-")}{extra}");
             Console.Out.WriteLine($"adapter: {Path.GetFullPath(outDir)} (PEFT format); plot: {Path.Combine(outDir, LossPlot.FileName)}");
             return 0;
-        }));
+        })));
         return cmd;
     }
 }

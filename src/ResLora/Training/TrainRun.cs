@@ -56,4 +56,10 @@ public sealed record TrainRunSpec
     /// with each checkpoint with <see cref="TrainOptions.ResumeSettings"/>.
     /// </summary>
     public IReadOnlyDictionary<string, string> ResumeSettings { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>
+    /// The ranks of a data-parallel job (null: one process). Every rank runs the loop; rank 0 alone evaluates and writes
+    /// metrics, checkpoints, the adapter and the summary. A resume reads the checkpoint on every rank (a shared --out).
+    /// </summary>
+    public Distributed.ICommunicator? Communicator { get; init; }
 }
