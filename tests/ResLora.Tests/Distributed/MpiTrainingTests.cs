@@ -138,3 +138,48 @@ public sealed class MpiTrainingTests : IDisposable
         throw new InvalidOperationException($"no process of rank {rank} found");
     }
 }
+
+/// <summary>What a launch without a usable MPI library, and the launcher environment, do (no mpirun needed).</summary>
+public sealed class MpiLaunchTests
+{
+    [Fact]
+    public void MissingMpiLibrary_UnderALauncher_IsOneLineSayingHowToInstall()
+    {
+        string dir = TestDirs.InMemory("reslora-nompi-");
+        try
+        {
+            string model = CliHarness.ModelFolder(Path.Combine(dir, "model"));
+            string data = CliHarness.Data(Path.Combine(dir, "train.jsonl"), 8, 1);
+            var env = new Dictionary<string, string>
+            {
+                ["OMPI_COMM_WORLD_SIZE"] = "2", ["OMPI_COMM_WORLD_RANK"] = "0",
+                ["RESLORA_MPI_LIBRARY"] = Path.Combine(dir, "no-such-libmpi.so"),
+            };
+            var (rc, output) = MpiHarness.Run(MpiHarness.Cli, new[] { "train", "--model", model, "--data", data, "--out", Path.Combine(dir, "out"), "--steps", "2" }.Concat(CliHarness.Templates), env);
+            Assert.Equal(2, rc);
+            var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            Assert.Single(lines);
+            Assert.StartsWith("error: MPI launch detected but RESLORA_MPI_LIBRARY=", lines[0]);
+            Assert.Contains("apt-get install openmpi-bin libopenmpi-dev", lines[0]);
+            Assert.False(Directory.Exists(Path.Combine(dir, "out")), "nothing is written before MPI is joined");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void LaunchEnvironment_OpenMpiThenPmi_NoneForAPlainProcess()
+    {
+        Dictionary<string, string> env = new();
+        string? Get(string k) => env.TryGetValue(k, out var v) ? v : null;
+        Assert.Null(ResLora.Training.Distributed.MpiCommunicator.DetectLaunch(Get));
+        env = new() { ["PMI_SIZE"] = "4", ["PMI_RANK"] = "3" };
+        Assert.Equal(new ResLora.Training.Distributed.MpiLaunch(3, 4, "PMI_SIZE"), ResLora.Training.Distributed.MpiCommunicator.DetectLaunch(Get));
+        env = new() { ["OMPI_COMM_WORLD_SIZE"] = "2", ["OMPI_COMM_WORLD_RANK"] = "1", ["PMI_SIZE"] = "9" };
+        Assert.Equal(new ResLora.Training.Distributed.MpiLaunch(1, 2, "OMPI_COMM_WORLD_SIZE"), ResLora.Training.Distributed.MpiCommunicator.DetectLaunch(Get));
+        env = new() { ["OMPI_COMM_WORLD_SIZE"] = "2", ["OMPI_COMM_WORLD_RANK"] = "2" };
+        Assert.Throws<UserInputException>(() => ResLora.Training.Distributed.MpiCommunicator.DetectLaunch(Get));
+    }
+}
