@@ -152,7 +152,8 @@ public sealed class MpiLaunchTests
             string data = CliHarness.Data(Path.Combine(dir, "train.jsonl"), 8, 1);
             var env = new Dictionary<string, string>
             {
-                ["OMPI_COMM_WORLD_SIZE"] = "2", ["OMPI_COMM_WORLD_RANK"] = "0",
+                ["OMPI_COMM_WORLD_SIZE"] = "2",
+                ["OMPI_COMM_WORLD_RANK"] = "0",
                 ["RESLORA_MPI_LIBRARY"] = Path.Combine(dir, "no-such-libmpi.so"),
             };
             var (rc, output) = MpiHarness.Run(MpiHarness.Cli, new[] { "train", "--model", model, "--data", data, "--out", Path.Combine(dir, "out"), "--steps", "2" }.Concat(CliHarness.Templates), env);
