@@ -70,7 +70,11 @@ public sealed class MpiTrainingTests : IDisposable
                 foreach (var field in module.Value.EnumerateObject())
                     MpiHarness.Close(field.Value.GetDouble(), c2.RootElement.GetProperty("statistics").GetProperty(module.Name).GetProperty(field.Name).GetDouble(), Rel, Abs, $"{name} statistics {module.Name}.{field.Name}");
         if (c1.RootElement.TryGetProperty("rank_pattern", out var r1))
+        {
+            if (name == "adalora") Assert.Contains("false", r1.GetRawText()); // the allocator masked ranks: not a vacuous comparison
             Assert.Equal(r1.GetRawText(), c2.RootElement.GetProperty("rank_pattern").GetRawText());
+        }
+        if (name == "reslora-is") Assert.NotEmpty(c1.RootElement.GetProperty("statistics").EnumerateObject());
         Assert.False(Directory.Exists(Path.Combine(two, "rank1")));
     }
 
