@@ -148,6 +148,8 @@ public static class TrainLoop
             MeanStepSeconds = ran > 0 ? clock.Elapsed.TotalSeconds / ran : 0,
             PeakRssBytes = Process.GetCurrentProcess().PeakWorkingSet64,
             ResumedFromStep = startStep > 0 ? startStep : null,
+            Ranks = comm?.Size,
+            AllReduceBytesPerStep = comm is null ? null : trainer.LastAllReducedBytes,
             Curve = curve,
             Evals = evals,
         };

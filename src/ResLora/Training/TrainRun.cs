@@ -32,6 +32,10 @@ public sealed record TrainSummary
     [JsonPropertyName("mean_step_seconds")] public double MeanStepSeconds { get; init; }
     [JsonPropertyName("peak_rss_bytes")] public long PeakRssBytes { get; init; }
     [JsonPropertyName("resumed_from_step")] public int? ResumedFromStep { get; init; }
+    /// <summary>The ranks of a data-parallel run (absent for one process).</summary>
+    [JsonPropertyName("ranks")] public int? Ranks { get; init; }
+    /// <summary>Bytes each rank all-reduced in its last step: gradients, method statistics, loss sums (data-parallel runs).</summary>
+    [JsonPropertyName("allreduce_bytes_per_step")] public long? AllReduceBytesPerStep { get; init; }
     [JsonIgnore] public IReadOnlyList<StepReport> Curve { get; init; } = Array.Empty<StepReport>();
     [JsonIgnore] public IReadOnlyList<EvalReport> Evals { get; init; } = Array.Empty<EvalReport>();
 }

@@ -227,7 +227,7 @@ public sealed class Trainer
             }
             total?.backward();
         }
-        LastAllReducedBytes = DataParallel.AllReduceGradients(_params, comm, BucketElements);
+        LastAllReducedBytes = _o.GradAccum * sums.Length * sizeof(double) + DataParallel.AllReduceGradients(_params, comm, BucketElements);
         foreach (var s in _sharded)
         {
             var stats = s.PartialStatistics();
