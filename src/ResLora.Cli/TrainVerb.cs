@@ -28,7 +28,7 @@ internal static class TrainVerb
         var gradCheckpoint = new Option<bool>("--grad-checkpoint") { Description = "Activation checkpointing per decoder layer: keeps one input per layer instead of every activation, recomputes each layer in backward (its forward runs twice). Exact with dropout; refused for ResLoRA is/ms." };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps (0: use --epochs).", DefaultValueFactory = _ => 200 };
         var epochs = new Option<double>("--epochs") { Description = "Epochs over the training data when --steps is 0.", DefaultValueFactory = _ => 0 };
-        var batch = new Option<int>("--batch-size") { Description = "Sequences per micro-batch.", DefaultValueFactory = _ => 8 };
+        var batch = new Option<int>("--batch-size") { Description = "Sequences per micro-batch; under mpirun the global micro-batch, shared among the ranks.", DefaultValueFactory = _ => 8 };
         var accum = new Option<int>("--grad-accum") { Description = "Micro-batches per optimizer step.", DefaultValueFactory = _ => 1 };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate (AdamW).", DefaultValueFactory = _ => 2e-4 };
         var wd = new Option<double>("--weight-decay") { Description = "AdamW decoupled weight decay.", DefaultValueFactory = _ => 0.0 };
