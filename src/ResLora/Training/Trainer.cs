@@ -182,7 +182,7 @@ public sealed class Trainer
     /// rows (<see cref="DataParallel.ShardRows"/>). Per micro-batch the ranks sum (loss sum, loss items, input tokens), so
     /// each knows the global mean (the NaN guard stops every rank together) and weights its loss by items_r/N; the extra
     /// loss terms, computed from the identical parameters on every rank, count 1/ranks each. Then one bucketed all-reduce
-    /// of the gradients and of the method statistics, and the same update as one process (clipping and the hooks see the
+    /// of the gradients with the method statistics, and the same update as one process (clipping and the hooks see the
     /// summed gradients, so AdaLoRA's sensitivities and RefLoRA's refactoring agree on every rank).
     /// </summary>
     private (double Loss, long Tokens, long InputTokens) ShardedStep(ICommunicator comm, optim.Optimizer optimizer, ITrainBatchSource data, int step, int totalSteps)
@@ -227,13 +227,15 @@ public sealed class Trainer
             }
             total?.backward();
         }
-        LastAllReducedBytes = _o.GradAccum * sums.Length * sizeof(double) + DataParallel.AllReduceGradients(_params, comm, BucketElements);
-        foreach (var s in _sharded)
+        // The method statistics ride in the gradients' first buffer (float32 is ample for sums of squared norms).
+        var partials = _sharded.Select(s => s.PartialStatistics()).ToList();
+        var alongside = partials.SelectMany(x => x).Select(v => (float)v).ToArray();
+        LastAllReducedBytes = _o.GradAccum * sums.Length * sizeof(double) + DataParallel.AllReduceGradients(_params, comm, BucketElements, alongside);
+        int at = 0;
+        for (int i = 0; i < _sharded.Count; i++)
         {
-            var stats = s.PartialStatistics();
-            comm.AllReduceSum(stats);
-            s.CompleteShardedStep(stats);
-            LastAllReducedBytes += stats.Length * sizeof(double);
+            _sharded[i].CompleteShardedStep(alongside.AsSpan(at, partials[i].Length).ToArray().Select(v => (double)v).ToArray());
+            at += partials[i].Length;
         }
         Update(optimizer, step, totalSteps);
         return (lossSum / _o.GradAccum, tokens, inputTokens);

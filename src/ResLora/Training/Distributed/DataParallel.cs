@@ -67,33 +67,45 @@ public static class DataParallel
     /// <summary>
     /// Sums the gradients of <paramref name="parameters"/> over all ranks in place: packed in parameter order into float32
     /// buffers of at most <paramref name="bucketElements"/> (a parameter larger than that is a bucket of its own), one
-    /// all-reduce per bucket, unpacked in each gradient's dtype. A parameter without a gradient contributes zeros and
-    /// stays without one only when it has none on every rank. Returns the number of bytes all-reduced.
+    /// all-reduce per bucket, unpacked in each gradient's dtype. The first buffer also carries one has-a-gradient flag per
+    /// parameter and <paramref name="alongside"/> (summed in place too), so a small adapter costs one MPI call per step.
+    /// A parameter without a gradient contributes zeros, and has one afterwards when any rank's had one (a rank whose
+    /// shard was empty has none), as in one process over the whole batch. Returns the number of bytes all-reduced.
     /// </summary>
-    public static long AllReduceGradients(IReadOnlyList<Parameter> parameters, ICommunicator comm, int bucketElements = DefaultBucketElements)
+    public static long AllReduceGradients(IReadOnlyList<Parameter> parameters, ICommunicator comm, int bucketElements = DefaultBucketElements, Span<float> alongside = default)
     {
-        // A rank whose shard was empty (an epoch's last batch smaller than the job) has no gradients yet; a parameter has one
-        // after the step when any rank's has, as in one process over the whole batch.
-        var has = parameters.Select(p => p.grad is null ? 0.0f : 1.0f).ToArray();
-        comm.AllReduceSum(has);
-        for (int i = 0; i < parameters.Count; i++)
-            if (has[i] > 0 && parameters[i].grad is null) parameters[i].grad = torch.zeros_like(parameters[i]);
-        long bytes = has.Length * sizeof(float);
-        foreach (var bucket in Buckets(parameters.Select(p => p.numel()).ToList(), bucketElements))
+        long bytes = 0;
+        var buckets = Buckets(parameters.Select(p => p.numel()).ToList(), bucketElements);
+        float[] flags = Array.Empty<float>();
+        for (int b = 0; b < buckets.Count; b++)
         {
             using var scope = torch.NewDisposeScope();
-            var members = bucket.Select(i => parameters[i]).ToList();
-            var flat = torch.cat(members.Select(p => p.grad is { } g
+            var members = buckets[b].Select(i => parameters[i]).ToList();
+            var parts = members.Select(p => p.grad is { } g
                 ? g.detach().flatten().to(ScalarType.Float32, torch.CPU)
-                : torch.zeros(p.numel(), ScalarType.Float32)).ToArray()).contiguous(); // (Σ numel,)
+                : torch.zeros(p.numel(), ScalarType.Float32)).ToList();
+            int head = b == 0 ? parameters.Count + alongside.Length : 0;
+            if (b == 0)
+            {
+                var extra = parameters.Select(p => p.grad is null ? 0.0f : 1.0f).Concat(alongside.ToArray()).ToArray();
+                parts.Insert(0, torch.tensor(extra));
+            }
+            var flat = torch.cat(parts.ToArray()).contiguous(); // (head + Σ numel,)
             var span = MemoryMarshal.Cast<byte, float>(flat.bytes);
             comm.AllReduceSum(span);
             flat.bytes = MemoryMarshal.AsBytes(span); // a no-op when the span is the tensor's own memory
             bytes += span.Length * sizeof(float);
-            long offset = 0;
-            foreach (var p in members)
+            if (b == 0)
             {
+                flags = span[..parameters.Count].ToArray();
+                span.Slice(parameters.Count, alongside.Length).CopyTo(alongside);
+            }
+            long offset = head;
+            foreach (var i in buckets[b])
+            {
+                var p = parameters[i];
                 long n = p.numel();
+                if (p.grad is null && flags[i] > 0) p.grad = torch.zeros_like(p).DetachFromDisposeScope();
                 if (p.grad is { } g)
                     using (torch.no_grad())
                         g.copy_(flat.narrow(0, offset, n).view(g.shape).to(g.dtype, g.device));
