@@ -44,8 +44,8 @@ PY
 }
 
 COMMON=(--model "$MODEL" --data "$OUT/train.jsonl" --steps "$STEPS" --log-every 1 --eval-fraction 0 --threads 1 --save-every 0 --lr 1e-3)
-echo "| method | trainable params | all-reduced per step | max rel. loss diff 2 ranks vs 1 | step 1 proc (s) | step 2 ranks, same batch (s) | strong eff. | step 2 ranks, 2x batch (s) | weak eff. |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| method | trainable params | all-reduced per step | max rel. loss diff 2 ranks vs 1 | step 1 proc (s) | step 2 ranks, same batch (s) | of it in all-reduce (s) | strong eff. | step 2 ranks, 2x batch (s) | weak eff. |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for m in $METHODS; do
   # shellcheck disable=SC2046
   $RESLORA train "${COMMON[@]}" --batch-size "$BATCH" $(method_args "$m") --out "$OUT/$m-1" > "$OUT/$m-1.log" 2>&1
@@ -58,11 +58,12 @@ for m in $METHODS; do
   t1=$(field "$OUT/$m-1/train_summary.json" mean_step_seconds)
   t2=$(field "$OUT/$m-2/train_summary.json" mean_step_seconds)
   t2w=$(field "$OUT/$m-2w/train_summary.json" mean_step_seconds)
+  tar=$(field "$OUT/$m-2/train_summary.json" allreduce_seconds_per_step)
   python3 -c "
 import sys
-p, b, t1, t2, t2w, d = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
-print(f'| {sys.argv[7]} | {p:,} | {b / 1024:,.1f} KiB | {d} | {t1:.4f} | {t2:.4f} | {t1 / (2 * t2):.0%} | {t2w:.4f} | {t1 / t2w:.0%} |')
-" "$p" "$bytes" "$t1" "$t2" "$t2w" "$(maxdiff "$OUT/$m-1" "$OUT/$m-2")" "$m"
+p, b, t1, t2, t2w, d, tar = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), sys.argv[6], float(sys.argv[8])
+print(f'| {sys.argv[7]} | {p:,} | {b / 1024:,.1f} KiB | {d} | {t1:.4f} | {t2:.4f} | {tar:.4f} | {t1 / (2 * t2):.0%} | {t2w:.4f} | {t1 / t2w:.0%} |')
+" "$p" "$bytes" "$t1" "$t2" "$t2w" "$(maxdiff "$OUT/$m-1" "$OUT/$m-2")" "$m" "$tar"
 done
 
 # The 1B presets: LoRA r on q,k,v,o has r·(in + out) parameters per projection; float32 gradients, 4 bytes each.

@@ -78,11 +78,12 @@ public static class TrainLoop
 
         observer.OnStart(total, startStep);
         var clock = Stopwatch.StartNew();
-        double lossAcc = 0; long tokAcc = 0; int accSteps = 0; double windowStart = 0;
+        double lossAcc = 0; long tokAcc = 0; int accSteps = 0; double windowStart = 0, mpiSeconds = 0;
         double lastLoss = savedLastLoss ?? (curve.Count > 0 ? curve[^1].Loss : double.NaN);
         for (int step = startStep + 1; step <= total; step++)
         {
             var (loss, _, inputTokens) = trainer.Step(optimizer, data, step, total);
+            mpiSeconds += trainer.LastAllReduceSeconds;
             lossAcc += loss; tokAcc += inputTokens; accSteps++;
             lastLoss = loss;
             if (step % o.LogEvery == 0 || step == total)
@@ -150,6 +151,7 @@ public static class TrainLoop
             ResumedFromStep = startStep > 0 ? startStep : null,
             Ranks = comm?.Size,
             AllReduceBytesPerStep = comm is null ? null : trainer.LastAllReducedBytes,
+            AllReduceSecondsPerStep = comm is null ? null : ran > 0 ? mpiSeconds / ran : 0,
             Curve = curve,
             Evals = evals,
         };

@@ -36,6 +36,8 @@ public sealed record TrainSummary
     [JsonPropertyName("ranks")] public int? Ranks { get; init; }
     /// <summary>Bytes each rank all-reduced in its last step: gradients, method statistics, loss sums (data-parallel runs).</summary>
     [JsonPropertyName("allreduce_bytes_per_step")] public long? AllReduceBytesPerStep { get; init; }
+    /// <summary>Rank 0's mean seconds per step inside all-reduce calls (transfer and waiting for the other ranks).</summary>
+    [JsonPropertyName("allreduce_seconds_per_step")] public double? AllReduceSecondsPerStep { get; init; }
     [JsonIgnore] public IReadOnlyList<StepReport> Curve { get; init; } = Array.Empty<StepReport>();
     [JsonIgnore] public IReadOnlyList<EvalReport> Evals { get; init; } = Array.Empty<EvalReport>();
 }

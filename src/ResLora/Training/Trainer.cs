@@ -99,6 +99,9 @@ public sealed class Trainer
     /// <summary>Bytes of gradients the last data-parallel step all-reduced (0 in one process).</summary>
     public long LastAllReducedBytes { get; private set; }
 
+    /// <summary>Seconds the last data-parallel step spent in all-reduce calls, waiting for the slowest rank included.</summary>
+    public double LastAllReduceSeconds { get; private set; }
+
     public IReadOnlyList<Parameter> TrainableParameters => _params;
 
     public optim.Optimizer CreateOptimizer() =>
@@ -194,6 +197,7 @@ public sealed class Trainer
         double lossSum = 0;
         long tokens = 0, inputTokens = 0;
         var sums = new double[3];
+        var inMpi = new Stopwatch();
         for (int micro = 0; micro < _o.GradAccum; micro++)
         {
             foreach (var s in _sharded) s.BeginMicroBatch(micro);
@@ -212,7 +216,9 @@ public sealed class Trainer
                 sums[1] = n;
                 sums[2] = shard.AttentionMask.sum().item<long>();
             }
+            inMpi.Start();
             comm.AllReduceSum(sums);
+            inMpi.Stop();
             double globalLoss = DataParallel.GlobalMean(sums[0], sums[1]);
             if (!double.IsFinite(globalLoss))
                 throw new AgreedStopException($"training loss became {globalLoss} at step {step} (on at least one of {comm.Size} ranks); every rank stopped before updating. The last good checkpoint is intact. Lower --lr, raise --warmup-steps, or use --dtype float32.");
@@ -230,7 +236,10 @@ public sealed class Trainer
         // The method statistics ride in the gradients' first buffer (float32 is ample for sums of squared norms).
         var partials = _sharded.Select(s => s.PartialStatistics()).ToList();
         var alongside = partials.SelectMany(x => x).Select(v => (float)v).ToArray();
+        inMpi.Start();
         LastAllReducedBytes = _o.GradAccum * sums.Length * sizeof(double) + DataParallel.AllReduceGradients(_params, comm, BucketElements, alongside);
+        inMpi.Stop();
+        LastAllReduceSeconds = inMpi.Elapsed.TotalSeconds;
         int at = 0;
         for (int i = 0; i < _sharded.Count; i++)
         {
