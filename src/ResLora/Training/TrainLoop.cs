@@ -76,6 +76,7 @@ public static class TrainLoop
                 if (File.Exists(f)) File.Delete(f);
         }
 
+        if (comm is not null) Distributed.DataParallel.CheckSameStart(comm, startStep, trainer.TrainableParameters);
         observer.OnStart(total, startStep);
         var clock = Stopwatch.StartNew();
         double lossAcc = 0; long tokAcc = 0; int accSteps = 0; double windowStart = 0, mpiSeconds = 0;

@@ -104,6 +104,27 @@ public sealed class DataParallelTests
         }
     }
 
+    [Fact]
+    public void CheckSameStart_RefusesARankThatStartsElsewhere()
+    {
+        var group = new ThreadGroup(2);
+        group.Run(comm =>
+        {
+            using var p = new TorchSharp.Modules.Parameter(torch.ones(3));
+            DataParallel.CheckSameStart(comm, 5, new[] { p }); // the same on both: passes
+            return 0;
+        });
+        var e = Assert.Throws<AggregateException>(() => new ThreadGroup(2).Run(comm =>
+        {
+            using var p = new TorchSharp.Modules.Parameter(torch.ones(3) * (comm.Rank + 1)); // rank 1 read other weights
+            DataParallel.CheckSameStart(comm, 5, new[] { p });
+            return 0;
+        }));
+        var inner = Assert.IsType<UserInputException>(e.InnerException);
+        Assert.Contains("rank 1 starts at step 5", inner.Message);
+        Assert.Contains("a file system all ranks share", inner.Message);
+    }
+
     /// <summary>
     /// Two ranks on threads against one process, ResLoRA-is with grad accumulation and a batch whose last micro-batch leaves
     /// a rank without rows: the same losses, the same adapter weights and the same norm windows (summed over the ranks).

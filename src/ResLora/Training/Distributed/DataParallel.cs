@@ -115,6 +115,31 @@ public static class DataParallel
         return bytes;
     }
 
+    /// <summary>
+    /// Checks that this rank starts where rank 0 does: the same step and the same trainable parameters (a checksum to
+    /// 1e-6, as ranks may sum with different thread counts). Ranks that read different model files, or an --out folder
+    /// that is not shared (rank 0 resumes, another starts afresh), would otherwise train apart without a word.
+    /// </summary>
+    public static void CheckSameStart(ICommunicator comm, int step, IReadOnlyList<Parameter> parameters)
+    {
+        double sum = 0, abs = 0;
+        using (torch.no_grad())
+            foreach (var p in parameters)
+            {
+                using var f = p.detach().to(ScalarType.Float64, torch.CPU);
+                using var s = f.sum();
+                using var a = f.abs().sum();
+                sum += s.item<double>();
+                abs += a.item<double>();
+            }
+        var mine = new[] { step, sum, abs };
+        var root = (double[])mine.Clone();
+        comm.Broadcast(MemoryMarshal.AsBytes(root.AsSpan()), 0);
+        bool same = root[0] == mine[0] && Math.Abs(root[1] - mine[1]) <= 1e-6 * (1 + root[2]) && Math.Abs(root[2] - mine[2]) <= 1e-6 * (1 + root[2]);
+        if (!same)
+            throw new UserInputException($"rank {comm.Rank} starts at step {step} with adapter checksum {sum:G9}, rank 0 at step {root[0]} with {root[1]:G9}: every rank must read the same --model and data, and the same --out (on a file system all ranks share, for --resume).");
+    }
+
     /// <summary>Consecutive index groups whose element counts sum to at most <paramref name="limit"/> (a larger item alone).</summary>
     public static IReadOnlyList<IReadOnlyList<int>> Buckets(IReadOnlyList<long> sizes, long limit)
     {
