@@ -117,6 +117,44 @@ public sealed class MpiTrainingTests : IDisposable
     }
 
     [MpiFact]
+    public void OneProcessCheckpoint_ResumedOnTwoRanks_ContinuesTheSameCurve()
+    {
+        var (model, data) = Fixture();
+        string reference = Path.Combine(_dir, "ref"), run = Path.Combine(_dir, "run");
+        var more = new[] { "--schedule", "linear", "--grad-accum", "2" };
+        var (rc, o, e) = CliHarness.Run(new[] { "train" }.Concat(TrainArgs(model, data, reference, 12, Array.Empty<string>(), more)).ToArray());
+        Assert.True(rc == 0, o + e);
+        // The same run in one process through the library function behind the verb, interrupted at step 8 (checkpoint at 6).
+        var req = new ResLora.Pipelines.FineTuneRequest
+        {
+            ModelDir = model,
+            DataPath = data,
+            EvalFraction = 0,
+            Templates = new ResLora.Training.DataTemplates("{Body}", " {Answer}"),
+            Method = new ResLora.Adapters.MethodSpec(),
+            Runtime = new RuntimeOptions { Threads = 1 },
+            Train = new ResLora.Training.TrainOptions { Steps = 12, BatchSize = 8, GradAccum = 2, LearningRate = 3e-3, LogEvery = 1, SaveEvery = 6, Schedule = "linear" },
+            OutDir = run,
+        };
+        Assert.Throws<OperationCanceledException>(() => ResLora.Pipelines.FineTuning.Run(req, new StopAt(8)));
+
+        var (rc2, output) = MpiHarness.Train(2, TrainArgs(model, data, run, 12, Array.Empty<string>(), more.Append("--resume").ToArray()));
+        Assert.True(rc2 == 0, output);
+        Assert.Contains("resuming from step 6", output);
+        var (want, got) = (MpiHarness.Losses(reference), MpiHarness.Losses(run));
+        Assert.Equal(want.Keys, got.Keys);
+        foreach (var (step, loss) in want) MpiHarness.Close(loss, got[step], Rel, Abs, $"loss at step {step}");
+    }
+
+    private sealed class StopAt(int step) : ResLora.Training.ITrainObserver
+    {
+        public void OnStep(ResLora.Training.StepReport report)
+        {
+            if (report.Step == step) throw new OperationCanceledException($"stopped at step {step}");
+        }
+    }
+
+    [MpiFact]
     public void NaNLoss_StopsEveryRankTogether_WithOneMessage()
     {
         string model = CliHarness.ModelFolder(Path.Combine(_dir, "model"), p => p["model.embed_tokens.weight"].fill_(double.NaN));
