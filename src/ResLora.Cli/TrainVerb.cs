@@ -28,7 +28,7 @@ internal static class TrainVerb
         var gradCheckpoint = new Option<bool>("--grad-checkpoint") { Description = "Activation checkpointing per decoder layer: keeps one input per layer instead of every activation, recomputes each layer in backward (its forward runs twice). Exact with dropout; refused for ResLoRA is/ms." };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps (0: use --epochs).", DefaultValueFactory = _ => 200 };
         var epochs = new Option<double>("--epochs") { Description = "Epochs over the training data when --steps is 0.", DefaultValueFactory = _ => 0 };
-        var batch = new Option<int>("--batch-size") { Description = "Sequences per micro-batch.", DefaultValueFactory = _ => 8 };
+        var batch = new Option<int>("--batch-size") { Description = "Sequences per micro-batch; under mpirun the global micro-batch, shared among the ranks.", DefaultValueFactory = _ => 8 };
         var accum = new Option<int>("--grad-accum") { Description = "Micro-batches per optimizer step.", DefaultValueFactory = _ => 1 };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate (AdamW).", DefaultValueFactory = _ => 2e-4 };
         var wd = new Option<double>("--weight-decay") { Description = "AdamW decoupled weight decay.", DefaultValueFactory = _ => 0.0 };
@@ -53,8 +53,10 @@ internal static class TrainVerb
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
-        cmd.SetAction(r => CliErrors.Guard(() =>
+        cmd.SetAction(r => CliErrors.Guard(() => DistributedLaunch.Run(comm =>
         {
+            // Under mpirun every rank runs this; rank 0 alone shows progress and prints (the library writes on rank 0 only).
+            bool shows = comm is null || comm.Rank == 0;
             string dir = CliPaths.ModelDir(r.GetValue(model));
             var runtime = rt.Read(r);
             string? taskName = r.GetValue(task)?.Trim().ToLowerInvariant();
@@ -110,8 +112,9 @@ internal static class TrainVerb
                     Overwrite = r.GetValue(overwrite),
                     SeqLen = r.GetValue(seqLen),
                     Train = trainOptions,
+                    Communicator = comm,
                 };
-                summary = ProgressDisplay.Run($"train {creq.Method.Method} ({taskName})", obs => Classification.Train(creq, obs));
+                summary = shows ? ProgressDisplay.Run($"train {creq.Method.Method} ({taskName})", obs => Classification.Train(creq, obs)) : Classification.Train(creq);
             }
             else
             {
@@ -131,15 +134,17 @@ internal static class TrainVerb
                     Pack = r.GetValue(pack),
                     GradCheckpoint = r.GetValue(gradCheckpoint),
                     Train = trainOptions,
+                    Communicator = comm,
                 };
-                summary = ProgressDisplay.Run($"train {req.Method.Method}", obs => FineTuning.Run(req, obs));
+                summary = shows ? ProgressDisplay.Run($"train {req.Method.Method}", obs => FineTuning.Run(req, obs)) : FineTuning.Run(req);
             }
+            if (!shows) return 0;
             string I(double? v) => v is { } x && !double.IsNaN(x) ? x.ToString("0.0000", CultureInfo.InvariantCulture) : "-";
             string extra = summary.FinalEvalMetrics is { Count: > 0 } m ? "; " + string.Join(", ", m.Select(kv => $"{kv.Key} {I(kv.Value)}")) : "";
             Console.Out.WriteLine($"done: {summary.Steps} steps in {summary.WallSeconds:0.0}s; train loss {I(summary.FinalTrainLoss)}, eval loss {I(summary.FinalEvalLoss)}, eval accuracy {(summary.FinalEvalAccuracy is { } a ? a.ToString("P1", CultureInfo.InvariantCulture) : "-")}{extra}");
             Console.Out.WriteLine($"adapter: {Path.GetFullPath(outDir)} (PEFT format); plot: {Path.Combine(outDir, LossPlot.FileName)}");
             return 0;
-        }));
+        })));
         return cmd;
     }
 }

@@ -62,6 +62,8 @@ public sealed record ClassifierTrainRequest
     public bool Resume { get; init; }
     /// <summary>Replace what <see cref="OutDir"/> holds (an adapter folder, or a previous run) instead of refusing.</summary>
     public bool Overwrite { get; init; }
+    /// <summary>The ranks of a data-parallel job (null: one process); see <see cref="TrainRunSpec.Communicator"/>.</summary>
+    public Training.Distributed.ICommunicator? Communicator { get; init; }
 }
 
 /// <summary>
@@ -142,11 +144,14 @@ public static class Classification
         var setup = AdapterMethods.Build(method with { TotalSteps = req.Train.TotalSteps(train.Count) });
         if (setup.PrepareBase is not null)
             throw new UserInputException($"--method {method.Method}: its base-model transform (RoLoRA's rotation) is implemented for LLaMA-family decoders, not for encoders; use lora, dora, reslora, reflora, adalora, loha, lokr or ia3.");
-        FineTuning.PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
-        using var runLock = RunLock.Acquire(req.OutDir);
-        int removed = AtomicFile.RemoveLeftovers(req.OutDir); // under the lock: no writer is active there
+        // In a data-parallel job rank 0 alone checks, locks and writes --out; the others wait until it has.
+        bool writes = req.Communicator is null || req.Communicator.Rank == 0;
+        if (writes) FineTuning.PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
+        using var runLock = writes ? RunLock.Acquire(req.OutDir) : null;
+        int removed = writes ? AtomicFile.RemoveLeftovers(req.OutDir) : 0; // under the lock: no writer is active there
         if (removed > 0)
             observer.OnMessage($"removed {removed} temporary file(s) left in {req.OutDir} by an interrupted run");
+        req.Communicator?.Barrier();
 
         torch.manual_seed(req.Train.Seed);
         using var gen = new torch.Generator((ulong)req.Train.Seed);
@@ -184,7 +189,8 @@ public static class Classification
             Method = config.Method,
             Resume = req.Resume,
             ResumeSettings = new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture) },
-            Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks),
+            Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks).Append(plan.Builder),
+            Communicator = req.Communicator,
             SaveWeights = dir =>
             {
                 var snapshot = plan.Builder is IConfigSnapshot snap ? snap.SnapshotConfig() with { TaskType = config.TaskType, ModulesToSave = config.ModulesToSave, BaseModelNameOrPath = config.BaseModelNameOrPath } : config;

@@ -26,6 +26,8 @@ public sealed record FineTuneRequest
     public bool GradCheckpoint { get; init; }
     /// <summary>Replace what <see cref="OutDir"/> holds (an adapter folder, or a previous run) instead of refusing.</summary>
     public bool Overwrite { get; init; }
+    /// <summary>The ranks of a data-parallel job (null: one process); see <see cref="TrainRunSpec.Communicator"/>.</summary>
+    public Training.Distributed.ICommunicator? Communicator { get; init; }
 }
 
 /// <summary>The library function behind <c>reslora train</c>: model + adapter plan + data → trained adapter folder.</summary>
@@ -44,17 +46,22 @@ public static class FineTuning
         // shortens epoch-based runs, so AdaLoRA's schedule uses the unpacked count.
         var setup = AdapterMethods.Build(req.Method with { TotalSteps = req.Train.TotalSteps(train.Count) });
         if (req.GradCheckpoint) CheckGradCheckpoint(setup.Config, req.Runtime);
-        PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
-        using var runLock = RunLock.Acquire(req.OutDir); // one run per folder, for the run's lifetime
-        int removed = AtomicFile.RemoveLeftovers(req.OutDir); // under the lock: no writer is active there
+        // In a data-parallel job rank 0 alone checks, locks and writes --out; the others wait until it has.
+        bool writes = req.Communicator is null || req.Communicator.Rank == 0;
+        if (writes) PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
+        using var runLock = writes ? RunLock.Acquire(req.OutDir) : null; // one run per folder, for the run's lifetime
+        int removed = writes ? AtomicFile.RemoveLeftovers(req.OutDir) : 0; // under the lock: no writer is active there
         if (removed > 0)
             observer.OnMessage($"removed {removed} temporary file(s) left in {req.OutDir} by an interrupted run");
+        req.Communicator?.Barrier();
 
         string modelDir = req.ModelDir;
         var adapterConfig = setup.Config;
         if (setup.PrepareBase is { } prepare)
         {
+            if (!writes) req.Communicator!.Barrier(); // rank 0 writes the prepared base first; the others then find it
             (modelDir, adapterConfig) = prepare(req.ModelDir, req.OutDir);
+            if (writes) req.Communicator?.Barrier();
             observer.OnMessage($"training on the transformed base model in {modelDir}");
         }
         var tokenizer = TokenizerLoader.Load(modelDir);
@@ -100,7 +107,8 @@ public static class FineTuning
             Method = plan.Config.Method,
             Resume = req.Resume,
             ResumeSettings = new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture), ["--pack"] = req.Pack ? "true" : "false" },
-            Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks),
+            Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks).Append(plan.Builder),
+            Communicator = req.Communicator,
             SaveWeights = dir =>
             {
                 AdapterFolder.Save(dir, plan.Builder is IConfigSnapshot snap ? snap.SnapshotConfig() : plan.Config, model);

@@ -20,11 +20,19 @@ public static class TrainLoop
     {
         observer ??= new NullObserver();
         var o = spec.Options;
-        if (o.TensorBoard) observer = new TensorBoardLog(observer, spec.OutDir);
+        var comm = spec.Communicator;
+        // One process, or rank 0 of a data-parallel job: the only writer of files, logs and evaluations.
+        bool writes = comm is null || comm.Rank == 0;
+        if (!writes) observer = new NullObserver();
         o.Validate();
-        Directory.CreateDirectory(spec.OutDir);
+        if (comm is not null && o.BatchSize < comm.Size)
+            throw new Distributed.AgreedStopException($"--batch-size {o.BatchSize} is the global batch of a data-parallel job and must be at least its {comm.Size} ranks (each rank takes a share of every batch); raise --batch-size or start fewer ranks.");
+        if (comm is not null)
+            observer.OnMessage($"data-parallel over {comm.Size} ranks: each takes about {o.BatchSize / comm.Size} of the {o.BatchSize} sequences of every batch; rank 0 writes");
+        if (o.TensorBoard && writes) observer = new TensorBoardLog(observer, spec.OutDir);
+        if (writes) Directory.CreateDirectory(spec.OutDir);
         var task = spec.Task;
-        var trainer = new Trainer(task.Model, task.Forward, o, spec.Capabilities, task.Loss);
+        var trainer = new Trainer(task.Model, task.Forward, o, spec.Capabilities, task.Loss) { Communicator = comm };
         int total = o.TotalSteps(task.TrainCount);
         var data = task.CreateBatchSource(o);
         using var optimizer = trainer.CreateOptimizer();
@@ -39,7 +47,7 @@ public static class TrainLoop
         double? savedLastLoss = null;
         if (spec.Resume && TrainCheckpoint.Find(spec.OutDir) is { } ckpt)
         {
-            TrainCheckpoint.RemoveStalePrevious(spec.OutDir);
+            if (writes) TrainCheckpoint.RemoveStalePrevious(spec.OutDir);
             var state = TrainCheckpoint.ReadState(ckpt);
             if (state.Method != spec.Method)
                 throw new UserInputException($"{ckpt}: the checkpoint was written by method '{state.Method}', not '{spec.Method}'; use the same --method or a new --out folder.");
@@ -55,12 +63,12 @@ public static class TrainLoop
             data.RestorePosition(state.DataPosition);
             startStep = state.Step;
             elapsedBefore = state.ElapsedSeconds;
-            (curve, evals) = TrimMetrics(metricsPath, startStep);
+            if (writes) (curve, evals) = TrimMetrics(metricsPath, startStep);
             observer.OnMessage(startStep == total
                 ? $"the run is complete ({total} steps): nothing to train; its adapter is written again from {ckpt}"
                 : $"resuming from step {startStep} ({ckpt})");
         }
-        else
+        else if (writes)
         {
             // A new run starts from nothing: a previous run's checkpoint, metrics and summary would mix with this one's.
             TrainCheckpoint.Delete(spec.OutDir);
@@ -68,13 +76,15 @@ public static class TrainLoop
                 if (File.Exists(f)) File.Delete(f);
         }
 
+        if (comm is not null) Distributed.DataParallel.CheckSameStart(comm, startStep, trainer.TrainableParameters);
         observer.OnStart(total, startStep);
         var clock = Stopwatch.StartNew();
-        double lossAcc = 0; long tokAcc = 0; int accSteps = 0; double windowStart = 0;
+        double lossAcc = 0; long tokAcc = 0; int accSteps = 0; double windowStart = 0, mpiSeconds = 0;
         double lastLoss = savedLastLoss ?? (curve.Count > 0 ? curve[^1].Loss : double.NaN);
         for (int step = startStep + 1; step <= total; step++)
         {
             var (loss, _, inputTokens) = trainer.Step(optimizer, data, step, total);
+            mpiSeconds += trainer.LastAllReduceSeconds;
             lossAcc += loss; tokAcc += inputTokens; accSteps++;
             lastLoss = loss;
             if (step % o.LogEvery == 0 || step == total)
@@ -83,19 +93,19 @@ public static class TrainLoop
                 var report = new StepReport(step, total, lossAcc / accSteps, optimizer.ParamGroups.First().LearningRate,
                     tokAcc / Math.Max(1e-9, now - windowStart), elapsedBefore + now);
                 curve.Add(report);
-                AppendMetric(metricsPath, report);
+                if (writes) AppendMetric(metricsPath, report);
                 observer.OnStep(report);
                 lossAcc = 0; tokAcc = 0; accSteps = 0; windowStart = now;
             }
             bool evalNow = o.EvalEvery > 0 && step % o.EvalEvery == 0 && step != total;
-            if (evalNow && task.HasEval)
+            if (evalNow && task.HasEval && writes)
             {
                 var ev = task.Evaluate(trainer, step, o);
                 evals.Add(ev);
                 AppendMetric(metricsPath, ev);
                 observer.OnEval(ev);
             }
-            if (o.SaveEvery > 0 && step % o.SaveEvery == 0 && step != total)
+            if (o.SaveEvery > 0 && step % o.SaveEvery == 0 && step != total && writes)
                 SaveCheckpoint(spec, optimizer, data, step, total, elapsedBefore + clock.Elapsed.TotalSeconds, lastLoss, settings);
         }
         double wall = elapsedBefore + clock.Elapsed.TotalSeconds;
@@ -105,17 +115,21 @@ public static class TrainLoop
         // final save) keeps its final evaluation, which metrics.jsonl holds up to the checkpoint's step: not run twice.
         bool wasFinished = ran == 0;
         EvalReport? final = wasFinished ? evals.LastOrDefault(e => e.Step == total) : null;
-        if (task.HasEval && final is null)
+        if (task.HasEval && final is null && writes)
         {
             final = task.Evaluate(trainer, total, o);
             evals.Add(final);
             AppendMetric(metricsPath, final);
             observer.OnEval(final);
         }
-        if (!wasFinished) SaveCheckpoint(spec, optimizer, data, total, total, wall, lastLoss, settings);
-        spec.SaveWeights(spec.OutDir);
+        if (writes)
+        {
+            if (!wasFinished) SaveCheckpoint(spec, optimizer, data, total, total, wall, lastLoss, settings);
+            spec.SaveWeights(spec.OutDir);
+        }
+        comm?.Barrier(); // every rank ends with the adapter written (or with rank 0's failure, which aborts the job)
         string summaryPath = Path.Combine(spec.OutDir, SummaryFile);
-        if (wasFinished && ReadSummary(summaryPath) is { } done)
+        if (writes && wasFinished && ReadSummary(summaryPath) is { } done)
         {
             done = done with { Curve = curve, Evals = evals };
             observer.OnFinish(done, spec.OutDir);
@@ -136,10 +150,13 @@ public static class TrainLoop
             MeanStepSeconds = ran > 0 ? clock.Elapsed.TotalSeconds / ran : 0,
             PeakRssBytes = Process.GetCurrentProcess().PeakWorkingSet64,
             ResumedFromStep = startStep > 0 ? startStep : null,
+            Ranks = comm?.Size,
+            AllReduceBytesPerStep = comm is null ? null : trainer.LastAllReducedBytes,
+            AllReduceSecondsPerStep = comm is null ? null : ran > 0 ? mpiSeconds / ran : 0,
             Curve = curve,
             Evals = evals,
         };
-        AtomicFile.WriteAllText(summaryPath, JsonSerializer.Serialize(summary, new JsonSerializerOptions(MetricJson) { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull }));
+        if (writes) AtomicFile.WriteAllText(summaryPath, JsonSerializer.Serialize(summary, new JsonSerializerOptions(MetricJson) { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull }));
         observer.OnFinish(summary, spec.OutDir);
         return summary;
     }

@@ -32,6 +32,12 @@ public sealed record TrainSummary
     [JsonPropertyName("mean_step_seconds")] public double MeanStepSeconds { get; init; }
     [JsonPropertyName("peak_rss_bytes")] public long PeakRssBytes { get; init; }
     [JsonPropertyName("resumed_from_step")] public int? ResumedFromStep { get; init; }
+    /// <summary>The ranks of a data-parallel run (absent for one process).</summary>
+    [JsonPropertyName("ranks")] public int? Ranks { get; init; }
+    /// <summary>Bytes each rank all-reduced in its last step: gradients, method statistics, loss sums (data-parallel runs).</summary>
+    [JsonPropertyName("allreduce_bytes_per_step")] public long? AllReduceBytesPerStep { get; init; }
+    /// <summary>Rank 0's mean seconds per step inside all-reduce calls (transfer and waiting for the other ranks).</summary>
+    [JsonPropertyName("allreduce_seconds_per_step")] public double? AllReduceSecondsPerStep { get; init; }
     [JsonIgnore] public IReadOnlyList<StepReport> Curve { get; init; } = Array.Empty<StepReport>();
     [JsonIgnore] public IReadOnlyList<EvalReport> Evals { get; init; } = Array.Empty<EvalReport>();
 }
@@ -56,4 +62,10 @@ public sealed record TrainRunSpec
     /// with each checkpoint with <see cref="TrainOptions.ResumeSettings"/>.
     /// </summary>
     public IReadOnlyDictionary<string, string> ResumeSettings { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>
+    /// The ranks of a data-parallel job (null: one process). Every rank runs the loop; rank 0 alone evaluates and writes
+    /// metrics, checkpoints, the adapter and the summary. A resume reads the checkpoint on every rank (a shared --out).
+    /// </summary>
+    public Distributed.ICommunicator? Communicator { get; init; }
 }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using ResLora.Adapters;
 using ResLora.Models;
+using ResLora.Training.Distributed;
 
 namespace ResLora.Training;
 
@@ -54,6 +55,7 @@ public sealed class Trainer
     private readonly IReadOnlyList<Parameter> _params;
     private readonly IReadOnlyList<IExtraLossTerm> _extraLosses;
     private readonly IReadOnlyList<IOptimizerStepHook> _hooks;
+    private readonly IReadOnlyList<IShardedStatistics> _sharded;
 
     private readonly Func<Tensor, TrainBatch, (Tensor Loss, long Tokens)> _loss;
 
@@ -82,7 +84,23 @@ public sealed class Trainer
         var caps = capabilities.Distinct().ToList();
         _extraLosses = caps.OfType<IExtraLossTerm>().ToList();
         _hooks = caps.OfType<IOptimizerStepHook>().ToList();
+        _sharded = caps.OfType<IShardedStatistics>().ToList();
     }
+
+    /// <summary>
+    /// The ranks of a data-parallel job (null: one process). Each step every rank takes its shard of each global batch,
+    /// the gradients and method statistics are summed over the ranks, and every rank applies the same update.
+    /// </summary>
+    public ICommunicator? Communicator { get; init; }
+
+    /// <summary>Elements per gradient all-reduce (<see cref="DataParallel.DefaultBucketElements"/>).</summary>
+    public int BucketElements { get; init; } = DataParallel.DefaultBucketElements;
+
+    /// <summary>Bytes of gradients the last data-parallel step all-reduced (0 in one process).</summary>
+    public long LastAllReducedBytes { get; private set; }
+
+    /// <summary>Seconds the last data-parallel step spent in all-reduce calls, waiting for the slowest rank included.</summary>
+    public double LastAllReduceSeconds { get; private set; }
 
     public IReadOnlyList<Parameter> TrainableParameters => _params;
 
@@ -125,6 +143,7 @@ public sealed class Trainer
     /// </summary>
     public (double Loss, long Tokens, long InputTokens) Step(optim.Optimizer optimizer, ITrainBatchSource data, int step, int totalSteps)
     {
+        if (Communicator is { } comm) return ShardedStep(comm, optimizer, data, step, totalSteps);
         using var scope = torch.NewDisposeScope();
         _model.train();
         double lossSum = 0;
@@ -144,6 +163,13 @@ public sealed class Trainer
             foreach (var extra in _extraLosses) total = total + extra.ExtraLoss() / _o.GradAccum;
             total.backward();
         }
+        Update(optimizer, step, totalSteps);
+        return (lossSum / _o.GradAccum, tokens, inputTokens);
+    }
+
+    /// <summary>Clipping, the lr schedule, the method hooks and the optimizer step on the final gradients.</summary>
+    private void Update(optim.Optimizer optimizer, int step, int totalSteps)
+    {
         if (_o.MaxGradNorm > 0) nn.utils.clip_grad_norm_(_params, _o.MaxGradNorm);
         double lr = _o.LearningRate * LrMultiplier(step, totalSteps, _o.WarmupSteps, _o.Schedule);
         foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
@@ -152,6 +178,75 @@ public sealed class Trainer
         optimizer.step();
         foreach (var h in _hooks) h.AfterOptimizerStep(ctx);
         optimizer.zero_grad();
+    }
+
+    /// <summary>
+    /// One data-parallel step (<see cref="Communicator"/>): every rank draws the same global micro-batches and takes its
+    /// rows (<see cref="DataParallel.ShardRows"/>). Per micro-batch the ranks sum (loss sum, loss items, input tokens), so
+    /// each knows the global mean (the NaN guard stops every rank together) and weights its loss by items_r/N; the extra
+    /// loss terms, computed from the identical parameters on every rank, count 1/ranks each. Then one bucketed all-reduce
+    /// of the gradients with the method statistics, and the same update as one process (clipping and the hooks see the
+    /// summed gradients, so AdaLoRA's sensitivities and RefLoRA's refactoring agree on every rank).
+    /// </summary>
+    private (double Loss, long Tokens, long InputTokens) ShardedStep(ICommunicator comm, optim.Optimizer optimizer, ITrainBatchSource data, int step, int totalSteps)
+    {
+        using var scope = torch.NewDisposeScope();
+        _model.train();
+        torch.manual_seed(DataParallel.DropoutSeed(_o.Seed, step, comm.Rank));
+        foreach (var s in _sharded) s.BeginShardedStep(_o.GradAccum);
+        double lossSum = 0;
+        long tokens = 0, inputTokens = 0;
+        var sums = new double[3];
+        var inMpi = new Stopwatch();
+        for (int micro = 0; micro < _o.GradAccum; micro++)
+        {
+            foreach (var s in _sharded) s.BeginMicroBatch(micro);
+            using var global = data.Next();
+            var (start, rows) = DataParallel.ShardRows((int)global.InputIds.shape[0], comm.Rank, comm.Size);
+            Tensor? loss = null;
+            long n = 0;
+            Array.Clear(sums);
+            if (rows > 0)
+            {
+                using var shard = DataParallel.Slice(global, start, rows);
+                var logits = _forward(shard);
+                (loss, n) = _loss(logits, shard);
+                double lv = loss.item<float>();
+                sums[0] = n > 0 ? lv * n : lv;
+                sums[1] = n;
+                sums[2] = shard.AttentionMask.sum().item<long>();
+            }
+            inMpi.Start();
+            comm.AllReduceSum(sums);
+            inMpi.Stop();
+            double globalLoss = DataParallel.GlobalMean(sums[0], sums[1]);
+            if (!double.IsFinite(globalLoss))
+                throw new AgreedStopException($"training loss became {globalLoss} at step {step} (on at least one of {comm.Size} ranks); every rank stopped before updating. The last good checkpoint is intact. Lower --lr, raise --warmup-steps, or use --dtype float32.");
+            lossSum += globalLoss;
+            tokens += (long)sums[1];
+            inputTokens += (long)sums[2];
+            Tensor? total = loss?.mul(DataParallel.LossWeight(n, (long)sums[1]) / _o.GradAccum);
+            foreach (var extra in _extraLosses)
+            {
+                var share = extra.ExtraLoss() / (_o.GradAccum * comm.Size);
+                total = total is null ? share : total + share;
+            }
+            total?.backward();
+        }
+        // The method statistics ride in the gradients' first buffer (float32 is ample for sums of squared norms).
+        var partials = _sharded.Select(s => s.PartialStatistics()).ToList();
+        var alongside = partials.SelectMany(x => x).Select(v => (float)v).ToArray();
+        inMpi.Start();
+        LastAllReducedBytes = _o.GradAccum * sums.Length * sizeof(double) + DataParallel.AllReduceGradients(_params, comm, BucketElements, alongside);
+        inMpi.Stop();
+        LastAllReduceSeconds = inMpi.Elapsed.TotalSeconds;
+        int at = 0;
+        for (int i = 0; i < _sharded.Count; i++)
+        {
+            _sharded[i].CompleteShardedStep(alongside.AsSpan(at, partials[i].Length).ToArray().Select(v => (double)v).ToArray());
+            at += partials[i].Length;
+        }
+        Update(optimizer, step, totalSteps);
         return (lossSum / _o.GradAccum, tokens, inputTokens);
     }
 

@@ -58,3 +58,24 @@ public interface ICalibratedMerge
     /// </summary>
     void Calibrate(Func<Tensor, Tensor, Tensor> forward, IEnumerable<(Tensor Ids, Tensor Mask)> batches);
 }
+
+/// <summary>
+/// Capability of a layer builder that collects statistics from training forwards (ResLoRA's norm windows) which must be
+/// the same on every rank of a data-parallel job, and equal to one process's over the whole batch. During a sharded step
+/// the builder keeps each forward's partial sums instead of using them; the trainer sums the partials over all ranks
+/// and hands the totals back.
+/// </summary>
+public interface IShardedStatistics
+{
+    /// <summary>Starts a step of <paramref name="microBatches"/> forwards whose statistics are kept as partial sums.</summary>
+    void BeginShardedStep(int microBatches);
+
+    /// <summary>The forwards that follow belong to micro-batch <paramref name="index"/> (a rank with no rows makes none).</summary>
+    void BeginMicroBatch(int index);
+
+    /// <summary>This rank's partial sums of the step, of a length that depends only on the model and the micro-batch count.</summary>
+    double[] PartialStatistics();
+
+    /// <summary>Ends the sharded step with the element-wise sums of <see cref="PartialStatistics"/> over all ranks.</summary>
+    void CompleteShardedStep(ReadOnlySpan<double> totals);
+}

@@ -7,7 +7,7 @@ namespace ResLora.Adapters;
 /// type, in layer order, linked only between equal (in, out) shapes), the per-forward context holding the tensors
 /// passed between layers, and the merge coefficients.
 /// </summary>
-public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycle, IConfigSnapshot, ICalibratedMerge, ICheckpointSupport
+public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycle, IConfigSnapshot, ICalibratedMerge, ICheckpointSupport, IShardedStatistics
 {
     private readonly ResLoraConfig _config;
     private readonly Generator? _generator;
@@ -16,6 +16,8 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
     private readonly Dictionary<ResLoraLinear, double> _alpha = new();
     private ForwardContext? _current;
     private long _forwardCounter;
+    private double[]? _partials; // a sharded step's squared norms: [micro][layer][input, middle]
+    private int _micro;
 
     public ResLoraLayerBuilder(ResLoraConfig config, Generator? generator = null)
     {
@@ -47,6 +49,7 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
             layer.ChainPosition = last.ChainPosition + 1;
         }
         chain.Add(layer);
+        layer.Index = _layers.Count;
         _layers.Add(layer);
         if (_config.Statistics is { } stats && stats.TryGetValue(target.Spec.Name, out var s))
         {
@@ -65,6 +68,38 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
         "and the shortcut's gradient through them is the method (spec §7.3). A checkpointed layer runs its first forward without a graph and is " +
         "recomputed alone in backward, so that gradient would be lost and the recompute would read another forward's tensors. " +
         "Use --structure bs (it passes only weights between layers) or train without --grad-checkpoint.";
+
+    /// <summary>
+    /// Spec §4.2 and §6 ("windows are per process"): under data parallelism each rank sees a shard of every batch, so a
+    /// window entry is the norm over the whole global batch, √(Σ_r ‖x_r‖²_F), pushed once the ranks' squares are summed.
+    /// </summary>
+    public void BeginShardedStep(int microBatches)
+    {
+        _partials = new double[microBatches * _layers.Count * 2];
+        _micro = 0;
+    }
+
+    public void BeginMicroBatch(int index) => _micro = index;
+
+    public double[] PartialStatistics() => (double[])(_partials ?? throw new InvalidOperationException("ResLoRA: no sharded step was begun.")).Clone();
+
+    public void CompleteShardedStep(ReadOnlySpan<double> totals)
+    {
+        if (_partials is null || totals.Length != _partials.Length)
+            throw new InvalidOperationException($"ResLoRA: {totals.Length} reduced statistics for {_partials?.Length ?? 0} partial ones.");
+        _partials = null;
+        // In forward order, as one process pushes them: micro-batch by micro-batch, each layer once.
+        for (int i = 0; i < totals.Length; i += 2)
+            _layers[i / 2 % _layers.Count].PushNorms(Math.Sqrt(totals[i]), Math.Sqrt(totals[i + 1]));
+    }
+
+    /// <summary>During a sharded step, keeps a forward's squared norm as this rank's part and returns true.</summary>
+    internal bool KeepPartial(ResLoraLinear layer, bool middle, double norm)
+    {
+        if (_partials is null) return false;
+        _partials[(_micro * _layers.Count + layer.Index) * 2 + (middle ? 1 : 0)] += norm * norm;
+        return true;
+    }
 
     /// <summary>Opens the context of one model forward; layers stash and read cross-layer tensors only through it.</summary>
     public IDisposable BeginForward()

@@ -27,6 +27,9 @@ public sealed class ResLoraLinear : LowRankLinear
     public int ChainPosition { get; internal set; }
     public ResLoraLinear? Previous { get; internal set; }
 
+    /// <summary>Position among all the builder's layers (the layout of its sharded statistics).</summary>
+    internal int Index { get; set; }
+
     /// <summary>Window means of ‖x‖_F and ‖A·drop(x)‖_F over recent training forwards (0 when empty).</summary>
     public double InputNormMean => _inputNorms.Count == 0 ? 0 : _inputNorms.Average();
     public double MiddleNormMean => _middleNorms.Count == 0 ? 0 : _middleNorms.Average();
@@ -88,11 +91,11 @@ public sealed class ResLoraLinear : LowRankLinear
                     foreach (var p in Predecessors(_owner.PreNum)) acc = acc + ctx!.Get(p, Spec.Name);
                     _owner.Fold?.Record(this, xa, acc);
                     delta = lora_B.call(acc);
-                    if (RecordsStatistics) Record(_middleNorms, z);
+                    if (RecordsStatistics) Record(_middleNorms, z, middle: true);
                     break;
                 }
         }
-        if (RecordsStatistics) Record(_inputNorms, xa);
+        if (RecordsStatistics) Record(_inputNorms, xa, middle: false);
         result = result.add(delta.mul(Scaling).to_type(result.dtype));
         return scope.MoveToOuter(result);
     }
@@ -104,14 +107,27 @@ public sealed class ResLoraLinear : LowRankLinear
     private bool RecordsStatistics => training && !ActivationCheckpoint.IsRecomputing;
 
     /// <summary>§4.2: one Frobenius norm per training forward (float32), window of the last N, zero norms not pushed.</summary>
-    private void Record(Queue<double> window, Tensor t)
+    private void Record(Queue<double> window, Tensor t, bool middle)
     {
         using var _ = torch.no_grad();
         using var n = t.detach().to_type(ScalarType.Float32).norm();
         double v = n.item<float>();
+        if (_owner.KeepPartial(this, middle, v)) return; // a data-parallel step: pushed once summed over the ranks
+        Push(window, v);
+    }
+
+    private void Push(Queue<double> window, double v)
+    {
         if (!(v > 0) || !double.IsFinite(v)) return;
         window.Enqueue(v);
         while (window.Count > _owner.WindowLength) window.Dequeue();
+    }
+
+    /// <summary>One forward's norms over the whole global batch (a data-parallel step), pushed as <see cref="Record"/> would.</summary>
+    internal void PushNorms(double inputNorm, double middleNorm)
+    {
+        Push(_inputNorms, inputNorm);
+        if (_owner.Structure == ResLoraStructure.MiddleShortcut) Push(_middleNorms, middleNorm);
     }
 
     internal void SeedStatistics(double inputNorm, double middleNorm)
