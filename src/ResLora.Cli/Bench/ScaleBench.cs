@@ -123,7 +123,7 @@ public static class ScaleBench
     public static ScaleResult Run(string modelDir, ScaleConfig c)
     {
         var runtime = new RuntimeOptions { Dtype = c.Dtype, BaseBits = c.BaseBits, Threads = c.Threads };
-        long rssBefore = ProcessMemory.Rss();
+        long rssBefore = RssWithLibtorch();
         torch.manual_seed(1);
         using var gen = new torch.Generator(1);
         var plan = new AdapterPlan(AdapterMethods.Build(Lora).Config, gen);
@@ -193,7 +193,7 @@ public static class ScaleBench
     public static ScaleResult LoadOnly(string modelDir, ScaleConfig c)
     {
         var runtime = new RuntimeOptions { Dtype = c.Dtype, BaseBits = c.BaseBits, Threads = c.Threads };
-        long rssBefore = ProcessMemory.Rss();
+        long rssBefore = RssWithLibtorch();
         var sw = Stopwatch.StartNew();
         using var model = ModelSessions.LoadBase(modelDir, runtime);
         double loadSeconds = sw.Elapsed.TotalSeconds;
@@ -210,6 +210,13 @@ public static class ScaleBench
             PeakRssAfterLoad = peak,
             PeakRss = peak,
         };
+    }
+
+    /// <summary>Resident bytes once libtorch is loaded and initialised, so a load's growth is the model's alone.</summary>
+    private static long RssWithLibtorch()
+    {
+        torch.zeros(1).Dispose();
+        return ProcessMemory.Rss();
     }
 
     private static int TokenizerVocabOf(string modelDir)
