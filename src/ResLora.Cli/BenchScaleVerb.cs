@@ -183,13 +183,13 @@ internal static class BenchScaleVerb
         var first = rs.FirstOrDefault();
         if (first is not null)
             sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"model {dir}: {first.Parameters:N0} parameters; LoRA r 16 on q,k,v,o; ratios against fp32 without checkpointing at the same batch")).AppendLine();
-        sb.AppendLine("| base | dtype | checkpointing | batch × seq | load (s) | model (GB) | peak RSS after load (GB) | peak RSS (GB) | × fp32 RSS | step (s) | tokens/s | × fp32 tokens/s | loss first → last | merged generation tokens/s |");
-        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        sb.AppendLine("| base | dtype | checkpointing | batch × seq | load (s) | model (GB) | peak RSS after load (GB) | peak RSS training (GB) | × fp32 RSS | step (s) | tokens/s | × fp32 tokens/s | loss first → last | merged generation tokens/s | peak RSS with generation (GB) |");
+        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (var x in rs)
         {
             var b = Fp32(x);
             sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {x.Label} | {x.Dtype} | {(x.GradCheckpoint ? "on" : "off")} | {x.Batch} × {x.SeqLen} | {F(x.LoadSeconds, "0.0")} | {G(x.ModelBytes)} | {G(x.PeakRssAfterLoad)} | {G(x.PeakRss)} | {(b is null ? "-" : F((double)x.PeakRss / b.PeakRss, "0.00"))} | {F(x.MedianStepSeconds, "0.00")} | {F(x.TokensPerSecond, "0.0")} | {(b is null ? "-" : F(x.TokensPerSecond / b.TokensPerSecond, "0.00"))} | {F(x.FirstLoss, "0.000")} → {F(x.LastLoss, "0.000")} | {F(x.GenTokensPerSecond, "0.0")} |"));
+                $"| {x.Label} | {x.Dtype} | {(x.GradCheckpoint ? "on" : "off")} | {x.Batch} × {x.SeqLen} | {F(x.LoadSeconds, "0.0")} | {G(x.ModelBytes)} | {G(x.PeakRssAfterLoad)} | {G(x.PeakRss)} | {(b is null ? "-" : F((double)x.PeakRss / b.PeakRss, "0.00"))} | {F(x.MedianStepSeconds, "0.00")} | {F(x.TokensPerSecond, "0.0")} | {(b is null ? "-" : F(x.TokensPerSecond / b.TokensPerSecond, "0.00"))} | {F(x.FirstLoss, "0.000")} → {F(x.LastLoss, "0.000")} | {F(x.GenTokensPerSecond, "0.0")} | {G(x.PeakRssWithGeneration)} |"));
         }
         sb.AppendLine();
         void Target(string what, ScaleResult? x, Func<ScaleResult, ScaleResult, double> ratio, double limit, bool atMost)

@@ -44,7 +44,10 @@ public sealed record ScaleResult
     public double TokensPerSecond { get; init; }
     public double FirstLoss { get; init; }
     public double LastLoss { get; init; }
+    /// <summary>Peak RSS of the load and the training steps (before the merge and generation).</summary>
     public long PeakRss { get; init; }
+    /// <summary>Peak RSS at the end, after merging (a packed base keeps full-precision merged weights for adapted projections) and generating.</summary>
+    public long PeakRssWithGeneration { get; init; }
     public double GenTokensPerSecond { get; init; }
 }
 
@@ -153,6 +156,7 @@ public static class ScaleBench
             losses.Add(loss);
         }
         double median = Benchmarks.Median(times);
+        long peakTraining = ProcessMemory.PeakRss();
 
         double genRate = double.NaN;
         if (c.GenTokens > 0)
@@ -184,7 +188,8 @@ public static class ScaleBench
             TokensPerSecond = (double)c.Batch * c.SeqLen / median,
             FirstLoss = losses[0],
             LastLoss = losses[^1],
-            PeakRss = ProcessMemory.PeakRss(),
+            PeakRss = peakTraining,
+            PeakRssWithGeneration = ProcessMemory.PeakRss(),
             GenTokensPerSecond = genRate,
         };
     }
@@ -209,6 +214,7 @@ public static class ScaleBench
             LoadSeconds = loadSeconds,
             PeakRssAfterLoad = peak,
             PeakRss = peak,
+            PeakRssWithGeneration = peak,
         };
     }
 
