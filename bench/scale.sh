@@ -40,6 +40,6 @@ if [ ! -f "$MODEL/config.json" ]; then
   "$RESLORA" bench scale make-model --preset "$PRESET" --out "$MODEL" --tokenizer "$TOKJSON"
 fi
 "$RESLORA" bench scale --model "$MODEL" --out "${OUT:-reslora-bench/scale-$PRESET}" "${ARGS[@]}"
-# The PyTorch peer (bench/pytorch/peer.py, `reslora bench pytorch`) trains its own small LLaMA shape only: running this
-# preset there needs peer.py to read a sharded bf16 folder, train LoRA on q,k,v,o in bf16, and q/k/v biases for Qwen2.
+# The PyTorch peer (bench/pytorch/peer.py, `reslora bench pytorch`) trains its own small float32 shape only: running this
+# preset there needs inputs written for the preset, a sharded-folder reader and a bf16 path in peer.py, and llama3 rope scaling.
 # Until then, compare at the peer's shape with bench/compare-pytorch.sh.
