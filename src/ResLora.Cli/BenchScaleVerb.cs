@@ -149,7 +149,7 @@ internal static class BenchScaleVerb
         if (tokenizer is null) throw new UserInputException($"--tokenizer is needed to make the {preset} model in {dir} (bench/scale.sh installs Llama-2's and Llama-3's); or pass --model.");
         Directory.CreateDirectory(work);
         Console.Error.WriteLine($"making a random {preset} model in {dir}");
-        ScaleBench.MakeModel(c, dir, tokenizer, ScalarType.BFloat16, 1, 2_000_000_000, m => Console.Error.WriteLine(m));
+        ScaleBench.MakeModel(c, dir, tokenizer, ScalarType.BFloat16, 1, 2_000_000_000, m => Console.Error.WriteLine(m), "--work");
         return dir;
     }
 

