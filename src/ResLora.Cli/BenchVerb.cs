@@ -26,6 +26,7 @@ internal static class BenchVerb
         cmd.Subcommands.Add(BenchNluVerb.Build());
         cmd.Subcommands.Add(BenchAdaptersVerb.Build());
         cmd.Subcommands.Add(BenchServeVerb.Build());
+        cmd.Subcommands.Add(BenchScaleVerb.Build());
         cmd.Subcommands.Add(BenchMemoryVerb.BuildWorker());
         cmd.SetAction(r => CliErrors.Guard(() =>
         {

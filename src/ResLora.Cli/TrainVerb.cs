@@ -61,6 +61,8 @@ internal static class TrainVerb
             var runtime = rt.Read(r);
             string? taskName = r.GetValue(task)?.Trim().ToLowerInvariant();
             bool encoder = Classification.IsEncoderFolder(dir);
+            if (!encoder && r.GetResult(rt.Dtype) is null or { Implicit: true })
+                runtime = runtime.DefaultForModelSize(Models.ModelPresets.ParameterCount(Models.ModelFolder.LoadConfig(dir)), m => Console.Error.WriteLine($"note: {m}"));
             if (taskName is not (null or "lm" or "classify" or "regress"))
                 throw new UserInputException($"--task '{taskName}' is not known; use classify or regress (BERT-family encoders), or leave it out for a causal LM.");
             if (encoder && taskName is null or "lm")

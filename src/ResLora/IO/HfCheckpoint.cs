@@ -116,6 +116,22 @@ public sealed class HfCheckpoint : IDisposable
 
     public Tensor Load(string name, ScalarType? dtype = null, Device? device = null) => FileOf(name).Load(name, dtype, device);
 
+    /// <summary>Copies a stored tensor into <paramref name="destination"/> (see <see cref="SafetensorsFile.CopyInto"/>).</summary>
+    public void CopyInto(string name, Tensor destination) => FileOf(name).CopyInto(name, destination);
+
+    /// <summary>
+    /// <paramref name="names"/> grouped by the file that stores them (in file name order) and by offset inside it: the
+    /// order that reads each shard once, front to back, so a loader can release a shard when it is done with it.
+    /// </summary>
+    public IReadOnlyList<string> InFileOrder(IEnumerable<string> names) =>
+        names.OrderBy(n => FileOf(n).FilePath, StringComparer.Ordinal).ThenBy(n => FileOf(n).GetEntry(n).Begin).ToList();
+
+    /// <summary>
+    /// Closes the file that stores <paramref name="name"/> (its mapping): shard-by-shard loading calls it after the shard's
+    /// last tensor. Headers stay readable (shapes, dtypes); loading a tensor from a released file is an error.
+    /// </summary>
+    public void ReleaseFileOf(string name) => FileOf(name).Dispose();
+
     /// <summary>
     /// Checks the stored tensors against the model's expected base weights; every missing, unexpected or mis-shaped
     /// tensor is listed by name in one error. Stored tensors for which <paramref name="ignoreExtra"/> is true (a tied
@@ -141,21 +157,28 @@ public sealed class HfCheckpoint : IDisposable
     /// <paramref name="modelDir"/>, each file atomically. Returns the weights' dtype as config.json names it
     /// (<c>float32</c>, <c>bfloat16</c>, <c>float16</c>).
     /// </summary>
-    public static string SaveWeights(string modelDir, IEnumerable<KeyValuePair<string, Tensor>> weights, long maxShardBytes = 2L << 30)
+    public static string SaveWeights(string modelDir, IEnumerable<KeyValuePair<string, Tensor>> weights, long maxShardBytes = 2L << 30) =>
+        SaveWeights(modelDir, weights.Select(kv => LazyTensor.Of(kv.Key, kv.Value)).ToList(), maxShardBytes);
+
+    /// <summary>
+    /// As above, with tensors made one at a time while they are written (<see cref="LazyTensor"/>): a model that exists only
+    /// as shapes (a random-init benchmark model) is written holding one tensor at a time.
+    /// </summary>
+    public static string SaveWeights(string modelDir, IReadOnlyList<LazyTensor> weights, long maxShardBytes = 2L << 30)
     {
         System.IO.Directory.CreateDirectory(modelDir);
-        var items = weights.OrderBy(kv => kv.Key, StringComparer.Ordinal).ToList();
+        var items = weights.OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
         var meta = new Dictionary<string, string> { ["format"] = "pt" };
-        var shards = new List<List<KeyValuePair<string, Tensor>>> { new() };
+        var shards = new List<List<LazyTensor>> { new() };
         long size = 0;
-        foreach (var kv in items)
+        foreach (var t in items)
         {
-            long bytes = kv.Value.NumberOfElements * kv.Value.ElementSize;
+            long bytes = t.ByteLength;
             if (size > 0 && size + bytes > maxShardBytes) { shards.Add(new()); size = 0; }
-            shards[^1].Add(kv);
+            shards[^1].Add(t);
             size += bytes;
         }
-        string dtype = items.Count > 0 ? items[0].Value.dtype switch { ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32" } : "float32";
+        string dtype = items.Count > 0 ? items[0].Dtype switch { ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32" } : "float32";
         if (shards.Count == 1)
         {
             SafetensorsWriter.Write(Path.Combine(modelDir, SingleFile), shards[0], meta);
@@ -167,10 +190,10 @@ public sealed class HfCheckpoint : IDisposable
         {
             string name = $"model-{i + 1:D5}-of-{shards.Count:D5}.safetensors";
             SafetensorsWriter.Write(Path.Combine(modelDir, name), shards[i], meta);
-            foreach (var kv in shards[i])
+            foreach (var t in shards[i])
             {
-                map[kv.Key] = name;
-                total += kv.Value.NumberOfElements * kv.Value.ElementSize;
+                map[t.Name] = name;
+                total += t.ByteLength;
             }
         }
         var index = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = total }, ["weight_map"] = map };

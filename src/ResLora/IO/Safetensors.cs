@@ -194,21 +194,66 @@ public sealed unsafe class SafetensorsFile : IDisposable
         var e = GetEntry(name);
         ScalarType st = SafetensorsDtypes.ToScalarType(e.Dtype, FilePath, name);
         Tensor t = torch.empty(e.Shape, st);
-        if (e.ByteLength > 0)
+        try
         {
-            // Offsets were checked against the file at Open; copy in chunks (spans are int-sized).
-            long src = _dataStart + e.Begin;
-            if (e.ByteLength > int.MaxValue)
-            {
-                t.Dispose();
-                throw new NotSupportedException($"{FilePath}: tensor '{name}' is {e.ByteLength} bytes; tensors over 2 GiB are not supported yet (re-shard the checkpoint).");
-            }
-            // The setter only reads the span (the mapping is read-only).
-            t.bytes = new Span<byte>(_base + src, checked((int)e.ByteLength));
+            Fill(e, t);
+        }
+        catch
+        {
+            t.Dispose();
+            throw;
         }
         if (dtype is { } d && d != st) { var c = t.to_type(d); t.Dispose(); t = c; }
         if (device is not null && device.type != DeviceType.CPU) { var c = t.to(device); t.Dispose(); t = c; }
         return t;
+    }
+
+    /// <summary>
+    /// Copies one tensor into <paramref name="destination"/> (same shape; a model's parameter). When the destination is a
+    /// contiguous CPU tensor of the stored dtype the bytes go straight from the mapping into it, with no tensor in between;
+    /// otherwise the stored tensor is read once and converted by <c>copy_</c>.
+    /// </summary>
+    public void CopyInto(string name, Tensor destination)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var e = GetEntry(name);
+        ScalarType st = SafetensorsDtypes.ToScalarType(e.Dtype, FilePath, name);
+        if (!destination.shape.SequenceEqual(e.Shape))
+            throw new UserInputException($"{FilePath}: tensor '{name}' has shape [{string.Join(", ", e.Shape)}] but the model expects [{string.Join(", ", destination.shape)}].");
+        using var noGrad = torch.no_grad();
+        if (destination.dtype == st && destination.device_type == DeviceType.CPU && destination.is_contiguous())
+        {
+            Fill(e, destination);
+            return;
+        }
+        using var t = Load(name);
+        destination.copy_(t);
+    }
+
+    /// <summary>
+    /// Copies an entry's bytes into <paramref name="t"/> (contiguous, CPU, the stored dtype) through a view of just that
+    /// entry, unmapped right after: pages read through a mapping count in the process's resident memory for as long as
+    /// they stay mapped, so reading every tensor through the whole-file view held the file's size on top of the model's
+    /// until the checkpoint was closed (issue 15).
+    /// </summary>
+    private void Fill(SafetensorsEntry e, Tensor t)
+    {
+        if (e.ByteLength == 0) return;
+        // Offsets were checked against the file at Open; spans are int-sized.
+        if (e.ByteLength > int.MaxValue)
+            throw new NotSupportedException($"{FilePath}: tensor '{e.Name}' is {e.ByteLength} bytes; tensors over 2 GiB are not supported yet (re-shard the checkpoint).");
+        using var view = _map!.CreateViewAccessor(_dataStart + e.Begin, e.ByteLength, MemoryMappedFileAccess.Read);
+        byte* p = null;
+        view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+        try
+        {
+            // The setter only reads the span (the mapping is read-only).
+            t.bytes = new Span<byte>(p + view.PointerOffset, checked((int)e.ByteLength));
+        }
+        finally
+        {
+            view.SafeMemoryMappedViewHandle.ReleasePointer();
+        }
     }
 
     public void Dispose()
@@ -265,34 +310,55 @@ public static class SafetensorsDtypes
     };
 }
 
-/// <summary>Writes safetensors files atomically (<see cref="AtomicFile.Write"/>): a temp file beside the target, flushed, then renamed into place.</summary>
+/// <summary>
+/// One tensor to write, made only when its bytes are written (<see cref="SafetensorsWriter.Write(string, IReadOnlyList{LazyTensor}, IReadOnlyDictionary{string, string}?)"/>):
+/// the header needs only <paramref name="Dtype"/> and <paramref name="Shape"/>, so a file can be written holding one
+/// tensor at a time. <paramref name="Make"/> runs inside a dispose scope: a new tensor it returns is freed after writing,
+/// an existing one (a parameter) is left alone.
+/// </summary>
+public sealed record LazyTensor(string Name, ScalarType Dtype, long[] Shape, Func<Tensor> Make)
+{
+    /// <summary>Bytes of the tensor's data.</summary>
+    public long ByteLength => Shape.Aggregate(1L, (a, b) => a * b) * (SafetensorsDtypes.ElementSize(SafetensorsDtypes.FromScalarType(Dtype)) ?? 0);
+
+    /// <summary>An existing tensor, written as it is.</summary>
+    public static LazyTensor Of(string name, Tensor t) => new(name, t.dtype, t.shape, () => t);
+}
+
+/// <summary>
+/// Writes safetensors files atomically (<see cref="AtomicFile.Write"/>): a temp file beside the target, flushed, then
+/// renamed into place. The header is built from dtypes and shapes first, then the tensors are copied into the file one
+/// at a time, so writing never holds a second copy of the weights.
+/// </summary>
 public static class SafetensorsWriter
 {
-    public static void Write(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    /// <summary>Writes existing tensors (any device; each is copied to the CPU on its own while it is written).</summary>
+    public static void Write(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null) =>
+        Write(path, tensors.Select(kv => LazyTensor.Of(kv.Key, kv.Value)).ToList(), metadata);
+
+    /// <summary>Writes tensors made one at a time by <see cref="LazyTensor.Make"/>, in name order.</summary>
+    public static void Write(string path, IReadOnlyList<LazyTensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
-        var items = tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal).ToList();
+        var items = tensors.OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
         for (int i = 0; i < items.Count; i++)
         {
-            if (items[i].Key == "__metadata__") throw new UserInputException($"{path}: a tensor cannot be named '__metadata__' (reserved by the format).");
-            if (items[i].Key.Length == 0) throw new UserInputException($"{path}: a tensor name cannot be empty.");
-            if (i > 0 && items[i].Key == items[i - 1].Key) throw new UserInputException($"{path}: two tensors are named '{items[i].Key}'.");
+            if (items[i].Name == "__metadata__") throw new UserInputException($"{path}: a tensor cannot be named '__metadata__' (reserved by the format).");
+            if (items[i].Name.Length == 0) throw new UserInputException($"{path}: a tensor name cannot be empty.");
+            if (i > 0 && items[i].Name == items[i - 1].Name) throw new UserInputException($"{path}: two tensors are named '{items[i].Name}'.");
         }
         var header = new Dictionary<string, object>();
         if (metadata is { Count: > 0 }) header["__metadata__"] = metadata;
         long offset = 0;
-        var blobs = new List<byte[]>();
-        foreach (var (name, t) in items)
+        foreach (var t in items)
         {
-            using var c = t.detach().cpu().contiguous();
-            byte[] b = c.bytes.ToArray();
-            header[name] = new Dictionary<string, object>
+            long n = t.ByteLength;
+            header[t.Name] = new Dictionary<string, object>
             {
-                ["dtype"] = SafetensorsDtypes.FromScalarType(c.dtype),
-                ["shape"] = c.shape,
-                ["data_offsets"] = new[] { offset, offset + b.Length },
+                ["dtype"] = SafetensorsDtypes.FromScalarType(t.Dtype),
+                ["shape"] = t.Shape,
+                ["data_offsets"] = new[] { offset, offset + n },
             };
-            offset += b.Length;
-            blobs.Add(b);
+            offset += n;
         }
         byte[] json = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(header));
         int pad = (8 - json.Length % 8) % 8;
@@ -301,7 +367,32 @@ public static class SafetensorsWriter
             fs.Write(BitConverter.GetBytes((ulong)(json.Length + pad)));
             fs.Write(json);
             for (int i = 0; i < pad; i++) fs.WriteByte((byte)' ');
-            foreach (var b in blobs) fs.Write(b);
+            foreach (var t in items)
+            {
+                using var scope = torch.NewDisposeScope();
+                var c = t.Make().detach().cpu().contiguous();
+                if (c.dtype != t.Dtype || !c.shape.SequenceEqual(t.Shape))
+                    throw new InvalidOperationException($"{path}: tensor '{t.Name}' was declared {t.Dtype} [{string.Join(", ", t.Shape)}] but made {c.dtype} [{string.Join(", ", c.shape)}].");
+                WriteData(fs, c);
+            }
         });
+    }
+
+    /// <summary>Copies a contiguous CPU tensor's bytes into the stream, in pieces of under 2 GiB (spans are int-sized).</summary>
+    private static void WriteData(Stream fs, Tensor c)
+    {
+        long n = c.NumberOfElements, per = Math.Max(1, (1L << 30) / c.ElementSize);
+        if (n == 0) return;
+        if (n * c.ElementSize <= int.MaxValue)
+        {
+            fs.Write(c.bytes);
+            return;
+        }
+        using var flat = c.view(-1);
+        for (long start = 0; start < n; start += per)
+        {
+            using var piece = flat.narrow(0, start, Math.Min(per, n - start));
+            fs.Write(piece.bytes);
+        }
     }
 }

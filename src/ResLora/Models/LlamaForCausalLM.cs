@@ -1,3 +1,4 @@
+using ResLora.IO;
 using TorchSharp.Utils;
 
 namespace ResLora.Models;
@@ -240,6 +241,33 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
                 throw new UserInputException($"tensor '{name}' has shape [{string.Join(", ", src.shape)}] but the model expects [{string.Join(", ", shape)}].");
             if (p is not null) p.copy_(src.to(p.dtype, p.device));
             else packed!.Packed!.Pack(src);
+        }
+    }
+
+    /// <summary>
+    /// Loads every base weight from <paramref name="checkpoint"/> shard by shard: each file is read front to back, its
+    /// tensors copied straight from the mapping into the parameters (<see cref="HfCheckpoint.CopyInto"/>; converted by
+    /// <c>copy_</c> when the model's dtype differs, one tensor at a time) or packed one at a time, and released after its
+    /// last tensor. So loading holds the model plus one tensor, never a second copy of the weights.
+    /// </summary>
+    public void LoadWeights(HfCheckpoint checkpoint)
+    {
+        using var noGrad = torch.no_grad();
+        var targets = BaseTargets().ToDictionary(t => t.Name, StringComparer.Ordinal);
+        var order = checkpoint.InFileOrder(targets.Keys);
+        for (int i = 0; i < order.Count; i++)
+        {
+            var (name, p, packed) = targets[order[i]];
+            long[] shape = p?.shape ?? new long[] { packed!.Spec.OutFeatures, packed.Spec.InFeatures };
+            long[] stored = checkpoint.ShapeOf(name);
+            if (!stored.SequenceEqual(shape))
+                throw new UserInputException($"tensor '{name}' has shape [{string.Join(", ", stored)}] but the model expects [{string.Join(", ", shape)}].");
+            using (var scope = torch.NewDisposeScope())
+            {
+                if (p is not null) checkpoint.CopyInto(name, p);
+                else packed!.Packed!.Pack(checkpoint.Load(name));
+            }
+            if (i + 1 == order.Count || checkpoint.PathOf(order[i + 1]) != checkpoint.PathOf(name)) checkpoint.ReleaseFileOf(name);
         }
     }
 

@@ -28,6 +28,13 @@ public static class ModelFolder
         AtomicFile.WriteAllText(Path.Combine(modelDir, ConfigFile), (config with { TorchDtype = dtype }).ToJson());
     }
 
+    /// <summary>As above, with weights made one at a time while they are written (<see cref="LazyTensor"/>).</summary>
+    public static void Save(string modelDir, ModelConfig config, IReadOnlyList<LazyTensor> weights, long maxShardBytes = 2L << 30)
+    {
+        string dtype = HfCheckpoint.SaveWeights(modelDir, weights, maxShardBytes);
+        AtomicFile.WriteAllText(Path.Combine(modelDir, ConfigFile), (config with { TorchDtype = dtype }).ToJson());
+    }
+
     /// <summary>Writes a whole model folder atomically (see <see cref="AtomicFolder"/>), tokenizer files copied from <paramref name="companionsFrom"/>.</summary>
     public static void SaveNew(string outDir, ModelConfig config, IEnumerable<KeyValuePair<string, Tensor>> weights, string? companionsFrom, long maxShardBytes = 2L << 30) =>
         AtomicFolder.Write(outDir, tmp => Save(tmp, config, weights, maxShardBytes), companionsFrom);

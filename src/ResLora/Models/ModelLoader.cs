@@ -28,10 +28,12 @@ public static class ModelLoader
         // allocation (or a native crash) before the error.
         var (config, ckpt, expected) = ModelFolder.OpenChecked(modelDir, runtime.TorchDevice.type == DeviceType.CPU ? runtime.ScalarType : null);
         using var _ = ckpt;
+        // Building draws a float32 init per weight; without this, glibc keeps those blocks as free heap (see NativeHeap).
+        using var heap = NativeHeap.ReturnLargeBlocks();
         var model = new LlamaForCausalLM(config, factory, runtime.ScalarType, runtime.TorchDevice);
         try
         {
-            model.LoadWeights(name => ckpt.Load(name));
+            model.LoadWeights(ckpt);
             foreach (var t in transforms ?? Array.Empty<IModelLoadTransform>()) t.Apply(model);
             // Freeze exactly the base weights (Hugging Face names); adapter parameters keep requires_grad.
             foreach (var (name, p) in model.named_parameters())
