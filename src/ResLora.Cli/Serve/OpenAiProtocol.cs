@@ -152,7 +152,7 @@ internal static class OpenAiProtocol
 
     // ---- responses ----
 
-    public static JsonObject Usage(Completion c) => new()
+    public static JsonObject Usage(CompletionResult c) => new()
     {
         ["prompt_tokens"] = c.PromptTokens,
         ["completion_tokens"] = c.CompletionTokens,
@@ -160,7 +160,7 @@ internal static class OpenAiProtocol
     };
 
     /// <summary>A whole answer.</summary>
-    public static JsonObject Response(bool chat, string id, long created, string model, Completion c) => new()
+    public static JsonObject Response(bool chat, string id, long created, string model, CompletionResult c) => new()
     {
         ["id"] = id,
         ["object"] = chat ? "chat.completion" : "text_completion",
@@ -195,7 +195,7 @@ internal static class OpenAiProtocol
     }
 
     /// <summary>The usage chunk that ends a stream when stream_options.include_usage is set (no choices).</summary>
-    public static JsonObject UsageChunk(bool chat, string id, long created, string model, Completion c) => new()
+    public static JsonObject UsageChunk(bool chat, string id, long created, string model, CompletionResult c) => new()
     {
         ["id"] = id,
         ["object"] = chat ? "chat.completion.chunk" : "text_completion",

@@ -210,7 +210,7 @@ internal sealed class ServeServer : IAsyncDisposable
             if (chat) await Event(ctx, OpenAiProtocol.Chunk(chat, id, created, model, "", null, role: true)).ConfigureAwait(false);
             await foreach (var piece in pieces.Reader.ReadAllAsync(aborted).ConfigureAwait(false))
                 await Event(ctx, OpenAiProtocol.Chunk(chat, id, created, model, piece, null)).ConfigureAwait(false);
-            Completion result;
+            CompletionResult result;
             try
             {
                 result = await completion.ConfigureAwait(false);

@@ -75,7 +75,7 @@ public sealed record CompletionRequest
 /// <param name="FinishReason">"stop" (a stop token or string) or "length" (the token budget ran out).</param>
 /// <param name="PromptTokens">Tokens in the prompt.</param>
 /// <param name="CompletionTokens">Tokens generated.</param>
-public sealed record Completion(string Text, string FinishReason, int PromptTokens, int CompletionTokens);
+public sealed record CompletionResult(string Text, string FinishReason, int PromptTokens, int CompletionTokens);
 
 /// <summary>
 /// A base model with named adapters behind one batch scheduler: requests from many clients, each naming the base or an
@@ -172,7 +172,7 @@ public sealed class ServedModel : IDisposable
     /// the returned text. Cancelling <paramref name="cancel"/> drops the request (waiting or running).
     /// </summary>
     /// <exception cref="ServingException">Bad fields, an unknown model, a full queue, shutting down.</exception>
-    public async Task<Completion> CompleteAsync(CompletionRequest request, Action<string>? onText = null, CancellationToken cancel = default)
+    public async Task<CompletionResult> CompleteAsync(CompletionRequest request, Action<string>? onText = null, CancellationToken cancel = default)
     {
         string? adapter = Resolve(request.Model);
         var (row, reply, promptTokens) = Prepare(request, adapter, onText, cancel);
@@ -184,7 +184,7 @@ public sealed class ServedModel : IDisposable
             bool stoppedByToken = tokens.Count > 0 && row.Options.EosTokenIds.Contains(tokens[^1]);
             finish = stoppedByToken || reply.Stopped || row.Options.StopWhen?.Invoke(tokens) == true || tokens.Count < row.Options.MaxNewTokens ? "stop" : "length";
         }
-        return new Completion(reply.Text, finish, promptTokens, tokens.Count);
+        return new CompletionResult(reply.Text, finish, promptTokens, tokens.Count);
     }
 
     private (GenerationRow Row, ReplyText Reply, int PromptTokens) Prepare(CompletionRequest r, string? adapter, Action<string>? onText, CancellationToken cancel)
