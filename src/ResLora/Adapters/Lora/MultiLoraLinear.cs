@@ -42,6 +42,10 @@ internal sealed class LoraSlot : IDisposable
 /// For each adapter in use the rows (batch entries) that use it are gathered, pass through one low-rank product and are
 /// added back (index_select → A, B → index_add), so a mixed batch costs one low-rank product per adapter, not per row:
 /// LoRA/rsLoRA y += s·B A x (§3.1); DoRA y += (c − 1) ⊙ W₀x + c ⊙ s·B A x (§3.2, bias not rescaled).
+/// When two or more LoRA/rsLoRA adapters share a batch here, the low-rank terms of all rows run as two batched
+/// products instead: the routed adapters' factors are kept stacked (s folded into B, smaller ranks zero-padded, a zero
+/// entry for rows without adapter, cached until the set of routed adapters changes, so they cost the adapters' bytes
+/// once more), gathered per row, and applied with <c>bmm</c>: a fixed number of operations whatever the number of adapters.
 /// </summary>
 public sealed class MultiLoraLinear : nn.Module<Tensor, Tensor>
 {
@@ -83,11 +87,52 @@ public sealed class MultiLoraLinear : nn.Module<Tensor, Tensor>
     internal void AddSlot(string name, LoraSlot slot)
     {
         if (!_slots.TryAdd(name, slot)) throw new InvalidOperationException($"{Spec.Name}: adapter '{name}' is already loaded here.");
+        DropStacks();
     }
 
     internal void RemoveSlot(string name)
     {
         if (_slots.Remove(name, out var s)) s.Dispose();
+        DropStacks();
+    }
+
+    /// <summary>The routed adapters' stacked factors for the fused mixed-batch path, and the group names they were built for.</summary>
+    private (string Key, Tensor A, Tensor B)? _stacks;
+
+    private void DropStacks()
+    {
+        if (_stacks is { } st)
+        {
+            st.A.Dispose();
+            st.B.Dispose();
+        }
+        _stacks = null;
+    }
+
+    /// <summary>
+    /// A (groups + 1, r, in) and s·B (groups + 1, out, r) for the route's groups in order, r the largest rank (smaller
+    /// ranks and adapters absent here are zeros), the last entry zero for rows without adapter.
+    /// </summary>
+    private (Tensor A, Tensor B) Stacks(IReadOnlyList<(string Name, Tensor? Rows)> groups)
+    {
+        string key = string.Join("\n", groups.Select(g => g.Name));
+        if (_stacks is { } st && st.Key == key) return (st.A, st.B);
+        DropStacks();
+        using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        var slots = groups.Select(g => _slots.GetValueOrDefault(g.Name)).ToList();
+        long r = slots.Max(sl => sl?.Rank ?? 0), inF = Spec.InFeatures, outF = Spec.OutFeatures;
+        var device = weight.device;
+        var a = torch.zeros(new long[] { slots.Count + 1, r, inF }, dtype: AdapterDtype, device: device);
+        var b = torch.zeros(new long[] { slots.Count + 1, outF, r }, dtype: AdapterDtype, device: device);
+        for (int i = 0; i < slots.Count; i++)
+        {
+            if (slots[i] is not { } sl) continue;
+            a[i].narrow(0, 0, sl.Rank).copy_(sl.A);
+            b[i].narrow(1, 0, sl.Rank).copy_(sl.B.mul(sl.Scaling));
+        }
+        _stacks = (key, a.DetachFromDisposeScope(), b.DetachFromDisposeScope());
+        return (_stacks.Value.A, _stacks.Value.B);
     }
 
     /// <summary>y = W₀x + b plus, for every adapter the current forward applies here, its term on its rows; x is (batch, ..., in).</summary>
@@ -101,6 +146,17 @@ public sealed class MultiLoraLinear : nn.Module<Tensor, Tensor>
 
         using var scope = torch.NewDisposeScope();
         bool dora = mine.Any(m => m.Slot.DoraScale is not null);
+        if (!dora && mine.Count >= 2 && x.dim() == 3 && _plan.CurrentRowGroups is { } rowGroup)
+        {
+            // Fused mixed batch: y = W₀x + b + bmm(bmm(x, A_rowᵀ), (s·B)_rowᵀ), every row's factors gathered from the stacks.
+            var (stackA, stackB) = Stacks(groups);
+            Tensor xa = x.dtype == AdapterDtype ? x : x.to_type(AdapterDtype);
+            Tensor h = xa.bmm(stackA.index_select(0, rowGroup).transpose(1, 2)); // (batch, seq, r)
+            Tensor lora = h.bmm(stackB.index_select(0, rowGroup).transpose(1, 2)); // (batch, seq, out)
+            Tensor yf = nn.functional.linear(x, weight, bias);
+            if (lora.dtype != yf.dtype) lora = lora.to_type(yf.dtype);
+            return scope.MoveToOuter(yf.add(lora));
+        }
         // DoRA reuses W₀x without the bias (PEFT PR #2122), as DoraLinear does; LoRA alone keeps the fused linear.
         Tensor? baseOut = dora ? nn.functional.linear(x, weight) : null; // (..., out)
         Tensor y = baseOut is null ? nn.functional.linear(x, weight, bias) : bias is null ? baseOut : baseOut.add(bias);
@@ -133,6 +189,7 @@ public sealed class MultiLoraLinear : nn.Module<Tensor, Tensor>
         {
             foreach (var s in _slots.Values) s.Dispose();
             _slots.Clear();
+            DropStacks();
         }
         base.Dispose(disposing);
     }

@@ -173,7 +173,10 @@ public sealed class MultiLoraPlan : ILinearFactory
                 long[] rows = g.Select(x => (long)x.i).ToArray();
                 groups.Add((g.Key, rows.Length == names.Count ? null : torch.tensor(rows, dtype: ScalarType.Int64, device: device)));
             }
-            _route = new RouteScope(this, groups, names.Count);
+            // For projections that fuse a mixed batch: each row's group (groups.Count = none), computed once per route.
+            Tensor? rowGroup = groups.Count < 2 ? null : torch.tensor(
+                names.Select(n => n is null ? (long)groups.Count : groups.FindIndex(g => g.Name == n)).ToArray(), dtype: ScalarType.Int64, device: device);
+            _route = new RouteScope(this, groups, names.Count, rowGroup);
             return _route;
         }
     }
@@ -190,6 +193,9 @@ public sealed class MultiLoraPlan : ILinearFactory
         }
         return _active is { } a ? new[] { (a, (Tensor?)null) } : Array.Empty<(string, Tensor?)>();
     }
+
+    /// <summary>The current route's group index per row (rows without adapter: the number of groups), or null when fewer than two adapters are routed.</summary>
+    internal Tensor? CurrentRowGroups => _route?.RowGroup;
 
     /// <summary>Throws unless <paramref name="name"/> can name an adapter.</summary>
     public static void CheckName(string name)
@@ -247,15 +253,17 @@ public sealed class MultiLoraPlan : ILinearFactory
     {
         private readonly MultiLoraPlan _owner;
 
-        public RouteScope(MultiLoraPlan owner, IReadOnlyList<(string Name, Tensor? Rows)> groups, long batch)
+        public RouteScope(MultiLoraPlan owner, IReadOnlyList<(string Name, Tensor? Rows)> groups, long batch, Tensor? rowGroup)
         {
             _owner = owner;
             Groups = groups;
             Batch = batch;
+            RowGroup = rowGroup;
         }
 
         public IReadOnlyList<(string Name, Tensor? Rows)> Groups { get; }
         public long Batch { get; }
+        public Tensor? RowGroup { get; }
 
         public void Dispose()
         {
@@ -265,6 +273,7 @@ public sealed class MultiLoraPlan : ILinearFactory
                 _owner._route = null;
             }
             foreach (var (_, rows) in Groups) rows?.Dispose();
+            RowGroup?.Dispose();
         }
     }
 }
