@@ -41,20 +41,26 @@ public sealed class MultiAdapterFixture : IDisposable
     public string Dir(string name) => Path.Combine(Root, name);
 
     /// <summary>An adapter folder with random non-zero B (and DoRA magnitudes moved off their init), as after training.</summary>
-    private void Save(string name, AdapterConfigBase cfg, long seed)
+    private void Save(string name, AdapterConfigBase cfg, long seed) => SaveTrainedLooking(ModelDir, Dir(name), cfg, seed, 0.2);
+
+    /// <summary>
+    /// Writes an adapter folder for the model in <paramref name="modelDir"/> whose trainable tensors are their init plus
+    /// noise of standard deviation <paramref name="std"/> (non-zero B, DoRA magnitudes off their init), as after training.
+    /// </summary>
+    public static void SaveTrainedLooking(string modelDir, string outDir, AdapterConfigBase cfg, long seed, double std)
     {
         using var gen = new torch.Generator((ulong)seed);
         var plan = new AdapterPlan(cfg, gen);
-        using var model = ModelSessions.LoadBase(ModelDir, new RuntimeOptions(), plan);
+        using var model = ModelSessions.LoadBase(modelDir, new RuntimeOptions(), plan);
         AdapterModel.OnBaseWeightsLoaded(model);
         using (torch.no_grad())
             foreach (var (_, a) in AdapterModel.FindAdapters(model))
                 foreach (var p in a.TrainableParameters)
                 {
-                    using var n = torch.randn(p.shape, generator: gen).mul(0.2);
+                    using var n = torch.randn(p.shape, generator: gen).mul(std);
                     p.add_(n);
                 }
-        AdapterFolder.Save(Dir(name), cfg, model);
+        AdapterFolder.Save(outDir, cfg, model);
     }
 
     public void Dispose() => Directory.Delete(Root, recursive: true);

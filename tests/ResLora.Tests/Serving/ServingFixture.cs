@@ -68,21 +68,7 @@ public sealed class ServingFixture : IDisposable
         client.PostAsync(path, new StringContent(json, Encoding.UTF8, "application/json"));
 
     /// <summary>An adapter folder with random non-zero trainable tensors, as after training.</summary>
-    private void Save(string name, LoraConfig cfg, long seed)
-    {
-        using var gen = new torch.Generator((ulong)seed);
-        var plan = new AdapterPlan(cfg, gen);
-        using var model = ModelSessions.LoadBase(ModelDir, new RuntimeOptions(), plan);
-        AdapterModel.OnBaseWeightsLoaded(model);
-        using (torch.no_grad())
-            foreach (var (_, a) in AdapterModel.FindAdapters(model))
-                foreach (var p in a.TrainableParameters)
-                {
-                    using var n = torch.randn(p.shape, generator: gen).mul(0.3);
-                    p.add_(n);
-                }
-        AdapterFolder.Save(Dir(name), cfg, model);
-    }
+    private void Save(string name, LoraConfig cfg, long seed) => ResLora.Tests.Pipelines.MultiAdapterFixture.SaveTrainedLooking(ModelDir, Dir(name), cfg, seed, 0.3);
 
     public void Dispose() => Directory.Delete(Root, recursive: true);
 }
