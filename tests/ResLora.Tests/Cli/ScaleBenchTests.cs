@@ -22,6 +22,8 @@ public sealed class ScaleBenchTests : IDisposable
         Assert.True(double.IsFinite(r.FirstLoss) && double.IsFinite(r.LastLoss));
         Assert.True(r.TokensPerSecond > 0);
         Assert.Equal(ModelPresets.ParameterCount(c), r.Parameters);
-        Assert.InRange(r.PeakRssAfterLoad, r.RssBeforeLoad, r.PeakRss);
+        // The kernel updates VmHWM lazily (per-CPU RSS counters), so it may trail an earlier VmRSS reading by a little.
+        const long Slack = 16L << 20;
+        Assert.InRange(r.PeakRssAfterLoad, r.RssBeforeLoad - Slack, r.PeakRss);
     }
 }
