@@ -106,7 +106,7 @@ public static class FineTuning
             OutDir = req.OutDir,
             Method = plan.Config.Method,
             Resume = req.Resume,
-            ResumeSettings = new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture), ["--pack"] = req.Pack ? "true" : "false" },
+            ResumeSettings = AdapterResumeSettings(plan.Config, new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture), ["--pack"] = req.Pack ? "true" : "false" }),
             Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks).Append(plan.Builder),
             Communicator = req.Communicator,
             SaveWeights = dir =>
@@ -139,6 +139,20 @@ public static class FineTuning
     }
 
     /// <summary>--grad-checkpoint is refused before anything is written when the method's layers cannot be recomputed one at a time, or dropout could not be replayed.</summary>
+    /// <summary>
+    /// The run's settings a resume must keep: <paramref name="run"/> plus every field of the adapter config as
+    /// adapter_config.json writes it (rank, alpha, dropout, targets, the method's own options), as
+    /// "adapter_config.json field" → its JSON text. The base model's path may move between runs and is not compared.
+    /// </summary>
+    private static Dictionary<string, string> AdapterResumeSettings(AdapterConfigBase config, Dictionary<string, string> run)
+    {
+        var fields = System.Text.Json.Nodes.JsonNode.Parse(AdapterConfigJson.Serialize(config))!.AsObject();
+        foreach (var (name, value) in fields)
+            if (name is not ("base_model_name_or_path" or "revision"))
+                run[$"adapter_config.json {name}"] = value?.ToJsonString() ?? "null";
+        return run;
+    }
+
     private static void CheckGradCheckpoint(AdapterConfigBase config, RuntimeOptions runtime)
     {
         if (new AdapterPlan(config).CheckpointRefusal is { } why) throw new UserInputException($"--grad-checkpoint: {why}");

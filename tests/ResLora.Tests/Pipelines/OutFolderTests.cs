@@ -16,6 +16,22 @@ public sealed class OutFolderTests : IDisposable
         new[] { "train", "--model", model, "--data", data, "--steps", "2", "--batch-size", "4", "--eval-fraction", "0", "--out", outDir }.Concat(Templates).Concat(more).ToArray();
 
     [Fact]
+    public void Resume_WithAnotherAlphaOrDropout_IsRefusedNamingTheField()
+    {
+        string model = ModelFolder(Path.Combine(_dir, "model")), data = Data(Path.Combine(_dir, "d.jsonl"), 16, 1);
+        string outDir = Path.Combine(_dir, "run");
+        Assert.Equal(0, Run(Train(model, data, outDir, "--alpha", "16")).Rc);
+        var alpha = Run(Train(model, data, outDir, "--alpha", "32", "--resume"));
+        Assert.Equal(2, alpha.Rc);
+        Assert.Contains("this resume changes adapter_config.json lora_alpha 32 (the checkpoint was trained with 16)", alpha.Err);
+        var dropout = Run(Train(model, data, outDir, "--alpha", "16", "--dropout", "0.1", "--resume"));
+        Assert.Equal(2, dropout.Rc);
+        Assert.Contains("adapter_config.json lora_dropout 0.1 (the checkpoint was trained with 0)", dropout.Err);
+        var same = Run(Train(model, data, outDir, "--alpha", "16", "--resume"));
+        Assert.True(same.Rc == 0, same.Err);
+    }
+
+    [Fact]
     public void Train_IntoAnAdapterFolderWithoutARun_IsRefusedUnlessOverwrite()
     {
         string model = ModelFolder(Path.Combine(_dir, "model")), data = Data(Path.Combine(_dir, "d.jsonl"), 16, 1);
