@@ -188,7 +188,7 @@ public static class Classification
             OutDir = req.OutDir,
             Method = config.Method,
             Resume = req.Resume,
-            ResumeSettings = new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture) },
+            ResumeSettings = FineTuning.AdapterResumeSettings(plan.Config, new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture) }),
             Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks).Append(plan.Builder),
             Communicator = req.Communicator,
             SaveWeights = dir =>

@@ -144,7 +144,7 @@ public static class FineTuning
     /// adapter_config.json writes it (rank, alpha, dropout, targets, the method's own options), as
     /// "adapter_config.json field" → its JSON text. The base model's path may move between runs and is not compared.
     /// </summary>
-    private static Dictionary<string, string> AdapterResumeSettings(AdapterConfigBase config, Dictionary<string, string> run)
+    internal static Dictionary<string, string> AdapterResumeSettings(AdapterConfigBase config, Dictionary<string, string> run)
     {
         var fields = System.Text.Json.Nodes.JsonNode.Parse(AdapterConfigJson.Serialize(config))!.AsObject();
         foreach (var (name, value) in fields)
