@@ -166,19 +166,7 @@ public sealed class PackedBaseTests(ITestOutputHelper output)
     private static double[] Train(LlamaForCausalLM m, Tensor ids, int steps = 8)
     {
         using var _ = m;
-        var ps = m.parameters().Where(p => p.requires_grad).ToList();
-        using var opt = torch.optim.AdamW(ps, 1e-2, weight_decay: 0);
-        m.train();
-        var losses = new double[steps];
-        for (int s = 0; s < steps; s++)
-        {
-            using var scope = torch.NewDisposeScope();
-            opt.zero_grad();
-            var (loss, _) = Trainer.CausalLmLoss(m.forward(ids), ids);
-            loss.backward();
-            opt.step();
-            losses[s] = loss.item<float>();
-        }
-        return losses;
+        using var opt = torch.optim.AdamW(m.parameters().Where(p => p.requires_grad).ToList(), 1e-2, weight_decay: 0);
+        return LossCurves.Train(m, ids, opt, steps);
     }
 }

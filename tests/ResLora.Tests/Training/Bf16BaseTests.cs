@@ -22,22 +22,6 @@ public sealed class Bf16BaseTests(ITestOutputHelper output)
         return m;
     }
 
-    private static double[] Train(LlamaForCausalLM m, Tensor ids, optim.Optimizer opt, int steps = 8)
-    {
-        m.train();
-        var losses = new double[steps];
-        for (int s = 0; s < steps; s++)
-        {
-            using var scope = torch.NewDisposeScope();
-            opt.zero_grad();
-            var (loss, _) = Trainer.CausalLmLoss(m.forward(ids), ids);
-            loss.backward();
-            opt.step();
-            losses[s] = loss.item<float>();
-        }
-        return losses;
-    }
-
     [Theory]
     [InlineData("lora")]
     [InlineData("dora")]
@@ -55,7 +39,7 @@ public sealed class Bf16BaseTests(ITestOutputHelper output)
         Assert.All(trainable, p => Assert.Equal(ScalarType.Float32, p.dtype));
         Assert.All(m.BaseParameters().Values, p => Assert.Equal(ScalarType.BFloat16, p.dtype));
         using var opt = torch.optim.AdamW(trainable, 1e-3, weight_decay: 0);
-        Train(m, ids, opt, steps: 2);
+        LossCurves.Train(m, ids, opt, steps: 2);
         var states = opt.state_dict().State.Cast<TorchSharp.Modules.AdamW.State>().ToList();
         Assert.Equal(trainable.Count, states.Count);
         Assert.All(states, s => Assert.Equal((ScalarType.Float32, ScalarType.Float32), (s.exp_avg.dtype, s.exp_avg_sq.dtype)));
@@ -76,7 +60,7 @@ public sealed class Bf16BaseTests(ITestOutputHelper output)
         {
             using var m = Adapted(reference, "lora", dtype);
             using var opt = torch.optim.AdamW(m.parameters().Where(p => p.requires_grad), 1e-2, weight_decay: 0);
-            return Train(m, ids, opt);
+            return LossCurves.Train(m, ids, opt);
         }
         double[] fp = Run(ScalarType.Float32), bf = Run(ScalarType.BFloat16);
         double worst = fp.Zip(bf, (a, b) => Math.Abs(a - b)).Max();
