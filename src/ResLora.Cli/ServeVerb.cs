@@ -15,7 +15,7 @@ internal static class ServeVerb
     {
         var model = new Option<string>("--model") { Description = "Hugging Face model folder (the base every request shares).", Required = true };
         var name = new Option<string?>("--name") { Description = "The base's model id in requests and GET /v1/models (default: the model folder's name); adapters are NAME:ADAPTER." };
-        var adapters = new Option<string[]>("--adapter") { Description = "NAME=DIR: serve a LoRA/rsLoRA/DoRA adapter folder (PEFT format; other methods: reslora export --as lora first) as model NAME-OF-BASE:NAME. Repeatable.", AllowMultipleArgumentsPerToken = false };
+        var adapters = new Option<string[]>("--adapter") { Description = "NAME=DIR (or DIR, named after its folder): serve a LoRA/rsLoRA/DoRA adapter folder (PEFT format; other methods: reslora export --as lora first) as model NAME-OF-BASE:NAME. Repeatable.", AllowMultipleArgumentsPerToken = false };
         var host = new Option<string>("--host") { Description = "Address to bind: 127.0.0.1 (default, this machine only), ::1, 0.0.0.0 (every interface: set --api-key), or localhost.", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "Port (0 = pick a free one; the address is printed).", DefaultValueFactory = _ => 8000 };
         var apiKey = new Option<string?>("--api-key") { Description = $"Require Authorization: Bearer KEY on every request (401 otherwise). Default: the {ApiKeyVariable} environment variable; none = no check." };
@@ -35,7 +35,7 @@ internal static class ServeVerb
             {
                 ModelDir = CliPaths.ModelDir(r.GetValue(model)),
                 Name = r.GetValue(name),
-                Adapters = ParseAdapters(r.GetValue(adapters) ?? Array.Empty<string>()),
+                Adapters = NamedAdapters.Parse(r.GetValue(adapters), forceNamed: true).Named.Select(a => KeyValuePair.Create(a.Name, a.Dir)).ToList(),
                 ChatTemplate = r.GetValue(chatTemplate),
                 MaxBatch = r.GetValue(maxBatch),
                 MaxQueue = r.GetValue(maxQueue),
@@ -57,14 +57,6 @@ internal static class ServeVerb
         }));
         return cmd;
     }
-
-    /// <summary>NAME=DIR pairs, in order.</summary>
-    internal static IReadOnlyList<KeyValuePair<string, string>> ParseAdapters(IEnumerable<string> values) => values.Select(v =>
-    {
-        int eq = v.IndexOf('=', StringComparison.Ordinal);
-        if (eq <= 0 || eq == v.Length - 1) throw new UserInputException($"--adapter '{v}': write NAME=DIR (e.g. --adapter support=./support-adapter).");
-        return new KeyValuePair<string, string>(v[..eq], v[(eq + 1)..]);
-    }).ToList();
 
     private static int Run(ServingOptions options, ServeSettings settings, RuntimeOptions runtime)
     {

@@ -12,7 +12,8 @@ public sealed class ServeCliTests : IClassFixture<ServingFixture>
     public ServeCliTests(ServingFixture fixture) => _f = fixture;
 
     [Theory]
-    [InlineData("--adapter", "lora", "--adapter 'lora': write NAME=DIR")]
+    [InlineData("--adapter", "=lora", "--adapter '=lora': give NAME=DIR")]
+    [InlineData("--adapter", "lora=/no/such/folder", "adapter 'lora': /no/such/folder: no such folder")]
     [InlineData("--port", "70000", "--port must be between 0 and 65535")]
     [InlineData("--host", "example.org", "--host 'example.org': give an IP address")]
     [InlineData("--max-queue", "0", "--max-queue must be at least 1")]
