@@ -120,8 +120,23 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     {
         using var scope = torch.NewDisposeScope();
         var h = HiddenStates(inputIds, attentionMask, cache);
-        var logits = _lmHead is null ? nn.functional.linear(h, _model.EmbedTokens.weight!, null) : _lmHead.call(h);
-        return scope.MoveToOuter(logits);
+        return scope.MoveToOuter(Logits(h));
+    }
+
+    /// <summary>The LM head on final hidden states (…, hidden) → (…, vocab); the tied embedding matrix when there is no lm_head.</summary>
+    public Tensor Logits(Tensor hidden) => _lmHead is null ? nn.functional.linear(hidden, _model.EmbedTokens.weight!, null) : _lmHead.call(hidden);
+
+    /// <summary>Logit elements per chunk of <see cref="CausalLmLoss"/> (default <see cref="LmHeadLoss.DefaultChunkElements"/>).</summary>
+    public long LossChunkElements { get; set; } = LmHeadLoss.DefaultChunkElements;
+
+    /// <summary>
+    /// Mean masked next-token cross-entropy of final hidden states (<see cref="HiddenStates"/>) against labels (batch, seq),
+    /// −100 ignored, with the LM head applied in chunks (<see cref="LmHeadLoss"/>): the batch's logits never exist.
+    /// </summary>
+    public (Tensor Loss, long Tokens) CausalLmLoss(Tensor hidden, Tensor labels)
+    {
+        bool headTrainable = _lmHead is null ? _model.EmbedTokens.weight!.requires_grad : _lmHead.parameters().Any(p => p.requires_grad);
+        return LmHeadLoss.Mean(hidden, labels, Logits, Config.VocabSize, headTrainable, LossChunkElements);
     }
 
     /// <summary>

@@ -24,8 +24,8 @@ public static class Evaluation
                 using var scope = torch.NewDisposeScope();
                 using (batch)
                 {
-                    var logits = model.forward(batch.InputIds, batch.AttentionMask);
-                    var (loss, n) = Trainer.CausalLmLoss(logits, batch.Labels);
+                    var hidden = model.HiddenStates(batch.InputIds, batch.AttentionMask);
+                    var (loss, n) = model.CausalLmLoss(hidden, batch.Labels);
                     sum += loss.item<float>() * n;
                     tokens += n;
                 }

@@ -21,7 +21,7 @@ public interface ITrainTask
     /// <summary>The deterministic, resumable batch source of the training set.</summary>
     ITrainBatchSource CreateBatchSource(TrainOptions options);
 
-    /// <summary>The model's output for a batch (logits).</summary>
+    /// <summary>The model's output for a batch (what <see cref="Loss"/> scores: logits, or final hidden states for a loss that applies the head itself).</summary>
     Tensor Forward(TrainBatch batch);
 
     /// <summary>The task loss of an output and the number of items it averages over.</summary>
@@ -49,9 +49,10 @@ public sealed class CausalLmTask(
 
     public ITrainBatchSource CreateBatchSource(TrainOptions options) => new ShuffledBatchSource(train, options.BatchSize, _pad, options.Seed, model.Device);
 
-    public Tensor Forward(TrainBatch batch) => model.forward(batch.InputIds, batch.AttentionMask);
+    /// <summary>Final hidden states: the loss applies the LM head in chunks, so the batch's logits never exist.</summary>
+    public Tensor Forward(TrainBatch batch) => model.HiddenStates(batch.InputIds, batch.AttentionMask);
 
-    public (Tensor Loss, long Tokens) Loss(Tensor output, TrainBatch batch) => Trainer.CausalLmLoss(output, batch.Labels);
+    public (Tensor Loss, long Tokens) Loss(Tensor output, TrainBatch batch) => model.CausalLmLoss(output, batch.Labels);
 
     /// <summary>Loss/perplexity over the eval set, plus exact-match accuracy of greedy answers when there are prompt/completion examples.</summary>
     public EvalReport Evaluate(Trainer trainer, int step, TrainOptions options)

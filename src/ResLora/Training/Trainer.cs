@@ -61,11 +61,14 @@ public sealed class Trainer
 
     /// <summary>
     /// A trainer of <paramref name="model"/>'s trainable parameters. <paramref name="loss"/> is the task loss of a batch from
-    /// the model's logits (default: masked next-token cross-entropy, <see cref="CausalLmLoss"/>); distillation passes its
-    /// KL to a teacher here.
+    /// the model's logits; distillation passes its KL to a teacher here. Without it the loss is the masked next-token
+    /// cross-entropy with the LM head applied in chunks (<see cref="LlamaForCausalLM.CausalLmLoss"/>), so the batch's
+    /// logits never exist.
     /// </summary>
     public Trainer(LlamaForCausalLM model, TrainOptions options, IEnumerable<object> capabilities, Func<Tensor, TrainBatch, (Tensor Loss, long Tokens)>? loss = null)
-        : this(model, b => model.forward(b.InputIds, b.AttentionMask), options, capabilities, loss ?? ((logits, batch) => CausalLmLoss(logits, batch.Labels)))
+        : this(model,
+            loss is null ? b => model.HiddenStates(b.InputIds, b.AttentionMask) : b => model.forward(b.InputIds, b.AttentionMask),
+            options, capabilities, loss ?? ((hidden, batch) => model.CausalLmLoss(hidden, batch.Labels)))
     {
         _lm = model;
     }
@@ -151,8 +154,8 @@ public sealed class Trainer
         for (int micro = 0; micro < _o.GradAccum; micro++)
         {
             using var batch = data.Next();
-            var logits = _forward(batch);
-            var (loss, n) = _loss(logits, batch);
+            var output = _forward(batch);
+            var (loss, n) = _loss(output, batch);
             double lv = loss.item<float>();
             if (!double.IsFinite(lv))
                 throw new UserInputException($"training loss became {lv} at step {step}; stopped before updating. The last good checkpoint is intact. Lower --lr, raise --warmup-steps, or use --dtype float32.");
@@ -209,8 +212,8 @@ public sealed class Trainer
             if (rows > 0)
             {
                 using var shard = DataParallel.Slice(global, start, rows);
-                var logits = _forward(shard);
-                (loss, n) = _loss(logits, shard);
+                var output = _forward(shard);
+                (loss, n) = _loss(output, shard);
                 double lv = loss.item<float>();
                 sums[0] = n > 0 ? lv * n : lv;
                 sums[1] = n;

@@ -1,0 +1,147 @@
+namespace ResLora.Models;
+
+/// <summary>
+/// The LM head and the masked next-token cross-entropy, computed a chunk of rows at a time so that the logits of a whole
+/// batch never exist. For a Qwen2.5-sized vocabulary (151,936) one batch of 4 × 512 tokens has 1.25 GB of float32 logits,
+/// and the unchunked loss keeps several such tensors alive until backward (logits, their float32 copy, log-softmax and
+/// its gradient): at 0.5 B parameters that, not the weights or the layers, set the training peak.
+/// </summary>
+/// <remarks>
+/// Only rows whose label is not −100 go through the head (prompt and padding rows cost nothing). With a frozen head the
+/// gradient of each chunk's loss with respect to its hidden rows is computed during forward, as the fused
+/// linear-cross-entropy kernels of Liger and unsloth do, and kept ((n, hidden), small); backward scales it by the incoming
+/// gradient, so no matmul runs twice. A head with trainable parameters (an adapter on <c>lm_head</c>) is recomputed chunk
+/// by chunk in backward instead, with the forward's random state, so its parameter gradients carry the incoming scale.
+/// The result equals the unchunked loss up to float summation order.
+/// </remarks>
+public static class LmHeadLoss
+{
+    /// <summary>Logit elements per chunk (float32: 128 MB); a chunk has at least one row.</summary>
+    public const long DefaultChunkElements = 1L << 25;
+
+    /// <summary>
+    /// Mean masked next-token loss: <paramref name="hidden"/> (batch, seq, hidden) after the final norm predicts
+    /// <paramref name="labels"/> (batch, seq) shifted by one; −100 is ignored. <paramref name="head"/> maps (rows, hidden) to
+    /// (rows, <paramref name="vocab"/>) logits; <paramref name="headTrainable"/> says whether it has trainable parameters. Returns the mean (float32 scalar) and the
+    /// number of loss tokens; with none, a zero that still reaches the graph.
+    /// </summary>
+    public static (Tensor Loss, long Tokens) Mean(Tensor hidden, Tensor labels, Func<Tensor, Tensor> head, long vocab, bool headTrainable, long chunkElements = DefaultChunkElements)
+    {
+        using var scope = torch.NewDisposeScope();
+        long d = hidden.shape[^1];
+        var h = hidden[.., ..^1, ..].reshape(-1, d);
+        var y = labels[.., 1..].reshape(-1);
+        var rows = y.ne(-100).nonzero().squeeze(1);
+        long n = rows.shape[0];
+        if (n == 0) return (scope.MoveToOuter(h.sum().to_type(ScalarType.Float32) * 0), 0);
+        var hv = h.index_select(0, rows);
+        var yv = y.index_select(0, rows);
+        long chunk = Math.Max(1, chunkElements / vocab);
+        bool needsGrad = torch.is_grad_enabled() && (hv.requires_grad || headTrainable);
+        // Only a function input that requires grad gives the result a graph; with every layer frozen and an adapter on the
+        // head alone, the rows are made such a leaf (their gradient is computed and dropped).
+        if (needsGrad && !hv.requires_grad) hv = hv.detach().requires_grad_(true);
+        var sum = needsGrad
+            ? LmHeadLossFunction.apply(hv, yv, new Head(head, chunk, headTrainable))
+            : SumNoGrad(hv, yv, head, chunk);
+        return (scope.MoveToOuter(sum / n), n);
+    }
+
+    internal static Tensor SumNoGrad(Tensor hv, Tensor yv, Func<Tensor, Tensor> head, long chunk)
+    {
+        using var noGrad = torch.no_grad();
+        var total = torch.zeros(Array.Empty<long>(), dtype: ScalarType.Float32, device: hv.device);
+        long n = hv.shape[0];
+        for (long s = 0; s < n; s += chunk)
+        {
+            using var inner = torch.NewDisposeScope();
+            long len = Math.Min(chunk, n - s);
+            var logits = head(hv.narrow(0, s, len)).to_type(ScalarType.Float32);
+            total.add_(nn.functional.cross_entropy(logits, yv.narrow(0, s, len), reduction: nn.Reduction.Sum));
+        }
+        return total;
+    }
+
+    /// <summary>What the autograd function needs besides tensors: the head, the chunk rows and the mode.</summary>
+    internal sealed record Head(Func<Tensor, Tensor> Apply, long Chunk, bool Trainable);
+}
+
+/// <summary>
+/// The autograd function behind <see cref="LmHeadLoss.Mean"/>: forward returns the summed loss; backward returns the
+/// hidden rows' gradient (kept from forward for a frozen head, recomputed for a trainable one).
+/// </summary>
+internal sealed class LmHeadLossFunction : torch.autograd.SingleTensorFunction<LmHeadLossFunction>
+{
+    public override string Name => nameof(LmHeadLossFunction);
+
+    public override Tensor forward(torch.autograd.AutogradContext ctx, params object[] vars)
+    {
+        var hv = (Tensor)vars[0];
+        var yv = (Tensor)vars[1];
+        var head = (LmHeadLoss.Head)vars[2];
+        ctx.save_data("head", head);
+        if (head.Trainable)
+        {
+            using (var state = torch.get_rng_state()) ctx.save_data("rng", state.data<byte>().ToArray());
+            ctx.save_for_backward(new List<Tensor> { hv, yv });
+            return LmHeadLoss.SumNoGrad(hv, yv, head.Apply, head.Chunk);
+        }
+        // Frozen head: each chunk's loss and its gradient with respect to the chunk's rows, now.
+        var total = torch.zeros(Array.Empty<long>(), dtype: ScalarType.Float32, device: hv.device);
+        var grad = torch.zeros_like(hv);
+        long n = hv.shape[0];
+        using (torch.enable_grad())
+            for (long s = 0; s < n; s += head.Chunk)
+            {
+                using var inner = torch.NewDisposeScope();
+                long len = Math.Min(head.Chunk, n - s);
+                var rows = hv.narrow(0, s, len).detach().requires_grad_(true);
+                var loss = nn.functional.cross_entropy(head.Apply(rows).to_type(ScalarType.Float32), yv.narrow(0, s, len), reduction: nn.Reduction.Sum);
+                loss.backward();
+                grad.narrow(0, s, len).copy_(rows.grad!);
+                total.add_(loss.detach());
+            }
+        ctx.save_for_backward(new List<Tensor> { grad });
+        return total;
+    }
+
+    public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor grad_output)
+    {
+        var head = (LmHeadLoss.Head)ctx.get_data("head");
+        var saved = ctx.get_saved_variables();
+        using var scope = torch.NewDisposeScope();
+        Tensor gx;
+        if (!head.Trainable)
+        {
+            gx = saved[0].mul(grad_output.to_type(saved[0].dtype));
+        }
+        else
+        {
+            var hv = saved[0];
+            var yv = saved[1];
+            gx = torch.zeros_like(hv);
+            var current = torch.get_rng_state();
+            try
+            {
+                using (var replay = torch.tensor((byte[])ctx.get_data("rng"))) torch.set_rng_state(replay);
+                using (torch.enable_grad())
+                using (ActivationCheckpoint.Recomputing())
+                    for (long s = 0, n = hv.shape[0]; s < n; s += head.Chunk)
+                    {
+                        using var inner = torch.NewDisposeScope();
+                        long len = Math.Min(head.Chunk, n - s);
+                        var rows = hv.narrow(0, s, len).detach().requires_grad_(true);
+                        var loss = nn.functional.cross_entropy(head.Apply(rows).to_type(ScalarType.Float32), yv.narrow(0, s, len), reduction: nn.Reduction.Sum);
+                        loss.backward(new[] { grad_output });
+                        gx.narrow(0, s, len).copy_(rows.grad!);
+                    }
+            }
+            finally
+            {
+                torch.set_rng_state(current);
+            }
+        }
+        // One gradient per forward argument: the hidden rows'; none for the labels and the head.
+        return new List<Tensor> { scope.MoveToOuter(gx), null!, null! };
+    }
+}
