@@ -42,6 +42,9 @@ internal static class BenchScaleVerb
         {
             bool q = r.GetValue(quick);
             string dir = r.GetValue(model) ?? MakeOrReuse(r.GetValue(preset)!, r.GetValue(work)!, r.GetValue(tokenizer));
+            // Checked here, before any child starts, so a wrong --model is a one-line error and not a failed worker.
+            if (r.GetValue(model) is { } m && !File.Exists(Path.Combine(m, ModelFolder.ConfigFile)))
+                throw new UserInputException($"--model {m}: {(Directory.Exists(m) ? "no config.json in this folder" : "no such folder")}; pass a Hugging Face model folder, or leave --model out to make one from --preset (bench/scale.sh makes and caches it).");
             bool? fast = RuntimeOptions.CpuHasFastBf16();
             bool bf16 = fast != false || r.GetValue(forceBf16);
             string half = bf16 ? "bfloat16" : "float32";
@@ -189,7 +192,7 @@ internal static class BenchScaleVerb
         {
             var b = Fp32(x);
             sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {x.Label} | {x.Dtype} | {(x.GradCheckpoint ? "on" : "off")} | {x.Batch} × {x.SeqLen} | {F(x.LoadSeconds, "0.0")} | {G(x.ModelBytes)} | {G(x.PeakRssAfterLoad)} | {G(x.PeakRss)} | {(b is null ? "-" : F((double)x.PeakRss / b.PeakRss, "0.00"))} | {F(x.MedianStepSeconds, "0.00")} | {F(x.TokensPerSecond, "0.0")} | {(b is null ? "-" : F(x.TokensPerSecond / b.TokensPerSecond, "0.00"))} | {F(x.FirstLoss, "0.000")} → {F(x.LastLoss, "0.000")} | {F(x.GenTokensPerSecond, "0.0")} | {G(x.PeakRssWithGeneration)} |"));
+                $"| {x.Label} | {x.Dtype} | {(x.GradCheckpoint ? "on" : "off")} | {x.Batch} × {x.SeqLen} | {F(x.LoadSeconds, "0.0")} | {G(x.ModelBytes)} | {G(x.PeakRssAfterLoad)} | {G(x.PeakRss)} | {(b is null ? "-" : F((double)x.PeakRss / b.PeakRss, "0.00"))} | {F(x.MedianStepSeconds, "0.00")} | {F(x.TokensPerSecond, "0.0")} | {(b is null ? "-" : F(x.TokensPerSecond / b.TokensPerSecond, "0.00"))} | {F(x.FirstLoss, "0.000")} → {F(x.LastLoss, "0.000")} | {(x.GenTokensPerSecond is { } g ? F(g, "0.0") : "-")} | {G(x.PeakRssWithGeneration)} |"));
         }
         sb.AppendLine();
         void Target(string what, ScaleResult? x, Func<ScaleResult, ScaleResult, double> ratio, double limit, bool atMost)

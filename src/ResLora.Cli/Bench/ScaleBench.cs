@@ -48,7 +48,7 @@ public sealed record ScaleResult
     public long PeakRss { get; init; }
     /// <summary>Peak RSS at the end, after merging (a packed base keeps full-precision merged weights for adapted projections) and generating.</summary>
     public long PeakRssWithGeneration { get; init; }
-    public double GenTokensPerSecond { get; init; }
+    public double? GenTokensPerSecond { get; init; }
 }
 
 /// <summary>
@@ -158,7 +158,7 @@ public static class ScaleBench
         double median = Benchmarks.Median(times);
         long peakTraining = ProcessMemory.PeakRss();
 
-        double genRate = double.NaN;
+        double? genRate = null; // --gen-tokens 0: not measured (null in scale.json, "-" in the table)
         if (c.GenTokens > 0)
         {
             AdapterModel.MergeAll(model);

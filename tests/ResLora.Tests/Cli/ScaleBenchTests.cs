@@ -27,3 +27,25 @@ public sealed class ScaleBenchTests : IDisposable
         Assert.InRange(r.PeakRssAfterLoad, r.RssBeforeLoad - Slack, r.PeakRss);
     }
 }
+
+/// <summary><c>bench scale</c>'s own input checks, before any child process starts.</summary>
+[Collection("console")]
+public sealed class ScaleBenchCliTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("reslora-scale-cli-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public void MissingModelFolder_IsOneLineErrorNamingTheFlag()
+    {
+        string missing = Path.Combine(_dir, "nope");
+        var (rc, _, err) = CliHarness.Run("bench", "scale", "--model", missing, "--quick");
+        Assert.Equal(2, rc);
+        Assert.Contains($"--model {missing}: no such folder", err);
+        Assert.DoesNotContain("internal error", err);
+        (rc, _, err) = CliHarness.Run("bench", "scale", "--model", _dir, "--quick");
+        Assert.Equal(2, rc);
+        Assert.Contains("no config.json in this folder", err);
+    }
+}
