@@ -64,8 +64,8 @@ internal sealed class DecoderLayerCheckpoint : torch.autograd.SingleTensorFuncti
     {
         var layer = (LlamaDecoderLayer)ctx.get_data("layer");
         var rng = (byte[])ctx.get_data("rng");
+        using var scope = torch.NewDisposeScope(); // first: the saved tensors' wrappers are freed with it
         var saved = ctx.get_saved_variables();
-        using var scope = torch.NewDisposeScope();
         Tensor gx;
         using (torch.enable_grad())
         {
@@ -85,6 +85,6 @@ internal sealed class DecoderLayerCheckpoint : torch.autograd.SingleTensorFuncti
             gx = x.grad ?? torch.zeros_like(x);
         }
         // One gradient per forward argument: x's; none for cos, sin, the mask and the layer.
-        return new List<Tensor> { scope.MoveToOuter(gx), null!, null!, null!, null! };
+        return CustomGradients.Return(grad_output, new List<Tensor> { scope.MoveToOuter(gx), null!, null!, null!, null! });
     }
 }

@@ -108,8 +108,8 @@ internal sealed class LmHeadLossFunction : torch.autograd.SingleTensorFunction<L
     public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor grad_output)
     {
         var head = (LmHeadLoss.Head)ctx.get_data("head");
+        using var scope = torch.NewDisposeScope(); // first: the saved tensors' wrappers are freed with it
         var saved = ctx.get_saved_variables();
-        using var scope = torch.NewDisposeScope();
         Tensor gx;
         if (!head.Trainable)
         {
@@ -142,6 +142,6 @@ internal sealed class LmHeadLossFunction : torch.autograd.SingleTensorFunction<L
             }
         }
         // One gradient per forward argument: the hidden rows'; none for the labels and the head.
-        return new List<Tensor> { scope.MoveToOuter(gx), null!, null! };
+        return CustomGradients.Return(grad_output, new List<Tensor> { scope.MoveToOuter(gx), null!, null! });
     }
 }

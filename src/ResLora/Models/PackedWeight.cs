@@ -182,6 +182,6 @@ internal sealed class PackedMatmul : torch.autograd.SingleTensorFunction<PackedM
     {
         var w = (PackedWeight)ctx.get_data("w");
         // One gradient per forward argument: the packed weight is not a tensor and gets none.
-        return new List<Tensor> { w.MatmulGrad(grad_output), null! };
+        return CustomGradients.Return(grad_output, new List<Tensor> { w.MatmulGrad(grad_output), null! });
     }
 }

@@ -118,23 +118,26 @@ public sealed class BatchScheduler : IDisposable
             var cancel = CancellationTokenSource.CreateLinkedTokenSource(row.Cancellation, _abort.Token);
             job = new Job(row with { Cancellation = cancel.Token }, cancel);
             job.Node = _queue.AddLast(job);
+            // Registered while the lock is held: the worker cannot take the row, finish it and dispose its token source
+            // before the registration exists (it did, under load, and Register threw ObjectDisposedException).
+            // A row cancelled while it waits frees its place at once; one already cancelled runs this callback here
+            // (the lock is re-entrant).
+            job.Registration = cancel.Token.Register(() =>
+            {
+                bool removed = false;
+                lock (_lock)
+                {
+                    if (job.Node?.List is not null)
+                    {
+                        _queue.Remove(job.Node);
+                        removed = true;
+                        CheckDrained();
+                    }
+                }
+                if (removed) Finish(job, null, canceled: true);
+            });
             Monitor.PulseAll(_lock);
         }
-        // A row cancelled while it waits frees its place at once.
-        job.Registration = job.Cancel.Token.Register(() =>
-        {
-            bool removed = false;
-            lock (_lock)
-            {
-                if (job.Node?.List is not null)
-                {
-                    _queue.Remove(job.Node);
-                    removed = true;
-                    CheckDrained();
-                }
-            }
-            if (removed) Finish(job, null, canceled: true);
-        });
         return job.Done.Task;
     }
 
@@ -192,9 +195,9 @@ public sealed class BatchScheduler : IDisposable
             try
             {
                 _beforeBatch?.Invoke(batch.Count);
-                var rows = batch.Select(j => j.Row with { OnFinished = tokens => Finish(j, tokens, j.Cancel.IsCancellationRequested) }).ToList();
+                var rows = batch.Select(j => j.Row with { OnFinished = tokens => Finish(j, tokens, j.Row.Cancellation.IsCancellationRequested) }).ToList();
                 var outputs = _run(rows);
-                for (int i = 0; i < batch.Count; i++) Finish(batch[i], outputs[i], batch[i].Cancel.IsCancellationRequested);
+                for (int i = 0; i < batch.Count; i++) Finish(batch[i], outputs[i], batch[i].Row.Cancellation.IsCancellationRequested);
             }
             catch (Exception e)
             {
@@ -211,7 +214,7 @@ public sealed class BatchScheduler : IDisposable
     private static void Finish(Job job, IReadOnlyList<int>? tokens, bool canceled, Exception? error = null)
     {
         bool first = error is not null ? job.Done.TrySetException(error)
-            : canceled ? job.Done.TrySetCanceled(job.Cancel.Token)
+            : canceled ? job.Done.TrySetCanceled(job.Row.Cancellation) // the token, not the (maybe disposed) source
             : job.Done.TrySetResult(tokens!);
         if (!first) return;
         job.Registration.Dispose();
