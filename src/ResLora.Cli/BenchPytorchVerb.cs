@@ -143,8 +143,11 @@ internal static class BenchPytorchVerb
     /// <summary>Relative loss agreement required in float32: both sides do the same float32 arithmetic in a different order.</summary>
     private const double Fp32Tolerance = 1e-4;
 
-    /// <summary>Relative loss agreement required with a bf16 base: bf16 rounds at every op, and the kernels round differently.</summary>
-    private const double Bf16Tolerance = 2e-2;
+    /// <summary>
+    /// Relative loss agreement required with a bf16 base: bf16 rounds at every op and the two libraries' kernels round
+    /// differently (measured 5e-5 on Qwen2.5-0.5B's shape, 1.4e-4 on SmolLM2-135M's, up to 1e-3 on a tiny model with large weights).
+    /// </summary>
+    private const double Bf16Tolerance = 5e-3;
 
     private static Command BuildWorker()
     {
