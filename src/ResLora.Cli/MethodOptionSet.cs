@@ -26,15 +26,8 @@ internal sealed class MethodOptionSet
         foreach (var (_, o) in _flags) cmd.Options.Add(o);
     }
 
-    public static ModuleTargets ParseTargets(string s, string flag)
-    {
-        s = s.Trim();
-        if (s.Length == 0) throw new UserInputException($"{flag} is empty; give module names such as q_proj,v_proj, or all-linear.");
-        if (string.Equals(s, "all-linear", StringComparison.OrdinalIgnoreCase)) return ModuleTargets.AllLinear;
-        // A plain comma list of names/dotted suffixes; anything with regex metacharacters is a full-match regex (PEFT).
-        if (s.IndexOfAny(new[] { '*', '(', ')', '[', ']', '|', '^', '$', '\\', '+', '?' }) >= 0) return ModuleTargets.Regex(s);
-        return ModuleTargets.List(s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
-    }
+    /// <summary>A --targets/--exclude value (<see cref="ModuleTargets.FromCommandLine"/>).</summary>
+    public static ModuleTargets ParseTargets(string s, string flag) => ModuleTargets.FromCommandLine(s, flag);
 
     /// <summary>
     /// The method spec the flags describe: common hyperparameters, the method's typed options, the refactoring.

@@ -197,7 +197,7 @@ public static class PytorchParity
             Method = m,
             Rank = r.GetProperty("rank").GetInt32(),
             Alpha = r.GetProperty("alpha").GetDouble(),
-            Targets = ResLora.Cli.MethodOptionSet.ParseTargets(r.GetProperty("targets").GetString()!, "--targets"),
+            Targets = ModuleTargets.FromCommandLine(r.GetProperty("targets").GetString()!, "--targets"),
             Options = r.TryGetProperty("structure", out var st) ? new ResLoraOptions(st.GetString()!, r.GetProperty("pre_num").GetInt32()) : null,
         };
     }

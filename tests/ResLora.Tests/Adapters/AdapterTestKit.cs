@@ -50,4 +50,22 @@ internal static class AdapterTestKit
             p.add_(n.to_type(p.dtype));
         }
     }
+
+    /// <summary>
+    /// <paramref name="reference"/>'s base weights with <paramref name="config"/>'s adapters attached (optionally on a packed
+    /// base), everything but the adapters frozen, each adapter perturbed so every factor gets a gradient; in train mode.
+    /// </summary>
+    public static LlamaForCausalLM AdaptedCopy(LlamaForCausalLM reference, AdapterConfigBase config, IPackedWeightFormat? packed = null)
+    {
+        var plan = new AdapterPlan(config, new Generator(21)) { PackedBase = packed };
+        var m = new LlamaForCausalLM(reference.Config, plan, ScalarType.Float32, CPU);
+        var src = reference.BaseParameters();
+        m.LoadWeights(n => src[n]);
+        AdapterModel.OnBaseWeightsLoaded(m);
+        AdapterModel.FreezeAllButAdapters(m);
+        long seed = 3;
+        foreach (var (_, a) in AdapterModel.FindAdapters(m)) Perturb(a, seed++);
+        m.train();
+        return m;
+    }
 }

@@ -21,16 +21,8 @@ public sealed class CustomGradientsTests
         var c = TinyModels.Config() with { NumHiddenLayers = layers };
         using var reference = TinyModels.Build(c, seed: 6);
         var spec = new MethodSpec { Method = "lora", Rank = 4, Alpha = 8, Targets = ModuleTargets.List("q_proj", "v_proj"), TotalSteps = 10 };
-        var plan = new AdapterPlan(AdapterMethods.Build(spec).Config, new Generator(21)) { PackedBase = PackedFormats.Int8 };
-        var m = new LlamaForCausalLM(c, plan, ScalarType.Float32, CPU);
-        var src = reference.BaseParameters();
-        m.LoadWeights(n => src[n]);
-        AdapterModel.OnBaseWeightsLoaded(m);
-        AdapterModel.FreezeAllButAdapters(m);
-        long seed = 3;
-        foreach (var (_, a) in AdapterModel.FindAdapters(m)) Perturb(a, seed++);
+        var m = AdaptedCopy(reference, AdapterMethods.Build(spec).Config, PackedFormats.Int8);
         m.GradientCheckpointing = checkpoint;
-        m.train();
         return m;
     }
 

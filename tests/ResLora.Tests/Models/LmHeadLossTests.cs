@@ -16,20 +16,8 @@ namespace ResLora.Tests.Models;
 [Collection("global torch generator")]
 public sealed class LmHeadLossTests
 {
-    private static LlamaForCausalLM Build(LlamaForCausalLM reference, string targets, double dropout, IPackedWeightFormat? packed = null)
-    {
-        var spec = new MethodSpec { Method = "lora", Rank = 4, Alpha = 8, Dropout = dropout, Targets = ModuleTargets.List(targets.Split(',')), TotalSteps = 10 };
-        var plan = new AdapterPlan(AdapterMethods.Build(spec).Config, new Generator(21)) { PackedBase = packed };
-        var m = new LlamaForCausalLM(reference.Config, plan, ScalarType.Float32, CPU);
-        var src = reference.BaseParameters();
-        m.LoadWeights(n => src[n]);
-        AdapterModel.OnBaseWeightsLoaded(m);
-        AdapterModel.FreezeAllButAdapters(m);
-        long seed = 3;
-        foreach (var (_, a) in AdapterModel.FindAdapters(m)) Perturb(a, seed++);
-        m.train();
-        return m;
-    }
+    private static LlamaForCausalLM Build(LlamaForCausalLM reference, string targets, double dropout, IPackedWeightFormat? packed = null) =>
+        AdaptedCopy(reference, AdapterMethods.Build(new MethodSpec { Method = "lora", Rank = 4, Alpha = 8, Dropout = dropout, Targets = ModuleTargets.List(targets.Split(',')), TotalSteps = 10 }).Config, packed);
 
     /// <summary>Labels: the ids with a prompt-like masked prefix on row 0 and padding-like masked tail on row 1.</summary>
     private static Tensor Labels(Tensor ids)

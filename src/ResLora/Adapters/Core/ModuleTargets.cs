@@ -24,6 +24,19 @@ public sealed record ModuleTargets
     public static ModuleTargets Regex(string pattern) => new(pattern, null);
     public static ModuleTargets AllLinear { get; } = new("all-linear", null);
 
+    /// <summary>
+    /// A command-line value: "all-linear" (any case), a comma list of names / dotted suffixes, or — when it has regex
+    /// metacharacters — a full-match regex, as PEFT reads <c>target_modules</c>. <paramref name="flag"/> names the flag in errors.
+    /// </summary>
+    public static ModuleTargets FromCommandLine(string s, string flag)
+    {
+        s = s.Trim();
+        if (s.Length == 0) throw new UserInputException($"{flag} is empty; give module names such as q_proj,v_proj, or all-linear.");
+        if (string.Equals(s, "all-linear", StringComparison.OrdinalIgnoreCase)) return AllLinear;
+        if (s.IndexOfAny(new[] { '*', '(', ')', '[', ']', '|', '^', '$', '\\', '+', '?' }) >= 0) return Regex(s);
+        return List(s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+    }
+
     public bool IsAllLinear => Pattern is { } p && string.Equals(p, "all-linear", StringComparison.OrdinalIgnoreCase);
 
     /// <summary>PEFT's matching rule for one module path (all-linear: decoder layers only).</summary>
