@@ -61,17 +61,6 @@ internal static class BenchMemoryVerb
         return cmd;
     }
 
-    private static JsonElement RunSelf(IEnumerable<string> args)
-    {
-        string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot find our own executable.");
-        var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true };
-        if (Path.GetFileNameWithoutExtension(exe) == "dotnet") psi.ArgumentList.Add(typeof(BenchMemoryVerb).Assembly.Location);
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        string o = p.StandardOutput.ReadToEnd();
-        string e = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        if (p.ExitCode != 0) throw new InvalidOperationException($"bench memory worker failed: {e.Trim()}");
-        return JsonDocument.Parse(o.Trim().Split('\n')[^1]).RootElement.Clone();
-    }
+    private static JsonElement RunSelf(IEnumerable<string> args) =>
+        JsonDocument.Parse(ChildProcess.LastLine(ChildProcess.Self(args), "bench memory worker")).RootElement.Clone();
 }

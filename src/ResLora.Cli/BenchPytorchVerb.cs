@@ -169,10 +169,7 @@ internal static class BenchPytorchVerb
     /// <summary>Our side in a child process of this executable (as bench scale's workers), so its peak RSS is its own.</summary>
     private static ParityRun RunOurs(string dir, int threads)
     {
-        string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot find our own executable.");
-        var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true };
-        if (Path.GetFileNameWithoutExtension(exe) == "dotnet") psi.ArgumentList.Add(typeof(BenchPytorchVerb).Assembly.Location);
-        foreach (var a in new[] { "bench", "pytorch", "worker", "--dir", dir, "--threads", threads.ToString(CultureInfo.InvariantCulture) }) psi.ArgumentList.Add(a);
+        var psi = ChildProcess.Self(new[] { "bench", "pytorch", "worker", "--dir", dir, "--threads", threads.ToString(CultureInfo.InvariantCulture) });
         return Run(psi, "torchsharp", threads, "bench pytorch worker");
     }
 
@@ -193,12 +190,7 @@ internal static class BenchPytorchVerb
     /// <summary>Runs one side and reads its last stdout line: JSON with losses, step_seconds and (optionally) peak_rss, load_seconds.</summary>
     private static ParityRun Run(ProcessStartInfo psi, string impl, int threads, string what)
     {
-        using var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {psi.FileName}.");
-        var err = p.StandardError.ReadToEndAsync();
-        string stdout = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        if (p.ExitCode != 0) throw new InvalidOperationException($"{what} failed (exit {p.ExitCode}): {err.Result.Trim()}");
-        using var doc = JsonDocument.Parse(stdout.Trim().Split('\n')[^1]);
+        using var doc = JsonDocument.Parse(ChildProcess.LastLine(psi, what));
         var root = doc.RootElement;
         return new ParityRun(impl, threads, root.GetProperty("losses").EnumerateArray().Select(x => x.GetDouble()).ToList(), root.GetProperty("step_seconds").EnumerateArray().Select(x => x.GetDouble()).ToList())
         {

@@ -164,17 +164,9 @@ internal static class BenchScaleVerb
     /// <summary>Runs one configuration in a child process of this executable and reads its JSON line.</summary>
     internal static ScaleResult RunChild(string modelDir, ScaleConfig c, bool loadOnly = false)
     {
-        string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot find our own executable.");
-        var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true };
-        if (Path.GetFileNameWithoutExtension(exe) == "dotnet") psi.ArgumentList.Add(typeof(BenchScaleVerb).Assembly.Location);
-        foreach (var a in new[] { "bench", "scale", "worker", "--model", modelDir, "--config", JsonSerializer.Serialize(c, Json) }) psi.ArgumentList.Add(a);
-        if (loadOnly) psi.ArgumentList.Add("--load-only");
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        string o = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        if (p.ExitCode != 0) throw new InvalidOperationException($"bench scale worker ({c.Label}, batch {c.Batch}) failed with exit code {p.ExitCode}: {err.Result.Trim()}");
-        return JsonSerializer.Deserialize<ScaleResult>(o.Trim().Split('\n')[^1], Json)!;
+        var args = new List<string> { "bench", "scale", "worker", "--model", modelDir, "--config", JsonSerializer.Serialize(c, Json) };
+        if (loadOnly) args.Add("--load-only");
+        return JsonSerializer.Deserialize<ScaleResult>(ChildProcess.LastLine(ChildProcess.Self(args), $"bench scale worker ({c.Label}, batch {c.Batch})"), Json)!;
     }
 
     private static string Table(string dir, IReadOnlyList<ScaleResult> rs, bool realBf16)

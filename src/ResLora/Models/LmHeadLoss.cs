@@ -56,11 +56,14 @@ public static class LmHeadLoss
         {
             using var inner = torch.NewDisposeScope();
             long len = Math.Min(chunk, n - s);
-            var logits = head(hv.narrow(0, s, len)).to_type(ScalarType.Float32);
-            total.add_(nn.functional.cross_entropy(logits, yv.narrow(0, s, len), reduction: nn.Reduction.Sum));
+            total.add_(ChunkSum(head, hv.narrow(0, s, len), yv.narrow(0, s, len)));
         }
         return total;
     }
+
+    /// <summary>Summed float32 cross-entropy of one chunk of rows through the head (the logits cast as the whole-batch loss casts them).</summary>
+    internal static Tensor ChunkSum(Func<Tensor, Tensor> head, Tensor rows, Tensor labels) =>
+        nn.functional.cross_entropy(head(rows).to_type(ScalarType.Float32), labels, reduction: nn.Reduction.Sum);
 
     /// <summary>What the autograd function needs besides tensors: the head, the chunk rows and the mode.</summary>
     internal sealed record Head(Func<Tensor, Tensor> Apply, long Chunk, bool Trainable);
@@ -96,7 +99,7 @@ internal sealed class LmHeadLossFunction : torch.autograd.SingleTensorFunction<L
                 using var inner = torch.NewDisposeScope();
                 long len = Math.Min(head.Chunk, n - s);
                 var rows = hv.narrow(0, s, len).detach().requires_grad_(true);
-                var loss = nn.functional.cross_entropy(head.Apply(rows).to_type(ScalarType.Float32), yv.narrow(0, s, len), reduction: nn.Reduction.Sum);
+                var loss = LmHeadLoss.ChunkSum(head.Apply, rows, yv.narrow(0, s, len));
                 loss.backward();
                 grad.narrow(0, s, len).copy_(rows.grad!);
                 total.add_(loss.detach());
@@ -131,7 +134,7 @@ internal sealed class LmHeadLossFunction : torch.autograd.SingleTensorFunction<L
                         using var inner = torch.NewDisposeScope();
                         long len = Math.Min(head.Chunk, n - s);
                         var rows = hv.narrow(0, s, len).detach().requires_grad_(true);
-                        var loss = nn.functional.cross_entropy(head.Apply(rows).to_type(ScalarType.Float32), yv.narrow(0, s, len), reduction: nn.Reduction.Sum);
+                        var loss = LmHeadLoss.ChunkSum(head.Apply, rows, yv.narrow(0, s, len));
                         loss.backward(new[] { grad_output });
                         gx.narrow(0, s, len).copy_(rows.grad!);
                     }

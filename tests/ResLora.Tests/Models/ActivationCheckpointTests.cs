@@ -25,16 +25,8 @@ public sealed class ActivationCheckpointTests
     /// <summary>A model with the method on every decoder linear, its adapter perturbed so that every factor gets a gradient.</summary>
     private static LlamaForCausalLM Build(LlamaForCausalLM reference, string method, double dropout, bool checkpoint, IPackedWeightFormat? packed = null)
     {
-        var plan = new AdapterPlan(Config(method, dropout), new Generator(21)) { PackedBase = packed };
-        var m = new LlamaForCausalLM(reference.Config, plan, ScalarType.Float32, CPU);
-        var src = reference.BaseParameters();
-        m.LoadWeights(n => src[n]);
-        AdapterModel.OnBaseWeightsLoaded(m);
-        AdapterModel.FreezeAllButAdapters(m);
-        ulong seed = 3;
-        foreach (var (_, a) in AdapterModel.FindAdapters(m)) Perturb(a, (long)seed++);
+        var m = AdaptedCopy(reference, Config(method, dropout), packed);
         m.GradientCheckpointing = checkpoint;
-        m.train();
         return m;
     }
 
