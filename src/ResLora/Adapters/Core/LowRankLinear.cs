@@ -83,6 +83,15 @@ public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowR
     /// <summary>§3.1: the input cast to the adapter dtype, with dropout on the adapter path only (training).</summary>
     protected Tensor AdapterInput(Tensor x) => Drop(x.to_type(AdapterDtype));
 
+    /// <summary>
+    /// A · dropout(x) (..., r) in the adapter dtype. Over a bf16/fp16 input with no dropout in effect and A training, this is
+    /// <see cref="UpcastDown"/>: the same numbers, but backward keeps x instead of its float32 cast.
+    /// </summary>
+    protected Tensor Down(Tensor x) =>
+        !UpcastDown.Off && x.dtype != AdapterDtype && !(Options.Dropout > 0 && training) && torch.is_grad_enabled() && LoraA.requires_grad
+            ? UpcastDown.Run(x, LoraA)
+            : lora_A.call(AdapterInput(x));
+
     protected Tensor Drop(Tensor t) => Options.Dropout > 0 && training ? nn.functional.dropout(t, Options.Dropout, true) : t;
 
     /// <summary>W₀ in float32: the weight before merging, also while merged (for ΔW formulas that read W₀, e.g. DoRA).</summary>

@@ -73,7 +73,7 @@ public sealed class ResLoraLinear : LowRankLinear
                 {
                     // §3.2: s·Σ_k B_{n−k} A_{n−k} x as ONE product of the concatenated factors (one shared dropout mask).
                     var preds = Predecessors(_owner.PreNum);
-                    if (preds.Count == 0) delta = lora_B.call(lora_A.call(Drop(xa)));
+                    if (preds.Count == 0) delta = lora_B.call(Down(x));
                     else
                     {
                         var aCat = torch.cat(preds.Select(p => (Tensor)p.LoraA).Prepend(LoraA).ToArray(), 0); // (r(m+1), in)
@@ -85,7 +85,7 @@ public sealed class ResLoraLinear : LowRankLinear
             default:
                 {
                     // §3.3: z_n = A drop(x_n); h = Wx + s·B (z_n + Σ_k z_{n−k}), each z the predecessor's own, from this forward.
-                    Tensor z = lora_A.call(Drop(xa)); // (.., r)
+                    Tensor z = Down(x); // (.., r)
                     ctx?.Put(this, z);
                     Tensor acc = z;
                     foreach (var p in Predecessors(_owner.PreNum)) acc = acc + ctx!.Get(p, Spec.Name);
