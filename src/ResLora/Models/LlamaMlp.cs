@@ -27,7 +27,7 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        var h = nn.functional.silu(_gateProj.call(x)) * _upProj.call(x); // (batch, seq, intermediate)
+        var h = SwiGlu.Run(_gateProj.call(x), _upProj.call(x)); // (batch, seq, intermediate)
         if (DownProjInputTransform is { } f) h = f(h);
         return scope.MoveToOuter(_downProj.call(h));
     }

@@ -45,7 +45,7 @@ public sealed class LmHeadLossTests
         foreach (var (name, e) in expected)
         {
             Assert.True(e.abs().max().item<float>() > 1e-6, $"{name}: the reference gradient is zero, so the comparison proves nothing");
-            Assert.True(e.allclose(actual[name], rtol, atol), $"{name}: max |Δ| {(e - actual[name]).abs().max().item<float>():g}");
+            Assert.True(e.allclose(actual[name], rtol, atol), $"{name}: max |Δ| {(e - actual[name]).abs().max().item<float>():g}, max |g| {e.abs().max().item<float>():g}");
         }
     }
 
@@ -149,7 +149,8 @@ public sealed class LmHeadLossTests
         m.LossChunkElements = 6L * c.VocabSize;
         var chunked = Run(m, ids, labels, chunked: true);
         Assert.Equal(whole.Loss, chunked.Loss, 5);
-        AssertClose(whole.Grads, chunked.Grads, rtol: 1e-4, atol: 1e-7);
+        // Gradients up to 0.3 here; float32 sums in another order leave up to ~3e-7 on small entries after the MLP nodes.
+        AssertClose(whole.Grads, chunked.Grads, rtol: 1e-4, atol: 1e-6);
     }
 
     [Fact]
