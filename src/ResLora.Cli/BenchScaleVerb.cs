@@ -31,11 +31,12 @@ internal static class BenchScaleVerb
         var steps = new Option<int>("--steps") { Description = "Timed training steps per configuration (after one warm-up step).", DefaultValueFactory = _ => 3 };
         var genTokens = new Option<int>("--gen-tokens") { Description = "Tokens generated with the merged model (0 = skip).", DefaultValueFactory = _ => 32 };
         var threads = new Option<int>("--threads") { Description = "Torch threads per child (0 = libtorch's default).", DefaultValueFactory = _ => 0 };
+        var heap = new Option<string>("--heap") { Description = "Heap policy of every child, as reslora train --heap: balanced (default), fast or lean.", DefaultValueFactory = _ => "balanced" };
         var forceBf16 = new Option<bool>("--force-bf16") { Description = "Run bf16 (and the 8-/4-bit bases' bf16 compute) even on a CPU without a fast bf16 matmul, where it is about 10× slower than float32." };
         var quick = new Option<bool>("--quick") { Description = "Checks the benchmark runs: sequence 64, batch 1, one timed step, 4 generated tokens (use with --preset smollm2-135m)." };
         var output = new Option<string>("--out") { Description = "Folder for scale.json and scale.md.", DefaultValueFactory = _ => "reslora-bench" };
         var cmd = new Command("scale", "Peak RSS, time to load and tokens/s of LoRA training on a real-size model (a preset's shape, random weights) for fp32, bf16, 8-bit and 4-bit bases, with and without --grad-checkpoint; each configuration in its own process.");
-        foreach (var o in new Option[] { preset, model, work, tokenizer, seqLen, batches, bases, checkpoint, steps, genTokens, threads, forceBf16, quick, output }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { preset, model, work, tokenizer, seqLen, batches, bases, checkpoint, steps, genTokens, threads, heap, forceBf16, quick, output }) cmd.Options.Add(o);
         cmd.Subcommands.Add(BuildMakeModel());
         cmd.Subcommands.Add(BuildWorker());
         cmd.SetAction(r => CliErrors.Guard(() =>
@@ -50,6 +51,8 @@ internal static class BenchScaleVerb
             string half = bf16 ? "bfloat16" : "float32";
             if (!bf16)
                 Console.Error.WriteLine("note: this CPU has no fast bf16 matmul (RuntimeOptions.CpuHasFastBf16 is false): the bf16 row runs as float32, as `reslora train --dtype bfloat16` does here, and the 8-/4-bit bases compute in float32; --force-bf16 runs real bf16 (about 10× slower here).");
+            string heapMode = r.GetValue(heap)!.Trim().ToLowerInvariant();
+            _ = RuntimeOptions.ParseHeap(heapMode);
             var rows = new List<ScaleConfig>();
             int[] bs = q ? new[] { 1 } : Ints(r.GetValue(batches)!, "--batches");
             var ck = r.GetValue(checkpoint)!.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
@@ -78,6 +81,7 @@ internal static class BenchScaleVerb
                             Steps = q ? 1 : r.GetValue(steps),
                             GenTokens = q ? Math.Min(4, r.GetValue(genTokens)) : r.GetValue(genTokens),
                             Threads = r.GetValue(threads),
+                            Heap = heapMode,
                         });
             }
             var results = new List<ScaleResult>();
@@ -86,7 +90,7 @@ internal static class BenchScaleVerb
                 Console.Error.WriteLine($"[{i + 1}/{rows.Count}] {c.Label} ({c.Dtype}), checkpointing {(c.GradCheckpoint ? "on" : "off")}, batch {c.Batch} × {c.SeqLen}");
                 results.Add(RunChild(dir, c));
             }
-            string md = Table(dir, results, bf16);
+            string md = Table(dir, results, bf16, heapMode);
             Console.Out.Write(md);
             string outDir = r.GetValue(output)!;
             Directory.CreateDirectory(outDir);
@@ -169,7 +173,7 @@ internal static class BenchScaleVerb
         return JsonSerializer.Deserialize<ScaleResult>(ChildProcess.LastLine(ChildProcess.Self(args), $"bench scale worker ({c.Label}, batch {c.Batch})"), Json)!;
     }
 
-    private static string Table(string dir, IReadOnlyList<ScaleResult> rs, bool realBf16)
+    private static string Table(string dir, IReadOnlyList<ScaleResult> rs, bool realBf16, string heap)
     {
         static string F(double v, string f) => double.IsNaN(v) ? "-" : v.ToString(f, CultureInfo.InvariantCulture);
         static string G(long b) => F(b / 1e9, "0.00");
@@ -177,7 +181,7 @@ internal static class BenchScaleVerb
         var sb = new StringBuilder();
         var first = rs.FirstOrDefault();
         if (first is not null)
-            sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"model {dir}: {first.Parameters:N0} parameters; LoRA r 16 on q,k,v,o; ratios against fp32 without checkpointing at the same batch")).AppendLine();
+            sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"model {dir}: {first.Parameters:N0} parameters; LoRA r 16 on q,k,v,o; --heap {heap}; huge pages {(RuntimeOptions.HugePagesRequested ? "requested" : "off")}; ratios against fp32 without checkpointing at the same batch")).AppendLine();
         sb.AppendLine("| base | dtype | checkpointing | batch × seq | load (s) | model (GB) | peak RSS after load (GB) | peak RSS training (GB) | × fp32 RSS | step (s) | tokens/s | × fp32 tokens/s | loss first → last | merged generation tokens/s | peak RSS with generation (GB) |");
         sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (var x in rs)

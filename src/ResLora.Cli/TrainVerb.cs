@@ -47,7 +47,7 @@ internal static class TrainVerb
         var labelField = new Option<string>("--label-field") { Description = "classify/regress: the field holding the label (integer or string classes; a number for regress).", DefaultValueFactory = _ => "label" };
         var checkWeights = new Option<bool>("--check-weights") { Description = "Read every base weight once before training and refuse NaN/infinite values or integer-typed weights (as inspect --check; adapter tensors are always checked)." };
         var method = new MethodOptionSet();
-        var rt = new RuntimeOptionSet(baseBits: true);
+        var rt = new RuntimeOptionSet(baseBits: true, heap: true);
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
         foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
             cmd.Options.Add(o);

@@ -1,6 +1,6 @@
 namespace ResLora;
 
-/// <summary>Runtime choices kept apart from the model config: device, dtype, torch threads.</summary>
+/// <summary>Runtime choices kept apart from the model config: device, dtype, torch threads, base storage, heap policy.</summary>
 public sealed record RuntimeOptions
 {
     public string Device { get; init; } = "cpu";
@@ -13,10 +13,34 @@ public sealed record RuntimeOptions
     /// output channel), 4 or nf4 (NF4, QLoRA's), int4 (4-bit round-to-nearest, groups of 64).
     /// </summary>
     public string BaseBits { get; init; } = "16";
+    /// <summary>
+    /// What glibc does with freed blocks once a model is loaded (<c>--heap</c>): balanced (default), fast or lean; see
+    /// <see cref="ResLora.HeapMode"/>. Linux with glibc only; ignored where the user set <c>MALLOC_MMAP_THRESHOLD_</c>.
+    /// </summary>
+    public string Heap { get; init; } = "balanced";
 
     public torch.Device TorchDevice => ParseDevice(Device);
     public torch.ScalarType ScalarType => ParseDtype(Dtype, Device);
     public BaseWeightStorage BaseStorage => ParseBaseBits(BaseBits);
+    public HeapMode HeapMode => ParseHeap(Heap);
+
+    public static HeapMode ParseHeap(string heap) => heap.Trim().ToLowerInvariant() switch
+    {
+        "balanced" => HeapMode.Balanced,
+        "fast" => HeapMode.Fast,
+        "lean" => HeapMode.Lean,
+        _ => throw new UserInputException($"--heap '{heap}' is not a heap policy: use balanced (default), fast (quickest steps, highest peak) or lean (lowest peak, slowest steps)."),
+    };
+
+    /// <summary>
+    /// Backs large tensors with transparent huge pages (Linux): much faster CPU training steps. Call it first thing in
+    /// Main, before any tensor exists (libtorch reads the setting once); the <c>reslora</c> tool does. False when it did
+    /// nothing (another OS, or <c>THP_MEM_ALLOC_ENABLE</c> already set by the user).
+    /// </summary>
+    public static bool UseHugePages() => NativeHeap.UseHugePages();
+
+    /// <summary>Whether libtorch was asked for huge pages in this process (<see cref="UseHugePages"/> or THP_MEM_ALLOC_ENABLE=1).</summary>
+    public static bool HugePagesRequested => NativeHeap.HugePagesRequested;
 
     public static BaseWeightStorage ParseBaseBits(string bits) => bits.Trim().ToLowerInvariant() switch
     {
@@ -112,10 +136,11 @@ public sealed record RuntimeOptions
         }
     }
 
-    /// <summary>Applies the thread setting (process-global in libtorch).</summary>
+    /// <summary>Applies the thread setting (process-global in libtorch) and the heap policy for the next model load.</summary>
     public void Apply()
     {
         if (Threads > 0) torch.set_num_threads(Threads);
+        NativeHeap.Mode = HeapMode;
     }
 }
 

@@ -23,6 +23,8 @@ public sealed record ScaleConfig
     public int Steps { get; init; } = 3;
     public int GenTokens { get; init; } = 32;
     public int Threads { get; init; }
+    /// <summary>Heap policy (<see cref="RuntimeOptions.Heap"/>): balanced, fast or lean.</summary>
+    public string Heap { get; init; } = "balanced";
 }
 
 /// <summary>What one child measured (peak RSS is the child's own: /proc/self/status VmHWM).</summary>
@@ -125,7 +127,7 @@ public static class ScaleBench
     /// </summary>
     public static ScaleResult Run(string modelDir, ScaleConfig c)
     {
-        var runtime = new RuntimeOptions { Dtype = c.Dtype, BaseBits = c.BaseBits, Threads = c.Threads };
+        var runtime = new RuntimeOptions { Dtype = c.Dtype, BaseBits = c.BaseBits, Threads = c.Threads, Heap = c.Heap };
         long rssBefore = RssWithLibtorch();
         torch.manual_seed(1);
         using var gen = new torch.Generator(1);
@@ -197,7 +199,7 @@ public static class ScaleBench
     /// <summary>Loads <paramref name="modelDir"/> without adapters and reports the load alone: for the load-memory check.</summary>
     public static ScaleResult LoadOnly(string modelDir, ScaleConfig c)
     {
-        var runtime = new RuntimeOptions { Dtype = c.Dtype, BaseBits = c.BaseBits, Threads = c.Threads };
+        var runtime = new RuntimeOptions { Dtype = c.Dtype, BaseBits = c.BaseBits, Threads = c.Threads, Heap = c.Heap };
         long rssBefore = RssWithLibtorch();
         var sw = Stopwatch.StartNew();
         using var model = ModelSessions.LoadBase(modelDir, runtime);

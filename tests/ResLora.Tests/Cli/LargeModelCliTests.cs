@@ -94,4 +94,20 @@ public sealed class LargeModelCliTests : IDisposable
         Assert.Equal(2, both.Rc);
         Assert.Contains("drop one of them", both.Err);
     }
+
+    [Fact]
+    public void Heap_BadValue_IsOneLineErrorNamingTheChoices()
+    {
+        string model = ModelFolder(), data = Data("train.jsonl", 8, 1);
+        var bad = CliHarness.Run(new[] { "train", "--model", model, "--data", data, "--heap", "huge", "--out", Path.Combine(_dir, "h") }.Concat(Template).ToArray());
+        Assert.Equal(2, bad.Rc);
+        Assert.Contains("--heap 'huge' is not a heap policy: use balanced (default), fast", bad.Err);
+        Assert.False(Directory.Exists(Path.Combine(_dir, "h")), "nothing is written before the flag is checked");
+        Assert.Equal(HeapMode.Lean, RuntimeOptions.ParseHeap(" LEAN "));
+        var o = new RuntimeOptions { Heap = "fast" };
+        o.Apply();
+        Assert.Equal(HeapMode.Fast, NativeHeap.Mode);
+        new RuntimeOptions().Apply();
+        Assert.Equal(HeapMode.Balanced, NativeHeap.Mode);
+    }
 }
