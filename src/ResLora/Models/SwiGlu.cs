@@ -3,9 +3,8 @@ namespace ResLora.Models;
 /// <summary>
 /// silu(gate) ⊙ up (LLaMA's MLP) as one autograd node that keeps only gate and up for backward. The composed form also
 /// keeps silu(gate), a third (tokens, intermediate) tensor per layer: at Qwen2.5-0.5B's shape and batch 4 × 512, 20 MB
-/// per layer in bf16, about 0.5 GB over 24 layers. Backward takes autograd's steps: up's gradient g ⊙ silu(gate) and
-/// silu's input gradient (g ⊙ up) · s(1 + x(1 − s)) in float32, as PyTorch's silu_backward computes it for half
-/// precision, each rounded once to the input's dtype. Inference and frozen paths use the composed form.
+/// per layer in bf16, about 0.5 GB over 24 layers. Backward recomputes silu(gate) and takes autograd's steps with
+/// libtorch's own kernels, so the gradients are the composed form's. Inference and frozen paths use the composed form.
 /// </summary>
 internal sealed class SwiGlu : torch.autograd.SingleTensorFunction<SwiGlu>
 {
@@ -32,11 +31,16 @@ internal sealed class SwiGlu : torch.autograd.SingleTensorFunction<SwiGlu>
         using var scope = torch.NewDisposeScope(); // first: the saved tensors' wrappers are freed with it
         var saved = ctx.get_saved_variables();
         Tensor gate = saved[0], up = saved[1];
-        var gUp = grad_output.mul(nn.functional.silu(gate));              // in the input dtype, as mul's backward
-        var gs = grad_output.mul(up).to_type(ScalarType.Float32);
-        var x = gate.to_type(ScalarType.Float32);
-        var sig = torch.sigmoid(x);
-        var gGate = gs.mul(sig).mul(x.mul(sig.neg().add(1)).add(1)).to_type(gate.dtype); // d silu/dx = s(1 + x(1 − s))
+        Tensor gGate, gUp;
+        using (torch.enable_grad())
+        {
+            // silu recomputed on a leaf, and its input gradient taken by libtorch's own silu backward (float32 inside,
+            // one rounding to gate's dtype, no float32 tensor): the numbers autograd gives the composed ops.
+            var x = gate.detach().requires_grad_(true);
+            var s = nn.functional.silu(x);
+            gUp = grad_output.mul(s.detach());
+            gGate = torch.autograd.grad(new[] { s }, new[] { x }, new[] { grad_output.mul(up) })[0];
+        }
         return CustomGradients.Return(grad_output, new List<Tensor> { scope.MoveToOuter(gGate), scope.MoveToOuter(gUp) });
     }
 }

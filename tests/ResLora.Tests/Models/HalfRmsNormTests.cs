@@ -6,7 +6,7 @@ namespace ResLora.Tests.Models;
 
 /// <summary>
 /// RMSNorm over a half-precision input with a frozen weight runs as one node (<see cref="HalfRmsNorm"/>) that keeps x, not
-/// its float32 copy: same forward, and backward in autograd's steps.
+/// its float32 copy: the same forward and the same gradients.
 /// </summary>
 public sealed class HalfRmsNormTests
 {
@@ -47,11 +47,7 @@ public sealed class HalfRmsNormTests
         Assert.Equal(dtype, y.dtype);
         Assert.Equal(dtype, gx.dtype);
         Assert.Equal(0.0, MaxAbs(y, yr));
-        // Per row, the gradient is one float32 expression rounded once to the half dtype: allow one rounding step of the
-        // row's largest entry (only the float32 sum's order may differ from autograd's).
-        var rowMax = gxr.to_type(ScalarType.Float32).abs().amax(new long[] { -1 }, keepdim: true);
-        var err = gx.to_type(ScalarType.Float32).sub(gxr.to_type(ScalarType.Float32)).abs().div(rowMax.add(1e-30));
-        Assert.True(err.max().item<float>() <= 1.0 / 128, $"relative gradient difference {err.max().item<float>()}");
+        Assert.Equal(0.0, MaxAbs(gx, gxr)); // backward recomputes the same float32 graph and differentiates it
         // The statistic's term is there: without it the gradient would be w ⊙ probe · r alone.
         var xf = x0.to_type(ScalarType.Float32);
         var r = torch.rsqrt(xf.pow(2).mean(new long[] { -1 }, keepdim: true).add(1e-6));

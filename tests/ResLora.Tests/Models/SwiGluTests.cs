@@ -30,9 +30,9 @@ public sealed class SwiGluTests
     }
 
     [Theory]
-    [InlineData(ScalarType.Float32, 1e-6)]
-    [InlineData(ScalarType.BFloat16, 1.0 / 128)]
-    public void Node_MatchesComposedSiluTimesUp_ValuesAndGradients(ScalarType dtype, double gateTolerance)
+    [InlineData(ScalarType.Float32)]
+    [InlineData(ScalarType.BFloat16)]
+    public void Node_MatchesComposedSiluTimesUp_ValuesAndGradients(ScalarType dtype)
     {
         using var scope = torch.NewDisposeScope();
         var g = new Generator(31);
@@ -43,7 +43,7 @@ public sealed class SwiGluTests
         var (hr, ggr, gur) = Run(gate, up, probe, node: false);
         Assert.Equal(0.0, Rel(h, hr));
         Assert.Equal(0.0, Rel(gu, gur)); // g ⊙ silu(gate), the same ops
-        Assert.True(Rel(gg, ggr) <= gateTolerance, $"gate gradient {Rel(gg, ggr)}");
+        Assert.Equal(0.0, Rel(gg, ggr)); // libtorch's silu backward on the recomputed silu
         Assert.Equal(dtype, gg.dtype);
         // Not the sigmoid alone: silu' = s(1 + x(1 − s)) differs from s where |x| is large.
         var x = gate.to_type(ScalarType.Float32);
