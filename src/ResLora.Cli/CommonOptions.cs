@@ -29,7 +29,7 @@ internal sealed class RuntimeOptionSet(bool baseBits = false, bool heap = false)
 
     public RuntimeOptions Read(ParseResult r)
     {
-        var o = new RuntimeOptions { Device = r.GetValue(Device)!, Dtype = r.GetValue(Dtype)!, Threads = r.GetValue(Threads), BaseBits = BaseBits is null ? "16" : r.GetValue(BaseBits)!, Heap = Heap is null ? "balanced" : r.GetValue(Heap)! };
+        var o = new RuntimeOptions { Device = r.GetValue(Device)!, Dtype = r.GetValue(Dtype)!, Threads = r.GetValue(Threads), BaseBits = BaseBits is null ? "16" : r.GetValue(BaseBits)!, Heap = Heap is null ? "fast" : r.GetValue(Heap)! };
         if (o.Threads < 0) throw new UserInputException($"--threads must be 0 or more, got {o.Threads}.");
         _ = o.TorchDevice;
         _ = o.ScalarType;

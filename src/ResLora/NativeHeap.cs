@@ -22,7 +22,7 @@ internal static partial class NativeHeap
     private const int LoadThreshold = 1 << 20;
 
     /// <summary>The policy after a model is loaded (<see cref="RuntimeOptions.Heap"/>).</summary>
-    public static HeapMode Mode { get; set; } = HeapMode.Balanced;
+    public static HeapMode Mode { get; set; } = HeapMode.Fast;
 
     private static int SteadyThreshold => Mode switch
     {
@@ -114,9 +114,9 @@ internal static partial class NativeHeap
 /// </summary>
 public enum HeapMode
 {
-    /// <summary>Blocks of 4 MiB and more go back to the system when freed; smaller ones are kept for reuse (default).</summary>
+    /// <summary>Blocks of 4 MiB and more go back to the system when freed; smaller ones are kept for reuse (<c>reslora train</c>'s default).</summary>
     Balanced,
-    /// <summary>Blocks under 32 MiB are kept for reuse: the fastest steps, the highest peak.</summary>
+    /// <summary>Blocks under 32 MiB are kept for reuse: the fastest steps, the highest peak (the library's default, for generation and serving).</summary>
     Fast,
     /// <summary>Blocks of 128 KiB and more go back to the system: the lowest peak, the slowest steps.</summary>
     Lean,

@@ -14,10 +14,12 @@ public sealed record RuntimeOptions
     /// </summary>
     public string BaseBits { get; init; } = "16";
     /// <summary>
-    /// What glibc does with freed blocks once a model is loaded (<c>--heap</c>): balanced (default), fast or lean; see
-    /// <see cref="ResLora.HeapMode"/>. Linux with glibc only; ignored where the user set <c>MALLOC_MMAP_THRESHOLD_</c>.
+    /// What glibc does with freed blocks once a model is loaded: fast (the default here: freed blocks under 32 MiB are
+    /// kept for reuse, right for generation and serving, whose KV caches grow a block per token), balanced (what
+    /// <c>reslora train --heap</c> defaults to) or lean; see <see cref="ResLora.HeapMode"/>. Linux with glibc only;
+    /// ignored where the user set <c>MALLOC_MMAP_THRESHOLD_</c>.
     /// </summary>
-    public string Heap { get; init; } = "balanced";
+    public string Heap { get; init; } = "fast";
 
     public torch.Device TorchDevice => ParseDevice(Device);
     public torch.ScalarType ScalarType => ParseDtype(Dtype, Device);
