@@ -31,7 +31,7 @@ internal static class BenchScaleVerb
         var steps = new Option<int>("--steps") { Description = "Timed training steps per configuration (after one warm-up step).", DefaultValueFactory = _ => 3 };
         var genTokens = new Option<int>("--gen-tokens") { Description = "Tokens generated with the merged model (0 = skip).", DefaultValueFactory = _ => 32 };
         var threads = new Option<int>("--threads") { Description = "Torch threads per child (0 = libtorch's default).", DefaultValueFactory = _ => 0 };
-        var heap = new Option<string>("--heap") { Description = "Heap policy of every child, as reslora train --heap: balanced (default), fast or lean.", DefaultValueFactory = _ => "balanced" };
+        var heap = new Option<string>("--heap") { Description = "Heap policy of every child, as reslora train --heap: fast (default), balanced or lean.", DefaultValueFactory = _ => "fast" };
         var forceBf16 = new Option<bool>("--force-bf16") { Description = "Run bf16 (and the 8-/4-bit bases' bf16 compute) even on a CPU without a fast bf16 matmul, where it is about 10× slower than float32." };
         var quick = new Option<bool>("--quick") { Description = "Checks the benchmark runs: sequence 64, batch 1, one timed step, 4 generated tokens (use with --preset smollm2-135m)." };
         var output = new Option<string>("--out") { Description = "Folder for scale.json and scale.md.", DefaultValueFactory = _ => "reslora-bench" };

@@ -15,7 +15,7 @@ internal sealed class RuntimeOptionSet(bool baseBits = false, bool heap = false)
         ? new("--base-bits") { Description = "Keep the frozen base's decoder linears packed, dequantized per matmul: 8 (int8, a scale per output channel), 4 = nf4 (NF4 as QLoRA: blocks of 64, double-quantized scales), int4 (4-bit round-to-nearest, groups of 64), 16 (full precision, default). Adapters stay float32; merge writes full-precision weights.", DefaultValueFactory = _ => "16" }
         : null;
     public Option<string>? Heap { get; } = heap
-        ? new("--heap") { Description = "What happens to freed activation memory once the model is loaded (Linux): balanced (default; blocks of 4 MiB and more go back to the system), fast (kept for reuse: quickest steps, highest peak), lean (all but small blocks go back: lowest peak, slowest steps). Measured at a 0.5B model, bf16, batch 4 x 512: fast 5.9 GB / 19 s a step, balanced 4.5 GB / 29 s, lean 3.5 GB / 37 s.", DefaultValueFactory = _ => "balanced" }
+        ? new("--heap") { Description = "What happens to freed activation memory once the model is loaded (Linux): fast (default; blocks under 32 MiB are kept for reuse: quickest steps, highest peak), balanced (blocks of 4 MiB and more go back to the system), lean (all but small blocks go back: lowest peak, slowest steps). Measured at a 0.5B model, bf16, batch 4 x 512: fast 5.6 GB and 16 s a step, balanced 4.6 GB and 24 s, lean 3.5 GB and 40 s.", DefaultValueFactory = _ => "fast" }
         : null;
 
     public void AddTo(Command cmd)

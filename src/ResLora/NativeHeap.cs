@@ -13,8 +13,9 @@ namespace ResLora;
 /// threshold (<c>MALLOC_MMAP_THRESHOLD_</c>, <c>GLIBC_TUNABLES</c>).
 /// After the load the threshold is <see cref="Mode"/>'s: training frees and allocates activation-sized blocks all the
 /// time, and the lower the threshold, the more of them are returned to the system at once (a lower peak) and faulted in
-/// afresh when allocated again (slower steps). Measured at Qwen2.5-0.5B's shape, bf16, batch 4 × 512 with huge pages:
-/// 32 MiB 5.86 GB at 19 s a step, 4 MiB 4.51 GB at 29 s, 128 KiB 3.51 GB at 37 s (docs/benchmarks.md).
+/// afresh when allocated again (slower steps). Measured at Qwen2.5-0.5B's shape, batch 4 × 512, with huge pages
+/// (docs/benchmarks.md): bf16 32 MiB 5.60 GB at 16.2 s a step, 4 MiB 4.58 GB at 24.1 s, 128 KiB 3.52 GB at 39.9 s;
+/// float32 8.48 GB at 45.7 s, 6.18 GB at 53.0 s, 6.04 GB at 61.3 s.
 /// </summary>
 internal static partial class NativeHeap
 {
@@ -114,10 +115,10 @@ internal static partial class NativeHeap
 /// </summary>
 public enum HeapMode
 {
-    /// <summary>Blocks of 4 MiB and more go back to the system when freed; smaller ones are kept for reuse (<c>reslora train</c>'s default).</summary>
-    Balanced,
-    /// <summary>Blocks under 32 MiB are kept for reuse: the fastest steps, the highest peak (the library's default, for generation and serving).</summary>
+    /// <summary>Blocks under 32 MiB are kept for reuse: the fastest steps, the highest peak (the default).</summary>
     Fast,
+    /// <summary>Blocks of 4 MiB and more go back to the system when freed; smaller ones are kept for reuse.</summary>
+    Balanced,
     /// <summary>Blocks of 128 KiB and more go back to the system: the lowest peak, the slowest steps.</summary>
     Lean,
 }

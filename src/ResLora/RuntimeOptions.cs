@@ -14,10 +14,10 @@ public sealed record RuntimeOptions
     /// </summary>
     public string BaseBits { get; init; } = "16";
     /// <summary>
-    /// What glibc does with freed blocks once a model is loaded: fast (the default here: freed blocks under 32 MiB are
-    /// kept for reuse, right for generation and serving, whose KV caches grow a block per token), balanced (what
-    /// <c>reslora train --heap</c> defaults to) or lean; see <see cref="ResLora.HeapMode"/>. Linux with glibc only;
-    /// ignored where the user set <c>MALLOC_MMAP_THRESHOLD_</c>.
+    /// What glibc does with freed blocks once a model is loaded (<c>reslora train --heap</c>): fast (default: freed blocks
+    /// under 32 MiB are kept for reuse; the quickest steps, and right for generation and serving, whose KV caches grow a
+    /// block per token), balanced or lean (lower peaks, slower steps); see <see cref="ResLora.HeapMode"/>. Linux with
+    /// glibc only; ignored where the user set <c>MALLOC_MMAP_THRESHOLD_</c>.
     /// </summary>
     public string Heap { get; init; } = "fast";
 
@@ -31,7 +31,7 @@ public sealed record RuntimeOptions
         "balanced" => HeapMode.Balanced,
         "fast" => HeapMode.Fast,
         "lean" => HeapMode.Lean,
-        _ => throw new UserInputException($"--heap '{heap}' is not a heap policy: use balanced (default), fast (quickest steps, highest peak) or lean (lowest peak, slowest steps)."),
+        _ => throw new UserInputException($"--heap '{heap}' is not a heap policy: use fast (default: quickest steps, highest peak), balanced or lean (lowest peak, slowest steps)."),
     };
 
     /// <summary>

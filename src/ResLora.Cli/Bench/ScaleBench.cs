@@ -23,8 +23,8 @@ public sealed record ScaleConfig
     public int Steps { get; init; } = 3;
     public int GenTokens { get; init; } = 32;
     public int Threads { get; init; }
-    /// <summary>Heap policy (<see cref="RuntimeOptions.Heap"/>): balanced, fast or lean.</summary>
-    public string Heap { get; init; } = "balanced";
+    /// <summary>Heap policy (<see cref="RuntimeOptions.Heap"/>): fast, balanced or lean.</summary>
+    public string Heap { get; init; } = "fast";
 }
 
 /// <summary>What one child measured (peak RSS is the child's own: /proc/self/status VmHWM).</summary>

@@ -101,7 +101,7 @@ public sealed class LargeModelCliTests : IDisposable
         string model = ModelFolder(), data = Data("train.jsonl", 8, 1);
         var bad = CliHarness.Run(new[] { "train", "--model", model, "--data", data, "--heap", "huge", "--out", Path.Combine(_dir, "h") }.Concat(Template).ToArray());
         Assert.Equal(2, bad.Rc);
-        Assert.Contains("--heap 'huge' is not a heap policy: use balanced (default), fast", bad.Err);
+        Assert.Contains("--heap 'huge' is not a heap policy: use fast (default: quickest steps, highest peak), balanced or lean", bad.Err);
         Assert.False(Directory.Exists(Path.Combine(_dir, "h")), "nothing is written before the flag is checked");
         Assert.Equal(HeapMode.Lean, RuntimeOptions.ParseHeap(" LEAN "));
         new RuntimeOptions { Heap = "lean" }.Apply();
