@@ -1,5 +1,6 @@
 using ResLora.Models;
 using TorchSharp;
+using static ResLora.Tests.Adapters.AdapterTestKit;
 using static TorchSharp.torch;
 
 namespace ResLora.Tests.Models;
@@ -23,12 +24,6 @@ public sealed class HalfRmsNormTests
         finally { HalfRmsNorm.Off = false; }
     }
 
-    private static double MaxAbs(Tensor a, Tensor b)
-    {
-        using var d = a.to_type(ScalarType.Float64).sub(b.to_type(ScalarType.Float64)).abs().max();
-        return d.item<double>();
-    }
-
     [Theory]
     [InlineData(ScalarType.BFloat16)]
     [InlineData(ScalarType.Float16)]
@@ -46,14 +41,14 @@ public sealed class HalfRmsNormTests
         var (yr, gxr) = Run(norm, x0, probe, node: false);
         Assert.Equal(dtype, y.dtype);
         Assert.Equal(dtype, gx.dtype);
-        Assert.Equal(0.0, MaxAbs(y, yr));
-        Assert.Equal(0.0, MaxAbs(gx, gxr)); // backward recomputes the same float32 graph and differentiates it
+        Assert.Equal(0.0, MaxAbsDiff(y, yr));
+        Assert.Equal(0.0, MaxAbsDiff(gx, gxr)); // backward recomputes the same float32 graph and differentiates it
         // The statistic's term is there: without it the gradient would be w ⊙ probe · r alone.
         var xf = x0.to_type(ScalarType.Float32);
         var r = torch.rsqrt(xf.pow(2).mean(new long[] { -1 }, keepdim: true).add(1e-6));
         var directOnly = probe.mul(norm.Weight.to_type(ScalarType.Float32)).mul(r);
-        Assert.True(MaxAbs(gxr, directOnly) > 1e-2 * directOnly.abs().max().item<float>());
-        Assert.True(MaxAbs(gx, directOnly) > 1e-2 * directOnly.abs().max().item<float>());
+        Assert.True(MaxAbsDiff(gxr, directOnly) > 1e-2 * directOnly.abs().max().item<float>());
+        Assert.True(MaxAbsDiff(gx, directOnly) > 1e-2 * directOnly.abs().max().item<float>());
     }
 
     [Fact]
