@@ -53,8 +53,9 @@ internal static partial class NativeHeap
 
     /// <summary>
     /// Asks libtorch to back tensors of 2 MiB and more with transparent huge pages (its <c>THP_MEM_ALLOC_ENABLE</c>; the
-    /// kernel's setting must be <c>madvise</c> or <c>always</c>). Measured at Qwen2.5-0.5B's shape, batch 4 × 512: a
-    /// bf16 training step 31 → 19 s, float32 74 → 50 s (fewer TLB misses in the matmuls). libtorch reads the variable once,
+    /// kernel's setting must be <c>madvise</c> or <c>always</c>). Measured at Qwen2.5-0.5B's shape, batch 4 × 512, balanced
+    /// heap, with against without: a bf16 training step 38.4 → 24.1 s, float32 89.5 → 53.0 s, at the same peak RSS
+    /// (docs/benchmarks.md). libtorch reads the variable once,
     /// at its first allocation, so this must run before any tensor exists; false when it did nothing (not Linux, not
     /// glibc, or the variable is the user's).
     /// </summary>

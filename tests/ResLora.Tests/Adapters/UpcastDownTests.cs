@@ -83,4 +83,28 @@ public sealed class UpcastDownTests
         Assert.True(MaxAbsDiff(gx, gxr) <= gxr.abs().max().to_type(ScalarType.Float32).item<float>() / 128, $"{method} gx: {MaxAbsDiff(gx, gxr)}");
         Assert.True(ga.abs().max().item<float>() > 1e-3f, "A's gradient is not trivially zero");
     }
+
+    [Fact]
+    public void Layer_Bf16BaseWithDropout_DropsTheAdapterInputInTrainingOnly()
+    {
+        // The node has no dropout: with a dropout rate the layer must take the cast-and-drop path, or the rate is ignored.
+        var spec = Spec(0, "self_attn", "v_proj", 32, 8);
+        using var l = new LoraLinear(spec, new LoraLayerOptions(4, 8, Dropout: 0.5), ScalarType.BFloat16, CPU, new Generator(11));
+        Perturb(l, 12);
+        using var scope = torch.NewDisposeScope();
+        var x = torch.randn(new long[] { 4, 32 }, generator: new Generator(13)).to_type(ScalarType.BFloat16).requires_grad_(true);
+        var baseOut = nn.functional.linear(x, l.Weight).detach();
+        l.train();
+        var a = l.call(x).detach();
+        var b = l.call(x).detach();
+        Assert.True(MaxAbsDiff(a, b) > 1e-2, "two training forwards gave the same output: no dropout mask was drawn");
+        l.eval();
+        var full = l.call(x).detach();
+        using (torch.no_grad())
+        {
+            var reference = baseOut.to_type(ScalarType.Float32)
+                .add(nn.functional.linear(nn.functional.linear(x.to_type(ScalarType.Float32), l.LoraA), l.LoraB).mul(l.Scaling));
+            Assert.True(MaxAbsDiff(full, reference) <= reference.abs().max().item<float>() / 64, "eval runs the whole adapter");
+        }
+    }
 }

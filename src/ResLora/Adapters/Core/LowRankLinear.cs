@@ -88,11 +88,14 @@ public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowR
     /// <see cref="UpcastDown"/>: the same numbers, but backward keeps x instead of its float32 cast.
     /// </summary>
     protected Tensor Down(Tensor x) =>
-        !UpcastDown.Off && x.dtype != AdapterDtype && !(Options.Dropout > 0 && training) && torch.is_grad_enabled() && LoraA.requires_grad
+        !UpcastDown.Off && x.dtype != AdapterDtype && !DropoutActive && torch.is_grad_enabled() && LoraA.requires_grad
             ? UpcastDown.Run(x, LoraA)
             : lora_A.call(AdapterInput(x));
 
-    protected Tensor Drop(Tensor t) => Options.Dropout > 0 && training ? nn.functional.dropout(t, Options.Dropout, true) : t;
+    protected Tensor Drop(Tensor t) => DropoutActive ? nn.functional.dropout(t, Options.Dropout, true) : t;
+
+    /// <summary>Whether adapter dropout applies to this forward (a positive rate, in training mode).</summary>
+    protected bool DropoutActive => Options.Dropout > 0 && training;
 
     /// <summary>W₀ in float32: the weight before merging, also while merged (for ΔW formulas that read W₀, e.g. DoRA).</summary>
     protected Tensor BaseWeight32() => _merge.OriginalWeight32(Base);

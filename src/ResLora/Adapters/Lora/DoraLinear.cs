@@ -48,7 +48,7 @@ public sealed class DoraLinear : LowRankLinear, IBaseWeightDependent
 
         Tensor xa = x.to_type(AdapterDtype);
         Tensor baseForDora;
-        if (Options.Dropout > 0 && training)
+        if (DropoutActive)
         {
             // §3.2: with active dropout PEFT recomputes W₀·dropout(x), so both terms see the dropped input.
             xa = nn.functional.dropout(xa, Options.Dropout, true);
@@ -61,7 +61,7 @@ public sealed class DoraLinear : LowRankLinear, IBaseWeightDependent
         Tensor sba = ba.mul(Scaling);
         Tensor n = Base.RowNorms(AdapterDtype, (start, count) => sba.narrow(0, start, count)).detach();
         Tensor c = lora_magnitude_vector.div(n); // (out), broadcast over (..., out)
-        Tensor lora = lora_B.call(Options.Dropout > 0 && training ? lora_A.call(xa) : Down(x));
+        Tensor lora = lora_B.call(DropoutActive ? lora_A.call(xa) : Down(x));
         Tensor dora = c.sub(1).mul(baseForDora).add(c.mul(lora).mul(Scaling));
         result = result.add(dora.to_type(result.dtype));
         return scope.MoveToOuter(result);
