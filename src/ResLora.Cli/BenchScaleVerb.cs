@@ -33,10 +33,11 @@ internal static class BenchScaleVerb
         var threads = new Option<int>("--threads") { Description = "Torch threads per child (0 = libtorch's default).", DefaultValueFactory = _ => 0 };
         var heap = new Option<string>("--heap") { Description = "Heap policy of every child, as reslora train --heap: fast (default), balanced or lean.", DefaultValueFactory = _ => "fast" };
         var forceBf16 = new Option<bool>("--force-bf16") { Description = "Run bf16 (and the 8-/4-bit bases' bf16 compute) even on a CPU without a fast bf16 matmul, where it is about 10× slower than float32." };
+        var liveHeap = new Option<bool>("--live-heap") { Description = "Also sample glibc's live bytes every 2 ms during the steps (the tensors' own peak, without freed memory the heap keeps); the sampling slows steps, so step times are not comparable with runs without it." };
         var quick = new Option<bool>("--quick") { Description = "Checks the benchmark runs: sequence 64, batch 1, one timed step, 4 generated tokens (use with --preset smollm2-135m)." };
         var output = new Option<string>("--out") { Description = "Folder for scale.json and scale.md.", DefaultValueFactory = _ => "reslora-bench" };
         var cmd = new Command("scale", "Peak RSS, time to load and tokens/s of LoRA training on a real-size model (a preset's shape, random weights) for fp32, bf16, 8-bit and 4-bit bases, with and without --grad-checkpoint; each configuration in its own process.");
-        foreach (var o in new Option[] { preset, model, work, tokenizer, seqLen, batches, bases, checkpoint, steps, genTokens, threads, heap, forceBf16, quick, output }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { preset, model, work, tokenizer, seqLen, batches, bases, checkpoint, steps, genTokens, threads, heap, forceBf16, liveHeap, quick, output }) cmd.Options.Add(o);
         cmd.Subcommands.Add(BuildMakeModel());
         cmd.Subcommands.Add(BuildWorker());
         cmd.SetAction(r => CliErrors.Guard(() =>
@@ -82,6 +83,7 @@ internal static class BenchScaleVerb
                             GenTokens = q ? Math.Min(4, r.GetValue(genTokens)) : r.GetValue(genTokens),
                             Threads = r.GetValue(threads),
                             Heap = heapMode,
+                            LiveHeap = r.GetValue(liveHeap),
                         });
             }
             var results = new List<ScaleResult>();
@@ -182,13 +184,13 @@ internal static class BenchScaleVerb
         var first = rs.FirstOrDefault();
         if (first is not null)
             sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"model {dir}: {first.Parameters:N0} parameters; LoRA r 16 on q,k,v,o; --heap {heap}; huge pages {(RuntimeOptions.HugePagesRequested ? "requested" : "off")}; ratios against fp32 without checkpointing at the same batch")).AppendLine();
-        sb.AppendLine("| base | dtype | checkpointing | batch × seq | load (s) | model (GB) | peak RSS after load (GB) | peak RSS training (GB) | × fp32 RSS | step (s) | tokens/s | × fp32 tokens/s | loss first → last | merged generation tokens/s | peak RSS with generation (GB) |");
-        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        sb.AppendLine("| base | dtype | checkpointing | batch × seq | load (s) | model (GB) | peak RSS after load (GB) | peak RSS training (GB) | × fp32 RSS | peak live heap (GB) | × fp32 live | step (s) | tokens/s | × fp32 tokens/s | loss first → last | merged generation tokens/s | peak RSS with generation (GB) |");
+        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (var x in rs)
         {
             var b = Fp32(x);
             sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {x.Label} | {x.Dtype} | {(x.GradCheckpoint ? "on" : "off")} | {x.Batch} × {x.SeqLen} | {F(x.LoadSeconds, "0.0")} | {G(x.ModelBytes)} | {G(x.PeakRssAfterLoad)} | {G(x.PeakRss)} | {(b is null ? "-" : F((double)x.PeakRss / b.PeakRss, "0.00"))} | {F(x.MedianStepSeconds, "0.00")} | {F(x.TokensPerSecond, "0.0")} | {(b is null ? "-" : F(x.TokensPerSecond / b.TokensPerSecond, "0.00"))} | {F(x.FirstLoss, "0.000")} → {F(x.LastLoss, "0.000")} | {(x.GenTokensPerSecond is { } g ? F(g, "0.0") : "-")} | {G(x.PeakRssWithGeneration)} |"));
+                $"| {x.Label} | {x.Dtype} | {(x.GradCheckpoint ? "on" : "off")} | {x.Batch} × {x.SeqLen} | {F(x.LoadSeconds, "0.0")} | {G(x.ModelBytes)} | {G(x.PeakRssAfterLoad)} | {G(x.PeakRss)} | {(b is null ? "-" : F((double)x.PeakRss / b.PeakRss, "0.00"))} | {(x.PeakLiveHeap is { } l ? G(l) : "-")} | {(x.PeakLiveHeap is { } l2 && b?.PeakLiveHeap is { } bl ? F((double)l2 / bl, "0.00") : "-")} | {F(x.MedianStepSeconds, "0.00")} | {F(x.TokensPerSecond, "0.0")} | {(b is null ? "-" : F(x.TokensPerSecond / b.TokensPerSecond, "0.00"))} | {F(x.FirstLoss, "0.000")} → {F(x.LastLoss, "0.000")} | {(x.GenTokensPerSecond is { } g ? F(g, "0.0") : "-")} | {G(x.PeakRssWithGeneration)} |"));
         }
         sb.AppendLine();
         void Target(string what, ScaleResult? x, Func<ScaleResult, ScaleResult, double> ratio, double limit, bool atMost)

@@ -94,6 +94,34 @@ internal static partial class NativeHeap
         }
     }
 
+    [StructLayout(LayoutKind.Sequential)]
+    private struct MallInfo2
+    {
+        public nuint Arena, Ordblks, Smblks, Hblks, Hblkhd, Usmblks, Fsmblks, Uordblks, Fordblks, Keepcost;
+    }
+
+    [LibraryImport("libc", EntryPoint = "mallinfo2")]
+    private static partial MallInfo2 Mallinfo2();
+
+    /// <summary>
+    /// Bytes glibc's allocator has handed out and not had back (every arena's blocks in use plus mapped blocks): what
+    /// libtorch's tensors and the other native users hold now, without the freed memory the heap keeps resident. Null
+    /// where glibc (2.33 or later) is not the allocator.
+    /// </summary>
+    public static long? LiveBytes()
+    {
+        if (!OperatingSystem.IsLinux()) return null;
+        try
+        {
+            var m = Mallinfo2();
+            return (long)(m.Uordblks + m.Hblkhd);
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return null;
+        }
+    }
+
     private sealed class Restore : IDisposable
     {
         public void Dispose()

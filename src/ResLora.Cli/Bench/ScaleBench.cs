@@ -25,6 +25,8 @@ public sealed record ScaleConfig
     public int Threads { get; init; }
     /// <summary>Heap policy (<see cref="RuntimeOptions.Heap"/>): fast, balanced or lean.</summary>
     public string Heap { get; init; } = "fast";
+    /// <summary>Samples the live heap during the steps (<see cref="ScaleResult.PeakLiveHeap"/>); it slows them.</summary>
+    public bool LiveHeap { get; init; }
 }
 
 /// <summary>What one child measured (peak RSS is the child's own: /proc/self/status VmHWM).</summary>
@@ -51,6 +53,12 @@ public sealed record ScaleResult
     /// <summary>Peak RSS at the end, after merging (a packed base keeps full-precision merged weights for adapted projections) and generating.</summary>
     public long PeakRssWithGeneration { get; init; }
     public double? GenTokensPerSecond { get; init; }
+    /// <summary>
+    /// Largest sampled native live bytes during the training steps (glibc's blocks in use, every 2 ms): the tensors'
+    /// own peak, without the freed memory the heap keeps resident. Null when not asked for (<c>--live-heap</c>) or where
+    /// glibc is not the allocator.
+    /// </summary>
+    public long? PeakLiveHeap { get; init; }
 }
 
 /// <summary>
@@ -150,6 +158,7 @@ public static class ScaleBench
         var data = new RandomTokens(c.Batch, c.SeqLen, vocab);
         var times = new List<double>();
         var losses = new List<double>();
+        using var live = c.LiveHeap ? new LiveHeapSampler() : null;
         for (int s = 1; s <= c.Steps + 1; s++)
         {
             sw.Restart();
@@ -159,6 +168,7 @@ public static class ScaleBench
         }
         double median = Benchmarks.Median(times);
         long peakTraining = ProcessMemory.PeakRss();
+        long? peakLive = live?.Stop();
 
         double? genRate = null; // --gen-tokens 0: not measured (null in scale.json, "-" in the table)
         if (c.GenTokens > 0)
@@ -193,6 +203,7 @@ public static class ScaleBench
             PeakRss = peakTraining,
             PeakRssWithGeneration = ProcessMemory.PeakRss(),
             GenTokensPerSecond = genRate,
+            PeakLiveHeap = peakLive,
         };
     }
 
@@ -250,6 +261,42 @@ public static class ScaleBench
         {
         }
     }
+}
+
+/// <summary>
+/// Samples <see cref="NativeHeap.LiveBytes"/> every 2 ms on a background thread and keeps the largest value: a peak
+/// that can miss a spike shorter than the interval, never one that is not there.
+/// </summary>
+internal sealed class LiveHeapSampler : IDisposable
+{
+    private readonly Thread _thread;
+    private volatile bool _stop;
+    private long _max = -1;
+
+    public LiveHeapSampler()
+    {
+        if (NativeHeap.LiveBytes() is null) _stop = true;
+        _thread = new Thread(() =>
+        {
+            while (!_stop)
+            {
+                if (NativeHeap.LiveBytes() is { } b && b > _max) _max = b;
+                Thread.Sleep(2);
+            }
+        })
+        { IsBackground = true, Name = "live-heap sampler" };
+        _thread.Start();
+    }
+
+    /// <summary>Stops sampling; the largest value seen, or null where the allocator cannot be asked.</summary>
+    public long? Stop()
+    {
+        _stop = true;
+        _thread.Join();
+        return _max >= 0 ? _max : null;
+    }
+
+    public void Dispose() => Stop();
 }
 
 /// <summary>This process's resident memory: VmRSS and its peak VmHWM from /proc/self/status on Linux, .NET's figures elsewhere.</summary>

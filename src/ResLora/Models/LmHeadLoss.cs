@@ -41,10 +41,10 @@ public static class LmHeadLoss
         // Only a function input that requires grad gives the result a graph; with every layer frozen and an adapter on the
         // head alone, the rows are made such a leaf (their gradient is computed and dropped).
         if (needsGrad && !hv.requires_grad) hv = hv.detach().requires_grad_(true);
-        var sum = needsGrad
-            ? LmHeadLossFunction.apply(hv, yv, new Head(head, chunk, headTrainable))
-            : SumNoGrad(hv, yv, head, chunk);
-        return (scope.MoveToOuter(sum / n), n);
+        var mean = needsGrad
+            ? LmHeadLossFunction.apply(hv, yv, new Head(head, chunk, headTrainable, n))
+            : SumNoGrad(hv, yv, head, chunk) / n;
+        return (scope.MoveToOuter(mean), n);
     }
 
     internal static Tensor SumNoGrad(Tensor hv, Tensor yv, Func<Tensor, Tensor> head, long chunk)
@@ -65,12 +65,52 @@ public static class LmHeadLoss
     internal static Tensor ChunkSum(Func<Tensor, Tensor> head, Tensor rows, Tensor labels) =>
         nn.functional.cross_entropy(head(rows).to_type(ScalarType.Float32), labels, reduction: nn.Reduction.Sum);
 
-    /// <summary>What the autograd function needs besides tensors: the head, the chunk rows and the mode.</summary>
-    internal sealed record Head(Func<Tensor, Tensor> Apply, long Chunk, bool Trainable);
+    /// <summary>
+    /// One chunk's summed float32 cross-entropy (returned, without a graph), and the gradient of <paramref name="scale"/>
+    /// (a float32 scalar) × that sum sent back through the head's graph: to the rows and to any trainable head parameters.
+    /// The softmax-minus-one-hot gradient is formed in place in one float32 copy of the logits (the logits themselves when
+    /// the head computes in float32) and rounded back into the logits' own storage: 6 bytes a logit at peak with a bf16
+    /// head, 4 with a float32 one, where autograd's cross-entropy holds the logits, their float32 copy, the log-softmax and
+    /// two gradients of that size (20 and 16 bytes).
+    /// The same max-shifted log-sum-exp as libtorch's log-softmax; equal to <see cref="ChunkSum"/> up to rounding.
+    /// </summary>
+    internal static Tensor ChunkSumBackward(Func<Tensor, Tensor> head, Tensor rows, Tensor labels, Tensor scale)
+    {
+        var logits = head(rows);
+        Tensor sum, grad;
+        using (torch.no_grad())
+        {
+            // A detached alias: the head's graph keeps its inputs, not its output, so rewriting the logits in place is
+            // safe; were the output saved, autograd's version check would fail loudly in backward.
+            var z = logits.detach().to_type(ScalarType.Float32);
+            var at = labels.unsqueeze(1);
+            z.sub_(z.amax(new long[] { 1 }, keepdim: true));
+            var picked = z.gather(1, at);
+            z.exp_();
+            var norm = z.sum(1, keepdim: true);
+            sum = (norm.log() - picked).sum();
+            z.div_(norm).scatter_add_(1, at, torch.full_like(picked, -1.0)).mul_(scale);
+            if (logits.dtype == ScalarType.Float32)
+            {
+                grad = z;
+            }
+            else
+            {
+                // The logits' values are no longer needed: their own storage takes the rounded gradient.
+                grad = logits.detach().copy_(z);
+                z.Dispose();
+            }
+        }
+        logits.backward(new[] { grad });
+        return sum;
+    }
+
+    /// <summary>What the autograd function needs besides tensors: the head, the chunk rows, the mode and the loss tokens (the mean's divisor).</summary>
+    internal sealed record Head(Func<Tensor, Tensor> Apply, long Chunk, bool Trainable, long Tokens);
 }
 
 /// <summary>
-/// The autograd function behind <see cref="LmHeadLoss.Mean"/>: forward returns the summed loss; backward returns the
+/// The autograd function behind <see cref="LmHeadLoss.Mean"/>: forward returns the mean loss; backward returns the
 /// hidden rows' gradient (kept from forward for a frozen head, recomputed for a trainable one).
 /// </summary>
 internal sealed class LmHeadLossFunction : torch.autograd.SingleTensorFunction<LmHeadLossFunction>
@@ -87,9 +127,11 @@ internal sealed class LmHeadLossFunction : torch.autograd.SingleTensorFunction<L
         {
             using (var state = torch.get_rng_state()) ctx.save_data("rng", state.data<byte>().ToArray());
             ctx.save_for_backward(new List<Tensor> { hv, yv });
-            return LmHeadLoss.SumNoGrad(hv, yv, head.Apply, head.Chunk);
+            return LmHeadLoss.SumNoGrad(hv, yv, head.Apply, head.Chunk) / head.Tokens;
         }
-        // Frozen head: each chunk's loss and its gradient with respect to the chunk's rows, now.
+        // Frozen head: each chunk's loss and the mean's gradient with respect to the chunk's rows, now. Scaling by 1/n in
+        // float32 before the rows' gradient is rounded to a bf16 model's dtype rounds it once, as the whole-batch loss does.
+        using var mean = torch.tensor(1.0 / head.Tokens, dtype: ScalarType.Float32, device: hv.device);
         var total = torch.zeros(Array.Empty<long>(), dtype: ScalarType.Float32, device: hv.device);
         var grad = torch.zeros_like(hv);
         long n = hv.shape[0];
@@ -99,13 +141,11 @@ internal sealed class LmHeadLossFunction : torch.autograd.SingleTensorFunction<L
                 using var inner = torch.NewDisposeScope();
                 long len = Math.Min(head.Chunk, n - s);
                 var rows = hv.narrow(0, s, len).detach().requires_grad_(true);
-                var loss = LmHeadLoss.ChunkSum(head.Apply, rows, yv.narrow(0, s, len));
-                loss.backward();
+                total.add_(LmHeadLoss.ChunkSumBackward(head.Apply, rows, yv.narrow(0, s, len), mean));
                 grad.narrow(0, s, len).copy_(rows.grad!);
-                total.add_(loss.detach());
             }
         ctx.save_for_backward(new List<Tensor> { grad });
-        return total;
+        return total.div_(head.Tokens);
     }
 
     public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor grad_output)
@@ -116,7 +156,9 @@ internal sealed class LmHeadLossFunction : torch.autograd.SingleTensorFunction<L
         Tensor gx;
         if (!head.Trainable)
         {
-            gx = saved[0].mul(grad_output.to_type(saved[0].dtype));
+            // Exact when grad_output is 1 (the mean is the loss); otherwise scaled in float32 and rounded once more.
+            var g = saved[0];
+            gx = g.dtype == ScalarType.Float32 ? g.mul(grad_output) : g.to_type(ScalarType.Float32).mul_(grad_output).to_type(g.dtype);
         }
         else
         {
@@ -134,8 +176,7 @@ internal sealed class LmHeadLossFunction : torch.autograd.SingleTensorFunction<L
                         using var inner = torch.NewDisposeScope();
                         long len = Math.Min(head.Chunk, n - s);
                         var rows = hv.narrow(0, s, len).detach().requires_grad_(true);
-                        var loss = LmHeadLoss.ChunkSum(head.Apply, rows, yv.narrow(0, s, len));
-                        loss.backward(new[] { grad_output });
+                        LmHeadLoss.ChunkSumBackward(head.Apply, rows, yv.narrow(0, s, len), grad_output / head.Tokens);
                         gx.narrow(0, s, len).copy_(rows.grad!);
                     }
             }
