@@ -22,7 +22,7 @@ public sealed class NativeHeapLiveBytesTests
         long held = NativeHeap.LiveBytes()!.Value;
         t.Dispose();
         long after = NativeHeap.LiveBytes()!.Value;
-        Assert.InRange(held - before, size, size + slack);
+        Assert.InRange(held - before, size - slack, size + slack); // other native users come and go by a few KB
         Assert.InRange(held - after, size - slack, size + slack);
     }
 }
