@@ -94,7 +94,7 @@ internal static class BenchPytorchVerb
         if (threads < 1) throw new UserInputException($"--threads must be at least 1, got {threads}.");
         bool bf16 = RuntimeOptions.ParseDtype(dtype) == ScalarType.BFloat16;
         string dt = bf16 ? "bfloat16" : "float32";
-        spec = spec with { Rank = rank, Alpha = 2 * rank, Targets = MethodOptionSet.ParseTargets(targets, "--targets") };
+        spec = spec with { Rank = rank, Alpha = 2 * rank, Targets = ModuleTargets.FromCommandLine(targets, "--targets") };
         PytorchParity.WriteInputs(dir, new ParityModelRun { ModelDir = modelDir, Batch = batch, SeqLen = seqLen, Dtype = dt, Targets = targets }, spec, steps, 1e-3, 1);
         string peer = FindPeer();
         if (!File.Exists(python)) throw new UserInputException($"--python {python}: not found; bench/compare-pytorch.sh installs python3-torch and libopenblas0-pthread.");

@@ -26,9 +26,6 @@ internal sealed class MethodOptionSet
         foreach (var (_, o) in _flags) cmd.Options.Add(o);
     }
 
-    /// <summary>A --targets/--exclude value (<see cref="ModuleTargets.FromCommandLine"/>).</summary>
-    public static ModuleTargets ParseTargets(string s, string flag) => ModuleTargets.FromCommandLine(s, flag);
-
     /// <summary>
     /// The method spec the flags describe: common hyperparameters, the method's typed options, the refactoring.
     /// <paramref name="defaultTargets"/> applies when --targets is not given (the model family's PEFT default).
@@ -41,8 +38,8 @@ internal sealed class MethodOptionSet
             Rank = r.GetValue(Rank),
             Alpha = r.GetValue(Alpha),
             Dropout = r.GetValue(Dropout),
-            Targets = r.GetValue(Targets) is { } t ? ParseTargets(t, "--targets") : defaultTargets ?? ModuleTargets.List("q_proj", "v_proj"),
-            Exclude = r.GetValue(Exclude) is { } e ? ParseTargets(e, "--exclude") : null,
+            Targets = r.GetValue(Targets) is { } t ? ModuleTargets.FromCommandLine(t, "--targets") : defaultTargets ?? ModuleTargets.List("q_proj", "v_proj"),
+            Exclude = r.GetValue(Exclude) is { } e ? ModuleTargets.FromCommandLine(e, "--exclude") : null,
             UseRslora = r.GetValue(Rslora),
             Refactor = r.GetValue(Refactor) is { } rf ? new RefLoraOptions(rf.Trim().ToLowerInvariant()) : null,
         };

@@ -62,14 +62,7 @@ internal static partial class NativeHeap
     public static bool UseHugePages()
     {
         if (!OperatingSystem.IsLinux() || Environment.GetEnvironmentVariable("THP_MEM_ALLOC_ENABLE") is not null) return false;
-        try
-        {
-            return _hugePagesSet = SetEnv("THP_MEM_ALLOC_ENABLE", "1", 0) == 0;
-        }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
-        {
-            return false;
-        }
+        return _hugePagesSet = Libc(() => SetEnv("THP_MEM_ALLOC_ENABLE", "1", 0)) == 0;
     }
 
     private static bool _hugePagesSet;
@@ -84,13 +77,22 @@ internal static partial class NativeHeap
     private static void Set(int threshold)
     {
         if (!OperatingSystem.IsLinux() || UserChoice) return;
+        Libc(() => Mallopt(MmapThreshold, threshold));
+    }
+
+    /// <summary>
+    /// Calls a C library function, or returns null where it does not exist: not glibc (musl has no mallopt or mallinfo2),
+    /// or a glibc older than the function.
+    /// </summary>
+    private static T? Libc<T>(Func<T> call) where T : struct
+    {
         try
         {
-            Mallopt(MmapThreshold, threshold);
+            return call();
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
         {
-            // Not glibc (e.g. musl): its allocator has no such setting.
+            return null;
         }
     }
 
@@ -111,15 +113,11 @@ internal static partial class NativeHeap
     public static long? LiveBytes()
     {
         if (!OperatingSystem.IsLinux()) return null;
-        try
+        return Libc(() =>
         {
             var m = Mallinfo2();
             return (long)(m.Uordblks + m.Hblkhd);
-        }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
-        {
-            return null;
-        }
+        });
     }
 
     private sealed class Restore : IDisposable
@@ -127,14 +125,7 @@ internal static partial class NativeHeap
         public void Dispose()
         {
             Set(SteadyThreshold);
-            if (!OperatingSystem.IsLinux()) return;
-            try
-            {
-                MallocTrim(0);
-            }
-            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
-            {
-            }
+            if (OperatingSystem.IsLinux()) Libc(() => MallocTrim(0));
         }
     }
 }
