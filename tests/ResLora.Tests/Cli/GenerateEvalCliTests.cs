@@ -34,7 +34,8 @@ public sealed class GenerateEvalCliTests : IClassFixture<MultiAdapterFixture>
 
     private string Generate(params string[] extra)
     {
-        var (rc, output, err) = CliHarness.Run(new[] { "generate", "--model", _f.ModelDir, "--max-new-tokens", "8", "--threads", "1" }.Concat(extra).ToArray());
+        var args = new[] { "generate", "--model", _f.ModelDir, "--threads", "1" }.Concat(extra.Contains("--max-new-tokens") ? extra : extra.Concat(new[] { "--max-new-tokens", "8" }));
+        var (rc, output, err) = CliHarness.Run(args.ToArray());
         Assert.True(rc == 0, err);
         return output.TrimEnd('\n');
     }
@@ -157,6 +158,17 @@ public sealed class GenerateEvalCliTests : IClassFixture<MultiAdapterFixture>
     public void GenerateRepetitionPenalty_OneIsOff_BadValuesNameTheFlag()
     {
         Assert.Equal(Generate("--prompt", "the cat sat"), Generate("--prompt", "the cat sat", "--repetition-penalty", "1"));
+        // A batch (left-padded rows of different lengths) penalizes what each prompt alone does.
+        string file = WriteFile("p.jsonl", Prompts.Select(p => JsonSerializer.Serialize(new { prompt = p })));
+        var lines = Generate("--prompts", file, "--max-new-tokens", "16", "--repetition-penalty", "3").Split('\n');
+        bool changed = false;
+        for (int i = 0; i < Prompts.Length; i++)
+        {
+            string alone = Generate("--prompt", Prompts[i], "--max-new-tokens", "16", "--repetition-penalty", "3");
+            Assert.Equal(alone, JsonDocument.Parse(lines[i]).RootElement.GetProperty("output").GetString());
+            changed |= alone != Generate("--prompt", Prompts[i], "--max-new-tokens", "16");
+        }
+        Assert.True(changed, "a penalty of 3 should change at least one answer");
         foreach (var bad in new[] { "0", "-1.5", "NaN" })
         {
             var (rc, _, err) = CliHarness.Run("generate", "--model", _f.ModelDir, "--prompt", "x", "--repetition-penalty", bad);
