@@ -13,20 +13,20 @@ internal static class EvalVerb
     public static Command Build()
     {
         var model = new Option<string>("--model") { Description = "Hugging Face model folder.", Required = true };
-        var adapter = new Option<string[]>("--adapter") { Description = "Adapter folder (PEFT format) to evaluate unmerged on top of the model; repeat as NAME=DIR to load several under names that the data records pick with their \"adapter\" field (no field: the base model)." };
+        var adapter = new Option<string[]>("--adapter") { Description = "Adapter folder (PEFT format) to evaluate unmerged on top of the model; repeat as NAME=DIR to load several under names: when the data records pick one with their \"adapter\" field, each record is evaluated with its adapter (no field: the base model) and the totals follow; when no record has the field, each adapter is evaluated on every record, one line per NAME." };
         var data = new Option<string>("--data") { Description = "JSONL or JSON-array data (same shapes and templates as train).", Required = true };
         var promptTemplate = new Option<string?>("--prompt-template") { Description = "Prompt built from record fields." };
         var completionTemplate = new Option<string?>("--completion-template") { Description = "Completion built from record fields." };
         var chatTemplate = new Option<string?>("--chat-template") { Description = $"Chat template for {{\"messages\"}}/ShareGPT records (default: the model's own, else the one the adapter was trained with): a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", IO.Templates.BuiltInChatTemplates.Names)})." };
         var seqLen = new Option<int>("--seq-len") { Description = "Longest sequence in tokens.", DefaultValueFactory = _ => 256 };
         var batch = new Option<int>("--batch-size") { Description = "Sequences per batch.", DefaultValueFactory = _ => 8 };
-        var maxNew = new Option<int>("--max-new-tokens") { Description = "Longest generated answer for exact-match accuracy.", DefaultValueFactory = _ => 16 };
+        var maxNew = new Option<int>("--max-new-tokens") { Description = "Longest generated answer for exact-match accuracy. The answer is the greedy continuation, ending at EOS or, when the reference is one line, at the first newline (cut there); it is correct when it equals the reference after trimming white space (the rule train's evaluation uses).", DefaultValueFactory = _ => 16 };
         var limit = new Option<int>("--accuracy-examples") { Description = "Prompt/completion examples whose answers are generated (0 = skip accuracy).", DefaultValueFactory = _ => 200 };
         var wbits = new Option<int>("--wbits") { Description = "Fake-quantize decoder weights to this many bits first (16 = off; an adapter is merged before).", DefaultValueFactory = _ => 16 };
         var abits = new Option<int>("--abits") { Description = "Per-token activation bits on every decoder linear input (16 = off).", DefaultValueFactory = _ => 16 };
         var wquant = new Option<string>("--wquant") { Description = "rtn or gptq (gptq needs --calib).", DefaultValueFactory = _ => "rtn" };
         var calib = new Option<string?>("--calib") { Description = "Calibration data for GPTQ." };
-        var predictions = new Option<string?>("--predictions") { Description = "Encoders: write one JSON line per example (text, gold label, prediction, class probabilities) to this file." };
+        var predictions = new Option<string?>("--predictions") { Description = "Write one JSON line per example to this file (whole or not at all). Encoders: text, gold label, prediction, class probabilities. Causal LMs: each exact-match example (index, adapter when named, prompt, reference, generated answer as compared, correct)." };
         var textField = new Option<string?>("--text-field") { Description = "Encoders: the text field (default: the one the adapter was trained on)." };
         var pairField = new Option<string?>("--text-pair-field") { Description = "Encoders: the second text's field (default: the one the adapter was trained on)." };
         var labelField = new Option<string?>("--label-field") { Description = "Encoders: the label field (default: the one the adapter was trained on)." };
@@ -45,8 +45,9 @@ internal static class EvalVerb
                 return EvalClassifier(modelDir, adapters.Single, r.GetValue(data)!, r.GetValue(batch), r.GetValue(predictions), rt.Read(r),
                     new LabelledDataOptions { TextField = r.GetValue(textField), PairField = r.GetValue(pairField), LabelField = r.GetValue(labelField) ?? "label" }, r.GetValue(labelField) is not null);
             }
-            if (r.GetValue(predictions) is not null)
-                throw new UserInputException("--predictions is written for BERT-family classifiers; for a causal LM use reslora generate.");
+            string? predictionsPath = r.GetValue(predictions);
+            if (predictionsPath is not null && r.GetValue(limit) <= 0)
+                throw new UserInputException("--predictions writes the generated answers of exact-match accuracy; --accuracy-examples 0 generates none. Raise --accuracy-examples or drop --predictions.");
             var request = new EvalRequest
             {
                 ModelDir = modelDir,
@@ -65,14 +66,30 @@ internal static class EvalVerb
             {
                 var routed = RoutedEvalPipeline.Run(request, adapters.Named, w => Console.Error.WriteLine($"warning: {w}"));
                 foreach (var (name, result) in routed.PerAdapter) Console.Out.WriteLine($"{name ?? "base"}: {Summary(result)}");
-                Console.Out.WriteLine($"all: {Summary(routed.Total)}");
+                if (routed.Routed) Console.Out.WriteLine($"all: {Summary(routed.Total)}");
+                // Routed: in data order; otherwise adapter by adapter (the sort is stable).
+                WritePredictions(predictionsPath, routed.PerAdapter.SelectMany(p => p.Result.Answers.Select(a => ((string?)(p.Adapter ?? "base"), a)))
+                    .OrderBy(x => routed.Routed ? x.a.Index : 0));
                 return 0;
             }
-            Console.Out.WriteLine(Summary(EvalPipeline.Run(request, w => Console.Error.WriteLine($"warning: {w}"))));
+            var single = EvalPipeline.Run(request, w => Console.Error.WriteLine($"warning: {w}"));
+            Console.Out.WriteLine(Summary(single));
+            WritePredictions(predictionsPath, single.Answers.Select(a => ((string?)null, a)));
             return 0;
         }));
         return cmd;
     }
+
+    private static void WritePredictions(string? path, IEnumerable<(string? Adapter, ExactMatchAnswer Answer)> answers)
+    {
+        if (path is null) return;
+        ExactMatchPredictions.Write(path, answers);
+        Console.Out.WriteLine($"predictions: {Path.GetFullPath(path)}");
+    }
+
+    /// <summary>A classifier's score as train prints it: accuracy as a percentage, the others as fractions.</summary>
+    private static string Metric(string name, double value) =>
+        name == "accuracy" ? string.Create(CultureInfo.InvariantCulture, $"{name} {value:P1}") : string.Create(CultureInfo.InvariantCulture, $"{name} {value:0.0000}");
 
     private static string Summary(EvalResult res)
     {
@@ -85,7 +102,7 @@ internal static class EvalVerb
         var (model, task) = Classification.Load(modelDir, adapterDir, runtime);
         using var _ = model;
         var (res, data) = Classification.Evaluate(model, task, dataPath, modelDir, batchSize, fields with { LabelField = labelGiven ? fields.LabelField : task.LabelField });
-        string metrics = string.Join(", ", res.Metrics.Select(kv => string.Create(CultureInfo.InvariantCulture, $"{kv.Key} {kv.Value:0.0000}")));
+        string metrics = string.Join(", ", res.Metrics.Select(kv => Metric(kv.Key, kv.Value)));
         Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"examples {data.Examples.Count}: loss {res.Loss:0.0000}, {metrics}"));
         if (predictionsPath is not null)
         {

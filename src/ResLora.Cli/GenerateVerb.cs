@@ -13,14 +13,16 @@ internal static class GenerateVerb
     public static Command Build()
     {
         var model = new Option<string>("--model") { Description = "Hugging Face model folder.", Required = true };
-        var adapter = new Option<string[]>("--adapter") { Description = "Adapter folder (PEFT format) to run unmerged on top of the model; with --prompts, repeat as NAME=DIR to load several under names that the prompt records pick." };
-        var promptsFile = new Option<string?>("--prompts") { Description = "Batch generation: a JSONL file of {\"prompt\"} or {\"messages\"} records, each with an optional \"adapter\": NAME; writes one JSON line per record ({\"index\", \"adapter\", \"output\"}) in file order, several adapters in one batch." };
+        var adapter = new Option<string[]>("--adapter") { Description = "Adapter folder (PEFT format) to run unmerged on top of the model (with --prompts: for every record that names no adapter); with --prompts, repeat as NAME=DIR to load several under names that the prompt records pick." };
+        var promptsFile = new Option<string?>("--prompts") { Description = "Batch generation: a JSONL file of {\"prompt\"} or {\"messages\"} records, each with an optional \"adapter\": NAME (none: the one --adapter DIR if given, else the base model); writes one JSON line per record ({\"index\", \"adapter\" (NAME, the --adapter DIR, or null for the base), \"output\"}) in file order, several adapters in one batch." };
         var batchSize = new Option<int>("--batch-size") { Description = "--prompts: records per batch.", DefaultValueFactory = _ => 8 };
         var prompt = new Option<string>("--prompt") { Description = "Prompt text (empty: start from BOS alone).", DefaultValueFactory = _ => "" };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Most tokens to generate.", DefaultValueFactory = _ => 64 };
         var temperature = new Option<double>("--temperature") { Description = "0 = greedy; > 0 samples.", DefaultValueFactory = _ => 0.0 };
         var topK = new Option<int>("--top-k") { Description = "Sample among the k most likely tokens (0 = off).", DefaultValueFactory = _ => 0 };
         var topP = new Option<double>("--top-p") { Description = "Nucleus sampling mass (1 = off).", DefaultValueFactory = _ => 1.0 };
+        var repetitionPenalty = new Option<double>("--repetition-penalty") { Description = "Hugging Face's repetition penalty: before each pick, the logit of every token already in the sequence (prompt and generated) is divided by X if positive, multiplied by X if negative. 1 = off; > 1 discourages repeats; must be > 0.", DefaultValueFactory = _ => 1.0 };
+        var stopStrings = new Option<string[]>("--stop") { Description = "Stop string (repeatable), as OpenAI's stop: generation ends once the generated text contains it, and the string and what follows are removed from the output. Taken literally (from a shell, a newline is --stop $'\\n')." };
         var seed = new Option<long>("--seed") { Description = "Sampling seed.", DefaultValueFactory = _ => 0L };
         var chat = new Option<bool>("--chat") { Description = "Answer as the assistant: --prompt is a user message, rendered with the model's chat template and the assistant's header; stops at the template's end-of-turn token as well as EOS." };
         var messages = new Option<string?>("--messages") { Description = "--chat from a conversation file: a JSON list of {\"role\", \"content\"} messages (system, user, assistant, tool); implies --chat." };
@@ -28,7 +30,7 @@ internal static class GenerateVerb
         var chatTemplate = new Option<string?>("--chat-template") { Description = $"--chat: the chat template, when the model has none or another is wanted: a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", BuiltInChatTemplates.Names)})." };
         var rt = new RuntimeOptionSet(baseBits: true);
         var cmd = new Command("generate", "Generate a continuation of a prompt (or, with --chat, the assistant's reply to a conversation); writes only the generated text to stdout.");
-        foreach (var o in new Option[] { model, adapter, promptsFile, batchSize, prompt, maxNew, temperature, topK, topP, seed, chat, messages, system, chatTemplate }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, adapter, promptsFile, batchSize, prompt, maxNew, temperature, topK, topP, repetitionPenalty, stopStrings, seed, chat, messages, system, chatTemplate }) cmd.Options.Add(o);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
@@ -40,6 +42,10 @@ internal static class GenerateVerb
             if (temp < 0) throw new UserInputException($"--temperature must be 0 (greedy) or positive, got {temp}.");
             double p = r.GetValue(topP);
             if (p <= 0 || p > 1) throw new UserInputException($"--top-p must be in (0, 1], got {p}.");
+            double penalty = r.GetValue(repetitionPenalty);
+            if (!(penalty > 0) || double.IsInfinity(penalty)) throw new UserInputException($"--repetition-penalty must be a positive number (1 = off, above 1 discourages repeats), got {penalty}.");
+            var stops = r.GetValue(stopStrings) ?? Array.Empty<string>();
+            if (stops.Any(x => x.Length == 0)) throw new UserInputException("--stop strings must not be empty; give the text that ends generation (a newline from a shell: --stop $'\\n').");
             var tokenizer = TokenizerLoader.Load(dir);
             if (r.GetValue(promptsFile) is { } file)
             {
@@ -48,10 +54,15 @@ internal static class GenerateVerb
                 var records = PromptRecords.Load(file);
                 var format = records.Any(x => x.Messages is not null) ? ChatFormat.ForModel(dir, r.GetValue(chatTemplate)) : null;
                 using var set = AdapterSet.Load(dir, runtime);
-                foreach (var (name, folder) in NamedAdapters.Parse(r.GetValue(adapter), forceNamed: true).Named) set.Add(name, folder, w => Console.Error.WriteLine($"warning: {w}"));
-                var batchOptions = new GenerationOptions { MaxNewTokens = n, Temperature = temp, TopK = r.GetValue(topK), TopP = p, Seed = r.GetValue(seed) };
+                var given = NamedAdapters.Parse(r.GetValue(adapter));
+                // One --adapter DIR applies to every record that names no adapter and is reported by its path; it is
+                // loaded under its folder's name, so records may also name it.
+                string? single = given.Single, singleName = single is null ? null : SingleName(single);
+                var named = single is null ? given.Named : new[] { (singleName!, single) };
+                foreach (var (name, folder) in named) set.Add(name, folder, w => Console.Error.WriteLine($"warning: {w}"));
+                var batchOptions = new GenerationOptions { MaxNewTokens = n, Temperature = temp, TopK = r.GetValue(topK), TopP = p, RepetitionPenalty = penalty, StopStrings = stops, Seed = r.GetValue(seed) };
                 BatchGeneration.Run(set, tokenizer, format, records, batchOptions, r.GetValue(batchSize), a =>
-                    Console.Out.WriteLine(JsonSerializer.Serialize(new { index = a.Index, adapter = a.Adapter, output = a.Output })));
+                    Console.Out.WriteLine(JsonSerializer.Serialize(new { index = a.Index, adapter = single is not null && a.Adapter == singleName ? single : a.Adapter, output = a.Output })), singleName);
                 return 0;
             }
             var adapters = NamedAdapters.Parse(r.GetValue(adapter));
@@ -71,6 +82,7 @@ internal static class GenerateVerb
             }
             var ids = chatPrompt?.Ids ?? Prompts.Ids(tokenizer, r.GetValue(prompt) ?? "");
             var stop = (chatPrompt?.StopIds ?? tokenizer.EosTokenIds).ToList();
+            Func<IReadOnlyList<int>, string> render = chatPrompt is { } cp ? t => cp.Reply(tokenizer, t) : t => tokenizer.Decode(t.Where(id => !stop.Contains(id)));
             using var m = ModelSessions.Load(dir, adapterDir, runtime, w => Console.Error.WriteLine($"warning: {w}"));
             var options = new GenerationOptions
             {
@@ -78,15 +90,33 @@ internal static class GenerateVerb
                 Temperature = temp,
                 TopK = r.GetValue(topK),
                 TopP = p,
+                RepetitionPenalty = penalty,
                 Seed = r.GetValue(seed),
                 EosTokenIds = stop,
                 StopWhen = chatPrompt?.StopWhen(tokenizer),
+                StopStrings = stops,
+                Decode = render,
             };
             var output = TextGenerator.Generate(m, ids, options);
-            Console.Out.Write(chatPrompt?.Reply(tokenizer, output) ?? tokenizer.Decode(output.Where(t => !stop.Contains(t))));
+            Console.Out.Write(options.CutAtStop(render(output)));
             Console.Out.WriteLine();
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>The name one unnamed --adapter DIR is loaded under for --prompts: its folder's name, or "adapter" when that is no valid name.</summary>
+    private static string SingleName(string dir)
+    {
+        string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(dir));
+        try
+        {
+            Adapters.MultiLoraPlan.CheckName(name);
+            return name;
+        }
+        catch (UserInputException)
+        {
+            return "adapter";
+        }
     }
 }

@@ -57,6 +57,8 @@ internal static class OpenAiProtocol
             MaxTokens = maxTokens,
             Temperature = Number(root, "temperature") ?? 1.0,
             TopP = Number(root, "top_p") ?? 1.0,
+            // Not an OpenAI field: Hugging Face's and vLLM's extension (multiplicative, unlike frequency_penalty, which stays refused).
+            RepetitionPenalty = Number(root, "repetition_penalty") ?? 1.0,
             Seed = Long(root, "seed"),
             Stop = Stop(root),
         };

@@ -1,6 +1,11 @@
 namespace ResLora.Models;
 
-/// <summary>How to continue a prompt. Temperature 0 is greedy; otherwise sampling with optional top-k / top-p.</summary>
+/// <summary>
+/// How to continue a prompt. Temperature 0 is greedy; otherwise sampling with optional top-k / top-p. A repetition
+/// penalty (Hugging Face's <c>RepetitionPenaltyLogitsProcessor</c>) is applied to the logits before either. Generation
+/// ends at a stop id (<see cref="EosTokenIds"/>), when <see cref="StopWhen"/> says so, when the decoded continuation
+/// contains one of <see cref="StopStrings"/>, or when <see cref="MaxNewTokens"/> run out.
+/// </summary>
 public sealed record GenerationOptions
 {
     public int MaxNewTokens { get; init; } = 64;
@@ -17,6 +22,19 @@ public sealed record GenerationOptions
     /// several tokens in the vocabulary); null = only <see cref="EosTokenIds"/>.
     /// </summary>
     public Func<IReadOnlyList<int>, bool>? StopWhen { get; init; }
+    /// <summary>
+    /// Hugging Face's <c>repetition_penalty</c> (CTRL, Keskar et al. 2019, section 4.1): before picking a token, the logit
+    /// of every id already in the sequence (prompt and generated) is divided by it when positive and multiplied by it
+    /// when negative. 1 is off; above 1 discourages repeats, below 1 encourages them; must be &gt; 0.
+    /// </summary>
+    public double RepetitionPenalty { get; init; } = 1.0;
+    /// <summary>
+    /// Stop strings (OpenAI's <c>stop</c>): generation ends after the token with which the decoded continuation
+    /// (<see cref="Decode"/>) first contains one of them; <see cref="CutAtStop"/> then removes the string and what follows.
+    /// </summary>
+    public IReadOnlyList<string> StopStrings { get; init; } = Array.Empty<string>();
+    /// <summary>The text of the new tokens so far, as the caller will show it (stop ids dropped); needed for <see cref="StopStrings"/>.</summary>
+    public Func<IReadOnlyList<int>, string>? Decode { get; init; }
     /// <summary>Reuse keys/values of earlier positions (each new token costs one position). Off only for checks.</summary>
     public bool UseKvCache { get; init; } = true;
 
@@ -26,6 +44,34 @@ public sealed record GenerationOptions
         if (!(Temperature >= 0) || double.IsInfinity(Temperature)) throw new UserInputException($"--temperature must be ≥ 0 (0 = greedy), got {Temperature}.");
         if (TopK < 0) throw new UserInputException($"--top-k must be ≥ 0 (0 = off), got {TopK}.");
         if (!(TopP > 0 && TopP <= 1)) throw new UserInputException($"--top-p must be in (0, 1], got {TopP}.");
+        if (!(RepetitionPenalty > 0) || double.IsInfinity(RepetitionPenalty))
+            throw new UserInputException($"--repetition-penalty must be a positive number (1 = off, above 1 discourages repeats), got {RepetitionPenalty}.");
+        if (StopStrings.Any(string.IsNullOrEmpty)) throw new UserInputException("--stop strings must not be empty.");
+        if (StopStrings.Count > 0 && Decode is null) throw new ArgumentException("StopStrings need Decode: the function that renders the new tokens as text.", nameof(Decode));
+    }
+
+    /// <summary>Whether generation ends after <paramref name="output"/> (the new tokens so far, the last one just chosen).</summary>
+    internal bool ShouldStop(IReadOnlyList<int> output, ISet<int> stopIds) =>
+        (output.Count > 0 && stopIds.Contains(output[^1]))
+        || StopWhen?.Invoke(output) == true
+        || (StopStrings.Count > 0 && StopIndex(Decode!(output)) >= 0);
+
+    /// <summary><paramref name="text"/> up to the first of <see cref="StopStrings"/> in it (the string and what follows removed), else whole.</summary>
+    public string CutAtStop(string text)
+    {
+        int cut = StopIndex(text);
+        return cut >= 0 ? text[..cut] : text;
+    }
+
+    private int StopIndex(string text)
+    {
+        int cut = -1;
+        foreach (var s in StopStrings)
+        {
+            int i = text.IndexOf(s, StringComparison.Ordinal);
+            if (i >= 0 && (cut < 0 || i < cut)) cut = i;
+        }
+        return cut;
     }
 }
 
@@ -62,10 +108,11 @@ public static class TextGenerator
                 var ids = torch.tensor(feed.Select(i => (long)i).ToArray(), dtype: ScalarType.Int64, device: model.Device).unsqueeze(0);
                 var logits = model.Forward(ids, null, cache); // (1, seq, vocab)
                 var last = logits[0, -1].to_type(ScalarType.Float32); // (vocab)
+                if (options.RepetitionPenalty != 1.0) last = PenalizeRepeats(last, context, options.RepetitionPenalty);
                 int next = Pick(last, options, gen);
                 output.Add(next);
                 onToken?.Invoke(next);
-                if (eos.Contains(next) || options.StopWhen?.Invoke(output) == true) break;
+                if (options.ShouldStop(output, eos)) break;
                 context.Add(next);
                 feed = options.UseKvCache ? new[] { next } : context;
             }
@@ -75,6 +122,23 @@ public static class TextGenerator
             if (wasTraining) model.train();
         }
         return output;
+    }
+
+    /// <summary>
+    /// Hugging Face's repetition penalty on one row of logits (vocab): for every distinct id in <paramref name="seen"/>
+    /// (the prompt and the tokens generated so far), a positive logit is divided by <paramref name="penalty"/> and a
+    /// negative one multiplied by it (CTRL, Keskar et al. 2019, section 4.1; transformers'
+    /// <c>RepetitionPenaltyLogitsProcessor</c>). Other logits are unchanged. Returns a new tensor.
+    /// </summary>
+    public static Tensor PenalizeRepeats(Tensor logits, IEnumerable<int> seen, double penalty)
+    {
+        var ids = seen.Distinct().Select(i => (long)i).ToArray();
+        if (ids.Length == 0 || penalty == 1.0) return logits.clone();
+        using var scope = torch.NewDisposeScope();
+        var idx = torch.tensor(ids, dtype: ScalarType.Int64, device: logits.device); // (seen)
+        var score = logits.gather(0, idx); // (seen)
+        score = torch.where(score > 0, score / penalty, score * penalty);
+        return logits.scatter(0, idx, score).MoveToOuterDisposeScope(); // (vocab)
     }
 
     /// <summary>Greedy arg-max at temperature 0; otherwise softmax(logits/T) restricted by top-k and top-p, sampled.</summary>

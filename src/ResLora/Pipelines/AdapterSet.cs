@@ -124,8 +124,8 @@ public sealed class AdapterSet : IDisposable
     }
 
     /// <summary>
-    /// Continues every row's prompt with its own adapter and its own settings (token budget, sampling, seed, stop ids,
-    /// stop condition, cancellation) in one batch: each row gets the tokens <see cref="TextGenerator.Generate"/> gives
+    /// Continues every row's prompt with its own adapter and its own settings (token budget, sampling, repetition
+    /// penalty, seed, stop ids, stop condition, stop strings, cancellation) in one batch: each row gets the tokens <see cref="TextGenerator.Generate"/> gives
     /// its prompt alone with its adapter active and its options. A row that stops (stop id, stop condition, budget,
     /// cancellation) leaves the batch: its KV cache rows are dropped, so the remaining rows cost only their own work.
     /// Returns the new ids per row (a stop id included; a cancelled row's tokens so far).
@@ -191,12 +191,13 @@ public sealed class AdapterSet : IDisposable
                 {
                     int i = live[j];
                     var o = rows[i].Options;
-                    int t = o.Temperature == 0 ? (int)last[j].argmax().item<long>() : TextGenerator.Pick(last[j], o, gens[i]!);
+                    var logits = o.RepetitionPenalty == 1.0 ? last[j] : TextGenerator.PenalizeRepeats(last[j], rows[i].Prompt.Concat(outputs[i]), o.RepetitionPenalty); // (vocab); the padding is not part of the sequence
+                    int t = o.Temperature == 0 ? (int)logits.argmax().item<long>() : TextGenerator.Pick(logits, o, gens[i]!);
                     outputs[i].Add(t);
                     context[i].Add(t);
                     mask[i].Add(1L);
                     rows[i].OnToken?.Invoke(t);
-                    if (stops[i].Contains(t) || outputs[i].Count >= o.MaxNewTokens || o.StopWhen?.Invoke(outputs[i]) == true) finished[i] = true;
+                    if (outputs[i].Count >= o.MaxNewTokens || o.ShouldStop(outputs[i], stops[i])) finished[i] = true;
                 }
             }
         }

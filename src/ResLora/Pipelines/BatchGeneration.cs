@@ -9,7 +9,7 @@ namespace ResLora.Pipelines;
 /// <summary>One answer of a batch generation.</summary>
 /// <param name="Index">The prompt record's position in its file, from 0.</param>
 /// <param name="Adapter">The adapter it ran with, or null for the base model.</param>
-/// <param name="Output">The generated text (for a conversation: the assistant's reply, cut at its end of turn).</param>
+/// <param name="Output">The generated text (for a conversation: the assistant's reply, cut at its end of turn), cut before the first stop string.</param>
 /// <param name="Tokens">Tokens generated, the stop token included.</param>
 public sealed record BatchAnswer(int Index, string? Adapter, string Output, int Tokens);
 
@@ -26,14 +26,16 @@ public static class BatchGeneration
     /// <param name="tokenizer">The model's tokenizer.</param>
     /// <param name="chat">The chat format for conversation records (null: conversations are refused).</param>
     /// <param name="records">The prompts.</param>
-    /// <param name="options">Length and sampling, shared by all; stop ids are set per row (EOS, and the template's end of turn for conversations).</param>
+    /// <param name="options">Length, sampling, repetition penalty and stop strings, shared by all; stop ids are set per row (EOS, and the template's end of turn for conversations).</param>
     /// <param name="batchSize">Most prompts per batch.</param>
     /// <param name="onAnswer">Receives each answer.</param>
+    /// <param name="defaultAdapter">The loaded adapter for records that name none (one <c>--adapter DIR</c>); null: the base model.</param>
     public static void Run(AdapterSet set, ITextTokenizer tokenizer, ChatFormat? chat, IReadOnlyList<PromptRecord> records,
-        GenerationOptions options, int batchSize, Action<BatchAnswer> onAnswer)
+        GenerationOptions options, int batchSize, Action<BatchAnswer> onAnswer, string? defaultAdapter = null)
     {
         if (batchSize < 1) throw new UserInputException($"--batch-size must be at least 1, got {batchSize}.");
         var loaded = set.Adapters.Select(a => a.Name).ToHashSet(StringComparer.Ordinal);
+        if (defaultAdapter is not null && !loaded.Contains(defaultAdapter)) throw new ArgumentException($"the default adapter '{defaultAdapter}' is not loaded.", nameof(defaultAdapter));
         var prepared = new List<(PromptRecord Record, IReadOnlyList<int> Ids, ChatPrompt? Chat)>(records.Count);
         foreach (var r in records)
         {
@@ -62,18 +64,22 @@ public static class BatchGeneration
         for (int start = 0; start < prepared.Count; start += batchSize)
         {
             var chunk = prepared.Skip(start).Take(batchSize).ToList();
-            var rows = chunk.Select(c => new GenerationRow(c.Ids, c.Record.Adapter, options with
+            var rows = chunk.Select(c =>
             {
-                EosTokenIds = c.Chat?.StopIds ?? tokenizer.EosTokenIds,
-                StopWhen = c.Chat?.StopWhen(tokenizer),
-            })).ToList();
+                var stops = c.Chat?.StopIds ?? tokenizer.EosTokenIds;
+                Func<IReadOnlyList<int>, string> render = c.Chat is { } p ? t => p.Reply(tokenizer, t) : t => tokenizer.Decode(t.Where(id => !stops.Contains(id)));
+                return new GenerationRow(c.Ids, c.Record.Adapter ?? defaultAdapter, options with
+                {
+                    EosTokenIds = stops,
+                    StopWhen = c.Chat?.StopWhen(tokenizer),
+                    Decode = render,
+                });
+            }).ToList();
             var outputs = set.Generate(rows);
             for (int k = 0; k < chunk.Count; k++)
             {
-                var (record, _, chatPrompt) = chunk[k];
-                var stops = rows[k].Options.EosTokenIds;
-                string text = chatPrompt?.Reply(tokenizer, outputs[k]) ?? tokenizer.Decode(outputs[k].Where(t => !stops.Contains(t)));
-                onAnswer(new BatchAnswer(record.Index, record.Adapter, text, outputs[k].Count));
+                var o = rows[k].Options;
+                onAnswer(new BatchAnswer(chunk[k].Record.Index, rows[k].Adapter, o.CutAtStop(o.Decode!(outputs[k])), outputs[k].Count));
             }
         }
     }

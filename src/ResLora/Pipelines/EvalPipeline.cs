@@ -54,17 +54,26 @@ public static class EvalPipeline
     }
 }
 
-/// <summary>An evaluation whose records name their adapters: the totals and one result per adapter (null = the base model).</summary>
-/// <param name="Total">All examples together: token-weighted loss, accuracy weighted by its examples.</param>
-/// <param name="PerAdapter">Each adapter's examples alone, in order of first appearance in the data.</param>
-public sealed record RoutedEvalResult(EvalResult Total, IReadOnlyList<(string? Adapter, EvalResult Result)> PerAdapter);
+/// <summary>An evaluation with named adapters: one result per adapter (null = the base model) and, when records were routed, the totals.</summary>
+/// <param name="Total">All examples together: token-weighted loss, accuracy weighted by its examples (meaningful when <see cref="Routed"/>).</param>
+/// <param name="PerAdapter">
+/// Routed: each adapter's examples alone, in order of first appearance in the data (answer indices are positions in the
+/// data). Otherwise: each adapter on every example, in the order given.
+/// </param>
+public sealed record RoutedEvalResult(EvalResult Total, IReadOnlyList<(string? Adapter, EvalResult Result)> PerAdapter)
+{
+    /// <summary>Whether the records named their adapters (true), or no record did and each adapter was evaluated on all (false).</summary>
+    public bool Routed { get; init; } = true;
+}
 
-/// <summary><c>reslora eval</c> with several named adapters on one base: each record's <c>"adapter"</c> field picks one.</summary>
+/// <summary><c>reslora eval</c> with named adapters on one base.</summary>
 public static class RoutedEvalPipeline
 {
     /// <summary>
-    /// Loads the base once and every adapter under its name (LoRA-family folders, as <see cref="AdapterSet"/> takes), then
-    /// evaluates each record with the adapter it names (none: the base model). <see cref="EvalRequest.AdapterDir"/> must be null.
+    /// Loads the base once and every adapter under its name (LoRA-family folders, as <see cref="AdapterSet"/> takes).
+    /// When some record has an <c>"adapter"</c> field, each record is evaluated with the adapter it names (none: the base
+    /// model); when no record has one, each adapter is evaluated on every record (<c>--adapter NAME=DIR</c> then equals
+    /// <c>--adapter DIR</c>, labelled NAME). <see cref="EvalRequest.AdapterDir"/> must be null.
     /// </summary>
     /// <param name="req">The evaluation; fake quantization is not available here.</param>
     /// <param name="adapters">Name and folder of each adapter.</param>
@@ -86,16 +95,23 @@ public static class RoutedEvalPipeline
         using var set = AdapterSet.Load(req.ModelDir, req.Runtime);
         foreach (var (name, dir) in adapters) set.Add(name, dir, warn);
         var per = new List<(string?, EvalResult)>();
-        foreach (var group in examples.GroupBy(e => e.Adapter == MultiLoraPlan.BaseName ? null : e.Adapter))
+        bool routed = examples.Any(e => e.Adapter is not null);
+        var groups = routed
+            ? examples.Select((e, i) => (Example: e, Index: i)).GroupBy(x => x.Example.Adapter == MultiLoraPlan.BaseName ? null : x.Example.Adapter)
+                .Select(g => (Adapter: g.Key, Items: g.ToList()))
+            : adapters.Select(a => (Adapter: (string?)a.Name, Items: examples.Select((e, i) => (Example: e, Index: i)).ToList()));
+        foreach (var (adapter, items) in groups)
         {
-            set.Active = group.Key;
-            per.Add((group.Key, Evaluation.Run(set.Model, tokenizer, group.ToList(), req.SeqLen, req.BatchSize, req.MaxNewTokens, req.AccuracyExamples)));
+            set.Active = adapter;
+            var r = Evaluation.Run(set.Model, tokenizer, items.Select(x => x.Example).ToList(), req.SeqLen, req.BatchSize, req.MaxNewTokens, req.AccuracyExamples);
+            // Answer indices: positions in the data, not in the group.
+            per.Add((adapter, r with { Answers = r.Answers.Select(a => a with { Index = items[a.Index].Index }).ToList() }));
         }
         set.Active = null;
         int ex = per.Sum(p => p.Item2.Examples), tokens = per.Sum(p => p.Item2.LossTokens);
         double loss = per.Sum(p => p.Item2.Loss * p.Item2.LossTokens) / Math.Max(1, tokens);
         int accEx = per.Sum(p => p.Item2.AccuracyExamples);
         double? acc = accEx > 0 ? per.Sum(p => (p.Item2.Accuracy ?? 0) * p.Item2.AccuracyExamples) / accEx : null;
-        return new RoutedEvalResult(new EvalResult(ex, tokens, loss, Math.Exp(Math.Min(loss, 700)), acc, accEx), per);
+        return new RoutedEvalResult(new EvalResult(ex, tokens, loss, Math.Exp(Math.Min(loss, 700)), acc, accEx), per) { Routed = routed };
     }
 }

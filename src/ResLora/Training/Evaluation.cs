@@ -4,7 +4,11 @@ using ResLora.Models;
 namespace ResLora.Training;
 
 /// <summary>Loss, perplexity and exact-match accuracy of a model (with or without an adapter) on a data set.</summary>
-public sealed record EvalResult(int Examples, int LossTokens, double Loss, double Perplexity, double? Accuracy, int AccuracyExamples);
+public sealed record EvalResult(int Examples, int LossTokens, double Loss, double Perplexity, double? Accuracy, int AccuracyExamples)
+{
+    /// <summary>The answers behind <see cref="Accuracy"/>, each with its example's position in the examples evaluated.</summary>
+    public IReadOnlyList<ExactMatchAnswer> Answers { get; init; } = Array.Empty<ExactMatchAnswer>();
+}
 
 public static class Evaluation
 {
@@ -40,15 +44,19 @@ public static class Evaluation
         return (mean, Math.Exp(Math.Min(mean, 700)), (int)tokens);
     }
 
-    /// <summary>The whole evaluation of <c>reslora eval</c>: loss/perplexity on every example, accuracy on up to <paramref name="accuracyLimit"/> prompt/completion examples.</summary>
+    /// <summary>
+    /// The whole evaluation of <c>reslora eval</c>: loss/perplexity on every example, exact-match accuracy (the rule of
+    /// <see cref="Accuracy"/>, as train's periodic evaluation) on up to <paramref name="accuracyLimit"/> prompt/completion examples.
+    /// </summary>
     public static EvalResult Run(LlamaForCausalLM model, ITextTokenizer tokenizer, IReadOnlyList<TextExample> examples, int seqLen, int batchSize, int maxNewTokens, int accuracyLimit)
     {
         var tok = Tokenization.Tokenize(examples, tokenizer, seqLen);
         if (tok.Examples.Count == 0) throw new UserInputException("no example is left to evaluate after tokenization (check --seq-len).");
         int pad = tokenizer.PadTokenId ?? (tokenizer.EosTokenIds.Count > 0 ? tokenizer.EosTokenIds[0] : 0);
         var (loss, ppl, tokens) = Loss(model, Tokenization.Sequential(tok.Examples, batchSize, pad, model.Device));
-        var qa = examples.Where(e => !e.IsPlainText).Take(Math.Max(0, accuracyLimit)).ToList();
-        double? acc = qa.Count > 0 ? Accuracy.ExactMatch(model, tokenizer, qa, maxNewTokens) : null;
-        return new EvalResult(tok.Examples.Count, tokens, loss, ppl, acc, qa.Count);
+        var qa = examples.Select((e, i) => (Example: e, Index: i)).Where(x => !x.Example.IsPlainText).Take(Math.Max(0, accuracyLimit)).ToList();
+        var answers = Accuracy.Answers(model, tokenizer, qa.Select(x => x.Example).ToList(), maxNewTokens).Select(a => a with { Index = qa[a.Index].Index }).ToList();
+        double? acc = qa.Count > 0 ? Accuracy.Score(answers) : null;
+        return new EvalResult(tok.Examples.Count, tokens, loss, ppl, acc, qa.Count) { Answers = answers };
     }
 }

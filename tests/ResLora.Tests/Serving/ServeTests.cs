@@ -139,6 +139,20 @@ public sealed class ServeTests : IClassFixture<ServingFixture>
     }
 
     [Fact]
+    public async Task RepetitionPenalty_EqualsGenerateWithTheFlag_AndBadValuesAre400()
+    {
+        await using var server = await _f.Start();
+        using var client = Client(server);
+        var penalized = await Ok(await Post(client, "/v1/completions", Completion(_f.Name + ":lora", "The sky is", extra: ",\"repetition_penalty\":0.2")));
+        var (rc, output, err) = CliHarness.Run("generate", "--model", _f.ModelDir, "--adapter", _f.Dir("lora"), "--prompt", "The sky is", "--max-new-tokens", Tokens.ToString(System.Globalization.CultureInfo.InvariantCulture), "--repetition-penalty", "0.2");
+        Assert.True(rc == 0, err);
+        Assert.Equal(output[..^Environment.NewLine.Length], Text(penalized, chat: false));
+        Assert.NotEqual(Generate("lora", "The sky is", chat: false), Text(penalized, chat: false));
+        var e = await Refused(await Post(client, "/v1/completions", Completion(_f.Name, "hi", extra: ",\"repetition_penalty\":0")), HttpStatusCode.BadRequest, "invalid_request_error", "invalid_value");
+        Assert.Equal("repetition_penalty", (string?)e["param"]);
+    }
+
+    [Fact]
     public async Task BadRequests_GetTheDocumentedStatusAndMessage()
     {
         await using var server = await _f.Start(new ServingOptions { ModelDir = _f.ModelDir, MaxTokensLimit = 20 }, new ServeSettings { MaxRequestBytes = 2000 });

@@ -66,6 +66,9 @@ public sealed record CompletionRequest
     /// <summary>Sampling seed; null = a fresh random one.</summary>
     public long? Seed { get; init; }
 
+    /// <summary>Hugging Face's (and vLLM's) repetition_penalty: &gt; 0, 1 = off (see <see cref="GenerationOptions.RepetitionPenalty"/>).</summary>
+    public double RepetitionPenalty { get; init; } = 1.0;
+
     /// <summary>Up to four strings that end the reply (not included in it).</summary>
     public IReadOnlyList<string> Stop { get; init; } = Array.Empty<string>();
 }
@@ -191,6 +194,7 @@ public sealed class ServedModel : IDisposable
     {
         if (!(r.Temperature >= 0 && r.Temperature <= 2)) Invalid($"temperature must be between 0 and 2 (0 = greedy), got {r.Temperature}.", "temperature");
         if (!(r.TopP > 0 && r.TopP <= 1)) Invalid($"top_p must be in (0, 1], got {r.TopP}.", "top_p");
+        if (!(r.RepetitionPenalty > 0) || double.IsInfinity(r.RepetitionPenalty)) Invalid($"repetition_penalty must be a positive number (1 = off), got {r.RepetitionPenalty}.", "repetition_penalty");
         if (r.Stop.Count > 4) Invalid($"stop takes at most 4 strings, got {r.Stop.Count}.", "stop");
         if (r.Stop.Any(s => s.Length == 0)) Invalid("stop strings must not be empty.", "stop");
         if (r.MaxTokens is { } asked && asked < 1) Invalid($"max_tokens must be at least 1, got {asked}.", "max_tokens");
@@ -249,6 +253,7 @@ public sealed class ServedModel : IDisposable
             MaxNewTokens = maxTokens,
             Temperature = r.Temperature,
             TopP = r.TopP,
+            RepetitionPenalty = r.RepetitionPenalty,
             Seed = r.Seed ?? Random.Shared.NextInt64(),
             EosTokenIds = stopIds,
             StopWhen = tokens => reply.Stopped || templateStop?.Invoke(tokens) == true,
