@@ -69,6 +69,25 @@ public static class DemoBaseModel
         return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "reslora");
     }
 
+    /// <summary>
+    /// Deletes pre-training folders a killed run left behind (<c>demo-base-*.tmp-*</c> untouched for six hours: a live run
+    /// writes its folder within minutes), so they neither fill the cache nor match a <c>demo-base-*</c> glob.
+    /// </summary>
+    private static void RemoveAbandoned(string cacheRoot)
+    {
+        if (!Directory.Exists(cacheRoot)) return;
+        foreach (var d in Directory.EnumerateDirectories(cacheRoot, "demo-base-*.tmp-*"))
+        {
+            try
+            {
+                var newest = Directory.EnumerateFileSystemEntries(d, "*", SearchOption.AllDirectories).Select(File.GetLastWriteTimeUtc).Append(Directory.GetLastWriteTimeUtc(d)).Max();
+                if (DateTime.UtcNow - newest > TimeSpan.FromHours(6)) Directory.Delete(d, recursive: true);
+            }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+        }
+    }
+
     /// <summary>Whether <paramref name="cacheRoot"/> already holds the complete base model of these settings.</summary>
     public static bool IsCached(DemoBaseSettings s, string cacheRoot) => File.Exists(Path.Combine(cacheRoot, $"demo-base-{s.CacheKey()}", DoneMarker));
 
@@ -77,6 +96,7 @@ public static class DemoBaseModel
     {
         string dir = Path.Combine(cacheRoot, $"demo-base-{s.CacheKey()}");
         if (File.Exists(Path.Combine(dir, DoneMarker))) return dir;
+        RemoveAbandoned(cacheRoot);
         observer?.OnMessage($"pre-training the demo base model once ({s.Layers} layers, hidden {s.HiddenSize}, {s.PretrainSteps} steps); cached in {dir}");
         string tmp = dir + $".tmp-{Guid.NewGuid():N}";
         try

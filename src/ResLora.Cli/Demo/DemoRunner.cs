@@ -33,6 +33,8 @@ public sealed record DemoOptions
     public static readonly IReadOnlyList<(double Lr, double Alpha)> StandardSweep = new[] { (6e-3, 16.0), (3e-3, 32.0) };
     public long Seed { get; init; } = 7;
     public RuntimeOptions Runtime { get; init; } = new();
+    /// <summary>The base model's size and pre-training; null = the full default, or <see cref="DemoBaseSettings.Quick"/> with <see cref="Quick"/>.</summary>
+    public DemoBaseSettings? Base { get; init; }
 
     public static DemoOptions QuickDefaults(string outDir) => new()
     {
@@ -119,7 +121,7 @@ public static class DemoRunner
         settings.AddRange(o.Sweep.Where(x => x != (o.DefaultLr, o.DefaultAlpha)));
 
         // 1. The base model (pre-trained once, then cached).
-        var baseSettings = o.Quick ? DemoBaseSettings.Quick : new DemoBaseSettings();
+        var baseSettings = o.Base ?? (o.Quick ? DemoBaseSettings.Quick : new DemoBaseSettings());
         string cacheRoot = o.CacheRoot ?? DemoBaseModel.DefaultCacheRoot();
         int runCount = methods.Count * settings.Count;
         var track = new Tracker(progress, clock, DemoBaseModel.IsCached(baseSettings, cacheRoot) ? 0 : baseSettings.PretrainSteps * baseSettings.BatchSize / (double)FineTuneBatch,

@@ -91,14 +91,14 @@ public static class LossPlot
         all.ShowLegend(Alignment.UpperRight);
         if (series.Any(s => s.Eval.Count > 0))
             all.Legend.ManualItems.Add(new LegendItem { LabelText = "dots: held-out eval loss", MarkerShape = MarkerShape.FilledCircle, MarkerSize = 7, MarkerColor = Colors.Gray, LineWidth = 0 });
-        zoom.Title($"zoom: the {best.Count} lowest final training losses, steps {zoomFrom:0}–{maxStep}");
+        zoom.Title(best.Count > 1 ? $"zoom: the {best.Count} lowest final training losses, steps {zoomFrom:0}–{maxStep}" : $"zoom: steps {zoomFrom:0}–{maxStep}");
         zoom.XLabel("step");
         zoom.YLabel("loss");
         zoom.ShowLegend(Alignment.UpperRight);
         if (zMin < zMax)
         {
             double pad = 0.08 * (zMax - zMin);
-            zoom.Axes.SetLimits(zoomFrom, maxStep, zMin - pad, zMax + pad);
+            zoom.Axes.SetLimits(zoomFrom, maxStep + 0.02 * maxStep, zMin - pad, zMax + pad);
         }
         WritePng(path, tmp => multi.SavePng(tmp, width, height));
     }
