@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text;
-using System.Text.Encodings.Web;
 using System.Text.Json;
 using ResLora.IO;
 using ResLora.IO.Templates;
@@ -15,7 +14,7 @@ namespace ResLora.Cli;
 /// </summary>
 internal static class TokenizeVerb
 {
-    private static readonly JsonSerializerOptions Json = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+    private static readonly JsonSerializerOptions Json = IO.Json.ReportJson.Line;
 
     public static Command Build()
     {

@@ -116,7 +116,7 @@ public static class ExportPipeline
                 Fold = foldReport,
                 Notes = result.Notes,
             };
-            AtomicFile.WriteAllText(Path.Combine(outDir, ExportReport.FileName), JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull }));
+            AtomicFile.WriteAllText(Path.Combine(outDir, ExportReport.FileName), JsonSerializer.Serialize(report, IO.Json.ReportJson.IndentedSkipNulls));
             return report;
         }
     }

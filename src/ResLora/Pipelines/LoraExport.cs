@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
@@ -136,7 +135,7 @@ public static class LoraExport
             tensors.Add(new(AdapterFolder.KeyPrefix + p.Module + "." + LoraB, p.B));
         }
         string json = AdapterConfigJson.Serialize(config);
-        string report = Report(result).ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 2, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
+        string report = Report(result).ToJsonString(IO.Json.ReportJson.Indented);
         AtomicFolder.Write(outDir, dir =>
         {
             SafetensorsWriter.Write(Path.Combine(dir, AdapterFolder.WeightsFileName), tensors, new Dictionary<string, string> { ["format"] = "pt" });

@@ -66,7 +66,7 @@ public static class MergePipeline
                 // A packed base is written dequantized (with the merged ΔW), one full-precision copy while saving.
                 using var scope = torch.NewDisposeScope();
                 ModelFolder.Save(tmp, chosen.Config, chosen.FullPrecisionWeights(), ModelFolder.ShardSizeOf(modelDir));
-                AtomicFile.WriteAllText(Path.Combine(tmp, MergeReport.FileName), JsonSerializer.Serialize(result, ReportJson));
+                AtomicFile.WriteAllText(Path.Combine(tmp, MergeReport.FileName), JsonSerializer.Serialize(result, IO.Json.ReportJson.IndentedSkipNulls));
             }, companionsFrom: modelDir);
             return result;
         });
@@ -147,8 +147,6 @@ public static class MergePipeline
             best?.Dispose();
         }
     }
-
-    private static readonly JsonSerializerOptions ReportJson = new() { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull };
 
     /// <summary>The merged model of one candidate: the ls fold's (distilled) LoRA merged, or the adapter merged its own way.</summary>
     private static (LlamaForCausalLM Model, FoldReport? Fold) MergedCandidate(string modelDir, string adapterDir, RuntimeOptions runtime, AdapterConfigBase candidate,
