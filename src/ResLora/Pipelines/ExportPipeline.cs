@@ -100,7 +100,7 @@ public static class ExportPipeline
                 var rs = (ResLoraConfig)config;
                 string how = $"ResLoRA {rs.Structure}: the residual paths are folded by the calibrated least-squares fit ({route}, {foldReport.CalibrationTokens} calibration tokens"
                     + (foldReport.DistillSteps > 0 ? $", then {foldReport.DistillSteps} distillation steps" : "")
-                    + $"), not the '{rs.Merge}' merge; an approximation of the unmerged adapter, measured on held-out text in {ExportReport.FileName}.";
+                    + $"); an approximation of the unmerged adapter, measured on held-out text in {ExportReport.FileName}.";
                 var fitted = LoraExport.FromLowRankPairs(AdapterModel.ByModulePath(student).ToDictionary(kv => kv.Key, kv => (ILowRankPair)kv.Value, StringComparer.Ordinal), config);
                 result = fitted with { Mode = "approximate", Notes = fitted.Notes.Prepend(how).ToList() }; // the same tensors, one owner
             }
