@@ -57,7 +57,7 @@ internal static class BenchAdaptersVerb
                 results = rows,
                 command = "reslora " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)),
             };
-            IO.AtomicFile.WriteAllText(Path.Combine(dir, "adapters.json"), JsonSerializer.Serialize(json, new JsonSerializerOptions { WriteIndented = true }));
+            IO.AtomicFile.WriteAllText(Path.Combine(dir, "adapters.json"), JsonSerializer.Serialize(json, IO.Json.ReportJson.Indented));
             Console.Out.WriteLine($"wrote {Path.Combine(dir, "adapters.md")} and adapters.json");
             return 0;
         }));

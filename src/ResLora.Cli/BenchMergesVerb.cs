@@ -30,7 +30,7 @@ internal static class BenchMergesVerb
             string md = MergeBench.Markdown(rows);
             Console.Out.Write(md);
             IO.AtomicFile.WriteAllText(Path.Combine(dir, "merges.md"), md);
-            IO.AtomicFile.WriteAllText(Path.Combine(dir, "merges.json"), JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
+            IO.AtomicFile.WriteAllText(Path.Combine(dir, "merges.json"), JsonSerializer.Serialize(rows, IO.Json.ReportJson.Indented));
             return 0;
         }));
         return cmd;

@@ -57,7 +57,7 @@ internal static class BenchNluVerb
                 merged_loss = x.MergedLoss,
                 seconds = x.Seconds,
                 trainable_parameters = x.TrainableParameters,
-            }), new JsonSerializerOptions { WriteIndented = true }));
+            }), IO.Json.ReportJson.Indented));
             return 0;
         }));
         return cmd;

@@ -72,7 +72,7 @@ internal static class BenchServeVerb
                 results = rows,
                 command = "reslora " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)),
             };
-            IO.AtomicFile.WriteAllText(Path.Combine(dir, "serve.json"), JsonSerializer.Serialize(json, new JsonSerializerOptions { WriteIndented = true }));
+            IO.AtomicFile.WriteAllText(Path.Combine(dir, "serve.json"), JsonSerializer.Serialize(json, IO.Json.ReportJson.Indented));
             if (rows.Count == 2) Console.Out.WriteLine($"batched / sequential: {F(rows[0].RequestsPerSecond / rows[1].RequestsPerSecond, "0.00")}× requests/s");
             Console.Out.WriteLine($"wrote {Path.Combine(dir, "serve.md")} and serve.json");
             return 0;

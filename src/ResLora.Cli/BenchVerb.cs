@@ -71,7 +71,7 @@ internal static class BenchVerb
                 generation = gen,
                 command = "reslora " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)),
             };
-            IO.AtomicFile.WriteAllText(Path.Combine(dir, "bench.json"), JsonSerializer.Serialize(result, new JsonSerializerOptions { WriteIndented = true }));
+            IO.AtomicFile.WriteAllText(Path.Combine(dir, "bench.json"), JsonSerializer.Serialize(result, IO.Json.ReportJson.Indented));
             var md = new StringBuilder();
             md.AppendLine($"| method | median step (s) | × LoRA | tokens/s | GFLOP/s | % of {ceiling:0} GFLOP/s ceiling |").AppendLine("|---|---|---|---|---|---|");
             foreach (var s in steps) md.AppendLine($"| {s.Label} | {F(s.MedianSeconds, "0.0000")} | {F(s.MedianSeconds / loraTime, "0.000")} | {F(s.TokensPerSecond, "0")} | {F(s.EstimatedGflops, "0.0")} | {F(100 * s.EstimatedGflops / ceiling, "0")} |");

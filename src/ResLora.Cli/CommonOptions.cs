@@ -49,10 +49,5 @@ internal sealed class RuntimeOptionSet(bool baseBits = false, bool heap = false)
 internal static class CliPaths
 {
     /// <summary>Checks a model folder exists before anything heavy happens.</summary>
-    public static string ModelDir(string? dir, string flag = "--model")
-    {
-        if (string.IsNullOrWhiteSpace(dir)) throw new UserInputException($"{flag} is required: a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).");
-        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"{flag} {dir}: no such folder. Pass a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).");
-        return dir;
-    }
+    public static string ModelDir(string? dir, string flag = "--model") => IO.InputPaths.ModelFolder(dir, flag);
 }

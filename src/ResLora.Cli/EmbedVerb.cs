@@ -41,7 +41,7 @@ internal static class EmbedVerb
             var vectors = SentenceEmbeddings.Embed(encoder, pairs, texts, pool, r.GetValue(normalize), r.GetValue(seqLen), r.GetValue(batch));
             var sb = new StringBuilder();
             for (int i = 0; i < texts.Count; i++)
-                sb.Append(JsonSerializer.Serialize(new Dictionary<string, object> { ["index"] = i, ["text"] = texts[i], ["embedding"] = vectors[i] })).Append('\n');
+                sb.Append(JsonSerializer.Serialize(new Dictionary<string, object> { ["index"] = i, ["text"] = texts[i], ["embedding"] = vectors[i] }, IO.Json.ReportJson.Line)).Append('\n');
             if (r.GetValue(output) is { } outPath)
             {
                 AtomicFile.WriteAllText(outPath, sb.ToString());

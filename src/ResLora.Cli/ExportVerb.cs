@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Globalization;
 using ResLora.Pipelines;
 
 namespace ResLora.Cli;
@@ -25,7 +24,7 @@ internal static class ExportVerb
             string dir = CliPaths.ModelDir(r.GetValue(model));
             var report = ExportPipeline.AsLora(dir, r.GetValue(adapter)!, r.GetValue(output)!, rt.Read(r),
                 new ExportOptions { Rank = r.GetValue(rank), Texts = folding.Read(r), DistillSteps = r.GetValue(folding.Distill), DistillLearningRate = r.GetValue(folding.DistillLr) }, w => Console.Error.WriteLine($"note: {w}"));
-            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"exported {report.Method} as LoRA ({report.Mode}) into {report.OutDir}; energy kept: min {report.MinEnergyKept:P2}, mean {report.MeanEnergyKept:P2}"));
+            Console.Out.WriteLine(report.Describe());
             foreach (var n in report.Notes) Console.Out.WriteLine($"note: {n}");
             Console.Out.WriteLine(FoldingOptionSet.HeldOutLine(report.HeldOut, report.HeldOutSource));
             return 0;

@@ -17,7 +17,7 @@ internal static class InspectVerb
         var data = new Option<string?>("--data") { Description = "Text for --kurtosis (JSONL/JSON data file)." };
         var check = new Option<bool>("--check") { Description = "Instead of the summary, read every tensor once and report NaN/infinite values (count per tensor) and weights stored as integers; exit code 1 when any is found." };
         var adapter = new Option<string?>("--adapter") { Description = "With --check: check this adapter folder's tensors too." };
-        var cmd = new Command("inspect", "Show a model folder: architecture, parameter counts, and every linear module with its shape (the names adapters target).");
+        var cmd = new Command("inspect", "Show a model folder (LLaMA-family decoder or BERT/RoBERTa encoder): architecture, parameter counts, and every linear module with its shape (the names --targets takes).");
         cmd.Options.Add(model);
         cmd.Options.Add(all);
         cmd.Options.Add(kurt);
@@ -29,6 +29,11 @@ internal static class InspectVerb
             string dir = CliPaths.ModelDir(r.GetValue(model));
             if (r.GetValue(check)) return Check(dir, r.GetValue(adapter));
             if (r.GetValue(adapter) is not null) throw new UserInputException("--adapter is used with --check (to check the adapter's tensors too).");
+            if (Classification.IsEncoderFolder(dir))
+            {
+                if (r.GetValue(kurt)) throw new UserInputException($"--kurtosis measures the inputs of LLaMA-family decoder linears (RoLoRA's outlier measure); {dir} is a BERT-family encoder. Drop --kurtosis.");
+                return Encoder(dir, !r.GetValue(all));
+            }
             var info = InspectPipeline.Describe(dir, groupByType: !r.GetValue(all));
             var c = info.Config;
             var console = CliConsole.Out();
@@ -60,6 +65,35 @@ internal static class InspectVerb
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>A BERT-family encoder folder (what train --task classify loads): its config, counts and --targets names.</summary>
+    private static int Encoder(string dir, bool grouped)
+    {
+        var info = InspectPipeline.DescribeEncoder(dir, grouped);
+        var c = info.Config;
+        var console = CliConsole.Out();
+        console.MarkupLine($"[bold]{Markup.Escape(dir)}[/]");
+        var t = new Table().AddColumn("field").AddColumn("value");
+        string arch = c.Raw["architectures"] is System.Text.Json.Nodes.JsonArray a && a.Count > 0 ? string.Join(", ", a.Select(x => x?.ToString())) : c.ModelType;
+        t.AddRow("architecture", Markup.Escape($"{arch} (BERT-family encoder, model_type {c.ModelType}; train with --task classify or regress)"));
+        t.AddRow("layers", c.NumHiddenLayers.ToString(CultureInfo.InvariantCulture));
+        t.AddRow("hidden / intermediate", $"{c.HiddenSize} / {c.IntermediateSize}");
+        t.AddRow("heads / head dim", $"{c.NumAttentionHeads} / {c.HeadDim}");
+        t.AddRow("vocab / token types", $"{c.VocabSize} / {c.TypeVocabSize}");
+        t.AddRow("max input tokens", c.MaxInputLength.ToString(CultureInfo.InvariantCulture));
+        t.AddRow("activation", Markup.Escape(c.HiddenAct));
+        t.AddRow("pooler", info.HasPooler.ToString());
+        t.AddRow("classification head", info.HasHead ? $"yes ({c.NumLabels} labels)" : "no (train adds one)");
+        t.AddRow("stored dtype", info.StoredDtype);
+        t.AddRow("parameters", $"{info.Parameters:N0}");
+        t.AddRow("in linear modules", $"{info.LinearParameters:N0}");
+        console.Write(t);
+        var lin = new Table().AddColumn(grouped ? "linear module (--targets name)" : "linear module").AddColumn("out × in").AddColumn("count");
+        foreach (var x in info.Linears) lin.AddRow(Markup.Escape(x.Name), $"{x.Out} × {x.In}", x.Count.ToString(CultureInfo.InvariantCulture));
+        console.Write(lin);
+        Console.Out.WriteLine($"--targets takes these names (comma-separated) or all-linear; the default for --task classify is {Classification.DefaultTargets}.");
+        return 0;
     }
 
     /// <summary>Exit code 1 when a problem is found, so scripts can gate on it (2 stays "bad input").</summary>

@@ -1,35 +1,42 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text;
-using System.Text.Encodings.Web;
 using System.Text.Json;
 using ResLora.IO;
 using ResLora.IO.Templates;
+using ResLora.Pipelines;
 using ResLora.Training;
+using ResLora.Training.Classification;
 
 namespace ResLora.Cli;
 
 /// <summary>
 /// <c>reslora tokenize</c>: what the model sees. The ids and pieces of a text, or of the first training examples of a data
 /// file exactly as <c>train</c> builds them (BOS, template, chat rendering, EOS), with the tokens that carry loss marked.
+/// For a BERT-family encoder folder, the data is read as <c>train --task classify|regress</c> reads it (JSONL, JSON, TSV or
+/// CSV; the same field flags, the same loader and encoder), and each example is shown with its specials, token types and label.
 /// </summary>
 internal static class TokenizeVerb
 {
-    private static readonly JsonSerializerOptions Json = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+    private static readonly JsonSerializerOptions Json = IO.Json.ReportJson.Line;
 
     public static Command Build()
     {
         var model = new Option<string>("--model") { Description = "Model folder whose tokenizer (and chat template) to use.", Required = true };
         var text = new Option<string?>("--text") { Description = "Text to tokenize as it is (no BOS/EOS added; special tokens written in it are recognised)." };
-        var data = new Option<string?>("--data") { Description = "A training data file: its first --limit examples are shown as train builds them, loss tokens marked." };
+        var data = new Option<string?>("--data") { Description = "A training data file: its first --limit examples are shown as train builds them, loss tokens marked. For a BERT-family encoder folder: classification data as train --task classify reads it (JSONL, JSON, TSV or CSV), shown with specials, token types and labels." };
         var limit = new Option<int>("--limit") { Description = "--data: how many examples to show.", DefaultValueFactory = _ => 3 };
         var seqLen = new Option<int?>("--seq-len") { Description = "--data: cut each example at this many tokens, as train --seq-len does (default: no cut)." };
         var promptTemplate = new Option<string?>("--prompt-template") { Description = "--data: prompt built from record fields, as for train." };
         var completionTemplate = new Option<string?>("--completion-template") { Description = "--data: completion built from record fields, as for train." };
         var chatTemplate = new Option<string?>("--chat-template") { Description = $"--data: chat template for conversation records (a Jinja file, a JSON file with chat_template, or a built-in: {string.Join(", ", BuiltInChatTemplates.Names)}); default: the model's." };
+        var task = new Option<string?>("--task") { Description = "--data on an encoder folder: classify (default) or regress, as for train (decides how labels are read)." };
+        var textField = new Option<string?>("--text-field") { Description = "--data on an encoder folder: the field (or TSV/CSV column) holding the text, as for train (default: text, sentence or sentence1)." };
+        var pairField = new Option<string?>("--text-pair-field") { Description = "--data on an encoder folder: the field holding the second text of a pair, as for train." };
+        var labelField = new Option<string>("--label-field") { Description = "--data on an encoder folder: the field holding the label, as for train.", DefaultValueFactory = _ => "label" };
         var json = new Option<bool>("--json") { Description = "One JSON object per text or example (ids, pieces, loss) instead of a table." };
         var cmd = new Command("tokenize", "Show the token ids and pieces of a text, or of training examples as train builds them, with the loss-carrying tokens marked.");
-        foreach (var o in new Option[] { model, text, data, limit, seqLen, promptTemplate, completionTemplate, chatTemplate, json }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, text, data, limit, seqLen, promptTemplate, completionTemplate, chatTemplate, task, textField, pairField, labelField, json }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             string dir = CliPaths.ModelDir(r.GetValue(model));
@@ -41,6 +48,26 @@ internal static class TokenizeVerb
             if (n < 1) throw new UserInputException($"--limit must be at least 1, got {n}.");
             int? cut = r.GetValue(seqLen);
             if (cut is < 2) throw new UserInputException($"--seq-len must be at least 2, got {cut}.");
+            bool encoder = Classification.IsEncoderFolder(dir);
+            bool classifyFlags = (r.GetValue(task) ?? r.GetValue(textField) ?? r.GetValue(pairField)) is not null || r.GetValue(labelField) != "label";
+            if (classifyFlags && (t is not null || !encoder))
+                throw new UserInputException(t is not null
+                    ? "--task, --text-field, --text-pair-field and --label-field apply to --data (classification data on an encoder folder)."
+                    : $"--task, --text-field, --text-pair-field and --label-field read classification data for a BERT-family encoder (as train --task classify); {dir} is not an encoder folder.");
+            if (encoder && path is not null)
+            {
+                if ((r.GetValue(promptTemplate) ?? r.GetValue(completionTemplate) ?? r.GetValue(chatTemplate)) is not null)
+                    throw new UserInputException($"--prompt-template, --completion-template and --chat-template build causal-LM examples; {dir} is a BERT-family encoder, whose data is read with --text-field, --text-pair-field and --label-field.");
+                string taskName = r.GetValue(task) ?? "classify";
+                if (taskName is not ("classify" or "regress")) throw new UserInputException($"--task {taskName}: an encoder's data is read for classify or regress.");
+                return Labelled(dir, path, new LabelledDataOptions
+                {
+                    TextField = r.GetValue(textField),
+                    PairField = r.GetValue(pairField),
+                    LabelField = r.GetValue(labelField)!,
+                    Task = taskName == "regress" ? LabelTask.Regress : LabelTask.Classify,
+                }, n, cut, r.GetValue(json));
+            }
             var tokenizer = TokenizerLoader.Load(dir);
             var output = Console.Out;
             if (t is not null)
@@ -73,10 +100,34 @@ internal static class TokenizeVerb
         return cmd;
     }
 
+    /// <summary>Classification data on an encoder, read and encoded by train's own loader and encoder (<see cref="LabelledData.Read"/>, <see cref="Classification.Encode"/>).</summary>
+    private static int Labelled(string dir, string path, LabelledDataOptions options, int limit, int? seqLen, bool json)
+    {
+        var config = Models.Encoders.EncoderConfig.Load(dir);
+        var (tokenizer, pairs) = Classification.LoadTokenizer(dir);
+        if (seqLen is < 3) throw new UserInputException($"--seq-len must be at least 3 for an encoder ([CLS] text [SEP]), got {seqLen}.");
+        int cut = Math.Min(seqLen ?? Math.Min(128, config.MaxInputLength), config.MaxInputLength);
+        var set = LabelledData.Read(path, options);
+        var shown = set.Examples.Take(limit).ToList();
+        var encoded = Classification.Encode(shown, pairs, cut, config, path);
+        var output = Console.Out;
+        if (!json) output.WriteLine($"{path}: {set.Examples.Count} examples; text field '{set.TextField}'{(set.PairField is null ? "" : $", pair field '{set.PairField}'")}; cut at {cut} tokens");
+        for (int i = 0; i < shown.Count; i++)
+        {
+            var e = shown[i];
+            var ids = encoded[i].Input.Ids;
+            string label = set.Task == LabelTask.Regress ? e.Value.ToString("R", CultureInfo.InvariantCulture) : set.Labels?.NameOf(e.Label) ?? e.Label.ToString(CultureInfo.InvariantCulture);
+            if (i > 0 && !json) output.WriteLine();
+            string text = e.Pair is null ? e.Text : e.Text + " ||| " + e.Pair;
+            Write(output, tokenizer, $"record {i + 1} (line {e.Line}): {ids.Length} tokens, label {label}", text, ids, null, json, i + 1, encoded[i].Input.TypeIds, label);
+        }
+        return 0;
+    }
+
     private static string Piece(ITextTokenizer tok, int id) =>
         tok is ITokenOffsets named ? named.TokenString(id) : tok.Decode(new[] { id }, skipSpecialTokens: false);
 
-    private static void Write(TextWriter output, ITextTokenizer tok, string header, string text, int[] ids, bool[]? loss, bool json, int? record)
+    private static void Write(TextWriter output, ITextTokenizer tok, string header, string text, int[] ids, bool[]? loss, bool json, int? record, int[]? types = null, string? label = null)
     {
         var pieces = ids.Select(id => Piece(tok, id)).ToArray();
         if (json)
@@ -87,6 +138,8 @@ internal static class TokenizeVerb
             o["ids"] = ids;
             o["pieces"] = pieces;
             if (loss is not null) o["loss"] = loss;
+            if (types is not null) o["type_ids"] = types;
+            if (label is not null) o["label"] = label;
             output.WriteLine(JsonSerializer.Serialize(o, Json));
             return;
         }
@@ -96,7 +149,7 @@ internal static class TokenizeVerb
         int width = Math.Max(2, ids.Length == 0 ? 1 : ids.Max().ToString(CultureInfo.InvariantCulture).Length);
         int posWidth = Math.Max(1, (ids.Length - 1).ToString(CultureInfo.InvariantCulture).Length);
         var sb = new StringBuilder();
-        sb.Append("#".PadLeft(posWidth)).Append("  ").Append("id".PadLeft(width)).Append(loss is null ? "  " : "  loss  ").Append("piece");
+        sb.Append("#".PadLeft(posWidth)).Append("  ").Append("id".PadLeft(width)).Append(loss is null ? "  " : "  loss  ").Append(types is null ? "" : "type  ").Append("piece");
         output.WriteLine(sb.ToString());
         for (int i = 0; i < ids.Length; i++)
         {
@@ -104,6 +157,7 @@ internal static class TokenizeVerb
             sb.Append(i.ToString(CultureInfo.InvariantCulture).PadLeft(posWidth)).Append("  ")
                 .Append(ids[i].ToString(CultureInfo.InvariantCulture).PadLeft(width)).Append("  ");
             if (loss is not null) sb.Append(loss[i] ? "*     " : "      ");
+            if (types is not null) sb.Append(types[i].ToString(CultureInfo.InvariantCulture).PadLeft(4)).Append("  ");
             sb.Append(JsonSerializer.Serialize(pieces[i], Json));
             output.WriteLine(sb.ToString());
         }

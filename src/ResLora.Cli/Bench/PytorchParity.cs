@@ -80,7 +80,7 @@ public static class PytorchParity
             spec["pre_num"] = rc.PreNum;
         }
         spec["method_spec"] = method.Method;
-        AtomicFile.WriteAllText(Path.Combine(dir, "parity.json"), JsonSerializer.Serialize(spec, new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteAllText(Path.Combine(dir, "parity.json"), JsonSerializer.Serialize(spec, IO.Json.ReportJson.Indented));
     }
 
     /// <summary>
@@ -181,7 +181,7 @@ public static class PytorchParity
             spec["structure"] = rc.Structure;
             spec["pre_num"] = rc.PreNum;
         }
-        AtomicFile.WriteAllText(Path.Combine(dir, "parity.json"), JsonSerializer.Serialize(spec, new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteAllText(Path.Combine(dir, "parity.json"), JsonSerializer.Serialize(spec, IO.Json.ReportJson.Indented));
     }
 
     /// <summary>The adapter <see cref="WriteInputs(string, ParityModelRun, MethodSpec, int, double, long)"/> recorded in parity.json, for the worker process.</summary>

@@ -1,7 +1,6 @@
 using System.Net;
 using System.Security.Cryptography;
 using System.Text;
-using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Threading.Channels;
@@ -56,7 +55,7 @@ internal sealed record ServeSettings
 /// </summary>
 internal sealed class ServeServer : IAsyncDisposable
 {
-    private static readonly JsonSerializerOptions Json = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+    private static readonly JsonSerializerOptions Json = new() { Encoder = IO.Json.ReportJson.Encoder }; // an HTTP API: NaN must fail, not be written
 
     private readonly WebApplication _app;
     private readonly ServeSettings _settings;

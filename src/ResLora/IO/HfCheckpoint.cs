@@ -27,8 +27,7 @@ public sealed class HfCheckpoint : IDisposable
 
     public static HfCheckpoint Open(string modelDir)
     {
-        if (!System.IO.Directory.Exists(modelDir))
-            throw new DirectoryNotFoundException($"{modelDir}: no such folder; pass a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).");
+        InputPaths.ModelFolder(modelDir, flag: null);
         string single = Path.Combine(modelDir, SingleFile), index = Path.Combine(modelDir, IndexFile);
         var files = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
         var byTensor = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);

@@ -13,8 +13,7 @@ public static class ModelFolder
     /// <summary>Reads and validates <c>config.json</c>; a missing folder is named before a missing file.</summary>
     public static ModelConfig LoadConfig(string modelDir)
     {
-        if (!Directory.Exists(modelDir))
-            throw new DirectoryNotFoundException($"{modelDir}: no such folder; pass a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).");
+        InputPaths.ModelFolder(modelDir, flag: null);
         return ModelConfig.Load(Path.Combine(modelDir, ConfigFile));
     }
 

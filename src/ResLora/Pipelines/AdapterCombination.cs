@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using ResLora.Adapters;
@@ -225,7 +224,7 @@ public static class AdapterCombination
             SafetensorsWriter.Write(Path.Combine(dir, AdapterFolder.WeightsFileName), tensors, new Dictionary<string, string> { ["format"] = "pt" });
             File.WriteAllText(Path.Combine(dir, AdapterFolder.ConfigFileName), json);
             if (report is not null)
-                File.WriteAllText(Path.Combine(dir, CombineReport.FileName), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
+                File.WriteAllText(Path.Combine(dir, CombineReport.FileName), report.ToJsonString(IO.Json.ReportJson.Indented));
         }, flag: "--out");
     }
 

@@ -26,7 +26,7 @@ public sealed record ClassificationTaskRecord
 
     public LabelTask LabelTask => Task == "regress" ? LabelTask.Regress : LabelTask.Classify;
 
-    public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true });
+    public string ToJson() => JsonSerializer.Serialize(this, IO.Json.ReportJson.Indented);
 
     /// <summary>The record of an adapter folder, or null when it has none.</summary>
     public static ClassificationTaskRecord? Read(string adapterDir)
@@ -315,7 +315,7 @@ public static class Classification
             HfCheckpoint.SaveWeights(tmp, weights);
             var raw = model.Config.Raw.DeepClone().AsObject();
             raw["torch_dtype"] = weights[0].Value.dtype == ScalarType.BFloat16 ? "bfloat16" : weights[0].Value.dtype == ScalarType.Float16 ? "float16" : "float32";
-            AtomicFile.WriteAllText(Path.Combine(tmp, "config.json"), raw.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            AtomicFile.WriteAllText(Path.Combine(tmp, "config.json"), raw.ToJsonString(IO.Json.ReportJson.Indented));
             AtomicFile.WriteAllText(Path.Combine(tmp, ClassificationTaskRecord.FileName), task.ToJson());
         }, modelDir, flag: "--out");
         return maxDiff;

@@ -23,8 +23,14 @@ public sealed record ExportReport
     public const string FileName = "heldout_report.json";
 
     [JsonPropertyName("method")] public string Method { get; init; } = "";
-    /// <summary>copy (already LoRA), concat (ResLoRA bs, exact), ls / ls+distill (ResLoRA is/ms), svd (others).</summary>
+    /// <summary>
+    /// "exact" only when the exported LoRA's ΔW equals the adapter's by construction (LoRA/RefLoRA copied, ResLoRA bs
+    /// concatenated); "approximate" otherwise (ResLoRA is/ms fitted, SVD), with the measured closeness in <see cref="HeldOut"/>.
+    /// </summary>
     [JsonPropertyName("mode")] public string Mode { get; init; } = "";
+    /// <summary>How: copy (already LoRA), concat (ResLoRA bs), ls / ls+distill (ResLoRA is/ms least-squares fold), svd (others).</summary>
+    [JsonPropertyName("route")] public string Route { get; init; } = "";
+    [JsonPropertyName("rank")] public int? Rank { get; init; }
     [JsonPropertyName("out_dir")] public string OutDir { get; init; } = "";
     [JsonPropertyName("min_energy_kept")] public double MinEnergyKept { get; init; }
     [JsonPropertyName("mean_energy_kept")] public double MeanEnergyKept { get; init; }
@@ -33,6 +39,24 @@ public sealed record ExportReport
     [JsonPropertyName("calibration_source")] public string CalibrationSource { get; init; } = "none";
     [JsonPropertyName("fold")] public FoldReport? Fold { get; init; }
     [JsonPropertyName("notes")] public IReadOnlyList<string> Notes { get; init; } = Array.Empty<string>();
+
+    public bool IsExact => Mode == "exact";
+
+    /// <summary>One line naming what was done: exact or approximate, and the route actually taken.</summary>
+    public string Describe()
+    {
+        var ci = System.Globalization.CultureInfo.InvariantCulture;
+        string how = Route switch
+        {
+            "copy" => "the LoRA pairs copied",
+            "concat" => "ResLoRA bs: each block's factors concatenated (ΔW = s·Σ B·A, one pair)",
+            "ls" => $"ResLoRA: residual paths folded by the least-squares fit on {Fold?.CalibrationTokens.ToString(ci) ?? "?"} calibration tokens",
+            "ls+distill" => $"ResLoRA: residual paths folded by the least-squares fit on {Fold?.CalibrationTokens.ToString(ci) ?? "?"} calibration tokens, then {Fold?.DistillSteps.ToString(ci) ?? "?"} distillation steps",
+            "svd" => string.Create(ci, $"truncated SVD of ΔW at rank {Rank}, energy kept: min {MinEnergyKept:P2}, mean {MeanEnergyKept:P2}"),
+            _ => Route,
+        };
+        return $"exported {Method} as LoRA into {OutDir}: {Mode} ({how})";
+    }
 }
 
 /// <summary>
@@ -62,7 +86,7 @@ public static class ExportPipeline
         var adapters = AdapterModel.ByModulePath(reference);
         LlamaForCausalLM? student = null;
         FoldReport? foldReport = null;
-        string mode;
+        string route;
         LoraExportResult result;
         try
         {
@@ -71,29 +95,36 @@ public static class ExportPipeline
                 var calib = FoldingTexts.Tokenize(texts.Calibration, tokenizer, options.Texts.SeqLen, "calibration");
                 (student, foldReport) = ResLoraFolding.ToLora(reference, plan, modelDir, runtime, calib, pad, options.DistillSteps, distillLearningRate: options.DistillLearningRate,
                 distillation: options.DistillSteps > 0 ? FoldingTexts.Tokenize(texts.Distillation, tokenizer, options.Texts.SeqLen, "distillation") : null);
-                result = LoraExport.FromLowRankPairs(AdapterModel.ByModulePath(student).ToDictionary(kv => kv.Key, kv => (ILowRankPair)kv.Value, StringComparer.Ordinal), config);
-                mode = foldReport.Kind;
+                route = foldReport.Kind;
+                // The pairs are re-saved exactly, but they are a fit of the ResLoRA model, not equal to it: approximate.
+                var rs = (ResLoraConfig)config;
+                string how = $"ResLoRA {rs.Structure}: the residual paths are folded by the calibrated least-squares fit ({route}, {foldReport.CalibrationTokens} calibration tokens"
+                    + (foldReport.DistillSteps > 0 ? $", then {foldReport.DistillSteps} distillation steps" : "")
+                    + $"); an approximation of the unmerged adapter, measured on held-out text in {ExportReport.FileName}.";
+                var fitted = LoraExport.FromLowRankPairs(AdapterModel.ByModulePath(student).ToDictionary(kv => kv.Key, kv => (ILowRankPair)kv.Value, StringComparer.Ordinal), config);
+                result = fitted with { Mode = "approximate", Notes = fitted.Notes.Prepend(how).ToList() }; // the same tensors, one owner
             }
             else if (config is ResLoraConfig && plan.Builder is ResLoraLayerBuilder rb)
             {
                 result = LoraExport.FromLowRankPairs(ConcatenatedPairs(rb), config);
-                mode = "concat";
+                route = "concat";
             }
             else if (adapters.Values.All(a => a.GetType() == typeof(LoraLinear)))
             {
                 result = LoraExport.FromLowRankPairs(adapters.ToDictionary(kv => kv.Key, kv => (ILowRankPair)kv.Value, StringComparer.Ordinal), config);
-                mode = "copy";
+                route = "copy";
             }
             else
             {
                 result = LoraExport.FromDeltaWeights(adapters, options.Rank, config);
-                mode = "svd";
+                route = "svd";
             }
         }
         finally
         {
             student?.Dispose();
         }
+        result = result with { Route = route }; // the same tensors, one owner
         using (result)
         {
             LoraExport.Save(result, outDir);
@@ -102,11 +133,14 @@ public static class ExportPipeline
             {
                 using var exported = ModelSessions.LoadWithAdapter(modelDir, outDir, runtime);
                 held = ModelComparison.Compare(reference, exported, tokenizer, texts.HeldOut, options.Texts.SeqLen);
+                LoraExport.WriteReport(result with { HeldOut = held }, outDir);
             }
             var report = new ExportReport
             {
                 Method = config.Method,
-                Mode = mode,
+                Mode = result.Mode,
+                Route = route,
+                Rank = result.RequestedRank,
                 OutDir = Path.GetFullPath(outDir),
                 MinEnergyKept = result.MinEnergyKept,
                 MeanEnergyKept = result.MeanEnergyKept,
@@ -116,7 +150,7 @@ public static class ExportPipeline
                 Fold = foldReport,
                 Notes = result.Notes,
             };
-            AtomicFile.WriteAllText(Path.Combine(outDir, ExportReport.FileName), JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull }));
+            AtomicFile.WriteAllText(Path.Combine(outDir, ExportReport.FileName), JsonSerializer.Serialize(report, IO.Json.ReportJson.IndentedSkipNulls));
             return report;
         }
     }

@@ -13,6 +13,12 @@ public sealed record LinearModuleInfo(string Name, long Out, long In, int Count)
 /// <summary>What <c>reslora inspect</c> shows: the config, parameter counts, the linear modules.</summary>
 public sealed record ModelSummary(ModelConfig Config, long Parameters, long LinearParameters, IReadOnlyList<LinearModuleInfo> Linears);
 
+/// <summary>
+/// What <c>reslora inspect</c> shows for a BERT-family encoder folder: the config, the stored dtype, parameter counts (what
+/// <c>train --task classify</c> loads), and the encoder's linear modules by the name <c>--targets</c> takes.
+/// </summary>
+public sealed record EncoderSummary(EncoderConfig Config, string StoredDtype, bool HasPooler, bool HasHead, long Parameters, long LinearParameters, IReadOnlyList<LinearModuleInfo> Linears);
+
 /// <summary>What <c>reslora inspect --check</c> found: how much was read, and every problem by file and tensor.</summary>
 public sealed record WeightCheckReport(int Tensors, long Bytes, IReadOnlyList<TensorProblem> Problems)
 {
@@ -37,6 +43,59 @@ public static class InspectPipeline
             ? linears.GroupBy(x => (Type: x.Name.Split('.')[^1], x.Out, x.In)).Select(g => new LinearModuleInfo(g.Key.Type, g.Key.Out, g.Key.In, g.Count())).ToList()
             : linears;
         return new ModelSummary(c, total, linear, shown);
+    }
+
+    /// <summary>
+    /// An encoder folder's summary, from config.json and the safetensors headers (checked against each other as for
+    /// training; nothing model-sized is read). Grouped, each linear kind of the encoder layers is named by the shortest
+    /// <c>--targets</c> entry that selects exactly that kind (query, key, value, attention.output.dense,
+    /// intermediate.dense; the feed-forward output, whose dotted suffix "output.dense" would also select
+    /// attention.output.dense, by a regex); ungrouped, every linear by its module path. Only encoder-layer linears are
+    /// adapter targets (the pooler and classifier stay plain and are trained whole).
+    /// </summary>
+    public static EncoderSummary DescribeEncoder(string modelDir, bool groupByType = true)
+    {
+        var (config, ckpt, layout, expected) = EncoderLoader.OpenChecked(modelDir, null, refuseNonFloat: true);
+        using var _ = ckpt;
+        long total = expected.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
+        string dtype = SafetensorsDtypes.ToScalarType(ckpt.EntryOf(layout.Prefix + "embeddings.word_embeddings.weight").Dtype) switch
+        {
+            ScalarType.BFloat16 => "bfloat16",
+            ScalarType.Float16 => "float16",
+            ScalarType.Float32 => "float32",
+            var other => other.ToString().ToLowerInvariant(),
+        };
+        // Module paths as the classification model names them (what --targets is matched against).
+        var linears = BertEncoder.ExpectedWeights(config, layout.HasPooler)
+            .Where(kv => kv.Key.StartsWith("encoder.layer.", StringComparison.Ordinal) && kv.Key.EndsWith(".weight", StringComparison.Ordinal) && kv.Value.Length == 2)
+            .Select(kv => new LinearModuleInfo(config.BaseModelPrefix + "." + kv.Key[..^".weight".Length], kv.Value[0], kv.Value[1], 1))
+            .ToList();
+        long linear = linears.Sum(l => l.Out * l.In);
+        IReadOnlyList<LinearModuleInfo> shown = groupByType ? GroupAsTargets(linears) : linears;
+        return new EncoderSummary(config, dtype, layout.HasPooler, layout.HasHead, total, linear, shown);
+    }
+
+    /// <summary>Groups module paths by kind (the path after "layer.N."), each named by the shortest target entry selecting exactly that kind.</summary>
+    private static List<LinearModuleInfo> GroupAsTargets(IReadOnlyList<LinearModuleInfo> linears)
+    {
+        static string Kind(string path) => System.Text.RegularExpressions.Regex.Replace(path, @"^.*\.layer\.\d+\.", "");
+        var all = linears.Select(l => l.Name).ToList();
+        var result = new List<LinearModuleInfo>();
+        foreach (var g in linears.GroupBy(l => (Kind: Kind(l.Name), l.Out, l.In)))
+        {
+            var members = g.Select(l => l.Name).ToHashSet(StringComparer.Ordinal);
+            string[] parts = g.Key.Kind.Split('.');
+            string? name = null;
+            for (int n = 1; n <= parts.Length && name is null; n++)
+            {
+                string suffix = string.Join('.', parts[^n..]);
+                var target = ModuleTargets.List(suffix);
+                if (all.All(p => target.Matches(new LinearSpec(p, "", 0, 0, 0, false)) == members.Contains(p))) name = suffix;
+            }
+            name ??= @".*\.layer\.\d+\." + System.Text.RegularExpressions.Regex.Escape(g.Key.Kind);
+            result.Add(new LinearModuleInfo(name, g.Key.Out, g.Key.In, g.Count()));
+        }
+        return result;
     }
 
     /// <summary>
@@ -83,6 +142,8 @@ public static class InspectPipeline
     /// <summary>Kurtosis of every decoder linear's input over up to 32 texts of <paramref name="dataPath"/> (RoLoRA's outlier measure; Gaussian = 3).</summary>
     public static IReadOnlyList<(string Module, double Kurtosis)> Kurtosis(string modelDir, string dataPath, RuntimeOptions runtime)
     {
+        if (Classification.IsEncoderFolder(modelDir))
+            throw new UserInputException($"--kurtosis measures the inputs of LLaMA-family decoder linears (RoLoRA's outlier measure); {modelDir} is a BERT-family encoder. Drop --kurtosis.");
         var tok = TokenizerLoader.Load(modelDir);
         var batches = QuantizeFolder.CalibrationBatches(tok, DataSet.Load(dataPath).Select(e => e.Prompt + e.Completion), 256, 32);
         try

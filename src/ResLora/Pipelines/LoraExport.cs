@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
@@ -24,8 +23,20 @@ public sealed record LoraExportResult(LoraConfig Config, IReadOnlyList<ExportedP
     /// <summary>The source adapter's method (lora, dora, loha, ia3, ...).</summary>
     public string SourceMethod { get; init; } = "";
 
-    /// <summary>"svd" (<see cref="LoraExport.FromDeltaWeights"/>) or "exact" (<see cref="LoraExport.FromLowRankPairs"/>).</summary>
+    /// <summary>
+    /// "exact" when B·A equals the source adapter's ΔW (a re-save of plain pairs, <see cref="LoraExport.FromLowRankPairs"/>),
+    /// "approximate" otherwise (a truncated SVD, or pairs fitted to the source, such as ResLoRA's least-squares fold).
+    /// </summary>
     public string Mode { get; init; } = "";
+
+    /// <summary>
+    /// How the pairs were made: "pairs" (re-saved), "svd"; <see cref="ExportPipeline"/> names its route: copy, concat
+    /// (ResLoRA bs), ls or ls+distill (ResLoRA is/ms), svd.
+    /// </summary>
+    public string Route { get; init; } = "";
+
+    /// <summary>The exported LoRA against the source adapter on held-out text, when it was measured (written into the report).</summary>
+    public ComparisonReport? HeldOut { get; init; }
 
     /// <summary>The rank asked for (svd), null for an exact re-save.</summary>
     public int? RequestedRank { get; init; }
@@ -74,7 +85,7 @@ public static class LoraExport
                 pairs.Add(Truncate(path, a, rank));
             }
             var notes = new List<string>();
-            notes.AddRange(SourceNotes(source));
+            notes.AddRange(SourceNotes(source, viaDeltaWeight: true));
             notes.AddRange(LayerNotes(adapters));
             return Result(pairs, source, notes, "svd", rank);
         }
@@ -106,8 +117,8 @@ public static class LoraExport
                 Tensor b = p.LoraB.detach().to_type(ScalarType.Float32).mul(p.Scaling).cpu().contiguous();
                 result.Add(new ExportedPair(path, a.DetachFromDisposeScope(), b.DetachFromDisposeScope(), 1.0, (int)a.shape[0]));
             }
-            var notes = SourceNotes(source).ToList();
-            return Result(result, source, notes, "exact", null);
+            var notes = SourceNotes(source, viaDeltaWeight: false).ToList();
+            return Result(result, source, notes, "pairs", null);
         }
         catch
         {
@@ -136,7 +147,7 @@ public static class LoraExport
             tensors.Add(new(AdapterFolder.KeyPrefix + p.Module + "." + LoraB, p.B));
         }
         string json = AdapterConfigJson.Serialize(config);
-        string report = Report(result).ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 2, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
+        string report = ReportText(result);
         AtomicFolder.Write(outDir, dir =>
         {
             SafetensorsWriter.Write(Path.Combine(dir, AdapterFolder.WeightsFileName), tensors, new Dictionary<string, string> { ["format"] = "pt" });
@@ -144,6 +155,12 @@ public static class LoraExport
             File.WriteAllText(Path.Combine(dir, ReportFileName), report);
         }, flag: "export folder");
     }
+
+    /// <summary>Rewrites <see cref="ReportFileName"/> of a saved export (e.g. once <see cref="LoraExportResult.HeldOut"/> is measured).</summary>
+    public static void WriteReport(LoraExportResult result, string outDir) =>
+        AtomicFile.WriteAllText(Path.Combine(outDir, ReportFileName), ReportText(result));
+
+    private static string ReportText(LoraExportResult result) => Report(result).ToJsonString(IO.Json.ReportJson.Indented);
 
     /// <summary>The rank_pattern / alpha_pattern key for <paramref name="module"/> (see <see cref="Result"/>).</summary>
     public static string PatternKeyFor(string module, IReadOnlyCollection<string> allModules)
@@ -205,7 +222,7 @@ public static class LoraExport
     }
 
     /// <summary>The LoRA config and result for exported pairs: r = the largest rank, α = r, per-module rank/α where they differ.</summary>
-    private static LoraExportResult Result(List<ExportedPair> pairs, AdapterConfigBase source, List<string> notes, string mode, int? rank)
+    private static LoraExportResult Result(List<ExportedPair> pairs, AdapterConfigBase source, List<string> notes, string route, int? rank)
     {
         int r = pairs.Max(p => p.Rank);
         var modules = pairs.Select(p => p.Module).ToList();
@@ -235,9 +252,9 @@ public static class LoraExport
         };
         config.Validate();
         double min = pairs.Min(p => p.EnergyKept), mean = pairs.Average(p => p.EnergyKept);
-        if (mode == "svd" && min < 1 - 1e-6)
+        if (route == "svd" && min < 1 - 1e-6)
             notes.Add($"rank {rank}: the smallest share of ΔW's energy kept is {min:0.######} (mean {mean:0.######}); a larger rank keeps more.");
-        return new LoraExportResult(config, pairs, min, mean, notes) { SourceMethod = source.Method, Mode = mode, RequestedRank = rank };
+        return new LoraExportResult(config, pairs, min, mean, notes) { SourceMethod = source.Method, Mode = route == "pairs" ? "exact" : "approximate", Route = route, RequestedRank = rank };
     }
 
     /// <summary>
@@ -255,12 +272,17 @@ public static class LoraExport
         return ModuleTargets.List(modules.Select(m => m[(m.LastIndexOf('.') + 1)..]).Distinct(StringComparer.Ordinal).ToArray());
     }
 
-    /// <summary>Notes the source config implies (what the export depends on).</summary>
-    private static IEnumerable<string> SourceNotes(AdapterConfigBase source)
+    /// <summary>
+    /// Notes the source config implies (what the export depends on). The ResLoRA merge note applies only to an export
+    /// through ΔW (<paramref name="viaDeltaWeight"/>), whose ΔW is the one the saved merge kind makes; pairs given as
+    /// they are (ResLoRA bs concatenated, the least-squares fold of is/ms) never use that merge, and their caller says how
+    /// they were made.
+    /// </summary>
+    private static IEnumerable<string> SourceNotes(AdapterConfigBase source, bool viaDeltaWeight)
     {
         if (source is RoLoraConfig ro)
             yield return $"RoLoRA: ΔW belongs to the rotated base (seed {ro.RotationSeed}); load this LoRA on that rotated model (base_model_name_or_path), not on the original one.";
-        if (source is ResLoraConfig rc && rc.MergeKind != ResLoraMergeKind.Exact)
+        if (viaDeltaWeight && source is ResLoraConfig rc && rc.MergeKind != ResLoraMergeKind.Exact)
             yield return $"ResLoRA: the residual paths are folded into ΔW with the '{rc.Merge}' merge, an approximation of the unmerged model (as reslora merge makes).";
     }
 
@@ -298,12 +320,14 @@ public static class LoraExport
         {
             ["source_method"] = result.SourceMethod,
             ["mode"] = result.Mode,
+            ["route"] = result.Route,
             ["requested_rank"] = result.RequestedRank,
             ["r"] = result.Config.R,
             ["min_energy_kept"] = result.MinEnergyKept,
             ["mean_energy_kept"] = result.MeanEnergyKept,
             ["modules"] = modules,
             ["notes"] = notes,
+            ["held_out"] = result.HeldOut is { } h ? JsonSerializer.SerializeToNode(h, IO.Json.ReportJson.Indented) : null,
         };
     }
 }

@@ -16,6 +16,11 @@ public sealed record MergeOptions
     /// <summary>With the ls merge: train the least-squares LoRA this many steps towards the unmerged model (0 = off).</summary>
     public int DistillSteps { get; init; }
     public double DistillLearningRate { get; init; } = Distillation.DefaultLearningRate;
+    /// <summary>
+    /// The dtype of the weights written: null or "auto" = the base's stored dtype (a bf16 base stays bf16), else float32,
+    /// bfloat16 or float16. The merge itself is computed in the runtime dtype (float32 by default) and rounded once, when written.
+    /// </summary>
+    public string? OutputDtype { get; init; }
 }
 
 /// <summary>One merge that was tried: its label, how close it stays to the unmerged model, what folding it took.</summary>
@@ -39,6 +44,10 @@ public sealed record MergeReport(string Method, int MergedModules, double MaxAbs
     public string CalibrationSource { get; init; } = "none";
     /// <summary>Every merge tried (one unless --merge auto); the chosen one has the smallest held-out KL (probe difference without held-out text).</summary>
     public IReadOnlyList<MergeCandidateReport> Candidates { get; init; } = Array.Empty<MergeCandidateReport>();
+    /// <summary>The dtype of the weights written (config.json's torch_dtype): float32, bfloat16 or float16.</summary>
+    public string Dtype { get; init; } = "float32";
+    /// <summary>Where <see cref="Dtype"/> came from: "the base's stored dtype" or "--out-dtype".</summary>
+    public string DtypeSource { get; init; } = "";
 
     public const string FileName = "merge_report.json";
 }
@@ -64,9 +73,14 @@ public static class MergePipeline
             AtomicFolder.Write(outDir, tmp =>
             {
                 // A packed base is written dequantized (with the merged ΔW), one full-precision copy while saving.
+                // Each weight is rounded to the output dtype once, while it is written (one converted tensor at a time).
                 using var scope = torch.NewDisposeScope();
-                ModelFolder.Save(tmp, chosen.Config, chosen.FullPrecisionWeights(), ModelFolder.ShardSizeOf(modelDir));
-                AtomicFile.WriteAllText(Path.Combine(tmp, MergeReport.FileName), JsonSerializer.Serialize(result, ReportJson));
+                var dtype = result.Dtype switch { "bfloat16" => ScalarType.BFloat16, "float16" => ScalarType.Float16, _ => ScalarType.Float32 };
+                var weights = chosen.FullPrecisionWeights()
+                    .Select(kv => new LazyTensor(kv.Key, dtype, kv.Value.shape, () => kv.Value.to_type(dtype)))
+                    .ToList();
+                ModelFolder.Save(tmp, chosen.Config, weights, ModelFolder.ShardSizeOf(modelDir));
+                AtomicFile.WriteAllText(Path.Combine(tmp, MergeReport.FileName), JsonSerializer.Serialize(result, IO.Json.ReportJson.IndentedSkipNulls));
             }, companionsFrom: modelDir);
             return result;
         });
@@ -79,6 +93,7 @@ public static class MergePipeline
     private static MergeReport Run(string modelDir, string adapterDir, RuntimeOptions runtime, Tensor probeIds, MergeOptions options, Action<string>? warn,
         Func<LlamaForCausalLM, MergeReport, MergeReport> finish)
     {
+        var (outDtype, dtypeSource) = OutputDtype(modelDir, options.OutputDtype);
         var config = ModelSessions.ReadAdapterConfig(adapterDir, warn);
         var candidates = AdapterMethods.For(config).MergeCandidates(config, options.MergeKind);
         bool fits = candidates.Any(c => c.Config is ResLoraConfig { MergeKind: ResLoraMergeKind.LeastSquares });
@@ -136,9 +151,11 @@ public static class MergePipeline
                 HeldOutSource = texts.HeldOutSource,
                 CalibrationSource = fits ? texts.CalibrationSource : "none",
                 QuantizedBase = chosen.PackedBases().Values.FirstOrDefault()?.Packed is { } pw
-                    ? $"{pw.Format} (--base-bits {runtime.BaseBits}): merged into the dequantized base weights; the folder holds them in {runtime.Dtype}, which differ from the original base by the quantization error. To merge into the original weights, run merge without --base-bits."
+                    ? $"{pw.Format} (--base-bits {runtime.BaseBits}): merged into the dequantized base weights; the folder holds them in {outDtype}, which differ from the original base by the quantization error. To merge into the original weights, run merge without --base-bits."
                     : null,
                 Candidates = tried,
+                Dtype = outDtype,
+                DtypeSource = dtypeSource,
             };
             return finish(chosen, result);
         }
@@ -148,7 +165,28 @@ public static class MergePipeline
         }
     }
 
-    private static readonly JsonSerializerOptions ReportJson = new() { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull };
+    /// <summary>
+    /// The dtype to write (a torch_dtype name) and where it came from: <paramref name="asked"/> (--out-dtype), or for
+    /// null/"auto" the base's stored dtype, that of most of its floating-point tensors (what config.json's torch_dtype
+    /// should say; the tensors decide when the two disagree).
+    /// </summary>
+    public static (string Dtype, string Source) OutputDtype(string modelDir, string? asked)
+    {
+        switch (asked?.Trim().ToLowerInvariant())
+        {
+            case null or "" or "auto":
+                using (var ckpt = HfCheckpoint.Open(modelDir))
+                {
+                    var stored = ckpt.Names.Select(n => ckpt.EntryOf(n).Dtype).Where(d => d is "F32" or "BF16" or "F16")
+                        .GroupBy(d => d).OrderByDescending(g => g.Count()).Select(g => g.Key).FirstOrDefault() ?? "F32";
+                    return (stored switch { "BF16" => "bfloat16", "F16" => "float16", _ => "float32" }, "the base's stored dtype");
+                }
+            case "float32" or "fp32": return ("float32", "--out-dtype");
+            case "bfloat16" or "bf16": return ("bfloat16", "--out-dtype");
+            case "float16" or "fp16": return ("float16", "--out-dtype");
+            default: throw new UserInputException($"--out-dtype {asked}: give auto (the base's stored dtype), float32, bfloat16 or float16.");
+        }
+    }
 
     /// <summary>The merged model of one candidate: the ls fold's (distilled) LoRA merged, or the adapter merged its own way.</summary>
     private static (LlamaForCausalLM Model, FoldReport? Fold) MergedCandidate(string modelDir, string adapterDir, RuntimeOptions runtime, AdapterConfigBase candidate,

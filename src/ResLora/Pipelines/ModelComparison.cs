@@ -42,11 +42,7 @@ public sealed record ComparisonReport
 /// <summary>Compares a candidate model's next-token distributions with a reference model's, batch by batch.</summary>
 public static class ModelComparison
 {
-    private static readonly JsonSerializerOptions Json = new()
-    {
-        WriteIndented = true,
-        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals, // a loss with no labelled token is NaN
-    };
+    private static readonly JsonSerializerOptions Json = IO.Json.ReportJson.Indented; // NaN-safe: a loss with no labelled token is NaN
 
     /// <summary>
     /// Runs both models on every batch (eval mode, no gradients; their modes are restored) and aggregates, in double,

@@ -68,7 +68,7 @@ public static class OnnxConversion
                 var weights = bert.Sources.Select(s => KeyValuePair.Create(s.HfName, Load(graph, s))).ToList();
                 HfCheckpoint.SaveWeights(dir, weights);
             }
-            var json = new JsonSerializerOptions { WriteIndented = true };
+            var json = IO.Json.ReportJson.Indented; // tokenizer_config.json names specials such as [CLS] and <s>: written as they are
             AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), JsonSerializer.Serialize(config, json) + "\n");
             File.Copy(options.VocabPath, Path.Combine(dir, "vocab.txt"));
             AtomicFile.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), TokenizerConfig(config).ToJsonString(json) + "\n");

@@ -76,7 +76,7 @@ public static class SentenceEmbeddings
     /// </summary>
     public static List<string> ReadTexts(string path, string textField = "text")
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: not found; give a .txt file (one text per line) or a .jsonl file with a '{textField}' field.", path);
+        InputPaths.DataFile(path, "text file", $"a .txt file (one text per line) or a .jsonl file with a '{textField}' field");
         var lines = File.ReadAllLines(path);
         var texts = new List<string>();
         bool jsonl = path.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase);

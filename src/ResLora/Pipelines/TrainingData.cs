@@ -45,7 +45,7 @@ public sealed record TrainingDataRecord
         catch (JsonException e) { throw new UserInputException($"{path}: not a valid training-data record ({e.Message}); delete it and pass --calib/--heldout.", e); }
     }
 
-    public (string FileName, string Json) Note() => (FileName, JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true }));
+    public (string FileName, string Json) Note() => (FileName, JsonSerializer.Serialize(this, IO.Json.ReportJson.Indented));
 
     /// <summary>The train and eval splits as training made them; a data file that is gone is an error naming it and the fix.</summary>
     public (IReadOnlyList<TextExample> Train, IReadOnlyList<TextExample> Eval) Load()

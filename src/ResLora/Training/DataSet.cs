@@ -65,7 +65,7 @@ public static class DataSet
     {
         templates ??= new DataTemplates();
         templates.Validate();
-        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: data file not found; give a JSONL or JSON-array file with --data.", path);
+        InputPaths.DataFile(path, expected: "a JSONL or JSON-array file with --data");
         return ObjectRecords(path, "data set").Select(r => ToExample(r.Record, templates, r.Where) with { Adapter = AdapterName(r.Record, r.Where) }).ToList();
     }
 

@@ -35,7 +35,7 @@ public static class PromptRecords
     /// <summary>The file's prompts in order; every error names the file, the record and its line.</summary>
     public static IReadOnlyList<PromptRecord> Load(string path)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: prompts file not found; give a JSONL file of {{\"prompt\"}} or {{\"messages\"}} records, each with an optional \"adapter\".", path);
+        IO.InputPaths.DataFile(path, "prompts file", "a JSONL file of {\"prompt\"} or {\"messages\"} records, each with an optional \"adapter\"");
         var records = DataSet.ObjectRecords(path, "prompts file");
         var result = new List<PromptRecord>(records.Count);
         for (int i = 0; i < records.Count; i++)

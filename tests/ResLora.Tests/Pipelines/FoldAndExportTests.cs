@@ -110,7 +110,7 @@ public sealed class FoldAndExportTests : IDisposable
     {
         string adapter = Train("bs", new MethodSpec { Method = "reslora-bs" }, steps: 20);
         var report = ExportPipeline.AsLora(ModelFolder(), adapter, Path.Combine(_dir, "bs-lora"), Runtime, new ExportOptions());
-        Assert.Equal("concat", report.Mode);
+        Assert.Equal(("exact", "concat"), (report.Mode, report.Route));
         Assert.True(report.HeldOut!.MeanKl < 1e-8, $"KL {report.HeldOut.MeanKl}");
         Assert.True(report.HeldOut.MaxAbsLogitDiff < 1e-3);
         Assert.Equal(1.0, report.HeldOut.GreedyAgreement);
@@ -127,7 +127,7 @@ public sealed class FoldAndExportTests : IDisposable
         string adapter = Train("is", new MethodSpec { Method = "reslora-is" });
         string outDir = Path.Combine(_dir, "is-lora");
         var report = ExportPipeline.AsLora(ModelFolder(), adapter, outDir, Runtime, new ExportOptions());
-        Assert.Equal("ls", report.Mode);
+        Assert.Equal(("approximate", "ls"), (report.Mode, report.Route));
         using var reference = ModelSessions.LoadWithAdapter(ModelFolder(), adapter, Runtime);
         using var exported = ModelSessions.LoadWithAdapter(ModelFolder(), outDir, Runtime);
         Assert.All(AdapterModel.FindAdapters(exported), a => Assert.IsType<LoraLinear>(a.Adapter));
@@ -144,7 +144,7 @@ public sealed class FoldAndExportTests : IDisposable
     {
         string adapter = Train(method, new MethodSpec { Method = method }, steps: 15);
         var report = ExportPipeline.AsLora(ModelFolder(), adapter, Path.Combine(_dir, method + "-lora"), Runtime, new ExportOptions { Rank = 64 });
-        Assert.Equal("svd", report.Mode);
+        Assert.Equal(("approximate", "svd"), (report.Mode, report.Route));
         Assert.True(report.MinEnergyKept > 0.999999);
         Assert.True(report.HeldOut!.MeanKl < 1e-7, $"KL {report.HeldOut.MeanKl}");
     }

@@ -26,7 +26,7 @@ public static class RefLoraNote
         ["refactor_warmup_steps"] = c.RefactorWarmupSteps,
         ["refactor_interval"] = c.RefactorInterval,
         ["spec"] = "RefLoRA (gradient preconditioning before each optimizer step; scalar: rescale + Adam-moment transform after)",
-    }, new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+    }, IO.Json.ReportJson.Indented));
 }
 
 /// <summary>RefLoRA's options: the variant (full or scalar = RefLoRA-S), the plain-LoRA warm-up and the refactoring interval (spec §3.3).</summary>

@@ -56,7 +56,7 @@ public sealed record EncoderConfig
     public static EncoderConfig Load(string modelDir)
     {
         string path = Path.Combine(modelDir, "config.json");
-        if (!Directory.Exists(modelDir)) throw new DirectoryNotFoundException($"{modelDir}: no such folder; pass a Hugging Face encoder folder (config.json, model.safetensors, vocab.txt or tokenizer.json).");
+        IO.InputPaths.ModelFolder(modelDir, flag: null);
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: no config.json here; a Hugging Face model folder needs one.", path);
         JsonObject raw;
         try
@@ -187,7 +187,7 @@ public sealed record EncoderConfig
         Raw["architectures"] is JsonArray a && a.Any(x => x is JsonValue v && v.TryGetValue<string>(out var s) && s.EndsWith("ForSequenceClassification", StringComparison.Ordinal));
 
     /// <summary>The config as JSON text (the raw object with every interpreted field as read or set).</summary>
-    public string ToJson() => Raw.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+    public string ToJson() => Raw.ToJsonString(IO.Json.ReportJson.Indented);
 
     private static IReadOnlyList<string>? ReadLabels(JsonObject raw, string source)
     {

@@ -94,7 +94,7 @@ public static class LabelledData
     {
         options ??= new LabelledDataOptions();
         options.Validate();
-        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: data file not found; give a .jsonl, .json, .tsv or .csv file.", path);
+        IO.InputPaths.DataFile(path, expected: "a .jsonl, .json, .tsv or .csv file");
         var records = RecordReader.Read(path);
         if (records.Count == 0) throw new UserInputException($"{path}: has no records; it needs at least one (TSV and CSV: a header row, then one row per record).");
 

@@ -1,4 +1,3 @@
-using System.Text.Encodings.Web;
 using System.Text.Json;
 using ResLora.IO;
 
@@ -14,7 +13,7 @@ namespace ResLora.Training.Classification;
 /// </summary>
 public static class PredictionsWriter
 {
-    private static readonly JsonWriterOptions Options = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+    private static readonly JsonWriterOptions Options = IO.Json.ReportJson.Writer;
 
     /// <summary>Writes classification predictions with the class names of <paramref name="labels"/>.</summary>
     /// <param name="path">The JSONL file to write (replaced if it exists).</param>
