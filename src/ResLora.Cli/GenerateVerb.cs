@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using ResLora.IO;
+using ResLora.IO.Json;
 using ResLora.IO.Templates;
 using ResLora.Models;
 using ResLora.Pipelines;
@@ -62,7 +63,7 @@ internal static class GenerateVerb
                 foreach (var (name, folder) in named) set.Add(name, folder, w => Console.Error.WriteLine($"warning: {w}"));
                 var batchOptions = new GenerationOptions { MaxNewTokens = n, Temperature = temp, TopK = r.GetValue(topK), TopP = p, RepetitionPenalty = penalty, StopStrings = stops, Seed = r.GetValue(seed) };
                 BatchGeneration.Run(set, tokenizer, format, records, batchOptions, r.GetValue(batchSize), a =>
-                    Console.Out.WriteLine(JsonSerializer.Serialize(new { index = a.Index, adapter = single is not null && a.Adapter == singleName ? single : a.Adapter, output = a.Output })), singleName);
+                    Console.Out.WriteLine(JsonSerializer.Serialize(new { index = a.Index, adapter = single is not null && a.Adapter == singleName ? single : a.Adapter, output = a.Output }, ReportJson.Line)), singleName);
                 return 0;
             }
             var adapters = NamedAdapters.Parse(r.GetValue(adapter));

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json;
 using ResLora.Adapters;
 using ResLora.IO;
+using ResLora.IO.Json;
 using ResLora.Models;
 using ResLora.Pipelines;
 using ResLora.Plots;
@@ -246,7 +247,7 @@ public static class DemoRunner
             merge_mean_abs_diff = r.MergeMeanDiff,
             merge_heldout_mean_kl = r.MergeHeldOutKl,
             merge_heldout_greedy_agreement = r.MergeGreedyAgreement,
-        }), new JsonSerializerOptions { WriteIndented = true }));
+        }), ReportJson.Indented));
         return result;
     }
 
@@ -265,7 +266,7 @@ public static class DemoRunner
     }
 
     private static void WriteJsonl(string path, IEnumerable<DemoExample> items) =>
-        AtomicFile.WriteAllText(path, string.Concat(items.Select(e => JsonSerializer.Serialize(new { prompt = e.Prompt, completion = e.Completion }) + "\n")));
+        AtomicFile.WriteAllText(path, string.Concat(items.Select(e => JsonSerializer.Serialize(new { prompt = e.Prompt, completion = e.Completion }, ReportJson.Line) + "\n")));
 
     /// <summary>The batch size of every fine-tuning run (a step's unit of work in the progress estimate).</summary>
     public const int FineTuneBatch = 16;
