@@ -18,7 +18,8 @@ internal static class TrainVerb
         var evalData = new Option<string?>("--eval-data") { Description = "Held-out data file (default: --eval-fraction of --data)." };
         var evalFraction = new Option<double>("--eval-fraction") { Description = "Fraction of --data held out for evaluation when --eval-data is not given (0 = none).", DefaultValueFactory = _ => 0.1 };
         var promptTemplate = new Option<string?>("--prompt-template") { Description = "Prompt built from record fields, e.g. \"{Body} {Question}\\nAnswer:\"." };
-        var completionTemplate = new Option<string?>("--completion-template") { Description = "Completion built from record fields, e.g. \" {Answer}\" (the loss covers only this part)." };
+        var completionTemplate = new Option<string?>("--completion-template") { Description = "Completion built from record fields, e.g. \" {Answer}\" (the loss covers only this part, unless --train-on-prompt)." };
+        var trainOnPrompt = new Option<bool>("--train-on-prompt") { Description = "Causal LMs: the loss covers the prompt's tokens too (the Alpaca preamble, a conversation's system and user turns), not only the completion (LLaMA-Factory's train_on_prompt)." };
         var chatTemplate = new Option<string?>("--chat-template") { Description = $"Chat template for {{\"messages\"}}/ShareGPT records when the model has none or another is wanted: a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", IO.Templates.BuiltInChatTemplates.Names)})." };
         var output = new Option<string>("--out") { Description = "Output folder: adapter (PEFT format), metrics.jsonl, train_summary.json, loss.png, checkpoint/.", Required = true };
         var resume = new Option<bool>("--resume") { Description = "Continue the run in --out from its last checkpoint." };
@@ -49,7 +50,7 @@ internal static class TrainVerb
         var method = new MethodOptionSet();
         var rt = new RuntimeOptionSet(baseBits: true, heap: true);
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
-        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
+        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, trainOnPrompt, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
@@ -94,6 +95,8 @@ internal static class TrainVerb
             {
                 RuntimeOptionSet.RefuseBaseBits(runtime, dir);
                 if (r.GetValue(gradCheckpoint)) throw new UserInputException($"--grad-checkpoint recomputes LLaMA-family decoder layers; {dir} is a BERT-family encoder. Drop --grad-checkpoint.");
+                if (r.GetValue(trainOnPrompt)) throw new UserInputException($"--train-on-prompt is for causal LMs (prompt/completion, Alpaca and chat data); {dir} is a BERT-family encoder trained on labels. Drop --train-on-prompt.");
+                if (r.GetValue(method.ModulesToSave) is not null) throw new UserInputException($"--modules-to-save is for causal LMs; --task {taskName} already trains and saves the classification head as modules_to_save. Drop --modules-to-save.");
                 var creq = new ClassifierTrainRequest
                 {
                     ModelDir = dir,
@@ -134,6 +137,7 @@ internal static class TrainVerb
                     Overwrite = r.GetValue(overwrite),
                     SeqLen = r.GetValue(seqLen),
                     Pack = r.GetValue(pack),
+                    TrainOnPrompt = r.GetValue(trainOnPrompt),
                     GradCheckpoint = r.GetValue(gradCheckpoint),
                     Train = trainOptions,
                     Communicator = comm,
