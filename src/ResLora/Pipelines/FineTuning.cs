@@ -30,6 +30,8 @@ public sealed record FineTuneRequest
     public bool Overwrite { get; init; }
     /// <summary>The ranks of a data-parallel job (null: one process); see <see cref="TrainRunSpec.Communicator"/>.</summary>
     public Training.Distributed.ICommunicator? Communicator { get; init; }
+    /// <summary>Stops the run at the next step boundary with a resumable checkpoint (Ctrl+C); see <see cref="TrainRunSpec.Cancellation"/>.</summary>
+    public CancellationToken Cancellation { get; init; }
 }
 
 /// <summary>The library function behind <c>reslora train</c>: model + adapter plan + data → trained adapter folder.</summary>
@@ -113,6 +115,7 @@ public static class FineTuning
             ResumeSettings = AdapterResumeSettings(plan.Config, new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture), ["--pack"] = req.Pack ? "true" : "false", ["--train-on-prompt"] = req.TrainOnPrompt ? "true" : "false" }),
             Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks).Append(plan.Builder),
             Communicator = req.Communicator,
+            Cancellation = req.Cancellation,
             SaveWeights = dir =>
             {
                 // A method's snapshot (AdaLoRA's ranks, RefLoRA as LoRA) keeps the run's placement fields.

@@ -218,7 +218,7 @@ public static class AdapterFolder
         foreach (var (name, t) in contents.SavedModules)
         {
             if (!live.TryGetValue(name, out var p))
-                throw new UserInputException($"{file}: key '{KeyPrefix}{name}' names a module weight this model does not have; the adapter was saved for another model or head.");
+                throw new UserInputException($"{file}: key '{KeyPrefix}{name}' names a module weight this model does not have (modules_to_save: {string.Join(", ", contents.Config.ModulesToSave ?? Array.Empty<string>())}); the adapter was saved for another model or head.");
             if (!p.shape.SequenceEqual(t.shape))
                 throw new UserInputException($"{file}: key '{KeyPrefix}{name}' has shape [{string.Join(", ", t.shape)}] but the model's is [{string.Join(", ", p.shape)}]; the adapter was trained with another number of labels.");
             p.copy_(t.to(p.dtype, p.device));
@@ -232,8 +232,8 @@ public static class AdapterFolder
     public static IReadOnlyList<string> LoadInto(string dir, nn.Module model, string adapterName = DefaultAdapterName)
     {
         using var contents = Load(dir, adapterName);
+        ApplySavedModules(contents, model); // first: a head the model lacks is named as such, not as a missing adapter
         Apply(contents, AdapterModel.ByModulePath(model), savedModulesHandled: true);
-        ApplySavedModules(contents, model);
         return contents.Warnings;
     }
 
