@@ -24,8 +24,8 @@ public sealed class TrainFlagsCliTests : IDisposable
     private string Data() => File.Exists(Path.Combine(_dir, "train.jsonl")) ? Path.Combine(_dir, "train.jsonl") : CliHarness.Data(Path.Combine(_dir, "train.jsonl"), 24, 1);
 
     private (int Rc, string Out, string Err) Train(string outName, params string[] extra) =>
-        CliHarness.Run(new[] { "train", "--model", Model(), "--data", Data(), "--steps", "3", "--batch-size", "4", "--lr", "3e-3", "--log-every", "1", "--eval-generate", "0", "--out", Path.Combine(_dir, outName), "--threads", "1" }
-            .Concat(CliHarness.Templates).Concat(extra).ToArray());
+        CliHarness.Run(new[] { "train", "--model", Model(), "--data", Data(), "--steps", extra.Contains("--steps") ? extra[Array.IndexOf(extra, "--steps") + 1] : "3", "--batch-size", "4", "--lr", "3e-3", "--log-every", "1", "--eval-generate", "0", "--out", Path.Combine(_dir, outName), "--threads", "1" }
+            .Concat(CliHarness.Templates).Concat(extra.Contains("--steps") ? extra.Where((_, i) => i != Array.IndexOf(extra, "--steps") && i != Array.IndexOf(extra, "--steps") + 1) : extra).ToArray());
 
     private static List<JsonNode> Metrics(string dir) =>
         File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
@@ -151,5 +151,51 @@ public sealed class TrainFlagsCliTests : IDisposable
         var pattern = Train("badpattern", "--layers-to-transform", "0", "--layers-pattern", "blocks");
         Assert.Equal(2, pattern.Rc);
         Assert.Contains("layers_pattern 'blocks'", pattern.Err);
+    }
+
+    [Fact]
+    public void CtrlC_StopsWithACheckpoint_PrintsTheResumeCommand_Exits130_AndResumeMatchesTheWholeRun()
+    {
+        var whole = Train("whole", "--steps", "4");
+        Assert.True(whole.Rc == 0, whole.Err);
+
+        ResLora.Cli.TrainVerb.InterruptHook = cts => cts.Cancel(); // Ctrl+C before the first step ends: stop after step 1
+        (int Rc, string Out, string Err) stopped;
+        try { stopped = Train("stopped", "--steps", "4", "--overwrite"); }
+        finally { ResLora.Cli.TrainVerb.InterruptHook = null; }
+        Assert.Equal(130, stopped.Rc);
+        string outDir = Path.Combine(_dir, "stopped");
+        var line = Assert.Single(stopped.Err.Split('\n'), l => l.StartsWith("interrupted:", StringComparison.Ordinal));
+        Assert.Contains($"stopped after step 1 of 4; checkpoint saved in {Path.Combine(outDir, "checkpoint")}", line);
+        Assert.Contains($"Resume with: reslora train --model {Model()}", line);
+        Assert.Contains("--prompt-template '{Body}' --completion-template ' {Answer}'", line);
+        Assert.EndsWith(" --resume", line.TrimEnd());
+        Assert.DoesNotContain("--overwrite", line);
+        Assert.Equal(1, ResLora.Training.TrainCheckpoint.ReadState(ResLora.Training.TrainCheckpoint.Find(outDir)!).Step);
+
+        var resumed = Train("stopped", "--steps", "4", "--resume");
+        Assert.True(resumed.Rc == 0, resumed.Err);
+        static IEnumerable<double> Losses(string dir) => Metrics(dir).Where(m => m["loss"] is not null).Select(m => m["loss"]!.GetValue<double>());
+        Assert.Equal(Losses(Path.Combine(_dir, "whole")), Losses(outDir));
+    }
+
+    [Fact]
+    public void SaveEvery_SnapshotsAreAdapterFoldersTheOtherVerbsLoad()
+    {
+        var (rc, _, err) = Train("snaps", "--steps", "5", "--save-every", "2", "--save-total-limit", "1");
+        Assert.True(rc == 0, err);
+        string snap = Path.Combine(_dir, "snaps", "checkpoint-4");
+        Assert.Equal(new[] { snap }, Directory.GetDirectories(Path.Combine(_dir, "snaps"), "checkpoint-*"));
+        using var m = ModelSessions.LoadWithAdapter(Model(), snap, new RuntimeOptions { Threads = 1 });
+        Assert.Equal(2 * 2, AdapterModel.FindAdapters(m).Count); // q_proj and v_proj of both layers
+    }
+
+    [Fact]
+    public void EarlyStopping_WithoutEvaluation_NamesTheFlagAndTheFix()
+    {
+        var (rc, _, err) = Train("es", "--early-stopping-patience", "2", "--eval-fraction", "0", "--eval-every", "1");
+        Assert.Equal(2, rc);
+        Assert.Contains("--early-stopping-patience 2", err);
+        Assert.Contains("--eval-data", err);
     }
 }
