@@ -18,11 +18,14 @@ internal sealed class MethodOptionSet
     public Option<string?> Targets { get; } = new("--targets") { Description = "Modules to adapt: comma-separated names, all-linear, or a regex over full module paths (default: q_proj,v_proj for LLaMA-family models, query,value for BERT-family encoders)." };
     public Option<string?> Exclude { get; } = new("--exclude") { Description = "Modules to leave alone (same syntax as --targets)." };
     public Option<bool> Rslora { get; } = new("--rslora") { Description = "Scale by α/√r (rsLoRA) instead of α/r." };
+    public Option<string?> LayersToTransform { get; } = new("--layers-to-transform") { Description = "Decoder layers that get adapters, e.g. 0,2 or 0-3 (PEFT's layers_to_transform; default: all). Not with a regex --targets." };
+    public Option<string?> LayersPattern { get; } = new("--layers-pattern") { Description = "With --layers-to-transform: the module list the layer index follows (PEFT's layers_pattern), e.g. layers for model.layers.N; written to adapter_config.json." };
+    public Option<string?> ModulesToSave { get; } = new("--modules-to-save") { Description = "Causal LMs: modules trained fully and saved with the adapter, e.g. lm_head or embed_tokens (PEFT's modules_to_save); applied on load, merge and generate." };
     public Option<string?> Refactor { get; } = new("--refactor") { Description = "RefLoRA's refactoring (full or scalar) on top of any method with low-rank pairs, e.g. --method reslora-bs --refactor full." };
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Method, Rank, Alpha, Dropout, Targets, Exclude, Rslora, Refactor }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { Method, Rank, Alpha, Dropout, Targets, Exclude, LayersToTransform, LayersPattern, ModulesToSave, Rslora, Refactor }) cmd.Options.Add(o);
         foreach (var (_, o) in _flags) cmd.Options.Add(o);
     }
 
@@ -42,9 +45,43 @@ internal sealed class MethodOptionSet
             Exclude = r.GetValue(Exclude) is { } e ? ModuleTargets.FromCommandLine(e, "--exclude") : null,
             UseRslora = r.GetValue(Rslora),
             Refactor = r.GetValue(Refactor) is { } rf ? new RefLoraOptions(rf.Trim().ToLowerInvariant()) : null,
+            LayersToTransform = r.GetValue(LayersToTransform) is { } lt ? ParseLayers(lt) : null,
+            LayersPattern = r.GetValue(LayersPattern) is { } lp ? lp.Trim() : null,
+            ModulesToSave = r.GetValue(ModulesToSave) is { } ms ? ParseNames(ms) : null,
         };
+        if (spec.LayersPattern is { } pattern && (pattern.Length == 0 || pattern.Contains('.') || pattern.Contains(',')))
+            throw new UserInputException($"--layers-pattern '{pattern}': give the name of the module list holding the layers, e.g. layers (for model.layers.N).");
+        if (spec.LayersPattern is not null && spec.LayersToTransform is null)
+            throw new UserInputException("--layers-pattern only says where --layers-to-transform's indices are; add --layers-to-transform (e.g. 0,2) or drop --layers-pattern.");
+        if (spec.LayersToTransform is not null && spec.Targets is { Names: null, IsAllLinear: false })
+            throw new UserInputException("--layers-to-transform cannot be combined with a regex --targets (PEFT refuses layers_to_transform with a string target_modules); list module names (e.g. q_proj,v_proj) or put the layer numbers into the regex.");
         var given = _flags.Where(f => r.GetResult(f.Option) is { Implicit: false }).Select(f => (f.Flag, Value(r, f.Option))).ToList();
         return AdapterMethods.ApplyFlags(spec, given);
+    }
+
+    /// <summary>"0,2" or "0-3,6": non-negative layer indices, each once, in order.</summary>
+    internal static IReadOnlyList<int> ParseLayers(string text)
+    {
+        var layers = new SortedSet<int>();
+        foreach (var part in text.Split(',', StringSplitOptions.TrimEntries))
+        {
+            var ends = part.Split('-', StringSplitOptions.TrimEntries);
+            bool ok = ends.Length is 1 or 2 && ends.All(e => int.TryParse(e, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out _));
+            int lo = ok ? int.Parse(ends[0], System.Globalization.CultureInfo.InvariantCulture) : 0, hi = ok ? int.Parse(ends[^1], System.Globalization.CultureInfo.InvariantCulture) : 0;
+            if (!ok || hi < lo)
+                throw new UserInputException($"--layers-to-transform '{text}': '{part}' is not a layer index or range; give comma-separated indices from 0, e.g. 0,2 or 0-3.");
+            for (int i = lo; i <= hi; i++) layers.Add(i);
+        }
+        return layers.ToList();
+    }
+
+    /// <summary>"lm_head, embed_tokens": module names, each once.</summary>
+    private static IReadOnlyList<string> ParseNames(string text)
+    {
+        var names = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Distinct(StringComparer.Ordinal).ToList();
+        if (names.Count == 0 || names.Any(n => n.Any(char.IsWhiteSpace)))
+            throw new UserInputException($"--modules-to-save '{text}': give comma-separated module names, e.g. lm_head or lm_head,embed_tokens.");
+        return names;
     }
 
     private static Option Make(MethodFlag f) => f.ValueType switch

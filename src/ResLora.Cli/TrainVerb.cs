@@ -18,7 +18,8 @@ internal static class TrainVerb
         var evalData = new Option<string?>("--eval-data") { Description = "Held-out data file (default: --eval-fraction of --data)." };
         var evalFraction = new Option<double>("--eval-fraction") { Description = "Fraction of --data held out for evaluation when --eval-data is not given (0 = none).", DefaultValueFactory = _ => 0.1 };
         var promptTemplate = new Option<string?>("--prompt-template") { Description = "Prompt built from record fields, e.g. \"{Body} {Question}\\nAnswer:\"." };
-        var completionTemplate = new Option<string?>("--completion-template") { Description = "Completion built from record fields, e.g. \" {Answer}\" (the loss covers only this part)." };
+        var completionTemplate = new Option<string?>("--completion-template") { Description = "Completion built from record fields, e.g. \" {Answer}\" (the loss covers only this part, unless --train-on-prompt)." };
+        var trainOnPrompt = new Option<bool>("--train-on-prompt") { Description = "Causal LMs: the loss covers the prompt's tokens too (the Alpaca preamble, a conversation's system and user turns), not only the completion (LLaMA-Factory's train_on_prompt)." };
         var chatTemplate = new Option<string?>("--chat-template") { Description = $"Chat template for {{\"messages\"}}/ShareGPT records when the model has none or another is wanted: a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", IO.Templates.BuiltInChatTemplates.Names)})." };
         var output = new Option<string>("--out") { Description = "Output folder: adapter (PEFT format), metrics.jsonl, train_summary.json, loss.png, checkpoint/.", Required = true };
         var resume = new Option<bool>("--resume") { Description = "Continue the run in --out from its last checkpoint." };
@@ -38,7 +39,10 @@ internal static class TrainVerb
         var seed = new Option<long>("--seed") { Description = "Seed for adapter init, data order and dropout.", DefaultValueFactory = _ => 42L };
         var logEvery = new Option<int>("--log-every") { Description = "Log (metrics.jsonl, progress) every N steps.", DefaultValueFactory = _ => 10 };
         var evalEvery = new Option<int>("--eval-every") { Description = "Evaluate every N steps (0 = only at the end).", DefaultValueFactory = _ => 0 };
-        var saveEvery = new Option<int>("--save-every") { Description = "Checkpoint every N steps (0 = only at the end).", DefaultValueFactory = _ => 50 };
+        var saveEvery = new Option<int>("--save-every") { Description = "Every N steps write the resume checkpoint (checkpoint/) and an adapter snapshot checkpoint-N/ (0 = only the checkpoint at the end).", DefaultValueFactory = _ => 50 };
+        var saveTotalLimit = new Option<int>("--save-total-limit") { Description = "Keep only the newest K checkpoint-N/ snapshots (0 = keep all).", DefaultValueFactory = _ => 0 };
+        var patience = new Option<int>("--early-stopping-patience") { Description = "Stop when the eval loss has not improved for P consecutive evaluations (needs --eval-every and eval data; 0 = off). The saved adapter is the one at the stop.", DefaultValueFactory = _ => 0 };
+        var threshold = new Option<double>("--early-stopping-threshold") { Description = "The least eval-loss decrease below the best that counts as an improvement for --early-stopping-patience.", DefaultValueFactory = _ => 0.0 };
         var evalExamples = new Option<int>("--eval-generate") { Description = "Examples whose answers are generated for exact-match accuracy at each evaluation (0 = off).", DefaultValueFactory = _ => 64 };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Longest generated answer during evaluation.", DefaultValueFactory = _ => 16 };
         var task = new Option<string?>("--task") { Description = "What to train: omitted for a causal LM (LLaMA family); classify or regress for a BERT-family encoder (a sequence-classification head, saved with the adapter)." };
@@ -49,7 +53,7 @@ internal static class TrainVerb
         var method = new MethodOptionSet();
         var rt = new RuntimeOptionSet(baseBits: true, heap: true);
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
-        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, evalExamples, maxNew, checkWeights })
+        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, trainOnPrompt, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, saveTotalLimit, patience, threshold, evalExamples, maxNew, checkWeights })
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
@@ -84,69 +88,137 @@ internal static class TrainVerb
                 LogEvery = r.GetValue(logEvery),
                 EvalEvery = r.GetValue(evalEvery),
                 SaveEvery = r.GetValue(saveEvery),
+                SaveTotalLimit = r.GetValue(saveTotalLimit),
+                EarlyStoppingPatience = r.GetValue(patience),
+                EarlyStoppingThreshold = r.GetValue(threshold),
                 EvalGenerateExamples = r.GetValue(evalExamples),
                 MaxNewTokens = r.GetValue(maxNew),
             };
             string outDir = r.GetValue(output)!;
             if (r.GetValue(checkWeights)) InspectPipeline.RequireCleanWeights(dir);
+            // Ctrl+C: the first stops at the next step boundary with a checkpoint (exit 130); a second ends the process at once.
+            // One process only: under mpirun the launcher signals every rank, which resume from the last periodic checkpoint.
+            using var interrupt = comm is null ? new Interrupt() : null;
+            var stop = interrupt?.Token ?? CancellationToken.None;
             TrainSummary summary;
-            if (encoder)
+            try
             {
-                RuntimeOptionSet.RefuseBaseBits(runtime, dir);
-                if (r.GetValue(gradCheckpoint)) throw new UserInputException($"--grad-checkpoint recomputes LLaMA-family decoder layers; {dir} is a BERT-family encoder. Drop --grad-checkpoint.");
-                var creq = new ClassifierTrainRequest
+                if (encoder)
                 {
-                    ModelDir = dir,
-                    DataPath = r.GetValue(data)!,
-                    EvalDataPath = r.GetValue(evalData),
-                    EvalFraction = r.GetValue(evalFraction),
-                    Data = new LabelledDataOptions
+                    RuntimeOptionSet.RefuseBaseBits(runtime, dir);
+                    if (r.GetValue(gradCheckpoint)) throw new UserInputException($"--grad-checkpoint recomputes LLaMA-family decoder layers; {dir} is a BERT-family encoder. Drop --grad-checkpoint.");
+                    if (r.GetValue(trainOnPrompt)) throw new UserInputException($"--train-on-prompt is for causal LMs (prompt/completion, Alpaca and chat data); {dir} is a BERT-family encoder trained on labels. Drop --train-on-prompt.");
+                    if (r.GetValue(method.ModulesToSave) is not null) throw new UserInputException($"--modules-to-save is for causal LMs; --task {taskName} already trains and saves the classification head as modules_to_save. Drop --modules-to-save.");
+                    var creq = new ClassifierTrainRequest
                     {
-                        TextField = r.GetValue(textField),
-                        PairField = r.GetValue(pairField),
-                        LabelField = r.GetValue(labelField)!,
-                        Task = taskName == "regress" ? LabelTask.Regress : LabelTask.Classify,
-                    },
-                    Method = method.ReadSpec(r, Classification.DefaultTargets),
-                    Runtime = runtime,
-                    OutDir = outDir,
-                    Resume = r.GetValue(resume),
-                    Overwrite = r.GetValue(overwrite),
-                    SeqLen = r.GetValue(seqLen),
-                    Train = trainOptions,
-                    Communicator = comm,
-                };
-                summary = shows ? ProgressDisplay.Run($"train {creq.Method.Method} ({taskName})", obs => Classification.Train(creq, obs)) : Classification.Train(creq);
-            }
-            else
-            {
-                var req = new FineTuneRequest
+                        ModelDir = dir,
+                        DataPath = r.GetValue(data)!,
+                        EvalDataPath = r.GetValue(evalData),
+                        EvalFraction = r.GetValue(evalFraction),
+                        Data = new LabelledDataOptions
+                        {
+                            TextField = r.GetValue(textField),
+                            PairField = r.GetValue(pairField),
+                            LabelField = r.GetValue(labelField)!,
+                            Task = taskName == "regress" ? LabelTask.Regress : LabelTask.Classify,
+                        },
+                        Method = method.ReadSpec(r, Classification.DefaultTargets),
+                        Runtime = runtime,
+                        OutDir = outDir,
+                        Resume = r.GetValue(resume),
+                        Overwrite = r.GetValue(overwrite),
+                        SeqLen = r.GetValue(seqLen),
+                        Train = trainOptions,
+                        Communicator = comm,
+                        Cancellation = stop,
+                    };
+                    summary = shows ? ProgressDisplay.Run($"train {creq.Method.Method} ({taskName})", obs => Classification.Train(creq, obs)) : Classification.Train(creq);
+                }
+                else
                 {
-                    ModelDir = dir,
-                    DataPath = r.GetValue(data)!,
-                    EvalDataPath = r.GetValue(evalData),
-                    EvalFraction = r.GetValue(evalFraction),
-                    Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)) { ChatTemplate = r.GetValue(chatTemplate) },
-                    Method = method.ReadSpec(r),
-                    Runtime = runtime,
-                    OutDir = outDir,
-                    Resume = r.GetValue(resume),
-                    Overwrite = r.GetValue(overwrite),
-                    SeqLen = r.GetValue(seqLen),
-                    Pack = r.GetValue(pack),
-                    GradCheckpoint = r.GetValue(gradCheckpoint),
-                    Train = trainOptions,
-                    Communicator = comm,
-                };
-                summary = shows ? ProgressDisplay.Run($"train {req.Method.Method}", obs => FineTuning.Run(req, obs)) : FineTuning.Run(req);
+                    var req = new FineTuneRequest
+                    {
+                        ModelDir = dir,
+                        DataPath = r.GetValue(data)!,
+                        EvalDataPath = r.GetValue(evalData),
+                        EvalFraction = r.GetValue(evalFraction),
+                        Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)) { ChatTemplate = r.GetValue(chatTemplate) },
+                        Method = method.ReadSpec(r),
+                        Runtime = runtime,
+                        OutDir = outDir,
+                        Resume = r.GetValue(resume),
+                        Overwrite = r.GetValue(overwrite),
+                        SeqLen = r.GetValue(seqLen),
+                        Pack = r.GetValue(pack),
+                        TrainOnPrompt = r.GetValue(trainOnPrompt),
+                        GradCheckpoint = r.GetValue(gradCheckpoint),
+                        Train = trainOptions,
+                        Communicator = comm,
+                        Cancellation = stop,
+                    };
+                    summary = shows ? ProgressDisplay.Run($"train {req.Method.Method}", obs => FineTuning.Run(req, obs)) : FineTuning.Run(req);
+                }
+            }
+            catch (TrainingInterruptedException stopped)
+            {
+                Console.Error.WriteLine($"interrupted: stopped after step {stopped.Step} of {stopped.TotalSteps}; checkpoint saved in {Path.GetFullPath(stopped.CheckpointDir)}. Resume with: {ResumeCommand(r)}");
+                return InterruptedExit;
             }
             if (!shows) return 0;
             string I(double? v) => v is { } x && !double.IsNaN(x) ? x.ToString("0.0000", CultureInfo.InvariantCulture) : "-";
             string extra = summary.FinalEvalMetrics is { Count: > 0 } m ? "; " + string.Join(", ", m.Select(kv => $"{kv.Key} {I(kv.Value)}")) : "";
+            if (summary.StoppedEarly == true)
+                Console.Out.WriteLine($"early stopping: stopped at step {summary.Steps} of {summary.PlannedSteps} (best eval loss {I(summary.BestEvalLoss)} at step {summary.BestEvalStep}); the adapter is the one at step {summary.Steps}");
             Console.Out.WriteLine($"done: {summary.Steps} steps in {summary.WallSeconds:0.0}s; train loss {I(summary.FinalTrainLoss)}, eval loss {I(summary.FinalEvalLoss)}, eval accuracy {(summary.FinalEvalAccuracy is { } a ? a.ToString("P1", CultureInfo.InvariantCulture) : "-")}{extra}");
             Console.Out.WriteLine($"adapter: {Path.GetFullPath(outDir)} (PEFT format); plot: {Path.Combine(outDir, LossPlot.FileName)}");
             return 0;
         })));
         return cmd;
+    }
+
+    /// <summary>The exit code of a run stopped by Ctrl+C (128 + SIGINT, as shells report it).</summary>
+    public const int InterruptedExit = 130;
+
+    /// <summary>Test hook (per thread): receives each run's interrupt source, so a test can request a stop without a signal.</summary>
+    [ThreadStatic] internal static Action<CancellationTokenSource>? InterruptHook;
+
+    /// <summary>The command that continues the run: this one's arguments with --resume (and without --overwrite), shell-quoted.</summary>
+    internal static string ResumeCommand(ParseResult r)
+    {
+        var args = r.Tokens.Select(t => t.Value).Where(v => v != "--overwrite").ToList();
+        if (!args.Contains("--resume")) args.Add("--resume");
+        return "reslora " + string.Join(' ', args.Select(Quote));
+    }
+
+    private static string Quote(string arg) =>
+        arg.Length > 0 && arg.All(c => char.IsAsciiLetterOrDigit(c) || "_-./:=,+@%".Contains(c)) ? arg : "'" + arg.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
+
+    /// <summary>Ctrl+C during a run: the first press requests a stop at the next step boundary, a second one is left to end the process.</summary>
+    private sealed class Interrupt : IDisposable
+    {
+        private readonly CancellationTokenSource _cts = new();
+        private int _presses;
+
+        public Interrupt()
+        {
+            Console.CancelKeyPress += OnPress;
+            InterruptHook?.Invoke(_cts);
+        }
+
+        public CancellationToken Token => _cts.Token;
+
+        private void OnPress(object? sender, ConsoleCancelEventArgs e)
+        {
+            if (Interlocked.Increment(ref _presses) > 1) return; // e.Cancel stays false: the runtime ends the process now
+            e.Cancel = true;
+            Console.Error.WriteLine("stopping after the current step and saving a checkpoint; press Ctrl+C again to exit at once");
+            _cts.Cancel();
+        }
+
+        public void Dispose()
+        {
+            Console.CancelKeyPress -= OnPress;
+            _cts.Dispose();
+        }
     }
 }

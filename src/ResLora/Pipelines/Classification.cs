@@ -64,6 +64,8 @@ public sealed record ClassifierTrainRequest
     public bool Overwrite { get; init; }
     /// <summary>The ranks of a data-parallel job (null: one process); see <see cref="TrainRunSpec.Communicator"/>.</summary>
     public Training.Distributed.ICommunicator? Communicator { get; init; }
+    /// <summary>Stops the run at the next step boundary with a resumable checkpoint (Ctrl+C); see <see cref="TrainRunSpec.Cancellation"/>.</summary>
+    public CancellationToken Cancellation { get; init; }
 }
 
 /// <summary>
@@ -191,6 +193,7 @@ public static class Classification
             ResumeSettings = FineTuning.AdapterResumeSettings(plan.Config, new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture) }),
             Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks).Append(plan.Builder),
             Communicator = req.Communicator,
+            Cancellation = req.Cancellation,
             SaveWeights = dir =>
             {
                 var snapshot = plan.Builder is IConfigSnapshot snap ? snap.SnapshotConfig() with { TaskType = config.TaskType, ModulesToSave = config.ModulesToSave, BaseModelNameOrPath = config.BaseModelNameOrPath } : config;

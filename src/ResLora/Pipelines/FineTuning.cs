@@ -21,6 +21,8 @@ public sealed record FineTuneRequest
     /// <summary>Longest sequence; null = min(256, the model's max_position_embeddings).</summary>
     public int? SeqLen { get; init; }
     public bool Pack { get; init; }
+    /// <summary>The loss covers the prompt's tokens as well as the completion's (<c>--train-on-prompt</c>, LLaMA-Factory's <c>train_on_prompt</c>).</summary>
+    public bool TrainOnPrompt { get; init; }
     public bool Resume { get; init; }
     /// <summary>Activation checkpointing per decoder layer (<c>--grad-checkpoint</c>): less activation memory, each layer's forward twice.</summary>
     public bool GradCheckpoint { get; init; }
@@ -28,6 +30,8 @@ public sealed record FineTuneRequest
     public bool Overwrite { get; init; }
     /// <summary>The ranks of a data-parallel job (null: one process); see <see cref="TrainRunSpec.Communicator"/>.</summary>
     public Training.Distributed.ICommunicator? Communicator { get; init; }
+    /// <summary>Stops the run at the next step boundary with a resumable checkpoint (Ctrl+C); see <see cref="TrainRunSpec.Cancellation"/>.</summary>
+    public CancellationToken Cancellation { get; init; }
 }
 
 /// <summary>The library function behind <c>reslora train</c>: model + adapter plan + data → trained adapter folder.</summary>
@@ -76,12 +80,14 @@ public static class FineTuning
         plan.EnsureAllPatternsMatched();
         AdapterModel.OnBaseWeightsLoaded(model);
         AdapterModel.FreezeAllButAdapters(model);
+        foreach (var p in SavedModules.Resolve(model, plan).Values) p.requires_grad = true; // --modules-to-save: trained fully
         model.GradientCheckpointing = req.GradCheckpoint;
         var (trainable, total) = AdapterModel.CountParameters(model);
         observer.OnMessage($"{plan.Config.Method}: {AdapterModel.FindAdapters(model).Count} adapted modules, {trainable:N0} trainable of {total:N0} parameters ({100.0 * trainable / total:0.###}%)");
 
-        var trainTok = Tokenization.Tokenize(train, tokenizer, seqLen);
-        var evalTok = Tokenization.Tokenize(evalSet, tokenizer, seqLen);
+        // Evaluation scores the same tokens as training, so --train-on-prompt's eval loss is comparable with its train loss.
+        var trainTok = Tokenization.Tokenize(train, tokenizer, seqLen, trainOnPrompt: req.TrainOnPrompt);
+        var evalTok = Tokenization.Tokenize(evalSet, tokenizer, seqLen, trainOnPrompt: req.TrainOnPrompt);
         if (trainTok.Truncated + evalTok.Truncated > 0)
             observer.OnMessage($"{trainTok.Truncated + evalTok.Truncated} examples were longer than --seq-len {seqLen} and were cut; {trainTok.DroppedWithoutLoss + evalTok.DroppedWithoutLoss} lost every completion token and were dropped.");
         var trainSeqs = req.Pack ? Tokenization.Pack(trainTok.Examples, seqLen) : trainTok.Examples;
@@ -106,12 +112,17 @@ public static class FineTuning
             OutDir = req.OutDir,
             Method = plan.Config.Method,
             Resume = req.Resume,
-            ResumeSettings = AdapterResumeSettings(plan.Config, new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture), ["--pack"] = req.Pack ? "true" : "false" }),
+            ResumeSettings = AdapterResumeSettings(plan.Config, new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture), ["--pack"] = req.Pack ? "true" : "false", ["--train-on-prompt"] = req.TrainOnPrompt ? "true" : "false" }),
             Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks).Append(plan.Builder),
             Communicator = req.Communicator,
+            Cancellation = req.Cancellation,
             SaveWeights = dir =>
             {
-                AdapterFolder.Save(dir, plan.Builder is IConfigSnapshot snap ? snap.SnapshotConfig() : plan.Config, model);
+                // A method's snapshot (AdaLoRA's ranks, RefLoRA as LoRA) keeps the run's placement fields.
+                var config = plan.Builder is IConfigSnapshot snap
+                    ? snap.SnapshotConfig() with { LayersToTransform = plan.Config.LayersToTransform, LayersPattern = plan.Config.LayersPattern, ModulesToSave = plan.Config.ModulesToSave }
+                    : plan.Config;
+                AdapterFolder.Save(dir, config, model);
                 foreach (var (file, json) in extras.Prepend(plan.Builder).OfType<IAdapterFolderNote>().Select(n => n.Note()).Append(dataRecord.Note()))
                     AtomicFile.WriteAllText(Path.Combine(dir, file), json);
             },

@@ -16,16 +16,17 @@ public static class Tokenization
 
     /// <summary>
     /// Each example as <see cref="TokenizeOne"/> makes it; sequences longer than <paramref name="seqLen"/> are cut on the
-    /// right; an example left with no loss token is dropped. Both are counted.
+    /// right; an example left with no loss token is dropped. Both are counted. <paramref name="trainOnPrompt"/> puts the
+    /// prompt's tokens (a conversation's system and user turns) under the loss too (LLaMA-Factory's <c>train_on_prompt</c>).
     /// </summary>
-    public static TokenizedSet Tokenize(IReadOnlyList<TextExample> examples, ITextTokenizer tok, int seqLen, bool addEos = true)
+    public static TokenizedSet Tokenize(IReadOnlyList<TextExample> examples, ITextTokenizer tok, int seqLen, bool addEos = true, bool trainOnPrompt = false)
     {
         if (seqLen < 2) throw new UserInputException($"--seq-len must be at least 2, got {seqLen}.");
         var result = new List<TokenizedExample>(examples.Count);
         int truncated = 0, dropped = 0;
         foreach (var ex in examples)
         {
-            var (idArr, labels) = TokenizeOne(ex, tok, addEos);
+            var (idArr, labels) = TokenizeOne(ex, tok, addEos, trainOnPrompt);
             if (idArr.Length > seqLen)
             {
                 truncated++;
@@ -45,17 +46,19 @@ public static class Tokenization
     /// shared with the prompt's encoding get no loss, so a merge across the boundary never hides completion tokens.
     /// A conversation (<see cref="TextExample.LossSpans"/>): its rendered text encoded as it is (the template wrote BOS
     /// and the end-of-turn tokens); a token carries loss when the characters it was made from lie inside an assistant turn.
+    /// With <paramref name="trainOnPrompt"/> (LLaMA-Factory's <c>train_on_prompt</c>) every token carries loss: the prompt,
+    /// the Alpaca preamble, a conversation's system and user turns and its template text as well as the answers.
     /// </summary>
-    public static TokenizedExample TokenizeOne(TextExample ex, ITextTokenizer tok, bool addEos = true)
+    public static TokenizedExample TokenizeOne(TextExample ex, ITextTokenizer tok, bool addEos = true, bool trainOnPrompt = false)
     {
-        if (ex.LossSpans is { } spans) return Conversation(ex.Completion, spans, tok);
+        if (ex.LossSpans is { } spans) return Conversation(ex.Completion, trainOnPrompt ? new[] { (0, ex.Completion.Length) } : spans, tok);
         int? eos = tok.EosTokenIds.Count > 0 ? tok.EosTokenIds[0] : null;
         var ids = new List<int>();
         if (tok.AddBosToken && tok.BosTokenId is { } bos) ids.Add(bos);
         int start = ids.Count;
         var full = tok.Encode(ex.Prompt + ex.Completion);
         int boundary = 0;
-        if (!ex.IsPlainText)
+        if (!ex.IsPlainText && !trainOnPrompt)
         {
             var p = tok.Encode(ex.Prompt);
             while (boundary < p.Count && boundary < full.Count && p[boundary] == full[boundary]) boundary++;

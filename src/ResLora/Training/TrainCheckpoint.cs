@@ -22,6 +22,11 @@ public sealed record TrainCheckpointState
     /// values, or its losses silently differ from the run it continues. Absent in checkpoints of earlier versions.
     /// </summary>
     [JsonPropertyName("settings")] public Dictionary<string, string>? Settings { get; init; }
+    /// <summary>The open logging window at the checkpoint (steps since the last metrics line and their loss sum), so a resume logs the same means.</summary>
+    [JsonPropertyName("window_loss_sum")] public double? WindowLossSum { get; init; }
+    [JsonPropertyName("window_steps")] public int? WindowSteps { get; init; }
+    /// <summary>Set when early stopping ended the run at <see cref="Step"/>: a resume finds the run complete.</summary>
+    [JsonPropertyName("stopped_early")] public bool? StoppedEarly { get; init; }
 }
 
 /// <summary>
@@ -83,7 +88,7 @@ public static class TrainCheckpoint
         if (Directory.Exists(prev) && Find(outDir) is { } found && Path.GetFileName(found) == FolderName) Directory.Delete(prev, recursive: true);
     }
 
-    /// <summary>Removes every checkpoint under <paramref name="outDir"/> (a new run replacing an old one).</summary>
+    /// <summary>Removes every checkpoint and snapshot under <paramref name="outDir"/> (a new run replacing an old one).</summary>
     public static void Delete(string outDir)
     {
         foreach (var name in new[] { FolderName, PrevName })
@@ -91,6 +96,52 @@ public static class TrainCheckpoint
             string d = Path.Combine(outDir, name);
             if (Directory.Exists(d)) Directory.Delete(d, recursive: true);
         }
+        RemoveSnapshotsAfter(outDir, -1);
+    }
+
+    /// <summary>The prefix of an adapter snapshot folder: <c>checkpoint-N</c> after step N, as Hugging Face's Trainer names its checkpoints.</summary>
+    public const string SnapshotPrefix = "checkpoint-";
+
+    /// <summary>The snapshot folders under <paramref name="outDir"/> by step, oldest first.</summary>
+    public static IReadOnlyList<(int Step, string Dir)> Snapshots(string outDir) =>
+        !Directory.Exists(outDir) ? Array.Empty<(int, string)>() :
+        Directory.GetDirectories(outDir, SnapshotPrefix + "*")
+            .Select(d => (Ok: int.TryParse(Path.GetFileName(d)[SnapshotPrefix.Length..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n), Step: n, Dir: d))
+            .Where(x => x.Ok).OrderBy(x => x.Step).Select(x => (x.Step, x.Dir)).ToList();
+
+    /// <summary>
+    /// Writes the adapter as it is after <paramref name="step"/> into <c>OUT/checkpoint-N/</c> (a loadable adapter folder,
+    /// written whole into a temp folder and renamed), then removes the oldest snapshots beyond <paramref name="keep"/> (0 = keep all).
+    /// </summary>
+    public static string SaveSnapshot(string outDir, int step, Action<string> writeAdapter, int keep)
+    {
+        string dir = Path.Combine(outDir, SnapshotPrefix + step.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        string tmp = AtomicFile.TempName(dir);
+        try
+        {
+            Directory.CreateDirectory(tmp);
+            writeAdapter(tmp);
+            Durable.FlushFolder(tmp);
+            if (Directory.Exists(dir)) Durable.DeleteFolder(dir);
+            Durable.MoveFolder(tmp, dir);
+            Durable.FlushFolder(outDir);
+        }
+        catch (Exception e) when (!Durable.IsCrash(e))
+        {
+            if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
+            throw;
+        }
+        var all = Snapshots(outDir);
+        if (keep > 0)
+            foreach (var (_, old) in all.Take(Math.Max(0, all.Count - keep))) Durable.DeleteFolder(old);
+        return dir;
+    }
+
+    /// <summary>Removes the snapshots of steps after <paramref name="step"/> (a resume continues from <paramref name="step"/>).</summary>
+    public static void RemoveSnapshotsAfter(string outDir, int step)
+    {
+        foreach (var (n, d) in Snapshots(outDir))
+            if (n > step) Directory.Delete(d, recursive: true);
     }
 
     /// <summary>The folder of the last complete checkpoint under <paramref name="outDir"/>, or null.</summary>

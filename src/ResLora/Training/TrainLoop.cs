@@ -32,6 +32,8 @@ public static class TrainLoop
         if (o.TensorBoard && writes) observer = new TensorBoardLog(observer, spec.OutDir);
         if (writes) Directory.CreateDirectory(spec.OutDir);
         var task = spec.Task;
+        if (o.EarlyStoppingPatience > 0 && !task.HasEval)
+            throw new UserInputException($"--early-stopping-patience {o.EarlyStoppingPatience} compares evaluation losses, and this run has no evaluation data; give --eval-data FILE or --eval-fraction F (above 0), or drop --early-stopping-patience.");
         var trainer = new Trainer(task.Model, task.Forward, o, spec.Capabilities, task.Loss) { Communicator = comm };
         int total = o.TotalSteps(task.TrainCount);
         var data = task.CreateBatchSource(o);
@@ -45,6 +47,9 @@ public static class TrainLoop
         var evals = new List<EvalReport>();
         var settings = Settings(spec);
         double? savedLastLoss = null;
+        double lossAcc = 0; int accSteps = 0;
+        int end = total; // the last step: the planned one, or where early stopping ended the run
+        bool stoppedEarly = false;
         if (spec.Resume && TrainCheckpoint.Find(spec.OutDir) is { } ckpt)
         {
             if (writes) TrainCheckpoint.RemoveStalePrevious(spec.OutDir);
@@ -63,9 +68,12 @@ public static class TrainLoop
             data.RestorePosition(state.DataPosition);
             startStep = state.Step;
             elapsedBefore = state.ElapsedSeconds;
+            (lossAcc, accSteps) = (state.WindowLossSum ?? 0, state.WindowSteps ?? 0);
+            if (state.StoppedEarly == true) (end, stoppedEarly) = (startStep, true);
             if (writes) (curve, evals) = TrimMetrics(metricsPath, startStep);
-            observer.OnMessage(startStep == total
-                ? $"the run is complete ({total} steps): nothing to train; its adapter is written again from {ckpt}"
+            if (writes) TrainCheckpoint.RemoveSnapshotsAfter(spec.OutDir, startStep);
+            observer.OnMessage(startStep == end
+                ? $"the run is complete ({end} steps{(stoppedEarly ? ", stopped early" : "")}): nothing to train; its adapter is written again from {ckpt}"
                 : $"resuming from step {startStep} ({ckpt})");
         }
         else if (writes)
@@ -79,15 +87,17 @@ public static class TrainLoop
         if (comm is not null) Distributed.DataParallel.CheckSameStart(comm, startStep, trainer.TrainableParameters);
         observer.OnStart(total, startStep);
         var clock = Stopwatch.StartNew();
-        double lossAcc = 0; long tokAcc = 0; int accSteps = 0; double windowStart = 0, mpiSeconds = 0;
+        long tokAcc = 0; double windowStart = 0, mpiSeconds = 0;
         double lastLoss = savedLastLoss ?? (curve.Count > 0 ? curve[^1].Loss : double.NaN);
-        for (int step = startStep + 1; step <= total; step++)
+        // Ctrl+C is honoured in one process; the ranks of a data-parallel job would have to agree on the step.
+        var cancel = comm is null ? spec.Cancellation : CancellationToken.None;
+        for (int step = startStep + 1; step <= end; step++)
         {
             var (loss, _, inputTokens) = trainer.Step(optimizer, data, step, total);
             mpiSeconds += trainer.LastAllReduceSeconds;
             lossAcc += loss; tokAcc += inputTokens; accSteps++;
             lastLoss = loss;
-            if (step % o.LogEvery == 0 || step == total)
+            void Log()
             {
                 double now = clock.Elapsed.TotalSeconds;
                 var report = new StepReport(step, total, lossAcc / accSteps, optimizer.ParamGroups.First().LearningRate,
@@ -97,34 +107,63 @@ public static class TrainLoop
                 observer.OnStep(report);
                 lossAcc = 0; tokAcc = 0; accSteps = 0; windowStart = now;
             }
+            if (step % o.LogEvery == 0 || step == total) Log();
             bool evalNow = o.EvalEvery > 0 && step % o.EvalEvery == 0 && step != total;
+            bool stop = false;
             if (evalNow && task.HasEval && writes)
             {
                 var ev = task.Evaluate(trainer, step, o);
                 evals.Add(ev);
                 AppendMetric(metricsPath, ev);
                 observer.OnEval(ev);
+                stop = EarlyStopping.ShouldStop(evals, o.EarlyStoppingPatience, o.EarlyStoppingThreshold);
             }
+            if (evalNow && o.EarlyStoppingPatience > 0 && comm is not null)
+            {
+                var flag = new[] { stop ? 1.0 : 0.0 }; // rank 0 evaluated; every rank stops with it
+                comm.AllReduceSum(flag);
+                stop = flag[0] > 0;
+            }
+            if (stop)
+            {
+                if (accSteps > 0) Log(); // the stopping step's metrics line, as the planned last step gets
+                var (without, best, bestStep) = EarlyStopping.Count(evals, o.EarlyStoppingThreshold);
+                observer.OnMessage($"early stopping at step {step}: the eval loss has not improved by more than {o.EarlyStoppingThreshold:G} for {without} evaluations (best {best:0.0000} at step {bestStep})");
+                (end, stoppedEarly) = (step, true);
+                break;
+            }
+            bool saved = false;
             if (o.SaveEvery > 0 && step % o.SaveEvery == 0 && step != total && writes)
-                SaveCheckpoint(spec, optimizer, data, step, total, elapsedBefore + clock.Elapsed.TotalSeconds, lastLoss, settings);
+            {
+                SaveCheckpoint(spec, optimizer, data, step, total, elapsedBefore + clock.Elapsed.TotalSeconds, lastLoss, settings, (lossAcc, accSteps));
+                TrainCheckpoint.SaveSnapshot(spec.OutDir, step, spec.SaveWeights, o.SaveTotalLimit);
+                saved = true;
+            }
+            if (cancel.IsCancellationRequested && step < end)
+            {
+                string at = Path.Combine(spec.OutDir, TrainCheckpoint.FolderName);
+                if (writes && !saved) SaveCheckpoint(spec, optimizer, data, step, total, elapsedBefore + clock.Elapsed.TotalSeconds, lastLoss, settings, (lossAcc, accSteps));
+                throw new TrainingInterruptedException(step, total, at);
+            }
         }
         double wall = elapsedBefore + clock.Elapsed.TotalSeconds;
-        int ran = total - startStep;
+        int ran = end - startStep;
 
         // A finished run resumed (its final checkpoint written, perhaps not its adapter or summary: a kill during the
         // final save) keeps its final evaluation, which metrics.jsonl holds up to the checkpoint's step: not run twice.
+        // An early stop's final evaluation is the one that stopped it.
         bool wasFinished = ran == 0;
-        EvalReport? final = wasFinished ? evals.LastOrDefault(e => e.Step == total) : null;
+        EvalReport? final = wasFinished || stoppedEarly ? evals.LastOrDefault(e => e.Step == end) : null;
         if (task.HasEval && final is null && writes)
         {
-            final = task.Evaluate(trainer, total, o);
+            final = task.Evaluate(trainer, end, o);
             evals.Add(final);
             AppendMetric(metricsPath, final);
             observer.OnEval(final);
         }
         if (writes)
         {
-            if (!wasFinished) SaveCheckpoint(spec, optimizer, data, total, total, wall, lastLoss, settings);
+            if (!wasFinished) SaveCheckpoint(spec, optimizer, data, end, total, wall, lastLoss, settings, (0, 0), stoppedEarly);
             spec.SaveWeights(spec.OutDir);
         }
         comm?.Barrier(); // every rank ends with the adapter written (or with rank 0's failure, which aborts the job)
@@ -139,7 +178,11 @@ public static class TrainLoop
         var summary = new TrainSummary
         {
             Method = spec.Method,
-            Steps = total,
+            Steps = end,
+            StoppedEarly = stoppedEarly ? true : null,
+            PlannedSteps = stoppedEarly ? total : null,
+            BestEvalLoss = o.EarlyStoppingPatience > 0 && evals.Count(e => e.Step < total) > 0 ? EarlyStopping.Count(evals.Where(e => e.Step < total), o.EarlyStoppingThreshold).Best : null,
+            BestEvalStep = o.EarlyStoppingPatience > 0 && evals.Count(e => e.Step < total) > 0 ? EarlyStopping.Count(evals.Where(e => e.Step < total), o.EarlyStoppingThreshold).BestStep : null,
             FinalTrainLoss = lastLoss,
             FinalEvalLoss = final?.Loss,
             FinalEvalPerplexity = final is null || (double.IsNaN(final.Perplexity) && !double.IsNaN(final.Loss)) ? null : final.Perplexity, // a task without perplexity writes none
@@ -161,7 +204,8 @@ public static class TrainLoop
         return summary;
     }
 
-    private static void SaveCheckpoint(TrainRunSpec spec, torch.optim.Optimizer optimizer, ITrainBatchSource data, int step, int total, double elapsed, double lastLoss, Dictionary<string, string> settings)
+    private static void SaveCheckpoint(TrainRunSpec spec, torch.optim.Optimizer optimizer, ITrainBatchSource data, int step, int total, double elapsed, double lastLoss,
+        Dictionary<string, string> settings, (double LossSum, int Steps) window, bool stoppedEarly = false)
     {
         var state = new TrainCheckpointState
         {
@@ -173,6 +217,9 @@ public static class TrainLoop
             ElapsedSeconds = elapsed,
             LastTrainLoss = lastLoss,
             Settings = settings,
+            WindowLossSum = window.Steps > 0 ? window.LossSum : null,
+            WindowSteps = window.Steps > 0 ? window.Steps : null,
+            StoppedEarly = stoppedEarly ? true : null,
         };
         TrainCheckpoint.Save(spec.OutDir, state, spec.SaveWeights, optimizer);
     }

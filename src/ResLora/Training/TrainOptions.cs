@@ -26,6 +26,15 @@ public sealed record TrainOptions
     public int EvalEvery { get; init; }
     /// <summary>Write a checkpoint every N steps (0 = only at the end).</summary>
     public int SaveEvery { get; init; }
+    /// <summary>Adapter snapshots <c>checkpoint-N/</c> kept (the newest; 0 = all). Written every <see cref="SaveEvery"/> steps.</summary>
+    public int SaveTotalLimit { get; init; }
+    /// <summary>
+    /// Stop when the eval loss has not improved by more than <see cref="EarlyStoppingThreshold"/> for this many consecutive
+    /// evaluations (Hugging Face's EarlyStoppingCallback); 0 = off. Needs evaluation data and <see cref="EvalEvery"/>.
+    /// </summary>
+    public int EarlyStoppingPatience { get; init; }
+    /// <summary>The least decrease of the eval loss below the best so far that counts as an improvement.</summary>
+    public double EarlyStoppingThreshold { get; init; }
     /// <summary>At most this many eval batches per evaluation (0 = all).</summary>
     public int EvalMaxBatches { get; init; }
     /// <summary>At most this many examples for exact-match accuracy per evaluation (greedy generation; 0 = off).</summary>
@@ -74,5 +83,11 @@ public sealed record TrainOptions
         if (MaxGradNorm < 0) throw new UserInputException($"--max-grad-norm must be 0 (off) or positive, got {MaxGradNorm}.");
         if (LogEvery < 1) throw new UserInputException($"--log-every must be at least 1, got {LogEvery}.");
         if (EvalEvery < 0 || SaveEvery < 0) throw new UserInputException("--eval-every and --save-every must be 0 or more.");
+        if (SaveTotalLimit < 0) throw new UserInputException($"--save-total-limit must be 0 (keep every snapshot) or more, got {SaveTotalLimit}.");
+        if (SaveTotalLimit > 0 && SaveEvery == 0) throw new UserInputException("--save-total-limit keeps the newest checkpoint-N snapshots, which --save-every N writes; add --save-every N or drop --save-total-limit.");
+        if (EarlyStoppingPatience < 0) throw new UserInputException($"--early-stopping-patience must be 0 (off) or more evaluations, got {EarlyStoppingPatience}.");
+        if (!(EarlyStoppingThreshold >= 0) || double.IsInfinity(EarlyStoppingThreshold)) throw new UserInputException($"--early-stopping-threshold must be 0 or a positive loss difference, got {EarlyStoppingThreshold}.");
+        if (EarlyStoppingPatience > 0 && EvalEvery == 0)
+            throw new UserInputException($"--early-stopping-patience {EarlyStoppingPatience} counts evaluations during the run; add --eval-every N (evaluate every N steps).");
     }
 }

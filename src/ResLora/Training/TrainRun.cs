@@ -32,6 +32,13 @@ public sealed record TrainSummary
     [JsonPropertyName("mean_step_seconds")] public double MeanStepSeconds { get; init; }
     [JsonPropertyName("peak_rss_bytes")] public long PeakRssBytes { get; init; }
     [JsonPropertyName("resumed_from_step")] public int? ResumedFromStep { get; init; }
+    /// <summary>True when early stopping ended the run before its planned steps (<see cref="Steps"/> is then the step it stopped at).</summary>
+    [JsonPropertyName("stopped_early")] public bool? StoppedEarly { get; init; }
+    /// <summary>The steps the run was planned for, when it stopped early.</summary>
+    [JsonPropertyName("planned_steps")] public int? PlannedSteps { get; init; }
+    /// <summary>With early stopping: the lowest periodic eval loss and its step (a <c>checkpoint-N</c> snapshot holds that adapter when --save-every wrote one there).</summary>
+    [JsonPropertyName("best_eval_loss")] public double? BestEvalLoss { get; init; }
+    [JsonPropertyName("best_eval_step")] public int? BestEvalStep { get; init; }
     /// <summary>The ranks of a data-parallel run (absent for one process).</summary>
     [JsonPropertyName("ranks")] public int? Ranks { get; init; }
     /// <summary>Bytes each rank all-reduced in its last step: gradients, method statistics, loss sums (data-parallel runs).</summary>
@@ -62,6 +69,12 @@ public sealed record TrainRunSpec
     /// with each checkpoint with <see cref="TrainOptions.ResumeSettings"/>.
     /// </summary>
     public IReadOnlyDictionary<string, string> ResumeSettings { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>
+    /// Requests a stop (Ctrl+C): the loop finishes the step in progress, writes a checkpoint that <see cref="Resume"/>
+    /// continues from, and throws <see cref="TrainingInterruptedException"/>. Honoured in one process; a data-parallel run ignores it.
+    /// </summary>
+    public CancellationToken Cancellation { get; init; }
 
     /// <summary>
     /// The ranks of a data-parallel job (null: one process). Every rank runs the loop; rank 0 alone evaluates and writes

@@ -91,7 +91,24 @@ public sealed class ChatDataTests : IDisposable
         Assert.Equal(tok.Encode(examples[0].Completion), set.Examples[0].Ids);
     }
 
-    [Theory]
+    [Fact]
+    public void Tokenize_TrainOnPrompt_PutsEveryTurnOfTheConversationUnderTheLoss()
+    {
+        string data = Write("chat-all.jsonl",
+            $"{{\"messages\":[{{\"role\":\"system\",\"content\":\"Be kind.\"}},{{\"role\":\"user\",\"content\":\"Hi there\"}},{{\"role\":\"assistant\",\"content\":\"{Answer1}\"}}]}}\n");
+        var examples = DataSet.Load(data, new DataTemplates { Chat = Format("qwen2") });
+        var tok = ByteLevel();
+        var masked = Tokenization.Tokenize(examples, tok, seqLen: 512).Examples[0];
+        var all = Tokenization.Tokenize(examples, tok, seqLen: 512, trainOnPrompt: true).Examples[0];
+        Assert.Equal(masked.Ids, all.Ids);
+        Assert.Equal(new[] { Answer1 + "<|im_end|>" }, LossRuns(tok, masked));
+        // With the flag the whole rendered conversation is one run of loss tokens: system and user turns included.
+        Assert.Equal(all.Ids, all.Labels);
+        Assert.Equal(new[] { tok.Decode(all.Ids, skipSpecialTokens: false) }, LossRuns(tok, all));
+        Assert.Contains("Be kind.", LossRuns(tok, all)[0]);
+    }
+
+        [Theory]
     [InlineData("qwen2", "<|im_end|>")]
     [InlineData("llama3", "<|eot_id|>")]
     [InlineData("llama2", "</s>")]

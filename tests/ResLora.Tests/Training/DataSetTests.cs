@@ -88,6 +88,25 @@ public sealed class DataSetTests : IDisposable
     }
 
     [Fact]
+    public void Tokenize_TrainOnPrompt_PutsThePromptAndTheAlpacaPreambleUnderTheLoss()
+    {
+        var tok = new CharTokenizer();
+        var p = Write("shapes.jsonl", "{\"prompt\":\"Q: 2+2?\",\"completion\":\" 4\"}\n{\"instruction\":\"Add\",\"input\":\"2 2\",\"output\":\"4\"}\n");
+        var examples = DataSet.Load(p);
+        var masked = Tokenization.Tokenize(examples, tok, seqLen: 512).Examples;
+        var all = Tokenization.Tokenize(examples, tok, seqLen: 512, trainOnPrompt: true).Examples;
+        static int Counted(TokenizedExample e) => e.Labels.Skip(1).Count(l => l != Tokenization.IgnoreIndex); // the loss never scores position 0
+        for (int i = 0; i < examples.Count; i++)
+        {
+            Assert.Equal(masked[i].Ids, all[i].Ids); // the same tokens; only the mask differs
+            Assert.Equal(examples[i].Completion.Length + 1, Counted(masked[i])); // completion + EOS
+            Assert.Equal(all[i].Ids.Length - 1, Counted(all[i]));          // every token after BOS: prompt too
+            Assert.Equal(all[i].Ids.Skip(1), all[i].Labels.Skip(1));
+        }
+        Assert.True(Counted(all[1]) > 100, "the Alpaca preamble is scored"); // "Below is an instruction ..." and the headers
+    }
+
+        [Fact]
     public void Collate_PadsRight_AndPackCutsExactLengths()
     {
         var a = new TokenizedExample(new[] { 1, 5, 6 }, new[] { -100, 5, 6 });

@@ -96,8 +96,18 @@ public static class AdapterFolder
         else AtomicFolder.Write(dir, WritePair, flag: "adapter folder");
     }
 
-    /// <summary>Saves every adapter found in <paramref name="model"/>.</summary>
-    public static void Save(string dir, AdapterConfigBase config, nn.Module model) => Save(dir, config, AdapterModel.ByModulePath(model));
+    /// <summary>
+    /// Saves every adapter found in <paramref name="model"/>, and the model's parameters inside the config's
+    /// modules_to_save (fully trained modules, e.g. <c>lm_head.weight</c>) under their own names.
+    /// </summary>
+    public static void Save(string dir, AdapterConfigBase config, nn.Module model) =>
+        Save(dir, config, AdapterModel.ByModulePath(model), config.ModulesToSave is { Count: > 0 }
+            ? model.named_parameters().Where(p => config.IsSavedModule(p.name) && !IsAdapterParameter(p.name)).ToDictionary(p => p.name, p => (Tensor)p.parameter, StringComparer.Ordinal)
+            : null);
+
+    /// <summary>Whether a parameter path belongs to an adapter (a segment starts with a method's parameter prefix).</summary>
+    private static bool IsAdapterParameter(string path) =>
+        path.Split('.').Any(seg => AdapterMethods.ParameterPrefixes.Any(p => seg.StartsWith(p, StringComparison.Ordinal)));
 
     /// <summary>
     /// Reads a PEFT adapter folder. Accepts F32/F16/BF16 tensors (returned as float32), keys with or without the
@@ -176,7 +186,7 @@ public static class AdapterFolder
     {
         string file = Path.Combine(contents.Directory, WeightsFileName);
         if (contents.SavedModules.Count > 0 && !savedModulesHandled)
-            throw new UserInputException($"{file}: the adapter also holds fully trained modules ({string.Join(", ", contents.Config.ModulesToSave ?? Array.Empty<string>())}, modules_to_save); they are read for sequence-classification encoders (--task classify), not for causal LMs.");
+            throw new UserInputException($"{file}: the adapter also holds fully trained modules ({string.Join(", ", contents.Config.ModulesToSave ?? Array.Empty<string>())}, modules_to_save); load the folder with AdapterFolder.LoadInto (or ApplySavedModules) so they are not lost.");
         foreach (var (module, state) in contents.Tensors)
         {
             if (!adapters.TryGetValue(module, out var a))
@@ -208,18 +218,22 @@ public static class AdapterFolder
         foreach (var (name, t) in contents.SavedModules)
         {
             if (!live.TryGetValue(name, out var p))
-                throw new UserInputException($"{file}: key '{KeyPrefix}{name}' names a module weight this model does not have; the adapter was saved for another model or head.");
+                throw new UserInputException($"{file}: key '{KeyPrefix}{name}' names a module weight this model does not have (modules_to_save: {string.Join(", ", contents.Config.ModulesToSave ?? Array.Empty<string>())}); the adapter was saved for another model or head.");
             if (!p.shape.SequenceEqual(t.shape))
                 throw new UserInputException($"{file}: key '{KeyPrefix}{name}' has shape [{string.Join(", ", t.shape)}] but the model's is [{string.Join(", ", p.shape)}]; the adapter was trained with another number of labels.");
             p.copy_(t.to(p.dtype, p.device));
         }
     }
 
-    /// <summary>Loads a folder into a model built from a matching config; returns the config warnings.</summary>
+    /// <summary>
+    /// Loads a folder into a model built from a matching config, fully trained modules (modules_to_save) included;
+    /// returns the config warnings.
+    /// </summary>
     public static IReadOnlyList<string> LoadInto(string dir, nn.Module model, string adapterName = DefaultAdapterName)
     {
         using var contents = Load(dir, adapterName);
-        Apply(contents, AdapterModel.ByModulePath(model));
+        ApplySavedModules(contents, model); // first: a head the model lacks is named as such, not as a missing adapter
+        Apply(contents, AdapterModel.ByModulePath(model), savedModulesHandled: true);
         return contents.Warnings;
     }
 

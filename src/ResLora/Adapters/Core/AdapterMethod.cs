@@ -20,6 +20,15 @@ public sealed record MethodSpec
     public ModuleTargets? Exclude { get; init; }
     public bool UseRslora { get; init; }
 
+    /// <summary>PEFT's <c>layers_to_transform</c>: the decoder layers that get adapters (<c>--layers-to-transform</c>); null = all.</summary>
+    public IReadOnlyList<int>? LayersToTransform { get; init; }
+
+    /// <summary>PEFT's <c>layers_pattern</c>: the name of the module list holding the layers (<c>--layers-pattern</c>); null = not written.</summary>
+    public string? LayersPattern { get; init; }
+
+    /// <summary>PEFT's <c>modules_to_save</c>: modules trained fully and saved with the adapter (<c>--modules-to-save</c>); null = none.</summary>
+    public IReadOnlyList<string>? ModulesToSave { get; init; }
+
     /// <summary>The method's own options; null = the defaults of the method or of the named variant.</summary>
     public MethodOptions? Options { get; init; }
 

@@ -81,9 +81,30 @@ public static class AdapterMethods
     public static MethodSetup Build(MethodSpec spec)
     {
         var (method, variant) = Resolve(spec.Method);
-        var setup = method.Build(spec, spec.Options ?? variant ?? method.DefaultOptions);
+        var setup = WithPlacement(method.Build(spec, spec.Options ?? variant ?? method.DefaultOptions), spec);
         setup.Config.Validate();
         return spec.Refactor is { } rf ? RefLoraMethod.Compose(setup, rf, spec.Method) : setup;
+    }
+
+    /// <summary>
+    /// The setup with the spec's method-independent placement fields (layers_to_transform, layers_pattern,
+    /// modules_to_save) on its config, and on the config a base transform (RoLoRA's rotation) returns.
+    /// </summary>
+    private static MethodSetup WithPlacement(MethodSetup setup, MethodSpec spec)
+    {
+        if (spec.LayersToTransform is null && spec.LayersPattern is null && spec.ModulesToSave is null) return setup;
+        AdapterConfigBase Place(AdapterConfigBase c) => c with
+        {
+            LayersToTransform = spec.LayersToTransform ?? c.LayersToTransform,
+            LayersPattern = spec.LayersPattern is { } lp ? System.Text.Json.Nodes.JsonValue.Create(lp) : c.LayersPattern,
+            ModulesToSave = spec.ModulesToSave ?? c.ModulesToSave,
+        };
+        var prepare = setup.PrepareBase;
+        return setup with
+        {
+            Config = Place(setup.Config),
+            PrepareBase = prepare is null ? null : (modelDir, outDir) => { var (dir, c) = prepare(modelDir, outDir); return (dir, Place(c)); },
+        };
     }
 
     /// <summary>

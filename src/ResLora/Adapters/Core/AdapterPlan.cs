@@ -152,6 +152,21 @@ public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle, ICheckpoint
             if (!specs.Any(s => PatternMatches(k, s.Name))) problems.Add($"rank_pattern key '{k}' matched no module");
         foreach (var k in Config.AlphaPattern.Keys)
             if (!specs.Any(s => PatternMatches(k, s.Name))) problems.Add($"alpha_pattern key '{k}' matched no module");
+        if (Config.LayersToTransform is { } layers && specs.Any(s => s.LayerIndex >= 0))
+        {
+            var present = specs.Where(s => s.LayerIndex >= 0).Select(s => s.LayerIndex).Distinct().Order().ToList();
+            foreach (int i in layers.Where(i => !present.Contains(i)).Distinct())
+                problems.Add($"layers_to_transform index {i} is not a layer of this model (its layers are {present[0]}–{present[^1]})");
+        }
+        // layers_pattern names the module list the layer index follows (PEFT: "…<layers_pattern>.<N>.…").
+        var patterns = Config.LayersPattern switch
+        {
+            System.Text.Json.Nodes.JsonValue v when v.TryGetValue(out string? one) => new[] { one },
+            System.Text.Json.Nodes.JsonArray a => a.Select(n => n?.GetValue<string>() ?? "").ToArray(),
+            _ => Array.Empty<string>(),
+        };
+        if (patterns.Length > 0 && specs.FirstOrDefault(s => s.LayerIndex >= 0 && !patterns.Any(p => ("." + s.Name).Contains($".{p}.{s.LayerIndex}.", StringComparison.Ordinal))) is { } outside)
+            problems.Add($"layers_pattern '{string.Join("', '", patterns)}' is not the module list holding the layers (e.g. '{outside.Name}')");
         if (problems.Count == 0 && specs.Count > 0 && !Decisions.Any(d => d.Adapted))
             problems.Add("no module was adapted (every match was removed by exclude_modules or layers_to_transform)");
         if (specs.Count == 0) problems.Add("the model created no projections through this plan");
