@@ -39,8 +39,9 @@ internal static class TrainVerb
         var seed = new Option<long>("--seed") { Description = "Seed for adapter init, data order and dropout.", DefaultValueFactory = _ => 42L };
         var logEvery = new Option<int>("--log-every") { Description = "Log (metrics.jsonl, progress) every N steps.", DefaultValueFactory = _ => 10 };
         var evalEvery = new Option<int>("--eval-every") { Description = "Evaluate every N steps (0 = only at the end).", DefaultValueFactory = _ => 0 };
-        var saveEvery = new Option<int>("--save-every") { Description = "Every N steps write the resume checkpoint (checkpoint/) and an adapter snapshot checkpoint-N/ (0 = only the checkpoint at the end).", DefaultValueFactory = _ => 50 };
-        var saveTotalLimit = new Option<int>("--save-total-limit") { Description = "Keep only the newest K checkpoint-N/ snapshots (0 = keep all).", DefaultValueFactory = _ => 0 };
+        var saveEvery = new Option<int>("--save-every") { Description = "Every N steps write the resume checkpoint (checkpoint/, replaced each time; 0 = only at the end).", DefaultValueFactory = _ => 50 };
+        var snapshotEvery = new Option<int>("--snapshot-every") { Description = "Every N steps also keep an adapter snapshot checkpoint-N/, a complete adapter folder the other verbs load (0 = none).", DefaultValueFactory = _ => 0 };
+        var saveTotalLimit = new Option<int>("--save-total-limit") { Description = "Keep only the newest K checkpoint-N/ snapshots of --snapshot-every (0 = keep all).", DefaultValueFactory = _ => 0 };
         var patience = new Option<int>("--early-stopping-patience") { Description = "Stop when the eval loss has not improved for P consecutive evaluations (needs --eval-every and eval data; 0 = off). The saved adapter is the one at the stop.", DefaultValueFactory = _ => 0 };
         var threshold = new Option<double>("--early-stopping-threshold") { Description = "The least eval-loss decrease below the best that counts as an improvement for --early-stopping-patience.", DefaultValueFactory = _ => 0.0 };
         var evalExamples = new Option<int>("--eval-generate") { Description = "Examples whose answers are generated for exact-match accuracy at each evaluation (0 = off).", DefaultValueFactory = _ => 64 };
@@ -53,7 +54,7 @@ internal static class TrainVerb
         var method = new MethodOptionSet();
         var rt = new RuntimeOptionSet(baseBits: true, heap: true);
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
-        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, trainOnPrompt, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, saveTotalLimit, patience, threshold, evalExamples, maxNew, checkWeights })
+        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, trainOnPrompt, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, snapshotEvery, saveTotalLimit, patience, threshold, evalExamples, maxNew, checkWeights })
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
@@ -88,6 +89,7 @@ internal static class TrainVerb
                 LogEvery = r.GetValue(logEvery),
                 EvalEvery = r.GetValue(evalEvery),
                 SaveEvery = r.GetValue(saveEvery),
+                SnapshotEvery = r.GetValue(snapshotEvery),
                 SaveTotalLimit = r.GetValue(saveTotalLimit),
                 EarlyStoppingPatience = r.GetValue(patience),
                 EarlyStoppingThreshold = r.GetValue(threshold),

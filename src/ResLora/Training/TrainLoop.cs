@@ -136,9 +136,10 @@ public static class TrainLoop
             if (o.SaveEvery > 0 && step % o.SaveEvery == 0 && step != total && writes)
             {
                 SaveCheckpoint(spec, optimizer, data, step, total, elapsedBefore + clock.Elapsed.TotalSeconds, lastLoss, settings, (lossAcc, accSteps));
-                TrainCheckpoint.SaveSnapshot(spec.OutDir, step, spec.SaveWeights, o.SaveTotalLimit);
                 saved = true;
             }
+            if (o.SnapshotEvery > 0 && step % o.SnapshotEvery == 0 && step != total && writes)
+                TrainCheckpoint.SaveSnapshot(spec.OutDir, step, spec.SaveWeights, o.SaveTotalLimit);
             if (cancel.IsCancellationRequested && step < end)
             {
                 string at = Path.Combine(spec.OutDir, TrainCheckpoint.FolderName);

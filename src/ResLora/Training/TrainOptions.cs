@@ -26,7 +26,9 @@ public sealed record TrainOptions
     public int EvalEvery { get; init; }
     /// <summary>Write a checkpoint every N steps (0 = only at the end).</summary>
     public int SaveEvery { get; init; }
-    /// <summary>Adapter snapshots <c>checkpoint-N/</c> kept (the newest; 0 = all). Written every <see cref="SaveEvery"/> steps.</summary>
+    /// <summary>Write an adapter snapshot <c>checkpoint-N/</c> every N steps (0 = none; the resume checkpoint is <see cref="SaveEvery"/>'s).</summary>
+    public int SnapshotEvery { get; init; }
+    /// <summary>Adapter snapshots <c>checkpoint-N/</c> kept (the newest; 0 = all). Written every <see cref="SnapshotEvery"/> steps.</summary>
     public int SaveTotalLimit { get; init; }
     /// <summary>
     /// Stop when the eval loss has not improved by more than <see cref="EarlyStoppingThreshold"/> for this many consecutive
@@ -82,9 +84,9 @@ public sealed record TrainOptions
         if (Schedule is not ("cosine" or "linear" or "constant")) throw new UserInputException($"--schedule '{Schedule}' is not known; use cosine, linear or constant.");
         if (MaxGradNorm < 0) throw new UserInputException($"--max-grad-norm must be 0 (off) or positive, got {MaxGradNorm}.");
         if (LogEvery < 1) throw new UserInputException($"--log-every must be at least 1, got {LogEvery}.");
-        if (EvalEvery < 0 || SaveEvery < 0) throw new UserInputException("--eval-every and --save-every must be 0 or more.");
+        if (EvalEvery < 0 || SaveEvery < 0 || SnapshotEvery < 0) throw new UserInputException("--eval-every, --save-every and --snapshot-every must be 0 or more.");
         if (SaveTotalLimit < 0) throw new UserInputException($"--save-total-limit must be 0 (keep every snapshot) or more, got {SaveTotalLimit}.");
-        if (SaveTotalLimit > 0 && SaveEvery == 0) throw new UserInputException("--save-total-limit keeps the newest checkpoint-N snapshots, which --save-every N writes; add --save-every N or drop --save-total-limit.");
+        if (SaveTotalLimit > 0 && SnapshotEvery == 0) throw new UserInputException("--save-total-limit keeps the newest checkpoint-N snapshots, which --snapshot-every N writes; add --snapshot-every N or drop --save-total-limit.");
         if (EarlyStoppingPatience < 0) throw new UserInputException($"--early-stopping-patience must be 0 (off) or more evaluations, got {EarlyStoppingPatience}.");
         if (!(EarlyStoppingThreshold >= 0) || double.IsInfinity(EarlyStoppingThreshold)) throw new UserInputException($"--early-stopping-threshold must be 0 or a positive loss difference, got {EarlyStoppingThreshold}.");
         if (EarlyStoppingPatience > 0 && EvalEvery == 0)

@@ -182,7 +182,7 @@ public sealed class TrainFlagsCliTests : IDisposable
     [Fact]
     public void SaveEvery_SnapshotsAreAdapterFoldersTheOtherVerbsLoad()
     {
-        var (rc, _, err) = Train("snaps", "--steps", "5", "--save-every", "2", "--save-total-limit", "1");
+        var (rc, _, err) = Train("snaps", "--steps", "5", "--snapshot-every", "2", "--save-total-limit", "1");
         Assert.True(rc == 0, err);
         string snap = Path.Combine(_dir, "snaps", "checkpoint-4");
         Assert.Equal(new[] { snap }, Directory.GetDirectories(Path.Combine(_dir, "snaps"), "checkpoint-*"));

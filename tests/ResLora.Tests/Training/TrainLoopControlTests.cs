@@ -128,7 +128,7 @@ public sealed class TrainLoopControlTests : IDisposable
     [Fact]
     public void SaveEvery_WritesLoadableSnapshots_AndKeepsTheNewestSaveTotalLimit()
     {
-        var o = new TrainOptions { Steps = 12, BatchSize = 8, LearningRate = 2e-3, LogEvery = 4, SaveEvery = 3, SaveTotalLimit = 2, EvalGenerateExamples = 0 };
+        var o = new TrainOptions { Steps = 12, BatchSize = 8, LearningRate = 2e-3, LogEvery = 4, SaveEvery = 3, SnapshotEvery = 3, SaveTotalLimit = 2, EvalGenerateExamples = 0 };
         using (var m = Model()) TrainLoop.Run(Spec(m.M, _dir, o));
         // Steps 3, 6, 9 were snapshotted (12 is the final adapter in the folder itself); the newest 2 are kept.
         Assert.Equal(new[] { "checkpoint-6", "checkpoint-9" }, TrainCheckpoint.Snapshots(_dir).Select(s => Path.GetFileName(s.Dir)));
@@ -137,7 +137,7 @@ public sealed class TrainLoopControlTests : IDisposable
         string other = Path.Combine(_dir, "other");
         using (var cts = new CancellationTokenSource())
         using (var m = Model())
-            Assert.Throws<TrainingInterruptedException>(() => TrainLoop.Run(Spec(m.M, other, o with { SaveEvery = 0, SaveTotalLimit = 0 }, cancel: cts.Token, cancelAtStep: 9, cts: cts)));
+            Assert.Throws<TrainingInterruptedException>(() => TrainLoop.Run(Spec(m.M, other, o with { SaveEvery = 0, SnapshotEvery = 0, SaveTotalLimit = 0 }, cancel: cts.Token, cancelAtStep: 9, cts: cts)));
         using var snap = SafetensorsFile.Open(Path.Combine(_dir, "checkpoint-9", "weights.safetensors"));
         using var atStop = SafetensorsFile.Open(Path.Combine(other, TrainCheckpoint.FolderName, "adapter", "weights.safetensors"));
         foreach (var e in snap.Entries)
@@ -148,7 +148,7 @@ public sealed class TrainLoopControlTests : IDisposable
         }
 
         // A new run in the folder (overwrite) starts without the old run's snapshots.
-        using (var m = Model()) TrainLoop.Run(Spec(m.M, _dir, o with { Steps = 4, SaveEvery = 0, SaveTotalLimit = 0 }));
+        using (var m = Model()) TrainLoop.Run(Spec(m.M, _dir, o with { Steps = 4, SaveEvery = 0, SnapshotEvery = 0, SaveTotalLimit = 0 }));
         Assert.Empty(TrainCheckpoint.Snapshots(_dir));
     }
 
@@ -217,6 +217,6 @@ public sealed class TrainLoopControlTests : IDisposable
         var noEvery = Assert.Throws<UserInputException>(() => TrainLoop.Run(Spec(m.M, _dir, new TrainOptions { Steps = 4, EarlyStoppingPatience = 2 })));
         Assert.Contains("--eval-every", noEvery.Message);
         var limit = Assert.Throws<UserInputException>(() => TrainLoop.Run(Spec(m.M, _dir, new TrainOptions { Steps = 4, SaveEvery = 0, SaveTotalLimit = 2 })));
-        Assert.Contains("--save-every", limit.Message);
+        Assert.Contains("--snapshot-every", limit.Message);
     }
 }
