@@ -82,7 +82,7 @@ internal static class DemoVerb
         CliConsole.Out().Write(t);
         Console.Out.WriteLine("(wall ms/step is wall-clock time: on a machine shared with other jobs it measures their load as much as the method.)");
         Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"base model before fine-tuning: accuracy {F(r.BaseAccuracy, "P0")}, eval loss {F(r.BaseEvalLoss)}"));
-        Console.Out.WriteLine($"merged {r.Merge.Method} adapter → {r.MergedDir} (held-out KL vs unmerged {(r.Merge.HeldOut is { } h ? F(h.MeanKl, "0.###e0") : "-")}, max |Δlogit| on the probe {r.Merge.MaxAbsDiff.ToString("0.##e0", CultureInfo.InvariantCulture)})");
+        Console.Out.WriteLine($"merged {r.MergedLabel} adapter ({r.Merge.Method}) → {r.MergedDir} (held-out KL vs unmerged {(r.Merge.HeldOut is { } h ? F(h.MeanKl, "0.###e0") : "-")}, max |Δlogit| on the probe {r.Merge.MaxAbsDiff.ToString("0.##e0", CultureInfo.InvariantCulture)})");
         foreach (var a in r.Answers)
             Console.Out.WriteLine($"  {(a.Correct ? "right" : "wrong")}: {a.Prompt.Replace("\n", " ").Trim()} → {a.Answer.Trim()}   (reference: {a.Reference.Trim()})");
         Console.Out.WriteLine($"merged model on {r.Answers.Count} held-out questions: {r.Answers.Count(a => a.Correct)} right ({F(r.AnswerAccuracy, "P0")})");
@@ -127,7 +127,7 @@ internal static class DemoVerb
             lines.Add(string.Create(CultureInfo.InvariantCulture, $"fine-tuning took held-out accuracy from {F(lm.BaseAccuracy, "P0")} (the base model) to {F(top.Default.Accuracy, "P0")} ({top.Label}; LoRA {F(lora.Default.Accuracy, "P0")}), all at the same rank, steps and learning rate."));
             var faster = lm.Rows.Where(x => x.Label != "lora" && x.StepsToLoraFinal is { } s && s < lm.Rows[0].Default.Summary.Steps * 0.9).OrderBy(x => x.StepsToLoraFinal).FirstOrDefault();
             if (faster is not null) lines.Add(string.Create(CultureInfo.InvariantCulture, $"{faster.Label} reached LoRA's final training loss at step {faster.StepsToLoraFinal} of {faster.Default.Summary.Steps}."));
-            lines.Add(string.Create(CultureInfo.InvariantCulture, $"the merged {lm.Merge.Method} model (no adapter at inference) answered {lm.Answers.Count(a => a.Correct)} of {lm.Answers.Count} held-out questions right; it differs from the unmerged model by KL {(lm.Merge.HeldOut is { } h ? F(h.MeanKl, "0.##e0") : "-")} on held-out text."));
+            lines.Add(string.Create(CultureInfo.InvariantCulture, $"the merged {lm.MergedLabel} model (no adapter at inference) answered {lm.Answers.Count(a => a.Correct)} of {lm.Answers.Count} held-out questions right; it differs from the unmerged model by KL {(lm.Merge.HeldOut is { } h ? F(h.MeanKl, "0.##e0") : "-")} on held-out text."));
         }
         if (nlu is not null)
         {

@@ -81,6 +81,9 @@ public sealed record DemoAnswer(string Prompt, string Answer, string Reference)
 /// <summary>Everything the demo produced.</summary>
 public sealed record DemoResult(string BaseModelDir, double BaseAccuracy, double BaseEvalLoss, IReadOnlyList<DemoRow> Rows, string MergedDir, MergeReport Merge, IReadOnlyList<DemoAnswer> Answers, double WallSeconds, string ReportPath, string PlotPath)
 {
+    /// <summary>The demo label of the merged adapter's method (lora, reslora-bs, ...).</summary>
+    public string MergedLabel { get; init; } = "";
+
     /// <summary>Whether every method also ran the extra (lr, alpha) settings, so the best-setting columns mean something.</summary>
     public bool Swept { get; init; }
 
@@ -232,7 +235,7 @@ public static class DemoRunner
             }
         }
         string report = Path.Combine(outDir, "report.md");
-        var result = new DemoResult(baseDir, baseEval.Accuracy ?? double.NaN, baseEval.Loss, rows, mergedDir, merge, answers, clock.Elapsed.TotalSeconds, report, plot) { Swept = settings.Count > 1 };
+        var result = new DemoResult(baseDir, baseEval.Accuracy ?? double.NaN, baseEval.Loss, rows, mergedDir, merge, answers, clock.Elapsed.TotalSeconds, report, plot) { Swept = settings.Count > 1, MergedLabel = winner.Label };
         AtomicFile.WriteAllText(report, DemoReport.Markdown(result, o, baseSettings));
         AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), JsonSerializer.Serialize(rows.Select(r => new
         {

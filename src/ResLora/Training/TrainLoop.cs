@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using ResLora.IO;
+using ResLora.IO.Json;
 using ResLora.Models;
 
 namespace ResLora.Training;
@@ -200,7 +201,7 @@ public static class TrainLoop
             Curve = curve,
             Evals = evals,
         };
-        if (writes) AtomicFile.WriteAllText(summaryPath, JsonSerializer.Serialize(summary, new JsonSerializerOptions(MetricJson) { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull }));
+        if (writes) AtomicFile.WriteAllText(summaryPath, JsonSerializer.Serialize(summary, ReportJson.IndentedSkipNulls));
         observer.OnFinish(summary, spec.OutDir);
         return summary;
     }
@@ -245,7 +246,8 @@ public static class TrainLoop
     /// Metrics and the summary may hold NaN or ±∞ (a diverging evaluation): written as "NaN"/"Infinity" strings, as the
     /// serializer allows, so the end of the run (adapter, checkpoint, summary) is still written.
     /// </summary>
-    private static readonly JsonSerializerOptions MetricJson = new() { NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
+    /// <summary>metrics.jsonl lines (and reading train_summary.json back): the shared report style, NaN as a literal.</summary>
+    private static JsonSerializerOptions MetricJson => ReportJson.Line;
 
     private static void AppendMetric(string path, StepReport r) => File.AppendAllText(path, JsonSerializer.Serialize(new Dictionary<string, object>
     {
