@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v strace > /dev/null || { echo "needs strace" >&2; exit 2; }
 OUT=${1:-${TMPDIR:-/tmp}/reslora-crash-kill}
-MODEL=${MODEL:-$(ls -d "${XDG_CACHE_HOME:-$HOME/.cache}"/reslora/demo-base-* 2>/dev/null | head -1)}
+MODEL=${MODEL:-$(ls -d "${XDG_CACHE_HOME:-$HOME/.cache}"/reslora/demo-base-???????????????? 2>/dev/null | head -1)}
 DATA=${DATA:-reslora-demo/data/train.jsonl}
 [ -d "$MODEL" ] || { echo "no model folder; run ./reslora demo first or set MODEL" >&2; exit 2; }
 [ -f "$DATA" ] || { echo "no $DATA; run ./reslora demo first or set DATA" >&2; exit 2; }

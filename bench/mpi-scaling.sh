@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v mpirun > /dev/null || { echo "needs mpirun: apt-get install openmpi-bin libopenmpi-dev" >&2; exit 2; }
 OUT=${1:-${TMPDIR:-/tmp}/reslora-mpi-scaling}
-MODEL=${MODEL:-$(ls -d "${XDG_CACHE_HOME:-$HOME/.cache}"/reslora/demo-base-* 2>/dev/null | head -1)}
+MODEL=${MODEL:-$(ls -d "${XDG_CACHE_HOME:-$HOME/.cache}"/reslora/demo-base-???????????????? 2>/dev/null | head -1)}
 [ -d "$MODEL" ] || { echo "no model folder; run ./reslora demo first or set MODEL" >&2; exit 2; }
 STEPS=${STEPS:-60}; BATCH=${BATCH:-16}
 METHODS=${METHODS:-"lora reslora-is reslora-bs reslora-ms reflora adalora dora loha lokr ia3"}

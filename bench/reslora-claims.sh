@@ -8,7 +8,7 @@ OUT=${OUT:-${TMPDIR:-/tmp}/reslora-claims}
 SEEDS=${*:-1 2 3}
 mkdir -p "$OUT"
 for s in $SEEDS; do
-  dotnet run --project src/ResLora.Cli -c Release -- demo --methods "${METHODS:-lora,reslora-is,reslora-bs,reslora-ms}" --seed "$s" --out "$OUT/seed$s" ${CACHE:+--cache "$CACHE"} > "$OUT/seed$s.log" 2>&1
+  dotnet run --project src/ResLora.Cli -c Release -- demo --task lm --sweep ${STEPS:+--steps "$STEPS"} --methods "${METHODS:-lora,reslora-is,reslora-bs,reslora-ms}" --seed "$s" --out "$OUT/seed$s" ${CACHE:+--cache "$CACHE"} > "$OUT/seed$s.log" 2>&1
 done
 python3 - "$OUT" $SEEDS <<'PY'
 import json, statistics as st, sys

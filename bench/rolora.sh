@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${TMPDIR:-/tmp}/reslora-rolora-bench}
-BASE=${BASE:-$(ls -d "${XDG_CACHE_HOME:-$HOME/.cache}"/reslora/demo-base-* 2>/dev/null | head -1)}
+BASE=${BASE:-$(ls -d "${XDG_CACHE_HOME:-$HOME/.cache}"/reslora/demo-base-???????????????? 2>/dev/null | head -1)}
 DATA=${DATA:-reslora-demo/data}
 STEPS=${STEPS:-200}
 [ -d "$BASE" ] || { echo "no demo base model; run ./reslora demo first or set BASE" >&2; exit 2; }

@@ -49,5 +49,5 @@ internal sealed class RuntimeOptionSet(bool baseBits = false, bool heap = false)
 internal static class CliPaths
 {
     /// <summary>Checks a model folder exists before anything heavy happens.</summary>
-    public static string ModelDir(string? dir, string flag = "--model") => IO.InputPaths.ModelFolder(dir, flag);
+    public static string ModelDir(string? dir, string flag = "--model") => IO.InputPaths.ExistingModelFolder(dir, flag);
 }

@@ -27,7 +27,7 @@ public sealed class HfCheckpoint : IDisposable
 
     public static HfCheckpoint Open(string modelDir)
     {
-        InputPaths.ModelFolder(modelDir, flag: null);
+        InputPaths.ExistingModelFolder(modelDir, flag: null);
         string single = Path.Combine(modelDir, SingleFile), index = Path.Combine(modelDir, IndexFile);
         var files = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);
         var byTensor = new Dictionary<string, SafetensorsFile>(StringComparer.Ordinal);

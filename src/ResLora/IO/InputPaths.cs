@@ -16,7 +16,7 @@ public static partial class InputPaths
     /// Returns <paramref name="dir"/> when it is an existing folder; otherwise a <see cref="DirectoryNotFoundException"/>
     /// (missing) or <see cref="UserInputException"/> (a file) naming <paramref name="flag"/> (when given) and the fix.
     /// </summary>
-    public static string ModelFolder(string? dir, string? flag = "--model")
+    public static string ExistingModelFolder(string? dir, string? flag = "--model")
     {
         string what = flag is null ? "" : flag + " ";
         if (string.IsNullOrWhiteSpace(dir))

@@ -13,7 +13,7 @@ public static class ModelFolder
     /// <summary>Reads and validates <c>config.json</c>; a missing folder is named before a missing file.</summary>
     public static ModelConfig LoadConfig(string modelDir)
     {
-        InputPaths.ModelFolder(modelDir, flag: null);
+        InputPaths.ExistingModelFolder(modelDir, flag: null);
         return ModelConfig.Load(Path.Combine(modelDir, ConfigFile));
     }
 

@@ -80,7 +80,7 @@ public static class FineTuning
         plan.EnsureAllPatternsMatched();
         AdapterModel.OnBaseWeightsLoaded(model);
         AdapterModel.FreezeAllButAdapters(model);
-        foreach (var p in SavedModules.Resolve(model, plan).Values) p.requires_grad = true; // --modules-to-save: trained fully
+        foreach (var p in SavedModuleParameters.Resolve(model, plan).Values) p.requires_grad = true; // --modules-to-save: trained fully
         model.GradientCheckpointing = req.GradCheckpoint;
         var (trainable, total) = AdapterModel.CountParameters(model);
         observer.OnMessage($"{plan.Config.Method}: {AdapterModel.FindAdapters(model).Count} adapted modules, {trainable:N0} trainable of {total:N0} parameters ({100.0 * trainable / total:0.###}%)");

@@ -17,11 +17,7 @@ public sealed class TrainLoopControlTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private static List<TextExample> CopyTask(int n, int seed)
-    {
-        var r = new Random(seed);
-        return Enumerable.Range(0, n).Select(_ => { int d = r.Next(10); return new TextExample($"k={d};", $"{d}"); }).ToList();
-    }
+    private static List<TextExample> CopyTask(int n, int seed) => TrainLoopTests.CopyTask(n, seed);
 
     /// <summary>A run of the copy task over all of the tiny model's weights (saved as weights.safetensors).</summary>
     private static TrainRunSpec Spec(LlamaForCausalLM model, string outDir, TrainOptions o, bool resume = false, bool withEval = true, CancellationToken cancel = default, int cancelAtStep = 0, CancellationTokenSource? cts = null)

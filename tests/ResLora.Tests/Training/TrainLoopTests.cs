@@ -13,7 +13,7 @@ public sealed class TrainLoopTests : IDisposable
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
     /// <summary>Copy task: "k=7;" → "7". Random guessing over 10 digits gets 10%.</summary>
-    private static List<TextExample> CopyTask(int n, int seed)
+    internal static List<TextExample> CopyTask(int n, int seed)
     {
         var r = new Random(seed);
         return Enumerable.Range(0, n).Select(_ => { int d = r.Next(10); return new TextExample($"k={d};", $"{d}"); }).ToList();

@@ -19,7 +19,7 @@ public static class TokenizerLoader
     /// </summary>
     public static ITextTokenizer Load(string modelDir)
     {
-        InputPaths.ModelFolder(modelDir, flag: null);
+        InputPaths.ExistingModelFolder(modelDir, flag: null);
         string json = Path.Combine(modelDir, "tokenizer.json"), spm = Path.Combine(modelDir, "tokenizer.model"), vocabTxt = Path.Combine(modelDir, "vocab.txt");
         var cfg = ReadJson(Path.Combine(modelDir, "tokenizer_config.json"));
         var gen = ReadJson(Path.Combine(modelDir, "generation_config.json"));

@@ -56,7 +56,7 @@ public sealed record EncoderConfig
     public static EncoderConfig Load(string modelDir)
     {
         string path = Path.Combine(modelDir, "config.json");
-        IO.InputPaths.ModelFolder(modelDir, flag: null);
+        IO.InputPaths.ExistingModelFolder(modelDir, flag: null);
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: no config.json here; a Hugging Face model folder needs one.", path);
         JsonObject raw;
         try

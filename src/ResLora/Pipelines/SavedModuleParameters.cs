@@ -8,7 +8,7 @@ namespace ResLora.Pipelines;
 /// adapter and saved in its safetensors under the module's own key (<c>base_model.model.lm_head.weight</c>, as PEFT
 /// saves a ModulesToSaveWrapper's copy: peft-format.md §2.4); <see cref="AdapterFolder.LoadInto"/> copies them back.
 /// </summary>
-public static class SavedModules
+public static class SavedModuleParameters
 {
     /// <summary>
     /// The model's base parameters inside the plan config's modules_to_save, by parameter path. Each name must match a
