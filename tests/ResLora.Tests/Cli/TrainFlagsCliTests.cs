@@ -132,7 +132,7 @@ public sealed class TrainFlagsCliTests : IDisposable
     }
 
     [Theory]
-    [InlineData("--layers-to-transform", "5", "layers_to_transform index 5 is not a layer of this model")]
+    [InlineData("--layers-to-transform", "5", "layers_to_transform (--layers-to-transform) index 5 is not a layer of this model")]
     [InlineData("--layers-to-transform", "x", "--layers-to-transform 'x'")]
     [InlineData("--layers-pattern", "blocks", "--layers-pattern only says")]
     public void LayersToTransform_BadInput_IsAClearError(string flag, string value, string expected)

@@ -156,7 +156,7 @@ public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle, ICheckpoint
         {
             var present = specs.Where(s => s.LayerIndex >= 0).Select(s => s.LayerIndex).Distinct().Order().ToList();
             foreach (int i in layers.Where(i => !present.Contains(i)).Distinct())
-                problems.Add($"layers_to_transform index {i} is not a layer of this model (its layers are {present[0]}–{present[^1]})");
+                problems.Add($"layers_to_transform (--layers-to-transform) index {i} is not a layer of this model (its layers are {present[0]}–{present[^1]})");
         }
         // layers_pattern names the module list the layer index follows (PEFT: "…<layers_pattern>.<N>.…").
         var patterns = Config.LayersPattern switch
@@ -170,10 +170,12 @@ public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle, ICheckpoint
         if (problems.Count == 0 && specs.Count > 0 && !Decisions.Any(d => d.Adapted))
             problems.Add("no module was adapted (every match was removed by exclude_modules or layers_to_transform)");
         if (specs.Count == 0) problems.Add("the model created no projections through this plan");
+        // The naming hint only where a name is what went wrong (a layer index or pattern problem says its own fix).
+        bool names = problems.Any(p => !p.StartsWith("layers_", StringComparison.Ordinal));
         if (problems.Count > 0)
             throw new UserInputException(
-                $"adapter config: {string.Join("; ", problems)}. Module types in this model: {(types.Length == 0 ? "(none)" : types)}; " +
-                "full paths look like 'model.layers.0.self_attn.q_proj'. Fix the names (a list entry matches the path or its dot-suffix; a string is a regex over the whole path).");
+                $"adapter config: {string.Join("; ", problems)}." + (names ? $" Module types in this model: {(types.Length == 0 ? "(none)" : types)}; " +
+                "full paths look like 'model.layers.0.self_attn.q_proj'. Fix the names (a list entry matches the path or its dot-suffix; a string is a regex over the whole path)." : ""));
     }
 
     /// <summary>PEFT's get_pattern_key: the first key whose pattern matches <c>(.*\.)?key$</c> at the start of the path.</summary>
