@@ -124,7 +124,12 @@ public static class ExportPipeline
         {
             student?.Dispose();
         }
-        result = result with { Route = route }; // the same tensors, one owner
+        // Fully trained modules (modules_to_save) travel as they are: the reference model holds the adapter's copies.
+        var saved = config.ModulesToSave is { Count: > 0 }
+            ? AdapterFolder.SavedModuleWeights(config, reference).ToDictionary(kv => kv.Key, kv => kv.Value.detach().to_type(ScalarType.Float32).cpu().contiguous().clone(), StringComparer.Ordinal)
+            : new Dictionary<string, Tensor>();
+        var notes = saved.Count == 0 ? result.Notes : result.Notes.Append($"modules_to_save ({string.Join(", ", config.ModulesToSave!)}): the fully trained weights are copied as they are ({string.Join(", ", saved.Keys)}).").ToList();
+        result = result with { Route = route, SavedModules = saved, Notes = notes }; // the same tensors, one owner
         using (result)
         {
             LoraExport.Save(result, outDir);

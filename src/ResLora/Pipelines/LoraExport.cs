@@ -41,6 +41,12 @@ public sealed record LoraExportResult(LoraConfig Config, IReadOnlyList<ExportedP
     /// <summary>The rank asked for (svd), null for an exact re-save.</summary>
     public int? RequestedRank { get; init; }
 
+    /// <summary>
+    /// Fully trained modules the source adapter carries (PEFT's modules_to_save, e.g. <c>lm_head.weight</c>) by parameter
+    /// path, owned by this result: written beside the pairs, so the export keeps them (its config lists them too).
+    /// </summary>
+    public IReadOnlyDictionary<string, Tensor> SavedModules { get; init; } = new Dictionary<string, Tensor>();
+
     public void Dispose()
     {
         foreach (var p in Pairs)
@@ -48,6 +54,7 @@ public sealed record LoraExportResult(LoraConfig Config, IReadOnlyList<ExportedP
             p.A.Dispose();
             p.B.Dispose();
         }
+        foreach (var t in SavedModules.Values) t.Dispose();
     }
 }
 
@@ -146,6 +153,11 @@ public static class LoraExport
             tensors.Add(new(AdapterFolder.KeyPrefix + p.Module + "." + LoraA, p.A));
             tensors.Add(new(AdapterFolder.KeyPrefix + p.Module + "." + LoraB, p.B));
         }
+        foreach (var name in config.ModulesToSave ?? Array.Empty<string>())
+            if (!result.SavedModules.Keys.Any(config.IsSavedModule))
+                throw new ArgumentException($"{outDir}: modules_to_save names '{name}' but the export holds no weights of it; set LoraExportResult.SavedModules.");
+        foreach (var (name, t) in result.SavedModules.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            tensors.Add(new(AdapterFolder.KeyPrefix + name, t));
         string json = AdapterConfigJson.Serialize(config);
         string report = ReportText(result);
         AtomicFolder.Write(outDir, dir =>
@@ -243,6 +255,7 @@ public static class LoraExport
             ExcludeModules = source.ExcludeModules,
             LayersToTransform = source.LayersToTransform,
             LayersPattern = source.LayersPattern?.DeepClone(),
+            ModulesToSave = source.ModulesToSave,
             RankPattern = rankPattern,
             AlphaPattern = alphaPattern,
             TaskType = source.TaskType,

@@ -95,6 +95,17 @@ public sealed class TrainFlagsCliTests : IDisposable
         using (torch.no_grad())
         using (var mergedLogits = m.forward(ids))
             Assert.True(mergedLogits.allclose(loadedLogits, rtol: 1e-4, atol: 1e-4));
+
+        // export --as lora keeps the trained head (it was dropped while the export claimed to be exact).
+        string exported = Path.Combine(_dir, "exported");
+        var ex = CliHarness.Run("export", "--model", Model(), "--adapter", adapter, "--as", "lora", "--out", exported, "--threads", "1");
+        Assert.True(ex.Rc == 0, ex.Err);
+        var ecfg = JsonNode.Parse(File.ReadAllText(Path.Combine(exported, AdapterFolder.ConfigFileName)))!;
+        Assert.Equal(new[] { "lm_head" }, ecfg["modules_to_save"]!.AsArray().Select(n => n!.GetValue<string>()));
+        using (var m = ModelSessions.LoadWithAdapter(Model(), exported, new RuntimeOptions { Threads = 1 }))
+        using (torch.no_grad())
+        using (var exportedLogits = m.forward(ids))
+            Assert.True(exportedLogits.allclose(loadedLogits, rtol: 1e-5, atol: 1e-5));
     }
 
     [Fact]

@@ -101,9 +101,14 @@ public static class AdapterFolder
     /// modules_to_save (fully trained modules, e.g. <c>lm_head.weight</c>) under their own names.
     /// </summary>
     public static void Save(string dir, AdapterConfigBase config, nn.Module model) =>
-        Save(dir, config, AdapterModel.ByModulePath(model), config.ModulesToSave is { Count: > 0 }
-            ? model.named_parameters().Where(p => config.IsSavedModule(p.name) && !IsAdapterParameter(p.name)).ToDictionary(p => p.name, p => (Tensor)p.parameter, StringComparer.Ordinal)
-            : null);
+        Save(dir, config, AdapterModel.ByModulePath(model), config.ModulesToSave is { Count: > 0 } ? SavedModuleWeights(config, model) : null);
+
+    /// <summary>
+    /// The model's parameters inside the config's modules_to_save (fully trained modules, e.g. <c>lm_head.weight</c>) by
+    /// parameter path, adapter parameters left out; the tensors are the model's own (callers copy what they keep).
+    /// </summary>
+    public static IReadOnlyDictionary<string, Tensor> SavedModuleWeights(AdapterConfigBase config, nn.Module model) =>
+        model.named_parameters().Where(p => config.IsSavedModule(p.name) && !IsAdapterParameter(p.name)).ToDictionary(p => p.name, p => (Tensor)p.parameter, StringComparer.Ordinal);
 
     /// <summary>Whether a parameter path belongs to an adapter (a segment starts with a method's parameter prefix).</summary>
     private static bool IsAdapterParameter(string path) =>
