@@ -61,6 +61,7 @@ public static class ResLoraFolding
         var pairs = builder.Layers.ToDictionary(l => l.Spec.Name, l => (builder.FoldedA![l], (Tensor)l.LoraB), StringComparer.Ordinal);
         double fitSeconds = clock.Elapsed.TotalSeconds;
         var student = LoraStudent.Build(modelDir, runtime, config, pairs);
+        CopySavedModules(config, teacher, student);
         var report = new FoldReport { CalibrationTokens = tokens, FitSeconds = fitSeconds };
         if (distillSteps <= 0) return (student, report);
         try
@@ -73,6 +74,23 @@ public static class ResLoraFolding
         {
             student.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// The adapter's fully trained modules (modules_to_save, e.g. lm_head) belong to the folded model too: the student is
+    /// built from the base, so it takes the teacher's copies (before any distillation, which then fits the same head).
+    /// </summary>
+    private static void CopySavedModules(AdapterConfigBase config, LlamaForCausalLM teacher, LlamaForCausalLM student)
+    {
+        if (config.ModulesToSave is not { Count: > 0 }) return;
+        var target = student.named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
+        using var _ = torch.no_grad();
+        foreach (var (name, t) in AdapterFolder.SavedModuleWeights(config, teacher))
+        {
+            if (!target.TryGetValue(name, out var p))
+                throw new InvalidOperationException($"the folded model has no parameter '{name}' of modules_to_save; the student was built from another model.");
+            p.copy_(t);
         }
     }
 }
