@@ -86,6 +86,15 @@ public static class RoutedEvalPipeline
         if (req.Quantize.WBits < 16 || req.Quantize.ABits < 16)
             throw new UserInputException("--wbits/--abits evaluate one merged model; with several --adapter NAME=DIR, evaluate each adapter on its own.");
         var templates = req.Templates.ForModel(req.ModelDir);
+        // As with one --adapter DIR: without the model's own template, conversations render with the template the
+        // adapters were trained with, when they agree on one.
+        if (templates.Chat is null)
+        {
+            var recorded = adapters.Select(a => (a.Name, Chat: TrainingDataRecord.Read(a.Dir)?.Templates.Chat)).Where(x => x.Chat is not null).ToList();
+            if (recorded.Select(x => x.Chat!.Template.Source).Distinct(StringComparer.Ordinal).Count() > 1)
+                throw new UserInputException($"the adapters were trained with different chat templates ({string.Join(", ", recorded.Select(x => $"{x.Name}: {x.Chat!.Origin}"))}) and the model has none of its own; choose one with --chat-template.");
+            if (recorded.Count > 0) templates = templates with { Chat = recorded[0].Chat };
+        }
         var examples = DataSet.Load(req.DataPath, templates);
         var names = adapters.Select(a => a.Name).ToHashSet(StringComparer.Ordinal);
         for (int i = 0; i < examples.Count; i++)

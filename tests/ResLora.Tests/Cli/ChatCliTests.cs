@@ -159,6 +159,10 @@ public sealed class ChatCliTests : IDisposable
         Assert.Contains("perplexity", ev.Out);
         var ga = CliHarness.Run("generate", "--model", model, "--adapter", adapter, "--chat", "--prompt", "sky", "--max-new-tokens", "2", "--threads", "1");
         Assert.True(ga.Rc == 0, ga.Err);
+        // A named adapter (NAME=DIR) remembers it too, and scores the same as --adapter DIR.
+        var named = CliHarness.Run("eval", "--model", model, "--adapter", $"b={adapter}", "--data", data, "--threads", "1");
+        Assert.True(named.Rc == 0, named.Err);
+        Assert.Equal(ev.Out.Trim().Split('\n')[0], named.Out.Trim().Split('\n')[0].Replace("b: ", ""));
         var bad = CliHarness.Run("tokenize", "--model", model, "--text", "x", "--data", data);
         Assert.Equal(2, bad.Rc);
         Assert.Contains("one of them", bad.Err);
