@@ -1,5 +1,7 @@
 using System.Text;
 using System.Text.Json;
+using ResLora.IO;
+using ResLora.IO.Json;
 
 namespace ResLora.Training.Classification;
 
@@ -34,74 +36,59 @@ internal sealed record RawRecord(int Line, IReadOnlyList<KeyValuePair<string, Ce
 /// </summary>
 internal static class RecordReader
 {
+    /// <summary>
+    /// The file's records. It is read as language-model data is (<see cref="BoundedFile.ReadUtf8"/>: within
+    /// <see cref="BoundedFile.DataLimit"/>, strictly UTF-8); JSON records are parsed from its bytes one at a time, each
+    /// within <see cref="BoundedFile.RecordLimit"/>.
+    /// </summary>
     public static List<RawRecord> Read(string path)
     {
-        string text = File.ReadAllText(path);
+        var bytes = BoundedFile.ReadUtf8(path, BoundedFile.DataLimit, "data file");
         string ext = Path.GetExtension(path).ToLowerInvariant();
-        string head = text.TrimStart();
+        var head = bytes.Span.TrimStart(" \t\r\n"u8);
         return ext switch
         {
-            ".tsv" => ReadDelimited(path, SplitTsv(text), "TSV"),
-            ".csv" => ReadDelimited(path, SplitCsv(path, text), "CSV"),
-            ".json" or ".jsonl" or ".ndjson" => head.StartsWith('[') ? ReadJsonArray(path, text) : ReadJsonLines(path, text),
-            _ when head.StartsWith('[') => ReadJsonArray(path, text),
-            _ when head.StartsWith('{') => ReadJsonLines(path, text),
+            ".tsv" => ReadDelimited(path, SplitTsv(Encoding.UTF8.GetString(bytes.Span)), "TSV"),
+            ".csv" => ReadDelimited(path, SplitCsv(path, Encoding.UTF8.GetString(bytes.Span)), "CSV"),
+            ".json" or ".jsonl" or ".ndjson" => head.StartsWith("["u8) ? ReadJsonArray(path, bytes) : ReadJsonLines(path, bytes),
+            _ when head.StartsWith("["u8) => ReadJsonArray(path, bytes),
+            _ when head.StartsWith("{"u8) => ReadJsonLines(path, bytes),
             _ => throw new UserInputException($"{path}: unknown data format '{ext}'; use a .jsonl, .json, .tsv or .csv file (TSV and CSV with a header row)."),
         };
     }
 
-    private static List<RawRecord> ReadJsonLines(string path, string text)
+    private static List<RawRecord> ReadJsonLines(string path, ReadOnlyMemory<byte> bytes)
     {
-        var result = new List<RawRecord>();
-        var lines = text.Split('\n');
-        for (int i = 0; i < lines.Length; i++)
+        var lines = JsonRecords.Lines(path, bytes.Span);
+        var result = new List<RawRecord>(lines.Count);
+        foreach (var s in lines)
         {
-            string line = lines[i].Trim();
-            if (line.Length == 0) continue;
-            JsonElement rec;
+            var json = bytes.Slice(s.Start, s.Length);
+            JsonDocument doc;
             try
             {
-                using var doc = JsonDocument.Parse(line);
-                rec = doc.RootElement.Clone();
+                doc = JsonDocument.Parse(json);
             }
             catch (JsonException e)
             {
-                throw new UserInputException($"{path}:{i + 1}{Column(e)}: not valid JSON ({Reason(e)}); JSONL needs one JSON object per line.", e);
+                throw new UserInputException($"{path}:{s.Line}{Column(e)}: not valid JSON ({Reason(e)}); JSONL needs one JSON object per line.", e);
             }
-            result.Add(FromJson(path, rec, i + 1));
+            using (doc) result.Add(FromJson(path, json.Span, doc.RootElement, s.Line));
         }
         return result;
     }
 
-    /// <summary>A JSON array read element by element, so each record knows the line it starts on.</summary>
-    private static List<RawRecord> ReadJsonArray(string path, string text)
+    /// <summary>A JSON array read element by element, so each record knows the line it starts on; no element tree is kept.</summary>
+    private static List<RawRecord> ReadJsonArray(string path, ReadOnlyMemory<byte> bytes)
     {
-        var bytes = Encoding.UTF8.GetBytes(text);
-        var result = new List<RawRecord>();
-        var reader = new Utf8JsonReader(bytes, new JsonReaderOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
-        int line = 1;
-        long counted = 0;
-        try
+        var elements = JsonRecords.ArrayElements(path, bytes.Span, (e, read) =>
+            new UserInputException($"{path}:{(e.LineNumber is { } l ? l + 1 : 1)}{Column(e)}: not valid JSON ({Reason(e)}).", e));
+        var result = new List<RawRecord>(elements.Count);
+        foreach (var s in elements)
         {
-            reader.Read(); // the '['
-            while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
-            {
-                // Count the line breaks between the previous record and this one.
-                for (long b = counted; b < reader.TokenStartIndex; b++)
-                {
-                    if (bytes[b] == (byte)'\n') line++;
-                }
-                counted = reader.TokenStartIndex;
-                using var doc = JsonDocument.ParseValue(ref reader);
-                result.Add(FromJson(path, doc.RootElement.Clone(), line));
-            }
-            if (reader.TokenType != JsonTokenType.EndArray) throw new UserInputException($"{path}: the JSON array is not closed; add the final ']'.");
-            while (reader.Read()) { } // anything after the ']' that is not white space or a comment throws
-        }
-        catch (JsonException e)
-        {
-            long at = e.LineNumber is { } l ? l + 1 : line;
-            throw new UserInputException($"{path}:{at}{Column(e)}: not valid JSON ({Reason(e)}).", e);
+            var json = bytes.Slice(s.Start, s.Length);
+            using var doc = JsonDocument.Parse(json, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+            result.Add(FromJson(path, json.Span, doc.RootElement, s.Line));
         }
         return result;
     }
@@ -117,8 +104,9 @@ internal static class RecordReader
 
     private static string Column(JsonException e) => e.BytePositionInLine is { } b ? $":{b + 1}" : "";
 
-    private static RawRecord FromJson(string path, JsonElement rec, int line)
+    private static RawRecord FromJson(string path, ReadOnlySpan<byte> raw, JsonElement rec, int line)
     {
+        JsonRecords.CheckText(path, line, raw, rec);
         if (rec.ValueKind != JsonValueKind.Object)
             throw new UserInputException($"{path}:{line}: expected a JSON object (one record with named fields), got {rec.ValueKind.ToString().ToLowerInvariant()}.");
         var fields = new List<KeyValuePair<string, Cell>>();
