@@ -157,7 +157,9 @@ public static class FineTuning
             throw new UserInputException("--resume continues the run in --out and --overwrite starts a new one there; give one of them.");
         bool hasCheckpoint = Directory.Exists(outDir) && TrainCheckpoint.Find(outDir) is not null;
         if (resume && !hasCheckpoint)
-            throw new UserInputException($"--resume: no checkpoint in {outDir}; run without --resume to start.");
+            throw new UserInputException(Directory.Exists(outDir) && Directory.EnumerateFiles(outDir).Any(f => IsRunFile(Path.GetFileName(f)))
+                ? $"--resume: no checkpoint in {outDir} (the run there stopped before its first one); run with --overwrite instead of --resume to start it again."
+                : $"--resume: no checkpoint in {outDir}; run without --resume to start.");
         if (!resume && hasCheckpoint && !overwrite)
             throw new UserInputException($"--out {outDir} already holds a training run; add --resume to continue it, --overwrite to start it again, or choose another --out folder.");
         if (resume || hasCheckpoint || overwrite || !Directory.Exists(outDir)) return;

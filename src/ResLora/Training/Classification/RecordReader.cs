@@ -57,40 +57,136 @@ internal static class RecordReader
         };
     }
 
+    private static readonly JsonReaderOptions LineOptions = default;
+    private static readonly JsonReaderOptions ArrayOptions = new() { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip };
+
     private static List<RawRecord> ReadJsonLines(string path, ReadOnlyMemory<byte> bytes)
     {
         var lines = JsonRecords.Lines(path, bytes.Span);
         var result = new List<RawRecord>(lines.Count);
+        var names = new FieldNames();
         foreach (var s in lines)
         {
-            var json = bytes.Slice(s.Start, s.Length);
-            JsonDocument doc;
             try
             {
-                doc = JsonDocument.Parse(json);
+                result.Add(FromJson(path, bytes.Span.Slice(s.Start, s.Length), LineOptions, s.Line, names));
             }
             catch (JsonException e)
             {
                 throw new UserInputException($"{path}:{s.Line}{Column(e)}: not valid JSON ({Reason(e)}); JSONL needs one JSON object per line.", e);
             }
-            using (doc) result.Add(FromJson(path, json.Span, doc.RootElement, s.Line));
         }
         return result;
     }
 
-    /// <summary>A JSON array read element by element, so each record knows the line it starts on; no element tree is kept.</summary>
+    /// <summary>A JSON array read element by element, so each record knows the line it starts on; no element tree is built.</summary>
     private static List<RawRecord> ReadJsonArray(string path, ReadOnlyMemory<byte> bytes)
     {
         var elements = JsonRecords.ArrayElements(path, bytes.Span, (e, read) =>
             new UserInputException($"{path}:{(e.LineNumber is { } l ? l + 1 : 1)}{Column(e)}: not valid JSON ({Reason(e)}).", e));
         var result = new List<RawRecord>(elements.Count);
-        foreach (var s in elements)
-        {
-            var json = bytes.Slice(s.Start, s.Length);
-            using var doc = JsonDocument.Parse(json, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
-            result.Add(FromJson(path, json.Span, doc.RootElement, s.Line));
-        }
+        var names = new FieldNames();
+        foreach (var s in elements) result.Add(FromJson(path, bytes.Span.Slice(s.Start, s.Length), ArrayOptions, s.Line, names));
         return result;
+    }
+
+    /// <summary>
+    /// Field names seen so far, reused: a million records with the same three fields hold three name strings, not
+    /// three million.
+    /// </summary>
+    private sealed class FieldNames
+    {
+        private readonly List<string> _seen = new();
+        private readonly List<string> _short = new();
+
+        /// <summary>Scratch for one record's fields, copied out at its exact size.</summary>
+        public readonly List<KeyValuePair<string, Cell>> Scratch = new();
+
+        /// <summary>A number's text; short ones (class labels such as 0 and 1) are reused like field names.</summary>
+        public string Number(ReadOnlySpan<byte> utf8)
+        {
+            if (utf8.Length > 8) return Encoding.UTF8.GetString(utf8);
+            foreach (var n in _short)
+                if (n.Length == utf8.Length && SameAscii(n, utf8)) return n; // a JSON number is ASCII
+            string text = Encoding.UTF8.GetString(utf8);
+            if (_short.Count < 64) _short.Add(text);
+            return text;
+        }
+
+        private static bool SameAscii(string s, ReadOnlySpan<byte> utf8)
+        {
+            for (int i = 0; i < s.Length; i++)
+                if (s[i] != utf8[i]) return false;
+            return true;
+        }
+
+        public string Get(ref Utf8JsonReader reader)
+        {
+            foreach (var n in _seen)
+                if (reader.ValueTextEquals(n)) return n;
+            string name = reader.GetString()!;
+            if (_seen.Count < 64) _seen.Add(name);
+            return name;
+        }
+    }
+
+    /// <summary>
+    /// One record (a JSON object) read with <see cref="Utf8JsonReader"/> straight into its fields: strings as text,
+    /// numbers, objects and arrays as their JSON text. A lone surrogate escape (<c>"\ud800"</c>), valid JSON that is not
+    /// text, is an error naming file:line.
+    /// </summary>
+    private static RawRecord FromJson(string path, ReadOnlySpan<byte> json, JsonReaderOptions options, int line, FieldNames names)
+    {
+        var reader = new Utf8JsonReader(json, options);
+        reader.Read();
+        if (reader.TokenType != JsonTokenType.StartObject)
+        {
+            string kind = reader.TokenType switch
+            {
+                JsonTokenType.StartArray => "array",
+                JsonTokenType.String => "string",
+                JsonTokenType.Number => "number",
+                JsonTokenType.True => "true",
+                JsonTokenType.False => "false",
+                _ => "null",
+            };
+            throw new UserInputException($"{path}:{line}: expected a JSON object (one record with named fields), got {kind}.");
+        }
+        var fields = names.Scratch;
+        fields.Clear();
+        try
+        {
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            {
+                string name = names.Get(ref reader);
+                reader.Read();
+                var (kind, text) = reader.TokenType switch
+                {
+                    JsonTokenType.String => (JsonValueKind.String, reader.GetString()!),
+                    JsonTokenType.True => (JsonValueKind.True, "true"),
+                    JsonTokenType.False => (JsonValueKind.False, "false"),
+                    JsonTokenType.Null => (JsonValueKind.Null, ""),
+                    JsonTokenType.Number => (JsonValueKind.Number, names.Number(reader.ValueSpan)),
+                    _ => Nested(ref reader, json),
+                };
+                fields.Add(new(name, new Cell(kind, text)));
+            }
+            while (reader.Read()) { } // anything after the object on its line throws
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new UserInputException($"{path}:{line}: a string holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF without its pair), which is not text; fix or remove it.", e);
+        }
+        return new RawRecord(line, fields.ToArray());
+    }
+
+    /// <summary>An object or array value as its JSON text (what <see cref="JsonElement.GetRawText"/> gives).</summary>
+    private static (JsonValueKind, string) Nested(ref Utf8JsonReader reader, ReadOnlySpan<byte> json)
+    {
+        var kind = reader.TokenType == JsonTokenType.StartObject ? JsonValueKind.Object : JsonValueKind.Array;
+        int start = (int)reader.TokenStartIndex;
+        reader.Skip();
+        return (kind, Encoding.UTF8.GetString(json[start..(int)reader.BytesConsumed]));
     }
 
     /// <summary>The parser's reason without its trailing " Path: … | LineNumber: … | BytePositionInLine: …", which the location replaces.</summary>
@@ -103,28 +199,6 @@ internal static class RecordReader
     }
 
     private static string Column(JsonException e) => e.BytePositionInLine is { } b ? $":{b + 1}" : "";
-
-    private static RawRecord FromJson(string path, ReadOnlySpan<byte> raw, JsonElement rec, int line)
-    {
-        JsonRecords.CheckText(path, line, raw, rec);
-        if (rec.ValueKind != JsonValueKind.Object)
-            throw new UserInputException($"{path}:{line}: expected a JSON object (one record with named fields), got {rec.ValueKind.ToString().ToLowerInvariant()}.");
-        var fields = new List<KeyValuePair<string, Cell>>();
-        foreach (var p in rec.EnumerateObject())
-        {
-            var v = p.Value;
-            string text = v.ValueKind switch
-            {
-                JsonValueKind.String => v.GetString()!,
-                JsonValueKind.True => "true",
-                JsonValueKind.False => "false",
-                JsonValueKind.Null => "",
-                _ => v.GetRawText(),
-            };
-            fields.Add(new(p.Name, new Cell(v.ValueKind, text)));
-        }
-        return new RawRecord(line, fields);
-    }
 
     /// <summary>Header row first, then one record per row; every row must have the header's number of columns.</summary>
     private static List<RawRecord> ReadDelimited(string path, IEnumerable<(int Line, List<string> Cells)> rows, string format)
