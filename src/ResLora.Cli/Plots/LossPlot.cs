@@ -7,7 +7,7 @@ namespace ResLora.Plots;
 public static class LossPlot
 {
     /// <summary>The plot <c>reslora train</c> writes beside the adapter.</summary>
-    public const string FileName = "loss.png";
+    public const string FileName = ResLora.Pipelines.FineTuning.LossPlotFile;
 
     /// <summary>Writes <see cref="FileName"/> for one finished run into <paramref name="outDir"/>.</summary>
     public static string SaveRun(TrainSummary summary, string outDir)

@@ -97,11 +97,33 @@ public static class AtomicFolder
     };
 
     /// <summary>
+    /// The one rule for where a verb may write a folder, checked before anything is read or written: not a filesystem
+    /// root, not an existing file, and not <paramref name="modelDir"/> (the input model folder, given by
+    /// <paramref name="modelFlag"/>) or a folder inside it. Each refusal names <paramref name="flag"/> and the fix.
+    /// </summary>
+    public static void CheckTarget(string dir, string flag = "--out", string? modelDir = null, string modelFlag = "--model")
+    {
+        if (string.IsNullOrWhiteSpace(dir)) throw new UserInputException($"{flag} is empty; give the folder to write.");
+        string full = Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar);
+        if (Path.GetDirectoryName(full) is null || full.Length == 0)
+            throw new UserInputException($"{flag} {dir}: cannot write into a filesystem root; choose a folder under it.");
+        if (File.Exists(full))
+            throw new UserInputException($"{flag} {dir} is a file, not a folder; choose a folder (a new one, or an earlier run's).");
+        if (modelDir is null) return;
+        string model = Path.GetFullPath(modelDir).TrimEnd(Path.DirectorySeparatorChar);
+        if (full == model)
+            throw new UserInputException($"{flag} {dir} is the model folder ({modelFlag}); writing there would mix the output with the model's files. Choose a folder outside it.");
+        if (full.StartsWith(model + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+            throw new UserInputException($"{flag} {dir} is inside the model folder {modelDir} ({modelFlag}); writing there changes the model folder. Choose a folder outside it.");
+    }
+
+    /// <summary>
     /// Fails at once, naming <paramref name="flag"/>, when <see cref="Write"/> into <paramref name="dir"/> would fail at the
     /// end: the folder is not empty, or its nearest existing ancestor cannot hold a new folder. Call before long work.
     /// </summary>
-    public static void CheckWritable(string dir, string flag = "--out")
+    public static void CheckWritable(string dir, string flag = "--out", string? modelDir = null)
     {
+        CheckTarget(dir, flag, modelDir);
         string full = Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar);
         if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any())
             throw new IOException($"{flag} {dir} exists and is not empty; choose a new folder (finished output is never overwritten).");
@@ -128,6 +150,7 @@ public static class AtomicFolder
     /// </summary>
     public static void Write(string dir, Action<string> write, string? companionsFrom = null, string flag = "--out")
     {
+        CheckTarget(dir, flag);
         string full = Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar);
         if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any())
             throw new IOException($"{flag} {dir} exists and is not empty; choose a new folder (finished output is never overwritten).");

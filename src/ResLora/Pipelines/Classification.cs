@@ -122,6 +122,7 @@ public static class Classification
     public static TrainSummary Train(ClassifierTrainRequest req, ITrainObserver? observer = null)
     {
         observer ??= new SilentObserver();
+        AtomicFolder.CheckTarget(req.OutDir, modelDir: req.ModelDir); // before the data is read
         req.Train.Validate();
         var stored = EncoderConfig.Load(req.ModelDir);
         var (_, pairs) = LoadTokenizer(req.ModelDir);
@@ -148,8 +149,8 @@ public static class Classification
             throw new UserInputException($"--method {method.Method}: its base-model transform (RoLoRA's rotation) is implemented for LLaMA-family decoders, not for encoders; use lora, dora, reslora, reflora, adalora, loha, lokr or ia3.");
         // In a data-parallel job rank 0 alone checks, locks and writes --out; the others wait until it has.
         bool writes = req.Communicator is null || req.Communicator.Rank == 0;
+        using var runLock = writes ? RunLock.Acquire(req.OutDir) : null; // first: a folder another run holds is named as such
         if (writes) FineTuning.PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
-        using var runLock = writes ? RunLock.Acquire(req.OutDir) : null;
         int removed = writes ? AtomicFile.RemoveLeftovers(req.OutDir) : 0; // under the lock: no writer is active there
         if (removed > 0)
             observer.OnMessage($"removed {removed} temporary file(s) left in {req.OutDir} by an interrupted run");

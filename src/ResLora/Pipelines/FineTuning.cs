@@ -42,6 +42,7 @@ public static class FineTuning
         observer ??= new SilentObserver();
         req.Train.Validate();
         req.Templates.Validate();
+        AtomicFolder.CheckTarget(req.OutDir, modelDir: req.ModelDir); // before the data is read
         if (req.SeqLen is < 2) throw new UserInputException($"--seq-len must be at least 2, got {req.SeqLen}.");
         var templates = req.Templates.ForModel(req.ModelDir); // conversations render with the model's chat template
         var (train, evalSet) = TrainingSplits.Make(DataSet.Load(req.DataPath, templates),
@@ -52,8 +53,10 @@ public static class FineTuning
         if (req.GradCheckpoint) CheckGradCheckpoint(setup.Config, req.Runtime);
         // In a data-parallel job rank 0 alone checks, locks and writes --out; the others wait until it has.
         bool writes = req.Communicator is null || req.Communicator.Rank == 0;
-        if (writes) PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
+        // The lock first: a folder another run holds is named as such, whatever it holds; a refusal releases it (and
+        // removes the folder again if the lock created it).
         using var runLock = writes ? RunLock.Acquire(req.OutDir) : null; // one run per folder, for the run's lifetime
+        if (writes) PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
         int removed = writes ? AtomicFile.RemoveLeftovers(req.OutDir) : 0; // under the lock: no writer is active there
         if (removed > 0)
             observer.OnMessage($"removed {removed} temporary file(s) left in {req.OutDir} by an interrupted run");
@@ -130,11 +133,23 @@ public static class FineTuning
         }, observer);
     }
 
+    /// <summary>The loss plot the CLI writes beside the adapter (one name for the plotter and for <see cref="IsRunFile"/>).</summary>
+    public const string LossPlotFile = "loss.png";
+
     /// <summary>
-    /// Checks --out before anything is written (the run's lock creates it, and removes it again if the run fails before
-    /// writing anything): an existing run there is continued only with --resume and an adapter folder
-    /// without a run (a downloaded PEFT adapter) is replaced only with --overwrite (never overwritten silently), and
-    /// --resume without a checkpoint is an error rather than a fresh start.
+    /// Whether <paramref name="name"/> is a file a training run writes directly in --out and a new run would replace:
+    /// the adapter, metrics, summary, data record, loss plot and TensorBoard event files.
+    /// </summary>
+    public static bool IsRunFile(string name) =>
+        name is AdapterFolder.ConfigFileName or AdapterFolder.WeightsFileName or TrainLoop.MetricsFile or TrainLoop.SummaryFile
+            or TrainingDataRecord.FileName or ClassificationTaskRecord.FileName or LossPlotFile
+        || name.StartsWith(TensorBoardLog.FilePrefix, StringComparison.Ordinal);
+
+    /// <summary>
+    /// Checks what --out holds, under the run's lock (<see cref="AtomicFolder.CheckTarget"/> has checked where it is):
+    /// an existing run there is continued only with --resume, and files a run writes (<see cref="IsRunFile"/>) without a
+    /// run to resume (a downloaded PEFT adapter, an earlier run's metrics or plot) are replaced only with --overwrite
+    /// (never overwritten silently); --resume without a checkpoint is an error rather than a fresh start.
     /// </summary>
     public static void PrepareOutDir(string outDir, bool resume, bool overwrite = false)
     {
@@ -142,11 +157,16 @@ public static class FineTuning
             throw new UserInputException("--resume continues the run in --out and --overwrite starts a new one there; give one of them.");
         bool hasCheckpoint = Directory.Exists(outDir) && TrainCheckpoint.Find(outDir) is not null;
         if (resume && !hasCheckpoint)
-            throw new UserInputException($"--resume: no checkpoint in {outDir}; run without --resume to start.");
+            throw new UserInputException(Directory.Exists(outDir) && Directory.EnumerateFiles(outDir).Any(f => IsRunFile(Path.GetFileName(f)))
+                ? $"--resume: no checkpoint in {outDir} (the run there stopped before its first one); run with --overwrite instead of --resume to start it again."
+                : $"--resume: no checkpoint in {outDir}; run without --resume to start.");
         if (!resume && hasCheckpoint && !overwrite)
             throw new UserInputException($"--out {outDir} already holds a training run; add --resume to continue it, --overwrite to start it again, or choose another --out folder.");
-        if (!resume && !hasCheckpoint && !overwrite && new[] { AdapterFolder.ConfigFileName, AdapterFolder.WeightsFileName }.FirstOrDefault(f => File.Exists(Path.Combine(outDir, f))) is { } held)
-            throw new UserInputException($"--out {outDir} holds an adapter ({held}) but no training run (a downloaded PEFT adapter?); training would overwrite it. Choose another --out folder, or add --overwrite to replace it.");
+        if (resume || hasCheckpoint || overwrite || !Directory.Exists(outDir)) return;
+        if (new[] { AdapterFolder.ConfigFileName, AdapterFolder.WeightsFileName }.FirstOrDefault(f => File.Exists(Path.Combine(outDir, f))) is { } adapter)
+            throw new UserInputException($"--out {outDir} holds an adapter ({adapter}) but no training run (a downloaded PEFT adapter?); training would overwrite it. Choose another --out folder, or add --overwrite to replace it.");
+        if (Directory.EnumerateFiles(outDir).Select(Path.GetFileName).Order(StringComparer.Ordinal).FirstOrDefault(f => IsRunFile(f!)) is { } held)
+            throw new UserInputException($"--out {outDir} holds {held} from an earlier run, but no checkpoint to resume; training would replace it. Choose another --out folder, or add --overwrite to replace it.");
     }
 
     /// <summary>--grad-checkpoint is refused before anything is written when the method's layers cannot be recomputed one at a time, or dropout could not be replayed.</summary>

@@ -66,7 +66,7 @@ public static class MergePipeline
 
     public static MergeReport MergeToFolder(string modelDir, string adapterDir, string outDir, RuntimeOptions runtime, Tensor probeIds, MergeOptions options, Action<string>? warn = null)
     {
-        AtomicFolder.CheckWritable(outDir); // before the merge's work, not after it
+        AtomicFolder.CheckWritable(outDir, modelDir: modelDir); // before the merge's work, not after it
         return Run(modelDir, adapterDir, runtime, probeIds, options, warn, (chosen, report) =>
         {
             var result = report with { OutDir = Path.GetFullPath(outDir) };

@@ -94,7 +94,8 @@ public static class OnnxConversion
     /// </summary>
     private static List<string> ReadVocab(string path, int rows)
     {
-        var tokens = File.ReadAllLines(path).ToList();
+        // Read as data files are: within BoundedFile.DataLimit (a device is one line), strictly UTF-8.
+        var tokens = BoundedFile.ReadUtf8Text(path, BoundedFile.DataLimit, "vocabulary").Split('\n').Select(l => l.TrimEnd('\r')).ToList();
         while (tokens.Count > 0 && tokens[^1].Length == 0) tokens.RemoveAt(tokens.Count - 1);
         if (tokens.Count == 0) throw new UserInputException($"--vocab {path}: empty; expected a WordPiece vocab.txt, one token a line.");
         if (tokens.Count > rows)

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using ResLora.IO;
+using ResLora.IO.Json;
 using ResLora.IO.Templates;
 
 namespace ResLora.Training;
@@ -163,92 +164,37 @@ public static class DataSet
         return sb.ToString();
     }
 
-    private static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
-
     /// <summary>
-    /// The file's records with their line (and, in a JSON array, their element index). The file must be UTF-8: an
-    /// undecodable byte is an error naming file:line, never silently replaced.
+    /// The file's records with their line (and, in a JSON array, their element index). The file is read within
+    /// <see cref="BoundedFile.DataLimit"/> and must be UTF-8 (an undecodable byte is an error naming file:line, never
+    /// silently replaced); each record within <see cref="BoundedFile.RecordLimit"/>, and a lone surrogate escape is an
+    /// error naming its line. The file is never held as text: records are parsed from its bytes one at a time.
     /// </summary>
     internal static List<(JsonElement Record, int Line, int? Element)> ReadRecords(string path)
     {
-        byte[] bytes = BoundedFile.ReadAllBytes(path, BoundedFile.DataLimit, "data file");
-        int start = BoundedFile.BomLength(bytes);
-        string text = DecodeStrict(path, bytes, start);
-        var result = new List<(JsonElement, int, int?)>();
+        var bytes = BoundedFile.ReadUtf8(path, BoundedFile.DataLimit, "data file");
+        var span = bytes.Span;
+        bool array = span.TrimStart(" \t\r\n"u8).StartsWith("["u8);
+        var slices = array
+            ? JsonRecords.ArrayElements(path, span, (e, read) => new UserInputException($"{path}: not valid JSON {(read == 0 ? "before the first array element" : $"after array element [{read - 1}]")} ({e.Message}).", e))
+            : JsonRecords.Lines(path, span);
+        var result = new List<(JsonElement, int, int?)>(slices.Count);
         var opts = new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip };
-        if (text.TrimStart().StartsWith('['))
+        foreach (var s in slices)
         {
-            ReadArray(path, bytes.AsSpan(start), result);
-            return result;
-        }
-        int lineNo = 0;
-        foreach (var raw in text.Split('\n'))
-        {
-            lineNo++;
-            string line = raw.Trim();
-            if (line.Length == 0) continue;
+            var json = bytes.Slice(s.Start, s.Length);
             try
             {
-                using var doc = JsonDocument.Parse(line, opts);
-                result.Add((doc.RootElement.Clone(), lineNo, null));
+                using var doc = JsonDocument.Parse(json, opts);
+                JsonRecords.CheckText(path, s.Line, json.Span, doc.RootElement);
+                result.Add((doc.RootElement.Clone(), s.Line, s.Element));
             }
             catch (JsonException e)
             {
-                throw new UserInputException($"{path}: line {lineNo} is not valid JSON ({e.Message}); JSONL needs one JSON object per line.", e);
+                throw new UserInputException($"{path}: line {s.Line} is not valid JSON ({e.Message}); JSONL needs one JSON object per line.", e);
             }
         }
         return result;
-    }
-
-    /// <summary>The elements of a JSON-array file, each with its index and the line it starts on.</summary>
-    private static void ReadArray(string path, ReadOnlySpan<byte> json, List<(JsonElement, int, int?)> into)
-    {
-        var reader = new Utf8JsonReader(json, new JsonReaderOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
-        try
-        {
-            reader.Read(); // [
-            int line = 1, counted = 0;
-            while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
-            {
-                int at = (int)reader.TokenStartIndex;
-                line += json[counted..at].Count((byte)'\n');
-                counted = at;
-                using var doc = JsonDocument.ParseValue(ref reader);
-                into.Add((doc.RootElement.Clone(), line, into.Count));
-            }
-            while (reader.Read()) { } // anything after the array is an error (reported by the reader)
-        }
-        catch (JsonException e)
-        {
-            string where = into.Count == 0 ? "before the first array element" : $"after array element [{into.Count - 1}]";
-            throw new UserInputException($"{path}: not valid JSON {where} ({e.Message}).", e);
-        }
-    }
-
-    /// <summary>The text of a UTF-8 file; an undecodable byte is an error naming file:line.</summary>
-    private static string DecodeStrict(string path, byte[] bytes, int start)
-    {
-        try
-        {
-            return StrictUtf8.GetString(bytes, start, bytes.Length - start);
-        }
-        catch (DecoderFallbackException)
-        {
-            int line = 1, lineStart = start;
-            for (int i = start; i <= bytes.Length; i++)
-            {
-                if (i < bytes.Length && bytes[i] != (byte)'\n') continue;
-                try { StrictUtf8.GetCharCount(bytes, lineStart, i - lineStart); }
-                catch (DecoderFallbackException e)
-                {
-                    string hex = e.BytesUnknown is { Length: > 0 } u ? $" (byte 0x{u[0]:X2})" : "";
-                    throw new UserInputException($"{path}:{line}: not valid UTF-8{hex}; save the data file as UTF-8.", e);
-                }
-                line++;
-                lineStart = i + 1;
-            }
-            throw new UserInputException($"{path}: not valid UTF-8; save the data file as UTF-8.");
-        }
     }
 
     /// <summary>Splits off a held-out fraction deterministically (seeded shuffle), keeping at least one example on each side.</summary>

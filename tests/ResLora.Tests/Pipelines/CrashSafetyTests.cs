@@ -30,7 +30,7 @@ public sealed class CrashSafetyTests(ITestOutputHelper output) : IDisposable
     /// <summary>The files a finished run leaves that must not depend on where it was killed.</summary>
     private static readonly string[] Finished = { AdapterFolder.WeightsFileName, AdapterFolder.ConfigFileName, TrainingDataRecord.FileName };
 
-    private FineTuneRequest Request(string model, string data, string outDir, bool resume) => new()
+    private FineTuneRequest Request(string model, string data, string outDir, bool resume, bool overwrite = false) => new()
     {
         ModelDir = model,
         DataPath = data,
@@ -41,6 +41,7 @@ public sealed class CrashSafetyTests(ITestOutputHelper output) : IDisposable
         Train = new TrainOptions { Steps = 2, BatchSize = 4, LearningRate = 3e-3, LogEvery = 1, SaveEvery = 1, EvalGenerateExamples = 0 },
         OutDir = outDir,
         Resume = resume,
+        Overwrite = overwrite,
     };
 
     /// <summary>Loss and evaluation figures by line (timings left out: they differ between runs).</summary>
@@ -82,11 +83,12 @@ public sealed class CrashSafetyTests(ITestOutputHelper output) : IDisposable
             {
                 Durable.FaultHook = null;
             }
-            // As a user would: --resume, or a plain restart when the kill came before the first checkpoint.
+            // As a user would: --resume, or a restart with --overwrite when the kill came before the first checkpoint
+            // (the killed run's metrics and event files are there, and a plain run refuses to replace them).
             bool hasCheckpoint = TrainCheckpoint.Find(dir) is not null;
             if (hasCheckpoint) resumed++;
             else restarted++;
-            FineTuning.Run(Request(model, data, dir, resume: hasCheckpoint));
+            FineTuning.Run(Request(model, data, dir, resume: hasCheckpoint, overwrite: !hasCheckpoint));
 
             string where = $"killed at point {n} of {points.Count} ({points[n - 1]})";
             foreach (var (file, bytes) in expected)

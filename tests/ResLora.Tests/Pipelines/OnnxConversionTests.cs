@@ -188,6 +188,37 @@ public sealed class OnnxConversionTests : IDisposable
     }
 
     [Fact]
+    public void Convert_InitializerDeclaringMoreRowsThanTheFileHolds_IsOneLineBeforeAllocating()
+    {
+        var bert = new TinyBertOnnx(new TinyBertVariant());
+        var word = bert.Model.Graph.Initializer.First(t => t.Dims.SequenceEqual(new long[] { TinyBertOnnx.Vocab, TinyBertOnnx.Hidden }));
+        word.Dims[0] = 1_000_000_000_000; // 10^12 rows, 8 * 10^12 floats: was exit 70 with a crash file
+        string onnx = Write("model.onnx", bert.Bytes());
+
+        var e = Assert.Throws<UserInputException>(() => Convert(onnx));
+        Assert.StartsWith($"{onnx}: initializer '{word.Name}' declares shape [1000000000000, {TinyBertOnnx.Hidden}]", e.Message);
+        var (rc, _, err) = CliHarness.Run("convert", "onnx", "--onnx", onnx, "--vocab", Vocab(), "--out", Path.Combine(_dir, "cli"));
+        Assert.Equal(2, rc);
+        Assert.Single(err.Trim().Split('\n'));
+    }
+
+    [Fact]
+    public void Convert_VocabThatIsNotUtf8OrIsADevice_IsOneLineNamingIt()
+    {
+        string onnx = Write("model.onnx", new TinyBertOnnx(new TinyBertVariant()).Bytes());
+        string bad = Write("bad-vocab.txt", System.Text.Encoding.Latin1.GetBytes("[PAD]\n[UNK]\ncaf\xe9\n[CLS]\n[SEP]\n[MASK]\n"));
+        var e = Assert.Throws<UserInputException>(() =>
+            OnnxConversion.Convert(new OnnxConversionOptions { OnnxPath = onnx, VocabPath = bad, OutDir = Path.Combine(_dir, "out") }));
+        Assert.Equal($"{bad}:3: not valid UTF-8 (byte 0xE9); save the vocabulary as UTF-8.", e.Message);
+        if (!File.Exists("/dev/zero")) return;
+        string zero = Path.Combine(_dir, "zero-vocab.txt");
+        File.CreateSymbolicLink(zero, "/dev/zero");
+        var z = Assert.Throws<UserInputException>(() =>
+            OnnxConversion.Convert(new OnnxConversionOptions { OnnxPath = onnx, VocabPath = zero, OutDir = Path.Combine(_dir, "out") }));
+        Assert.StartsWith($"{zero}: more than ", z.Message);
+    }
+
+    [Fact]
     public void Convert_NonEmptyOut_IsRefusedBeforeReading()
     {
         Directory.CreateDirectory(Path.Combine(_dir, "out"));

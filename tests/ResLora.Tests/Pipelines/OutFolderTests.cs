@@ -61,6 +61,86 @@ public sealed class OutFolderTests : IDisposable
         Assert.Equal(2, Run(Train(model, data, peft, "--overwrite", "--resume")).Rc);
     }
 
+    [Theory]
+    [InlineData("metrics.jsonl")]
+    [InlineData("loss.png")]
+    [InlineData("train_summary.json")]
+    [InlineData("reslora_data.json")]
+    [InlineData("events.out.tfevents.1700000000.host.1.0")]
+    [InlineData("adapter_model.safetensors")]
+    public void Train_IntoAFolderHoldingAnEarlierRunsFile_IsRefusedUnlessOverwrite(string file)
+    {
+        string model = ModelFolder(Path.Combine(_dir, "model")), data = Data(Path.Combine(_dir, "d.jsonl"), 16, 1);
+        string outDir = Path.Combine(_dir, "held");
+        Directory.CreateDirectory(outDir);
+        File.WriteAllText(Path.Combine(outDir, file), "keep");
+        var refused = Run(Train(model, data, outDir));
+        Assert.Equal(2, refused.Rc);
+        // An adapter file keeps the message it had (a downloaded PEFT adapter); every other run file is named as such.
+        Assert.StartsWith(file.StartsWith("adapter_") ? $"error: --out {outDir} holds an adapter ({file})" : $"error: --out {outDir} holds {file} from an earlier run", refused.Err);
+        Assert.Contains("--overwrite", refused.Err);
+        Assert.Equal("keep", File.ReadAllText(Path.Combine(outDir, file)));
+        if (file != "metrics.jsonl") return;
+        var replaced = Run(Train(model, data, outDir, "--overwrite"));
+        Assert.True(replaced.Rc == 0, replaced.Err);
+    }
+
+    [Fact]
+    public void ClassifyTrain_IntoAFolderHoldingAnEarlierRunsFile_IsRefusedUnlessOverwrite()
+    {
+        var (model, _, _) = ResLora.Tests.Infrastructure.TinyEncoders.WriteFolder(Path.Combine(_dir, "bert"), seed: 4);
+        string data = Path.Combine(_dir, "cls.jsonl");
+        File.WriteAllLines(data, Enumerable.Range(0, 8).Select(i => $"{{\"text\":\"the movie was {(i % 2 == 0 ? "good" : "bad")} .\",\"label\":{i % 2}}}"));
+        string outDir = Path.Combine(_dir, "cls-held");
+        Directory.CreateDirectory(outDir);
+        File.WriteAllText(Path.Combine(outDir, "metrics.jsonl"), "keep");
+        var args = new[] { "train", "--task", "classify", "--model", model, "--data", data, "--steps", "1", "--batch-size", "4", "--eval-fraction", "0", "--out", outDir };
+        var refused = Run(args);
+        Assert.Equal(2, refused.Rc);
+        Assert.StartsWith($"error: --out {outDir} holds metrics.jsonl", refused.Err);
+        var inside = Run(args.Select(a => a == outDir ? Path.Combine(model, "run") : a).ToArray());
+        Assert.Equal(2, inside.Rc);
+        Assert.StartsWith($"error: --out {Path.Combine(model, "run")} is inside the model folder", inside.Err);
+    }
+
+    [Fact]
+    public void Train_OutAtTheRootInOrInsideTheModelFolderOrAFile_IsRefusedNamingOut()
+    {
+        string model = ModelFolder(Path.Combine(_dir, "model")), data = Data(Path.Combine(_dir, "d.jsonl"), 16, 1);
+        // The root is checked before the data is read (a missing data file here keeps the old code from writing into /).
+        var root = Run(Train(model, Path.Combine(_dir, "missing.jsonl"), "/"));
+        Assert.Equal(2, root.Rc);
+        Assert.StartsWith("error: --out /: cannot write into a filesystem root", root.Err);
+
+        var same = Run(Train(model, data, model));
+        Assert.Equal(2, same.Rc);
+        Assert.StartsWith($"error: --out {model} is the model folder", same.Err);
+        string inside = Path.Combine(model, "run");
+        var under = Run(Train(model, data, inside));
+        Assert.Equal(2, under.Rc);
+        Assert.StartsWith($"error: --out {inside} is inside the model folder", under.Err);
+        Assert.False(Directory.Exists(inside));
+
+        string file = Path.Combine(_dir, "a-file");
+        File.WriteAllText(file, "x");
+        var onFile = Run(Train(model, data, file));
+        Assert.Equal(2, onFile.Rc);
+        Assert.StartsWith($"error: --out {file} is a file, not a folder", onFile.Err);
+    }
+
+    [Fact]
+    public void Train_IntoAFolderAnotherRunHolds_SaysItIsInUse_EvenWithACheckpoint()
+    {
+        string model = ModelFolder(Path.Combine(_dir, "model")), data = Data(Path.Combine(_dir, "d.jsonl"), 16, 1);
+        string outDir = Path.Combine(_dir, "busy");
+        Assert.Equal(0, Run(Train(model, data, outDir)).Rc);
+        using var held = ResLora.IO.RunLock.Acquire(outDir); // another run, still going
+        var r = Run(Train(model, data, outDir));
+        Assert.Equal(2, r.Rc);
+        Assert.StartsWith($"error: --out {outDir} is in use by another run", r.Err);
+        Assert.Contains("choose another --out folder", r.Err);
+    }
+
     [Fact]
     public void Train_WithOutDot_WritesIntoTheWorkingFolder_AndResumesThere()
     {

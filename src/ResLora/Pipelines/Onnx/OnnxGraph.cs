@@ -33,6 +33,7 @@ internal sealed class OnnxGraph
         var inits = new Dictionary<string, TensorProto>(StringComparer.Ordinal);
         foreach (var t in graph.Initializer)
         {
+            CheckSize(file, t);
             inits[t.Name] = t;
             _constants[t.Name] = t;
         }
@@ -49,6 +50,45 @@ internal sealed class OnnxGraph
             if (n.OpType == "Constant" && n.Output.Count == 1 && ConstantValue(n) is { } value) _constants[n.Output[0]] = value;
         }
         Inputs = graph.Input.Select(i => i.Name).Where(n => !inits.ContainsKey(n)).ToList();
+    }
+
+    /// <summary>
+    /// An initializer's declared shape against the data the file holds for it, before anything is allocated from the
+    /// shape: negative or overflowing dimensions, or elements × element size that differ from the stored bytes (raw_data)
+    /// or values (the typed fields), are a damaged or hostile file, one line naming it (a shape of 10^12 rows was a
+    /// crash). External data is refused where it is read; types this converter never reads are not checked.
+    /// </summary>
+    private static void CheckSize(string file, TensorProto t)
+    {
+        if (t.DataLocation == TensorProto.Types.DataLocation.External || t.ExternalData.Count > 0) return;
+        int size = t.DataType switch
+        {
+            Float or Int32 => 4,
+            Double or Int64 => 8,
+            Float16 or BFloat16 => 2,
+            _ => 0,
+        };
+        if (size == 0) return;
+        string shape = $"[{string.Join(", ", t.Dims)}]";
+        long n = 1;
+        foreach (long d in t.Dims)
+        {
+            if (d < 0 || (d > 0 && n > long.MaxValue / size / d))
+                throw new UserInputException($"{file}: initializer '{t.Name}' declares shape {shape}, which no file can hold; the file is damaged.");
+            n *= d;
+        }
+        long rawBytes = t.RawData.Length;
+        long typed = t.DataType switch
+        {
+            Float => t.FloatData.Count,
+            Double => t.DoubleData.Count,
+            Int64 => t.Int64Data.Count,
+            _ => t.Int32Data.Count, // int32, and float16/bfloat16 one value per int32_data entry (onnx.proto)
+        };
+        bool fits = rawBytes > 0 ? rawBytes == n * size : typed == n;
+        if (!fits)
+            throw new UserInputException($"{file}: initializer '{t.Name}' declares shape {shape} ({n} {DataTypeName(t.DataType)} values, {ResLora.IO.AvailableMemory.Format(n * size)}) but the file holds "
+                + (rawBytes > 0 ? $"{rawBytes} bytes" : $"{typed} values") + " for it; the file is damaged or was cut short.");
     }
 
     /// <summary>

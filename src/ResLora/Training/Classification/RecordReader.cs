@@ -1,5 +1,7 @@
 using System.Text;
 using System.Text.Json;
+using ResLora.IO;
+using ResLora.IO.Json;
 
 namespace ResLora.Training.Classification;
 
@@ -34,76 +36,157 @@ internal sealed record RawRecord(int Line, IReadOnlyList<KeyValuePair<string, Ce
 /// </summary>
 internal static class RecordReader
 {
+    /// <summary>
+    /// The file's records. It is read as language-model data is (<see cref="BoundedFile.ReadUtf8"/>: within
+    /// <see cref="BoundedFile.DataLimit"/>, strictly UTF-8); JSON records are parsed from its bytes one at a time, each
+    /// within <see cref="BoundedFile.RecordLimit"/>.
+    /// </summary>
     public static List<RawRecord> Read(string path)
     {
-        string text = File.ReadAllText(path);
+        var bytes = BoundedFile.ReadUtf8(path, BoundedFile.DataLimit, "data file");
         string ext = Path.GetExtension(path).ToLowerInvariant();
-        string head = text.TrimStart();
+        var head = bytes.Span.TrimStart(" \t\r\n"u8);
         return ext switch
         {
-            ".tsv" => ReadDelimited(path, SplitTsv(text), "TSV"),
-            ".csv" => ReadDelimited(path, SplitCsv(path, text), "CSV"),
-            ".json" or ".jsonl" or ".ndjson" => head.StartsWith('[') ? ReadJsonArray(path, text) : ReadJsonLines(path, text),
-            _ when head.StartsWith('[') => ReadJsonArray(path, text),
-            _ when head.StartsWith('{') => ReadJsonLines(path, text),
+            ".tsv" => ReadDelimited(path, SplitTsv(Encoding.UTF8.GetString(bytes.Span)), "TSV"),
+            ".csv" => ReadDelimited(path, SplitCsv(path, Encoding.UTF8.GetString(bytes.Span)), "CSV"),
+            ".json" or ".jsonl" or ".ndjson" => head.StartsWith("["u8) ? ReadJsonArray(path, bytes) : ReadJsonLines(path, bytes),
+            _ when head.StartsWith("["u8) => ReadJsonArray(path, bytes),
+            _ when head.StartsWith("{"u8) => ReadJsonLines(path, bytes),
             _ => throw new UserInputException($"{path}: unknown data format '{ext}'; use a .jsonl, .json, .tsv or .csv file (TSV and CSV with a header row)."),
         };
     }
 
-    private static List<RawRecord> ReadJsonLines(string path, string text)
+    private static readonly JsonReaderOptions LineOptions = default;
+    private static readonly JsonReaderOptions ArrayOptions = new() { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip };
+
+    private static List<RawRecord> ReadJsonLines(string path, ReadOnlyMemory<byte> bytes)
     {
-        var result = new List<RawRecord>();
-        var lines = text.Split('\n');
-        for (int i = 0; i < lines.Length; i++)
+        var lines = JsonRecords.Lines(path, bytes.Span);
+        var result = new List<RawRecord>(lines.Count);
+        var names = new FieldNames();
+        foreach (var s in lines)
         {
-            string line = lines[i].Trim();
-            if (line.Length == 0) continue;
-            JsonElement rec;
             try
             {
-                using var doc = JsonDocument.Parse(line);
-                rec = doc.RootElement.Clone();
+                result.Add(FromJson(path, bytes.Span.Slice(s.Start, s.Length), LineOptions, s.Line, names));
             }
             catch (JsonException e)
             {
-                throw new UserInputException($"{path}:{i + 1}{Column(e)}: not valid JSON ({Reason(e)}); JSONL needs one JSON object per line.", e);
+                throw new UserInputException($"{path}:{s.Line}{Column(e)}: not valid JSON ({Reason(e)}); JSONL needs one JSON object per line.", e);
             }
-            result.Add(FromJson(path, rec, i + 1));
         }
         return result;
     }
 
-    /// <summary>A JSON array read element by element, so each record knows the line it starts on.</summary>
-    private static List<RawRecord> ReadJsonArray(string path, string text)
+    /// <summary>A JSON array read element by element, so each record knows the line it starts on; no element tree is built.</summary>
+    private static List<RawRecord> ReadJsonArray(string path, ReadOnlyMemory<byte> bytes)
     {
-        var bytes = Encoding.UTF8.GetBytes(text);
-        var result = new List<RawRecord>();
-        var reader = new Utf8JsonReader(bytes, new JsonReaderOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
-        int line = 1;
-        long counted = 0;
+        var elements = JsonRecords.ArrayElements(path, bytes.Span, (e, read) =>
+            new UserInputException($"{path}:{(e.LineNumber is { } l ? l + 1 : 1)}{Column(e)}: not valid JSON ({Reason(e)}).", e));
+        var result = new List<RawRecord>(elements.Count);
+        var names = new FieldNames();
+        foreach (var s in elements) result.Add(FromJson(path, bytes.Span.Slice(s.Start, s.Length), ArrayOptions, s.Line, names));
+        return result;
+    }
+
+    /// <summary>
+    /// Field names seen so far, reused: a million records with the same three fields hold three name strings, not
+    /// three million.
+    /// </summary>
+    private sealed class FieldNames
+    {
+        private readonly List<string> _seen = new();
+        private readonly List<string> _short = new();
+
+        /// <summary>Scratch for one record's fields, copied out at its exact size.</summary>
+        public readonly List<KeyValuePair<string, Cell>> Scratch = new();
+
+        /// <summary>A number's text; short ones (class labels such as 0 and 1) are reused like field names.</summary>
+        public string Number(ReadOnlySpan<byte> utf8)
+        {
+            if (utf8.Length > 8) return Encoding.UTF8.GetString(utf8);
+            foreach (var n in _short)
+                if (n.Length == utf8.Length && SameAscii(n, utf8)) return n; // a JSON number is ASCII
+            string text = Encoding.UTF8.GetString(utf8);
+            if (_short.Count < 64) _short.Add(text);
+            return text;
+        }
+
+        private static bool SameAscii(string s, ReadOnlySpan<byte> utf8)
+        {
+            for (int i = 0; i < s.Length; i++)
+                if (s[i] != utf8[i]) return false;
+            return true;
+        }
+
+        public string Get(ref Utf8JsonReader reader)
+        {
+            foreach (var n in _seen)
+                if (reader.ValueTextEquals(n)) return n;
+            string name = reader.GetString()!;
+            if (_seen.Count < 64) _seen.Add(name);
+            return name;
+        }
+    }
+
+    /// <summary>
+    /// One record (a JSON object) read with <see cref="Utf8JsonReader"/> straight into its fields: strings as text,
+    /// numbers, objects and arrays as their JSON text. A lone surrogate escape (<c>"\ud800"</c>), valid JSON that is not
+    /// text, is an error naming file:line.
+    /// </summary>
+    private static RawRecord FromJson(string path, ReadOnlySpan<byte> json, JsonReaderOptions options, int line, FieldNames names)
+    {
+        var reader = new Utf8JsonReader(json, options);
+        reader.Read();
+        if (reader.TokenType != JsonTokenType.StartObject)
+        {
+            string kind = reader.TokenType switch
+            {
+                JsonTokenType.StartArray => "array",
+                JsonTokenType.String => "string",
+                JsonTokenType.Number => "number",
+                JsonTokenType.True => "true",
+                JsonTokenType.False => "false",
+                _ => "null",
+            };
+            throw new UserInputException($"{path}:{line}: expected a JSON object (one record with named fields), got {kind}.");
+        }
+        var fields = names.Scratch;
+        fields.Clear();
         try
         {
-            reader.Read(); // the '['
-            while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
             {
-                // Count the line breaks between the previous record and this one.
-                for (long b = counted; b < reader.TokenStartIndex; b++)
+                string name = names.Get(ref reader);
+                reader.Read();
+                var (kind, text) = reader.TokenType switch
                 {
-                    if (bytes[b] == (byte)'\n') line++;
-                }
-                counted = reader.TokenStartIndex;
-                using var doc = JsonDocument.ParseValue(ref reader);
-                result.Add(FromJson(path, doc.RootElement.Clone(), line));
+                    JsonTokenType.String => (JsonValueKind.String, reader.GetString()!),
+                    JsonTokenType.True => (JsonValueKind.True, "true"),
+                    JsonTokenType.False => (JsonValueKind.False, "false"),
+                    JsonTokenType.Null => (JsonValueKind.Null, ""),
+                    JsonTokenType.Number => (JsonValueKind.Number, names.Number(reader.ValueSpan)),
+                    _ => Nested(ref reader, json),
+                };
+                fields.Add(new(name, new Cell(kind, text)));
             }
-            if (reader.TokenType != JsonTokenType.EndArray) throw new UserInputException($"{path}: the JSON array is not closed; add the final ']'.");
-            while (reader.Read()) { } // anything after the ']' that is not white space or a comment throws
+            while (reader.Read()) { } // anything after the object on its line throws
         }
-        catch (JsonException e)
+        catch (InvalidOperationException e)
         {
-            long at = e.LineNumber is { } l ? l + 1 : line;
-            throw new UserInputException($"{path}:{at}{Column(e)}: not valid JSON ({Reason(e)}).", e);
+            throw new UserInputException($"{path}:{line}: a string holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF without its pair), which is not text; fix or remove it.", e);
         }
-        return result;
+        return new RawRecord(line, fields.ToArray());
+    }
+
+    /// <summary>An object or array value as its JSON text (what <see cref="JsonElement.GetRawText"/> gives).</summary>
+    private static (JsonValueKind, string) Nested(ref Utf8JsonReader reader, ReadOnlySpan<byte> json)
+    {
+        var kind = reader.TokenType == JsonTokenType.StartObject ? JsonValueKind.Object : JsonValueKind.Array;
+        int start = (int)reader.TokenStartIndex;
+        reader.Skip();
+        return (kind, Encoding.UTF8.GetString(json[start..(int)reader.BytesConsumed]));
     }
 
     /// <summary>The parser's reason without its trailing " Path: … | LineNumber: … | BytePositionInLine: …", which the location replaces.</summary>
@@ -116,27 +199,6 @@ internal static class RecordReader
     }
 
     private static string Column(JsonException e) => e.BytePositionInLine is { } b ? $":{b + 1}" : "";
-
-    private static RawRecord FromJson(string path, JsonElement rec, int line)
-    {
-        if (rec.ValueKind != JsonValueKind.Object)
-            throw new UserInputException($"{path}:{line}: expected a JSON object (one record with named fields), got {rec.ValueKind.ToString().ToLowerInvariant()}.");
-        var fields = new List<KeyValuePair<string, Cell>>();
-        foreach (var p in rec.EnumerateObject())
-        {
-            var v = p.Value;
-            string text = v.ValueKind switch
-            {
-                JsonValueKind.String => v.GetString()!,
-                JsonValueKind.True => "true",
-                JsonValueKind.False => "false",
-                JsonValueKind.Null => "",
-                _ => v.GetRawText(),
-            };
-            fields.Add(new(p.Name, new Cell(v.ValueKind, text)));
-        }
-        return new RawRecord(line, fields);
-    }
 
     /// <summary>Header row first, then one record per row; every row must have the header's number of columns.</summary>
     private static List<RawRecord> ReadDelimited(string path, IEnumerable<(int Line, List<string> Cells)> rows, string format)
