@@ -202,7 +202,7 @@ public sealed class ServeTests : IClassFixture<ServingFixture>
     }
 
     /// <summary>A worker that stops before each batch until the test lets it go; <see cref="Entered"/> counts batches begun.</summary>
-    private sealed class Gate : IDisposable
+    internal sealed class Gate : IDisposable
     {
         private readonly ManualResetEventSlim _open = new(false);
         public SemaphoreSlim Entered { get; } = new(0);
@@ -225,7 +225,7 @@ public sealed class ServeTests : IClassFixture<ServingFixture>
         }
     }
 
-    private static async Task Until(Func<bool> condition)
+    internal static async Task Until(Func<bool> condition)
     {
         for (int i = 0; i < 6000 && !condition(); i++) await Task.Delay(10);
         Assert.True(condition(), "the condition did not hold within a minute");
