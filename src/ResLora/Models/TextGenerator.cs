@@ -159,7 +159,9 @@ public static class TextGenerator
     {
         using var scope = torch.NewDisposeScope();
         if (o.Greedy) return (int)logits.argmax().item<long>();
-        var l = logits / o.Temperature;
+        // A repetition penalty near 0 (valid: > 0) divides positive logits into +inf; inf - inf in softmax is NaN and
+        // multinomial throws, failing every row of a served batch. Clamped, the tokens at the top share the mass.
+        var l = (logits / o.Temperature).nan_to_num(0.0, float.MaxValue, float.MinValue);
         if (o.TopK > 0 && o.TopK < l.shape[0])
         {
             var kth = l.topk(o.TopK).values[-1];

@@ -52,7 +52,7 @@ public sealed class ServeHardeningTests : IClassFixture<ServingFixture>
     }
 
     [Fact]
-    public async Task TinyTemperatureAndTopP_DoNotFailTheBatch_AndActGreedy()
+    public async Task TinyTemperatureTopPAndPenalty_DoNotFailTheBatch()
     {
         string greedy;
         await using (var alone = await _f.Start())
@@ -68,14 +68,17 @@ public sealed class ServeHardeningTests : IClassFixture<ServingFixture>
         // Inside the documented ranges ([0, 2] and (0, 1]), but beyond float32: these failed the whole batch with 500.
         var tinyT = Post(client, "/v1/completions", Completion(_f.Name, "The sky is").Replace("\"temperature\":0", "\"temperature\":1e-40", StringComparison.Ordinal));
         var tinyP = Post(client, "/v1/completions", Completion(_f.Name, "The sky is", ",\"top_p\":1e-46,\"seed\":3").Replace("\"temperature\":0", "\"temperature\":1", StringComparison.Ordinal));
+        // Valid (> 0), but divides positive logits into +inf.
+        var tinyPenalty = Post(client, "/v1/completions", Completion(_f.Name, "The sky is", ",\"repetition_penalty\":1e-300,\"seed\":4").Replace("\"temperature\":0", "\"temperature\":1", StringComparison.Ordinal));
         var normal = Post(client, "/v1/completions", Completion(_f.Name + ":lora", "The sky is"));
-        await ServeTests.Until(() => server.Model.Scheduler.Queued == 3);
+        await ServeTests.Until(() => server.Model.Scheduler.Queued == 4);
         gate.Open();
         Assert.Equal(greedy, await Ok(await first));
         Assert.Equal(greedy, await Ok(await tinyT)); // below 1e-5 is greedy
         Assert.Equal(greedy, await Ok(await tinyP)); // the most likely token is always kept
+        Assert.NotEmpty(await Ok(await tinyPenalty));
         Assert.NotEmpty(await Ok(await normal));
-        Assert.Equal(new[] { 1, 3 }, gate.Sizes.Take(2));
+        Assert.Equal(new[] { 1, 4 }, gate.Sizes.Take(2));
     }
 
     [Fact]
