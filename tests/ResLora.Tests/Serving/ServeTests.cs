@@ -310,7 +310,7 @@ public sealed class ServeTests : IClassFixture<ServingFixture>
         await Until(() => server.Model.Scheduler.Queued == 1);
 
         var stopping = server.StopAsync();
-        // New requests are refused with 503 (here through the library: the listener is closing).
+        // New requests are refused with 503 (here through the library; over HTTP in ServeHardeningTests).
         var refused = await Assert.ThrowsAsync<ServingException>(() => server.Model.CompleteAsync(new CompletionRequest { Model = _f.Name, Prompt = "late" }));
         Assert.Equal(ServingErrorKind.ShuttingDown, refused.Kind);
         Assert.False(stopping.IsCompleted);
