@@ -19,7 +19,7 @@ internal static class GenerateVerb
         var batchSize = new Option<int>("--batch-size") { Description = "--prompts: records per batch.", DefaultValueFactory = _ => 8 };
         var prompt = new Option<string>("--prompt") { Description = "Prompt text (empty: start from BOS alone).", DefaultValueFactory = _ => "" };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Most tokens to generate.", DefaultValueFactory = _ => 64 };
-        var temperature = new Option<double>("--temperature") { Description = "0 = greedy; > 0 samples.", DefaultValueFactory = _ => 0.0 };
+        var temperature = new Option<double>("--temperature") { Description = "0 = greedy (so is anything below 1e-5); above it samples.", DefaultValueFactory = _ => 0.0 };
         var topK = new Option<int>("--top-k") { Description = "Sample among the k most likely tokens (0 = off).", DefaultValueFactory = _ => 0 };
         var topP = new Option<double>("--top-p") { Description = "Nucleus sampling mass (1 = off).", DefaultValueFactory = _ => 1.0 };
         var repetitionPenalty = new Option<double>("--repetition-penalty") { Description = "Hugging Face's repetition penalty: before each pick, the logit of every token already in the sequence (prompt and generated) is divided by X if positive, multiplied by X if negative. 1 = off; > 1 discourages repeats; must be > 0.", DefaultValueFactory = _ => 1.0 };

@@ -64,6 +64,7 @@ internal static class ServeVerb
         // Ctrl+C and SIGTERM start a clean shutdown instead of killing the process.
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Signal);
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Signal);
+        if (settings.ExposureWarning() is { } exposed) Console.Error.WriteLine($"warning: {exposed}");
         var served = ServedModel.Load(options, runtime, w => Console.Error.WriteLine($"warning: {w}"));
         ServeServer server;
         try
@@ -75,7 +76,7 @@ internal static class ServeVerb
             served.Dispose();
             throw;
         }
-        Console.Out.WriteLine($"serving {string.Join(", ", served.ModelIds)} on {server.Address.GetLeftPart(UriPartial.Authority)} (batch ≤ {options.MaxBatch}, queue ≤ {options.MaxQueue}{(settings.ApiKey is null ? "" : ", API key required")}); Ctrl+C stops");
+        Console.Out.WriteLine($"serving {string.Join(", ", served.ModelIds)} on {server.ListenAddress} (batch ≤ {options.MaxBatch}, queue ≤ {options.MaxQueue}{(settings.ApiKey is null ? "" : ", API key required")}); Ctrl+C stops");
         Console.Out.Flush();
         try
         {

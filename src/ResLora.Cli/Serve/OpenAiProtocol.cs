@@ -22,21 +22,21 @@ internal static class OpenAiProtocol
     public static ApiRequest Parse(JsonElement root, bool chat)
     {
         if (root.ValueKind != JsonValueKind.Object) throw Bad("the request body must be a JSON object.", null);
-        string model = root.TryGetProperty("model", out var m) && m.ValueKind == JsonValueKind.String && m.GetString()!.Length > 0
-            ? m.GetString()! : throw Bad("model is required: a string naming a served model (GET /v1/models lists them).", "model");
+        string model = root.TryGetProperty("model", out var m) && m.ValueKind == JsonValueKind.String && !m.ValueEquals("")
+            ? Str(m, "model") : throw Bad("model is required: a string naming a served model (GET /v1/models lists them).", "model");
 
         // Fields whose non-default values ask for something this server does not do.
         Unsupported(root, "n", v => v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n == 1, "only n = 1 is supported; send one request per sample");
         Unsupported(root, "best_of", v => v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n == 1, "best_of is not supported");
         Unsupported(root, "echo", v => v.ValueKind == JsonValueKind.False, "echo is not supported");
         Unsupported(root, "logprobs", v => v.ValueKind is JsonValueKind.False || (v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n == 0), "logprobs are not supported");
-        Unsupported(root, "suffix", v => v.ValueKind == JsonValueKind.String && v.GetString()!.Length == 0, "suffix is not supported");
+        Unsupported(root, "suffix", v => v.ValueKind == JsonValueKind.String && v.ValueEquals(""), "suffix is not supported");
         Unsupported(root, "presence_penalty", IsZero, "presence_penalty is not supported (only 0)");
         Unsupported(root, "frequency_penalty", IsZero, "frequency_penalty is not supported (only 0)");
         Unsupported(root, "logit_bias", v => v.ValueKind == JsonValueKind.Object && !v.EnumerateObject().Any(), "logit_bias is not supported");
         Unsupported(root, "tools", v => v.ValueKind == JsonValueKind.Array && v.GetArrayLength() == 0, "tools are not supported");
         Unsupported(root, "functions", v => v.ValueKind == JsonValueKind.Array && v.GetArrayLength() == 0, "functions are not supported");
-        Unsupported(root, "response_format", v => v.ValueKind == JsonValueKind.Object && v.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "text", "response_format other than text is not supported");
+        Unsupported(root, "response_format", v => v.ValueKind == JsonValueKind.Object && v.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.ValueEquals("text"), "response_format other than text is not supported");
 
         string? prompt = null;
         IReadOnlyList<ChatMessage>? messages = null;
@@ -75,8 +75,8 @@ internal static class OpenAiProtocol
     private static string Prompt(JsonElement root)
     {
         if (!root.TryGetProperty("prompt", out var p)) throw Bad("prompt is required: the text to continue.", "prompt");
-        if (p.ValueKind == JsonValueKind.String) return p.GetString()!;
-        if (p.ValueKind == JsonValueKind.Array && p.GetArrayLength() == 1 && p[0].ValueKind == JsonValueKind.String) return p[0].GetString()!;
+        if (p.ValueKind == JsonValueKind.String) return Str(p, "prompt");
+        if (p.ValueKind == JsonValueKind.Array && p.GetArrayLength() == 1 && p[0].ValueKind == JsonValueKind.String) return Str(p[0], "prompt");
         throw Bad("prompt must be a string (or a list of one string); token-id prompts and several prompts per request are not supported.", "prompt");
     }
 
@@ -90,17 +90,17 @@ internal static class OpenAiProtocol
         {
             string where = $"messages[{i++}]";
             if (msg.ValueKind != JsonValueKind.Object) throw Bad($"{where} must be an object with role and content.", where);
-            string role = msg.TryGetProperty("role", out var r) && r.ValueKind == JsonValueKind.String ? r.GetString()! : throw Bad($"{where}.role is required.", $"{where}.role");
+            string role = msg.TryGetProperty("role", out var r) && r.ValueKind == JsonValueKind.String ? Str(r, $"{where}.role") : throw Bad($"{where}.role is required.", $"{where}.role");
             if (role == "developer") role = "system"; // newer clients' name for the system role
             if (!Roles.Contains(role)) throw Bad($"{where}.role '{role}' is not one of {string.Join(", ", Roles)}.", $"{where}.role");
             if (!msg.TryGetProperty("content", out var c) || c.ValueKind == JsonValueKind.Null) throw Bad($"{where}.content is required.", $"{where}.content");
             string content = c.ValueKind switch
             {
-                JsonValueKind.String => c.GetString()!,
+                JsonValueKind.String => Str(c, $"{where}.content"),
                 // Content parts: only text parts are supported.
                 JsonValueKind.Array => string.Concat(c.EnumerateArray().Select((part, k) =>
-                    part.ValueKind == JsonValueKind.Object && part.TryGetProperty("type", out var t) && t.GetString() == "text" && part.TryGetProperty("text", out var tx) && tx.ValueKind == JsonValueKind.String
-                        ? tx.GetString()
+                    part.ValueKind == JsonValueKind.Object && part.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.ValueEquals("text") && part.TryGetProperty("text", out var tx) && tx.ValueKind == JsonValueKind.String
+                        ? Str(tx, $"{where}.content[{k}].text")
                         : throw Bad($"{where}.content[{k}]: only text parts ({{\"type\": \"text\", \"text\": ...}}) are supported.", $"{where}.content"))),
                 _ => throw Bad($"{where}.content must be a string or a list of text parts.", $"{where}.content"),
             };
@@ -113,10 +113,26 @@ internal static class OpenAiProtocol
     private static IReadOnlyList<string> Stop(JsonElement root)
     {
         if (!root.TryGetProperty("stop", out var s) || s.ValueKind == JsonValueKind.Null) return Array.Empty<string>();
-        if (s.ValueKind == JsonValueKind.String) return new[] { s.GetString()! };
+        if (s.ValueKind == JsonValueKind.String) return new[] { Str(s, "stop") };
         if (s.ValueKind == JsonValueKind.Array && s.EnumerateArray().All(x => x.ValueKind == JsonValueKind.String))
-            return s.EnumerateArray().Select(x => x.GetString()!).ToList();
+            return s.EnumerateArray().Select(x => Str(x, "stop")).ToList();
         throw Bad("stop must be a string or a list of strings.", "stop");
+    }
+
+    /// <summary>
+    /// A JSON string's text. A lone surrogate escape ("\ud800" without its pair) is valid JSON but no text: System.Text.Json
+    /// throws InvalidOperationException for it, which was a 500.
+    /// </summary>
+    private static string Str(JsonElement v, string param)
+    {
+        try
+        {
+            return v.GetString()!;
+        }
+        catch (InvalidOperationException)
+        {
+            throw Bad($"{param} is not valid text: it holds a lone surrogate escape (\\ud800-\\udfff without its pair) or bytes that are not UTF-8.", param);
+        }
     }
 
     private static bool IsZero(JsonElement v) => v.ValueKind == JsonValueKind.Number && v.GetDouble() == 0;

@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
 using System.Threading.Channels;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -42,6 +43,12 @@ internal sealed record ServeSettings
         _ = Address();
     }
 
+    /// <summary>A warning for a host other machines can reach without an API key, else null.</summary>
+    internal string? ExposureWarning() =>
+        ApiKey is null && !IPAddress.IsLoopback(Address())
+            ? $"--host {Host} accepts connections from other machines and no --api-key (or {ServeVerb.ApiKeyVariable}) is set: anyone who can reach this port can use the model. There is no TLS either; see docs/serving.md."
+            : null;
+
     internal IPAddress Address() =>
         Host.Equals("localhost", StringComparison.OrdinalIgnoreCase) ? IPAddress.Loopback
         : IPAddress.TryParse(Host, out var ip) ? ip
@@ -55,6 +62,9 @@ internal sealed record ServeSettings
 /// </summary>
 internal sealed class ServeServer : IAsyncDisposable
 {
+    /// <summary>How long a shutdown gives handlers to write their answers (or their 503) once generation has stopped.</summary>
+    private static readonly TimeSpan AnswerGrace = TimeSpan.FromSeconds(5);
+
     private static readonly JsonSerializerOptions Json = new() { Encoder = IO.Json.ReportJson.Encoder }; // an HTTP API: NaN must fail, not be written
 
     private readonly WebApplication _app;
@@ -77,6 +87,9 @@ internal sealed class ServeServer : IAsyncDisposable
     /// <summary>The address it listens on (with the port the system picked for port 0).</summary>
     public Uri Address { get; private set; } = null!;
 
+    /// <summary>The address Kestrel really listens on, as it reports it (0.0.0.0 or [::] for every interface; the bound port).</summary>
+    public string ListenAddress { get; private set; } = null!;
+
     /// <summary>Binds, maps the routes and starts listening; the server owns <paramref name="model"/> from here on.</summary>
     public static async Task<ServeServer> StartAsync(ServedModel model, ServeSettings settings)
     {
@@ -91,28 +104,31 @@ internal sealed class ServeServer : IAsyncDisposable
         });
         builder.Services.AddRoutingCore();
         builder.Services.AddSingleton<IHostLifetime, NoSignalLifetime>(); // signals are the verb's to handle, not the host's
-        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = settings.ShutdownTimeout);
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = AnswerGrace); // the drain itself is Stop's, before the host stops
         builder.Logging.ClearProviders();
         var app = builder.Build();
         var server = new ServeServer(app, model, settings);
         server.Map();
         await app.StartAsync().ConfigureAwait(false);
         var bound = app.Services.GetRequiredService<Microsoft.AspNetCore.Hosting.Server.IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        server.ListenAddress = bound;
         server.Address = new Uri(bound.Replace("[::]", "[::1]", StringComparison.Ordinal).Replace("0.0.0.0", "127.0.0.1", StringComparison.Ordinal));
         return server;
     }
 
     /// <summary>
-    /// Shuts down: new requests get 503, requests in flight finish (up to the shutdown timeout, then they are cancelled),
-    /// the worker stops and the model is freed. Safe to call more than once.
+    /// Shuts down: new requests get 503 (the listener stays open while requests drain), requests in flight finish (up to
+    /// the shutdown timeout; then they are cancelled and answered 503, or end their stream with an error event), the
+    /// worker stops and the model is freed. Safe to call more than once.
     /// </summary>
     public Task StopAsync() => _stopping ??= Stop();
 
     private async Task Stop()
     {
-        Model.Scheduler.StopAccepting();
-        await _app.StopAsync().ConfigureAwait(false); // Kestrel waits for requests in flight up to HostOptions.ShutdownTimeout
-        await Model.Scheduler.ShutdownAsync(TimeSpan.Zero).ConfigureAwait(false);
+        // Draining before Kestrel stops: stopping Kestrel first closed the listener (new clients were refused, not
+        // answered 503) and, at the timeout, reset the connections of requests still generating.
+        await Model.Scheduler.ShutdownAsync(_settings.ShutdownTimeout).ConfigureAwait(false);
+        await _app.StopAsync().ConfigureAwait(false); // handlers write their answers, up to AnswerGrace
         await _app.DisposeAsync().ConfigureAwait(false);
         Model.Dispose();
     }
@@ -175,10 +191,23 @@ internal sealed class ServeServer : IAsyncDisposable
             {
                 throw new BodyTooLarge();
             }
+            catch (Microsoft.AspNetCore.Http.BadHttpRequestException e)
+            {
+                // Kestrel's verdict on the body: 408 when it arrives slower than 240 bytes/s after a 5 s grace, 400 for bad framing.
+                throw new ClientError(e.StatusCode, e.StatusCode == StatusCodes.Status408RequestTimeout
+                    ? "the request body arrived too slowly (under 240 bytes/s after 5 s); send the body at once."
+                    : $"the request body could not be read: {Scrub(e.Message)}", e.StatusCode == StatusCodes.Status408RequestTimeout ? "request_timeout" : "bad_request");
+            }
+            byte[] bytes = body.ToArray();
+            if (!System.Text.Unicode.Utf8.IsValid(bytes))
+            {
+                await Error(ctx, 400, "the request body is not valid UTF-8 (JSON must be UTF-8 encoded).", "invalid_request_error", null, "invalid_json").ConfigureAwait(false);
+                return;
+            }
             JsonDocument doc;
             try
             {
-                doc = JsonDocument.Parse(body.ToArray());
+                doc = JsonDocument.Parse(bytes);
             }
             catch (JsonException e)
             {
@@ -214,7 +243,7 @@ internal sealed class ServeServer : IAsyncDisposable
             {
                 result = await completion.ConfigureAwait(false);
             }
-            catch (Exception e) when (e is not OperationCanceledException)
+            catch (Exception e) when (!aborted.IsCancellationRequested)
             {
                 // The status is sent already: the error goes in the stream.
                 var (_, message, type, param, code) = Describe(e);
@@ -235,7 +264,7 @@ internal sealed class ServeServer : IAsyncDisposable
             if (ctx.Response.HasStarted) return;
             if (status == 429) ctx.Response.Headers.RetryAfter = "1";
             // The unread body stays on the connection: close it, so a client does not send its next request into it.
-            if (status == 413) ctx.Response.Headers.Connection = "close";
+            if (status == 413 || e is ClientError) ctx.Response.Headers.Connection = "close";
             if (status == 500) Console.Error.WriteLine($"serve: internal error: {e}");
             await Error(ctx, status, message, type, param, code).ConfigureAwait(false);
         }
@@ -243,8 +272,28 @@ internal sealed class ServeServer : IAsyncDisposable
 
     private sealed class BodyTooLarge : Exception;
 
+    /// <summary>A body Kestrel refused to deliver (too slow, badly framed), with its status.</summary>
+    private sealed class ClientError(int status, string message, string code) : Exception(message)
+    {
+        public int Status { get; } = status;
+        public string Code { get; } = code;
+    }
+
+    /// <summary>
+    /// An exception's text fit for a client: its first line, without file paths or addresses. libtorch's messages go on
+    /// with a native backtrace naming install paths and addresses ("Exception raised from ... at /home/...:618").
+    /// </summary>
+    internal static string Scrub(string message)
+    {
+        string first = message.Split('\n', 2)[0].TrimEnd('\r');
+        first = Regex.Replace(first, @"(?:[A-Za-z]:)?(?:[\\/][^\s\\/:'""()]+){2,}[\\/]?(?::\d+)?", "<path>");
+        first = Regex.Replace(first, @"0x[0-9a-fA-F]{4,}", "<address>");
+        return first.Trim();
+    }
+
     private (int Status, string Message, string Type, string? Param, string? Code) Describe(Exception e) => e switch
     {
+        ClientError c => (c.Status, c.Message, "invalid_request_error", null, c.Code),
         BodyTooLarge => (413, $"the request body is larger than this server's limit of {_settings.MaxRequestBytes} bytes (--max-request-bytes).", "invalid_request_error", null, "request_too_large"),
         ServingException { Kind: ServingErrorKind.InvalidRequest } s => (400, s.Message, "invalid_request_error", s.Param, "invalid_value"),
         ServingException { Kind: ServingErrorKind.ModelNotFound } s => (404, s.Message, "invalid_request_error", s.Param, "model_not_found"),
@@ -252,7 +301,7 @@ internal sealed class ServeServer : IAsyncDisposable
         ServingException { Kind: ServingErrorKind.ShuttingDown } s => (503, s.Message, "server_error", null, "shutting_down"),
         UserInputException u => (400, u.Message, "invalid_request_error", null, "invalid_value"),
         OperationCanceledException => (503, "the request was cancelled: the server is shutting down.", "server_error", null, "shutting_down"),
-        _ => (500, $"internal error: {e.GetType().Name}: {e.Message}", "server_error", null, "internal_error"),
+        _ => (500, $"internal error: {e.GetType().Name}: {Scrub(e.Message)} (the whole error is on the server's stderr)", "server_error", null, "internal_error"),
     };
 
     private static Task Error(HttpContext ctx, int status, string message, string type, string? param, string? code) =>

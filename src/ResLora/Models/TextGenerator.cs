@@ -9,7 +9,20 @@ namespace ResLora.Models;
 public sealed record GenerationOptions
 {
     public int MaxNewTokens { get; init; } = 64;
+    /// <summary>0 = greedy; below <see cref="GreedyBelowTemperature"/> also greedy (see there); above it, sampling.</summary>
     public double Temperature { get; init; } = 0.0;
+
+    /// <summary>
+    /// Temperatures below this pick greedily, as temperature 0 does. Sampling divides the logits by the temperature in
+    /// float32: at 1e-38 and below the quotient overflows to infinity, softmax gives NaN and libtorch's multinomial throws
+    /// (which failed every row of a served batch). As the temperature goes to 0 sampling becomes the arg-max, so greedy is
+    /// the answer such a temperature asks for; 1e-5 leaves a wide margin (logits would have to exceed 3e33 to overflow).
+    /// One rule for <c>reslora generate --temperature</c> and the server's <c>temperature</c>.
+    /// </summary>
+    public const double GreedyBelowTemperature = 1e-5;
+
+    /// <summary>Whether tokens are picked by arg-max: temperature 0 or below <see cref="GreedyBelowTemperature"/>.</summary>
+    public bool Greedy => Temperature < GreedyBelowTemperature;
     /// <summary>Keep only the k most likely tokens; 0 disables.</summary>
     public int TopK { get; init; }
     /// <summary>Nucleus sampling: keep the smallest set of tokens whose probability reaches p; 1 disables.</summary>
@@ -145,8 +158,10 @@ public static class TextGenerator
     internal static int Pick(Tensor logits, GenerationOptions o, torch.Generator gen)
     {
         using var scope = torch.NewDisposeScope();
-        if (o.Temperature == 0) return (int)logits.argmax().item<long>();
-        var l = logits / o.Temperature;
+        if (o.Greedy) return (int)logits.argmax().item<long>();
+        // A repetition penalty near 0 (valid: > 0) divides positive logits into +inf; inf - inf in softmax is NaN and
+        // multinomial throws, failing every row of a served batch. Clamped, the tokens at the top share the mass.
+        var l = (logits / o.Temperature).nan_to_num(0.0, float.MaxValue, float.MinValue);
         if (o.TopK > 0 && o.TopK < l.shape[0])
         {
             var kth = l.topk(o.TopK).values[-1];
@@ -158,7 +173,10 @@ public static class TextGenerator
             var (sorted, idx) = probs.sort(-1, descending: true);
             var cum = sorted.cumsum(-1);
             // Drop a token when the mass before it already reaches p; the most likely token is always kept.
+            // A top_p below float32's smallest value (~1e-45) compares as 0, which would drop that token too (all-zero
+            // probabilities, NaN, multinomial throws): keep the first explicitly.
             var drop = (cum - sorted) >= o.TopP;
+            drop[0] = torch.tensor(false, device: drop.device);
             sorted = sorted.masked_fill(drop, 0.0);
             probs = torch.zeros_like(probs).scatter(-1, idx, sorted);
             probs = probs / probs.sum();

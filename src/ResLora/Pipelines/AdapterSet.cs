@@ -161,7 +161,7 @@ public sealed class AdapterSet : IDisposable
         }
         var outputs = Enumerable.Range(0, b).Select(_ => new List<int>()).ToArray();
         var stops = rows.Select(r => new HashSet<int>(r.Options.EosTokenIds)).ToArray();
-        var gens = rows.Select(r => r.Options.Temperature == 0 ? null : new torch.Generator((ulong)r.Options.Seed, Model.Device)).ToArray();
+        var gens = rows.Select(r => r.Options.Greedy ? null : new torch.Generator((ulong)r.Options.Seed, Model.Device)).ToArray();
         // The original indices of the rows in the batch, in batch order (also the KV cache's rows).
         var live = Enumerable.Range(0, b).Where(i => rows[i].Options.MaxNewTokens > 0).ToList();
         foreach (int i in Enumerable.Range(0, b).Except(live)) rows[i].OnFinished?.Invoke(outputs[i]);
@@ -192,7 +192,7 @@ public sealed class AdapterSet : IDisposable
                     int i = live[j];
                     var o = rows[i].Options;
                     var logits = o.RepetitionPenalty == 1.0 ? last[j] : TextGenerator.PenalizeRepeats(last[j], rows[i].Prompt.Concat(outputs[i]), o.RepetitionPenalty); // (vocab); the padding is not part of the sequence
-                    int t = o.Temperature == 0 ? (int)logits.argmax().item<long>() : TextGenerator.Pick(logits, o, gens[i]!);
+                    int t = o.Greedy ? (int)logits.argmax().item<long>() : TextGenerator.Pick(logits, o, gens[i]!);
                     outputs[i].Add(t);
                     context[i].Add(t);
                     mask[i].Add(1L);

@@ -202,7 +202,7 @@ public sealed class ServeTests : IClassFixture<ServingFixture>
     }
 
     /// <summary>A worker that stops before each batch until the test lets it go; <see cref="Entered"/> counts batches begun.</summary>
-    private sealed class Gate : IDisposable
+    internal sealed class Gate : IDisposable
     {
         private readonly ManualResetEventSlim _open = new(false);
         public SemaphoreSlim Entered { get; } = new(0);
@@ -225,7 +225,7 @@ public sealed class ServeTests : IClassFixture<ServingFixture>
         }
     }
 
-    private static async Task Until(Func<bool> condition)
+    internal static async Task Until(Func<bool> condition)
     {
         for (int i = 0; i < 6000 && !condition(); i++) await Task.Delay(10);
         Assert.True(condition(), "the condition did not hold within a minute");
@@ -310,7 +310,7 @@ public sealed class ServeTests : IClassFixture<ServingFixture>
         await Until(() => server.Model.Scheduler.Queued == 1);
 
         var stopping = server.StopAsync();
-        // New requests are refused with 503 (here through the library: the listener is closing).
+        // New requests are refused with 503 (here through the library; over HTTP in ServeHardeningTests).
         var refused = await Assert.ThrowsAsync<ServingException>(() => server.Model.CompleteAsync(new CompletionRequest { Model = _f.Name, Prompt = "late" }));
         Assert.Equal(ServingErrorKind.ShuttingDown, refused.Kind);
         Assert.False(stopping.IsCompleted);
