@@ -24,9 +24,10 @@ public sealed record TemplateBudget
 
     /// <summary>
     /// Evaluation steps per render: one per statement, expression and loop iteration, plus one per 64 characters or
-    /// items of every string or list the template builds (so building text counts as work too).
+    /// items of every string or list the template builds (so building text counts as work too). A ten-message
+    /// conversation takes a few thousand; two million take this engine about a second.
     /// </summary>
-    public long MaxSteps { get; init; } = 10_000_000;
+    public long MaxSteps { get; init; } = 2_000_000;
 
     /// <summary>Wall time per render.</summary>
     public TimeSpan MaxRenderTime { get; init; } = TimeSpan.FromSeconds(5);

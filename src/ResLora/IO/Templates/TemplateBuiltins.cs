@@ -84,6 +84,7 @@ internal static partial class TemplateBuiltins
                 if (step == 0) throw new TemplateRuntimeException("range() arg 3 must not be zero");
                 long count = checked(step > 0 ? (stop - start + step - 1) / step : (start - stop - step - 1) / -step);
                 if (count > MaxRange) throw new TemplateRuntimeException($"range() of {count} items is larger than the limit of {MaxRange}");
+                TemplateMeter.Current.Produce(Math.Max(count, 0), "range()");
                 var items = new List<object?>();
                 for (long i = 0; i < count; i++) items.Add(start + i * step);
                 return items;
