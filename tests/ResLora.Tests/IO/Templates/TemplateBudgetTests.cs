@@ -176,7 +176,7 @@ public sealed class TemplateBudgetTests
     [Fact]
     public void HugeSliceSteps_PickWhatPythonPicks()
     {
-        Assert.Equal("a c", Render("{{ 'abc'[0:3:9223372036854775807] }} {{ 'abc'[::-9223372036854775807] }}"));
+        Assert.Equal("a c b", Render("{{ 'abc'[0:3:9223372036854775807] }} {{ 'abc'[::-9223372036854775807] }} {{ 'abc'[1:3:9223372036854775807] }}"));
         Assert.Equal("[1]", Render("{{ [1, 2, 3][::9223372036854775807] }}"));
     }
 
