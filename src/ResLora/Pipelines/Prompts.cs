@@ -106,7 +106,16 @@ public static class Prompts
     public static ChatPrompt Chat(ITextTokenizer tokenizer, ChatFormat format, IReadOnlyList<ChatMessage> messages, System.Text.Json.Nodes.JsonArray? tools = null)
     {
         if (messages.Count == 0) throw new UserInputException("the conversation is empty; give --prompt or --messages.");
-        string text = format.RenderPrompt(messages, tools);
+        return ChatFromText(tokenizer, format, format.RenderPrompt(messages, tools));
+    }
+
+    /// <summary>
+    /// <see cref="Chat"/> for a prompt already rendered with <see cref="ChatFormat.RenderPrompt"/>: tokenizes it and
+    /// finds the stop tokens. Lets a caller that shares one tokenizer render the (untrusted, possibly slow) template
+    /// before it takes the tokenizer's lock.
+    /// </summary>
+    public static ChatPrompt ChatFromText(ITextTokenizer tokenizer, ChatFormat format, string text)
+    {
         var ids = tokenizer.Encode(text);
         if (ids.Count == 0) throw new UserInputException($"{format.Origin}: the conversation renders to no tokens.");
         var stops = tokenizer.EosTokenIds.ToList();

@@ -28,12 +28,13 @@ public sealed class ChatTemplate
     private readonly IReadOnlyList<Node> _body;
     private readonly TimeProvider _clock;
 
-    private ChatTemplate(string source, string? name, IReadOnlyList<Node> body, TimeProvider clock)
+    private ChatTemplate(string source, string? name, IReadOnlyList<Node> body, TimeProvider clock, TemplateBudget budget)
     {
         Source = source;
         Name = name;
         _body = body;
         _clock = clock;
+        Budget = budget;
     }
 
     /// <summary>The Jinja source as given.</summary>
@@ -42,15 +43,21 @@ public sealed class ChatTemplate
     /// <summary>The template's name ("default", "tool_use", ...), used in error messages; null when it has none.</summary>
     public string? Name { get; }
 
+    /// <summary>What one parse or render of this template may cost (nesting depth, steps, time, text size).</summary>
+    public TemplateBudget Budget { get; }
+
     /// <summary>Parses <paramref name="source"/>; unsupported constructs and syntax errors are reported here.</summary>
     /// <param name="source">The Jinja template text.</param>
     /// <param name="name">A name for error messages ("chat template 'default' line 3: ..."), or null.</param>
     /// <param name="clock">Where <c>strftime_now</c> reads the local date and time; the system clock when null.</param>
-    /// <exception cref="ChatTemplateException">The template has a syntax error or a construct outside the subset.</exception>
-    public static ChatTemplate Parse(string source, string? name = null, TimeProvider? clock = null)
+    /// <param name="budget">The limits on parsing and every render (<see cref="TemplateBudget.Default"/> when null).</param>
+    /// <exception cref="ChatTemplateException">The template has a syntax error, a construct outside the subset, or
+    /// nests deeper than <see cref="TemplateBudget.MaxDepth"/>.</exception>
+    public static ChatTemplate Parse(string source, string? name = null, TimeProvider? clock = null, TemplateBudget? budget = null)
     {
         ArgumentNullException.ThrowIfNull(source);
-        return new ChatTemplate(source, name, TemplateParser.Parse(source, name), clock ?? TimeProvider.System);
+        budget = (budget ?? TemplateBudget.Default).Validate();
+        return new ChatTemplate(source, name, TemplateParser.Parse(source, name, budget), clock ?? TimeProvider.System, budget);
     }
 
     /// <summary>Renders the template with <paramref name="variables"/> as its context.</summary>
@@ -61,7 +68,8 @@ public sealed class ChatTemplate
     /// </param>
     /// <returns>The rendered text.</returns>
     /// <exception cref="ChatTemplateRaisedException">The template called <c>raise_exception</c>.</exception>
-    /// <exception cref="ChatTemplateException">A runtime error, with the template line it happened on.</exception>
+    /// <exception cref="ChatTemplateException">A runtime error, or a limit of <see cref="Budget"/> exceeded, with the
+    /// template line it happened on.</exception>
     public string Render(IReadOnlyDictionary<string, object?> variables) => Render(variables, null);
 
     private string Render(IReadOnlyDictionary<string, object?> variables, List<(int Start, int End)>? generation)
@@ -69,7 +77,7 @@ public sealed class ChatTemplate
         ArgumentNullException.ThrowIfNull(variables);
         var globals = new Dictionary<string, object?>(StringComparer.Ordinal);
         foreach (var (key, value) in variables) globals[key] = TemplateValues.FromDotNet(value, key);
-        return TemplateRenderer.Render(_body, globals, Name, _clock, generation);
+        return TemplateRenderer.Render(_body, globals, Name, _clock, generation, Budget);
     }
 
     /// <summary>

@@ -26,7 +26,13 @@ internal sealed partial class TemplateParser
         return new ListExpr(line, items);
     }
 
-    private Expr ParseExpression(bool withCondition = true) => withCondition ? ParseCondition() : ParseOr();
+    private Expr ParseExpression(bool withCondition = true)
+    {
+        Nest(Cur.Line);
+        var expr = withCondition ? ParseCondition() : ParseOr();
+        Unnest();
+        return expr;
+    }
 
     private Expr ParseCondition()
     {
@@ -39,7 +45,9 @@ internal sealed partial class TemplateParser
             if (Cur.IsName("else"))
             {
                 Advance();
+                Nest(line);
                 otherwise = ParseCondition();
+                Unnest();
             }
             expr = new CondExpr(line, test, expr, otherwise);
         }
@@ -64,7 +72,10 @@ internal sealed partial class TemplateParser
     {
         if (!Cur.IsName("not")) return ParseCompare();
         int line = Advance().Line;
-        return new UnaryExpr(line, "not", ParseNot());
+        Nest(line);
+        var operand = ParseNot();
+        Unnest();
+        return new UnaryExpr(line, "not", operand);
     }
 
     private Expr ParseCompare()
@@ -142,7 +153,9 @@ internal sealed partial class TemplateParser
         if (Cur.IsOp("-") || Cur.IsOp("+"))
         {
             var op = Advance();
+            Nest(op.Line);
             node = new UnaryExpr(op.Line, op.Text, ParseUnary(withFilter: false));
+            Unnest();
         }
         else node = ParsePrimary();
         node = ParsePostfix(node);

@@ -81,10 +81,27 @@ internal static class PyFormat
     {
         var sb = new StringBuilder();
         WriteJson(sb, value, indent, ensureAscii, sortKeys, 0);
+        TemplateMeter.Current.Produce(sb.Length, "tojson's output");
         return sb.ToString();
     }
 
+    /// <summary>Stops tojson when its text passes the budget's value length (checked as it is written).</summary>
+    private static void CheckLength(StringBuilder sb) => TemplateMeter.Current.Limit(sb.Length, "tojson's output");
+
     private static void WriteJson(StringBuilder sb, object? v, string? indent, bool ascii, bool sort, int level)
+    {
+        if (v is List<object?> or OrderedDictionary<string, object?>)
+        {
+            // Nesting within the budget's depth, so a deeply nested value cannot overflow the stack.
+            var meter = TemplateMeter.Current;
+            meter.Enter();
+            WriteJsonCore(sb, v, indent, ascii, sort, level);
+            meter.Exit();
+        }
+        else WriteJsonCore(sb, v, indent, ascii, sort, level);
+    }
+
+    private static void WriteJsonCore(StringBuilder sb, object? v, string? indent, bool ascii, bool sort, int level)
     {
         switch (v)
         {
@@ -127,14 +144,23 @@ internal static class PyFormat
             else
             {
                 sb.Append(i == 0 ? "\n" : ",\n");
-                for (int k = 0; k <= level; k++) sb.Append(indent);
+                for (int k = 0; k <= level; k++)
+                {
+                    sb.Append(indent);
+                    CheckLength(sb);
+                }
             }
             item(i);
+            CheckLength(sb);
         }
         if (indent is not null)
         {
             sb.Append('\n');
-            for (int k = 0; k < level; k++) sb.Append(indent);
+            for (int k = 0; k < level; k++)
+            {
+                sb.Append(indent);
+                CheckLength(sb);
+            }
         }
         sb.Append(close);
     }

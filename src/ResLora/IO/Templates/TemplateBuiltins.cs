@@ -82,8 +82,9 @@ internal static partial class TemplateBuiltins
                 long stop = ToLong(a.Positional.Count == 1 ? a.Positional[0] : a.Positional[1]);
                 long step = a.Positional.Count > 2 ? ToLong(a.Positional[2]) : 1;
                 if (step == 0) throw new TemplateRuntimeException("range() arg 3 must not be zero");
-                long count = step > 0 ? (stop - start + step - 1) / step : (start - stop - step - 1) / -step;
+                long count = checked(step > 0 ? (stop - start + step - 1) / step : (start - stop - step - 1) / -step);
                 if (count > MaxRange) throw new TemplateRuntimeException($"range() of {count} items is larger than the limit of {MaxRange}");
+                TemplateMeter.Current.Produce(Math.Max(count, 0), "range()");
                 var items = new List<object?>();
                 for (long i = 0; i < count; i++) items.Add(start + i * step);
                 return items;
@@ -170,10 +171,19 @@ internal static partial class TemplateBuiltins
                 return Replace(s, Str(a.Get(0, "old", "")), Str(a.Get(1, "new", "")), a.Get(2, "count") is { } c ? ToLong(c) : -1);
             case "join":
                 a.Check("str.join()", "iterable");
-                return string.Join(s, Iterate(a.Get(0, "iterable")).Select(x => x is string t ? t
-                    : throw new TemplateRuntimeException($"str.join() expects strings, found '{TypeName(x)}'")));
+                return Join(s, Iterate(a.Get(0, "iterable")).Select(x => x is string t ? t
+                    : throw new TemplateRuntimeException($"str.join() expects strings, found '{TypeName(x)}'")).ToList(), "str.join()'s result");
         }
         throw new TemplateRuntimeException($"'str' object has no method '{name}'");
+    }
+
+    /// <summary>Joins <paramref name="parts"/>, its length checked against the budget before it is built.</summary>
+    public static string Join(string separator, List<string> parts, string what)
+    {
+        long length = parts.Count == 0 ? 0 : TemplateMeter.SafeMultiply(separator.Length, parts.Count - 1);
+        foreach (var p in parts) length = Math.Min(length + p.Length, long.MaxValue / 2);
+        TemplateMeter.Current.Produce(length, what);
+        return string.Join(separator, parts);
     }
 
     public static string Strip(string s, string? chars, bool left, bool right)
@@ -223,6 +233,8 @@ internal static partial class TemplateBuiltins
 
     public static string Replace(string s, string old, string replacement, long count)
     {
+        // Checked after every replacement, so 'x' * 10**7 | replace('x', 'y' * 10**7) stops at once.
+        var meter = TemplateMeter.Current;
         var sb = new StringBuilder();
         int from = 0;
         long done = 0;
@@ -233,7 +245,9 @@ internal static partial class TemplateBuiltins
             {
                 if (count < 0 || done < count) { sb.Append(replacement); done++; }
                 if (i < s.Length) sb.Append(s[i]);
+                if (replacement.Length > 0) meter.Limit(sb.Length, "the replaced string");
             }
+            meter.Produce(sb.Length, "the replaced string");
             return sb.ToString();
         }
         while (count < 0 || done < count)
@@ -241,10 +255,13 @@ internal static partial class TemplateBuiltins
             int k = s.IndexOf(old, from, StringComparison.Ordinal);
             if (k < 0) break;
             sb.Append(s, from, k - from).Append(replacement);
+            meter.Limit(sb.Length, "the replaced string");
             from = k + old.Length;
             done++;
         }
-        return sb.Append(s, from, s.Length - from).ToString();
+        sb.Append(s, from, s.Length - from);
+        meter.Produce(sb.Length, "the replaced string");
+        return sb.ToString();
     }
 
     public static string Capitalize(string s) => s.Length == 0 ? s : char.ToUpperInvariant(s[0]) + s[1..].ToLowerInvariant();

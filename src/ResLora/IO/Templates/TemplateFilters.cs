@@ -38,7 +38,7 @@ internal static partial class TemplateBuiltins
                 a.Check("the join filter", "d", "attribute");
                 var parts = Iterate(v);
                 if (a.Get(1, "attribute") is { } attr) parts = parts.Select(x => AttrPath(x, attr)).ToList();
-                return string.Join(Str(a.Get(0, "d", "")), parts.Select(Str));
+                return Join(Str(a.Get(0, "d", "")), parts.Select(Str).ToList(), "the join filter's result");
             case "first" or "last":
                 a.Check($"the {name} filter");
                 var all = Iterate(v);

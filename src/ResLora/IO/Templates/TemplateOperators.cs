@@ -14,11 +14,16 @@ internal static class TemplateOperators
         {
             switch (op)
             {
-                case "+" when a is string s && b is string t: return s + t;
-                case "+" when a is List<object?> x && b is List<object?> y: return x.Concat(y).ToList();
+                case "+" when a is string s && b is string t:
+                    TemplateMeter.Current.Produce((long)s.Length + t.Length, "a string '+'");
+                    return s + t;
+                case "+" when a is List<object?> x && b is List<object?> y:
+                    TemplateMeter.Current.Produce((long)x.Count + y.Count, "a list '+'");
+                    return x.Concat(y).ToList();
                 case "*" when a is string s && IsInt(b): return Repeat(s, ToLong(b));
                 case "*" when IsInt(a) && b is string s: return Repeat(s, ToLong(a));
-                case "*" when a is List<object?> x && IsInt(b): return Enumerable.Repeat(x, (int)Math.Clamp(ToLong(b), 0, 100_000)).SelectMany(l => l).ToList();
+                case "*" when a is List<object?> x && IsInt(b): return RepeatList(x, ToLong(b));
+                case "*" when IsInt(a) && b is List<object?> x: return RepeatList(x, ToLong(a));
                 case "%" when a is string: throw new TemplateRuntimeException("string formatting with '%' is not supported");
             }
             if (!IsNumber(a) || !IsNumber(b))
@@ -47,12 +52,7 @@ internal static class TemplateOperators
                     long r = ToLong(a) % ToLong(b);
                     return r != 0 && (r < 0) != (ToLong(b) < 0) ? r + ToLong(b) : r;
                 case "**":
-                    if (ints && ToLong(b) >= 0)
-                    {
-                        long result = 1, basis = ToLong(a);
-                        for (long i = 0; i < ToLong(b); i++) result = checked(result * basis);
-                        return result;
-                    }
+                    if (ints && ToLong(b) >= 0) return IntPower(ToLong(a), ToLong(b));
                     return Math.Pow(ToDouble(a), ToDouble(b));
             }
         }
@@ -90,10 +90,45 @@ internal static class TemplateOperators
 
     private static bool IsInt(object? v) => v is long or bool;
 
+    /// <summary>
+    /// <c>x ** n</c> for ints by squaring (at most 63 checked multiplications, however large <paramref name="n"/>), so
+    /// <c>2 ** 64</c> is an overflow error at once and <c>1 ** 9223372036854775807</c> is 1 at once.
+    /// </summary>
+    private static long IntPower(long basis, long n)
+    {
+        if (basis is 0 or 1) return n == 0 ? 1 : basis;
+        if (basis == -1) return (n & 1) == 0 ? 1 : -1;
+        long result = 1;
+        while (n > 0)
+        {
+            if ((n & 1) == 1) result = checked(result * basis);
+            n >>= 1;
+            if (n > 0) basis = checked(basis * basis);
+        }
+        return result;
+    }
+
+    /// <summary>Python's <c>str * n</c>; the length is checked (without wrapping) before anything is built.</summary>
     private static string Repeat(string s, long n)
     {
         if (n <= 0 || s.Length == 0) return "";
-        if (s.Length * n > 10_000_000) throw new TemplateRuntimeException("a repeated string would be longer than 10,000,000 characters");
-        return new StringBuilder(s.Length * (int)n).Insert(0, s, (int)n).ToString();
+        TemplateMeter.Current.Produce(TemplateMeter.SafeMultiply(s.Length, n), "a repeated string");
+        // Filled by doubling copies: StringBuilder.Insert(0, s, n) takes seconds for 10 M one-character copies.
+        return string.Create(s.Length * (int)n, s, static (span, unit) =>
+        {
+            unit.AsSpan().CopyTo(span);
+            for (int filled = unit.Length; filled < span.Length; filled *= 2)
+                span[..Math.Min(filled, span.Length - filled)].CopyTo(span[filled..]);
+        });
+    }
+
+    /// <summary>Python's <c>list * n</c>; the length is checked (without wrapping) before anything is built.</summary>
+    private static List<object?> RepeatList(List<object?> items, long n)
+    {
+        if (n <= 0 || items.Count == 0) return new List<object?>();
+        TemplateMeter.Current.Produce(TemplateMeter.SafeMultiply(items.Count, n), "a repeated list");
+        var result = new List<object?>(items.Count * (int)n);
+        for (long i = 0; i < n; i++) result.AddRange(items);
+        return result;
     }
 }

@@ -13,20 +13,36 @@ internal sealed partial class TemplateParser
 
     private readonly List<Token> _tokens;
     private readonly string? _name;
+    private readonly int _maxDepth;
     private int _i;
     private int _loopDepth;
+    private int _depth;
 
-    private TemplateParser(List<Token> tokens, string? name)
+    private TemplateParser(List<Token> tokens, string? name, TemplateBudget budget)
     {
         _tokens = tokens;
         _name = name;
+        _maxDepth = budget.MaxDepth;
     }
 
-    public static IReadOnlyList<Node> Parse(string source, string? name)
+    public static IReadOnlyList<Node> Parse(string source, string? name, TemplateBudget? budget = null)
     {
-        var parser = new TemplateParser(TemplateLexer.Tokenize(source, name), name);
+        var parser = new TemplateParser(TemplateLexer.Tokenize(source, name), name, budget ?? TemplateBudget.Default);
         return parser.ParseBody(Array.Empty<string>(), null, 0, out _);
     }
+
+    /// <summary>
+    /// Enters one level of the recursive descent (a block, a bracket, an operand of a prefix operator); the parse is
+    /// refused past <see cref="TemplateBudget.MaxDepth"/>, long before the thread's stack could overflow. A failed
+    /// parse is abandoned whole, so only the normal path calls <see cref="Unnest"/>.
+    /// </summary>
+    private void Nest(int line)
+    {
+        if (++_depth > _maxDepth || !System.Runtime.CompilerServices.RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            throw Error(line, $"the template nests blocks, brackets or operators deeper than the limit of {_maxDepth} levels (TemplateBudget.MaxDepth)");
+    }
+
+    private void Unnest() => _depth--;
 
     private Token Cur => _tokens[_i];
 
@@ -107,6 +123,14 @@ internal sealed partial class TemplateParser
     }
 
     private Node ParseStatement(Token tag, string? opener, int openerLine)
+    {
+        Nest(tag.Line);
+        var node = ParseStatementCore(tag, opener, openerLine);
+        Unnest();
+        return node;
+    }
+
+    private Node ParseStatementCore(Token tag, string? opener, int openerLine)
     {
         int line = tag.Line;
         switch (tag.Text)

@@ -14,15 +14,17 @@ internal sealed class TemplateRenderer
 
     private readonly string? _name;
     private readonly TimeProvider _clock;
+    private readonly TemplateMeter _meter;
     private readonly List<Dictionary<string, object?>> _frames = new();
     private StringBuilder _out = new();
     private readonly StringBuilder _root;
     private readonly List<(int Start, int End)>? _generation;
 
-    private TemplateRenderer(string? name, TimeProvider clock, Dictionary<string, object?> globals, List<(int Start, int End)>? generation)
+    private TemplateRenderer(string? name, TimeProvider clock, TemplateBudget budget, Dictionary<string, object?> globals, List<(int Start, int End)>? generation)
     {
         _name = name;
         _clock = clock;
+        _meter = new TemplateMeter(budget);
         _frames.Add(globals);
         _root = _out;
         _generation = generation;
@@ -30,14 +32,51 @@ internal sealed class TemplateRenderer
 
     /// <summary>
     /// Renders <paramref name="body"/>; when <paramref name="generation"/> is given, the output range of every
-    /// <c>{% generation %}</c> block written to the output (not into a block <c>set</c>) is added to it.
+    /// <c>{% generation %}</c> block written to the output (not into a block <c>set</c>) is added to it. The render
+    /// stops with a <see cref="ChatTemplateException"/> when it exceeds <paramref name="budget"/>.
     /// </summary>
     public static string Render(IReadOnlyList<Node> body, Dictionary<string, object?> globals, string? name, TimeProvider clock,
-        List<(int Start, int End)>? generation = null)
+        List<(int Start, int End)>? generation = null, TemplateBudget? budget = null)
     {
-        var renderer = new TemplateRenderer(name, clock, globals, generation);
-        renderer.Exec(body);
+        var renderer = new TemplateRenderer(name, clock, budget ?? TemplateBudget.Default, globals, generation);
+        using (renderer._meter.Install()) renderer.Exec(body);
         return renderer._out.ToString();
+    }
+
+    /// <summary>Counts <paramref name="steps"/> against the budget; the error names <paramref name="line"/>.</summary>
+    private void Step(int line, long steps = 1)
+    {
+        try
+        {
+            _meter.Step(steps);
+        }
+        catch (TemplateRuntimeException e)
+        {
+            throw new ChatTemplateException(_name, line, e.Message);
+        }
+    }
+
+    /// <summary>Enters one nesting level of the render; pair with <see cref="TemplateMeter.Exit"/> on the normal path.</summary>
+    private void Enter(int line)
+    {
+        try
+        {
+            _meter.Enter();
+        }
+        catch (TemplateRuntimeException e)
+        {
+            throw new ChatTemplateException(_name, line, e.Message);
+        }
+    }
+
+    /// <summary>Appends to the output (or a block set's text), within <see cref="TemplateBudget.MaxOutputLength"/>.</summary>
+    private void Write(int line, string text)
+    {
+        if (text.Length == 0) return;
+        if (_out.Length + (long)text.Length > _meter.Budget.MaxOutputLength)
+            throw new ChatTemplateException(_name, line, $"the rendered text would be longer than its budget of {_meter.Budget.MaxOutputLength:N0} characters (TemplateBudget.MaxOutputLength)");
+        Step(line, text.Length / TemplateBudget.CharsPerStep);
+        _out.Append(text);
     }
 
     private Flow Exec(IReadOnlyList<Node> nodes)
@@ -52,14 +91,26 @@ internal sealed class TemplateRenderer
 
     private Flow Exec(Node node)
     {
+        Enter(node.Line);
+        Step(node.Line);
+        var flow = ExecCore(node);
+        _meter.Exit();
+        return flow;
+    }
+
+    private Flow ExecCore(Node node)
+    {
         switch (node)
         {
             case TextNode t:
-                _out.Append(t.Text);
+                Write(t.Line, t.Text);
                 return Flow.Normal;
             case OutputNode o:
-                _out.Append(Str(Eval(o.Value)));
-                return Flow.Normal;
+                {
+                    var value = Eval(o.Value);
+                    Write(o.Line, value as string ?? Guard(o.Line, () => Str(value)));
+                    return Flow.Normal;
+                }
             case IfNode i:
                 foreach (var (test, body) in i.Branches)
                     if (Truthy(Eval(test))) return Exec(body);
@@ -105,6 +156,7 @@ internal sealed class TemplateRenderer
         var loop = new LoopInfo(items);
         for (int i = 0; i < items.Count; i++)
         {
+            Step(f.Line);
             loop.Index0 = i;
             var flow = WithFrame(frame =>
             {
@@ -189,11 +241,20 @@ internal sealed class TemplateRenderer
         }
         catch (OverflowException)
         {
-            throw new ChatTemplateException(_name, line, "integer overflow");
+            throw new ChatTemplateException(_name, line, "integer overflow: Python's integers are unbounded but a chat template's are 64-bit");
         }
     }
 
-    private object? Eval(Expr e) => e switch
+    private object? Eval(Expr e)
+    {
+        Enter(e.Line);
+        Step(e.Line);
+        var value = EvalCore(e);
+        _meter.Exit();
+        return value;
+    }
+
+    private object? EvalCore(Expr e) => e switch
     {
         ConstExpr c => c.Value,
         NameExpr n => Lookup(n.Name),
@@ -210,12 +271,31 @@ internal sealed class TemplateRenderer
         BinaryExpr b when b.Op == "and" => Eval(b.Left) is var l && !Truthy(l) ? l : Eval(b.Right),
         BinaryExpr b when b.Op == "or" => Eval(b.Left) is var l && Truthy(l) ? l : Eval(b.Right),
         BinaryExpr b => EvalOn(b.Line, Eval(b.Left), l => TemplateOperators.Binary(b.Op, l, Eval(b.Right))),
-        ConcatExpr c => string.Concat(c.Parts.Select(p => Str(Eval(p)))),
+        ConcatExpr c => EvalConcat(c),
         CompareExpr c => EvalCompare(c),
         CondExpr c => Truthy(Eval(c.Test)) ? Eval(c.Then)
             : c.Else is null ? new Undefined("the inline if-expression was false and has no else") : Eval(c.Else),
         _ => throw new InvalidOperationException($"unknown expression {e.GetType().Name}"),
     };
+
+    private string EvalConcat(ConcatExpr c)
+    {
+        var parts = new List<string>(c.Parts.Count);
+        long length = 0;
+        foreach (var p in c.Parts)
+        {
+            var v = Eval(p);
+            string part = v as string ?? Guard(p.Line, () => Str(v));
+            length += part.Length;
+            parts.Add(part);
+        }
+        // The parts are strings that already exist (each within the budget); only their join is new.
+        return Guard(c.Line, () =>
+        {
+            _meter.Produce(length, "a '~' concatenation");
+            return string.Concat(parts);
+        });
+    }
 
     /// <summary>Evaluates the operand first (its own errors name its own line), then the operation under <paramref name="line"/>.</summary>
     private object? EvalOn(int line, object? operand, Func<object?, object?> operation) => Guard(line, () => operation(operand));

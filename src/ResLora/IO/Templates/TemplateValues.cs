@@ -172,7 +172,6 @@ internal static class TemplateValues
         bool b => b ? "True" : "False",
         long l => l.ToString(CultureInfo.InvariantCulture),
         double d => PyFormat.Float(d),
-        TemplateNamespace n => "<Namespace " + Repr(n.Attributes) + ">",
         LoopInfo => "<LoopContext>",
         _ => Repr(v),
     };
@@ -180,13 +179,60 @@ internal static class TemplateValues
     /// <summary>Python's repr(): how lists and dicts print their items.</summary>
     public static string Repr(object? v)
     {
+        if (v is string s) return PyFormat.ReprString(s);
+        var sb = new StringBuilder();
+        var meter = TemplateMeter.Current;
+        ReprInto(sb, v, meter);
+        meter.Produce(sb.Length, "the printed value");
+        return sb.ToString();
+    }
+
+    /// <summary>
+    /// Writes repr(<paramref name="v"/>), within the budget's depth (a namespace may hold itself; printing it must
+    /// end) and value length (checked after every item, so a list of big strings stops early).
+    /// </summary>
+    private static void ReprInto(StringBuilder sb, object? v, TemplateMeter meter)
+    {
         switch (v)
         {
-            case string s: return PyFormat.ReprString(s);
-            case List<object?> list: return "[" + string.Join(", ", list.Select(Repr)) + "]";
+            case string s:
+                sb.Append(PyFormat.ReprString(s));
+                break;
+            case List<object?> list:
+                meter.Enter();
+                sb.Append('[');
+                for (int i = 0; i < list.Count; i++)
+                {
+                    if (i > 0) sb.Append(", ");
+                    ReprInto(sb, list[i], meter);
+                    meter.Limit(sb.Length, "the printed list");
+                }
+                sb.Append(']');
+                meter.Exit();
+                break;
             case OrderedDictionary<string, object?> d:
-                return "{" + string.Join(", ", d.Select(p => PyFormat.ReprString(p.Key) + ": " + Repr(p.Value))) + "}";
-            default: return Str(v);
+                meter.Enter();
+                sb.Append('{');
+                bool first = true;
+                foreach (var (key, value) in d)
+                {
+                    if (!first) sb.Append(", ");
+                    first = false;
+                    sb.Append(PyFormat.ReprString(key)).Append(": ");
+                    ReprInto(sb, value, meter);
+                    meter.Limit(sb.Length, "the printed dict");
+                }
+                sb.Append('}');
+                meter.Exit();
+                break;
+            case TemplateNamespace n:
+                sb.Append("<Namespace ");
+                ReprInto(sb, n.Attributes, meter);
+                sb.Append('>');
+                break;
+            default:
+                sb.Append(Str(v));
+                break;
         }
     }
 
@@ -194,6 +240,19 @@ internal static class TemplateValues
 
     /// <summary>Python's ==, with Jinja's rule that an undefined equals only another undefined.</summary>
     public static bool PyEquals(object? a, object? b)
+    {
+        if (a is List<object?> or OrderedDictionary<string, object?>)
+        {
+            var meter = TemplateMeter.Current;
+            meter.Enter();
+            bool equal = PyEqualsCore(a, b);
+            meter.Exit();
+            return equal;
+        }
+        return PyEqualsCore(a, b);
+    }
+
+    private static bool PyEqualsCore(object? a, object? b)
     {
         if (IsNumber(a) && IsNumber(b))
         {
@@ -224,8 +283,16 @@ internal static class TemplateValues
         if (a is string s && b is string t) return Math.Sign(string.CompareOrdinal(s, t));
         if (a is List<object?> x && b is List<object?> y)
         {
+            var meter = TemplateMeter.Current;
+            meter.Enter();
             for (int i = 0; i < Math.Min(x.Count, y.Count); i++)
-                if (!PyEquals(x[i], y[i])) return PyCompare(x[i], y[i], op);
+                if (!PyEquals(x[i], y[i]))
+                {
+                    int order = PyCompare(x[i], y[i], op);
+                    meter.Exit();
+                    return order;
+                }
+            meter.Exit();
             return x.Count.CompareTo(y.Count);
         }
         throw new TemplateRuntimeException($"'{op}' not supported between instances of '{TypeName(a)}' and '{TypeName(b)}'");
@@ -252,11 +319,17 @@ internal static class TemplateValues
     public static List<object?> Iterate(object? v) => v switch
     {
         List<object?> l => l,
-        string s => s.EnumerateRunes().Select(r => (object?)r.ToString()).ToList(),
+        string s => IterateString(s),
         OrderedDictionary<string, object?> d => d.Keys.Select(k => (object?)k).ToList(),
         Undefined => new List<object?>(),
         _ => throw new TemplateRuntimeException($"'{TypeName(v)}' object is not iterable"),
     };
+
+    private static List<object?> IterateString(string s)
+    {
+        TemplateMeter.Current.Produce(s.Length, "the list of a string's characters");
+        return s.EnumerateRunes().Select(r => (object?)r.ToString()).ToList();
+    }
 
     /// <summary><c>item in container</c>.</summary>
     public static bool Contains(object? container, object? item) => container switch
@@ -314,6 +387,8 @@ internal static class TemplateValues
         if (n < 0) return new Undefined($"'{TypeName(obj)} object' cannot be sliced");
         long st = step is null ? 1 : ToLong(step);
         if (st == 0) throw new TemplateRuntimeException("slice step cannot be zero");
+        // Any step longer than the sequence picks the same items; clamping it keeps 'i += st' below from wrapping.
+        st = Math.Clamp(st, -(long)n - 1, (long)n + 1);
         long lower = st > 0 ? 0 : -1, upper = st > 0 ? n : n - 1;
         long Bound(object? v, long absent)
         {

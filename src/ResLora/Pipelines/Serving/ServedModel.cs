@@ -138,12 +138,48 @@ public sealed class ServedModel : IDisposable
                 set.Add(name, dir, warn);
                 chat[name] = Prompts.ChatFormatFor(options.ModelDir, dir, options.ChatTemplate);
             }
+            foreach (var (name, format) in chat)
+                if (format is not null) TryChatTemplate(format, name.Length == 0 ? DefaultNameOf(options) : $"{DefaultNameOf(options)}:{name}");
             return new ServedModel(options, runtime, set, tokenizer, chat);
         }
         catch
         {
             set.Dispose();
             throw;
+        }
+    }
+
+    private static string DefaultNameOf(ServingOptions options) => options.Name ?? DefaultName(options.ModelDir);
+
+    /// <summary>
+    /// Parses and renders <paramref name="format"/>'s template once for a sample conversation (system, user, assistant,
+    /// user, with the generation prompt; without the system message when the template refuses that role), so a
+    /// template that fails or exceeds its budget stops the server at start-up instead of failing every chat request.
+    /// Also finds its end-of-turn token now, so no request renders the probe conversations.
+    /// </summary>
+    private static void TryChatTemplate(ChatFormat format, string modelId)
+    {
+        var sample = new[]
+        {
+            new ChatMessage("system", "You are a helpful assistant."), new ChatMessage("user", "Hello."),
+            new ChatMessage("assistant", "Hello! How can I help?"), new ChatMessage("user", "Tell me a joke."),
+        };
+        try
+        {
+            try
+            {
+                format.RenderPrompt(sample);
+            }
+            catch (ChatTemplateRaisedException)
+            {
+                format.RenderPrompt(sample[1..]);
+            }
+            _ = format.EndOfTurn;
+        }
+        catch (Exception e) when (e is ChatTemplateException or UserInputException)
+        {
+            throw new UserInputException($"the chat template of '{modelId}' ({format.Origin}) failed a trial render of a sample conversation at start-up, "
+                + $"so serve does not start: {e.Message} Fix the template, or give another with --chat-template NAME|FILE.");
         }
     }
 
@@ -221,17 +257,32 @@ public sealed class ServedModel : IDisposable
         Func<IReadOnlyList<int>, string> render;
         Func<IReadOnlyList<int>, bool>? templateStop = null;
         IReadOnlyList<string> stopTexts = r.Stop;
+        // The template runs before the tokenizer's lock is taken: it is untrusted input and may take up to its
+        // budget's time, which must not stall every other request's tokenizing and streaming.
+        ChatFormat? format = null;
+        string? rendered = null;
+        if (r.Messages is { } conversation)
+        {
+            if (conversation.Count == 0) Invalid("messages is empty; give at least one message.", "messages");
+            format = _chat[adapter ?? ""]
+                ?? throw new ServingException(ServingErrorKind.InvalidRequest, $"'{r.Model}' has no chat template (none in {_modelDir}/tokenizer_config.json{(adapter is null ? "" : " or recorded with the adapter")}); use /v1/completions, or start the server with --chat-template NAME|FILE.", "messages");
+            try
+            {
+                rendered = format.RenderPrompt(conversation);
+            }
+            catch (Exception e) when (e is UserInputException or ChatTemplateException)
+            {
+                throw new ServingException(ServingErrorKind.InvalidRequest, $"messages: {e.Message}", "messages");
+            }
+        }
         lock (_tokenizerLock)
         {
-            if (r.Messages is { } messages)
+            if (format is not null)
             {
-                if (messages.Count == 0) Invalid("messages is empty; give at least one message.", "messages");
-                var format = _chat[adapter ?? ""]
-                    ?? throw new ServingException(ServingErrorKind.InvalidRequest, $"'{r.Model}' has no chat template (none in {_modelDir}/tokenizer_config.json{(adapter is null ? "" : " or recorded with the adapter")}); use /v1/completions, or start the server with --chat-template NAME|FILE.", "messages");
                 ChatPrompt chat;
                 try
                 {
-                    chat = Prompts.Chat(_tokenizer, format, messages);
+                    chat = Prompts.ChatFromText(_tokenizer, format, rendered!);
                 }
                 catch (Exception e) when (e is UserInputException or ChatTemplateException)
                 {
