@@ -9,7 +9,7 @@ namespace ResLora.Cli;
 /// <summary><c>reslora serve</c>: an OpenAI-compatible HTTP server over one base model and named adapters (issue 18).</summary>
 internal static class ServeVerb
 {
-    public const string ApiKeyVariable = "RESLORA_API_KEY";
+    public const string ApiKeyVariable = ServeSettings.ApiKeyVariable;
 
     public static Command Build()
     {

@@ -19,6 +19,9 @@ namespace ResLora.Cli.Serve;
 /// <summary>How <c>reslora serve</c> listens and what it accepts.</summary>
 internal sealed record ServeSettings
 {
+    /// <summary>The environment variable that supplies the API key when <c>--api-key</c> is not given.</summary>
+    public const string ApiKeyVariable = "RESLORA_API_KEY";
+
     /// <summary>The address to bind: an IP address, or localhost (= 127.0.0.1).</summary>
     public string Host { get; init; } = "127.0.0.1";
 
@@ -46,7 +49,7 @@ internal sealed record ServeSettings
     /// <summary>A warning for a host other machines can reach without an API key, else null.</summary>
     internal string? ExposureWarning() =>
         ApiKey is null && !IPAddress.IsLoopback(Address())
-            ? $"--host {Host} accepts connections from other machines and no --api-key (or {ServeVerb.ApiKeyVariable}) is set: anyone who can reach this port can use the model. There is no TLS either; see docs/serving.md."
+            ? $"--host {Host} accepts connections from other machines and no --api-key (or {ApiKeyVariable}) is set: anyone who can reach this port can use the model. There is no TLS either; see docs/serving.md."
             : null;
 
     internal IPAddress Address() =>

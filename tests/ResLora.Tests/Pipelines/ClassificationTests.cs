@@ -12,6 +12,11 @@ using static TorchSharp.torch;
 
 namespace ResLora.Tests.Pipelines;
 
+/// <summary>
+/// Seeded training that asserts accuracies: run apart from tests drawing on torch's process-global RNG (the head's
+/// initialisation and dropout draw from it), so a parallel test cannot change the run (one such failure was seen under load).
+/// </summary>
+[Collection(TorchRngCollection.Name)]
 public sealed class ClassificationTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("reslora-cls-").FullName;
