@@ -63,12 +63,10 @@ internal static class DemoProgressDisplay
     {
         string what = p.Runs > 0 && p.Stage == "fine-tuning" ? $"run {p.Run}/{p.Runs} {p.RunLabel}" : p.Stage;
         if (p.Steps > 0) what += string.Create(CultureInfo.InvariantCulture, $" step {p.Step}/{p.Steps}");
-        string left = p.RemainingSeconds is { } r ? $" · about {Clock(r)} left" : "";
-        return $"{what} · {Clock(p.ElapsedSeconds)} elapsed{left}";
+        string left = p.RemainingSeconds is { } r ? $" · about {DemoProgress.Clock(r)} left" : "";
+        return $"{what} · {DemoProgress.Clock(p.ElapsedSeconds)} elapsed{left}";
     }
 
-    public static string Clock(double seconds) =>
-        seconds >= 60 ? string.Create(CultureInfo.InvariantCulture, $"{(int)(seconds / 60)} min {(int)(seconds % 60):00} s") : string.Create(CultureInfo.InvariantCulture, $"{seconds:0} s");
 
     private sealed class LineSink
     {

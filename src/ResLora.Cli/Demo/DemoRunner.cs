@@ -53,7 +53,12 @@ public sealed record DemoOptions
 /// step, the whole job's fraction done (training steps weighted by their batch size) and the estimated time left
 /// (elapsed × remaining ÷ done; null until something is done).
 /// </summary>
-public sealed record DemoProgress(string Stage, int Run, int Runs, string RunLabel, int Step, int Steps, double Fraction, double ElapsedSeconds, double? RemainingSeconds);
+public sealed record DemoProgress(string Stage, int Run, int Runs, string RunLabel, int Step, int Steps, double Fraction, double ElapsedSeconds, double? RemainingSeconds)
+{
+    /// <summary>A duration as the demo prints it: "4 min 05 s", or "42 s" under a minute.</summary>
+    public static string Clock(double seconds) =>
+        seconds >= 60 ? string.Create(CultureInfo.InvariantCulture, $"{(int)(seconds / 60)} min {(int)(seconds % 60):00} s") : string.Create(CultureInfo.InvariantCulture, $"{seconds:0} s");
+}
 
 /// <summary>One method at one setting: its run summary and the derived comparison numbers.</summary>
 public sealed record DemoRun(string Label, double Lr, double Alpha, TrainSummary Summary, string AdapterDir)
@@ -349,9 +354,7 @@ public static class DemoRunner
             return f > 0.005 && elapsed > 1 ? elapsed * (1 - f) / f : null;
         }
 
-        public string EtaText() => Remaining() is { } r ? $"; about {Clock(r)} left" : "";
-
-        public static string Clock(double seconds) => seconds >= 60 ? $"{(int)(seconds / 60)} min {(int)(seconds % 60):00} s" : $"{seconds:0} s";
+        public string EtaText() => Remaining() is { } r ? $"; about {DemoProgress.Clock(r)} left" : "";
 
         private void Emit() => sink?.Invoke(new DemoProgress(_stage, _run, _runs, _label, _step, _steps, Math.Clamp(_done / _total, 0, 1), clock.Elapsed.TotalSeconds, Remaining()));
     }
