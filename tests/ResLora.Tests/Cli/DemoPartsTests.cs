@@ -88,7 +88,7 @@ public sealed class DemoPartsTests
         {
             string path = Path.Combine(dir, "loss.png");
             var series = Enumerable.Range(0, 11).Select(i => new LossPlot.Series($"m{i}",
-                Enumerable.Range(1, 20).Select(s => (s * 10, 3.0 / s + 0.01 * i)).ToList(),
+                Enumerable.Range(1, 20).Select(s => (s * 10, 3.0 / s + 0.3 * i)).ToList(),
                 new List<(int, double)> { (100, 0.5 + 0.01 * i), (200, 0.2 + 0.01 * i) })).ToList();
             LossPlot.SaveComparison(path, series, "t", zoomCount: 3, width: 1000, height: 400);
             byte[] png = File.ReadAllBytes(path);
@@ -97,6 +97,22 @@ public sealed class DemoPartsTests
             Assert.Equal(1000, (png[16] << 24) | (png[17] << 16) | (png[18] << 8) | png[19]);
             Assert.Equal(400, (png[20] << 24) | (png[21] << 16) | (png[22] << 8) | png[23]);
             Assert.Empty(Directory.GetFiles(dir, ".*")); // no temp file left behind
+            // Category10 colours: m0 (blue, lowest loss) is drawn in both panels; m3 (red) is not among the three zoomed.
+            using var bmp = SkiaSharp.SKBitmap.Decode(path);
+            int Count(SkiaSharp.SKColor c, int from, int to)
+            {
+                int n = 0;
+                for (int x = from; x < to; x++)
+                    for (int y = 0; y < bmp.Height; y++)
+                        if (bmp.GetPixel(x, y) is var p && Math.Abs(p.Red - c.Red) + Math.Abs(p.Green - c.Green) + Math.Abs(p.Blue - c.Blue) < 12) n++;
+                return n;
+            }
+            var palette = new ScottPlot.Palettes.Category10();
+            SkiaSharp.SKColor Colour(int i) { var c = palette.GetColor(i); return new SkiaSharp.SKColor(c.R, c.G, c.B); }
+            SkiaSharp.SKColor blue = Colour(0), red = Colour(3);
+            Assert.True(Count(blue, 0, 500) > 50 && Count(blue, 500, 1000) > 50, "the best method in both panels");
+            Assert.True(Count(red, 0, 500) > 50, "every method in the left panel");
+            Assert.True(Count(red, 500, 1000) < 5, "only the three best in the zoom panel");
         }
         finally
         {
