@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using ResLora.Adapters;
+using ResLora.Models;
 using ResLora.Pipelines;
 using ResLora.Plots;
 using ResLora.Training;
@@ -145,7 +146,7 @@ internal static class TrainVerb
                         EvalDataPath = r.GetValue(evalData),
                         EvalFraction = r.GetValue(evalFraction),
                         Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)) { ChatTemplate = r.GetValue(chatTemplate) },
-                        Method = method.ReadSpec(r),
+                        Method = method.ReadSpec(r, ModelFamilies.OfFolder(dir) is { } family ? ModuleTargets.List(family.DefaultTargets.ToArray()) : null),
                         Runtime = runtime,
                         OutDir = outDir,
                         Resume = r.GetValue(resume),

@@ -24,7 +24,7 @@ public static class AdapterBench
         var cfg = shape.ToConfig();
         if (promptLength + newTokens > cfg.MaxPositionEmbeddings) throw new UserInputException($"--prompt-length + --new-tokens must stay within {cfg.MaxPositionEmbeddings} positions.");
         var plan = new MultiLoraPlan();
-        var model = new LlamaForCausalLM(cfg, plan, ScalarType.Float32, torch.CPU);
+        var model = ModelFamilies.CreateCausalLM(cfg, plan, ScalarType.Float32, torch.CPU);
         using var set = AdapterSet.Create(model, plan);
         model.InitializeWeights(seed);
         Directory.CreateDirectory(workDir);

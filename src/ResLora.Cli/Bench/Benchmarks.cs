@@ -71,7 +71,7 @@ public static class Benchmarks
     public static double StepFlops(BenchShape s, bool fullFineTune)
     {
         var c = s.ToConfig();
-        double n = LlamaForCausalLM.ExpectedWeights(c).Where(kv => kv.Value.Length == 2 && !kv.Key.Contains("embed", StringComparison.Ordinal)).Sum(kv => (double)kv.Value[0] * kv.Value[1]);
+        double n = ModelFamilies.ExpectedWeights(c).Where(kv => kv.Value.Length == 2 && !kv.Key.Contains("embed", StringComparison.Ordinal)).Sum(kv => (double)kv.Value[0] * kv.Value[1]);
         double forward = 2 * n * s.Tokens + 4.0 * s.Layers * s.Batch * (double)s.SeqLen * s.SeqLen * s.Hidden;
         return forward * (fullFineTune ? 3 : 2);
     }
@@ -83,7 +83,7 @@ public static class Benchmarks
     public static IReadOnlyList<StepTiming> TrainSteps(BenchShape shape, IReadOnlyList<(string Label, MethodSpec? Spec)> methods, int warmup, int rounds, long seed = 1)
     {
         var cfg = shape.ToConfig();
-        var runs = new List<(string Label, LlamaForCausalLM Model, optim.Optimizer Opt, Trainer Trainer, bool Full, List<double> Times, IDisposable? Gen)>();
+        var runs = new List<(string Label, CausalLM Model, optim.Optimizer Opt, Trainer Trainer, bool Full, List<double> Times, IDisposable? Gen)>();
         try
         {
             foreach (var (label, spec) in methods)
@@ -92,7 +92,7 @@ public static class Benchmarks
                 var gen = new torch.Generator((ulong)seed);
                 var setup = spec is null ? null : AdapterMethods.Build(spec);
                 ILinearFactory? factory = setup is null ? null : new AdapterPlan(setup.Config, gen);
-                var model = new LlamaForCausalLM(cfg, factory, ScalarType.Float32, torch.CPU);
+                var model = ModelFamilies.CreateCausalLM(cfg, factory, ScalarType.Float32, torch.CPU);
                 model.InitializeWeights(seed);
                 if (spec is not null)
                 {
@@ -141,9 +141,9 @@ public static class Benchmarks
     {
         var cfg = shape.ToConfig();
         using var gen = new torch.Generator((ulong)seed);
-        using var baseModel = new LlamaForCausalLM(cfg, null, ScalarType.Float32, torch.CPU);
+        using var baseModel = ModelFamilies.CreateCausalLM(cfg, null, ScalarType.Float32, torch.CPU);
         baseModel.InitializeWeights(seed);
-        using var adapted = new LlamaForCausalLM(cfg, new AdapterPlan(AdapterMethods.Build(method).Config, gen), ScalarType.Float32, torch.CPU);
+        using var adapted = ModelFamilies.CreateCausalLM(cfg, new AdapterPlan(AdapterMethods.Build(method).Config, gen), ScalarType.Float32, torch.CPU);
         adapted.InitializeWeights(seed);
         AdapterModel.OnBaseWeightsLoaded(adapted);
         using (torch.no_grad())
@@ -171,7 +171,7 @@ public static class Benchmarks
         var cfg = shape.ToConfig();
         using var gen = new torch.Generator((ulong)seed);
         var setup = spec is null ? null : AdapterMethods.Build(spec);
-        using var model = new LlamaForCausalLM(cfg, setup is null ? null : new AdapterPlan(setup.Config, gen), ScalarType.Float32, torch.CPU);
+        using var model = ModelFamilies.CreateCausalLM(cfg, setup is null ? null : new AdapterPlan(setup.Config, gen), ScalarType.Float32, torch.CPU);
         model.InitializeWeights(seed);
         if (spec is not null) AdapterModel.FreezeAllButAdapters(model);
         var found = AdapterModel.CollectCapabilities(model, (setup?.TrainingExtras?.Invoke(model) ?? Array.Empty<object>()).ToArray());

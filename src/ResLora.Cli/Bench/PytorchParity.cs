@@ -223,7 +223,7 @@ public static class PytorchParity
     /// <summary>Every projection of the decoder as the model asks its factory for it, from the base weights the config implies.</summary>
     private static IEnumerable<LinearSpec> LinearSpecs(ModelConfig cfg)
     {
-        var expected = LlamaForCausalLM.ExpectedWeights(cfg);
+        var expected = ModelFamilies.ExpectedWeights(cfg);
         foreach (var (key, shape) in expected)
         {
             if (shape.Length != 2 || key == "model.embed_tokens.weight" || !key.EndsWith(".weight", StringComparison.Ordinal)) continue;
@@ -289,12 +289,12 @@ public static class PytorchParity
         return new ParityRun("torchsharp", threads, losses, times) { LoadSeconds = loadSeconds };
     }
 
-    private static LlamaForCausalLM Build(ModelConfig cfg, MethodSpec method, long seed, out AdapterPlan plan)
+    private static CausalLM Build(ModelConfig cfg, MethodSpec method, long seed, out AdapterPlan plan)
     {
         torch.manual_seed(seed);
         using var gen = new torch.Generator((ulong)seed);
         plan = new AdapterPlan(AdapterMethods.Build(method).Config, gen);
-        var model = new LlamaForCausalLM(cfg, plan, ScalarType.Float32, torch.CPU);
+        var model = ModelFamilies.CreateCausalLM(cfg, plan, ScalarType.Float32, torch.CPU);
         model.InitializeWeights(seed);
         // B starts non-zero so that the adapter (and ResLoRA's shortcuts) shape the loss from step one.
         using (torch.no_grad())

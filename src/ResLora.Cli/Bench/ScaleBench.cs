@@ -91,7 +91,7 @@ public static class ScaleBench
         var written = config with { BosTokenId = bos?.Id, EosTokenIds = eos is null ? null : new[] { eos.Value.Id } };
         var weights = new List<LazyTensor>();
         var gen = new torch.Generator((ulong)seed);
-        foreach (var (name, shape) in LlamaForCausalLM.ExpectedWeights(config).OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        foreach (var (name, shape) in ModelFamilies.ExpectedWeights(config).OrderBy(kv => kv.Key, StringComparer.Ordinal))
         {
             weights.Add(new LazyTensor(name, dtype, shape, () =>
             {

@@ -49,7 +49,7 @@ public static class ServeBench
     {
         string modelDir = Path.Combine(workDir, "model");
         var cfg = shape.ToConfig() with { VocabSize = DemoTokenizerFiles.VocabSize, BosTokenId = DemoTokenizerFiles.BosId, EosTokenIds = new[] { DemoTokenizerFiles.EosId } };
-        using (var model = new LlamaForCausalLM(cfg, new PlainLinearFactory(), ScalarType.Float32, torch.CPU))
+        using (var model = ModelFamilies.CreateCausalLM(cfg, new PlainLinearFactory(), ScalarType.Float32, torch.CPU))
         {
             model.InitializeWeights(seed);
             ModelFolder.Save(modelDir, cfg, model.BaseParameters().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)));

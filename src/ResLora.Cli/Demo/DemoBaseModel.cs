@@ -106,7 +106,7 @@ public static class DemoBaseModel
             var tokenizer = TokenizerLoader.Load(tmp);
             var config = s.ToConfig();
             runtime.Apply();
-            using var model = new LlamaForCausalLM(config, null, runtime.ScalarType, runtime.TorchDevice);
+            using var model = ModelFamilies.CreateCausalLM(config, null, runtime.ScalarType, runtime.TorchDevice);
             model.InitializeWeights(s.Seed);
             var texts = DemoCorpus.PretrainTexts(s.PretrainTexts, s.Seed).Select(t => new TextExample("", t)).ToList();
             var tokenized = Tokenization.Tokenize(texts, tokenizer, 128).Examples;

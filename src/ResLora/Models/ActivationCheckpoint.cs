@@ -45,7 +45,7 @@ internal sealed class DecoderLayerCheckpoint : torch.autograd.SingleTensorFuncti
     public override string Name => nameof(DecoderLayerCheckpoint);
 
     /// <summary>The layer's output for x (batch, seq, hidden); x must require grad for the layer's parameters to get any.</summary>
-    public static Tensor Run(LlamaDecoderLayer layer, Tensor x, Tensor cos, Tensor sin, Tensor? mask) => apply(x, cos, sin, mask!, layer);
+    public static Tensor Run(IDecoderBlock layer, Tensor x, Tensor cos, Tensor sin, Tensor? mask) => apply(x, cos, sin, mask!, layer);
 
     public override Tensor forward(torch.autograd.AutogradContext ctx, params object[] vars)
     {
@@ -53,7 +53,7 @@ internal sealed class DecoderLayerCheckpoint : torch.autograd.SingleTensorFuncti
         var cos = (Tensor)vars[1];
         var sin = (Tensor)vars[2];
         var mask = vars[3] as Tensor;
-        var layer = (LlamaDecoderLayer)vars[4];
+        var layer = (IDecoderBlock)vars[4];
         ctx.save_data("layer", layer);
         using (var state = torch.get_rng_state()) ctx.save_data("rng", state.data<byte>().ToArray());
         ctx.save_for_backward(new List<Tensor> { x, cos, sin, mask! }); // a null mask is saved as an empty slot
@@ -62,7 +62,7 @@ internal sealed class DecoderLayerCheckpoint : torch.autograd.SingleTensorFuncti
 
     public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor grad_output)
     {
-        var layer = (LlamaDecoderLayer)ctx.get_data("layer");
+        var layer = (IDecoderBlock)ctx.get_data("layer");
         var rng = (byte[])ctx.get_data("rng");
         using var scope = torch.NewDisposeScope(); // first: the saved tensors' wrappers are freed with it
         var saved = ctx.get_saved_variables();

@@ -47,6 +47,11 @@ public sealed record ModelConfig
     /// <summary>Qwen2 has q/k/v biases but no such field: see <see cref="HasQkvBias"/>.</summary>
     [JsonPropertyName("attention_bias")] public bool AttentionBias { get; init; }
     [JsonPropertyName("mlp_bias")] public bool MlpBias { get; init; }
+    /// <summary>Mistral's attention window in tokens (null = full attention); Qwen2/Qwen3 use it only with <see cref="UseSlidingWindow"/>.</summary>
+    [JsonPropertyName("sliding_window")] public int? SlidingWindow { get; init; }
+    /// <summary>Qwen2/Qwen3: whether layers from <see cref="MaxWindowLayers"/> on attend within <see cref="SlidingWindow"/>.</summary>
+    [JsonPropertyName("use_sliding_window")] public bool UseSlidingWindow { get; init; }
+    [JsonPropertyName("max_window_layers")] public int? MaxWindowLayers { get; init; }
     [JsonPropertyName("torch_dtype")] public string? TorchDtype { get; init; }
     [JsonPropertyName("bos_token_id")] public int? BosTokenId { get; init; }
     /// <summary>An int or a list of ints in config.json.</summary>
@@ -73,6 +78,8 @@ public sealed record ModelConfig
     /// <summary>Rejects out-of-range or conflicting settings with a message that names the field.</summary>
     public void Validate(string source = "config.json")
     {
+        // The family first: an encoder or an unknown architecture is named as such, not as a wrong field.
+        var family = ModelFamilies.ForCausalLM(ModelType, source);
         static void Positive(string src, string field, long v)
         {
             if (v <= 0) throw new UserInputException($"{src}: '{field}' must be a positive integer, got {v}.");
@@ -102,6 +109,7 @@ public sealed record ModelConfig
                 throw new UserInputException($"{source}: 'rope_scaling.rope_type' '{kind}' is not supported; supported: default, linear, llama3.");
             if (!(rs.Factor > 0)) throw new UserInputException($"{source}: 'rope_scaling.factor' must be > 0, got {rs.Factor}.");
         }
+        family.CheckConfig(this, source);
     }
 
     internal static readonly JsonSerializerOptions JsonOptions = new()

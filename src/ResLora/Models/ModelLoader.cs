@@ -9,7 +9,7 @@ namespace ResLora.Models;
 public interface IModelLoadTransform
 {
     /// <summary>Applies itself when the model's config asks for it; otherwise does nothing.</summary>
-    void Apply(LlamaForCausalLM model);
+    void Apply(CausalLM model);
 }
 
 /// <summary>Builds a model from a Hugging Face folder, checks the weights against the config, loads them.</summary>
@@ -20,7 +20,7 @@ public static class ModelLoader
     /// <paramref name="factory"/> (the adapter plan; plain linears when null), then runs <paramref name="transforms"/> in
     /// order. Base weights are frozen.
     /// </summary>
-    public static LlamaForCausalLM Load(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null, IEnumerable<IModelLoadTransform>? transforms = null)
+    public static CausalLM Load(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null, IEnumerable<IModelLoadTransform>? transforms = null)
     {
         runtime.Apply();
         // config.json is checked against the stored shapes, and on the CPU the weights against the memory left, before
@@ -30,7 +30,7 @@ public static class ModelLoader
         using var _ = ckpt;
         // Building draws a float32 init per weight; without this, glibc keeps those blocks as free heap (see NativeHeap).
         using var heap = NativeHeap.ReturnLargeBlocks();
-        var model = new LlamaForCausalLM(config, factory, runtime.ScalarType, runtime.TorchDevice);
+        var model = ModelFamilies.CreateCausalLM(config, factory, runtime.ScalarType, runtime.TorchDevice);
         try
         {
             model.LoadWeights(ckpt);

@@ -32,5 +32,5 @@ public static class ModelPresets
 
     /// <summary>Parameters of a model of this config (every base weight once; a tied lm_head counts once).</summary>
     public static long ParameterCount(ModelConfig config) =>
-        LlamaForCausalLM.ExpectedWeights(config).Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
+        ModelFamilies.ExpectedWeights(config).Values.Sum(s => s.Aggregate(1L, (a, b) => a * b));
 }

@@ -92,7 +92,7 @@ public sealed record GenerationOptions
 public static class TextGenerator
 {
     /// <summary>Returns only the new token ids (the prompt is not repeated).</summary>
-    public static IReadOnlyList<int> Generate(LlamaForCausalLM model, IReadOnlyList<int> promptIds, GenerationOptions options, Action<int>? onToken = null)
+    public static IReadOnlyList<int> Generate(CausalLM model, IReadOnlyList<int> promptIds, GenerationOptions options, Action<int>? onToken = null)
     {
         options.Validate();
         if (promptIds.Count == 0)

@@ -12,14 +12,14 @@ namespace ResLora.Pipelines;
 /// </summary>
 public sealed class AdapterSet : IDisposable
 {
-    private AdapterSet(LlamaForCausalLM model, MultiLoraPlan plan)
+    private AdapterSet(CausalLM model, MultiLoraPlan plan)
     {
         Model = model;
         Plan = plan;
     }
 
     /// <summary>The shared base model; its ordinary forward (and <see cref="TextGenerator"/>) uses the <see cref="Active"/> adapter.</summary>
-    public LlamaForCausalLM Model { get; }
+    public CausalLM Model { get; }
 
     /// <summary>The factory the model was built with: the adapters and the routing.</summary>
     public MultiLoraPlan Plan { get; }
@@ -36,7 +36,7 @@ public sealed class AdapterSet : IDisposable
     }
 
     /// <summary>Wraps a model that was built with <paramref name="plan"/> as its linear factory (tests, applications that build models themselves).</summary>
-    public static AdapterSet Create(LlamaForCausalLM model, MultiLoraPlan plan)
+    public static AdapterSet Create(CausalLM model, MultiLoraPlan plan)
     {
         if (!ReferenceEquals(model.Factory, plan)) throw new ArgumentException("the model was not built with this MultiLoraPlan as its linear factory.", nameof(plan));
         model.eval();

@@ -76,24 +76,10 @@ public sealed record ClassifierTrainRequest
 public static class Classification
 {
     /// <summary>PEFT's default targets for BERT-family models.</summary>
-    public static readonly ModuleTargets DefaultTargets = ModuleTargets.List("query", "value");
+    public static readonly ModuleTargets DefaultTargets = ModuleTargets.List(BertFamily.Instance.DefaultTargets.ToArray());
 
     /// <summary>Whether the folder holds a BERT-family encoder (its config.json names bert/roberta/xlm-roberta).</summary>
-    public static bool IsEncoderFolder(string modelDir)
-    {
-        string path = Path.Combine(modelDir, "config.json");
-        if (!File.Exists(path)) return false;
-        try
-        {
-            using var doc = JsonDocument.Parse(File.ReadAllText(path));
-            return doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("model_type", out var t)
-                && t.ValueKind == JsonValueKind.String && EncoderConfig.IsEncoderType(t.GetString());
-        }
-        catch (JsonException)
-        {
-            return false;
-        }
-    }
+    public static bool IsEncoderFolder(string modelDir) => ModelFamilies.OfFolder(modelDir)?.Kind == ModelKind.Encoder;
 
     /// <summary>The folder's tokenizer, which must know how to frame single texts and pairs (BERT's or RoBERTa's specials).</summary>
     public static (ITextTokenizer Tokenizer, ISentencePairTokenizer Pairs) LoadTokenizer(string modelDir)

@@ -84,7 +84,7 @@ public static class ExportPipeline
 
         using var reference = ModelSessions.LoadWithAdapter(modelDir, adapterDir, runtime, out var plan, null, config);
         var adapters = AdapterModel.ByModulePath(reference);
-        LlamaForCausalLM? student = null;
+        CausalLM? student = null;
         FoldReport? foldReport = null;
         string route;
         LoraExportResult result;

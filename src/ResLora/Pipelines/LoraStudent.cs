@@ -14,7 +14,7 @@ public static class LoraStudent
     /// The base with LoRA layers of <paramref name="source"/>'s geometry (targets, ranks, α, rsLoRA) holding
     /// <paramref name="pairs"/> (module path → A (r, in), B (out, r)); every adapted module must have a pair.
     /// </summary>
-    public static LlamaForCausalLM Build(string modelDir, RuntimeOptions runtime, AdapterConfigBase source, IReadOnlyDictionary<string, (Tensor A, Tensor B)> pairs)
+    public static CausalLM Build(string modelDir, RuntimeOptions runtime, AdapterConfigBase source, IReadOnlyDictionary<string, (Tensor A, Tensor B)> pairs)
     {
         var config = source.AsLora() with { BaseModelNameOrPath = source.BaseModelNameOrPath, LoraDropout = 0 };
         var plan = new AdapterPlan(config);
@@ -58,7 +58,7 @@ public static class Distillation
     /// (AdamW, cosine schedule with 10% warm-up), the teacher evaluated without gradients on each batch. Returns the mean
     /// KL of the first and the last step.
     /// </summary>
-    public static (double FirstKl, double LastKl) Run(LlamaForCausalLM teacher, LlamaForCausalLM student, IReadOnlyList<TokenizedExample> data, int padId,
+    public static (double FirstKl, double LastKl) Run(CausalLM teacher, CausalLM student, IReadOnlyList<TokenizedExample> data, int padId,
         int steps, double learningRate = DefaultLearningRate, int batchSize = 8, long seed = 0)
     {
         if (steps < 1) throw new UserInputException($"--distill must be at least 1 step, got {steps}.");

@@ -91,7 +91,7 @@ public static class MergePipeline
         Run(modelDir, adapterDir, runtime, probeIds, options, warn, (_, report) => report);
 
     private static MergeReport Run(string modelDir, string adapterDir, RuntimeOptions runtime, Tensor probeIds, MergeOptions options, Action<string>? warn,
-        Func<LlamaForCausalLM, MergeReport, MergeReport> finish)
+        Func<CausalLM, MergeReport, MergeReport> finish)
     {
         var (outDtype, dtypeSource) = OutputDtype(modelDir, options.OutputDtype);
         var config = ModelSessions.ReadAdapterConfig(adapterDir, warn);
@@ -109,7 +109,7 @@ public static class MergePipeline
         using (torch.no_grad()) referenceProbe = reference.forward(probeIds).to_type(ScalarType.Float32).DetachFromDisposeScope();
         using var _ = referenceProbe;
         var tried = new List<MergeCandidateReport>();
-        LlamaForCausalLM? best = null;
+        CausalLM? best = null;
         (string? Label, double Score, MergeCandidateReport Report) bestInfo = (null, double.MaxValue, null!);
         try
         {
@@ -189,8 +189,8 @@ public static class MergePipeline
     }
 
     /// <summary>The merged model of one candidate: the ls fold's (distilled) LoRA merged, or the adapter merged its own way.</summary>
-    private static (LlamaForCausalLM Model, FoldReport? Fold) MergedCandidate(string modelDir, string adapterDir, RuntimeOptions runtime, AdapterConfigBase candidate,
-        LlamaForCausalLM reference, AdapterPlan referencePlan, FoldingTexts texts, ITextTokenizer? tokenizer, int pad, MergeOptions options)
+    private static (CausalLM Model, FoldReport? Fold) MergedCandidate(string modelDir, string adapterDir, RuntimeOptions runtime, AdapterConfigBase candidate,
+        CausalLM reference, AdapterPlan referencePlan, FoldingTexts texts, ITextTokenizer? tokenizer, int pad, MergeOptions options)
     {
         if (candidate is ResLoraConfig { MergeKind: ResLoraMergeKind.LeastSquares })
         {

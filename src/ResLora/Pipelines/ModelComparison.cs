@@ -50,7 +50,7 @@ public static class ModelComparison
     /// both models' losses on the labels (<see cref="Trainer.CausalLmLoss"/>). Logits are compared in float32 whatever
     /// the models' dtype; only one batch's logits are held at a time. Each batch is disposed once it is used.
     /// </summary>
-    public static ComparisonReport Compare(LlamaForCausalLM reference, LlamaForCausalLM candidate, IEnumerable<TrainBatch> batches)
+    public static ComparisonReport Compare(CausalLM reference, CausalLM candidate, IEnumerable<TrainBatch> batches)
     {
         if (reference.Config.VocabSize != candidate.Config.VocabSize)
             throw new UserInputException($"the candidate model's vocabulary ({candidate.Config.VocabSize}) differs from the reference's ({reference.Config.VocabSize}); only models with the same tokenizer can be compared.");
@@ -127,7 +127,7 @@ public static class ModelComparison
     /// Tokenizes the held-out examples (<see cref="Tokenization.Tokenize"/>: labels only on completions of
     /// prompt/completion examples), batches them in order with the tokenizer's pad id (as evaluation does) and compares.
     /// </summary>
-    public static ComparisonReport Compare(LlamaForCausalLM reference, LlamaForCausalLM candidate, ITextTokenizer tokenizer, IReadOnlyList<TextExample> heldOut, int seqLen = 256, int batchSize = 8)
+    public static ComparisonReport Compare(CausalLM reference, CausalLM candidate, ITextTokenizer tokenizer, IReadOnlyList<TextExample> heldOut, int seqLen = 256, int batchSize = 8)
     {
         if (batchSize < 1) throw new UserInputException($"--batch-size must be at least 1, got {batchSize}.");
         var tok = Tokenization.Tokenize(heldOut, tokenizer, seqLen);
@@ -155,7 +155,7 @@ public static class ModelComparison
     public static void Save(ComparisonReport r, string path) =>
         AtomicFile.WriteAllText(path, JsonSerializer.Serialize(r, Json));
 
-    private static Tensor Run(LlamaForCausalLM model, TrainBatch batch, Device to) =>
+    private static Tensor Run(CausalLM model, TrainBatch batch, Device to) =>
         On(model.forward(On(batch.InputIds, model.Device), On(batch.AttentionMask, model.Device)), to);
 
     private static Tensor On(Tensor t, Device device) =>

@@ -13,7 +13,7 @@ public static class ModelSessions
     /// (RoLoRA's online Hadamard, a quantized folder's activation quantizers) applied. With <c>--base-bits</c> the decoder
     /// linears' base weights are packed as each is loaded (<see cref="PackedFormats"/>).
     /// </summary>
-    public static LlamaForCausalLM LoadBase(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null) =>
+    public static CausalLM LoadBase(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null) =>
         ModelLoader.Load(modelDir, runtime, WithPackedBase(factory, runtime), RecordedTransforms.Recorded);
 
     /// <summary>The factory that builds the runtime's base storage: <paramref name="factory"/> itself for a full-precision base.</summary>
@@ -47,11 +47,11 @@ public static class ModelSessions
     /// Builds the model with the adapter's plan (read from adapter_config.json, or <paramref name="config"/> when given,
     /// e.g. with another merge kind) and loads the adapter tensors. The adapter's method may refuse the base (RoLoRA).
     /// </summary>
-    public static LlamaForCausalLM LoadWithAdapter(string modelDir, string adapterDir, RuntimeOptions runtime, Action<string>? warn = null, AdapterConfigBase? config = null) =>
+    public static CausalLM LoadWithAdapter(string modelDir, string adapterDir, RuntimeOptions runtime, Action<string>? warn = null, AdapterConfigBase? config = null) =>
         LoadWithAdapter(modelDir, adapterDir, runtime, out _, warn, config);
 
     /// <summary>As <see cref="LoadWithAdapter(string, string, RuntimeOptions, Action{string}?, AdapterConfigBase?)"/>, also giving the plan (its layer builder holds method state, e.g. ResLoRA's chains).</summary>
-    public static LlamaForCausalLM LoadWithAdapter(string modelDir, string adapterDir, RuntimeOptions runtime, out AdapterPlan plan, Action<string>? warn = null, AdapterConfigBase? config = null)
+    public static CausalLM LoadWithAdapter(string modelDir, string adapterDir, RuntimeOptions runtime, out AdapterPlan plan, Action<string>? warn = null, AdapterConfigBase? config = null)
     {
         config ??= ReadAdapterConfig(adapterDir, warn);
         plan = new AdapterPlan(config);
@@ -68,7 +68,7 @@ public static class ModelSessions
     /// Finishes a model built with adapter layers: <paramref name="fill"/> puts the adapter state in, then only adapter
     /// parameters stay trainable and the model is in eval mode. On any failure the model is disposed.
     /// </summary>
-    public static LlamaForCausalLM WithAdapters(LlamaForCausalLM model, Action<LlamaForCausalLM> fill)
+    public static CausalLM WithAdapters(CausalLM model, Action<CausalLM> fill)
     {
         try
         {
@@ -85,6 +85,6 @@ public static class ModelSessions
     }
 
     /// <summary>The base alone, or the base with the adapter in <paramref name="adapterDir"/> when given.</summary>
-    public static LlamaForCausalLM Load(string modelDir, string? adapterDir, RuntimeOptions runtime, Action<string>? warn = null) =>
+    public static CausalLM Load(string modelDir, string? adapterDir, RuntimeOptions runtime, Action<string>? warn = null) =>
         adapterDir is null ? LoadBase(modelDir, runtime) : LoadWithAdapter(modelDir, adapterDir, runtime, warn);
 }

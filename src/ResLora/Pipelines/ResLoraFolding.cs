@@ -35,7 +35,7 @@ public static class ResLoraFolding
     /// <param name="distillSteps">0 = least squares only.</param>
     /// <param name="seed">Seed of the distillation's batch order.</param>
     /// <param name="distillLearningRate">Peak AdamW learning rate of the distillation.</param>
-    public static (LlamaForCausalLM Student, FoldReport Report) ToLora(LlamaForCausalLM teacher, AdapterPlan plan, string modelDir, RuntimeOptions runtime,
+    public static (CausalLM Student, FoldReport Report) ToLora(CausalLM teacher, AdapterPlan plan, string modelDir, RuntimeOptions runtime,
         IReadOnlyList<TokenizedExample> calibration, int padId, int distillSteps = 0, long seed = 0, double distillLearningRate = Distillation.DefaultLearningRate,
         IReadOnlyList<TokenizedExample>? distillation = null)
     {
@@ -81,7 +81,7 @@ public static class ResLoraFolding
     /// The adapter's fully trained modules (modules_to_save, e.g. lm_head) belong to the folded model too: the student is
     /// built from the base, so it takes the teacher's copies (before any distillation, which then fits the same head).
     /// </summary>
-    private static void CopySavedModules(AdapterConfigBase config, LlamaForCausalLM teacher, LlamaForCausalLM student)
+    private static void CopySavedModules(AdapterConfigBase config, CausalLM teacher, CausalLM student)
     {
         if (config.ModulesToSave is not { Count: > 0 }) return;
         var target = student.named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);

@@ -14,7 +14,7 @@ public static class SavedModuleParameters
     /// The model's base parameters inside the plan config's modules_to_save, by parameter path. Each name must match a
     /// base module that holds no adapter and is not packed; a tied lm_head has no weight of its own.
     /// </summary>
-    public static IReadOnlyDictionary<string, Parameter> Resolve(LlamaForCausalLM model, AdapterPlan plan)
+    public static IReadOnlyDictionary<string, Parameter> Resolve(CausalLM model, AdapterPlan plan)
     {
         var config = plan.Config;
         var found = new Dictionary<string, Parameter>(StringComparer.Ordinal);

@@ -51,7 +51,7 @@ public static class ModelQuantizer
     private static readonly string[][] Groups = { new[] { "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj" }, new[] { "self_attn.o_proj" }, new[] { "mlp.gate_proj", "mlp.up_proj" }, new[] { "mlp.down_proj" } };
 
     /// <summary>The decoder linears by full module name, in layer and group order.</summary>
-    public static IReadOnlyList<(string Name, nn.Module<Tensor, Tensor> Module)> DecoderLinears(LlamaForCausalLM model)
+    public static IReadOnlyList<(string Name, nn.Module<Tensor, Tensor> Module)> DecoderLinears(CausalLM model)
     {
         var all = model.named_modules().ToDictionary(m => m.name, m => m.module, StringComparer.Ordinal);
         var list = new List<(string, nn.Module<Tensor, Tensor>)>();
@@ -69,7 +69,7 @@ public static class ModelQuantizer
     /// Quantizes the weights in place (fake quant) and installs activation quantizers; dispose the result to remove the
     /// activation hooks (weights stay quantized). <paramref name="calibration"/> (token id batches) is needed for GPTQ.
     /// </summary>
-    public static IDisposable Apply(LlamaForCausalLM model, QuantizeOptions o, IReadOnlyList<Tensor>? calibration = null)
+    public static IDisposable Apply(CausalLM model, QuantizeOptions o, IReadOnlyList<Tensor>? calibration = null)
     {
         o.Validate();
         var baseParams = model.BaseParameters();
@@ -95,7 +95,7 @@ public static class ModelQuantizer
         return new Hooks(hooks);
     }
 
-    private static void Gptq(LlamaForCausalLM model, IReadOnlyDictionary<string, TorchSharp.Modules.Parameter> baseParams, QuantizeOptions o, IReadOnlyList<Tensor> calibration)
+    private static void Gptq(CausalLM model, IReadOnlyDictionary<string, TorchSharp.Modules.Parameter> baseParams, QuantizeOptions o, IReadOnlyList<Tensor> calibration)
     {
         var modules = DecoderLinears(model).ToDictionary(x => x.Name, x => x.Module, StringComparer.Ordinal);
         model.eval();
@@ -140,14 +140,14 @@ public static class ModelQuantizer
     }
 
     /// <summary>Installs the activation quantizers a quantized folder's config records (weights are stored quantized already).</summary>
-    public static void ApplyRecorded(LlamaForCausalLM model)
+    public static void ApplyRecorded(CausalLM model)
     {
         if (QuantizationRecord.FromConfig(model.Config) is not { ABits: < 16 } rec) return;
         foreach (var (_, m) in DecoderLinears(model)) m.register_forward_pre_hook((_, x) => Quantizers.Activation(x, rec.ABits));
     }
 
     /// <summary>Kurtosis of each decoder linear's input over the given batches (one value per distinct input: q/k/v share one, gate/up share one).</summary>
-    public static IReadOnlyList<(string Module, double Kurtosis)> InputKurtosis(LlamaForCausalLM model, IReadOnlyList<Tensor> batches)
+    public static IReadOnlyList<(string Module, double Kurtosis)> InputKurtosis(CausalLM model, IReadOnlyList<Tensor> batches)
     {
         var inputs = new Dictionary<string, List<Tensor>>(StringComparer.Ordinal);
         var hooks = new List<Action>();

@@ -130,10 +130,10 @@ public static class RoLoraRotation
     }
 
     /// <summary>Applies what a rotated model's config asks of the live model: the online Hadamard before every down_proj.</summary>
-    public static void ApplyOnline(LlamaForCausalLM model)
+    public static void ApplyOnline(CausalLM model)
     {
         if (RotationRecord.FromConfig(model.Config) is not { OnlineHadamardDownProj: true } rec) return;
-        foreach (var layer in model.Layers) layer.Mlp.DownProjInputTransform = z => Hadamard.Apply(z, rec.Seed);
+        foreach (var layer in model.Blocks) layer.DownProjInputTransform = z => Hadamard.Apply(z, rec.Seed);
     }
 }
 
@@ -148,7 +148,7 @@ public sealed class RecordedTransforms : IModelLoadTransform
 
     private RecordedTransforms() { }
 
-    public void Apply(LlamaForCausalLM model)
+    public void Apply(CausalLM model)
     {
         RoLoraRotation.ApplyOnline(model);
         ModelQuantizer.ApplyRecorded(model);

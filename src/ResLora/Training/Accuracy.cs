@@ -23,7 +23,7 @@ public sealed record ExactMatchAnswer(int Index, string Prompt, string Reference
 public static class Accuracy
 {
     /// <summary>Fraction of examples answered correctly (see <see cref="Accuracy"/> for the rule); NaN for none.</summary>
-    public static double ExactMatch(LlamaForCausalLM model, ITextTokenizer tok, IReadOnlyList<TextExample> examples, int maxNewTokens) =>
+    public static double ExactMatch(CausalLM model, ITextTokenizer tok, IReadOnlyList<TextExample> examples, int maxNewTokens) =>
         Score(Answers(model, tok, examples, maxNewTokens));
 
     /// <summary>Fraction of <paramref name="answers"/> that are correct; NaN for none.</summary>
@@ -31,11 +31,11 @@ public static class Accuracy
         answers.Count == 0 ? double.NaN : (double)answers.Count(a => a.Correct) / answers.Count;
 
     /// <summary>Every example's answer, in order.</summary>
-    public static IReadOnlyList<ExactMatchAnswer> Answers(LlamaForCausalLM model, ITextTokenizer tok, IReadOnlyList<TextExample> examples, int maxNewTokens) =>
+    public static IReadOnlyList<ExactMatchAnswer> Answers(CausalLM model, ITextTokenizer tok, IReadOnlyList<TextExample> examples, int maxNewTokens) =>
         examples.Select((ex, i) => Answer(model, tok, ex.Prompt, ex.Completion, maxNewTokens) with { Index = i }).ToList();
 
     /// <summary>The answer to one prompt and whether it matches <paramref name="reference"/>.</summary>
-    public static ExactMatchAnswer Answer(LlamaForCausalLM model, ITextTokenizer tok, string prompt, string reference, int maxNewTokens)
+    public static ExactMatchAnswer Answer(CausalLM model, ITextTokenizer tok, string prompt, string reference, int maxNewTokens)
     {
         var ids = new List<int>();
         if (tok.AddBosToken && tok.BosTokenId is { } bos) ids.Add(bos);

@@ -13,7 +13,7 @@ public sealed record EvalResult(int Examples, int LossTokens, double Loss, doubl
 public static class Evaluation
 {
     /// <summary>Token-weighted mean loss over batches (eval mode, no gradients); the model's mode is restored.</summary>
-    public static (double Loss, double Perplexity, int Tokens) Loss(LlamaForCausalLM model, IEnumerable<TrainBatch> batches, int maxBatches = 0)
+    public static (double Loss, double Perplexity, int Tokens) Loss(CausalLM model, IEnumerable<TrainBatch> batches, int maxBatches = 0)
     {
         bool wasTraining = model.training;
         using var noGrad = torch.no_grad();
@@ -48,7 +48,7 @@ public static class Evaluation
     /// The whole evaluation of <c>reslora eval</c>: loss/perplexity on every example, exact-match accuracy (the rule of
     /// <see cref="Accuracy"/>, as train's periodic evaluation) on up to <paramref name="accuracyLimit"/> prompt/completion examples.
     /// </summary>
-    public static EvalResult Run(LlamaForCausalLM model, ITextTokenizer tokenizer, IReadOnlyList<TextExample> examples, int seqLen, int batchSize, int maxNewTokens, int accuracyLimit)
+    public static EvalResult Run(CausalLM model, ITextTokenizer tokenizer, IReadOnlyList<TextExample> examples, int seqLen, int batchSize, int maxNewTokens, int accuracyLimit)
     {
         var tok = Tokenization.Tokenize(examples, tokenizer, seqLen);
         if (tok.Examples.Count == 0) throw new UserInputException("no example is left to evaluate after tokenization (check --seq-len).");

@@ -33,7 +33,7 @@ public interface ITrainTask
 
 /// <summary>Causal language modelling: masked next-token loss, perplexity, exact-match accuracy of greedy answers.</summary>
 public sealed class CausalLmTask(
-    LlamaForCausalLM model,
+    CausalLM model,
     ITextTokenizer tokenizer,
     IReadOnlyList<TokenizedExample> train,
     IReadOnlyList<TokenizedExample>? eval = null,

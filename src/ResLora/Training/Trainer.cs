@@ -49,7 +49,7 @@ public sealed record EvalReport(int Step, double Loss, double Perplexity, double
 public sealed class Trainer
 {
     private readonly nn.Module _model;
-    private readonly LlamaForCausalLM? _lm;
+    private readonly CausalLM? _lm;
     private readonly Func<TrainBatch, Tensor> _forward;
     private readonly TrainOptions _o;
     private readonly IReadOnlyList<Parameter> _params;
@@ -62,10 +62,10 @@ public sealed class Trainer
     /// <summary>
     /// A trainer of <paramref name="model"/>'s trainable parameters. <paramref name="loss"/> is the task loss of a batch from
     /// the model's logits; distillation passes its KL to a teacher here. Without it the loss is the masked next-token
-    /// cross-entropy with the LM head applied in chunks (<see cref="LlamaForCausalLM.CausalLmLoss"/>), so the batch's
+    /// cross-entropy with the LM head applied in chunks (<see cref="CausalLM.CausalLmLoss"/>), so the batch's
     /// logits never exist.
     /// </summary>
-    public Trainer(LlamaForCausalLM model, TrainOptions options, IEnumerable<object> capabilities, Func<Tensor, TrainBatch, (Tensor Loss, long Tokens)>? loss = null)
+    public Trainer(CausalLM model, TrainOptions options, IEnumerable<object> capabilities, Func<Tensor, TrainBatch, (Tensor Loss, long Tokens)>? loss = null)
         : this(model,
             loss is null ? b => model.HiddenStates(b.InputIds, b.AttentionMask) : b => model.forward(b.InputIds, b.AttentionMask),
             options, capabilities, loss ?? ((hidden, batch) => model.CausalLmLoss(hidden, batch.Labels)))

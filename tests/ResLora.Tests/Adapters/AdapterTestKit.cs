@@ -55,10 +55,10 @@ internal static class AdapterTestKit
     /// <paramref name="reference"/>'s base weights with <paramref name="config"/>'s adapters attached (optionally on a packed
     /// base), everything but the adapters frozen, each adapter perturbed so every factor gets a gradient; in train mode.
     /// </summary>
-    public static LlamaForCausalLM AdaptedCopy(LlamaForCausalLM reference, AdapterConfigBase config, IPackedWeightFormat? packed = null, ScalarType dtype = ScalarType.Float32)
+    public static CausalLM AdaptedCopy(CausalLM reference, AdapterConfigBase config, IPackedWeightFormat? packed = null, ScalarType dtype = ScalarType.Float32)
     {
         var plan = new AdapterPlan(config, new Generator(21)) { PackedBase = packed };
-        var m = new LlamaForCausalLM(reference.Config, plan, dtype, CPU);
+        var m = ModelFamilies.CreateCausalLM(reference.Config, plan, dtype, CPU);
         var src = reference.BaseParameters();
         m.LoadWeights(n => src[n]);
         AdapterModel.OnBaseWeightsLoaded(m);

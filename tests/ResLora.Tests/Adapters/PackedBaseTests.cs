@@ -85,12 +85,12 @@ public sealed class PackedBaseTests(ITestOutputHelper output)
         var c = TinyModels.Config() with { HiddenSize = 128, IntermediateSize = 256 };
         using var reference = TinyModels.Build(c, seed: 4);
         long fp32 = StoredBytes(reference);
-        long linears32 = LlamaForCausalLM.ExpectedWeights(c).Where(kv => kv.Key.Contains(".layers.") && kv.Value.Length == 2).Sum(kv => kv.Value[0] * kv.Value[1] * 4);
+        long linears32 = ModelFamilies.ExpectedWeights(c).Where(kv => kv.Key.Contains(".layers.") && kv.Value.Length == 2).Sum(kv => kv.Value[0] * kv.Value[1] * 4);
         var whole = new Dictionary<string, double>();
         var linears = new Dictionary<string, double>();
         foreach (var f in new[] { PackedFormats.Int8, PackedFormats.Nf4, PackedFormats.Int4 })
         {
-            using var m = new LlamaForCausalLM(c, new PlainLinearFactory(f), ScalarType.Float32, CPU);
+            using var m = ModelFamilies.CreateCausalLM(c, new PlainLinearFactory(f), ScalarType.Float32, CPU);
             var src = reference.BaseParameters();
             m.LoadWeights(n => src[n]);
             // No parameter of any decoder linear's weight remains: each is a packed module.
@@ -131,8 +131,8 @@ public sealed class PackedBaseTests(ITestOutputHelper output)
         using var ids = TinyModels.RandomIds(4, 24, c.VocabSize, seed: 3);
         var f = PackedFormats.For(RuntimeOptions.ParseBaseBits(format));
         double[] fp = Train(Adapted(c, reference, null), ids);
-        using var dequantized = new LlamaForCausalLM(c, null, ScalarType.Float32, CPU);
-        using (var packed = new LlamaForCausalLM(c, new PlainLinearFactory(f), ScalarType.Float32, CPU))
+        using var dequantized = ModelFamilies.CreateCausalLM(c, null, ScalarType.Float32, CPU);
+        using (var packed = ModelFamilies.CreateCausalLM(c, new PlainLinearFactory(f), ScalarType.Float32, CPU))
         {
             var src = reference.BaseParameters();
             packed.LoadWeights(n => src[n]);
@@ -152,18 +152,18 @@ public sealed class PackedBaseTests(ITestOutputHelper output)
         Assert.True(worst <= curveTolerance, $"{format}: max |loss − float32 loss| {worst:0.00000} > {curveTolerance}");
     }
 
-    private static LlamaForCausalLM Adapted(ModelConfig c, LlamaForCausalLM reference, IPackedWeightFormat? format)
+    private static CausalLM Adapted(ModelConfig c, CausalLM reference, IPackedWeightFormat? format)
     {
         var cfg = new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ModuleTargets.AllLinear };
         var plan = new AdapterPlan(cfg, new Generator(17)) { PackedBase = format };
-        var m = new LlamaForCausalLM(c, plan, ScalarType.Float32, CPU);
+        var m = ModelFamilies.CreateCausalLM(c, plan, ScalarType.Float32, CPU);
         var src = reference.BaseParameters();
         m.LoadWeights(n => src[n]);
         AdapterModel.FreezeAllButAdapters(m);
         return m;
     }
 
-    private static double[] Train(LlamaForCausalLM m, Tensor ids, int steps = 8)
+    private static double[] Train(CausalLM m, Tensor ids, int steps = 8)
     {
         using var _ = m;
         using var opt = torch.optim.AdamW(m.parameters().Where(p => p.requires_grad).ToList(), 1e-2, weight_decay: 0);

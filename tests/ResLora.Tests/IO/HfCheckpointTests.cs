@@ -12,7 +12,7 @@ public sealed class HfCheckpointTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private static IEnumerable<KeyValuePair<string, torch.Tensor>> Weights(LlamaForCausalLM m) =>
+    private static IEnumerable<KeyValuePair<string, torch.Tensor>> Weights(CausalLM m) =>
         m.BaseParameters().Select(kv => new KeyValuePair<string, torch.Tensor>(kv.Key, kv.Value));
 
     [Theory]

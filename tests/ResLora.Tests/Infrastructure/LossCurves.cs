@@ -7,7 +7,7 @@ namespace ResLora.Tests.Infrastructure;
 /// <summary>A few optimizer steps of the causal-LM loss on one batch, returning each step's loss: the curves tests compare.</summary>
 internal static class LossCurves
 {
-    public static double[] Train(LlamaForCausalLM m, torch.Tensor ids, torch.optim.Optimizer opt, int steps = 8)
+    public static double[] Train(CausalLM m, torch.Tensor ids, torch.optim.Optimizer opt, int steps = 8)
     {
         m.train();
         var losses = new double[steps];

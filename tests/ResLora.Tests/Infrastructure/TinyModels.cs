@@ -26,9 +26,9 @@ internal static class TinyModels
     };
 
     /// <summary>A model with random (non-trivial) weights: norms and biases are randomised too, so they are checked.</summary>
-    public static LlamaForCausalLM Build(ModelConfig config, long seed = 1, ILinearFactory? factory = null, ScalarType dtype = ScalarType.Float32)
+    public static CausalLM Build(ModelConfig config, long seed = 1, ILinearFactory? factory = null, ScalarType dtype = ScalarType.Float32)
     {
-        var model = new LlamaForCausalLM(config, factory, dtype, torch.CPU);
+        var model = ModelFamilies.CreateCausalLM(config, factory, dtype, torch.CPU);
         model.InitializeWeights(seed, std: 0.2);
         using var noGrad = torch.no_grad();
         using var gen = new torch.Generator((ulong)seed + 1000);

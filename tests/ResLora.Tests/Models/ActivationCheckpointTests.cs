@@ -23,7 +23,7 @@ public sealed class ActivationCheckpointTests
         AdapterMethods.Build(new MethodSpec { Method = method, Rank = 4, Alpha = 8, Dropout = dropout, Targets = ModuleTargets.AllLinear, TotalSteps = 10 }).Config;
 
     /// <summary>A model with the method on every decoder linear, its adapter perturbed so that every factor gets a gradient.</summary>
-    private static LlamaForCausalLM Build(LlamaForCausalLM reference, string method, double dropout, bool checkpoint, IPackedWeightFormat? packed = null)
+    private static CausalLM Build(CausalLM reference, string method, double dropout, bool checkpoint, IPackedWeightFormat? packed = null)
     {
         var m = AdaptedCopy(reference, Config(method, dropout), packed);
         m.GradientCheckpointing = checkpoint;
@@ -34,7 +34,7 @@ public sealed class ActivationCheckpointTests
     /// One forward/backward under seed 5; the loss, the gradients by name, the next draw of the global generator, and how
     /// often layer 0's q_proj ran (twice per step when its layer is recomputed).
     /// </summary>
-    private static (float Loss, Dictionary<string, Tensor?> Grads, float NextDraw, int QProjCalls) Step(LlamaForCausalLM m, Tensor ids)
+    private static (float Loss, Dictionary<string, Tensor?> Grads, float NextDraw, int QProjCalls) Step(CausalLM m, Tensor ids)
     {
         var q = (nn.Module<Tensor, Tensor>)m.named_modules().Single(x => x.name == "model.layers.0.self_attn.q_proj").module;
         int calls = 0;
@@ -84,7 +84,7 @@ public sealed class ActivationCheckpointTests
         // The recompute replayed the saved generator state and restored the run's: the next draw is the plain run's.
         Assert.Equal(a.NextDraw, b.NextDraw);
         // ResLoRA's norm windows count graph-building forwards only: one push per step either way.
-        var stats = (LlamaForCausalLM m) => AdapterModel.FindAdapters(m).Select(x => x.Adapter).OfType<ResLoraLinear>().Select(l => (l.WindowCount, l.InputNormMean)).ToList();
+        var stats = (CausalLM m) => AdapterModel.FindAdapters(m).Select(x => x.Adapter).OfType<ResLoraLinear>().Select(l => (l.WindowCount, l.InputNormMean)).ToList();
         Assert.Equal(stats(plain), stats(ckpt));
         if (method.StartsWith("reslora", StringComparison.Ordinal)) Assert.All(stats(ckpt), s => Assert.Equal(1, s.WindowCount));
         foreach (var g in a.Grads.Values.Concat(b.Grads.Values)) g?.Dispose();
@@ -127,7 +127,7 @@ public sealed class ActivationCheckpointTests
     public void ResLora_IsAndMs_RefuseCheckpointing_WithTheReason(string method, string structure)
     {
         var c = TinyModels.Config();
-        using var m = new LlamaForCausalLM(c, new AdapterPlan(Config(method, 0)), ScalarType.Float32, CPU);
+        using var m = ModelFamilies.CreateCausalLM(c, new AdapterPlan(Config(method, 0)), ScalarType.Float32, CPU);
         var e = Assert.Throws<UserInputException>(() => m.GradientCheckpointing = true);
         Assert.StartsWith("--grad-checkpoint: ResLoRA's " + structure + " structure passes live tensors", e.Message);
         Assert.Contains("spec §7.3", e.Message);

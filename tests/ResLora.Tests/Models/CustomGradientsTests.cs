@@ -16,7 +16,7 @@ namespace ResLora.Tests.Models;
 [Collection("global torch generator")]
 public sealed class CustomGradientsTests
 {
-    private static LlamaForCausalLM Build(int layers, bool checkpoint)
+    private static CausalLM Build(int layers, bool checkpoint)
     {
         var c = TinyModels.Config() with { NumHiddenLayers = layers };
         using var reference = TinyModels.Build(c, seed: 6);

@@ -142,11 +142,11 @@ public sealed class LlamaForCausalLMTests
         var c = TinyModels.Config(qkvBias: true);
         using var model = TinyModels.Build(c);
         var keys = model.state_dict().Keys.OrderBy(k => k, StringComparer.Ordinal).ToArray();
-        var expected = LlamaForCausalLM.ExpectedWeights(c).Keys.OrderBy(k => k, StringComparer.Ordinal).ToArray();
+        var expected = ModelFamilies.ExpectedWeights(c).Keys.OrderBy(k => k, StringComparer.Ordinal).ToArray();
         Assert.Equal(expected, keys);
         Assert.Contains("model.layers.1.self_attn.q_proj.bias", keys);
         Assert.Contains("model.layers.0.mlp.down_proj.weight", keys);
-        Assert.Equal(new long[] { 16, 32 }, LlamaForCausalLM.ExpectedWeights(c)["model.layers.0.self_attn.k_proj.weight"]);
+        Assert.Equal(new long[] { 16, 32 }, ModelFamilies.ExpectedWeights(c)["model.layers.0.self_attn.k_proj.weight"]);
         using var tied = TinyModels.Build(TinyModels.Config(tied: true));
         Assert.DoesNotContain("lm_head.weight", tied.state_dict().Keys);
     }

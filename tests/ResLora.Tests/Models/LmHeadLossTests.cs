@@ -16,7 +16,7 @@ namespace ResLora.Tests.Models;
 [Collection("global torch generator")]
 public sealed class LmHeadLossTests
 {
-    private static LlamaForCausalLM Build(LlamaForCausalLM reference, string targets, double dropout, IPackedWeightFormat? packed = null, ScalarType dtype = ScalarType.Float32) =>
+    private static CausalLM Build(CausalLM reference, string targets, double dropout, IPackedWeightFormat? packed = null, ScalarType dtype = ScalarType.Float32) =>
         AdaptedCopy(reference, AdapterMethods.Build(new MethodSpec { Method = "lora", Rank = 4, Alpha = 8, Dropout = dropout, Targets = ModuleTargets.List(targets.Split(',')), TotalSteps = 10 }).Config, packed, dtype);
 
     /// <summary>Labels: the ids with a prompt-like masked prefix on row 0 and padding-like masked tail on row 1.</summary>
@@ -28,7 +28,7 @@ public sealed class LmHeadLossTests
         return labels;
     }
 
-    private static (double Loss, long Tokens, Dictionary<string, Tensor> Grads) Run(LlamaForCausalLM m, Tensor ids, Tensor labels, bool chunked, double scale = 1.0)
+    private static (double Loss, long Tokens, Dictionary<string, Tensor> Grads) Run(CausalLM m, Tensor ids, Tensor labels, bool chunked, double scale = 1.0)
     {
         m.zero_grad();
         using var scope = torch.NewDisposeScope();

@@ -30,7 +30,7 @@ public sealed class LoadChecksTests : IDisposable
     public void Load_WhenTheWeightsExceedTheAvailableMemory_IsRefusedNamingFolderEstimateAndBfloat16()
     {
         string dir = TinyFolder();
-        long need = LoadChecks.EstimateBytes(LlamaForCausalLM.ExpectedWeights(TinyModels.Config()), torch.ScalarType.Float32);
+        long need = LoadChecks.EstimateBytes(ModelFamilies.ExpectedWeights(TinyModels.Config()), torch.ScalarType.Float32);
         AvailableMemory.Override = () => new MemoryReading(need - 1, "a test");
         var e = Assert.Throws<UserInputException>(() => ModelSessions.LoadBase(dir, new RuntimeOptions()).Dispose());
         Assert.Contains(dir, e.Message);

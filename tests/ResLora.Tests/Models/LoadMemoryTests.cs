@@ -36,7 +36,7 @@ public sealed class LoadMemoryTests : IDisposable
     {
         string dir = Path.Combine(_dir, "model");
         using var gen = new torch.Generator(5);
-        var weights = LlamaForCausalLM.ExpectedWeights(Config)
+        var weights = ModelFamilies.ExpectedWeights(Config)
             .Select(kv => new LazyTensor(kv.Key, ScalarType.BFloat16, kv.Value, () => torch.randn(kv.Value, generator: gen).mul_(0.02).to_type(ScalarType.BFloat16)))
             .ToList();
         ModelFolder.Save(dir, Config, weights, shardBytes);
@@ -85,7 +85,7 @@ public sealed class LoadMemoryTests : IDisposable
     {
         string dir = WriteModel(shardBytes: 16_000_000);
         using var ckpt = HfCheckpoint.Open(dir);
-        using var model = new LlamaForCausalLM(Config, null, ScalarType.Float32, torch.CPU);
+        using var model = ModelFamilies.CreateCausalLM(Config, null, ScalarType.Float32, torch.CPU);
         model.LoadWeights(ckpt);
         using var again = HfCheckpoint.Open(dir);
         foreach (var (name, param) in model.BaseParameters())

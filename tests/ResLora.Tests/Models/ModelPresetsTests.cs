@@ -31,7 +31,7 @@ public sealed class ModelPresetsTests
         Assert.True(c.HasQkvBias);
         Assert.Equal(1_000_000.0, c.RopeTheta);
         Assert.Equal(1e-6, c.RmsNormEps);
-        Assert.Contains("model.layers.0.self_attn.k_proj.bias", LlamaForCausalLM.ExpectedWeights(c).Keys);
+        Assert.Contains("model.layers.0.self_attn.k_proj.bias", ModelFamilies.ExpectedWeights(c).Keys);
     }
 
     [Fact]

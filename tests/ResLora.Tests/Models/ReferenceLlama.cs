@@ -81,12 +81,22 @@ internal static class ReferenceLlama
         for (int l = 0; l < c.NumHiddenLayers; l++)
         {
             string p = $"model.layers.{l}.";
+            // Sliding window (modeling_mistral / modeling_qwen2): key j is hidden from query i when i - j >= window.
+            int? window = c.ModelType switch
+            {
+                "mistral" => c.SlidingWindow,
+                "qwen2" or "qwen3" when c.UseSlidingWindow && l >= (c.MaxWindowLayers ?? 0) => c.SlidingWindow,
+                _ => null,
+            };
+            var hidden = window is int wnd ? causal.logical_or(torch.ones(t, t).tril(-wnd).to_type(ScalarType.Bool)) : causal;
             var hn = Norm(x, p + "input_layernorm.weight");
-            var q = Rope(Lin(hn, p + "self_attn.q_proj").view(t, nH, h).transpose(0, 1));
-            var k = Rope(Lin(hn, p + "self_attn.k_proj").view(t, nKv, h).transpose(0, 1)).repeat_interleave(nH / nKv, 0);
+            // Qwen3: q_norm / k_norm, an RMSNorm over head_dim of each head, before rotary.
+            Tensor HeadNorm(Tensor v, string name) => w.ContainsKey(name) ? Norm(v, name) : v;
+            var q = Rope(HeadNorm(Lin(hn, p + "self_attn.q_proj").view(t, nH, h), p + "self_attn.q_norm.weight").transpose(0, 1));
+            var k = Rope(HeadNorm(Lin(hn, p + "self_attn.k_proj").view(t, nKv, h), p + "self_attn.k_norm.weight").transpose(0, 1)).repeat_interleave(nH / nKv, 0);
             var v = Lin(hn, p + "self_attn.v_proj").view(t, nKv, h).transpose(0, 1).repeat_interleave(nH / nKv, 0);
             var scores = q.matmul(k.transpose(1, 2)) / Math.Sqrt(h);
-            scores = scores.masked_fill(causal, double.NegativeInfinity);
+            scores = scores.masked_fill(hidden, double.NegativeInfinity);
             var att = scores.softmax(-1).matmul(v).transpose(0, 1).reshape(t, nH * h);
             x = x + Lin(att, p + "self_attn.o_proj");
             var hm = Norm(x, p + "post_attention_layernorm.weight");

@@ -33,7 +33,7 @@ public sealed class AdapterSetTests : IClassFixture<MultiAdapterFixture>
     }
 
     /// <summary>The single-adapter model of today's code path (LoraLinear/DoraLinear), or the plain base for null.</summary>
-    private LlamaForCausalLM Reference(string? adapter) =>
+    private CausalLM Reference(string? adapter) =>
         adapter is null ? ModelSessions.LoadBase(_f.ModelDir, new RuntimeOptions()) : ModelSessions.LoadWithAdapter(_f.ModelDir, _f.Dir(adapter), new RuntimeOptions());
 
     private static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && MaxAbsDiff(a, b) == 0;

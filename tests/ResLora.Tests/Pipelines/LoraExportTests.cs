@@ -128,7 +128,7 @@ public sealed class LoraExportTests : IDisposable
     }
 
     /// <summary>A tiny model folder, and a model built with <paramref name="cfg"/>, base loaded, adapters perturbed.</summary>
-    private (string ModelDir, LlamaForCausalLM Model, ModelConfig Config) Prepare(AdapterConfigBase cfg, long seed, bool qkvBias = false)
+    private (string ModelDir, CausalLM Model, ModelConfig Config) Prepare(AdapterConfigBase cfg, long seed, bool qkvBias = false)
     {
         var c = TinyModels.Config(qkvBias: qkvBias);
         string modelDir = Path.Combine(_dir, "model");
@@ -143,7 +143,7 @@ public sealed class LoraExportTests : IDisposable
         return (modelDir, model, c);
     }
 
-    private static Tensor Logits(LlamaForCausalLM m, Tensor ids)
+    private static Tensor Logits(CausalLM m, Tensor ids)
     {
         using var _ = torch.no_grad();
         return m.forward(ids).detach();
@@ -193,7 +193,7 @@ public sealed class LoraExportTests : IDisposable
     }
 
     /// <summary>Reloads the export as LoRA: LoraLinear layers of the expected ranks, scaling 1, ΔW = the exported B·A.</summary>
-    private static LlamaForCausalLM Reload(string modelDir, string exportDir, LoraExportResult r)
+    private static CausalLM Reload(string modelDir, string exportDir, LoraExportResult r)
     {
         var m = ModelSessions.LoadWithAdapter(modelDir, exportDir, new RuntimeOptions());
         var adapters = AdapterModel.ByModulePath(m);

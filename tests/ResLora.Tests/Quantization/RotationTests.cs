@@ -134,7 +134,7 @@ public sealed class RotationTests : IDisposable
         Assert.Contains("not rotated", Assert.Throws<UserInputException>(() => ModelSessions.LoadWithAdapter(src, adapter, new RuntimeOptions()).Dispose()).Message);
 
         // Without R4's online half the rotated model breaks as well.
-        foreach (var layer in b.Layers) layer.Mlp.DownProjInputTransform = null;
+        foreach (var layer in b.Blocks) layer.DownProjInputTransform = null;
         using (var lb = b.forward(ids)) Assert.True((la - lb).abs().max().item<float>() > 1e-2);
         // Rotating a second time is refused: the record in config.json guards it.
         Assert.Throws<UserInputException>(() => RoLoraRotation.RotateFolder(dst, Path.Combine(_dir, "twice"), seed: 4));

@@ -11,10 +11,10 @@ namespace ResLora.Tests.Training;
 /// <summary>--dtype bfloat16: the frozen base in bf16, adapters and optimizer state in float32 (PEFT's autocast_adapter_dtype).</summary>
 public sealed class Bf16BaseTests(ITestOutputHelper output)
 {
-    private static LlamaForCausalLM Adapted(LlamaForCausalLM reference, string method, ScalarType dtype)
+    private static CausalLM Adapted(CausalLM reference, string method, ScalarType dtype)
     {
         var cfg = AdapterMethods.Build(new MethodSpec { Method = method, Rank = 4, Alpha = 8, Targets = ModuleTargets.AllLinear, TotalSteps = 8 }).Config;
-        var m = new LlamaForCausalLM(reference.Config, new AdapterPlan(cfg, new Generator(17)), dtype, CPU);
+        var m = ModelFamilies.CreateCausalLM(reference.Config, new AdapterPlan(cfg, new Generator(17)), dtype, CPU);
         var src = reference.BaseParameters();
         m.LoadWeights(n => src[n]);
         AdapterModel.OnBaseWeightsLoaded(m);

@@ -20,7 +20,7 @@ public sealed class TrainLoopControlTests : IDisposable
     private static List<TextExample> CopyTask(int n, int seed) => TrainLoopTests.CopyTask(n, seed);
 
     /// <summary>A run of the copy task over all of the tiny model's weights (saved as weights.safetensors).</summary>
-    private static TrainRunSpec Spec(LlamaForCausalLM model, string outDir, TrainOptions o, bool resume = false, bool withEval = true, CancellationToken cancel = default, int cancelAtStep = 0, CancellationTokenSource? cts = null)
+    private static TrainRunSpec Spec(CausalLM model, string outDir, TrainOptions o, bool resume = false, bool withEval = true, CancellationToken cancel = default, int cancelAtStep = 0, CancellationTokenSource? cts = null)
     {
         var tok = new CharTokenizer();
         var train = Tokenization.Tokenize(CopyTask(64, 1), tok, 16).Examples;
@@ -73,7 +73,7 @@ public sealed class TrainLoopControlTests : IDisposable
 
     private static TinyModel Model(long seed = 6) => new(TinyModels.Build(TinyModels.Config(vocab: 99), seed));
 
-    private sealed record TinyModel(LlamaForCausalLM M) : IDisposable
+    private sealed record TinyModel(CausalLM M) : IDisposable
     {
         public void Dispose() => M.Dispose();
     }

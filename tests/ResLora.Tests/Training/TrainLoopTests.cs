@@ -19,7 +19,7 @@ public sealed class TrainLoopTests : IDisposable
         return Enumerable.Range(0, n).Select(_ => { int d = r.Next(10); return new TextExample($"k={d};", $"{d}"); }).ToList();
     }
 
-    private static TrainRunSpec Spec(LlamaForCausalLM model, string outDir, TrainOptions o, bool resume = false)
+    private static TrainRunSpec Spec(CausalLM model, string outDir, TrainOptions o, bool resume = false)
     {
         var tok = new CharTokenizer();
         var train = Tokenization.Tokenize(CopyTask(64, 1), tok, 16).Examples;
@@ -161,7 +161,7 @@ public sealed class TrainLoopTests : IDisposable
     }
 
     /// <summary>Sets the output head to NaN once step <c>step</c> is logged (before the final evaluation).</summary>
-    private sealed class PoisonAfter(int step, LlamaForCausalLM model) : ITrainObserver
+    private sealed class PoisonAfter(int step, CausalLM model) : ITrainObserver
     {
         public void OnStep(StepReport report)
         {

@@ -147,7 +147,7 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
     }
 
     internal ForwardContext Context(string module) =>
-        _current ?? throw new InvalidOperationException($"{module}: a ResLoRA block ran outside a model forward; its residual path needs the model to open a forward context (LlamaForCausalLM does).");
+        _current ?? throw new InvalidOperationException($"{module}: a ResLoRA block ran outside a model forward; its residual path needs the model to open a forward context (CausalLM does).");
 
     /// <summary>The tensors one forward passes between layers (is: live inputs; ms: middle vectors). Never detached; dropped at the end.</summary>
     internal sealed class ForwardContext(ResLoraLayerBuilder owner, long id) : IDisposable

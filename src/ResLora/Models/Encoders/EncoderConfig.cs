@@ -49,8 +49,7 @@ public sealed record EncoderConfig
     public bool IsRegression => NumLabels == 1;
 
     /// <summary>True for <c>model_type</c> values the encoder reads (a LLaMA folder answers false).</summary>
-    public static bool IsEncoderType(string? modelType) =>
-        modelType?.ToLowerInvariant() is "bert" or "roberta" or "xlm-roberta" or "camembert";
+    public static bool IsEncoderType(string? modelType) => ModelFamilies.Find(modelType)?.Kind == ModelKind.Encoder;
 
     /// <summary>Reads <c>config.json</c> of a folder; errors name the file and field.</summary>
     public static EncoderConfig Load(string modelDir)

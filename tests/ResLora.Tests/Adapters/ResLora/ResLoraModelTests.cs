@@ -8,7 +8,7 @@ namespace ResLora.Tests.Adapters.ResLora;
 /// <summary>ResLoRA inside a real (tiny) LLaMA: spec §8 case 14, chains over layers, generation, parameter counts.</summary>
 public sealed class ResLoraModelTests
 {
-    private static LlamaForCausalLM Build(AdapterConfigBase cfg, ulong seed = 3)
+    private static CausalLM Build(AdapterConfigBase cfg, ulong seed = 3)
     {
         using var gen = new torch.Generator(seed);
         var model = TinyModels.Build(TinyModels.Config() with { NumHiddenLayers = 3 }, seed: 9, factory: new AdapterPlan(cfg, gen));
@@ -38,7 +38,7 @@ public sealed class ResLoraModelTests
     }
 
     /// <summary>Logits with W ← W + ΔW and B ← 0 in every block (so the unmerged blocks add nothing of their own), then restored.</summary>
-    private static torch.Tensor ForwardWithHandMerge(LlamaForCausalLM model, IReadOnlyList<ResLoraLinear> blocks, IReadOnlyList<torch.Tensor> deltas, torch.Tensor ids)
+    private static torch.Tensor ForwardWithHandMerge(CausalLM model, IReadOnlyList<ResLoraLinear> blocks, IReadOnlyList<torch.Tensor> deltas, torch.Tensor ids)
     {
         var saved = blocks.Select(b => (W: b.Weight.detach().clone(), B: b.LoraB.detach().clone())).ToList();
         using (torch.no_grad())

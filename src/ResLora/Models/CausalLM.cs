@@ -1,68 +1,54 @@
 using ResLora.IO;
-using TorchSharp.Utils;
 
 namespace ResLora.Models;
 
-/// <summary>The decoder stack: token embeddings, the layers, the final norm (Hugging Face's <c>model.*</c> keys).</summary>
-public sealed class LlamaModel : nn.Module<Tensor, Tensor>
-{
-    [ComponentName(Name = "embed_tokens")] private readonly Embedding _embedTokens;
-    [ComponentName(Name = "layers")] private readonly ModuleList<LlamaDecoderLayer> _layers;
-    [ComponentName(Name = "norm")] private readonly RmsNorm _norm;
-
-    public LlamaModel(ModelConfig c, ILinearFactory factory, ScalarType dtype, Device device) : base("LlamaModel")
-    {
-        _embedTokens = nn.Embedding(c.VocabSize, c.HiddenSize, device: device, dtype: dtype);
-        _layers = new ModuleList<LlamaDecoderLayer>();
-        for (int i = 0; i < c.NumHiddenLayers; i++) _layers.Add(new LlamaDecoderLayer(c, i, factory, dtype, device));
-        _norm = new RmsNorm(c.HiddenSize, c.RmsNormEps, dtype, device);
-        RegisterComponents();
-    }
-
-    public Embedding EmbedTokens => _embedTokens;
-    public IReadOnlyList<LlamaDecoderLayer> Layers => _layers.ToList();
-    public RmsNorm Norm => _norm;
-
-    public override Tensor forward(Tensor x) =>
-        throw new InvalidOperationException("Call LlamaForCausalLM.Forward(inputIds, attentionMask, cache).");
-}
-
 /// <summary>
-/// A LLaMA-family causal language model (Llama 1/2/3, Mistral, Qwen2, TinyLlama, SmolLM) with Hugging Face's module
-/// names and state-dict keys (<c>model.layers.{i}.self_attn.q_proj.weight</c>). Every projection is built through
-/// one <see cref="ILinearFactory"/>, which is where adapters are decided.
+/// A decoder-only causal language model as the rest of the library sees it, whatever its family (<see cref="ICausalLMFamily"/>):
+/// token embeddings, a stack of <see cref="IDecoderBlock"/>s sharing rotary positions and one causal mask (sliding-window
+/// blocks get a windowed one), a final norm and an LM head (the tied embedding matrix when there is none). The family's
+/// concrete class supplies the modules under Hugging Face's names; loading, saving, masks, the chunked loss and
+/// checkpointing live here once.
 /// </summary>
-public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
+public abstract class CausalLM : nn.Module<Tensor, Tensor>
 {
-    [ComponentName(Name = "model")] private readonly LlamaModel _model;
-    [ComponentName(Name = "lm_head")] private readonly nn.Module<Tensor, Tensor>? _lmHead;
     private readonly Rotary _rotary;
     private readonly IForwardLifecycle? _lifecycle;
     private bool _checkpointing;
 
+    /// <summary>The family that built this model: its weight layout, default targets, tokenizer defaults.</summary>
+    public ICausalLMFamily Family { get; }
     public ModelConfig Config { get; }
     public ScalarType Dtype { get; }
     public Device Device { get; }
     public ILinearFactory Factory { get; }
 
-    public LlamaForCausalLM(ModelConfig config, ILinearFactory? factory, ScalarType dtype, Device device) : base("LlamaForCausalLM")
+    protected CausalLM(string name, ICausalLMFamily family, ModelConfig config, ILinearFactory? factory, ScalarType dtype, Device device) : base(name)
     {
         config.Validate();
+        Family = family;
         Config = config;
         Dtype = dtype;
         Device = device;
         Factory = factory ?? PlainLinearFactory.Instance;
         _lifecycle = Factory as IForwardLifecycle;
-        _model = new LlamaModel(config, Factory, dtype, device);
-        // Tied embeddings: lm_head reuses model.embed_tokens.weight and has no module (and no key) of its own.
-        if (!config.TieWordEmbeddings)
-            _lmHead = Factory.Create(new LinearSpec("lm_head", "lm_head", -1, config.HiddenSize, config.VocabSize, false), dtype, device);
         _rotary = new Rotary(config, device);
-        RegisterComponents();
     }
 
-    public LlamaModel Model => _model;
-    public IReadOnlyList<LlamaDecoderLayer> Layers => _model.Layers;
+    /// <summary>The token embedding (<c>model.embed_tokens</c>).</summary>
+    public abstract Embedding EmbedTokens { get; }
+
+    /// <summary>The decoder blocks in order.</summary>
+    public abstract IReadOnlyList<IDecoderBlock> Blocks { get; }
+
+    /// <summary>The norm after the last block (<c>model.norm</c>).</summary>
+    protected abstract nn.Module<Tensor, Tensor> FinalNorm { get; }
+
+    /// <summary>The LM head, or null when it is tied to <see cref="EmbedTokens"/>.</summary>
+    protected abstract nn.Module<Tensor, Tensor>? LmHead { get; }
+
+    /// <summary>Hidden states entering the first block for token ids (batch, seq); families that scale embeddings override it.</summary>
+    protected virtual Tensor Embed(Tensor inputIds) => EmbedTokens.call(inputIds);
+
 
     /// <summary>
     /// Activation checkpointing per decoder layer (<c>--grad-checkpoint</c>): while training with gradients on, each layer
@@ -103,16 +89,22 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
             ? torch.arange(past, past + t, dtype: ScalarType.Int64, device: Device).unsqueeze(0).expand(b, t)
             : (attentionMask.to_type(ScalarType.Int64).cumsum(-1) - 1).clamp_min(0).narrow(1, past, t);
         var (cos, sin) = _rotary.CosSin(positions, Dtype);
-        Tensor? mask = BuildMask(attentionMask, b, t, past);
+        var masks = new Dictionary<int, Tensor?>();
+        Tensor? MaskFor(IDecoderBlock block)
+        {
+            int window = block.SlidingWindow ?? 0;
+            if (!masks.TryGetValue(window, out var m)) masks[window] = m = BuildMask(attentionMask, b, t, past, window);
+            return m;
+        }
 
-        var h = _model.EmbedTokens.call(inputIds); // (batch, seq, hidden)
+        var h = Embed(inputIds); // (batch, seq, hidden)
         bool recompute = _checkpointing && training && torch.is_grad_enabled() && cache is null;
         // A checkpointed layer passes gradients to its parameters only if its input requires grad; the embeddings are
         // frozen, so the first layer's input is made a leaf that does (transformers' enable_input_require_grads).
         if (recompute && !h.requires_grad) h = h.detach().requires_grad_(true);
-        foreach (var layer in _model.Layers)
-            h = recompute ? DecoderLayerCheckpoint.Run(layer, h, cos, sin, mask) : layer.Forward(h, cos, sin, mask, cache);
-        return scope.MoveToOuter(_model.Norm.call(h));
+        foreach (var layer in Blocks)
+            h = recompute ? DecoderLayerCheckpoint.Run(layer, h, cos, sin, MaskFor(layer)) : layer.Forward(h, cos, sin, MaskFor(layer), cache);
+        return scope.MoveToOuter(FinalNorm.call(h));
     }
 
     /// <summary>Logits (batch, seq, vocab).</summary>
@@ -124,7 +116,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>The LM head on final hidden states (…, hidden) → (…, vocab); the tied embedding matrix when there is no lm_head.</summary>
-    public Tensor Logits(Tensor hidden) => _lmHead is null ? nn.functional.linear(hidden, _model.EmbedTokens.weight!, null) : _lmHead.call(hidden);
+    public Tensor Logits(Tensor hidden) => LmHead is null ? nn.functional.linear(hidden, EmbedTokens.weight!, null) : LmHead.call(hidden);
 
     /// <summary>Logit elements per chunk of <see cref="CausalLmLoss"/> (default <see cref="LmHeadLoss.DefaultChunkElements"/>).</summary>
     public long LossChunkElements { get; set; } = LmHeadLoss.DefaultChunkElements;
@@ -135,23 +127,27 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     /// </summary>
     public (Tensor Loss, long Tokens) CausalLmLoss(Tensor hidden, Tensor labels)
     {
-        bool headTrainable = _lmHead is null ? _model.EmbedTokens.weight!.requires_grad : _lmHead.parameters().Any(p => p.requires_grad);
+        bool headTrainable = LmHead is null ? EmbedTokens.weight!.requires_grad : LmHead.parameters().Any(p => p.requires_grad);
         return LmHeadLoss.Mean(hidden, labels, Logits, Config.VocabSize, headTrainable, LossChunkElements);
     }
 
     /// <summary>
     /// Additive mask (batch, 1, seq, past+seq): 0 where query i may see key j (j ≤ past+i and j is a token), the
     /// dtype's lowest value elsewhere (finite, so a fully padded row stays finite as in transformers). Null when a
-    /// plain causal mask is enough (no cache, no padding).
+    /// plain causal mask is enough (no cache, no padding, no window shorter than the sequence). With a sliding
+    /// <paramref name="window"/> &gt; 0 (Mistral's <c>sliding_window</c>), query i also sees only keys j &gt; i − window, as
+    /// transformers' sliding_window_overlay: itself and the window − 1 keys before it.
     /// </summary>
-    private Tensor? BuildMask(Tensor? attentionMask, long b, long t, long past)
+    private Tensor? BuildMask(Tensor? attentionMask, long b, long t, long past, int window)
     {
         bool anyPadding = attentionMask is not null && !attentionMask.to_type(ScalarType.Bool).all().item<bool>();
-        if (past == 0 && !anyPadding) return null;
+        if (past == 0 && !anyPadding && (window <= 0 || t <= window)) return null;
         long s = past + t;
         var qi = torch.arange(past, past + t, device: Device).unsqueeze(1); // (seq, 1)
         var kj = torch.arange(0, s, device: Device).unsqueeze(0);           // (1, past+seq)
-        var allowed = (kj <= qi).unsqueeze(0).unsqueeze(0);               // (1, 1, seq, past+seq)
+        var visible = kj <= qi;
+        if (window > 0) visible = visible.logical_and(kj > qi - window);
+        var allowed = visible.unsqueeze(0).unsqueeze(0);                  // (1, 1, seq, past+seq)
         if (anyPadding) allowed = allowed.logical_and(attentionMask!.to_type(ScalarType.Bool).view(b, 1, 1, s));
         else allowed = allowed.expand(b, 1, t, s);
         double lowest = Dtype switch
@@ -164,44 +160,10 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         return torch.where(allowed, torch.zeros(1, dtype: Dtype, device: Device), torch.full(1, lowest, dtype: Dtype, device: Device));
     }
 
-    /// <summary>The base weights a checkpoint must provide, by Hugging Face name, with their shapes.</summary>
-    public IReadOnlyDictionary<string, long[]> ExpectedWeights() => ExpectedWeights(Config);
 
-    public static IReadOnlyDictionary<string, long[]> ExpectedWeights(ModelConfig c)
-    {
-        var d = new Dictionary<string, long[]>(StringComparer.Ordinal);
-        long h = c.HiddenSize, qOut = (long)c.NumAttentionHeads * c.HeadDim, kvOut = (long)c.NumKeyValueHeads * c.HeadDim, m = c.IntermediateSize;
-        d["model.embed_tokens.weight"] = new[] { (long)c.VocabSize, h };
-        for (int i = 0; i < c.NumHiddenLayers; i++)
-        {
-            string p = $"model.layers.{i}.";
-            d[p + "input_layernorm.weight"] = new[] { h };
-            d[p + "self_attn.q_proj.weight"] = new[] { qOut, h };
-            d[p + "self_attn.k_proj.weight"] = new[] { kvOut, h };
-            d[p + "self_attn.v_proj.weight"] = new[] { kvOut, h };
-            d[p + "self_attn.o_proj.weight"] = new[] { h, qOut };
-            if (c.HasQkvBias)
-            {
-                d[p + "self_attn.q_proj.bias"] = new[] { qOut };
-                d[p + "self_attn.k_proj.bias"] = new[] { kvOut };
-                d[p + "self_attn.v_proj.bias"] = new[] { kvOut };
-            }
-            if (c.AttentionBias) d[p + "self_attn.o_proj.bias"] = new[] { h };
-            d[p + "post_attention_layernorm.weight"] = new[] { h };
-            d[p + "mlp.gate_proj.weight"] = new[] { m, h };
-            d[p + "mlp.up_proj.weight"] = new[] { m, h };
-            d[p + "mlp.down_proj.weight"] = new[] { h, m };
-            if (c.MlpBias)
-            {
-                d[p + "mlp.gate_proj.bias"] = new[] { m };
-                d[p + "mlp.up_proj.bias"] = new[] { m };
-                d[p + "mlp.down_proj.bias"] = new[] { h };
-            }
-        }
-        d["model.norm.weight"] = new[] { h };
-        if (!c.TieWordEmbeddings) d["lm_head.weight"] = new[] { (long)c.VocabSize, h };
-        return d;
-    }
+    /// <summary>The base weights a checkpoint must provide, by Hugging Face name, with their shapes (the family's layout).</summary>
+    public IReadOnlyDictionary<string, long[]> ExpectedWeights() => Family.ExpectedWeights(Config);
+
 
     /// <summary>The live base parameters by Hugging Face name (views; do not dispose). A packed base (--base-bits) has none for its linears: an error.</summary>
     public IReadOnlyDictionary<string, Parameter> BaseParameters()

@@ -1,11 +1,12 @@
 using TorchSharp.Utils;
 
-namespace ResLora.Models;
+namespace ResLora.Models.Llama;
 
 /// <summary>
 /// Grouped-query self-attention of the LLaMA family (modeling_llama.py LlamaAttention): q/k/v projections
 /// (q/k/v biases for Qwen2), rotary embeddings on q and k, key/value heads repeated to the query heads, scaled
-/// dot-product attention under a causal (and padding) mask, output projection.
+/// dot-product attention under a causal (and padding, and sliding-window) mask, output projection. Qwen3's variant
+/// normalizes each head of q and k (<c>q_norm</c>, <c>k_norm</c>: RMSNorm over head_dim) before rotary.
 /// </summary>
 public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
 {
@@ -13,20 +14,27 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
     [ComponentName(Name = "k_proj")] private readonly nn.Module<Tensor, Tensor> _kProj;
     [ComponentName(Name = "v_proj")] private readonly nn.Module<Tensor, Tensor> _vProj;
     [ComponentName(Name = "o_proj")] private readonly nn.Module<Tensor, Tensor> _oProj;
+    [ComponentName(Name = "q_norm")] private readonly RmsNorm? _qNorm;
+    [ComponentName(Name = "k_norm")] private readonly RmsNorm? _kNorm;
     private readonly int _heads, _kvHeads, _headDim, _layer;
 
-    public LlamaAttention(ModelConfig c, int layer, ILinearFactory factory, ScalarType dtype, Device device) : base("LlamaAttention")
+    public LlamaAttention(ModelConfig c, LlamaVariant variant, int layer, ILinearFactory factory, ScalarType dtype, Device device) : base("LlamaAttention")
     {
         _heads = c.NumAttentionHeads;
         _kvHeads = c.NumKeyValueHeads;
         _headDim = c.HeadDim;
         _layer = layer;
         string p = $"model.layers.{layer}.self_attn.";
-        bool qkvBias = c.HasQkvBias;
+        bool qkvBias = variant.QkvBias;
         _qProj = factory.Create(new LinearSpec(p + "q_proj", "q_proj", layer, c.HiddenSize, _heads * _headDim, qkvBias), dtype, device);
         _kProj = factory.Create(new LinearSpec(p + "k_proj", "k_proj", layer, c.HiddenSize, _kvHeads * _headDim, qkvBias), dtype, device);
         _vProj = factory.Create(new LinearSpec(p + "v_proj", "v_proj", layer, c.HiddenSize, _kvHeads * _headDim, qkvBias), dtype, device);
         _oProj = factory.Create(new LinearSpec(p + "o_proj", "o_proj", layer, _heads * _headDim, c.HiddenSize, c.AttentionBias), dtype, device);
+        if (variant.HeadNorms)
+        {
+            _qNorm = new RmsNorm(_headDim, c.RmsNormEps, dtype, device);
+            _kNorm = new RmsNorm(_headDim, c.RmsNormEps, dtype, device);
+        }
         RegisterComponents();
     }
 
@@ -42,8 +50,12 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         using var scope = torch.NewDisposeScope();
         long b = x.shape[0], t = x.shape[1];
         // (batch, seq, heads·headDim) → (batch, heads, seq, headDim)
-        var q = _qProj.call(x).view(b, t, _heads, _headDim).transpose(1, 2);
-        var k = _kProj.call(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        var q = _qProj.call(x).view(b, t, _heads, _headDim);
+        var k = _kProj.call(x).view(b, t, _kvHeads, _headDim);
+        if (_qNorm is not null) q = _qNorm.call(q);
+        if (_kNorm is not null) k = _kNorm.call(k);
+        q = q.transpose(1, 2);
+        k = k.transpose(1, 2);
         var v = _vProj.call(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
         q = Rotary.Apply(q, cos, sin);
         k = Rotary.Apply(k, cos, sin);

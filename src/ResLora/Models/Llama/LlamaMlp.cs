@@ -1,6 +1,6 @@
 using TorchSharp.Utils;
 
-namespace ResLora.Models;
+namespace ResLora.Models.Llama;
 
 /// <summary>SwiGLU feed-forward: down(silu(gate(x)) ⊙ up(x)) (modeling_llama.py LlamaMLP).</summary>
 public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
