@@ -17,7 +17,7 @@ internal static class InspectVerb
         var data = new Option<string?>("--data") { Description = "Text for --kurtosis (JSONL/JSON data file)." };
         var check = new Option<bool>("--check") { Description = "Instead of the summary, read every tensor once and report NaN/infinite values (count per tensor) and weights stored as integers; exit code 1 when any is found." };
         var adapter = new Option<string?>("--adapter") { Description = "With --check: check this adapter folder's tensors too." };
-        var cmd = new Command("inspect", "Show a model folder (LLaMA-family decoder or BERT/RoBERTa encoder): architecture, parameter counts, and every linear module with its shape (the names --targets takes).");
+        var cmd = new Command("inspect", "Show a model folder (a Llama, Mistral, Qwen2 or Qwen3 decoder, or a BERT/RoBERTa encoder): architecture, parameter counts, and every linear module with its shape (the names --targets takes).");
         cmd.Options.Add(model);
         cmd.Options.Add(all);
         cmd.Options.Add(kurt);
@@ -40,6 +40,7 @@ internal static class InspectVerb
             console.MarkupLine($"[bold]{Markup.Escape(dir)}[/]");
             var t = new Table().AddColumn("field").AddColumn("value");
             t.AddRow("architecture", Markup.Escape(string.Join(", ", c.Architectures ?? new[] { c.ModelType })));
+            t.AddRow("family / model_type", Markup.Escape($"{ModelFamilies.ForCausalLM(c.ModelType).Name} / {c.ModelType}"));
             t.AddRow("layers", c.NumHiddenLayers.ToString(CultureInfo.InvariantCulture));
             t.AddRow("hidden / intermediate", $"{c.HiddenSize} / {c.IntermediateSize}");
             t.AddRow("heads / kv heads / head dim", $"{c.NumAttentionHeads} / {c.NumKeyValueHeads} / {c.HeadDim}");
@@ -47,6 +48,7 @@ internal static class InspectVerb
             t.AddRow("rope theta / scaling", $"{c.RopeTheta} / {c.RopeScaling?.Kind ?? "none"}");
             t.AddRow("tied embeddings", c.TieWordEmbeddings.ToString());
             t.AddRow("q/k/v bias", c.HasQkvBias.ToString());
+            if (c.SlidingWindow is int window) t.AddRow("sliding window", $"{window} tokens{(c.ModelType == "mistral" || c.UseSlidingWindow ? "" : " (not used: use_sliding_window is false)")}");
             t.AddRow("stored dtype", c.TorchDtype ?? "?");
             t.AddRow("parameters", $"{info.Parameters:N0}");
             t.AddRow("in linear modules", $"{info.LinearParameters:N0}");

@@ -134,9 +134,10 @@ public sealed class HfCheckpoint : IDisposable
     /// <summary>
     /// Checks the stored tensors against the model's expected base weights; every missing, unexpected or mis-shaped
     /// tensor is listed by name in one error. Stored tensors for which <paramref name="ignoreExtra"/> is true (a tied
-    /// lm_head.weight) and old rotary inv_freq buffers are not reported as unexpected.
+    /// lm_head.weight) and old rotary inv_freq buffers are not reported as unexpected. <paramref name="layout"/> names the
+    /// layout the names come from in the message ("qwen3 family layout, model_type qwen3").
     /// </summary>
-    public void ValidateAgainst(IReadOnlyDictionary<string, long[]> expected, Func<string, bool>? ignoreExtra = null)
+    public void ValidateAgainst(IReadOnlyDictionary<string, long[]> expected, Func<string, bool>? ignoreExtra = null, string layout = "LLaMA-family layout")
     {
         var missing = expected.Keys.Where(k => !_byTensor.ContainsKey(k)).OrderBy(k => k, StringComparer.Ordinal).ToList();
         var unexpected = _byTensor.Keys.Where(k => !expected.ContainsKey(k)
@@ -148,7 +149,7 @@ public sealed class HfCheckpoint : IDisposable
         static string List(string title, List<string> items) => items.Count == 0 ? "" :
             $"\n  {title} ({items.Count}): {string.Join(", ", items.Take(20))}{(items.Count > 20 ? $" ... and {items.Count - 20} more" : "")}";
         throw new UserInputException($"{Directory}: the weights do not match config.json." + List("missing", missing) + List("unexpected", unexpected) + List("shape mismatch", mismatched)
-            + "\n  Check that config.json belongs to these weights (LLaMA-family layout).");
+            + $"\n  Check that config.json belongs to these weights ({layout}).");
     }
 
     /// <summary>

@@ -70,6 +70,12 @@ public sealed record ModelConfig
     /// </summary>
     [JsonPropertyName("reslora_quantization")] public JsonElement? ResloraQuantization { get; init; }
 
+    /// <summary>
+    /// Every config.json field this record does not model (use_cache, initializer_range, layer_types, quantization notes…),
+    /// kept as read so a merged or converted folder's config.json still carries them.
+    /// </summary>
+    [JsonExtensionData] public Dictionary<string, JsonElement>? OtherFields { get; init; }
+
     [JsonIgnore] public int NumKeyValueHeads => NumKeyValueHeadsRaw ?? NumAttentionHeads;
     [JsonIgnore] public int HeadDim => HeadDimRaw ?? (NumAttentionHeads > 0 ? HiddenSize / NumAttentionHeads : 0);
     /// <summary>Qwen2 always carries q/k/v biases; Llama-family models carry them when <c>attention_bias</c> is true.</summary>

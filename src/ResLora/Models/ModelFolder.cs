@@ -59,7 +59,8 @@ public static class ModelFolder
             if (config.NumHiddenLayers > ckpt.Count)
                 throw new UserInputException($"{Path.Combine(modelDir, ConfigFile)}: 'num_hidden_layers' is {config.NumHiddenLayers}, but the checkpoint stores only {ckpt.Count} tensors; check that config.json belongs to these weights.");
             var expected = ModelFamilies.ExpectedWeights(config);
-            ckpt.ValidateAgainst(expected, name => config.TieWordEmbeddings && name == "lm_head.weight");
+            ckpt.ValidateAgainst(expected, name => config.TieWordEmbeddings && name == "lm_head.weight",
+                $"{ModelFamilies.ForCausalLM(config.ModelType).Name}-family layout for model_type '{config.ModelType}'");
             if (refuseNonFloat) LoadChecks.RefuseNonFloat(ckpt, expected);
             if (loadAs is { } dtype) LoadChecks.EnsureFitsInMemory(modelDir, expected, dtype);
             return (config, ckpt, expected);
