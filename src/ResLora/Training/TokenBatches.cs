@@ -1,5 +1,5 @@
 using System.Text.Json;
-using ResLora.IO;
+using ResLora.Text;
 
 namespace ResLora.Training;
 

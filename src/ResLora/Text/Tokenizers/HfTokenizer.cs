@@ -2,7 +2,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 
-namespace ResLora.IO.Tokenizers;
+namespace ResLora.Text.Tokenizers;
 
 /// <summary>A token from tokenizer.json's <c>added_tokens</c>: matched in raw text before normal tokenization.</summary>
 internal sealed record AddedToken(int Id, string Content, bool Special, bool Lstrip, bool Rstrip, bool Normalized, bool SingleWord);

@@ -1,8 +1,9 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Microsoft.ML.Tokenizers;
+using ResLora.IO;
 
-namespace ResLora.IO;
+namespace ResLora.Text;
 
 /// <summary>
 /// Loads a model folder's tokenizer: Hugging Face <c>tokenizer.json</c> (preferred), SentencePiece

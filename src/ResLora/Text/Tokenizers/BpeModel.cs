@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace ResLora.IO.Tokenizers;
+namespace ResLora.Text.Tokenizers;
 
 /// <summary>
 /// Byte-pair encoding as Hugging Face tokenizers' <c>BPE</c> model: a word starts as its characters and the pair with

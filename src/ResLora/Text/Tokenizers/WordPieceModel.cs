@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace ResLora.IO.Tokenizers;
+namespace ResLora.Text.Tokenizers;
 
 /// <summary>The model step of a tokenizer: one pre-tokenized word in, its ids appended to the output.</summary>
 internal interface ITokenModel
