@@ -171,9 +171,6 @@ public class ShuffledBatchSource<T> : ITrainBatchSource
         Reorder();
     }
 
-    /// <summary>Batches per epoch (the last, smaller batch included).</summary>
-    public int BatchesPerEpoch => (_examples.Count + _batchSize - 1) / _batchSize;
-
     private void Reorder()
     {
         _order = Enumerable.Range(0, _examples.Count).ToArray();
