@@ -1,10 +1,10 @@
 using System.CommandLine;
 using System.Text.Json;
-using ResLora.IO;
 using ResLora.IO.Json;
 using ResLora.IO.Templates;
 using ResLora.Models;
 using ResLora.Pipelines;
+using ResLora.Text;
 using ResLora.Training;
 
 namespace ResLora.Cli;

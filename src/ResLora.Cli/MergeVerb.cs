@@ -1,8 +1,8 @@
 using System.CommandLine;
 using System.Globalization;
 using ResLora.Adapters;
-using ResLora.IO;
 using ResLora.Pipelines;
+using ResLora.Text;
 using ResLora.Training.Classification;
 
 namespace ResLora.Cli;

@@ -1,7 +1,7 @@
 using System.CommandLine;
-using ResLora.IO;
 using ResLora.Pipelines;
 using ResLora.Quantization;
+using ResLora.Text;
 using ResLora.Training;
 
 namespace ResLora.Cli;

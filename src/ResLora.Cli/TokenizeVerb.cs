@@ -2,9 +2,9 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
-using ResLora.IO;
 using ResLora.IO.Templates;
 using ResLora.Pipelines;
+using ResLora.Text;
 using ResLora.Training;
 using ResLora.Training.Classification;
 

@@ -5,6 +5,7 @@ using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Models;
 using ResLora.Pipelines;
+using ResLora.Text;
 using ResLora.Training;
 
 namespace ResLora.Bench;

@@ -1,8 +1,8 @@
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
-using ResLora.IO;
 using ResLora.Models;
+using ResLora.Text;
 using ResLora.Training;
 
 namespace ResLora.Demo;

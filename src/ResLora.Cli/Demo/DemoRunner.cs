@@ -7,6 +7,7 @@ using ResLora.IO.Json;
 using ResLora.Models;
 using ResLora.Pipelines;
 using ResLora.Plots;
+using ResLora.Text;
 using ResLora.Training;
 
 namespace ResLora.Demo;

@@ -1,7 +1,7 @@
 using ResLora.Adapters;
-using ResLora.IO;
 using ResLora.IO.Templates;
 using ResLora.Models;
+using ResLora.Text;
 using ResLora.Training;
 
 namespace ResLora.Pipelines;

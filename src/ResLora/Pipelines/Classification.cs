@@ -4,6 +4,7 @@ using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Models;
 using ResLora.Models.Encoders;
+using ResLora.Text;
 using ResLora.Training;
 using ResLora.Training.Classification;
 

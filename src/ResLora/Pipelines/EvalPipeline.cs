@@ -1,6 +1,6 @@
 using ResLora.Adapters;
-using ResLora.IO;
 using ResLora.Quantization;
+using ResLora.Text;
 using ResLora.Training;
 
 namespace ResLora.Pipelines;

@@ -3,6 +3,7 @@ using System.Text.Json.Serialization;
 using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Models;
+using ResLora.Text;
 
 namespace ResLora.Pipelines;
 

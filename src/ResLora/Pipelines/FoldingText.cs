@@ -1,4 +1,4 @@
-using ResLora.IO;
+using ResLora.Text;
 using ResLora.Training;
 
 namespace ResLora.Pipelines;

@@ -3,6 +3,7 @@ using ResLora.IO;
 using ResLora.Models;
 using ResLora.Models.Encoders;
 using ResLora.Quantization;
+using ResLora.Text;
 using ResLora.Training;
 
 namespace ResLora.Pipelines;

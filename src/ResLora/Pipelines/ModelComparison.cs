@@ -3,6 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using ResLora.IO;
 using ResLora.Models;
+using ResLora.Text;
 using ResLora.Training;
 
 namespace ResLora.Pipelines;

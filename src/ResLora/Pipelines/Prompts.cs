@@ -1,6 +1,6 @@
 using System.Text.Json;
-using ResLora.IO;
 using ResLora.IO.Templates;
+using ResLora.Text;
 using ResLora.Training;
 
 namespace ResLora.Pipelines;

@@ -1,8 +1,8 @@
 using System.Text.Json;
 using ResLora.Adapters;
-using ResLora.IO;
 using ResLora.Models;
 using ResLora.Quantization;
+using ResLora.Text;
 
 namespace ResLora.Pipelines;
 

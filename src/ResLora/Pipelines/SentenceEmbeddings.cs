@@ -1,6 +1,7 @@
 using System.Text.Json;
 using ResLora.IO;
 using ResLora.Models.Encoders;
+using ResLora.Text;
 
 namespace ResLora.Pipelines;
 

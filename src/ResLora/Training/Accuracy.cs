@@ -2,6 +2,7 @@ using System.Text.Encodings.Web;
 using System.Text.Json;
 using ResLora.IO;
 using ResLora.Models;
+using ResLora.Text;
 
 namespace ResLora.Training;
 

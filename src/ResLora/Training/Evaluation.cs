@@ -1,5 +1,5 @@
-using ResLora.IO;
 using ResLora.Models;
+using ResLora.Text;
 
 namespace ResLora.Training;
 

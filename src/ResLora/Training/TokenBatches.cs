@@ -1,5 +1,5 @@
 using System.Text.Json;
-using ResLora.IO;
+using ResLora.Text;
 
 namespace ResLora.Training;
 
@@ -170,9 +170,6 @@ public class ShuffledBatchSource<T> : ITrainBatchSource
         _collate = collate;
         Reorder();
     }
-
-    /// <summary>Batches per epoch (the last, smaller batch included).</summary>
-    public int BatchesPerEpoch => (_examples.Count + _batchSize - 1) / _batchSize;
 
     private void Reorder()
     {

@@ -13,8 +13,6 @@ public sealed record TrainCheckpointState
     [JsonPropertyName("seed")] public long Seed { get; init; }
     [JsonPropertyName("method")] public string Method { get; init; } = "";
     [JsonPropertyName("elapsed_seconds")] public double ElapsedSeconds { get; init; }
-    /// <summary>Method statistics (e.g. ResLoRA's norm windows) as opaque JSON, restored on resume.</summary>
-    [JsonPropertyName("method_state")] public string? MethodState { get; init; }
     /// <summary>The last step's training loss: what a resumed finished run reports as its final train loss.</summary>
     [JsonPropertyName("last_train_loss")] public double? LastTrainLoss { get; init; }
     /// <summary>

@@ -6,13 +6,19 @@ using static ArchUnitNET.Fluent.ArchRuleDefinition;
 namespace ResLora.Tests.Architecture;
 
 /// <summary>
-/// The one-way layers of the library (docs/architecture.md): IO ← Models ← Quantization ← Adapters ← Training ←
+/// The one-way layers of the library (docs/architecture.md): IO ← Text ← Models ← Quantization ← Adapters ← Training ←
 /// Pipelines ← applications (CLI, demo, bench, plots). A layer may use the layers before it, never one after it.
 /// </summary>
 public sealed class LayerRulesTests
 {
     /// <summary>The layers in dependency order, as namespaces under a root.</summary>
-    public static readonly string[] Layers = { "IO", "Models", "Quantization", "Adapters", "Training", "Pipelines" };
+    public static readonly string[] Layers = { "IO", "Text", "Models", "Quantization", "Adapters", "Training", "Pipelines" };
+
+    /// <summary>
+    /// Types that sit in a layer they are leaving and, until they have moved, use a later one: ChatFormat (chat-template
+    /// glue in IO/Templates) loads a tokenizer and moves to Text/Templates in its own change; delete this list then.
+    /// </summary>
+    private static readonly string[] Moving = { "ResLora.IO.Templates.ChatFormat" };
 
     /// <summary>The applications: allowed to use every layer, never used by one.</summary>
     public static readonly string[] Applications = { "Cli", "Demo", "Bench", "Plots" };
@@ -34,6 +40,7 @@ public sealed class LayerRulesTests
             var forbidden = Layers.Skip(i + 1).Concat(Applications).ToArray();
             string pattern = "^" + System.Text.RegularExpressions.Regex.Escape(root + ".") + "(" + string.Join("|", forbidden) + @")(\..*)?$";
             var rule = Types().That().ResideInNamespaceMatching(In(root, Layers[i]))
+                .And().DoNotHaveFullNameMatching("^(" + string.Join("|", Moving.Select(System.Text.RegularExpressions.Regex.Escape)) + @")(\W.*)?$")
                 .Should().NotDependOnAny(Types().That().ResideInNamespaceMatching(pattern))
                 .Because($"{root}.{Layers[i]} comes before {string.Join(", ", forbidden)} in the one-way layers");
             yield return (Layers[i], rule);

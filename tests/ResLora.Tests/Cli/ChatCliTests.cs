@@ -1,10 +1,10 @@
 using System.Text.Json.Nodes;
 using ResLora.Cli;
-using ResLora.IO;
 using ResLora.IO.Templates;
 using ResLora.Models;
 using ResLora.Pipelines;
 using ResLora.Tests.Infrastructure;
+using ResLora.Text;
 using TorchSharp;
 
 namespace ResLora.Tests.Cli;

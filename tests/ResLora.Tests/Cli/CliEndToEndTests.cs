@@ -1,10 +1,10 @@
 using ResLora.Adapters;
 using ResLora.Cli;
 using ResLora.Demo;
-using ResLora.IO;
 using ResLora.Models;
 using ResLora.Pipelines;
 using ResLora.Tests.Infrastructure;
+using ResLora.Text;
 using TorchSharp;
 
 namespace ResLora.Tests.Cli;

@@ -1,7 +1,7 @@
 using ResLora.Demo;
-using ResLora.IO;
 using ResLora.Models;
 using ResLora.Pipelines;
+using ResLora.Text;
 using ResLora.Training;
 using Xunit.Abstractions;
 

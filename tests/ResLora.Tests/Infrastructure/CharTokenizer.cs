@@ -1,4 +1,4 @@
-using ResLora.IO;
+using ResLora.Text;
 
 namespace ResLora.Tests.Infrastructure;
 

@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using ResLora.IO.Tokenizers;
+using ResLora.Text.Tokenizers;
 
 namespace ResLora.Tests.Infrastructure;
 

@@ -1,7 +1,7 @@
-using ResLora.IO;
 using ResLora.IO.Templates;
 using ResLora.Pipelines;
 using ResLora.Tests.Infrastructure;
+using ResLora.Text;
 
 namespace ResLora.Tests.Pipelines;
 

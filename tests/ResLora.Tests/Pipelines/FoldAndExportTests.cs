@@ -78,7 +78,7 @@ public sealed class FoldAndExportTests : IDisposable
         Assert.Equal(ls.HeldOut.MeanKl, again.MeanKl, 6);
     }
 
-    private ResLora.IO.ITextTokenizer Tokenizers() => ResLora.IO.TokenizerLoader.Load(ModelFolder());
+    private ResLora.Text.ITextTokenizer Tokenizers() => ResLora.Text.TokenizerLoader.Load(ModelFolder());
 
     [Fact]
     public void Distillation_FromTheLsFold_LowersHeldOutKl()

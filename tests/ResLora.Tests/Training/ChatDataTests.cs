@@ -1,8 +1,8 @@
 using System.Text.Json.Nodes;
-using ResLora.IO;
 using ResLora.IO.Templates;
 using ResLora.Tests.Infrastructure;
 using ResLora.Tests.IO.Templates;
+using ResLora.Text;
 using ResLora.Training;
 
 namespace ResLora.Tests.Training;

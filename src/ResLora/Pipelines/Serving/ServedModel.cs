@@ -1,6 +1,6 @@
-using ResLora.IO;
 using ResLora.IO.Templates;
 using ResLora.Models;
+using ResLora.Text;
 
 namespace ResLora.Pipelines.Serving;
 

@@ -1,5 +1,5 @@
-using ResLora.IO;
 using ResLora.Models.Encoders;
+using ResLora.Text;
 
 namespace ResLora.Training.Classification;
 

@@ -26,9 +26,6 @@ public sealed unsafe class MpiCommunicator : ICommunicator
     public int Rank { get; }
     public int Size { get; }
 
-    /// <summary>The loaded MPI library file (for the start-up message).</summary>
-    public string LibraryPath => _mpi.Path;
-
     /// <summary>
     /// The launch the environment describes, or null for a plain process: Open MPI's <c>OMPI_COMM_WORLD_SIZE/RANK</c>,
     /// then PMI's <c>PMI_SIZE/PMI_RANK</c> (MPICH's Hydra, Slurm's srun, Intel MPI).

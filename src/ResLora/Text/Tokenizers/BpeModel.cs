@@ -1,6 +1,7 @@
 using System.Text;
+using System.Text.Json.Nodes;
 
-namespace ResLora.IO.Tokenizers;
+namespace ResLora.Text.Tokenizers;
 
 /// <summary>
 /// Byte-pair encoding as Hugging Face tokenizers' <c>BPE</c> model: a word starts as its characters and the pair with
@@ -17,6 +18,28 @@ internal sealed class BpeModel : ITokenModel
     private readonly bool _ignoreMerges;
     private readonly int[] _byteIds = new int[256];
     private readonly Dictionary<string, int[]> _cache = new(StringComparer.Ordinal);
+
+    /// <summary>The <c>BPE</c> model section of tokenizer.json: vocabulary, merges ("a b" strings or [a, b] pairs) and options.</summary>
+    public static BpeModel FromJson(JsonObject model, string source)
+    {
+        if (model["continuing_subword_prefix"] is JsonValue csp && ((string?)csp)?.Length > 0) throw TokenModelJson.Bad(source, "model.continuing_subword_prefix", "is not supported for BPE");
+        var vocab = TokenModelJson.Vocab(model, source);
+        var merges = new List<(string, string)>();
+        foreach (var m in model["merges"] as JsonArray ?? new JsonArray())
+        {
+            if (m is JsonArray pair && pair.Count == 2) merges.Add(((string)pair[0]!, (string)pair[1]!));
+            else if (m is JsonValue s && ((string?)s) is { } str)
+            {
+                int sp = str.IndexOf(' ', 1);
+                if (sp < 0) throw TokenModelJson.Bad(source, "model.merges", $"entry '{str}' is not 'a b'");
+                merges.Add((str[..sp], str[(sp + 1)..]));
+            }
+            else throw TokenModelJson.Bad(source, "model.merges", "entries must be \"a b\" strings or [a, b] pairs");
+        }
+        return new BpeModel(vocab, merges, (string?)model["unk_token"], (bool?)model["byte_fallback"] ?? false, (bool?)model["ignore_merges"] ?? false, source);
+    }
+
+    public IReadOnlyDictionary<string, int> Vocab => _vocab;
 
     public BpeModel(Dictionary<string, int> vocab, IReadOnlyList<(string A, string B)> merges, string? unkToken, bool byteFallback, bool ignoreMerges, string source)
     {

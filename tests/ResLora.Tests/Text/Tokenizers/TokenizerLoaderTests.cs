@@ -1,10 +1,10 @@
 using System.Text;
 using System.Text.Json.Nodes;
 using ResLora.Demo;
-using ResLora.IO;
-using ResLora.IO.Tokenizers;
+using ResLora.Text.Tokenizers;
+using ResLora.Text;
 
-namespace ResLora.Tests.IO.Tokenizers;
+namespace ResLora.Tests.Text.Tokenizers;
 
 public sealed class TokenizerLoaderTests : IDisposable
 {

@@ -2,13 +2,14 @@ using System.Text;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 
-namespace ResLora.IO.Tokenizers;
+namespace ResLora.Text.Tokenizers;
 
 /// <summary>A token from tokenizer.json's <c>added_tokens</c>: matched in raw text before normal tokenization.</summary>
 internal sealed record AddedToken(int Id, string Content, bool Special, bool Lstrip, bool Rstrip, bool Normalized, bool SingleWord);
 
 /// <summary>
-/// A Hugging Face <c>tokenizer.json</c> with a BPE or WordPiece model, run the way the Rust <c>tokenizers</c> library
+/// A Hugging Face <c>tokenizer.json</c> around one model step (<see cref="ITokenModel"/>: <see cref="BpeModel"/> or
+/// <see cref="WordPieceModel"/>, one class per <c>model.type</c>), run the way the Rust <c>tokenizers</c> library
 /// runs it: added tokens split the text first; each remaining piece is normalized, pre-tokenized and encoded by the
 /// model; decoding runs the decoder chain over the token strings. Covers the SentencePiece-style family (Llama 2,
 /// TinyLlama, Mistral: Prepend/Replace normalizers or a Metaspace pre-tokenizer, byte fallback), the byte-level family
@@ -20,7 +21,7 @@ internal sealed partial class HfTokenizer
 {
     private readonly ITokenModel _model;
     private readonly string[] _idToToken;
-    private readonly Dictionary<string, int> _vocab;
+    private readonly IReadOnlyDictionary<string, int> _vocab;
     private readonly List<AddedToken> _added;
     private readonly Dictionary<int, AddedToken> _addedById;
     private readonly List<Func<string, string>> _normalizers = new();
@@ -40,28 +41,15 @@ internal sealed partial class HfTokenizer
     /// <summary><c>padding.pad_id</c> when the file enables padding.</summary>
     public int? PaddingId { get; }
 
-    public HfTokenizer(JsonObject root, string source)
+    /// <summary>
+    /// The tokenizer of <paramref name="root"/> (a tokenizer.json object) around <paramref name="model"/>, the model step
+    /// its <c>model</c> section describes (TokenizerLoader picks the class by <c>model.type</c>).
+    /// </summary>
+    public HfTokenizer(JsonObject root, ITokenModel model, string source)
     {
         _source = source;
-        var model = root["model"] as JsonObject ?? throw Bad("model", "missing");
-        string type = (string?)model["type"] ?? "BPE";
-        if (type is not ("BPE" or "WordPiece")) throw Bad("model.type", $"'{type}' is not supported (supported: BPE for the Llama, Mistral, Qwen2, GPT-2 and RoBERTa families; WordPiece for BERT)");
-        if (type == "BPE" && model["continuing_subword_prefix"] is JsonValue csp && ((string?)csp)?.Length > 0) throw Bad("model.continuing_subword_prefix", "is not supported for BPE");
-        if (model["end_of_word_suffix"] is JsonValue ews && ((string?)ews)?.Length > 0) throw Bad("model.end_of_word_suffix", "is not supported");
-        _vocab = new Dictionary<string, int>(StringComparer.Ordinal);
-        foreach (var (k, v) in model["vocab"] as JsonObject ?? throw Bad("model.vocab", "missing")) _vocab[k] = (int)v!;
-        var merges = new List<(string, string)>();
-        foreach (var m in model["merges"] as JsonArray ?? new JsonArray())
-        {
-            if (m is JsonArray pair && pair.Count == 2) merges.Add(((string)pair[0]!, (string)pair[1]!));
-            else if (m is JsonValue s && ((string?)s) is { } str)
-            {
-                int sp = str.IndexOf(' ', 1);
-                if (sp < 0) throw Bad("model.merges", $"entry '{str}' is not 'a b'");
-                merges.Add((str[..sp], str[(sp + 1)..]));
-            }
-            else throw Bad("model.merges", "entries must be \"a b\" strings or [a, b] pairs");
-        }
+        _model = model;
+        _vocab = model.Vocab;
         _added = new List<AddedToken>();
         foreach (var a in root["added_tokens"] as JsonArray ?? new JsonArray())
         {
@@ -75,9 +63,6 @@ internal sealed partial class HfTokenizer
         _idToToken = new string[VocabSize];
         foreach (var (k, v) in _vocab) _idToToken[v] = k;
         foreach (var a in _added) _idToToken[a.Id] = a.Content;
-        _model = type == "WordPiece"
-            ? new WordPieceModel(_vocab, (string?)model["unk_token"] ?? "[UNK]", (string?)model["continuing_subword_prefix"] ?? "##", (int?)model["max_input_chars_per_word"] ?? 100, source)
-            : new BpeModel(_vocab, merges, (string?)model["unk_token"], (bool?)model["byte_fallback"] ?? false, (bool?)model["ignore_merges"] ?? false, source);
         if (root["normalizer"] is JsonObject n) AddNormalizer(n);
         if (root["pre_tokenizer"] is JsonObject p) AddPreTokenizer(p);
         if (root["decoder"] is JsonObject d) AddDecoder(d);

@@ -1,7 +1,7 @@
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 
-namespace ResLora.IO.Tokenizers;
+namespace ResLora.Text.Tokenizers;
 
 /// <summary>The pre-tokenizers of tokenizer.json (Metaspace, ByteLevel, Split, BERT, Whitespace, ...): how text is cut into pieces before the model encodes each.</summary>
 internal sealed partial class HfTokenizer

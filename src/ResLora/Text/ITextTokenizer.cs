@@ -1,4 +1,4 @@
-namespace ResLora.IO;
+namespace ResLora.Text;
 
 /// <summary>
 /// What the rest of the library needs of a tokenizer. Implementations: Hugging Face tokenizer.json (the

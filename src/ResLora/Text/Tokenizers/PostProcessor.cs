@@ -1,6 +1,6 @@
 using System.Text.Json.Nodes;
 
-namespace ResLora.IO.Tokenizers;
+namespace ResLora.Text.Tokenizers;
 
 /// <summary>
 /// How one text or a text pair becomes model input: Hugging Face tokenizers' post-processor (tokenizer.json

@@ -1,7 +1,7 @@
 using System.Text;
 using System.Text.Json.Nodes;
 
-namespace ResLora.IO.Tokenizers;
+namespace ResLora.Text.Tokenizers;
 
 /// <summary>The decoder chain of tokenizer.json (Replace, ByteFallback, Fuse, Strip, ByteLevel, Metaspace, WordPiece): ids back to text.</summary>
 internal sealed partial class HfTokenizer

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
 
-namespace ResLora.IO.Tokenizers;
+namespace ResLora.Text.Tokenizers;
 
 /// <summary>
 /// Unicode canonical decomposition (NFD) that works with <c>InvariantGlobalization</c>: the build sets it, and in that
@@ -41,7 +41,7 @@ namespace ResLora.IO.Tokenizers;
 /// out.write('// &lt;auto-generated&gt;\n')
 /// out.write('// Generated from the Unicode Character Database %s (Python unicodedata) by the script in UnicodeNfd.cs.\n' % unicodedata.unidata_version)
 /// out.write('// &lt;/auto-generated&gt;\n')
-/// out.write('namespace ResLora.IO.Tokenizers;\n\n')
+/// out.write('namespace ResLora.Text.Tokenizers;\n\n')
 /// out.write('internal static partial class UnicodeNfd\n{\n')
 /// out.write('    private const string UnicodeVersion = "%s";\n\n' % unicodedata.unidata_version)
 /// out.write('    // code point = its full canonical decomposition (NFD of the character alone), hex, dot-separated.\n')

@@ -1,6 +1,6 @@
-using ResLora.IO.Tokenizers;
+using ResLora.Text.Tokenizers;
 
-namespace ResLora.Tests.IO.Tokenizers;
+namespace ResLora.Tests.Text.Tokenizers;
 
 /// <summary>The Unicode steps BERT normalization rests on, checked against the Unicode Character Database by hand.</summary>
 public sealed class UnicodeTextTests

@@ -1,7 +1,7 @@
 using System.Text.Json.Nodes;
-using ResLora.IO.Tokenizers;
+using ResLora.Text.Tokenizers;
 
-namespace ResLora.Tests.IO.Tokenizers;
+namespace ResLora.Tests.Text.Tokenizers;
 
 /// <summary>Tiny BERT and RoBERTa tokenizer folders written by the tests; every id in the tests is an index in these lists.</summary>
 internal static class BertTokenizerFiles

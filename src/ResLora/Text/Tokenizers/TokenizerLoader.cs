@@ -1,8 +1,9 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Microsoft.ML.Tokenizers;
+using ResLora.IO;
 
-namespace ResLora.IO;
+namespace ResLora.Text;
 
 /// <summary>
 /// Loads a model folder's tokenizer: Hugging Face <c>tokenizer.json</c> (preferred), SentencePiece
@@ -35,7 +36,7 @@ public static class TokenizerLoader
             {
                 throw new UserInputException($"{json}: not valid JSON ({e.Message}).", e);
             }
-            var tok = new Tokenizers.HfTokenizer(root, json);
+            var tok = FromTokenizerJson(root, json);
             var (bos, eos, pad, addBos) = Specials(cfg, gen, model, tok.TokenId, DefaultAddBos(root, cfg), json);
             return Wrap(tok, bos, eos, pad, addBos, json);
         }
@@ -58,7 +59,7 @@ public static class TokenizerLoader
         }
         if (File.Exists(vocabTxt))
         {
-            var tok = new Tokenizers.HfTokenizer(Tokenizers.BertVocabFile.ToTokenizerJson(vocabTxt, cfg), vocabTxt);
+            var tok = FromTokenizerJson(Tokenizers.BertVocabFile.ToTokenizerJson(vocabTxt, cfg), vocabTxt);
             // BERT has no BOS/EOS: [CLS]/[SEP] come from the post-processor, never from AddBosToken or EOS-stopping.
             var (_, _, pad, _) = Specials(cfg, gen, model, tok.TokenId, false, vocabTxt);
             return Wrap(tok, null, new List<int>(), pad, false, vocabTxt);
@@ -80,6 +81,23 @@ public static class TokenizerLoader
             if (d >= 1 && d == Math.Floor(d)) return (int)d;
         }
         throw new UserInputException($"{path}: model_max_length {v.ToJsonString()} must be a positive whole number (BERT: 512).");
+    }
+
+    /// <summary>
+    /// The tokenizer of a tokenizer.json object: the one place that picks the model class by <c>model.type</c> (BPE when
+    /// absent, as tokenizers reads it); the normalizers, pre-tokenizers, decoders and post-processor around it are shared.
+    /// </summary>
+    private static Tokenizers.HfTokenizer FromTokenizerJson(JsonObject root, string source)
+    {
+        var model = root["model"] as JsonObject ?? throw new UserInputException($"{source}: 'model' missing.");
+        string type = (string?)model["type"] ?? "BPE";
+        Tokenizers.ITokenModel tokenModel = type switch
+        {
+            "BPE" => Tokenizers.BpeModel.FromJson(model, source),
+            "WordPiece" => Tokenizers.WordPieceModel.FromJson(model, source),
+            _ => throw new UserInputException($"{source}: 'model.type' '{type}' is not supported (supported: BPE for the Llama, Mistral, Qwen2, GPT-2 and RoBERTa families; WordPiece for BERT)."),
+        };
+        return new Tokenizers.HfTokenizer(root, tokenModel, source);
     }
 
     private static ITextTokenizer Wrap(Tokenizers.HfTokenizer tok, int? bos, List<int> eos, int? pad, bool addBos, string source)

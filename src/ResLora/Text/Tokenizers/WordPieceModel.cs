@@ -1,15 +1,7 @@
 using System.Text;
+using System.Text.Json.Nodes;
 
-namespace ResLora.IO.Tokenizers;
-
-/// <summary>The model step of a tokenizer: one pre-tokenized word in, its ids appended to the output.</summary>
-internal interface ITokenModel
-{
-    void Encode(string word, List<int> output);
-
-    /// <summary>As <see cref="Encode(string, List{int})"/>, also adding each token's [start, end) range in <paramref name="word"/> to <paramref name="spans"/>.</summary>
-    void Encode(string word, List<int> output, List<(int Start, int End)> spans);
-}
+namespace ResLora.Text.Tokenizers;
 
 /// <summary>
 /// WordPiece as Hugging Face tokenizers' <c>WordPiece</c> model (models/wordpiece/mod.rs) and Google BERT's
@@ -31,6 +23,12 @@ internal sealed class WordPieceModel : ITokenModel
     private readonly int _unkId;
     private readonly string _prefix;
     private readonly int _maxChars;
+
+    /// <summary>The <c>WordPiece</c> model section of tokenizer.json.</summary>
+    public static WordPieceModel FromJson(JsonObject model, string source) =>
+        new(TokenModelJson.Vocab(model, source), (string?)model["unk_token"] ?? "[UNK]", (string?)model["continuing_subword_prefix"] ?? "##", (int?)model["max_input_chars_per_word"] ?? 100, source);
+
+    public IReadOnlyDictionary<string, int> Vocab => _vocab;
 
     public WordPieceModel(Dictionary<string, int> vocab, string unkToken, string continuingSubwordPrefix, int maxInputCharsPerWord, string source)
     {

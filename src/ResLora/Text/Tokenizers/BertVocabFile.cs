@@ -1,6 +1,6 @@
 using System.Text.Json.Nodes;
 
-namespace ResLora.IO.Tokenizers;
+namespace ResLora.Text.Tokenizers;
 
 /// <summary>
 /// A classic BERT folder that has only <c>vocab.txt</c> (and perhaps tokenizer_config.json), turned into the tokenizer.json

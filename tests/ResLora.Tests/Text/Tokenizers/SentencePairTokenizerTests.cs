@@ -1,9 +1,9 @@
 using System.Text.Json.Nodes;
-using ResLora.IO;
-using ResLora.IO.Tokenizers;
-using static ResLora.Tests.IO.Tokenizers.BertTokenizerFiles;
+using ResLora.Text.Tokenizers;
+using ResLora.Text;
+using static ResLora.Tests.Text.Tokenizers.BertTokenizerFiles;
 
-namespace ResLora.Tests.IO.Tokenizers;
+namespace ResLora.Tests.Text.Tokenizers;
 
 /// <summary>
 /// Post-processors (BertProcessing, RobertaProcessing, TemplateProcessing, Sequence) and <c>longest_first</c> truncation,

@@ -1,9 +1,9 @@
 using System.Text;
 using System.Text.Json.Nodes;
-using ResLora.IO;
 using ResLora.Tests.Infrastructure;
+using ResLora.Text;
 
-namespace ResLora.Tests.IO.Tokenizers;
+namespace ResLora.Tests.Text.Tokenizers;
 
 /// <summary>
 /// EncodeWithOffsets: the same ids as Encode, each with the characters it was made from, as Hugging Face tokenizers'

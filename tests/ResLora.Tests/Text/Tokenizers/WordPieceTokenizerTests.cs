@@ -1,8 +1,8 @@
 using System.Text.Json.Nodes;
-using ResLora.IO;
-using static ResLora.Tests.IO.Tokenizers.BertTokenizerFiles;
+using ResLora.Text;
+using static ResLora.Tests.Text.Tokenizers.BertTokenizerFiles;
 
-namespace ResLora.Tests.IO.Tokenizers;
+namespace ResLora.Tests.Text.Tokenizers;
 
 /// <summary>
 /// BERT's WordPiece tokenizer (tokenizer.json and vocab.txt folders) against ids worked out by hand from Hugging Face

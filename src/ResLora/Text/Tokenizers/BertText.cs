@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
 
-namespace ResLora.IO.Tokenizers;
+namespace ResLora.Text.Tokenizers;
 
 /// <summary>
 /// The text steps of BERT-style tokenizers, as Hugging Face tokenizers runs them: the <c>BertNormalizer</c>

@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.RegularExpressions;
 
-namespace ResLora.IO.Tokenizers;
+namespace ResLora.Text.Tokenizers;
 
 /// <summary>
 /// A piece of text on its way through a tokenizer's normalizers and pre-tokenizers, with, for each UTF-16 unit, the
