@@ -3,7 +3,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using ResLora.IO;
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 using ResLora.Pipelines;
 using ResLora.Training;
 using ResLora.Training.Classification;

@@ -1,6 +1,6 @@
 using ResLora.Adapters;
 using ResLora.IO;
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 using ResLora.Models;
 using ResLora.Training;
 

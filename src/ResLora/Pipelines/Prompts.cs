@@ -1,6 +1,6 @@
 using System.Text.Json;
 using ResLora.IO;
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 using ResLora.Training;
 
 namespace ResLora.Pipelines;

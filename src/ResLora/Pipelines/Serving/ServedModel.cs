@@ -1,5 +1,5 @@
 using ResLora.IO;
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 using ResLora.Models;
 
 namespace ResLora.Pipelines.Serving;
