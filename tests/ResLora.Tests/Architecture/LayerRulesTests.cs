@@ -6,13 +6,13 @@ using static ArchUnitNET.Fluent.ArchRuleDefinition;
 namespace ResLora.Tests.Architecture;
 
 /// <summary>
-/// The one-way layers of the library (docs/architecture.md): IO ← Models ← Quantization ← Adapters ← Training ←
+/// The one-way layers of the library (docs/architecture.md): IO ← Text ← Models ← Quantization ← Adapters ← Training ←
 /// Pipelines ← applications (CLI, demo, bench, plots). A layer may use the layers before it, never one after it.
 /// </summary>
 public sealed class LayerRulesTests
 {
     /// <summary>The layers in dependency order, as namespaces under a root.</summary>
-    public static readonly string[] Layers = { "IO", "Models", "Quantization", "Adapters", "Training", "Pipelines" };
+    public static readonly string[] Layers = { "IO", "Text", "Models", "Quantization", "Adapters", "Training", "Pipelines" };
 
     /// <summary>The applications: allowed to use every layer, never used by one.</summary>
     public static readonly string[] Applications = { "Cli", "Demo", "Bench", "Plots" };
@@ -70,6 +70,35 @@ public sealed class LayerRulesTests
         var core = Types().That().ResideInAssembly(typeof(ResLora.Models.ModelConfig).Assembly);
         var rule = core.Should().NotDependOnAny(Types().That().ResideInNamespaceMatching(@"^(ScottPlot|Spectre\.Console|System\.CommandLine)(\..*)?$"));
         Assert.True(rule.HasNoViolations(Product.Value));
+    }
+
+    /// <summary>Assemblies the core library must not reference: the ONNX importer's packages and the applications' UI/CLI ones.</summary>
+    public static readonly string[] ForbiddenInCore = { "OnnxSharp", "Google.Protobuf", "System.CommandLine", "Spectre.Console", "ScottPlot" };
+
+    /// <summary>The names in <paramref name="forbidden"/> (or starting with one of them and a dot) that <paramref name="assembly"/> references.</summary>
+    public static IReadOnlyList<string> ForbiddenReferences(System.Reflection.Assembly assembly, IEnumerable<string> forbidden) =>
+        assembly.GetReferencedAssemblies().Select(a => a.Name ?? "")
+            .Where(n => forbidden.Any(f => n.Equals(f, StringComparison.OrdinalIgnoreCase) || n.StartsWith(f + ".", StringComparison.OrdinalIgnoreCase)))
+            .ToList();
+
+    [Fact]
+    public void CoreAssembly_ReferencesNoOnnxOrUiPackage()
+    {
+        var core = typeof(ResLora.Models.ModelConfig).Assembly;
+        Assert.Empty(ForbiddenReferences(core, ForbiddenInCore));
+        // The check can fail: the importer and the CLI do reference what the core must not.
+        Assert.Contains("OnnxSharp", ForbiddenReferences(typeof(ResLora.Onnx.OnnxConversion).Assembly, ForbiddenInCore));
+        Assert.Contains("System.CommandLine", ForbiddenReferences(typeof(ResLora.Cli.CliApp).Assembly, ForbiddenInCore));
+    }
+
+    [Fact]
+    public void TemplateEngine_ReferencesNoResLoraAssembly()
+    {
+        var engine = typeof(ResLora.Templates.TemplateBudget).Assembly;
+        Assert.Equal("ResLora.Templates", engine.GetName().Name);
+        Assert.Empty(ForbiddenReferences(engine, new[] { "ResLora" }));
+        // The check can fail: the core references ResLora.Templates, which the same rule flags.
+        Assert.Contains("ResLora.Templates", ForbiddenReferences(typeof(ResLora.Models.ModelConfig).Assembly, new[] { "ResLora" }));
     }
 
     [Fact]
