@@ -1,6 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
-using ResLora.Pipelines;
+using ResLora.Onnx;
 
 namespace ResLora.Cli;
 

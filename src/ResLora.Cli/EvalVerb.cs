@@ -17,7 +17,7 @@ internal static class EvalVerb
         var data = new Option<string>("--data") { Description = "JSONL or JSON-array data (same shapes and templates as train).", Required = true };
         var promptTemplate = new Option<string?>("--prompt-template") { Description = "Prompt built from record fields." };
         var completionTemplate = new Option<string?>("--completion-template") { Description = "Completion built from record fields." };
-        var chatTemplate = new Option<string?>("--chat-template") { Description = $"Chat template for {{\"messages\"}}/ShareGPT records (default: the model's own, else the one the adapter was trained with): a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", IO.Templates.BuiltInChatTemplates.Names)})." };
+        var chatTemplate = new Option<string?>("--chat-template") { Description = $"Chat template for {{\"messages\"}}/ShareGPT records (default: the model's own, else the one the adapter was trained with): a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", Text.Templates.BuiltInChatTemplates.Names)})." };
         var seqLen = new Option<int>("--seq-len") { Description = "Longest sequence in tokens.", DefaultValueFactory = _ => 256 };
         var batch = new Option<int>("--batch-size") { Description = "Sequences per batch.", DefaultValueFactory = _ => 8 };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Longest generated answer for exact-match accuracy. The answer is the greedy continuation, ending at EOS or, when the reference is one line, at the first newline (cut there); it is correct when it equals the reference after trimming white space (the rule train's evaluation uses).", DefaultValueFactory = _ => 16 };

@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using ResLora.IO.Json;
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 using ResLora.Models;
 using ResLora.Pipelines;
 using ResLora.Text;

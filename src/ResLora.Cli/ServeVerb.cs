@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
 using ResLora.Cli.Serve;
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 using ResLora.Pipelines.Serving;
 
 namespace ResLora.Cli;

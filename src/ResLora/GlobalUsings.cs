@@ -2,6 +2,3 @@
 global using TorchSharp;
 global using TorchSharp.Modules;
 global using static TorchSharp.torch;
-// Only for IO/Templates/ChatFormat.cs, which loads a tokenizer and is moving to Text/Templates in its own change; drop
-// this line once it has moved (until then the layer test exempts it).
-global using ResLora.Text;

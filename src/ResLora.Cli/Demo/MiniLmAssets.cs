@@ -1,4 +1,5 @@
 using System.Reflection;
+using ResLora.Onnx;
 using ResLora.Pipelines;
 
 namespace ResLora.Demo;

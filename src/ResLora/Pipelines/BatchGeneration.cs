@@ -1,5 +1,6 @@
 using ResLora.Adapters;
-using ResLora.IO.Templates;
+using ResLora.IO;
+using ResLora.Text.Templates;
 using ResLora.Models;
 using ResLora.Text;
 using ResLora.Training;

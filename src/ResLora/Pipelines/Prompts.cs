@@ -1,6 +1,7 @@
 using System.Text.Json;
-using ResLora.IO.Templates;
 using ResLora.Text;
+using ResLora.IO;
+using ResLora.Text.Templates;
 using ResLora.Training;
 
 namespace ResLora.Pipelines;

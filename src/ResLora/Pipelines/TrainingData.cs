@@ -1,7 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using ResLora.IO;
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 using ResLora.Training;
 
 namespace ResLora.Pipelines;
@@ -29,7 +29,7 @@ public sealed record TrainingDataRecord
 
     public DataTemplates Templates => new(PromptTemplate, CompletionTemplate)
     {
-        Chat = ChatTemplate is null ? null : new ChatFormat(IO.Templates.ChatTemplate.Parse(ChatTemplate, "default"), ChatBosToken, ChatEosToken, origin: $"{FileName} chat_template"),
+        Chat = ChatTemplate is null ? null : new ChatFormat(Text.Templates.ChatTemplate.Parse(ChatTemplate, "default"), ChatBosToken, ChatEosToken, origin: $"{FileName} chat_template"),
     };
 
     /// <summary>This record with the chat format the data was rendered with (null: none).</summary>

@@ -3,7 +3,7 @@ using System.Text;
 using System.Text.Json;
 using ResLora.IO;
 using ResLora.IO.Json;
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 
 namespace ResLora.Training;
 

@@ -1,6 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 
 namespace ResLora.Training;
 

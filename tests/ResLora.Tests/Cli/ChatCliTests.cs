@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using ResLora.Cli;
-using ResLora.IO.Templates;
+using ResLora.IO;
+using ResLora.Text.Templates;
 using ResLora.Models;
 using ResLora.Pipelines;
 using ResLora.Tests.Infrastructure;

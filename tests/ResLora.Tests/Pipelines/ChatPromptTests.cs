@@ -1,4 +1,5 @@
-using ResLora.IO.Templates;
+using ResLora.IO;
+using ResLora.Text.Templates;
 using ResLora.Pipelines;
 using ResLora.Tests.Infrastructure;
 using ResLora.Text;

@@ -3,6 +3,7 @@ using Google.Protobuf;
 using Onnx;
 using ResLora.Cli;
 using ResLora.IO;
+using ResLora.Onnx;
 using ResLora.Pipelines;
 using ResLora.Tests.Infrastructure;
 using TorchSharp;

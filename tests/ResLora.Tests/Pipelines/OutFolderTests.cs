@@ -1,5 +1,6 @@
 using ResLora.Adapters;
 using ResLora.Training;
+using ResLora.Tests.Infrastructure;
 using static ResLora.Tests.Infrastructure.CliHarness;
 
 namespace ResLora.Tests.Pipelines;
@@ -13,7 +14,7 @@ public sealed class OutFolderTests : IDisposable
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
     private string[] Train(string model, string data, string outDir, params string[] more) =>
-        new[] { "train", "--model", model, "--data", data, "--steps", "2", "--batch-size", "4", "--eval-fraction", "0", "--out", outDir }.Concat(Templates).Concat(more).ToArray();
+        new[] { "train", "--model", model, "--data", data, "--steps", "2", "--batch-size", "4", "--eval-fraction", "0", "--out", outDir }.Concat(CliHarness.Templates).Concat(more).ToArray();
 
     [Fact]
     public void Resume_WithAnotherAlphaOrDropout_IsRefusedNamingTheField()

@@ -58,7 +58,7 @@ public sealed class WeightCheckTests : IDisposable
     public void CheckWeights_RefusesABadBaseForTrainAndMerge()
     {
         string model = NaNModel(), data = Data(Path.Combine(_dir, "d.jsonl"), 16, 1), outDir = Path.Combine(_dir, "run");
-        var train = Run(new[] { "train", "--model", model, "--data", data, "--steps", "1", "--batch-size", "4", "--eval-fraction", "0", "--out", outDir, "--check-weights" }.Concat(Templates).ToArray());
+        var train = Run(new[] { "train", "--model", model, "--data", data, "--steps", "1", "--batch-size", "4", "--eval-fraction", "0", "--out", outDir, "--check-weights" }.Concat(CliHarness.Templates).ToArray());
         Assert.Equal(2, train.Rc);
         Assert.StartsWith($"error: --check-weights: 1 tensor problem(s) in {model}", train.Err);
         Assert.Contains($"'{Q0}': 4 of 1,024 values are NaN or infinite", train.Err);
@@ -72,7 +72,7 @@ public sealed class WeightCheckTests : IDisposable
     public void NaNInAnAdapter_IsOneLineNamingFileAndTensor_ForMergeAndResume()
     {
         string model = ModelFolder(Path.Combine(_dir, "model")), data = Data(Path.Combine(_dir, "d.jsonl"), 16, 1), outDir = Path.Combine(_dir, "run");
-        var train = Run(new[] { "train", "--model", model, "--data", data, "--steps", "4", "--save-every", "2", "--batch-size", "4", "--eval-fraction", "0", "--out", outDir }.Concat(Templates).ToArray());
+        var train = Run(new[] { "train", "--model", model, "--data", data, "--steps", "4", "--save-every", "2", "--batch-size", "4", "--eval-fraction", "0", "--out", outDir }.Concat(CliHarness.Templates).ToArray());
         Assert.True(train.Rc == 0, train.Err);
         string key = AdapterFolder.KeyPrefix + "model.layers.1.self_attn.v_proj.lora_A.weight";
         string weights = Path.Combine(outDir, AdapterFolder.WeightsFileName);
@@ -86,7 +86,7 @@ public sealed class WeightCheckTests : IDisposable
         // The checkpoint's adapter is read on resume: the same check.
         string ckptWeights = Path.Combine(outDir, "checkpoint", "adapter", AdapterFolder.WeightsFileName);
         PoisonWithNaN(ckptWeights, key, 1);
-        var resume = Run(new[] { "train", "--model", model, "--data", data, "--steps", "4", "--save-every", "2", "--batch-size", "4", "--eval-fraction", "0", "--out", outDir, "--resume" }.Concat(Templates).ToArray());
+        var resume = Run(new[] { "train", "--model", model, "--data", data, "--steps", "4", "--save-every", "2", "--batch-size", "4", "--eval-fraction", "0", "--out", outDir, "--resume" }.Concat(CliHarness.Templates).ToArray());
         Assert.Equal(2, resume.Rc);
         Assert.Contains($"{ckptWeights}: tensor '{key}': 1 of 256 values are NaN or infinite", resume.Err);
     }

@@ -3,7 +3,7 @@ using System.Text.Json.Nodes;
 using ResLora.Adapters;
 using ResLora.Cli.Serve;
 using ResLora.IO;
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 using ResLora.Models;
 using ResLora.Pipelines;
 using ResLora.Pipelines.Serving;

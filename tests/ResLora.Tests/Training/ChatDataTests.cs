@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
-using ResLora.IO.Templates;
+using ResLora.IO;
+using ResLora.Text.Templates;
 using ResLora.Tests.Infrastructure;
 using ResLora.Tests.IO.Templates;
 using ResLora.Text;

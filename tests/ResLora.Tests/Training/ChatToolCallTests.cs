@@ -1,4 +1,4 @@
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 using ResLora.Tests.IO.Templates;
 using ResLora.Training;
 

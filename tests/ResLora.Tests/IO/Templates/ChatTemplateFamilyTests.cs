@@ -1,4 +1,4 @@
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 
 namespace ResLora.Tests.IO.Templates;
 

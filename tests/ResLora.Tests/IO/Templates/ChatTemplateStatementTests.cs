@@ -1,4 +1,4 @@
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 using static ResLora.Tests.IO.Templates.ChatTemplateTestKit;
 
 namespace ResLora.Tests.IO.Templates;

@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using ResLora.IO.Templates;
+using ResLora.Text.Templates;
 
 namespace ResLora.Tests.IO.Templates;
 

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text;
-using ResLora.IO.Templates;
+using ResLora.Templates;
+using ResLora.Text.Templates;
 
 namespace ResLora.Tests.IO.Templates;
 

@@ -1,4 +1,4 @@
-namespace ResLora.IO.Templates;
+namespace ResLora.Text.Templates;
 
 /// <summary>
 /// Chat formats to choose by name (<c>--chat-template chatml</c>) for a model whose tokenizer_config.json has no

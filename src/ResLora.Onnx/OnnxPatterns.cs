@@ -1,6 +1,6 @@
 using Onnx;
 
-namespace ResLora.Pipelines.Onnx;
+namespace ResLora.Onnx;
 
 /// <summary>
 /// A linear layer found in the graph: <c>MatMul(x, W) + b</c> with W stored (in, out), or <c>Gemm(x, W, b)</c> whose

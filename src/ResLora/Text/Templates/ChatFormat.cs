@@ -1,7 +1,8 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using ResLora.IO;
 
-namespace ResLora.IO.Templates;
+namespace ResLora.Text.Templates;
 
 /// <summary>A conversation rendered with its chat template, and the character ranges of its assistant turns.</summary>
 /// <param name="Text">The rendered text, special tokens written out (transformers' <c>apply_chat_template(tokenize=False)</c>).</param>
@@ -27,9 +28,9 @@ public sealed class ChatFormat
     private static readonly string[] KnownEndOfTurn = { "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|eom_id|>", "<|endoftext|>", "</s>" };
 
     /// <summary>What the format is made of, read on first use for a model's own template (data without conversations never needs it).</summary>
-    private sealed record Parts(ChatTemplate Template, string? Bos, string? Eos, IReadOnlyList<string> Specials);
+    private sealed record FormatParts(ChatTemplate Template, string? Bos, string? Eos, IReadOnlyList<string> Specials);
 
-    private readonly Lazy<Parts> _parts;
+    private readonly Lazy<FormatParts> _parts;
     private readonly Lazy<IReadOnlyList<string>> _endOfTurn;
 
     /// <summary>A format from a parsed template.</summary>
@@ -39,14 +40,14 @@ public sealed class ChatFormat
     /// <param name="specialTokens">The tokenizer's special token texts, among which the end-of-turn token is looked for.</param>
     /// <param name="origin">Where the template came from, for messages ("model/tokenizer_config.json", "built-in 'chatml'").</param>
     public ChatFormat(ChatTemplate template, string? bosToken, string? eosToken, IEnumerable<string>? specialTokens = null, string? origin = null)
-        : this(() => new Parts(template, bosToken, eosToken, (specialTokens ?? Array.Empty<string>()).ToList()), origin ?? $"chat template '{template.Name ?? "default"}'")
+        : this(() => new FormatParts(template, bosToken, eosToken, (specialTokens ?? Array.Empty<string>()).ToList()), origin ?? $"chat template '{template.Name ?? "default"}'")
     {
         ArgumentNullException.ThrowIfNull(template);
     }
 
-    private ChatFormat(Func<Parts> parts, string origin)
+    private ChatFormat(Func<FormatParts> parts, string origin)
     {
-        _parts = new Lazy<Parts>(() =>
+        _parts = new Lazy<FormatParts>(() =>
         {
             var p = parts();
             return p with { Specials = p.Specials.Where(s => s.Length > 0).Distinct().ToList() };
@@ -219,7 +220,7 @@ public sealed class ChatFormat
             return new ChatFormat(() =>
             {
                 var (bos, eos, specials) = Tokens(modelDir, config);
-                return new Parts(Wrap(configPath, () => ChatTemplates.FromTokenizerConfig(config))!, bos, eos, specials);
+                return new FormatParts(Wrap(configPath, () => ChatTemplates.FromTokenizerConfig(config))!, bos, eos, specials);
             }, configPath);
         }
         ChatTemplate template;

@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace ResLora.IO.Templates;
+namespace ResLora.Templates;
 
 /// <summary>Walking and indexing values: iteration, <c>in</c>, attributes, items and slices, with Python's rules.</summary>
 internal static partial class TemplateValues
@@ -65,7 +65,7 @@ internal static partial class TemplateValues
     }
 
     /// <summary><c>obj[start:stop:step]</c> with Python's slice rules.</summary>
-    public static object? Slice(object? obj, object? start, object? stop, object? step)
+    public static object? SliceOf(object? obj, object? start, object? stop, object? step)
     {
         if (obj is Undefined u) throw UndefinedUse(u);
         int n = obj switch

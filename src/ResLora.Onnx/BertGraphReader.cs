@@ -1,8 +1,9 @@
 using System.Globalization;
 using Onnx;
-using static ResLora.Pipelines.Onnx.OnnxPatterns;
+using static TorchSharp.torch;
+using static ResLora.Onnx.OnnxPatterns;
 
-namespace ResLora.Pipelines.Onnx;
+namespace ResLora.Onnx;
 
 /// <summary>Where one Hugging Face tensor comes from: an ONNX initializer, transposed when it was stored (in, out).</summary>
 /// <param name="HfName">The Hugging Face state-dict key (<c>encoder.layer.0.attention.self.query.weight</c>).</param>

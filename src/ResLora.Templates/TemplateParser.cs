@@ -1,4 +1,4 @@
-namespace ResLora.IO.Templates;
+namespace ResLora.Templates;
 
 /// <summary>
 /// Parses the token stream into statements, following Jinja's grammar for the subset chat templates use. Every
@@ -55,7 +55,7 @@ internal sealed partial class TemplateParser
         return t;
     }
 
-    private ChatTemplateException Error(int line, string detail) => new(_name, line, detail);
+    private TemplateException Error(int line, string detail) => new(_name, line, detail);
 
     private void Expect(TokenKind kind, string what)
     {

@@ -4,7 +4,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 
-namespace ResLora.IO.Templates;
+namespace ResLora.Templates;
 
 /// <summary>
 /// Jinja's default Undefined: printed as "", falsy, iterates as empty, equal only to another undefined; using it as
@@ -75,10 +75,10 @@ internal static partial class TemplateValues
             case sbyte or byte or short or ushort or int or uint or long: return Convert.ToInt64(value, CultureInfo.InvariantCulture);
             case ulong u when u <= long.MaxValue: return (long)u;
             case float or double or decimal: return Convert.ToDouble(value, CultureInfo.InvariantCulture);
-            case ChatMessage m:
-                var message = Dict(("role", m.Role), ("content", m.Content));
-                foreach (var (k, v) in m.Fields ?? new JsonObject()) message[k] = v is null ? null : FromJsonText(v.ToJsonString(), $"{path}.{k}");
-                return message;
+            case ITemplateObject o:
+                var fields = new OrderedDictionary<string, object?>(StringComparer.Ordinal);
+                foreach (var (k, v) in o.TemplateFields()) fields[k] = FromDotNet(v, $"{path}.{k}");
+                return fields;
             case JsonNode node: return FromJsonText(node.ToJsonString(), path);
             case JsonElement element: return FromJsonText(element.GetRawText(), path);
             case IReadOnlyDictionary<string, object?> map:

@@ -1,7 +1,7 @@
 using System.Text;
-using static ResLora.IO.Templates.TemplateValues;
+using static ResLora.Templates.TemplateValues;
 
-namespace ResLora.IO.Templates;
+namespace ResLora.Templates;
 
 /// <summary>Python's arithmetic on the value model: int stays int (checked), <c>/</c> is true division, <c>//</c> and <c>%</c> floor.</summary>
 internal static class TemplateOperators

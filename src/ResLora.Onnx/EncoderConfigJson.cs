@@ -1,6 +1,6 @@
 using System.Text.Json.Serialization;
 
-namespace ResLora.Pipelines.Onnx;
+namespace ResLora.Onnx;
 
 /// <summary>
 /// The <c>config.json</c> of a BERT-family encoder folder, as Hugging Face's BertConfig writes it (field names and

@@ -1,9 +1,10 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using ResLora.IO;
-using ResLora.Pipelines.Onnx;
+using TorchSharp;
+using static TorchSharp.torch;
 
-namespace ResLora.Pipelines;
+namespace ResLora.Onnx;
 
 /// <summary>What <c>reslora convert onnx</c> reads and where it writes.</summary>
 public sealed record OnnxConversionOptions

@@ -1,4 +1,4 @@
-namespace ResLora.IO.Templates;
+namespace ResLora.Templates;
 
 /// <summary>
 /// Expressions, with Jinja's precedence from loosest to tightest: <c>x if c else y</c>, <c>or</c>, <c>and</c>,

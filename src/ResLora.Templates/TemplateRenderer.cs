@@ -1,7 +1,7 @@
 using System.Text;
-using static ResLora.IO.Templates.TemplateValues;
+using static ResLora.Templates.TemplateValues;
 
-namespace ResLora.IO.Templates;
+namespace ResLora.Templates;
 
 /// <summary>
 /// Runs a parsed template. Scopes follow Jinja: the template's variables and top-level <c>set</c>s share one
@@ -33,7 +33,7 @@ internal sealed class TemplateRenderer
     /// <summary>
     /// Renders <paramref name="body"/>; when <paramref name="generation"/> is given, the output range of every
     /// <c>{% generation %}</c> block written to the output (not into a block <c>set</c>) is added to it. The render
-    /// stops with a <see cref="ChatTemplateException"/> when it exceeds <paramref name="budget"/>.
+    /// stops with a <see cref="TemplateException"/> when it exceeds <paramref name="budget"/>.
     /// </summary>
     public static string Render(IReadOnlyList<Node> body, Dictionary<string, object?> globals, string? name, TimeProvider clock,
         List<(int Start, int End)>? generation = null, TemplateBudget? budget = null)
@@ -52,7 +52,7 @@ internal sealed class TemplateRenderer
         }
         catch (TemplateRuntimeException e)
         {
-            throw new ChatTemplateException(_name, line, e.Message);
+            throw new TemplateException(_name, line, e.Message);
         }
     }
 
@@ -65,7 +65,7 @@ internal sealed class TemplateRenderer
         }
         catch (TemplateRuntimeException e)
         {
-            throw new ChatTemplateException(_name, line, e.Message);
+            throw new TemplateException(_name, line, e.Message);
         }
     }
 
@@ -74,7 +74,7 @@ internal sealed class TemplateRenderer
     {
         if (text.Length == 0) return;
         if (_out.Length + (long)text.Length > _meter.Budget.MaxOutputLength)
-            throw new ChatTemplateException(_name, line, $"the rendered text would be longer than its budget of {_meter.Budget.MaxOutputLength:N0} characters (TemplateBudget.MaxOutputLength)");
+            throw new TemplateException(_name, line, $"the rendered text would be longer than its budget of {_meter.Budget.MaxOutputLength:N0} characters (TemplateBudget.MaxOutputLength)");
         Step(line, text.Length / TemplateBudget.CharsPerStep);
         _out.Append(text);
     }
@@ -191,7 +191,7 @@ internal sealed class TemplateRenderer
         }
         var parts = Guard(line, () => Iterate(value));
         if (parts.Count != targets.Count)
-            throw new ChatTemplateException(_name, line, $"cannot unpack {parts.Count} value(s) into {targets.Count} names ({string.Join(", ", targets)})");
+            throw new TemplateException(_name, line, $"cannot unpack {parts.Count} value(s) into {targets.Count} names ({string.Join(", ", targets)})");
         for (int i = 0; i < parts.Count; i++) frame[targets[i]] = parts[i];
     }
 
@@ -213,7 +213,7 @@ internal sealed class TemplateRenderer
             return;
         }
         if (Lookup(s.Targets[0]) is not TemplateNamespace ns)
-            throw new ChatTemplateException(_name, s.Line, $"cannot assign the attribute '{s.Attribute}' of '{s.Targets[0]}': only a namespace() accepts attribute assignment");
+            throw new TemplateException(_name, s.Line, $"cannot assign the attribute '{s.Attribute}' of '{s.Targets[0]}': only a namespace() accepts attribute assignment");
         ns.Attributes[s.Attribute] = value;
     }
 
@@ -224,7 +224,7 @@ internal sealed class TemplateRenderer
         return new Undefined($"'{name}' is undefined");
     }
 
-    /// <summary>Runs a value operation, turning its errors into a <see cref="ChatTemplateException"/> for <paramref name="line"/>.</summary>
+    /// <summary>Runs a value operation, turning its errors into a <see cref="TemplateException"/> for <paramref name="line"/>.</summary>
     private T Guard<T>(int line, Func<T> operation)
     {
         try
@@ -233,15 +233,15 @@ internal sealed class TemplateRenderer
         }
         catch (TemplateRuntimeException e)
         {
-            throw new ChatTemplateException(_name, line, e.Message);
+            throw new TemplateException(_name, line, e.Message);
         }
         catch (TemplateRaiseSignal e)
         {
-            throw new ChatTemplateRaisedException(_name, line, e.Message);
+            throw new TemplateRaisedException(_name, line, e.Message);
         }
         catch (OverflowException)
         {
-            throw new ChatTemplateException(_name, line, "integer overflow: Python's integers are unbounded but a chat template's are 64-bit");
+            throw new TemplateException(_name, line, "integer overflow: Python's integers are unbounded but a chat template's are 64-bit");
         }
     }
 
@@ -306,7 +306,7 @@ internal sealed class TemplateRenderer
         foreach (var (keyExpr, valueExpr) in d.Items)
         {
             if (Eval(keyExpr) is not string key)
-                throw new ChatTemplateException(_name, keyExpr.Line, "dictionary keys must be strings in chat templates");
+                throw new TemplateException(_name, keyExpr.Line, "dictionary keys must be strings in chat templates");
             dict[key] = Eval(valueExpr);
         }
         return dict;
@@ -316,7 +316,7 @@ internal sealed class TemplateRenderer
     {
         var obj = Eval(s.Obj);
         object? start = s.Start is null ? null : Eval(s.Start), stop = s.Stop is null ? null : Eval(s.Stop), step = s.Step is null ? null : Eval(s.Step);
-        return Guard(s.Line, () => Slice(obj, start, stop, step));
+        return Guard(s.Line, () => SliceOf(obj, start, stop, step));
     }
 
     private object? EvalCall(CallExpr c)

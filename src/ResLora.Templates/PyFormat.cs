@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
 
-namespace ResLora.IO.Templates;
+namespace ResLora.Templates;
 
 /// <summary>Python's text forms that templates print: float repr, string repr, json.dumps and strftime.</summary>
 internal static class PyFormat

@@ -1,12 +1,12 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 
-namespace ResLora.IO.Templates;
+namespace ResLora.Templates;
 
 /// <summary>
 /// What one chat template may cost. Templates come from downloaded <c>tokenizer_config.json</c> files, so they are
 /// untrusted input: a template that nests too deep, runs too long or builds too much text ends with a
-/// <see cref="ChatTemplateException"/> naming the limit, instead of a stack overflow, a hang or gigabytes of memory.
+/// <see cref="TemplateException"/> naming the limit, instead of a stack overflow, a hang or gigabytes of memory.
 /// The defaults are far above what published templates use (they render in well under a millisecond, nest a few
 /// levels and emit a few KB); docs/chat-templates.md ("Template budgets") lists them.
 /// </summary>
@@ -59,7 +59,7 @@ public sealed record TemplateBudget
 /// while it runs, because the value operations it calls (printing, comparing, JSON, string methods) are static
 /// functions many calls deep; threading a meter through each of them would change every signature for one check. A
 /// limit hit here throws <see cref="TemplateRuntimeException"/>, which the renderer turns into a
-/// <see cref="ChatTemplateException"/> with the template's name and line.
+/// <see cref="TemplateException"/> with the template's name and line.
 /// </summary>
 internal sealed class TemplateMeter
 {

@@ -1,6 +1,6 @@
 using System.Text.Json.Nodes;
 
-namespace ResLora.IO.Templates;
+namespace ResLora.Text.Templates;
 
 /// <summary>Finds the chat template of a model's <c>tokenizer_config.json</c>.</summary>
 public static class ChatTemplates

@@ -1,7 +1,7 @@
 using System.Globalization;
-using static ResLora.IO.Templates.TemplateValues;
+using static ResLora.Templates.TemplateValues;
 
-namespace ResLora.IO.Templates;
+namespace ResLora.Templates;
 
 /// <summary>Filters (<c>x | f(args)</c>) and tests (<c>x is t(args)</c>), with Jinja's semantics.</summary>
 internal static partial class TemplateBuiltins

@@ -1,8 +1,8 @@
 using System.Globalization;
 using System.Text;
-using static ResLora.IO.Templates.TemplateValues;
+using static ResLora.Templates.TemplateValues;
 
-namespace ResLora.IO.Templates;
+namespace ResLora.Templates;
 
 /// <summary>Evaluated call arguments, bound by position or keyword as Python binds them.</summary>
 internal sealed class Args

@@ -1,8 +1,9 @@
 using System.Runtime.InteropServices;
 using Google.Protobuf;
 using Onnx;
+using static TorchSharp.torch;
 
-namespace ResLora.Pipelines.Onnx;
+namespace ResLora.Onnx;
 
 /// <summary>
 /// One ONNX model read whole (onnx/onnx.proto: ModelProto → GraphProto), with its nodes indexed by the tensors they

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
 
-namespace ResLora.IO.Templates;
+namespace ResLora.Templates;
 
 internal enum TokenKind { Text, VarBegin, VarEnd, BlockBegin, BlockEnd, Name, String, Integer, Float, Operator, Eof }
 
@@ -72,7 +72,7 @@ internal sealed class TemplateLexer
         return i >= 0 ? i + 1 : ~i;
     }
 
-    private ChatTemplateException Error(int pos, string detail) => new(_name, LineAt(pos), detail);
+    private TemplateException Error(int pos, string detail) => new(_name, LineAt(pos), detail);
 
     private void Run()
     {

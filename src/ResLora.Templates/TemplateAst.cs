@@ -1,4 +1,4 @@
-namespace ResLora.IO.Templates;
+namespace ResLora.Templates;
 
 // The parsed template: statements (Node) and expressions (Expr), each carrying its 1-based source line so that
 // render-time errors can name it too.

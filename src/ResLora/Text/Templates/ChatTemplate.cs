@@ -1,9 +1,11 @@
-namespace ResLora.IO.Templates;
+using ResLora.Templates;
+
+namespace ResLora.Text.Templates;
 
 /// <summary>One chat message as chat templates see it: <c>{"role": ..., "content": ...}</c>.</summary>
 /// <param name="Role">"system", "user", "assistant", or whatever role the template knows.</param>
 /// <param name="Content">The message text ("" for an assistant message that only calls tools).</param>
-public sealed record ChatMessage(string Role, string Content)
+public sealed record ChatMessage(string Role, string Content) : ITemplateObject
 {
     /// <summary>
     /// The message's other fields as the template sees them, e.g. <c>tool_calls</c> (an assistant's function calls),
@@ -11,6 +13,14 @@ public sealed record ChatMessage(string Role, string Content)
     /// calls tools) replaces <see cref="Content"/> in the template's view. Null when the message has none.
     /// </summary>
     public System.Text.Json.Nodes.JsonObject? Fields { get; init; }
+
+    /// <summary>What the template sees: <c>role</c>, <c>content</c>, then <see cref="Fields"/> (a <c>content</c> there replaces the first).</summary>
+    IEnumerable<KeyValuePair<string, object?>> ITemplateObject.TemplateFields()
+    {
+        yield return new("role", Role);
+        yield return new("content", Content);
+        foreach (var (k, v) in Fields ?? new System.Text.Json.Nodes.JsonObject()) yield return new(k, v);
+    }
 }
 
 /// <summary>
@@ -57,7 +67,14 @@ public sealed class ChatTemplate
     {
         ArgumentNullException.ThrowIfNull(source);
         budget = (budget ?? TemplateBudget.Default).Validate();
-        return new ChatTemplate(source, name, TemplateParser.Parse(source, name, budget), clock ?? TimeProvider.System, budget);
+        try
+        {
+            return new ChatTemplate(source, name, TemplateParser.Parse(source, name, budget), clock ?? TimeProvider.System, budget);
+        }
+        catch (TemplateException e)
+        {
+            throw ChatTemplateException.From(e);
+        }
     }
 
     /// <summary>Renders the template with <paramref name="variables"/> as its context.</summary>
@@ -77,7 +94,14 @@ public sealed class ChatTemplate
         ArgumentNullException.ThrowIfNull(variables);
         var globals = new Dictionary<string, object?>(StringComparer.Ordinal);
         foreach (var (key, value) in variables) globals[key] = TemplateValues.FromDotNet(value, key);
-        return TemplateRenderer.Render(_body, globals, Name, _clock, generation, Budget);
+        try
+        {
+            return TemplateRenderer.Render(_body, globals, Name, _clock, generation, Budget);
+        }
+        catch (TemplateException e)
+        {
+            throw ChatTemplateException.From(e);
+        }
     }
 
     /// <summary>
