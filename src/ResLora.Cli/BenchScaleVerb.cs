@@ -119,15 +119,32 @@ internal static class BenchScaleVerb
         var dtype = new Option<string>("--dtype") { Description = "Stored dtype: bfloat16 (as the hub's checkpoints) or float32.", DefaultValueFactory = _ => "bfloat16" };
         var shardGb = new Option<double>("--shard-gb") { Description = "Largest shard in GB (Hugging Face's save_pretrained default is 2 GB before transformers 4.45, 5 GB after).", DefaultValueFactory = _ => 2.0 };
         var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 1L };
-        var cmd = new Command("make-model", "Write a random-init model of a preset's shape as a Hugging Face folder (sharded safetensors, a real tokenizer).");
-        foreach (var o in new Option[] { preset, output, tokenizer, dtype, shardGb, seed }) cmd.Options.Add(o);
+        var layers = new Option<int?>("--layers") { Description = "Override num_hidden_layers (a small model of the preset's family and tokenizer, for checks)." };
+        var hidden = new Option<int?>("--hidden") { Description = "Override hidden_size." };
+        var intermediate = new Option<int?>("--intermediate") { Description = "Override intermediate_size." };
+        var heads = new Option<int?>("--heads") { Description = "Override num_attention_heads." };
+        var kvHeads = new Option<int?>("--kv-heads") { Description = "Override num_key_value_heads." };
+        var headDim = new Option<int?>("--head-dim") { Description = "Override head_dim (Qwen3 and Gemma set it explicitly)." };
+        var cmd = new Command("make-model", "Write a random-init model of a preset's shape (or a smaller one of its family: --layers, --hidden, …) as a Hugging Face folder (sharded safetensors, a real tokenizer).");
+        foreach (var o in new Option[] { preset, output, tokenizer, dtype, shardGb, seed, layers, hidden, intermediate, heads, kvHeads, headDim }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             var c = ModelPresets.Get(r.GetValue(preset)!);
+            c = c with
+            {
+                NumHiddenLayers = r.GetValue(layers) ?? c.NumHiddenLayers,
+                HiddenSize = r.GetValue(hidden) ?? c.HiddenSize,
+                IntermediateSize = r.GetValue(intermediate) ?? c.IntermediateSize,
+                NumAttentionHeads = r.GetValue(heads) ?? c.NumAttentionHeads,
+                NumKeyValueHeadsRaw = r.GetValue(kvHeads) ?? c.NumKeyValueHeadsRaw,
+                HeadDimRaw = r.GetValue(headDim) ?? c.HeadDimRaw,
+                MaxWindowLayers = r.GetValue(layers) is int n && c.MaxWindowLayers is not null ? n : c.MaxWindowLayers,
+            };
+            c.Validate("--preset " + r.GetValue(preset) + " with the overrides");
             var st = RuntimeOptions.ParseDtype(r.GetValue(dtype)!);
             var sw = Stopwatch.StartNew();
             ScaleBench.MakeModel(c, r.GetValue(output)!, r.GetValue(tokenizer)!, st, r.GetValue(seed), (long)(r.GetValue(shardGb) * 1e9), m => Console.Error.WriteLine(m));
-            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"wrote {r.GetValue(output)}: {r.GetValue(preset)} shape, {ModelPresets.ParameterCount(c):N0} parameters as {st.ToString().ToLowerInvariant()}, random weights, in {sw.Elapsed.TotalSeconds:0.0}s"));
+            Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"wrote {r.GetValue(output)}: {r.GetValue(preset)} family, {c.NumHiddenLayers} layers × hidden {c.HiddenSize}, {ModelPresets.ParameterCount(c):N0} parameters as {st.ToString().ToLowerInvariant()}, random weights, in {sw.Elapsed.TotalSeconds:0.0}s"));
             return 0;
         }));
         return cmd;

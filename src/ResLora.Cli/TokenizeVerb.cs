@@ -35,14 +35,29 @@ internal static class TokenizeVerb
         var textField = new Option<string?>("--text-field") { Description = "--data on an encoder folder: the field (or TSV/CSV column) holding the text, as for train (default: text, sentence or sentence1)." };
         var pairField = new Option<string?>("--text-pair-field") { Description = "--data on an encoder folder: the field holding the second text of a pair, as for train." };
         var labelField = new Option<string>("--label-field") { Description = "--data on an encoder folder: the field holding the label, as for train.", DefaultValueFactory = _ => "label" };
+        var texts = new Option<string?>("--texts") { Description = "A JSONL file of texts, one JSON string (or an object with a \"text\" field) per line, each tokenized as --text does; with --json, one object per text in order." };
         var json = new Option<bool>("--json") { Description = "One JSON object per text or example (ids, pieces, loss) instead of a table." };
         var cmd = new Command("tokenize", "Show the token ids and pieces of a text, or of training examples as train builds them, with the loss-carrying tokens marked.");
-        foreach (var o in new Option[] { model, text, data, limit, seqLen, promptTemplate, completionTemplate, chatTemplate, task, textField, pairField, labelField, json }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, text, texts, data, limit, seqLen, promptTemplate, completionTemplate, chatTemplate, task, textField, pairField, labelField, json }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             string dir = CliPaths.ModelDir(r.GetValue(model));
-            string? t = r.GetValue(text), path = r.GetValue(data);
-            if ((t is null) == (path is null)) throw new UserInputException("give --text TEXT or --data FILE (one of them).");
+            string? t = r.GetValue(text), path = r.GetValue(data), textsPath = r.GetValue(texts);
+            if (new[] { t, path, textsPath }.Count(x => x is not null) != 1) throw new UserInputException("give one of --text TEXT, --texts FILE or --data FILE.");
+            if (textsPath is not null)
+            {
+                if ((r.GetValue(promptTemplate) ?? r.GetValue(completionTemplate) ?? r.GetValue(chatTemplate)) is not null)
+                    throw new UserInputException("--prompt-template, --completion-template and --chat-template apply to --data.");
+                var all = ReadTexts(textsPath);
+                var tok = TokenizerLoader.Load(dir);
+                for (int i = 0; i < all.Count; i++)
+                {
+                    var ids = tok.Encode(all[i]).ToArray();
+                    if (i > 0 && !r.GetValue(json)) Console.Out.WriteLine();
+                    Write(Console.Out, tok, $"text {i + 1}: {ids.Length} tokens", all[i], ids, null, r.GetValue(json), i + 1);
+                }
+                return 0;
+            }
             if (t is not null && (r.GetValue(promptTemplate) ?? r.GetValue(completionTemplate) ?? r.GetValue(chatTemplate)) is not null)
                 throw new UserInputException("--prompt-template, --completion-template and --chat-template apply to --data.");
             int n = r.GetValue(limit);
@@ -99,6 +114,32 @@ internal static class TokenizeVerb
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>The texts of a --texts file: one JSON string or {"text": …} object per non-blank line; errors name the file and line.</summary>
+    private static List<string> ReadTexts(string path)
+    {
+        if (!File.Exists(path)) throw new UserInputException($"--texts {path}: no such file.");
+        var list = new List<string>();
+        var lines = BoundedFile.ReadAllText(path, BoundedFile.DataLimit, "--texts").Split('\n');
+        for (int i = 0; i < lines.Length; i++)
+        {
+            string line = lines[i].TrimEnd('\r');
+            if (line.Trim().Length == 0) continue;
+            try
+            {
+                using var doc = System.Text.Json.JsonDocument.Parse(line);
+                var e = doc.RootElement;
+                if (e.ValueKind == System.Text.Json.JsonValueKind.String) list.Add(e.GetString()!);
+                else if (e.ValueKind == System.Text.Json.JsonValueKind.Object && e.TryGetProperty("text", out var v) && v.ValueKind == System.Text.Json.JsonValueKind.String) list.Add(v.GetString()!);
+                else throw new UserInputException($"--texts {path}, line {i + 1}: expected a JSON string or an object with a string \"text\" field.");
+            }
+            catch (System.Text.Json.JsonException e)
+            {
+                throw new UserInputException($"--texts {path}, line {i + 1}: not JSON ({e.Message}); write each text as a JSON string, e.g. \"Hello\\nworld\".");
+            }
+        }
+        return list;
     }
 
     /// <summary>Classification data on an encoder, read and encoded by train's own loader and encoder (<see cref="LabelledData.Read"/>, <see cref="Classification.Encode"/>).</summary>

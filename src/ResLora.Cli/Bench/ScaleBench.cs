@@ -89,7 +89,7 @@ public static class ScaleBench
         if (tokVocab < config.VocabSize)
             log($"tokenizer: {Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(tokenizerJson)) ?? "")} has {tokVocab} ids; the model keeps vocab_size {config.VocabSize} (the real embedding size), rows from {tokVocab} up are never produced by the tokenizer.");
         var (bos, eos) = Specials(tok);
-        var written = config with { BosTokenId = bos?.Id, EosTokenIds = eos is null ? null : new[] { eos.Value.Id } };
+        var written = config with { BosTokenId = bos?.Id ?? config.BosTokenId, EosTokenIds = eos is null ? config.EosTokenIds : new[] { eos.Value.Id } };
         var weights = new List<LazyTensor>();
         var gen = new torch.Generator((ulong)seed);
         foreach (var (name, shape) in ModelFamilies.ExpectedWeights(config).OrderBy(kv => kv.Key, StringComparer.Ordinal))

@@ -110,6 +110,27 @@ public sealed class ChatCliTests : IDisposable
     }
 
     [Fact]
+    public void Tokenize_TextsFile_GivesEachTextsIdsInOrder_AndNamesABadLine()
+    {
+        string model = ModelFolder(), texts = Path.Combine(_dir, "texts.jsonl");
+        File.WriteAllText(texts, "\"hi\"\n\n{\"text\": \"<|im_start|>h\"}\n\"i\\n\"\n");
+        var (rc, output, err) = CliHarness.Run("tokenize", "--model", model, "--texts", texts, "--json");
+        Assert.True(rc == 0, err);
+        var ids = output.Trim().Split('\n').Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32()).ToArray()).ToList();
+        Assert.Equal(3, ids.Count);
+        Assert.Equal(new[] { 104, 105 }, ids[0]);
+        Assert.Equal(new[] { 256, 104 }, ids[1]);
+        Assert.Equal(new[] { 105, 10 }, ids[2]);
+        File.WriteAllText(texts, "\"ok\"\nnot json\n");
+        var bad = CliHarness.Run("tokenize", "--model", model, "--texts", texts);
+        Assert.Equal(2, bad.Rc);
+        Assert.Contains("line 2", bad.Err);
+        var both = CliHarness.Run("tokenize", "--model", model, "--texts", texts, "--text", "x");
+        Assert.Equal(2, both.Rc);
+        Assert.Contains("one of --text TEXT, --texts FILE or --data FILE", both.Err);
+    }
+
+    [Fact]
     public void Tokenize_ChatData_MarksOnlyTheAssistantTurnsTokens()
     {
         string model = ModelFolder(), data = ChatData();
@@ -166,6 +187,6 @@ public sealed class ChatCliTests : IDisposable
         Assert.Equal(ev.Out.Trim().Split('\n')[0], named.Out.Trim().Split('\n')[0].Replace("b: ", ""));
         var bad = CliHarness.Run("tokenize", "--model", model, "--text", "x", "--data", data);
         Assert.Equal(2, bad.Rc);
-        Assert.Contains("one of them", bad.Err);
+        Assert.Contains("give one of --text TEXT, --texts FILE or --data FILE", bad.Err);
     }
 }
