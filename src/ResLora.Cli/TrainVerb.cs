@@ -52,10 +52,11 @@ internal static class TrainVerb
         var pairField = new Option<string?>("--text-pair-field") { Description = "classify/regress: the field holding the second text of a pair (e.g. sentence2)." };
         var labelField = new Option<string>("--label-field") { Description = "classify/regress: the field holding the label (integer or string classes; a number for regress).", DefaultValueFactory = _ => "label" };
         var checkWeights = new Option<bool>("--check-weights") { Description = "Read every base weight once before training and refuse NaN/infinite values or integer-typed weights (as inspect --check; adapter tensors are always checked)." };
+        var config = new Option<string?>(TrainRecipe.Flag) { Description = $"A recipe: a JSON file, or YAML (.yaml/.yml), whose keys are these flags without the dashes (snake_case or kebab-case), e.g. {{\"model\": \"m\", \"data\": \"d.jsonl\", \"steps\": 200, \"targets\": \"q_proj,v_proj\"}}. Flags on the command line override it; paths are read as on the command line. Every run writes its flags to --out/{TrainRecipe.FileName}, which --config re-runs." };
         var method = new MethodOptionSet();
         var rt = new RuntimeOptionSet(baseBits: true, heap: true);
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
-        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, trainOnPrompt, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, snapshotEvery, saveTotalLimit, patience, threshold, evalExamples, maxNew, checkWeights })
+        foreach (var o in new Option[] { config, model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, trainOnPrompt, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, snapshotEvery, saveTotalLimit, patience, threshold, evalExamples, maxNew, checkWeights })
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
@@ -124,6 +125,7 @@ internal static class TrainVerb
                     Train = trainOptions,
                     Communicator = comm,
                     Cancellation = stop,
+                    Recipe = TrainRecipe.Record(r, cmd),
                 };
                 string title = family?.Kind == ModelKind.Encoder ? $"train {req.Method.Method} ({taskName ?? "classify/regress"})" : $"train {req.Method.Method}";
                 summary = shows ? ProgressDisplay.Run(title, obs => FineTuning.Run(req, obs)) : FineTuning.Run(req);

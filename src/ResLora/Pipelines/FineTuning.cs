@@ -45,6 +45,9 @@ public sealed record FineTuneRequest
     /// (every label a number and one with a fraction: regression; otherwise classes). Causal LMs have one task and refuse these.
     /// </summary>
     public LabelTask? Task { get; init; }
+
+    /// <summary>The run's recipe (<c>reslora train</c>'s flags as JSON), written to <see cref="FineTuning.RecipeFile"/> in <see cref="OutDir"/>; null writes none.</summary>
+    public string? Recipe { get; init; }
 }
 
 /// <summary>
@@ -94,6 +97,10 @@ public static class FineTuning
 
         var extras = setup.TrainingExtras?.Invoke(model).ToList() ?? new List<object>();
         var caps = AdapterModel.CollectCapabilities(model, extras.Prepend(plan.Builder).ToArray());
+        // Written once the run's inputs have passed every check, so a refused run leaves no recipe behind; a resume
+        // keeps the recipe of the run it continues.
+        string recipePath = Path.Combine(req.OutDir, RecipeFile);
+        if (writes && req.Recipe is { } recipe && !(req.Resume && File.Exists(recipePath))) AtomicFile.WriteAllText(recipePath, recipe);
         return TrainLoop.Run(new TrainRunSpec
         {
             Task = trainTask,
@@ -116,16 +123,19 @@ public static class FineTuning
         }, observer);
     }
 
+    /// <summary>The recipe a run was given (<see cref="FineTuneRequest.Recipe"/>), which <c>reslora train --config</c> reads back.</summary>
+    public const string RecipeFile = "train_config.json";
+
     /// <summary>The loss plot the CLI writes beside the adapter (one name for the plotter and for <see cref="IsRunFile"/>).</summary>
     public const string LossPlotFile = "loss.png";
 
     /// <summary>
     /// Whether <paramref name="name"/> is a file a training run writes directly in --out and a new run would replace:
-    /// the adapter, metrics, summary, data record, loss plot and TensorBoard event files.
+    /// the adapter, metrics, summary, data record, recipe, loss plot and TensorBoard event files.
     /// </summary>
     public static bool IsRunFile(string name) =>
         name is AdapterFolder.ConfigFileName or AdapterFolder.WeightsFileName or TrainLoop.MetricsFile or TrainLoop.SummaryFile
-            or TrainingDataRecord.FileName or ClassificationTaskRecord.FileName or LossPlotFile
+            or TrainingDataRecord.FileName or ClassificationTaskRecord.FileName or LossPlotFile or RecipeFile
         || name.StartsWith(TensorBoardLog.FilePrefix, StringComparison.Ordinal);
 
     /// <summary>
