@@ -21,9 +21,9 @@ internal static class TrainRecipe
     /// <summary>Flags that say what to do with --out now rather than how to train; they are not written to the recipe.</summary>
     private static readonly HashSet<string> NotRecorded = new(StringComparer.Ordinal) { Flag, "--resume", "--overwrite", "--help" };
 
-    private enum Kind { Text, Number, Bool, List }
+    private enum RecipeEntryKind { Text, Number, Bool, List }
 
-    private sealed record Value(Kind Kind, string Text, IReadOnlyList<string> Items);
+    private sealed record RecipeValue(RecipeEntryKind Kind, string Text, IReadOnlyList<string> Items);
 
     /// <summary>
     /// <paramref name="args"/> with the recipe's flags inserted after <c>train</c> when they hold <c>--config FILE</c>
@@ -75,36 +75,36 @@ internal static class TrainRecipe
         return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
     }
 
-    private static IEnumerable<string> Tokens(string path, string key, Option option, Value v)
+    private static IEnumerable<string> Tokens(string path, string key, Option option, RecipeValue v)
     {
         var type = Nullable.GetUnderlyingType(option.ValueType) ?? option.ValueType;
         string Wrong(string expected) => $"{path}: key '{key}' ({option.Name}) must be {expected}, got {Describe(v)}.";
         if (type == typeof(bool))
         {
-            if (v.Kind != Kind.Bool) throw new UserInputException(Wrong("true or false"));
+            if (v.Kind != RecipeEntryKind.Bool) throw new UserInputException(Wrong("true or false"));
             return new[] { option.Name, v.Text };
         }
         if (type == typeof(int) || type == typeof(long))
         {
-            if (v.Kind != Kind.Number || !long.TryParse(v.Text, NumberStyles.Integer, CultureInfo.InvariantCulture, out _)) throw new UserInputException(Wrong("an integer"));
+            if (v.Kind != RecipeEntryKind.Number || !long.TryParse(v.Text, NumberStyles.Integer, CultureInfo.InvariantCulture, out _)) throw new UserInputException(Wrong("an integer"));
             return new[] { $"{option.Name}={v.Text}" };
         }
         if (type == typeof(double) || type == typeof(float))
         {
-            if (v.Kind != Kind.Number) throw new UserInputException(Wrong("a number"));
+            if (v.Kind != RecipeEntryKind.Number) throw new UserInputException(Wrong("a number"));
             return new[] { $"{option.Name}={v.Text}" };
         }
         if (type == typeof(string[]))
-            return (v.Kind == Kind.List ? v.Items : new[] { v.Text }).Select(s => $"{option.Name}={s}");
-        if (v.Kind == Kind.List) throw new UserInputException(Wrong("a string"));
+            return (v.Kind == RecipeEntryKind.List ? v.Items : new[] { v.Text }).Select(s => $"{option.Name}={s}");
+        if (v.Kind == RecipeEntryKind.List) throw new UserInputException(Wrong("a string"));
         return new[] { $"{option.Name}={v.Text}" };
     }
 
-    private static string Describe(Value v) => v.Kind switch
+    private static string Describe(RecipeValue v) => v.Kind switch
     {
-        Kind.List => "a list",
-        Kind.Text => $"the text \"{v.Text}\"",
-        Kind.Bool => v.Text,
+        RecipeEntryKind.List => "a list",
+        RecipeEntryKind.Text => $"the text \"{v.Text}\"",
+        RecipeEntryKind.Bool => v.Text,
         _ => $"the number {v.Text}",
     };
 
@@ -127,14 +127,14 @@ internal static class TrainRecipe
     }
 
     /// <summary>The recipe's keys and values in file order (null: the key is given as null and left to its default).</summary>
-    private static List<(string Key, Value? Value)> Read(string path)
+    private static List<(string Key, RecipeValue? Value)> Read(string path)
     {
         string text = File.ReadAllText(path);
         bool yaml = Path.GetExtension(path).ToLowerInvariant() is ".yaml" or ".yml";
         return yaml ? ReadYaml(path, text) : ReadJson(path, text);
     }
 
-    private static List<(string, Value?)> ReadJson(string path, string text)
+    private static List<(string, RecipeValue?)> ReadJson(string path, string text)
     {
         JsonNode? root;
         try
@@ -149,20 +149,20 @@ internal static class TrainRecipe
         return obj.Select(kv => (kv.Key, kv.Value is null ? null : Json(path, kv.Key, kv.Value))).ToList();
     }
 
-    private static Value Json(string path, string key, JsonNode node) => node switch
+    private static RecipeValue Json(string path, string key, JsonNode node) => node switch
     {
-        JsonArray a => new Value(Kind.List, "", a.Select(x => x is JsonValue sv && sv.GetValueKind() is not (JsonValueKind.Object or JsonValueKind.Array)
+        JsonArray a => new RecipeValue(RecipeEntryKind.List, "", a.Select(x => x is JsonValue sv && sv.GetValueKind() is not (JsonValueKind.Object or JsonValueKind.Array)
             ? Json(path, key, sv).Text : throw new UserInputException($"{path}: key '{key}' must be a list of strings or numbers, not of lists or objects.")).ToList()),
         JsonObject => throw new UserInputException($"{path}: key '{key}' holds an object; give the flag's value (a string, number, true/false or a list)."),
         _ => node.GetValueKind() switch
         {
-            JsonValueKind.String => new Value(Kind.Text, node.GetValue<string>(), Array.Empty<string>()),
-            JsonValueKind.True or JsonValueKind.False => new Value(Kind.Bool, node.GetValueKind() == JsonValueKind.True ? "true" : "false", Array.Empty<string>()),
-            _ => new Value(Kind.Number, node.ToJsonString(), Array.Empty<string>()),
+            JsonValueKind.String => new RecipeValue(RecipeEntryKind.Text, node.GetValue<string>(), Array.Empty<string>()),
+            JsonValueKind.True or JsonValueKind.False => new RecipeValue(RecipeEntryKind.Bool, node.GetValueKind() == JsonValueKind.True ? "true" : "false", Array.Empty<string>()),
+            _ => new RecipeValue(RecipeEntryKind.Number, node.ToJsonString(), Array.Empty<string>()),
         },
     };
 
-    private static List<(string, Value?)> ReadYaml(string path, string text)
+    private static List<(string, RecipeValue?)> ReadYaml(string path, string text)
     {
         var stream = new YamlStream();
         try
@@ -175,14 +175,14 @@ internal static class TrainRecipe
         }
         if (stream.Documents.Count == 0) return new();
         if (stream.Documents[0].RootNode is not YamlMappingNode map) throw new UserInputException($"{path}: a recipe is a mapping of train's flags, e.g. \"steps: 200\".");
-        var list = new List<(string, Value?)>();
+        var list = new List<(string, RecipeValue?)>();
         foreach (var (k, v) in map.Children)
         {
             string key = (k as YamlScalarNode)?.Value ?? throw new UserInputException($"{path}: keys are flag names, not lists or mappings.");
             list.Add((key, v switch
             {
                 YamlScalarNode s => Scalar(s),
-                YamlSequenceNode seq => new Value(Kind.List, "", seq.Children.Select(c => c is YamlScalarNode cs ? cs.Value ?? "" : throw new UserInputException($"{path}: key '{key}' must be a list of strings or numbers.")).ToList()),
+                YamlSequenceNode seq => new RecipeValue(RecipeEntryKind.List, "", seq.Children.Select(c => c is YamlScalarNode cs ? cs.Value ?? "" : throw new UserInputException($"{path}: key '{key}' must be a list of strings or numbers.")).ToList()),
                 _ => throw new UserInputException($"{path}: key '{key}' holds a mapping; give the flag's value (a string, number, true/false or a list)."),
             }));
         }
@@ -190,13 +190,13 @@ internal static class TrainRecipe
     }
 
     /// <summary>A YAML scalar as JSON would type it: quoted is text; plain true/false, numbers and null are typed (YAML 1.2 core schema).</summary>
-    private static Value? Scalar(YamlScalarNode s)
+    private static RecipeValue? Scalar(YamlScalarNode s)
     {
         string t = s.Value ?? "";
-        if (s.Style is not ScalarStyle.Plain) return new Value(Kind.Text, t, Array.Empty<string>());
+        if (s.Style is not ScalarStyle.Plain) return new RecipeValue(RecipeEntryKind.Text, t, Array.Empty<string>());
         if (t is "" or "~" or "null" or "Null" or "NULL") return null;
-        if (t is "true" or "True" or "TRUE" or "false" or "False" or "FALSE") return new Value(Kind.Bool, t.ToLowerInvariant(), Array.Empty<string>());
-        if (double.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out _)) return new Value(Kind.Number, t, Array.Empty<string>());
-        return new Value(Kind.Text, t, Array.Empty<string>());
+        if (t is "true" or "True" or "TRUE" or "false" or "False" or "FALSE") return new RecipeValue(RecipeEntryKind.Bool, t.ToLowerInvariant(), Array.Empty<string>());
+        if (double.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out _)) return new RecipeValue(RecipeEntryKind.Number, t, Array.Empty<string>());
+        return new RecipeValue(RecipeEntryKind.Text, t, Array.Empty<string>());
     }
 }
