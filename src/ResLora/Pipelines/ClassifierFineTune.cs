@@ -53,10 +53,30 @@ internal sealed class ClassifierFineTune(FineTuneRequest req) : FineTuneTask(req
     private static LabelledDataSet ReadTrainingSet(FineTuneRequest req)
     {
         if (req.Task is { } given) return LabelledData.Read(req.DataPath, req.Fields with { Task = given });
-        var classes = LabelledData.Read(req.DataPath, req.Fields with { Task = LabelTask.Classify });
+        LabelledDataSet classes;
+        try
+        {
+            classes = LabelledData.Read(req.DataPath, req.Fields with { Task = LabelTask.Classify });
+        }
+        catch (UserInputException) when (AsRegression(req) is { } values)
+        {
+            return values; // numeric labels with fractions are refused as classes
+        }
         bool numbers = classes.Labels is { } map && map.Names.All(n => double.TryParse(n, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out _));
         bool fractions = numbers && classes.Labels!.Names.Any(n => double.Parse(n, System.Globalization.CultureInfo.InvariantCulture) % 1 != 0);
         return fractions ? LabelledData.Read(req.DataPath, req.Fields with { Task = LabelTask.Regress }) : classes;
+    }
+
+    private static LabelledDataSet? AsRegression(FineTuneRequest req)
+    {
+        try
+        {
+            return LabelledData.Read(req.DataPath, req.Fields with { Task = LabelTask.Regress });
+        }
+        catch (UserInputException)
+        {
+            return null;
+        }
     }
 
     public override void CheckMethod(MethodSetup setup)

@@ -124,6 +124,20 @@ public sealed class ClassificationTests : IDisposable
     }
 
     [Fact]
+    public void Train_WithoutATask_TakesItFromTheLabels()
+    {
+        var (model, _, _) = TinyEncoders.WriteFolder(Path.Combine(_dir, "bert"), seed: 5);
+        string scores = Path.Combine(_dir, "scores.jsonl");
+        File.WriteAllLines(scores, new[] { "{\"text\": \"good movie\", \"label\": 4.5}", "{\"text\": \"bad movie\", \"label\": 1}", "{\"text\": \"movie\", \"label\": 2.25}" });
+        var regress = Request(model, scores, steps: 1, outName: "inferred-regress") with { EvalFraction = 0 };
+        FineTuning.Run(regress);
+        Assert.Equal("regress", ClassificationTaskRecord.Read(regress.OutDir)!.Task);
+        var classify = Request(model, WriteSentiment(Path.Combine(_dir, "s.jsonl"), 8, 1), steps: 1, outName: "inferred-classify") with { EvalFraction = 0 };
+        FineTuning.Run(classify);
+        Assert.Equal("classify", ClassificationTaskRecord.Read(classify.OutDir)!.Task);
+    }
+
+    [Fact]
     public void Evaluate_LabelTheAdapterDoesNotKnow_NamesLabelAndLine()
     {
         var (model, _, _) = TinyEncoders.WriteFolder(Path.Combine(_dir, "bert"));
