@@ -43,7 +43,9 @@ public static class CliApp
     {
         try
         {
-            return BuildRoot().Parse(args).Invoke();
+            var root = BuildRoot();
+            // train --config FILE: the recipe's flags join the command line before it is parsed (the command line wins).
+            return root.Parse(TrainRecipe.Expand(args, root.Subcommands.First(c => c.Name == "train"))).Invoke();
         }
         catch (Exception e)
         {

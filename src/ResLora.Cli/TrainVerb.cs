@@ -47,15 +47,16 @@ internal static class TrainVerb
         var threshold = new Option<double>("--early-stopping-threshold") { Description = "The least eval-loss decrease below the best that counts as an improvement for --early-stopping-patience.", DefaultValueFactory = _ => 0.0 };
         var evalExamples = new Option<int>("--eval-generate") { Description = "Examples whose answers are generated for exact-match accuracy at each evaluation (0 = off).", DefaultValueFactory = _ => 64 };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Longest generated answer during evaluation.", DefaultValueFactory = _ => 16 };
-        var task = new Option<string?>("--task") { Description = "What to train: omitted for a causal LM (LLaMA family); classify or regress for a BERT-family encoder (a sequence-classification head, saved with the adapter)." };
+        var task = new Option<string?>("--task") { Description = "Encoders (BERT family): classify or regress (a sequence-classification head, saved with the adapter); default: from the labels (numbers with fractions: regress, else classify). A causal LM has one task: leave it out." };
         var textField = new Option<string?>("--text-field") { Description = "classify/regress: the field (or TSV/CSV column) holding the text (default: text, sentence or sentence1)." };
         var pairField = new Option<string?>("--text-pair-field") { Description = "classify/regress: the field holding the second text of a pair (e.g. sentence2)." };
         var labelField = new Option<string>("--label-field") { Description = "classify/regress: the field holding the label (integer or string classes; a number for regress).", DefaultValueFactory = _ => "label" };
         var checkWeights = new Option<bool>("--check-weights") { Description = "Read every base weight once before training and refuse NaN/infinite values or integer-typed weights (as inspect --check; adapter tensors are always checked)." };
+        var config = new Option<string?>(TrainRecipe.Flag) { Description = $"A recipe: a JSON file, or YAML (.yaml/.yml), whose keys are these flags without the dashes (snake_case or kebab-case), e.g. {{\"model\": \"m\", \"data\": \"d.jsonl\", \"steps\": 200, \"targets\": \"q_proj,v_proj\"}}. Flags on the command line override it; paths are read as on the command line. Every run writes its flags to --out/{TrainRecipe.FileName}, which --config re-runs." };
         var method = new MethodOptionSet();
         var rt = new RuntimeOptionSet(baseBits: true, heap: true);
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
-        foreach (var o in new Option[] { model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, trainOnPrompt, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, snapshotEvery, saveTotalLimit, patience, threshold, evalExamples, maxNew, checkWeights })
+        foreach (var o in new Option[] { config, model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, trainOnPrompt, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, snapshotEvery, saveTotalLimit, patience, threshold, evalExamples, maxNew, checkWeights })
             cmd.Options.Add(o);
         method.AddTo(cmd);
         rt.AddTo(cmd);
@@ -66,15 +67,12 @@ internal static class TrainVerb
             string dir = CliPaths.ModelDir(r.GetValue(model));
             var runtime = rt.Read(r);
             string? taskName = r.GetValue(task)?.Trim().ToLowerInvariant();
-            bool encoder = Classification.IsEncoderFolder(dir);
-            if (!encoder && r.GetResult(rt.Dtype) is null or { Implicit: true })
-                runtime = runtime.DefaultForModelSize(Models.ModelPresets.ParameterCount(Models.ModelFolder.LoadConfig(dir)), m => Console.Error.WriteLine($"note: {m}"));
             if (taskName is not (null or "lm" or "classify" or "regress"))
-                throw new UserInputException($"--task '{taskName}' is not known; use classify or regress (BERT-family encoders), or leave it out for a causal LM.");
-            if (encoder && taskName is null or "lm")
-                throw new UserInputException($"--model {dir} is a BERT-family encoder; add --task classify (or regress) and a labelled data file.");
-            if (!encoder && taskName is "classify" or "regress")
-                throw new UserInputException($"--task {taskName} needs a BERT-family encoder (model_type bert, roberta or xlm-roberta in config.json); {dir} is not one.");
+                throw new UserInputException($"--task '{taskName}' is not known; use classify or regress (BERT-family encoders; default: from the labels), or leave it out for a causal LM.");
+            var family = ModelFamilies.OfFolder(dir);
+            // The dtype default follows a causal LM's size (bf16 for large ones); an encoder's stays float32.
+            if (family?.Kind != ModelKind.Encoder && r.GetResult(rt.Dtype) is null or { Implicit: true })
+                runtime = runtime.DefaultForModelSize(Models.ModelPresets.ParameterCount(Models.ModelFolder.LoadConfig(dir)), m => Console.Error.WriteLine($"note: {m}"));
             var trainOptions = new TrainOptions
             {
                 Steps = r.GetValue(steps),
@@ -106,61 +104,31 @@ internal static class TrainVerb
             TrainSummary summary;
             try
             {
-                if (encoder)
+                var req = new FineTuneRequest
                 {
-                    RuntimeOptionSet.RefuseBaseBits(runtime, dir);
-                    if (r.GetValue(gradCheckpoint)) throw new UserInputException($"--grad-checkpoint recomputes LLaMA-family decoder layers; {dir} is a BERT-family encoder. Drop --grad-checkpoint.");
-                    if (r.GetValue(trainOnPrompt)) throw new UserInputException($"--train-on-prompt is for causal LMs (prompt/completion, Alpaca and chat data); {dir} is a BERT-family encoder trained on labels. Drop --train-on-prompt.");
-                    if (r.GetValue(method.ModulesToSave) is not null) throw new UserInputException($"--modules-to-save is for causal LMs; --task {taskName} already trains and saves the classification head as modules_to_save. Drop --modules-to-save.");
-                    var creq = new ClassifierTrainRequest
-                    {
-                        ModelDir = dir,
-                        DataPath = r.GetValue(data)!,
-                        EvalDataPath = r.GetValue(evalData),
-                        EvalFraction = r.GetValue(evalFraction),
-                        Data = new LabelledDataOptions
-                        {
-                            TextField = r.GetValue(textField),
-                            PairField = r.GetValue(pairField),
-                            LabelField = r.GetValue(labelField)!,
-                            Task = taskName == "regress" ? LabelTask.Regress : LabelTask.Classify,
-                        },
-                        Method = method.ReadSpec(r, Classification.DefaultTargets),
-                        Runtime = runtime,
-                        OutDir = outDir,
-                        Resume = r.GetValue(resume),
-                        Overwrite = r.GetValue(overwrite),
-                        SeqLen = r.GetValue(seqLen),
-                        Train = trainOptions,
-                        Communicator = comm,
-                        Cancellation = stop,
-                    };
-                    summary = shows ? ProgressDisplay.Run($"train {creq.Method.Method} ({taskName})", obs => Classification.Train(creq, obs)) : Classification.Train(creq);
-                }
-                else
-                {
-                    var req = new FineTuneRequest
-                    {
-                        ModelDir = dir,
-                        DataPath = r.GetValue(data)!,
-                        EvalDataPath = r.GetValue(evalData),
-                        EvalFraction = r.GetValue(evalFraction),
-                        Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)) { ChatTemplate = r.GetValue(chatTemplate) },
-                        Method = method.ReadSpec(r, ModelFamilies.OfFolder(dir) is { } family ? ModuleTargets.List(family.DefaultTargets.ToArray()) : null),
-                        Runtime = runtime,
-                        OutDir = outDir,
-                        Resume = r.GetValue(resume),
-                        Overwrite = r.GetValue(overwrite),
-                        SeqLen = r.GetValue(seqLen),
-                        Pack = r.GetValue(pack),
-                        TrainOnPrompt = r.GetValue(trainOnPrompt),
-                        GradCheckpoint = r.GetValue(gradCheckpoint),
-                        Train = trainOptions,
-                        Communicator = comm,
-                        Cancellation = stop,
-                    };
-                    summary = shows ? ProgressDisplay.Run($"train {req.Method.Method}", obs => FineTuning.Run(req, obs)) : FineTuning.Run(req);
-                }
+                    ModelDir = dir,
+                    DataPath = r.GetValue(data)!,
+                    EvalDataPath = r.GetValue(evalData),
+                    EvalFraction = r.GetValue(evalFraction),
+                    Templates = new DataTemplates(r.GetValue(promptTemplate), r.GetValue(completionTemplate)) { ChatTemplate = r.GetValue(chatTemplate) },
+                    Fields = new LabelledDataOptions { TextField = r.GetValue(textField), PairField = r.GetValue(pairField), LabelField = r.GetValue(labelField)! },
+                    Task = taskName switch { "classify" => LabelTask.Classify, "regress" => LabelTask.Regress, _ => null },
+                    Method = method.ReadSpec(r, family is { } f ? ModuleTargets.List(f.DefaultTargets.ToArray()) : null),
+                    Runtime = runtime,
+                    OutDir = outDir,
+                    Resume = r.GetValue(resume),
+                    Overwrite = r.GetValue(overwrite),
+                    SeqLen = r.GetValue(seqLen),
+                    Pack = r.GetValue(pack),
+                    TrainOnPrompt = r.GetValue(trainOnPrompt),
+                    GradCheckpoint = r.GetValue(gradCheckpoint),
+                    Train = trainOptions,
+                    Communicator = comm,
+                    Cancellation = stop,
+                    Recipe = TrainRecipe.Record(r, cmd),
+                };
+                string title = family?.Kind == ModelKind.Encoder ? $"train {req.Method.Method} ({taskName ?? "classify/regress"})" : $"train {req.Method.Method}";
+                summary = shows ? ProgressDisplay.Run(title, obs => FineTuning.Run(req, obs)) : FineTuning.Run(req);
             }
             catch (TrainingInterruptedException stopped)
             {

@@ -94,7 +94,7 @@ public static class NluBench
                 string outDir = Path.Combine(workDir, $"{label}-seed{seed}");
                 if (Directory.Exists(outDir)) Directory.Delete(outDir, recursive: true);
                 var clock = Stopwatch.StartNew();
-                var summary = Classification.Train(new ClassifierTrainRequest
+                var summary = FineTuning.Run(new FineTuneRequest
                 {
                     ModelDir = modelDir,
                     DataPath = train,

@@ -45,34 +45,10 @@ public sealed record ClassificationTaskRecord
     }
 }
 
-/// <summary>One classification fine-tuning run as <c>reslora train --task classify|regress</c> describes it.</summary>
-public sealed record ClassifierTrainRequest
-{
-    public required string ModelDir { get; init; }
-    public required string DataPath { get; init; }
-    public string? EvalDataPath { get; init; }
-    public double EvalFraction { get; init; } = 0.1;
-    public LabelledDataOptions Data { get; init; } = new();
-    /// <summary>The method; its targets default to PEFT's for BERT-family models (query, value) when null.</summary>
-    public required MethodSpec Method { get; init; }
-    public TrainOptions Train { get; init; } = new();
-    public RuntimeOptions Runtime { get; init; } = new();
-    public required string OutDir { get; init; }
-    /// <summary>Longest input in tokens, specials included; null = min(128, the model's positions).</summary>
-    public int? SeqLen { get; init; }
-    public bool Resume { get; init; }
-    /// <summary>Replace what <see cref="OutDir"/> holds (an adapter folder, or a previous run) instead of refusing.</summary>
-    public bool Overwrite { get; init; }
-    /// <summary>The ranks of a data-parallel job (null: one process); see <see cref="TrainRunSpec.Communicator"/>.</summary>
-    public Training.Distributed.ICommunicator? Communicator { get; init; }
-    /// <summary>Stops the run at the next step boundary with a resumable checkpoint (Ctrl+C); see <see cref="TrainRunSpec.Cancellation"/>.</summary>
-    public CancellationToken Cancellation { get; init; }
-}
-
 /// <summary>
-/// Sequence classification and regression on BERT-family encoders: training (an adapter plus a fully trained head saved
-/// as PEFT's <c>modules_to_save</c> for SEQ_CLS), loading, prediction, metrics and merging into a complete
-/// <c>*ForSequenceClassification</c> folder.
+/// Sequence classification and regression on BERT-family encoders: loading, prediction, metrics and merging into a
+/// complete <c>*ForSequenceClassification</c> folder. Training is <see cref="FineTuning.Run"/>'s (an adapter plus a fully
+/// trained head saved as PEFT's <c>modules_to_save</c> for SEQ_CLS).
 /// </summary>
 public static class Classification
 {
@@ -103,100 +79,6 @@ public static class Classification
             list.Add(new EncodedExample(input, e.Label, e.Value));
         }
         return list;
-    }
-
-    /// <summary>The library function behind <c>reslora train --task classify|regress</c>.</summary>
-    public static TrainSummary Train(ClassifierTrainRequest req, ITrainObserver? observer = null)
-    {
-        observer ??= new SilentObserver();
-        AtomicFolder.CheckTarget(req.OutDir, modelDir: req.ModelDir); // before the data is read
-        req.Train.Validate();
-        var stored = EncoderConfig.Load(req.ModelDir);
-        var (_, pairs) = LoadTokenizer(req.ModelDir);
-        if (req.SeqLen is < 3) throw new UserInputException($"--seq-len must be at least 3 for an encoder ([CLS] text [SEP]), got {req.SeqLen}.");
-        if (req.SeqLen > stored.MaxInputLength)
-            throw new UserInputException($"--seq-len {req.SeqLen} is longer than the encoder's {stored.MaxInputLength} positions; lower --seq-len.");
-        int seqLen = req.SeqLen ?? Math.Min(128, stored.MaxInputLength);
-
-        var trainSet = LabelledData.Read(req.DataPath, req.Data);
-        var data = req.Data with { TextField = trainSet.TextField, PairField = trainSet.PairField, LabelMap = trainSet.Labels };
-        List<LabelledExample> train, held;
-        if (req.EvalDataPath is not null)
-        {
-            train = trainSet.Examples.ToList();
-            held = LabelledData.Read(req.EvalDataPath, data).Examples.ToList();
-        }
-        else (train, held) = Split(trainSet.Examples, req.EvalFraction, req.Train.Seed);
-        if (train.Count == 0) throw new UserInputException($"{req.DataPath}: no training example is left after holding out --eval-fraction {req.EvalFraction}.");
-        var head = stored.WithHead(trainSet.Labels?.Names);
-
-        var method = req.Method;
-        var setup = AdapterMethods.Build(method with { TotalSteps = req.Train.TotalSteps(train.Count) });
-        if (setup.PrepareBase is not null)
-            throw new UserInputException($"--method {method.Method}: its base-model transform (RoLoRA's rotation) is implemented for LLaMA-family decoders, not for encoders; use lora, dora, reslora, reflora, adalora, loha, lokr or ia3.");
-        // In a data-parallel job rank 0 alone checks, locks and writes --out; the others wait until it has.
-        bool writes = req.Communicator is null || req.Communicator.Rank == 0;
-        using var runLock = writes ? RunLock.Acquire(req.OutDir) : null; // first: a folder another run holds is named as such
-        if (writes) FineTuning.PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
-        int removed = writes ? AtomicFile.RemoveLeftovers(req.OutDir) : 0; // under the lock: no writer is active there
-        if (removed > 0)
-            observer.OnMessage($"removed {removed} temporary file(s) left in {req.OutDir} by an interrupted run");
-        req.Communicator?.Barrier();
-
-        torch.manual_seed(req.Train.Seed);
-        using var gen = new torch.Generator((ulong)req.Train.Seed);
-        var baseConfig = setup.Config with { TaskType = "SEQ_CLS", BaseModelNameOrPath = setup.Config.BaseModelNameOrPath ?? Path.GetFullPath(req.ModelDir) };
-        var plan = new AdapterPlan(baseConfig, gen);
-        var (model, layout) = EncoderLoader.LoadClassifier(req.ModelDir, req.Runtime, plan, head, req.Train.Seed);
-        using var _ = model;
-        var config = baseConfig with { ModulesToSave = model.TrainedModules(layout.HasPooler) };
-        plan.EnsureAllPatternsMatched();
-        AdapterModel.OnBaseWeightsLoaded(model);
-        AdapterModel.FreezeAllButAdapters(model);
-        var savedModules = SavedModuleParameters(model, config);
-        foreach (var p in savedModules.Values) p.requires_grad = true;
-        var (trainable, total) = AdapterModel.CountParameters(model);
-        observer.OnMessage($"{config.Method} on {head.ClassificationArchitecture} ({(head.IsRegression ? "regression" : $"{head.NumLabels} classes: {string.Join(", ", head.Labels!)}")}): {AdapterModel.FindAdapters(model).Count} adapted modules + {string.Join(", ", config.ModulesToSave!)}, {trainable:N0} trainable of {total:N0} parameters ({100.0 * trainable / total:0.###}%)");
-
-        var trainEnc = Encode(train, pairs, seqLen, head, req.DataPath);
-        var heldEnc = Encode(held, pairs, seqLen, head, req.EvalDataPath ?? req.DataPath);
-        var extras = setup.TrainingExtras?.Invoke(model).ToList() ?? new List<object>();
-        var caps = AdapterModel.CollectCapabilities(model, extras.Prepend(plan.Builder).ToArray());
-        var record = new ClassificationTaskRecord
-        {
-            Task = head.IsRegression ? "regress" : "classify",
-            Labels = head.Labels,
-            TextField = data.TextField!,
-            PairField = data.PairField,
-            LabelField = data.LabelField,
-            SeqLen = seqLen,
-        };
-        return TrainLoop.Run(new TrainRunSpec
-        {
-            Task = new SequenceClassificationTask(model, pairs.PadId, trainEnc, heldEnc),
-            Options = req.Train,
-            OutDir = req.OutDir,
-            Method = config.Method,
-            Resume = req.Resume,
-            ResumeSettings = FineTuning.AdapterResumeSettings(plan.Config, new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture) }),
-            Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks).Append(plan.Builder),
-            Communicator = req.Communicator,
-            Cancellation = req.Cancellation,
-            SaveWeights = dir =>
-            {
-                var snapshot = plan.Builder is IConfigSnapshot snap ? snap.SnapshotConfig() with { TaskType = config.TaskType, ModulesToSave = config.ModulesToSave, BaseModelNameOrPath = config.BaseModelNameOrPath } : config;
-                AdapterFolder.Save(dir, snapshot, AdapterModel.ByModulePath(model), savedModules.ToDictionary(kv => kv.Key, kv => (Tensor)kv.Value));
-                foreach (var (file, json) in extras.Prepend(plan.Builder).OfType<IAdapterFolderNote>().Select(n => n.Note()))
-                    AtomicFile.WriteAllText(Path.Combine(dir, file), json);
-                AtomicFile.WriteAllText(Path.Combine(dir, ClassificationTaskRecord.FileName), record.ToJson());
-            },
-            LoadWeights = dir =>
-            {
-                using var contents = AdapterFolder.Load(dir);
-                AdapterFolder.Apply(contents, AdapterModel.ByModulePath(model), savedModulesHandled: true);
-                AdapterFolder.ApplySavedModules(contents, model);
-            },
-        }, observer);
     }
 
     /// <summary>
@@ -326,12 +208,8 @@ public static class Classification
         return key.Split('.').Any(seg => prefixes.Any(p => seg.StartsWith(p, StringComparison.Ordinal)));
     }
 
-    /// <summary>The live parameters of the config's modules_to_save, by parameter path.</summary>
-    private static Dictionary<string, Parameter> SavedModuleParameters(nn.Module model, AdapterConfigBase config) =>
-        model.named_parameters().Where(p => config.IsSavedModule(p.name)).ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
-
     /// <summary>A seeded held-out split (the same rule for every method, so runs compare on the same examples).</summary>
-    private static (List<LabelledExample> Train, List<LabelledExample> Held) Split(IReadOnlyList<LabelledExample> all, double fraction, long seed)
+    internal static (List<LabelledExample> Train, List<LabelledExample> Held) Split(IReadOnlyList<LabelledExample> all, double fraction, long seed)
     {
         if (!(fraction >= 0 && fraction < 1)) throw new UserInputException($"--eval-fraction must be in [0, 1), got {fraction}.");
         var order = Enumerable.Range(0, all.Count).ToArray();
@@ -340,9 +218,5 @@ public static class Classification
         if (fraction > 0 && all.Count >= 2) held = Math.Max(1, held);
         var heldSet = order.Take(held).ToHashSet();
         return (Enumerable.Range(0, all.Count).Where(i => !heldSet.Contains(i)).Select(i => all[i]).ToList(), order.Take(held).OrderBy(i => i).Select(i => all[i]).ToList());
-    }
-
-    private sealed class SilentObserver : ITrainObserver
-    {
     }
 }

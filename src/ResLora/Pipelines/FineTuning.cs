@@ -2,10 +2,11 @@ using ResLora.Adapters;
 using ResLora.IO;
 using ResLora.Text;
 using ResLora.Training;
+using ResLora.Training.Classification;
 
 namespace ResLora.Pipelines;
 
-/// <summary>One fine-tuning run as <c>reslora train</c> describes it.</summary>
+/// <summary>One fine-tuning run as <c>reslora train</c> describes it, for any model family (the task follows the family).</summary>
 public sealed record FineTuneRequest
 {
     public required string ModelDir { get; init; }
@@ -19,7 +20,7 @@ public sealed record FineTuneRequest
     public TrainOptions Train { get; init; } = new();
     public RuntimeOptions Runtime { get; init; } = new();
     public required string OutDir { get; init; }
-    /// <summary>Longest sequence; null = min(256, the model's max_position_embeddings).</summary>
+    /// <summary>Longest sequence; null = min(256, the model's max_position_embeddings) for a causal LM, min(128, its positions) for an encoder.</summary>
     public int? SeqLen { get; init; }
     public bool Pack { get; init; }
     /// <summary>The loss covers the prompt's tokens as well as the completion's (<c>--train-on-prompt</c>, LLaMA-Factory's <c>train_on_prompt</c>).</summary>
@@ -33,25 +34,42 @@ public sealed record FineTuneRequest
     public Training.Distributed.ICommunicator? Communicator { get; init; }
     /// <summary>Stops the run at the next step boundary with a resumable checkpoint (Ctrl+C); see <see cref="TrainRunSpec.Cancellation"/>.</summary>
     public CancellationToken Cancellation { get; init; }
+
+    /// <summary>
+    /// Encoders: the fields holding the text, the optional second text and the label (<c>--text-field</c>,
+    /// <c>--text-pair-field</c>, <c>--label-field</c>); their <see cref="LabelledDataOptions.Task"/> is replaced by <see cref="Task"/>.
+    /// </summary>
+    public LabelledDataOptions Fields { get; init; } = new();
+
+    /// <summary>
+    /// Encoders: classification or regression (<c>--task classify|regress</c>); null decides from the training labels
+    /// (every label a number and one with a fraction: regression; otherwise classes). Causal LMs have one task and refuse these.
+    /// </summary>
+    public LabelTask? Task { get; init; }
+
+    /// <summary>The run's recipe (<c>reslora train</c>'s flags as JSON), written to <see cref="FineTuning.RecipeFile"/> in <see cref="OutDir"/>; null writes none.</summary>
+    public string? Recipe { get; init; }
 }
 
-/// <summary>The library function behind <c>reslora train</c>: model + adapter plan + data → trained adapter folder.</summary>
+/// <summary>
+/// The library function behind <c>reslora train</c>: model + adapter plan + data → trained adapter folder. One pipeline
+/// for every model family: the family's task (<see cref="FineTuneTask.For"/>: causal language modelling, or sequence
+/// classification/regression on an encoder) supplies the data, the model and what is saved beside the adapter; locking,
+/// resume, checkpoints, Ctrl+C, early stopping, data-parallel steps, metrics and the summary are shared.
+/// </summary>
 public static class FineTuning
 {
     public static TrainSummary Run(FineTuneRequest req, ITrainObserver? observer = null)
     {
         observer ??= new SilentObserver();
         req.Train.Validate();
-        req.Templates.Validate();
         AtomicFolder.CheckTarget(req.OutDir, modelDir: req.ModelDir); // before the data is read
-        if (req.SeqLen is < 2) throw new UserInputException($"--seq-len must be at least 2, got {req.SeqLen}.");
-        var templates = req.Templates.ForModel(req.ModelDir); // conversations render with the model's chat template
-        var (train, evalSet) = TrainingSplits.Make(DataSet.Load(req.DataPath, templates),
-            req.EvalDataPath is null ? null : DataSet.Load(req.EvalDataPath, templates), req.EvalFraction, req.Train.Seed);
+        var task = FineTuneTask.For(req);
+        int trainCount = task.ReadData();
         // The method is built (and checked) before anything is written; steps are known up to packing, which only
         // shortens epoch-based runs, so AdaLoRA's schedule uses the unpacked count.
-        var setup = AdapterMethods.Build(req.Method with { TotalSteps = req.Train.TotalSteps(train.Count) });
-        if (req.GradCheckpoint) CheckGradCheckpoint(setup.Config, req.Runtime);
+        var setup = AdapterMethods.Build(req.Method with { TotalSteps = req.Train.TotalSteps(trainCount) });
+        task.CheckMethod(setup);
         // In a data-parallel job rank 0 alone checks, locks and writes --out; the others wait until it has.
         bool writes = req.Communicator is null || req.Communicator.Rank == 0;
         // The lock first: a folder another run holds is named as such, whatever it holds; a refusal releases it (and
@@ -63,87 +81,62 @@ public static class FineTuning
             observer.OnMessage($"removed {removed} temporary file(s) left in {req.OutDir} by an interrupted run");
         req.Communicator?.Barrier();
 
-        string modelDir = req.ModelDir;
-        var adapterConfig = setup.Config;
-        if (setup.PrepareBase is { } prepare)
-        {
-            if (!writes) req.Communicator!.Barrier(); // rank 0 writes the prepared base first; the others then find it
-            (modelDir, adapterConfig) = prepare(req.ModelDir, req.OutDir);
-            if (writes) req.Communicator?.Barrier();
-            observer.OnMessage($"training on the transformed base model in {modelDir}");
-        }
-        var tokenizer = TokenizerLoader.Load(modelDir);
-
+        var (modelDir, adapterConfig) = task.PrepareBase(setup, writes, observer);
         torch.manual_seed(req.Train.Seed);
         using var gen = new torch.Generator((ulong)req.Train.Seed);
-        var plan = new AdapterPlan(adapterConfig with { BaseModelNameOrPath = adapterConfig.BaseModelNameOrPath ?? Path.GetFullPath(modelDir) }, gen);
-        using var model = ModelSessions.LoadBase(modelDir, req.Runtime, plan);
-        if (req.SeqLen > model.Config.MaxPositionEmbeddings)
-            throw new UserInputException($"--seq-len {req.SeqLen} is longer than the model's max_position_embeddings ({model.Config.MaxPositionEmbeddings}); lower --seq-len.");
-        int seqLen = req.SeqLen ?? Math.Min(256, model.Config.MaxPositionEmbeddings);
+        var plan = new AdapterPlan(task.PlanConfig(adapterConfig, modelDir), gen);
+        using var model = task.LoadModel(modelDir, plan);
+        var config = task.RunConfig(plan.Config);
         plan.EnsureAllPatternsMatched();
         AdapterModel.OnBaseWeightsLoaded(model);
         AdapterModel.FreezeAllButAdapters(model);
-        foreach (var p in SavedModuleParameters.Resolve(model, plan).Values) p.requires_grad = true; // --modules-to-save: trained fully
-        model.GradientCheckpointing = req.GradCheckpoint;
+        var savedModules = task.SavedModules(plan, config);
+        foreach (var p in savedModules.Values) p.requires_grad = true; // modules_to_save (--modules-to-save, a classifier's head): trained fully
         var (trainable, total) = AdapterModel.CountParameters(model);
-        observer.OnMessage($"{plan.Config.Method}: {AdapterModel.FindAdapters(model).Count} adapted modules, {trainable:N0} trainable of {total:N0} parameters ({100.0 * trainable / total:0.###}%)");
-
-        // Evaluation scores the same tokens as training, so --train-on-prompt's eval loss is comparable with its train loss.
-        var trainTok = Tokenization.Tokenize(train, tokenizer, seqLen, trainOnPrompt: req.TrainOnPrompt);
-        var evalTok = Tokenization.Tokenize(evalSet, tokenizer, seqLen, trainOnPrompt: req.TrainOnPrompt);
-        if (trainTok.Truncated + evalTok.Truncated > 0)
-            observer.OnMessage($"{trainTok.Truncated + evalTok.Truncated} examples were longer than --seq-len {seqLen} and were cut; {trainTok.DroppedWithoutLoss + evalTok.DroppedWithoutLoss} lost every completion token and were dropped.");
-        var trainSeqs = req.Pack ? Tokenization.Pack(trainTok.Examples, seqLen) : trainTok.Examples;
-        if (trainSeqs.Count == 0) throw new UserInputException($"{req.DataPath}: no training sequence is left after tokenization (every example lost its completion to --seq-len {seqLen}).");
+        observer.OnMessage(task.Describe(config, AdapterModel.FindAdapters(model).Count, trainable, total));
+        var trainTask = task.CreateTask(observer);
 
         var extras = setup.TrainingExtras?.Invoke(model).ToList() ?? new List<object>();
-        var dataRecord = new TrainingDataRecord
-        {
-            DataPath = Path.GetFullPath(req.DataPath),
-            EvalDataPath = req.EvalDataPath is null ? null : Path.GetFullPath(req.EvalDataPath),
-            EvalFraction = req.EvalDataPath is null ? req.EvalFraction : 0,
-            Seed = req.Train.Seed,
-            PromptTemplate = req.Templates.PromptTemplate,
-            CompletionTemplate = req.Templates.CompletionTemplate,
-            SeqLen = seqLen,
-        }.WithChat(train.Concat(evalSet).Any(e => e.IsConversation) ? templates.Chat : null);
         var caps = AdapterModel.CollectCapabilities(model, extras.Prepend(plan.Builder).ToArray());
+        // Written once the run's inputs have passed every check, so a refused run leaves no recipe behind; a resume
+        // keeps the recipe of the run it continues.
+        string recipePath = Path.Combine(req.OutDir, RecipeFile);
+        if (writes && req.Recipe is { } recipe && !(req.Resume && File.Exists(recipePath))) AtomicFile.WriteAllText(recipePath, recipe);
         return TrainLoop.Run(new TrainRunSpec
         {
-            Task = new CausalLmTask(model, tokenizer, trainSeqs, evalTok.Examples, evalSet.Where(e => !e.IsPlainText).ToList()),
+            Task = trainTask,
             Options = req.Train,
             OutDir = req.OutDir,
-            Method = plan.Config.Method,
+            Method = config.Method,
             Resume = req.Resume,
-            ResumeSettings = AdapterResumeSettings(plan.Config, new Dictionary<string, string> { ["--seq-len"] = seqLen.ToString(System.Globalization.CultureInfo.InvariantCulture), ["--pack"] = req.Pack ? "true" : "false", ["--train-on-prompt"] = req.TrainOnPrompt ? "true" : "false" }),
+            ResumeSettings = AdapterResumeSettings(plan.Config, task.ResumeSettings()),
             Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks).Append(plan.Builder),
             Communicator = req.Communicator,
             Cancellation = req.Cancellation,
             SaveWeights = dir =>
             {
-                // A method's snapshot (AdaLoRA's ranks, RefLoRA as LoRA) keeps the run's placement fields.
-                var config = plan.Builder is IConfigSnapshot snap
-                    ? snap.SnapshotConfig() with { LayersToTransform = plan.Config.LayersToTransform, LayersPattern = plan.Config.LayersPattern, ModulesToSave = plan.Config.ModulesToSave }
-                    : plan.Config;
-                AdapterFolder.Save(dir, config, model);
-                foreach (var (file, json) in extras.Prepend(plan.Builder).OfType<IAdapterFolderNote>().Select(n => n.Note()).Append(dataRecord.Note()))
+                // A method's snapshot (AdaLoRA's ranks, RefLoRA as LoRA) keeps the run's own fields (task's choice).
+                task.SaveWeights(dir, plan.Builder is IConfigSnapshot snap ? task.Snapshot(snap.SnapshotConfig(), config) : config, savedModules);
+                foreach (var (file, json) in extras.Prepend(plan.Builder).OfType<IAdapterFolderNote>().Select(n => n.Note()).Append(task.Record()))
                     AtomicFile.WriteAllText(Path.Combine(dir, file), json);
             },
-            LoadWeights = dir => AdapterFolder.LoadInto(dir, model),
+            LoadWeights = task.LoadWeights,
         }, observer);
     }
+
+    /// <summary>The recipe a run was given (<see cref="FineTuneRequest.Recipe"/>), which <c>reslora train --config</c> reads back.</summary>
+    public const string RecipeFile = "train_config.json";
 
     /// <summary>The loss plot the CLI writes beside the adapter (one name for the plotter and for <see cref="IsRunFile"/>).</summary>
     public const string LossPlotFile = "loss.png";
 
     /// <summary>
     /// Whether <paramref name="name"/> is a file a training run writes directly in --out and a new run would replace:
-    /// the adapter, metrics, summary, data record, loss plot and TensorBoard event files.
+    /// the adapter, metrics, summary, data record, recipe, loss plot and TensorBoard event files.
     /// </summary>
     public static bool IsRunFile(string name) =>
         name is AdapterFolder.ConfigFileName or AdapterFolder.WeightsFileName or TrainLoop.MetricsFile or TrainLoop.SummaryFile
-            or TrainingDataRecord.FileName or ClassificationTaskRecord.FileName or LossPlotFile
+            or TrainingDataRecord.FileName or ClassificationTaskRecord.FileName or LossPlotFile or RecipeFile
         || name.StartsWith(TensorBoardLog.FilePrefix, StringComparison.Ordinal);
 
     /// <summary>
@@ -170,7 +163,6 @@ public static class FineTuning
             throw new UserInputException($"--out {outDir} holds {held} from an earlier run, but no checkpoint to resume; training would replace it. Choose another --out folder, or add --overwrite to replace it.");
     }
 
-    /// <summary>--grad-checkpoint is refused before anything is written when the method's layers cannot be recomputed one at a time, or dropout could not be replayed.</summary>
     /// <summary>
     /// The run's settings a resume must keep: <paramref name="run"/> plus every field of the adapter config as
     /// adapter_config.json writes it (rank, alpha, dropout, targets, the method's own options), as
@@ -183,13 +175,6 @@ public static class FineTuning
             if (name is not ("base_model_name_or_path" or "revision"))
                 run[$"adapter_config.json {name}"] = value?.ToJsonString() ?? "null";
         return run;
-    }
-
-    private static void CheckGradCheckpoint(AdapterConfigBase config, RuntimeOptions runtime)
-    {
-        if (new AdapterPlan(config).CheckpointRefusal is { } why) throw new UserInputException($"--grad-checkpoint: {why}");
-        if (config.LoraDropout > 0 && runtime.TorchDevice.type != DeviceType.CPU)
-            throw new UserInputException($"--grad-checkpoint with --dropout {config.LoraDropout} on {runtime.Device}: the recompute must replay the dropout masks, and TorchSharp exposes only the CPU generator's state. Use --dropout 0 there, or train on the CPU.");
     }
 
     private sealed class SilentObserver : ITrainObserver

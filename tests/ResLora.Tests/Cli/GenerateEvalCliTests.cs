@@ -124,7 +124,7 @@ public sealed class GenerateEvalCliTests : IClassFixture<MultiAdapterFixture>
         var (model, _, _) = TinyEncoders.WriteFolder(Path.Combine(dir, "bert"), seed: 4);
         string data = WriteFile("cls.jsonl", new[] { "good", "bad", "good", "bad" }.Select(w => new JsonObject { ["text"] = $"the movie was {w} .", ["label"] = w == "good" ? "pos" : "neg" }.ToJsonString()));
         string outDir = Path.Combine(dir, "adapter");
-        Classification.Train(new ClassifierTrainRequest
+        FineTuning.Run(new FineTuneRequest
         {
             ModelDir = model,
             DataPath = data,

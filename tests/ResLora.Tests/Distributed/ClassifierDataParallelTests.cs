@@ -32,7 +32,7 @@ public sealed class ClassifierDataParallelTests : IDisposable
             bool pos = rng.Next(2) == 0;
             return new JsonObject { ["text"] = $"the movie was {(pos ? "good" : "bad")} .", ["label"] = pos ? "pos" : "neg" }.ToJsonString();
         }));
-        ClassifierTrainRequest Request(string outDir, ResLora.Training.Distributed.ICommunicator? comm) => new()
+        FineTuneRequest Request(string outDir, ResLora.Training.Distributed.ICommunicator? comm) => new()
         {
             ModelDir = model,
             DataPath = data,
@@ -42,8 +42,8 @@ public sealed class ClassifierDataParallelTests : IDisposable
             OutDir = outDir,
             Communicator = comm,
         };
-        var one = Classification.Train(Request(Path.Combine(_dir, "one"), null));
-        var two = new ThreadGroup(2).Run(comm => Classification.Train(Request(Path.Combine(_dir, "two"), comm)));
+        var one = FineTuning.Run(Request(Path.Combine(_dir, "one"), null));
+        var two = new ThreadGroup(2).Run(comm => FineTuning.Run(Request(Path.Combine(_dir, "two"), comm)));
         foreach (var rank in two)
             for (int i = 0; i < one.Curve.Count; i++) Assert.Equal(one.Curve[i].Loss, rank.Curve[i].Loss, 4);
         Assert.Equal(2, two[0].Ranks);

@@ -46,7 +46,7 @@ public sealed class ClassificationTests : IDisposable
         return path;
     }
 
-    private ClassifierTrainRequest Request(string model, string data, string method = "lora", int steps = 60, string? outName = null) => new()
+    private FineTuneRequest Request(string model, string data, string method = "lora", int steps = 60, string? outName = null) => new()
     {
         ModelDir = model,
         DataPath = data,
@@ -62,7 +62,7 @@ public sealed class ClassificationTests : IDisposable
         var (model, _, _) = TinyEncoders.WriteFolder(Path.Combine(_dir, "bert"), seed: 4);
         var data = WriteSentiment(Path.Combine(_dir, "train.jsonl"), 160, 1);
         var req = Request(model, data);
-        var summary = Classification.Train(req);
+        var summary = FineTuning.Run(req);
         // Chance is 0.5; the sentiment word decides the label, so a working head + adapter separates them.
         Assert.True(summary.FinalEvalAccuracy >= 0.9, $"eval accuracy {summary.FinalEvalAccuracy}; losses {string.Join(" ", summary.Curve.Select(c => c.Loss.ToString("0.000")))}");
         Assert.True(summary.FinalEvalMetrics!.ContainsKey("f1") && summary.FinalEvalMetrics.ContainsKey("mcc"));
@@ -117,10 +117,24 @@ public sealed class ClassificationTests : IDisposable
         });
         string data = Path.Combine(_dir, "sts.jsonl");
         File.WriteAllLines(data, lines);
-        var req = Request(model, data, steps: 40) with { Data = new LabelledDataOptions { Task = LabelTask.Regress, LabelField = "score" } };
-        var summary = Classification.Train(req);
+        var req = Request(model, data, steps: 40) with { Fields = new LabelledDataOptions { LabelField = "score" }, Task = LabelTask.Regress };
+        var summary = FineTuning.Run(req);
         Assert.True(summary.FinalEvalMetrics!["pearson"] > 0.8, $"pearson {summary.FinalEvalMetrics["pearson"]}");
         Assert.Equal("regress", ClassificationTaskRecord.Read(req.OutDir)!.Task);
+    }
+
+    [Fact]
+    public void Train_WithoutATask_TakesItFromTheLabels()
+    {
+        var (model, _, _) = TinyEncoders.WriteFolder(Path.Combine(_dir, "bert"), seed: 5);
+        string scores = Path.Combine(_dir, "scores.jsonl");
+        File.WriteAllLines(scores, new[] { "{\"text\": \"good movie\", \"label\": 4.5}", "{\"text\": \"bad movie\", \"label\": 1}", "{\"text\": \"movie\", \"label\": 2.25}" });
+        var regress = Request(model, scores, steps: 1, outName: "inferred-regress") with { EvalFraction = 0 };
+        FineTuning.Run(regress);
+        Assert.Equal("regress", ClassificationTaskRecord.Read(regress.OutDir)!.Task);
+        var classify = Request(model, WriteSentiment(Path.Combine(_dir, "s.jsonl"), 8, 1), steps: 1, outName: "inferred-classify") with { EvalFraction = 0 };
+        FineTuning.Run(classify);
+        Assert.Equal("classify", ClassificationTaskRecord.Read(classify.OutDir)!.Task);
     }
 
     [Fact]
@@ -128,7 +142,7 @@ public sealed class ClassificationTests : IDisposable
     {
         var (model, _, _) = TinyEncoders.WriteFolder(Path.Combine(_dir, "bert"));
         var req = Request(model, WriteSentiment(Path.Combine(_dir, "t.jsonl"), 40, 1), steps: 2);
-        Classification.Train(req);
+        FineTuning.Run(req);
         string bad = Path.Combine(_dir, "bad.jsonl");
         File.WriteAllLines(bad, new[] { "{\"text\": \"good\", \"label\": \"pos\"}", "{\"text\": \"bad\", \"label\": \"meh\"}" });
         var (m, task) = Classification.Load(model, req.OutDir, new RuntimeOptions());
@@ -146,9 +160,9 @@ public sealed class ClassificationTests : IDisposable
         var (model, _, _) = TinyEncoders.WriteFolder(Path.Combine(_dir, "bert"), edit: j => j["type_vocab_size"] = 1);
         string data = Path.Combine(_dir, "pairs.jsonl");
         File.WriteAllLines(data, new[] { "{\"a\": \"good\", \"b\": \"movie\", \"label\": 1}", "{\"a\": \"bad\", \"b\": \"film\", \"label\": 0}" });
-        var req = Request(model, data, steps: 1) with { EvalFraction = 0, Data = new LabelledDataOptions { TextField = "a", PairField = "b" } };
+        var req = Request(model, data, steps: 1) with { EvalFraction = 0, Fields = new LabelledDataOptions { TextField = "a", PairField = "b" } };
         // A one-segment model cannot take segment ids 1: the checkpoint's token-type table must be replaced first.
-        var e = Assert.ThrowsAny<UserInputException>(() => Classification.Train(req));
+        var e = Assert.ThrowsAny<UserInputException>(() => FineTuning.Run(req));
         Assert.Contains("--text-pair-field", e.Message + ((e as UserInputException)?.InnerException?.Message ?? ""), StringComparison.Ordinal);
     }
 
