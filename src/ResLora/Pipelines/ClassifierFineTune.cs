@@ -1,5 +1,6 @@
 using ResLora.Adapters;
 using ResLora.IO;
+using ResLora.Text;
 using ResLora.Models.Encoders;
 using ResLora.Training;
 using ResLora.Training.Classification;
