@@ -38,16 +38,8 @@ internal static class GenerateVerb
             string dir = CliPaths.ModelDir(r.GetValue(model));
             var runtime = rt.Read(r);
             // The one set of sampling rules (the server's JSON fields go through the same check).
-            var sampling = new GenerationOptions
-            {
-                MaxNewTokens = r.GetValue(maxNew),
-                Temperature = r.GetValue(temperature),
-                TopK = r.GetValue(topK),
-                TopP = r.GetValue(topP),
-                RepetitionPenalty = r.GetValue(repetitionPenalty),
-                StopStrings = r.GetValue(stopStrings) ?? Array.Empty<string>(),
-                Seed = r.GetValue(seed),
-            };
+            var sampling = new GenerationOptions { MaxNewTokens = r.GetValue(maxNew), Temperature = r.GetValue(temperature), TopK = r.GetValue(topK), TopP = r.GetValue(topP),
+                RepetitionPenalty = r.GetValue(repetitionPenalty), StopStrings = r.GetValue(stopStrings) ?? Array.Empty<string>(), Seed = r.GetValue(seed) };
             if (sampling.Check(limits: SamplingLimits.User) is { } bad) throw new UserInputException(bad.Message);
             var tokenizer = TokenizerLoader.Load(dir);
             if (r.GetValue(promptsFile) is { } file)

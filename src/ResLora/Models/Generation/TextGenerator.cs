@@ -136,7 +136,7 @@ public static class TextGenerator
             string which = one ? "the prompt" : $"prompt {i}";
             r.Options.Validate();
             if (r.Options.UseKvCache != rows[0].Options.UseKvCache) throw new ArgumentException("every row of a batch must agree on UseKvCache.", nameof(rows));
-            if (!routed && r.Adapter is not null) throw new ArgumentException($"row {i} names adapter '{r.Adapter}', but the model carries no per-row adapters; generate through its AdapterSet.", nameof(rows));
+            if (!routed && r.Adapter is not null) throw new ArgumentException($"row {i} names adapter '{r.Adapter}', but the model carries no per-row adapters; route the rows.", nameof(rows));
             if (r.Prompt.Count == 0)
                 throw new UserInputException($"{which} has no tokens; give a non-empty prompt (or a tokenizer with a BOS token to start from).");
             foreach (int id in r.Prompt)
