@@ -164,12 +164,12 @@ public sealed class MultiLoraLinear : nn.Module<Tensor, Tensor>
         {
             Tensor xs = rows is null ? x : x.index_select(0, rows); // (rows, seq, in)
             Tensor xa = xs.dtype == AdapterDtype ? xs : xs.to_type(AdapterDtype);
-            Tensor lora = nn.functional.linear(nn.functional.linear(xa, slot.A), slot.B); // B A x, (rows, seq, out)
+            Tensor lora = LoraTerms.Up(LoraTerms.Down(xa, slot.A), slot.B); // B A x, (rows, seq, out)
             if (slot.DoraScale is { } c)
             {
                 Tensor b0 = rows is null ? baseOut! : baseOut!.index_select(0, rows);
                 if (b0.dtype != AdapterDtype) b0 = b0.to_type(AdapterDtype);
-                Tensor delta = c.sub(1).mul(b0).add(c.mul(lora).mul(slot.Scaling));
+                Tensor delta = LoraTerms.DoraDelta(c, b0, lora, slot.Scaling);
                 if (delta.dtype != y.dtype) delta = delta.to_type(y.dtype);
                 y = rows is null ? y.add(delta) : y.index_add(0, rows, delta, 1);
             }
