@@ -8,20 +8,8 @@ namespace ResLora.Adapters;
 /// in the adapter dtype: nothing here trains, so DoRA's norm (detached in training anyway, peft-format.md §3.2) is
 /// computed once when the adapter is loaded and c replaces the magnitude m, which costs the same memory.
 /// </summary>
-internal sealed class LoraSlot : IDisposable
+internal sealed record LoraSlot(Tensor A, Tensor B, double Scaling, Tensor? DoraScale) : IDisposable
 {
-    public LoraSlot(Tensor a, Tensor b, double scaling, Tensor? doraScale)
-    {
-        A = a;
-        B = b;
-        Scaling = scaling;
-        DoraScale = doraScale;
-    }
-
-    public Tensor A { get; }
-    public Tensor B { get; }
-    public double Scaling { get; }
-    public Tensor? DoraScale { get; }
     public int Rank => (int)A.shape[0];
 
     public long Bytes => new[] { A, B, DoraScale }.Where(t => t is not null).Sum(t => t!.numel() * t!.ElementSize);
