@@ -37,16 +37,10 @@ internal static class GenerateVerb
         {
             string dir = CliPaths.ModelDir(r.GetValue(model));
             var runtime = rt.Read(r);
-            int n = r.GetValue(maxNew);
-            if (n < 1) throw new UserInputException($"--max-new-tokens must be at least 1, got {n}.");
-            double temp = r.GetValue(temperature);
-            if (temp < 0) throw new UserInputException($"--temperature must be 0 (greedy) or positive, got {temp}.");
-            double p = r.GetValue(topP);
-            if (p <= 0 || p > 1) throw new UserInputException($"--top-p must be in (0, 1], got {p}.");
-            double penalty = r.GetValue(repetitionPenalty);
-            if (!(penalty > 0) || double.IsInfinity(penalty)) throw new UserInputException($"--repetition-penalty must be a positive number (1 = off, above 1 discourages repeats), got {penalty}.");
-            var stops = r.GetValue(stopStrings) ?? Array.Empty<string>();
-            if (stops.Any(x => x.Length == 0)) throw new UserInputException("--stop strings must not be empty; give the text that ends generation (a newline from a shell: --stop $'\\n').");
+            // The one set of sampling rules (the server's JSON fields go through the same check).
+            var sampling = new GenerationOptions { MaxNewTokens = r.GetValue(maxNew), Temperature = r.GetValue(temperature), TopK = r.GetValue(topK), TopP = r.GetValue(topP),
+                RepetitionPenalty = r.GetValue(repetitionPenalty), StopStrings = r.GetValue(stopStrings) ?? Array.Empty<string>(), Seed = r.GetValue(seed) };
+            if (sampling.Check(limits: SamplingLimits.User) is { } bad) throw new UserInputException(bad.Message);
             var tokenizer = TokenizerLoader.Load(dir);
             if (r.GetValue(promptsFile) is { } file)
             {
@@ -61,8 +55,7 @@ internal static class GenerateVerb
                 string? single = given.Single, singleName = single is null ? null : SingleName(single);
                 var named = single is null ? given.Named : new[] { (singleName!, single) };
                 foreach (var (name, folder) in named) set.Add(name, folder, w => Console.Error.WriteLine($"warning: {w}"));
-                var batchOptions = new GenerationOptions { MaxNewTokens = n, Temperature = temp, TopK = r.GetValue(topK), TopP = p, RepetitionPenalty = penalty, StopStrings = stops, Seed = r.GetValue(seed) };
-                BatchGeneration.Run(set, tokenizer, format, records, batchOptions, r.GetValue(batchSize), a =>
+                BatchGeneration.Run(set, tokenizer, format, records, sampling, r.GetValue(batchSize), a =>
                     Console.Out.WriteLine(JsonSerializer.Serialize(new { index = a.Index, adapter = single is not null && a.Adapter == singleName ? single : a.Adapter, output = a.Output }, ReportJson.Line)), singleName);
                 return 0;
             }
@@ -74,32 +67,16 @@ internal static class GenerateVerb
             bool asChat = r.GetValue(chat) || messagesFile is not null;
             if (!asChat && (r.GetValue(system) is not null || r.GetValue(chatTemplate) is not null))
                 throw new UserInputException("--system and --chat-template apply to chat generation; add --chat.");
-            ChatPrompt? chatPrompt = null;
+            GenerationPrompt? chatPrompt = null;
             if (asChat)
             {
                 // The model's template (or --chat-template), else the one the adapter was trained with (recorded beside it).
                 var format = Prompts.ChatFormatFor(dir, adapterDir, r.GetValue(chatTemplate)) ?? throw Prompts.NoChatTemplate("--chat: " + dir);
-                chatPrompt = Prompts.Chat(tokenizer, format, Prompts.Conversation(messagesFile, r.GetValue(prompt) ?? "", r.GetValue(system)));
+                chatPrompt = Prompts.Chat(tokenizer, format, Prompts.Conversation(messagesFile, r.GetValue(prompt) ?? "", r.GetValue(system))).ForGeneration(tokenizer);
             }
-            var ids = chatPrompt?.Ids ?? Prompts.Ids(tokenizer, r.GetValue(prompt) ?? "");
-            var stop = (chatPrompt?.StopIds ?? tokenizer.EosTokenIds).ToList();
-            Func<IReadOnlyList<int>, string> render = chatPrompt is { } cp ? t => cp.Reply(tokenizer, t) : t => tokenizer.Decode(t.Where(id => !stop.Contains(id)));
+            var input = chatPrompt ?? GenerationPrompt.Plain(tokenizer, r.GetValue(prompt) ?? "");
             using var m = ModelSessions.Load(dir, adapterDir, runtime, w => Console.Error.WriteLine($"warning: {w}"));
-            var options = new GenerationOptions
-            {
-                MaxNewTokens = n,
-                Temperature = temp,
-                TopK = r.GetValue(topK),
-                TopP = p,
-                RepetitionPenalty = penalty,
-                Seed = r.GetValue(seed),
-                EosTokenIds = stop,
-                StopWhen = chatPrompt?.StopWhen(tokenizer),
-                StopStrings = stops,
-                Decode = render,
-            };
-            var output = TextGenerator.Generate(m, ids, options);
-            Console.Out.Write(options.CutAtStop(render(output)));
+            Console.Out.Write(input.Complete(m, sampling).Text);
             Console.Out.WriteLine();
             return 0;
         }));

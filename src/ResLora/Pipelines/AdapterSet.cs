@@ -94,7 +94,7 @@ public sealed class AdapterSet : IDisposable
     /// <summary>
     /// Continues every prompt with its own adapter in one batch (left padding, one KV cache): greedy at temperature 0,
     /// otherwise sampled with a generator per row seeded with <see cref="GenerationOptions.Seed"/>, so each row gets the
-    /// tokens <see cref="TextGenerator.Generate"/> gives that prompt alone with its adapter active. Returns only the new
+    /// tokens <see cref="TextGenerator"/> gives that prompt alone with its adapter active. Returns only the new
     /// ids per row (an end-of-sequence id included, as <see cref="TextGenerator"/> does).
     /// </summary>
     /// <param name="prompts">Token ids per row (each non-empty).</param>
@@ -109,121 +109,15 @@ public sealed class AdapterSet : IDisposable
     }
 
     /// <summary>
-    /// Positions a batch of <paramref name="rows"/> needs: the longest prompt (every row is left-padded to it) plus the
-    /// largest token budget. It must stay within the model's max_position_embeddings.
-    /// </summary>
-    public static int PaddedLength(IEnumerable<GenerationRow> rows)
-    {
-        int len = 0, budget = 0;
-        foreach (var r in rows)
-        {
-            len = Math.Max(len, r.Prompt.Count);
-            budget = Math.Max(budget, r.Options.MaxNewTokens);
-        }
-        return len + budget;
-    }
-
-    /// <summary>
-    /// Continues every row's prompt with its own adapter and its own settings (token budget, sampling, repetition
-    /// penalty, seed, stop ids, stop condition, stop strings, cancellation) in one batch: each row gets the tokens <see cref="TextGenerator.Generate"/> gives
-    /// its prompt alone with its adapter active and its options. A row that stops (stop id, stop condition, budget,
-    /// cancellation) leaves the batch: its KV cache rows are dropped, so the remaining rows cost only their own work.
-    /// Returns the new ids per row (a stop id included; a cancelled row's tokens so far).
+    /// Continues every row's prompt with its own adapter and its own settings in one batch, through the one decode engine
+    /// (<see cref="TextGenerator.Generate(CausalLM, IReadOnlyList{GenerationRow}, Func{IReadOnlyList{string}, IDisposable})"/>)
+    /// with each forward routed per row: each row gets the tokens <see cref="TextGenerator.Generate(CausalLM, IReadOnlyList{int}, GenerationOptions, Action{int})"/>
+    /// gives its prompt alone with its adapter active and its options.
     /// </summary>
     /// <param name="rows">The rows; all must agree on <see cref="GenerationOptions.UseKvCache"/>.</param>
-    public IReadOnlyList<IReadOnlyList<int>> Generate(IReadOnlyList<GenerationRow> rows)
-    {
-        int b = rows.Count;
-        if (b == 0) throw new UserInputException("no prompts to generate from.");
-        var c = Model.Config;
-        bool useCache = rows[0].Options.UseKvCache;
-        for (int i = 0; i < b; i++)
-        {
-            var r = rows[i];
-            r.Options.Validate();
-            if (r.Options.UseKvCache != useCache) throw new ArgumentException("every row of a batch must agree on UseKvCache.", nameof(rows));
-            if (r.Prompt.Count == 0) throw new UserInputException($"prompt {i} has no tokens; give each row at least one token (e.g. BOS).");
-            foreach (int id in r.Prompt)
-                if (id < 0 || id >= c.VocabSize) throw new UserInputException($"prompt {i}: token id {id} is outside the model's vocabulary (vocab_size {c.VocabSize}).");
-            if (r.Prompt.Count + r.Options.MaxNewTokens > c.MaxPositionEmbeddings)
-                throw new UserInputException($"prompt {i} ({r.Prompt.Count} tokens) + max new tokens ({r.Options.MaxNewTokens}) exceeds the model's max_position_embeddings ({c.MaxPositionEmbeddings}).");
-        }
-        if (PaddedLength(rows) > c.MaxPositionEmbeddings)
-            throw new UserInputException($"the batch's longest prompt plus its largest token budget ({PaddedLength(rows)} positions) exceeds the model's max_position_embeddings ({c.MaxPositionEmbeddings}); generate these rows in separate batches.");
-        int len = rows.Max(r => r.Prompt.Count);
-        var context = new List<long>[b];
-        var mask = new List<long>[b];
-        for (int i = 0; i < b; i++)
-        {
-            int pad = len - rows[i].Prompt.Count; // left padding: every row's last prompt token sits in the last column
-            context[i] = Enumerable.Repeat(0L, pad).Concat(rows[i].Prompt.Select(t => (long)t)).ToList();
-            mask[i] = Enumerable.Repeat(0L, pad).Concat(Enumerable.Repeat(1L, rows[i].Prompt.Count)).ToList();
-        }
-        var outputs = Enumerable.Range(0, b).Select(_ => new List<int>()).ToArray();
-        var stops = rows.Select(r => new HashSet<int>(r.Options.EosTokenIds)).ToArray();
-        var gens = rows.Select(r => r.Options.Greedy ? null : new torch.Generator((ulong)r.Options.Seed, Model.Device)).ToArray();
-        // The original indices of the rows in the batch, in batch order (also the KV cache's rows).
-        var live = Enumerable.Range(0, b).Where(i => rows[i].Options.MaxNewTokens > 0).ToList();
-        foreach (int i in Enumerable.Range(0, b).Except(live)) rows[i].OnFinished?.Invoke(outputs[i]);
-        var finished = new bool[b];
-        using var cache = useCache ? new KvCache(c.NumHiddenLayers) : null;
-        using var noGrad = torch.no_grad();
-        try
-        {
-            bool prefill = true;
-            while (true)
-            {
-                var keep = live.Where(i => !finished[i] && !rows[i].Cancellation.IsCancellationRequested).ToList();
-                foreach (int i in live.Except(keep)) rows[i].OnFinished?.Invoke(outputs[i]);
-                if (keep.Count == 0) break;
-                if (keep.Count < live.Count && cache is not null && !prefill)
-                    cache.KeepRows(keep.Select(i => (long)live.IndexOf(i)).ToArray());
-                live = keep;
-                using var scope = torch.NewDisposeScope();
-                // With the cache, the prompt once and then each row's last token; without it, every row's whole context.
-                var feed = live.Select(i => prefill || cache is null ? context[i] : context[i].Skip(context[i].Count - 1)).Select(x => x.ToArray()).ToList();
-                int n = live.Count, width = feed[0].Length;
-                var ids = torch.tensor(feed.SelectMany(x => x).ToArray(), dtype: ScalarType.Int64, device: Model.Device).view(n, width);
-                var m = torch.tensor(live.SelectMany(i => mask[i]).ToArray(), dtype: ScalarType.Int64, device: Model.Device).view(n, mask[live[0]].Count);
-                var last = Forward(ids, m, live.Select(i => rows[i].Adapter).ToList(), cache).select(1, -1).to_type(ScalarType.Float32); // (live, vocab)
-                prefill = false;
-                for (int j = 0; j < n; j++)
-                {
-                    int i = live[j];
-                    var o = rows[i].Options;
-                    var logits = o.RepetitionPenalty == 1.0 ? last[j] : TextGenerator.PenalizeRepeats(last[j], rows[i].Prompt.Concat(outputs[i]), o.RepetitionPenalty); // (vocab); the padding is not part of the sequence
-                    int t = o.Greedy ? (int)logits.argmax().item<long>() : TextGenerator.Pick(logits, o, gens[i]!);
-                    outputs[i].Add(t);
-                    context[i].Add(t);
-                    mask[i].Add(1L);
-                    rows[i].OnToken?.Invoke(t);
-                    if (outputs[i].Count >= o.MaxNewTokens || o.ShouldStop(outputs[i], stops[i])) finished[i] = true;
-                }
-            }
-        }
-        finally
-        {
-            foreach (var g in gens) g?.Dispose();
-        }
-        return outputs;
-    }
+    public IReadOnlyList<IReadOnlyList<int>> Generate(IReadOnlyList<GenerationRow> rows) =>
+        TextGenerator.Generate(Model, rows, adapters => Plan.Route(adapters, Model.Device));
 
     /// <summary>Frees the model and every adapter's tensors.</summary>
     public void Dispose() => Model.Dispose();
-}
-
-/// <summary>One row of a mixed-adapter batch: its prompt, its adapter and its own generation settings.</summary>
-/// <param name="Prompt">Token ids (non-empty).</param>
-/// <param name="Adapter">The adapter's name, or null (or <see cref="MultiLoraPlan.BaseName"/>) for the base alone.</param>
-/// <param name="Options">Budget, sampling, seed and stop conditions of this row.</param>
-public sealed record GenerationRow(IReadOnlyList<int> Prompt, string? Adapter, GenerationOptions Options)
-{
-    /// <summary>Called with each token as it is chosen (on the generating thread).</summary>
-    public Action<int>? OnToken { get; init; }
-
-    /// <summary>When cancelled, the row leaves the batch before the next step; its tokens so far are returned.</summary>
-    public CancellationToken Cancellation { get; init; }
-
-    /// <summary>Called once, on the generating thread, with the row's tokens when it leaves the batch (finished or cancelled), before the batch ends.</summary>
-    public Action<IReadOnlyList<int>>? OnFinished { get; init; }
 }

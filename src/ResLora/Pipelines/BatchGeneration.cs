@@ -37,7 +37,7 @@ public static class BatchGeneration
         if (batchSize < 1) throw new UserInputException($"--batch-size must be at least 1, got {batchSize}.");
         var loaded = set.Adapters.Select(a => a.Name).ToHashSet(StringComparer.Ordinal);
         if (defaultAdapter is not null && !loaded.Contains(defaultAdapter)) throw new ArgumentException($"the default adapter '{defaultAdapter}' is not loaded.", nameof(defaultAdapter));
-        var prepared = new List<(PromptRecord Record, IReadOnlyList<int> Ids, ChatPrompt? Chat)>(records.Count);
+        var prepared = new List<(PromptRecord Record, GenerationPrompt Prompt)>(records.Count);
         foreach (var r in records)
         {
             if (r.Adapter is { } name && name != MultiLoraPlan.BaseName && !loaded.Contains(name))
@@ -46,42 +46,24 @@ public static class BatchGeneration
             {
                 if (chat is null)
                     throw new UserInputException($"{r.Where}: this is a conversation, but the model has no chat_template in tokenizer_config.json; give one with --chat-template NAME|FILE (built-in: {string.Join(", ", BuiltInChatTemplates.Names)}).");
-                ChatPrompt p;
                 try
                 {
-                    p = Prompts.Chat(tokenizer, chat, messages, r.Tools);
+                    prepared.Add((r, Prompts.Chat(tokenizer, chat, messages, r.Tools).ForGeneration(tokenizer)));
                 }
                 catch (UserInputException e)
                 {
                     throw new UserInputException($"{r.Where}: {e.Message}", e);
                 }
-                prepared.Add((r, p.Ids, p));
             }
-            else
-            {
-                prepared.Add((r, Prompts.Ids(tokenizer, r.Prompt ?? ""), null));
-            }
+            else prepared.Add((r, GenerationPrompt.Plain(tokenizer, r.Prompt ?? "")));
         }
         for (int start = 0; start < prepared.Count; start += batchSize)
         {
             var chunk = prepared.Skip(start).Take(batchSize).ToList();
-            var rows = chunk.Select(c =>
-            {
-                var stops = c.Chat?.StopIds ?? tokenizer.EosTokenIds;
-                Func<IReadOnlyList<int>, string> render = c.Chat is { } p ? t => p.Reply(tokenizer, t) : t => tokenizer.Decode(t.Where(id => !stops.Contains(id)));
-                return new GenerationRow(c.Ids, c.Record.Adapter ?? defaultAdapter, options with
-                {
-                    EosTokenIds = stops,
-                    StopWhen = c.Chat?.StopWhen(tokenizer),
-                    Decode = render,
-                });
-            }).ToList();
+            var rows = chunk.Select(c => new GenerationRow(c.Prompt.Ids, c.Record.Adapter ?? defaultAdapter, c.Prompt.Options(options))).ToList();
             var outputs = set.Generate(rows);
             for (int k = 0; k < chunk.Count; k++)
-            {
-                var o = rows[k].Options;
-                onAnswer(new BatchAnswer(chunk[k].Record.Index, rows[k].Adapter, o.CutAtStop(o.Decode!(outputs[k])), outputs[k].Count));
-            }
+                onAnswer(new BatchAnswer(chunk[k].Record.Index, rows[k].Adapter, chunk[k].Prompt.Reply(outputs[k], options.StopStrings), outputs[k].Count));
         }
     }
 }

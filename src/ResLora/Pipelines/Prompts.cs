@@ -2,6 +2,7 @@ using System.Text.Json;
 using ResLora.Text;
 using ResLora.IO;
 using ResLora.Text.Templates;
+using ResLora.Models;
 using ResLora.Training;
 
 namespace ResLora.Pipelines;
@@ -37,21 +38,16 @@ public sealed record ChatPrompt(string Text, IReadOnlyList<int> Ids, IReadOnlyLi
         }
         return tokenizer.Decode(kept);
     }
+
+    /// <summary>This conversation as the decode engine's prompt: its ids, stop ids and texts, and <see cref="Reply"/> as its text.</summary>
+    public GenerationPrompt ForGeneration(ITextTokenizer tokenizer) => new(Ids, StopIds, t => Reply(tokenizer, t), StopWhen(tokenizer), StopTexts);
 }
 
 /// <summary>How a prompt becomes token ids for generation and probing.</summary>
 public static class Prompts
 {
-    /// <summary>BOS (when the tokenizer config asks for it) + the encoded prompt; an empty prompt starts from BOS alone.</summary>
-    public static IReadOnlyList<int> Ids(ITextTokenizer tokenizer, string prompt)
-    {
-        var ids = new List<int>();
-        if ((tokenizer.AddBosToken || prompt.Length == 0) && tokenizer.BosTokenId is { } bos) ids.Add(bos);
-        ids.AddRange(tokenizer.Encode(prompt));
-        if (ids.Count == 0)
-            throw new UserInputException("--prompt is empty and the tokenizer defines no BOS token to start from; give a prompt.");
-        return ids;
-    }
+    /// <summary>BOS (when the tokenizer config asks for it) + the encoded prompt (<see cref="GenerationPrompt.PlainIds"/>).</summary>
+    public static IReadOnlyList<int> Ids(ITextTokenizer tokenizer, string prompt) => GenerationPrompt.PlainIds(tokenizer, prompt);
 
     /// <summary>
     /// The chat format to answer with: <paramref name="chatTemplate"/> when given (a Jinja file, a JSON file with

@@ -38,20 +38,11 @@ public static class Accuracy
     /// <summary>The answer to one prompt and whether it matches <paramref name="reference"/>.</summary>
     public static ExactMatchAnswer Answer(CausalLM model, ITextTokenizer tok, string prompt, string reference, int maxNewTokens)
     {
-        var ids = new List<int>();
-        if (tok.AddBosToken && tok.BosTokenId is { } bos) ids.Add(bos);
-        ids.AddRange(tok.Encode(prompt));
-        int budget = Math.Min(maxNewTokens, model.Config.MaxPositionEmbeddings - ids.Count);
-        if (budget <= 0 || ids.Count == 0) return new ExactMatchAnswer(0, prompt, reference, "", false);
-        var options = new GenerationOptions
-        {
-            MaxNewTokens = budget,
-            EosTokenIds = tok.EosTokenIds,
-            StopStrings = StopStrings(reference),
-            Decode = output => tok.Decode(output.Where(i => !tok.EosTokenIds.Contains(i))),
-        };
-        var output = TextGenerator.Generate(model, ids, options);
-        string text = options.CutAtStop(options.Decode(output));
+        if (prompt.Length == 0 && tok.BosTokenId is null) return new ExactMatchAnswer(0, prompt, reference, "", false);
+        var input = GenerationPrompt.Plain(tok, prompt);
+        int budget = Math.Min(maxNewTokens, model.Config.MaxPositionEmbeddings - input.Ids.Count);
+        if (budget <= 0) return new ExactMatchAnswer(0, prompt, reference, "", false);
+        string text = input.Complete(model, new GenerationOptions { MaxNewTokens = budget, StopStrings = StopStrings(reference) }).Text;
         return new ExactMatchAnswer(0, prompt, reference, text, Matches(text, reference));
     }
 

@@ -51,11 +51,12 @@ public sealed class ServeTests : IClassFixture<ServingFixture>
         chat ? (string)response["choices"]![0]!["message"]!["content"]! : (string)response["choices"]![0]!["text"]!;
 
     /// <summary>What <c>reslora generate</c> prints for the prompt (without its final newline).</summary>
-    private string Generate(string? adapter, string prompt, bool chat)
+    private string Generate(string? adapter, string prompt, bool chat, string? stop = null)
     {
         var args = new List<string> { "generate", "--model", _f.ModelDir, "--prompt", prompt, "--max-new-tokens", Tokens.ToString(System.Globalization.CultureInfo.InvariantCulture) };
         if (adapter is not null) args.AddRange(new[] { "--adapter", _f.Dir(adapter) });
         if (chat) args.Add("--chat");
+        if (stop is not null) args.AddRange(new[] { "--stop", stop });
         var (rc, output, err) = CliHarness.Run(args.ToArray());
         Assert.True(rc == 0, err);
         Assert.EndsWith(Environment.NewLine, output);
@@ -136,6 +137,29 @@ public sealed class ServeTests : IClassFixture<ServingFixture>
         var cut = await Ok(await Post(client, "/v1/completions", Completion(_f.Name, "abc", 12, extra: $",\"stop\":[{JsonValue.Create(stop).ToJsonString()}]")));
         Assert.Equal(whole[..whole.IndexOf(stop, StringComparison.Ordinal)], Text(cut, chat: false));
         Assert.Equal("stop", (string)cut["choices"]![0]!["finish_reason"]!);
+    }
+
+    /// <summary>
+    /// One decode engine, one prompt-to-reply path and one set of sampling rules: the same greedy request with an adapter
+    /// gives the same text from serve and generate, also with a stop string taken from the middle of the answer.
+    /// </summary>
+    [Theory]
+    [InlineData("lora", false)]
+    [InlineData("dora", false)]
+    [InlineData("lora", true)]
+    public async Task GreedyTextWithAnAdapter_IsGenerates_WithAndWithoutAStopString(string adapter, bool chat)
+    {
+        await using var server = await _f.Start();
+        using var client = Client(server);
+        string model = $"{_f.Name}:{adapter}", prompt = "The sky is", path = chat ? "/v1/chat/completions" : "/v1/completions";
+        string Body(string extra) => (chat ? Chat(model, prompt) : Completion(model, prompt)).TrimEnd('}') + extra + "}";
+        string whole = Generate(adapter, prompt, chat);
+        Assert.Equal(whole, Text(await Ok(await Post(client, path, Body(""))), chat));
+        Assert.True(whole.Length >= 2, $"the answer '{whole}' is too short to hold a stop string");
+        string stop = whole.Substring(whole.Length / 2, 1);
+        string cut = whole[..whole.IndexOf(stop, StringComparison.Ordinal)];
+        Assert.Equal(cut, Generate(adapter, prompt, chat, stop));
+        Assert.Equal(cut, Text(await Ok(await Post(client, path, Body(",\"stop\":[" + JsonValue.Create(stop).ToJsonString() + "]"))), chat));
     }
 
     [Fact]

@@ -60,9 +60,9 @@ public sealed class DoraLinear : LowRankLinear, IBaseWeightDependent
         Tensor ba = lora_B.weight!.detach().matmul(lora_A.weight!.detach());
         Tensor sba = ba.mul(Scaling);
         Tensor n = Base.RowNorms(AdapterDtype, (start, count) => sba.narrow(0, start, count)).detach();
-        Tensor c = lora_magnitude_vector.div(n); // (out), broadcast over (..., out)
-        Tensor lora = lora_B.call(DropoutActive ? lora_A.call(xa) : Down(x));
-        Tensor dora = c.sub(1).mul(baseForDora).add(c.mul(lora).mul(Scaling));
+        Tensor c = LoraTerms.DoraScale(lora_magnitude_vector, n); // (out), broadcast over (..., out)
+        Tensor lora = LoraTerms.Up(DropoutActive ? LoraTerms.Down(xa, LoraA) : Down(x), LoraB);
+        Tensor dora = LoraTerms.DoraDelta(c, baseForDora, lora, Scaling);
         result = result.add(dora.to_type(result.dtype));
         return scope.MoveToOuter(result);
     }

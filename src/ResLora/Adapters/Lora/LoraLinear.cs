@@ -23,7 +23,7 @@ public sealed class LoraLinear : LowRankLinear
         Tensor result = BaseForward(x);
         if (!IsMerged)
         {
-            Tensor lora = lora_B.call(Down(x)).mul(Scaling); // (..., out)
+            Tensor lora = LoraTerms.Up(Down(x), LoraB).mul(Scaling); // (..., out)
             result = result.add(lora.to_type(result.dtype));
         }
         return scope.MoveToOuter(result);

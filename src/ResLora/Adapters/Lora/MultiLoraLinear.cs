@@ -8,20 +8,8 @@ namespace ResLora.Adapters;
 /// in the adapter dtype: nothing here trains, so DoRA's norm (detached in training anyway, peft-format.md §3.2) is
 /// computed once when the adapter is loaded and c replaces the magnitude m, which costs the same memory.
 /// </summary>
-internal sealed class LoraSlot : IDisposable
+internal sealed record LoraSlot(Tensor A, Tensor B, double Scaling, Tensor? DoraScale) : IDisposable
 {
-    public LoraSlot(Tensor a, Tensor b, double scaling, Tensor? doraScale)
-    {
-        A = a;
-        B = b;
-        Scaling = scaling;
-        DoraScale = doraScale;
-    }
-
-    public Tensor A { get; }
-    public Tensor B { get; }
-    public double Scaling { get; }
-    public Tensor? DoraScale { get; }
     public int Rank => (int)A.shape[0];
 
     public long Bytes => new[] { A, B, DoraScale }.Where(t => t is not null).Sum(t => t!.numel() * t!.ElementSize);
@@ -164,12 +152,12 @@ public sealed class MultiLoraLinear : nn.Module<Tensor, Tensor>
         {
             Tensor xs = rows is null ? x : x.index_select(0, rows); // (rows, seq, in)
             Tensor xa = xs.dtype == AdapterDtype ? xs : xs.to_type(AdapterDtype);
-            Tensor lora = nn.functional.linear(nn.functional.linear(xa, slot.A), slot.B); // B A x, (rows, seq, out)
+            Tensor lora = LoraTerms.Up(LoraTerms.Down(xa, slot.A), slot.B); // B A x, (rows, seq, out)
             if (slot.DoraScale is { } c)
             {
                 Tensor b0 = rows is null ? baseOut! : baseOut!.index_select(0, rows);
                 if (b0.dtype != AdapterDtype) b0 = b0.to_type(AdapterDtype);
-                Tensor delta = c.sub(1).mul(b0).add(c.mul(lora).mul(slot.Scaling));
+                Tensor delta = LoraTerms.DoraDelta(c, b0, lora, slot.Scaling);
                 if (delta.dtype != y.dtype) delta = delta.to_type(y.dtype);
                 y = rows is null ? y.add(delta) : y.index_add(0, rows, delta, 1);
             }

@@ -243,7 +243,7 @@ public sealed class MultiLoraPlan : ILinearFactory
             // §3.2: c = m / ‖W₀ + s·BA‖ per output row, computed as DoraLinear's forward does (the norm is detached there too).
             Tensor ba = b.matmul(a);
             Tensor n = torch.linalg.norm(layer.Weight.detach().to_type(layer.AdapterDtype).add(ba.mul(scaling)), dims: new long[] { 1 });
-            c = state["lora_magnitude_vector"].to(layer.AdapterDtype, device).div(n).DetachFromDisposeScope();
+            c = LoraTerms.DoraScale(state["lora_magnitude_vector"].to(layer.AdapterDtype, device), n).DetachFromDisposeScope();
         }
         return new LoraSlot(a.DetachFromDisposeScope(), b.DetachFromDisposeScope(), scaling, c);
     }

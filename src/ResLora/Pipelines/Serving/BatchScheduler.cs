@@ -1,3 +1,5 @@
+using ResLora.Models;
+
 namespace ResLora.Pipelines.Serving;
 
 /// <summary>Why a request was not taken.</summary>
@@ -65,7 +67,7 @@ public sealed class BatchScheduler : IDisposable
     private bool _disposed;
 
     /// <summary>Starts the worker.</summary>
-    /// <param name="run">Runs one batch (on the worker thread only): <see cref="AdapterSet.Generate(IReadOnlyList{GenerationRow})"/>.</param>
+    /// <param name="run">Runs one batch (on the worker thread only): <c>AdapterSet.Generate</c>.</param>
     /// <param name="maxBatch">Most rows in one batch (at least 1).</param>
     /// <param name="maxQueue">Most rows waiting for a batch (at least 1); one more is refused.</param>
     /// <param name="fits">Whether rows can share a batch (e.g. the padded length fits the model); null = always. A single row always runs.</param>

@@ -1,3 +1,5 @@
+using ResLora.Models;
+
 namespace ResLora.Pipelines.Serving;
 
 /// <summary>
@@ -46,12 +48,7 @@ internal sealed class ReplyText
     private void Update(bool final)
     {
         string text = _render(_tokens);
-        int cut = -1;
-        foreach (var s in _stops)
-        {
-            int i = text.IndexOf(s, StringComparison.Ordinal);
-            if (i >= 0 && (cut < 0 || i < cut)) cut = i;
-        }
+        int cut = GenerationOptions.StopIndex(text, _stops);
         if (cut >= 0)
         {
             text = text[..cut];

@@ -117,7 +117,7 @@ public sealed class ServedModel : IDisposable
             _workerThreadsSet = true;
             return _set.Generate(rows);
         }, options.MaxBatch, options.MaxQueue,
-            rows => AdapterSet.PaddedLength(rows) <= _set.Model.Config.MaxPositionEmbeddings, options.BeforeBatch);
+            rows => TextGenerator.PaddedLength(rows) <= _set.Model.Config.MaxPositionEmbeddings, options.BeforeBatch);
     }
 
     /// <summary>Loads the base once and every adapter on it.</summary>
@@ -235,12 +235,17 @@ public sealed class ServedModel : IDisposable
 
     private (GenerationRow Row, ReplyText Reply, int PromptTokens) Prepare(CompletionRequest r, string? adapter, Action<string>? onText, CancellationToken cancel)
     {
-        if (!(r.Temperature >= 0 && r.Temperature <= 2)) Invalid($"temperature must be between 0 and 2 (0 = greedy), got {r.Temperature}.", "temperature");
-        if (!(r.TopP > 0 && r.TopP <= 1)) Invalid($"top_p must be in (0, 1], got {r.TopP}.", "top_p");
-        if (!(r.RepetitionPenalty > 0) || double.IsInfinity(r.RepetitionPenalty)) Invalid($"repetition_penalty must be a positive number (1 = off), got {r.RepetitionPenalty}.", "repetition_penalty");
-        if (r.Stop.Count > 4) Invalid($"stop takes at most 4 strings, got {r.Stop.Count}.", "stop");
-        if (r.Stop.Any(s => s.Length == 0)) Invalid("stop strings must not be empty.", "stop");
-        if (r.MaxTokens is { } asked && asked < 1) Invalid($"max_tokens must be at least 1, got {asked}.", "max_tokens");
+        // The one set of sampling rules, by the request's field names, with the OpenAI API's ranges (temperature ≤ 2, four stops).
+        var sampling = new GenerationOptions
+        {
+            MaxNewTokens = r.MaxTokens ?? 1,
+            Temperature = r.Temperature,
+            TopP = r.TopP,
+            RepetitionPenalty = r.RepetitionPenalty,
+            StopStrings = r.Stop,
+            Seed = r.Seed ?? Random.Shared.NextInt64(),
+        };
+        if (sampling.Check(FieldName, ApiLimits) is { } bad) Invalid(bad.Message, FieldName(bad.Field));
         if (r.MaxTokens > Options.MaxTokensLimit)
             Invalid($"max_tokens is {r.MaxTokens}, over this server's limit of {Options.MaxTokensLimit} (--max-tokens-limit).", "max_tokens");
         if ((r.Prompt is null) == (r.Messages is null)) Invalid("give either prompt (completions) or messages (chat completions).", r.Prompt is null ? "prompt" : "messages");
@@ -253,11 +258,6 @@ public sealed class ServedModel : IDisposable
         if (chars > maxChars)
             Invalid($"the {(r.Messages is null ? "prompt" : "messages' text")} is {chars} characters; the model holds {positions} positions and this server refuses more than {MaxCharsPerPosition} characters per position ({maxChars}) without tokenizing it.", r.Messages is null ? "prompt" : "messages");
 
-        IReadOnlyList<int> ids;
-        IReadOnlyList<int> stopIds;
-        Func<IReadOnlyList<int>, string> render;
-        Func<IReadOnlyList<int>, bool>? templateStop = null;
-        IReadOnlyList<string> stopTexts = r.Stop;
         // The template runs before the tokenizer's lock is taken: it is untrusted input and may take up to its
         // budget's time, which must not stall every other request's tokenizing and streaming.
         ChatFormat? format = null;
@@ -276,52 +276,42 @@ public sealed class ServedModel : IDisposable
                 throw new ServingException(ServingErrorKind.InvalidRequest, $"messages: {e.Message}", "messages");
             }
         }
+        GenerationPrompt input;
         lock (_tokenizerLock)
         {
             if (format is not null)
             {
-                ChatPrompt chat;
                 try
                 {
-                    chat = Prompts.ChatFromText(_tokenizer, format, rendered!);
+                    input = Prompts.ChatFromText(_tokenizer, format, rendered!).ForGeneration(_tokenizer);
                 }
                 catch (Exception e) when (e is UserInputException or ChatTemplateException)
                 {
                     throw new ServingException(ServingErrorKind.InvalidRequest, $"messages: {e.Message}", "messages");
                 }
-                ids = chat.Ids;
-                stopIds = chat.StopIds;
-                render = tokens => chat.Reply(_tokenizer, tokens);
-                templateStop = chat.StopWhen(_tokenizer);
-                // A multi-token end-of-turn text also ends the streamed text, so it is never sent.
-                stopTexts = r.Stop.Concat(chat.StopTexts).ToList();
             }
             else
             {
-                ids = r.Prompt!.Length == 0 && _tokenizer.BosTokenId is null
+                input = r.Prompt!.Length == 0 && _tokenizer.BosTokenId is null
                     ? throw new ServingException(ServingErrorKind.InvalidRequest, "prompt is empty and the model has no BOS token to start from; give a prompt.", "prompt")
-                    : Prompts.Ids(_tokenizer, r.Prompt);
-                stopIds = _tokenizer.EosTokenIds;
-                var stopSet = stopIds.ToHashSet();
-                render = tokens => _tokenizer.Decode(tokens.Where(t => !stopSet.Contains(t)));
+                    : GenerationPrompt.Plain(_tokenizer, r.Prompt);
             }
         }
+        var ids = input.Ids;
         if (ids.Count >= positions)
             Invalid($"the prompt is {ids.Count} tokens; the model holds {positions} positions, so no token is left to generate.", r.Messages is null ? "prompt" : "messages");
         int maxTokens = r.MaxTokens ?? Math.Min(Options.MaxTokensLimit, positions - ids.Count);
         if (ids.Count + maxTokens > positions)
             Invalid($"the prompt ({ids.Count} tokens) + max_tokens ({maxTokens}) exceeds the model's {positions} positions; lower max_tokens to at most {positions - ids.Count}.", "max_tokens");
 
-        var reply = new ReplyText(render, stopTexts, onText);
-        var options = new GenerationOptions
+        // A multi-token end-of-turn text also ends the streamed text, so it is never sent.
+        var reply = new ReplyText(input.Render, r.Stop.Concat(input.StopTexts).ToList(), onText);
+        var options = sampling with
         {
             MaxNewTokens = maxTokens,
-            Temperature = r.Temperature,
-            TopP = r.TopP,
-            RepetitionPenalty = r.RepetitionPenalty,
-            Seed = r.Seed ?? Random.Shared.NextInt64(),
-            EosTokenIds = stopIds,
-            StopWhen = tokens => reply.Stopped || templateStop?.Invoke(tokens) == true,
+            StopStrings = Array.Empty<string>(), // ReplyText watches them (and the end-of-turn texts) as the tokens arrive
+            EosTokenIds = input.StopIds,
+            StopWhen = tokens => reply.Stopped || input.StopWhen?.Invoke(tokens) == true,
         };
         var row = new GenerationRow(ids, adapter, options)
         {
@@ -333,6 +323,20 @@ public sealed class ServedModel : IDisposable
         };
         return (row, reply, ids.Count);
     }
+
+    /// <summary>The OpenAI API's limits on the sampling fields: temperature in [0, 2], at most four stop strings, at least one token.</summary>
+    private static readonly SamplingLimits ApiLimits = new(MinNewTokens: 1, MaxTemperature: 2, MaxStops: 4);
+
+    /// <summary>The request field of each sampling setting (the names refusals carry as their param).</summary>
+    public static string FieldName(SamplingField field) => field switch
+    {
+        SamplingField.MaxNewTokens => "max_tokens",
+        SamplingField.Temperature => "temperature",
+        SamplingField.TopK => "top_k",
+        SamplingField.TopP => "top_p",
+        SamplingField.RepetitionPenalty => "repetition_penalty",
+        _ => "stop",
+    };
 
     private static void Invalid(string message, string param) => throw new ServingException(ServingErrorKind.InvalidRequest, message, param);
 
