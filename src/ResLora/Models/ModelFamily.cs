@@ -37,6 +37,9 @@ public interface ICausalLMFamily : IModelFamily
     /// <summary>Where whole-model transforms (RoLoRA's rotation, quantization groups) find the weights.</summary>
     DecoderLayout Layout { get; }
 
+    /// <summary>The GGUF architecture and tensor names of a model of <paramref name="config"/> (llama.cpp's conversion).</summary>
+    GgufNames Gguf(ModelConfig config);
+
     /// <summary>Builds the model (random weights; <see cref="CausalLM.LoadWeights(IO.HfCheckpoint)"/> fills them), every projection through <paramref name="factory"/>.</summary>
     CausalLM Create(ModelConfig config, ILinearFactory? factory, ScalarType dtype, Device device);
 }

@@ -21,6 +21,11 @@ public sealed class LlamaFamily : ICausalLMFamily
 
     public void CheckConfig(ModelConfig config, string source) => CheckWindow(config, source);
 
+    /// <summary>Qwen2 is llama.cpp's <c>qwen2</c> (NeoX rotary, no permutation); Llama and Mistral are its <c>llama</c> (q/k permuted).</summary>
+    public GgufNames Gguf(ModelConfig config) => config.ModelType.Equals("qwen2", StringComparison.OrdinalIgnoreCase)
+        ? new GgufNames("qwen2", PermuteQk: false)
+        : new GgufNames("llama", PermuteQk: true);
+
     public IReadOnlyDictionary<string, long[]> ExpectedWeights(ModelConfig config) => LlamaForCausalLM.ExpectedWeights(config, VariantOf(config));
 
     public CausalLM Create(ModelConfig config, ILinearFactory? factory, ScalarType dtype, Device device) =>

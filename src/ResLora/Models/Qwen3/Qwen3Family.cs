@@ -24,6 +24,9 @@ public sealed class Qwen3Family : ICausalLMFamily
 
     public void CheckConfig(ModelConfig config, string source) => LlamaFamily.CheckWindow(config, source);
 
+    /// <summary>llama.cpp's <c>qwen3</c> architecture: NeoX rotary (no q/k permutation), <c>attn_q_norm</c>/<c>attn_k_norm</c>.</summary>
+    public GgufNames Gguf(ModelConfig config) => new("qwen3", PermuteQk: false);
+
     public IReadOnlyDictionary<string, long[]> ExpectedWeights(ModelConfig config) => LlamaForCausalLM.ExpectedWeights(config, VariantOf(config));
 
     public CausalLM Create(ModelConfig config, ILinearFactory? factory, ScalarType dtype, Device device) =>
