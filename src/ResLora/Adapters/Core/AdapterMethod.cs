@@ -198,6 +198,6 @@ public abstract class AdapterMethod
         };
 
     /// <summary>The hyperparameters every LoRA-family config shares, from the spec.</summary>
-    protected static T WithCommon<T>(T config, MethodSpec s) where T : AdapterConfigBase =>
+    protected static T WithCommon<T>(T config, MethodSpec s) where T : LowRankConfigBase =>
         (T)(config with { R = s.Rank, LoraAlpha = s.Alpha, LoraDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude, UseRslora = s.UseRslora });
 }
