@@ -74,9 +74,9 @@ public static class ExportPipeline
         if (Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any())
             throw new IOException($"--out {outDir} exists and is not empty; choose a new folder (exporting never overwrites).");
         var config = ModelSessions.ReadAdapterConfig(adapterDir, warn);
-        if (config is RoLoraConfig ro)
-            throw new UserInputException($"{adapterDir}: a RoLoRA adapter is valid only on the base rotated with seed {ro.RotationSeed}, so as a LoRA it would break any other base. Export the merged model instead: reslora merge --model ROTATED_BASE --adapter {adapterDir} --out DIR (or reslora quantize ... --wbits 16 --abits 16).");
-        bool fold = config is ResLoraConfig { StructureKind: not ResLoraStructure.BlockShortcut };
+        var method = AdapterMethods.For(config);
+        method.CheckLoraExport(config, adapterDir);
+        bool fold = method.ExportsByCalibratedFold(config);
         if (options.DistillSteps > 0 && !fold)
             throw new UserInputException("--distill trains the least-squares LoRA of a ResLoRA is/ms adapter; this adapter exports without fitting.");
         var texts = FoldingTexts.Resolve(adapterDir, options.Texts, needCalibration: fold);
@@ -94,20 +94,19 @@ public static class ExportPipeline
             if (fold)
             {
                 var calib = FoldingTexts.Tokenize(texts.Calibration, tokenizer, options.Texts.SeqLen, "calibration");
-                (student, foldReport) = ResLoraFolding.ToLora(reference, plan, modelDir, runtime, calib, pad, options.DistillSteps, distillLearningRate: options.DistillLearningRate,
+                (student, foldReport) = CalibratedFolding.ToLora(reference, plan, modelDir, runtime, calib, pad, options.DistillSteps, distillLearningRate: options.DistillLearningRate,
                 distillation: options.DistillSteps > 0 ? FoldingTexts.Tokenize(texts.Distillation, tokenizer, options.Texts.SeqLen, "distillation") : null);
                 route = foldReport.Kind;
-                // The pairs are re-saved exactly, but they are a fit of the ResLoRA model, not equal to it: approximate.
-                var rs = (ResLoraConfig)config;
-                string how = $"ResLoRA {rs.Structure}: the residual paths are folded by the calibrated least-squares fit ({route}, {foldReport.CalibrationTokens} calibration tokens"
+                // The pairs are re-saved exactly, but they are a fit of the adapter's model, not equal to it: approximate.
+                string how = $"{method.CalibratedFold(plan).Description} ({route}, {foldReport.CalibrationTokens} calibration tokens"
                     + (foldReport.DistillSteps > 0 ? $", then {foldReport.DistillSteps} distillation steps" : "")
                     + $"); an approximation of the unmerged adapter, measured on held-out text in {ExportReport.FileName}.";
                 var fitted = LoraExport.FromLowRankPairs(AdapterModel.ByModulePath(student).ToDictionary(kv => kv.Key, kv => (ILowRankPair)kv.Value, StringComparer.Ordinal), config);
                 result = fitted with { Mode = "approximate", Notes = fitted.Notes.Prepend(how).ToList() }; // the same tensors, one owner
             }
-            else if (config is ResLoraConfig && plan.Builder is ResLoraLayerBuilder rb)
+            else if (method.ExactLoraPairs(plan) is { } exact)
             {
-                result = LoraExport.FromLowRankPairs(ConcatenatedPairs(rb), config);
+                result = LoraExport.FromLowRankPairs(exact, config);
                 route = "concat";
             }
             else if (adapters.Values.All(a => a.GetType() == typeof(LoraLinear)))
@@ -160,21 +159,4 @@ public static class ExportPipeline
             return report;
         }
     }
-
-    /// <summary>ResLoRA bs, exactly: block n's merged ΔW = s·Σ_k B_{n−k}A_{n−k} is one pair of rank r·(m+1) (spec §4.1).</summary>
-    private static Dictionary<string, ILowRankPair> ConcatenatedPairs(ResLoraLayerBuilder builder)
-    {
-        var d = new Dictionary<string, ILowRankPair>(StringComparer.Ordinal);
-        using var _ = torch.no_grad();
-        foreach (var l in builder.Layers)
-        {
-            var blocks = l.Predecessors(builder.PreNum).Prepend(l).ToList();
-            var a = torch.cat(blocks.Select(b => (Tensor)b.LoraA.detach()).ToArray(), 0); // (r(m+1), in)
-            var b = torch.cat(blocks.Select(b => (Tensor)b.LoraB.detach()).ToArray(), 1); // (out, r(m+1))
-            d[l.Spec.Name] = new FixedPair(new Parameter(a, requires_grad: false), new Parameter(b, requires_grad: false), l.Scaling);
-        }
-        return d;
-    }
-
-    private sealed record FixedPair(Parameter LoraA, Parameter LoraB, double Scaling) : ILowRankPair;
 }

@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
@@ -286,41 +285,16 @@ public static class LoraExport
     }
 
     /// <summary>
-    /// Notes the source config implies (what the export depends on). The ResLoRA merge note applies only to an export
-    /// through ΔW (<paramref name="viaDeltaWeight"/>), whose ΔW is the one the saved merge kind makes; pairs given as
-    /// they are (ResLoRA bs concatenated, the least-squares fold of is/ms) never use that merge, and their caller says how
-    /// they were made.
+    /// Notes the source config implies (what the export depends on), from its method. A note about the method's merge
+    /// applies only to an export through ΔW (<paramref name="viaDeltaWeight"/>); pairs given as they are (ResLoRA bs
+    /// concatenated, the least-squares fold of is/ms) never use that merge, and their caller says how they were made.
     /// </summary>
-    private static IEnumerable<string> SourceNotes(AdapterConfigBase source, bool viaDeltaWeight)
-    {
-        if (source is RoLoraConfig ro)
-            yield return $"RoLoRA: ΔW belongs to the rotated base (seed {ro.RotationSeed}); load this LoRA on that rotated model (base_model_name_or_path), not on the original one.";
-        if (viaDeltaWeight && source is ResLoraConfig rc && rc.MergeKind != ResLoraMergeKind.Exact)
-            yield return $"ResLoRA: the residual paths are folded into ΔW with the '{rc.Merge}' merge, an approximation of the unmerged model (as reslora merge makes).";
-    }
+    private static IEnumerable<string> SourceNotes(AdapterConfigBase source, bool viaDeltaWeight) =>
+        AdapterMethods.For(source).LoraExportNotes(source, viaDeltaWeight);
 
-    /// <summary>Notes about what the layers hold that a LoRA carries differently or cannot carry.</summary>
-    private static IEnumerable<string> LayerNotes(IReadOnlyDictionary<string, IAdapter> adapters)
-    {
-        int dora = adapters.Values.Count(a => a is DoraLinear);
-        if (dora > 0)
-            yield return $"DoRA: the magnitude vector is folded into ΔW ((m/‖W₀+s·BA‖)·(W₀+s·BA) − W₀ per row) in {dora} module(s); the export is tied to this base weight.";
-        var biased = adapters.Values.OfType<Ia3Linear>().Where(l => !l.IsFeedforward && l.Bias is not null).OrderBy(l => l.Spec.Name, StringComparer.Ordinal).ToList();
-        if (biased.Count > 0)
-        {
-            double worst = 0;
-            string where = biased[0].Spec.Name;
-            foreach (var l in biased)
-            {
-                using var scope = torch.NewDisposeScope();
-                using var _ = torch.no_grad();
-                Tensor db = l.Vector.detach().flatten().to_type(ScalarType.Float64).sub(1).mul(l.Bias!.detach().to_type(ScalarType.Float64));
-                double m = db.abs().max().item<double>();
-                if (m > worst) (worst, where) = (m, l.Spec.Name);
-            }
-            yield return $"IA3: {biased.Count} module(s) scale a biased output; a LoRA cannot carry the bias change (l−1)⊙b, which is dropped: largest |Δbias| = {worst.ToString("G6", CultureInfo.InvariantCulture)} (at {where}).";
-        }
-    }
+    /// <summary>Notes about what the layers hold that a LoRA carries differently or cannot carry: each method speaks for its own layers.</summary>
+    private static IEnumerable<string> LayerNotes(IReadOnlyDictionary<string, IAdapter> adapters) =>
+        AdapterMethods.All.SelectMany(m => m.LoraExportLayerNotes(adapters));
 
     private static JsonObject Report(LoraExportResult result)
     {

@@ -16,7 +16,8 @@ public static class LoraStudent
     /// </summary>
     public static CausalLM Build(string modelDir, RuntimeOptions runtime, AdapterConfigBase source, IReadOnlyDictionary<string, (Tensor A, Tensor B)> pairs)
     {
-        var config = source.AsLora() with { BaseModelNameOrPath = source.BaseModelNameOrPath, LoraDropout = 0 };
+        var lowRank = source as LowRankConfigBase ?? throw new UserInputException($"a LoRA student is built from low-rank pairs; a {source.Method} adapter has none.");
+        var config = lowRank.AsLora() with { BaseModelNameOrPath = source.BaseModelNameOrPath, LoraDropout = 0 };
         var plan = new AdapterPlan(config);
         return ModelSessions.WithAdapters(ModelSessions.LoadBase(modelDir, runtime, plan), model =>
         {

@@ -96,8 +96,9 @@ public static class MergePipeline
     {
         var (outDtype, dtypeSource) = OutputDtype(modelDir, options.OutputDtype);
         var config = ModelSessions.ReadAdapterConfig(adapterDir, warn);
-        var candidates = AdapterMethods.For(config).MergeCandidates(config, options.MergeKind);
-        bool fits = candidates.Any(c => c.Config is ResLoraConfig { MergeKind: ResLoraMergeKind.LeastSquares });
+        var adapterMethod = AdapterMethods.For(config);
+        var candidates = adapterMethod.MergeCandidates(config, options.MergeKind);
+        bool fits = candidates.Any(c => adapterMethod.MergesByCalibratedFold(c.Config));
         if (options.DistillSteps > 0 && !fits)
             throw new UserInputException("--distill trains the least-squares LoRA of a ResLoRA is/ms adapter; use it with --merge ls (or auto).");
         var texts = FoldingTexts.Resolve(adapterDir, options.Texts, needCalibration: fits);
@@ -116,7 +117,7 @@ public static class MergePipeline
         {
             foreach (var (label, candidate) in candidates)
             {
-                var (merged, fold) = MergedCandidate(modelDir, adapterDir, runtime, candidate, reference, referencePlan, texts, tokenizer, pad, options);
+                var (merged, fold) = MergedCandidate(adapterMethod, modelDir, adapterDir, runtime, candidate, reference, referencePlan, texts, tokenizer, pad, options);
                 double probeDiff;
                 using (torch.no_grad())
                 using (var after = merged.forward(probeIds).to_type(ScalarType.Float32))
@@ -189,14 +190,14 @@ public static class MergePipeline
         }
     }
 
-    /// <summary>The merged model of one candidate: the ls fold's (distilled) LoRA merged, or the adapter merged its own way.</summary>
-    private static (CausalLM Model, FoldReport? Fold) MergedCandidate(string modelDir, string adapterDir, RuntimeOptions runtime, AdapterConfigBase candidate,
+    /// <summary>The merged model of one candidate: the calibrated fold's (distilled) LoRA merged (ResLoRA's ls), or the adapter merged its own way.</summary>
+    private static (CausalLM Model, FoldReport? Fold) MergedCandidate(AdapterMethod method, string modelDir, string adapterDir, RuntimeOptions runtime, AdapterConfigBase candidate,
         CausalLM reference, AdapterPlan referencePlan, FoldingTexts texts, ITextTokenizer? tokenizer, int pad, MergeOptions options)
     {
-        if (candidate is ResLoraConfig { MergeKind: ResLoraMergeKind.LeastSquares })
+        if (method.MergesByCalibratedFold(candidate))
         {
             var calib = FoldingTexts.Tokenize(texts.Calibration, tokenizer!, options.Texts.SeqLen, "calibration");
-            var (student, fold) = ResLoraFolding.ToLora(reference, referencePlan, modelDir, runtime, calib, pad, options.DistillSteps, distillLearningRate: options.DistillLearningRate,
+            var (student, fold) = CalibratedFolding.ToLora(reference, referencePlan, modelDir, runtime, calib, pad, options.DistillSteps, distillLearningRate: options.DistillLearningRate,
                 distillation: options.DistillSteps > 0 ? FoldingTexts.Tokenize(texts.Distillation, tokenizer!, options.Texts.SeqLen, "distillation") : null);
             AdapterModel.MergeAll(student);
             return (student, fold);

@@ -14,7 +14,7 @@ public static class ModelSessions
     /// linears' base weights are packed as each is loaded (<see cref="PackedFormats"/>).
     /// </summary>
     public static CausalLM LoadBase(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null) =>
-        ModelLoader.Load(modelDir, runtime, WithPackedBase(factory, runtime), RecordedTransforms.Recorded);
+        ModelLoader.Load(modelDir, runtime, WithPackedBase(factory, runtime), RecordedTransforms.Recorded.Prepend(RoLoraRotation.OnlineTransform));
 
     /// <summary>The factory that builds the runtime's base storage: <paramref name="factory"/> itself for a full-precision base.</summary>
     private static ILinearFactory? WithPackedBase(ILinearFactory? factory, RuntimeOptions runtime)

@@ -48,18 +48,17 @@ public sealed record QuantizationRecord
 /// </summary>
 public static class ModelQuantizer
 {
-    private static readonly string[][] Groups = { new[] { "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj" }, new[] { "self_attn.o_proj" }, new[] { "mlp.gate_proj", "mlp.up_proj" }, new[] { "mlp.down_proj" } };
-
-    /// <summary>The decoder linears by full module name, in layer and group order.</summary>
+    /// <summary>The decoder linears by full module name, in layer and group order (the family's <see cref="DecoderLayout.InputGroups"/>).</summary>
     public static IReadOnlyList<(string Name, nn.Module<Tensor, Tensor> Module)> DecoderLinears(CausalLM model)
     {
+        var layout = model.Family.Layout;
         var all = model.named_modules().ToDictionary(m => m.name, m => m.module, StringComparer.Ordinal);
         var list = new List<(string, nn.Module<Tensor, Tensor>)>();
         for (int i = 0; i < model.Config.NumHiddenLayers; i++)
-            foreach (var g in Groups)
+            foreach (var g in layout.InputGroups)
                 foreach (var n in g)
                 {
-                    string name = $"model.layers.{i}.{n}";
+                    string name = layout.LayerPrefix(i) + n;
                     if (all.TryGetValue(name, out var m) && m is nn.Module<Tensor, Tensor> mm) list.Add((name, mm));
                 }
         return list;
@@ -98,12 +97,13 @@ public static class ModelQuantizer
     private static void Gptq(CausalLM model, IReadOnlyDictionary<string, TorchSharp.Modules.Parameter> baseParams, QuantizeOptions o, IReadOnlyList<Tensor> calibration)
     {
         var modules = DecoderLinears(model).ToDictionary(x => x.Name, x => x.Module, StringComparer.Ordinal);
+        var layout = model.Family.Layout;
         model.eval();
         // Sequential (§5.1): layer by layer, group by group, each group's Hessians collected with everything before it quantized.
         for (int i = 0; i < model.Config.NumHiddenLayers; i++)
-            foreach (var g in Groups)
+            foreach (var g in layout.InputGroups)
             {
-                var names = g.Select(n => $"model.layers.{i}.{n}").Where(modules.ContainsKey).ToList();
+                var names = g.Select(n => layout.LayerPrefix(i) + n).Where(modules.ContainsKey).ToList();
                 var hess = new Dictionary<string, Tensor>();
                 var hooks = new List<Action>();
                 long tokens = 0;
@@ -151,9 +151,11 @@ public static class ModelQuantizer
     {
         var inputs = new Dictionary<string, List<Tensor>>(StringComparer.Ordinal);
         var hooks = new List<Action>();
+        var layout = model.Family.Layout;
+        var sharers = layout.InputGroups.SelectMany(g => g.Skip(1)).ToList(); // a group's later members read its first one's input
         foreach (var (name, m) in DecoderLinears(model))
         {
-            if (name.EndsWith("k_proj", StringComparison.Ordinal) || name.EndsWith("v_proj", StringComparison.Ordinal) || name.EndsWith("up_proj", StringComparison.Ordinal)) continue;
+            if (sharers.Any(n => name.EndsWith("." + n, StringComparison.Ordinal))) continue;
             string key = name;
             inputs[key] = new List<Tensor>();
             var hr = m.register_forward_pre_hook((_, x) => { inputs[key].Add(x.detach().to_type(ScalarType.Float32).reshape(-1, x.shape[^1]).clone().DetachFromDisposeScope()); return x; });

@@ -74,10 +74,11 @@ public sealed class AdapterConfigTests
     {
         var (cfg, w) = AdapterConfigJson.Parse("""{"peft_type":"LORA","target_modules":["q_proj"],"rank_pattern":null,"alpha_pattern":null,"bias":null,"r":null,"exclude_modules":null}""");
         Assert.Empty(w);
-        Assert.Empty(cfg.RankPattern);
-        Assert.Empty(cfg.AlphaPattern);
+        var lowRank = Assert.IsAssignableFrom<LowRankConfigBase>(cfg);
+        Assert.Empty(lowRank.RankPattern);
+        Assert.Empty(lowRank.AlphaPattern);
         Assert.Contains("\"bias\": \"none\"", AdapterConfigJson.Serialize(cfg));
-        Assert.Equal(8, cfg.R);
+        Assert.Equal(8, lowRank.R);
         Assert.Null(cfg.ExcludeModules);
     }
 
@@ -95,6 +96,27 @@ public sealed class AdapterConfigTests
         var e = Assert.Throws<UserInputException>(() => AdapterConfigJson.Parse(json, "x/adapter_config.json"));
         Assert.Contains(expected, e.Message);
         Assert.StartsWith("x/adapter_config.json", e.Message);
+    }
+
+    [Fact]
+    public void Serialize_Ia3WritesOnlyIa3ConfigFields_LoraKeepsTheLowRankOnes()
+    {
+        var ia3 = System.Text.Json.Nodes.JsonNode.Parse(AdapterConfigJson.Serialize(new Ia3Config { TargetModules = ModuleTargets.List("q_proj", "down_proj"), FeedforwardModules = ModuleTargets.List("down_proj") }))!.AsObject();
+        foreach (var key in new[] { "r", "lora_alpha", "lora_dropout", "rank_pattern", "alpha_pattern", "init_lora_weights", "use_rslora", "bias", "lora_bias" })
+            Assert.False(ia3.ContainsKey(key), key);
+        foreach (var key in new[] { "target_modules", "feedforward_modules", "fan_in_fan_out", "init_ia3_weights", "modules_to_save" })
+            Assert.True(ia3.ContainsKey(key), key);
+        var lora = System.Text.Json.Nodes.JsonNode.Parse(AdapterConfigJson.Serialize(new LoraConfig { TargetModules = ModuleTargets.List("q_proj") }))!.AsObject();
+        foreach (var key in new[] { "r", "lora_alpha", "lora_dropout", "bias", "lora_bias" })
+            Assert.True(lora.ContainsKey(key), key);
+    }
+
+    [Fact]
+    public void Parse_OldIa3ConfigWithLowRankFields_IgnoresThemSilently()
+    {
+        var (cfg, w) = AdapterConfigJson.Parse("""{"peft_type":"IA3","target_modules":["q_proj","down_proj"],"feedforward_modules":["down_proj"],"r":8,"lora_alpha":8,"lora_dropout":0.0,"rank_pattern":{},"alpha_pattern":{},"init_lora_weights":true,"use_rslora":false,"bias":"none","lora_bias":false}""");
+        Assert.Empty(w);
+        Assert.IsType<Ia3Config>(cfg);
     }
 
     [Fact]
@@ -133,7 +155,7 @@ public sealed class AdapterConfigTests
         Assert.Equal(AdapterConfigJson.Serialize(c), AdapterConfigJson.Serialize(b));
     }
 
-    private sealed record ExtraConfig : AdapterConfigBase
+    private sealed record ExtraConfig : LowRankConfigBase
     {
         [JsonPropertyName("peft_type")] public override string PeftType => "TEST_EXTRA";
         [JsonPropertyName("extra_knob")] public int ExtraKnob { get; init; } = 3;
@@ -146,7 +168,7 @@ public sealed class AdapterConfigTests
         public override IEnumerable<MethodContender> Contenders(int rank) => Array.Empty<MethodContender>(); // never in the demo or bench
         public override MethodSetup Build(MethodSpec spec, MethodOptions? options) => new(WithCommon(new ExtraConfig(), spec));
         public override IReadOnlyList<Type> LayerTypes(AdapterConfigBase config) => new[] { typeof(LoraLinear) };
-        public override IAdapterLayerBuilder CreateBuilder(AdapterConfigBase c, TorchSharp.torch.Generator? g) => new LoraLayerBuilder(new LoraConfig { R = c.R, TargetModules = c.TargetModules }, g);
+        public override IAdapterLayerBuilder CreateBuilder(AdapterConfigBase c, TorchSharp.torch.Generator? g) => new LoraLayerBuilder(new LoraConfig { R = ((LowRankConfigBase)c).R, TargetModules = c.TargetModules }, g);
     }
 
     private static readonly Lazy<bool> ExtraRegistered = new(() => { AdapterMethods.Register(new ExtraMethod()); return true; });

@@ -146,8 +146,12 @@ public sealed class AdapterContractTests
         Perturb(a, 6);
         string dir = Path.Combine(TempDir(), "adapter");
         // Non-empty patterns (for a module this test does not build) so that dropping one on the way is visible.
-        var config = Kinds[kind] with { AlphaPattern = new() { ["k_proj"] = 5 } };
-        if (config is not AdaLoraConfig) config = config with { RankPattern = new() { ["k_proj"] = 2 } };
+        var config = Kinds[kind];
+        if (config is LowRankConfigBase lowRank)
+        {
+            lowRank = lowRank with { AlphaPattern = new() { ["k_proj"] = 5 } };
+            config = lowRank is AdaLoraConfig ? lowRank : lowRank with { RankPattern = new() { ["k_proj"] = 2 } };
+        }
         AdapterFolder.Save(dir, config, new Dictionary<string, IAdapter> { [TheSpec.Name] = a });
 
         using (var f = SafetensorsFile.Open(Path.Combine(dir, AdapterFolder.WeightsFileName)))

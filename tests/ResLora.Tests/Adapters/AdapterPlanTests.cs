@@ -132,7 +132,7 @@ public sealed class AdapterPlanTests
     }
 
     // A registered method whose builder has a per-forward context (like ResLoRA): the plan must forward BeginForward.
-    private sealed record LifecycleConfig : AdapterConfigBase
+    private sealed record LifecycleConfig : LowRankConfigBase
     {
         [JsonPropertyName("peft_type")] public override string PeftType => "TEST_LIFECYCLE";
         [JsonIgnore] public override string Method => "lora";

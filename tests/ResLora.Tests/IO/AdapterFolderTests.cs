@@ -92,7 +92,7 @@ public sealed class AdapterFolderTests
         string dir2 = WritePeftFolder(ScalarType.Float32,
             "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight");
         using (var contents = AdapterFolder.Load(dir2))
-        using (var l = BuildFromConfig(contents.Config with { R = 2 }))
+        using (var l = BuildFromConfig((LowRankConfigBase)contents.Config with { R = 2 }))
         {
             var e = Assert.Throws<UserInputException>(() => AdapterFolder.Apply(contents, new Dictionary<string, IAdapter> { [Q.Name] = l }));
             Assert.Contains("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", e.Message);

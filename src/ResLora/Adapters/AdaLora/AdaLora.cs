@@ -4,7 +4,7 @@ using ResLora.Models;
 namespace ResLora.Adapters;
 
 /// <summary>PEFT's AdaLoraConfig (peft-format.md §2.6): LoRA fields plus the budget schedule; <c>rank_pattern</c> holds boolean keep-masks.</summary>
-public sealed record AdaLoraConfig : AdapterConfigBase
+public sealed record AdaLoraConfig : LowRankConfigBase
 {
     [JsonPropertyName("peft_type")] public override string PeftType => "ADALORA";
     [JsonPropertyName("target_r")] public int TargetR { get; init; } = 8;

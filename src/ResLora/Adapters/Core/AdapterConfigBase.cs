@@ -7,8 +7,9 @@ using ResLora.Models;
 namespace ResLora.Adapters;
 
 /// <summary>
-/// Fields every PEFT adapter config shares (peft-format.md §2.2, §2.3), with PEFT's JSON names and defaults.
-/// A method adds a sealed record deriving from this with its own <see cref="PeftType"/> and extra fields; its
+/// Fields every PEFT adapter config shares (peft-format.md §2.2, §2.3), with PEFT's JSON names and defaults; the
+/// low-rank hyperparameters (r, lora_alpha, ...) are in <see cref="LowRankConfigBase"/>, so a config without a rank
+/// (IA3) writes none. A method adds a sealed record deriving from one of them with its own <see cref="PeftType"/> and extra fields; its
 /// <see cref="AdapterMethod"/> descriptor names the record type so <see cref="AdapterConfigJson"/> can read it.
 /// </summary>
 public abstract record AdapterConfigBase
@@ -16,19 +17,18 @@ public abstract record AdapterConfigBase
     /// <summary>PEFT's <c>peft_type</c> ("LORA", ...): the key <see cref="AdapterMethods"/> dispatches on.</summary>
     [JsonPropertyName("peft_type")] public abstract string PeftType { get; }
 
-    [JsonPropertyName("r")] public int R { get; init; } = 8;
-    [JsonPropertyName("lora_alpha")] public double LoraAlpha { get; init; } = 8;
-    [JsonPropertyName("lora_dropout")] public double LoraDropout { get; init; }
+    /// <summary>
+    /// The dropout the adapter's layers apply to their input (lora_dropout of the low-rank configs); 0 and not written
+    /// for a method without one (IA3).
+    /// </summary>
+    [JsonIgnore] public virtual double LoraDropout { get => 0; init { } }
+
     [JsonPropertyName("target_modules")] public ModuleTargets? TargetModules { get; init; }
     [JsonPropertyName("exclude_modules")] public ModuleTargets? ExcludeModules { get; init; }
-    [JsonPropertyName("rank_pattern")] public Dictionary<string, int> RankPattern { get; init; } = new();
-    [JsonPropertyName("alpha_pattern")] public Dictionary<string, double> AlphaPattern { get; init; } = new();
     [JsonPropertyName("task_type")] public string? TaskType { get; init; } = "CAUSAL_LM";
     [JsonPropertyName("base_model_name_or_path")] public string? BaseModelNameOrPath { get; init; }
     [JsonPropertyName("revision")] public string? Revision { get; init; }
     [JsonPropertyName("inference_mode")] public bool InferenceMode { get; init; }
-    [JsonPropertyName("init_lora_weights")] public LoraInit InitLoraWeights { get; init; } = LoraInit.Default;
-    [JsonPropertyName("use_rslora")] public bool UseRslora { get; init; }
     /// <summary>Decoder-layer indices to adapt (int or list); null = all. Matched against <see cref="LinearSpec.LayerIndex"/>.</summary>
     [JsonPropertyName("layers_to_transform")][JsonConverter(typeof(IntOrIntListConverter))] public IReadOnlyList<int>? LayersToTransform { get; init; }
     /// <summary>Kept for PEFT round-trips; our layer index comes from <see cref="LinearSpec.LayerIndex"/>.</summary>
@@ -44,44 +44,16 @@ public abstract record AdapterConfigBase
     public bool IsSavedModule(string path) =>
         ModulesToSave is { } m && m.Any(n => path == n || path.StartsWith(n + ".", StringComparison.Ordinal) || path.Contains("." + n + ".", StringComparison.Ordinal) || path.EndsWith("." + n, StringComparison.Ordinal));
 
-    /// <summary>The same targets and LoRA hyperparameters as a plain LoRA config (RefLoRA and RoLoRA train LoRA layers).</summary>
-    public LoraConfig AsLora() => new()
-    {
-        R = R,
-        LoraAlpha = LoraAlpha,
-        LoraDropout = LoraDropout,
-        TargetModules = TargetModules,
-        ExcludeModules = ExcludeModules,
-        RankPattern = RankPattern,
-        AlphaPattern = AlphaPattern,
-        InitLoraWeights = InitLoraWeights,
-        UseRslora = UseRslora,
-        LayersToTransform = LayersToTransform,
-    };
-
     /// <summary>The method (or named variant) as the command line says it: lora, dora, reslora, reflora-s, ...</summary>
     [JsonIgnore] public abstract string Method { get; }
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid field and how to fix it.</summary>
     public virtual void Validate()
     {
-        if (R <= 0) throw Bad("r", R, "must be a positive rank, e.g. 8");
-        if (!(LoraAlpha > 0) || double.IsInfinity(LoraAlpha)) throw Bad("lora_alpha", LoraAlpha, "must be a positive finite number, e.g. 16");
-        if (!(LoraDropout >= 0 && LoraDropout < 1)) throw Bad("lora_dropout", LoraDropout, "must be in [0, 1)");
         if (TargetModules is null) throw Bad("target_modules", "null", "set a list of module names (e.g. [\"q_proj\",\"v_proj\"]), a regex string, or \"all-linear\"");
         TargetModules.Validate("target_modules");
         ExcludeModules?.Validate("exclude_modules");
         if (ExcludeModules is { IsAllLinear: true }) throw Bad("exclude_modules", "all-linear", "\"all-linear\" is only meaningful for target_modules");
-        foreach (var (k, v) in RankPattern)
-        {
-            ModuleTargets.CheckRegex(k, "rank_pattern");
-            if (v <= 0) throw Bad($"rank_pattern[\"{k}\"]", v, "must be a positive rank");
-        }
-        foreach (var (k, v) in AlphaPattern)
-        {
-            ModuleTargets.CheckRegex(k, "alpha_pattern");
-            if (!(v > 0) || double.IsInfinity(v)) throw Bad($"alpha_pattern[\"{k}\"]", v, "must be a positive finite number");
-        }
         if (LayersToTransform is { } l && l.Any(i => i < 0)) throw Bad("layers_to_transform", string.Join(",", l), "layer indices must be ≥ 0");
         if (ModulesToSave is { } mts && mts.Any(string.IsNullOrWhiteSpace)) throw Bad("modules_to_save", string.Join(",", mts), "module names must not be empty");
     }

@@ -32,6 +32,9 @@ public static class AdapterConfigJson
             "a bias on lora_B is not supported; set it to false"),
     };
 
+    /// <summary>Default-only fields that only the low-rank configs have (PEFT's IA3Config has fan_in_fan_out, not these).</summary>
+    private static readonly HashSet<string> LowRankOnlyFields = new(StringComparer.Ordinal) { "bias", "lora_bias" };
+
     /// <summary>Parses a config; fields unknown to the config record are dropped and reported in <c>warnings</c> (PEFT PR #2038 behaviour).</summary>
     public static (AdapterConfigBase Config, IReadOnlyList<string> Warnings) Parse(string json, string source = "adapter_config.json")
     {
@@ -61,6 +64,8 @@ public static class AdapterConfigJson
         foreach (var name in obj.Select(p => p.Key).ToList())
         {
             if (known.Contains(name)) continue;
+            // A rank-free config (IA3) written before the low-rank fields had their own base carries r, lora_alpha, ...: ignored.
+            if (!type.IsAssignableTo(typeof(LowRankConfigBase)) && LowRankConfigBase.LowRankFields.Contains(name)) { obj.Remove(name); continue; }
             warnings.Add($"{source}: field '{name}' (= {obj[name]?.ToJsonString() ?? "null"}) is not used by {type.Name} and was ignored.");
             obj.Remove(name);
         }
@@ -92,7 +97,7 @@ public static class AdapterConfigJson
     {
         var node = JsonSerializer.SerializeToNode(config, config.GetType(), Options)!.AsObject();
         foreach (var (field, value, _, _) in DefaultOnlyFields)
-            if (!node.ContainsKey(field)) node[field] = value?.DeepClone();
+            if (!node.ContainsKey(field) && (config is LowRankConfigBase || !LowRankOnlyFields.Contains(field))) node[field] = value?.DeepClone();
         var sorted = new JsonObject();
         foreach (var (k, v) in node.OrderBy(p => p.Key, StringComparer.Ordinal).ToList())
         {

@@ -150,6 +150,36 @@ public abstract class AdapterMethod
         return new (string?, AdapterConfigBase)[] { (null, config) };
     }
 
+    /// <summary>True when merging <paramref name="candidate"/> (one of <see cref="MergeCandidates"/>) goes through <see cref="CalibratedFold"/> (ResLoRA's ls).</summary>
+    public virtual bool MergesByCalibratedFold(AdapterConfigBase candidate) => false;
+
+    /// <summary>True when the adapter becomes a plain LoRA only through <see cref="CalibratedFold"/> (ResLoRA is/ms): the export needs calibration text.</summary>
+    public virtual bool ExportsByCalibratedFold(AdapterConfigBase config) => false;
+
+    /// <summary>The calibrated fold of an adapter loaded with <paramref name="plan"/>; a method without one refuses.</summary>
+    public virtual ICalibratedFold CalibratedFold(AdapterPlan plan) =>
+        throw new UserInputException($"--merge ls and the least-squares export fold ResLoRA is/ms adapters; this is a {plan.Config.Method} adapter, which has no residual paths to fit.");
+
+    /// <summary>
+    /// The adapter as exact low-rank pairs by module path when it is a LoRA by construction but its layers are not
+    /// plain pairs (ResLoRA bs: each block's factors concatenated); null = export the layers (copy or SVD of ΔW).
+    /// </summary>
+    public virtual IReadOnlyDictionary<string, ILowRankPair>? ExactLoraPairs(AdapterPlan plan) => null;
+
+    /// <summary>Refuses exporting the adapter as a plain LoRA when that LoRA would be wrong (RoLoRA: valid only on its rotated base). Default: any.</summary>
+    public virtual void CheckLoraExport(AdapterConfigBase config, string adapterDir)
+    {
+    }
+
+    /// <summary>
+    /// Notes an export of <paramref name="config"/> as a LoRA carries (what it depends on); <paramref name="viaDeltaWeight"/>:
+    /// the export goes through ΔW as the method merges it, not through pairs given as they are.
+    /// </summary>
+    public virtual IEnumerable<string> LoraExportNotes(AdapterConfigBase config, bool viaDeltaWeight) => Array.Empty<string>();
+
+    /// <summary>Notes about what this method's layers among <paramref name="adapters"/> hold that a LoRA carries differently or cannot carry (DoRA's magnitude, IA3's bias change).</summary>
+    public virtual IEnumerable<string> LoraExportLayerNotes(IReadOnlyDictionary<string, IAdapter> adapters) => Array.Empty<string>();
+
     /// <summary>Checks the config type, validates it and returns it typed.</summary>
     protected T Checked<T>(AdapterConfigBase config) where T : AdapterConfigBase
     {
@@ -168,6 +198,6 @@ public abstract class AdapterMethod
         };
 
     /// <summary>The hyperparameters every LoRA-family config shares, from the spec.</summary>
-    protected static T WithCommon<T>(T config, MethodSpec s) where T : AdapterConfigBase =>
+    protected static T WithCommon<T>(T config, MethodSpec s) where T : LowRankConfigBase =>
         (T)(config with { R = s.Rank, LoraAlpha = s.Alpha, LoraDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude, UseRslora = s.UseRslora });
 }

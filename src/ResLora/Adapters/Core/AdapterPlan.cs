@@ -79,8 +79,10 @@ public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle, ICheckpoint
         if (c.ExcludeModules?.MatchingEntry(spec) is { } ex) return Frozen(spec, $"excluded by exclude_modules '{ex}'");
         if (c.LayersToTransform is { } layers && !layers.Contains(spec.LayerIndex))
             return Frozen(spec, $"layer {spec.LayerIndex} not in layers_to_transform");
-        int r = PatternKey(c.RankPattern.Keys, spec.Name) is { } rk ? c.RankPattern[rk] : c.R;
-        double alpha = PatternKey(c.AlphaPattern.Keys, spec.Name) is { } ak ? c.AlphaPattern[ak] : c.LoraAlpha;
+        // A method without a rank (IA3) has r = alpha = 0 in its decisions.
+        if (c is not LowRankConfigBase lr) return new PlanDecision(spec, true, Config.Method, 0, 0, $"target_modules '{hit}'");
+        int r = PatternKey(lr.RankPattern.Keys, spec.Name) is { } rk ? lr.RankPattern[rk] : lr.R;
+        double alpha = PatternKey(lr.AlphaPattern.Keys, spec.Name) is { } ak ? lr.AlphaPattern[ak] : lr.LoraAlpha;
         return new PlanDecision(spec, true, Config.Method, r, alpha, $"target_modules '{hit}'");
     }
 
@@ -148,9 +150,9 @@ public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle, ICheckpoint
         }
         Check("target_modules", Config.TargetModules);
         Check("exclude_modules", Config.ExcludeModules);
-        foreach (var k in Config.RankPattern.Keys)
+        foreach (var k in (Config as LowRankConfigBase)?.RankPattern.Keys ?? Enumerable.Empty<string>())
             if (!specs.Any(s => PatternMatches(k, s.Name))) problems.Add($"rank_pattern key '{k}' matched no module");
-        foreach (var k in Config.AlphaPattern.Keys)
+        foreach (var k in (Config as LowRankConfigBase)?.AlphaPattern.Keys ?? Enumerable.Empty<string>())
             if (!specs.Any(s => PatternMatches(k, s.Name))) problems.Add($"alpha_pattern key '{k}' matched no module");
         if (Config.LayersToTransform is { } layers && specs.Any(s => s.LayerIndex >= 0))
         {

@@ -32,4 +32,22 @@ public sealed class Ia3Method() : AdapterMethod("ia3", "IA3", typeof(Ia3Config),
 
     public override IAdapterLayerBuilder CreateBuilder(AdapterConfigBase config, Generator? generator) =>
         new Ia3LayerBuilder(Checked<Ia3Config>(config), generator);
+
+    /// <summary>A LoRA cannot carry the bias change (l−1)⊙b of an output-scaling module: the note gives the largest one dropped.</summary>
+    public override IEnumerable<string> LoraExportLayerNotes(IReadOnlyDictionary<string, IAdapter> adapters)
+    {
+        var biased = adapters.Values.OfType<Ia3Linear>().Where(l => !l.IsFeedforward && l.Bias is not null).OrderBy(l => l.Spec.Name, StringComparer.Ordinal).ToList();
+        if (biased.Count == 0) yield break;
+        double worst = 0;
+        string where = biased[0].Spec.Name;
+        foreach (var l in biased)
+        {
+            using var scope = torch.NewDisposeScope();
+            using var _ = torch.no_grad();
+            Tensor db = l.Vector.detach().flatten().to_type(ScalarType.Float64).sub(1).mul(l.Bias!.detach().to_type(ScalarType.Float64));
+            double m = db.abs().max().item<double>();
+            if (m > worst) (worst, where) = (m, l.Spec.Name);
+        }
+        yield return $"IA3: {biased.Count} module(s) scale a biased output; a LoRA cannot carry the bias change (l−1)⊙b, which is dropped: largest |Δbias| = {worst.ToString("G6", System.Globalization.CultureInfo.InvariantCulture)} (at {where}).";
+    }
 }

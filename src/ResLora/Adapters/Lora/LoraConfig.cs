@@ -4,7 +4,7 @@ using ResLora.Models;
 namespace ResLora.Adapters;
 
 /// <summary>PEFT's <c>LoraConfig</c> (peft-format.md §2.3); <c>use_dora</c> switches the layer to DoRA (§3.2).</summary>
-public sealed record LoraConfig : AdapterConfigBase
+public sealed record LoraConfig : LowRankConfigBase
 {
     [JsonPropertyName("peft_type")] public override string PeftType => "LORA";
 

@@ -22,4 +22,12 @@ public sealed class LoraMethod() : AdapterMethod("lora", "LORA", typeof(LoraConf
 
     public override IAdapterLayerBuilder CreateBuilder(AdapterConfigBase config, Generator? generator) =>
         new LoraLayerBuilder(Checked<LoraConfig>(config), generator);
+
+    /// <summary>DoRA's magnitude has no place in a LoRA: it is folded into ΔW, which ties the export to this base weight.</summary>
+    public override IEnumerable<string> LoraExportLayerNotes(IReadOnlyDictionary<string, IAdapter> adapters)
+    {
+        int dora = adapters.Values.Count(a => a is DoraLinear);
+        if (dora > 0)
+            yield return $"DoRA: the magnitude vector is folded into ΔW ((m/‖W₀+s·BA‖)·(W₀+s·BA) − W₀ per row) in {dora} module(s); the export is tied to this base weight.";
+    }
 }

@@ -4,9 +4,9 @@ using ResLora.Models;
 namespace ResLora.Adapters;
 
 /// <summary>PEFT's LycorisConfig fields shared by LoHa and LoKr (peft-format.md §2.7): <c>alpha</c> (not lora_alpha), rank/module dropout, init_weights.</summary>
-public abstract record LycorisConfigBase : AdapterConfigBase
+public abstract record LycorisConfigBase : LowRankConfigBase
 {
-    /// <summary>PEFT's name for α in LyCORIS configs; kept equal to <see cref="AdapterConfigBase.LoraAlpha"/>.</summary>
+    /// <summary>PEFT's name for α in LyCORIS configs; kept equal to <see cref="LowRankConfigBase.LoraAlpha"/>.</summary>
     [JsonPropertyName("alpha")] public double Alpha { get => LoraAlpha; init => LoraAlpha = value; }
     [JsonPropertyName("rank_dropout")] public double RankDropout { get; init; }
     [JsonPropertyName("module_dropout")] public double ModuleDropout { get; init; }

@@ -8,7 +8,7 @@ namespace ResLora.Adapters;
 /// geometric mean of (AAᵀ)⁻¹ and BᵀB (§3.2). Scalar (RefLoRA-S): after the step, A ← pA, B ← B/p with p² = ‖B‖/‖A‖ and
 /// Adam's moments transformed to match (§3.4). Both start after <c>warmup_steps</c> steps of plain LoRA (§3.3).
 /// </summary>
-public sealed record RefLoraConfig : AdapterConfigBase
+public sealed record RefLoraConfig : LowRankConfigBase
 {
     [JsonPropertyName("peft_type")] public override string PeftType => "REFLORA";
 

@@ -78,7 +78,8 @@ public sealed class RefLoraMethod() : AdapterMethod("reflora", "REFLORA", typeof
     public static MethodSetup Compose(MethodSetup setup, RefLoraOptions refactor, string method)
     {
         if (setup.Config is RefLoraConfig) throw new UserInputException("--refactor is already what --method reflora does; drop one of them.");
-        var hookCfg = ConfigFor(refactor) with { R = setup.Config.R, LoraAlpha = setup.Config.LoraAlpha, TargetModules = setup.Config.TargetModules };
+        if (setup.Config is not LowRankConfigBase lowRank) throw new UserInputException($"--refactor refactors low-rank pairs; --method {method} has none.");
+        var hookCfg = ConfigFor(refactor) with { R = lowRank.R, LoraAlpha = lowRank.LoraAlpha, TargetModules = setup.Config.TargetModules };
         hookCfg.Validate();
         var baseExtras = setup.TrainingExtras;
         return setup with

@@ -8,7 +8,7 @@ namespace ResLora.Adapters;
 /// blocks bs/ms use (−1 = all); <c>merge</c> how is/ms paths are removed for inference (bs is exact). Saved with
 /// peft_type RESLORA and PEFT's LoRA key names; the window statistics travel in <c>statistics</c>.
 /// </summary>
-public sealed record ResLoraConfig : AdapterConfigBase
+public sealed record ResLoraConfig : LowRankConfigBase
 {
     [JsonPropertyName("peft_type")] public override string PeftType => "RESLORA";
 

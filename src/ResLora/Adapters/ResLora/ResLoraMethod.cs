@@ -8,7 +8,7 @@ namespace ResLora.Adapters;
 public sealed record ResLoraOptions(string Structure = "is", int? PreNum = null, string Merge = "bi") : MethodOptions;
 
 /// <summary>ResLoRA (arXiv 2402.18039; docs/specs/reslora.md): residual paths between LoRA blocks, merged away for inference.</summary>
-public sealed class ResLoraMethod() : AdapterMethod("reslora", "RESLORA", typeof(ResLoraConfig),
+public sealed partial class ResLoraMethod() : AdapterMethod("reslora", "RESLORA", typeof(ResLoraConfig),
     "ResLoRA: LoRA blocks with residual paths to the previous layers' blocks (Shi et al. 2024), merged away for inference.", "lora_")
 {
     public override MethodOptions DefaultOptions => new ResLoraOptions();

@@ -7,7 +7,7 @@ namespace ResLora.Adapters;
 /// the adapter records which rotation it belongs to (seed and a hash of R1's sign vector), and loading it on a model
 /// rotated differently — or not at all — is refused (§9: R1 drawn again at merge time breaks the model).
 /// </summary>
-public sealed record RoLoraConfig : AdapterConfigBase
+public sealed record RoLoraConfig : LowRankConfigBase
 {
     [JsonPropertyName("peft_type")] public override string PeftType => "ROLORA";
 

@@ -59,4 +59,17 @@ public sealed class RoLoraMethod() : AdapterMethod("rolora", "ROLORA", typeof(Ro
         if (c.RotationSignsHash.Length > 0 && rec.SignsHash != c.RotationSignsHash)
             throw new UserInputException($"{where}: the model was rotated with seed {rec.Seed} (signs {rec.SignsHash}), the adapter with seed {c.RotationSeed} (signs {c.RotationSignsHash}); a different R1 breaks the model. Use the rotated base the adapter was trained on.");
     }
+
+    /// <summary>As a LoRA the adapter would break any base but its rotated one: the merged model is exported instead.</summary>
+    public override void CheckLoraExport(AdapterConfigBase config, string adapterDir)
+    {
+        if (config is RoLoraConfig ro)
+            throw new UserInputException($"{adapterDir}: a RoLoRA adapter is valid only on the base rotated with seed {ro.RotationSeed}, so as a LoRA it would break any other base. Export the merged model instead: reslora merge --model ROTATED_BASE --adapter {adapterDir} --out DIR (or reslora quantize ... --wbits 16 --abits 16).");
+    }
+
+    public override IEnumerable<string> LoraExportNotes(AdapterConfigBase config, bool viaDeltaWeight)
+    {
+        if (config is RoLoraConfig ro)
+            yield return $"RoLoRA: ΔW belongs to the rotated base (seed {ro.RotationSeed}); load this LoRA on that rotated model (base_model_name_or_path), not on the original one.";
+    }
 }

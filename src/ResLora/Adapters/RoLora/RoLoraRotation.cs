@@ -2,8 +2,9 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using ResLora.IO;
 using ResLora.Models;
+using ResLora.Quantization;
 
-namespace ResLora.Quantization;
+namespace ResLora.Adapters;
 
 /// <summary>What was applied to a rotated model; stored in its config.json as <c>reslora_rotation</c> and checked on load.</summary>
 public sealed record RotationRecord
@@ -54,7 +55,8 @@ public static class RoLoraRotation
         var w = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         foreach (var (k, v) in weights) w[k] = v.detach().to_type(ScalarType.Float64).cpu().clone();
         // Tied embeddings: E needs E·R1 and lm_head needs (W·diag(γ_f))·R1; untie first (§3.2).
-        if (c.TieWordEmbeddings || !w.ContainsKey("lm_head.weight")) w["lm_head.weight"] = w["model.embed_tokens.weight"].clone();
+        var layout = ModelFamilies.ForCausalLM(c.ModelType).Layout;
+        if (c.TieWordEmbeddings || !w.ContainsKey(layout.LmHead)) w[layout.LmHead] = w[layout.EmbedTokens].clone();
         int d = c.HiddenSize, dff = c.IntermediateSize;
         var (kh, ph, okh) = Hadamard.Factor(d);
         var (ki, pi, oki) = Hadamard.Factor(dff);
@@ -70,11 +72,10 @@ public static class RoLoraRotation
         }
         for (int i = 0; i < c.NumHiddenLayers; i++)
         {
-            string p = $"model.layers.{i}.";
-            Fold(p + "input_layernorm.weight", p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight");
-            Fold(p + "post_attention_layernorm.weight", p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight");
+            string p = layout.LayerPrefix(i);
+            foreach (var (norm, readers) in layout.NormReaders) Fold(p + norm + ".weight", readers.Select(r => p + r + ".weight").ToArray());
         }
-        Fold("model.norm.weight", "lm_head.weight");
+        Fold(layout.FinalNorm, layout.LmHead);
 
         // 2. R1 = diag(s)·Mᵀ (§3.2): readers W ← W R1, writers W ← R1ᵀ W (bias b ← R1ᵀ b).
         using var gen = new torch.Generator((ulong)seed);
@@ -83,22 +84,20 @@ public static class RoLoraRotation
         using var r1 = s.unsqueeze(1) * m.t(); // diag(s) Mᵀ
         void Right(string k) { var old = w[k]; w[k] = old.matmul(r1); old.Dispose(); }
         void Left(string k) { if (!w.ContainsKey(k)) return; var old = w[k]; w[k] = old.dim() == 1 ? r1.t().matmul(old) : r1.t().matmul(old); old.Dispose(); }
-        Right("model.embed_tokens.weight");
-        Right("lm_head.weight");
+        Right(layout.EmbedTokens);
+        Right(layout.LmHead);
         for (int i = 0; i < c.NumHiddenLayers; i++)
         {
-            string p = $"model.layers.{i}.";
-            Right(p + "self_attn.q_proj.weight"); Right(p + "self_attn.k_proj.weight"); Right(p + "self_attn.v_proj.weight");
-            Right(p + "mlp.gate_proj.weight"); Right(p + "mlp.up_proj.weight");
-            Left(p + "self_attn.o_proj.weight"); Left(p + "self_attn.o_proj.bias");
-            Left(p + "mlp.down_proj.weight"); Left(p + "mlp.down_proj.bias");
+            string p = layout.LayerPrefix(i);
+            foreach (var (_, readers) in layout.NormReaders) foreach (var r in readers) Right(p + r + ".weight");
+            foreach (var writer in layout.ResidualWriters) { Left(p + writer + ".weight"); Left(p + writer + ".bias"); }
         }
 
         // 3. R4 offline (§3.3): W_down ← W_down Mᵀ over its input (d_ff) axis; the model applies T(z) = z Mᵀ online.
         if (rotateDownProj)
             for (int i = 0; i < c.NumHiddenLayers; i++)
             {
-                string k = $"model.layers.{i}.mlp.down_proj.weight";
+                string k = layout.LayerPrefix(i) + layout.DownProj + ".weight";
                 var old = w[k];
                 w[k] = Hadamard.Apply(old, seed);
                 old.Dispose();
@@ -135,61 +134,15 @@ public static class RoLoraRotation
         if (RotationRecord.FromConfig(model.Config) is not { OnlineHadamardDownProj: true } rec) return;
         foreach (var layer in model.Blocks) layer.DownProjInputTransform = z => Hadamard.Apply(z, rec.Seed);
     }
-}
 
-/// <summary>
-/// What a folder written by this library records in its config.json and the loader must re-apply to the live model:
-/// the online Hadamard of a RoLoRA-rotated model, the activation quantizers of a <c>reslora quantize</c> output.
-/// Pass <see cref="Recorded"/> to <see cref="ModelLoader.Load"/> whenever the folder may be one of these.
-/// </summary>
-public sealed class RecordedTransforms : IModelLoadTransform
-{
-    public static readonly IReadOnlyList<IModelLoadTransform> Recorded = new[] { new RecordedTransforms() };
+    /// <summary>
+    /// The load transform of a rotated folder (<see cref="ApplyOnline"/>): pass it to <see cref="ModelLoader.Load"/>
+    /// with the quantization's recorded transforms whenever the folder may be rotated.
+    /// </summary>
+    public static IModelLoadTransform OnlineTransform { get; } = new RotationLoadTransform();
 
-    private RecordedTransforms() { }
-
-    public void Apply(CausalLM model)
+    private sealed class RotationLoadTransform : IModelLoadTransform
     {
-        RoLoraRotation.ApplyOnline(model);
-        ModelQuantizer.ApplyRecorded(model);
-    }
-}
-
-/// <summary>
-/// Plants activation outliers without changing the model's function, for RoLoRA benchmarks on small models that have
-/// none: the RMSNorm weights γ of a few channels are multiplied by <c>factor</c> and the matching input columns of the
-/// linears that read those norms (q/k/v, gate/up, lm_head) are divided by it. The normed activations — exactly what the
-/// activation quantizers see — then carry the large per-channel outliers real LLMs have.
-/// </summary>
-public static class OutlierPlanting
-{
-    public static void PlantFolder(string modelDir, string outDir, int channels, double factor, long seed)
-    {
-        var (c, w) = ModelFolder.LoadBaseWeights(modelDir, ScalarType.Float64);
-        try
-        {
-            if (c.TieWordEmbeddings) w["lm_head.weight"] = w["model.embed_tokens.weight"].clone();
-            var rng = new Random((int)seed);
-            var idx = Enumerable.Range(0, c.HiddenSize).OrderBy(_ => rng.Next()).Take(channels).Select(i => (long)i).ToArray();
-            using var ix = torch.tensor(idx);
-            void Plant(string norm, params string[] readers)
-            {
-                w[norm].index_copy_(0, ix, w[norm].index_select(0, ix) * factor);
-                foreach (var r in readers) w[r].index_copy_(1, ix, w[r].index_select(1, ix) / factor);
-            }
-            for (int i = 0; i < c.NumHiddenLayers; i++)
-            {
-                string p = $"model.layers.{i}.";
-                Plant(p + "input_layernorm.weight", p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight");
-                Plant(p + "post_attention_layernorm.weight", p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight");
-            }
-            Plant("model.norm.weight", "lm_head.weight");
-            var cfg = c with { TieWordEmbeddings = false };
-            ModelFolder.SaveNew(outDir, cfg, w.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.to_type(ScalarType.Float32))), companionsFrom: modelDir);
-        }
-        finally
-        {
-            foreach (var t in w.Values) t.Dispose();
-        }
+        public void Apply(CausalLM model) => ApplyOnline(model);
     }
 }

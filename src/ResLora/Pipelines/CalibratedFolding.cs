@@ -4,7 +4,7 @@ using ResLora.Training;
 
 namespace ResLora.Pipelines;
 
-/// <summary>What folding a ResLoRA adapter into a plain LoRA did.</summary>
+/// <summary>What folding an adapter into a plain LoRA by a calibrated fit (ResLoRA is/ms) did.</summary>
 public sealed record FoldReport
 {
     /// <summary>ls, or ls+distill.</summary>
@@ -19,14 +19,14 @@ public sealed record FoldReport
 }
 
 /// <summary>
-/// ResLoRA is/ms → plain LoRA: the calibrated least-squares fold (<see cref="LeastSquaresFold"/>) gives each block a
-/// pair (B_n, A*_n) that uses only its own input; <c>--distill N</c> then trains that LoRA for N steps to match the
-/// unmerged ResLoRA model (KL on the calibration text, no labels).
+/// An adapter → plain LoRA through its method's calibrated fold (<see cref="AdapterMethod.CalibratedFold"/>; ResLoRA
+/// is/ms: the least-squares fit gives each block a pair (B_n, A*_n) that uses only its own input); <c>--distill N</c>
+/// then trains that LoRA for N steps to match the unmerged model (KL on the calibration text, no labels).
 /// </summary>
-public static class ResLoraFolding
+public static class CalibratedFolding
 {
-    /// <param name="teacher">The unmerged ResLoRA model, loaded with <paramref name="plan"/>.</param>
-    /// <param name="plan">Its plan; the builder's chains are what the calibration pass records.</param>
+    /// <param name="teacher">The unmerged model, loaded with <paramref name="plan"/>.</param>
+    /// <param name="plan">Its plan; its method's fold records the calibration pass through the plan's builder.</param>
     /// <param name="modelDir">The base model folder (the student is built on it).</param>
     /// <param name="runtime">Device, dtype, threads.</param>
     /// <param name="calibration">Calibration sequences of the fit (tokenized, every token real).</param>
@@ -39,26 +39,22 @@ public static class ResLoraFolding
         IReadOnlyList<TokenizedExample> calibration, int padId, int distillSteps = 0, long seed = 0, double distillLearningRate = Distillation.DefaultLearningRate,
         IReadOnlyList<TokenizedExample>? distillation = null)
     {
-        if (plan.Builder is not ResLoraLayerBuilder builder || plan.Config is not ResLoraConfig config)
-            throw new UserInputException($"--merge ls and the least-squares export fold ResLoRA is/ms adapters; this is a {plan.Config.Method} adapter, which has no residual paths to fit.");
-        if (config.StructureKind == ResLoraStructure.BlockShortcut)
-            throw new UserInputException("a ResLoRA bs adapter has nothing to fit: it merges exactly (and exports exactly as concatenated factors). Drop --merge ls.");
+        var fold = AdapterMethods.For(plan.Config).CalibratedFold(plan);
+        var config = plan.Config;
         long tokens = calibration.Sum(e => (long)e.Ids.Length);
-        if (tokens < config.R)
-            throw new UserInputException($"the calibration text has {tokens} tokens, fewer than the rank r = {config.R}; give more text with --calib.");
+        fold.CheckCalibration(tokens);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var batches = Tokenization.Sequential(calibration, 8, padId, teacher.Device).ToList();
+        IReadOnlyDictionary<string, (Tensor A, Tensor B)> pairs;
         try
         {
-            builder.FoldedA = null;
             teacher.eval();
-            builder.Calibrate((ids, mask) => teacher.forward(ids, mask), batches.Select(b => (b.InputIds, b.AttentionMask)));
+            pairs = fold.Fit((ids, mask) => teacher.forward(ids, mask), batches.Select(b => (b.InputIds, b.AttentionMask)));
         }
         finally
         {
             foreach (var b in batches) b.Dispose();
         }
-        var pairs = builder.Layers.ToDictionary(l => l.Spec.Name, l => (builder.FoldedA![l], (Tensor)l.LoraB), StringComparer.Ordinal);
         double fitSeconds = clock.Elapsed.TotalSeconds;
         var student = LoraStudent.Build(modelDir, runtime, config, pairs);
         CopySavedModules(config, teacher, student);
