@@ -71,6 +71,15 @@ class Cfg:
         self.head_dim = d.get("head_dim") or self.hidden // self.heads; self.eps = d.get("rms_norm_eps", 1e-6)
         self.theta = d.get("rope_theta", 10000.0); self.tied = d.get("tie_word_embeddings", False)
         self.vocab = d["vocab_size"]; self.rope_scaling = d.get("rope_scaling")
+        self.model_type = d.get("model_type", "llama"); self.sliding_window = d.get("sliding_window")
+        self.use_sliding_window = d.get("use_sliding_window", False); self.max_window_layers = d.get("max_window_layers") or 0
+
+    def window_of(self, layer):
+        if self.model_type == "mistral":
+            return self.sliding_window
+        if self.model_type in ("qwen2", "qwen3") and self.use_sliding_window and layer >= self.max_window_layers:
+            return self.sliding_window
+        return None
 
 
 def inverse_frequencies(c):
@@ -190,12 +199,20 @@ class Llama(torch.nn.Module):
         emb = torch.cat((fr, fr), -1)
         cos, sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
         causal = torch.ones(t, t, dtype=torch.bool).tril()
-        keep = causal[None, None] & mask.bool()[:, None, None, :]
+        keep_full = causal[None, None] & mask.bool()[:, None, None, :]
         for i in range(c.layers):
             p = f"model.layers.{i}."
+            # Sliding window (modeling_mistral / modeling_qwen2's layer_types): query i sees keys j with i - j < window.
+            window = c.window_of(i)
+            keep = keep_full if window is None else keep_full & torch.ones(t, t, dtype=torch.bool).triu(-(window - 1))[None, None]
             x = rms(h, w[p + "input_layernorm.weight"], c.eps)
-            q = self.lin(p + "self_attn.q_proj", x).view(b, t, c.heads, c.head_dim).transpose(1, 2)
-            k = self.lin(p + "self_attn.k_proj", x).view(b, t, c.kv, c.head_dim).transpose(1, 2)
+            q = self.lin(p + "self_attn.q_proj", x).view(b, t, c.heads, c.head_dim)
+            k = self.lin(p + "self_attn.k_proj", x).view(b, t, c.kv, c.head_dim)
+            # Qwen3 (modeling_qwen3.py): an RMSNorm over head_dim of each head of q and k, before rotary.
+            if p + "self_attn.q_norm.weight" in w:
+                q = rms(q, w[p + "self_attn.q_norm.weight"], c.eps)
+                k = rms(k, w[p + "self_attn.k_norm.weight"], c.eps)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = self.lin(p + "self_attn.v_proj", x).view(b, t, c.kv, c.head_dim).transpose(1, 2)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin

@@ -8,7 +8,7 @@ public sealed class ModelPresetsTests
     [Fact]
     public void Names_ListEveryEmbeddedPreset()
     {
-        Assert.Equal(new[] { "llama-3.2-1b", "qwen2.5-0.5b", "smollm2-135m", "tinyllama-1.1b" }, ModelPresets.Names);
+        Assert.Equal(new[] { "llama-3.2-1b", "qwen2.5-0.5b", "qwen3-0.6b", "smollm2-135m", "tinyllama-1.1b" }, ModelPresets.Names);
     }
 
     [Theory]
@@ -17,6 +17,8 @@ public sealed class ModelPresetsTests
     [InlineData("llama-3.2-1b", 1_235_814_400L, true)]
     [InlineData("qwen2.5-0.5b", 494_032_768L, true)]
     [InlineData("smollm2-135m", 134_515_008L, true)]
+    // Qwen3-0.6B: 0.44 B outside the embedding (its model card), 151,936 × 1,024 tied embedding, q/k norms of head_dim 128.
+    [InlineData("qwen3-0.6b", 596_049_920L, true)]
     public void Preset_HasThePublishedParameterCount(string name, long parameters, bool tied)
     {
         var c = ModelPresets.Get(name);

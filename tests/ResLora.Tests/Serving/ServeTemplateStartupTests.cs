@@ -29,7 +29,10 @@ public sealed class ServeTemplateStartupTests : IClassFixture<ServingFixture>
             var e = Assert.Throws<UserInputException>(() => ServedModel.Load(new ServingOptions { ModelDir = _fx.ModelDir, ChatTemplate = file }, new RuntimeOptions()).Dispose());
             Assert.Contains("trial render", e.Message);
             Assert.Contains("'tiny-chat'", e.Message);
-            Assert.Contains(reason, e.Message);
+            // 2 million steps take about a second alone; on a loaded 2-core machine the 5 s render-time budget can stop the
+            // loop first. Either budget refusing it is what this test is about (the step budget itself: TemplateBudgetTests).
+            if (reason == "TemplateBudget.MaxSteps") Assert.Matches("TemplateBudget\\.(MaxSteps|MaxRenderTime)", e.Message);
+            else Assert.Contains(reason, e.Message);
         }
         finally
         {
