@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using ResLora.Models;
 using ResLora.Onnx;
 
 namespace ResLora.Cli;
@@ -10,6 +11,31 @@ internal static class ConvertVerb
     {
         var cmd = new Command("convert", "Turn a model exported in another format into a Hugging Face folder.");
         cmd.Subcommands.Add(Onnx());
+        cmd.Subcommands.Add(Gguf());
+        return cmd;
+    }
+
+    private static Command Gguf()
+    {
+        var gguf = new Option<string>("--gguf") { Description = "llama.cpp GGUF model file (architecture llama, qwen2 or qwen3; F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K tensors).", Required = true };
+        var output = new Option<string>("--out") { Description = "New folder for the Hugging Face model (config.json, model.safetensors, tokenizer.json, tokenizer_config.json).", Required = true };
+        var dtype = new Option<string>("--dtype") { Description = "Dtype of the written weights: bf16 (default) or f32.", DefaultValueFactory = _ => "bf16" };
+        dtype.AcceptOnlyFromAmong("bf16", "f32");
+        var cmd = new Command("gguf", "Convert a llama.cpp GGUF model into a Hugging Face folder: config from the metadata, weights dequantized (q/k un-permuted for the llama architecture), tokenizer rebuilt from the GGUF vocabulary.");
+        foreach (var o in new Option[] { gguf, output, dtype }) cmd.Options.Add(o);
+        cmd.SetAction(r => CliErrors.Guard(() =>
+        {
+            var result = GgufConversion.Convert(r.GetValue(gguf)!, r.GetValue(output)!, r.GetValue(dtype) == "f32" ? ScalarType.Float32 : ScalarType.BFloat16);
+            var c = result.Config;
+            var types = string.Join(", ", result.StoredTypes.OrderByDescending(kv => kv.Value).Select(kv => $"{kv.Key} {kv.Value}"));
+            var t = result.Tokenizer;
+            Console.Out.WriteLine($"found: {c.ModelType}, {c.NumHiddenLayers} layers, hidden {c.HiddenSize}, {c.NumAttentionHeads} heads ({c.NumKeyValueHeads} kv, head_dim {c.HeadDim}), "
+                + $"intermediate {c.IntermediateSize}, vocab {c.VocabSize}, context {c.MaxPositionEmbeddings}, {(c.TieWordEmbeddings ? "tied embeddings" : "separate lm_head")}; tensors: {types}");
+            Console.Out.WriteLine($"tokenizer: {t.Model}{(t.Pre is null ? "" : $" (pre {t.Pre})")}, {t.Tokens} tokens, {t.Merges} merges, {t.AddedTokens} added tokens");
+            foreach (var u in result.Ignored) Console.Error.WriteLine($"warning: tensor {u} is not part of the model and was not converted.");
+            Console.Out.WriteLine($"wrote {result.OutDir}: {result.Tensors} tensors");
+            return 0;
+        }));
         return cmd;
     }
 
