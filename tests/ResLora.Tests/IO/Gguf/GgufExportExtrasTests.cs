@@ -57,6 +57,18 @@ public class GgufExportExtrasTests
         });
     }
 
+    [Fact]
+    public void UnknownPreTokenizerRegexIsRefusedNamingIt()
+    {
+        InTemp("gguf-pre", dir =>
+        {
+            using var model = GgufTinyFolders.Write(dir, GgufTinyFolders.Llama(), @"\p{L}+|\s+", seed: 3);
+            var e = Assert.Throws<UserInputException>(() => GgufExport.Write(model, dir, Path.Combine(dir, "m.gguf"), GgmlType.F16));
+            Assert.Contains(@"\p{L}+|\s+", e.Message);
+            Assert.Contains("tokenizer.json", e.Message);
+        });
+    }
+
     internal static List<string> Texts()
     {
         var baseTexts = new[]
