@@ -16,7 +16,7 @@ internal static class ExportVerb
         var rank = new Option<int>("--rank") { Description = "Rank of the truncated SVD for DoRA, LoHa, LoKr, AdaLoRA and IA3 adapters (the energy kept is reported).", DefaultValueFactory = _ => 16 };
         var folding = new FoldingOptionSet();
         var rt = new RuntimeOptionSet();
-        var cmd = new Command("export", "Export any adapter as a plain PEFT LoRA: LoRA/RefLoRA copied, ResLoRA bs exactly, ResLoRA is/ms by the least-squares fold (--distill N), the others by truncated SVD; reports closeness to the original on held-out text.");
+        var cmd = new Command("export", "Export any adapter as a plain PEFT LoRA (--as lora): LoRA/RefLoRA copied, ResLoRA bs exactly, ResLoRA is/ms by the least-squares fold (--distill N), the others by truncated SVD; reports closeness to the original on held-out text. --as gguf writes the model (merged with --adapter) for llama.cpp/Ollama, --as gguf-lora the adapter as llama.cpp's LoRA GGUF (docs/gguf.md).");
         foreach (var o in new Option[] { model, adapter, output, asKind, rank, ggufType, ollama }) cmd.Options.Add(o);
         folding.AddTo(cmd);
         rt.AddTo(cmd);

@@ -10,6 +10,7 @@ internal static class GgufExportVerb
     {
         string dir = CliPaths.ModelDir(modelArg);
         void Note(string w) => Console.Error.WriteLine($"note: {w}");
+        if (ollama) OllamaModelfile.CheckFree(output); // before the export's work, not after it
         if (kind == "gguf")
         {
             var type = GgmlTypes.Parse(typeName) ?? throw new UserInputException($"--gguf-type {typeName}: choose f32, f16, bf16, q8_0 or q4_0.");

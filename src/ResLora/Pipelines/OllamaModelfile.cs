@@ -10,13 +10,20 @@ namespace ResLora.Pipelines;
 /// </summary>
 public static class OllamaModelfile
 {
+    /// <summary>The Modelfile that would go beside <paramref name="gguf"/> must not exist yet: an error naming it otherwise.</summary>
+    public static void CheckFree(string gguf)
+    {
+        string path = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(gguf))!, "Modelfile");
+        if (File.Exists(path)) throw new UserInputException($"--ollama: {path} exists; move it away or export into another folder (--out), exporting never overwrites.");
+    }
+
     /// <summary>Writes the Modelfile beside the GGUF (atomically) and returns a line saying what it holds.</summary>
     public static string Write(string modelDir, string? baseGguf, string? adapterGguf)
     {
         string gguf = adapterGguf ?? baseGguf ?? throw new ArgumentException("a GGUF path is needed");
         string dir = Path.GetDirectoryName(Path.GetFullPath(gguf))!;
         string path = Path.Combine(dir, "Modelfile");
-        if (File.Exists(path)) throw new UserInputException($"{path} exists; move it away or export into another folder (--out), exporting never overwrites.");
+        CheckFree(gguf);
         var sb = new StringBuilder();
         if (baseGguf is not null) sb.Append("FROM ./").Append(Path.GetFileName(baseGguf)).Append('\n');
         else sb.Append("# FROM: the base model exported with reslora export --as gguf --model ").Append(Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelDir)))).Append(" (a GGUF path or an Ollama model name)\nFROM ./base.gguf\n");

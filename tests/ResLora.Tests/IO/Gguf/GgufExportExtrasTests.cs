@@ -58,6 +58,36 @@ public class GgufExportExtrasTests
     }
 
     [Fact]
+    public void MetadataAndTensorTypesFollowLlamaCppsConverter()
+    {
+        InTemp("gguf-meta", dir =>
+        {
+            using var model = GgufTinyFolders.Write(dir, GgufTinyFolders.Qwen3() with { VocabSize = GgufTinyFolders.ByteLevelVocab + 3 }, GgufTinyFolders.Qwen2Regex, seed: 3);
+            string gguf = Path.Combine(dir, "m.gguf");
+            GgufExport.Write(model, dir, gguf, GgmlType.Q8_0);
+            using var f = GgufFile.Open(gguf);
+            Assert.Equal(3u, f.Version);
+            Assert.Equal("qwen3", f.GetString("general.architecture"));
+            Assert.Equal(7, f.GetInteger("general.file_type"));
+            Assert.Equal(16, f.GetInteger("qwen3.attention.key_length"));
+            Assert.Equal(2, f.GetInteger("qwen3.attention.head_count_kv"));
+            Assert.Equal("gpt2", f.GetString("tokenizer.ggml.model"));
+            Assert.Equal("qwen2", f.GetString("tokenizer.ggml.pre"));
+            var tokens = (GgufArray)f.Metadata["tokenizer.ggml.tokens"];
+            var types = (GgufArray)f.Metadata["tokenizer.ggml.token_type"];
+            Assert.Equal(GgufTinyFolders.ByteLevelVocab + 3, tokens.Items.Count);
+            Assert.Equal($"[PAD{GgufTinyFolders.ByteLevelVocab}]", tokens.Items[GgufTinyFolders.ByteLevelVocab]);
+            Assert.Equal(5, Convert.ToInt32(types.Items[^1]));       // UNUSED
+            Assert.Equal(3, Convert.ToInt32(types.Items[GgufTinyFolders.ByteLevelVocab - 1])); // <|im_end|>: CONTROL
+            Assert.DoesNotContain(f.Tensors, t => t.Name == "output.weight"); // tied
+            Assert.Equal(GgmlType.Q8_0, f.Tensor("token_embd.weight").Type);
+            Assert.Equal(GgmlType.F32, f.Tensor("blk.0.attn_q_norm.weight").Type);
+            Assert.Equal(GgmlType.F32, f.Tensor("output_norm.weight").Type);
+            Assert.Equal(new long[] { 4 * 16, 32 }, f.Tensor("blk.1.attn_q.weight").Shape); // heads × head_dim rows, hidden columns
+        });
+    }
+
+    [Fact]
     public void UnknownPreTokenizerRegexIsRefusedNamingIt()
     {
         InTemp("gguf-pre", dir =>
