@@ -91,6 +91,10 @@ public static class MergePipeline
     public static MergeReport Measure(string modelDir, string adapterDir, RuntimeOptions runtime, Tensor probeIds, MergeOptions options, Action<string>? warn = null) =>
         Run(modelDir, adapterDir, runtime, probeIds, options, warn, (_, report) => report);
 
+    /// <summary>Merges as <see cref="MergeToFolder(string, string, string, RuntimeOptions, Tensor, MergeOptions, Action{string}?)"/> does and hands the merged model (in memory) to <paramref name="use"/> instead of writing a folder.</summary>
+    public static MergeReport MergeInMemory(string modelDir, string adapterDir, RuntimeOptions runtime, Tensor probeIds, MergeOptions options, Action<CausalLM, MergeReport> use, Action<string>? warn = null) =>
+        Run(modelDir, adapterDir, runtime, probeIds, options, warn, (merged, report) => { use(merged, report); return report; });
+
     private static MergeReport Run(string modelDir, string adapterDir, RuntimeOptions runtime, Tensor probeIds, MergeOptions options, Action<string>? warn,
         Func<CausalLM, MergeReport, MergeReport> finish)
     {

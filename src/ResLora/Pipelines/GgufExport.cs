@@ -1,0 +1,150 @@
+using System.Globalization;
+using ResLora.IO.Gguf;
+using ResLora.Models;
+
+namespace ResLora.Pipelines;
+
+/// <summary>What <c>reslora export --as gguf</c> wrote.</summary>
+public sealed record GgufExportReport(string Path, string Architecture, string TensorType, string Vocabulary, int Tensors, long Bytes, IReadOnlyList<string> Notes)
+{
+    /// <summary>The merge's measurements when an adapter was merged first.</summary>
+    public MergeReport? Merge { get; init; }
+
+    public string Describe() => string.Create(CultureInfo.InvariantCulture,
+        $"wrote {Path}: GGUF v3, architecture {Architecture}, {Tensors} tensors ({TensorType} matrices, norms and biases F32), vocabulary {Vocabulary}, {Bytes / 1048576.0:0.##} MiB");
+}
+
+/// <summary>
+/// The library function behind <c>reslora export --as gguf</c>: a causal LM (with an adapter merged into it first) as a
+/// GGUF v3 file that llama.cpp (and Ollama, LM Studio, LLamaSharp) loads, following convert_hf_to_gguf.py: its metadata
+/// keys, tensor names, the q/k row permutation of the <c>llama</c> architecture, llama3 rope scaling as a
+/// <c>rope_freqs.weight</c> tensor, and the vocabulary of tokenizer.json. One-dimensional tensors (norms, biases) stay F32;
+/// matrices take <c>--gguf-type</c>.
+/// </summary>
+public static class GgufExport
+{
+    public static GgufExportReport Export(string modelDir, string? adapterDir, string outPath, GgmlType type, RuntimeOptions runtime, Action<string>? warn = null)
+    {
+        CheckOut(outPath);
+        runtime = runtime with { Dtype = "float32" };
+        if (adapterDir is null)
+        {
+            using var model = ModelSessions.LoadBase(modelDir, runtime);
+            return Write(model, modelDir, outPath, type);
+        }
+        GgufExportReport? report = null;
+        using var probe = torch.arange(1, 17, dtype: ScalarType.Int64).unsqueeze(0);
+        var merge = MergePipeline.MergeInMemory(modelDir, adapterDir, runtime, probe, new MergeOptions(), (merged, _) => report = Write(merged, modelDir, outPath, type), warn);
+        return report! with { Merge = merge };
+    }
+
+    /// <summary>The output path must be a new .gguf file in an existing folder.</summary>
+    public static void CheckOut(string outPath)
+    {
+        if (!outPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase))
+            throw new UserInputException($"--out {outPath}: the GGUF export writes one file; give a path ending in .gguf.");
+        if (Directory.Exists(outPath))
+            throw new UserInputException($"--out {outPath} is a folder; give a file path ending in .gguf.");
+        if (File.Exists(outPath))
+            throw new UserInputException($"--out {outPath} exists; choose a new file (exporting never overwrites).");
+        string? dir = Path.GetDirectoryName(Path.GetFullPath(outPath));
+        if (dir is not null && !Directory.Exists(dir))
+            throw new UserInputException($"--out {outPath}: the folder {dir} does not exist; create it first.");
+    }
+
+    /// <summary>Writes <paramref name="model"/> (float32 weights) with the vocabulary of <paramref name="modelDir"/>.</summary>
+    public static GgufExportReport Write(CausalLM model, string modelDir, string outPath, GgmlType type)
+    {
+        var c = model.Config;
+        var names = ModelFamilies.ForCausalLM(c.ModelType).Gguf(c);
+        string arch = names.Architecture;
+        var notes = new List<string>();
+        var w = new GgufWriter();
+        w.Set("general.architecture", arch);
+        w.Set("general.type", "model");
+        w.Set("general.name", Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelDir))));
+        w.Set("general.file_type", GgmlTypes.FileType(type));
+        w.Set($"{arch}.context_length", (uint)c.MaxPositionEmbeddings);
+        w.Set($"{arch}.embedding_length", (uint)c.HiddenSize);
+        w.Set($"{arch}.block_count", (uint)c.NumHiddenLayers);
+        w.Set($"{arch}.feed_forward_length", (uint)c.IntermediateSize);
+        w.Set($"{arch}.attention.head_count", (uint)c.NumAttentionHeads);
+        w.Set($"{arch}.attention.head_count_kv", (uint)c.NumKeyValueHeads);
+        if (c.HeadDimRaw is int hd)
+        {
+            w.Set($"{arch}.attention.key_length", (uint)hd);
+            w.Set($"{arch}.attention.value_length", (uint)hd);
+        }
+        w.Set($"{arch}.rope.dimension_count", (uint)c.HeadDim);
+        w.Set($"{arch}.rope.freq_base", (float)c.RopeTheta);
+        w.Set($"{arch}.attention.layer_norm_rms_epsilon", (float)c.RmsNormEps);
+        w.Set($"{arch}.vocab_size", (uint)c.VocabSize);
+        float[]? ropeFreqs = RopeScaling(w, c, arch);
+
+        string vocab = GgufVocabExport.Write(w, modelDir, c.VocabSize);
+
+        int count = 0;
+        string outputMatrix = c.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+        foreach (var (hf, tensor) in model.FullPrecisionWeights())
+        {
+            if (hf == "lm_head.weight" && c.TieWordEmbeddings) continue; // llama.cpp reuses token_embd
+            string gg = names.ToGguf(hf) ?? throw new InvalidOperationException($"weight '{hf}' has no GGUF name in the {arch} architecture");
+            long[] shape = tensor.shape;
+            int? heads = names.PermuteHeads(hf, c);
+            var t = shape.Length == 1 ? GgmlType.F32
+                : type == GgmlType.Q4_0 && hf == outputMatrix ? GgmlType.Q8_0 // llama-quantize keeps the output matrix finer than Q4_0
+                : type;
+            var src = tensor;
+            w.AddTensor(gg, shape, t, () =>
+            {
+                using var f = src.detach().to_type(ScalarType.Float32).cpu().contiguous();
+                var v = f.data<float>().ToArray();
+                return heads is int h ? GgufNames.Permute(v, shape, h) : v;
+            });
+            count++;
+        }
+        if (ropeFreqs is not null)
+        {
+            w.AddTensor("rope_freqs.weight", new long[] { ropeFreqs.Length }, GgmlType.F32, () => ropeFreqs);
+            count++;
+        }
+        if (type == GgmlType.Q4_0) notes.Add($"q4_0: the output matrix ({names.ToGguf(outputMatrix)}) is written as Q8_0, as llama-quantize keeps it finer than the rest.");
+        w.Write(outPath);
+        return new GgufExportReport(Path.GetFullPath(outPath), arch, type.ToString(), vocab, count, new FileInfo(outPath).Length, notes);
+    }
+
+    /// <summary>
+    /// Rope scaling as llama.cpp reads it: linear as <c>rope.scaling.type/factor</c> metadata; llama3 as the per-frequency
+    /// factors of convert_hf_to_gguf's LlamaModel.generate_extra_tensors (returned, written as <c>rope_freqs.weight</c>).
+    /// </summary>
+    private static float[]? RopeScaling(GgufWriter w, ModelConfig c, string arch)
+    {
+        var rs = c.RopeScaling;
+        if (rs is null || rs.Kind == "default") return null;
+        if (rs.Kind == "linear")
+        {
+            w.Set($"{arch}.rope.scaling.type", "linear");
+            w.Set($"{arch}.rope.scaling.factor", (float)rs.Factor);
+            return null;
+        }
+        if (rs.Kind == "llama3" && arch == "llama")
+        {
+            int dim = c.HeadDim;
+            double lowWavelen = rs.OriginalMaxPositionEmbeddings / rs.LowFreqFactor, highWavelen = rs.OriginalMaxPositionEmbeddings / rs.HighFreqFactor;
+            var f = new float[dim / 2];
+            for (int i = 0; i < f.Length; i++)
+            {
+                double freq = 1.0 / Math.Pow(c.RopeTheta, 2.0 * i / dim), wavelen = 2 * Math.PI / freq;
+                if (wavelen < highWavelen) f[i] = 1f;
+                else if (wavelen > lowWavelen) f[i] = (float)rs.Factor;
+                else
+                {
+                    double smooth = (rs.OriginalMaxPositionEmbeddings / wavelen - rs.LowFreqFactor) / (rs.HighFreqFactor - rs.LowFreqFactor);
+                    f[i] = (float)(1.0 / ((1 - smooth) / rs.Factor + smooth));
+                }
+            }
+            return f;
+        }
+        throw new UserInputException($"config.json rope_scaling type '{rs.Kind}' is not exported to GGUF for the {arch} architecture (supported: linear, and llama3 for Llama).");
+    }
+}
