@@ -20,7 +20,7 @@ public static class GgufTokenizerFiles
     public const int Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6;
 
     /// <summary>tokenizer.ggml.pre values whose regex is known here (llama.cpp's names), and what the rest map to.</summary>
-    public static readonly IReadOnlyList<string> KnownPre = new[] { "default", "gpt2", "llama-bpe", "llama3", "qwen2" };
+    public static readonly IReadOnlyList<string> KnownPre = new[] { "default", "gpt2", "gpt-2", "llama-bpe", "llama3", "qwen2" };
 
     // The Llama 3 pre-tokenizer (llama-vocab.cpp LLAMA_VOCAB_PRE_TYPE_LLAMA3; Meta's tokenizer.json Split pattern).
     private const string Llama3Regex = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -135,7 +135,7 @@ public static class GgufTokenizerFiles
     {
         string? regex = pre switch
         {
-            null or "default" or "gpt2" => null,
+            null or "default" or "gpt2" or "gpt-2" => null, // llama.cpp names GPT-2's pre-tokenizer "gpt-2"
             "llama-bpe" or "llama3" => Llama3Regex,
             "qwen2" => Qwen2Regex,
             _ => throw new UserInputException($"{src}: tokenizer.ggml.pre '{pre}' is not supported (supported: {string.Join(", ", KnownPre)}); its pre-tokenizer regex is not known here."),

@@ -1,0 +1,65 @@
+using ResLora.IO.Gguf;
+using ResLora.Models;
+using ResLora.Pipelines;
+using ResLora.Text;
+using TorchSharp;
+
+namespace ResLora.Tests.IO.Gguf;
+
+/// <summary>
+/// The production exporter and the converter together: Hugging Face folder → <c>export --as gguf</c> →
+/// <c>convert gguf</c> → Hugging Face folder gives the same weights bit for bit (F32 and BF16) and a tokenizer that encodes
+/// the same ids, for each architecture and pre-tokenizer.
+/// </summary>
+public sealed class GgufRoundTripTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("reslora-gguf-rt-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Theory]
+    [InlineData("llama", "f32")]
+    [InlineData("llama-tied", "bf16")]
+    [InlineData("qwen2", "f32")]
+    [InlineData("qwen3", "f32")]
+    [InlineData("qwen3", "bf16")]
+    public void ExportThenConvert_GivesTheSameWeightsAndTokens(string kind, string type)
+    {
+        var (config, regex) = kind switch
+        {
+            "llama" => (GgufTinyFolders.Llama(), GgufTinyFolders.Llama3Regex),
+            "llama-tied" => (GgufTinyFolders.Llama(tied: true), (string?)null),
+            "qwen2" => (GgufTinyFolders.Qwen2(), GgufTinyFolders.Qwen2Regex),
+            _ => (GgufTinyFolders.Qwen3(), GgufTinyFolders.Qwen2Regex),
+        };
+        var dtype = type == "bf16" ? torch.ScalarType.BFloat16 : torch.ScalarType.Float32;
+        string src = Path.Combine(_dir, "src"), gguf = Path.Combine(_dir, "m.gguf"), back = Path.Combine(_dir, "back");
+        GgufTinyFolders.Write(src, config, regex, seed: 4).Dispose();
+        if (dtype == torch.ScalarType.BFloat16)
+        {
+            // Store the source in bf16, so a bf16 GGUF holds exactly its values.
+            var (c, w) = ModelFolder.LoadBaseWeights(src, torch.ScalarType.BFloat16);
+            ModelFolder.Save(src, c, w);
+            foreach (var t in w.Values) t.Dispose();
+        }
+        GgufExport.Export(src, null, gguf, GgmlTypes.Parse(type)!.Value, new RuntimeOptions());
+        GgufConversion.Convert(gguf, back, dtype);
+
+        var original = ModelFolder.LoadConfig(src);
+        var converted = ModelFolder.LoadConfig(back);
+        Assert.Equal(original.ModelType, converted.ModelType);
+        Assert.Equal(original.HeadDim, converted.HeadDim);
+        Assert.Equal(original.TieWordEmbeddings, converted.TieWordEmbeddings);
+        var (_, a) = ModelFolder.LoadBaseWeights(src, dtype);
+        var (_, b) = ModelFolder.LoadBaseWeights(back, dtype);
+        Assert.Equal(a.Keys.OrderBy(k => k, StringComparer.Ordinal), b.Keys.OrderBy(k => k, StringComparer.Ordinal));
+        foreach (var (name, t) in a) Assert.True(t.equal(b[name]).all().item<bool>(), $"{kind} {type}: {name} differs after export → convert");
+        foreach (var t in a.Values.Concat(b.Values)) t.Dispose();
+
+        var tokA = TokenizerLoader.Load(src);
+        var tokB = TokenizerLoader.Load(back);
+        var texts = GgufExportExtrasTests.Texts();
+        Assert.True(texts.Count >= 100);
+        foreach (var text in texts) Assert.Equal(tokA.Encode(text).ToArray(), tokB.Encode(text).ToArray());
+    }
+}
