@@ -93,6 +93,20 @@ public sealed class AnnealCliTests : IDisposable
         Assert.Equal(0.0, JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "adapter_config.json")))!["reslora_anneal"]!["final_weight"]!.GetValue<double>());
     }
 
+    [Fact]
+    public void ComposesWithRefactoringAndAPackedBase()
+    {
+        var (rc, _, err) = Train("composed", 4, "--structure", "bs", "--refactor", "full", "--refactor-warmup", "1", "--base-bits", "8", "--anneal-shortcuts", "2");
+        Assert.True(rc == 0, err);
+        string adapter = Path.Combine(_dir, "composed");
+        Assert.Equal(0.0, JsonNode.Parse(File.ReadAllText(Path.Combine(adapter, "adapter_config.json")))!["reslora_anneal"]!["final_weight"]!.GetValue<double>());
+        Assert.True(File.Exists(Path.Combine(adapter, "reslora_training.json")));
+        var mg = CliHarness.Run("merge", "--model", Model(), "--adapter", adapter, "--out", Path.Combine(_dir, "merged"), "--threads", "1");
+        Assert.True(mg.Rc == 0, mg.Err);
+        Assert.Contains("exact (shortcuts annealed to 0)", mg.Out);
+        Assert.True(Printed(mg.Out, "max |Δ|") < 1e-4, mg.Out);
+    }
+
     [Theory]
     [InlineData("0", null, "--anneal-shortcuts 0")]
     [InlineData("-2", null, "--anneal-shortcuts -2")]

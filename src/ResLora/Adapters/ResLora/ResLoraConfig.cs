@@ -26,7 +26,7 @@ public sealed record ResLoraConfig : LowRankConfigBase
     [JsonPropertyName("statistics")] public Dictionary<string, ResLoraModuleStatistics>? Statistics { get; init; }
 
     /// <summary>Shortcut annealing (<c>--anneal-shortcuts</c>): window, schedule and the weight the paths ended at; null = never annealed (weight 1).</summary>
-    [JsonPropertyName("reslora_anneal")] public ResLoraAnneal? Anneal { get; init; }
+    [JsonPropertyName("reslora_anneal"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public ResLoraAnneal? Anneal { get; init; }
 
     /// <summary>The residual paths' weight the saved blocks were trained with last: 1 unless annealed.</summary>
     [JsonIgnore] public double ShortcutWeight => Anneal?.FinalWeight ?? 1.0;
