@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using ResLora.Tests.Infrastructure;
+using Xunit.Abstractions;
 
 namespace ResLora.Tests.Cli;
 
@@ -8,7 +9,7 @@ namespace ResLora.Tests.Cli;
 /// adapter annealed to weight 0, a resume in the middle of the window, and the refusals naming the flag.
 /// </summary>
 [Collection("console")]
-public sealed class AnnealCliTests : IDisposable
+public sealed class AnnealCliTests(ITestOutputHelper output) : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("reslora-anneal-").FullName;
 
@@ -48,6 +49,7 @@ public sealed class AnnealCliTests : IDisposable
         Assert.True(mg.Rc == 0, mg.Err);
         Assert.Contains("exact (shortcuts annealed to 0)", mg.Out);
         double maxDiff = Printed(mg.Out, "max |Δ|");
+        output.WriteLine($"{structure}/{schedule}: merged vs unmerged max |Δlogit| {maxDiff:G3}");
         Assert.True(maxDiff < 1e-4, mg.Out);
         Assert.Contains("exact (shortcuts annealed to 0)", File.ReadAllText(Path.Combine(_dir, "merged", "merge_report.json")));
 
@@ -104,6 +106,7 @@ public sealed class AnnealCliTests : IDisposable
         var mg = CliHarness.Run("merge", "--model", Model(), "--adapter", adapter, "--out", Path.Combine(_dir, "merged"), "--threads", "1");
         Assert.True(mg.Rc == 0, mg.Err);
         Assert.Contains("exact (shortcuts annealed to 0)", mg.Out);
+        output.WriteLine($"bs + refactor + int8 base: merged vs unmerged max |Δlogit| {Printed(mg.Out, "max |Δ|"):G3}");
         Assert.True(Printed(mg.Out, "max |Δ|") < 1e-4, mg.Out);
     }
 
