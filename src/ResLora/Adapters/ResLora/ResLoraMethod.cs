@@ -20,7 +20,7 @@ public sealed partial class ResLoraMethod() : AdapterMethod("reslora", "RESLORA"
         new MethodFlag<ResLoraOptions, int>("--pre-num", "ResLoRA bs/ms: previous blocks used (m ≥ 1, or -1 for all; default -1 for bs/ms, 1 for is).", (o, v) => o with { PreNum = v }),
         new MethodFlag<ResLoraOptions, string>("--merge", "ResLoRA: how is/ms paths are merged away: bi (input norms, default), bw (weight norms; for ms the A-merge, also called a), auto. bs merges exactly.", (o, v) => o with { Merge = v.Trim().ToLowerInvariant() }),
         new MethodFlag<ResLoraOptions, int>("--anneal-shortcuts", "ResLoRA: over the last K optimizer steps take the residual paths' weight from 1 to 0 (off by default), so the adapter ends as a plain LoRA that merges and exports exactly. 1 ≤ K ≤ the run's steps.", (o, v) => o with { AnnealSteps = v }),
-        new MethodFlag<ResLoraOptions, string>("--anneal-schedule", "ResLoRA --anneal-shortcuts K: linear (default, w = (T - s)/K at step s of T) or cosine (w = (1 + cos(pi (s - T + K)/K))/2); w = 0 at the last step.", (o, v) => o with { AnnealSchedule = v.Trim().ToLowerInvariant() }),
+        new MethodFlag<ResLoraOptions, string>("--anneal-schedule", "ResLoRA --anneal-shortcuts K, the weight w at step s of T inside the window (1 before it): linear (default, w = (T - s)/K) or cosine (w = (1 + cos(pi (s - T + K)/K))/2); w = 0 at the last step.", (o, v) => o with { AnnealSchedule = v.Trim().ToLowerInvariant() }),
     };
 
     public override IReadOnlyList<MethodVariant> Variants => new[]
