@@ -51,6 +51,7 @@ public sealed record ExportReport
         {
             "copy" => "the LoRA pairs copied",
             "concat" => "ResLoRA bs: each block's factors concatenated (ΔW = s·Σ B·A, one pair)",
+            "annealed" => "shortcuts annealed to 0: each block's own LoRA pair",
             "ls" => $"ResLoRA: residual paths folded by the least-squares fit on {Fold?.CalibrationTokens.ToString(ci) ?? "?"} calibration tokens",
             "ls+distill" => $"ResLoRA: residual paths folded by the least-squares fit on {Fold?.CalibrationTokens.ToString(ci) ?? "?"} calibration tokens, then {Fold?.DistillSteps.ToString(ci) ?? "?"} distillation steps",
             "svd" => string.Create(ci, $"truncated SVD of ΔW at rank {Rank}, energy kept: min {MinEnergyKept:P2}, mean {MeanEnergyKept:P2}"),
@@ -107,7 +108,7 @@ public static class ExportPipeline
             else if (method.ExactLoraPairs(plan) is { } exact)
             {
                 result = LoraExport.FromLowRankPairs(exact, config);
-                route = "concat";
+                route = method.ExactLoraPairsRoute(config);
             }
             else if (adapters.Values.All(a => a.GetType() == typeof(LoraLinear)))
             {

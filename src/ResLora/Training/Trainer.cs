@@ -56,6 +56,7 @@ public sealed class Trainer
     private readonly IReadOnlyList<IExtraLossTerm> _extraLosses;
     private readonly IReadOnlyList<IOptimizerStepHook> _hooks;
     private readonly IReadOnlyList<IShardedStatistics> _sharded;
+    private readonly IReadOnlyList<IStepStartHook> _stepStarts;
 
     private readonly Func<Tensor, TrainBatch, (Tensor Loss, long Tokens)> _loss;
 
@@ -88,6 +89,7 @@ public sealed class Trainer
         _extraLosses = caps.OfType<IExtraLossTerm>().ToList();
         _hooks = caps.OfType<IOptimizerStepHook>().ToList();
         _sharded = caps.OfType<IShardedStatistics>().ToList();
+        _stepStarts = caps.OfType<IStepStartHook>().ToList();
     }
 
     /// <summary>
@@ -146,6 +148,7 @@ public sealed class Trainer
     /// </summary>
     public (double Loss, long Tokens, long InputTokens) Step(optim.Optimizer optimizer, ITrainBatchSource data, int step, int totalSteps)
     {
+        foreach (var h in _stepStarts) h.BeginOptimizerStep(step, totalSteps);
         if (Communicator is { } comm) return ShardedStep(comm, optimizer, data, step, totalSteps);
         using var scope = torch.NewDisposeScope();
         _model.train();

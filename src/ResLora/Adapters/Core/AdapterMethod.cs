@@ -166,6 +166,9 @@ public abstract class AdapterMethod
     /// </summary>
     public virtual IReadOnlyDictionary<string, ILowRankPair>? ExactLoraPairs(AdapterPlan plan) => null;
 
+    /// <summary>The export route <see cref="ExactLoraPairs"/> reports ("concat": ResLoRA bs's concatenated factors; "annealed": shortcuts annealed to 0).</summary>
+    public virtual string ExactLoraPairsRoute(AdapterConfigBase config) => "concat";
+
     /// <summary>Refuses exporting the adapter as a plain LoRA when that LoRA would be wrong (RoLoRA: valid only on its rotated base). Default: any.</summary>
     public virtual void CheckLoraExport(AdapterConfigBase config, string adapterDir)
     {

@@ -17,6 +17,17 @@ public interface IOptimizerStepHook
     void AfterOptimizerStep(OptimizerStepContext context);
 }
 
+/// <summary>
+/// Capability: told the step before its forwards run (ResLoRA's shortcut annealing, whose weight is a function of the
+/// step). Called at the start of every optimizer step, also the first one after a resume, so state derived from the
+/// step alone continues exactly.
+/// </summary>
+public interface IStepStartHook
+{
+    /// <summary>Before the first forward of 1-based optimizer step <paramref name="step"/> of <paramref name="totalSteps"/>.</summary>
+    void BeginOptimizerStep(int step, int totalSteps);
+}
+
 /// <summary>What a step hook may see: the global step (1-based, counted in optimizer steps) and the optimizer.</summary>
 public sealed record OptimizerStepContext(int Step, int TotalSteps, optim.Optimizer Optimizer);
 

@@ -25,6 +25,15 @@ public sealed record ResLoraConfig : LowRankConfigBase
     /// <summary>Per module path: the window means (input ‖x‖_F, middle ‖A x‖_F) and the merge α, as last computed.</summary>
     [JsonPropertyName("statistics")] public Dictionary<string, ResLoraModuleStatistics>? Statistics { get; init; }
 
+    /// <summary>Shortcut annealing (<c>--anneal-shortcuts</c>): window, schedule and the weight the paths ended at; null = never annealed (weight 1).</summary>
+    [JsonPropertyName("reslora_anneal"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public ResLoraAnneal? Anneal { get; init; }
+
+    /// <summary>The residual paths' weight the saved blocks were trained with last: 1 unless annealed.</summary>
+    [JsonIgnore] public double ShortcutWeight => Anneal?.FinalWeight ?? 1.0;
+
+    /// <summary>True when the paths were annealed to weight 0: every block is a plain LoRA pair and merges exactly.</summary>
+    [JsonIgnore] public bool AnnealedToZero => Anneal is { Completed: true };
+
     [JsonIgnore] public override string Method => "reslora";
 
     [JsonIgnore]
@@ -38,10 +47,11 @@ public sealed record ResLoraConfig : LowRankConfigBase
 
     /// <summary>
     /// The merge actually used: bs is always exact; "a" is the ms A-merge (same as bw for ms); "ls" the calibrated
-    /// least-squares fold of is/ms (<see cref="LeastSquaresFold"/>), which needs calibration text at merge time.
+    /// least-squares fold of is/ms (<see cref="LeastSquaresFold"/>), which needs calibration text at merge time. Paths
+    /// annealed to weight 0 leave plain LoRA pairs: exact whatever the structure and the (valid) saved name.
     /// </summary>
     [JsonIgnore]
-    public ResLoraMergeKind MergeKind => (StructureKind, Merge.ToLowerInvariant()) switch
+    public ResLoraMergeKind MergeKind => AnnealedToZero ? AnnealedMergeKind() : (StructureKind, Merge.ToLowerInvariant()) switch
     {
         (ResLoraStructure.BlockShortcut, "ls") => throw new UserInputException("merge 'ls' fits the residual paths of is/ms blocks; a bs adapter has nothing to fit: it merges exactly. Drop --merge ls."),
         (ResLoraStructure.BlockShortcut, "bi" or "bw" or "a" or "auto" or "exact") => ResLoraMergeKind.Exact,
@@ -51,6 +61,13 @@ public sealed record ResLoraConfig : LowRankConfigBase
         (_, "ls") => ResLoraMergeKind.LeastSquares,
         _ => throw new UserInputException($"adapter_config.json: 'merge' is '{Merge}'; use bi, bw or ls for structure is, bi, bw, a or ls for ms, or auto (bs merges exactly)."),
     };
+
+    /// <summary>The saved name still has to be valid for the structure; the merge itself is exact.</summary>
+    private ResLoraMergeKind AnnealedMergeKind()
+    {
+        _ = (this with { Anneal = null }).MergeKind;
+        return ResLoraMergeKind.Exact;
+    }
 
     /// <summary>The merges worth trying for this structure when <c>merge</c> is auto (the one closest to the unmerged model on held-out text wins).</summary>
     [JsonIgnore]
@@ -70,6 +87,7 @@ public sealed record ResLoraConfig : LowRankConfigBase
             throw new UserInputException("adapter_config.json: 'pre_num' is 0, which makes bs/ms plain LoRA; use m ≥ 1 or −1 (all previous blocks).");
         if (PreNum < -1) throw new UserInputException($"adapter_config.json: 'pre_num' is {PreNum}; use m ≥ 1 or −1 (all previous blocks).");
         if (WindowLength < 1) throw new UserInputException($"adapter_config.json: 'window_length' must be at least 1, got {WindowLength}.");
+        Anneal?.Validate("adapter_config.json: 'reslora_anneal'");
     }
 }
 

@@ -7,7 +7,7 @@ namespace ResLora.Adapters;
 /// type, in layer order, linked only between equal (in, out) shapes), the per-forward context holding the tensors
 /// passed between layers, and the merge coefficients.
 /// </summary>
-public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycle, IConfigSnapshot, ICalibratedMerge, ICheckpointSupport, IShardedStatistics
+public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycle, IConfigSnapshot, ICalibratedMerge, ICheckpointSupport, IShardedStatistics, IStepStartHook
 {
     private readonly ResLoraConfig _config;
     private readonly Generator? _generator;
@@ -24,6 +24,7 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
         config.Validate();
         _config = config;
         _generator = generator;
+        ShortcutWeight = config.ShortcutWeight;
     }
 
     public ResLoraConfig Config => _config;
@@ -32,6 +33,22 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
     public int PreNum => _config.PreNum;
     public int WindowLength => _config.WindowLength;
     public IReadOnlyList<ResLoraLinear> Layers => _layers;
+
+    /// <summary>
+    /// The residual paths' weight w in [0, 1] (1 = the method as published): is feeds A·drop(x_n + w·x_{n−1}), bs adds
+    /// w·Σ B_{n−k}A_{n−k}, ms feeds B·(z_n + w·Σ z_{n−k}). Loaded from the config's <c>reslora_anneal</c>; under
+    /// <c>--anneal-shortcuts</c> set each step by <see cref="BeginOptimizerStep"/> (<see cref="ShortcutAnneal.Weight"/>).
+    /// </summary>
+    public double ShortcutWeight { get; set; }
+
+    /// <summary>Shortcut annealing: the weight of this step's forwards is a function of the step alone (resumes exactly).</summary>
+    public void BeginOptimizerStep(int step, int totalSteps)
+    {
+        if (_config.Anneal is not { } a) return;
+        if (a.Steps > totalSteps)
+            throw new UserInputException($"--anneal-shortcuts {a.Steps} is longer than the run ({totalSteps} optimizer steps); give at most {totalSteps}.");
+        ShortcutWeight = ShortcutAnneal.Weight(step, totalSteps, a.Steps, a.Schedule);
+    }
 
     /// <summary>Chains by module type (each list in layer order; a shape change starts a new sub-chain inside the list).</summary>
     public IReadOnlyDictionary<string, List<ResLoraLinear>> Chains => _chains;
@@ -225,11 +242,13 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
         Tensor d;
-        if (Structure == ResLoraStructure.BlockShortcut)
+        double w = ShortcutWeight;
+        if (Structure == ResLoraStructure.BlockShortcut || MergeKind == ResLoraMergeKind.Exact)
         {
-            // §4.1, exact: W* = W + s Σ_{k=0..m} B_{n−k} A_{n−k}.
+            // §4.1, exact: W* = W + s Σ_{k=0..m} B_{n−k} A_{n−k} (predecessor terms times w; none at w = 0, annealed).
             d = LowRank.Product(l.LoraB, l.LoraA);
-            foreach (var p in l.Predecessors(PreNum)) d = d + LowRank.Product(p.LoraB, p.LoraA);
+            if (w != 0)
+                foreach (var p in l.Predecessors(PreNum)) d = w == 1 ? d + LowRank.Product(p.LoraB, p.LoraA) : d + LowRank.Product(p.LoraB, p.LoraA) * w;
         }
         else if (MergeKind == ResLoraMergeKind.LeastSquares)
         {
@@ -240,14 +259,14 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
         else if (Structure == ResLoraStructure.MiddleShortcut && MergeKind == ResLoraMergeKind.Bw)
         {
             var a = l.LoraA.detach().to_type(ScalarType.Float32);
-            foreach (var (p, w) in AMergeWeights(l)) a = a + p.LoraA.detach().to_type(ScalarType.Float32) * w;
+            foreach (var (p, f) in AMergeWeights(l)) a = a + p.LoraA.detach().to_type(ScalarType.Float32) * (w == 1 ? f : f * w);
             d = l.LoraB.detach().to_type(ScalarType.Float32).matmul(a);
         }
         else
         {
-            // §4.2: W* = W + (1 + α*) s B_n A_n.
+            // §4.2: W* = W + (1 + w·α*) s B_n A_n (w = 1 unless the paths were annealed part of the way).
             var alphas = ComputeAlphas();
-            d = LowRank.Product(l.LoraB, l.LoraA) * (1.0 + alphas[l]);
+            d = LowRank.Product(l.LoraB, l.LoraA) * (1.0 + (w == 1 ? alphas[l] : w * alphas[l]));
         }
         return scope.MoveToOuter(d.mul(l.Scaling));
     }
@@ -265,7 +284,11 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
     }
 
     /// <summary>The config to save: this model's statistics filled in.</summary>
-    public ResLoraConfig ConfigWithStatistics() => _config with { Statistics = CurrentStatistics() };
+    public ResLoraConfig ConfigWithStatistics() => _config with
+    {
+        Statistics = CurrentStatistics(),
+        Anneal = _config.Anneal is { } a ? a with { FinalWeight = ShortcutWeight } : null,
+    };
 
     public AdapterConfigBase SnapshotConfig() => ConfigWithStatistics();
 }

@@ -51,44 +51,54 @@ public sealed class ResLoraLinear : LowRankLinear
         if (IsMerged) return scope.MoveToOuter(result);
         // Outside a model forward (a standalone layer) only a chain start can run: it needs nothing from other layers.
         var ctx = _owner.Current;
-        if (ctx is null && Previous is not null && _owner.Structure != ResLoraStructure.BlockShortcut) ctx = _owner.Context(Spec.Name);
+        double w = _owner.ShortcutWeight;
+        if (ctx is null && Previous is not null && _owner.Structure != ResLoraStructure.BlockShortcut && w != 0) ctx = _owner.Context(Spec.Name);
         Tensor xa = x.to_type(AdapterDtype);
         Tensor delta;
         switch (_owner.Structure)
         {
             case ResLoraStructure.InputShortcut:
                 {
-                    // §3.1: h = Wx + s·B A drop(x_n + x_{n−1}); a chain start uses x_{n−1} := x_n. The stashed input is the
-                    // live tensor (never detached): gradients skip the layers in between.
-                    Tensor prev = Previous is null ? xa : ctx!.Get(Previous, Spec.Name);
-                    if (!prev.shape.SequenceEqual(xa.shape))
-                        throw new InvalidOperationException($"{Spec.Name}: input shape [{string.Join(", ", xa.shape)}] differs from its chain predecessor's [{string.Join(", ", prev.shape)}] in this forward.");
+                    // §3.1: h = Wx + s·B A drop(x_n + w·x_{n−1}); a chain start uses x_{n−1} := x_n. The stashed input is the
+                    // live tensor (never detached): gradients skip the layers in between. w = 0 (annealed): plain LoRA.
                     ctx?.Put(this, xa);
-                    Tensor middle = lora_A.call(Drop(xa + prev)); // (.., r)
+                    Tensor middle;
+                    if (w == 0) middle = Down(x);
+                    else
+                    {
+                        Tensor prev = Previous is null ? xa : ctx!.Get(Previous, Spec.Name);
+                        if (!prev.shape.SequenceEqual(xa.shape))
+                            throw new InvalidOperationException($"{Spec.Name}: input shape [{string.Join(", ", xa.shape)}] differs from its chain predecessor's [{string.Join(", ", prev.shape)}] in this forward.");
+                        middle = lora_A.call(Drop(w == 1 ? xa + prev : xa + prev.mul(w))); // (.., r)
+                    }
                     _owner.Fold?.Record(this, xa, middle);
                     delta = lora_B.call(middle);
                     break;
                 }
             case ResLoraStructure.BlockShortcut:
                 {
-                    // §3.2: s·Σ_k B_{n−k} A_{n−k} x as ONE product of the concatenated factors (one shared dropout mask).
+                    // §3.2: s·Σ_k B_{n−k} A_{n−k} x as ONE product of the concatenated factors (one shared dropout mask);
+                    // the predecessors' terms times w.
                     var preds = Predecessors(_owner.PreNum);
-                    if (preds.Count == 0) delta = lora_B.call(Down(x));
+                    if (preds.Count == 0 || w == 0) delta = lora_B.call(Down(x));
                     else
                     {
                         var aCat = torch.cat(preds.Select(p => (Tensor)p.LoraA).Prepend(LoraA).ToArray(), 0); // (r(m+1), in)
-                        var bCat = torch.cat(preds.Select(p => (Tensor)p.LoraB).Prepend(LoraB).ToArray(), 1); // (out, r(m+1))
+                        var bCat = torch.cat(preds.Select(p => w == 1 ? (Tensor)p.LoraB : p.LoraB.mul(w)).Prepend(LoraB).ToArray(), 1); // (out, r(m+1))
                         delta = nn.functional.linear(nn.functional.linear(Drop(xa), aCat), bCat);
                     }
                     break;
                 }
             default:
                 {
-                    // §3.3: z_n = A drop(x_n); h = Wx + s·B (z_n + Σ_k z_{n−k}), each z the predecessor's own, from this forward.
+                    // §3.3: z_n = A drop(x_n); h = Wx + s·B (z_n + w·Σ_k z_{n−k}), each z the predecessor's own, from this forward.
                     Tensor z = Down(x); // (.., r)
                     ctx?.Put(this, z);
                     Tensor acc = z;
-                    foreach (var p in Predecessors(_owner.PreNum)) acc = acc + ctx!.Get(p, Spec.Name);
+                    if (w == 1)
+                        foreach (var p in Predecessors(_owner.PreNum)) acc = acc + ctx!.Get(p, Spec.Name);
+                    else if (w != 0 && Predecessors(_owner.PreNum) is { Count: > 0 } preds)
+                        acc = acc + preds.Select(p => ctx!.Get(p, Spec.Name)).Aggregate((a, b) => a + b).mul(w);
                     _owner.Fold?.Record(this, xa, acc);
                     delta = lora_B.call(acc);
                     if (RecordsStatistics) Record(_middleNorms, z, middle: true);

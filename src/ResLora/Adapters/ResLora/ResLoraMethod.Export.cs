@@ -5,28 +5,41 @@ public sealed partial class ResLoraMethod
 {
     public override bool MergesByCalibratedFold(AdapterConfigBase candidate) => candidate is ResLoraConfig { MergeKind: ResLoraMergeKind.LeastSquares };
 
-    public override bool ExportsByCalibratedFold(AdapterConfigBase config) => config is ResLoraConfig { StructureKind: not ResLoraStructure.BlockShortcut };
+    public override bool ExportsByCalibratedFold(AdapterConfigBase config) => config is ResLoraConfig { StructureKind: not ResLoraStructure.BlockShortcut, AnnealedToZero: false };
+
+    /// <summary>What merge and export report for an adapter whose shortcuts were annealed to weight 0.</summary>
+    public const string AnnealedLabel = "exact (shortcuts annealed to 0)";
+
+    public override string ExactLoraPairsRoute(AdapterConfigBase config) => config is ResLoraConfig { AnnealedToZero: true } ? "annealed" : base.ExactLoraPairsRoute(config);
 
     /// <summary>is/ms: <see cref="LeastSquaresFold"/> through the builder's calibration pass; bs has nothing to fit.</summary>
     public override ICalibratedFold CalibratedFold(AdapterPlan plan)
     {
         if (plan.Builder is not ResLoraLayerBuilder builder || plan.Config is not ResLoraConfig config) return base.CalibratedFold(plan);
+        if (config.AnnealedToZero)
+            throw new UserInputException("this ResLoRA adapter's shortcuts were annealed to weight 0 (reslora_anneal): it is a plain LoRA with nothing to fit, and merges and exports exactly. Drop --merge ls.");
         if (config.StructureKind == ResLoraStructure.BlockShortcut)
             throw new UserInputException("a ResLoRA bs adapter has nothing to fit: it merges exactly (and exports exactly as concatenated factors). Drop --merge ls.");
         return new ResidualPathFold(builder, config);
     }
 
-    /// <summary>bs, exactly: block n's merged ΔW = s·Σ_k B_{n−k}A_{n−k} is one pair of rank r·(m+1) (spec §4.1).</summary>
+    /// <summary>
+    /// bs, exactly: block n's merged ΔW = s·(B_nA_n + w·Σ_k B_{n−k}A_{n−k}) is one pair of rank r·(m+1) (spec §4.1; the
+    /// predecessors' B times the shortcut weight w, 1 unless annealed). Shortcuts annealed to w = 0 (any structure):
+    /// each block's own pair (B_n, A_n), rank r.
+    /// </summary>
     public override IReadOnlyDictionary<string, ILowRankPair>? ExactLoraPairs(AdapterPlan plan)
     {
-        if (plan.Config is not ResLoraConfig || plan.Builder is not ResLoraLayerBuilder builder) return null;
+        if (plan.Config is not ResLoraConfig rc || plan.Builder is not ResLoraLayerBuilder builder) return null;
+        double w = builder.ShortcutWeight;
+        if (rc.StructureKind != ResLoraStructure.BlockShortcut && w != 0) return null;
         var d = new Dictionary<string, ILowRankPair>(StringComparer.Ordinal);
         using var _ = torch.no_grad();
         foreach (var l in builder.Layers)
         {
-            var blocks = l.Predecessors(builder.PreNum).Prepend(l).ToList();
+            var blocks = w == 0 ? new List<ResLoraLinear> { l } : l.Predecessors(builder.PreNum).Prepend(l).ToList();
             var a = torch.cat(blocks.Select(b => (Tensor)b.LoraA.detach()).ToArray(), 0); // (r(m+1), in)
-            var b = torch.cat(blocks.Select(b => (Tensor)b.LoraB.detach()).ToArray(), 1); // (out, r(m+1))
+            var b = torch.cat(blocks.Select(b => b == l || w == 1 ? (Tensor)b.LoraB.detach() : b.LoraB.detach().mul(w)).ToArray(), 1); // (out, r(m+1))
             d[l.Spec.Name] = new ConcatenatedPair(new Parameter(a, requires_grad: false), new Parameter(b, requires_grad: false), l.Scaling);
         }
         return d;
