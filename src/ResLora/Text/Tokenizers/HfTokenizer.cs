@@ -101,10 +101,11 @@ internal sealed partial class HfTokenizer
                     _alignedNormalizers.Add(a => a.Replace(pattern, literal, pattern.Replace(a.Text, content)));
                     break;
                 }
-            case "NFC": AddLocalNormalizer(x => x.Normalize(NormalizationForm.FormC)); break;
-            case "NFD": AddLocalNormalizer(UnicodeNfd.Decompose); break; // string.Normalize is a no-op under InvariantGlobalization
-            case "NFKC": AddLocalNormalizer(x => x.Normalize(NormalizationForm.FormKC)); break;
-            case "NFKD": AddLocalNormalizer(x => x.Normalize(NormalizationForm.FormKD)); break;
+            // string.Normalize is a no-op under InvariantGlobalization (the build sets it): our own tables instead.
+            case "NFC": AddLocalNormalizer(UnicodeNfc.Compose); break;
+            case "NFD": AddLocalNormalizer(UnicodeNfd.Decompose); break;
+            case "NFKC": AddLocalNormalizer(UnicodeNfc.ComposeCompatibility); break;
+            case "NFKD": AddLocalNormalizer(UnicodeNfd.DecomposeCompatibility); break;
             case "Lowercase": AddLocalNormalizer(BertText.Lowercase); break;
             case "StripAccents": AddLocalNormalizer(BertText.DropNonSpacingMarks); break; // normalizers/strip.rs: no NFD of its own
             case "BertNormalizer":

@@ -62,17 +62,11 @@ namespace ResLora.Text.Tokenizers;
 internal static partial class UnicodeNfd
 {
     private static readonly Lazy<(Dictionary<int, string> Decomposition, Dictionary<int, byte> CombiningClass)> Tables = new(Parse);
+    private static readonly Lazy<Dictionary<int, string>> CompatibilityTable = new(() => ParseDecompositions(CompatibilityDecompositionData, 3800));
 
     private static (Dictionary<int, string>, Dictionary<int, byte>) Parse()
     {
-        var dec = new Dictionary<int, string>(2100);
-        foreach (var entry in DecompositionData.Split(',', StringSplitOptions.RemoveEmptyEntries))
-        {
-            int eq = entry.IndexOf('=');
-            var sb = new StringBuilder(4);
-            foreach (var cp in entry[(eq + 1)..].Split('.')) sb.Append(char.ConvertFromUtf32(int.Parse(cp, NumberStyles.HexNumber, CultureInfo.InvariantCulture)));
-            dec[int.Parse(entry.AsSpan(0, eq), NumberStyles.HexNumber, CultureInfo.InvariantCulture)] = sb.ToString();
-        }
+        var dec = ParseDecompositions(DecompositionData, 2100);
         var ccc = new Dictionary<int, byte>(1000);
         foreach (var entry in CombiningClassData.Split(',', StringSplitOptions.RemoveEmptyEntries))
         {
@@ -85,6 +79,19 @@ internal static partial class UnicodeNfd
         return (dec, ccc);
     }
 
+    private static Dictionary<int, string> ParseDecompositions(string data, int capacity)
+    {
+        var dec = new Dictionary<int, string>(capacity);
+        foreach (var entry in data.Split(',', StringSplitOptions.RemoveEmptyEntries))
+        {
+            int eq = entry.IndexOf('=');
+            var sb = new StringBuilder(4);
+            foreach (var cp in entry[(eq + 1)..].Split('.')) sb.Append(char.ConvertFromUtf32(int.Parse(cp, NumberStyles.HexNumber, CultureInfo.InvariantCulture)));
+            dec[int.Parse(entry.AsSpan(0, eq), NumberStyles.HexNumber, CultureInfo.InvariantCulture)] = sb.ToString();
+        }
+        return dec;
+    }
+
     /// <summary>The canonical combining class of <paramref name="cp"/> (0 for starters).</summary>
     public static int CombiningClass(int cp) => Tables.Value.CombiningClass.TryGetValue(cp, out byte c) ? c : 0;
 
@@ -92,7 +99,15 @@ internal static partial class UnicodeNfd
     /// NFD: every character replaced by its full canonical decomposition, then each run of combining marks put in
     /// canonical order (a stable sort by combining class). Lone surrogates become U+FFFD.
     /// </summary>
-    public static string Decompose(string text)
+    public static string Decompose(string text) => Decompose(text, compatibility: null);
+
+    /// <summary>
+    /// NFKD: as <see cref="Decompose(string)"/> with compatibility decompositions (from <c>UnicodeNfkdData.cs</c>, written
+    /// by the script in <see cref="UnicodeNfc"/>) taking precedence over canonical ones.
+    /// </summary>
+    public static string DecomposeCompatibility(string text) => Decompose(text, CompatibilityTable.Value);
+
+    private static string Decompose(string text, Dictionary<int, string>? compatibility)
     {
         var (dec, _) = Tables.Value;
         var runes = new List<Rune>(text.Length + 8);
@@ -106,6 +121,7 @@ internal static partial class UnicodeNfd
                 runes.Add(new Rune(0x1161 + s % 588 / 28));
                 if (s % 28 != 0) runes.Add(new Rune(0x11A7 + s % 28));
             }
+            else if (compatibility != null && compatibility.TryGetValue(r.Value, out var k)) foreach (var x in k.EnumerateRunes()) runes.Add(x);
             else if (dec.TryGetValue(r.Value, out var d)) foreach (var x in d.EnumerateRunes()) runes.Add(x);
             else runes.Add(r);
         }
