@@ -26,12 +26,15 @@ public static class GgufExport
     public static GgufExportReport Export(string modelDir, string? adapterDir, string outPath, GgmlType type, RuntimeOptions runtime, Action<string>? warn = null)
     {
         CheckOut(outPath);
-        runtime = runtime with { Dtype = "float32" };
         if (adapterDir is null)
         {
-            using var model = ModelSessions.LoadBase(modelDir, runtime);
+            // Without a merge the weights are only copied: a bf16 checkpoint stays bf16 in memory (half a float32 copy; bf16 →
+            // f32 is exact), and each tensor becomes float32 only while it is written.
+            bool bf16 = string.Equals(ModelFolder.LoadConfig(modelDir).TorchDtype, "bfloat16", StringComparison.OrdinalIgnoreCase);
+            using var model = ModelSessions.LoadBase(modelDir, runtime with { Dtype = bf16 ? "bfloat16" : "float32" });
             return Write(model, modelDir, outPath, type);
         }
+        runtime = runtime with { Dtype = "float32" }; // merged in float32, rounded once when written
         GgufExportReport? report = null;
         using var probe = torch.arange(1, 17, dtype: ScalarType.Int64).unsqueeze(0);
         var merge = MergePipeline.MergeInMemory(modelDir, adapterDir, runtime, probe, new MergeOptions(), (merged, _) => report = Write(merged, modelDir, outPath, type), warn);
