@@ -181,7 +181,7 @@ PY
     for ty in ${TYPES//,/ }; do
       F="$W/base-$ty.gguf"
       if ! "$R" export --as gguf --model "$BASE" --out "$F" --gguf-type "$ty" > "$W/x.log" 2>&1; then
-        echo "| $ty | refused: $(grep -v '^\s*$' "$W/x.log" | tail -1 | cut -c1-140) | | | | |"
+        echo "| $ty | refused: $(grep -v '^\s*$' "$W/x.log" | tail -1 | sed 's/^error: //; s/;.*//') | | | | |"
         continue
       fi
       CPP=$("$L" perplexity --gguf "$F" --text "$W/held.jsonl" --ctx 256 --threads 2)
