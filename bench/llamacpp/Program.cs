@@ -93,16 +93,11 @@ static int Tokenize(string gguf, string textsPath)
 
 static int Perplexity(string gguf, string textPath, int ctxArg, int threads)
 {
-    // The context size needs the model's training context when --ctx is not given: read it from a vocab-only load.
-    int ctx = ctxArg;
-    if (ctx <= 0)
-    {
-        using var probe = LLamaWeights.LoadFromFile(new ModelParams(gguf) { VocabOnly = true, GpuLayerCount = 0 });
-        ctx = probe.ContextSize;
-    }
+    // The weights do not depend on the context size; without --ctx the window is the model's training context.
+    using var w = LLamaWeights.LoadFromFile(new ModelParams(gguf) { GpuLayerCount = 0 });
+    int ctx = ctxArg > 0 ? ctxArg : w.ContextSize;
     if (ctx < 2) throw new ArgumentException($"--ctx must be at least 2, got {ctx}");
     var p = Params(gguf, (uint)ctx, threads);
-    using var w = LLamaWeights.LoadFromFile(p);
     var windows = new List<int[]>();
     if (textPath.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase))
     {
