@@ -30,7 +30,16 @@ public static class GgufExport
         {
             // Without a merge the weights are only copied: a bf16 checkpoint stays bf16 in memory (half a float32 copy; bf16 →
             // f32 is exact), and each tensor becomes float32 only while it is written.
-            bool bf16 = string.Equals(ModelFolder.LoadConfig(modelDir).TorchDtype, "bfloat16", StringComparison.OrdinalIgnoreCase);
+            var stored = ModelFolder.LoadConfig(modelDir);
+            if (stored.ResloraRotation is null && stored.ResloraQuantization is null)
+            {
+                // Nothing to merge or fold: each tensor is read from the checkpoint, converted and written, one at a time.
+                var (config, ckpt, expected) = ModelFolder.OpenChecked(modelDir);
+                using var _ = ckpt;
+                var lazy = expected.Select(kv => (kv.Key, kv.Value, (Func<Tensor>)(() => ckpt.Load(kv.Key, ScalarType.Float32)))).ToList();
+                return WriteWeights(config, lazy, modelDir, outPath, type);
+            }
+            bool bf16 = string.Equals(stored.TorchDtype, "bfloat16", StringComparison.OrdinalIgnoreCase);
             using var model = ModelSessions.LoadBase(modelDir, runtime with { Dtype = bf16 ? "bfloat16" : "float32" });
             return Write(model, modelDir, outPath, type);
         }
@@ -55,10 +64,40 @@ public static class GgufExport
             throw new UserInputException($"--out {outPath}: the folder {dir} does not exist; create it first.");
     }
 
-    /// <summary>Writes <paramref name="model"/> (float32 weights) with the vocabulary of <paramref name="modelDir"/>.</summary>
+    /// <summary>
+    /// Writes <paramref name="model"/> with the vocabulary of <paramref name="modelDir"/>. An online transform of a block's
+    /// down-projection input (RoLoRA's Hadamard on a rotated folder) is folded into that weight, W' = W·Mᵀ with M the
+    /// transform applied to the identity, since llama.cpp runs no such transform.
+    /// </summary>
     public static GgufExportReport Write(CausalLM model, string modelDir, string outPath, GgmlType type)
     {
         var c = model.Config;
+        var layout = model.Family.Layout;
+        var transforms = new Dictionary<string, Func<Tensor, Tensor>>(StringComparer.Ordinal);
+        for (int i = 0; i < model.Blocks.Count; i++)
+            if (model.Blocks[i].DownProjInputTransform is { } t) transforms[layout.LayerPrefix(i) + layout.DownProj + ".weight"] = t;
+        var weights = new List<(string, long[], Func<Tensor>)>();
+        foreach (var (hf, tensor) in model.FullPrecisionWeights())
+        {
+            var src = tensor;
+            Func<Tensor> get = transforms.TryGetValue(hf, out var transform)
+                ? () =>
+                {
+                    using var scope = torch.NewDisposeScope();
+                    using var noGrad = torch.no_grad();
+                    var wf = src.detach().to_type(ScalarType.Float32);
+                    var m = transform(torch.eye(wf.shape[1], dtype: ScalarType.Float32, device: wf.device)).to_type(ScalarType.Float32);
+                    return scope.MoveToOuter(wf.matmul(m.t()));
+                }
+                : () => src.detach();
+            weights.Add((hf, tensor.shape, get));
+        }
+        return WriteWeights(c, weights, modelDir, outPath, type);
+    }
+
+    /// <summary>Writes the base weights (name, shape, a function giving the tensor when it is written) with the metadata and vocabulary.</summary>
+    private static GgufExportReport WriteWeights(ModelConfig c, IReadOnlyList<(string Name, long[] Shape, Func<Tensor> Tensor)> weights, string modelDir, string outPath, GgmlType type)
+    {
         var names = ModelFamilies.ForCausalLM(c.ModelType).Gguf(c);
         string arch = names.Architecture;
         var notes = new List<string>();
@@ -88,19 +127,18 @@ public static class GgufExport
 
         int count = 0;
         string outputMatrix = c.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-        foreach (var (hf, tensor) in model.FullPrecisionWeights())
+        foreach (var (hf, shape, tensor) in weights)
         {
             if (hf == "lm_head.weight" && c.TieWordEmbeddings) continue; // llama.cpp reuses token_embd
             string gg = names.ToGguf(hf) ?? throw new InvalidOperationException($"weight '{hf}' has no GGUF name in the {arch} architecture");
-            long[] shape = tensor.shape;
             int? heads = names.PermuteHeads(hf, c);
             var t = shape.Length == 1 ? GgmlType.F32
                 : type == GgmlType.Q4_0 && hf == outputMatrix ? GgmlType.Q8_0 // llama-quantize keeps the output matrix finer than Q4_0
                 : type;
-            var src = tensor;
             w.AddTensor(gg, shape, t, () =>
             {
-                using var f = src.detach().to_type(ScalarType.Float32).cpu().contiguous();
+                using var scope = torch.NewDisposeScope();
+                var f = tensor().to_type(ScalarType.Float32).cpu().contiguous();
                 var v = f.data<float>().ToArray();
                 return heads is int h ? GgufNames.Permute(v, shape, h) : v;
             });

@@ -1,3 +1,4 @@
+using ResLora.Adapters;
 using ResLora.IO.Gguf;
 using ResLora.Models;
 using ResLora.Pipelines;
@@ -61,5 +62,30 @@ public sealed class GgufRoundTripTests : IDisposable
         var texts = GgufExportExtrasTests.Texts();
         Assert.True(texts.Count >= 100);
         foreach (var text in texts) Assert.Equal(tokA.Encode(text).ToArray(), tokB.Encode(text).ToArray());
+    }
+
+    [Fact]
+    public void RotatedModel_ExportsWithItsOnlineHadamardFoldedIn()
+    {
+        // RoLoRA's rotated folder needs an online Hadamard on down_proj's input, which llama.cpp does not run: the export
+        // folds it into ffn_down, so the plain model read back gives the rotated model's logits.
+        string src = Path.Combine(_dir, "src"), rotated = Path.Combine(_dir, "rotated"), gguf = Path.Combine(_dir, "r.gguf"), back = Path.Combine(_dir, "back");
+        GgufTinyFolders.Write(src, GgufTinyFolders.Llama() with { IntermediateSize = 64 }, GgufTinyFolders.Llama3Regex, seed: 6).Dispose();
+        RoLoraRotation.RotateFolder(src, rotated, seed: 3);
+        GgufExport.Export(rotated, null, gguf, GgmlType.F32, new RuntimeOptions());
+        GgufConversion.Convert(gguf, back, torch.ScalarType.Float32);
+        using var reference = ModelSessions.LoadBase(rotated, new RuntimeOptions());
+        using var plain = ModelLoader.Load(back, new RuntimeOptions());
+        using var original = ModelLoader.Load(src, new RuntimeOptions());
+        Assert.Contains(reference.Blocks, b => b.DownProjInputTransform is not null);
+        Assert.All(plain.Blocks, b => Assert.Null(b.DownProjInputTransform));
+        using var ids = Infrastructure.TinyModels.RandomIds(2, 10, reference.Config.VocabSize, 4);
+        using var noGrad = torch.no_grad();
+        using var r = reference.forward(ids);
+        using var p = plain.forward(ids);
+        using var o = original.forward(ids);
+        float scale = r.abs().max().item<float>();
+        Assert.True((r - p).abs().max().item<float>() < 1e-4 * Math.Max(1, scale), $"folded export differs: {(r - p).abs().max().item<float>()}");
+        Assert.True((o - p).abs().max().item<float>() < 1e-3 * Math.Max(1, scale), "the rotation is an equivalence: the export equals the unrotated model too");
     }
 }
