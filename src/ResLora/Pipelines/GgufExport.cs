@@ -26,12 +26,12 @@ public static class GgufExport
     public static GgufExportReport Export(string modelDir, string? adapterDir, string outPath, GgmlType type, RuntimeOptions runtime, Action<string>? warn = null)
     {
         CheckOut(outPath);
+        var stored = ModelFolder.LoadConfig(modelDir);
+        if (stored.ResloraQuantization is not null)
+            warn?.Invoke($"{modelDir} records per-token activation quantization (reslora quantize); GGUF has no such step, so llama.cpp runs its (already quantized) weights with full-precision activations.");
         if (adapterDir is null)
         {
-            // Without a merge the weights are only copied: a bf16 checkpoint stays bf16 in memory (half a float32 copy; bf16 →
-            // f32 is exact), and each tensor becomes float32 only while it is written.
-            var stored = ModelFolder.LoadConfig(modelDir);
-            if (stored.ResloraRotation is null && stored.ResloraQuantization is null)
+            if (stored.ResloraRotation is null)
             {
                 // Nothing to merge or fold: each tensor is read from the checkpoint, converted and written, one at a time.
                 var (config, ckpt, expected) = ModelFolder.OpenChecked(modelDir);
@@ -39,6 +39,8 @@ public static class GgufExport
                 var lazy = expected.Select(kv => (kv.Key, kv.Value, (Func<Tensor>)(() => ckpt.Load(kv.Key, ScalarType.Float32)))).ToList();
                 return WriteWeights(config, lazy, modelDir, outPath, type);
             }
+            // A rotated folder is loaded so its online Hadamard can be folded (Write); a bf16 checkpoint stays bf16 in memory
+            // (bf16 → f32 is exact) and each tensor becomes float32 only while it is written.
             bool bf16 = string.Equals(stored.TorchDtype, "bfloat16", StringComparison.OrdinalIgnoreCase);
             using var model = ModelSessions.LoadBase(modelDir, runtime with { Dtype = bf16 ? "bfloat16" : "float32" });
             return Write(model, modelDir, outPath, type);

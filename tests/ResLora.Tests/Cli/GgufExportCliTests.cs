@@ -24,6 +24,22 @@ public sealed class GgufExportCliTests : IDisposable
     }
 
     [Fact]
+    public void QuantizedFolder_ExportsItsWeights_AndSaysTheActivationQuantizersStayBehind()
+    {
+        string model = Path.Combine(_dir, "model"), w4a8 = Path.Combine(_dir, "w4a8"), plain = Path.Combine(_dir, "plain.gguf"), q = Path.Combine(_dir, "q.gguf");
+        CliHarness.ModelFolder(model);
+        var quant = CliHarness.Run("quantize", "--model", model, "--wbits", "4", "--abits", "8", "--out", w4a8);
+        Assert.True(quant.Rc == 0, quant.Err);
+        var a = CliHarness.Run("export", "--as", "gguf", "--model", model, "--out", plain, "--gguf-type", "f32");
+        Assert.True(a.Rc == 0, a.Err);
+        Assert.DoesNotContain("activation quantization", a.Err);
+        var b = CliHarness.Run("export", "--as", "gguf", "--model", w4a8, "--out", q, "--gguf-type", "f32");
+        Assert.True(b.Rc == 0, b.Err);
+        Assert.Contains("note: ", b.Err);
+        Assert.Contains("per-token activation quantization", b.Err);
+    }
+
+    [Fact]
     public void MergedGgufEqualsTheMergedModelInLlamaCppAndModelfilesAreWritten()
     {
         var (model, adapter) = Folders(new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ModuleTargets.AllLinear });
