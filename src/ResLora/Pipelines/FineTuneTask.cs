@@ -90,8 +90,8 @@ internal sealed class CausalLmFineTune(FineTuneRequest req) : FineTuneTask(req)
     {
         if (!Request.GradCheckpoint) return;
         if (new AdapterPlan(setup.Config).CheckpointRefusal is { } why) throw new UserInputException($"--grad-checkpoint: {why}");
-        if (setup.Config.LoraDropout > 0 && Request.Runtime.TorchDevice.type != DeviceType.CPU)
-            throw new UserInputException($"--grad-checkpoint with --dropout {setup.Config.LoraDropout} on {Request.Runtime.Device}: the recompute must replay the dropout masks, and TorchSharp exposes only the CPU generator's state. Use --dropout 0 there, or train on the CPU.");
+        if (setup.Config is LowRankConfigBase { LoraDropout: > 0 and var dropout } && Request.Runtime.TorchDevice.type != DeviceType.CPU)
+            throw new UserInputException($"--grad-checkpoint with --dropout {dropout} on {Request.Runtime.Device}: the recompute must replay the dropout masks, and TorchSharp exposes only the CPU generator's state. Use --dropout 0 there, or train on the CPU.");
     }
 
     public override (string ModelDir, AdapterConfigBase Config) PrepareBase(MethodSetup setup, bool writes, ITrainObserver observer)

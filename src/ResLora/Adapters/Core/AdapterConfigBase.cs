@@ -17,11 +17,6 @@ public abstract record AdapterConfigBase
     /// <summary>PEFT's <c>peft_type</c> ("LORA", ...): the key <see cref="AdapterMethods"/> dispatches on.</summary>
     [JsonPropertyName("peft_type")] public abstract string PeftType { get; }
 
-    /// <summary>
-    /// The dropout the adapter's layers apply to their input (lora_dropout of the low-rank configs); 0 and not written
-    /// for a method without one (IA3).
-    /// </summary>
-    [JsonIgnore] public virtual double LoraDropout { get => 0; init { } }
 
     [JsonPropertyName("target_modules")] public ModuleTargets? TargetModules { get; init; }
     [JsonPropertyName("exclude_modules")] public ModuleTargets? ExcludeModules { get; init; }

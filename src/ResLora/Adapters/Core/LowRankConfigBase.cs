@@ -17,7 +17,7 @@ public abstract record LowRankConfigBase : AdapterConfigBase
 
     [JsonPropertyName("r")] public int R { get; init; } = 8;
     [JsonPropertyName("lora_alpha")] public double LoraAlpha { get; init; } = 8;
-    [JsonPropertyName("lora_dropout")] public override double LoraDropout { get; init; }
+    [JsonPropertyName("lora_dropout")] public double LoraDropout { get; init; }
     [JsonPropertyName("rank_pattern")] public Dictionary<string, int> RankPattern { get; init; } = new();
     [JsonPropertyName("alpha_pattern")] public Dictionary<string, double> AlphaPattern { get; init; } = new();
     [JsonPropertyName("init_lora_weights")] public LoraInit InitLoraWeights { get; init; } = LoraInit.Default;
