@@ -112,7 +112,7 @@ public static class DemoRunner
     public static DemoResult Run(DemoOptions o, ITrainObserver? observer = null, Action<DemoProgress>? progress = null)
     {
         var clock = Stopwatch.StartNew();
-        observer ??= new Quiet();
+        observer ??= SilentTrainObserver.Instance;
         var methods = DefaultMethods(o.Rank);
         if (o.Methods is { Count: > 0 } wanted)
         {
@@ -285,10 +285,6 @@ public static class DemoRunner
 
     /// <summary>Progress units of a run's closing evaluation: generating answers to the held-out problems.</summary>
     private static double EvalUnits(DemoOptions o) => Math.Max(2, o.EvalExamples / 4.0);
-
-    private sealed class Quiet : ITrainObserver
-    {
-    }
 
     /// <summary>Forwards messages to an outer observer (when given) and step reports to a callback.</summary>
     private sealed class StageObserver(ITrainObserver? outer, Action<StepReport> onStep) : ITrainObserver

@@ -61,7 +61,7 @@ public static class FineTuning
 {
     public static TrainSummary Run(FineTuneRequest req, ITrainObserver? observer = null)
     {
-        observer ??= new SilentObserver();
+        observer ??= SilentTrainObserver.Instance;
         req.Train.Validate();
         AtomicFolder.CheckTarget(req.OutDir, modelDir: req.ModelDir); // before the data is read
         var task = FineTuneTask.For(req);
@@ -175,9 +175,5 @@ public static class FineTuning
             if (name is not ("base_model_name_or_path" or "revision"))
                 run[$"adapter_config.json {name}"] = value?.ToJsonString() ?? "null";
         return run;
-    }
-
-    private sealed class SilentObserver : ITrainObserver
-    {
     }
 }

@@ -19,12 +19,12 @@ public static class TrainLoop
 
     public static TrainSummary Run(TrainRunSpec spec, ITrainObserver? observer = null)
     {
-        observer ??= new NullObserver();
+        observer ??= SilentTrainObserver.Instance;
         var o = spec.Options;
         var comm = spec.Communicator;
         // One process, or rank 0 of a data-parallel job: the only writer of files, logs and evaluations.
         bool writes = comm is null || comm.Rank == 0;
-        if (!writes) observer = new NullObserver();
+        if (!writes) observer = SilentTrainObserver.Instance;
         o.Validate();
         if (comm is not null && o.BatchSize < comm.Size)
             throw new Distributed.AgreedStopException($"--batch-size {o.BatchSize} is the global batch of a data-parallel job and must be at least its {comm.Size} ranks (each rank takes a share of every batch); raise --batch-size or start fewer ranks.");
@@ -313,8 +313,4 @@ public static class TrainLoop
     private static double Number(JsonElement e) => e.ValueKind == JsonValueKind.String
         ? double.Parse(e.GetString()!, System.Globalization.CultureInfo.InvariantCulture)
         : e.GetDouble();
-
-    private sealed class NullObserver : ITrainObserver
-    {
-    }
 }

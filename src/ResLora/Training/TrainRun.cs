@@ -4,6 +4,16 @@ using ResLora.Models;
 
 namespace ResLora.Training;
 
+/// <summary>An observer that does nothing (every <see cref="ITrainObserver"/> member has a default).</summary>
+public sealed class SilentTrainObserver : ITrainObserver
+{
+    public static SilentTrainObserver Instance { get; } = new();
+
+    private SilentTrainObserver()
+    {
+    }
+}
+
 /// <summary>Receives progress from a run; the CLI draws a progress bar or prints lines, tests record.</summary>
 public interface ITrainObserver
 {
