@@ -11,7 +11,7 @@ namespace ResLora.Models;
 /// </summary>
 public abstract class CausalLM : nn.Module<Tensor, Tensor>
 {
-    private readonly Rotary _rotary;
+    private readonly IReadOnlyList<Rotary> _rotaries;
     private readonly IForwardLifecycle? _lifecycle;
     private bool _checkpointing;
 
@@ -31,7 +31,7 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
         Device = device;
         Factory = factory ?? PlainLinearFactory.Instance;
         _lifecycle = Factory as IForwardLifecycle;
-        _rotary = new Rotary(config, device);
+        _rotaries = family.CreateRotaries(config, device);
     }
 
     /// <summary>The token embedding (<c>model.embed_tokens</c>).</summary>
@@ -88,7 +88,12 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
         Tensor positions = attentionMask is null
             ? torch.arange(past, past + t, dtype: ScalarType.Int64, device: Device).unsqueeze(0).expand(b, t)
             : (attentionMask.to_type(ScalarType.Int64).cumsum(-1) - 1).clamp_min(0).narrow(1, past, t);
-        var (cos, sin) = _rotary.CosSin(positions, Dtype);
+        var tables = new Dictionary<int, (Tensor Cos, Tensor Sin)>();
+        (Tensor Cos, Tensor Sin) RotaryFor(IDecoderBlock block)
+        {
+            if (!tables.TryGetValue(block.RotaryIndex, out var cs)) tables[block.RotaryIndex] = cs = _rotaries[block.RotaryIndex].CosSin(positions, Dtype);
+            return cs;
+        }
         var masks = new Dictionary<int, Tensor?>();
         Tensor? MaskFor(IDecoderBlock block)
         {
@@ -103,7 +108,10 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
         // frozen, so the first layer's input is made a leaf that does (transformers' enable_input_require_grads).
         if (recompute && !h.requires_grad) h = h.detach().requires_grad_(true);
         foreach (var layer in Blocks)
+        {
+            var (cos, sin) = RotaryFor(layer);
             h = recompute ? DecoderLayerCheckpoint.Run(layer, h, cos, sin, MaskFor(layer)) : layer.Forward(h, cos, sin, MaskFor(layer), cache);
+        }
         return scope.MoveToOuter(FinalNorm.call(h));
     }
 
@@ -276,7 +284,8 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
 
     protected override void Dispose(bool disposing)
     {
-        if (disposing) _rotary.Dispose();
+        if (disposing)
+            foreach (var r in _rotaries) r.Dispose();
         base.Dispose(disposing);
     }
 }

@@ -55,6 +55,7 @@ public static class GgufConversion
         {
             float[] w = g.ReadFloats(p.T);
             if (p.Heads is { } heads) w = GgufNames.Permute(w, p.T.Shape, heads, inverse: true);
+            if (names.FromGgufValues is { } map) w = map(p.Hf, w);
             using var f = torch.tensor(w, p.T.Shape);
             return f.to_type(dtype);
         })).ToList();

@@ -1,4 +1,5 @@
 using System.Text.RegularExpressions;
+using ResLora.IO.Gguf;
 
 namespace ResLora.Models;
 
@@ -11,6 +12,30 @@ namespace ResLora.Models;
 /// </summary>
 public sealed record GgufNames(string Architecture, bool PermuteQk)
 {
+    /// <summary>
+    /// Per-layer Hugging Face ↔ GGUF names (relative to the layer prefix, without <c>.weight</c>); LLaMA's table by default.
+    /// A family whose layers differ (Gemma 3's four norms, Phi-3's fused projections) gives its own.
+    /// </summary>
+    public IReadOnlyList<(string Hf, string Gguf)> LayerNames { get; init; } = PerLayer;
+
+    /// <summary>
+    /// The architecture's own metadata, written before the common keys (which are then not written again): Gemma 3's
+    /// window and local rope base, Phi-3's rotary dimension, SmolLM3's no-rope step.
+    /// </summary>
+    public Action<GgufWriter, ModelConfig>? WriteMetadata { get; init; }
+
+    /// <summary>When true the family's <see cref="WriteMetadata"/>/<see cref="ExtraTensors"/> carry rope scaling and the exporter's llama/linear handling is skipped.</summary>
+    public bool OwnsRopeScaling { get; init; }
+
+    /// <summary>Tensors llama.cpp needs that no checkpoint stores (Phi-3's <c>rope_factors_long/short</c>): name and 1-D float32 values.</summary>
+    public Func<ModelConfig, IReadOnlyList<(string Name, float[] Values)>>? ExtraTensors { get; init; }
+
+    /// <summary>A change of a weight's values on its way to GGUF (Gemma's norms: llama.cpp multiplies by w where transformers uses 1 + w); null = none.</summary>
+    public Func<string, float[], float[]>? ToGgufValues { get; init; }
+
+    /// <summary>The inverse of <see cref="ToGgufValues"/>, for <c>reslora convert gguf</c>.</summary>
+    public Func<string, float[], float[]>? FromGgufValues { get; init; }
+
     private static readonly (string Hf, string Gguf)[] Global =
     {
         ("model.embed_tokens", "token_embd"),
@@ -18,7 +43,8 @@ public sealed record GgufNames(string Architecture, bool PermuteQk)
         ("lm_head", "output"),
     };
 
-    private static readonly (string Hf, string Gguf)[] PerLayer =
+    /// <summary>LLaMA's per-layer names (also Mistral, Qwen2, Qwen3, SmolLM3).</summary>
+    public static readonly (string Hf, string Gguf)[] PerLayer =
     {
         ("input_layernorm", "attn_norm"),
         ("self_attn.q_proj", "attn_q"),
@@ -43,7 +69,7 @@ public sealed record GgufNames(string Architecture, bool PermuteQk)
         var m = HfLayer.Match(hfName);
         if (m.Success)
         {
-            var hit = PerLayer.FirstOrDefault(p => p.Hf == m.Groups[2].Value);
+            var hit = LayerNames.FirstOrDefault(p => p.Hf == m.Groups[2].Value);
             return hit.Gguf is null ? null : $"blk.{m.Groups[1].Value}.{hit.Gguf}.{m.Groups[3].Value}";
         }
         var g = Plain.Match(hfName);
@@ -58,7 +84,7 @@ public sealed record GgufNames(string Architecture, bool PermuteQk)
         var m = GgufLayer.Match(ggufName);
         if (m.Success)
         {
-            var hit = PerLayer.FirstOrDefault(p => p.Gguf == m.Groups[2].Value);
+            var hit = LayerNames.FirstOrDefault(p => p.Gguf == m.Groups[2].Value);
             return hit.Hf is null ? null : $"model.layers.{m.Groups[1].Value}.{hit.Hf}.{m.Groups[3].Value}";
         }
         var g = Plain.Match(ggufName);

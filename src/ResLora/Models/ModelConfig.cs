@@ -106,16 +106,49 @@ public sealed record ModelConfig
             throw new UserInputException($"{source}: head dimension {HeadDim} must be even for rotary embeddings.");
         if (!(RmsNormEps > 0)) throw new UserInputException($"{source}: 'rms_norm_eps' must be > 0, got {RmsNormEps}.");
         if (!(RopeTheta > 0)) throw new UserInputException($"{source}: 'rope_theta' must be > 0, got {RopeTheta}.");
-        if (!string.Equals(HiddenAct, "silu", StringComparison.OrdinalIgnoreCase) && !string.Equals(HiddenAct, "swish", StringComparison.OrdinalIgnoreCase))
-            throw new UserInputException($"{source}: 'hidden_act' is '{HiddenAct}'; only 'silu' (SwiGLU) LLaMA-family models are supported.");
-        if (RopeScaling is { } rs)
-        {
-            string kind = rs.Kind;
-            if (kind is not ("default" or "linear" or "llama3"))
-                throw new UserInputException($"{source}: 'rope_scaling.rope_type' '{kind}' is not supported; supported: default, linear, llama3.");
-            if (!(rs.Factor > 0)) throw new UserInputException($"{source}: 'rope_scaling.factor' must be > 0, got {rs.Factor}.");
-        }
+        if (RopeScaling is { } rs && !(rs.Factor > 0)) throw new UserInputException($"{source}: 'rope_scaling.factor' must be > 0, got {rs.Factor}.");
         family.CheckConfig(this, source);
+    }
+
+    /// <summary>The SwiGLU check of LLaMA-style families: <c>hidden_act</c> must be silu (swish).</summary>
+    public void RequireSilu(string source)
+    {
+        if (!string.Equals(HiddenAct, "silu", StringComparison.OrdinalIgnoreCase) && !string.Equals(HiddenAct, "swish", StringComparison.OrdinalIgnoreCase))
+            throw new UserInputException($"{source}: 'hidden_act' is '{HiddenAct}'; the {ModelType} family runs SwiGLU MLPs, so only 'silu' is supported.");
+    }
+
+    /// <summary>Refuses a <c>rope_scaling</c> kind the family's rotary does not implement; <paramref name="kinds"/> are the ones it does.</summary>
+    public void RequireRopeKinds(string source, params string[] kinds)
+    {
+        if (RopeScaling is { } rs && !kinds.Contains(rs.Kind))
+            throw new UserInputException($"{source}: 'rope_scaling.rope_type' '{rs.Kind}' is not supported for {ModelType}; supported: {string.Join(", ", kinds)}.");
+    }
+
+    /// <summary>
+    /// A family-specific config.json field this record does not model (Gemma 3's <c>query_pre_attn_scalar</c>, SmolLM3's
+    /// <c>no_rope_layers</c>), read from <see cref="OtherFields"/>; default when absent or null. A value of the wrong JSON
+    /// type is an error naming the field.
+    /// </summary>
+    public T? Extra<T>(string name, string source = "config.json", T? fallback = default)
+    {
+        if (OtherFields is null || !OtherFields.TryGetValue(name, out var e) || e.ValueKind == JsonValueKind.Null) return fallback;
+        try
+        {
+            return e.Deserialize<T>(JsonOptions);
+        }
+        catch (JsonException ex)
+        {
+            throw new UserInputException($"{source}: '{name}' has the wrong type for {typeof(T).Name} ({ex.Message}).", ex);
+        }
+    }
+
+    /// <summary>A copy with the family-specific field <paramref name="name"/> set (null removes it): how tests and presets give extra fields.</summary>
+    public ModelConfig WithExtra(string name, object? value)
+    {
+        var d = OtherFields is null ? new Dictionary<string, JsonElement>() : new Dictionary<string, JsonElement>(OtherFields);
+        if (value is null) d.Remove(name);
+        else d[name] = JsonSerializer.SerializeToElement(value, value.GetType(), JsonOptions);
+        return this with { OtherFields = d };
     }
 
     internal static readonly JsonSerializerOptions JsonOptions = new()

@@ -42,6 +42,12 @@ public interface ICausalLMFamily : IModelFamily
 
     /// <summary>Builds the model (random weights; <see cref="CausalLM.LoadWeights(IO.HfCheckpoint)"/> fills them), every projection through <paramref name="factory"/>.</summary>
     CausalLM Create(ModelConfig config, ILinearFactory? factory, ScalarType dtype, Device device);
+
+    /// <summary>
+    /// The rotary tables the model's blocks index (<see cref="IDecoderBlock.RotaryIndex"/>): one from config.json by default;
+    /// Gemma 3 adds its local base for sliding layers, Phi-3 its partial/LongRoPE table.
+    /// </summary>
+    IReadOnlyList<Rotary> CreateRotaries(ModelConfig config, Device device) => new[] { new Rotary(config, device) };
 }
 
 /// <summary>One decoder block: the unit the stack runs, checkpoints (<c>--grad-checkpoint</c>) and RoLoRA instruments.</summary>
@@ -55,6 +61,9 @@ public interface IDecoderBlock
 
     /// <summary>The block's sliding attention window in tokens (Mistral), or null for full causal attention.</summary>
     int? SlidingWindow { get; }
+
+    /// <summary>Which of the family's rotary tables (<see cref="ICausalLMFamily.CreateRotaries"/>) the block's cos/sin come from.</summary>
+    int RotaryIndex => 0;
 
     /// <summary>An optional transform of the MLP's down projection input (RoLoRA's online Hadamard); null for ordinary models.</summary>
     Func<Tensor, Tensor>? DownProjInputTransform { get; set; }
@@ -84,6 +93,12 @@ public sealed record DecoderLayout
 
     /// <summary>The MLP's down projection (RoLoRA's online Hadamard acts on its input).</summary>
     public string DownProj { get; init; } = "mlp.down_proj";
+
+    /// <summary>
+    /// Why RoLoRA's rotation cannot be applied to this layout (e.g. Gemma 3's post-norms on the residual writers break the
+    /// rotation invariance), or null when it can.
+    /// </summary>
+    public string? RotationRefusal { get; init; }
 
     /// <summary>Projections that share one input, in order (activation quantizers are shared within a group).</summary>
     public IReadOnlyList<string[]> InputGroups { get; init; } = new[]

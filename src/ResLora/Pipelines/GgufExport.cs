@@ -108,22 +108,25 @@ public static class GgufExport
         w.Set("general.type", "model");
         w.Set("general.name", Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelDir))));
         w.Set("general.file_type", GgmlTypes.FileType(type));
-        w.Set($"{arch}.context_length", (uint)c.MaxPositionEmbeddings);
-        w.Set($"{arch}.embedding_length", (uint)c.HiddenSize);
-        w.Set($"{arch}.block_count", (uint)c.NumHiddenLayers);
-        w.Set($"{arch}.feed_forward_length", (uint)c.IntermediateSize);
-        w.Set($"{arch}.attention.head_count", (uint)c.NumAttentionHeads);
-        w.Set($"{arch}.attention.head_count_kv", (uint)c.NumKeyValueHeads);
+        names.WriteMetadata?.Invoke(w, c);
+        void Key(string key, uint v) { if (!w.Has(key)) w.Set(key, v); }
+        void KeyF(string key, float v) { if (!w.Has(key)) w.Set(key, v); }
+        Key($"{arch}.context_length", (uint)c.MaxPositionEmbeddings);
+        Key($"{arch}.embedding_length", (uint)c.HiddenSize);
+        Key($"{arch}.block_count", (uint)c.NumHiddenLayers);
+        Key($"{arch}.feed_forward_length", (uint)c.IntermediateSize);
+        Key($"{arch}.attention.head_count", (uint)c.NumAttentionHeads);
+        Key($"{arch}.attention.head_count_kv", (uint)c.NumKeyValueHeads);
         if (c.HeadDimRaw is int hd)
         {
-            w.Set($"{arch}.attention.key_length", (uint)hd);
-            w.Set($"{arch}.attention.value_length", (uint)hd);
+            Key($"{arch}.attention.key_length", (uint)hd);
+            Key($"{arch}.attention.value_length", (uint)hd);
         }
-        w.Set($"{arch}.rope.dimension_count", (uint)c.HeadDim);
-        w.Set($"{arch}.rope.freq_base", (float)c.RopeTheta);
-        w.Set($"{arch}.attention.layer_norm_rms_epsilon", (float)c.RmsNormEps);
-        w.Set($"{arch}.vocab_size", (uint)c.VocabSize);
-        float[]? ropeFreqs = RopeScaling(w, c, arch);
+        Key($"{arch}.rope.dimension_count", (uint)c.HeadDim);
+        KeyF($"{arch}.rope.freq_base", (float)c.RopeTheta);
+        KeyF($"{arch}.attention.layer_norm_rms_epsilon", (float)c.RmsNormEps);
+        Key($"{arch}.vocab_size", (uint)c.VocabSize);
+        float[]? ropeFreqs = names.OwnsRopeScaling ? null : RopeScaling(w, c, arch);
 
         string vocab = GgufVocabExport.Write(w, modelDir, c.VocabSize);
 
@@ -142,8 +145,14 @@ public static class GgufExport
                 using var scope = torch.NewDisposeScope();
                 var f = tensor().to_type(ScalarType.Float32).cpu().contiguous();
                 var v = f.data<float>().ToArray();
+                if (names.ToGgufValues is { } map) v = map(hf, v);
                 return heads is int h ? GgufNames.Permute(v, shape, h) : v;
             });
+            count++;
+        }
+        foreach (var (extraName, values) in names.ExtraTensors?.Invoke(c) ?? Array.Empty<(string, float[])>())
+        {
+            w.AddTensor(extraName, new long[] { values.Length }, GgmlType.F32, () => values);
             count++;
         }
         if (ropeFreqs is not null)

@@ -51,11 +51,12 @@ public static class RoLoraRotation
         ModelConfig c, IReadOnlyDictionary<string, Tensor> weights, long seed = 0, bool rotateDownProj = true)
     {
         if (RotationRecord.FromConfig(c) is not null) throw new UserInputException("the model is already rotated (config.json has reslora_rotation); rotating twice is refused.");
+        var layout = ModelFamilies.ForCausalLM(c.ModelType).Layout;
+        if (layout.RotationRefusal is { } why) throw new UserInputException($"RoLoRA's rotation is not available for model_type '{c.ModelType}': {why}");
         var warnings = new List<string>();
         var w = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         foreach (var (k, v) in weights) w[k] = v.detach().to_type(ScalarType.Float64).cpu().clone();
         // Tied embeddings: E needs E·R1 and lm_head needs (W·diag(γ_f))·R1; untie first (§3.2).
-        var layout = ModelFamilies.ForCausalLM(c.ModelType).Layout;
         if (c.TieWordEmbeddings || !w.ContainsKey(layout.LmHead)) w[layout.LmHead] = w[layout.EmbedTokens].clone();
         int d = c.HiddenSize, dff = c.IntermediateSize;
         var (kh, ph, okh) = Hadamard.Factor(d);

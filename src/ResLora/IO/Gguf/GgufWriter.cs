@@ -25,6 +25,9 @@ public sealed class GgufWriter
     public void SetInts(string key, IReadOnlyList<int> items) => Add(key, GgufValueType.Array, new GgufArray(GgufValueType.Int32, items.Cast<object>().ToList()));
     public void SetFloats(string key, IReadOnlyList<float> items) => Add(key, GgufValueType.Array, new GgufArray(GgufValueType.Float32, items.Cast<object>().ToList()));
 
+    /// <summary>Whether metadata key <paramref name="key"/> has been set.</summary>
+    public bool Has(string key) => _keys.Contains(key);
+
     private void Add(string key, GgufValueType type, object value)
     {
         if (!_keys.Add(key)) throw new InvalidOperationException($"GGUF metadata key '{key}' set twice.");

@@ -19,7 +19,15 @@ public sealed class LlamaFamily : ICausalLMFamily
     public IReadOnlyList<string> DefaultTargets { get; } = new[] { "q_proj", "v_proj" };
     public DecoderLayout Layout => DecoderLayout.Llama;
 
-    public void CheckConfig(ModelConfig config, string source) => CheckWindow(config, source);
+    public void CheckConfig(ModelConfig config, string source) => CheckCommon(config, source);
+
+    /// <summary>The checks every LLaMA-style family shares: SwiGLU, the rotary kinds <see cref="Rotary"/> implements, windows.</summary>
+    internal static void CheckCommon(ModelConfig config, string source)
+    {
+        config.RequireSilu(source);
+        config.RequireRopeKinds(source, "default", "linear", "llama3");
+        CheckWindow(config, source);
+    }
 
     /// <summary>Qwen2 is llama.cpp's <c>qwen2</c> (NeoX rotary, no permutation); Llama and Mistral are its <c>llama</c> (q/k permuted).</summary>
     public GgufNames Gguf(ModelConfig config) => config.ModelType.Equals("qwen2", StringComparison.OrdinalIgnoreCase)

@@ -22,7 +22,7 @@ public sealed class Qwen3Family : ICausalLMFamily
     public IReadOnlyList<string> DefaultTargets { get; } = new[] { "q_proj", "v_proj" };
     public DecoderLayout Layout => DecoderLayout.Llama;
 
-    public void CheckConfig(ModelConfig config, string source) => LlamaFamily.CheckWindow(config, source);
+    public void CheckConfig(ModelConfig config, string source) => LlamaFamily.CheckCommon(config, source);
 
     /// <summary>llama.cpp's <c>qwen3</c> architecture: NeoX rotary (no q/k permutation), <c>attn_q_norm</c>/<c>attn_k_norm</c>.</summary>
     public GgufNames Gguf(ModelConfig config) => new("qwen3", PermuteQk: false);
