@@ -43,7 +43,17 @@ public sealed record ModelConfig
     [JsonPropertyName("rope_theta")] public double RopeTheta { get; init; } = 10000.0;
     [JsonPropertyName("rope_scaling")] public RopeScaling? RopeScaling { get; init; }
     [JsonPropertyName("max_position_embeddings")] public int MaxPositionEmbeddings { get; init; } = 2048;
-    [JsonPropertyName("tie_word_embeddings")] public bool TieWordEmbeddings { get; init; }
+    /// <summary>
+    /// Absent in some config.json files whose config class defaults it to true (SmolLM3-3B's has no such key): then the
+    /// family's <see cref="ICausalLMFamily.TiesEmbeddingsByDefault"/>; see <see cref="TieWordEmbeddings"/>.
+    /// </summary>
+    [JsonPropertyName("tie_word_embeddings")] public bool? TieWordEmbeddingsRaw { get; init; }
+    [JsonIgnore]
+    public bool TieWordEmbeddings
+    {
+        get => TieWordEmbeddingsRaw ?? (ModelFamilies.Find(ModelType) as ICausalLMFamily)?.TiesEmbeddingsByDefault ?? false;
+        init => TieWordEmbeddingsRaw = value;
+    }
     /// <summary>Qwen2 has q/k/v biases but no such field: see <see cref="HasQkvBias"/>.</summary>
     [JsonPropertyName("attention_bias")] public bool AttentionBias { get; init; }
     [JsonPropertyName("mlp_bias")] public bool MlpBias { get; init; }

@@ -1,6 +1,7 @@
 using ResLora.Models.Encoders;
 using ResLora.Models.Llama;
 using ResLora.Models.Qwen3;
+using ResLora.Models.SmolLM3;
 
 namespace ResLora.Models;
 
@@ -16,6 +17,7 @@ public static class ModelFamilies
     {
         LlamaFamily.Instance,
         Qwen3Family.Instance,
+        SmolLM3Family.Instance,
         BertFamily.Instance,
     };
 

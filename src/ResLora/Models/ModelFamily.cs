@@ -48,6 +48,9 @@ public interface ICausalLMFamily : IModelFamily
     /// Gemma 3 adds its local base for sliding layers, Phi-3 its partial/LongRoPE table.
     /// </summary>
     IReadOnlyList<Rotary> CreateRotaries(ModelConfig config, Device device) => new[] { new Rotary(config, device) };
+
+    /// <summary>What a config.json without <c>tie_word_embeddings</c> means: false for Llama/Qwen (their config classes' default), true for SmolLM3.</summary>
+    bool TiesEmbeddingsByDefault => false;
 }
 
 /// <summary>One decoder block: the unit the stack runs, checkpoints (<c>--grad-checkpoint</c>) and RoLoRA instruments.</summary>

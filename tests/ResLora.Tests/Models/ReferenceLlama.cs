@@ -8,7 +8,8 @@ namespace ResLora.Tests.Models;
 /// An independent LLaMA forward pass in plain tensor ops over a name → tensor state dict, written from the
 /// transformers equations (not from our modules): explicit softmax attention with a -inf causal mask, key/value
 /// heads repeated with repeat_interleave, rotary angles computed in float64 per (position, pair) from inverse
-/// frequencies written out here (not <see cref="Rotary.InverseFrequencies"/>).
+/// frequencies written out here (not <see cref="Rotary.InverseFrequencies"/>); SmolLM3's layers without rotary and its
+/// layer_types windows read from config.json's fields here, not through the family.
 /// </summary>
 internal static class ReferenceLlama
 {
@@ -50,6 +51,24 @@ internal static class ReferenceLlama
         return inv;
     }
 
+    /// <summary>
+    /// SmolLM3 (configuration_smollm3.py): layer l rotates iff no_rope_layers[l] == 1, or, without that list,
+    /// iff (l + 1) is not a multiple of no_rope_layer_interval (default 4). Every other family rotates every layer.
+    /// </summary>
+    public static bool UsesRope(ModelConfig c, int l)
+    {
+        if (c.ModelType != "smollm3") return true;
+        var list = c.Extra<int[]>("no_rope_layers");
+        return list is not null ? list[l] == 1 : (l + 1) % (c.Extra<int?>("no_rope_layer_interval") ?? 4) != 0;
+    }
+
+    /// <summary>SmolLM3's sliding layers: layer_types[l] == "sliding_attention", or without layer_types the NoPE layers when a window is set.</summary>
+    private static bool SmolLM3Sliding(ModelConfig c, int l, bool rope)
+    {
+        var types = c.Extra<string[]>("layer_types");
+        return types is not null ? types[l] == "sliding_attention" : c.SlidingWindow is not null && !rope;
+    }
+
     public static Tensor Logits(ModelConfig c, IReadOnlyDictionary<string, Tensor> w, long[] ids)
     {
         using var scope = torch.NewDisposeScope();
@@ -82,18 +101,22 @@ internal static class ReferenceLlama
         {
             string p = $"model.layers.{l}.";
             // Sliding window (modeling_mistral / modeling_qwen2): key j is hidden from query i when i - j >= window.
+            bool rope = UsesRope(c, l);
             int? window = c.ModelType switch
             {
                 "mistral" => c.SlidingWindow,
                 "qwen2" or "qwen3" when c.UseSlidingWindow && l >= (c.MaxWindowLayers ?? 0) => c.SlidingWindow,
+                "smollm3" when c.UseSlidingWindow && SmolLM3Sliding(c, l, rope) => c.SlidingWindow,
                 _ => null,
             };
             var hidden = window is int wnd ? causal.logical_or(torch.ones(t, t).tril(-wnd).to_type(ScalarType.Bool)) : causal;
             var hn = Norm(x, p + "input_layernorm.weight");
             // Qwen3: q_norm / k_norm, an RMSNorm over head_dim of each head, before rotary.
             Tensor HeadNorm(Tensor v, string name) => w.ContainsKey(name) ? Norm(v, name) : v;
-            var q = Rope(HeadNorm(Lin(hn, p + "self_attn.q_proj").view(t, nH, h), p + "self_attn.q_norm.weight").transpose(0, 1));
-            var k = Rope(HeadNorm(Lin(hn, p + "self_attn.k_proj").view(t, nKv, h), p + "self_attn.k_norm.weight").transpose(0, 1)).repeat_interleave(nH / nKv, 0);
+            // SmolLM3's NoPE layers: q and k enter the scores unrotated.
+            Func<Tensor, Tensor> maybeRope = rope ? Rope : v => v;
+            var q = maybeRope(HeadNorm(Lin(hn, p + "self_attn.q_proj").view(t, nH, h), p + "self_attn.q_norm.weight").transpose(0, 1));
+            var k = maybeRope(HeadNorm(Lin(hn, p + "self_attn.k_proj").view(t, nKv, h), p + "self_attn.k_norm.weight").transpose(0, 1)).repeat_interleave(nH / nKv, 0);
             var v = Lin(hn, p + "self_attn.v_proj").view(t, nKv, h).transpose(0, 1).repeat_interleave(nH / nKv, 0);
             var scores = q.matmul(k.transpose(1, 2)) / Math.Sqrt(h);
             scores = scores.masked_fill(hidden, double.NegativeInfinity);

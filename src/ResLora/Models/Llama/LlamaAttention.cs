@@ -6,7 +6,8 @@ namespace ResLora.Models.Llama;
 /// Grouped-query self-attention of the LLaMA family (modeling_llama.py LlamaAttention): q/k/v projections
 /// (q/k/v biases for Qwen2), rotary embeddings on q and k, key/value heads repeated to the query heads, scaled
 /// dot-product attention under a causal (and padding, and sliding-window) mask, output projection. Qwen3's variant
-/// normalizes each head of q and k (<c>q_norm</c>, <c>k_norm</c>: RMSNorm over head_dim) before rotary.
+/// normalizes each head of q and k (<c>q_norm</c>, <c>k_norm</c>: RMSNorm over head_dim) before rotary. SmolLM3's NoPE
+/// layers skip rotary (modeling_smollm3.py: <c>if self.use_rope</c>), so their q·k depends on content only.
 /// </summary>
 public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
 {
@@ -17,6 +18,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
     [ComponentName(Name = "q_norm")] private readonly RmsNorm? _qNorm;
     [ComponentName(Name = "k_norm")] private readonly RmsNorm? _kNorm;
     private readonly int _heads, _kvHeads, _headDim, _layer;
+    private readonly bool _useRope;
 
     public LlamaAttention(ModelConfig c, LlamaVariant variant, int layer, ILinearFactory factory, ScalarType dtype, Device device) : base("LlamaAttention")
     {
@@ -24,6 +26,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         _kvHeads = c.NumKeyValueHeads;
         _headDim = c.HeadDim;
         _layer = layer;
+        _useRope = variant.UsesRope(layer);
         string p = $"model.layers.{layer}.self_attn.";
         bool qkvBias = variant.QkvBias;
         _qProj = factory.Create(new LinearSpec(p + "q_proj", "q_proj", layer, c.HiddenSize, _heads * _headDim, qkvBias), dtype, device);
@@ -57,8 +60,11 @@ public sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         q = q.transpose(1, 2);
         k = k.transpose(1, 2);
         var v = _vProj.call(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
-        q = Rotary.Apply(q, cos, sin);
-        k = Rotary.Apply(k, cos, sin);
+        if (_useRope)
+        {
+            q = Rotary.Apply(q, cos, sin);
+            k = Rotary.Apply(k, cos, sin);
+        }
         if (cache is not null) (k, v) = cache.Append(_layer, k, v);
         // Grouped-query attention: each key/value head serves heads/kvHeads query heads (transformers' repeat_kv).
         int rep = _heads / _kvHeads;

@@ -27,9 +27,9 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>
-/// A LLaMA-architecture causal LM (Llama 1/2/3, Mistral, Qwen2, Qwen3, TinyLlama, SmolLM) with Hugging Face's module names
+/// A LLaMA-architecture causal LM (Llama 1/2/3, Mistral, Qwen2, Qwen3, TinyLlama, SmolLM, SmolLM3) with Hugging Face's module names
 /// and state-dict keys (<c>model.layers.{i}.self_attn.q_proj.weight</c>). What differs between those families (q/k/v
-/// biases, per-head q/k norms, sliding windows) is a <see cref="LlamaVariant"/> their descriptors choose. Every projection
+/// biases, per-head q/k norms, sliding windows, layers without rotary) is a <see cref="LlamaVariant"/> their descriptors choose. Every projection
 /// is built through one <see cref="ILinearFactory"/>, which is where adapters are decided.
 /// </summary>
 public sealed class LlamaForCausalLM : CausalLM
@@ -99,6 +99,12 @@ public sealed class LlamaForCausalLM : CausalLM
 
 /// <summary>
 /// What distinguishes the LLaMA-architecture families: q/k/v biases (Qwen2, or <c>attention_bias</c>), an RMSNorm over
-/// each head of q and k before rotary (Qwen3's <c>q_norm</c>/<c>k_norm</c>), and each layer's sliding window.
+/// each head of q and k before rotary (Qwen3's <c>q_norm</c>/<c>k_norm</c>), each layer's sliding window, and whether a
+/// layer applies rotary at all (<see cref="RopeOfLayer"/>: SmolLM3's NoPE layers attend by content only; null = every
+/// layer rotates, as in Llama, Mistral, Qwen2 and Qwen3).
 /// </summary>
-public sealed record LlamaVariant(bool QkvBias, bool HeadNorms, Func<int, int?> WindowOfLayer);
+public sealed record LlamaVariant(bool QkvBias, bool HeadNorms, Func<int, int?> WindowOfLayer, Func<int, bool>? RopeOfLayer = null)
+{
+    /// <summary>Whether layer <paramref name="layer"/> rotates q and k.</summary>
+    public bool UsesRope(int layer) => RopeOfLayer?.Invoke(layer) ?? true;
+}
