@@ -36,6 +36,7 @@ public sealed class FamilyContractTests : IDisposable
             "mistral" => c with { SlidingWindow = 6 },
             "qwen2" => c with { SlidingWindow = 8, UseSlidingWindow = true, MaxWindowLayers = 1 },
             "qwen3" => c with { HeadDimRaw = 12, TieWordEmbeddings = true },
+            "smollm3" => (c with { TieWordEmbeddings = true }).WithExtra("no_rope_layers", new[] { 1, 0 }),
             _ => c,
         };
     }
