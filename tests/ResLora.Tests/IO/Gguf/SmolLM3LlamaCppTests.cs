@@ -10,7 +10,7 @@ namespace ResLora.Tests.IO.Gguf;
 /// <summary>
 /// SmolLM3's GGUF export run by llama.cpp's <c>smollm3</c> architecture (LLamaSharp): the logits of a model whose every 4th
 /// layer has no rotary equal ours, greedy continuations agree, and a LoRA fine-tune trained and merged from the CLI
-/// continues in llama.cpp exactly as the fine-tuned model does here.
+/// continues in llama.cpp exactly as the fine-tuned model does here, merged or as a GGUF LoRA adapter.
 /// </summary>
 [Collection("console")]
 public sealed class SmolLM3LlamaCppTests
@@ -103,6 +103,16 @@ public sealed class SmolLM3LlamaCppTests
             Assert.True(rel < 1e-4, $"relative logit error {rel}");
             Assert.True(fromBase > 1e-3, "training must have moved the model for the check to mean something");
             Assert.Equal(OurGreedy(tuned, prompt, 16), cpp.Greedy(prompt, 16));
+
+            // The same fine-tune as a llama.cpp LoRA adapter over the base GGUF (lora_b rows of q/k permuted as the base's).
+            string baseGguf = Path.Combine(dir, "base.gguf"), loraGguf = Path.Combine(dir, "lora.gguf");
+            GgufExport.Export(model, null, baseGguf, GgmlType.F32, new RuntimeOptions());
+            GgufLoraExport.Export(model, adapter, loraGguf, new RuntimeOptions(), new ExportOptions());
+            using var cppBase = new LlamaCppRunner(baseGguf);
+            var lora = cppBase.Weights.NativeHandle.LoadLoraFromFile(loraGguf);
+            double relLora = RelativeError(OurLogits(tuned, ids), cppBase.Logits(ids, lora));
+            _out.WriteLine($"fine-tuned smollm3 vs llama.cpp base GGUF + GGUF LoRA: {relLora:0.###e0}");
+            Assert.True(relLora < 1e-4, $"GGUF LoRA: relative logit error {relLora}");
         });
     }
 }
