@@ -1,3 +1,4 @@
+using ResLora.Models.Deberta;
 using ResLora.Models.Encoders;
 using ResLora.Models.Llama;
 using ResLora.Models.Qwen3;
@@ -17,6 +18,7 @@ public static class ModelFamilies
         LlamaFamily.Instance,
         Qwen3Family.Instance,
         BertFamily.Instance,
+        DebertaFamily.Instance,
     };
 
     public static IReadOnlyList<IModelFamily> All => BuiltIn;

@@ -74,7 +74,8 @@ public static class Classification
         foreach (var e in examples)
         {
             var input = tok.EncodeForModel(e.Text, e.Pair, seqLen);
-            if (input.TypeIds.Any(t => t >= config.TypeVocabSize))
+            // A model without token types (DeBERTa-v3: type_vocab_size 0) ignores them, as transformers does.
+            if (config.TypeVocabSize > 0 && input.TypeIds.Any(t => t >= config.TypeVocabSize))
                 throw new UserInputException($"{source}: line {e.Line} is a sentence pair, but the model has {config.TypeVocabSize} token type(s) and its tokenizer gives the second text type 1; drop --text-pair-field or use a tokenizer.json whose post-processor keeps type 0.");
             list.Add(new EncodedExample(input, e.Label, e.Value));
         }
