@@ -46,7 +46,7 @@ public sealed record ClassificationTaskRecord
 }
 
 /// <summary>
-/// Sequence classification and regression on BERT-family encoders: loading, prediction, metrics and merging into a
+/// Sequence classification and regression on encoders (BERT family, DeBERTa-v2/v3): loading, prediction, metrics and merging into a
 /// complete <c>*ForSequenceClassification</c> folder. Training is <see cref="FineTuning.Run"/>'s (an adapter plus a fully
 /// trained head saved as PEFT's <c>modules_to_save</c> for SEQ_CLS).
 /// </summary>
@@ -54,6 +54,10 @@ public static class Classification
 {
     /// <summary>PEFT's default targets for BERT-family models.</summary>
     public static readonly ModuleTargets DefaultTargets = ModuleTargets.List(BertFamily.Instance.DefaultTargets.ToArray());
+
+    /// <summary>PEFT's default targets for the encoder family of <paramref name="modelDir"/> (BERT's when it is not an encoder folder).</summary>
+    public static ModuleTargets DefaultTargetsOf(string modelDir) =>
+        ModelFamilies.OfFolder(modelDir) is { Kind: ModelKind.Encoder } f ? ModuleTargets.List(f.DefaultTargets.ToArray()) : DefaultTargets;
 
     /// <summary>Whether the folder holds a BERT-family encoder (its config.json names bert/roberta/xlm-roberta).</summary>
     public static bool IsEncoderFolder(string modelDir) => ModelFamilies.OfFolder(modelDir)?.Kind == ModelKind.Encoder;

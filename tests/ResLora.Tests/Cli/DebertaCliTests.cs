@@ -67,4 +67,27 @@ public sealed class DebertaCliTests : IDisposable
             foreach (var label in new[] { "neg", "pos" })
                 Assert.Equal(a[i]["probabilities"]![label]!.GetValue<double>(), b[i]["probabilities"]![label]!.GetValue<double>(), 5);
     }
+
+    /// <summary>
+    /// ResLoRA's is/ms pass tensors along each chain within a forward; the positional projections (query_proj/key_proj on the
+    /// shared rel_embeddings) run in a forward context of their own, so the chains never see a (1, 2·span, hidden) input
+    /// next to a (batch, seq, hidden) one, which would stop the forward.
+    /// </summary>
+    [Theory]
+    [InlineData("reslora-is")]
+    [InlineData("reslora-ms")]
+    public void Train_ResLoraChains_OnSharedKeyDeberta_RunAndMerge(string method)
+    {
+        var (model, _, _) = ReferenceDeberta.WriteFolder(Path.Combine(_dir, "deberta"), ReferenceDeberta.V3Json(), seed: 2);
+        string data = Path.Combine(_dir, "train.tsv");
+        File.WriteAllLines(data, new[] { "sentence\tlabel", "the movie was good\tpos", "the plot was bad\tneg", "it was great fun\tpos", "the film was dull\tneg" });
+        string adapter = Path.Combine(_dir, method);
+        var train = CliHarness.Run("train", "--model", model, "--task", "classify", "--data", data, "--text-field", "sentence", "--method", method,
+            "--targets", "query_proj,key_proj,value_proj", "--steps", "2", "--batch-size", "2", "--eval-fraction", "0", "--out", adapter, "--threads", "1");
+        Assert.True(train.Rc == 0, train.Err);
+        var merge = CliHarness.Run("merge", "--model", model, "--adapter", adapter, "--out", Path.Combine(_dir, method + "-merged"), "--threads", "1");
+        Assert.True(merge.Rc == 0, merge.Err);
+        var inspect = CliHarness.Run("inspect", "--model", model);
+        Assert.Contains("the default for --task classify is [query_proj, value_proj]", inspect.Out);
+    }
 }
