@@ -112,10 +112,24 @@ public sealed class DebertaTests : IDisposable
     /// <summary>microsoft/deberta-v3-base's config.json fields that shape the model.</summary>
     private static JsonObject V3Base() => new()
     {
-        ["model_type"] = "deberta-v2", ["vocab_size"] = 128100, ["hidden_size"] = 768, ["num_hidden_layers"] = 12, ["num_attention_heads"] = 12,
-        ["intermediate_size"] = 3072, ["max_position_embeddings"] = 512, ["type_vocab_size"] = 0, ["relative_attention"] = true,
-        ["position_buckets"] = 256, ["max_relative_positions"] = -1, ["pos_att_type"] = "p2c|c2p", ["norm_rel_ebd"] = "layer_norm",
-        ["share_att_key"] = true, ["position_biased_input"] = false, ["layer_norm_eps"] = 1e-7, ["hidden_act"] = "gelu", ["pad_token_id"] = 0,
+        ["model_type"] = "deberta-v2",
+        ["vocab_size"] = 128100,
+        ["hidden_size"] = 768,
+        ["num_hidden_layers"] = 12,
+        ["num_attention_heads"] = 12,
+        ["intermediate_size"] = 3072,
+        ["max_position_embeddings"] = 512,
+        ["type_vocab_size"] = 0,
+        ["relative_attention"] = true,
+        ["position_buckets"] = 256,
+        ["max_relative_positions"] = -1,
+        ["pos_att_type"] = "p2c|c2p",
+        ["norm_rel_ebd"] = "layer_norm",
+        ["share_att_key"] = true,
+        ["position_biased_input"] = false,
+        ["layer_norm_eps"] = 1e-7,
+        ["hidden_act"] = "gelu",
+        ["pad_token_id"] = 0,
     };
 
     [Fact]
