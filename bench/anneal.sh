@@ -2,17 +2,19 @@
 # ResLoRA shortcut annealing on the demo's task (issue 31, first measurement): the demo's trained base, its
 # multiplication word problems (600 train / 100 held out), rank 8, alpha 16, all linear modules, lr 3e-3, 200 steps,
 # batch 16, warm-up 20 — the demo's own settings — for LoRA, ResLoRA is/ms, and is/ms with --anneal-shortcuts K.
-# For each: held-out accuracy of the unmerged adapter, of the merged model, and how many of the merged model's answers
-# equal the unmerged model's (what a user sees after `reslora merge`).
-# Usage: bench/anneal.sh [--seeds "7 8"] [--anneal K] [--out DIR]. Run it alone (a 2-core machine shared with another
-# job measures that job); about 10 minutes for two seeds here.
+# For each: held-out accuracy (first 100 held-out questions, greedy) of the unmerged adapter, of the merged model, of
+# ResLoRA exported to a plain LoRA by the least-squares fold and by fold + distillation, and how many of each one's
+# answers equal the unmerged model's (what a user sees after `reslora merge` / `export`); training wall time.
+# Usage: bench/anneal.sh [--seeds "7 8 9"] [--anneal "150"] [--distill 300] [--out DIR]. Run it alone (a 2-core machine
+# shared with another job measures that job); about 8 minutes per seed here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SEEDS="7 8"; K=50; OUT=reslora-bench/anneal
+SEEDS="7 8 9"; ANNEAL="150"; DISTILL=300; OUT=reslora-bench/anneal
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS="$2"; shift 2 ;;
-    --anneal) K="$2"; shift 2 ;;
+    --anneal) ANNEAL="$2"; shift 2 ;;
+    --distill) DISTILL="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     *) echo "bench/anneal.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -25,31 +27,72 @@ mkdir -p "$OUT"
 BASE=$(grep -o 'Cached at `[^`]*`' "$OUT/demo/report.md" | sed 's/Cached at `\(.*\)`/\1/')
 [ -f "$BASE/config.json" ] || { echo "bench/anneal.sh: no demo base found (see $OUT/demo.log)" >&2; exit 1; }
 TRAIN="$OUT/demo/data/train.jsonl"; EVAL="$OUT/demo/data/eval.jsonl"
-printf '| seed | method | final train loss | held-out loss | accuracy unmerged | accuracy merged | merged = unmerged answers | merge |\n|---|---|---|---|---|---|---|---|\n' > "$OUT/table.md"
-for S in $SEEDS; do
-  for CFG in "lora" "reslora-is" "reslora-is --anneal-shortcuts $K" "reslora-ms" "reslora-ms --anneal-shortcuts $K"; do
-    NAME=$(echo "$CFG" | sed 's/ --anneal-shortcuts /-anneal/')
-    D="$OUT/s$S-$NAME"; rm -rf "$D" "$D-merged"
-    # shellcheck disable=SC2086
-    "$R" train --model "$BASE" --data "$TRAIN" --eval-data "$EVAL" --method $CFG --rank 8 --alpha 16 --targets all-linear \
-      --lr 3e-3 --steps 200 --batch-size 16 --warmup-steps 20 --seq-len 128 --seed "$S" --eval-generate 0 --out "$D" > "$D.train.log" 2>&1
-    "$R" eval --model "$BASE" --adapter "$D" --data "$EVAL" --accuracy-examples 100 --max-new-tokens 4 --predictions "$D.unmerged.jsonl" > "$D.eval.log" 2>&1
-    "$R" merge --model "$BASE" --adapter "$D" --out "$D-merged" > "$D.merge.log" 2>&1
-    "$R" eval --model "$D-merged" --data "$EVAL" --accuracy-examples 100 --max-new-tokens 4 --predictions "$D.merged.jsonl" > "$D.evalm.log" 2>&1
-    python3 - "$S" "$NAME" "$D" >> "$OUT/table.md" <<'PY'
-import json, re, sys
-seed, name, d = sys.argv[1:]
-summary = json.load(open(d + "/train_summary.json"))
-def acc(f):
-    rows = [json.loads(l) for l in open(f)]
-    return rows, sum(1 for r in rows if r.get("correct")) / len(rows)
-u, au = acc(d + ".unmerged.jsonl"); m, am = acc(d + ".merged.jsonl")
-agree = sum(1 for a, b in zip(u, m) if a.get("generated") == b.get("generated")) / len(u)
-merge = open(d + ".merge.log").read()
-kind = re.search(r"merged \d+ (.*?) modules", merge)
-print(f"| {seed} | {name} | {summary.get('final_train_loss', float('nan')):.4f} | {summary.get('final_eval_loss', float('nan')):.4f} | {au:.0%} | {am:.0%} | {agree:.0%} | {kind.group(1) if kind else '?'} |")
+printf '| seed | variant | train s | final train loss | held-out loss | accuracy | = unmerged answers | how it is served |\n|---|---|---|---|---|---|---|---|\n' > "$OUT/table.md"
+: > "$OUT/rows.jsonl"
+row() { # seed variant dir predictions reference-predictions how
+  python3 - "$@" >> "$OUT/table.md" <<'PY'
+import json, sys
+seed, name, d, pred, ref, how = sys.argv[1:]
+s = json.load(open(d + "/train_summary.json"))
+def rows(f): return [json.loads(l) for l in open(f)]
+p, r = rows(pred), rows(ref)
+acc = sum(1 for x in p if x.get("correct")) / len(p)
+agree = sum(1 for a, b in zip(p, r) if a.get("generated") == b.get("generated")) / len(p)
+rec = dict(seed=int(seed), variant=name, wall=s.get("wall_seconds"), train_loss=s.get("final_train_loss"), eval_loss=s.get("final_eval_loss"), accuracy=acc, agree=agree, how=how)
+open(sys.argv[3].rsplit("/", 1)[0] + "/rows.jsonl", "a").write(json.dumps(rec) + "\n")
+print(f"| {seed} | {name} | {rec['wall']:.1f} | {rec['train_loss']:.4f} | {rec['eval_loss']:.4f} | {acc:.0%} | {agree:.0%} | {how} |")
 PY
-    tail -1 "$OUT/table.md"
+  tail -1 "$OUT/table.md"
+}
+ev() { # predictions-file eval-args...
+  local pred="$1"; shift
+  "$R" eval "$@" --data "$EVAL" --accuracy-examples 100 --max-new-tokens 4 --predictions "$pred" > "$pred.log" 2>&1
+}
+for S in $SEEDS; do
+  CFGS="lora reslora-is reslora-ms"
+  for K in $ANNEAL; do CFGS="$CFGS reslora-is:$K reslora-ms:$K"; done
+  for CFG in $CFGS; do
+    METHOD=${CFG%%:*}; NAME=$METHOD; EXTRA=""
+    if [ "$CFG" != "$METHOD" ]; then NAME="$METHOD-anneal${CFG##*:}"; EXTRA="--anneal-shortcuts ${CFG##*:}"; fi
+    D="$OUT/s$S-$NAME"; rm -rf "$D" "$D-merged" "$D-fold" "$D-distill"
+    # shellcheck disable=SC2086
+    "$R" train --model "$BASE" --data "$TRAIN" --eval-data "$EVAL" --method $METHOD $EXTRA --rank 8 --alpha 16 --targets all-linear \
+      --lr 3e-3 --steps 200 --batch-size 16 --warmup-steps 20 --seq-len 128 --seed "$S" --eval-generate 0 --out "$D" > "$D.train.log" 2>&1
+    ev "$D.unmerged.jsonl" --model "$BASE" --adapter "$D"
+    "$R" merge --model "$BASE" --adapter "$D" --out "$D-merged" > "$D.merge.log" 2>&1
+    ev "$D.merged.jsonl" --model "$D-merged"
+    KIND=$(grep -oE 'merged [0-9]+ .*? modules' "$D.merge.log" | head -1 | sed -E 's/merged [0-9]+ (.*) modules/\1/')
+    if [ "$METHOD" = lora ]; then
+      row "$S" "$NAME" "$D" "$D.unmerged.jsonl" "$D.unmerged.jsonl" "adapter"
+      row "$S" "$NAME merged" "$D" "$D.merged.jsonl" "$D.unmerged.jsonl" "merged (${KIND:-?})"
+      continue
+    fi
+    row "$S" "$NAME unmerged" "$D" "$D.unmerged.jsonl" "$D.unmerged.jsonl" "adapter with shortcuts"
+    row "$S" "$NAME merged" "$D" "$D.merged.jsonl" "$D.unmerged.jsonl" "merged (${KIND:-?})"
+    if [ -z "$EXTRA" ]; then
+      # (c) the least-squares fold to a plain LoRA and (d) the fold followed by distillation, as `export --as lora` does.
+      "$R" export --model "$BASE" --adapter "$D" --as lora --out "$D-fold" > "$D.fold.log" 2>&1
+      ev "$D.fold.jsonl" --model "$BASE" --adapter "$D-fold"
+      row "$S" "$NAME fold" "$D" "$D.fold.jsonl" "$D.unmerged.jsonl" "export --as lora"
+      "$R" export --model "$BASE" --adapter "$D" --as lora --distill "$DISTILL" --out "$D-distill" > "$D.distill.log" 2>&1
+      ev "$D.distill.jsonl" --model "$BASE" --adapter "$D-distill"
+      row "$S" "$NAME fold+distill" "$D" "$D.distill.jsonl" "$D.unmerged.jsonl" "export --as lora --distill $DISTILL"
+    fi
   done
 done
-echo "table: $OUT/table.md"
+# Means over the seeds, one line per variant.
+python3 - "$OUT/rows.jsonl" > "$OUT/summary.md" <<'PY'
+import json, statistics as st, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+order = []
+for r in rows:
+    if r["variant"] not in order: order.append(r["variant"])
+print("| variant | seeds | train s | held-out loss | accuracy (mean ± sd) | = unmerged answers |\n|---|---|---|---|---|---|")
+for v in order:
+    g = [r for r in rows if r["variant"] == v]
+    acc = [r["accuracy"] for r in g]
+    sd = st.stdev(acc) if len(acc) > 1 else 0.0
+    print(f"| {v} | {len(g)} | {st.mean(r['wall'] for r in g):.1f} | {st.mean(r['eval_loss'] for r in g):.4f} | {st.mean(acc):.1%} ± {sd:.1%} | {st.mean(r['agree'] for r in g):.0%} |")
+PY
+cat "$OUT/summary.md"
+echo "table: $OUT/table.md, means: $OUT/summary.md"

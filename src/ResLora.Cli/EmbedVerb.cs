@@ -11,7 +11,7 @@ internal static class EmbedVerb
 {
     public static Command Build()
     {
-        var model = new Option<string>("--model") { Description = "BERT-family encoder folder (config.json, model.safetensors, vocab.txt or tokenizer.json); a merged classifier works too.", Required = true };
+        var model = new Option<string>("--model") { Description = "Encoder folder (BERT family or DeBERTa-v2/v3: config.json, model.safetensors, vocab.txt or tokenizer.json); a merged classifier works too.", Required = true };
         var text = new Option<string[]>("--text") { Description = "A text to embed (repeat for several).", AllowMultipleArgumentsPerToken = false };
         var data = new Option<string?>("--data") { Description = "Texts to embed: a .txt file (one per line) or .jsonl (field --text-field)." };
         var textField = new Option<string>("--text-field") { Description = "The text field of a .jsonl --data file.", DefaultValueFactory = _ => "text" };
@@ -21,7 +21,7 @@ internal static class EmbedVerb
         var batch = new Option<int>("--batch-size") { Description = "Texts per forward pass.", DefaultValueFactory = _ => 16 };
         var output = new Option<string?>("--out") { Description = "Write the JSON lines to this file (default: standard output)." };
         var rt = new RuntimeOptionSet();
-        var cmd = new Command("embed", "Sentence embeddings from a BERT-family encoder, one JSON line per text: {\"index\", \"text\", \"embedding\"}.");
+        var cmd = new Command("embed", "Sentence embeddings from an encoder (BERT family, DeBERTa-v2/v3), one JSON line per text: {\"index\", \"text\", \"embedding\"}.");
         foreach (var o in new Option[] { model, text, data, textField, pooling, normalize, seqLen, batch, output }) cmd.Options.Add(o);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>

@@ -94,7 +94,7 @@ internal static class InspectVerb
         var lin = new Table().AddColumn(grouped ? "linear module (--targets name)" : "linear module").AddColumn("out × in").AddColumn("count");
         foreach (var x in info.Linears) lin.AddRow(Markup.Escape(x.Name), $"{x.Out} × {x.In}", x.Count.ToString(CultureInfo.InvariantCulture));
         console.Write(lin);
-        Console.Out.WriteLine($"--targets takes these names (comma-separated) or all-linear; the default for --task classify is {Classification.DefaultTargets}.");
+        Console.Out.WriteLine($"--targets takes these names (comma-separated) or all-linear; the default for --task classify is {Classification.DefaultTargetsOf(dir)}.");
         return 0;
     }
 

@@ -1,3 +1,4 @@
+using ResLora.Models.Deberta;
 using ResLora.Models.Encoders;
 using ResLora.Models.Llama;
 using ResLora.Models.Qwen3;
@@ -19,6 +20,7 @@ public static class ModelFamilies
         Qwen3Family.Instance,
         SmolLM3Family.Instance,
         BertFamily.Instance,
+        DebertaFamily.Instance,
     };
 
     public static IReadOnlyList<IModelFamily> All => BuiltIn;

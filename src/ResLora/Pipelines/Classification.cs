@@ -46,7 +46,7 @@ public sealed record ClassificationTaskRecord
 }
 
 /// <summary>
-/// Sequence classification and regression on BERT-family encoders: loading, prediction, metrics and merging into a
+/// Sequence classification and regression on encoders (BERT family, DeBERTa-v2/v3): loading, prediction, metrics and merging into a
 /// complete <c>*ForSequenceClassification</c> folder. Training is <see cref="FineTuning.Run"/>'s (an adapter plus a fully
 /// trained head saved as PEFT's <c>modules_to_save</c> for SEQ_CLS).
 /// </summary>
@@ -54,6 +54,10 @@ public static class Classification
 {
     /// <summary>PEFT's default targets for BERT-family models.</summary>
     public static readonly ModuleTargets DefaultTargets = ModuleTargets.List(BertFamily.Instance.DefaultTargets.ToArray());
+
+    /// <summary>PEFT's default targets for the encoder family of <paramref name="modelDir"/> (BERT's when it is not an encoder folder).</summary>
+    public static ModuleTargets DefaultTargetsOf(string modelDir) =>
+        ModelFamilies.OfFolder(modelDir) is { Kind: ModelKind.Encoder } f ? ModuleTargets.List(f.DefaultTargets.ToArray()) : DefaultTargets;
 
     /// <summary>Whether the folder holds a BERT-family encoder (its config.json names bert/roberta/xlm-roberta).</summary>
     public static bool IsEncoderFolder(string modelDir) => ModelFamilies.OfFolder(modelDir)?.Kind == ModelKind.Encoder;
@@ -74,7 +78,8 @@ public static class Classification
         foreach (var e in examples)
         {
             var input = tok.EncodeForModel(e.Text, e.Pair, seqLen);
-            if (input.TypeIds.Any(t => t >= config.TypeVocabSize))
+            // A model without token types (DeBERTa-v3: type_vocab_size 0) ignores them, as transformers does.
+            if (config.TypeVocabSize > 0 && input.TypeIds.Any(t => t >= config.TypeVocabSize))
                 throw new UserInputException($"{source}: line {e.Line} is a sentence pair, but the model has {config.TypeVocabSize} token type(s) and its tokenizer gives the second text type 1; drop --text-pair-field or use a tokenizer.json whose post-processor keeps type 0.");
             list.Add(new EncodedExample(input, e.Label, e.Value));
         }

@@ -1,14 +1,14 @@
 using ResLora.Adapters;
 using ResLora.IO;
-using ResLora.Text;
 using ResLora.Models.Encoders;
+using ResLora.Text;
 using ResLora.Training;
 using ResLora.Training.Classification;
 
 namespace ResLora.Pipelines;
 
 /// <summary>
-/// Sequence classification or regression on a BERT-family encoder: labelled data, a new head trained fully and saved as
+/// Sequence classification or regression on an encoder (BERT family, DeBERTa-v2/v3): labelled data, a new head trained fully and saved as
 /// PEFT's <c>modules_to_save</c> (SEQ_CLS), and <see cref="ClassificationTaskRecord"/> beside the adapter.
 /// </summary>
 internal sealed class ClassifierFineTune(FineTuneRequest req) : FineTuneTask(req)
@@ -25,11 +25,11 @@ internal sealed class ClassifierFineTune(FineTuneRequest req) : FineTuneTask(req
     {
         var req = Request;
         string dir = req.ModelDir;
-        if (req.GradCheckpoint) throw new UserInputException($"--grad-checkpoint recomputes LLaMA-family decoder layers; {dir} is a BERT-family encoder. Drop --grad-checkpoint.");
-        if (req.TrainOnPrompt) throw new UserInputException($"--train-on-prompt is for causal LMs (prompt/completion, Alpaca and chat data); {dir} is a BERT-family encoder trained on labels. Drop --train-on-prompt.");
+        if (req.GradCheckpoint) throw new UserInputException($"--grad-checkpoint recomputes LLaMA-family decoder layers; {dir} is an encoder. Drop --grad-checkpoint.");
+        if (req.TrainOnPrompt) throw new UserInputException($"--train-on-prompt is for causal LMs (prompt/completion, Alpaca and chat data); {dir} is an encoder trained on labels. Drop --train-on-prompt.");
         if (req.Method.ModulesToSave is not null) throw new UserInputException("--modules-to-save is for causal LMs; an encoder's classification head is already trained and saved as modules_to_save. Drop --modules-to-save.");
         if (req.Runtime.BaseStorage != BaseWeightStorage.Full)
-            throw new UserInputException($"--base-bits {req.Runtime.BaseBits} packs the bases of LLaMA-family decoders; {dir} is a BERT-family encoder, whose base stays full precision. Drop --base-bits.");
+            throw new UserInputException($"--base-bits {req.Runtime.BaseBits} packs the bases of LLaMA-family decoders; {dir} is an encoder, whose base stays full precision. Drop --base-bits.");
         var stored = EncoderConfig.Load(dir);
         (_, _pairs) = Classification.LoadTokenizer(dir);
         if (req.SeqLen is < 3) throw new UserInputException($"--seq-len must be at least 3 for an encoder ([CLS] text [SEP]), got {req.SeqLen}.");

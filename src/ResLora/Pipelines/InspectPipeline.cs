@@ -67,7 +67,7 @@ public static class InspectPipeline
             var other => other.ToString().ToLowerInvariant(),
         };
         // Module paths as the classification model names them (what --targets is matched against).
-        var linears = BertEncoder.ExpectedWeights(config, layout.HasPooler)
+        var linears = EncoderFamilies.Of(config).EncoderWeights(config)
             .Where(kv => kv.Key.StartsWith("encoder.layer.", StringComparison.Ordinal) && kv.Key.EndsWith(".weight", StringComparison.Ordinal) && kv.Value.Length == 2)
             .Select(kv => new LinearModuleInfo(config.BaseModelPrefix + "." + kv.Key[..^".weight".Length], kv.Value[0], kv.Value[1], 1))
             .ToList();

@@ -15,14 +15,14 @@ public enum EmbeddingPooling
     Cls,
 }
 
-/// <summary>Sentence embeddings from a BERT-family encoder (<c>reslora embed</c>).</summary>
+/// <summary>Sentence embeddings from an encoder (BERT family, DeBERTa-v2) (<c>reslora embed</c>).</summary>
 public static class SentenceEmbeddings
 {
     /// <summary>
     /// One vector per text: the encoder's last hidden states pooled over real tokens (or the first token), L2-normalised
     /// when <paramref name="normalize"/>; texts longer than <paramref name="seqLen"/> tokens are cut.
     /// </summary>
-    public static List<float[]> Embed(BertEncoder model, ISentencePairTokenizer tok, IReadOnlyList<string> texts, EmbeddingPooling pooling, bool normalize, int seqLen = 256, int batchSize = 16)
+    public static List<float[]> Embed(SequenceEncoder model, ISentencePairTokenizer tok, IReadOnlyList<string> texts, EmbeddingPooling pooling, bool normalize, int seqLen = 256, int batchSize = 16)
     {
         if (batchSize < 1) throw new UserInputException($"--batch-size must be ≥ 1, got {batchSize}.");
         seqLen = Math.Min(seqLen, model.Config.MaxInputLength);

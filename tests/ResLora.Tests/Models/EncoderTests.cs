@@ -83,7 +83,7 @@ public sealed class EncoderTests : IDisposable
 
     [Theory]
     [InlineData("llama", "not an encoder")]
-    [InlineData("deberta-v2", "DeBERTa")]
+    [InlineData("deberta", "DeBERTa")]
     public void EncoderConfig_OtherModelType_SaysWhatIsSupported(string type, string expected)
     {
         var json = TinyEncoders.ConfigJson();

@@ -252,7 +252,7 @@ public sealed class EncoderPooler : nn.Module<Tensor, Tensor>
 /// <see cref="ILinearFactory"/>, so every adapter method applies; the constructor's prefix is the module path of this
 /// encoder inside its parent (<c>bert.</c> in a classification model, empty on its own).
 /// </summary>
-public sealed class BertEncoder : nn.Module<Tensor, Tensor>
+public sealed class BertEncoder : SequenceEncoder
 {
 #pragma warning disable IDE1006
     private readonly EncoderEmbeddings embeddings;
@@ -261,12 +261,10 @@ public sealed class BertEncoder : nn.Module<Tensor, Tensor>
 #pragma warning restore IDE1006
     private readonly IForwardLifecycle? _lifecycle;
 
-    public BertEncoder(EncoderConfig config, ILinearFactory? factory, ScalarType dtype, Device device, string prefix = "", bool withPooler = true) : base("encoder_model")
+    public BertEncoder(EncoderConfig config, ILinearFactory? factory, ScalarType dtype, Device device, string prefix = "", bool withPooler = true)
+        : base("encoder_model", config, dtype, device)
     {
         config.Validate();
-        Config = config;
-        Dtype = dtype;
-        Device = device;
         var f = factory ?? PlainLinearFactory.Instance;
         _lifecycle = f as IForwardLifecycle;
         embeddings = new EncoderEmbeddings(config, dtype, device);
@@ -275,33 +273,21 @@ public sealed class BertEncoder : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public EncoderConfig Config { get; }
-    public ScalarType Dtype { get; }
-    public Device Device { get; }
     public bool HasPooler => pooler is not null;
     public IReadOnlyList<EncoderLayer> Layers => encoder.Layers;
 
-    public override Tensor forward(Tensor inputIds) => HiddenStates(inputIds, null, null);
-
-    /// <summary>Last hidden states (batch, seq, hidden); <paramref name="attentionMask"/> 1 = token, 0 = padding.</summary>
-    public Tensor HiddenStates(Tensor inputIds, Tensor? attentionMask, Tensor? tokenTypeIds)
+    /// <inheritdoc/>
+    public override Tensor HiddenStates(Tensor inputIds, Tensor? attentionMask, Tensor? tokenTypeIds)
     {
         using var scope = torch.NewDisposeScope();
         using var forwardContext = _lifecycle?.BeginForward();
         long t = inputIds.shape[1];
-        if (t > Config.MaxInputLength)
-            throw new UserInputException($"input of {t} tokens exceeds the encoder's {Config.MaxInputLength} positions (max_position_embeddings); lower --seq-len.");
+        CheckLength(t);
         Tensor? mask = null;
         if (attentionMask is not null && !attentionMask.to_type(ScalarType.Bool).all().item<bool>())
         {
             // transformers' extended mask: (1 - mask) · finfo(dtype).min, broadcast over heads and queries.
-            double lowest = Dtype switch
-            {
-                ScalarType.BFloat16 => -3.3895313892515355e38,
-                ScalarType.Float16 => -65504.0,
-                ScalarType.Float64 => double.MinValue,
-                _ => float.MinValue,
-            };
+            double lowest = Lowest(Dtype);
             mask = (1 - attentionMask.to_type(Dtype)).view(attentionMask.shape[0], 1, 1, t) * lowest;
         }
         var h = embeddings.Forward(inputIds, tokenTypeIds);

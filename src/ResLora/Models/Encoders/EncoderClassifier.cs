@@ -30,14 +30,39 @@ public sealed class RobertaClassificationHead : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>
-/// <c>BertForSequenceClassification</c> / <c>RobertaForSequenceClassification</c> with Hugging Face's keys: the encoder
-/// under <c>bert.</c> or <c>roberta.</c> and a <c>classifier</c> (BERT: dropout + linear on the pooled first token; RoBERTa:
-/// its two-layer head). One output is regression (MSE), more are classes (cross-entropy).
+/// BERT's and RoBERTa's heads: BERT's dropout + linear on its pooler's output (the pooler lives in the encoder,
+/// <c>bert.pooler</c>); RoBERTa's two-layer <see cref="RobertaClassificationHead"/> on the first token.
+/// </summary>
+internal sealed class BertHead : EncoderHead
+{
+    private readonly nn.Module<Tensor, Tensor> _classifier;
+    private readonly bool _bert;
+    private readonly double _dropout;
+
+    public BertHead(EncoderConfig c, ScalarType dtype, Device device)
+    {
+        _bert = c.Family == EncoderFamily.Bert;
+        _dropout = c.ClassifierDropout;
+        _classifier = _bert ? nn.Linear(c.HiddenSize, c.NumLabels, device: device, dtype: dtype) : new RobertaClassificationHead(c, dtype, device);
+    }
+
+    public override IReadOnlyList<(string Name, nn.Module Module)> Modules => new[] { (EncoderClassifier.HeadName, (nn.Module)_classifier) };
+
+    public override Tensor Logits(Tensor hidden, SequenceEncoder encoder, bool training) => _bert
+        ? _classifier.call(nn.functional.dropout(((BertEncoder)encoder).Pooled(hidden), _dropout, training))
+        : _classifier.call(hidden);
+}
+
+/// <summary>
+/// A <c>*ForSequenceClassification</c> model with Hugging Face's keys: the family's encoder under its prefix (<c>bert.</c>,
+/// <c>roberta.</c>, <c>deberta.</c>) and the family's head (<see cref="IEncoderFamily.CreateHead"/>). One output is
+/// regression (MSE), more are classes (cross-entropy).
 /// </summary>
 public sealed class EncoderClassifier : nn.Module<Tensor, Tensor>
 {
-    private readonly BertEncoder _encoder;
-    private readonly nn.Module<Tensor, Tensor> _classifier;
+    private readonly SequenceEncoder _encoder;
+    private readonly EncoderHead _head;
+    private readonly IEncoderFamily _family;
 
     /// <summary>The module name of the head, which PEFT saves as <c>modules_to_save</c> for SEQ_CLS.</summary>
     public const string HeadName = "classifier";
@@ -45,20 +70,19 @@ public sealed class EncoderClassifier : nn.Module<Tensor, Tensor>
     public EncoderClassifier(EncoderConfig config, ILinearFactory? factory, ScalarType dtype, Device device) : base(config.ClassificationArchitecture)
     {
         Config = config;
-        bool bert = config.Family == EncoderFamily.Bert;
-        _encoder = new BertEncoder(config, factory, dtype, device, config.BaseModelPrefix + ".", withPooler: bert);
-        _classifier = bert ? nn.Linear(config.HiddenSize, config.NumLabels, device: device, dtype: dtype) : new RobertaClassificationHead(config, dtype, device);
+        _family = EncoderFamilies.Of(config);
+        _encoder = _family.CreateEncoder(config, factory, dtype, device, config.BaseModelPrefix + ".", withPooler: _family.ClassifierPoolerWeights(config).Count > 0);
+        _head = _family.CreateHead(config, dtype, device);
         register_module(config.BaseModelPrefix, _encoder);
-        register_module(HeadName, _classifier);
+        foreach (var (name, module) in _head.Modules) register_module(name, module);
     }
 
     public EncoderConfig Config { get; }
-    public BertEncoder Encoder => _encoder;
+    public SequenceEncoder Encoder => _encoder;
     public Device Device => _encoder.Device;
 
     /// <summary>The modules a classification adapter trains fully and saves beside the adapter (PEFT's modules_to_save).</summary>
-    public IReadOnlyList<string> TrainedModules(bool poolerFromCheckpoint) =>
-        Config.Family == EncoderFamily.Bert && !poolerFromCheckpoint ? new[] { HeadName, Config.BaseModelPrefix + ".pooler" } : new[] { HeadName };
+    public IReadOnlyList<string> TrainedModules(bool poolerFromCheckpoint) => _family.TrainedModules(Config, poolerFromCheckpoint);
 
     public override Tensor forward(Tensor inputIds) => Forward(inputIds, null, null);
 
@@ -67,27 +91,11 @@ public sealed class EncoderClassifier : nn.Module<Tensor, Tensor>
     {
         using var scope = torch.NewDisposeScope();
         var h = _encoder.HiddenStates(inputIds, attentionMask, tokenTypeIds);
-        Tensor logits;
-        if (Config.Family == EncoderFamily.Bert)
-            logits = _classifier.call(nn.functional.dropout(_encoder.Pooled(h), Config.ClassifierDropout, training));
-        else logits = _classifier.call(h);
-        return scope.MoveToOuter(logits);
+        return scope.MoveToOuter(_head.Logits(h, _encoder, training));
     }
 
     /// <summary>Head weights by full name, with shapes.</summary>
-    public static Dictionary<string, long[]> HeadWeights(EncoderConfig c)
-    {
-        long h = c.HiddenSize, n = c.NumLabels;
-        return c.Family == EncoderFamily.Bert
-            ? new(StringComparer.Ordinal) { ["classifier.weight"] = new[] { n, h }, ["classifier.bias"] = new[] { n } }
-            : new(StringComparer.Ordinal)
-            {
-                ["classifier.dense.weight"] = new[] { h, h },
-                ["classifier.dense.bias"] = new[] { h },
-                ["classifier.out_proj.weight"] = new[] { n, h },
-                ["classifier.out_proj.bias"] = new[] { n },
-            };
-    }
+    public static Dictionary<string, long[]> HeadWeights(EncoderConfig c) => EncoderFamilies.Of(c).HeadWeights(c);
 
     /// <summary>Loss of logits against labels: MSE for regression (float labels), cross-entropy for classes (int64 labels).</summary>
     public static Tensor Loss(Tensor logits, Tensor labels, bool regression) => regression

@@ -4,7 +4,7 @@ using System.Text.Json.Nodes;
 
 namespace ResLora.Models.Encoders;
 
-/// <summary>The two encoder families read from Hugging Face folders.</summary>
+/// <summary>The encoder architectures read from Hugging Face folders.</summary>
 public enum EncoderFamily
 {
     /// <summary>BERT (and MiniLM, which is a BERT): positions 0..n-1, token types, a pooler.</summary>
@@ -12,6 +12,9 @@ public enum EncoderFamily
 
     /// <summary>RoBERTa / XLM-RoBERTa: positions counted past <c>padding_idx</c>, one token type, no pooler in the classifier.</summary>
     Roberta,
+
+    /// <summary>DeBERTa-v2/v3: disentangled relative attention, no absolute positions in v3, a context pooler in the head.</summary>
+    Deberta,
 }
 
 /// <summary>
@@ -74,11 +77,13 @@ public sealed record EncoderConfig
     public static EncoderConfig FromJson(JsonObject raw, string source = "config.json")
     {
         string modelType = Str(raw, "model_type", source) ?? throw new UserInputException($"{source}: 'model_type' is missing; an encoder config says \"bert\" or \"roberta\".");
-        if (!IsEncoderType(modelType))
+        var encoderFamily = EncoderFamilies.Find(modelType);
+        if (encoderFamily is null)
             throw new UserInputException(modelType.StartsWith("deberta", StringComparison.OrdinalIgnoreCase)
-                ? $"{source}: 'model_type' is '{modelType}'; DeBERTa's disentangled attention is not supported yet (supported encoders: bert, roberta, xlm-roberta)."
-                : $"{source}: 'model_type' is '{modelType}', not an encoder (supported: bert, roberta, xlm-roberta); causal LMs are trained without --task.");
-        var family = modelType.ToLowerInvariant() == "bert" ? EncoderFamily.Bert : EncoderFamily.Roberta;
+                ? $"{source}: 'model_type' is '{modelType}'; DeBERTa v1's attention and BPE vocabulary are not supported, DeBERTa-v2/v3 (model_type 'deberta-v2') is (supported encoders: {Supported})."
+                : $"{source}: 'model_type' is '{modelType}', not an encoder (supported: {Supported}); causal LMs are trained without --task.");
+        var family = encoderFamily.ArchitectureOf(modelType);
+        bool deberta = family == EncoderFamily.Deberta;
         string posType = Str(raw, "position_embedding_type", source) ?? "absolute";
         if (posType != "absolute")
             throw new UserInputException($"{source}: 'position_embedding_type' is '{posType}'; only absolute position embeddings are supported.");
@@ -90,6 +95,7 @@ public sealed record EncoderConfig
         if (labels is not null && labels.Count != numLabels)
             throw new UserInputException($"{source}: 'num_labels' is {numLabels} but 'id2label' has {labels.Count} entries; make them agree.");
         double hiddenDrop = Dbl(raw, "hidden_dropout_prob", source) ?? 0.1;
+        // DeBERTa names its classifier dropout cls_dropout (DebertaV2ForSequenceClassification), BERT classifier_dropout.
         var c = new EncoderConfig
         {
             Family = family,
@@ -100,13 +106,13 @@ public sealed record EncoderConfig
             NumAttentionHeads = Int(raw, "num_attention_heads", source) ?? throw Missing(source, "num_attention_heads"),
             IntermediateSize = Int(raw, "intermediate_size", source) ?? throw Missing(source, "intermediate_size"),
             MaxPositionEmbeddings = Int(raw, "max_position_embeddings", source) ?? 512,
-            TypeVocabSize = Int(raw, "type_vocab_size", source) ?? 2,
-            LayerNormEps = Dbl(raw, "layer_norm_eps", source) ?? 1e-12,
+            TypeVocabSize = Int(raw, "type_vocab_size", source) ?? (deberta ? 0 : 2),
+            LayerNormEps = Dbl(raw, "layer_norm_eps", source) ?? (deberta ? 1e-7 : 1e-12),
             HiddenAct = act,
             PadTokenId = Int(raw, "pad_token_id", source) ?? (family == EncoderFamily.Roberta ? 1 : 0),
             HiddenDropout = hiddenDrop,
             AttentionDropout = Dbl(raw, "attention_probs_dropout_prob", source) ?? 0.1,
-            ClassifierDropout = Dbl(raw, "classifier_dropout", source) ?? hiddenDrop,
+            ClassifierDropout = Dbl(raw, deberta ? "cls_dropout" : "classifier_dropout", source) ?? hiddenDrop,
             NumLabels = numLabels,
             Labels = labels,
             Raw = raw,
@@ -114,6 +120,8 @@ public sealed record EncoderConfig
         c.Validate(source);
         return c;
     }
+
+    private static string Supported => string.Join(", ", ModelFamilies.All.Where(f => f.Kind == ModelKind.Encoder).SelectMany(f => f.ModelTypes));
 
     /// <summary>Range checks that keep a wrong config from becoming a huge or invalid allocation.</summary>
     public void Validate(string source = "config.json")
@@ -128,7 +136,7 @@ public sealed record EncoderConfig
         Positive("num_attention_heads", NumAttentionHeads);
         Positive("intermediate_size", IntermediateSize);
         Positive("max_position_embeddings", MaxPositionEmbeddings);
-        Positive("type_vocab_size", TypeVocabSize);
+        if (TypeVocabSize < 0) throw new UserInputException($"{source}: 'type_vocab_size' must not be negative, got {TypeVocabSize}.");
         Positive("num_labels", NumLabels);
         if (HiddenSize % NumAttentionHeads != 0)
             throw new UserInputException($"{source}: 'hidden_size' ({HiddenSize}) is not divisible by 'num_attention_heads' ({NumAttentionHeads}).");
@@ -139,6 +147,7 @@ public sealed record EncoderConfig
         if (!(LayerNormEps > 0)) throw new UserInputException($"{source}: 'layer_norm_eps' must be > 0, got {LayerNormEps}.");
         foreach (var (f, p) in new[] { ("hidden_dropout_prob", HiddenDropout), ("attention_probs_dropout_prob", AttentionDropout), ("classifier_dropout", ClassifierDropout) })
             if (!(p >= 0 && p < 1)) throw new UserInputException($"{source}: '{f}' must be in [0, 1), got {p}.");
+        EncoderFamilies.Find(ModelType)?.CheckConfig(this, source);
     }
 
     /// <summary>The longest input the position table allows (RoBERTa loses the first pad+1 rows).</summary>
@@ -170,16 +179,10 @@ public sealed record EncoderConfig
     }
 
     /// <summary>Hugging Face's class name of the classification model of this family.</summary>
-    public string ClassificationArchitecture => ModelType.ToLowerInvariant() switch
-    {
-        "bert" => "BertForSequenceClassification",
-        "xlm-roberta" => "XLMRobertaForSequenceClassification",
-        "camembert" => "CamembertForSequenceClassification",
-        _ => "RobertaForSequenceClassification",
-    };
+    public string ClassificationArchitecture => EncoderFamilies.Of(this).ClassificationArchitecture(this);
 
-    /// <summary>The key prefix of the encoder inside a classification model (<c>bert.</c>, <c>roberta.</c>).</summary>
-    public string BaseModelPrefix => Family == EncoderFamily.Bert ? "bert" : "roberta";
+    /// <summary>The key prefix of the encoder inside a classification model (<c>bert</c>, <c>roberta</c>, <c>deberta</c>).</summary>
+    public string BaseModelPrefix => EncoderFamilies.Of(this).BaseModelPrefix(this);
 
     /// <summary>Whether a trained classification head is present in the config (labels and the architecture name).</summary>
     public bool DeclaresClassificationHead =>
@@ -205,7 +208,7 @@ public sealed record EncoderConfig
     }
 
     private static UserInputException Missing(string source, string field) =>
-        new($"{source}: '{field}' is missing; a BERT-family config.json must give it.");
+        new($"{source}: '{field}' is missing; an encoder's config.json must give it.");
 
     private static string? Str(JsonObject o, string field, string source) => o[field] switch
     {

@@ -3,12 +3,15 @@ using ResLora.IO;
 namespace ResLora.Models.Encoders;
 
 /// <summary>
-/// How a BERT-family checkpoint names its tensors: the encoder's key prefix (none for <c>BertModel</c>, <c>bert.</c> or
-/// <c>roberta.</c> for task models), whether it has a pooler, and whether it carries a classification head.
+/// How an encoder checkpoint names its tensors: the encoder's key prefix (none for <c>BertModel</c>, <c>bert.</c>,
+/// <c>roberta.</c> or <c>deberta.</c> for task models), whether it has a pooler, and whether it carries a classification head.
 /// </summary>
 public sealed record EncoderCheckpointLayout(string Prefix, bool HasPooler, bool HasHead);
 
-/// <summary>Builds BERT-family encoders and classifiers from Hugging Face folders, checking the config against the weights first.</summary>
+/// <summary>
+/// Builds encoders and classifiers of every encoder family (<see cref="IEncoderFamily"/>) from Hugging Face folders, checking
+/// the config against the weights first.
+/// </summary>
 public static class EncoderLoader
 {
     /// <summary>
@@ -28,17 +31,21 @@ public static class EncoderLoader
     internal static (EncoderConfig Config, HfCheckpoint Checkpoint, EncoderCheckpointLayout Layout, IReadOnlyDictionary<string, long[]> Expected) OpenChecked(string modelDir, ScalarType? loadAs, bool refuseNonFloat)
     {
         var config = EncoderConfig.Load(modelDir);
+        var family = EncoderFamilies.Of(config);
         var ckpt = HfCheckpoint.Open(modelDir);
         try
         {
             string? prefix = new[] { "", config.BaseModelPrefix + ".", "bert.", "roberta." }
                 .FirstOrDefault(p => ckpt.Contains(p + "embeddings.word_embeddings.weight"));
             if (prefix is null)
-                throw new UserInputException($"{ckpt.Directory}: no tensor 'embeddings.word_embeddings.weight' (with or without a 'bert.'/'roberta.' prefix); this is not a BERT-family checkpoint.");
-            bool pooler = ckpt.Contains(prefix + "pooler.dense.weight");
-            var expected = Prefixed(BertEncoder.ExpectedWeights(config, pooler), prefix);
-            bool head = config.DeclaresClassificationHead && EncoderClassifier.HeadWeights(config).All(kv => ckpt.Contains(kv.Key));
-            if (head) foreach (var kv in EncoderClassifier.HeadWeights(config)) expected[kv.Key] = kv.Value;
+                throw new UserInputException($"{ckpt.Directory}: no tensor 'embeddings.word_embeddings.weight' (with or without a '{config.BaseModelPrefix}.' prefix); this is not a {config.ModelType} checkpoint.");
+            var poolerWeights = family.StoredPoolerWeights(config, prefix);
+            bool pooler = poolerWeights.Keys.All(ckpt.Contains);
+            var expected = Prefixed(family.EncoderWeights(config), prefix);
+            if (pooler) foreach (var kv in poolerWeights) expected[kv.Key] = kv.Value;
+            var headWeights = family.HeadWeights(config);
+            bool head = config.DeclaresClassificationHead && headWeights.All(kv => ckpt.Contains(kv.Key));
+            if (head) foreach (var kv in headWeights) expected[kv.Key] = kv.Value;
             string configPath = Path.Combine(modelDir, "config.json");
             try
             {
@@ -59,16 +66,22 @@ public static class EncoderLoader
         }
     }
 
-    /// <summary>The encoder alone (<c>BertModel</c>), frozen, for embeddings; adapters through <paramref name="factory"/>.</summary>
-    public static BertEncoder LoadEncoder(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null)
+    /// <summary>The encoder alone (<c>BertModel</c>, <c>DebertaV2Model</c>), frozen, for embeddings; adapters through <paramref name="factory"/>.</summary>
+    public static SequenceEncoder LoadEncoder(string modelDir, RuntimeOptions runtime, ILinearFactory? factory = null)
     {
         runtime.Apply();
         var (config, ckpt, layout) = OpenChecked(modelDir, runtime.TorchDevice.type == DeviceType.CPU ? runtime.ScalarType : null);
         using var _ = ckpt;
-        var model = new BertEncoder(config, factory, runtime.ScalarType, runtime.TorchDevice, "", layout.HasPooler);
+        var family = EncoderFamilies.Of(config);
+        // The encoder keeps the pooler only where the family stores it inside the encoder (BERT), not in the head (DeBERTa).
+        var stored = family.StoredPoolerWeights(config, layout.Prefix);
+        bool inside = layout.HasPooler && family.ClassifierPoolerWeights(config).Keys.All(k => k.StartsWith(config.BaseModelPrefix + ".", StringComparison.Ordinal));
+        var model = family.CreateEncoder(config, factory, runtime.ScalarType, runtime.TorchDevice, "", inside);
         try
         {
-            Copy(model, BertEncoder.ExpectedWeights(config, layout.HasPooler).Keys.ToDictionary(k => k, k => layout.Prefix + k), ckpt);
+            var names = family.EncoderWeights(config).Keys.ToDictionary(k => k, k => layout.Prefix + k);
+            if (inside) foreach (var k in stored.Keys) names[k[layout.Prefix.Length..]] = k;
+            Copy(model, names, ckpt);
             return model;
         }
         catch
@@ -92,14 +105,19 @@ public static class EncoderLoader
         if (head is null && !layout.HasHead)
             throw new UserInputException($"{modelDir}: the folder has no trained classification head (config.json declares no *ForSequenceClassification with weights 'classifier.*'); train one with reslora train --task classify, or pass the adapter that holds it.");
         var config = head ?? stored;
+        var family = EncoderFamilies.Of(config);
         var model = new EncoderClassifier(config, factory, runtime.ScalarType, runtime.TorchDevice);
         try
         {
             string p = config.BaseModelPrefix + ".";
-            var names = BertEncoder.ExpectedWeights(config, layout.HasPooler).Keys.ToDictionary(k => p + k, k => layout.Prefix + k);
-            var fresh = EncoderClassifier.HeadWeights(config).Keys.ToList();
-            if (config.Family == EncoderFamily.Bert && !layout.HasPooler) fresh.AddRange(new[] { p + "pooler.dense.weight", p + "pooler.dense.bias" });
-            if (head is null) foreach (var k in EncoderClassifier.HeadWeights(config).Keys) { names[k] = k; fresh.Remove(k); }
+            var names = family.EncoderWeights(config).Keys.ToDictionary(k => p + k, k => layout.Prefix + k);
+            // The classifier's pooler (BERT: bert.pooler; DeBERTa: pooler) comes from the checkpoint when stored, else is new.
+            var pooler = family.ClassifierPoolerWeights(config).Keys.ToList();
+            var storedPooler = family.StoredPoolerWeights(config, layout.Prefix).Keys.ToList();
+            var fresh = family.HeadWeights(config).Keys.ToList();
+            if (layout.HasPooler) for (int i = 0; i < pooler.Count; i++) names[pooler[i]] = storedPooler[i];
+            else fresh.AddRange(pooler);
+            if (head is null) foreach (var k in family.HeadWeights(config).Keys) { names[k] = k; fresh.Remove(k); }
             BertEncoder.InitializeWeights(model, fresh, seed);
             Copy(model, names, ckpt);
             return (model, layout);
