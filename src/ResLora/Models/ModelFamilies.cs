@@ -1,5 +1,6 @@
 using ResLora.Models.Encoders;
 using ResLora.Models.Llama;
+using ResLora.Models.Phi3;
 using ResLora.Models.Qwen3;
 
 namespace ResLora.Models;
@@ -16,6 +17,7 @@ public static class ModelFamilies
     {
         LlamaFamily.Instance,
         Qwen3Family.Instance,
+        Phi3Family.Instance,
         BertFamily.Instance,
     };
 
