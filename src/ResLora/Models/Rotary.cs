@@ -40,13 +40,11 @@ public sealed class Rotary : IDisposable
         else _invFreq = InverseFrequencies(config, rotaryDim).to(device).DetachFromDisposeScope();
     }
 
-    /// <summary>inv_freq (headDim/2,) float32 after rope scaling.</summary>
-    public static Tensor InverseFrequencies(ModelConfig config) => InverseFrequencies(config, config.HeadDim);
-
-    /// <summary>inv_freq (dim/2,) float32 after rope scaling, for a table over <paramref name="dim"/> rotated dims.</summary>
-    public static Tensor InverseFrequencies(ModelConfig config, int dim)
+    /// <summary>inv_freq (dim/2,) float32 after rope scaling, for a table over <paramref name="rotaryDim"/> rotated dims (default head_dim).</summary>
+    public static Tensor InverseFrequencies(ModelConfig config, int? rotaryDim = null)
     {
         using var scope = torch.NewDisposeScope();
+        int dim = rotaryDim ?? config.HeadDim;
         // transformers: 1 / base ** (arange(0, dim, 2, int64).float() / dim)
         var invFreq = 1.0f / BasePowers(config, dim);
         var rs = config.RopeScaling;

@@ -36,6 +36,7 @@ public sealed class FamilyContractTests : IDisposable
             "mistral" => c with { SlidingWindow = 6 },
             "qwen2" => c with { SlidingWindow = 8, UseSlidingWindow = true, MaxWindowLayers = 1 },
             "qwen3" => c with { HeadDimRaw = 12, TieWordEmbeddings = true },
+            "phi3" => Phi3Tests.Tiny(window: 6, tied: true, vocab: c.VocabSize),
             _ => c,
         };
     }
