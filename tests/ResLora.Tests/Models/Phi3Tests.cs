@@ -26,9 +26,20 @@ public sealed class Phi3Tests
     {
         var c = new ModelConfig
         {
-            ModelType = "phi3", VocabSize = vocab, HiddenSize = 64, IntermediateSize = 64, NumHiddenLayers = 2,
-            NumAttentionHeads = 4, NumKeyValueHeadsRaw = 2, RmsNormEps = 1e-5, RopeTheta = 10000, MaxPositionEmbeddings = maxPos,
-            TieWordEmbeddings = tied, SlidingWindow = window, BosTokenId = 1, EosTokenIds = new[] { 2 },
+            ModelType = "phi3",
+            VocabSize = vocab,
+            HiddenSize = 64,
+            IntermediateSize = 64,
+            NumHiddenLayers = 2,
+            NumAttentionHeads = 4,
+            NumKeyValueHeadsRaw = 2,
+            RmsNormEps = 1e-5,
+            RopeTheta = 10000,
+            MaxPositionEmbeddings = maxPos,
+            TieWordEmbeddings = tied,
+            SlidingWindow = window,
+            BosTokenId = 1,
+            EosTokenIds = new[] { 2 },
             RopeScaling = longrope ? new RopeScaling { Type = kind, ShortFactor = Short, LongFactor = Long } : null,
         };
         return c.WithExtra("partial_rotary_factor", 0.75).WithExtra("original_max_position_embeddings", original);

@@ -21,7 +21,8 @@ public sealed class Phi3LlamaCppTests
 
     private static ModelConfig Config(int original, int maxPos, bool tied, bool longrope = true, int? window = null) =>
         Phi3Tests.Tiny(longrope: longrope, window: window, tied: tied, original: original, maxPos: maxPos, vocab: GgufTinyFolders.ByteLevelVocab)
-            with { BosTokenId = null, EosTokenIds = null };
+            with
+        { BosTokenId = null, EosTokenIds = null };
 
     private static List<int> OurGreedy(CausalLM model, IReadOnlyList<int> prompt, int n)
     {
