@@ -17,6 +17,12 @@ public sealed record LinearSpec(string Name, string ModuleType, int LayerIndex, 
     public IPackedWeightFormat? PackedBase { get; init; }
 
     /// <summary>
+    /// The module types of the separate projections this fused one stands for (Phi-3's qkv_proj: q_proj, k_proj, v_proj),
+    /// or null: a target naming one of them is refused with a pointer to the fused name.
+    /// </summary>
+    public IReadOnlyList<string>? Fuses { get; init; }
+
+    /// <summary>
     /// This projection with its base packed in <paramref name="format"/> when it is inside a decoder layer. <c>lm_head</c>
     /// stays full precision, as transformers' bitsandbytes integration keeps the output layer unquantized.
     /// </summary>

@@ -15,10 +15,22 @@ public sealed record RopeScaling
     [JsonPropertyName("factor")] public double Factor { get; init; } = 1.0;
     [JsonPropertyName("low_freq_factor")] public double LowFreqFactor { get; init; } = 1.0;
     [JsonPropertyName("high_freq_factor")] public double HighFreqFactor { get; init; } = 4.0;
-    [JsonPropertyName("original_max_position_embeddings")] public int OriginalMaxPositionEmbeddings { get; init; } = 8192;
+    /// <summary>As written in rope_scaling (null when absent): LongRoPE tells an absent value from a given one.</summary>
+    [JsonPropertyName("original_max_position_embeddings")] public int? OriginalMaxPositionEmbeddingsRaw { get; init; }
+    /// <summary>llama3's original context (8192 when rope_scaling does not give it).</summary>
+    [JsonIgnore] public int OriginalMaxPositionEmbeddings { get => OriginalMaxPositionEmbeddingsRaw ?? 8192; init => OriginalMaxPositionEmbeddingsRaw = value; }
+    /// <summary>LongRoPE (Phi-3 128k, Phi-4-mini): per-frequency divisors within the original context (rotary dim / 2 of them).</summary>
+    [JsonPropertyName("short_factor")] public IReadOnlyList<double>? ShortFactor { get; init; }
+    /// <summary>LongRoPE: per-frequency divisors beyond the original context.</summary>
+    [JsonPropertyName("long_factor")] public IReadOnlyList<double>? LongFactor { get; init; }
+    /// <summary>LongRoPE/YaRN: the scale of cos and sin; absent = derived from the context extension.</summary>
+    [JsonPropertyName("attention_factor")] public double? AttentionFactor { get; init; }
 
-    /// <summary>The scaling kind: "default", "linear" or "llama3".</summary>
-    [JsonIgnore] public string Kind => (RopeType ?? Type ?? "default").ToLowerInvariant();
+    /// <summary>
+    /// The scaling kind: "default", "linear", "llama3", "longrope" (Phi-3's older name "su" is read as "longrope", as
+    /// transformers' Phi3Config does) or another a family may implement.
+    /// </summary>
+    [JsonIgnore] public string Kind => (RopeType ?? Type ?? "default").ToLowerInvariant() is var k && k == "su" ? "longrope" : k;
 }
 
 /// <summary>

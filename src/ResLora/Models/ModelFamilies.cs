@@ -1,6 +1,7 @@
 using ResLora.Models.Deberta;
 using ResLora.Models.Encoders;
 using ResLora.Models.Llama;
+using ResLora.Models.Phi3;
 using ResLora.Models.Qwen3;
 using ResLora.Models.SmolLM3;
 
@@ -19,6 +20,7 @@ public static class ModelFamilies
         LlamaFamily.Instance,
         Qwen3Family.Instance,
         SmolLM3Family.Instance,
+        Phi3Family.Instance,
         BertFamily.Instance,
         DebertaFamily.Instance,
     };

@@ -24,6 +24,9 @@ public static class GgufVocabExport
     private const string Qwen2Regex = @"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     private const string Qwen2RegexAlt = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+    // o200k (GPT-4o; Phi-4-mini's tokenizer): llama.cpp's "gpt-4o".
+    private const string Gpt4oRegex = @"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
     private static readonly Regex BytePiece = new(@"^<0x[0-9A-Fa-f]{2}>$", RegexOptions.CultureInvariant);
 
     /// <summary>Writes the vocabulary of <paramref name="modelDir"/> padded to <paramref name="vocabRows"/> entries; returns the tokenizer model name (llama or gpt2).</summary>
@@ -134,7 +137,8 @@ public static class GgufVocabExport
         {
             Llama3Regex => "llama-bpe",
             Qwen2Regex or Qwen2RegexAlt => "qwen2",
-            _ => throw new UserInputException($"{path}: the pre-tokenizer regex {regex} is not one llama.cpp knows by name (llama-bpe for Llama-3, qwen2 for Qwen2/Qwen3); this tokenizer cannot be exported to GGUF."),
+            Gpt4oRegex => "gpt-4o",
+            _ => throw new UserInputException($"{path}: the pre-tokenizer regex {regex} is not one llama.cpp knows by name (llama-bpe for Llama-3, qwen2 for Qwen2/Qwen3, gpt-4o for o200k/Phi-4-mini); this tokenizer cannot be exported to GGUF."),
         };
     }
 

@@ -37,6 +37,7 @@ public sealed class FamilyContractTests : IDisposable
             "qwen2" => c with { SlidingWindow = 8, UseSlidingWindow = true, MaxWindowLayers = 1 },
             "qwen3" => c with { HeadDimRaw = 12, TieWordEmbeddings = true },
             "smollm3" => (c with { TieWordEmbeddings = true }).WithExtra("no_rope_layers", new[] { 1, 0 }),
+            "phi3" => Phi3Tests.Tiny(window: 6, tied: true, vocab: c.VocabSize),
             _ => c,
         };
     }

@@ -145,7 +145,7 @@ public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle, ICheckpoint
             foreach (var entry in t.Entries)
             {
                 var one = t.Names is null ? t : ModuleTargets.List(entry);
-                if (!specs.Any(one.Matches)) problems.Add($"{field} entry '{entry}' matched no module");
+                if (!specs.Any(one.Matches)) problems.Add($"{field} entry '{entry}' matched no module" + (t.Names is null ? "" : FusedHint(entry, specs)));
             }
         }
         Check("target_modules", Config.TargetModules);
@@ -178,6 +178,14 @@ public sealed class AdapterPlan : ILinearFactory, IForwardLifecycle, ICheckpoint
             throw new UserInputException(
                 $"adapter config: {string.Join("; ", problems)}." + (names ? $" Module types in this model: {(types.Length == 0 ? "(none)" : types)}; " +
                 "full paths look like 'model.layers.0.self_attn.q_proj'. Fix the names (a list entry matches the path or its dot-suffix; a string is a regex over the whole path)." : ""));
+    }
+
+    /// <summary>" (… fuses q_proj, k_proj, v_proj into qkv_proj; target qkv_proj)" when a name is part of a fused projection.</summary>
+    private static string FusedHint(string entry, IEnumerable<LinearSpec> specs)
+    {
+        string last = entry[(entry.LastIndexOf('.') + 1)..];
+        var fused = specs.FirstOrDefault(s => s.Fuses?.Contains(last) == true);
+        return fused is null ? "" : $" (this model fuses {string.Join(", ", fused.Fuses!)} into one projection, {fused.ModuleType}, as Phi-3 does; target {fused.ModuleType} instead)";
     }
 
     /// <summary>PEFT's get_pattern_key: the first key whose pattern matches <c>(.*\.)?key$</c> at the start of the path.</summary>
