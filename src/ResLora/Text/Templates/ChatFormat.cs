@@ -87,6 +87,13 @@ public sealed partial class ChatFormat
     public string RenderPrompt(IReadOnlyList<ChatMessage> messages, JsonArray? tools = null) =>
         Template.RenderConversation(messages, addGenerationPrompt: true, BosToken, EosToken, Variables(tools));
 
+    /// <summary>The conversation rendered as it is (transformers' <c>apply_chat_template(tokenize=False)</c>), with or without the generation prompt.</summary>
+    /// <param name="messages">The conversation, oldest first.</param>
+    /// <param name="tools">The tools the model may call, or null.</param>
+    /// <param name="addGenerationPrompt">Whether to end with the header that opens the assistant's reply.</param>
+    public string RenderText(IReadOnlyList<ChatMessage> messages, JsonArray? tools = null, bool addGenerationPrompt = false) =>
+        Template.RenderConversation(messages, addGenerationPrompt, BosToken, EosToken, Variables(tools));
+
     private static Dictionary<string, object?>? Variables(JsonArray? tools) =>
         tools is null ? null : new Dictionary<string, object?>(StringComparer.Ordinal) { ["tools"] = tools };
 
