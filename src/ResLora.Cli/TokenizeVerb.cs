@@ -116,7 +116,8 @@ internal static class TokenizeVerb
                 bool[] loss = labels.Select(l => l != Tokenization.IgnoreIndex).ToArray();
                 if (loss.Length > 0) loss[0] = false; // the first token is never predicted
                 if (i > 0 && !r.GetValue(json)) output.WriteLine();
-                Write(output, tokenizer, $"record {i + 1}: {ids.Length} tokens, {loss.Count(x => x)} with loss (marked *){note}",
+                string turn = examples[i].TurnExample is { } k ? $" (a conversation's per-turn example {k + 1})" : "";
+                Write(output, tokenizer, $"record {i + 1}{turn}: {ids.Length} tokens, {loss.Count(x => x)} with loss (marked *){note}",
                     examples[i].Prompt + examples[i].Completion, ids, loss, r.GetValue(json), i + 1);
             }
             return 0;
