@@ -73,6 +73,7 @@ internal static class ChatRecords
         }
         int i = 0;
         string? openCall = null; // the message whose tool calls the next tool results answer
+        var callIds = new List<string>(); // the ids of its calls (those that have one)
         foreach (var m in list.EnumerateArray())
         {
             string at = $"{field}[{i++}]";
@@ -96,8 +97,14 @@ internal static class ChatRecords
             var fields = fromValue ? null : OtherFields(m, where, at);
             if (role == "tool" && openCall is null)
                 throw new UserInputException($"{where}: {at} is a tool result without a tool call before it; a tool message must follow an assistant message with tool_calls (or other tool results of that call).");
+            if (role == "tool" && fields?["tool_call_id"] is JsonValue idValue && idValue.TryGetValue(out string? answers) && callIds.Count > 0 && !callIds.Contains(answers))
+                throw new UserInputException($"{where}: {at}.tool_call_id '{answers}' answers none of the calls of {openCall} (their ids: {string.Join(", ", callIds)}).");
             if (role != "tool")
+            {
                 openCall = (fromValue && m.GetProperty("from").GetString() == "function_call") || fields?["tool_calls"] is JsonArray { Count: > 0 } ? at : null;
+                callIds = openCall is null || fields?["tool_calls"] is not JsonArray calls ? new List<string>()
+                    : calls.Select(c => c is JsonObject o && o["id"] is JsonValue v && v.TryGetValue(out string? id) ? id : null).OfType<string>().ToList();
+            }
             bool callsOnly = role == "assistant" && fields?["tool_calls"] is JsonArray && (!m.TryGetProperty(contentField, out var c) || c.ValueKind == JsonValueKind.Null);
             if (callsOnly) fields!["content"] = null;
             messages.Add(new ChatMessage(role, callsOnly ? "" : Text(m, contentField, where, at)) { Fields = fields });

@@ -71,6 +71,10 @@ public sealed class ChatToolUseTests : IDisposable
             "messages[2] is a tool result without a tool call before it"
         },
         { Conversation(Call("[\"weather\"]")), "messages[1].tool_calls[0] must be an object" },
+        {
+            Conversation(Call("[{\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"weather\",\"arguments\":{}}}]"), "{\"role\":\"tool\",\"tool_call_id\":\"c9\",\"content\":\"18 C\"}"),
+            "messages[2].tool_call_id 'c9' answers none of the calls of messages[1] (their ids: c1)"
+        },
         { Conversation(Call("[{\"name\":\"weather\",\"arguments\":{}}]")), "messages[1].tool_calls[0] has 'name' at the top level; put name and arguments inside \"function\"" },
         { Conversation(Call("[{\"type\":\"function\",\"function\":{\"arguments\":{}}}]")), "messages[1].tool_calls[0].function.name must be the called function's name (a non-empty string), and it is missing" },
         { Conversation(Call("[{\"type\":\"function\",\"function\":{\"name\":\"weather\",\"arguments\":{}}},{\"type\":\"function\",\"function\":{\"name\":\"\",\"arguments\":{}}}]")), "messages[1].tool_calls[1].function.name must be" },

@@ -1,8 +1,8 @@
 using System.Text.Json.Nodes;
 using ResLora.IO;
 using ResLora.Pipelines;
-using ResLora.Text;
 using ResLora.Tests.Infrastructure;
+using ResLora.Text;
 using ResLora.Text.Templates;
 using ResLora.Training;
 
