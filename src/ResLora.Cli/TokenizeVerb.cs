@@ -37,8 +37,9 @@ internal static class TokenizeVerb
         var labelField = new Option<string>("--label-field") { Description = "--data on an encoder folder: the field holding the label, as for train.", DefaultValueFactory = _ => "label" };
         var texts = new Option<string?>("--texts") { Description = "A JSONL file of texts, one JSON string (or an object with a \"text\" field) per line, each tokenized as --text does; with --json, one object per text in order." };
         var json = new Option<bool>("--json") { Description = "One JSON object per text or example (ids, pieces, loss) instead of a table." };
+        var chatRenders = new Option<bool>("--chat-renders") { Description = "--data of conversation records: print each record's renders as one JSON line, nothing tokenized (the whole conversation, the render up to each assistant turn, the training examples with their loss ranges), to check the chat template against another renderer (bench/chat-render-check.sh)." };
         var cmd = new Command("tokenize", "Show the token ids and pieces of a text, or of training examples as train builds them, with the loss-carrying tokens marked.");
-        foreach (var o in new Option[] { model, text, texts, data, limit, seqLen, promptTemplate, completionTemplate, chatTemplate, task, textField, pairField, labelField, json }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, text, texts, data, limit, seqLen, promptTemplate, completionTemplate, chatTemplate, task, textField, pairField, labelField, json, chatRenders }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             string dir = CliPaths.ModelDir(r.GetValue(model));
@@ -60,6 +61,13 @@ internal static class TokenizeVerb
             }
             if (t is not null && (r.GetValue(promptTemplate) ?? r.GetValue(completionTemplate) ?? r.GetValue(chatTemplate)) is not null)
                 throw new UserInputException("--prompt-template, --completion-template and --chat-template apply to --data.");
+            if (r.GetValue(chatRenders))
+            {
+                if (path is null) throw new UserInputException("--chat-renders shows the conversations of a --data file; give --data FILE.");
+                var format = new DataTemplates { ChatTemplate = r.GetValue(chatTemplate) }.ForModel(dir).Chat ?? throw Prompts.NoChatTemplate(dir);
+                foreach (var rendered in Prompts.Renders(path, format)) Console.Out.WriteLine(JsonSerializer.Serialize(rendered, Json));
+                return 0;
+            }
             int n = r.GetValue(limit);
             if (n < 1) throw new UserInputException($"--limit must be at least 1, got {n}.");
             int? cut = r.GetValue(seqLen);
@@ -108,7 +116,8 @@ internal static class TokenizeVerb
                 bool[] loss = labels.Select(l => l != Tokenization.IgnoreIndex).ToArray();
                 if (loss.Length > 0) loss[0] = false; // the first token is never predicted
                 if (i > 0 && !r.GetValue(json)) output.WriteLine();
-                Write(output, tokenizer, $"record {i + 1}: {ids.Length} tokens, {loss.Count(x => x)} with loss (marked *){note}",
+                string turn = examples[i].TurnExample is { } k ? $" (a conversation's per-turn example {k + 1})" : "";
+                Write(output, tokenizer, $"record {i + 1}{turn}: {ids.Length} tokens, {loss.Count(x => x)} with loss (marked *){note}",
                     examples[i].Prompt + examples[i].Completion, ids, loss, r.GetValue(json), i + 1);
             }
             return 0;

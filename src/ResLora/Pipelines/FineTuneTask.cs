@@ -135,6 +135,7 @@ internal sealed class CausalLmFineTune(FineTuneRequest req) : FineTuneTask(req)
     {
         var req = Request;
         // Evaluation scores the same tokens as training, so --train-on-prompt's eval loss is comparable with its train loss.
+        if (TrainingSplits.PerTurnNote(_train.Concat(_eval)) is { } perTurn) observer.OnMessage(perTurn);
         var trainTok = Tokenization.Tokenize(_train, _tokenizer, _seqLen, trainOnPrompt: req.TrainOnPrompt);
         var evalTok = Tokenization.Tokenize(_eval, _tokenizer, _seqLen, trainOnPrompt: req.TrainOnPrompt);
         if (trainTok.Truncated + evalTok.Truncated > 0)

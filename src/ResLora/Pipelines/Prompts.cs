@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using ResLora.Text;
 using ResLora.IO;
 using ResLora.Text.Templates;
@@ -152,4 +153,65 @@ public static class Prompts
         if (root.ValueKind == JsonValueKind.Object && ChatRecords.IsConversation(root)) return ChatRecords.Messages(root, path);
         throw new UserInputException($"{path}: expected a JSON list of {{\"role\", \"content\"}} messages or an object with \"messages\".");
     }
+
+    /// <summary>
+    /// What a conversation data file renders to, record by record (<c>reslora tokenize --data FILE --chat-renders</c>), for
+    /// checking the template engine against Jinja: the whole conversation, the render of the messages up to each
+    /// assistant turn (what training uses for a template that rewrites earlier turns), and the training examples.
+    /// A record the template or the checks refuse carries the message in <see cref="ConversationRenders.Error"/>.
+    /// </summary>
+    /// <param name="dataPath">A JSONL or JSON-array file of conversation records.</param>
+    /// <param name="format">The chat format.</param>
+    public static IEnumerable<ConversationRenders> Renders(string dataPath, ChatFormat format)
+    {
+        IO.InputPaths.DataFile(dataPath, expected: "a JSONL or JSON-array file of conversation records");
+        int n = 0;
+        foreach (var (rec, where) in DataSet.ObjectRecords(dataPath, "data set"))
+        {
+            n++;
+            if (!ChatRecords.IsConversation(rec)) throw new UserInputException($"{where}: --chat-renders shows conversation records ({{\"messages\"}} or {{\"conversations\"}}); this one is not.");
+            var messages = ChatRecords.Messages(rec, where);
+            var tools = ChatRecords.Tools(rec, where);
+            var result = new ConversationRenders(n);
+            try
+            {
+                result = result with
+                {
+                    Full = format.RenderText(messages, tools),
+                    Turns = Enumerable.Range(0, messages.Count).Where(i => messages[i].Role == "assistant")
+                        .Select(i => format.RenderText(messages.Take(i + 1).ToList(), tools)).ToList(),
+                    Examples = format.RenderForTraining(messages, tools)
+                        .Select(e => new ConversationExample(e.Text, e.Turns, e.AssistantSpans.Select(s => new[] { s.Start, s.End }).ToList())).ToList(),
+                };
+            }
+            catch (UserInputException e)
+            {
+                result = result with { Error = e.Message };
+            }
+            yield return result;
+        }
+    }
 }
+
+/// <summary>One record's renders (<see cref="Prompts.Renders"/>).</summary>
+/// <param name="Record">The record's number in the file, from 1.</param>
+public sealed record ConversationRenders([property: JsonPropertyName("record")] int Record)
+{
+    /// <summary>The whole conversation, no generation prompt.</summary>
+    [JsonPropertyName("full")] public string? Full { get; init; }
+
+    /// <summary>For each assistant turn, the render of the messages up to and including it.</summary>
+    [JsonPropertyName("turns")] public IReadOnlyList<string>? Turns { get; init; }
+
+    /// <summary>The training examples the record becomes.</summary>
+    [JsonPropertyName("examples")] public IReadOnlyList<ConversationExample>? Examples { get; init; }
+
+    /// <summary>Why the record cannot be rendered, or null.</summary>
+    [JsonPropertyName("error")] public string? Error { get; init; }
+}
+
+/// <summary>One training example of a conversation: its text, the assistant turns it trains (1-based) and their [start, end) ranges.</summary>
+public sealed record ConversationExample(
+    [property: JsonPropertyName("text")] string Text,
+    [property: JsonPropertyName("turns")] IReadOnlyList<int> Turns,
+    [property: JsonPropertyName("loss")] IReadOnlyList<int[]> Loss);

@@ -60,12 +60,42 @@ public sealed record TrainingDataRecord
 /// <summary>How training divides its data (one rule for training, merge and export).</summary>
 public static class TrainingSplits
 {
+    /// <summary>
+    /// The train and eval examples. A conversation trained per assistant turn (<see cref="TextExample.TurnExample"/>)
+    /// stays on one side, so evaluation never scores a turn whose conversation trained its other turns; the split is
+    /// drawn over records (data without such conversations splits exactly as before).
+    /// </summary>
     public static (IReadOnlyList<TextExample> Train, IReadOnlyList<TextExample> Eval) Make(IReadOnlyList<TextExample> all, IReadOnlyList<TextExample>? evalSet, double evalFraction, long seed)
     {
         if (evalSet is null && !(evalFraction >= 0 && evalFraction < 1))
             throw new UserInputException($"--eval-fraction must be in [0, 1) (0 = no evaluation), got {evalFraction}.");
         if (evalSet is not null) return (all, evalSet);
-        if (evalFraction > 0 && all.Count >= 2) return DataSet.Split(all, evalFraction, seed);
-        return (all, Array.Empty<TextExample>());
+        if (!(evalFraction > 0 && all.Count >= 2)) return (all, Array.Empty<TextExample>());
+        if (!all.Any(e => e.TurnExample > 0)) return DataSet.Split(all, evalFraction, seed);
+        var groups = new List<List<TextExample>>();
+        foreach (var e in all)
+        {
+            if (e.TurnExample > 0) groups[^1].Add(e);
+            else groups.Add(new List<TextExample> { e });
+        }
+        if (groups.Count < 2) return (all, Array.Empty<TextExample>());
+        var byFirst = new Dictionary<TextExample, List<TextExample>>(ReferenceEqualityComparer.Instance);
+        foreach (var g in groups) byFirst[g[0]] = g;
+        var (train, eval) = DataSet.Split(groups.Select(g => g[0]).ToList(), evalFraction, seed);
+        return (train.SelectMany(e => byFirst[e]).ToList(), eval.SelectMany(e => byFirst[e]).ToList());
+    }
+
+    /// <summary>The note <c>train</c> prints when conversations were trained per assistant turn, or null when none was.</summary>
+    public static string? PerTurnNote(IEnumerable<TextExample> examples)
+    {
+        int conversations = 0, expanded = 0;
+        foreach (var e in examples)
+        {
+            if (e.TurnExample is not { } k) continue;
+            expanded++;
+            if (k == 0) conversations++;
+        }
+        return expanded == 0 ? null
+            : $"{conversations} conversation(s) became {expanded} examples, one per assistant turn: the chat template writes earlier turns differently once later ones follow (e.g. Qwen3 drops earlier <think> blocks), so each turn is trained on the text the model sees when writing it (docs/chat-templates.md)";
     }
 }

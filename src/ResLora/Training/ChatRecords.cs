@@ -32,23 +32,29 @@ internal static class ChatRecords
 
     public static bool IsConversation(JsonElement rec) => rec.TryGetProperty("messages", out _) || rec.TryGetProperty("conversations", out _);
 
-    public static TextExample ToExample(JsonElement rec, ChatFormat? chat, string where)
+    /// <summary>
+    /// The record's training examples: one (the whole conversation) when the template renders earlier turns the same
+    /// once later ones follow; otherwise one per assistant turn (or group of turns), each the conversation up to that turn
+    /// with the loss on it alone (<see cref="ChatFormat.RenderForTraining"/>), numbered by <see cref="TextExample.TurnExample"/>.
+    /// </summary>
+    public static IEnumerable<TextExample> ToExamples(JsonElement rec, ChatFormat? chat, string where)
     {
         var messages = Messages(rec, where);
         if (!messages.Any(m => m.Role == "assistant"))
             throw new UserInputException($"{where}: the conversation has no assistant message, so there is nothing to learn from it.");
         if (chat is null)
             throw new UserInputException($"{where}: this is a conversation, but the model has no chat_template in tokenizer_config.json; give one with --chat-template NAME|FILE (built-in: {string.Join(", ", BuiltInChatTemplates.Names)}).");
-        RenderedConversation rendered;
+        IReadOnlyList<RenderedConversation> rendered;
         try
         {
-            rendered = chat.Render(messages, Tools(rec, where));
+            rendered = chat.RenderForTraining(messages, Tools(rec, where));
         }
         catch (UserInputException e)
         {
             throw new UserInputException($"{where}: {e.Message}", e);
         }
-        return new TextExample("", rendered.Text) { LossSpans = rendered.AssistantSpans };
+        bool perTurn = rendered.Count > 1;
+        return rendered.Select((r, k) => new TextExample("", r.Text) { LossSpans = r.AssistantSpans, TurnExample = perTurn ? k : null });
     }
 
     /// <summary>The record's messages, checked: every role known, every content a string.</summary>
@@ -66,6 +72,8 @@ internal static class ChatRecords
             messages.Add(new ChatMessage("system", system.GetString()!));
         }
         int i = 0;
+        string? openCall = null; // the message whose tool calls the next tool results answer
+        var callIds = new List<string>(); // the ids of its calls (those that have one)
         foreach (var m in list.EnumerateArray())
         {
             string at = $"{field}[{i++}]";
@@ -87,6 +95,16 @@ internal static class ChatRecords
             if (i == 1 && role == "system" && messages.Count == 1)
                 throw new UserInputException($"{where}: the record has a 'system' field and also starts '{field}' with a system message; keep one.");
             var fields = fromValue ? null : OtherFields(m, where, at);
+            if (role == "tool" && openCall is null)
+                throw new UserInputException($"{where}: {at} is a tool result without a tool call before it; a tool message must follow an assistant message with tool_calls (or other tool results of that call).");
+            if (role == "tool" && fields?["tool_call_id"] is JsonValue idValue && idValue.TryGetValue(out string? answers) && callIds.Count > 0 && !callIds.Contains(answers))
+                throw new UserInputException($"{where}: {at}.tool_call_id '{answers}' answers none of the calls of {openCall} (their ids: {string.Join(", ", callIds)}).");
+            if (role != "tool")
+            {
+                openCall = (fromValue && m.GetProperty("from").GetString() == "function_call") || fields?["tool_calls"] is JsonArray { Count: > 0 } ? at : null;
+                callIds = openCall is null || fields?["tool_calls"] is not JsonArray calls ? new List<string>()
+                    : calls.Select(c => c is JsonObject o && o["id"] is JsonValue v && v.TryGetValue(out string? id) ? id : null).OfType<string>().ToList();
+            }
             bool callsOnly = role == "assistant" && fields?["tool_calls"] is JsonArray && (!m.TryGetProperty(contentField, out var c) || c.ValueKind == JsonValueKind.Null);
             if (callsOnly) fields!["content"] = null;
             messages.Add(new ChatMessage(role, callsOnly ? "" : Text(m, contentField, where, at)) { Fields = fields });
@@ -104,6 +122,7 @@ internal static class ChatRecords
             if (p.Name is "role" or "content") continue;
             if (p.Name == "tool_calls" && p.Value.ValueKind is not (JsonValueKind.Array or JsonValueKind.Null))
                 throw new UserInputException($"{where}: {at}.tool_calls must be a list of calls ({{\"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}), got {Kind(p.Value)}.");
+            if (p.Name == "tool_calls" && p.Value.ValueKind == JsonValueKind.Array) ToolCallShape.Check(p.Value, $"{where}: {at}.tool_calls");
             if (p.Name is "tool_call_id" or "name" && p.Value.ValueKind is not (JsonValueKind.String or JsonValueKind.Null))
                 throw new UserInputException($"{where}: {at}.{p.Name} must be a string, got {Kind(p.Value)}.");
             fields ??= new JsonObject();

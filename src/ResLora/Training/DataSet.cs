@@ -23,6 +23,12 @@ public sealed record TextExample(string Prompt, string Completion)
     /// <summary>Whether this is a rendered conversation (<see cref="LossSpans"/> set).</summary>
     public bool IsConversation => LossSpans is not null;
 
+    /// <summary>
+    /// For a conversation whose template rewrites earlier turns, trained as one example per assistant turn (or group of
+    /// turns): this example's index among its conversation's, 0 for the first; null for every other example.
+    /// </summary>
+    public int? TurnExample { get; init; }
+
     /// <summary>The adapter the record names in its <c>"adapter"</c> field (several adapters on one base), or null for none.</summary>
     public string? Adapter { get; init; }
 }
@@ -67,7 +73,7 @@ public static class DataSet
         templates ??= new DataTemplates();
         templates.Validate();
         InputPaths.DataFile(path, expected: "a JSONL or JSON-array file with --data");
-        return ObjectRecords(path, "data set").Select(r => ToExample(r.Record, templates, r.Where) with { Adapter = AdapterName(r.Record, r.Where) }).ToList();
+        return ObjectRecords(path, "data set").SelectMany(r => ToExamples(r.Record, templates, r.Where).Select(e => e with { Adapter = AdapterName(r.Record, r.Where) })).ToList();
     }
 
     /// <summary>The file's records, each a JSON object, with "file: record N (line L)" to name it in errors; an empty file is an error naming <paramref name="what"/>.</summary>
@@ -95,11 +101,14 @@ public static class DataSet
         return a.GetString();
     }
 
+    /// <summary>The record's examples: one, or one per assistant turn of a conversation whose template rewrites earlier turns.</summary>
+    private static IEnumerable<TextExample> ToExamples(JsonElement rec, DataTemplates t, string where) =>
+        t.PromptTemplate is null && ChatRecords.IsConversation(rec) ? ChatRecords.ToExamples(rec, t.Chat, where) : new[] { ToExample(rec, t, where) };
+
     private static TextExample ToExample(JsonElement rec, DataTemplates t, string where)
     {
         if (t.PromptTemplate is not null)
             return new TextExample(Render(t.PromptTemplate, rec, where), Render(t.CompletionTemplate!, rec, where));
-        if (ChatRecords.IsConversation(rec)) return ChatRecords.ToExample(rec, t.Chat, where);
         if (rec.TryGetProperty("prompt", out _) || rec.TryGetProperty("completion", out _))
             return new TextExample(Field(rec, "prompt", where), Field(rec, "completion", where));
         if (rec.TryGetProperty("instruction", out _))

@@ -49,4 +49,31 @@ public sealed class ChatPromptTests : IDisposable
         Assert.Equal("blue", p.Reply(tok, reply));
         Assert.Equal("no end", p.Reply(tok, tok.Encode("no end")));
     }
+
+    [Fact]
+    public void Renders_Qwen3ThinkingConversation_WholeRenderEachTurnsRenderAndThePerTurnExamples_ARefusedRecordCarriesItsError()
+    {
+        var format = IO.Templates.ChatTurnTests.Qwen3();
+        var messages = IO.Templates.ChatTurnTests.ThinkingConversation;
+        string data = Path.Combine(_dir, "renders.jsonl");
+        string record = System.Text.Json.JsonSerializer.Serialize(new { messages = messages.Select(m => new { role = m.Role, content = m.Content }) });
+        string refused = "{\"messages\":[{\"role\":\"user\",\"content\":\"Q\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":{}}}]}]}";
+        File.WriteAllText(data, record + "\n" + refused + "\n");
+
+        var r = Prompts.Renders(data, format).ToList();
+        Assert.Equal(2, r.Count);
+        Assert.Equal(format.RenderText(messages), r[0].Full);
+        Assert.DoesNotContain("add two and two", r[0].Full); // the whole render drops earlier reasoning...
+        Assert.Equal(new[] { 2, 4, 6 }.Select(i => format.RenderText(messages.Take(i + 1).ToList())), r[0].Turns);
+        Assert.Contains("add two and two", r[0].Turns![0]); // ...the render that ends with the turn keeps it
+        Assert.Equal(r[0].Turns, r[0].Examples!.Select(e => e.Text));
+        Assert.Equal(new[] { new[] { 1 }, new[] { 2 }, new[] { 3 } }, r[0].Examples!.Select(e => e.Turns.ToArray()));
+        var last = r[0].Examples![2];
+        Assert.Equal("<think>\n12 minus 5\n</think>\n\n7<|im_end|>", last.Text[last.Loss[0][0]..last.Loss[0][1]]);
+        Assert.Null(r[0].Error);
+        // Qwen3's template tests '</think>' in the content, which None cannot answer: the template's own error, not a crash.
+        Assert.Null(r[1].Full);
+        Assert.Contains("chat template 'qwen3' line", r[1].Error);
+        Assert.Equal(2, r[1].Record);
+    }
 }

@@ -8,7 +8,11 @@ namespace ResLora.Text.Templates;
 /// <param name="Text">The rendered text, special tokens written out (transformers' <c>apply_chat_template(tokenize=False)</c>).</param>
 /// <param name="AssistantSpans">[start, end) ranges of <paramref name="Text"/> the model learns to write: each assistant turn's text
 /// and its end-of-turn token, in order.</param>
-public sealed record RenderedConversation(string Text, IReadOnlyList<(int Start, int End)> AssistantSpans);
+public sealed record RenderedConversation(string Text, IReadOnlyList<(int Start, int End)> AssistantSpans)
+{
+    /// <summary>Which assistant turns (1-based, in the conversation's order) <see cref="AssistantSpans"/> are, one number per span.</summary>
+    public IReadOnlyList<int> Turns { get; init; } = Array.Empty<int>();
+}
 
 /// <summary>
 /// A model's conversation format: its chat template with the texts of its BOS and EOS tokens, the end-of-turn token(s)
@@ -20,9 +24,10 @@ public sealed record RenderedConversation(string Text, IReadOnlyList<(int Start,
 /// prompt (and, when that is not how the turn begins, without it) and up to message i + 1: the turn is what the second
 /// adds to the first, cut after the first end-of-turn token that follows the message's content (so the newline or
 /// space a template writes between turns is not learnt). Text the template writes after the end of the conversation
-/// (Phi-3's final EOS) is never part of a turn, since each turn is then located in the whole conversation's text.
+/// (Phi-3's final EOS) is never part of a turn. A template that writes an earlier turn differently once later messages
+/// follow (Qwen3 drops the <c>&lt;think&gt;</c> blocks of earlier replies) is trained per turn: see <see cref="RenderForTraining"/>.
 /// </remarks>
-public sealed class ChatFormat
+public sealed partial class ChatFormat
 {
     /// <summary>End-of-turn texts that families use, looked for when the tokenizer files list no special tokens.</summary>
     private static readonly string[] KnownEndOfTurn = { "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|eom_id|>", "<|endoftext|>", "</s>" };
@@ -82,62 +87,15 @@ public sealed class ChatFormat
     public string RenderPrompt(IReadOnlyList<ChatMessage> messages, JsonArray? tools = null) =>
         Template.RenderConversation(messages, addGenerationPrompt: true, BosToken, EosToken, Variables(tools));
 
+    /// <summary>The conversation rendered as it is (transformers' <c>apply_chat_template(tokenize=False)</c>), with or without the generation prompt.</summary>
+    /// <param name="messages">The conversation, oldest first.</param>
+    /// <param name="tools">The tools the model may call, or null.</param>
+    /// <param name="addGenerationPrompt">Whether to end with the header that opens the assistant's reply.</param>
+    public string RenderText(IReadOnlyList<ChatMessage> messages, JsonArray? tools = null, bool addGenerationPrompt = false) =>
+        Template.RenderConversation(messages, addGenerationPrompt, BosToken, EosToken, Variables(tools));
+
     private static Dictionary<string, object?>? Variables(JsonArray? tools) =>
         tools is null ? null : new Dictionary<string, object?>(StringComparer.Ordinal) { ["tools"] = tools };
-
-    /// <summary>Renders a whole conversation and finds its assistant turns (see the remarks on <see cref="ChatFormat"/>).</summary>
-    /// <param name="messages">The conversation, oldest first.</param>
-    /// <returns>The text and the assistant turns' ranges.</returns>
-    /// <exception cref="ChatTemplateException">The template failed or rejected the conversation.</exception>
-    /// <exception cref="UserInputException">An assistant turn cannot be located in the text.</exception>
-    /// <param name="tools">The tools the model may call (rendered by templates that describe them), or null.</param>
-    public RenderedConversation Render(IReadOnlyList<ChatMessage> messages, JsonArray? tools = null)
-    {
-        ArgumentNullException.ThrowIfNull(messages);
-        var variables = Variables(tools);
-        var (text, marked) = Template.RenderConversationMarked(messages, addGenerationPrompt: false, BosToken, EosToken, variables);
-        if (marked.Count > 0) return new RenderedConversation(text, marked);
-        var spans = new List<(int Start, int End)>();
-        int from = 0, turn = 0;
-        for (int i = 0; i < messages.Count; i++)
-        {
-            if (messages[i].Role != "assistant") continue;
-            turn++;
-            var span = AssistantSpan(messages, i, turn, text, from, variables);
-            spans.Add(span);
-            from = span.End;
-        }
-        return new RenderedConversation(text, spans);
-    }
-
-    private (int Start, int End) AssistantSpan(IReadOnlyList<ChatMessage> messages, int i, int turn, string full, int from, Dictionary<string, object?>? variables)
-    {
-        var before = messages.Take(i).ToList();
-        string upTo = Template.RenderConversation(messages.Take(i + 1).ToList(), addGenerationPrompt: false, BosToken, EosToken, variables);
-        string? prefix = null;
-        foreach (bool generationPrompt in new[] { true, false })
-        {
-            string p;
-            try
-            {
-                p = Template.RenderConversation(before, generationPrompt, BosToken, EosToken, variables);
-            }
-            catch (ChatTemplateException)
-            {
-                continue; // a template may refuse a conversation that does not end where it expects; try the other way
-            }
-            if (upTo.StartsWith(p, StringComparison.Ordinal)) { prefix = p; break; }
-        }
-        if (prefix is null)
-            throw new UserInputException($"{Origin}: assistant turn {turn} cannot be located: the template renders the conversation before it differently once the turn is added; mark assistant text with {{% generation %}} in the template, or choose another with --chat-template.");
-        string segment = CutAtEndOfTurn(upTo[prefix.Length..], messages[i].Content);
-        int at = full.StartsWith(prefix, StringComparison.Ordinal) && string.CompareOrdinal(full, prefix.Length, segment, 0, segment.Length) == 0
-            ? prefix.Length
-            : full.IndexOf(segment, from, StringComparison.Ordinal);
-        if (at < 0)
-            throw new UserInputException($"{Origin}: assistant turn {turn} cannot be located: the template writes it differently when later messages follow; mark assistant text with {{% generation %}} in the template, or choose another with --chat-template.");
-        return (at, at + segment.Length);
-    }
 
     /// <summary>The turn up to and including the first end-of-turn text after the message's content (the whole turn when none follows).</summary>
     private string CutAtEndOfTurn(string segment, string content)
