@@ -112,7 +112,7 @@ public sealed class ModelFamilyTests
 
     [Theory]
     [InlineData("gemma3", "not supported")]
-    [InlineData("phi3", "not supported")]
+    [InlineData("falcon", "not supported")]
     [InlineData("bert", "encoder")]
     public void UnknownOrEncoderModelType_IsRefusedUpFront_ListingTheFamilies(string modelType, string says)
     {
