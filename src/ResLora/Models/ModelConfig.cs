@@ -43,7 +43,15 @@ public sealed record ModelConfig
     [JsonPropertyName("rope_theta")] public double RopeTheta { get; init; } = 10000.0;
     [JsonPropertyName("rope_scaling")] public RopeScaling? RopeScaling { get; init; }
     [JsonPropertyName("max_position_embeddings")] public int MaxPositionEmbeddings { get; init; } = 2048;
-    [JsonPropertyName("tie_word_embeddings")] public bool TieWordEmbeddings { get; init; }
+    /// <summary>As written in config.json; absent = the family's default (<see cref="TieWordEmbeddings"/>).</summary>
+    [JsonPropertyName("tie_word_embeddings")] public bool? TieWordEmbeddingsRaw { get; init; }
+    /// <summary>Whether lm_head is the embedding matrix; absent in config.json = false, except for families whose config class defaults it to true (Gemma 3).</summary>
+    [JsonIgnore]
+    public bool TieWordEmbeddings
+    {
+        get => TieWordEmbeddingsRaw ?? ModelFamilies.Find(ModelType) is ICausalLMFamily { TiesWordEmbeddingsByDefault: true };
+        init => TieWordEmbeddingsRaw = value;
+    }
     /// <summary>Qwen2 has q/k/v biases but no such field: see <see cref="HasQkvBias"/>.</summary>
     [JsonPropertyName("attention_bias")] public bool AttentionBias { get; init; }
     [JsonPropertyName("mlp_bias")] public bool MlpBias { get; init; }

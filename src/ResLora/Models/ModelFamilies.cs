@@ -1,4 +1,5 @@
 using ResLora.Models.Encoders;
+using ResLora.Models.Gemma3;
 using ResLora.Models.Llama;
 using ResLora.Models.Qwen3;
 
@@ -16,6 +17,7 @@ public static class ModelFamilies
     {
         LlamaFamily.Instance,
         Qwen3Family.Instance,
+        Gemma3Family.Instance,
         BertFamily.Instance,
     };
 
@@ -61,6 +63,8 @@ public static class ModelFamilies
         if (family is ICausalLMFamily lm) return lm;
         if (family is not null)
             throw new UserInputException($"{source}: model_type '{modelType}' is a {family.Name}-family encoder, not a causal language model; this command needs a decoder ({Supported()}).");
+        string? hint = BuiltIn.OfType<ICausalLMFamily>().Select(f => f.HintFor(modelType.Trim().ToLowerInvariant())).FirstOrDefault(h => h is not null);
+        if (hint is not null) throw new UserInputException($"{source}: model_type '{modelType}': {hint}");
         throw new UserInputException($"{source}: model_type '{modelType}' is not supported; supported model types: {Supported()}.");
     }
 
