@@ -43,9 +43,11 @@ public sealed class Gemma3Tests : IDisposable
     /// <see cref="TinyModels.Build"/> with Gemma's norm weights redrawn around 0 (uniform ±0.25): Gemma stores 1 + w offsets,
     /// so TinyModels' draws around 1 would double every norm's scale, far from real checkpoints.
     /// </summary>
-    internal static CausalLM Build(ModelConfig c, long seed, ScalarType dtype = ScalarType.Float32)
+    internal static CausalLM Build(ModelConfig c, long seed, ScalarType dtype = ScalarType.Float32) => CenterNorms(TinyModels.Build(c, seed, dtype: dtype), seed);
+
+    /// <summary>Redraws <paramref name="model"/>'s norm weights uniformly in ±0.25 (Gemma's 1 + w offsets); returns it.</summary>
+    internal static CausalLM CenterNorms(CausalLM model, long seed)
     {
-        var model = TinyModels.Build(c, seed, dtype: dtype);
         using var noGrad = torch.no_grad();
         using var gen = new torch.Generator((ulong)seed + 2000);
         foreach (var (name, p) in model.BaseParameters())

@@ -8,7 +8,7 @@ public sealed class ModelPresetsTests
     [Fact]
     public void Names_ListEveryEmbeddedPreset()
     {
-        Assert.Equal(new[] { "llama-3.2-1b", "qwen2.5-0.5b", "qwen3-0.6b", "smollm2-135m", "tinyllama-1.1b" }, ModelPresets.Names);
+        Assert.Equal(new[] { "gemma-3-1b", "gemma-3-270m", "llama-3.2-1b", "qwen2.5-0.5b", "qwen3-0.6b", "smollm2-135m", "tinyllama-1.1b" }, ModelPresets.Names);
     }
 
     [Theory]
