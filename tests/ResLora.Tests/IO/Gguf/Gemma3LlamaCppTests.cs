@@ -23,7 +23,9 @@ public sealed class Gemma3LlamaCppTests
     private static ModelConfig Config(int pattern = 3, double localBase = 100) =>
         Gemma3Tests.Tiny(vocab: GgufTinyFolders.ByteLevelVocab, pattern: pattern, scalar: 16, localBase: localBase) with
         {
-            IntermediateSize = 64, BosTokenId = null, EosTokenIds = null,
+            IntermediateSize = 64,
+            BosTokenId = null,
+            EosTokenIds = null,
         };
 
     public static TheoryData<string> Cases => new() { "period-3", "period-6-linear-rope", "untied-base-1e4", "attention-only" };
