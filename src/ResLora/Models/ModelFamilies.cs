@@ -63,7 +63,8 @@ public static class ModelFamilies
         if (family is ICausalLMFamily lm) return lm;
         if (family is not null)
             throw new UserInputException($"{source}: model_type '{modelType}' is a {family.Name}-family encoder, not a causal language model; this command needs a decoder ({Supported()}).");
-        string? hint = BuiltIn.OfType<ICausalLMFamily>().Select(f => f.HintFor(modelType.Trim().ToLowerInvariant())).FirstOrDefault(h => h is not null);
+        string key = modelType?.Trim().ToLowerInvariant() ?? "";
+        string? hint = BuiltIn.OfType<ICausalLMFamily>().Select(f => f.HintFor(key)).FirstOrDefault(h => h is not null);
         if (hint is not null) throw new UserInputException($"{source}: model_type '{modelType}': {hint} Supported model types: {Supported()}.");
         throw new UserInputException($"{source}: model_type '{modelType}' is not supported; supported model types: {Supported()}.");
     }
