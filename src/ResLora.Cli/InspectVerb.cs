@@ -48,7 +48,7 @@ internal static class InspectVerb
             t.AddRow("rope theta / scaling", $"{c.RopeTheta} / {c.RopeScaling?.Kind ?? "none"}");
             t.AddRow("tied embeddings", c.TieWordEmbeddings.ToString());
             t.AddRow("q/k/v bias", c.HasQkvBias.ToString());
-            if (c.SlidingWindow is int window) t.AddRow("sliding window", $"{window} tokens{(c.ModelType == "mistral" || c.UseSlidingWindow ? "" : " (not used: use_sliding_window is false)")}");
+            if (c.SlidingWindow is int window) t.AddRow("sliding window", $"{window} tokens{(c.ModelType is "mistral" or "gemma3_text" || c.UseSlidingWindow ? "" : " (not used: use_sliding_window is false)")}");
             t.AddRow("stored dtype", c.TorchDtype ?? "?");
             t.AddRow("parameters", $"{info.Parameters:N0}");
             t.AddRow("in linear modules", $"{info.LinearParameters:N0}");

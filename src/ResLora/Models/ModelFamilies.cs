@@ -1,5 +1,6 @@
 using ResLora.Models.Deberta;
 using ResLora.Models.Encoders;
+using ResLora.Models.Gemma3;
 using ResLora.Models.Llama;
 using ResLora.Models.Phi3;
 using ResLora.Models.Qwen3;
@@ -21,6 +22,7 @@ public static class ModelFamilies
         Qwen3Family.Instance,
         SmolLM3Family.Instance,
         Phi3Family.Instance,
+        Gemma3Family.Instance,
         BertFamily.Instance,
         DebertaFamily.Instance,
     };
@@ -67,6 +69,9 @@ public static class ModelFamilies
         if (family is ICausalLMFamily lm) return lm;
         if (family is not null)
             throw new UserInputException($"{source}: model_type '{modelType}' is a {family.Name}-family encoder, not a causal language model; this command needs a decoder ({Supported()}).");
+        string key = modelType?.Trim().ToLowerInvariant() ?? "";
+        string? hint = BuiltIn.OfType<ICausalLMFamily>().Select(f => f.HintFor(key)).FirstOrDefault(h => h is not null);
+        if (hint is not null) throw new UserInputException($"{source}: model_type '{modelType}': {hint} Supported model types: {Supported()}.");
         throw new UserInputException($"{source}: model_type '{modelType}' is not supported; supported model types: {Supported()}.");
     }
 

@@ -49,8 +49,17 @@ public interface ICausalLMFamily : IModelFamily
     /// </summary>
     IReadOnlyList<Rotary> CreateRotaries(ModelConfig config, Device device) => new[] { new Rotary(config, device) };
 
-    /// <summary>What a config.json without <c>tie_word_embeddings</c> means: false for Llama/Qwen (their config classes' default), true for SmolLM3.</summary>
+    /// <summary>
+    /// What a config.json without <c>tie_word_embeddings</c> means, as transformers' config class defaults it: false for the
+    /// LLaMA-style configs, true for Gemma 3 and SmolLM3 (whose published config.json files do not write the field).
+    /// </summary>
     bool TiesEmbeddingsByDefault => false;
+
+    /// <summary>
+    /// A message for a related <c>model_type</c> this family does not load (Gemma 3's multimodal <c>gemma3</c> beside its
+    /// <c>gemma3_text</c>): what is missing and how to get a loadable folder; null when it has nothing to say.
+    /// </summary>
+    string? HintFor(string modelType) => null;
 }
 
 /// <summary>One decoder block: the unit the stack runs, checkpoints (<c>--grad-checkpoint</c>) and RoLoRA instruments.</summary>

@@ -38,6 +38,7 @@ public sealed class FamilyContractTests : IDisposable
             "qwen3" => c with { HeadDimRaw = 12, TieWordEmbeddings = true },
             "smollm3" => (c with { TieWordEmbeddings = true }).WithExtra("no_rope_layers", new[] { 1, 0 }),
             "phi3" => Phi3Tests.Tiny(window: 6, tied: true, vocab: c.VocabSize),
+            "gemma3_text" => Gemma3Tests.Tiny(vocab: c.VocabSize),
             _ => c,
         };
     }
@@ -104,12 +105,12 @@ public sealed class FamilyContractTests : IDisposable
     public void UnknownModelType_IsRefusedByEveryVerb_WithTheSupportedList()
     {
         var c = TinyModels.Config(vocab: DemoTokenizerFiles.VocabSize);
-        string model = Path.Combine(_dir, "gemma");
+        string model = Path.Combine(_dir, "mamba");
         using (var built = TinyModels.Build(c, seed: 2))
             ModelFolder.Save(model, c, built.BaseParameters().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)));
         DemoTokenizerFiles.Write(model);
         string cfg = Path.Combine(model, "config.json");
-        File.WriteAllText(cfg, File.ReadAllText(cfg).Replace("\"model_type\": \"llama\"", "\"model_type\": \"gemma3_text\""));
+        File.WriteAllText(cfg, File.ReadAllText(cfg).Replace("\"model_type\": \"llama\"", "\"model_type\": \"mamba\""));
         string data = CliHarness.Data(Path.Combine(_dir, "d.jsonl"), 8, 1);
         foreach (var args in new[]
         {
@@ -120,7 +121,7 @@ public sealed class FamilyContractTests : IDisposable
         {
             var r = CliHarness.Run(args);
             Assert.True(r.Rc == 2, $"{args[0]}: rc {r.Rc}\n{r.Err}");
-            Assert.Contains("'gemma3_text' is not supported", r.Err);
+            Assert.Contains("'mamba' is not supported", r.Err);
             Assert.Contains("qwen3", r.Err);
             Assert.DoesNotContain("   at ", r.Err); // no stack trace
         }

@@ -8,7 +8,7 @@ public sealed class ModelPresetsTests
     [Fact]
     public void Names_ListEveryEmbeddedPreset()
     {
-        Assert.Equal(new[] { "llama-3.2-1b", "phi-3-mini-4k", "phi-4-mini", "qwen2.5-0.5b", "qwen3-0.6b", "smollm2-135m", "smollm3-3b", "tinyllama-1.1b" }, ModelPresets.Names);
+        Assert.Equal(new[] { "gemma-3-1b", "gemma-3-270m", "llama-3.2-1b", "phi-3-mini-4k", "phi-4-mini", "qwen2.5-0.5b", "qwen3-0.6b", "smollm2-135m", "smollm3-3b", "tinyllama-1.1b" }, ModelPresets.Names);
     }
 
     [Theory]
