@@ -95,7 +95,8 @@ public static class TokenizerLoader
         {
             "BPE" => Tokenizers.BpeModel.FromJson(model, source),
             "WordPiece" => Tokenizers.WordPieceModel.FromJson(model, source),
-            _ => throw new UserInputException($"{source}: 'model.type' '{type}' is not supported (supported: BPE for the Llama, Mistral, Qwen2, GPT-2 and RoBERTa families; WordPiece for BERT)."),
+            "Unigram" => Tokenizers.UnigramModel.FromJson(model, source),
+            _ => throw new UserInputException($"{source}: 'model.type' '{type}' is not supported (supported: BPE for the Llama, Mistral, Qwen2, GPT-2 and RoBERTa families; WordPiece for BERT; Unigram for SentencePiece unigram models such as T5, XLM-R and DeBERTa-v3)."),
         };
         return new Tokenizers.HfTokenizer(root, tokenModel, source);
     }
