@@ -63,6 +63,7 @@ internal sealed class PrecompiledCharsMap
         uint pos = Offset(_units[0]);
         for (int i = 0; i < key.Length; i++)
         {
+            if (key[i] == 0) break; // darts keys are NUL-terminated, so none holds a NUL (spm_precompiled stops here too)
             pos ^= key[i];
             if (pos >= (uint)_units.Length) return (length, value); // beyond the array: no such child
             uint unit = _units[pos];
