@@ -43,11 +43,12 @@ public sealed class UnigramTokenizerTests : IDisposable
     [Fact]
     public void UnknownCharacters_ScoreMinMinusTen_AndAreFused()
     {
-        // Lowest score -5, so an unknown character scores -15. "éa" as one piece at -15.9 beats unk + a (-15 - 1 = -16);
-        // at -16.1 it loses: the penalty is exactly 10 below the lowest score.
-        var pieces = new List<(string, double)> { ("<unk>", 0.0), ("a", -1.0), ("z", -5.0), ("éa", -15.9) };
+        // Lowest score -30 (z), so an unknown character scores -40, and unk + a scores -40 + 15 = -25. "éa" as one piece
+        // at -24.9 beats that; at -25.1 it loses: the penalty is exactly 10 below the lowest score. (A piece that covers
+        // the unknown character is itself a score the minimum counts, hence a positive score for a.)
+        var pieces = new List<(string, double)> { ("<unk>", 0.0), ("a", 15.0), ("z", -30.0), ("éa", -24.9) };
         Assert.Equal(new[] { 3 }, Ids(new UnigramModel(pieces, 0, false, "t"), "éa"));
-        pieces[3] = ("éa", -16.1);
+        pieces[3] = ("éa", -25.1);
         Assert.Equal(new[] { 0, 1 }, Ids(new UnigramModel(pieces, 0, false, "t"), "éa"));
         // A run of unknown characters (with a surrogate pair) is one unknown token, spanning the whole run.
         var m = Model(pieces: new[] { ("<unk>", 0.0), ("a", -1.0), ("b", -1.0) });
@@ -148,8 +149,8 @@ public sealed class UnigramTokenizerTests : IDisposable
         // Full-width letters map to ASCII through the charsmap: ＡＢ is the rule for X (longest match), Ａ alone is A.
         Assert.Equal(new[] { 4, 18, 16 }, tok.Encode("\uFF21\uFF22\uFF21")); // ▁ X A
         Assert.Equal(new[] { 19, 17 }, tok.Encode("\uFF21B"));                 // ▁A (-4) + B (-5) beats ▁ + A + B (-12)
-        // A word the pieces cannot spell: "▁héllo" → ▁he, é unknown, llo.
-        Assert.Equal(new[] { 7, 3, 8 }, tok.Encode("héllo"));
+        // A word the pieces cannot spell: "▁héllo" → ▁, h, é unknown, llo (▁he does not match: é is not e).
+        Assert.Equal(new[] { 4, 9, 3, 8 }, tok.Encode("héllo"));
         // Offsets: ▁hello covers "hello" in the raw text after the stripped spaces.
         var offsets = ((ITokenOffsets)tok).EncodeWithOffsets("  hello world");
         Assert.Equal((5, 2, 7), (offsets[0].Id, offsets[0].Start, offsets[0].End));
