@@ -146,6 +146,8 @@ public sealed class UnigramTokenizerTests : IDisposable
         // Stripped, spaces collapsed, ▁ prepended to each word: ▁hello ▁world.
         Assert.Equal(new[] { 5, 6 }, tok.Encode("  hello   world \t"));
         Assert.Equal("hello world", tok.Decode(tok.Encode("hello world")));
+        // Decoding gives the normalized text: spaces collapsed, the charsmap's replacements (ＡＢ → X, Ａ → A) kept.
+        Assert.Equal("hello XA world", tok.Decode(tok.Encode("  hello  \uFF21\uFF22\uFF21 world ")));
         // Full-width letters map to ASCII through the charsmap: ＡＢ is the rule for X (longest match), Ａ alone is A.
         Assert.Equal(new[] { 4, 18, 16 }, tok.Encode("\uFF21\uFF22\uFF21")); // ▁ X A
         Assert.Equal(new[] { 19, 17 }, tok.Encode("\uFF21B"));                 // ▁A (-4) + B (-5) beats ▁ + A + B (-12)
