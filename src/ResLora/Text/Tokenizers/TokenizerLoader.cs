@@ -64,6 +64,12 @@ public static class TokenizerLoader
             var (_, _, pad, _) = Specials(cfg, gen, model, tok.TokenId, false, vocabTxt);
             return Wrap(tok, null, new List<int>(), pad, false, vocabTxt);
         }
+        // DeBERTa-v3 (spm.model), T5 (spiece.model) and XLM-R (sentencepiece.bpe.model) publish SentencePiece unigram models
+        // under their own names, often without a tokenizer.json: name the way to one.
+        string? spmFile = new[] { "spm.model", "spiece.model", "sentencepiece.bpe.model" }.FirstOrDefault(f => File.Exists(Path.Combine(modelDir, f)));
+        if (spmFile is not null)
+            throw new FileNotFoundException($"{modelDir}: no tokenizer.json; the folder has the SentencePiece model {spmFile}, which reslora reads through the tokenizer.json that transformers converts it to: "
+                + $"python -c \"from transformers import AutoTokenizer; AutoTokenizer.from_pretrained('{modelDir}').save_pretrained('{modelDir}')\" (or copy the model's tokenizer.json into the folder).");
         throw new FileNotFoundException($"{modelDir}: no tokenizer.json, tokenizer.model or vocab.txt; copy the tokenizer files of the model into the folder.");
     }
 

@@ -168,6 +168,15 @@ public sealed class UnigramTokenizerTests : IDisposable
     }
 
     [Fact]
+    public void SentencePieceModelWithoutTokenizerJson_SaysHowToMakeOne()
+    {
+        File.WriteAllBytes(Path.Combine(_dir, "spm.model"), new byte[] { 10, 0 });
+        var e = Assert.Throws<FileNotFoundException>(() => TokenizerLoader.Load(_dir));
+        Assert.Contains("spm.model", e.Message);
+        Assert.Contains("save_pretrained", e.Message);
+    }
+
+    [Fact]
     public void DamagedCharsmapInTokenizerJson_NamesFileAndField()
     {
         var e = Assert.Throws<UserInputException>(() => TokenizerLoader.Load(WriteDebertaStyle(Convert.ToBase64String(new byte[] { 0xFF, 0xFF, 0, 0, 1, 2 }))));
