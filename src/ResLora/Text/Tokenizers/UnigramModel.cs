@@ -61,6 +61,10 @@ internal sealed class UnigramModel : ITokenModel
         _byteFallback = byteFallback;
         _vocab = new Dictionary<string, int>(pieces.Count, StringComparer.Ordinal);
         _scores = new double[pieces.Count];
+        int units = 0;
+        foreach (var (piece, _) in pieces) units += piece.Length;
+        _edges.EnsureCapacity(units); // at most one edge per UTF-16 unit of the pieces
+        _pieceAt.Capacity = units + 1;
         double min = double.MaxValue;
         for (int id = 0; id < pieces.Count; id++)
         {
@@ -90,7 +94,7 @@ internal sealed class UnigramModel : ITokenModel
             }
             node = child;
         }
-        _pieceAt[node] = _vocab[piece]; // the id the lookup by string gives, as the Rust trie hit is looked up by string
+        _pieceAt[node] = id; // pieces go in by id, so a repeated piece ends with its last id, as the lookup by string gives
     }
 
     public void Encode(string word, List<int> output)
