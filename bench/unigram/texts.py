@@ -1,21 +1,20 @@
 """Writes the training corpus and the check texts for bench/unigram-check.sh (bench only).
 
-Usage: texts.py DATA_DIR DOCS_DIR OUT_DIR COUNT
-corpus.txt: instructions of the llm-adapters data sets, the repo's docs, and a few lines in other scripts;
+Usage: texts.py DATA_DIR OUT_DIR COUNT
+corpus.txt: instructions of the llm-adapters data sets and a few lines in other scripts (not the repo's docs, so the
+models and the counts do not move when the docs change);
 texts.jsonl: COUNT texts, one JSON string a line: corpus sentences plus made-up texts with accents, combining marks,
 full-width and compatibility characters (what nmt_nfkc rewrites), emoji, scripts the small vocabulary lacks (unknown
 runs), control and zero-width characters and runs of spaces, tabs and newlines.
 """
 import glob, json, os, random, sys
 
-data_dir, docs_dir, out, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+data_dir, out, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = random.Random(7)
 lines = []
 for path in sorted(glob.glob(os.path.join(data_dir, "*", "test.json"))):
     for rec in json.load(open(path, encoding="utf-8"))[:300]:
         lines.extend(l for l in rec.get("instruction", "").split("\n") if l.strip())
-for path in sorted(glob.glob(os.path.join(docs_dir, "*.md"))):
-    lines.extend(l for l in open(path, encoding="utf-8").read().split("\n") if l.strip())
 world = [
     "Le café de la gare est fermé le dimanche, mais la crêperie reste ouverte.",
     "Über den Wolken muss die Freiheit wohl grenzenlos sein, sagte der Pilot.",
