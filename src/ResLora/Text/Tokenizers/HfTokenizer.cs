@@ -9,11 +9,12 @@ internal sealed record AddedToken(int Id, string Content, bool Special, bool Lst
 
 /// <summary>
 /// A Hugging Face <c>tokenizer.json</c> around one model step (<see cref="ITokenModel"/>: <see cref="BpeModel"/> or
-/// <see cref="WordPieceModel"/>, one class per <c>model.type</c>), run the way the Rust <c>tokenizers</c> library
+/// <see cref="WordPieceModel"/> or <see cref="UnigramModel"/>, one class per <c>model.type</c>), run the way the Rust <c>tokenizers</c> library
 /// runs it: added tokens split the text first; each remaining piece is normalized, pre-tokenized and encoded by the
 /// model; decoding runs the decoder chain over the token strings. Covers the SentencePiece-style family (Llama 2,
 /// TinyLlama, Mistral: Prepend/Replace normalizers or a Metaspace pre-tokenizer, byte fallback), the byte-level family
-/// (GPT-2, RoBERTa, Llama 3, Qwen2: Split + ByteLevel) and BERT (BertNormalizer, BertPreTokenizer, WordPiece). The
+/// (GPT-2, RoBERTa, Llama 3, Qwen2: Split + ByteLevel), BERT (BertNormalizer, BertPreTokenizer, WordPiece) and
+/// SentencePiece Unigram (T5, XLM-R, DeBERTa-v3: Strip, Precompiled, Replace, Metaspace, Unigram). The
 /// post-processor (specials around one text or a pair) is read into <see cref="PostProcessor"/>. Unsupported components
 /// are refused by name, never silently skipped.
 /// </summary>
@@ -107,6 +108,29 @@ internal sealed partial class HfTokenizer
             case "NFKC": AddLocalNormalizer(UnicodeNfc.ComposeCompatibility); break;
             case "NFKD": AddLocalNormalizer(UnicodeNfd.DecomposeCompatibility); break;
             case "Lowercase": AddLocalNormalizer(BertText.Lowercase); break;
+            case "Precompiled":
+                {
+                    // SentencePiece's compiled rules (Unigram tokenizers: T5, XLM-R, DeBERTa-v3); not character-local in
+                    // general, so offsets follow it per character where the outputs add up, else coarsely (AlignedText.Map).
+                    string blob = (string?)n["precompiled_charsmap"] is { Length: > 0 } b ? b : throw Bad("normalizer.precompiled_charsmap", "is missing or empty");
+                    AddLocalNormalizer(PrecompiledCharsMap.Parse(blob, $"{_source}: 'normalizer.precompiled_charsmap'").Normalize);
+                    break;
+                }
+            case "Strip":
+                {
+                    bool left = (bool?)n["strip_left"] ?? true, right = (bool?)n["strip_right"] ?? true;
+                    // normalizers/strip.rs: Unicode White_Space, which char.IsWhiteSpace is too.
+                    (int Start, int Length) Kept(string x)
+                    {
+                        int a = 0, e = x.Length;
+                        if (left) while (a < e && char.IsWhiteSpace(x[a])) a++;
+                        if (right) while (e > a && char.IsWhiteSpace(x[e - 1])) e--;
+                        return (a, e - a);
+                    }
+                    _normalizers.Add(x => { var (a, len) = Kept(x); return x.Substring(a, len); });
+                    _alignedNormalizers.Add(t => { var (a, len) = Kept(t.Text); return len == t.Length ? t : t.Slice(a, len); });
+                    break;
+                }
             case "StripAccents": AddLocalNormalizer(BertText.DropNonSpacingMarks); break; // normalizers/strip.rs: no NFD of its own
             case "BertNormalizer":
                 {
@@ -116,7 +140,7 @@ internal sealed partial class HfTokenizer
                     AddLocalNormalizer(x => BertText.Normalize(x, clean, chinese, strip, lower));
                     break;
                 }
-            default: throw Bad("normalizer.type", $"'{t}' is not supported (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, BertNormalizer)");
+            default: throw Bad("normalizer.type", $"'{t}' is not supported (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, BertNormalizer, Precompiled, Strip)");
         }
     }
 

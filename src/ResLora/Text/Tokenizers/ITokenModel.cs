@@ -4,7 +4,7 @@ namespace ResLora.Text.Tokenizers;
 
 /// <summary>
 /// The model step of a tokenizer.json tokenizer, one class per <c>model.type</c> (<see cref="BpeModel"/> for "BPE",
-/// <see cref="WordPieceModel"/> for "WordPiece"): one pre-tokenized word in, its ids appended to the output. Everything
+/// <see cref="WordPieceModel"/> for "WordPiece", <see cref="UnigramModel"/> for "Unigram"): one pre-tokenized word in, its ids appended to the output. Everything
 /// around it (added tokens, normalizers, pre-tokenizers, decoders, post-processor) is the shared <see cref="HfTokenizer"/>.
 /// </summary>
 internal interface ITokenModel

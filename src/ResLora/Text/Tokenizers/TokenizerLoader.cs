@@ -64,6 +64,12 @@ public static class TokenizerLoader
             var (_, _, pad, _) = Specials(cfg, gen, model, tok.TokenId, false, vocabTxt);
             return Wrap(tok, null, new List<int>(), pad, false, vocabTxt);
         }
+        // DeBERTa-v3 (spm.model), T5 (spiece.model) and XLM-R (sentencepiece.bpe.model) publish SentencePiece unigram models
+        // under their own names, often without a tokenizer.json: name the way to one.
+        string? spmFile = new[] { "spm.model", "spiece.model", "sentencepiece.bpe.model" }.FirstOrDefault(f => File.Exists(Path.Combine(modelDir, f)));
+        if (spmFile is not null)
+            throw new FileNotFoundException($"{modelDir}: no tokenizer.json; the folder has the SentencePiece model {spmFile}, which reslora reads through the tokenizer.json that transformers converts it to: "
+                + $"python -c \"from transformers import AutoTokenizer; AutoTokenizer.from_pretrained('{modelDir}').save_pretrained('{modelDir}')\" (or copy the model's tokenizer.json into the folder).");
         throw new FileNotFoundException($"{modelDir}: no tokenizer.json, tokenizer.model or vocab.txt; copy the tokenizer files of the model into the folder.");
     }
 
@@ -95,7 +101,8 @@ public static class TokenizerLoader
         {
             "BPE" => Tokenizers.BpeModel.FromJson(model, source),
             "WordPiece" => Tokenizers.WordPieceModel.FromJson(model, source),
-            _ => throw new UserInputException($"{source}: 'model.type' '{type}' is not supported (supported: BPE for the Llama, Mistral, Qwen2, GPT-2 and RoBERTa families; WordPiece for BERT)."),
+            "Unigram" => Tokenizers.UnigramModel.FromJson(model, source),
+            _ => throw new UserInputException($"{source}: 'model.type' '{type}' is not supported (supported: BPE for the Llama, Mistral, Qwen2, GPT-2 and RoBERTa families; WordPiece for BERT; Unigram for SentencePiece unigram models such as T5, XLM-R and DeBERTa-v3)."),
         };
         return new Tokenizers.HfTokenizer(root, tokenModel, source);
     }

@@ -202,8 +202,10 @@ public sealed class TokenizerLoaderTests : IDisposable
         Assert.Contains("no tokenizer.json, tokenizer.model or vocab.txt", Assert.Throws<FileNotFoundException>(() => TokenizerLoader.Load(_dir)).Message);
         string bad = Path.Combine(_dir, "bad");
         Directory.CreateDirectory(bad);
-        File.WriteAllText(Path.Combine(bad, "tokenizer.json"), "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}");
+        File.WriteAllText(Path.Combine(bad, "tokenizer.json"), "{\"model\": {\"type\": \"WordLevel\", \"vocab\": {}}}");
         Assert.Contains("'model.type'", Assert.Throws<UserInputException>(() => TokenizerLoader.Load(bad)).Message);
+        File.WriteAllText(Path.Combine(bad, "tokenizer.json"), "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}");
+        Assert.Contains("'model.vocab' is empty", Assert.Throws<UserInputException>(() => TokenizerLoader.Load(bad)).Message);
         File.WriteAllText(Path.Combine(bad, "tokenizer.json"), "{oops");
         Assert.Contains("not valid JSON", Assert.Throws<UserInputException>(() => TokenizerLoader.Load(bad)).Message);
         File.Delete(Path.Combine(bad, "tokenizer.json"));
