@@ -47,7 +47,7 @@ internal static class TrainVerb
         var threshold = new Option<double>("--early-stopping-threshold") { Description = "The least eval-loss decrease below the best that counts as an improvement for --early-stopping-patience.", DefaultValueFactory = _ => 0.0 };
         var evalExamples = new Option<int>("--eval-generate") { Description = "Examples whose answers are generated for exact-match accuracy at each evaluation (0 = off).", DefaultValueFactory = _ => 64 };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Longest generated answer during evaluation.", DefaultValueFactory = _ => 16 };
-        var task = new Option<string?>("--task") { Description = "Encoders (BERT family): classify or regress (a sequence-classification head, saved with the adapter); default: from the labels (numbers with fractions: regress, else classify). A causal LM has one task: leave it out." };
+        var task = new Option<string?>("--task") { Description = "Encoders (BERT family, DeBERTa-v2/v3): classify or regress (a sequence-classification head, saved with the adapter); default: from the labels (numbers with fractions: regress, else classify). A causal LM has one task: leave it out." };
         var textField = new Option<string?>("--text-field") { Description = "classify/regress: the field (or TSV/CSV column) holding the text (default: text, sentence or sentence1)." };
         var pairField = new Option<string?>("--text-pair-field") { Description = "classify/regress: the field holding the second text of a pair (e.g. sentence2)." };
         var labelField = new Option<string>("--label-field") { Description = "classify/regress: the field holding the label (integer or string classes; a number for regress).", DefaultValueFactory = _ => "label" };
@@ -68,7 +68,7 @@ internal static class TrainVerb
             var runtime = rt.Read(r);
             string? taskName = r.GetValue(task)?.Trim().ToLowerInvariant();
             if (taskName is not (null or "lm" or "classify" or "regress"))
-                throw new UserInputException($"--task '{taskName}' is not known; use classify or regress (BERT-family encoders; default: from the labels), or leave it out for a causal LM.");
+                throw new UserInputException($"--task '{taskName}' is not known; use classify or regress (encoders; default: from the labels), or leave it out for a causal LM.");
             var family = ModelFamilies.OfFolder(dir);
             // The dtype default follows a causal LM's size (bf16 for large ones); an encoder's stays float32.
             if (family?.Kind != ModelKind.Encoder && r.GetResult(rt.Dtype) is null or { Implicit: true })

@@ -20,11 +20,13 @@ public sealed record GgufConversionResult(ModelConfig Config, string OutDir, int
 public static class GgufConversion
 {
     /// <summary>GGUF architectures (general.architecture) this converter reads, and the model_type each becomes.</summary>
-    public static readonly IReadOnlyList<string> SupportedArchitectures = new[] { "llama", "qwen2", "qwen3" };
+    public static readonly IReadOnlyList<string> SupportedArchitectures = new[] { "llama", "qwen2", "qwen3", "smollm3" };
 
     private static readonly Dictionary<string, string> HfArchitecture = new(StringComparer.Ordinal)
     {
         ["llama"] = "LlamaForCausalLM", ["qwen2"] = "Qwen2ForCausalLM", ["qwen3"] = "Qwen3ForCausalLM",
+        // llama.cpp's smollm3 skips rotary on every 4th layer with no key for it: SmolLM3's default no_rope_layer_interval.
+        ["smollm3"] = "SmolLM3ForCausalLM",
     };
 
     /// <summary>Converts <paramref name="ggufPath"/> into the new folder <paramref name="outDir"/>, weights stored as <paramref name="dtype"/> (bfloat16 or float32).</summary>

@@ -33,6 +33,9 @@ public static class ModelFamilies
     public static IModelFamily? Find(string? modelType) =>
         modelType is null ? null : BuiltIn.FirstOrDefault(f => f.ModelTypes.Contains(modelType.Trim().ToLowerInvariant()));
 
+    /// <summary>The encoder model types: "bert, roberta, xlm-roberta, camembert, deberta-v2".</summary>
+    public static string SupportedEncoders() => string.Join(", ", BuiltIn.Where(f => f.Kind == ModelKind.Encoder).SelectMany(f => f.ModelTypes));
+
     /// <summary>"llama, mistral, qwen2, qwen3 (causal LMs); bert, roberta, … (encoders)".</summary>
     public static string Supported()
     {

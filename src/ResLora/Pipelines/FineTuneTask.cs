@@ -76,7 +76,7 @@ internal sealed class CausalLmFineTune(FineTuneRequest req) : FineTuneTask(req)
     {
         var req = Request;
         if (req.Task is not null)
-            throw new UserInputException($"--task {(req.Task == Training.Classification.LabelTask.Regress ? "regress" : "classify")} needs a BERT-family encoder (model_type bert, roberta or xlm-roberta in config.json); {req.ModelDir} is a causal LM.");
+            throw new UserInputException($"--task {(req.Task == Training.Classification.LabelTask.Regress ? "regress" : "classify")} needs an encoder (model_type in config.json: {ModelFamilies.SupportedEncoders()}); {req.ModelDir} is a causal LM.");
         req.Templates.Validate();
         if (req.SeqLen is < 2) throw new UserInputException($"--seq-len must be at least 2, got {req.SeqLen}.");
         _templates = req.Templates.ForModel(req.ModelDir); // conversations render with the model's chat template

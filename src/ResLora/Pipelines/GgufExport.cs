@@ -128,7 +128,7 @@ public static class GgufExport
         Key($"{arch}.vocab_size", (uint)c.VocabSize);
         float[]? ropeFreqs = names.OwnsRopeScaling ? null : RopeScaling(w, c, arch);
 
-        string vocab = GgufVocabExport.Write(w, modelDir, c.VocabSize);
+        string vocab = GgufVocabExport.Write(w, modelDir, c.VocabSize, notes);
 
         int count = 0;
         string outputMatrix = c.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";

@@ -29,8 +29,12 @@ public static class GgufVocabExport
 
     private static readonly Regex BytePiece = new(@"^<0x[0-9A-Fa-f]{2}>$", RegexOptions.CultureInvariant);
 
-    /// <summary>Writes the vocabulary of <paramref name="modelDir"/> padded to <paramref name="vocabRows"/> entries; returns the tokenizer model name (llama or gpt2).</summary>
-    public static string Write(GgufWriter w, string modelDir, int vocabRows)
+    /// <summary>
+    /// Writes the vocabulary of <paramref name="modelDir"/> padded to <paramref name="vocabRows"/> entries; returns the tokenizer
+    /// model name (llama or gpt2). Added tokens past the embedding rows (Gemma 3's multimodal <c>&lt;image_soft_token&gt;</c>
+    /// beside a text model) are left out, as llama.cpp's converter does, and said in <paramref name="notes"/>.
+    /// </summary>
+    public static string Write(GgufWriter w, string modelDir, int vocabRows, List<string>? notes = null)
     {
         string path = Path.Combine(modelDir, "tokenizer.json");
         if (!File.Exists(path))
@@ -48,6 +52,12 @@ public static class GgufVocabExport
         var added = new Dictionary<int, (string Content, bool Special)>();
         foreach (var a in (root["added_tokens"] as JsonArray ?? new JsonArray()).OfType<JsonObject>())
             added[(int)a["id"]!] = ((string)a["content"]!, (bool?)a["special"] ?? false);
+        var beyond = added.Keys.Where(id => id >= vocabRows && !byId.ContainsKey(id)).OrderBy(id => id).ToList();
+        if (beyond.Count > 0)
+        {
+            notes?.Add($"tokenizer.json's added token(s) {string.Join(", ", beyond.Take(5).Select(id => $"'{added[id].Content}' ({id})"))}{(beyond.Count > 5 ? ", …" : "")} lie past the model's {vocabRows} embedding rows and are left out of the GGUF vocabulary.");
+            foreach (var id in beyond) added.Remove(id);
+        }
         int maxId = byId.Keys.Concat(added.Keys).DefaultIfEmpty(-1).Max();
         if (maxId >= vocabRows)
             throw new UserInputException($"{path}: token id {maxId} is beyond the model's {vocabRows} embedding rows; the tokenizer does not belong to this model.");

@@ -144,7 +144,7 @@ public static class InspectPipeline
     public static IReadOnlyList<(string Module, double Kurtosis)> Kurtosis(string modelDir, string dataPath, RuntimeOptions runtime)
     {
         if (Classification.IsEncoderFolder(modelDir))
-            throw new UserInputException($"--kurtosis measures the inputs of LLaMA-family decoder linears (RoLoRA's outlier measure); {modelDir} is a BERT-family encoder. Drop --kurtosis.");
+            throw new UserInputException($"--kurtosis measures the inputs of LLaMA-family decoder linears (RoLoRA's outlier measure); {modelDir} is an encoder. Drop --kurtosis.");
         var tok = TokenizerLoader.Load(modelDir);
         var batches = QuantizeFolder.CalibrationBatches(tok, DataSet.Load(dataPath).Select(e => e.Prompt + e.Completion), 256, 32);
         try

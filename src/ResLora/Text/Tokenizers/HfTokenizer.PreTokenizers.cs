@@ -49,9 +49,11 @@ internal sealed partial class HfTokenizer
                 {
                     var (re, _) = ReplacePattern(new JsonObject { ["pattern"] = p["pattern"]!.DeepClone(), ["content"] = "" }, "pre_tokenizer");
                     string behavior = (string?)p["behavior"] ?? "Isolated";
-                    if ((bool?)p["invert"] ?? false) throw Bad("pre_tokenizer.invert", "true is not supported");
-                    _preTokenizers.Add((pieces, _) => pieces.SelectMany(s => Split(s, re, behavior)).ToList());
-                    _alignedPreTokenizers.Add((pieces, _) => pieces.SelectMany(a => SplitRanges(a.Text, re, behavior).Select(r => a.Slice(r.Start, r.Length))).ToList());
+                    // invert: the pattern matches what lies between the pieces (tokenizers flips each part's match flag), as
+                    // the o200k tokenizer.json of GPT-4o and Phi-4-mini writes it.
+                    bool invert = (bool?)p["invert"] ?? false;
+                    _preTokenizers.Add((pieces, _) => pieces.SelectMany(s => Split(s, re, behavior, invert)).ToList());
+                    _alignedPreTokenizers.Add((pieces, _) => pieces.SelectMany(a => SplitRanges(a.Text, re, behavior, invert).Select(r => a.Slice(r.Start, r.Length))).ToList());
                     break;
                 }
             case "Digits":
@@ -150,11 +152,11 @@ internal sealed partial class HfTokenizer
         });
     }
 
-    private static IEnumerable<string> Split(string s, Regex re, string behavior) =>
-        SplitRanges(s, re, behavior).Select(r => s.Substring(r.Start, r.Length));
+    private static IEnumerable<string> Split(string s, Regex re, string behavior, bool invert = false) =>
+        SplitRanges(s, re, behavior, invert).Select(r => s.Substring(r.Start, r.Length));
 
     /// <summary>tokenizers' Split pre-tokenizer as (start, length) ranges of <paramref name="s"/>; every behaviour keeps pieces contiguous.</summary>
-    private static List<(int Start, int Length)> SplitRanges(string s, Regex re, string behavior)
+    private static List<(int Start, int Length)> SplitRanges(string s, Regex re, string behavior, bool invert = false)
     {
         int last = 0;
         var parts = new List<(int Start, int End, bool Match)>();
@@ -166,6 +168,7 @@ internal sealed partial class HfTokenizer
             last = m.Index + m.Length;
         }
         if (last < s.Length) parts.Add((last, s.Length, false));
+        if (invert) parts = parts.Select(p => (p.Start, p.End, !p.Match)).ToList();
         var o = new List<(int Start, int End, bool Match)>();
         switch (behavior)
         {

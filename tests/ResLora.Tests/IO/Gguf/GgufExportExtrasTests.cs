@@ -46,6 +46,39 @@ public class GgufExportExtrasTests
     }
 
     [Fact]
+    public void AddedTokenPastTheEmbeddingRows_IsLeftOutWithANote_ButAVocabularyTokenThereIsRefused()
+    {
+        // Gemma 3's text models ship a tokenizer.json whose <image_soft_token> (an added token) is one id past their
+        // 262,144 rows: llama.cpp's converter leaves it out, and so does the export, saying so.
+        InTemp("gguf-added", dir =>
+        {
+            using var model = GgufTinyFolders.Write(dir, GgufTinyFolders.Llama(), GgufTinyFolders.Llama3Regex);
+            int rows = model.Config.VocabSize;
+            string tj = Path.Combine(dir, "tokenizer.json");
+            var root = (System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(tj))!;
+            var added = (System.Text.Json.Nodes.JsonArray)root["added_tokens"]!;
+            added.Add(new System.Text.Json.Nodes.JsonObject { ["id"] = rows, ["content"] = "<image_soft_token>", ["special"] = true });
+            File.WriteAllText(tj, root.ToJsonString());
+            string gguf = Path.Combine(dir, "m.gguf");
+            var report = GgufExport.Write(model, dir, gguf, GgmlType.F32);
+            Assert.Contains(report.Notes, n => n.Contains("<image_soft_token>", StringComparison.Ordinal) && n.Contains($"({rows})", StringComparison.Ordinal));
+            using (var f = GgufFile.Open(gguf))
+            {
+                var tokens = f.GetArray("tokenizer.ggml.tokens")!;
+                Assert.Equal(rows, tokens.Items.Count);
+                Assert.DoesNotContain("<image_soft_token>", tokens.Items.Cast<string>());
+            }
+
+            // A vocabulary (not added) token past the rows means the tokenizer belongs to another model: refused.
+            var vocab = (System.Text.Json.Nodes.JsonObject)root["model"]!["vocab"]!;
+            vocab["zzz-extra"] = rows + 1;
+            File.WriteAllText(tj, root.ToJsonString());
+            var e = Assert.Throws<UserInputException>(() => GgufExport.Write(model, dir, Path.Combine(dir, "n.gguf"), GgmlType.F32));
+            Assert.Contains("beyond the model's", e.Message);
+        });
+    }
+
+    [Fact]
     public void QuantizedRowsNotMultipleOf32AreRefusedNamingTheTensor()
     {
         InTemp("gguf-q48", dir =>

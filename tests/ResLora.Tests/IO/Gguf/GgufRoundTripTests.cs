@@ -24,6 +24,7 @@ public sealed class GgufRoundTripTests : IDisposable
     [InlineData("qwen2", "f32")]
     [InlineData("qwen3", "f32")]
     [InlineData("qwen3", "bf16")]
+    [InlineData("smollm3", "f32")]
     public void ExportThenConvert_GivesTheSameWeightsAndTokens(string kind, string type)
     {
         var (config, regex) = kind switch
@@ -31,6 +32,8 @@ public sealed class GgufRoundTripTests : IDisposable
             "llama" => (GgufTinyFolders.Llama(), GgufTinyFolders.Llama3Regex),
             "llama-tied" => (GgufTinyFolders.Llama(tied: true), (string?)null),
             "qwen2" => (GgufTinyFolders.Qwen2(), GgufTinyFolders.Qwen2Regex),
+            // Four layers, so layer 3 runs without rotary (SmolLM3's every-4th NoPE layer, which llama.cpp hard-codes).
+            "smollm3" => (GgufTinyFolders.Llama(tied: true) with { ModelType = "smollm3", NumHiddenLayers = 4 }, GgufTinyFolders.Llama3Regex),
             _ => (GgufTinyFolders.Qwen3(), GgufTinyFolders.Qwen2Regex),
         };
         var dtype = type == "bf16" ? torch.ScalarType.BFloat16 : torch.ScalarType.Float32;

@@ -98,16 +98,21 @@ public sealed class TokenOffsetsTests : IDisposable
     [InlineData("MergedWithPrevious", "ab |cd", "ab | |cd")]
     [InlineData("MergedWithNext", "ab| cd", "ab| | cd")]
     [InlineData("Contiguous", "ab| |cd", "ab|  |cd")]
-    public void SplitPreTokenizer_EachBehaviour_CutsWhereTokenizersDoes(string behavior, string oneSpace, string twoSpaces)
+    // invert: the pattern marks the pieces and the text between matches is the delimiter (o200k's tokenizer.json).
+    [InlineData("Isolated", "ab| |cd", "ab| | |cd", true)]
+    [InlineData("Removed", " ", " | ", true)]
+    [InlineData("MergedWithPrevious", "ab| cd", "ab| | cd", true)]
+    [InlineData("MergedWithNext", "ab |cd", "ab | |cd", true)]
+    public void SplitPreTokenizer_EachBehaviour_CutsWhereTokenizersDoes(string behavior, string oneSpace, string twoSpaces, bool invert = false)
     {
         // Pieces are made visible by merges that exist only for them ("ab ", " cd", "  "); each piece's tokens cover it.
-        string dir = Path.Combine(_dir, behavior);
+        string dir = Path.Combine(_dir, behavior + (invert ? "-inverted" : ""));
         ChatTokenizerFiles.WriteSentencePiece(dir, Array.Empty<string>(), new[] { "a", "b", "c", "d", " " },
             new[] { ("a", "b"), ("c", "d"), ("ab", " "), (" ", "cd"), (" ", " ") });
         string path = Path.Combine(dir, "tokenizer.json");
         var root = (JsonObject)JsonNode.Parse(File.ReadAllText(path))!;
         root["normalizer"] = null;
-        root["pre_tokenizer"] = new JsonObject { ["type"] = "Split", ["pattern"] = new JsonObject { ["String"] = " " }, ["behavior"] = behavior, ["invert"] = false };
+        root["pre_tokenizer"] = new JsonObject { ["type"] = "Split", ["pattern"] = new JsonObject { ["String"] = " " }, ["behavior"] = behavior, ["invert"] = invert };
         File.WriteAllText(path, root.ToJsonString());
         var tok = TokenizerLoader.Load(dir);
         foreach (var (text, expected) in new[] { ("ab cd", oneSpace), ("ab  cd", twoSpaces) })
