@@ -5,16 +5,17 @@
 # For each: held-out accuracy (first 100 held-out questions, greedy) of the unmerged adapter, of the merged model, of
 # ResLoRA exported to a plain LoRA by the least-squares fold and by fold + distillation, and how many of each one's
 # answers equal the unmerged model's (what a user sees after `reslora merge` / `export`); training wall time.
-# Usage: bench/anneal.sh [--seeds "7 8 9"] [--anneal "150"] [--distill 300] [--out DIR]. Run it alone (a 2-core machine
+# Usage: bench/anneal.sh [--seeds "7 8 9"] [--anneal "150 200"] [--schedule linear|cosine] [--distill 300] [--out DIR]. Run it alone (a 2-core machine
 # shared with another job measures that job); about 8 minutes per seed here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SEEDS="7 8 9"; ANNEAL="150"; DISTILL=300; OUT=reslora-bench/anneal
+SEEDS="7 8 9"; ANNEAL="150"; SCHEDULE=linear; DISTILL=300; OUT=reslora-bench/anneal
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS="$2"; shift 2 ;;
     --anneal) ANNEAL="$2"; shift 2 ;;
     --distill) DISTILL="$2"; shift 2 ;;
+    --schedule) SCHEDULE="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     *) echo "bench/anneal.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -53,7 +54,7 @@ for S in $SEEDS; do
   for K in $ANNEAL; do CFGS="$CFGS reslora-is:$K reslora-ms:$K"; done
   for CFG in $CFGS; do
     METHOD=${CFG%%:*}; NAME=$METHOD; EXTRA=""
-    if [ "$CFG" != "$METHOD" ]; then NAME="$METHOD-anneal${CFG##*:}"; EXTRA="--anneal-shortcuts ${CFG##*:}"; fi
+    if [ "$CFG" != "$METHOD" ]; then NAME="$METHOD-anneal${CFG##*:}"; EXTRA="--anneal-shortcuts ${CFG##*:} --anneal-schedule $SCHEDULE"; [ "$SCHEDULE" = linear ] || NAME="$NAME-$SCHEDULE"; fi
     D="$OUT/s$S-$NAME"; rm -rf "$D" "$D-merged" "$D-fold" "$D-distill"
     # shellcheck disable=SC2086
     "$R" train --model "$BASE" --data "$TRAIN" --eval-data "$EVAL" --method $METHOD $EXTRA --rank 8 --alpha 16 --targets all-linear \
