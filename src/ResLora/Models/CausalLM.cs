@@ -46,6 +46,11 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
     /// <summary>The LM head, or null when it is tied to <see cref="EmbedTokens"/>.</summary>
     protected abstract nn.Module<Tensor, Tensor>? LmHead { get; }
 
+    /// <summary>The LM head through the factory (<c>lm_head</c>, no bias), or null when config.json ties it to the embeddings.</summary>
+    protected nn.Module<Tensor, Tensor>? CreateLmHead() => Config.TieWordEmbeddings
+        ? null
+        : Factory.Create(new LinearSpec("lm_head", "lm_head", -1, Config.HiddenSize, Config.VocabSize, false), Dtype, Device);
+
     /// <summary>Hidden states entering the first block for token ids (batch, seq); families that scale embeddings override it.</summary>
     protected virtual Tensor Embed(Tensor inputIds) => EmbedTokens.call(inputIds);
 

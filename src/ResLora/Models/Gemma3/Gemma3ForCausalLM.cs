@@ -2,30 +2,6 @@ using TorchSharp.Utils;
 
 namespace ResLora.Models.Gemma3;
 
-/// <summary>The Gemma 3 decoder stack under Hugging Face's <c>model.*</c> keys: embeddings, the layers, the final norm.</summary>
-public sealed class Gemma3TextModel : nn.Module<Tensor, Tensor>
-{
-    [ComponentName(Name = "embed_tokens")] private readonly Embedding _embedTokens;
-    [ComponentName(Name = "layers")] private readonly ModuleList<Gemma3DecoderLayer> _layers;
-    [ComponentName(Name = "norm")] private readonly GemmaRmsNorm _norm;
-
-    internal Gemma3TextModel(ModelConfig c, Gemma3Settings s, ILinearFactory factory, ScalarType dtype, Device device) : base("Gemma3TextModel")
-    {
-        _embedTokens = nn.Embedding(c.VocabSize, c.HiddenSize, device: device, dtype: dtype);
-        _layers = new ModuleList<Gemma3DecoderLayer>();
-        for (int i = 0; i < c.NumHiddenLayers; i++) _layers.Add(new Gemma3DecoderLayer(c, s, i, factory, dtype, device));
-        _norm = new GemmaRmsNorm(c.HiddenSize, c.RmsNormEps, dtype, device);
-        RegisterComponents();
-    }
-
-    public Embedding EmbedTokens => _embedTokens;
-    public IReadOnlyList<Gemma3DecoderLayer> Layers => _layers.ToList();
-    public GemmaRmsNorm Norm => _norm;
-
-    public override Tensor forward(Tensor x) =>
-        throw new InvalidOperationException("Call CausalLM.Forward(inputIds, attentionMask, cache).");
-}
-
 /// <summary>
 /// Gemma 3's text model (<c>Gemma3ForCausalLM</c>, model_type <c>gemma3_text</c>): embeddings scaled by sqrt(hidden_size),
 /// sandwich-normed blocks alternating sliding-window (local rotary base) and global attention, Gemma RMSNorms (1 + w),
@@ -33,7 +9,7 @@ public sealed class Gemma3TextModel : nn.Module<Tensor, Tensor>
 /// </summary>
 public sealed class Gemma3ForCausalLM : CausalLM
 {
-    [ComponentName(Name = "model")] private readonly Gemma3TextModel _model;
+    [ComponentName(Name = "model")] private readonly DecoderStack<Gemma3DecoderLayer> _model;
     [ComponentName(Name = "lm_head")] private readonly nn.Module<Tensor, Tensor>? _lmHead;
     private readonly IReadOnlyList<IDecoderBlock> _blocks;
     private readonly float _embedScale;
@@ -42,9 +18,8 @@ public sealed class Gemma3ForCausalLM : CausalLM
         : base("Gemma3ForCausalLM", family, config, factory, dtype, device)
     {
         var settings = Gemma3Settings.Read(config);
-        _model = new Gemma3TextModel(config, settings, Factory, dtype, device);
-        if (!config.TieWordEmbeddings)
-            _lmHead = Factory.Create(new LinearSpec("lm_head", "lm_head", -1, config.HiddenSize, config.VocabSize, false), dtype, device);
+        _model = new DecoderStack<Gemma3DecoderLayer>(config, i => new Gemma3DecoderLayer(config, settings, i, Factory, dtype, device), () => new GemmaRmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device), dtype, device);
+        _lmHead = CreateLmHead();
         _blocks = _model.Layers.Cast<IDecoderBlock>().ToList();
         // Gemma3TextScaledWordEmbedding: hidden_size ** 0.5 held as a float32 tensor and cast to the weights' dtype.
         _embedScale = (float)Math.Sqrt(config.HiddenSize);

@@ -2,30 +2,6 @@ using TorchSharp.Utils;
 
 namespace ResLora.Models.Llama;
 
-/// <summary>The decoder stack: token embeddings, the layers, the final norm (Hugging Face's <c>model.*</c> keys).</summary>
-public sealed class LlamaModel : nn.Module<Tensor, Tensor>
-{
-    [ComponentName(Name = "embed_tokens")] private readonly Embedding _embedTokens;
-    [ComponentName(Name = "layers")] private readonly ModuleList<LlamaDecoderLayer> _layers;
-    [ComponentName(Name = "norm")] private readonly RmsNorm _norm;
-
-    public LlamaModel(ModelConfig c, LlamaVariant variant, ILinearFactory factory, ScalarType dtype, Device device) : base("LlamaModel")
-    {
-        _embedTokens = nn.Embedding(c.VocabSize, c.HiddenSize, device: device, dtype: dtype);
-        _layers = new ModuleList<LlamaDecoderLayer>();
-        for (int i = 0; i < c.NumHiddenLayers; i++) _layers.Add(new LlamaDecoderLayer(c, variant, i, factory, dtype, device));
-        _norm = new RmsNorm(c.HiddenSize, c.RmsNormEps, dtype, device);
-        RegisterComponents();
-    }
-
-    public Embedding EmbedTokens => _embedTokens;
-    public IReadOnlyList<LlamaDecoderLayer> Layers => _layers.ToList();
-    public RmsNorm Norm => _norm;
-
-    public override Tensor forward(Tensor x) =>
-        throw new InvalidOperationException("Call CausalLM.Forward(inputIds, attentionMask, cache).");
-}
-
 /// <summary>
 /// A LLaMA-architecture causal LM (Llama 1/2/3, Mistral, Qwen2, Qwen3, TinyLlama, SmolLM, SmolLM3) with Hugging Face's module names
 /// and state-dict keys (<c>model.layers.{i}.self_attn.q_proj.weight</c>). What differs between those families (q/k/v
@@ -34,17 +10,16 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
 /// </summary>
 public sealed class LlamaForCausalLM : CausalLM
 {
-    [ComponentName(Name = "model")] private readonly LlamaModel _model;
+    [ComponentName(Name = "model")] private readonly DecoderStack<LlamaDecoderLayer> _model;
     [ComponentName(Name = "lm_head")] private readonly nn.Module<Tensor, Tensor>? _lmHead;
     private readonly IReadOnlyList<IDecoderBlock> _blocks;
 
     public LlamaForCausalLM(ICausalLMFamily family, LlamaVariant variant, ModelConfig config, ILinearFactory? factory, ScalarType dtype, Device device)
         : base("LlamaForCausalLM", family, config, factory, dtype, device)
     {
-        _model = new LlamaModel(config, variant, Factory, dtype, device);
+        _model = new DecoderStack<LlamaDecoderLayer>(config, i => new LlamaDecoderLayer(config, variant, i, Factory, dtype, device), () => new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device), dtype, device);
         // Tied embeddings: lm_head reuses model.embed_tokens.weight and has no module (and no key) of its own.
-        if (!config.TieWordEmbeddings)
-            _lmHead = Factory.Create(new LinearSpec("lm_head", "lm_head", -1, config.HiddenSize, config.VocabSize, false), dtype, device);
+        _lmHead = CreateLmHead();
         _blocks = _model.Layers.Cast<IDecoderBlock>().ToList();
         RegisterComponents();
     }

@@ -2,30 +2,6 @@ using TorchSharp.Utils;
 
 namespace ResLora.Models.Phi3;
 
-/// <summary>The decoder stack: token embeddings, the layers, the final norm (Hugging Face's <c>model.*</c> keys).</summary>
-public sealed class Phi3Model : nn.Module<Tensor, Tensor>
-{
-    [ComponentName(Name = "embed_tokens")] private readonly Embedding _embedTokens;
-    [ComponentName(Name = "layers")] private readonly ModuleList<Phi3DecoderLayer> _layers;
-    [ComponentName(Name = "norm")] private readonly RmsNorm _norm;
-
-    public Phi3Model(ModelConfig c, ILinearFactory factory, ScalarType dtype, Device device) : base("Phi3Model")
-    {
-        _embedTokens = nn.Embedding(c.VocabSize, c.HiddenSize, device: device, dtype: dtype);
-        _layers = new ModuleList<Phi3DecoderLayer>();
-        for (int i = 0; i < c.NumHiddenLayers; i++) _layers.Add(new Phi3DecoderLayer(c, i, factory, dtype, device));
-        _norm = new RmsNorm(c.HiddenSize, c.RmsNormEps, dtype, device);
-        RegisterComponents();
-    }
-
-    public Embedding EmbedTokens => _embedTokens;
-    public IReadOnlyList<Phi3DecoderLayer> Layers => _layers.ToList();
-    public RmsNorm Norm => _norm;
-
-    public override Tensor forward(Tensor x) =>
-        throw new InvalidOperationException("Call CausalLM.Forward(inputIds, attentionMask, cache).");
-}
-
 /// <summary>
 /// Phi-3 / Phi-4-mini (transformers' Phi3ForCausalLM) with Hugging Face's module names and keys
 /// (<c>model.layers.{i}.self_attn.qkv_proj.weight</c>, <c>model.layers.{i}.mlp.gate_up_proj.weight</c>); adapters wrap the
@@ -33,16 +9,15 @@ public sealed class Phi3Model : nn.Module<Tensor, Tensor>
 /// </summary>
 public sealed class Phi3ForCausalLM : CausalLM
 {
-    [ComponentName(Name = "model")] private readonly Phi3Model _model;
+    [ComponentName(Name = "model")] private readonly DecoderStack<Phi3DecoderLayer> _model;
     [ComponentName(Name = "lm_head")] private readonly nn.Module<Tensor, Tensor>? _lmHead;
     private readonly IReadOnlyList<IDecoderBlock> _blocks;
 
     public Phi3ForCausalLM(ICausalLMFamily family, ModelConfig config, ILinearFactory? factory, ScalarType dtype, Device device)
         : base("Phi3ForCausalLM", family, config, factory, dtype, device)
     {
-        _model = new Phi3Model(config, Factory, dtype, device);
-        if (!config.TieWordEmbeddings)
-            _lmHead = Factory.Create(new LinearSpec("lm_head", "lm_head", -1, config.HiddenSize, config.VocabSize, false), dtype, device);
+        _model = new DecoderStack<Phi3DecoderLayer>(config, i => new Phi3DecoderLayer(config, i, Factory, dtype, device), () => new RmsNorm(config.HiddenSize, config.RmsNormEps, dtype, device), dtype, device);
+        _lmHead = CreateLmHead();
         _blocks = _model.Layers.Cast<IDecoderBlock>().ToList();
         RegisterComponents();
     }
