@@ -160,8 +160,25 @@ public sealed record ModelConfig
         }
         catch (JsonException ex)
         {
-            throw new UserInputException($"{source}: '{name}' has the wrong type for {typeof(T).Name} ({ex.Message}).", ex);
+            throw new UserInputException($"{source}: '{name}' must be {Expected(typeof(T))}, got {Shown(e)}.", ex);
         }
+    }
+
+    private static string Expected(Type t)
+    {
+        t = Nullable.GetUnderlyingType(t) ?? t;
+        if (t == typeof(int) || t == typeof(long)) return "an integer";
+        if (t == typeof(double) || t == typeof(float)) return "a number";
+        if (t == typeof(bool)) return "true or false";
+        if (t == typeof(string)) return "a string";
+        var element = t.IsArray ? t.GetElementType() : t.IsGenericType ? t.GetGenericArguments()[0] : null;
+        return element is null ? "a JSON value of another shape" : $"a list of {Expected(element).Replace("an ", "").Replace("a ", "")}s".Replace("true or falses", "true/false values");
+    }
+
+    private static string Shown(JsonElement e)
+    {
+        string raw = e.GetRawText();
+        return raw.Length <= 40 ? raw : raw[..40] + "…";
     }
 
     /// <summary>A copy with the family-specific field <paramref name="name"/> set (null removes it): how tests and presets give extra fields.</summary>

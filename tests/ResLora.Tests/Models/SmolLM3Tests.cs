@@ -118,7 +118,7 @@ public sealed class SmolLM3Tests
     [InlineData("no_rope_layer_interval", 0, "positive")]
     [InlineData("layer_types", new[] { "full_attention", "local" }, "2 entries")]
     [InlineData("layer_types", new[] { "full_attention", "local", "full_attention", "full_attention" }, "'local'")]
-    [InlineData("no_rope_layers", "1,1,1,0", "wrong type")]
+    [InlineData("no_rope_layers", "1,1,1,0", "must be a list of integers, got \"1,1,1,0\"")]
     public void BadNoRopeSettings_AreRefusedNamingTheField(string field, object value, string says)
     {
         var e = Assert.Throws<UserInputException>(() => Tiny().WithExtra(field, value).Validate("m/config.json"));
