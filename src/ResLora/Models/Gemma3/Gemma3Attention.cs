@@ -55,18 +55,7 @@ public sealed class Gemma3Attention : nn.Module<Tensor, Tensor>
         k = Rotary.Apply(k, cos, sin);
         if (_qScale != 1.0) q = q * _qScale;
         if (cache is not null) (k, v) = cache.Append(_layer, k, v);
-        int rep = _heads / _kvHeads;
-        if (rep > 1)
-        {
-            long s = k.shape[2];
-            k = k.unsqueeze(2).expand(b, _kvHeads, rep, s, _headDim).reshape(b, _heads, s, _headDim);
-            v = v.unsqueeze(2).expand(b, _kvHeads, rep, s, _headDim).reshape(b, _heads, s, _headDim);
-        }
-        Tensor attn = mask is null
-            ? nn.functional.scaled_dot_product_attention(q, k, v, null, 0.0, is_casual: true)
-            : nn.functional.scaled_dot_product_attention(q, k, v, mask, 0.0, is_casual: false);
-        // (batch, heads, seq, headDim) → (batch, seq, heads·headDim)
-        var merged = attn.transpose(1, 2).reshape(b, t, _heads * _headDim);
+        var merged = GroupedQueryAttention.Attend(q, k, v, mask); // (batch, seq, heads·headDim)
         return scope.MoveToOuter(_oProj.call(merged));
     }
 }

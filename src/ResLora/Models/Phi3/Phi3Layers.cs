@@ -45,17 +45,7 @@ public sealed class Phi3Attention : nn.Module<Tensor, Tensor>
         q = Rotary.Apply(q, cos, sin);
         k = Rotary.Apply(k, cos, sin);
         if (cache is not null) (k, v) = cache.Append(_layer, k, v);
-        int rep = _heads / _kvHeads; // transformers' repeat_kv
-        if (rep > 1)
-        {
-            long s = k.shape[2];
-            k = k.unsqueeze(2).expand(b, _kvHeads, rep, s, _headDim).reshape(b, _heads, s, _headDim);
-            v = v.unsqueeze(2).expand(b, _kvHeads, rep, s, _headDim).reshape(b, _heads, s, _headDim);
-        }
-        Tensor attn = mask is null
-            ? nn.functional.scaled_dot_product_attention(q, k, v, null, 0.0, is_casual: true)
-            : nn.functional.scaled_dot_product_attention(q, k, v, mask, 0.0, is_casual: false);
-        var merged = attn.transpose(1, 2).reshape(b, t, qDim); // (batch, seq, heads·headDim)
+        var merged = GroupedQueryAttention.Attend(q, k, v, mask); // (batch, seq, heads·headDim)
         return scope.MoveToOuter(_oProj.call(merged));
     }
 }
