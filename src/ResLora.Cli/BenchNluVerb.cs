@@ -15,7 +15,7 @@ internal static class BenchNluVerb
         var model = new Option<string?>("--model") { Description = "A BERT-family encoder folder (default: all-MiniLM-L6-v2 from the build, converted once into --cache)." };
         var cache = new Option<string>("--cache") { Description = "Where the converted MiniLM folder is kept.", DefaultValueFactory = _ => Path.Combine(Path.GetTempPath(), "reslora-cache") };
         var output = new Option<string>("--out") { Description = "Folder for runs, nlu.json and nlu.md.", DefaultValueFactory = _ => "reslora-bench-nlu" };
-        var methods = new Option<string>("--methods") { Description = "Comma-separated methods.", DefaultValueFactory = _ => string.Join(",", new NluSettings().Methods) };
+        var methods = new Option<string>("--methods") { Description = "Comma-separated methods; reslora-is and reslora-ms may end in +annealK (linear) or +annealKcos (cosine) to anneal the shortcuts over the last K steps (an exact merge).", DefaultValueFactory = _ => string.Join(",", new NluSettings().Methods) };
         var seeds = new Option<string>("--seeds") { Description = "Comma-separated seeds.", DefaultValueFactory = _ => "1,2" };
         var steps = new Option<int>("--steps") { Description = "Training steps per run.", DefaultValueFactory = _ => 150 };
         var evalEvery = new Option<int>("--eval-every") { Description = "Held-out evaluation every N steps (the accuracy curve).", DefaultValueFactory = _ => 25 };

@@ -71,15 +71,30 @@ public sealed record NluSettings
 /// <summary>Fine-tunes the real MiniLM encoder with each method at equal rank and steps, and measures held-out accuracy, unmerged and merged.</summary>
 public static class NluBench
 {
-    /// <summary>The method spec of a label; ResLoRA's ms runs with the paper's GLUE setting (pre_num 4).</summary>
-    public static MethodSpec SpecFor(string label, NluSettings s) => new()
+    /// <summary>
+    /// The method spec of a label; ResLoRA's ms runs with the paper's GLUE setting (pre_num 4). A ResLoRA label may end in
+    /// <c>+annealK</c> (linear) or <c>+annealKcos</c> (cosine): the shortcuts' weight goes to 0 over the last K steps
+    /// (<c>--anneal-shortcuts K</c>), so the adapter ends as a plain LoRA and its merge is exact.
+    /// </summary>
+    public static MethodSpec SpecFor(string label, NluSettings s)
     {
-        Method = label,
-        Rank = s.Rank,
-        Alpha = s.Alpha,
-        Targets = Classification.DefaultTargets,
-        Options = label == "reslora-ms" ? new ResLoraOptions("ms", PreNum: 4) : null,
-    };
+        string method = label;
+        int? anneal = null;
+        string? schedule = null;
+        int plus = label.IndexOf('+', StringComparison.Ordinal);
+        if (plus >= 0)
+        {
+            method = label[..plus];
+            var m = System.Text.RegularExpressions.Regex.Match(label[(plus + 1)..], "^anneal([0-9]+)(cos)?$");
+            if (!method.StartsWith("reslora-", StringComparison.Ordinal) || method == "reslora-bs" || !m.Success)
+                throw new UserInputException($"--methods: '{label}' is not a method; only reslora-is and reslora-ms take a suffix, +annealK (linear) or +annealKcos (cosine), e.g. reslora-is+anneal40cos.");
+            anneal = int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
+            schedule = m.Groups[2].Success ? "cosine" : "linear";
+        }
+        ResLoraOptions? options = method == "reslora-ms" ? new ResLoraOptions("ms", PreNum: 4) : null;
+        if (anneal is { } k) options = (options ?? new ResLoraOptions(method["reslora-".Length..])) with { AnnealSteps = k, AnnealSchedule = schedule };
+        return new() { Method = method, Rank = s.Rank, Alpha = s.Alpha, Targets = Classification.DefaultTargets, Options = options };
+    }
 
     /// <summary>Runs every method and seed; with <paramref name="keepMerged"/> the merged folders stay in <paramref name="workDir"/> (LABEL-seedN-merged).</summary>
     public static List<NluRun> Run(string modelDir, string workDir, NluSettings s, Action<string>? log = null, bool keepMerged = false)

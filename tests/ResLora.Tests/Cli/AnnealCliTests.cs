@@ -126,3 +126,33 @@ public sealed class AnnealCliTests(ITestOutputHelper output) : IDisposable
         Assert.Contains(expected, err);
     }
 }
+
+public sealed class NluBenchAnnealLabelTests
+{
+    [Theory]
+    [InlineData("reslora-is+anneal40", "is", 40, "linear")]
+    [InlineData("reslora-ms+anneal25cos", "ms", 25, "cosine")]
+    public void AnnealSuffix_SetsStepsAndSchedule_AndKeepsTheStructure(string label, string structure, int steps, string schedule)
+    {
+        var spec = ResLora.Demo.NluBench.SpecFor(label, new ResLora.Demo.NluSettings());
+        var o = Assert.IsType<ResLora.Adapters.ResLoraOptions>(spec.Options);
+        Assert.Equal("reslora-" + structure, spec.Method);
+        Assert.Equal(structure, o.Structure);
+        Assert.Equal(steps, o.AnnealSteps);
+        Assert.Equal(schedule, o.AnnealSchedule);
+        // ms keeps the paper's GLUE setting.
+        Assert.Equal(structure == "ms" ? 4 : null, o.PreNum);
+    }
+
+    [Theory]
+    [InlineData("lora+anneal40")]
+    [InlineData("reslora-bs+anneal40")]
+    [InlineData("reslora-is+anneal")]
+    [InlineData("reslora-is+warm40")]
+    public void AnnealSuffix_OnlyOnIsAndMs_WithAStepCount(string label)
+    {
+        var e = Assert.Throws<ResLora.UserInputException>(() => ResLora.Demo.NluBench.SpecFor(label, new ResLora.Demo.NluSettings()));
+        Assert.Contains(label, e.Message);
+        Assert.Contains("+annealK", e.Message);
+    }
+}
