@@ -174,6 +174,21 @@ public sealed class LoglikelihoodScorerTests
         Assert.Throws<UserInputException>(() => Scorer(model, shared: true, maxLength: 500));
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void RepeatedScoring_LeavesNoLiveTensors(bool shared)
+    {
+        using var model = TinyModels.Build(TinyModels.Config(), seed: 49);
+        var scorer = Scorer(model, shared, batch: 4, maxLength: 10);
+        var requests = Questions(64, 5, questions: 4);
+        requests.Add(new LoglikelihoodTokens(Enumerable.Range(3, 14).ToArray(), new[] { 5, 6 })); // the naive fallback too
+        scorer.ScoreTokens(requests);
+        long before = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        for (int i = 0; i < 3; i++) scorer.ScoreTokens(requests);
+        Assert.Equal(before, DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+    }
+
     internal static void AssertSame(IReadOnlyList<LoglikelihoodResult> expected, IReadOnlyList<LoglikelihoodResult> actual)
     {
         Assert.Equal(expected.Count, actual.Count);
