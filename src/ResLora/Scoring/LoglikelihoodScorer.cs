@@ -1,0 +1,273 @@
+using ResLora.Models;
+using ResLora.Text;
+
+namespace ResLora.Scoring;
+
+/// <summary>
+/// lm-evaluation-harness's <c>loglikelihood</c> on a causal LM: for each (context, continuation) the summed log-probability
+/// of the continuation's tokens and whether greedy decoding would produce them.
+/// <para>
+/// Naive mode is lm-eval's HFLM <c>_loglikelihood_tokens</c>: every request is one row <c>(context + continuation)[-(max+1):][:-1]</c>,
+/// rows right-padded into batches, and the continuation's tokens read off the last positions.
+/// </para>
+/// <para>
+/// Shared-context mode (the default) forwards a context once per distinct adapter among the requests that share it (the
+/// choices of one question), keeps its keys and values, repeats them to one cache row per request, and forwards every
+/// continuation after it in one batch (right-padded, the mask covering past + new positions). The first continuation
+/// token is scored from the context's last logits. Contexts of several questions go in one batch, left-padded (positions
+/// count real tokens only, so each row sees the positions it would alone). A request that would be cut to max length
+/// is scored naively. Both modes give the same numbers up to float32 rounding.
+/// </para>
+/// </summary>
+public sealed class LoglikelihoodScorer
+{
+    private readonly LoglikelihoodForward _forward;
+    private readonly int _layers;
+    private readonly int _vocab;
+    private readonly Device _device;
+    private readonly LoglikelihoodOptions _options;
+    private readonly int _maxLength;
+
+    /// <summary>A scorer over any forward (an adapter set's routed one, or <see cref="LoglikelihoodForwards.Of(CausalLM)"/>).</summary>
+    /// <param name="forward">The forward; must accept a <see cref="KvCache"/> of <paramref name="config"/>'s layer count.</param>
+    /// <param name="config">The model's config: layers, vocabulary and max positions.</param>
+    /// <param name="device">Where the ids go (the model's device).</param>
+    /// <param name="options">Batching and mode; null for the defaults.</param>
+    public LoglikelihoodScorer(LoglikelihoodForward forward, ModelConfig config, Device device, LoglikelihoodOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(forward);
+        ArgumentNullException.ThrowIfNull(config);
+        _forward = forward;
+        _layers = config.NumHiddenLayers;
+        _vocab = config.VocabSize;
+        _device = device;
+        _options = options ?? new LoglikelihoodOptions();
+        _options.Validate();
+        _maxLength = _options.MaxLength ?? config.MaxPositionEmbeddings;
+        if (_maxLength > config.MaxPositionEmbeddings)
+            throw new UserInputException($"max length {_maxLength}: the model has only {config.MaxPositionEmbeddings} positions (max_position_embeddings); pass at most that.");
+    }
+
+    /// <summary>A scorer over a plain model (no adapters).</summary>
+    /// <param name="model">The model.</param>
+    /// <param name="options">Batching and mode; null for the defaults.</param>
+    public LoglikelihoodScorer(CausalLM model, LoglikelihoodOptions? options = null)
+        : this(LoglikelihoodForwards.Of(model), model.Config, model.Device, options) { }
+
+    /// <summary>The longest input one forward sees.</summary>
+    public int MaxLength => _maxLength;
+
+    /// <summary>Encodes each request with <see cref="EncodePair.Encode"/> and scores it; results in input order.</summary>
+    /// <param name="tok">The model's tokenizer.</param>
+    /// <param name="requests">The requests.</param>
+    /// <param name="progress">Called with (requests done, total) after each batch.</param>
+    public IReadOnlyList<LoglikelihoodResult> Score(ITextTokenizer tok, IReadOnlyList<LoglikelihoodRequest> requests, Action<int, int>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(tok);
+        ArgumentNullException.ThrowIfNull(requests);
+        var encoded = new LoglikelihoodTokens[requests.Count];
+        for (int i = 0; i < requests.Count; i++)
+        {
+            var (ctx, cont) = EncodePair.Encode(tok, requests[i].Context, requests[i].Continuation);
+            if (cont.Length == 0)
+                throw new UserInputException($"request {i}: the continuation '{requests[i].Continuation}' adds no token after the context '{Shorten(requests[i].Context)}' (the tokenizer merges it into the context); give a non-empty continuation.");
+            encoded[i] = new LoglikelihoodTokens(ctx, cont, requests[i].Adapter);
+        }
+        return ScoreTokens(encoded, progress);
+    }
+
+    /// <summary>Scores tokenized requests; results in input order.</summary>
+    /// <param name="requests">The requests (context and continuation each at least one token).</param>
+    /// <param name="progress">Called with (requests done, total) after each batch.</param>
+    public IReadOnlyList<LoglikelihoodResult> ScoreTokens(IReadOnlyList<LoglikelihoodTokens> requests, Action<int, int>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(requests);
+        for (int i = 0; i < requests.Count; i++) Check(i, requests[i]);
+        var results = new LoglikelihoodResult[requests.Count];
+        int done = 0;
+        void Done(int n)
+        {
+            done += n;
+            progress?.Invoke(done, requests.Count);
+        }
+        using var noGrad = torch.no_grad();
+        var naive = new List<int>();
+        var shared = new List<int>();
+        for (int i = 0; i < requests.Count; i++)
+            (_options.SharedContext && requests[i].Context.Count + requests[i].Continuation.Count <= _maxLength + 1 ? shared : naive).Add(i);
+        foreach (var batch in SharedBatches(requests, shared))
+        {
+            ScoreShared(requests, batch, results);
+            Done(batch.Sum(g => g.Count));
+        }
+        // lm-eval's order: longest first, so each batch pads little and the first one shows the peak memory.
+        naive.Sort((a, b) => Total(requests[b]).CompareTo(Total(requests[a])) is var c && c != 0 ? c : a.CompareTo(b));
+        for (int start = 0; start < naive.Count; start += _options.BatchSize)
+        {
+            var batch = naive.GetRange(start, Math.Min(_options.BatchSize, naive.Count - start));
+            ScoreNaive(requests, batch, results);
+            Done(batch.Count);
+        }
+        return results;
+    }
+
+    private static int Total(LoglikelihoodTokens r) => r.Context.Count + r.Continuation.Count;
+
+    private void Check(int i, LoglikelihoodTokens r)
+    {
+        if (r.Context.Count == 0) throw new UserInputException($"request {i}: the context has no token; score after the BOS token (EncodePair does so for an empty context).");
+        if (r.Continuation.Count == 0) throw new UserInputException($"request {i}: the continuation has no token; give a non-empty continuation.");
+        if (r.Continuation.Count > _maxLength)
+            throw new UserInputException($"request {i}: the continuation has {r.Continuation.Count} tokens but the max length is {_maxLength}; shorten the choice or raise the max length.");
+        foreach (var t in r.Context.Concat(r.Continuation))
+            if (t < 0 || t >= _vocab) throw new UserInputException($"request {i}: token id {t} is outside the model's vocabulary (0..{_vocab - 1}); was it encoded with this model's tokenizer?");
+    }
+
+    /// <summary>Each request alone as lm-eval's HFLM: its last max+1 tokens, all but the last as input, right-padded.</summary>
+    private void ScoreNaive(IReadOnlyList<LoglikelihoodTokens> requests, List<int> batch, LoglikelihoodResult[] results)
+    {
+        using var scope = torch.NewDisposeScope();
+        var inputs = new List<int[]>(batch.Count);
+        foreach (int i in batch)
+        {
+            var whole = requests[i].Context.Concat(requests[i].Continuation).ToArray();
+            int from = Math.Max(0, whole.Length - (_maxLength + 1));
+            inputs.Add(whole[from..^1]);
+        }
+        int width = inputs.Max(x => x.Length);
+        var (ids, mask) = Pad(inputs, width, left: false);
+        var logits = _forward(ids, mask, batch.Select(i => requests[i].Adapter).ToList(), null); // (batch, width, vocab)
+        for (int r = 0; r < batch.Count; r++)
+        {
+            var cont = requests[batch[r]].Continuation;
+            // Position p predicts token p + 1: the continuation's n tokens come from the input's last n positions.
+            var rows = logits[r].narrow(0, inputs[r].Length - cont.Count, cont.Count);
+            results[batch[r]] = Pick(rows, cont);
+        }
+    }
+
+    /// <summary>Requests grouped by identical context ids; groups packed into batches of about <see cref="LoglikelihoodOptions.BatchSize"/> continuations.</summary>
+    private IEnumerable<List<List<int>>> SharedBatches(IReadOnlyList<LoglikelihoodTokens> requests, List<int> indices)
+    {
+        var groups = new Dictionary<string, List<int>>();
+        var order = new List<List<int>>();
+        foreach (int i in indices)
+        {
+            string key = string.Join(',', requests[i].Context);
+            if (!groups.TryGetValue(key, out var g)) { groups[key] = g = new List<int>(); order.Add(g); }
+            g.Add(i);
+        }
+        // Longest context first: neighbours in a batch have similar lengths, so left padding stays small.
+        var sorted = order.Select((g, k) => (g, k)).OrderByDescending(x => requests[x.g[0]].Context.Count).ThenBy(x => x.k).Select(x => x.g).ToList();
+        var batch = new List<List<int>>();
+        int rows = 0, ctxWidth = 0, contWidth = 0;
+        foreach (var g in sorted)
+        {
+            int c = requests[g[0]].Context.Count, n = g.Max(i => requests[i].Continuation.Count) - 1;
+            bool fits = rows + g.Count <= _options.BatchSize && Math.Max(ctxWidth, c) + Math.Max(contWidth, n) <= _maxLength;
+            if (batch.Count > 0 && !fits)
+            {
+                yield return batch;
+                batch = new List<List<int>>();
+                rows = ctxWidth = contWidth = 0;
+            }
+            batch.Add(g);
+            rows += g.Count;
+            ctxWidth = Math.Max(ctxWidth, c);
+            contWidth = Math.Max(contWidth, n);
+        }
+        if (batch.Count > 0) yield return batch;
+    }
+
+    /// <summary>One forward of the batch's contexts (one row per group and adapter), one of all its continuations after them.</summary>
+    private void ScoreShared(IReadOnlyList<LoglikelihoodTokens> requests, List<List<int>> groups, LoglikelihoodResult[] results)
+    {
+        using var scope = torch.NewDisposeScope();
+        // Context rows: each group's context once per distinct adapter among its requests.
+        var ctxInputs = new List<int[]>();
+        var ctxAdapters = new List<string?>();
+        var members = new List<int>();      // the batch's requests in row order of the continuation forward
+        var ctxRowOf = new List<long>();    // the context row each request continues
+        foreach (var g in groups)
+        {
+            var rowOfAdapter = new Dictionary<string, int>(); // "\0" stands for null (the base): no adapter name holds it
+            foreach (int i in g)
+            {
+                string? a = requests[i].Adapter;
+                if (!rowOfAdapter.TryGetValue(a ?? "\0", out int row))
+                {
+                    rowOfAdapter[a ?? "\0"] = row = ctxInputs.Count;
+                    ctxInputs.Add(requests[i].Context.ToArray());
+                    ctxAdapters.Add(a);
+                }
+                members.Add(i);
+                ctxRowOf.Add(row);
+            }
+        }
+        int ctxWidth = ctxInputs.Max(x => x.Length);
+        var (ctxIds, ctxMask) = Pad(ctxInputs, ctxWidth, left: true);
+        using var cache = new KvCache(_layers);
+        var ctxLogits = _forward(ctxIds, ctxMask, ctxAdapters, cache);  // (ctxRows, ctxWidth, vocab)
+        var last = ctxLogits.select(1, ctxWidth - 1);                   // (ctxRows, vocab): predicts each continuation's first token
+
+        var contInputs = members.Select(i => requests[i].Continuation.Take(requests[i].Continuation.Count - 1).ToArray()).ToList();
+        int contWidth = contInputs.Max(x => x.Length);
+        Tensor? contLogits = null;
+        if (contWidth > 0)
+        {
+            cache.KeepRows(ctxRowOf.ToArray()); // one cache row per request (repeated rows are copies)
+            var (contIds, contMask) = Pad(contInputs, contWidth, left: false);
+            var rowIndex = torch.tensor(ctxRowOf.ToArray(), dtype: ScalarType.Int64, device: _device);
+            var pastMask = ctxMask is null ? torch.ones(members.Count, ctxWidth, dtype: ScalarType.Int64, device: _device) : ctxMask.index_select(0, rowIndex);
+            var mask = torch.cat(new[] { pastMask, contMask ?? torch.ones(members.Count, contWidth, dtype: ScalarType.Int64, device: _device) }, 1); // (requests, past + contWidth)
+            contLogits = _forward(contIds, mask, members.Select(i => requests[i].Adapter).ToList(), cache); // (requests, contWidth, vocab)
+        }
+        for (int r = 0; r < members.Count; r++)
+        {
+            var cont = requests[members[r]].Continuation;
+            var first = last.narrow(0, ctxRowOf[r], 1); // (1, vocab)
+            var rows = cont.Count == 1 ? first : torch.cat(new[] { first, contLogits![r].narrow(0, 0, cont.Count - 1) }, 0); // (contLen, vocab)
+            results[members[r]] = Pick(rows, cont);
+        }
+    }
+
+    /// <summary>Sum of the targets' float32 log-softmax over <paramref name="rows"/> (n, vocab), and whether each target is the arg-max (as <see cref="TokenLogprobs"/>).</summary>
+    private LoglikelihoodResult Pick(Tensor rows, IReadOnlyList<int> targets)
+    {
+        using var scope = torch.NewDisposeScope();
+        var logp = rows.to(ScalarType.Float32).log_softmax(-1);
+        var target = torch.tensor(targets.Select(t => (long)t).ToArray(), dtype: ScalarType.Int64, device: logp.device);
+        float[] picked = logp.gather(1, target.unsqueeze(1)).squeeze(1).cpu().data<float>().ToArray();
+        long[] argmax = logp.argmax(1).cpu().data<long>().ToArray();
+        double sum = 0;
+        bool greedy = true;
+        for (int i = 0; i < picked.Length; i++)
+        {
+            sum += picked[i];
+            greedy &= argmax[i] == targets[i];
+        }
+        return new LoglikelihoodResult(sum, greedy, targets.Count);
+    }
+
+    /// <summary>Ids (rows, width) padded with 0 on the left or right, and the 1/0 mask (null when no row is padded).</summary>
+    private (Tensor Ids, Tensor? Mask) Pad(IReadOnlyList<int[]> rows, int width, bool left)
+    {
+        var ids = new long[rows.Count * width];
+        var mask = new long[rows.Count * width];
+        bool padded = false;
+        for (int r = 0; r < rows.Count; r++)
+        {
+            int offset = left ? width - rows[r].Length : 0;
+            padded |= rows[r].Length < width;
+            for (int j = 0; j < rows[r].Length; j++)
+            {
+                ids[r * width + offset + j] = rows[r][j];
+                mask[r * width + offset + j] = 1;
+            }
+        }
+        var idsT = torch.tensor(ids, new long[] { rows.Count, width }, dtype: ScalarType.Int64, device: _device);
+        return (idsT, padded ? torch.tensor(mask, new long[] { rows.Count, width }, dtype: ScalarType.Int64, device: _device) : null);
+    }
+
+    private static string Shorten(string s) => s.Length <= 60 ? s : "…" + s[^59..];
+}
