@@ -12,15 +12,15 @@ internal static class EvalVerb
 {
     public static Command Build()
     {
-        var model = new Option<string>("--model") { Description = "Hugging Face model folder.", Required = true };
+        var model = new Option<string?>("--model") { Description = "Hugging Face model folder (required, except for --tasks list)." };
         var adapter = new Option<string[]>("--adapter") { Description = "Adapter folder (PEFT format) to evaluate unmerged on top of the model; repeat as NAME=DIR to load several under names: when the data records pick one with their \"adapter\" field, each record is evaluated with its adapter (no field: the base model) and the totals follow; when no record has the field, each adapter is evaluated on every record, one line per NAME." };
-        var data = new Option<string>("--data") { Description = "JSONL or JSON-array data (same shapes and templates as train).", Required = true };
+        var data = new Option<string?>("--data") { Description = "JSONL or JSON-array data (same shapes and templates as train); with --tasks, the one task's data file (default: under --task-data)." };
         var promptTemplate = new Option<string?>("--prompt-template") { Description = "Prompt built from record fields." };
         var completionTemplate = new Option<string?>("--completion-template") { Description = "Completion built from record fields." };
         var chatTemplate = new Option<string?>("--chat-template") { Description = $"Chat template for {{\"messages\"}}/ShareGPT records (default: the model's own, else the one the adapter was trained with): a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", Text.Templates.BuiltInChatTemplates.Names)})." };
         var seqLen = new Option<int>("--seq-len") { Description = "Longest sequence in tokens.", DefaultValueFactory = _ => 256 };
         var batch = new Option<int>("--batch-size") { Description = "Sequences per batch.", DefaultValueFactory = _ => 8 };
-        var maxNew = new Option<int>("--max-new-tokens") { Description = "Longest generated answer for exact-match accuracy. The answer is the greedy continuation, ending at EOS or, when the reference is one line, at the first newline (cut there); it is correct when it equals the reference after trimming white space (the rule train's evaluation uses).", DefaultValueFactory = _ => 16 };
+        var maxNew = new Option<int>("--max-new-tokens") { Description = "Longest generated answer for exact-match accuracy (with --tasks: overrides each generate task's own limit). The answer is the greedy continuation, ending at EOS or, when the reference is one line, at the first newline (cut there); it is correct when it equals the reference after trimming white space (the rule train's evaluation uses).", DefaultValueFactory = _ => 16 };
         var limit = new Option<int>("--accuracy-examples") { Description = "Prompt/completion examples whose answers are generated (0 = skip accuracy).", DefaultValueFactory = _ => 200 };
         var wbits = new Option<int>("--wbits") { Description = "Fake-quantize decoder weights to this many bits first (16 = off; an adapter is merged before).", DefaultValueFactory = _ => 16 };
         var abits = new Option<int>("--abits") { Description = "Per-token activation bits on every decoder linear input (16 = off).", DefaultValueFactory = _ => 16 };
@@ -31,13 +31,34 @@ internal static class EvalVerb
         var pairField = new Option<string?>("--text-pair-field") { Description = "Encoders: the second text's field (default: the one the adapter was trained on)." };
         var labelField = new Option<string?>("--label-field") { Description = "Encoders: the label field (default: the one the adapter was trained on)." };
         var rt = new RuntimeOptionSet(baseBits: true);
-        var cmd = new Command("eval", "Loss, perplexity and exact-match accuracy of a causal LM (optionally with an adapter) on a data set; for a BERT-family classifier: accuracy, F1, Matthews correlation (or Pearson/Spearman for regression) and per-example predictions.");
+        var tasks = new EvalTasksOptions();
+        var cmd = new Command("eval", "Loss, perplexity and exact-match accuracy of a causal LM (optionally with an adapter) on a data set; with --tasks, benchmark tasks (ARC, BoolQ, PIQA, SIQA, WinoGrande by log-likelihood; GSM8K, SVAMP, ... by generate-and-extract) for one or several adapters; for a BERT-family classifier: accuracy, F1, Matthews correlation (or Pearson/Spearman for regression) and per-example predictions.");
         foreach (var o in new Option[] { model, adapter, data, promptTemplate, completionTemplate, chatTemplate, seqLen, batch, maxNew, limit, wbits, abits, wquant, calib, predictions, textField, pairField, labelField }) cmd.Options.Add(o);
+        tasks.AddTo(cmd);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
+            if (tasks.Given(r) && r.GetValue(tasks.Tasks)!.Trim() == "list") return EvalTasksOptions.List();
             string modelDir = CliPaths.ModelDir(r.GetValue(model));
             var adapters = NamedAdapters.Parse(r.GetValue(adapter));
+            if (tasks.Given(r))
+            {
+                if (Classification.IsEncoderFolder(modelDir)) throw new UserInputException("--tasks scores causal language models; a BERT-family classifier is evaluated with --data (labelled records).");
+                return tasks.Run(r, new TaskEvalRequest
+                {
+                    ModelDir = modelDir,
+                    Tasks = Array.Empty<string>(),
+                    DataFile = r.GetValue(data),
+                    AdapterDir = adapters.Single,
+                    NamedAdapters = adapters.Named,
+                    BatchSize = r.GetResult(batch) is { Implicit: false } ? r.GetValue(batch) : 16,
+                    MaxNewTokens = r.GetResult(maxNew) is { Implicit: false } ? r.GetValue(maxNew) : null,
+                    Quantize = new QuantizeOptions { WBits = r.GetValue(wbits), ABits = r.GetValue(abits), Method = r.GetValue(wquant)! },
+                    CalibrationPath = r.GetValue(calib),
+                    Runtime = rt.Read(r),
+                }, r.GetValue(predictions));
+            }
+            if (r.GetValue(data) is null) throw new UserInputException("eval needs --data FILE (records to score), or --tasks NAMES (benchmark tasks; --tasks list shows them).");
             if (Classification.IsEncoderFolder(modelDir))
             {
                 RuntimeOptionSet.RefuseBaseBits(rt.Read(r), modelDir);
