@@ -62,8 +62,13 @@ internal static class TaskFileReader
             var parse = f.Pattern("parse_pattern", RegexOptions.Singleline, anchored: true);
             var spec = new EvalTaskSpec
             {
-                Source = source, Name = name, Description = f.String("description") ?? "", OutputType = type, Data = data,
-                ParseField = f.String("parse_field") ?? "instruction", ParsePattern = parse,
+                Source = source,
+                Name = name,
+                Description = f.String("description") ?? "",
+                OutputType = type,
+                Data = data,
+                ParseField = f.String("parse_field") ?? "instruction",
+                ParsePattern = parse,
             };
             spec = type == TaskOutputType.MultipleChoice ? ReadChoice(spec, f) : ReadGenerate(spec, f);
             return spec with { Metrics = ReadMetrics(f, type) };
@@ -104,10 +109,18 @@ internal static class TaskFileReader
         if (blank.Length == 0) throw new UserInputException($"{source}: field 'blank' is empty; give the placeholder that partial scoring fills, e.g. \"_\".");
         return spec with
         {
-            ContextTemplate = context, ChoiceSplit = split, ChoicesField = choicesField, Choices = fixedChoices,
-            TargetDelimiter = f.String("target_delimiter") ?? " ", FewshotDelimiter = f.String("fewshot_delimiter") ?? "\n\n",
-            GoldField = f.String("gold_field") ?? "answer", GoldPattern = gold, GoldBase = f.Int("gold_base") ?? 0, GoldMap = map,
-            Scoring = mode, Blank = blank,
+            ContextTemplate = context,
+            ChoiceSplit = split,
+            ChoicesField = choicesField,
+            Choices = fixedChoices,
+            TargetDelimiter = f.String("target_delimiter") ?? " ",
+            FewshotDelimiter = f.String("fewshot_delimiter") ?? "\n\n",
+            GoldField = f.String("gold_field") ?? "answer",
+            GoldPattern = gold,
+            GoldBase = f.Int("gold_base") ?? 0,
+            GoldMap = map,
+            Scoring = mode,
+            Blank = blank,
         };
     }
 
@@ -136,8 +149,13 @@ internal static class TaskFileReader
         if (maxNew < 1) throw new UserInputException($"{source}: field 'max_new_tokens' is {maxNew}; give a positive budget, e.g. 32.");
         return spec with
         {
-            PromptTemplate = prompt, PromptTemplateWithInput = withInput, ReferenceField = f.String("reference_field") ?? "answer",
-            Extraction = rule, ExtractPattern = pattern, Tolerance = tolerance, MaxNewTokens = maxNew,
+            PromptTemplate = prompt,
+            PromptTemplateWithInput = withInput,
+            ReferenceField = f.String("reference_field") ?? "answer",
+            Extraction = rule,
+            ExtractPattern = pattern,
+            Tolerance = tolerance,
+            MaxNewTokens = maxNew,
         };
     }
 
@@ -154,8 +172,12 @@ internal static class TaskFileReader
 
     private static string Kind(JsonElement e) => e.ValueKind switch
     {
-        JsonValueKind.Array => "list", JsonValueKind.Object => "object", JsonValueKind.String => "string",
-        JsonValueKind.Number => "number", JsonValueKind.True or JsonValueKind.False => "boolean", _ => "null",
+        JsonValueKind.Array => "list",
+        JsonValueKind.Object => "object",
+        JsonValueKind.String => "string",
+        JsonValueKind.Number => "number",
+        JsonValueKind.True or JsonValueKind.False => "boolean",
+        _ => "null",
     };
 
     /// <summary>Typed access to the object's fields, each error naming the file and the field.</summary>

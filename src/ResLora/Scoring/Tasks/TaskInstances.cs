@@ -159,10 +159,12 @@ public sealed class TaskInstances
         return m;
     }
 
-    /// <summary>A template value: a parse_pattern group that matched, else the record's field.</summary>
+    /// <summary>A template value: a parse_pattern group, else the record's field.</summary>
     private static string Value(EvalTaskSpec task, TaskRecords records, int i, Match? groups, string name)
     {
-        if (groups is not null && groups.Groups[name] is { Success: true } g && task.ParsePattern!.GetGroupNames().Contains(name)) return g.Value;
+        // A group of the pattern wins even when it took no part in the match (then it is empty).
+        if (groups is not null && task.ParsePattern!.GetGroupNames().Contains(name))
+            return groups.Groups[name].Success ? groups.Groups[name].Value : "";
         return records.Text(i, name, $"task {task.Name}'s template uses as {{{name}}}");
     }
 

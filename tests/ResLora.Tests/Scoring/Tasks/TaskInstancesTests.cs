@@ -100,6 +100,43 @@ public sealed class TaskInstancesTests : IDisposable
     }
 
     [Fact]
+    public void PartialScoring_FewshotExamplesAreTheGoldOptionFilledIn()
+    {
+        static string Wino(string sentence, string a, string b, int gold) => System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, string>
+        {
+            ["instruction"] = "Please choose the correct answer to fill in the blank to complete the given sentence: "
+                + $"{sentence}\n\nOption1: {a} Option2: {b} Answer format: option1/option2",
+            ["answer"] = $"option{gold}",
+        });
+        WriteData("winogrande/test.json", [Wino("Ann paid Bo because _ owed money.", "Ann", "Bo", 1), Wino("The cup beat the jug since _ was fast.", "cup", "jug", 1)]);
+        var q = TaskInstances.Build(TaskLibrary.Load("winogrande"), _dir, null, numFewshot: 1, seed: 3, limit: null).Choice[1];
+        // lm-eval: the example is its gold choice (the filled-in context) + target delimiter + its remainder.
+        Assert.Equal(
+            [("Ann paid Bo because Ann owed money.\n\nThe cup beat the jug since cup", " was fast."),
+             ("Ann paid Bo because Ann owed money.\n\nThe cup beat the jug since jug", " was fast.")],
+            q.Requests);
+    }
+
+    [Fact]
+    public void Generate_UsesTheInputTemplateOnlyWhenTheRecordHasInput()
+    {
+        string task = Path.Combine(_dir, "gen.json");
+        File.WriteAllText(task, """
+            {"name": "gen", "output_type": "generate", "data": "gen.jsonl", "prompt_template": "I: {instruction}\nR:",
+             "prompt_template_with_input": "I: {instruction}\nIn: {input}\nR:", "extraction": "last_number", "max_new_tokens": 8}
+            """);
+        WriteData("gen.jsonl", ["""{"instruction": "add", "input": "", "answer": 3}""", """{"instruction": "add", "input": "1 2", "answer": "3"}"""], asArray: false);
+        var built = TaskInstances.Build(TaskLibrary.Load(task), _dir, null, 0, 1, null);
+        Assert.Equal(["I: add\nR:", "I: add\nIn: 1 2\nR:"], built.Generate.Select(g => g.Prompt));
+        Assert.Equal(["3", "3"], built.Generate.Select(g => g.Reference));
+        Assert.Equal(8, built.Task.MaxNewTokens);
+        WriteData("gen.jsonl", ["""{"instruction": "add", "answer": "three"}"""], asArray: false);
+        var e = Assert.Throws<UserInputException>(() => TaskInstances.Build(TaskLibrary.Load(task), _dir, null, 0, 1, null));
+        Assert.Contains("record 0: field 'answer' is \"three\"", e.Message);
+        Assert.Contains("the reference must be a number", e.Message);
+    }
+
+    [Fact]
     public void BoolQ_ScoresNoAndYes_WithTheGoldFromTrueFalse()
     {
         WriteData("boolq/test.json",
