@@ -39,6 +39,18 @@ public static class DemoReport
         sb.AppendLine("![loss curves: every method (left), the best few zoomed (right)](loss.png)").AppendLine();
         sb.AppendLine("How to read it: \"steps to LoRA's final train loss\" counts logged steps until a method's training loss first reaches the loss LoRA ends with; a method that gets there sooner learns faster at that setting. A faster start can come from a larger effective step size rather than from the method's structure; `--sweep` runs every method at two larger step sizes too, which separates the two. \"wall ms / step\" is wall-clock time: on a machine shared with other jobs it measures their load as much as the method. The merge columns compare the merged model with the unmerged one on the held-out problems: exact (float rounding) for LoRA, DoRA and ResLoRA-bs; for ResLoRA-is/ms the merge that `--merge auto` picks among the norm-window merges (spec §4.2) and the least-squares fold calibrated on training text (docs/methods.md), the one with the smallest held-out KL.");
         sb.AppendLine();
+        if (r.MultipleChoice.Count > 0)
+        {
+            sb.AppendLine("## Multiple choice").AppendLine();
+            sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"The {r.MultipleChoice[0].Questions} held-out questions again, each with its right number and three near misses (`data/{DemoMultipleChoice.TaskFile}`), scored the way `reslora eval --tasks` scores ARC: the choice with the highest log-likelihood after the prompt is the answer (acc), or the highest per character (acc_norm). Each adapter unmerged, at the default setting; ± is the standard error."));
+            sb.AppendLine();
+            sb.AppendLine("| model | acc | acc_norm |").AppendLine("|---|---|---|");
+            foreach (var c in r.MultipleChoice)
+                sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"| {c.Label} | {c.Acc * 100:0.0} ± {c.Stderr * 100:0.0} | {c.AccNorm * 100:0.0} |"));
+            sb.AppendLine();
+            sb.AppendLine($"Score your own adapter on it: `./reslora eval --model {r.BaseModelDir} --adapter ADAPTER_DIR --tasks {Path.Combine(Path.GetDirectoryName(r.ReportPath)!, "data", DemoMultipleChoice.TaskFile)}`.");
+            sb.AppendLine();
+        }
         sb.AppendLine("## The merged model").AppendLine();
         sb.AppendLine(string.Create(CultureInfo.InvariantCulture, $"The best adapter whose merge keeps the model (held-out KL < {DemoRunner.MergeKlBudget}; {r.MergedLabel}: {r.Merge.Method}, {r.Merge.MergedModules} modules) was folded into the base weights and written as a Hugging Face folder at `{r.MergedDir}` (merged vs unmerged: held-out KL {(r.Merge.HeldOut is { } h ? h.MeanKl.ToString("0.###e0", CultureInfo.InvariantCulture) : "-")}, max |Δlogit| on the probe {r.Merge.MaxAbsDiff:0.##e0})."));
         sb.AppendLine();

@@ -92,6 +92,8 @@ public sealed record DemoResult(string BaseModelDir, double BaseAccuracy, double
 
     /// <summary>Whether every method also ran the extra (lr, alpha) settings, so the best-setting columns mean something.</summary>
     public bool Swept { get; init; }
+    /// <summary>The base model and each method's default-setting adapter on the held-out questions as 4-way multiple choice.</summary>
+    public IReadOnlyList<DemoChoiceScore> MultipleChoice { get; init; } = Array.Empty<DemoChoiceScore>();
 
     public double AnswerAccuracy => Answers.Count == 0 ? double.NaN : Answers.Count(a => a.Correct) / (double)Answers.Count;
 }
@@ -219,6 +221,11 @@ public static class DemoRunner
             });
         }
 
+        // 4b. The held-out questions as multiple choice, scored by log-likelihood as `eval --tasks` scores ARC.
+        track.Stage("multiple-choice scoring");
+        string mcTask = DemoMultipleChoice.Write(dataDir, eval, (int)o.Seed);
+        var choiceScores = DemoMultipleChoice.Score(baseDir, mcTask, new[] { ("base", (string?)null) }.Concat(rows.Select(r => (r.Label, (string?)r.Default.AdapterDir))), o.Runtime);
+
         // 5. Plot every method's default-setting curve; merge the best adapter; answer a question with the merged model.
         string plot = Path.Combine(outDir, "loss.png");
         LossPlot.SaveComparison(plot, rows.Select(r => new LossPlot.Series(r.Label, r.Default.Summary.Curve.Select(c => (c.Step, c.Loss)).ToList(), r.Default.Summary.Evals.Select(e => (e.Step, e.Loss)).ToList())).ToList(),
@@ -241,7 +248,7 @@ public static class DemoRunner
             }
         }
         string report = Path.Combine(outDir, "report.md");
-        var result = new DemoResult(baseDir, baseEval.Accuracy ?? double.NaN, baseEval.Loss, rows, mergedDir, merge, answers, clock.Elapsed.TotalSeconds, report, plot) { Swept = settings.Count > 1, MergedLabel = winner.Label };
+        var result = new DemoResult(baseDir, baseEval.Accuracy ?? double.NaN, baseEval.Loss, rows, mergedDir, merge, answers, clock.Elapsed.TotalSeconds, report, plot) { Swept = settings.Count > 1, MergedLabel = winner.Label, MultipleChoice = choiceScores };
         AtomicFile.WriteAllText(report, DemoReport.Markdown(result, o, baseSettings));
         AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), JsonSerializer.Serialize(rows.Select(r => new
         {

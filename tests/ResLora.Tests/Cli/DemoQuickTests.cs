@@ -1,4 +1,5 @@
 using ResLora.Cli;
+using ResLora.Tests.Infrastructure;
 
 namespace ResLora.Tests.Cli;
 
@@ -42,5 +43,13 @@ public sealed class DemoQuickTests : IDisposable
         Assert.Matches(@"The merged model on 5 held-out questions: \*\*\d of 5 right", report);
         Assert.Equal(5, System.Text.RegularExpressions.Regex.Matches(report, @"\| (right|wrong) \|").Count);
         Assert.True(File.Exists(Path.Combine(outDir, "merged", "merge_report.json")));
+        // The multiple-choice table: the base model and every method, acc ± stderr, from a task file a user can rerun.
+        Assert.Contains("## Multiple choice", report);
+        Assert.Matches(@"\| base \| \d+\.\d ± \d+\.\d \| \d+\.\d \|", report);
+        Assert.Matches(@"\| reslora-is \| \d+\.\d ± \d+\.\d \| \d+\.\d \|", report);
+        string mcTask = Path.Combine(outDir, "data", "multiple-choice-task.json");
+        var (mcRc, mcOut, mcErr) = CliHarness.Run("eval", "--model", Path.Combine(outDir, "merged"), "--tasks", mcTask, "--limit", "3");
+        Assert.True(mcRc == 0, mcErr);
+        Assert.Matches(@"\| demo_multiple_choice \| base \| acc \| \d+\.\d \| \d+\.\d \| 3 \|", mcOut);
     }
 }

@@ -44,7 +44,7 @@ public static class TaskLibrary
 
     /// <summary>
     /// The data file of <paramref name="task"/>: <paramref name="dataFile"/> when given, else the task's <c>data</c>
-    /// path under <paramref name="dataRoot"/>. A file that is not there is an error saying where it looked.
+    /// path under <paramref name="dataRoot"/> (for a task read from a file and no data root: under the task file's folder). A file that is not there is an error saying where it looked.
     /// </summary>
     public static string ResolveDataFile(EvalTaskSpec task, string? dataRoot, string? dataFile)
     {
@@ -55,6 +55,8 @@ public static class TaskLibrary
                 throw new UserInputException($"task {task.Name}: data file {dataFile} does not exist; give the test file of the task (a JSON array or JSON Lines of records).");
             return dataFile;
         }
+        // A user's task file finds its data beside itself when no data folder is given.
+        if (dataRoot is null && File.Exists(task.Source)) dataRoot = Path.GetDirectoryName(Path.GetFullPath(task.Source));
         if (dataRoot is null)
             throw new UserInputException($"task {task.Name} reads its records from '{task.Data}' under the data folder, and none was given; {DataFlag} DIR points at the LLM-Adapters test sets (the folder holding ARC-Easy/, boolq/, gsm8k/, ...).");
         string path = Path.Combine(dataRoot, task.Data);
