@@ -5,7 +5,7 @@
 # questions with ResLora (shared-context and naive, max length 48, one request cut from the left) and recomputes every
 # request in bench/pytorch/loglik_peer.py. Exit 0 when both modes agree with PyTorch to 1e-4.
 # Usage: bench/loglik-check.sh [--model DIR] [--tol 1e-4]
-#        bench/loglik-check.sh --bench [--preset qwen2.5-0.5b] [--layers N] [--questions Q] [--choices 4] [--context T] [--choice-tokens K] [--threads N]
+#        bench/loglik-check.sh --bench [--preset qwen2.5-0.5b] [--layers N] [--questions Q] [--choices 4] [--context T] [--choice-tokens K] [--threads N] [--repeats R]
 #          times shared-context against naive scoring on a random-init preset shape (questions/s of each, the ratio).
 set -euo pipefail
 cd "$(dirname "$0")/.."

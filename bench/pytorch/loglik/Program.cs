@@ -1,7 +1,7 @@
 // The ResLora side of bench/loglik-check.sh: writes a tiny model folder and our per-choice log-likelihoods for the
 // PyTorch peer (loglik_peer.py) to recompute, or times shared-context against naive scoring on a preset's shape.
 //   check --model DIR --out FILE        (DIR is made, random float32 Qwen2-style weights, when it has no config.json)
-//   bench --preset NAME [--layers N] [--questions Q] [--choices C] [--context T] [--choice-tokens K] [--threads N]
+//   bench --preset NAME [--layers N] [--questions Q] [--choices C] [--context T] [--choice-tokens K] [--threads N] [--batch B] [--repeats R]
 using System.Globalization;
 using System.Text.Json;
 using ResLora;
@@ -41,12 +41,12 @@ try
             model.InitializeWeights(1);
             model.eval();
             var r = LoglikelihoodBench.Run(model, IntArg("--questions", 8), IntArg("--choices", 4), IntArg("--context", 64), IntArg("--choice-tokens", 8),
-                IntArg("--threads", 2), IntArg("--batch", 16));
+                IntArg("--threads", 2), IntArg("--batch", 16), IntArg("--repeats", 3));
             Console.Out.WriteLine(JsonSerializer.Serialize(new { r.Questions, r.Choices, r.NaiveQuestionsPerSecond, r.SharedQuestionsPerSecond, r.Speedup, r.MaxAbsDifference, r.Threads }));
             return 0;
         }
         default:
-            throw new UserInputException("usage: check --model DIR --out FILE | bench --preset NAME [--layers N] [--questions Q] [--choices C] [--context T] [--choice-tokens K] [--threads N]");
+            throw new UserInputException("usage: check --model DIR --out FILE | bench --preset NAME [--layers N] [--questions Q] [--choices C] [--context T] [--choice-tokens K] [--threads N] [--batch B] [--repeats R]");
     }
 }
 catch (UserInputException e)

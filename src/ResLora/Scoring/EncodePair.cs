@@ -13,7 +13,7 @@ namespace ResLora.Scoring;
 /// <item>the continuation's tokens are the encoding of context + continuation minus as many leading tokens as the
 /// context alone encodes to, so a merge across the boundary is counted as the tokenizer makes it;</item>
 /// <item>an empty context is the prefix token alone (BOS, else the first end-of-sequence id, as HFLM's
-/// <c>prefix_token_id</c>), and the continuation is encoded on its own.</item>
+/// <c>prefix_token_id</c>), and the continuation is encoded on its own, without BOS (the prefix already is one).</item>
 /// </list>
 /// BOS: lm-eval encodes without special tokens for causal models unless <c>add_bos_token</c> is set; here
 /// <see cref="ITextTokenizer.AddBosToken"/> plays that role: when true, BOS is put in front of both encodings (so it
