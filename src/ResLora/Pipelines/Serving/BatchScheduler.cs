@@ -213,7 +213,7 @@ public sealed class BatchScheduler : IDisposable
                 // Other work runs alone: it ends the batch before it, or is taken by itself.
                 while (_queue.First is { } node && batch.Count < MaxBatch)
                 {
-                    if (batch.Count > 0 && (node.Value.Work is not null || !_fits(batch.Append(node.Value).Select(j => j.Row!).ToList()))) break;
+                    if (batch.Count > 0 && (node.Value.Work is not null || batch[0].Work is not null || !_fits(batch.Append(node.Value).Select(j => j.Row!).ToList()))) break;
                     _queue.RemoveFirst();
                     node.Value.Node = null;
                     batch.Add(node.Value);
