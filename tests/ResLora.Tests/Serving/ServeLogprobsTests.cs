@@ -132,6 +132,13 @@ public sealed class ServeLogprobsTests : IClassFixture<ServingFixture>, IDisposa
             var next = Score(adapter, whole.Append(0).ToArray(), whole.Length, topK: 1)[0].Top[0];
             Assert.Equal(next.Logprob, got[^1]!.Value, Tolerance);
             Assert.EndsWith(_tok.Decode(new[] { next.Token }), (string)choice["text"]!);
+            // That request scores and picks the token in one forward: the token is the one generation picks.
+            var generated = await Ok(await Post(client, "/v1/completions", Body(model, new JsonArray(Ids(whole)), maxTokens: 1, echo: false, logprobs: null)));
+            Assert.Equal(_tok.Decode(whole, skipSpecialTokens: false) + (string)generated["choices"]![0]!["text"]!, (string)choice["text"]!);
+            Assert.Equal((string)generated["choices"]![0]!["finish_reason"]!, (string)choice["finish_reason"]!);
+            var none = (await Ok(await Post(client, "/v1/completions", Body(model, new JsonArray(Ids(whole)), maxTokens: 1, logprobs: 0))))["choices"]![0]!;
+            Assert.Equal(got, TokenLogprobsOf(none));
+            Assert.All(none["logprobs"]!["top_logprobs"]!.AsArray().Skip(1), t => Assert.Single(t!.AsObject())); // logprobs 0: the token's own entry only
 
             // max_tokens 0: the prompt only, and the parse is token_logprobs[ctxlen:].
             var scored = TokenLogprobsOf((await Ok(await Post(client, "/v1/completions", Body(model, new JsonArray(Ids(whole)), maxTokens: 0))))["choices"]![0]!);

@@ -318,31 +318,44 @@ public sealed class ServedModel : IDisposable
     private async Task<CompletionResult> Run(Prepared p, CancellationToken cancel)
     {
         IReadOnlyList<int> tokens = Array.Empty<int>();
+        IReadOnlyList<TokenScore>? scores = null;
         string finish = "length", text = "";
+        int first = p.Request.Echo ? 0 : p.Ids.Count; // the first logprobs entry
         if (p.Row is { } row)
         {
-            tokens = await Scheduler.Submit(row).ConfigureAwait(false);
+            var o = row.Options;
+            if (p.Request.Logprobs is { } k && o is { MaxNewTokens: 1, Greedy: true, RepetitionPenalty: 1.0 })
+            {
+                // lm-eval's log-likelihood request (echo, logprobs, one greedy token): the forward that scores the prompt
+                // also picks the token, its last row's arg-max, instead of a generation forward and then a scoring one.
+                // The appended 0 only makes Score return that row; its entry is replaced by the arg-max's.
+                var all = await Score(p, p.Ids.Append(0).ToList(), first, Math.Max(k, 1), cancel).ConfigureAwait(false);
+                var last = all[^1];
+                var (token, logprob) = last.IsGreedy ? (last.Token, last.Logprob) : last.Top[0];
+                tokens = new[] { token };
+                var trimmed = new List<TokenScore>(all.Count);
+                for (int i = 0; i < all.Count; i++)
+                {
+                    var sc = i == all.Count - 1 ? new TokenScore(token, logprob, true, last.Top) : all[i];
+                    trimmed.Add(sc.Top.Count > k ? sc with { Top = sc.Top.Take(k).ToList() } : sc); // logprobs 0 asked for none
+                }
+                scores = trimmed;
+                row.OnToken?.Invoke(token);
+            }
+            else tokens = await Scheduler.Submit(row).ConfigureAwait(false);
             lock (_tokenizerLock)
             {
                 p.Reply!.Finish();
-                bool stoppedByToken = tokens.Count > 0 && row.Options.EosTokenIds.Contains(tokens[^1]);
-                finish = stoppedByToken || p.Reply.Stopped || row.Options.StopWhen?.Invoke(tokens) == true || tokens.Count < row.Options.MaxNewTokens ? "stop" : "length";
+                bool stoppedByToken = tokens.Count > 0 && o.EosTokenIds.Contains(tokens[^1]);
+                finish = stoppedByToken || p.Reply.Stopped || o.StopWhen?.Invoke(tokens) == true || tokens.Count < o.MaxNewTokens ? "stop" : "length";
                 text = p.Reply.Text;
             }
         }
         CompletionLogprobs? logprobs = null;
         if (p.Request.Logprobs is { } topK)
         {
-            // One full forward over prompt + reply with the request's adapter: the reference scores (TokenLogprobs), taken
-            // on the worker between batches so it never races a batch for the model.
             var sequence = p.Ids.Concat(tokens).ToList();
-            int first = p.Request.Echo ? 0 : p.Ids.Count;
-            string?[] route = { p.Adapter };
-            var scores = await Scheduler.Run(() =>
-            {
-                OnWorker();
-                return TokenLogprobs.Score(ids => _set.Forward(ids, null, route), sequence, Math.Max(first, 1), topK, _set.Model.Device);
-            }, cancel).ConfigureAwait(false);
+            scores ??= await Score(p, sequence, first, topK, cancel).ConfigureAwait(false);
             lock (_tokenizerLock) logprobs = CompletionLogprobs.Build(_tokenizer, sequence, first, scores, p.Request.Echo ? 0 : p.PromptText.Length);
         }
         return new CompletionResult((p.Request.Echo ? p.PromptText : "") + text, finish, p.Ids.Count, tokens.Count)
@@ -351,6 +364,21 @@ public sealed class ServedModel : IDisposable
             Tokens = tokens,
             Logprobs = logprobs,
         };
+    }
+
+    /// <summary>
+    /// One full forward over <paramref name="sequence"/> with the request's adapter: the reference scores
+    /// (<see cref="TokenLogprobs"/>) from <paramref name="first"/> on (position 0 has none), taken on the worker between
+    /// batches so it never races a batch for the model.
+    /// </summary>
+    private Task<IReadOnlyList<TokenScore>> Score(Prepared p, IReadOnlyList<int> sequence, int first, int topK, CancellationToken cancel)
+    {
+        string?[] route = { p.Adapter };
+        return Scheduler.Run(() =>
+        {
+            OnWorker();
+            return TokenLogprobs.Score(ids => _set.Forward(ids, null, route), sequence, Math.Max(first, 1), topK, _set.Model.Device);
+        }, cancel);
     }
 
     private Prepared Prepare(CompletionRequest r, Action<string>? onText, CancellationToken cancel)
