@@ -40,8 +40,13 @@ public sealed class ServeLogprobsTests : IClassFixture<ServingFixture>, IDisposa
     private static string Body(string model, JsonNode prompt, int maxTokens, bool echo = true, int? logprobs = 1) =>
         new JsonObject
         {
-            ["model"] = model, ["prompt"] = prompt, ["max_tokens"] = maxTokens, ["temperature"] = 0, ["seed"] = 1234,
-            ["echo"] = echo, ["logprobs"] = logprobs,
+            ["model"] = model,
+            ["prompt"] = prompt,
+            ["max_tokens"] = maxTokens,
+            ["temperature"] = 0,
+            ["seed"] = 1234,
+            ["echo"] = echo,
+            ["logprobs"] = logprobs,
         }.ToJsonString();
 
     private static JsonArray Ids(IEnumerable<int> ids) => new(ids.Select(i => (JsonNode?)i).ToArray());
