@@ -5,8 +5,12 @@ using ResLora.Pipelines.Serving;
 
 namespace ResLora.Cli.Serve;
 
-/// <summary>A parsed request body: what to generate, and how to answer.</summary>
-internal sealed record ApiRequest(CompletionRequest Completion, bool Stream, bool IncludeUsage);
+/// <summary>A parsed request body: what to generate (one request per prompt, in order), and how to answer.</summary>
+internal sealed record ApiRequest(IReadOnlyList<CompletionRequest> Completions, bool Stream, bool IncludeUsage)
+{
+    /// <summary>The first (for chat and streams: the only) request.</summary>
+    public CompletionRequest Completion => Completions[0];
+}
 
 /// <summary>
 /// The OpenAI API's JSON for <c>/v1/completions</c> and <c>/v1/chat/completions</c>: request fields to a
@@ -28,8 +32,11 @@ internal static class OpenAiProtocol
         // Fields whose non-default values ask for something this server does not do.
         Unsupported(root, "n", v => v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n == 1, "only n = 1 is supported; send one request per sample");
         Unsupported(root, "best_of", v => v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n == 1, "best_of is not supported");
-        Unsupported(root, "echo", v => v.ValueKind == JsonValueKind.False, "echo is not supported");
-        Unsupported(root, "logprobs", v => v.ValueKind is JsonValueKind.False || (v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n == 0), "logprobs are not supported");
+        if (chat)
+        {
+            Unsupported(root, "echo", v => v.ValueKind == JsonValueKind.False, "echo is not supported for chat; use /v1/completions");
+            Unsupported(root, "logprobs", v => v.ValueKind is JsonValueKind.False || (v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) && n == 0), "logprobs are not supported for chat; use /v1/completions with logprobs: N");
+        }
         Unsupported(root, "suffix", v => v.ValueKind == JsonValueKind.String && v.ValueEquals(""), "suffix is not supported");
         Unsupported(root, "presence_penalty", IsZero, "presence_penalty is not supported (only 0)");
         Unsupported(root, "frequency_penalty", IsZero, "frequency_penalty is not supported (only 0)");
@@ -38,10 +45,12 @@ internal static class OpenAiProtocol
         Unsupported(root, "functions", v => v.ValueKind == JsonValueKind.Array && v.GetArrayLength() == 0, "functions are not supported");
         Unsupported(root, "response_format", v => v.ValueKind == JsonValueKind.Object && v.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.ValueEquals("text"), "response_format other than text is not supported");
 
-        string? prompt = null;
         IReadOnlyList<ChatMessage>? messages = null;
+        IReadOnlyList<(string? Text, int[]? Ids)> prompts = new (string?, int[]?)[] { (null, null) };
         if (chat) messages = Messages(root);
-        else prompt = Prompt(root);
+        else prompts = Prompts(root);
+        bool echo = !chat && (Bool(root, "echo") ?? false);
+        int? logprobs = chat ? null : Logprobs(root);
         int? maxTokens = Int(root, "max_tokens");
         if (chat && Int(root, "max_completion_tokens") is { } mct)
         {
@@ -52,8 +61,9 @@ internal static class OpenAiProtocol
         var request = new CompletionRequest
         {
             Model = model,
-            Prompt = prompt,
             Messages = messages,
+            Echo = echo,
+            Logprobs = logprobs,
             MaxTokens = maxTokens,
             Temperature = Number(root, "temperature") ?? 1.0,
             TopP = Number(root, "top_p") ?? 1.0,
@@ -69,15 +79,74 @@ internal static class OpenAiProtocol
             if (so.ValueKind != JsonValueKind.Object) throw Bad("stream_options must be an object.", "stream_options");
             includeUsage = Bool(so, "include_usage", "stream_options.include_usage") ?? false;
         }
-        return new ApiRequest(request, stream, includeUsage);
+        if (stream && echo) throw Bad("echo cannot be combined with stream: the echoed prompt and its logprobs come in one answer; set stream to false.", "echo");
+        if (stream && logprobs is not null) throw Bad("logprobs cannot be combined with stream; set stream to false.", "logprobs");
+        if (stream && prompts.Count > 1) throw Bad($"prompt holds {prompts.Count} prompts; a stream answers one, so set stream to false or send one prompt.", "prompt");
+        return new ApiRequest(prompts.Select(p => request with { Prompt = p.Text, PromptIds = p.Ids }).ToList(), stream, includeUsage);
     }
 
-    private static string Prompt(JsonElement root)
+    /// <summary>logprobs on completions: null, or an integer (its range is <see cref="ServedModel"/>'s to check).</summary>
+    private static int? Logprobs(JsonElement root)
     {
-        if (!root.TryGetProperty("prompt", out var p)) throw Bad("prompt is required: the text to continue.", "prompt");
-        if (p.ValueKind == JsonValueKind.String) return Str(p, "prompt");
-        if (p.ValueKind == JsonValueKind.Array && p.GetArrayLength() == 1 && p[0].ValueKind == JsonValueKind.String) return Str(p[0], "prompt");
-        throw Bad("prompt must be a string (or a list of one string); token-id prompts and several prompts per request are not supported.", "prompt");
+        if (!root.TryGetProperty("logprobs", out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        if (v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n)) return n;
+        throw Bad($"logprobs must be an integer from 0 to {CompletionLogprobs.MaxTopLogprobs} (the alternatives per token) or null, got {Scrubbed(v)}.", "logprobs");
+    }
+
+    /// <summary>A field's raw JSON, shortened, for a refusal's message.</summary>
+    private static string Scrubbed(JsonElement v)
+    {
+        string raw = v.GetRawText();
+        return raw.Length <= 40 ? raw : raw[..40] + "…";
+    }
+
+    private const string PromptForms = "give a string, a list of strings, a list of token ids, or a list of token-id lists";
+
+    /// <summary>
+    /// The prompts of a completions request, as OpenAI's API takes them: a string, a list of strings, a list of token ids
+    /// (one prompt) or a list of token-id lists (one prompt each).
+    /// </summary>
+    private static List<(string? Text, int[]? Ids)> Prompts(JsonElement root)
+    {
+        if (!root.TryGetProperty("prompt", out var p) || p.ValueKind == JsonValueKind.Null) throw Bad($"prompt is required: the text to continue ({PromptForms}).", "prompt");
+        if (p.ValueKind == JsonValueKind.String) return new() { (Str(p, "prompt"), null) };
+        if (p.ValueKind != JsonValueKind.Array) throw Bad($"prompt must be a string or a list; {PromptForms}.", "prompt");
+        var items = p.EnumerateArray().ToList();
+        if (items.Count == 0) throw Bad($"prompt is an empty list; {PromptForms}.", "prompt");
+        var kinds = items.Select(i => i.ValueKind).Distinct().ToList();
+        if (kinds.Count > 1)
+            throw Bad($"prompt mixes {string.Join(" and ", kinds.Select(Kind))} in one list; {PromptForms}.", "prompt");
+        return kinds[0] switch
+        {
+            JsonValueKind.String => items.Select((s, i) => ((string?)Str(s, $"prompt[{i}]"), (int[]?)null)).ToList(),
+            JsonValueKind.Number => new() { (null, Ids(p, "prompt")) },
+            JsonValueKind.Array => items.Select((a, i) => ((string?)null, (int[]?)Ids(a, $"prompt[{i}]"))).ToList(),
+            _ => throw Bad($"prompt holds {Kind(kinds[0])}; {PromptForms}.", "prompt"),
+        };
+    }
+
+    private static string Kind(JsonValueKind k) => k switch
+    {
+        JsonValueKind.String => "strings",
+        JsonValueKind.Number => "numbers",
+        JsonValueKind.Array => "lists",
+        JsonValueKind.Object => "objects",
+        JsonValueKind.True or JsonValueKind.False => "booleans",
+        _ => "nulls",
+    };
+
+    /// <summary>A list of token ids: every item an integer (the vocabulary is <see cref="ServedModel"/>'s to check).</summary>
+    private static int[] Ids(JsonElement list, string where)
+    {
+        var ids = new int[list.GetArrayLength()];
+        int i = 0;
+        foreach (var v in list.EnumerateArray())
+        {
+            if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out ids[i]))
+                throw Bad($"{where}[{i}] is {Scrubbed(v)}, not a token id; a token-id prompt is a list of integers.", "prompt");
+            i++;
+        }
+        return ids;
     }
 
     private static List<ChatMessage> Messages(JsonElement root)
@@ -178,17 +247,44 @@ internal static class OpenAiProtocol
     };
 
     /// <summary>A whole answer.</summary>
-    public static JsonObject Response(bool chat, string id, long created, string model, CompletionResult c) => new()
+    public static JsonObject Response(bool chat, string id, long created, string model, CompletionResult c) => Response(chat, id, created, model, new[] { c });
+
+    /// <summary>A whole answer with one choice per prompt, <c>index</c> in prompt order, and the usage summed over them.</summary>
+    public static JsonObject Response(bool chat, string id, long created, string model, IReadOnlyList<CompletionResult> results) => new()
     {
         ["id"] = id,
         ["object"] = chat ? "chat.completion" : "text_completion",
         ["created"] = created,
         ["model"] = model,
-        ["choices"] = new JsonArray(chat
-            ? new JsonObject { ["index"] = 0, ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = c.Text }, ["logprobs"] = null, ["finish_reason"] = c.FinishReason }
-            : new JsonObject { ["index"] = 0, ["text"] = c.Text, ["logprobs"] = null, ["finish_reason"] = c.FinishReason }),
-        ["usage"] = Usage(c),
+        ["choices"] = new JsonArray(results.Select((c, i) => (JsonNode)(chat
+            ? new JsonObject { ["index"] = i, ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = c.Text }, ["logprobs"] = null, ["finish_reason"] = c.FinishReason }
+            : new JsonObject { ["index"] = i, ["text"] = c.Text, ["logprobs"] = Logprobs(c.Logprobs), ["finish_reason"] = c.FinishReason })).ToArray()),
+        ["usage"] = new JsonObject
+        {
+            ["prompt_tokens"] = results.Sum(c => c.PromptTokens),
+            ["completion_tokens"] = results.Sum(c => c.CompletionTokens),
+            ["total_tokens"] = results.Sum(c => c.PromptTokens + c.CompletionTokens),
+        },
     };
+
+    /// <summary>
+    /// OpenAI's legacy completions logprobs object: <c>{tokens, token_logprobs, top_logprobs, text_offset}</c>, the first
+    /// echoed token's log-probability and alternatives null.
+    /// </summary>
+    private static JsonObject? Logprobs(CompletionLogprobs? lp)
+    {
+        if (lp is null) return null;
+        // A probability below float32's range has log-probability -inf, which JSON cannot hold: -9999 stands for it, as vLLM writes it.
+        static double Finite(double v) => double.IsNegativeInfinity(v) ? -9999.0 : v;
+        return new JsonObject
+        {
+            ["tokens"] = new JsonArray(lp.Tokens.Select(t => (JsonNode?)t).ToArray()),
+            ["token_logprobs"] = new JsonArray(lp.TokenLogprobs.Select(v => v is { } d ? (JsonNode?)Finite(d) : null).ToArray()),
+            ["top_logprobs"] = new JsonArray(lp.TopLogprobs.Select(top => top is null ? null
+                : (JsonNode)new JsonObject(top.Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key, Finite(kv.Value))))).ToArray()),
+            ["text_offset"] = new JsonArray(lp.TextOffset.Select(o => (JsonNode?)o).ToArray()),
+        };
+    }
 
     /// <summary>One stream chunk: a piece of text (or, for chat, the role), or the end with its finish reason.</summary>
     public static JsonObject Chunk(bool chat, string id, long created, string model, string? text, string? finishReason, bool role = false)

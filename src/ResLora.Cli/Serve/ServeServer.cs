@@ -224,7 +224,7 @@ internal sealed class ServeServer : IAsyncDisposable
             string model = request.Completion.Model;
             if (!request.Stream)
             {
-                var done = await Model.CompleteAsync(request.Completion, null, aborted).ConfigureAwait(false);
+                var done = await Model.CompleteAllAsync(request.Completions, aborted).ConfigureAwait(false);
                 await Send(ctx, 200, OpenAiProtocol.Response(chat, id, created, model, done)).ConfigureAwait(false);
                 return;
             }

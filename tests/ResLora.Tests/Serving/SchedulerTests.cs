@@ -64,6 +64,62 @@ public sealed class SchedulerTests
     }
 
     [Fact]
+    public async Task Run_WaitsItsTurnBehindQueuedRows_RunsAloneOnTheWorker_AndLeavesTheQueueWhenCancelled()
+    {
+        using var open = new ManualResetEventSlim(false);
+        using var entered = new SemaphoreSlim(0);
+        var log = new List<string>();
+        Thread? worker = null;
+        using var scheduler = new BatchScheduler(rows =>
+        {
+            worker = Thread.CurrentThread;
+            lock (log) log.Add("batch " + string.Join(",", rows.Select(r => r.Prompt[0])));
+            entered.Release();
+            open.Wait();
+            return rows.Select(r => (IReadOnlyList<int>)new[] { r.Prompt[0] }).ToList();
+        }, maxBatch: 4, maxQueue: 4);
+
+        try
+        {
+            await RunWaitsItsTurn(scheduler, entered, open, log, () => worker);
+        }
+        finally
+        {
+            open.Set(); // a failed assertion must not leave the worker blocked (Dispose joins it)
+        }
+    }
+
+    private static async Task RunWaitsItsTurn(BatchScheduler scheduler, SemaphoreSlim entered, ManualResetEventSlim open, List<string> log, Func<Thread?> worker)
+    {
+        var first = scheduler.Submit(Row(1));
+        Assert.True(await entered.WaitAsync(TimeSpan.FromMinutes(1)));
+        var second = scheduler.Submit(Row(2));
+        var work = scheduler.Run(() =>
+        {
+            lock (log) log.Add("work");
+            return Thread.CurrentThread;
+        });
+        var third = scheduler.Submit(Row(3));
+        using var cancel = new CancellationTokenSource();
+        var dropped = scheduler.Run(() =>
+        {
+            lock (log) log.Add("dropped");
+            return 0;
+        }, cancel.Token);
+        Assert.Equal(4, scheduler.Queued);
+        Assert.Equal(ServingErrorKind.QueueFull, Assert.Throws<ServingException>(() => { _ = scheduler.Run(() => 0); }).Kind); // work counts as a queued request
+        cancel.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => dropped);
+        Assert.Equal(3, scheduler.Queued);
+
+        open.Set();
+        Assert.Same(worker(), await work.WaitAsync(TimeSpan.FromMinutes(1))); // on the worker thread, which owns the model
+        await Task.WhenAll(first, second, third).WaitAsync(TimeSpan.FromMinutes(1));
+        // The work ends the batch before it (row 2 does not share a batch with row 3 across it) and runs between batches.
+        Assert.Equal(new[] { "batch 1", "batch 2", "work", "batch 3" }, log);
+    }
+
+    [Fact]
     public void ReplyText_HoldsBackPossibleStopStringsAndUnfinishedCharacters_PiecesConcatenate()
     {
         // Token t renders as the character t; 0 renders as an unfinished character (U+FFFD) unless followed by 1.

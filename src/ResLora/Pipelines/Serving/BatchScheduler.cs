@@ -41,15 +41,20 @@ public sealed class ServingException : Exception
 /// <see cref="ServingErrorKind.ShuttingDown"/> after <see cref="StopAccepting"/>). The worker takes up to <c>maxBatch</c>
 /// waiting rows, oldest first (as many as fit together, see <c>fits</c>), runs them as one batch and completes each row's
 /// task as soon as that row finishes. Rows that arrive while a batch runs wait for the next one. A row cancelled while it
-/// waits leaves the queue at once; one cancelled while it runs leaves its batch before the next step.
+/// waits leaves the queue at once; one cancelled while it runs leaves its batch before the next step. Other work on the
+/// model (<see cref="Run{T}"/>: scoring a prompt's tokens) waits in the same queue and runs alone on the worker between
+/// batches, so it never races a batch for the model.
 /// </summary>
 public sealed class BatchScheduler : IDisposable
 {
-    private sealed class Job(GenerationRow row, CancellationTokenSource cancel)
+    /// <summary>A queued generation row, or (when <see cref="Work"/> is set) a piece of other work that runs alone.</summary>
+    private sealed class Job(GenerationRow? row, Func<object?>? work, CancellationTokenSource cancel)
     {
-        public GenerationRow Row { get; } = row;
+        public GenerationRow? Row { get; } = row;
+        public Func<object?>? Work { get; } = work;
         public CancellationTokenSource Cancel { get; } = cancel;
-        public TaskCompletionSource<IReadOnlyList<int>> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public CancellationToken Token { get; } = cancel.Token; // kept: the source is disposed when the job finishes
+        public TaskCompletionSource<object?> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public LinkedListNode<Job>? Node { get; set; }
         public CancellationTokenRegistration Registration { get; set; }
     }
@@ -111,14 +116,34 @@ public sealed class BatchScheduler : IDisposable
     public Task<IReadOnlyList<int>> Submit(GenerationRow row)
     {
         ArgumentNullException.ThrowIfNull(row);
+        return Cast<IReadOnlyList<int>>(Enqueue(row, null, row.Cancellation));
+    }
+
+    /// <summary>
+    /// Queues <paramref name="work"/> (e.g. a forward that scores a prompt) to run on the worker thread, alone, when its
+    /// turn comes: after the batch that runs now and the rows queued before it. Refused as <see cref="Submit"/> refuses
+    /// (full queue, shutting down); cancelled while it waits, it leaves the queue and its task is cancelled.
+    /// </summary>
+    /// <param name="work">What to run with the model to itself.</param>
+    /// <param name="cancel">Drops the work while it waits.</param>
+    public Task<T> Run<T>(Func<T> work, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(work);
+        return Cast<T>(Enqueue(null, () => work(), cancel));
+    }
+
+    private static async Task<T> Cast<T>(Task<object?> task) => (T)(await task.ConfigureAwait(false))!;
+
+    private Task<object?> Enqueue(GenerationRow? row, Func<object?>? work, CancellationToken token)
+    {
         Job job;
         lock (_lock)
         {
             if (!_accepting) throw new ServingException(ServingErrorKind.ShuttingDown, "the server is shutting down and takes no new requests.");
             if (_queue.Count >= MaxQueue)
                 throw new ServingException(ServingErrorKind.QueueFull, $"the queue is full ({MaxQueue} requests wait for a batch); retry shortly.");
-            var cancel = CancellationTokenSource.CreateLinkedTokenSource(row.Cancellation, _abort.Token);
-            job = new Job(row with { Cancellation = cancel.Token }, cancel);
+            var cancel = CancellationTokenSource.CreateLinkedTokenSource(token, _abort.Token);
+            job = new Job(row is null ? null : row with { Cancellation = cancel.Token }, work, cancel);
             job.Node = _queue.AddLast(job);
             // Registered while the lock is held: the worker cannot take the row, finish it and dispose its token source
             // before the registration exists (it did, under load, and Register threw ObjectDisposedException).
@@ -185,9 +210,10 @@ public sealed class BatchScheduler : IDisposable
                 while (_queue.Count == 0 && !_disposed) Monitor.Wait(_lock);
                 if (_disposed && _queue.Count == 0) return;
                 // Oldest first; stop at the first row that does not fit with the ones taken, so no row is overtaken forever.
+                // Other work runs alone: it ends the batch before it, or is taken by itself.
                 while (_queue.First is { } node && batch.Count < MaxBatch)
                 {
-                    if (batch.Count > 0 && !_fits(batch.Append(node.Value).Select(j => j.Row).ToList())) break;
+                    if (batch.Count > 0 && (node.Value.Work is not null || batch[0].Work is not null || !_fits(batch.Append(node.Value).Select(j => j.Row!).ToList()))) break;
                     _queue.RemoveFirst();
                     node.Value.Node = null;
                     batch.Add(node.Value);
@@ -196,10 +222,19 @@ public sealed class BatchScheduler : IDisposable
             }
             try
             {
-                _beforeBatch?.Invoke(batch.Count);
-                var rows = batch.Select(j => j.Row with { OnFinished = tokens => Finish(j, tokens, j.Row.Cancellation.IsCancellationRequested) }).ToList();
-                var outputs = _run(rows);
-                for (int i = 0; i < batch.Count; i++) Finish(batch[i], outputs[i], batch[i].Row.Cancellation.IsCancellationRequested);
+                if (batch[0].Work is { } work)
+                {
+                    var job = batch[0];
+                    if (job.Token.IsCancellationRequested) Finish(job, null, canceled: true);
+                    else Finish(job, work(), canceled: false);
+                }
+                else
+                {
+                    _beforeBatch?.Invoke(batch.Count);
+                    var rows = batch.Select(j => j.Row! with { OnFinished = tokens => Finish(j, tokens, j.Token.IsCancellationRequested) }).ToList();
+                    var outputs = _run(rows);
+                    for (int i = 0; i < batch.Count; i++) Finish(batch[i], outputs[i], batch[i].Token.IsCancellationRequested);
+                }
             }
             catch (Exception e)
             {
@@ -213,11 +248,11 @@ public sealed class BatchScheduler : IDisposable
         }
     }
 
-    private static void Finish(Job job, IReadOnlyList<int>? tokens, bool canceled, Exception? error = null)
+    private static void Finish(Job job, object? result, bool canceled, Exception? error = null)
     {
         bool first = error is not null ? job.Done.TrySetException(error)
-            : canceled ? job.Done.TrySetCanceled(job.Row.Cancellation) // the token, not the (maybe disposed) source
-            : job.Done.TrySetResult(tokens!);
+            : canceled ? job.Done.TrySetCanceled(job.Token) // the token, not the (maybe disposed) source
+            : job.Done.TrySetResult(result);
         if (!first) return;
         job.Registration.Dispose();
         job.Cancel.Dispose();

@@ -1,6 +1,7 @@
 using ResLora.IO;
 using ResLora.Text.Templates;
 using ResLora.Models;
+using ResLora.Scoring;
 using ResLora.Text;
 
 namespace ResLora.Pipelines.Serving;
@@ -49,13 +50,25 @@ public sealed record CompletionRequest
     /// <summary>The served model: the base's name or <c>name:adapter</c>.</summary>
     public required string Model { get; init; }
 
-    /// <summary>The prompt to continue (completions), or null for a chat request.</summary>
+    /// <summary>The prompt to continue (completions), or null for a chat request or a token-id prompt.</summary>
     public string? Prompt { get; init; }
+
+    /// <summary>A prompt as token ids (completions), used as given: no BOS is added. Null when <see cref="Prompt"/> or <see cref="Messages"/> is given.</summary>
+    public IReadOnlyList<int>? PromptIds { get; init; }
+
+    /// <summary>Completions: the answer starts with the prompt (its text; with <see cref="Logprobs"/>, its tokens' entries).</summary>
+    public bool Echo { get; init; }
+
+    /// <summary>
+    /// Completions: null = no log-probabilities; N (0 … <see cref="CompletionLogprobs.MaxTopLogprobs"/>) = each answer
+    /// token's log-probability with the N most likely alternatives (<see cref="CompletionResult.Logprobs"/>).
+    /// </summary>
+    public int? Logprobs { get; init; }
 
     /// <summary>The conversation to answer (chat completions), or null.</summary>
     public IReadOnlyList<ChatMessage>? Messages { get; init; }
 
-    /// <summary>Most new tokens; null = as many as the limit and the model's positions allow.</summary>
+    /// <summary>Most new tokens; null = as many as the limit and the model's positions allow; 0 (only with <see cref="Echo"/>) = none, the prompt alone is answered.</summary>
     public int? MaxTokens { get; init; }
 
     /// <summary>0 = greedy; up to 2.</summary>
@@ -75,11 +88,21 @@ public sealed record CompletionRequest
 }
 
 /// <summary>A finished reply.</summary>
-/// <param name="Text">The reply's text.</param>
-/// <param name="FinishReason">"stop" (a stop token or string) or "length" (the token budget ran out).</param>
+/// <param name="Text">The reply's text (after the prompt's text when the request echoes).</param>
+/// <param name="FinishReason">"stop" (a stop token or string) or "length" (the token budget ran out; also for max_tokens 0).</param>
 /// <param name="PromptTokens">Tokens in the prompt.</param>
 /// <param name="CompletionTokens">Tokens generated.</param>
-public sealed record CompletionResult(string Text, string FinishReason, int PromptTokens, int CompletionTokens);
+public sealed record CompletionResult(string Text, string FinishReason, int PromptTokens, int CompletionTokens)
+{
+    /// <summary>The prompt's token ids as the model saw them.</summary>
+    public IReadOnlyList<int> PromptIds { get; init; } = Array.Empty<int>();
+
+    /// <summary>The generated token ids (a final stop id included).</summary>
+    public IReadOnlyList<int> Tokens { get; init; } = Array.Empty<int>();
+
+    /// <summary>The log-probabilities the request asked for (the echoed prompt's tokens, then the generated ones), or null.</summary>
+    public CompletionLogprobs? Logprobs { get; init; }
+}
 
 /// <summary>
 /// A base model with named adapters behind one batch scheduler: requests from many clients, each naming the base or an
@@ -100,6 +123,7 @@ public sealed class ServedModel : IDisposable
     private readonly Dictionary<string, ChatFormat?> _chat; // by adapter name; "" = the base
     private readonly string _modelDir;
 
+    private readonly RuntimeOptions _runtime;
     private bool _workerThreadsSet;
 
     private ServedModel(ServingOptions options, RuntimeOptions runtime, AdapterSet set, ITextTokenizer tokenizer, Dictionary<string, ChatFormat?> chat)
@@ -110,14 +134,20 @@ public sealed class ServedModel : IDisposable
         _modelDir = options.ModelDir;
         Name = options.Name ?? DefaultName(options.ModelDir);
         Options = options;
+        _runtime = runtime;
         Scheduler = new BatchScheduler(rows =>
         {
-            // libtorch's thread count can be per calling thread (OpenMP): set it on the worker too, once.
-            if (!_workerThreadsSet) runtime.Apply();
-            _workerThreadsSet = true;
+            OnWorker();
             return _set.Generate(rows);
         }, options.MaxBatch, options.MaxQueue,
             rows => TextGenerator.PaddedLength(rows) <= _set.Model.Config.MaxPositionEmbeddings, options.BeforeBatch);
+    }
+
+    /// <summary>libtorch's thread count can be per calling thread (OpenMP): set it on the worker too, once.</summary>
+    private void OnWorker()
+    {
+        if (!_workerThreadsSet) _runtime.Apply();
+        _workerThreadsSet = true;
     }
 
     /// <summary>Loads the base once and every adapter on it.</summary>
@@ -218,27 +248,154 @@ public sealed class ServedModel : IDisposable
     /// the returned text. Cancelling <paramref name="cancel"/> drops the request (waiting or running).
     /// </summary>
     /// <exception cref="ServingException">Bad fields, an unknown model, a full queue, shutting down.</exception>
-    public async Task<CompletionResult> CompleteAsync(CompletionRequest request, Action<string>? onText = null, CancellationToken cancel = default)
+    public Task<CompletionResult> CompleteAsync(CompletionRequest request, Action<string>? onText = null, CancellationToken cancel = default)
     {
-        string? adapter = Resolve(request.Model);
-        var (row, reply, promptTokens) = Prepare(request, adapter, onText, cancel);
-        IReadOnlyList<int> tokens = await Scheduler.Submit(row).ConfigureAwait(false);
-        string finish;
-        lock (_tokenizerLock)
+        try
         {
-            reply.Finish();
-            bool stoppedByToken = tokens.Count > 0 && row.Options.EosTokenIds.Contains(tokens[^1]);
-            finish = stoppedByToken || reply.Stopped || row.Options.StopWhen?.Invoke(tokens) == true || tokens.Count < row.Options.MaxNewTokens ? "stop" : "length";
+            return Run(Prepare(request, onText, cancel), cancel);
         }
-        return new CompletionResult(reply.Text, finish, promptTokens, tokens.Count);
+        catch (Exception e)
+        {
+            return Task.FromException<CompletionResult>(e);
+        }
     }
 
-    private (GenerationRow Row, ReplyText Reply, int PromptTokens) Prepare(CompletionRequest r, string? adapter, Action<string>? onText, CancellationToken cancel)
+    /// <summary>
+    /// Answers several requests (a completions request with a list of prompts): every one is checked before any is queued
+    /// (a refusal names the prompt's index), they are queued together so they share batches, and the answers come back in
+    /// order. One that fails cancels the others.
+    /// </summary>
+    /// <exception cref="ServingException">Bad fields, an unknown model, more requests than the queue holds, a full queue, shutting down.</exception>
+    public async Task<IReadOnlyList<CompletionResult>> CompleteAllAsync(IReadOnlyList<CompletionRequest> requests, CancellationToken cancel = default)
     {
+        if (requests.Count == 0) Invalid("prompt is an empty list; give at least one prompt.", "prompt");
+        if (requests.Count > Options.MaxQueue)
+            Invalid($"prompt holds {requests.Count} prompts; this server queues at most {Options.MaxQueue} (--max-queue), so send at most that many per request.", "prompt");
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        var prepared = new List<Prepared>();
+        for (int i = 0; i < requests.Count; i++)
+        {
+            try
+            {
+                prepared.Add(Prepare(requests[i], null, linked.Token));
+            }
+            catch (ServingException e) when (requests.Count > 1 && e.Kind == ServingErrorKind.InvalidRequest)
+            {
+                throw new ServingException(e.Kind, $"prompt[{i}]: {e.Message}", e.Param);
+            }
+        }
+        var tasks = new List<Task<CompletionResult>>();
+        foreach (var p in prepared)
+        {
+            var task = Run(p, linked.Token);
+            tasks.Add(task);
+            _ = task.ContinueWith(_ =>
+            {
+                try
+                {
+                    linked.Cancel();
+                }
+                catch (ObjectDisposedException)
+                {
+                    // Every answer was in already.
+                }
+            }, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
+        try
+        {
+            return await Task.WhenAll(tasks).ConfigureAwait(false);
+        }
+        catch when (tasks.FirstOrDefault(t => t.IsFaulted) is { } failed)
+        {
+            // The first real failure, not the cancellations it caused.
+            throw failed.Exception!.InnerException!;
+        }
+    }
+
+    /// <summary>A checked request: what to generate (null for max_tokens 0), its reply's text, the prompt's ids and text.</summary>
+    private sealed record Prepared(CompletionRequest Request, string? Adapter, GenerationRow? Row, ReplyText? Reply, IReadOnlyList<int> Ids, string PromptText);
+
+    private async Task<CompletionResult> Run(Prepared p, CancellationToken cancel)
+    {
+        IReadOnlyList<int> tokens = Array.Empty<int>();
+        IReadOnlyList<TokenScore>? scores = null;
+        string finish = "length", text = "";
+        int first = p.Request.Echo ? 0 : p.Ids.Count; // the first logprobs entry
+        if (p.Row is { } row)
+        {
+            var o = row.Options;
+            if (p.Request.Logprobs is { } k && o is { MaxNewTokens: 1, Greedy: true, RepetitionPenalty: 1.0 })
+            {
+                // lm-eval's log-likelihood request (echo, logprobs, one greedy token): the forward that scores the prompt
+                // also picks the token, its last row's arg-max, instead of a generation forward and then a scoring one.
+                // The appended 0 only makes Score return that row; its entry is replaced by the arg-max's.
+                var all = await Score(p, p.Ids.Append(0).ToList(), first, Math.Max(k, 1), cancel).ConfigureAwait(false);
+                var last = all[^1];
+                var (token, logprob) = last.IsGreedy ? (last.Token, last.Logprob) : last.Top[0];
+                tokens = new[] { token };
+                var trimmed = new List<TokenScore>(all.Count);
+                for (int i = 0; i < all.Count; i++)
+                {
+                    var sc = i == all.Count - 1 ? new TokenScore(token, logprob, true, last.Top) : all[i];
+                    trimmed.Add(sc.Top.Count > k ? sc with { Top = sc.Top.Take(k).ToList() } : sc); // logprobs 0 asked for none
+                }
+                scores = trimmed;
+                row.OnToken?.Invoke(token);
+            }
+            else tokens = await Scheduler.Submit(row).ConfigureAwait(false);
+            lock (_tokenizerLock)
+            {
+                p.Reply!.Finish();
+                bool stoppedByToken = tokens.Count > 0 && o.EosTokenIds.Contains(tokens[^1]);
+                finish = stoppedByToken || p.Reply.Stopped || o.StopWhen?.Invoke(tokens) == true || tokens.Count < o.MaxNewTokens ? "stop" : "length";
+                text = p.Reply.Text;
+            }
+        }
+        CompletionLogprobs? logprobs = null;
+        if (p.Request.Logprobs is { } topK)
+        {
+            var sequence = p.Ids.Concat(tokens).ToList();
+            scores ??= await Score(p, sequence, first, topK, cancel).ConfigureAwait(false);
+            lock (_tokenizerLock) logprobs = CompletionLogprobs.Build(_tokenizer, sequence, first, scores, p.Request.Echo ? 0 : p.PromptText.Length);
+        }
+        return new CompletionResult((p.Request.Echo ? p.PromptText : "") + text, finish, p.Ids.Count, tokens.Count)
+        {
+            PromptIds = p.Ids,
+            Tokens = tokens,
+            Logprobs = logprobs,
+        };
+    }
+
+    /// <summary>
+    /// One full forward over <paramref name="sequence"/> with the request's adapter: the reference scores
+    /// (<see cref="TokenLogprobs"/>) from <paramref name="first"/> on (position 0 has none), taken on the worker between
+    /// batches so it never races a batch for the model.
+    /// </summary>
+    private Task<IReadOnlyList<TokenScore>> Score(Prepared p, IReadOnlyList<int> sequence, int first, int topK, CancellationToken cancel)
+    {
+        string?[] route = { p.Adapter };
+        return Scheduler.Run(() =>
+        {
+            OnWorker();
+            return TokenLogprobs.Score(ids => _set.Forward(ids, null, route), sequence, Math.Max(first, 1), topK, _set.Model.Device);
+        }, cancel);
+    }
+
+    private Prepared Prepare(CompletionRequest r, Action<string>? onText, CancellationToken cancel)
+    {
+        string? adapter = Resolve(r.Model);
+        bool chat = r.Messages is not null;
+        if (chat && (r.Echo || r.Logprobs is not null)) Invalid("echo and logprobs are for completions (a prompt), not chat messages.", r.Echo ? "echo" : "logprobs");
+        if (r.Logprobs is < 0 or > CompletionLogprobs.MaxTopLogprobs)
+            Invalid($"logprobs is {r.Logprobs}; give an integer from 0 to {CompletionLogprobs.MaxTopLogprobs} (the alternatives per token, as OpenAI's API caps it), or leave it out.", "logprobs");
+        if (r.MaxTokens == 0 && !r.Echo)
+            Invalid("max_tokens is 0, which answers nothing without echo: set echo to true to get the prompt back (with logprobs, its tokens' log-probabilities), or ask for at least 1 token.", "max_tokens");
+        bool generate = r.MaxTokens != 0;
+
         // The one set of sampling rules, by the request's field names, with the OpenAI API's ranges (temperature ≤ 2, four stops).
         var sampling = new GenerationOptions
         {
-            MaxNewTokens = r.MaxTokens ?? 1,
+            MaxNewTokens = generate ? r.MaxTokens ?? 1 : 1,
             Temperature = r.Temperature,
             TopP = r.TopP,
             RepetitionPenalty = r.RepetitionPenalty,
@@ -248,12 +405,14 @@ public sealed class ServedModel : IDisposable
         if (sampling.Check(FieldName, ApiLimits) is { } bad) Invalid(bad.Message, FieldName(bad.Field));
         if (r.MaxTokens > Options.MaxTokensLimit)
             Invalid($"max_tokens is {r.MaxTokens}, over this server's limit of {Options.MaxTokensLimit} (--max-tokens-limit).", "max_tokens");
-        if ((r.Prompt is null) == (r.Messages is null)) Invalid("give either prompt (completions) or messages (chat completions).", r.Prompt is null ? "prompt" : "messages");
+        if ((r.Prompt is null ? 0 : 1) + (r.PromptIds is null ? 0 : 1) + (r.Messages is null ? 0 : 1) != 1)
+            Invalid("give one of prompt (completions: text or token ids) or messages (chat completions).", r.Messages is null ? "prompt" : "messages");
 
         // Refused by its length before any tokenizing (which holds the shared tokenizer lock): four clients posting 1 MiB
         // prompts kept a 16-token request waiting 21 s for prompts that were refused anyway.
         int positions = _set.Model.Config.MaxPositionEmbeddings;
-        long chars = r.Prompt?.Length ?? r.Messages!.Sum(m => (long)m.Content.Length);
+        if (r.PromptIds is { } given) CheckIds(given, positions);
+        long chars = r.Prompt?.Length ?? r.Messages?.Sum(m => (long)m.Content.Length) ?? 0;
         long maxChars = (long)positions * MaxCharsPerPosition;
         if (chars > maxChars)
             Invalid($"the {(r.Messages is null ? "prompt" : "messages' text")} is {chars} characters; the model holds {positions} positions and this server refuses more than {MaxCharsPerPosition} characters per position ({maxChars}) without tokenizing it.", r.Messages is null ? "prompt" : "messages");
@@ -277,9 +436,15 @@ public sealed class ServedModel : IDisposable
             }
         }
         GenerationPrompt input;
+        string promptText;
         lock (_tokenizerLock)
         {
-            if (format is not null)
+            if (r.PromptIds is { } tokenIds)
+            {
+                var stops = _tokenizer.EosTokenIds;
+                input = new GenerationPrompt(tokenIds.ToArray(), stops, t => _tokenizer.Decode(t.Where(id => !stops.Contains(id))), null, Array.Empty<string>());
+            }
+            else if (format is not null)
             {
                 try
                 {
@@ -296,8 +461,15 @@ public sealed class ServedModel : IDisposable
                     ? throw new ServingException(ServingErrorKind.InvalidRequest, "prompt is empty and the model has no BOS token to start from; give a prompt.", "prompt")
                     : GenerationPrompt.Plain(_tokenizer, r.Prompt);
             }
+            promptText = r.Prompt ?? (r.PromptIds is null ? rendered! : _tokenizer.Decode(input.Ids, skipSpecialTokens: false));
         }
         var ids = input.Ids;
+        if (!generate)
+        {
+            if (ids.Count > positions)
+                Invalid($"the prompt is {ids.Count} tokens; the model holds {positions} positions.", "prompt");
+            return new Prepared(r, adapter, null, null, ids, promptText);
+        }
         if (ids.Count >= positions)
             Invalid($"the prompt is {ids.Count} tokens; the model holds {positions} positions, so no token is left to generate.", r.Messages is null ? "prompt" : "messages");
         int maxTokens = r.MaxTokens ?? Math.Min(Options.MaxTokensLimit, positions - ids.Count);
@@ -321,7 +493,18 @@ public sealed class ServedModel : IDisposable
                 lock (_tokenizerLock) reply.Add(t);
             },
         };
-        return (row, reply, ids.Count);
+        return new Prepared(r, adapter, row, reply, ids, promptText);
+    }
+
+    /// <summary>A token-id prompt: non-empty, within the model's positions, every id in the model's vocabulary.</summary>
+    private void CheckIds(IReadOnlyList<int> ids, int positions)
+    {
+        if (ids.Count == 0) Invalid("prompt is an empty list of token ids; give at least one id.", "prompt");
+        if (ids.Count > positions) Invalid($"the prompt is {ids.Count} tokens; the model holds {positions} positions.", "prompt");
+        int vocab = _set.Model.Config.VocabSize;
+        for (int i = 0; i < ids.Count; i++)
+            if (ids[i] < 0 || ids[i] >= vocab)
+                Invalid($"prompt holds the token id {ids[i]} at position {i}, outside the model's vocabulary (ids 0 to {vocab - 1}).", "prompt");
     }
 
     /// <summary>The OpenAI API's limits on the sampling fields: temperature in [0, 2], at most four stop strings, at least one token.</summary>
