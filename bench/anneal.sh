@@ -5,11 +5,17 @@
 # For each: held-out accuracy (first 100 held-out questions, greedy) of the unmerged adapter, of the merged model, of
 # ResLoRA exported to a plain LoRA by the least-squares fold and by fold + distillation, and how many of each one's
 # answers equal the unmerged model's (what a user sees after `reslora merge` / `export`); training wall time.
-# Usage: bench/anneal.sh [--seeds "7 8 9"] [--anneal "150 200"] [--schedule linear|cosine] [--distill 300] [--out DIR]. Run it alone (a 2-core machine
-# shared with another job measures that job); about 8 minutes per seed here.
+# --task svamp: the same base fine-tuned on SVAMP (the LLM-Adapters test set in ../shared/data/llm-adapters/SVAMP, or
+# --svamp FILE; shuffled with seed 31, 900 train / 100 held out, prompt "Question: ...\nAnswer:", completion " <number>"),
+# the issue's setting: rank 4, alpha 8, q_proj,v_proj, lr 2e-3, 300 steps, batch 16; answers compared by their first
+# number. --lora-steps N adds LoRA runs of N steps (equal wall time: N = steps × ResLoRA's time / LoRA's time).
+# Usage: bench/anneal.sh [--task demo|svamp] [--seeds "7 8 9"] [--anneal "150 200"] [--schedule linear|cosine] [--distill 300]
+# [--lora-steps N] [--threads N] [--out DIR]. Run it alone (a 2-core machine shared with another job measures that job);
+# about 8 minutes per seed here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SEEDS="7 8 9"; ANNEAL="150"; SCHEDULE=linear; DISTILL=300; OUT=reslora-bench/anneal
+SEEDS="7 8 9"; ANNEAL="150"; SCHEDULE=linear; DISTILL=300; OUT=""; TASK=demo; SVAMP=../shared/data/llm-adapters/SVAMP/test.json
+LORA_STEPS=""; THREADS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS="$2"; shift 2 ;;
@@ -17,9 +23,19 @@ while [ $# -gt 0 ]; do
     --distill) DISTILL="$2"; shift 2 ;;
     --schedule) SCHEDULE="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
+    --task) TASK="$2"; shift 2 ;;
+    --svamp) SVAMP="$2"; shift 2 ;;
+    --lora-steps) LORA_STEPS="$2"; shift 2 ;;
+    --threads) THREADS="--threads $2"; shift 2 ;;
     *) echo "bench/anneal.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
+case "$TASK" in
+  demo) STEPS=200; TRAINARGS="--rank 8 --alpha 16 --targets all-linear --lr 3e-3 --warmup-steps 20 --seq-len 128"; NEW=4; FIRSTNUM=0 ;;
+  svamp) STEPS=300; TRAINARGS="--rank 4 --alpha 8 --targets q_proj,v_proj --lr 2e-3 --warmup-steps 30 --seq-len 256"; NEW=8; FIRSTNUM=1 ;;
+  *) echo "bench/anneal.sh: --task must be demo or svamp, got $TASK" >&2; exit 2 ;;
+esac
+[ -n "$OUT" ] || OUT=reslora-bench/anneal-$TASK
 dotnet build src/ResLora.Cli -c Release -v q -nologo >&2
 R=src/ResLora.Cli/bin/Release/net10.0/ResLora.Cli
 mkdir -p "$OUT"
@@ -28,17 +44,37 @@ mkdir -p "$OUT"
 BASE=$(grep -o 'Cached at `[^`]*`' "$OUT/demo/report.md" | sed 's/Cached at `\(.*\)`/\1/')
 [ -f "$BASE/config.json" ] || { echo "bench/anneal.sh: no demo base found (see $OUT/demo.log)" >&2; exit 1; }
 TRAIN="$OUT/demo/data/train.jsonl"; EVAL="$OUT/demo/data/eval.jsonl"
+if [ "$TASK" = svamp ]; then
+  [ -f "$SVAMP" ] || { echo "bench/anneal.sh: no SVAMP test set at $SVAMP; pass --svamp FILE (LLM-Adapters' dataset/SVAMP/test.json)" >&2; exit 1; }
+  TRAIN="$OUT/svamp-train.jsonl"; EVAL="$OUT/svamp-eval.jsonl"
+  python3 - "$SVAMP" "$TRAIN" "$EVAL" <<'PY'
+import json, random, sys
+d = json.load(open(sys.argv[1]))
+random.Random(31).shuffle(d)
+def rec(r):
+    a = float(r["answer"]); a = str(int(a)) if a == int(a) else str(a)
+    return json.dumps({"prompt": "Question: " + r["instruction"].strip() + "\nAnswer:", "completion": " " + a}) + "\n"
+open(sys.argv[2], "w").write("".join(rec(r) for r in d[:900]))
+open(sys.argv[3], "w").write("".join(rec(r) for r in d[900:1000]))
+PY
+fi
 printf '| seed | variant | train s | final train loss | held-out loss | accuracy | = unmerged answers | how it is served |\n|---|---|---|---|---|---|---|---|\n' > "$OUT/table.md"
 : > "$OUT/rows.jsonl"
 row() { # seed variant dir predictions reference-predictions how
-  python3 - "$@" >> "$OUT/table.md" <<'PY'
-import json, sys
-seed, name, d, pred, ref, how = sys.argv[1:]
+  python3 - "$@" "$FIRSTNUM" >> "$OUT/table.md" <<'PY'
+import json, re, sys
+seed, name, d, pred, ref, how, firstnum = sys.argv[1:]
+def key(x):
+    g = x.get("generated") or ""
+    if firstnum == "1":
+        m = re.search(r"-?\d+(?:\.\d+)?", g)
+        return m.group(0) if m else None
+    return g
 s = json.load(open(d + "/train_summary.json"))
 def rows(f): return [json.loads(l) for l in open(f)]
 p, r = rows(pred), rows(ref)
 acc = sum(1 for x in p if x.get("correct")) / len(p)
-agree = sum(1 for a, b in zip(p, r) if a.get("generated") == b.get("generated")) / len(p)
+agree = sum(1 for a, b in zip(p, r) if key(a) == key(b)) / len(p)
 rec = dict(seed=int(seed), variant=name, wall=s.get("wall_seconds"), train_loss=s.get("final_train_loss"), eval_loss=s.get("final_eval_loss"), accuracy=acc, agree=agree, how=how)
 open(sys.argv[3].rsplit("/", 1)[0] + "/rows.jsonl", "a").write(json.dumps(rec) + "\n")
 print(f"| {seed} | {name} | {rec['wall']:.1f} | {rec['train_loss']:.4f} | {rec['eval_loss']:.4f} | {acc:.0%} | {agree:.0%} | {how} |")
@@ -47,18 +83,22 @@ PY
 }
 ev() { # predictions-file eval-args...
   local pred="$1"; shift
-  "$R" eval "$@" --data "$EVAL" --accuracy-examples 100 --max-new-tokens 4 --predictions "$pred" > "$pred.log" 2>&1
+  "$R" eval "$@" --data "$EVAL" --accuracy-examples 100 --max-new-tokens "$NEW" $THREADS --predictions "$pred" > "$pred.log" 2>&1
 }
 for S in $SEEDS; do
   CFGS="lora reslora-is reslora-ms"
+  [ -z "$LORA_STEPS" ] || CFGS="$CFGS lora@$LORA_STEPS"
   for K in $ANNEAL; do CFGS="$CFGS reslora-is:$K reslora-ms:$K"; done
   for CFG in $CFGS; do
+    RUNSTEPS=$STEPS
+    case "$CFG" in lora@*) RUNSTEPS=${CFG#lora@}; CFG=lora ;; esac
     METHOD=${CFG%%:*}; NAME=$METHOD; EXTRA=""
+    [ "$RUNSTEPS" = "$STEPS" ] || NAME="$METHOD-${RUNSTEPS}steps"
     if [ "$CFG" != "$METHOD" ]; then NAME="$METHOD-anneal${CFG##*:}"; EXTRA="--anneal-shortcuts ${CFG##*:} --anneal-schedule $SCHEDULE"; [ "$SCHEDULE" = linear ] || NAME="$NAME-$SCHEDULE"; fi
     D="$OUT/s$S-$NAME"; rm -rf "$D" "$D-merged" "$D-fold" "$D-distill"
     # shellcheck disable=SC2086
-    "$R" train --model "$BASE" --data "$TRAIN" --eval-data "$EVAL" --method $METHOD $EXTRA --rank 8 --alpha 16 --targets all-linear \
-      --lr 3e-3 --steps 200 --batch-size 16 --warmup-steps 20 --seq-len 128 --seed "$S" --eval-generate 0 --out "$D" > "$D.train.log" 2>&1
+    "$R" train --model "$BASE" --data "$TRAIN" --eval-data "$EVAL" --method $METHOD $EXTRA $TRAINARGS \
+      --steps "$RUNSTEPS" --batch-size 16 --seed "$S" --eval-generate 0 $THREADS --out "$D" > "$D.train.log" 2>&1
     ev "$D.unmerged.jsonl" --model "$BASE" --adapter "$D"
     "$R" merge --model "$BASE" --adapter "$D" --out "$D-merged" > "$D.merge.log" 2>&1
     ev "$D.merged.jsonl" --model "$D-merged"

@@ -55,7 +55,7 @@ internal sealed class EvalTasksOptions
         };
         var res = TaskEvalPipeline.Run(req, m => Console.Error.WriteLine(m), w => Console.Error.WriteLine($"warning: {w}"));
         Console.Out.Write(Table(res));
-        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{res.Predictions.Count} answers in {res.Seconds:0.0} s"));
+        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{res.Predictions.Count} answers in {res.Seconds:0.00} s (loading {res.LoadSeconds:0.0} s)"));
         if (r.GetValue(Output) is { } output)
         {
             AtomicFile.WriteAllText(output, ResultsJson(res, req).ToJsonString(IO.Json.ReportJson.Indented));
@@ -121,7 +121,8 @@ internal sealed class EvalTasksOptions
                 ["wbits"] = req.Quantize.WBits,
                 ["abits"] = req.Quantize.ABits,
             },
-            ["seconds"] = Math.Round(res.Seconds, 2),
+            ["seconds"] = Math.Round(res.Seconds, 3),
+            ["load_seconds"] = Math.Round(res.LoadSeconds, 3),
         };
     }
 }

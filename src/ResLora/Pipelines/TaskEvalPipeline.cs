@@ -65,7 +65,15 @@ public sealed record TaskPrediction(string Task, string Adapter, int Index, bool
 }
 
 /// <summary>Everything one <see cref="TaskEvalPipeline.Run"/> measured.</summary>
-public sealed record TaskEvalResult(IReadOnlyList<TaskMetric> Metrics, IReadOnlyList<TaskPrediction> Predictions, IReadOnlyList<string> Adapters, double Seconds);
+/// <param name="Metrics">Each task's metrics per adapter.</param>
+/// <param name="Predictions">Each question's outcome per adapter.</param>
+/// <param name="Adapters">The adapters' labels, in the order given.</param>
+/// <param name="Seconds">Wall time of the scoring (model loading excluded).</param>
+public sealed record TaskEvalResult(IReadOnlyList<TaskMetric> Metrics, IReadOnlyList<TaskPrediction> Predictions, IReadOnlyList<string> Adapters, double Seconds)
+{
+    /// <summary>Wall time of loading the tokenizer, model and adapters (and quantizing).</summary>
+    public double LoadSeconds { get; init; }
+}
 
 /// <summary>
 /// The library function behind <c>reslora eval --tasks</c>: multiple-choice tasks scored by log-likelihood as
@@ -99,6 +107,8 @@ public static class TaskEvalPipeline
         var clock = Stopwatch.StartNew();
         var tokenizer = TokenizerLoader.Load(req.ModelDir);
         using var session = Session.Open(req, warn);
+        double loadSeconds = clock.Elapsed.TotalSeconds;
+        clock.Restart();
         var metrics = new List<TaskMetric>();
         var predictions = new List<TaskPrediction>();
         foreach (var inst in tasks)
@@ -110,13 +120,12 @@ public static class TaskEvalPipeline
             metrics.AddRange(m);
             predictions.AddRange(p);
         }
-        return new TaskEvalResult(metrics, predictions, session.Labels, clock.Elapsed.TotalSeconds);
+        return new TaskEvalResult(metrics, predictions, session.Labels, clock.Elapsed.TotalSeconds) { LoadSeconds = loadSeconds };
     }
 
     private static (List<TaskMetric>, List<TaskPrediction>) ScoreChoices(TaskInstances inst, Session s, ITextTokenizer tok, TaskEvalRequest req)
     {
-        var scorer = new LoglikelihoodScorer(s.Forward, s.Model.Config, s.Model.Device,
-            new LoglikelihoodOptions { BatchSize = req.BatchSize, MaxLength = req.MaxLength, SharedContext = req.SharedContext });
+        var scorer = s.Scorer(new LoglikelihoodOptions { BatchSize = req.BatchSize, MaxLength = req.MaxLength, SharedContext = req.SharedContext });
         // All adapters' requests in one call: the scorer forwards each context once per adapter in one mixed batch.
         var requests = new List<LoglikelihoodRequest>();
         foreach (var q in inst.Choice)
@@ -279,9 +288,22 @@ public static class TaskEvalPipeline
             return new Session(null, quant) { Model = model, Labels = new[] { label }, Routes = new string?[] { null } };
         }
 
-        public LoglikelihoodForward Forward => _set is { } set
-            ? (ids, mask, adapters, cache) => set.Forward(ids, mask, adapters, cache)
-            : LoglikelihoodForwards.Of(Model);
+        /// <summary>
+        /// The scorer: the LM head runs only at scored positions, unless an adapter of the set changes <c>lm_head</c>
+        /// (its rows must then be routed with the rest of the forward).
+        /// </summary>
+        public LoglikelihoodScorer Scorer(LoglikelihoodOptions options)
+        {
+            if (_set is not { } set) return new LoglikelihoodScorer(Model, options);
+            bool headAdapted = set.Adapters.Any(a => set.Plan.Pairs(a.Name).Any(p => p.Module == "lm_head"));
+            if (headAdapted) return new LoglikelihoodScorer((ids, mask, adapters, cache) => set.Forward(ids, mask, adapters, cache), Model.Config, Model.Device, options);
+            return new LoglikelihoodScorer((ids, mask, adapters, cache) =>
+            {
+                using var route = set.Plan.Route(adapters, Model.Device);
+                using var noGrad = torch.no_grad();
+                return Model.HiddenStates(ids, mask, cache);
+            }, Model.Logits, Model.Config, Model.Device, options);
+        }
 
         public IReadOnlyList<IReadOnlyList<int>> Generate(IReadOnlyList<GenerationRow> rows)
         {

@@ -18,7 +18,13 @@ public static class LoglikelihoodForwards
     /// adapters through an <c>AdapterSet</c>'s forward).
     /// </summary>
     /// <param name="model">The model (put it in eval mode first when it has dropout).</param>
-    public static LoglikelihoodForward Of(CausalLM model)
+    public static LoglikelihoodForward Of(CausalLM model) => Make(model, hidden: false);
+
+    /// <summary>As <see cref="Of(CausalLM)"/>, returning final hidden states (batch, seq, hidden) instead of logits (apply <see cref="CausalLM.Logits"/> to the rows needed).</summary>
+    /// <param name="model">The model.</param>
+    public static LoglikelihoodForward HiddenOf(CausalLM model) => Make(model, hidden: true);
+
+    private static LoglikelihoodForward Make(CausalLM model, bool hidden)
     {
         ArgumentNullException.ThrowIfNull(model);
         return (ids, mask, adapters, cache) =>
@@ -27,7 +33,7 @@ public static class LoglikelihoodForwards
                 if (adapters[i] is { } a)
                     throw new UserInputException($"request adapter '{a}': this model was loaded without adapters; load it as an adapter set (--adapter {a}=DIR) or score without naming an adapter.");
             using var _ = torch.no_grad();
-            return model.Forward(ids, mask, cache);
+            return hidden ? model.HiddenStates(ids, mask, cache) : model.Forward(ids, mask, cache);
         };
     }
 }

@@ -22,6 +22,7 @@ namespace ResLora.Scoring;
 public sealed class LoglikelihoodScorer
 {
     private readonly LoglikelihoodForward _forward;
+    private readonly Func<Tensor, Tensor>? _head;
     private readonly int _layers;
     private readonly int _vocab;
     private readonly Device _device;
@@ -48,11 +49,32 @@ public sealed class LoglikelihoodScorer
             throw new UserInputException($"max length {_maxLength}: the model has only {config.MaxPositionEmbeddings} positions (max_position_embeddings); pass at most that.");
     }
 
-    /// <summary>A scorer over a plain model (no adapters).</summary>
+    /// <summary>
+    /// A scorer over a forward that returns final hidden states (batch, seq, hidden) and the LM head that turns rows of
+    /// them into logits: the head then runs only at the positions scored (the last context position and the
+    /// continuation's), not at every context position. Use it only when the head is the same for every row (no adapter
+    /// changes <c>lm_head</c>).
+    /// </summary>
+    /// <param name="hiddenForward">The forward, returning hidden states instead of logits.</param>
+    /// <param name="head">Hidden rows (n, hidden) to logits (n, vocab).</param>
+    /// <param name="config">The model's config.</param>
+    /// <param name="device">Where the ids go.</param>
+    /// <param name="options">Batching and mode; null for the defaults.</param>
+    public LoglikelihoodScorer(LoglikelihoodForward hiddenForward, Func<Tensor, Tensor> head, ModelConfig config, Device device, LoglikelihoodOptions? options = null)
+        : this(hiddenForward, config, device, options)
+    {
+        ArgumentNullException.ThrowIfNull(head);
+        _head = head;
+    }
+
+    /// <summary>A scorer over a plain model (no adapters); the LM head runs only where a token is scored.</summary>
     /// <param name="model">The model.</param>
     /// <param name="options">Batching and mode; null for the defaults.</param>
     public LoglikelihoodScorer(CausalLM model, LoglikelihoodOptions? options = null)
-        : this(LoglikelihoodForwards.Of(model), model.Config, model.Device, options) { }
+        : this(LoglikelihoodForwards.HiddenOf(model), model.Logits, model.Config, model.Device, options) { }
+
+    /// <summary>Logits of the rows of a forward's output: the output itself, or the head applied to hidden states.</summary>
+    private Tensor Head(Tensor rows) => _head is null ? rows : _head(rows);
 
     /// <summary>The longest input one forward sees.</summary>
     public int MaxLength => _maxLength;
@@ -141,7 +163,7 @@ public sealed class LoglikelihoodScorer
         {
             var cont = requests[batch[r]].Continuation;
             // Position p predicts token p + 1: the continuation's n tokens come from the input's last n positions.
-            var rows = logits[r].narrow(0, inputs[r].Length - cont.Count, cont.Count);
+            var rows = Head(logits[r].narrow(0, inputs[r].Length - cont.Count, cont.Count));
             results[batch[r]] = Pick(rows, cont);
         }
     }
@@ -208,7 +230,7 @@ public sealed class LoglikelihoodScorer
         var (ctxIds, ctxMask) = Pad(ctxInputs, ctxWidth, left: true);
         using var cache = new KvCache(_layers);
         var ctxLogits = _forward(ctxIds, ctxMask, ctxAdapters, cache);  // (ctxRows, ctxWidth, vocab)
-        var last = ctxLogits.select(1, ctxWidth - 1);                   // (ctxRows, vocab): predicts each continuation's first token
+        var last = Head(ctxLogits.select(1, ctxWidth - 1));             // (ctxRows, vocab): predicts each continuation's first token
 
         var contInputs = members.Select(i => requests[i].Continuation.Take(requests[i].Continuation.Count - 1).ToArray()).ToList();
         int contWidth = contInputs.Max(x => x.Length);
@@ -226,7 +248,7 @@ public sealed class LoglikelihoodScorer
         {
             var cont = requests[members[r]].Continuation;
             var first = last.narrow(0, ctxRowOf[r], 1); // (1, vocab)
-            var rows = cont.Count == 1 ? first : torch.cat(new[] { first, contLogits![r].narrow(0, 0, cont.Count - 1) }, 0); // (contLen, vocab)
+            var rows = cont.Count == 1 ? first : torch.cat(new[] { first, Head(contLogits![r].narrow(0, 0, cont.Count - 1)) }, 0); // (contLen, vocab)
             results[members[r]] = Pick(rows, cont);
         }
     }
