@@ -73,8 +73,23 @@ public sealed class LoglikelihoodScorer
     public LoglikelihoodScorer(CausalLM model, LoglikelihoodOptions? options = null)
         : this(LoglikelihoodForwards.HiddenOf(model), model.Logits, model.Config, model.Device, options) { }
 
-    /// <summary>Logits of the rows of a forward's output: the output itself, or the head applied to hidden states.</summary>
-    private Tensor Head(Tensor rows) => _head is null ? rows : _head(rows);
+    /// <summary>
+    /// Logits of each part's rows: the parts themselves when the forward returned logits; otherwise the head applied once
+    /// to all parts' hidden rows together (one pass over the head's weights, not one per request).
+    /// </summary>
+    private IReadOnlyList<Tensor> HeadOnce(IReadOnlyList<Tensor> parts)
+    {
+        if (_head is null) return parts;
+        var logits = _head(torch.cat(parts.ToArray(), 0)); // (sum of rows, vocab)
+        var split = new Tensor[parts.Count];
+        long at = 0;
+        for (int i = 0; i < parts.Count; i++)
+        {
+            split[i] = logits.narrow(0, at, parts[i].shape[0]);
+            at += parts[i].shape[0];
+        }
+        return split;
+    }
 
     /// <summary>The longest input one forward sees.</summary>
     public int MaxLength => _maxLength;
@@ -159,13 +174,10 @@ public sealed class LoglikelihoodScorer
         int width = inputs.Max(x => x.Length);
         var (ids, mask) = Pad(inputs, width, left: false);
         var logits = _forward(ids, mask, batch.Select(i => requests[i].Adapter).ToList(), null); // (batch, width, vocab)
-        for (int r = 0; r < batch.Count; r++)
-        {
-            var cont = requests[batch[r]].Continuation;
-            // Position p predicts token p + 1: the continuation's n tokens come from the input's last n positions.
-            var rows = Head(logits[r].narrow(0, inputs[r].Length - cont.Count, cont.Count));
-            results[batch[r]] = Pick(rows, cont);
-        }
+        // Position p predicts token p + 1: the continuation's n tokens come from the input's last n positions.
+        var parts = batch.Select((i, r) => logits[r].narrow(0, inputs[r].Length - requests[i].Continuation.Count, requests[i].Continuation.Count)).ToList();
+        var scored = HeadOnce(parts);
+        for (int r = 0; r < batch.Count; r++) results[batch[r]] = Pick(scored[r], requests[batch[r]].Continuation);
     }
 
     /// <summary>Requests grouped by identical context ids; groups packed into batches of about <see cref="LoglikelihoodOptions.BatchSize"/> continuations.</summary>
@@ -230,11 +242,11 @@ public sealed class LoglikelihoodScorer
         var (ctxIds, ctxMask) = Pad(ctxInputs, ctxWidth, left: true);
         using var cache = new KvCache(_layers);
         var ctxLogits = _forward(ctxIds, ctxMask, ctxAdapters, cache);  // (ctxRows, ctxWidth, vocab)
-        var last = Head(ctxLogits.select(1, ctxWidth - 1));             // (ctxRows, vocab): predicts each continuation's first token
+        var lastOut = ctxLogits.select(1, ctxWidth - 1);                // (ctxRows, vocab or hidden): predicts each continuation's first token
 
         var contInputs = members.Select(i => requests[i].Continuation.Take(requests[i].Continuation.Count - 1).ToArray()).ToList();
         int contWidth = contInputs.Max(x => x.Length);
-        Tensor? contLogits = null;
+        Tensor? contOut = null;
         if (contWidth > 0)
         {
             cache.KeepRows(ctxRowOf.ToArray()); // one cache row per request (repeated rows are copies)
@@ -242,15 +254,18 @@ public sealed class LoglikelihoodScorer
             var rowIndex = torch.tensor(ctxRowOf.ToArray(), dtype: ScalarType.Int64, device: _device);
             var pastMask = ctxMask is null ? torch.ones(members.Count, ctxWidth, dtype: ScalarType.Int64, device: _device) : ctxMask.index_select(0, rowIndex);
             var mask = torch.cat(new[] { pastMask, contMask ?? torch.ones(members.Count, contWidth, dtype: ScalarType.Int64, device: _device) }, 1); // (requests, past + contWidth)
-            contLogits = _forward(contIds, mask, members.Select(i => requests[i].Adapter).ToList(), cache); // (requests, contWidth, vocab)
+            contOut = _forward(contIds, mask, members.Select(i => requests[i].Adapter).ToList(), cache); // (requests, contWidth, vocab or hidden)
         }
+        // Each request's rows: its context's last position, then its continuation's positions but the last.
+        var parts = new List<Tensor>(members.Count);
         for (int r = 0; r < members.Count; r++)
         {
             var cont = requests[members[r]].Continuation;
-            var first = last.narrow(0, ctxRowOf[r], 1); // (1, vocab)
-            var rows = cont.Count == 1 ? first : torch.cat(new[] { first, Head(contLogits![r].narrow(0, 0, cont.Count - 1)) }, 0); // (contLen, vocab)
-            results[members[r]] = Pick(rows, cont);
+            var first = lastOut.narrow(0, ctxRowOf[r], 1);
+            parts.Add(cont.Count == 1 ? first : torch.cat(new[] { first, contOut![r].narrow(0, 0, cont.Count - 1) }, 0)); // (contLen, vocab or hidden)
         }
+        var scored = HeadOnce(parts);
+        for (int r = 0; r < members.Count; r++) results[members[r]] = Pick(scored[r], requests[members[r]].Continuation);
     }
 
     /// <summary>Sum of the targets' float32 log-softmax over <paramref name="rows"/> (n, vocab), and whether each target is the arg-max (as <see cref="TokenLogprobs"/>).</summary>
