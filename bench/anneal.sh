@@ -10,12 +10,13 @@
 # the issue's setting: rank 4, alpha 8, q_proj,v_proj, lr 2e-3, 300 steps, batch 16; answers compared by their first
 # number. --lora-steps N adds LoRA runs of N steps (equal wall time: N = steps × ResLoRA's time / LoRA's time).
 # Usage: bench/anneal.sh [--task demo|svamp] [--seeds "7 8 9"] [--anneal "150 200"] [--schedule linear|cosine] [--distill 300]
-# [--lora-steps N] [--threads N] [--out DIR]. Run it alone (a 2-core machine shared with another job measures that job);
+# [--lora-steps N] [--only "CFG ..."] [--threads N] [--out DIR]; --only runs just the listed configurations (lora, lora@N,
+# reslora-is, reslora-ms, reslora-is:K ...). Run it alone (a 2-core machine shared with another job measures that job);
 # about 8 minutes per seed here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="7 8 9"; ANNEAL="150"; SCHEDULE=linear; DISTILL=300; OUT=""; TASK=demo; SVAMP=../shared/data/llm-adapters/SVAMP/test.json
-LORA_STEPS=""; THREADS=""
+LORA_STEPS=""; THREADS=""; ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS="$2"; shift 2 ;;
@@ -27,6 +28,7 @@ while [ $# -gt 0 ]; do
     --svamp) SVAMP="$2"; shift 2 ;;
     --lora-steps) LORA_STEPS="$2"; shift 2 ;;
     --threads) THREADS="--threads $2"; shift 2 ;;
+    --only) ONLY="$2"; shift 2 ;;
     *) echo "bench/anneal.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -36,7 +38,8 @@ case "$TASK" in
   *) echo "bench/anneal.sh: --task must be demo or svamp, got $TASK" >&2; exit 2 ;;
 esac
 [ -n "$OUT" ] || OUT=reslora-bench/anneal-$TASK
-dotnet build src/ResLora.Cli -c Release -v q -nologo >&2
+# RESLORA_NO_BUILD=1 uses the Release build as it is (e.g. while another run of this script uses it).
+[ -n "${RESLORA_NO_BUILD:-}" ] || dotnet build src/ResLora.Cli -c Release -v q -nologo >&2
 R=src/ResLora.Cli/bin/Release/net10.0/ResLora.Cli
 mkdir -p "$OUT"
 # The demo writes its data and caches its trained base; one LoRA step is enough to get both.
@@ -88,6 +91,7 @@ ev() { # predictions-file eval-args...
 for S in $SEEDS; do
   CFGS="lora reslora-is reslora-ms"
   [ -z "$LORA_STEPS" ] || CFGS="$CFGS lora@$LORA_STEPS"
+  [ -z "$ONLY" ] || CFGS="$ONLY"
   for K in $ANNEAL; do CFGS="$CFGS reslora-is:$K reslora-ms:$K"; done
   for CFG in $CFGS; do
     RUNSTEPS=$STEPS

@@ -50,7 +50,7 @@ internal static class EvalVerb
                     Tasks = Array.Empty<string>(),
                     DataFile = r.GetValue(data),
                     AdapterDir = adapters.Single,
-                    NamedAdapters = adapters.Named,
+                    ScoredAdapters = adapters.Named,
                     BatchSize = r.GetResult(batch) is { Implicit: false } ? r.GetValue(batch) : 16,
                     MaxNewTokens = r.GetResult(maxNew) is { Implicit: false } ? r.GetValue(maxNew) : null,
                     Quantize = new QuantizeOptions { WBits = r.GetValue(wbits), ABits = r.GetValue(abits), Method = r.GetValue(wquant)! },

@@ -18,10 +18,10 @@ public sealed record TaskEvalRequest
     public string? DataRoot { get; init; }
     /// <summary>One data file for the one task given (instead of <see cref="DataRoot"/>).</summary>
     public string? DataFile { get; init; }
-    /// <summary>One adapter of any method, evaluated unmerged (null: the base model). Excludes <see cref="NamedAdapters"/>.</summary>
+    /// <summary>One adapter of any method, evaluated unmerged (null: the base model). Excludes <see cref="ScoredAdapters"/>.</summary>
     public string? AdapterDir { get; init; }
     /// <summary>LoRA-family adapters scored together in one pass over the data, base forward shared (mixed-adapter batches).</summary>
-    public IReadOnlyList<(string Name, string Dir)> NamedAdapters { get; init; } = Array.Empty<(string, string)>();
+    public IReadOnlyList<(string Name, string Dir)> ScoredAdapters { get; init; } = Array.Empty<(string, string)>();
     /// <summary>Few-shot examples before each question, drawn from the task's pool with <see cref="FewshotSeed"/>.</summary>
     public int NumFewshot { get; init; }
     public int FewshotSeed { get; init; } = 1234;
@@ -94,10 +94,10 @@ public static class TaskEvalPipeline
         if (req.MaxNewTokens is < 1) throw new UserInputException($"--max-new-tokens must be at least 1, got {req.MaxNewTokens}.");
         if (req.DataFile is not null && req.Tasks.Count != 1)
             throw new UserInputException($"--data names one file, but --tasks names {req.Tasks.Count} tasks; give one task with --data, or --task-data DIR for several.");
-        if (req.AdapterDir is not null && req.NamedAdapters.Count > 0) throw new ArgumentException("give one unnamed adapter or named adapters, not both.", nameof(req));
+        if (req.AdapterDir is not null && req.ScoredAdapters.Count > 0) throw new ArgumentException("give one unnamed adapter or named adapters, not both.", nameof(req));
         req.Quantize.Validate();
         bool quantized = req.Quantize.WBits < 16 || req.Quantize.ABits < 16;
-        if (quantized && req.NamedAdapters.Count > 0)
+        if (quantized && req.ScoredAdapters.Count > 0)
             throw new UserInputException("--wbits/--abits evaluate one merged model; with several --adapter NAME=DIR, evaluate each adapter on its own.");
         if (req.Quantize.WBits < 16 && req.Runtime.BaseStorage != BaseWeightStorage.Full)
             throw new UserInputException($"--wbits fake-quantizes full-precision weights, but --base-bits {req.Runtime.BaseBits} already packs the base; drop one of them.");
@@ -246,12 +246,12 @@ public static class TaskEvalPipeline
 
         public static Session Open(TaskEvalRequest req, Action<string>? warn)
         {
-            if (req.NamedAdapters.Count > 0)
+            if (req.ScoredAdapters.Count > 0)
             {
                 var set = AdapterSet.Load(req.ModelDir, req.Runtime);
                 try
                 {
-                    foreach (var (name, dir) in req.NamedAdapters) set.Add(name, dir, warn);
+                    foreach (var (name, dir) in req.ScoredAdapters) set.Add(name, dir, warn);
                 }
                 catch
                 {
@@ -261,8 +261,8 @@ public static class TaskEvalPipeline
                 return new Session(set, null)
                 {
                     Model = set.Model,
-                    Labels = req.NamedAdapters.Select(a => a.Name).ToList(),
-                    Routes = req.NamedAdapters.Select(a => (string?)a.Name).ToList(),
+                    Labels = req.ScoredAdapters.Select(a => a.Name).ToList(),
+                    Routes = req.ScoredAdapters.Select(a => (string?)a.Name).ToList(),
                 };
             }
             var model = ModelSessions.Load(req.ModelDir, req.AdapterDir, req.Runtime, warn);

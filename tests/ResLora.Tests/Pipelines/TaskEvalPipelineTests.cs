@@ -57,7 +57,7 @@ public sealed class TaskEvalPipelineTests : IDisposable
     [Fact]
     public void SeveralAdaptersInOnePass_EqualEachAdapterAlone_AndTheMetricsFollowFromTheLogprobs()
     {
-        var together = TaskEvalPipeline.Run(Request("mc.json") with { NamedAdapters = new[] { ("a", Path.Combine(_root, "a")), ("b", Path.Combine(_root, "b")) } });
+        var together = TaskEvalPipeline.Run(Request("mc.json") with { ScoredAdapters = new[] { ("a", Path.Combine(_root, "a")), ("b", Path.Combine(_root, "b")) } });
         Assert.Equal(new[] { "a", "b" }, together.Adapters);
         foreach (var name in new[] { "a", "b" })
         {
@@ -95,7 +95,7 @@ public sealed class TaskEvalPipelineTests : IDisposable
     [Fact]
     public void GenerateTasks_ExtractTheLastNumberOfTheGreedyAnswer()
     {
-        var res = TaskEvalPipeline.Run(Request("gen.json") with { NamedAdapters = new[] { ("a", Path.Combine(_root, "a")) } });
+        var res = TaskEvalPipeline.Run(Request("gen.json") with { ScoredAdapters = new[] { ("a", Path.Combine(_root, "a")) } });
         Assert.Equal(5, res.Predictions.Count);
         using var model = ModelSessions.Load(_model, Path.Combine(_root, "a"), new RuntimeOptions());
         var tok = ResLora.Text.TokenizerLoader.Load(_model);
@@ -120,7 +120,7 @@ public sealed class TaskEvalPipelineTests : IDisposable
         Assert.Contains("--data names one file", e.Message);
         e = Assert.Throws<UserInputException>(() => TaskEvalPipeline.Run(Request("mc.json") with { NumFewshot = 12 }));
         Assert.Contains("--num-fewshot", e.Message);
-        e = Assert.Throws<UserInputException>(() => TaskEvalPipeline.Run(Request("mc.json") with { NamedAdapters = new[] { ("a", Path.Combine(_root, "a")) }, Quantize = new ResLora.Quantization.QuantizeOptions { WBits = 4, ABits = 16 } }));
+        e = Assert.Throws<UserInputException>(() => TaskEvalPipeline.Run(Request("mc.json") with { ScoredAdapters = new[] { ("a", Path.Combine(_root, "a")) }, Quantize = new ResLora.Quantization.QuantizeOptions { WBits = 4, ABits = 16 } }));
         Assert.Contains("--wbits", e.Message);
     }
 }

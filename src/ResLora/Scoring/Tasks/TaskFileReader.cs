@@ -37,7 +37,7 @@ internal static class TaskFileReader
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object)
                 throw new UserInputException($"{source}: a task file is one JSON object, got a {Kind(root)}.");
-            var f = new Fields(root, source);
+            var f = new TaskFileFields(root, source);
             string outputType = f.String("output_type") ?? throw f.Missing("output_type", "\"multiple_choice\" or \"generate\"");
             var type = outputType switch
             {
@@ -75,7 +75,7 @@ internal static class TaskFileReader
         }
     }
 
-    private static EvalTaskSpec ReadChoice(EvalTaskSpec spec, Fields f)
+    private static EvalTaskSpec ReadChoice(EvalTaskSpec spec, TaskFileFields f)
     {
         string source = spec.Source;
         string context = f.String("context_template") ?? throw f.Missing("context_template", "e.g. \"Question: {question}\\nAnswer:\"");
@@ -124,7 +124,7 @@ internal static class TaskFileReader
         };
     }
 
-    private static EvalTaskSpec ReadGenerate(EvalTaskSpec spec, Fields f)
+    private static EvalTaskSpec ReadGenerate(EvalTaskSpec spec, TaskFileFields f)
     {
         string source = spec.Source;
         string prompt = f.String("prompt_template") ?? throw f.Missing("prompt_template", "the generation prompt, e.g. LLM-Adapters' \"...### Instruction:\\n{instruction}\\n\\n### Response:\\n\"");
@@ -159,7 +159,7 @@ internal static class TaskFileReader
         };
     }
 
-    private static IReadOnlyList<string> ReadMetrics(Fields f, TaskOutputType type)
+    private static IReadOnlyList<string> ReadMetrics(TaskFileFields f, TaskOutputType type)
     {
         string[] known = type == TaskOutputType.MultipleChoice ? ["acc", "acc_norm"] : ["acc"];
         var metrics = f.StringList("metrics") ?? known;
@@ -181,7 +181,7 @@ internal static class TaskFileReader
     };
 
     /// <summary>Typed access to the object's fields, each error naming the file and the field.</summary>
-    private sealed class Fields(JsonElement root, string source)
+    private sealed class TaskFileFields(JsonElement root, string source)
     {
         public string Source => source;
 
