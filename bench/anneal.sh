@@ -91,8 +91,8 @@ ev() { # predictions-file eval-args...
 for S in $SEEDS; do
   CFGS="lora reslora-is reslora-ms"
   [ -z "$LORA_STEPS" ] || CFGS="$CFGS lora@$LORA_STEPS"
-  [ -z "$ONLY" ] || CFGS="$ONLY"
   for K in $ANNEAL; do CFGS="$CFGS reslora-is:$K reslora-ms:$K"; done
+  [ -z "$ONLY" ] || CFGS="$ONLY"
   for CFG in $CFGS; do
     RUNSTEPS=$STEPS
     case "$CFG" in lora@*) RUNSTEPS=${CFG#lora@}; CFG=lora ;; esac
