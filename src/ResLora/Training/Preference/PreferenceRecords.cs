@@ -98,6 +98,7 @@ public static class PreferenceRecords
             return new PreferenceExample(p.GetString()!, c, r);
         }
         int k = SharedPrefix(c, r);
+        if (k == 0) throw NoPrompt(where, "share no leading text");
         return new PreferenceExample(c[..k], c[k..], r[k..]);
     }
 
@@ -132,6 +133,7 @@ public static class PreferenceRecords
             // TRL's extract_prompt on conversations: the leading messages both share are the prompt.
             int k = 0;
             while (k < c.Count && k < r.Count && SameMessage(c[k], r[k])) k++;
+            if (k == 0) throw NoPrompt(where, "share no leading message");
             prompt = c.Take(k).ToList();
             c = c.Skip(k).ToList();
             r = r.Skip(k).ToList();
@@ -155,6 +157,9 @@ public static class PreferenceRecords
         int n = CommonPrefix(CommonPrefix(promptText, chosenText), rejectedText).Length;
         return new PreferenceExample(chosenText[..n], chosenText[n..], rejectedText[n..]);
     }
+
+    private static UserInputException NoPrompt(string where, string what) =>
+        new($"{where}: missing field 'prompt', and 'chosen' and 'rejected' {what} to take as the prompt; add a 'prompt' that both responses answer.");
 
     private static string CommonPrefix(string a, string b)
     {
