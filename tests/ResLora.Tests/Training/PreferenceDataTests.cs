@@ -252,4 +252,26 @@ public sealed class PreferenceDataTests : IDisposable
         var e = Assert.Throws<UserInputException>(() => PreferenceData.Tokenize(Chars, data, maxLength: 32));
         Assert.Contains($"{path}: record 2 (line 2): 'rejected' tokenizes to nothing after the prompt", e.Message);
     }
+
+    [Fact]
+    public void Tokenize_ConversationWithATokenizerWithoutTokenizerJson_AsksForTokenizerJson()
+    {
+        var e = new PreferenceExample("<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n", "a<|im_end|>\n", "b<|im_end|>\n") { IsConversation = true, Where = "pairs.jsonl: record 7 (line 7)" };
+        var error = Assert.Throws<UserInputException>(() => PreferenceData.Tokenize(Chars, e, maxLength: 64));
+        Assert.StartsWith("pairs.jsonl: record 7 (line 7): conversational preference data needs the model's Hugging Face tokenizer.json", error.Message);
+    }
+
+    [Fact]
+    public void Load_TemplateWhoseGenerationPromptDiffersFromTheWrittenReply_PromptIsTheSharedRenderPrefix()
+    {
+        // Like DeepSeek-R1/Qwen3: the generation prompt opens an empty think block that the written reply does not have.
+        const string source = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+            + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}{% endif %}";
+        var chat = new ChatFormat(ChatTemplate.Parse(source, "thinks"), null, "<|im_end|>", ChatTokenizerFiles.FamilySpecials);
+        Assert.EndsWith("<think>\n\n</think>\n\n", chat.RenderPrompt(new[] { new ChatMessage("user", "q") }));
+        const string record = "{\"prompt\":[{\"role\":\"user\",\"content\":\"q\"}],\"chosen\":[{\"role\":\"assistant\",\"content\":\"Yes.\"}],\"rejected\":[{\"role\":\"assistant\",\"content\":\"No.\"}]}";
+        var e = PreferenceRecords.Load(Write(record), chat)[0];
+        Assert.Equal("<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n", e.Prompt);
+        Assert.Equal(("Yes.<|im_end|>\n", "No.<|im_end|>\n"), (e.Chosen, e.Rejected));
+    }
 }

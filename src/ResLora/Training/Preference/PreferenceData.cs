@@ -51,6 +51,9 @@ public static class PreferenceData
     {
         int promptMax = CheckLengths(maxLength, maxPromptLength);
         string where = e.Where ?? "preference pair";
+        // As for conversation SFT data: only tokenizer.json tokenizers are known to split the template's special-token texts.
+        if (e.IsConversation && tok is not ITokenOffsets)
+            throw new UserInputException($"{where}: conversational preference data needs the model's Hugging Face tokenizer.json (it splits the chat template's special tokens such as <|im_end|> out of the text); this model's tokenizer (tokenizer.model or vocab.txt) does not. Add the model's tokenizer.json to its folder.");
         var prompt = new List<int>();
         if (!e.IsConversation && tok.AddBosToken && tok.BosTokenId is { } bos) prompt.Add(bos);
         var promptText = tok.Encode(e.Prompt);
