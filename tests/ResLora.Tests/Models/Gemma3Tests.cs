@@ -126,9 +126,12 @@ public sealed class Gemma3Tests : IDisposable
         using var second = model.Forward(ids.narrow(1, 6, 1), null, cache);
         using var rest = model.Forward(ids.narrow(1, 7, 5), null, cache);
         Assert.Equal(12, cache.Length);
-        Assert.True((first - full.narrow(1, 0, 6)).abs().max().item<float>() < 1e-5);
-        Assert.True((second - full.narrow(1, 6, 1)).abs().max().item<float>() < 1e-5);
-        Assert.True((rest - full.narrow(1, 7, 5)).abs().max().item<float>() < 1e-5);
+        float d1 = (first - full.narrow(1, 0, 6)).abs().max().item<float>();
+        float d2 = (second - full.narrow(1, 6, 1)).abs().max().item<float>();
+        float d3 = (rest - full.narrow(1, 7, 5)).abs().max().item<float>();
+        // The cached and full forwards sum in different orders (one position against a masked square): float32 rounding
+        // reaches 1.0e-5 on an AMD EPYC (AVX-512) here and less on Intel; a wrong window or rotary offset is ≥ 1e-3.
+        Assert.True(d1 < 5e-5 && d2 < 5e-5 && d3 < 5e-5, $"cached vs full: {d1:e2}, {d2:e2}, {d3:e2}");
     }
 
     [Theory]
