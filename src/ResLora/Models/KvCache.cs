@@ -59,6 +59,24 @@ public sealed class KvCache : IDisposable
         }
     }
 
+    /// <summary>
+    /// A new cache holding copies of the batch rows at <paramref name="rows"/> (in that order, repeats allowed) of every
+    /// layer's keys and values; this cache is left as it is. Several continuations of one prefix each extend their own copy.
+    /// </summary>
+    internal KvCache CopyRows(long[] rows)
+    {
+        var copy = new KvCache(_keys.Length);
+        using var scope = torch.NewDisposeScope();
+        var index = torch.tensor(rows, dtype: ScalarType.Int64, device: _keys[0]?.device ?? torch.CPU);
+        for (int i = 0; i < _keys.Length; i++)
+        {
+            if (_keys[i] is not { } k || _values[i] is not { } v) continue;
+            copy._keys[i] = k.index_select(0, index).DetachFromDisposeScope();
+            copy._values[i] = v.index_select(0, index).DetachFromDisposeScope();
+        }
+        return copy;
+    }
+
     public void Dispose()
     {
         for (int i = 0; i < _keys.Length; i++)

@@ -245,16 +245,21 @@ public sealed class LoglikelihoodScorer
         var lastOut = ctxLogits.select(1, ctxWidth - 1);                // (ctxRows, vocab or hidden): predicts each continuation's first token
 
         var contInputs = members.Select(i => requests[i].Continuation.Take(requests[i].Continuation.Count - 1).ToArray()).ToList();
-        int contWidth = contInputs.Max(x => x.Length);
-        Tensor? contOut = null;
-        if (contWidth > 0)
+        // Continuations differ in length (ARC's choices from 1 to 20 tokens): padded to the longest of the batch, most of
+        // the forward would be padding. They go in chunks of similar length instead, each extending its own copy of the
+        // context rows' cache.
+        var contOut = new Tensor?[members.Count];
+        foreach (var chunk in LengthChunks(Enumerable.Range(0, members.Count).Where(r => contInputs[r].Length > 0).OrderBy(r => contInputs[r].Length).ToList(), contInputs))
         {
-            cache.KeepRows(ctxRowOf.ToArray()); // one cache row per request (repeated rows are copies)
-            var (contIds, contMask) = Pad(contInputs, contWidth, left: false);
-            var rowIndex = torch.tensor(ctxRowOf.ToArray(), dtype: ScalarType.Int64, device: _device);
-            var pastMask = ctxMask is null ? torch.ones(members.Count, ctxWidth, dtype: ScalarType.Int64, device: _device) : ctxMask.index_select(0, rowIndex);
-            var mask = torch.cat(new[] { pastMask, contMask ?? torch.ones(members.Count, contWidth, dtype: ScalarType.Int64, device: _device) }, 1); // (requests, past + contWidth)
-            contOut = _forward(contIds, mask, members.Select(i => requests[i].Adapter).ToList(), cache); // (requests, contWidth, vocab or hidden)
+            var rowIndex = chunk.Select(r => ctxRowOf[r]).ToArray();
+            using var sub = cache.CopyRows(rowIndex);
+            int width = chunk.Max(r => contInputs[r].Length);
+            var (contIds, contMask) = Pad(chunk.Select(r => contInputs[r]).ToList(), width, left: false);
+            var rows = torch.tensor(rowIndex, dtype: ScalarType.Int64, device: _device);
+            var pastMask = ctxMask is null ? torch.ones(chunk.Count, ctxWidth, dtype: ScalarType.Int64, device: _device) : ctxMask.index_select(0, rows);
+            var mask = torch.cat(new[] { pastMask, contMask ?? torch.ones(chunk.Count, width, dtype: ScalarType.Int64, device: _device) }, 1); // (chunk, past + width)
+            var output = _forward(contIds, mask, chunk.Select(r => requests[members[r]].Adapter).ToList(), sub); // (chunk, width, vocab or hidden)
+            for (int j = 0; j < chunk.Count; j++) contOut[chunk[j]] = output[j];
         }
         // Each request's rows: its context's last position, then its continuation's positions but the last.
         var parts = new List<Tensor>(members.Count);
@@ -262,10 +267,35 @@ public sealed class LoglikelihoodScorer
         {
             var cont = requests[members[r]].Continuation;
             var first = lastOut.narrow(0, ctxRowOf[r], 1);
-            parts.Add(cont.Count == 1 ? first : torch.cat(new[] { first, contOut![r].narrow(0, 0, cont.Count - 1) }, 0)); // (contLen, vocab or hidden)
+            parts.Add(cont.Count == 1 ? first : torch.cat(new[] { first, contOut[r]!.narrow(0, 0, cont.Count - 1) }, 0)); // (contLen, vocab or hidden)
         }
         var scored = HeadOnce(parts);
         for (int r = 0; r < members.Count; r++) results[members[r]] = Pick(scored[r], requests[members[r]].Continuation);
+    }
+
+    /// <summary>
+    /// Splits rows sorted by ascending length into chunks whose padded size (rows × the longest) stays within a quarter
+    /// more than their real positions, so padding costs at most 25 % of a continuation forward.
+    /// </summary>
+    internal static List<List<int>> LengthChunks(IReadOnlyList<int> sortedRows, IReadOnlyList<int[]> inputs)
+    {
+        var chunks = new List<List<int>>();
+        var current = new List<int>();
+        long real = 0;
+        foreach (int r in sortedRows)
+        {
+            int len = inputs[r].Length; // the longest so far: rows come sorted by length
+            if (current.Count > 0 && (current.Count + 1L) * len > 1.25 * (real + len))
+            {
+                chunks.Add(current);
+                current = new List<int>();
+                real = 0;
+            }
+            current.Add(r);
+            real += len;
+        }
+        if (current.Count > 0) chunks.Add(current);
+        return chunks;
     }
 
     /// <summary>Sum of the targets' float32 log-softmax over <paramref name="rows"/> (n, vocab), and whether each target is the arg-max (as <see cref="TokenLogprobs"/>).</summary>

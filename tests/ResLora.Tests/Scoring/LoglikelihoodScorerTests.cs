@@ -79,7 +79,7 @@ public sealed class LoglikelihoodScorerTests
     }
 
     [Fact]
-    public void Shared_ForwardsEachContextOnce_AndAllChoicesInOneForward()
+    public void Shared_ForwardsEachContextOnce_AndTheChoicesInChunksOfSimilarLength()
     {
         using var model = TinyModels.Build(TinyModels.Config(), seed: 44);
         var requests = Questions(64, 3, questions: 3); // 2 + 3 + 4 choices
@@ -91,9 +91,14 @@ public sealed class LoglikelihoodScorerTests
         };
         var scorer = new LoglikelihoodScorer(counting, model.Config, model.Device, new LoglikelihoodOptions { BatchSize = 64 });
         var shared = scorer.ScoreTokens(requests);
-        // One forward of the 3 contexts (left-padded to the longest), one of the 9 continuations after them.
-        int longestCtx = requests.Max(r => r.Context.Count), longestCont = requests.Max(r => r.Continuation.Count);
-        Assert.Equal(new[] { (3L, (long)longestCtx, 0L), (9L, longestCont - 1L, (long)longestCtx) }, rows);
+        // One forward of the 3 contexts (left-padded to the longest); then the continuations after them, in chunks of
+        // similar length: every continuation longer than one token exactly once, padding at most 25 % of each chunk.
+        int longestCtx = requests.Max(r => r.Context.Count);
+        Assert.Equal((3L, (long)longestCtx, 0L), rows[0]);
+        var cont = rows.Skip(1).ToList();
+        Assert.Equal(requests.Count(r => r.Continuation.Count > 1), cont.Sum(c => c.Rows));
+        Assert.All(cont, c => Assert.Equal(longestCtx, c.Past));
+        Assert.True(cont.Sum(c => c.Rows * c.Seq) <= 1.25 * requests.Sum(r => r.Continuation.Count - 1));
         AssertSame(Scorer(model, shared: false).ScoreTokens(requests), shared);
     }
 
