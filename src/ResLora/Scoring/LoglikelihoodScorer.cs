@@ -73,23 +73,6 @@ public sealed class LoglikelihoodScorer
     public LoglikelihoodScorer(CausalLM model, LoglikelihoodOptions? options = null)
         : this(LoglikelihoodForwards.HiddenOf(model), model.Logits, model.Config, model.Device, options) { }
 
-    /// <summary>
-    /// Logits of each part's rows: the parts themselves when the forward returned logits; otherwise the head applied once
-    /// to all parts' hidden rows together (one pass over the head's weights, not one per request).
-    /// </summary>
-    private IReadOnlyList<Tensor> HeadOnce(IReadOnlyList<Tensor> parts)
-    {
-        if (_head is null) return parts;
-        var logits = _head(torch.cat(parts.ToArray(), 0)); // (sum of rows, vocab)
-        var split = new Tensor[parts.Count];
-        long at = 0;
-        for (int i = 0; i < parts.Count; i++)
-        {
-            split[i] = logits.narrow(0, at, parts[i].shape[0]);
-            at += parts[i].shape[0];
-        }
-        return split;
-    }
 
     /// <summary>The longest input one forward sees.</summary>
     public int MaxLength => _maxLength;
@@ -176,8 +159,8 @@ public sealed class LoglikelihoodScorer
         var logits = _forward(ids, mask, batch.Select(i => requests[i].Adapter).ToList(), null); // (batch, width, vocab)
         // Position p predicts token p + 1: the continuation's n tokens come from the input's last n positions.
         var parts = batch.Select((i, r) => logits[r].narrow(0, inputs[r].Length - requests[i].Continuation.Count, requests[i].Continuation.Count)).ToList();
-        var scored = HeadOnce(parts);
-        for (int r = 0; r < batch.Count; r++) results[batch[r]] = Pick(scored[r], requests[batch[r]].Continuation);
+        var scored = PickAll(parts, batch.Select(i => requests[i].Continuation).ToList());
+        for (int r = 0; r < batch.Count; r++) results[batch[r]] = scored[r];
     }
 
     /// <summary>Requests grouped by identical context ids; groups packed into batches of about <see cref="LoglikelihoodOptions.BatchSize"/> continuations.</summary>
@@ -269,14 +252,21 @@ public sealed class LoglikelihoodScorer
             var first = lastOut.narrow(0, ctxRowOf[r], 1);
             parts.Add(cont.Count == 1 ? first : torch.cat(new[] { first, contOut[r]!.narrow(0, 0, cont.Count - 1) }, 0)); // (contLen, vocab or hidden)
         }
-        var scored = HeadOnce(parts);
-        for (int r = 0; r < members.Count; r++) results[members[r]] = Pick(scored[r], requests[members[r]].Continuation);
+        var scored = PickAll(parts, members.Select(i => requests[i].Continuation).ToList());
+        for (int r = 0; r < members.Count; r++) results[members[r]] = scored[r];
     }
 
     /// <summary>
     /// Splits rows sorted by ascending length into chunks whose padded size (rows × the longest) stays within a quarter
-    /// more than their real positions, so padding costs at most 25 % of a continuation forward.
+    /// more than their real positions, or within <see cref="ChunkSlack"/> padded positions of them, so padding costs at
+    /// most 25 % of a continuation forward or less than another forward would.
     /// </summary>
+    /// <summary>
+    /// Padded positions a chunk may carry before a new forward pays off: a forward of any size reads every weight once
+    /// (about 100 ms for a 0.5B model in float32 here), about what 18 positions of compute cost.
+    /// </summary>
+    internal const int ChunkSlack = 32;
+
     internal static List<List<int>> LengthChunks(IReadOnlyList<int> sortedRows, IReadOnlyList<int[]> inputs)
     {
         var chunks = new List<List<int>>();
@@ -285,7 +275,8 @@ public sealed class LoglikelihoodScorer
         foreach (int r in sortedRows)
         {
             int len = inputs[r].Length; // the longest so far: rows come sorted by length
-            if (current.Count > 0 && (current.Count + 1L) * len > 1.25 * (real + len))
+            long padded = (current.Count + 1L) * len;
+            if (current.Count > 0 && padded > 1.25 * (real + len) && padded - (real + len) > ChunkSlack)
             {
                 chunks.Add(current);
                 current = new List<int>();
@@ -298,22 +289,36 @@ public sealed class LoglikelihoodScorer
         return chunks;
     }
 
-    /// <summary>Sum of the targets' float32 log-softmax over <paramref name="rows"/> (n, vocab), and whether each target is the arg-max (as <see cref="TokenLogprobs"/>).</summary>
-    private LoglikelihoodResult Pick(Tensor rows, IReadOnlyList<int> targets)
+    /// <summary>
+    /// Each part's summed float32 log-probability of its targets and whether every target is the arg-max (as
+    /// <see cref="TokenLogprobs"/>): all parts' rows go through the head (when the forward returned hidden states) and the
+    /// log-softmax together, one pass over the head's weights and one over the vocabulary for the whole batch.
+    /// </summary>
+    /// <param name="parts">Per request its rows (n, vocab or hidden), row i predicting target i.</param>
+    /// <param name="targets">Per request its target ids.</param>
+    private LoglikelihoodResult[] PickAll(IReadOnlyList<Tensor> parts, IReadOnlyList<IReadOnlyList<int>> targets)
     {
         using var scope = torch.NewDisposeScope();
-        var logp = rows.to(ScalarType.Float32).log_softmax(-1);
-        var target = torch.tensor(targets.Select(t => (long)t).ToArray(), dtype: ScalarType.Int64, device: logp.device);
+        var rows = torch.cat(parts.ToArray(), 0);
+        var logp = (_head is null ? rows : _head(rows)).to(ScalarType.Float32).log_softmax(-1); // (all rows, vocab)
+        var target = torch.tensor(targets.SelectMany(t => t).Select(t => (long)t).ToArray(), dtype: ScalarType.Int64, device: logp.device);
         float[] picked = logp.gather(1, target.unsqueeze(1)).squeeze(1).cpu().data<float>().ToArray();
         long[] argmax = logp.argmax(1).cpu().data<long>().ToArray();
-        double sum = 0;
-        bool greedy = true;
-        for (int i = 0; i < picked.Length; i++)
+        var results = new LoglikelihoodResult[parts.Count];
+        int at = 0;
+        for (int r = 0; r < parts.Count; r++)
         {
-            sum += picked[i];
-            greedy &= argmax[i] == targets[i];
+            double sum = 0;
+            bool greedy = true;
+            foreach (int t in targets[r])
+            {
+                sum += picked[at];
+                greedy &= argmax[at] == t;
+                at++;
+            }
+            results[r] = new LoglikelihoodResult(sum, greedy, targets[r].Count);
         }
-        return new LoglikelihoodResult(sum, greedy, targets.Count);
+        return results;
     }
 
     /// <summary>Ids (rows, width) padded with 0 on the left or right, and the 1/0 mask (null when no row is padded).</summary>
