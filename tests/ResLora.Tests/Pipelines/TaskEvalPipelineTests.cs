@@ -11,20 +11,16 @@ namespace ResLora.Tests.Pipelines;
 /// <c>eval --tasks</c> as a library call: several adapters in one pass equal each adapter alone, shared-context scoring
 /// equals per-choice rows, the metrics follow from the per-question log-likelihoods, and generate tasks extract answers.
 /// </summary>
-public sealed class TaskEvalPipelineTests : IDisposable
+public sealed class TaskEvalPipelineTests : IClassFixture<MultiAdapterFixture>, IDisposable
 {
     private readonly string _root = Directory.CreateTempSubdirectory("reslora-taskeval-").FullName;
+    private readonly MultiAdapterFixture _f;
     private readonly string _model;
 
-    public TaskEvalPipelineTests()
+    public TaskEvalPipelineTests(MultiAdapterFixture f)
     {
-        var config = TinyModels.Config(vocab: DemoTokenizerFiles.VocabSize);
-        _model = Path.Combine(_root, "model");
-        using (var m = TinyModels.Build(config, seed: 9))
-            ModelFolder.Save(_model, config, m.BaseParameters().Select(kv => new KeyValuePair<string, torch.Tensor>(kv.Key, kv.Value)));
-        DemoTokenizerFiles.Write(_model);
-        MultiAdapterFixture.SaveTrainedLooking(_model, Path.Combine(_root, "a"), new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ModuleTargets.AllLinear }, 30, 0.3);
-        MultiAdapterFixture.SaveTrainedLooking(_model, Path.Combine(_root, "b"), new LoraConfig { R = 2, LoraAlpha = 4, TargetModules = ModuleTargets.List("q_proj", "v_proj") }, 31, 0.3);
+        _f = f;
+        _model = f.ModelDir;
         File.WriteAllText(Path.Combine(_root, "mc.json"), """
             {"name": "sums", "output_type": "multiple_choice", "data": "mc.jsonl", "choices_field": "options",
              "context_template": "What is {q}? Answer:", "gold_field": "label"}
@@ -57,11 +53,11 @@ public sealed class TaskEvalPipelineTests : IDisposable
     [Fact]
     public void SeveralAdaptersInOnePass_EqualEachAdapterAlone_AndTheMetricsFollowFromTheLogprobs()
     {
-        var together = TaskEvalPipeline.Run(Request("mc.json") with { ScoredAdapters = new[] { ("a", Path.Combine(_root, "a")), ("b", Path.Combine(_root, "b")) } });
+        var together = TaskEvalPipeline.Run(Request("mc.json") with { ScoredAdapters = new[] { ("a", _f.Dir("lora")), ("b", _f.Dir("lora8")) } });
         Assert.Equal(new[] { "a", "b" }, together.Adapters);
         foreach (var name in new[] { "a", "b" })
         {
-            var alone = TaskEvalPipeline.Run(Request("mc.json") with { AdapterDir = Path.Combine(_root, name) });
+            var alone = TaskEvalPipeline.Run(Request("mc.json") with { AdapterDir = _f.Dir(name == "a" ? "lora" : "lora8") });
             var mine = together.Predictions.Where(p => p.Adapter == name).ToList();
             Assert.Equal(12, mine.Count);
             for (int q = 0; q < 12; q++)
@@ -95,9 +91,9 @@ public sealed class TaskEvalPipelineTests : IDisposable
     [Fact]
     public void GenerateTasks_ExtractTheLastNumberOfTheGreedyAnswer()
     {
-        var res = TaskEvalPipeline.Run(Request("gen.json") with { ScoredAdapters = new[] { ("a", Path.Combine(_root, "a")) } });
+        var res = TaskEvalPipeline.Run(Request("gen.json") with { ScoredAdapters = new[] { ("a", _f.Dir("lora")) } });
         Assert.Equal(5, res.Predictions.Count);
-        using var model = ModelSessions.Load(_model, Path.Combine(_root, "a"), new RuntimeOptions());
+        using var model = ModelSessions.Load(_model, _f.Dir("lora"), new RuntimeOptions());
         var tok = ResLora.Text.TokenizerLoader.Load(_model);
         foreach (var p in res.Predictions)
         {
@@ -120,7 +116,7 @@ public sealed class TaskEvalPipelineTests : IDisposable
         Assert.Contains("--data names one file", e.Message);
         e = Assert.Throws<UserInputException>(() => TaskEvalPipeline.Run(Request("mc.json") with { NumFewshot = 12 }));
         Assert.Contains("--num-fewshot", e.Message);
-        e = Assert.Throws<UserInputException>(() => TaskEvalPipeline.Run(Request("mc.json") with { ScoredAdapters = new[] { ("a", Path.Combine(_root, "a")) }, Quantize = new ResLora.Quantization.QuantizeOptions { WBits = 4, ABits = 16 } }));
+        e = Assert.Throws<UserInputException>(() => TaskEvalPipeline.Run(Request("mc.json") with { ScoredAdapters = new[] { ("a", _f.Dir("lora")) }, Quantize = new ResLora.Quantization.QuantizeOptions { WBits = 4, ABits = 16 } }));
         Assert.Contains("--wbits", e.Message);
     }
 }

@@ -11,30 +11,19 @@ using TorchSharp;
 namespace ResLora.Tests.Scoring;
 
 /// <summary>Several adapters in one pass: an adapter set's mixed-adapter forward scores each request as that adapter alone.</summary>
-public sealed class LoglikelihoodAdapterTests : IDisposable
+public sealed class LoglikelihoodAdapterTests : IClassFixture<MultiAdapterFixture>, IDisposable
 {
-    private readonly string _root = Directory.CreateTempSubdirectory("reslora-loglik-").FullName;
     private readonly AdapterSet _set;
 
-    public LoglikelihoodAdapterTests()
+    /// <summary>The base with "a" (LoRA, all-linear) and "b" (DoRA, all-linear) of the shared fixture.</summary>
+    public LoglikelihoodAdapterTests(MultiAdapterFixture f)
     {
-        var config = TinyModels.Config(vocab: DemoTokenizerFiles.VocabSize);
-        string modelDir = Path.Combine(_root, "model");
-        using (var m = TinyModels.Build(config, seed: 5))
-            ModelFolder.Save(modelDir, config, m.BaseParameters().Select(kv => new KeyValuePair<string, torch.Tensor>(kv.Key, kv.Value)));
-        DemoTokenizerFiles.Write(modelDir);
-        MultiAdapterFixture.SaveTrainedLooking(modelDir, Path.Combine(_root, "a"), new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ModuleTargets.AllLinear }, 20, 0.2);
-        MultiAdapterFixture.SaveTrainedLooking(modelDir, Path.Combine(_root, "b"), new LoraConfig { R = 2, LoraAlpha = 4, UseDora = true, TargetModules = ModuleTargets.List("q_proj", "v_proj", "down_proj") }, 21, 0.2);
-        _set = AdapterSet.Load(modelDir, new RuntimeOptions());
-        _set.Add("a", Path.Combine(_root, "a"));
-        _set.Add("b", Path.Combine(_root, "b"));
+        _set = AdapterSet.Load(f.ModelDir, new RuntimeOptions());
+        _set.Add("a", f.Dir("lora"));
+        _set.Add("b", f.Dir("dora"));
     }
 
-    public void Dispose()
-    {
-        _set.Dispose();
-        Directory.Delete(_root, recursive: true);
-    }
+    public void Dispose() => _set.Dispose();
 
     private LoglikelihoodScorer Scorer(bool shared, int batch = 16) =>
         new(_set.Forward, _set.Model.Config, _set.Model.Device, new LoglikelihoodOptions { SharedContext = shared, BatchSize = batch });
