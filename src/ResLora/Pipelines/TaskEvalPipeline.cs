@@ -217,13 +217,10 @@ public static class TaskEvalPipeline
         return (metrics, predictions);
     }
 
-    /// <summary>The prompt's ids (BOS first when the tokenizer asks for it), cut from the left to <paramref name="room"/> tokens.</summary>
-    private static List<int> PromptIds(ITextTokenizer tok, string prompt, int room)
+    /// <summary>The prompt's ids as generation encodes them (<see cref="Prompts.Ids"/>), cut from the left to <paramref name="room"/> tokens.</summary>
+    private static IReadOnlyList<int> PromptIds(ITextTokenizer tok, string prompt, int room)
     {
-        var ids = new List<int>();
-        if (tok.AddBosToken && tok.BosTokenId is { } bos) ids.Add(bos);
-        ids.AddRange(tok.Encode(prompt));
-        if (ids.Count == 0) ids.Add(EncodePair.PrefixToken(tok));
+        var ids = Prompts.Ids(tok, prompt);
         return ids.Count > room ? ids.Skip(ids.Count - room).ToList() : ids;
     }
 
