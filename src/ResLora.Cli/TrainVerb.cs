@@ -15,7 +15,7 @@ internal static class TrainVerb
     public static Command Build()
     {
         var model = new Option<string>("--model") { Description = "Hugging Face model folder (config.json, *.safetensors, tokenizer.json).", Required = true };
-        var data = new Option<string>("--data") { Description = "Training data: JSONL or a JSON array of records ({\"text\"}, {\"prompt\",\"completion\"}, Alpaca, or any shape with templates).", Required = true };
+        var data = new Option<string>("--data") { Description = "Training data: JSONL or a JSON array of records ({\"text\"}, {\"prompt\",\"completion\"}, Alpaca, or any shape with templates; with --objective: preference pairs {\"prompt\",\"chosen\",\"rejected\"}).", Required = true };
         var evalData = new Option<string?>("--eval-data") { Description = "Held-out data file (default: --eval-fraction of --data)." };
         var evalFraction = new Option<double>("--eval-fraction") { Description = "Fraction of --data held out for evaluation when --eval-data is not given (0 = none).", DefaultValueFactory = _ => 0.1 };
         var promptTemplate = new Option<string?>("--prompt-template") { Description = "Prompt built from record fields, e.g. \"{Body} {Question}\\nAnswer:\"." };
@@ -54,11 +54,13 @@ internal static class TrainVerb
         var checkWeights = new Option<bool>("--check-weights") { Description = "Read every base weight once before training and refuse NaN/infinite values or integer-typed weights (as inspect --check; adapter tensors are always checked)." };
         var config = new Option<string?>(TrainRecipe.Flag) { Description = $"A recipe: a JSON file, or YAML (.yaml/.yml), whose keys are these flags without the dashes (snake_case or kebab-case), e.g. {{\"model\": \"m\", \"data\": \"d.jsonl\", \"steps\": 200, \"targets\": \"q_proj,v_proj\"}}. Flags on the command line override it; paths are read as on the command line. Every run writes its flags to --out/{TrainRecipe.FileName}, which --config re-runs." };
         var method = new MethodOptionSet();
+        var preference = new PreferenceOptionSet();
         var rt = new RuntimeOptionSet(baseBits: true, heap: true);
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
         foreach (var o in new Option[] { config, model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, trainOnPrompt, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, snapshotEvery, saveTotalLimit, patience, threshold, evalExamples, maxNew, checkWeights })
             cmd.Options.Add(o);
         method.AddTo(cmd);
+        preference.AddTo(cmd);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() => DistributedLaunch.Run(comm =>
         {
@@ -114,6 +116,8 @@ internal static class TrainVerb
                     Fields = new LabelledDataOptions { TextField = r.GetValue(textField), PairField = r.GetValue(pairField), LabelField = r.GetValue(labelField)! },
                     Task = taskName switch { "classify" => LabelTask.Classify, "regress" => LabelTask.Regress, _ => null },
                     Method = method.ReadSpec(r, family is { } f ? ModuleTargets.List(f.DefaultTargets.ToArray()) : null),
+                    Preference = preference.Read(r),
+                    InitAdapter = r.GetValue(preference.InitAdapter),
                     Runtime = runtime,
                     OutDir = outDir,
                     Resume = r.GetValue(resume),
@@ -127,7 +131,8 @@ internal static class TrainVerb
                     Cancellation = stop,
                     Recipe = TrainRecipe.Record(r, cmd),
                 };
-                string title = family?.Kind == ModelKind.Encoder ? $"train {req.Method.Method} ({taskName ?? "classify/regress"})" : $"train {req.Method.Method}";
+                string title = family?.Kind == ModelKind.Encoder ? $"train {req.Method.Method} ({taskName ?? "classify/regress"})"
+                    : req.Preference is { } pref ? $"train {req.Method.Method} ({pref.ObjectiveName})" : $"train {req.Method.Method}";
                 summary = shows ? ProgressDisplay.Run(title, obs => FineTuning.Run(req, obs)) : FineTuning.Run(req);
             }
             catch (TrainingInterruptedException stopped)

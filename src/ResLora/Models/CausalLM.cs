@@ -145,6 +145,23 @@ public abstract class CausalLM : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
+    /// Per-sequence sums of the labelled tokens' log-probabilities from final hidden states (<see cref="HiddenStates"/>):
+    /// labels (batch, seq) with −100 where nothing is scored, shifted by one as for <see cref="CausalLmLoss"/>, the head
+    /// applied in chunks (<see cref="LmHeadLogps"/>). Returns <c>Sum</c> (batch) float32 with the graph and <c>Tokens</c>
+    /// (batch) int64, the scored tokens of each row.
+    /// </summary>
+    public (Tensor Sum, Tensor Tokens) SequenceLogps(Tensor hidden, Tensor labels)
+    {
+        bool headTrainable = LmHead is null ? EmbedTokens.weight!.requires_grad : LmHead.parameters().Any(p => p.requires_grad);
+        using var scope = torch.NewDisposeScope();
+        var (logps, row) = LmHeadLogps.PerToken(hidden, labels, Logits, Config.VocabSize, headTrainable, LossChunkElements);
+        long b = hidden.shape[0];
+        var sum = torch.zeros(b, dtype: ScalarType.Float32, device: logps.device).index_add(0, row, logps, 1);
+        var tokens = torch.zeros(b, dtype: ScalarType.Int64, device: row.device).index_add(0, row, torch.ones_like(row), 1);
+        return (scope.MoveToOuter(sum), scope.MoveToOuter(tokens));
+    }
+
+    /// <summary>
     /// Additive mask (batch, 1, seq, past+seq): 0 where query i may see key j (j ≤ past+i and j is a token), the
     /// dtype's lowest value elsewhere (finite, so a fully padded row stays finite as in transformers). Null when a
     /// plain causal mask is enough (no cache, no padding, no window shorter than the sequence). With a sliding

@@ -74,7 +74,15 @@ public static class LmHeadLoss
     /// two gradients of that size (20 and 16 bytes).
     /// The same max-shifted log-sum-exp as libtorch's log-softmax; equal to <see cref="ChunkSum"/> up to rounding.
     /// </summary>
-    internal static Tensor ChunkSumBackward(Func<Tensor, Tensor> head, Tensor rows, Tensor labels, Tensor scale)
+    internal static Tensor ChunkSumBackward(Func<Tensor, Tensor> head, Tensor rows, Tensor labels, Tensor scale) =>
+        ChunkRowsBackward(head, rows, labels, scale).sum();
+
+    /// <summary>
+    /// <see cref="ChunkSumBackward"/> with each row's cross-entropy returned, (rows) float32 without a graph;
+    /// <paramref name="scale"/> is a float32 scalar or one factor per row, (rows, 1): the gradient sent back is that of
+    /// Σᵢ scaleᵢ·CEᵢ.
+    /// </summary>
+    internal static Tensor ChunkRowsBackward(Func<Tensor, Tensor> head, Tensor rows, Tensor labels, Tensor scale)
     {
         var logits = head(rows);
         Tensor sum, grad;
@@ -88,7 +96,7 @@ public static class LmHeadLoss
             var picked = z.gather(1, at);
             z.exp_();
             var norm = z.sum(1, keepdim: true);
-            sum = (norm.log() - picked).sum();
+            sum = (norm.log() - picked).squeeze(1);
             z.div_(norm).scatter_add_(1, at, torch.full_like(picked, -1.0)).mul_(scale);
             if (logits.dtype == ScalarType.Float32)
             {

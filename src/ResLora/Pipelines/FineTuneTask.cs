@@ -16,8 +16,13 @@ internal abstract class FineTuneTask(FineTuneRequest req)
     protected FineTuneRequest Request { get; } = req;
 
     /// <summary>The task of the model folder's family: causal language modelling, or classification/regression for an encoder.</summary>
-    public static FineTuneTask For(FineTuneRequest req) =>
-        ModelFamilies.OfFolder(req.ModelDir)?.Kind == ModelKind.Encoder ? new ClassifierFineTune(req) : new CausalLmFineTune(req);
+    public static FineTuneTask For(FineTuneRequest req)
+    {
+        bool encoder = ModelFamilies.OfFolder(req.ModelDir)?.Kind == ModelKind.Encoder;
+        if (req.Preference is { } p && encoder)
+            throw new UserInputException($"--objective {p.ObjectiveName} tunes a causal LM on preference pairs; {req.ModelDir} is an encoder (sequence classification). Use a decoder model, or drop --objective.");
+        return encoder ? new ClassifierFineTune(req) : req.Preference is not null ? new PreferenceFineTune(req) : new CausalLmFineTune(req);
+    }
 
     /// <summary>Reads and checks the data and the task's own options (nothing is written yet); returns the training examples.</summary>
     public abstract int ReadData();
@@ -63,7 +68,7 @@ internal abstract class FineTuneTask(FineTuneRequest req)
 }
 
 /// <summary>Causal language modelling on a LLaMA-family decoder: templates and chat data, packing, --train-on-prompt, --grad-checkpoint.</summary>
-internal sealed class CausalLmFineTune(FineTuneRequest req) : FineTuneTask(req)
+internal class CausalLmFineTune(FineTuneRequest req) : FineTuneTask(req)
 {
     private DataTemplates _templates = null!;
     private IReadOnlyList<TextExample> _train = null!, _eval = null!;
@@ -71,6 +76,12 @@ internal sealed class CausalLmFineTune(FineTuneRequest req) : FineTuneTask(req)
     private CausalLM _model = null!;
     private int _seqLen;
     private TrainingDataRecord _record = null!;
+
+    /// <summary>The model, its tokenizer, the sequence length and the data record, for a task built on this one.</summary>
+    protected CausalLM LoadedModel => _model;
+    protected ITextTokenizer Tokenizer => _tokenizer;
+    protected int SeqLen => _seqLen;
+    protected TrainingDataRecord DataRecord { get => _record; set => _record = value; }
 
     public override int ReadData()
     {

@@ -17,6 +17,13 @@ public sealed record FineTuneRequest
     public DataTemplates Templates { get; init; } = new();
     /// <summary>The adapter method and its hyperparameters; the run's total steps are filled in for methods that need them.</summary>
     public required MethodSpec Method { get; init; }
+    /// <summary>Preference tuning (<c>--objective dpo|ipo|orpo|simpo</c>) on preference pairs instead of supervised fine-tuning; null for SFT.</summary>
+    public Training.Preference.PreferenceOptions? Preference { get; init; }
+    /// <summary>
+    /// An adapter folder the run starts from (<c>--init-adapter</c>, e.g. an SFT adapter before preference tuning): its
+    /// weights are loaded into the run's adapters, which must be of the same method, rank and targets.
+    /// </summary>
+    public string? InitAdapter { get; init; }
     public TrainOptions Train { get; init; } = new();
     public RuntimeOptions Runtime { get; init; } = new();
     public required string OutDir { get; init; }
@@ -92,6 +99,7 @@ public static class FineTuning
         AdapterModel.FreezeAllButAdapters(model);
         var savedModules = task.SavedModules(plan, config);
         foreach (var p in savedModules.Values) p.requires_grad = true; // modules_to_save (--modules-to-save, a classifier's head): trained fully
+        if (req.InitAdapter is { } init) LoadInitAdapter(init, plan.Config, model, observer);
         var (trainable, total) = AdapterModel.CountParameters(model);
         observer.OnMessage(task.Describe(config, AdapterModel.FindAdapters(model).Count, trainable, total));
         var trainTask = task.CreateTask(observer);
@@ -124,6 +132,24 @@ public static class FineTuning
         }, observer);
     }
 
+    /// <summary>
+    /// Copies <c>--init-adapter</c>'s weights into the run's freshly built adapters (a resume then loads its checkpoint
+    /// over them). The folder's method and rank must be the run's: the message says which flags to give.
+    /// </summary>
+    private static void LoadInitAdapter(string dir, AdapterConfigBase runConfig, nn.Module model, ITrainObserver observer)
+    {
+        if (!File.Exists(Path.Combine(dir, AdapterFolder.ConfigFileName)))
+            throw new UserInputException($"--init-adapter {dir}: no {AdapterFolder.ConfigFileName} there; give the folder of an adapter (a train run's --out or a PEFT adapter).");
+        using var contents = AdapterFolder.Load(dir);
+        var saved = contents.Config;
+        string Describe(AdapterConfigBase c) => c is LowRankConfigBase lr ? $"{c.PeftType} r={lr.R}" : c.PeftType;
+        if (saved.PeftType != runConfig.PeftType || (saved is LowRankConfigBase a && runConfig is LowRankConfigBase b && a.R != b.R))
+            throw new UserInputException($"--init-adapter {dir}: it holds a {Describe(saved)} adapter and this run builds {Describe(runConfig)}; give the folder's method and rank (--method, --rank, and its --targets) so its weights fit.");
+        try { AdapterFolder.LoadInto(dir, model); }
+        catch (UserInputException e) { throw new UserInputException($"--init-adapter {dir}: {e.Message} Train with the folder's --targets, --rank and --method.", e); }
+        observer.OnMessage($"starting from the adapter in {dir}");
+    }
+
     /// <summary>The recipe a run was given (<see cref="FineTuneRequest.Recipe"/>), which <c>reslora train --config</c> reads back.</summary>
     public const string RecipeFile = "train_config.json";
 
@@ -136,7 +162,7 @@ public static class FineTuning
     /// </summary>
     public static bool IsRunFile(string name) =>
         name is AdapterFolder.ConfigFileName or AdapterFolder.WeightsFileName or TrainLoop.MetricsFile or TrainLoop.SummaryFile
-            or TrainingDataRecord.FileName or ClassificationTaskRecord.FileName or LossPlotFile or RecipeFile
+            or TrainingDataRecord.FileName or ClassificationTaskRecord.FileName or LossPlotFile or RecipeFile or PreferenceFineTune.ReferenceFile
         || name.StartsWith(TensorBoardLog.FilePrefix, StringComparison.Ordinal);
 
     /// <summary>

@@ -22,6 +22,8 @@ public sealed record TrainingDataRecord
     [JsonPropertyName("prompt_template")] public string? PromptTemplate { get; init; }
     [JsonPropertyName("completion_template")] public string? CompletionTemplate { get; init; }
     [JsonPropertyName("seq_len")] public int SeqLen { get; init; }
+    /// <summary>The preference objective (dpo, ipo, orpo, simpo) when the data are preference pairs; absent for SFT data.</summary>
+    [JsonPropertyName("objective")] public string? Objective { get; init; }
     /// <summary>The chat template conversation records were rendered with (its Jinja source), and its BOS/EOS texts; null without conversations.</summary>
     [JsonPropertyName("chat_template")] public string? ChatTemplate { get; init; }
     [JsonPropertyName("chat_bos_token")] public string? ChatBosToken { get; init; }
@@ -50,6 +52,8 @@ public sealed record TrainingDataRecord
     /// <summary>The train and eval splits as training made them; a data file that is gone is an error naming it and the fix.</summary>
     public (IReadOnlyList<TextExample> Train, IReadOnlyList<TextExample> Eval) Load()
     {
+        if (Objective is { } objective)
+            throw new UserInputException($"{FileName}: the adapter was trained on preference pairs (--objective {objective}), which are not prompt/completion text; pass --calib FILE (and --heldout FILE) instead.");
         foreach (var p in new[] { DataPath, EvalDataPath })
             if (p is not null && !File.Exists(p))
                 throw new UserInputException($"{FileName}: the training data {p} is gone; pass --calib FILE (and --heldout FILE) instead.");

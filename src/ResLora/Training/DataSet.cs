@@ -207,7 +207,7 @@ public static class DataSet
     }
 
     /// <summary>Splits off a held-out fraction deterministically (seeded shuffle), keeping at least one example on each side.</summary>
-    public static (IReadOnlyList<TextExample> Train, IReadOnlyList<TextExample> Eval) Split(IReadOnlyList<TextExample> all, double evalFraction, long seed)
+    public static (IReadOnlyList<T> Train, IReadOnlyList<T> Eval) Split<T>(IReadOnlyList<T> all, double evalFraction, long seed)
     {
         if (!(evalFraction > 0 && evalFraction < 1)) throw new UserInputException($"--eval-fraction must be in (0, 1), got {evalFraction}.");
         if (all.Count < 2) throw new UserInputException($"--eval-fraction needs at least 2 records; the data set has {all.Count}.");

@@ -37,7 +37,11 @@ internal sealed class TensorBoardLog(ITrainObserver inner, string outDir) : ITra
 
     public void OnStep(StepReport report)
     {
-        Try(() => Step(report.Step, report.Loss, report.LearningRate, report.TokensPerSecond));
+        Try(() =>
+        {
+            Step(report.Step, report.Loss, report.LearningRate, report.TokensPerSecond);
+            foreach (var (k, v) in report.Metrics ?? new Dictionary<string, double>()) Scalar("train/" + k, v, report.Step);
+        });
         inner.OnStep(report);
     }
 

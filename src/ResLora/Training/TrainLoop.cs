@@ -102,7 +102,8 @@ public static class TrainLoop
             {
                 double now = clock.Elapsed.TotalSeconds;
                 var report = new StepReport(step, total, lossAcc / accSteps, optimizer.ParamGroups.First().LearningRate,
-                    tokAcc / Math.Max(1e-9, now - windowStart), elapsedBefore + now);
+                    tokAcc / Math.Max(1e-9, now - windowStart), elapsedBefore + now)
+                { Metrics = task is IStepMetricsSource m && m.TakeStepMetrics() is { Count: > 0 } taken ? taken : null };
                 curve.Add(report);
                 if (writes) AppendMetric(metricsPath, report);
                 observer.OnStep(report);
@@ -249,14 +250,19 @@ public static class TrainLoop
     /// <summary>metrics.jsonl lines (and reading train_summary.json back): the shared report style, NaN as a literal.</summary>
     private static JsonSerializerOptions MetricJson => ReportJson.Line;
 
-    private static void AppendMetric(string path, StepReport r) => File.AppendAllText(path, JsonSerializer.Serialize(new Dictionary<string, object>
+    private static void AppendMetric(string path, StepReport r)
     {
-        ["step"] = r.Step,
-        ["loss"] = r.Loss,
-        ["lr"] = r.LearningRate,
-        ["tokens_per_second"] = Math.Round(r.TokensPerSecond, 1),
-        ["elapsed_seconds"] = Math.Round(r.ElapsedSeconds, 3),
-    }, MetricJson) + "\n");
+        var d = new Dictionary<string, object>
+        {
+            ["step"] = r.Step,
+            ["loss"] = r.Loss,
+            ["lr"] = r.LearningRate,
+            ["tokens_per_second"] = Math.Round(r.TokensPerSecond, 1),
+            ["elapsed_seconds"] = Math.Round(r.ElapsedSeconds, 3),
+        };
+        foreach (var (k, v) in r.Metrics ?? new Dictionary<string, double>()) d[k] = v;
+        File.AppendAllText(path, JsonSerializer.Serialize(d, MetricJson) + "\n");
+    }
 
     private static void AppendMetric(string path, EvalReport r)
     {

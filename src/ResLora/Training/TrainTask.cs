@@ -31,6 +31,16 @@ public interface ITrainTask
     EvalReport Evaluate(Trainer trainer, int step, TrainOptions options);
 }
 
+/// <summary>
+/// A task that reports more than its loss while training (preference tuning's rewards and log-probabilities, under TRL's
+/// names). The loop takes the metrics when it logs a step: each is written to metrics.jsonl and TensorBoard beside the loss.
+/// </summary>
+public interface IStepMetricsSource
+{
+    /// <summary>Each metric's mean over the micro-batches since the last call, then forgets them (empty when there were none).</summary>
+    IReadOnlyDictionary<string, double> TakeStepMetrics();
+}
+
 /// <summary>Causal language modelling: masked next-token loss, perplexity, exact-match accuracy of greedy answers.</summary>
 public sealed class CausalLmTask(
     CausalLM model,

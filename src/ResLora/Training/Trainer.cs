@@ -12,8 +12,18 @@ namespace ResLora.Training;
 /// </summary>
 public sealed record TrainBatch(Tensor InputIds, Tensor AttentionMask, Tensor Labels, Tensor? TokenTypeIds = null) : IDisposable
 {
+    /// <summary>
+    /// Rows that belong together and are never split between the ranks of a data-parallel job: 2 for preference pairs
+    /// (each pair's chosen and rejected rows side by side), 1 otherwise.
+    /// </summary>
+    public int RowGroup { get; init; } = 1;
+
+    /// <summary>Per-row float values a task's loss reads (rows, k), e.g. precomputed reference log-probabilities; null when none.</summary>
+    public Tensor? RowValues { get; init; }
+
     public void Dispose()
     {
+        RowValues?.Dispose();
         InputIds.Dispose();
         AttentionMask.Dispose();
         Labels.Dispose();
@@ -33,7 +43,11 @@ public interface ITrainBatchSource
 }
 
 /// <summary>What the trainer reports after each optimizer step.</summary>
-public sealed record StepReport(int Step, int TotalSteps, double Loss, double LearningRate, double TokensPerSecond, double ElapsedSeconds);
+public sealed record StepReport(int Step, int TotalSteps, double Loss, double LearningRate, double TokensPerSecond, double ElapsedSeconds)
+{
+    /// <summary>A task's further training metrics over the logging window (<see cref="IStepMetricsSource"/>), e.g. <c>rewards/margins</c>.</summary>
+    public IReadOnlyDictionary<string, double>? Metrics { get; init; }
+}
 
 /// <summary>What an evaluation produced; <see cref="Metrics"/> holds a task's further scores (f1, mcc, pearson, ...).</summary>
 public sealed record EvalReport(int Step, double Loss, double Perplexity, double? Accuracy, int Tokens)
@@ -208,7 +222,9 @@ public sealed class Trainer
         {
             foreach (var s in _sharded) s.BeginMicroBatch(micro);
             using var global = data.Next();
-            var (start, rows) = DataParallel.ShardRows((int)global.InputIds.shape[0], comm.Rank, comm.Size);
+            int group = global.RowGroup;
+            var (start, rows) = DataParallel.ShardRows((int)global.InputIds.shape[0] / group, comm.Rank, comm.Size);
+            (start, rows) = (start * group, rows * group);
             Tensor? loss = null;
             long n = 0;
             Array.Clear(sums);

@@ -175,12 +175,13 @@ public sealed class PreferenceDataTests : IDisposable
     }
 
     [Fact]
-    public void Collate_ChosenRowsThenRejectedRows_LabelsIgnoredExactlyOnPromptAndPadding()
+    public void Collate_EachPairsChosenThenRejectedRow_LabelsIgnoredExactlyOnPromptAndPadding()
     {
         var a = PreferenceData.Tokenize(Chars, new PreferenceExample("Q1", " yes", " no"), maxLength: 64);
         var b = PreferenceData.Tokenize(Chars, new PreferenceExample("Question2", " y", " nope!"), maxLength: 64);
         using var batch = PreferenceData.Collate(new[] { a, b }, padId: 0);
-        var rows = new[] { (a.ChosenIds, a.ChosenLabels, 3), (b.ChosenIds, b.ChosenLabels, 10), (a.RejectedIds, a.RejectedLabels, 3), (b.RejectedIds, b.RejectedLabels, 10) };
+        var rows = new[] { (a.ChosenIds, a.ChosenLabels, 3), (a.RejectedIds, a.RejectedLabels, 3), (b.ChosenIds, b.ChosenLabels, 10), (b.RejectedIds, b.RejectedLabels, 10) };
+        Assert.Equal(2, batch.RowGroup);
         int t = rows.Max(r => r.Item1.Length);
         Assert.Equal(new long[] { 4, t }, batch.InputIds.shape);
         Assert.Equal(new long[] { 4, t }, batch.Labels.shape);

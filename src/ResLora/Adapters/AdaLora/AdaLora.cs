@@ -91,7 +91,7 @@ public sealed class AdaLoraLinear : MaterializedDeltaLinear
     {
         using var scope = torch.NewDisposeScope();
         var y = BaseForward(x);
-        if (IsMerged) return scope.MoveToOuter(y);
+        if (IsMerged || AdapterSwitch.IsOff) return scope.MoveToOuter(y);
         var xa = x.to_type(lora_A.dtype);
         if (_dropout > 0 && training) xa = nn.functional.dropout(xa, _dropout, true);
         var d = nn.functional.linear(nn.functional.linear(xa, lora_A * lora_E), lora_B) * _scaling;

@@ -75,7 +75,7 @@ public sealed class Ia3Linear : nn.Module<Tensor, Tensor>, IAdapter, IFrozenBase
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        if (IsMerged) return scope.MoveToOuter(Base.Linear(x));
+        if (IsMerged || AdapterSwitch.IsOff) return scope.MoveToOuter(Base.Linear(x));
         Tensor l = ia3_l.flatten(); // (in) or (out)
         Tensor y = IsFeedforward
             ? Base.Linear(x.to_type(l.dtype).mul(l).to_type(x.dtype))

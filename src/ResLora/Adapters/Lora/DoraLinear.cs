@@ -44,7 +44,7 @@ public sealed class DoraLinear : LowRankLinear, IBaseWeightDependent
         using var scope = torch.NewDisposeScope();
         Tensor baseOut = Base.Linear(x, withBias: false); // W₀x, (..., out)
         Tensor result = bias is null ? baseOut : baseOut.add(bias);
-        if (IsMerged) return scope.MoveToOuter(result);
+        if (IsMerged || AdapterSwitch.IsOff) return scope.MoveToOuter(result);
 
         Tensor xa = x.to_type(AdapterDtype);
         Tensor baseForDora;

@@ -21,7 +21,7 @@ public sealed class LoraLinear : LowRankLinear
     {
         using var scope = torch.NewDisposeScope();
         Tensor result = BaseForward(x);
-        if (!IsMerged)
+        if (!IsMerged && !AdapterSwitch.IsOff)
         {
             Tensor lora = LoraTerms.Up(Down(x), LoraB).mul(Scaling); // (..., out)
             result = result.add(lora.to_type(result.dtype));

@@ -130,7 +130,7 @@ public sealed class MultiLoraLinear : nn.Module<Tensor, Tensor>
         List<(LoraSlot Slot, Tensor? Rows)>? mine = null;
         foreach (var (name, rows) in groups)
             if (_slots.TryGetValue(name, out var s)) (mine ??= new()).Add((s, rows));
-        if (mine is null) return nn.functional.linear(x, weight, bias);
+        if (mine is null || AdapterSwitch.IsOff) return nn.functional.linear(x, weight, bias);
 
         using var scope = torch.NewDisposeScope();
         bool dora = mine.Any(m => m.Slot.DoraScale is not null);

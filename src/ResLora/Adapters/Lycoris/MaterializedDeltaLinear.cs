@@ -49,7 +49,7 @@ public abstract class MaterializedDeltaLinear : nn.Module<Tensor, Tensor>, IAdap
     {
         using var scope = torch.NewDisposeScope();
         var y = BaseForward(x);
-        if (IsMerged) return scope.MoveToOuter(y);
+        if (IsMerged || AdapterSwitch.IsOff) return scope.MoveToOuter(y);
         // Drawn from torch's generator: seeded by --seed, and replayed by --grad-checkpoint's recompute.
         if (training && _moduleDropout > 0 && torch.rand(1).item<float>() < _moduleDropout) return scope.MoveToOuter(y);
         var d = Delta() * Scaling;

@@ -48,7 +48,7 @@ public sealed class ResLoraLinear : LowRankLinear
     {
         using var scope = torch.NewDisposeScope();
         Tensor result = BaseForward(x);
-        if (IsMerged) return scope.MoveToOuter(result);
+        if (IsMerged || AdapterSwitch.IsOff) return scope.MoveToOuter(result);
         // Outside a model forward (a standalone layer) only a chain start can run: it needs nothing from other layers.
         var ctx = _owner.Current;
         double w = _owner.ShortcutWeight;

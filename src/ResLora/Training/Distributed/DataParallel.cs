@@ -32,11 +32,17 @@ public static class DataParallel
     }
 
     /// <summary>The rows [start, start + count) of every tensor of <paramref name="batch"/> (views, no copy).</summary>
+    /// <remarks>A batch whose rows come in groups (<see cref="TrainBatch.RowGroup"/>: a preference pair's chosen and rejected
+    /// rows) is sharded by whole groups by the caller; the slice keeps the group size and the per-row values.</remarks>
     public static TrainBatch Slice(TrainBatch batch, int start, int count) => new(
         batch.InputIds.narrow(0, start, count),
         batch.AttentionMask.narrow(0, start, count),
         batch.Labels.narrow(0, start, count),
-        batch.TokenTypeIds?.narrow(0, start, count));
+        batch.TokenTypeIds?.narrow(0, start, count))
+    {
+        RowGroup = batch.RowGroup,
+        RowValues = batch.RowValues?.narrow(0, start, count),
+    };
 
     /// <summary>
     /// The factor a rank multiplies its mean loss (over its <paramref name="localItems"/> loss tokens or rows) by, so that

@@ -124,9 +124,10 @@ public static class PreferenceData
     }
 
     /// <summary>
-    /// A batch of b pairs as 2b rows, right-padded to the longest: rows 0..b−1 the chosen sequences, rows b..2b−1 the
-    /// rejected ones in the same order. Labels are −100 over each prompt and over padding; the attention mask is 0 on
-    /// padding.
+    /// A batch of b pairs as 2b rows, right-padded to the longest: each pair's chosen row, then its rejected row (rows 2i
+    /// and 2i + 1), so that a data-parallel shard of whole pairs is a contiguous block of rows
+    /// (<see cref="TrainBatch.RowGroup"/> is 2). Labels are −100 over each prompt and over padding; the attention mask is
+    /// 0 on padding.
     /// </summary>
     /// <param name="pairs">The pairs (at least one).</param>
     /// <param name="padId">The id padding carries (the tokenizer's pad id, or EOS when it has none).</param>
@@ -135,9 +136,8 @@ public static class PreferenceData
     public static TrainBatch Collate(IReadOnlyList<PreferencePair> pairs, int padId, Device? device = null)
     {
         if (pairs.Count == 0) throw new ArgumentException("a preference batch needs at least one pair.", nameof(pairs));
-        var rows = pairs.Select(p => new TokenizedExample(p.ChosenIds, p.ChosenLabels))
-            .Concat(pairs.Select(p => new TokenizedExample(p.RejectedIds, p.RejectedLabels)))
+        var rows = pairs.SelectMany(p => new[] { new TokenizedExample(p.ChosenIds, p.ChosenLabels), new TokenizedExample(p.RejectedIds, p.RejectedLabels) })
             .ToList();
-        return Tokenization.Collate(rows, padId, device);
+        return Tokenization.Collate(rows, padId, device) with { RowGroup = 2 };
     }
 }
