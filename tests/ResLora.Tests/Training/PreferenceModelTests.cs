@@ -92,8 +92,12 @@ public sealed class PreferenceModelTests
         Assert.True(MaxAbsDiff(sum, full) < 1e-5, $"sums differ by {MaxAbsDiff(sum, full)}");
         Assert.Equal(fullTokens.data<long>().ToArray(), tokens.data<long>().ToArray());
         Assert.Equal(new long[] { 6, 8, 3, 6 }, tokens.data<long>().ToArray());
+        // float32 summation order differs (per-row gradients scaled, then reduced): 1e-5 relative to the largest entry.
         for (int i = 0; i < trainable.Count; i++)
-            Assert.True(MaxAbsDiff(chunked[i], trainable[i].grad!) < 1e-5, $"gradient {i} differs by {MaxAbsDiff(chunked[i], trainable[i].grad!)}");
+        {
+            double scale = trainable[i].grad!.abs().max().item<float>();
+            Assert.True(scale > 0 && MaxAbsDiff(chunked[i], trainable[i].grad!) < 1e-5 * scale, $"gradient {i} differs by {MaxAbsDiff(chunked[i], trainable[i].grad!)} (largest {scale})");
+        }
     }
 
     [Fact]
