@@ -31,9 +31,10 @@ internal static class EvalVerb
         var pairField = new Option<string?>("--text-pair-field") { Description = "Encoders: the second text's field (default: the one the adapter was trained on)." };
         var labelField = new Option<string?>("--label-field") { Description = "Encoders: the label field (default: the one the adapter was trained on)." };
         var rt = new RuntimeOptionSet(baseBits: true);
+        var preferenceData = new Option<string?>("--preference-data") { Description = "Held-out preference pairs ({\"prompt\",\"chosen\",\"rejected\"}, TRL's formats): how often the model prefers the chosen response (log-likelihood accuracy) and, with --adapter, DPO's reward accuracy against the base model (adapter off)." };
         var tasks = new EvalTasksOptions();
         var cmd = new Command("eval", "Loss, perplexity and exact-match accuracy of a causal LM (optionally with an adapter) on a data set; with --tasks, benchmark tasks (ARC, BoolQ, PIQA, SIQA, WinoGrande by log-likelihood; GSM8K, SVAMP, ... by generate-and-extract) for one or several adapters; for a BERT-family classifier: accuracy, F1, Matthews correlation (or Pearson/Spearman for regression) and per-example predictions.");
-        foreach (var o in new Option[] { model, adapter, data, promptTemplate, completionTemplate, chatTemplate, seqLen, batch, maxNew, limit, wbits, abits, wquant, calib, predictions, textField, pairField, labelField }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, adapter, data, preferenceData, promptTemplate, completionTemplate, chatTemplate, seqLen, batch, maxNew, limit, wbits, abits, wquant, calib, predictions, textField, pairField, labelField }) cmd.Options.Add(o);
         tasks.AddTo(cmd);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>
@@ -58,7 +59,17 @@ internal static class EvalVerb
                     Runtime = rt.Read(r),
                 }, r.GetValue(predictions));
             }
-            if (r.GetValue(data) is null) throw new UserInputException("eval needs --data FILE (records to score), or --tasks NAMES (benchmark tasks; --tasks list shows them).");
+            if (r.GetValue(preferenceData) is { } prefPath)
+            {
+                if (r.GetValue(data) is not null) throw new UserInputException("--preference-data and --data are two evaluations; run eval once for each.");
+                if (Classification.IsEncoderFolder(modelDir)) throw new UserInputException("--preference-data scores a causal LM's responses; this model is an encoder.");
+                if (adapters.IsNamed) throw new UserInputException("--preference-data scores one adapter against the base model; give one --adapter DIR.");
+                var pr = PreferenceEvalPipeline.Run(modelDir, adapters.Single, prefPath, new DataTemplates { ChatTemplate = r.GetValue(chatTemplate) }, r.GetValue(seqLen), r.GetValue(batch), rt.Read(r), w => Console.Error.WriteLine($"warning: {w}"));
+                string reward = pr.RewardAccuracy is { } ra ? string.Create(CultureInfo.InvariantCulture, $", reward accuracy {ra:P1} (margin {pr.MeanRewardMargin:0.000} over the base model)") : "";
+                Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"pairs {pr.Pairs}: log-likelihood accuracy {pr.LikelihoodAccuracy:P1}{reward}; mean log-probability chosen {pr.MeanLogpChosen:0.000}, rejected {pr.MeanLogpRejected:0.000}"));
+                return 0;
+            }
+            if (r.GetValue(data) is null) throw new UserInputException("eval needs --data FILE (records to score), --preference-data FILE (preference pairs), or --tasks NAMES (benchmark tasks; --tasks list shows them).");
             if (Classification.IsEncoderFolder(modelDir))
             {
                 RuntimeOptionSet.RefuseBaseBits(rt.Read(r), modelDir);

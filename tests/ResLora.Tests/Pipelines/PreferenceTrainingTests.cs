@@ -67,6 +67,17 @@ public sealed class PreferenceTrainingTests : IDisposable
         Assert.Equal(summary.FinalEvalAccuracy!.Value, eval.GetProperty("eval_rewards/accuracies").GetDouble(), 9);
         Assert.True(eval.GetProperty("eval_rewards/margins").GetDouble() > 0);
         Assert.Contains("\"objective\": \"dpo\"", File.ReadAllText(Path.Combine(outDir, TrainingDataRecord.FileName)));
+
+        // eval --preference-data on pairs never trained on: the adapter against the base model, then the base alone.
+        string heldOut = Pairs(Path.Combine(_dir, "heldout.jsonl"), 40, 77);
+        var (rc, output, err) = Run("eval", "--model", model, "--adapter", outDir, "--preference-data", heldOut);
+        Assert.True(rc == 0, err);
+        var m = System.Text.RegularExpressions.Regex.Match(output, @"pairs 40: log-likelihood accuracy [0-9.]+ ?%, reward accuracy ([0-9.]+) ?%");
+        Assert.True(m.Success, output);
+        Assert.True(double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) >= 90, output);
+        (rc, output, err) = Run("eval", "--model", model, "--preference-data", heldOut);
+        Assert.True(rc == 0, err);
+        Assert.Matches(@"^pairs 40: log-likelihood accuracy [0-9.]+ ?%; mean log-probability chosen", output);
     }
 
     [Fact]
