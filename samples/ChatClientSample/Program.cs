@@ -30,7 +30,7 @@ try
     Console.WriteLine($"{meta.ProviderName}: {meta.DefaultModelId}");
 
     List<ChatMessage> history = [new(ChatRole.System, "Be brief."), new(ChatRole.User, "Tell me a story.")];
-    var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 16 };
+    var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 8 };
     ChatResponse answer = await chat.GetResponseAsync(history, options);
     Console.WriteLine($"[{answer.ModelId}] {answer.Text} ({answer.Usage?.OutputTokenCount} tokens, {answer.FinishReason})");
     history.AddMessages(answer);
@@ -40,7 +40,7 @@ try
     foreach (var (name, _) in adapters.Prepend(new("", "")))
     {
         Console.Write($"[{(name.Length == 0 ? "base" : name)}] ");
-        await foreach (var update in chat.GetStreamingResponseAsync(history, new ChatOptions { ModelId = name.Length == 0 ? null : name, Temperature = 0.7f, Seed = 1, MaxOutputTokens = 16 }))
+        await foreach (var update in chat.GetStreamingResponseAsync(history, new ChatOptions { ModelId = name.Length == 0 ? null : name, Temperature = 0.7f, Seed = 1, MaxOutputTokens = 8 }))
             Console.Write(update.Text);
         Console.WriteLine();
     }
