@@ -17,9 +17,10 @@ internal static class BenchMemoryVerb
     {
         var steps = new Option<int>("--steps") { Description = "Training steps per contender.", DefaultValueFactory = _ => 30 };
         var quick = new Option<bool>("--quick") { Description = "Tiny shapes." };
-        var methods = new Option<string>("--methods") { Description = "Contenders (full = full fine-tuning).", DefaultValueFactory = _ => "lora,full" };
-        var cmd = new Command("memory", "Peak RSS and live tensors of adapter training versus full fine-tuning, each in its own process.");
-        foreach (var o in new Option[] { steps, quick, methods }) cmd.Options.Add(o);
+        var methods = new Option<string>("--methods") { Description = "Contenders (full = full fine-tuning; METHOD+dpo, +ipo, +orpo or +simpo = preference steps at the same sequences per batch, e.g. lora,lora+dpo).", DefaultValueFactory = _ => "lora,full" };
+        var large = new Option<bool>("--large") { Description = "A wide model with a Qwen2.5-sized vocabulary (hidden 896, 4 layers, vocab 151,936, 8 × 256 tokens): where the LM head's logits would dominate." };
+        var cmd = new Command("memory", "Peak RSS and live tensors of adapter training versus full fine-tuning (or versus preference steps), each in its own process.");
+        foreach (var o in new Option[] { steps, quick, large, methods }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             int n = r.GetValue(steps);
@@ -29,13 +30,15 @@ internal static class BenchMemoryVerb
             {
                 var args = new List<string> { "bench", "memory-worker", "--method", m, "--steps", n.ToString(CultureInfo.InvariantCulture) };
                 if (q) args.Add("--quick");
+                if (r.GetValue(large)) args.Add("--large");
                 rows.Add(RunSelf(args));
             }
-            Console.Out.WriteLine("| contender | trainable params | peak RSS (MiB) | live tensors after step 1 | after last step |");
-            Console.Out.WriteLine("|---|---|---|---|---|");
+            long baseline = rows[0].GetProperty("peak_rss").GetInt64();
+            Console.Out.WriteLine($"| contender | trainable params | peak RSS (MiB) | × {rows[0].GetProperty("method").GetString()} | live tensors after step 1 | after last step |");
+            Console.Out.WriteLine("|---|---|---|---|---|---|");
             foreach (var x in rows)
                 Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {x.GetProperty("method").GetString()} | {x.GetProperty("trainable").GetInt64():N0} | {x.GetProperty("peak_rss").GetInt64() / 1048576.0:0} | {x.GetProperty("live_first").GetInt64()} | {x.GetProperty("live_last").GetInt64()} |"));
+                    $"| {x.GetProperty("method").GetString()} | {x.GetProperty("trainable").GetInt64():N0} | {x.GetProperty("peak_rss").GetInt64() / 1048576.0:0} | {x.GetProperty("peak_rss").GetInt64() / (double)baseline:0.00} | {x.GetProperty("live_first").GetInt64()} | {x.GetProperty("live_last").GetInt64()} |"));
             return 0;
         }));
         return cmd;
@@ -47,14 +50,18 @@ internal static class BenchMemoryVerb
         var method = new Option<string>("--method") { Required = true };
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 30 };
         var quick = new Option<bool>("--quick");
+        var large = new Option<bool>("--large");
         var cmd = new Command("memory-worker", "(internal) one contender of bench memory.") { Hidden = true };
-        foreach (var o in new Option[] { method, steps, quick }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { method, steps, quick, large }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             torch.set_num_threads(1);
             string m = r.GetValue(method)!;
-            var shape = r.GetValue(quick) ? BenchShape.Quick : new BenchShape();
-            var (trainable, first, last) = Benchmarks.MemoryRun(shape, m == "full" ? null : BenchVerb.SpecFor(m), r.GetValue(steps));
+            var shape = r.GetValue(quick) ? BenchShape.Quick : r.GetValue(large) ? BenchShape.Large : new BenchShape();
+            int plus = m.LastIndexOf('+');
+            var objective = plus > 0 ? Training.Preference.PreferenceOptions.Parse(m[(plus + 1)..]) : null;
+            string adapterMethod = plus > 0 ? m[..plus] : m;
+            var (trainable, first, last) = Benchmarks.MemoryRun(shape, adapterMethod == "full" ? null : BenchVerb.SpecFor(adapterMethod), r.GetValue(steps), objective: objective);
             Console.Out.WriteLine(JsonSerializer.Serialize(new { method = m, trainable, live_first = first, live_last = last, peak_rss = Process.GetCurrentProcess().PeakWorkingSet64 }));
             return 0;
         }));

@@ -17,7 +17,7 @@ internal static class DemoVerb
         var steps = new Option<int?>("--steps") { Description = "Fine-tuning steps per run (default 200; quick 30)." };
         var seed = new Option<long?>("--seed") { Description = "Seed of the fine-tuning runs and the task split (default 7); the base model is shared." };
         var threads = new Option<int>("--threads") { Description = "Torch threads (0 = libtorch's default).", DefaultValueFactory = _ => 0 };
-        var task = new Option<string>("--task") { Description = "all: the causal-LM story, then (outside --quick) a real pretrained encoder (MiniLM) classifying sentences with LoRA vs ResLoRA, merged; lm or nlu: one part only.", DefaultValueFactory = _ => "all" };
+        var task = new Option<string>("--task") { Description = "all: the causal-LM story, DPO on its LoRA and ResLoRA adapters (preference pairs from the same problems), then (outside --quick) a real pretrained encoder (MiniLM) classifying sentences with LoRA vs ResLoRA, merged; lm, preference (lm, then DPO) or nlu: those parts only.", DefaultValueFactory = _ => "all" };
         var nluSteps = new Option<int>("--nlu-steps") { Description = "Fine-tuning steps of each NLU run.", DefaultValueFactory = _ => 60 };
         var sweep = new Option<bool>("--sweep") { Description = "Also run every method at two larger step sizes (lr 6e-3, alpha 16 and lr 3e-3, alpha 32) and report each method's best setting (three times the fine-tuning runs)." };
         var cmd = new Command("demo", "The whole story on an embedded default: pre-train a small model (once, cached), fine-tune it with every method on held-out problems, compare, plot, merge and generate.");
@@ -39,16 +39,24 @@ internal static class DemoVerb
             };
             if (o.Steps < 1) throw new UserInputException($"--steps must be at least 1, got {o.Steps}.");
             string part = r.GetValue(task)!.Trim().ToLowerInvariant();
-            if (part is not ("all" or "lm" or "nlu")) throw new UserInputException($"--task '{part}' is not known; use all, lm or nlu.");
+            if (part is not ("all" or "lm" or "preference" or "nlu")) throw new UserInputException($"--task '{part}' is not known; use all, lm, preference or nlu.");
             if (part == "nlu" && r.GetValue(quick)) throw new UserInputException("--task nlu has no --quick form (it fine-tunes a real 22 M-parameter encoder); drop --quick.");
             var parts = Parts(part, r.GetValue(quick));
             DemoResult? lm = null;
             DemoNluResult? nlu = null;
+            DemoPreferenceResult? pref = null;
             if (parts.Contains("lm"))
             {
                 if (parts.Count > 1) Console.Error.WriteLine($"part 1 of {parts.Count}: a small language model learns multiplication word problems");
                 lm = DemoProgressDisplay.Run(p => DemoRunner.Run(o, new MessageLog(), p));
                 Print(lm);
+            }
+            if (parts.Contains("preference"))
+            {
+                Console.Error.WriteLine($"part {parts.ToList().IndexOf("preference") + 1} of {parts.Count}: DPO aligns the fine-tuned adapters with preference pairs (right answer chosen, a near miss rejected)");
+                var clock = System.Diagnostics.Stopwatch.StartNew();
+                pref = DemoPreference.Run(lm!, o, m => Console.Error.WriteLine($"[demo preference {clock.Elapsed.TotalSeconds:0} s] {m}"));
+                PrintPreference(pref);
             }
             if (parts.Contains("nlu"))
             {
@@ -58,7 +66,7 @@ internal static class DemoVerb
                 nlu = DemoNlu.Run(outDir, o.CacheRoot ?? DemoBaseModel.DefaultCacheRoot(), r.GetValue(nluSteps), m => Console.Error.WriteLine($"[demo nlu {clock.Elapsed.TotalSeconds:0} s] {m}"));
                 PrintNlu(nlu);
             }
-            PrintSummary(lm, nlu, r.GetValue(quick));
+            PrintSummary(lm, pref, nlu, r.GetValue(quick));
             return 0;
         }));
         return cmd;
@@ -100,7 +108,7 @@ internal static class DemoVerb
     }
 
     /// <summary>
-    /// The parts a demo invocation runs: lm and/or nlu. <c>all</c> runs both outside <c>--quick</c>; the NLU part needs the
+    /// The parts a demo invocation runs: lm, preference (DPO on lm's adapters) and/or nlu. <c>all</c> runs them all (nlu only outside <c>--quick</c>); the NLU part needs the
     /// MiniLM assembly (<see cref="MiniLmAssets.AssemblyPath"/>: beside the CLI, or in the NuGet cache), and without it
     /// <c>all</c> refuses at once with the reason rather than skipping a promised part after the LM part's minutes.
     /// </summary>
@@ -108,6 +116,7 @@ internal static class DemoVerb
     {
         var parts = new List<string>();
         if (task != "nlu") parts.Add("lm");
+        if (task is "all" or "preference") parts.Add("preference");
         if (task == "nlu" || (task == "all" && !quick))
         {
             if (MiniLmAssets.AssemblyPath() is null) throw new UserInputException(string.Format(CultureInfo.InvariantCulture, MiniLmAssets.MissingMessage, AppContext.BaseDirectory) + (task == "all" ? " Or run only the language-model part with --task lm." : ""));
@@ -117,7 +126,17 @@ internal static class DemoVerb
     }
 
     /// <summary>The ten-second summary: what fine-tuning did, which method won, what the merged model answers.</summary>
-    private static void PrintSummary(DemoResult? lm, DemoNluResult? nlu, bool quick)
+    private static void PrintPreference(DemoPreferenceResult r)
+    {
+        Console.Out.WriteLine();
+        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"DPO from each fine-tuned adapter ({r.TrainPairs} pairs, {r.Steps} steps, β {DemoPreference.Beta}, lr {DemoPreference.Lr}; the SFT model is the reference): held-out pairs whose right answer is the more likely one"));
+        var t = new Table().AddColumns("method", "SFT", "after DPO", "reward accuracy", "reward margin");
+        foreach (var row in r.Rows) t.AddRow(row.Label, F(row.SftAccuracy, "P0"), F(row.DpoAccuracy, "P0"), F(row.RewardAccuracy, "P0"), F(row.Margin, "0.000"));
+        CliConsole.Out().Write(t);
+        Console.Out.WriteLine($"pairs: {r.TrainPath} (train), {r.EvalPath} (held out); e.g. reslora train --objective dpo --data {r.TrainPath} --init-adapter <an SFT adapter> ...");
+    }
+
+    private static void PrintSummary(DemoResult? lm, DemoPreferenceResult? pref, DemoNluResult? nlu, bool quick)
     {
         var lines = new List<string>();
         if (quick) lines.Add("--quick: a tiny model and 30 steps show that every stage runs, not that fine-tuning works; without --quick the methods reach 80-90 % held-out accuracy (docs/benchmarks.md).");
@@ -130,6 +149,8 @@ internal static class DemoVerb
             if (faster is not null) lines.Add(string.Create(CultureInfo.InvariantCulture, $"{faster.Label} reached LoRA's final training loss at step {faster.StepsToLoraFinal} of {faster.Default.Summary.Steps}."));
             lines.Add(string.Create(CultureInfo.InvariantCulture, $"the merged {lm.MergedLabel} model (no adapter at inference) answered {lm.Answers.Count(a => a.Correct)} of {lm.Answers.Count} held-out questions right; it differs from the unmerged model by KL {(lm.Merge.HeldOut is { } h ? F(h.MeanKl, "0.##e0") : "-")} on held-out text."));
         }
+        if (pref is not null)
+            lines.Add("DPO on preference pairs moved held-out preference accuracy " + string.Join(", ", pref.Rows.Select(x => string.Create(CultureInfo.InvariantCulture, $"{x.Label} {F(x.SftAccuracy, "P0")} → {F(x.DpoAccuracy, "P0")}"))) + ".");
         if (nlu is not null)
         {
             var last = nlu.Runs.GroupBy(x => x.Label).Select(g => (g.Key, Acc: g.Average(x => x.Curve[^1].Accuracy), Merged: g.Average(x => x.MergedAccuracy))).ToList();

@@ -19,6 +19,9 @@ public sealed record BenchShape
 
     public static BenchShape Quick => new() { Hidden = 64, Layers = 2, Intermediate = 172, Vocab = 128, SeqLen = 32, Batch = 4 };
 
+    /// <summary>Qwen2.5-0.5B's width and vocabulary on 4 layers: the LM head is most of the work and of the logits.</summary>
+    public static BenchShape Large => new() { Hidden = 896, Layers = 4, Heads = 14, KvHeads = 2, Intermediate = 4864, Vocab = 151_936, SeqLen = 256, Batch = 8 };
+
     public ModelConfig ToConfig() => new()
     {
         VocabSize = Vocab,
@@ -166,8 +169,16 @@ public static class Benchmarks
     }
 
     /// <summary>Trains one contender for <paramref name="steps"/> steps; returns trainable parameters and live tensor counts after the first and last step.</summary>
-    public static (long Trainable, long LiveFirst, long LiveLast) MemoryRun(BenchShape shape, MethodSpec? spec, int steps, long seed = 1)
+    /// <remarks>
+    /// With <paramref name="objective"/> the steps are preference steps over random pairs: shape.Batch / 2 pairs per batch,
+    /// so the forward holds the same shape.Batch sequences as a supervised step (each response all but its first token),
+    /// DPO/IPO with the reference computed per step by the same model with its adapters off.
+    /// </remarks>
+    public static (long Trainable, long LiveFirst, long LiveLast) MemoryRun(BenchShape shape, MethodSpec? spec, int steps, long seed = 1,
+        Training.Preference.PreferenceObjective? objective = null)
     {
+        if (objective is not null && (spec is null || shape.Batch < 2))
+            throw new UserInputException("a preference contender needs an adapter method (its reference is the model with the adapters off) and a batch of at least 2 sequences.");
         var cfg = shape.ToConfig();
         using var gen = new torch.Generator((ulong)seed);
         var setup = spec is null ? null : AdapterMethods.Build(spec);
@@ -175,9 +186,24 @@ public static class Benchmarks
         model.InitializeWeights(seed);
         if (spec is not null) AdapterModel.FreezeAllButAdapters(model);
         var found = AdapterModel.CollectCapabilities(model, (setup?.TrainingExtras?.Invoke(model) ?? Array.Empty<object>()).ToArray());
-        var trainer = new Trainer(model, new TrainOptions { Steps = steps, BatchSize = shape.Batch, LearningRate = 1e-4 }, found.ExtraLossTerms.Cast<object>().Concat(found.StepHooks));
+        var caps = found.ExtraLossTerms.Cast<object>().Concat(found.StepHooks);
+        Trainer trainer;
+        ITrainBatchSource data;
+        if (objective is { } obj)
+        {
+            var o = new Training.Preference.PreferenceOptions { Objective = obj };
+            var task = new Training.Preference.PreferenceTask(model, RandomPairs(shape, seed), Array.Empty<Training.Preference.PreferencePair>(), 0, o,
+                o.NeedsReference ? Training.Preference.PreferenceReference.AdapterOff(model) : null);
+            var options = new TrainOptions { Steps = steps, BatchSize = shape.Batch / 2, LearningRate = 1e-4 };
+            trainer = new Trainer(model, task.Forward, options, caps, task.Loss);
+            data = task.CreateBatchSource(options);
+        }
+        else
+        {
+            trainer = new Trainer(model, new TrainOptions { Steps = steps, BatchSize = shape.Batch, LearningRate = 1e-4 }, caps);
+            data = new RandomBatches(shape, seed);
+        }
         using var opt = trainer.CreateOptimizer();
-        var data = new RandomBatches(shape, seed);
         long first = 0;
         for (int s = 1; s <= steps; s++)
         {
@@ -199,6 +225,20 @@ public static class Benchmarks
         if (xs.Count == 0) return double.NaN;
         var s = xs.OrderBy(x => x).ToArray();
         return s.Length % 2 == 1 ? s[s.Length / 2] : 0.5 * (s[s.Length / 2 - 1] + s[s.Length / 2]);
+    }
+
+    /// <summary>Eight batches' worth of seeded random pairs of shape.SeqLen tokens: a one-token prompt and two different responses.</summary>
+    private static List<Training.Preference.PreferencePair> RandomPairs(BenchShape shape, long seed)
+    {
+        var r = new Random((int)seed);
+        int[] Row(int first) => Enumerable.Range(0, shape.SeqLen).Select(i => i == 0 ? first : r.Next(3, shape.Vocab)).ToArray();
+        int[] Labels(int[] ids) => ids.Select((t, i) => i == 0 ? -100 : t).ToArray();
+        return Enumerable.Range(0, 8 * Math.Max(1, shape.Batch / 2)).Select(_ =>
+        {
+            int p = r.Next(3, shape.Vocab);
+            var (c, j) = (Row(p), Row(p));
+            return new Training.Preference.PreferencePair(new[] { p }, c, Labels(c), j, Labels(j));
+        }).ToList();
     }
 
     /// <summary>Seeded random token batches of the benchmark shape (every position carries loss).</summary>

@@ -34,6 +34,8 @@ internal sealed class PreferenceFineTune(FineTuneRequest req) : CausalLmFineTune
         if (req.Pack) throw new UserInputException($"--pack joins SFT examples into full sequences; preference pairs are scored one pair at a time. Drop --pack for --objective {_o.ObjectiveName}.");
         if (req.TrainOnPrompt) throw new UserInputException($"--train-on-prompt scores prompt tokens in SFT; a preference loss compares the responses only. Drop it for --objective {_o.ObjectiveName}.");
         if (req.SeqLen is < 2) throw new UserInputException($"--seq-len must be at least 2, got {req.SeqLen}.");
+        if (req.Templates.PromptTemplate is not null || req.Templates.CompletionTemplate is not null)
+            throw new UserInputException($"--prompt-template and --completion-template build SFT examples; preference pairs are read from their prompt/chosen/rejected fields (docs/preference-data.md). Drop them for --objective {_o.ObjectiveName}.");
         var chat = req.Templates.ForModel(req.ModelDir).Chat;
         var all = PreferenceRecords.Load(req.DataPath, chat);
         if (req.EvalDataPath is { } evalPath) (_trainPairs, _evalPairs) = (all, PreferenceRecords.Load(evalPath, chat));

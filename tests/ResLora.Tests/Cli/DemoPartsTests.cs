@@ -24,10 +24,11 @@ public sealed class DemoPartsTests
     {
         // The test output folder is a source build of the CLI's dependencies: the build copied the assembly here.
         Assert.True(File.Exists(Path.Combine(AppContext.BaseDirectory, MiniLmAssets.AssemblyFile)));
-        Assert.Equal(new[] { "lm", "nlu" }, DemoVerb.Parts("all", quick: false));
-        Assert.Equal(new[] { "lm" }, DemoVerb.Parts("all", quick: true));
+        Assert.Equal(new[] { "lm", "preference", "nlu" }, DemoVerb.Parts("all", quick: false));
+        Assert.Equal(new[] { "lm", "preference" }, DemoVerb.Parts("all", quick: true));
         Assert.Equal(new[] { "nlu" }, DemoVerb.Parts("nlu", quick: false));
         Assert.Equal(new[] { "lm" }, DemoVerb.Parts("lm", quick: false));
+        Assert.Equal(new[] { "lm", "preference" }, DemoVerb.Parts("preference", quick: true));
     }
 
     [Theory]

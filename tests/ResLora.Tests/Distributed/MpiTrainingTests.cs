@@ -79,6 +79,29 @@ public sealed class MpiTrainingTests : IDisposable
     }
 
     [MpiFact]
+    public void Dpo_TwoRanks_EqualOneProcess_PairsStayWhole()
+    {
+        string model = CliHarness.ModelFolder(Path.Combine(_dir, "model"));
+        string data = Path.Combine(_dir, "pairs.jsonl");
+        File.WriteAllLines(data, Enumerable.Range(0, 24).Select(i => JsonSerializer.Serialize(new { prompt = $"{i} times 3 is", chosen = $" {3 * i}", rejected = $" {3 * i + 1 + i % 5}" })));
+        string[] Args(string outDir) => new[] { "--model", model, "--data", data, "--out", outDir, "--steps", "6", "--batch-size", "6", "--lr", "3e-3",
+            "--log-every", "1", "--eval-fraction", "0", "--threads", "1", "--objective", "dpo", "--method", "lora", "--targets", "all-linear" };
+        string one = Path.Combine(_dir, "dpo-1"), two = Path.Combine(_dir, "dpo-2");
+        var (rc1, out1, err1) = CliHarness.Run(new[] { "train" }.Concat(Args(one)).ToArray());
+        Assert.True(rc1 == 0, out1 + err1);
+        // 6 pairs over 2 ranks: 3 whole pairs (6 rows) each; splitting rows would pair chosen with another pair's rejected.
+        var (rc2, out2) = MpiHarness.Train(2, Args(two));
+        Assert.True(rc2 == 0, out2);
+        var (l1, l2) = (MpiHarness.Losses(one), MpiHarness.Losses(two));
+        Assert.Equal(6, l1.Count);
+        Assert.True(l1.Values.Last() < l1.Values.First() - 0.01, "the DPO loss must move for the comparison to mean something");
+        foreach (var (step, loss) in l1) MpiHarness.Close(loss, l2[step], Rel, Abs, $"dpo loss at step {step}");
+        var (a1, a2) = (MpiHarness.AdapterTensors(one), MpiHarness.AdapterTensors(two));
+        foreach (var (key, v1) in a1)
+            for (int i = 0; i < v1.Length; i++) MpiHarness.Close(v1[i], a2[key][i], 1e-3, 1e-5, $"dpo {key}[{i}]");
+    }
+
+    [MpiFact]
     public void KilledRank_EndsTheJobWithinSeconds_AndOneProcessResumesTheSameCurve()
     {
         var (model, data) = Fixture(64);
