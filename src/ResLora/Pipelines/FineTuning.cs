@@ -178,6 +178,9 @@ public static class FineTuning
         foreach (var (name, value) in fields)
             if (name is not ("base_model_name_or_path" or "revision"))
                 run[$"adapter_config.json {name}"] = value?.ToJsonString() ?? "null";
+        // Not in adapter_config.json, but a resume recomputes LoftQ's base from it: it must not change.
+        if (config is LowRankConfigBase { InitLoraWeights.Kind: LoraInitKind.Loftq } lr)
+            run["--loftq-iter"] = lr.LoftqIter.ToString(System.Globalization.CultureInfo.InvariantCulture);
         return run;
     }
 }

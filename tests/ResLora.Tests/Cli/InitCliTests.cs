@@ -21,8 +21,9 @@ public sealed class InitCliTests : IDisposable
     private string Data() => File.Exists(Path.Combine(_dir, "train.jsonl")) ? Path.Combine(_dir, "train.jsonl") : CliHarness.Data(Path.Combine(_dir, "train.jsonl"), 24, 1);
 
     private (int Rc, string Out, string Err) Train(string outName, params string[] extra) =>
-        CliHarness.Run(new[] { "train", "--model", Model(), "--data", Data(), "--steps", "3", "--batch-size", "4", "--lr", "3e-3", "--eval-generate", "0", "--alpha", "4", "--out", Path.Combine(_dir, outName), "--threads", "1" }
-            .Concat(CliHarness.Templates).Concat(extra.Contains("--rank") ? extra : extra.Concat(new[] { "--rank", "2" })).ToArray());
+        CliHarness.Run(new[] { "train", "--model", Model(), "--data", Data(), "--batch-size", "4", "--lr", "3e-3", "--eval-generate", "0", "--alpha", "4", "--out", Path.Combine(_dir, outName), "--threads", "1" }
+            .Concat(CliHarness.Templates).Concat(extra).Concat(extra.Contains("--rank") ? Array.Empty<string>() : new[] { "--rank", "2" })
+            .Concat(extra.Contains("--steps") ? Array.Empty<string>() : new[] { "--steps", "3" }).ToArray());
 
     private static JsonNode Config(string dir) => JsonNode.Parse(File.ReadAllText(Path.Combine(dir, AdapterFolder.ConfigFileName)))!;
 
@@ -48,6 +49,16 @@ public sealed class InitCliTests : IDisposable
         var resumed = Train(init, extra.Concat(new[] { "--init", init, "--resume" }).ToArray());
         Assert.True(resumed.Rc == 0, resumed.Err);
         Assert.Equal(before, File.ReadAllBytes(Path.Combine(adapter, AdapterFolder.WeightsFileName)));
+    }
+
+    [Fact]
+    public void Resume_WithAnotherLoftqIter_IsRefused()
+    {
+        var first = Train("lq", "--init", "loftq", "--base-bits", "4", "--steps", "6", "--save-every", "2");
+        Assert.True(first.Rc == 0, first.Err);
+        var resumed = Train("lq", "--init", "loftq", "--base-bits", "4", "--loftq-iter", "3", "--steps", "6", "--resume");
+        Assert.Equal(2, resumed.Rc);
+        Assert.Contains("--loftq-iter 3", resumed.Err);
     }
 
     [Fact]
