@@ -35,7 +35,11 @@ public sealed class LoraInitConversionTests : IDisposable
     {
         var config = new LoraConfig
         {
-            R = 3, LoraAlpha = 6, UseDora = dora, UseRslora = rslora, InitLoraWeights = LoraInit.Parse(init)!.Value,
+            R = 3,
+            LoraAlpha = 6,
+            UseDora = dora,
+            UseRslora = rslora,
+            InitLoraWeights = LoraInit.Parse(init)!.Value,
             TargetModules = ModuleTargets.List("q_proj", "v_proj", "down_proj"),
         };
         using var trained = TinyModels.Build(TinyModels.Config(), seed: 4, factory: new AdapterPlan(config, new Generator(5)));
@@ -77,8 +81,12 @@ public sealed class LoraInitConversionTests : IDisposable
     {
         var c = new LoraConfig
         {
-            R = 4, LoraAlpha = 8, InitLoraWeights = LoraInit.Olora, TargetModules = ModuleTargets.AllLinear,
-            RankPattern = new() { ["q_proj"] = 2 }, AlphaPattern = new() { ["q_proj"] = 3 },
+            R = 4,
+            LoraAlpha = 8,
+            InitLoraWeights = LoraInit.Olora,
+            TargetModules = ModuleTargets.AllLinear,
+            RankPattern = new() { ["q_proj"] = 2 },
+            AlphaPattern = new() { ["q_proj"] = 3 },
         };
         var converted = Assert.IsType<LoraConfig>(MutatedInitConversion.ConvertConfig(c));
         Assert.Equal((8, 16.0, 4, 6.0, LoraInit.Default), (converted.R, converted.LoraAlpha, converted.RankPattern["q_proj"], converted.AlphaPattern["q_proj"], converted.InitLoraWeights));
