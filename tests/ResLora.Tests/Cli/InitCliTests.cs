@@ -31,6 +31,8 @@ public sealed class InitCliTests : IDisposable
     [InlineData("pissa", new string[0])]
     [InlineData("olora", new string[0])]
     [InlineData("loftq", new[] { "--base-bits", "4", "--loftq-iter", "2" })]
+    [InlineData("pissa", new[] { "--method", "reflora", "--refactor-warmup", "1" })]
+    [InlineData("olora", new[] { "--method", "dora" })]
     public void Init_SavesALoraOfTheOriginalBase_AndResumesFromTheTrainedPair(string init, string[] extra)
     {
         var (rc, _, err) = Train(init, extra.Concat(new[] { "--init", init }).ToArray());
