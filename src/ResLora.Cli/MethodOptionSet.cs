@@ -21,11 +21,13 @@ internal sealed class MethodOptionSet
     public Option<string?> LayersToTransform { get; } = new("--layers-to-transform") { Description = "Decoder layers that get adapters, e.g. 0,2 or 0-3 (PEFT's layers_to_transform; default: all). Not with a regex --targets." };
     public Option<string?> LayersPattern { get; } = new("--layers-pattern") { Description = "With --layers-to-transform: the module list the layer index follows (PEFT's layers_pattern), e.g. layers for model.layers.N; written to adapter_config.json." };
     public Option<string?> ModulesToSave { get; } = new("--modules-to-save") { Description = "Causal LMs: modules trained fully and saved with the adapter, e.g. lm_head or embed_tokens (PEFT's modules_to_save); applied on load, merge and generate." };
+    public Option<string?> Init { get; } = new("--init") { Description = "LoRA-family init (PEFT's init_lora_weights): default, gaussian, pissa, pissa_niter_K (randomized SVD, K iterations), olora, loftq (needs --base-bits 4). PiSSA/OLoRA/LoftQ leave a residual in the base; the saved adapter is converted to apply to the original base (rank 2r)." };
+    public Option<int> LoftqIter { get; } = new("--loftq-iter") { Description = "With --init loftq: alternating 4-bit quantization/SVD steps (PEFT's loftq_iter).", DefaultValueFactory = _ => 1 };
     public Option<string?> Refactor { get; } = new("--refactor") { Description = "RefLoRA's refactoring (full or scalar) on top of any method with low-rank pairs, e.g. --method reslora-bs --refactor full." };
 
     public void AddTo(Command cmd)
     {
-        foreach (var o in new Option[] { Method, Rank, Alpha, Dropout, Targets, Exclude, LayersToTransform, LayersPattern, ModulesToSave, Rslora, Refactor }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { Method, Rank, Alpha, Dropout, Targets, Exclude, LayersToTransform, LayersPattern, ModulesToSave, Rslora, Init, LoftqIter, Refactor }) cmd.Options.Add(o);
         foreach (var (_, o) in _flags) cmd.Options.Add(o);
     }
 
@@ -44,6 +46,8 @@ internal sealed class MethodOptionSet
             Targets = r.GetValue(Targets) is { } t ? ModuleTargets.FromCommandLine(t, "--targets") : defaultTargets ?? ModuleTargets.List("q_proj", "v_proj"),
             Exclude = r.GetValue(Exclude) is { } e ? ModuleTargets.FromCommandLine(e, "--exclude") : null,
             UseRslora = r.GetValue(Rslora),
+            Init = r.GetValue(Init) is { } init ? LoraInit.Parse(init) ?? throw new UserInputException($"--init '{init}': use one of {LoraInit.Accepted}.") : LoraInit.Default,
+            LoftqIter = r.GetValue(LoftqIter),
             Refactor = r.GetValue(Refactor) is { } rf ? new RefLoraOptions(rf.Trim().ToLowerInvariant()) : null,
             LayersToTransform = r.GetValue(LayersToTransform) is { } lt ? ParseLayers(lt) : null,
             LayersPattern = r.GetValue(LayersPattern) is { } lp ? lp.Trim() : null,
@@ -55,6 +59,8 @@ internal sealed class MethodOptionSet
             throw new UserInputException("--layers-pattern only says where --layers-to-transform's indices are; add --layers-to-transform (e.g. 0,2) or drop --layers-pattern.");
         if (spec.LayersToTransform is not null && spec.Targets is { Names: null, IsAllLinear: false })
             throw new UserInputException("--layers-to-transform cannot be combined with a regex --targets (PEFT refuses layers_to_transform with a string target_modules); list module names (e.g. q_proj,v_proj) or put the layer numbers into the regex.");
+        if (r.GetResult(LoftqIter) is { Implicit: false } && spec.Init.Kind != LoraInitKind.Loftq)
+            throw new UserInputException("--loftq-iter sets LoftQ's alternating steps; add --init loftq (with --base-bits 4) or drop --loftq-iter.");
         var given = _flags.Where(f => r.GetResult(f.Option) is { Implicit: false }).Select(f => (f.Flag, Value(r, f.Option))).ToList();
         return AdapterMethods.ApplyFlags(spec, given);
     }

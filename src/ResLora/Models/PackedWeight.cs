@@ -51,12 +51,20 @@ public abstract class PackedWeight : nn.Module
     /// <summary>Bytes of the packed storage (every buffer).</summary>
     public long StoredBytes => buffers().Sum(b => b.NumberOfElements * b.ElementSize);
 
+    /// <summary>
+    /// Replaces the full-precision W (out, in) before it is packed, returning a new tensor: an adapter init that reads W and
+    /// leaves a residual in the base (PiSSA, OLoRA, LoftQ) must see W itself, not its quantized copy. Null = pack W as given.
+    /// </summary>
+    internal Func<Tensor, Tensor>? BeforePack { get; set; }
+
     /// <summary>Quantizes <paramref name="w"/> (out, in), any float dtype, into this storage, row block by row block.</summary>
     public void Pack(Tensor w)
     {
         if (w.ndim != 2 || w.shape[0] != OutFeatures || w.shape[1] != InFeatures)
             throw new UserInputException($"cannot pack a tensor of shape [{string.Join(", ", w.shape)}] into a ({OutFeatures}, {InFeatures}) {Format} weight.");
         using var _ = torch.no_grad();
+        using var replaced = BeforePack?.Invoke(w);
+        if (replaced is not null) w = replaced;
         foreach (var (start, count) in RowBlocks())
         {
             using var scope = torch.NewDisposeScope();

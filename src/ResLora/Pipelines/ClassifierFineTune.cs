@@ -116,8 +116,12 @@ internal sealed class ClassifierFineTune(FineTuneRequest req) : FineTuneTask(req
     public override AdapterConfigBase Snapshot(AdapterConfigBase snapshot, AdapterConfigBase config) =>
         snapshot with { TaskType = config.TaskType, ModulesToSave = config.ModulesToSave, BaseModelNameOrPath = config.BaseModelNameOrPath };
 
-    public override void SaveWeights(string dir, AdapterConfigBase config, IReadOnlyDictionary<string, Parameter> savedModules) =>
-        AdapterFolder.Save(dir, config, AdapterModel.ByModulePath(_model), savedModules.ToDictionary(kv => kv.Key, kv => (Tensor)kv.Value));
+    public override void SaveWeights(string dir, AdapterConfigBase config, IReadOnlyDictionary<string, Parameter> savedModules, bool forOriginalBase)
+    {
+        var saved = savedModules.ToDictionary(kv => kv.Key, kv => (Tensor)kv.Value);
+        if (forOriginalBase) MutatedInitConversion.Save(dir, config, _model, saved);
+        else AdapterFolder.Save(dir, config, AdapterModel.ByModulePath(_model), saved);
+    }
 
     public override void LoadWeights(string dir)
     {

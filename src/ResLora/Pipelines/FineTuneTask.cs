@@ -58,7 +58,8 @@ internal abstract class FineTuneTask(FineTuneRequest req)
     public abstract AdapterConfigBase Snapshot(AdapterConfigBase snapshot, AdapterConfigBase config);
 
     /// <summary>Writes the adapter folder (adapter_config.json, the weights with the saved modules).</summary>
-    public abstract void SaveWeights(string dir, AdapterConfigBase config, IReadOnlyDictionary<string, Parameter> savedModules);
+    /// <remarks><paramref name="forOriginalBase"/>: an adapter whose init changed the base (PiSSA, OLoRA, LoftQ) is written as a LoRA of the original base (<see cref="MutatedInitConversion"/>); false for the checkpoint a resume reads.</remarks>
+    public abstract void SaveWeights(string dir, AdapterConfigBase config, IReadOnlyDictionary<string, Parameter> savedModules, bool forOriginalBase);
 
     /// <summary>Reads a folder written by <see cref="SaveWeights"/> back into the live model (resume).</summary>
     public abstract void LoadWeights(string dir);
@@ -176,7 +177,11 @@ internal class CausalLmFineTune(FineTuneRequest req) : FineTuneTask(req)
     public override AdapterConfigBase Snapshot(AdapterConfigBase snapshot, AdapterConfigBase config) =>
         snapshot with { LayersToTransform = config.LayersToTransform, LayersPattern = config.LayersPattern, ModulesToSave = config.ModulesToSave };
 
-    public override void SaveWeights(string dir, AdapterConfigBase config, IReadOnlyDictionary<string, Parameter> savedModules) => AdapterFolder.Save(dir, config, _model);
+    public override void SaveWeights(string dir, AdapterConfigBase config, IReadOnlyDictionary<string, Parameter> savedModules, bool forOriginalBase)
+    {
+        if (forOriginalBase) MutatedInitConversion.Save(dir, config, _model);
+        else AdapterFolder.Save(dir, config, _model);
+    }
 
     public override void LoadWeights(string dir) => AdapterFolder.LoadInto(dir, _model);
 

@@ -110,6 +110,13 @@ public static class FineTuning
         // keeps the recipe of the run it continues.
         string recipePath = Path.Combine(req.OutDir, RecipeFile);
         if (writes && req.Recipe is { } recipe && !(req.Resume && File.Exists(recipePath))) AtomicFile.WriteAllText(recipePath, recipe);
+        void Save(string dir, bool forOriginalBase)
+        {
+            // A method's snapshot (AdaLoRA's ranks, RefLoRA as LoRA) keeps the run's own fields (task's choice).
+            task.SaveWeights(dir, plan.Builder is IConfigSnapshot snap ? task.Snapshot(snap.SnapshotConfig(), config) : config, savedModules, forOriginalBase);
+            foreach (var (file, json) in extras.Prepend(plan.Builder).OfType<IAdapterFolderNote>().Select(n => n.Note()).Append(task.Record()))
+                AtomicFile.WriteAllText(Path.Combine(dir, file), json);
+        }
         return TrainLoop.Run(new TrainRunSpec
         {
             Task = trainTask,
@@ -121,13 +128,10 @@ public static class FineTuning
             Capabilities = caps.ExtraLossTerms.Cast<object>().Concat(caps.StepHooks).Append(plan.Builder),
             Communicator = req.Communicator,
             Cancellation = req.Cancellation,
-            SaveWeights = dir =>
-            {
-                // A method's snapshot (AdaLoRA's ranks, RefLoRA as LoRA) keeps the run's own fields (task's choice).
-                task.SaveWeights(dir, plan.Builder is IConfigSnapshot snap ? task.Snapshot(snap.SnapshotConfig(), config) : config, savedModules);
-                foreach (var (file, json) in extras.Prepend(plan.Builder).OfType<IAdapterFolderNote>().Select(n => n.Note()).Append(task.Record()))
-                    AtomicFile.WriteAllText(Path.Combine(dir, file), json);
-            },
+            SaveWeights = dir => Save(dir, forOriginalBase: true),
+            // PiSSA/OLoRA/LoftQ: the adapter a user gets applies to the original base (rank 2r, PEFT's conversion); the
+            // checkpoint keeps the trained rank-r pair, which a resume loads over the residual its init recomputes.
+            SaveResumeWeights = dir => Save(dir, forOriginalBase: false),
             LoadWeights = task.LoadWeights,
         }, observer);
     }
@@ -200,6 +204,9 @@ public static class FineTuning
         foreach (var (name, value) in fields)
             if (name is not ("base_model_name_or_path" or "revision"))
                 run[$"adapter_config.json {name}"] = value?.ToJsonString() ?? "null";
+        // Not in adapter_config.json, but a resume recomputes LoftQ's base from it: it must not change.
+        if (config is LowRankConfigBase { InitLoraWeights.Kind: LoraInitKind.Loftq } lr)
+            run["--loftq-iter"] = lr.LoftqIter.ToString(System.Globalization.CultureInfo.InvariantCulture);
         return run;
     }
 }

@@ -60,6 +60,12 @@ public static class ModelSessions
         {
             AdapterMethods.For(config).CheckBase(config, model.Config, adapterDir);
             p.EnsureAllPatternsMatched();
+            if (config is LowRankConfigBase { InitLoraWeights.MutatesBase: true } lr)
+            {
+                // As PEFT's from_pretrained: the init runs on the base the folder is loaded on, then A and B are loaded.
+                AdapterModel.OnBaseWeightsLoaded(model);
+                warn?.Invoke($"{adapterDir}: init_lora_weights = {lr.InitLoraWeights}: the init ran on this base (its residual W − s·B₀A₀ kept) before the adapter's A and B were loaded, as PEFT does; adapters saved by reslora train say true and apply to the original base.");
+            }
             AdapterFolder.LoadInto(adapterDir, model);
         });
     }

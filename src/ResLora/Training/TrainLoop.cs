@@ -224,7 +224,7 @@ public static class TrainLoop
             WindowSteps = window.Steps > 0 ? window.Steps : null,
             StoppedEarly = stoppedEarly ? true : null,
         };
-        TrainCheckpoint.Save(spec.OutDir, state, spec.SaveWeights, optimizer);
+        TrainCheckpoint.Save(spec.OutDir, state, spec.SaveResumeWeights ?? spec.SaveWeights, optimizer);
     }
 
     /// <summary>The settings a resume must keep: the options' and the caller's (<see cref="TrainRunSpec.ResumeSettings"/>).</summary>

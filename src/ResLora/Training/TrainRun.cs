@@ -69,7 +69,12 @@ public sealed record TrainRunSpec
     public string Method { get; init; } = "lora";
     /// <summary>Writes the trained weights (the adapter folder) into the given directory.</summary>
     public required Action<string> SaveWeights { get; init; }
-    /// <summary>Reads weights saved by <see cref="SaveWeights"/> back into the live model (resume).</summary>
+    /// <summary>
+    /// Writes the weights a resume reads (the checkpoint's adapter) when they differ from what a user gets: a PiSSA/OLoRA/LoftQ
+    /// adapter is saved for the original base (rank 2r) but resumed as trained (rank r over the residual). Null = <see cref="SaveWeights"/>.
+    /// </summary>
+    public Action<string>? SaveResumeWeights { get; init; }
+    /// <summary>Reads weights saved by <see cref="SaveResumeWeights"/> back into the live model (resume).</summary>
     public required Action<string> LoadWeights { get; init; }
     public IEnumerable<object> Capabilities { get; init; } = Array.Empty<object>();
     /// <summary>Continue from <c>OutDir/checkpoint</c> when it exists.</summary>

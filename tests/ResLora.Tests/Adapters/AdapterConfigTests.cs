@@ -83,7 +83,7 @@ public sealed class AdapterConfigTests
     }
 
     [Theory]
-    [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"init_lora_weights":"pissa"}""", "init_lora_weights")]
+    [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"init_lora_weights":"eva"}""", "init_lora_weights")]
     [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"fan_in_fan_out":true}""", "fan_in_fan_out")]
     [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"r":0}""", "'r'")]
     [InlineData("""{"peft_type":"LORA","target_modules":["q_proj"],"modules_to_save":[""]}""", "modules_to_save")]

@@ -57,35 +57,103 @@ public abstract record AdapterConfigBase
         new($"adapter config field '{field}' = {value}: {fix}.");
 }
 
-/// <summary>PEFT's <c>init_lora_weights</c>: <c>true</c> (Kaiming-uniform A, zero B), <c>"gaussian"</c> (A ~ N(0, 1/r), zero B), <c>false</c> (both random).</summary>
-[JsonConverter(typeof(LoraInitConverter))]
-public enum LoraInit
+/// <summary>The kinds of PEFT's <c>init_lora_weights</c> (see <see cref="LoraInit"/>).</summary>
+public enum LoraInitKind
 {
+    /// <summary><c>true</c>: A Kaiming-uniform, B = 0.</summary>
     Default,
+    /// <summary><c>"gaussian"</c>: A ~ N(0, 1/r), B = 0.</summary>
     Gaussian,
+    /// <summary><c>false</c>: A and B both random (ΔW ≠ 0 at step 0).</summary>
     Random,
+    /// <summary><c>"pissa"</c> / <c>"pissa_niter_K"</c>: the top-r singular triplets of W (exact or randomized SVD); the residual stays in the base.</summary>
+    Pissa,
+    /// <summary><c>"olora"</c>: the first r columns of Q and rows of R of W = QR; the residual stays in the base.</summary>
+    Olora,
+    /// <summary><c>"loftq"</c>: alternating 4-bit quantization of the base and SVD of the quantization error.</summary>
+    Loftq,
 }
 
-/// <summary>Reads/writes <see cref="LoraInit"/> as PEFT spells it: true, false or "gaussian".</summary>
+/// <summary>
+/// PEFT's <c>init_lora_weights</c>: <c>true</c> (Kaiming-uniform A, zero B), <c>"gaussian"</c> (A ~ N(0, 1/r), zero B),
+/// <c>false</c> (both random), <c>"pissa"</c>, <c>"pissa_niter_K"</c> (<see cref="Niter"/> = K subspace iterations of a
+/// randomized SVD), <c>"olora"</c> and <c>"loftq"</c>. The last four read the base weight and change it
+/// (<see cref="MutatesBase"/>): the layer is initialised after the checkpoint is loaded. <c>default</c> is <c>true</c>.
+/// </summary>
+[JsonConverter(typeof(LoraInitConverter))]
+public readonly record struct LoraInit(LoraInitKind Kind, int Niter = 0)
+{
+    public static LoraInit Default => new(LoraInitKind.Default);
+    public static LoraInit Gaussian => new(LoraInitKind.Gaussian);
+    public static LoraInit Random => new(LoraInitKind.Random);
+    public static LoraInit Pissa => new(LoraInitKind.Pissa);
+    public static LoraInit Olora => new(LoraInitKind.Olora);
+    public static LoraInit Loftq => new(LoraInitKind.Loftq);
+
+    /// <summary>PiSSA through a randomized SVD with <paramref name="niter"/> subspace iterations (PEFT's <c>pissa_niter_K</c>).</summary>
+    public static LoraInit PissaNiter(int niter) => new(LoraInitKind.Pissa, niter);
+
+    /// <summary>Whether the init reads W and leaves a residual in the base (PiSSA, OLoRA, LoftQ).</summary>
+    public bool MutatesBase => Kind is LoraInitKind.Pissa or LoraInitKind.Olora or LoraInitKind.Loftq;
+
+    /// <summary>The value as PEFT writes it in adapter_config.json, and as <c>--init</c> takes it (true is <c>default</c> there).</summary>
+    public string PeftName => Kind switch
+    {
+        LoraInitKind.Default => "true",
+        LoraInitKind.Random => "false",
+        LoraInitKind.Gaussian => "gaussian",
+        LoraInitKind.Pissa when Niter > 0 => $"pissa_niter_{Niter}",
+        LoraInitKind.Pissa => "pissa",
+        LoraInitKind.Olora => "olora",
+        _ => "loftq",
+    };
+
+    public override string ToString() => PeftName;
+
+    /// <summary>The values <see cref="Parse"/> accepts, for messages.</summary>
+    public const string Accepted = "default (or true), false, gaussian, pissa, pissa_niter_K (K ≥ 1 subspace iterations), olora, loftq";
+
+    /// <summary>Reads a PEFT string value (<c>"pissa_niter_4"</c>, ...); null when it is not one.</summary>
+    public static LoraInit? Parse(string text)
+    {
+        string t = text.Trim().ToLowerInvariant();
+        switch (t)
+        {
+            case "true" or "default": return Default;
+            case "false": return Random;
+            case "gaussian": return Gaussian;
+            case "pissa": return Pissa;
+            case "olora": return Olora;
+            case "loftq": return Loftq;
+        }
+        const string prefix = "pissa_niter_";
+        return t.StartsWith(prefix, StringComparison.Ordinal)
+            && int.TryParse(t.AsSpan(prefix.Length), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int k) && k >= 1
+            ? PissaNiter(k)
+            : null;
+    }
+}
+
+/// <summary>Reads/writes <see cref="LoraInit"/> as PEFT spells it: true, false or a string ("gaussian", "pissa_niter_4", ...).</summary>
 internal sealed class LoraInitConverter : JsonConverter<LoraInit>
 {
     public override LoraInit Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => reader.TokenType switch
     {
         JsonTokenType.True => LoraInit.Default,
         JsonTokenType.False => LoraInit.Random,
-        JsonTokenType.String when reader.GetString() == "gaussian" => LoraInit.Gaussian,
+        JsonTokenType.String when reader.GetString() is { } s && s != "true" && s != "false" && s != "default" && LoraInit.Parse(s) is { } init => init,
         JsonTokenType.String => throw new JsonException(
-            $"init_lora_weights = \"{reader.GetString()}\" is not supported (data-driven/base-mutating inits such as pissa, olora, loftq, eva, corda are not implemented); use true, false or \"gaussian\"."),
-        _ => throw new JsonException($"init_lora_weights must be true, false or \"gaussian\", found {reader.TokenType}."),
+            $"init_lora_weights = \"{reader.GetString()}\" is not supported (eva, corda and orthogonal are not implemented); use true, false, \"gaussian\", \"pissa\", \"pissa_niter_K\", \"olora\" or \"loftq\"."),
+        _ => throw new JsonException($"init_lora_weights must be true, false or a string such as \"gaussian\" or \"pissa\", found {reader.TokenType}."),
     };
 
     public override void Write(Utf8JsonWriter writer, LoraInit value, JsonSerializerOptions options)
     {
-        switch (value)
+        switch (value.Kind)
         {
-            case LoraInit.Default: writer.WriteBooleanValue(true); break;
-            case LoraInit.Random: writer.WriteBooleanValue(false); break;
-            default: writer.WriteStringValue("gaussian"); break;
+            case LoraInitKind.Default: writer.WriteBooleanValue(true); break;
+            case LoraInitKind.Random: writer.WriteBooleanValue(false); break;
+            default: writer.WriteStringValue(value.PeftName); break;
         }
     }
 }

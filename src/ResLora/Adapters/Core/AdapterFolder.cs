@@ -61,7 +61,9 @@ public static class AdapterFolder
     /// <param name="adapters">The adapters by module path.</param>
     /// <param name="savedModules">Weights of <see cref="AdapterConfigBase.ModulesToSave"/> by parameter path, saved as PEFT does
     /// (<c>base_model.model.classifier.weight</c>); every module the config names must be given.</param>
-    public static void Save(string dir, AdapterConfigBase config, IReadOnlyDictionary<string, IAdapter> adapters, IReadOnlyDictionary<string, Tensor>? savedModules = null)
+    /// <param name="state">The tensors to write for an adapter (default: <see cref="IAdapter.GetAdapterState"/>); <see cref="MutatedInitConversion"/> gives the rank-2r pair for the original base.</param>
+    public static void Save(string dir, AdapterConfigBase config, IReadOnlyDictionary<string, IAdapter> adapters, IReadOnlyDictionary<string, Tensor>? savedModules = null,
+        Func<IAdapter, IReadOnlyDictionary<string, Tensor>>? state = null)
     {
         config.Validate();
         if (adapters.Count == 0) throw new UserInputException($"{dir}: no adapters to save (the model has no adapter layers; check target_modules).");
@@ -73,7 +75,7 @@ public static class AdapterFolder
             if (a.Spec.Name != path) throw new UserInputException($"{dir}: adapter registered under '{path}' is for module '{a.Spec.Name}'; key the dictionary by IAdapter.Spec.Name.");
             if (!layerTypes.Contains(a.GetType()))
                 throw new ArgumentException($"{dir}: module '{path}' holds a {a.GetType().Name} but the config describes a {config.Method} adapter ({string.Join(" or ", layerTypes.Select(t => t.Name))}); save with the config the model was built from.");
-            foreach (var (suffix, t) in a.GetAdapterState())
+            foreach (var (suffix, t) in state?.Invoke(a) ?? a.GetAdapterState())
                 tensors.Add(new(KeyPrefix + path + "." + suffix, t.detach().to_type(ScalarType.Float32).cpu().contiguous().clone()));
         }
         foreach (var name in config.ModulesToSave ?? Array.Empty<string>())

@@ -20,6 +20,12 @@ public sealed record MethodSpec
     public ModuleTargets? Exclude { get; init; }
     public bool UseRslora { get; init; }
 
+    /// <summary>PEFT's <c>init_lora_weights</c> (<c>--init</c>): default, gaussian, pissa, pissa_niter_K, olora, loftq.</summary>
+    public LoraInit Init { get; init; }
+
+    /// <summary>LoftQ's alternating quantization/SVD steps (<c>--loftq-iter</c>) with <see cref="Init"/> = loftq.</summary>
+    public int LoftqIter { get; init; } = 1;
+
     /// <summary>PEFT's <c>layers_to_transform</c>: the decoder layers that get adapters (<c>--layers-to-transform</c>); null = all.</summary>
     public IReadOnlyList<int>? LayersToTransform { get; init; }
 
@@ -202,5 +208,5 @@ public abstract class AdapterMethod
 
     /// <summary>The hyperparameters every LoRA-family config shares, from the spec.</summary>
     protected static T WithCommon<T>(T config, MethodSpec s) where T : LowRankConfigBase =>
-        (T)(config with { R = s.Rank, LoraAlpha = s.Alpha, LoraDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude, UseRslora = s.UseRslora });
+        (T)(config with { R = s.Rank, LoraAlpha = s.Alpha, LoraDropout = s.Dropout, TargetModules = s.Targets, ExcludeModules = s.Exclude, UseRslora = s.UseRslora, InitLoraWeights = s.Init, LoftqIter = s.LoftqIter });
 }

@@ -83,6 +83,9 @@ public static class AdapterMethods
         var (method, variant) = Resolve(spec.Method);
         var setup = WithPlacement(method.Build(spec, spec.Options ?? variant ?? method.DefaultOptions), spec);
         setup.Config.Validate();
+        // --init reaches the methods whose config carries init_lora_weights into a LoRA pair (WithCommon); no silent drop.
+        if (spec.Init != LoraInit.Default && (setup.Config is not LowRankConfigBase lr || lr.InitLoraWeights != spec.Init))
+            throw new UserInputException($"--init {spec.Init} initialises a LoRA pair A, B; method {spec.Method} has none it applies to. Use --method lora, dora or reflora, or drop --init.");
         return spec.Refactor is { } rf ? RefLoraMethod.Compose(setup, rf, spec.Method) : setup;
     }
 

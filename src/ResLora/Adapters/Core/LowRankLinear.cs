@@ -13,7 +13,7 @@ namespace ResLora.Adapters;
 /// TorchSharp registers from fields, so they must live on the module class. The base W is either the parameter
 /// <c>weight</c> or, with <c>--base-bits</c>, a packed submodule under the same name; layers reach it through <see cref="Base"/>.
 /// </summary>
-public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowRankPair, IFrozenBaseOwner
+public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowRankPair, IFrozenBaseOwner, IBaseWeightDependent
 {
 #pragma warning disable IDE1006 // field names are the PEFT / Hugging Face state-dict keys
     private readonly Parameter? weight;
@@ -24,6 +24,8 @@ public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowR
 #pragma warning restore IDE1006
 
     private readonly MergeState _merge = new();
+    private Tensor? _initA, _initB; // A₀ (r, in), B₀ (out, r) float32 of a base-mutating init, for the conversion on save
+    private readonly long _svdSeed;  // pissa_niter_K: the randomized SVD's seed, drawn at construction from the layer generator
 
     protected LowRankLinear(LinearSpec spec, LoraLayerOptions options, ScalarType dtype, Device device, Generator? generator)
         : base(spec.Name)
@@ -37,6 +39,13 @@ public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowR
         lora_A = nn.Linear(spec.InFeatures, options.R, hasBias: false, device: device, dtype: AdapterDtype);
         lora_B = nn.Linear(options.R, spec.OutFeatures, hasBias: false, device: device, dtype: AdapterDtype);
         LowRank.InitFactors(lora_A.weight!, lora_B.weight!, options, generator);
+        if (options.Init.MutatesBase)
+        {
+            LoraInitializers.Check(spec, options);
+            if (options.Init.Niter > 0) _svdSeed = torch.randint(long.MaxValue, new long[] { 1 }, dtype: ScalarType.Int64, generator: generator).item<long>();
+            // A packed base (--base-bits) is initialised while the loader packs W: the init must see W, not its quantized copy.
+            if (Base.Packed is { } packed) packed.BeforePack = w => ApplyMutatingInit(w);
+        }
     }
 
     public LinearSpec Spec { get; }
@@ -103,9 +112,79 @@ public abstract class LowRankLinear : nn.Module<Tensor, Tensor>, IAdapter, ILowR
     /// <summary>B·A in float32, (out, in).</summary>
     protected Tensor ProductBA() => LowRank.Product(LoraB, LoraA);
 
+    /// <summary>Whether a base-mutating init (PiSSA, OLoRA, LoftQ) has set A₀, B₀ and left its residual in the base.</summary>
+    public bool HasMutatedInit => _initA is not null;
+
+    /// <summary>
+    /// The adapter state for the ORIGINAL base W after a base-mutating init (PEFT's <c>subtract_mutated_init</c>): the base
+    /// holds W − s·B₀A₀, so W_res + s·BA = W + s·[B, −B₀]·[A; A₀] and the pair of rank 2r applies to W with the same s
+    /// once the config says r' = 2r and α' = 2α (√2·α with rsLoRA). Other tensors (DoRA's magnitude) are unchanged:
+    /// the updated weight V = W_res + s·BA is the same in both forms. New tensors (float32).
+    /// </summary>
+    public IReadOnlyDictionary<string, Tensor> StateForOriginalBase()
+    {
+        if (_initA is null || _initB is null)
+            throw new InvalidOperationException($"{Spec.Name}: the adapter was not initialised from its base weight (init_lora_weights = {Options.Init}); save it as it is.");
+        var d = GetAdapterState().ToDictionary(kv => kv.Key, kv => kv.Value.detach().to_type(ScalarType.Float32).clone());
+        using (var a = d["lora_A.weight"]) d["lora_A.weight"] = torch.cat(new[] { a, _initA }, 0); // (2r, in)
+        using (var b = d["lora_B.weight"]) using (var nb = _initB.neg()) d["lora_B.weight"] = torch.cat(new[] { b, nb }, 1); // (out, 2r)
+        return d;
+    }
+
+    /// <summary>
+    /// After the checkpoint is loaded: a base-mutating init (PiSSA, OLoRA) of a full-precision base reads W, sets A and B and
+    /// leaves the residual in the base (a packed base did this while it was packed); then <see cref="OnBaseLoaded"/>.
+    /// </summary>
+    void IBaseWeightDependent.OnBaseWeightsLoaded()
+    {
+        if (Options.Init.MutatesBase)
+        {
+            if (Base.Packed is null)
+            {
+                if (HasMutatedInit) throw new InvalidOperationException($"{Spec.Name}: the {Options.Init} init already ran on this base; it runs once, after the checkpoint is loaded.");
+                using var scope = torch.NewDisposeScope();
+                using var noGrad = torch.no_grad();
+                Tensor residual = ApplyMutatingInit(Weight.detach());
+                Weight.detach().copy_(residual.to(Weight.dtype));
+            }
+            else if (!HasMutatedInit)
+                throw new InvalidOperationException($"{Spec.Name}: the {Options.Init} init runs while the base weight is packed, but nothing was packed into it; load the checkpoint first.");
+        }
+        OnBaseLoaded();
+    }
+
+    /// <summary>Base-dependent state a layer sets once the base is final (DoRA's magnitude); runs after a base-mutating init.</summary>
+    protected virtual void OnBaseLoaded()
+    {
+    }
+
+    /// <summary>Sets A, B (and A₀, B₀) from W (out, in) by the configured init; returns what the base must hold (new tensor).</summary>
+    private Tensor ApplyMutatingInit(Tensor w)
+    {
+        _merge.RefuseWhileMerged(Spec.Name, $"run the {Options.Init} init");
+        using var noGrad = torch.no_grad();
+        using var w32 = w.to(ScalarType.Float32, CPU);
+        var init = LoraInitializers.Compute(w32, Options, Spec, _svdSeed);
+        using (init.A) using (init.B)
+        {
+            LoraA.detach().copy_(init.A);
+            LoraB.detach().copy_(init.B);
+            _initA?.Dispose();
+            _initB?.Dispose();
+            _initA = init.A.clone().DetachFromDisposeScope();
+            _initB = init.B.clone().DetachFromDisposeScope();
+        }
+        return init.BaseWeight.to(w.dtype, w.device).DetachFromDisposeScope();
+    }
+
     protected override void Dispose(bool disposing)
     {
-        if (disposing) _merge.Dispose();
+        if (disposing)
+        {
+            _merge.Dispose();
+            _initA?.Dispose();
+            _initB?.Dispose();
+        }
         base.Dispose(disposing);
     }
 }
@@ -217,13 +296,14 @@ internal static class LowRank
     {
         using var _ = torch.no_grad();
         long inFeatures = a.shape[1], r = a.shape[0];
-        switch (o.Init)
+        // PiSSA, OLoRA and LoftQ start as the default here and are set from W once it is loaded (LowRankLinear.OnBaseWeightsLoaded).
+        switch (o.Init.Kind)
         {
-            case LoraInit.Gaussian:
+            case LoraInitKind.Gaussian:
                 using (var t = torch.randn(a.shape, dtype: ScalarType.Float32, generator: g)) a.copy_(t.mul(1.0 / r));
                 b.zero_();
                 break;
-            case LoraInit.Random:
+            case LoraInitKind.Random:
                 using (var t = Uniform(a.shape, 1.0 / Math.Sqrt(inFeatures), ScalarType.Float32, CPU, g)) a.copy_(t);
                 using (var t = Uniform(b.shape, 1.0 / Math.Sqrt(r), ScalarType.Float32, CPU, g)) b.copy_(t);
                 break;

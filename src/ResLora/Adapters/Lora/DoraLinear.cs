@@ -9,7 +9,7 @@ namespace ResLora.Adapters;
 /// State-dict keys: <c>weight</c>, <c>bias</c>, <c>lora_A.weight</c> (r, in), <c>lora_B.weight</c> (out, r),
 /// <c>lora_magnitude_vector</c> (out).
 /// </summary>
-public sealed class DoraLinear : LowRankLinear, IBaseWeightDependent
+public sealed class DoraLinear : LowRankLinear
 {
 #pragma warning disable IDE1006 // field name is the PEFT state-dict key
     private readonly Parameter lora_magnitude_vector;
@@ -37,7 +37,8 @@ public sealed class DoraLinear : LowRankLinear, IBaseWeightDependent
         lora_magnitude_vector.detach().copy_(Base.RowNorms(ScalarType.Float32, (start, count) => sba.narrow(0, start, count)));
     }
 
-    void IBaseWeightDependent.OnBaseWeightsLoaded() => ResetMagnitude();
+    /// <summary>After the base is final (and after a PiSSA/OLoRA/LoftQ init, as PEFT runs dora_init last).</summary>
+    protected override void OnBaseLoaded() => ResetMagnitude();
 
     public override Tensor forward(Tensor x)
     {

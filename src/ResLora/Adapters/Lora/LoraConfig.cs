@@ -11,10 +11,16 @@ public sealed record LoraConfig : LowRankConfigBase
     [JsonPropertyName("use_dora")] public bool UseDora { get; init; }
 
     [JsonIgnore] public override string Method => UseDora ? "dora" : "lora";
+
+    /// <summary>LoRA and DoRA layers are a pair A, B over the base: PiSSA, OLoRA and LoftQ apply (PEFT runs dora_init after them).</summary>
+    [JsonIgnore] protected override bool InitFromBaseSupported => true;
 }
 
-/// <summary>Options shared by LoRA and DoRA layers, resolved from a config for one module.</summary>
-public sealed record LoraLayerOptions(int R, double Alpha, double Dropout = 0, bool UseRslora = false, LoraInit Init = LoraInit.Default)
+/// <summary>
+/// Options shared by LoRA and DoRA layers, resolved from a config for one module; <c>LoftqIter</c> is LoftQ's number of
+/// alternating steps (<c>--loftq-iter</c>, PEFT's <c>loftq_config.loftq_iter</c>).
+/// </summary>
+public sealed record LoraLayerOptions(int R, double Alpha, double Dropout = 0, bool UseRslora = false, LoraInit Init = default, int LoftqIter = 1)
 {
     /// <summary>§3.1: s = α/r, or α/√r with rsLoRA.</summary>
     public double Scaling => UseRslora ? Alpha / Math.Sqrt(R) : Alpha / R;
@@ -34,7 +40,7 @@ public sealed class LoraLayerBuilder : IAdapterLayerBuilder
 
     public nn.Module<Tensor, Tensor> Build(AdapterTarget target, ScalarType dtype, Device device)
     {
-        var o = new LoraLayerOptions(target.R, target.Alpha, _config.LoraDropout, _config.UseRslora, _config.InitLoraWeights);
+        var o = new LoraLayerOptions(target.R, target.Alpha, _config.LoraDropout, _config.UseRslora, _config.InitLoraWeights, _config.LoftqIter);
         return _config.UseDora
             ? new DoraLinear(target.Spec, o, dtype, device, _generator)
             : new LoraLinear(target.Spec, o, dtype, device, _generator);

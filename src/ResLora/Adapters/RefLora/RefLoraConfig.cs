@@ -23,12 +23,15 @@ public sealed record RefLoraConfig : LowRankConfigBase
 
     [JsonIgnore] public override string Method => Variant == "scalar" ? "reflora-s" : "reflora";
 
+    /// <summary>RefLoRA trains plain LoRA layers: PiSSA, OLoRA and LoftQ apply.</summary>
+    [JsonIgnore] protected override bool InitFromBaseSupported => true;
+
     public override void Validate()
     {
         base.Validate();
         if (Variant is not ("full" or "scalar")) throw new UserInputException($"adapter_config.json: 'variant' is '{Variant}'; use full or scalar.");
         if (RefactorInterval < 1) throw new UserInputException($"adapter_config.json: 'refactor_interval' must be at least 1, got {RefactorInterval}.");
-        if (RefactorWarmupSteps < 1 && InitLoraWeights != LoraInit.Random)
+        if (RefactorWarmupSteps < 1 && InitLoraWeights != LoraInit.Random && !InitLoraWeights.MutatesBase)
             throw new UserInputException("adapter_config.json: 'refactor_warmup_steps' must be at least 1 with B initialised to zero (S would be 0 and B would never move, spec §3.3); use --refactor-warmup N.");
     }
 

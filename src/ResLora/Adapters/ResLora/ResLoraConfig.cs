@@ -78,6 +78,9 @@ public sealed record ResLoraConfig : LowRankConfigBase
         _ => new[] { "bi", "a", "ls" },
     };
 
+    /// <summary>Why PiSSA/OLoRA/LoftQ are refused: the shortcuts add earlier blocks' s·B·A to later layers.</summary>
+    [JsonIgnore] protected override string InitFromBaseRefusal => "its shortcuts add earlier blocks' s·B·A to later layers, so a pair taken from the base would not leave the model equal to its base at step 0";
+
     public override void Validate()
     {
         base.Validate();

@@ -55,7 +55,7 @@ public sealed class ResLoraLayerBuilder : IAdapterLayerBuilder, IForwardLifecycl
 
     public nn.Module<Tensor, Tensor> Build(AdapterTarget target, ScalarType dtype, Device device)
     {
-        var options = new LoraLayerOptions(target.R, target.Alpha, _config.LoraDropout, _config.UseRslora, _config.InitLoraWeights);
+        var options = new LoraLayerOptions(target.R, target.Alpha, _config.LoraDropout, _config.UseRslora, _config.InitLoraWeights, _config.LoftqIter);
         var layer = new ResLoraLinear(target.Spec, options, this, dtype, device, _generator);
         if (!_chains.TryGetValue(target.Spec.ModuleType, out var chain)) _chains[target.Spec.ModuleType] = chain = new List<ResLoraLinear>();
         var last = chain.Count > 0 ? chain[^1] : null;
