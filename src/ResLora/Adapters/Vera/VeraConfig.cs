@@ -37,10 +37,11 @@ public sealed record VeraConfig : AdapterConfigBase
     [JsonPropertyName("init_weights")] public bool InitWeights { get; init; } = true;
 
     /// <summary>
-    /// Hides the base record's exclude_modules from adapter_config.json: PEFT's VeraConfig has no such field (a PEFT
-    /// loader would drop it with a warning), so VeRA refuses exclusions instead of writing a field PEFT ignores.
+    /// The base record's exclude_modules, left out of adapter_config.json while null: PEFT's VeraConfig has no such field
+    /// (a PEFT loader would drop it with a warning), so VeRA refuses exclusions instead of writing a field PEFT ignores.
     /// </summary>
-    [JsonIgnore] public new ModuleTargets? ExcludeModules { get => base.ExcludeModules; init => base.ExcludeModules = value; }
+    [JsonPropertyName("exclude_modules")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public new ModuleTargets? ExcludeModules { get => base.ExcludeModules; init => base.ExcludeModules = value; }
 
     [JsonIgnore] public override string Method => "vera";
 
