@@ -40,7 +40,8 @@ public sealed record VeraConfig : AdapterConfigBase
     /// The base record's exclude_modules, left out of adapter_config.json while null: PEFT's VeraConfig has no such field
     /// (a PEFT loader would drop it with a warning), so VeRA refuses exclusions instead of writing a field PEFT ignores.
     /// </summary>
-    [JsonPropertyName("exclude_modules")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    [JsonPropertyName("exclude_modules")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public new ModuleTargets? ExcludeModules { get => base.ExcludeModules; init => base.ExcludeModules = value; }
 
     [JsonIgnore] public override string Method => "vera";
