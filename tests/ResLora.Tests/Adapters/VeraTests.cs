@@ -218,6 +218,20 @@ public sealed class VeraTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Init_IsPeftsReset_OrItsUnresetVectors()
+    {
+        var spec = new LinearSpec("m.q_proj", "q_proj", 0, 6, 5, false);
+        var p = new VeraProjection(4, 0, ScalarType.Float32, CPU);
+        using var reset = new VeraLinear(spec, p, Config() with { DInitial = 0.25 }, ScalarType.Float32, CPU, new Generator(1));
+        Assert.Equal(new float[] { 0, 0, 0, 0, 0 }, reset.LambdaB.data<float>().ToArray()); // λ_b = 0: ΔW = 0
+        Assert.Equal(new float[] { 0.25f, 0.25f, 0.25f, 0.25f }, reset.LambdaD.data<float>().ToArray());
+        using var unreset = new VeraLinear(spec, p, Config() with { InitWeights = false }, ScalarType.Float32, CPU, new Generator(1));
+        Assert.Equal(new float[] { 1, 1, 1, 1, 1 }, unreset.LambdaB.data<float>().ToArray()); // λ_b = 1, λ_d ~ N(0, 1)
+        Assert.True(unreset.LambdaD.abs().sum().item<float>() > 0.1);
+        Assert.True(unreset.DeltaWeight().abs().max().item<float>() > 1e-2);
+    }
+
+    [Fact]
     public void MethodSpec_Flags_AndBadInput()
     {
         var spec = AdapterMethods.ApplyFlags(new MethodSpec { Method = "vera", Rank = 32, Dropout = 0.05 }, new (MethodFlag, object)[]

@@ -26,6 +26,7 @@ public sealed class VeraProjection
     private readonly Device _device;
     private long _maxIn, _maxOut;
     private Tensor? _a, _b;
+    private Tensor? _loadedA, _loadedB; // compared by reference only, never read
 
     /// <param name="r">The rank (rows of A, columns of B).</param>
     /// <param name="seed">projection_prng_key.</param>
@@ -62,6 +63,8 @@ public sealed class VeraProjection
     /// <summary>Copies saved projections in (a PEFT file's <see cref="KeyA"/> / <see cref="KeyB"/>); shapes must match.</summary>
     public void Load(Tensor a, Tensor b, string file)
     {
+        // Every layer hands over the same two tensors of a folder: copy them once.
+        if (ReferenceEquals(a, _loadedA) && ReferenceEquals(b, _loadedB)) return;
         Draw();
         void Check(string key, Tensor saved, Tensor live)
         {
@@ -73,6 +76,7 @@ public sealed class VeraProjection
         using var _ = torch.no_grad();
         _a!.copy_(a);
         _b!.copy_(b);
+        (_loadedA, _loadedB) = (a, b);
     }
 
     private void Draw()
