@@ -40,6 +40,7 @@ public sealed class AdapterContractTests
         ["RESLORA"] = new[] { "lora_A.weight", "lora_B.weight" },
         ["REFLORA"] = new[] { "lora_A.weight", "lora_B.weight" },
         ["ROLORA"] = new[] { "lora_A.weight", "lora_B.weight" },
+        ["VERA"] = new[] { "vera_lambda_b", "vera_lambda_d" },
     };
 
     public static TheoryData<string> KindNames()
@@ -158,7 +159,8 @@ public sealed class AdapterContractTests
         {
             string peftKind = config.PeftType + (config is LoraConfig { UseDora: true } ? "+dora" : "");
             var suffixes = PeftSuffixes.TryGetValue(peftKind, out var pinned) ? pinned : a.GetAdapterState().Keys.ToArray();
-            var expected = suffixes.Select(s => "base_model.model.model.layers.0.self_attn.q_proj." + s).OrderBy(s => s, StringComparer.Ordinal);
+            var shared = (a as ISharedAdapterState)?.GetSharedState().Keys ?? Enumerable.Empty<string>(); // VeRA: base_model.vera_A / vera_B
+            var expected = suffixes.Select(s => "base_model.model.model.layers.0.self_attn.q_proj." + s).Concat(shared).OrderBy(s => s, StringComparer.Ordinal);
             Assert.Equal(expected, f.Entries.Select(e => e.Name).OrderBy(s => s, StringComparer.Ordinal));
             var prefixes = AdapterMethods.For(config).ParameterPrefixes;
             Assert.All(suffixes, s => Assert.Contains(prefixes, p => s.StartsWith(p, StringComparison.Ordinal)));

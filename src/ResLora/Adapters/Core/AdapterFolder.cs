@@ -11,8 +11,10 @@ namespace ResLora.Adapters;
 public sealed class AdapterFolderContents : IDisposable
 {
     internal AdapterFolderContents(string directory, AdapterConfigBase config, IReadOnlyList<string> warnings,
-        IReadOnlyDictionary<string, IReadOnlyDictionary<string, Tensor>> tensors, IReadOnlyDictionary<string, Tensor> savedModules)
+        IReadOnlyDictionary<string, IReadOnlyDictionary<string, Tensor>> tensors, IReadOnlyDictionary<string, Tensor> savedModules,
+        IReadOnlyDictionary<string, Tensor>? shared = null)
     {
+        Shared = shared ?? new Dictionary<string, Tensor>();
         Directory = directory;
         Config = config;
         Warnings = warnings;
@@ -28,8 +30,12 @@ public sealed class AdapterFolderContents : IDisposable
     /// <summary>Fully trained module weights (<c>modules_to_save</c>) by parameter path in the model (<c>classifier.weight</c>).</summary>
     public IReadOnlyDictionary<string, Tensor> SavedModules { get; }
 
+    /// <summary>Model-level adapter tensors outside any module path, by full key (VeRA's <c>base_model.vera_A</c>; see <see cref="ISharedAdapterState"/>).</summary>
+    public IReadOnlyDictionary<string, Tensor> Shared { get; }
+
     public void Dispose()
     {
+        foreach (var t in Shared.Values) t.Dispose();
         foreach (var m in Tensors.Values)
             foreach (var t in m.Values) t.Dispose();
         foreach (var t in SavedModules.Values) t.Dispose();
@@ -78,6 +84,8 @@ public static class AdapterFolder
             foreach (var (suffix, t) in state?.Invoke(a) ?? a.GetAdapterState())
                 tensors.Add(new(KeyPrefix + path + "." + suffix, t.detach().to_type(ScalarType.Float32).cpu().contiguous().clone()));
         }
+        foreach (var (key, t) in adapters.Values.OfType<ISharedAdapterState>().SelectMany(s => s.GetSharedState()).DistinctBy(kv => kv.Key).OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            tensors.Add(new(key, t.detach().to_type(ScalarType.Float32).cpu().contiguous().clone()));
         foreach (var name in config.ModulesToSave ?? Array.Empty<string>())
             if (savedModules is null || !savedModules.Keys.Any(k => config.IsSavedModule(k)))
                 throw new ArgumentException($"{dir}: modules_to_save names '{name}' but no weights of it were given to save.");
@@ -136,6 +144,7 @@ public static class AdapterFolder
         var (config, warnings) = AdapterConfigJson.Parse(BoundedFile.ReadAllText(configPath, BoundedFile.ConfigLimit, "adapter config"), configPath);
         var byModule = new Dictionary<string, Dictionary<string, Tensor>>(StringComparer.Ordinal);
         var saved = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        var shared = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         var origin = new Dictionary<(string, string), string>();
         try
         {
@@ -144,6 +153,12 @@ public static class AdapterFolder
             {
                 if (e.Dtype is not ("F32" or "F16" or "BF16"))
                     throw new UserInputException($"{weightsPath}: tensor '{e.Name}' has dtype {e.Dtype}; adapter tensors must be F32, F16 or BF16.");
+                // Model-level tensors (VeRA's base_model.vera_A): under base_model. but outside base_model.model.
+                if (e.Name.StartsWith("base_model.", StringComparison.Ordinal) && !e.Name.StartsWith(KeyPrefix, StringComparison.Ordinal))
+                {
+                    shared[e.Name.EndsWith("." + adapterName, StringComparison.Ordinal) ? e.Name[..^(adapterName.Length + 1)] : e.Name] = file.Load(e.Name, ScalarType.Float32);
+                    continue;
+                }
                 // modules_to_save weights: base_model.model.<path> (PEFT drops "modules_to_save.<name>." when saving).
                 string plain = (e.Name.StartsWith(KeyPrefix, StringComparison.Ordinal) ? e.Name[KeyPrefix.Length..] : e.Name).Replace($".modules_to_save.{adapterName}.", ".", StringComparison.Ordinal);
                 if (config.IsSavedModule(plain))
@@ -168,6 +183,7 @@ public static class AdapterFolder
         {
             foreach (var m in byModule.Values) foreach (var t in m.Values) t.Dispose();
             foreach (var t in saved.Values) t.Dispose();
+            foreach (var t in shared.Values) t.Dispose();
             throw;
         }
         foreach (var name in config.ModulesToSave ?? Array.Empty<string>())
@@ -178,7 +194,7 @@ public static class AdapterFolder
                 throw new UserInputException($"{weightsPath}: {ConfigFileName} lists '{name}' in modules_to_save but the file holds no weights of it; the folder is incomplete.");
             }
         return new AdapterFolderContents(dir, config, warnings,
-            byModule.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, Tensor>)kv.Value, StringComparer.Ordinal), saved);
+            byModule.ToDictionary(kv => kv.Key, kv => (IReadOnlyDictionary<string, Tensor>)kv.Value, StringComparer.Ordinal), saved, shared);
     }
 
     /// <summary>
@@ -211,6 +227,10 @@ public static class AdapterFolder
         foreach (var module in adapters.Keys)
             if (!contents.Tensors.ContainsKey(module))
                 throw new UserInputException($"{file}: has no tensors for module '{module}', which this model adapts; the folder was saved for a different target_modules.");
+        var sharing = adapters.Values.OfType<ISharedAdapterState>().ToList();
+        if (sharing.Count == 0 && contents.Shared.Count > 0)
+            throw new UserInputException($"{file}: key '{contents.Shared.Keys.First()}' is a model-level tensor, which this model's {contents.Config.Method} adapters do not share; the file belongs to another method.");
+        foreach (var s in sharing) s.LoadSharedState(contents.Shared, file);
     }
 
     /// <summary>

@@ -17,6 +17,7 @@ public static class AdapterMethods
         new LoHaMethod(),
         new LoKrMethod(),
         new Ia3Method(),
+        new VeraMethod(),
     };
 
     private static readonly object Gate = new();

@@ -90,3 +90,16 @@ public interface IShardedStatistics
     /// <summary>Ends the sharded step with the element-wise sums of <see cref="PartialStatistics"/> over all ranks.</summary>
     void CompleteShardedStep(ReadOnlySpan<double> totals);
 }
+
+/// <summary>
+/// Capability of an adapter whose layers share tensors saved once under model-level keys, outside any module path
+/// (VeRA's <c>base_model.vera_A</c> / <c>base_model.vera_B</c>); <see cref="AdapterFolder"/> writes and reads them.
+/// </summary>
+public interface ISharedAdapterState
+{
+    /// <summary>Full tensor keys → the shared tensors (the same for every layer sharing them; views, do not dispose).</summary>
+    IReadOnlyDictionary<string, Tensor> GetSharedState();
+
+    /// <summary>Copies the model-level tensors a folder holds (by full key); what is missing or mis-shaped is an error naming <paramref name="file"/>.</summary>
+    void LoadSharedState(IReadOnlyDictionary<string, Tensor> state, string file);
+}
