@@ -24,6 +24,13 @@ internal sealed class PreferenceFineTune(FineTuneRequest req) : CausalLmFineTune
     private PreferenceOptions _o = null!;
     private string _fingerprint = "";
     private PreferenceReference? _reference;
+    private bool _mutatedBase;
+
+    public override Adapters.AdapterConfigBase PlanConfig(Adapters.AdapterConfigBase config, string modelDir)
+    {
+        _mutatedBase = config is Adapters.LowRankConfigBase { InitLoraWeights.MutatesBase: true };
+        return base.PlanConfig(config, modelDir);
+    }
 
     public override int ReadData()
     {
@@ -71,7 +78,10 @@ internal sealed class PreferenceFineTune(FineTuneRequest req) : CausalLmFineTune
 
         _reference = req.InitAdapter is { } init
             ? PreferenceReference.InitialWeights(LoadedModel, $"the adapter of --init-adapter {init} as loaded (its weights kept aside for the reference forward)")
-            : PreferenceReference.AdapterOff(LoadedModel);
+            : _mutatedBase
+                // PiSSA, OLoRA, LoftQ moved part of W into the adapter: switched off, the layers would compute the residual.
+                ? PreferenceReference.InitialWeights(LoadedModel, "the model as initialised (--init moved part of the base into the adapter, so the adapter stays on with its initial weights)")
+                : PreferenceReference.AdapterOff(LoadedModel);
         observer.OnMessage($"{_o.ObjectiveName} reference: {_reference.Description}");
         if (!_o.PrecomputeReference) return new PreferenceTask(LoadedModel, train.Pairs, eval.Pairs, pad, _o, _reference);
 

@@ -68,7 +68,7 @@ public sealed class VeraLinear : nn.Module<Tensor, Tensor>, IAdapter, IFrozenBas
     {
         using var scope = torch.NewDisposeScope();
         Tensor y = Base.Linear(x);
-        if (IsMerged) return scope.MoveToOuter(y);
+        if (IsMerged || AdapterSwitch.IsOff) return scope.MoveToOuter(y);
         var (a, b) = Slices();
         Tensor h = x.to_type(vera_lambda_d.dtype);
         if (training && _config.VeraDropout > 0) h = nn.functional.dropout(h, _config.VeraDropout, true);
