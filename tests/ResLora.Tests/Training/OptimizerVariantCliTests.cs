@@ -25,6 +25,9 @@ public sealed class OptimizerVariantCliTests : IDisposable
         string outDir = Path.Combine(_dir, "run");
         var first = Run(Train(model, data, outDir, "--loraplus-lr-ratio", "16", "--precondition", "riemannian", "--save-every", "1"));
         Assert.True(first.Rc == 0, first.Err);
+        var recipe = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, ResLora.Pipelines.FineTuning.RecipeFile))).RootElement;
+        Assert.Equal(16, recipe.GetProperty("loraplus-lr-ratio").GetDouble());
+        Assert.Equal("riemannian", recipe.GetProperty("precondition").GetString());
         var ratio = Run(Train(model, data, outDir, "--loraplus-lr-ratio", "8", "--precondition", "riemannian", "--resume"));
         Assert.Equal(2, ratio.Rc);
         Assert.Contains("this resume changes --loraplus-lr-ratio 8 (the checkpoint was trained with 16)", ratio.Err);
