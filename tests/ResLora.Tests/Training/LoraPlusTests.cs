@@ -140,7 +140,10 @@ public sealed class LoraPlusTests
         using var model = Model(Lora());
         var o = new TrainOptions
         {
-            Steps = 20, BatchSize = 7, LearningRate = 5e-3, WarmupSteps = 2,
+            Steps = 20,
+            BatchSize = 7,
+            LearningRate = 5e-3,
+            WarmupSteps = 2,
             LoraPlusLrRatio = variant is "loraplus" or "both" ? 16 : null,
             Precondition = variant is "riemannian" or "both" ? "riemannian" : "none",
         };
