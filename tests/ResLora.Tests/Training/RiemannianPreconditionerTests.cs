@@ -186,6 +186,35 @@ public sealed class RiemannianPreconditionerTests
         Assert.Contains("--precondition-delta must be positive", Assert.Throws<UserInputException>(() => new TrainOptions { PreconditionDelta = 0 }.Validate()).Message);
     }
 
+    /// <summary>ResLoRA (every structure) and RoLoRA's LoRA layers are (A, B) pairs: preconditioned every step, and the loss stays finite.</summary>
+    [Theory]
+    [InlineData("reslora-is")]
+    [InlineData("reslora-bs")]
+    [InlineData("reslora-ms")]
+    [InlineData("rolora")]
+    public void LowRankMethods_ArePreconditionedEveryStep(string method)
+    {
+        var targets = ModuleTargets.List("q_proj", "v_proj");
+        AdapterConfigBase config = method == "rolora"
+            ? new RoLoraConfig { R = 2, LoraAlpha = 4, TargetModules = targets }
+            : new ResLoraConfig { R = 2, LoraAlpha = 4, Structure = method[^2..], TargetModules = targets };
+        using var model = Model(config);
+        var o = new TrainOptions { Steps = 3, BatchSize = 3, LearningRate = 1e-2, Precondition = "riemannian" };
+        var pairs = Pairs(model);
+        Assert.Equal(4, pairs.Count);
+        var capture = new Capture(pairs, pairs.SelectMany(p => new[] { p.LoraA, p.LoraB }).ToList());
+        var trainer = new Trainer(model, o, new object[] { capture });
+        using var opt = trainer.CreateOptimizer();
+        var data = new ShuffledBatchSource(Examples(), o.BatchSize, padId: 0, seed: 1);
+        for (int s = 1; s <= 3; s++)
+        {
+            Assert.True(double.IsFinite(trainer.Step(opt, data, s, o.Steps).Loss));
+            var (a, _, _, gb) = capture.Before[0];
+            var expectB = MatMul(gb, DampedInverse(MatMul(a, T(a)), o.PreconditionDelta));
+            Assert.True(MaxDiff(capture.After[0].GB, expectB) <= 1e-6 * Math.Max(1e-3, Max(expectB)), $"{method} step {s}");
+        }
+    }
+
     /// <summary>DoRA's pairs are preconditioned, its magnitude vector is stepped unchanged (as PEFT collects only lora_A/lora_B).</summary>
     [Fact]
     public void Dora_PreconditionsItsPairs_AndLeavesTheMagnitudeGradient()
