@@ -52,12 +52,15 @@ internal static class TrainVerb
         var pairField = new Option<string?>("--text-pair-field") { Description = "classify/regress: the field holding the second text of a pair (e.g. sentence2)." };
         var labelField = new Option<string>("--label-field") { Description = "classify/regress: the field holding the label (integer or string classes; a number for regress).", DefaultValueFactory = _ => "label" };
         var checkWeights = new Option<bool>("--check-weights") { Description = "Read every base weight once before training and refuse NaN/infinite values or integer-typed weights (as inspect --check; adapter tensors are always checked)." };
+        var loraPlus = new Option<double?>("--loraplus-lr-ratio") { Description = "LoRA+: B's learning rate is this many times A's (PEFT's grouping; the paper suggests 16; default off)." };
+        var precondition = new Option<string>("--precondition") { Description = "riemannian: PrecLoRA's r×r preconditioner of every (A, B) pair's gradients before each step (LoRA, DoRA, ResLoRA, RoLoRA); none (default).", DefaultValueFactory = _ => "none" };
+        var preconditionDelta = new Option<double>("--precondition-delta") { Description = "--precondition riemannian: δ added to BᵀB and AAᵀ before inversion (PEFT's reg).", DefaultValueFactory = _ => Training.Optimization.RiemannianPreconditioner.DefaultDelta };
         var config = new Option<string?>(TrainRecipe.Flag) { Description = $"A recipe: a JSON file, or YAML (.yaml/.yml), whose keys are these flags without the dashes (snake_case or kebab-case), e.g. {{\"model\": \"m\", \"data\": \"d.jsonl\", \"steps\": 200, \"targets\": \"q_proj,v_proj\"}}. Flags on the command line override it; paths are read as on the command line. Every run writes its flags to --out/{TrainRecipe.FileName}, which --config re-runs." };
         var method = new MethodOptionSet();
         var preference = new PreferenceOptionSet();
         var rt = new RuntimeOptionSet(baseBits: true, heap: true);
         var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
-        foreach (var o in new Option[] { config, model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, trainOnPrompt, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, snapshotEvery, saveTotalLimit, patience, threshold, evalExamples, maxNew, checkWeights })
+        foreach (var o in new Option[] { config, model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, trainOnPrompt, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, snapshotEvery, saveTotalLimit, patience, threshold, evalExamples, maxNew, checkWeights, loraPlus, precondition, preconditionDelta })
             cmd.Options.Add(o);
         method.AddTo(cmd);
         preference.AddTo(cmd);
@@ -96,6 +99,9 @@ internal static class TrainVerb
                 EarlyStoppingThreshold = r.GetValue(threshold),
                 EvalGenerateExamples = r.GetValue(evalExamples),
                 MaxNewTokens = r.GetValue(maxNew),
+                LoraPlusLrRatio = r.GetValue(loraPlus),
+                Precondition = r.GetValue(precondition)!.Trim().ToLowerInvariant(),
+                PreconditionDelta = r.GetValue(preconditionDelta),
             };
             string outDir = r.GetValue(output)!;
             if (r.GetValue(checkWeights)) InspectPipeline.RequireCleanWeights(dir);

@@ -44,6 +44,20 @@ public sealed record TrainOptions
     public int MaxNewTokens { get; init; } = 16;
     /// <summary>Also write TensorBoard event files beside metrics.jsonl (<see cref="TrainLoop"/>).</summary>
     public bool TensorBoard { get; init; } = true;
+    /// <summary>
+    /// LoRA+ (Hayou et al. 2024; PEFT's <c>create_loraplus_optimizer</c>): B's learning rate is this many times A's,
+    /// in PEFT's four parameter groups (<see cref="Optimization.LoraPlusGroups"/>); null = one group at <see cref="LearningRate"/>.
+    /// </summary>
+    public double? LoraPlusLrRatio { get; init; }
+    /// <summary>LoRA+: the peak learning rate of trainable embedding parameters (PEFT's <c>loraplus_lr_embedding</c>, 1e-6).</summary>
+    public double LoraPlusLrEmbedding { get; init; } = 1e-6;
+    /// <summary>
+    /// Gradient preconditioner before each optimizer step: "none" or "riemannian" (PrecLoRA, Zhang &amp; Pilanci 2024;
+    /// PEFT's <c>create_riemannian_optimizer</c>; <see cref="Optimization.RiemannianPreconditioner"/>).
+    /// </summary>
+    public string Precondition { get; init; } = "none";
+    /// <summary>δ added to the r×r matrices' diagonal before inversion (PEFT's <c>reg</c>, default 1e-2).</summary>
+    public double PreconditionDelta { get; init; } = Optimization.RiemannianPreconditioner.DefaultDelta;
 
     /// <summary>Optimizer steps of a run over <paramref name="examples"/> training sequences (at least 1).</summary>
     public int TotalSteps(int examples) =>
@@ -69,6 +83,10 @@ public sealed record TrainOptions
             ["beta1"] = D(Beta1),
             ["beta2"] = D(Beta2),
             ["adam_eps"] = D(AdamEps),
+            ["--loraplus-lr-ratio"] = LoraPlusLrRatio is { } ratio ? D(ratio) : "off",
+            ["loraplus_lr_embedding"] = D(LoraPlusLrEmbedding),
+            ["--precondition"] = Precondition,
+            ["--precondition-delta"] = D(PreconditionDelta),
         };
     }
 
@@ -89,6 +107,14 @@ public sealed record TrainOptions
         if (SaveTotalLimit > 0 && SnapshotEvery == 0) throw new UserInputException("--save-total-limit keeps the newest checkpoint-N snapshots, which --snapshot-every N writes; add --snapshot-every N or drop --save-total-limit.");
         if (EarlyStoppingPatience < 0) throw new UserInputException($"--early-stopping-patience must be 0 (off) or more evaluations, got {EarlyStoppingPatience}.");
         if (!(EarlyStoppingThreshold >= 0) || double.IsInfinity(EarlyStoppingThreshold)) throw new UserInputException($"--early-stopping-threshold must be 0 or a positive loss difference, got {EarlyStoppingThreshold}.");
+        if (LoraPlusLrRatio is { } r && (!(r > 0) || double.IsInfinity(r)))
+            throw new UserInputException($"--loraplus-lr-ratio must be a positive number (B's learning rate over A's; the LoRA+ paper suggests 16), got {r}.");
+        if (!(LoraPlusLrEmbedding > 0) || double.IsInfinity(LoraPlusLrEmbedding))
+            throw new UserInputException($"loraplus_lr_embedding must be a positive learning rate, got {LoraPlusLrEmbedding}.");
+        if (Precondition is not ("none" or "riemannian"))
+            throw new UserInputException($"--precondition '{Precondition}' is not known; use riemannian (PrecLoRA) or none.");
+        if (!(PreconditionDelta > 0) || double.IsInfinity(PreconditionDelta))
+            throw new UserInputException($"--precondition-delta must be positive (BᵀB is singular at LoRA's start, where B = 0), got {PreconditionDelta}.");
         if (EarlyStoppingPatience > 0 && EvalEvery == 0)
             throw new UserInputException($"--early-stopping-patience {EarlyStoppingPatience} counts evaluations during the run; add --eval-every N (evaluate every N steps).");
     }

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using ResLora.Adapters;
 using ResLora.Models;
 using ResLora.Training.Distributed;
+using ResLora.Training.Optimization;
 
 namespace ResLora.Training;
 
@@ -123,8 +124,30 @@ public sealed class Trainer
 
     public IReadOnlyList<Parameter> TrainableParameters => _params;
 
-    public optim.Optimizer CreateOptimizer() =>
-        torch.optim.AdamW(_params, _o.LearningRate, _o.Beta1, _o.Beta2, _o.AdamEps, _o.WeightDecay);
+    /// <summary>
+    /// AdamW over the trainable parameters: one group, or with <see cref="TrainOptions.LoraPlusLrRatio"/> LoRA+'s four
+    /// (<see cref="LoraPlusGroups"/>), each keeping its ratio to the scheduled lr. With <see cref="TrainOptions.Precondition"/>
+    /// riemannian, the steps of this optimizer are preconditioned (<see cref="RiemannianPreconditioner"/>); a model it
+    /// cannot apply to is refused here, before the first step.
+    /// </summary>
+    public optim.Optimizer CreateOptimizer()
+    {
+        _preconditioner = _o.Precondition == "riemannian" ? RiemannianPreconditioner.For(_model, _hooks, _o.PreconditionDelta) : null;
+        if (_o.LoraPlusLrRatio is not { } ratio)
+        {
+            _lrRatios = null;
+            return torch.optim.AdamW(_params, _o.LearningRate, _o.Beta1, _o.Beta2, _o.AdamEps, _o.WeightDecay);
+        }
+        var groups = LoraPlusGroups.Split(_model, _params, ratio, _o.LoraPlusLrEmbedding / _o.LearningRate);
+        _lrRatios = groups.Select(g => g.LrRatio).ToArray();
+        return LoraPlusGroups.AdamW(groups, _o);
+    }
+
+    /// <summary>Each parameter group's lr over the base lr (LoRA+), or null: every group follows the base lr.</summary>
+    private double[]? _lrRatios;
+
+    /// <summary>The preconditioner of <see cref="CreateOptimizer"/>'s optimizer, or null.</summary>
+    private RiemannianPreconditioner? _preconditioner;
 
     /// <summary>Learning-rate multiplier at 1-based step <paramref name="step"/> (Hugging Face's warm-up + decay formulas).</summary>
     public static double LrMultiplier(int step, int total, int warmup, string schedule)
@@ -187,14 +210,19 @@ public sealed class Trainer
         return (lossSum / _o.GradAccum, tokens, inputTokens);
     }
 
-    /// <summary>Clipping, the lr schedule, the method hooks and the optimizer step on the final gradients.</summary>
+    /// <summary>Clipping, the lr schedule (each group at its ratio), the method hooks, the preconditioner and the optimizer step on the final gradients.</summary>
     private void Update(optim.Optimizer optimizer, int step, int totalSteps)
     {
         if (_o.MaxGradNorm > 0) nn.utils.clip_grad_norm_(_params, _o.MaxGradNorm);
         double lr = _o.LearningRate * LrMultiplier(step, totalSteps, _o.WarmupSteps, _o.Schedule);
-        foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
+        var groups = optimizer.ParamGroups.ToList();
+        if (_lrRatios is not null && groups.Count != _lrRatios.Length)
+            throw new InvalidOperationException($"the optimizer has {groups.Count} parameter groups, CreateOptimizer made {_lrRatios.Length}; step the optimizer this trainer created.");
+        for (int i = 0; i < groups.Count; i++) groups[i].LearningRate = lr * (_lrRatios?[i] ?? 1.0);
         var ctx = new OptimizerStepContext(step, totalSteps, optimizer);
         foreach (var h in _hooks) h.BeforeOptimizerStep(ctx);
+        // PrecLoRA is part of the optimizer's step (PEFT wraps optimizer.step): after clipping and the method hooks.
+        _preconditioner?.Apply();
         optimizer.step();
         foreach (var h in _hooks) h.AfterOptimizerStep(ctx);
         optimizer.zero_grad();
