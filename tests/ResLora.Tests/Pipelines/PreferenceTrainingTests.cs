@@ -117,6 +117,35 @@ public sealed class PreferenceTrainingTests : IDisposable
     }
 
     [Theory]
+    [InlineData("dpo", "--method dora")]
+    [InlineData("dpo", "--method reslora --structure is")]
+    [InlineData("dpo", "--method reslora --structure bs --grad-checkpoint")]
+    [InlineData("ipo", "--method reflora")]
+    [InlineData("dpo", "--method lora --dtype bfloat16")]
+    [InlineData("dpo", "--method lora --base-bits 4")]
+    [InlineData("simpo", "--method loha")]
+    [InlineData("orpo", "--method vera --rank 16")]
+    [InlineData("dpo", "--method lora --init pissa")]
+    [InlineData("dpo", "--method lora --loraplus-lr-ratio 16 --precondition riemannian")]
+    public void EveryMethodAndBase_TrainsAPreferenceObjective_StartingAtTheReference(string objective, string flags)
+    {
+        string model = ModelFolder(Path.Combine(_dir, "model")), data = Pairs(Path.Combine(_dir, "p.jsonl"), 24, 6);
+        string outDir = Path.Combine(_dir, "o");
+        var (rc, output, err) = Run(new[] { "train", "--model", model, "--data", data, "--out", outDir, "--steps", "3", "--batch-size", "4",
+            "--lr", "3e-3", "--log-every", "1", "--eval-fraction", "0.25", "--eval-generate", "0", "--threads", "1", "--targets", "all-linear", "--objective", objective }
+            .Concat(flags.Split(' ')).ToArray());
+        Assert.True(rc == 0, output + err);
+        var losses = Metrics(outDir).Where(l => l.TryGetProperty("loss", out _)).Select(l => l.GetProperty("loss").GetDouble()).ToList();
+        Assert.Equal(3, losses.Count);
+        Assert.All(losses, l => Assert.True(double.IsFinite(l)));
+        // DPO/IPO: the adapters start as the reference (x = 0): DPO's first loss is log 2, IPO's (1/(2β))² = 25.
+        if (objective == "dpo") Assert.Equal(Math.Log(2), losses[0], 2);
+        if (objective == "ipo") Assert.Equal(25, losses[0], 1);
+        Assert.True(File.Exists(Path.Combine(outDir, AdapterFolder.WeightsFileName)));
+        Assert.Contains("rewards/accuracies", File.ReadAllText(Path.Combine(outDir, TrainLoop.MetricsFile)));
+    }
+
+    [Theory]
     [InlineData(new[] { "--beta", "0.2" }, "--beta is a preference-tuning setting; add --objective")]
     [InlineData(new[] { "--objective", "orpo", "--precompute-reference" }, "orpo compares with no reference model")]
     [InlineData(new[] { "--objective", "dpo", "--orpo-lambda", "0.2" }, "--orpo-lambda is ORPO's weight")]
