@@ -191,17 +191,29 @@ public sealed class ServeAdapterLoadingTests : IClassFixture<AdapterRootFixture>
     [Fact]
     public async Task Unload_WaitsForTheRequestsThatUseTheAdapter_AndRefusesNewOnesAtOnce()
     {
+        // With logprobs the request is two jobs on the worker (its generation batch, then the forward that scores it): an
+        // unload queued behind the batch alone would free the adapter before the scoring forward.
+        string request = new JsonObject { ["model"] = Base + ":lora", ["prompt"] = Prompts[1], ["max_tokens"] = 4, ["temperature"] = 0, ["logprobs"] = 2 }.ToJsonString();
+        async Task<string> Choice(HttpClient client)
+        {
+            var r = await Post(client, "/v1/completions", request);
+            string body = await r.Content.ReadAsStringAsync();
+            Assert.True(r.StatusCode == HttpStatusCode.OK, $"{(int)r.StatusCode}: {body}");
+            return JsonNode.Parse(body)!["choices"]![0]!.ToJsonString();
+        }
         string expected;
         await using (var startup = await _f.Serving.Start())
         {
             using var client = Client(startup);
-            expected = await Answer(client, Base + ":lora", Prompts[1]);
+            expected = await Choice(client);
         }
+        Assert.Contains("\"top_logprobs\"", expected, StringComparison.Ordinal);
+
         using var hold = new ServeTests.Gate();
         await using var held = await _f.Start(beforeBatch: hold.BeforeBatch);
         using var h = Client(held);
-        await Succeeds(await Post(h, "/v1/load_lora_adapter", LoadBody("lora", "lora")), "Success: LoRA adapter 'lora' added successfully.");
-        var inFlight = Task.Run(() => Answer(h, Base + ":lora", Prompts[1]));
+        await Succeeds(await Post(h, "/v1/load_lora_adapter", LoadBody("lora", "lora")), "Success: LoRA adapter 'lora' added successfully."); // not a batch: the gate lets it by
+        var inFlight = Task.Run(() => Choice(h));
         Assert.True(await hold.Entered.WaitAsync(TimeSpan.FromMinutes(1))); // the request is in its batch, held before it runs
         var unload = Post(h, "/v1/unload_lora_adapter", UnloadBody("lora"));
         await ServeTests.Until(() => !held.Model.ModelIds.Contains(Base + ":lora")); // no longer served...
@@ -209,7 +221,7 @@ public sealed class ServeAdapterLoadingTests : IClassFixture<AdapterRootFixture>
         Assert.False(unload.IsCompleted); // ...but not removed while the request that uses it runs
         Assert.Contains(held.Model.Adapters.Adapters, a => a.Name == "lora");
         hold.Open();
-        Assert.Equal(expected, await inFlight); // it kept its adapter
+        Assert.Equal(expected, await inFlight); // it kept its adapter, for its generation and its scoring
         await Succeeds(await unload, "Success: LoRA adapter 'lora' removed successfully.");
         Assert.DoesNotContain(held.Model.Adapters.Adapters, a => a.Name == "lora");
     }
