@@ -297,4 +297,17 @@ public sealed class ServeAdapterLoadingTests : IClassFixture<AdapterRootFixture>
         Assert.Contains("--adapter-root", missing.Message, StringComparison.Ordinal);
         Assert.Contains("no such folder", missing.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void Cli_DocumentsAdapterRoot_AndRefusesAMissingOneBeforeLoading()
+    {
+        var (rc, help, _) = CliHarness.Run("serve", "--help");
+        Assert.Equal(0, rc);
+        Assert.Contains("--adapter-root", help, StringComparison.Ordinal);
+        Assert.Contains("/v1/load_lora_adapter", help, StringComparison.Ordinal);
+        var (bad, _, err) = CliHarness.Run("serve", "--model", _f.Serving.ModelDir, "--adapter-root", Path.Combine(_f.AdapterRoot, "absent"), "--port", "0");
+        Assert.Equal(2, bad);
+        Assert.Contains("--adapter-root", err, StringComparison.Ordinal);
+        Assert.Contains("no such folder", err, StringComparison.Ordinal);
+    }
 }

@@ -9,7 +9,7 @@ namespace ResLora.Pipelines.Serving;
 /// a link that points out reaches any other file. The adapter's two files are checked the same way, and the folder is then
 /// read through its real path, never the path as given.
 /// </summary>
-public sealed class AdapterRoot
+internal sealed class AdapterRoot
 {
     /// <summary>Most symbolic links followed while resolving one path (Linux's own limit is 40).</summary>
     private const int MaxLinks = 40;
