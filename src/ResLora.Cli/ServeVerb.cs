@@ -16,6 +16,7 @@ internal static class ServeVerb
         var model = new Option<string>("--model") { Description = "Hugging Face model folder (the base every request shares).", Required = true };
         var name = new Option<string?>("--name") { Description = "The base's model id in requests and GET /v1/models (default: the model folder's name); adapters are NAME:ADAPTER." };
         var adapters = new Option<string[]>("--adapter") { Description = "NAME=DIR (or DIR, named after its folder): serve a LoRA/rsLoRA/DoRA adapter folder (PEFT format; other methods: reslora export --as lora first) as model NAME-OF-BASE:NAME. Repeatable.", AllowMultipleArgumentsPerToken = false };
+        var adapterRoot = new Option<string?>("--adapter-root") { Description = "DIR: allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's routes, behind --api-key) to load and unload LoRA/rsLoRA/DoRA adapter folders at run time, only from under DIR (lora_path relative to DIR, or absolute inside it; links and '..' are resolved, anything outside is refused with 403). Without it those routes answer 404." };
         var host = new Option<string>("--host") { Description = "Address to bind: 127.0.0.1 (default, this machine only), ::1, 0.0.0.0 (every interface: set --api-key), or localhost.", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "Port (0 = pick a free one; the address is printed).", DefaultValueFactory = _ => 8000 };
         var apiKey = new Option<string?>("--api-key") { Description = $"Require Authorization: Bearer KEY on every request (401 otherwise). Default: the {ApiKeyVariable} environment variable; none = no check." };
@@ -26,8 +27,8 @@ internal static class ServeVerb
         var shutdown = new Option<double>("--shutdown-timeout") { Description = "Seconds a shutdown (Ctrl+C, SIGTERM) waits for requests in flight before cancelling them.", DefaultValueFactory = _ => 30.0 };
         var chatTemplate = new Option<string?>("--chat-template") { Description = $"Chat template for /v1/chat/completions when the model has none (or another is wanted): a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", BuiltInChatTemplates.Names)}). Default: the model's, else each adapter's recorded one." };
         var rt = new RuntimeOptionSet();
-        var cmd = new Command("serve", "Serve a model and its adapters over HTTP with OpenAI's API: POST /v1/completions, POST /v1/chat/completions (\"stream\": true for Server-Sent Events), GET /v1/models. Requests from all clients are generated in batches that mix adapters. Ctrl+C stops after the requests in flight. See docs/serving.md.");
-        foreach (var o in new Option[] { model, name, adapters, host, port, apiKey, maxBatch, maxQueue, maxTokens, maxBytes, shutdown, chatTemplate }) cmd.Options.Add(o);
+        var cmd = new Command("serve", "Serve a model and its adapters over HTTP with OpenAI's API: POST /v1/completions, POST /v1/chat/completions (\"stream\": true for Server-Sent Events), GET /v1/models; with --adapter-root, POST /v1/load_lora_adapter and /v1/unload_lora_adapter. Requests from all clients are generated in batches that mix adapters. Ctrl+C stops after the requests in flight. See docs/serving.md.");
+        foreach (var o in new Option[] { model, name, adapters, adapterRoot, host, port, apiKey, maxBatch, maxQueue, maxTokens, maxBytes, shutdown, chatTemplate }) cmd.Options.Add(o);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
@@ -36,6 +37,7 @@ internal static class ServeVerb
                 ModelDir = CliPaths.ModelDir(r.GetValue(model)),
                 Name = r.GetValue(name),
                 Adapters = NamedAdapters.Parse(r.GetValue(adapters), forceNamed: true).Named.Select(a => KeyValuePair.Create(a.Name, a.Dir)).ToList(),
+                AdapterRoot = r.GetValue(adapterRoot),
                 ChatTemplate = r.GetValue(chatTemplate),
                 MaxBatch = r.GetValue(maxBatch),
                 MaxQueue = r.GetValue(maxQueue),
@@ -76,7 +78,7 @@ internal static class ServeVerb
             served.Dispose();
             throw;
         }
-        Console.Out.WriteLine($"serving {string.Join(", ", served.ModelIds)} on {server.ListenAddress} (batch ≤ {options.MaxBatch}, queue ≤ {options.MaxQueue}{(settings.ApiKey is null ? "" : ", API key required")}); Ctrl+C stops");
+        Console.Out.WriteLine($"serving {string.Join(", ", served.ModelIds)} on {server.ListenAddress} (batch ≤ {options.MaxBatch}, queue ≤ {options.MaxQueue}{(settings.ApiKey is null ? "" : ", API key required")}{(served.AdapterRootPath is { } root ? $", adapters loadable from {root}" : "")}); Ctrl+C stops");
         Console.Out.Flush();
         try
         {

@@ -63,7 +63,7 @@ internal sealed record ServeSettings
 /// /v1/chat/completions</c> (whole answers, or Server-Sent Events with <c>"stream": true</c>) and <c>GET /v1/models</c>
 /// on Kestrel. Errors are one JSON line in the OpenAI API's shape. Owns the model: stopping the server frees it.
 /// </summary>
-internal sealed class ServeServer : IAsyncDisposable
+internal sealed partial class ServeServer : IAsyncDisposable
 {
     /// <summary>How long a shutdown gives handlers to write their answers (or their 503) once generation has stopped.</summary>
     private static readonly TimeSpan AnswerGrace = TimeSpan.FromSeconds(5);
@@ -153,7 +153,9 @@ internal sealed class ServeServer : IAsyncDisposable
         _app.MapGet("/v1/models", (HttpContext ctx) => Send(ctx, 200, Models()));
         _app.MapPost("/v1/completions", (HttpContext ctx) => Complete(ctx, chat: false));
         _app.MapPost("/v1/chat/completions", (HttpContext ctx) => Complete(ctx, chat: true));
-        _app.MapFallback((HttpContext ctx) => Error(ctx, 404, $"no route {ctx.Request.Method} {ctx.Request.Path}; the routes are POST /v1/completions, POST /v1/chat/completions and GET /v1/models.", "invalid_request_error", null, "not_found"));
+        _app.MapPost("/v1/load_lora_adapter", (HttpContext ctx) => ChangeAdapters(ctx, load: true));
+        _app.MapPost("/v1/unload_lora_adapter", (HttpContext ctx) => ChangeAdapters(ctx, load: false));
+        _app.MapFallback((HttpContext ctx) => Error(ctx, 404, $"no route {ctx.Request.Method} {ctx.Request.Path}; the routes are POST /v1/completions, POST /v1/chat/completions, GET /v1/models, POST /v1/load_lora_adapter and POST /v1/unload_lora_adapter.", "invalid_request_error", null, "not_found"));
     }
 
     private bool Authorized(HttpRequest request)
@@ -184,41 +186,8 @@ internal sealed class ServeServer : IAsyncDisposable
         var aborted = ctx.RequestAborted;
         try
         {
-            if (ctx.Request.ContentLength > _settings.MaxRequestBytes) throw new BodyTooLarge();
-            var body = new MemoryStream();
-            try
-            {
-                await ctx.Request.Body.CopyToAsync(body, aborted).ConfigureAwait(false);
-            }
-            catch (Microsoft.AspNetCore.Http.BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
-            {
-                throw new BodyTooLarge();
-            }
-            catch (Microsoft.AspNetCore.Http.BadHttpRequestException e)
-            {
-                // Kestrel's verdict on the body: 408 when it arrives slower than 240 bytes/s after a 5 s grace, 400 for bad framing.
-                throw new ClientError(e.StatusCode, e.StatusCode == StatusCodes.Status408RequestTimeout
-                    ? "the request body arrived too slowly (under 240 bytes/s after 5 s); send the body at once."
-                    : $"the request body could not be read: {Scrub(e.Message)}", e.StatusCode == StatusCodes.Status408RequestTimeout ? "request_timeout" : "bad_request");
-            }
-            byte[] bytes = body.ToArray();
-            if (!System.Text.Unicode.Utf8.IsValid(bytes))
-            {
-                await Error(ctx, 400, "the request body is not valid UTF-8 (JSON must be UTF-8 encoded).", "invalid_request_error", null, "invalid_json").ConfigureAwait(false);
-                return;
-            }
-            JsonDocument doc;
-            try
-            {
-                doc = JsonDocument.Parse(bytes);
-            }
-            catch (JsonException e)
-            {
-                await Error(ctx, 400, $"the request body is not valid JSON ({e.Message}).", "invalid_request_error", null, "invalid_json").ConfigureAwait(false);
-                return;
-            }
             ApiRequest request;
-            using (doc) request = OpenAiProtocol.Parse(doc.RootElement, chat);
+            using (var doc = await ReadJsonAsync(ctx, aborted).ConfigureAwait(false)) request = OpenAiProtocol.Parse(doc.RootElement, chat);
             string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
             long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
             string model = request.Completion.Model;
@@ -267,19 +236,56 @@ internal sealed class ServeServer : IAsyncDisposable
             if (ctx.Response.HasStarted) return;
             if (status == 429) ctx.Response.Headers.RetryAfter = "1";
             // The unread body stays on the connection: close it, so a client does not send its next request into it.
-            if (status == 413 || e is ClientError) ctx.Response.Headers.Connection = "close";
+            if (status == 413 || e is ClientError { CloseConnection: true }) ctx.Response.Headers.Connection = "close";
             if (status == 500) Console.Error.WriteLine($"serve: internal error: {e}");
             await Error(ctx, status, message, type, param, code).ConfigureAwait(false);
         }
     }
 
+    /// <summary>
+    /// Reads the request body as one JSON document: refused as 413 past --max-request-bytes, as Kestrel's 408/400 when it
+    /// arrives too slowly or badly framed, and as 400 when it is not UTF-8 or not JSON.
+    /// </summary>
+    private async Task<JsonDocument> ReadJsonAsync(HttpContext ctx, CancellationToken aborted)
+    {
+        if (ctx.Request.ContentLength > _settings.MaxRequestBytes) throw new BodyTooLarge();
+        var body = new MemoryStream();
+        try
+        {
+            await ctx.Request.Body.CopyToAsync(body, aborted).ConfigureAwait(false);
+        }
+        catch (Microsoft.AspNetCore.Http.BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            throw new BodyTooLarge();
+        }
+        catch (Microsoft.AspNetCore.Http.BadHttpRequestException e)
+        {
+            // Kestrel's verdict on the body: 408 when it arrives slower than 240 bytes/s after a 5 s grace, 400 for bad framing.
+            throw new ClientError(e.StatusCode, e.StatusCode == StatusCodes.Status408RequestTimeout
+                ? "the request body arrived too slowly (under 240 bytes/s after 5 s); send the body at once."
+                : $"the request body could not be read: {Scrub(e.Message)}", e.StatusCode == StatusCodes.Status408RequestTimeout ? "request_timeout" : "bad_request");
+        }
+        byte[] bytes = body.ToArray();
+        if (!System.Text.Unicode.Utf8.IsValid(bytes))
+            throw new ClientError(400, "the request body is not valid UTF-8 (JSON must be UTF-8 encoded).", "invalid_json", closeConnection: false);
+        try
+        {
+            return JsonDocument.Parse(bytes);
+        }
+        catch (JsonException e)
+        {
+            throw new ClientError(400, $"the request body is not valid JSON ({e.Message}).", "invalid_json", closeConnection: false);
+        }
+    }
+
     private sealed class BodyTooLarge : Exception;
 
-    /// <summary>A body Kestrel refused to deliver (too slow, badly framed), with its status.</summary>
-    private sealed class ClientError(int status, string message, string code) : Exception(message)
+    /// <summary>A body Kestrel refused to deliver (too slow, badly framed: the connection is closed after the answer), or one that is not JSON, with its status.</summary>
+    private sealed class ClientError(int status, string message, string code, bool closeConnection = true) : Exception(message)
     {
         public int Status { get; } = status;
         public string Code { get; } = code;
+        public bool CloseConnection { get; } = closeConnection;
     }
 
     /// <summary>
@@ -302,6 +308,8 @@ internal sealed class ServeServer : IAsyncDisposable
         ServingException { Kind: ServingErrorKind.ModelNotFound } s => (404, s.Message, "invalid_request_error", s.Param, "model_not_found"),
         ServingException { Kind: ServingErrorKind.QueueFull } s => (429, s.Message, "rate_limit_error", null, "queue_full"),
         ServingException { Kind: ServingErrorKind.ShuttingDown } s => (503, s.Message, "server_error", null, "shutting_down"),
+        ServingException { Kind: ServingErrorKind.Forbidden } s => (403, s.Message, "permission_error", s.Param, "path_outside_adapter_root"),
+        ServingException { Kind: ServingErrorKind.NotFound } s => (404, s.Message, "invalid_request_error", s.Param, "not_found"),
         UserInputException u => (400, u.Message, "invalid_request_error", null, "invalid_value"),
         OperationCanceledException => (503, "the request was cancelled: the server is shutting down.", "server_error", null, "shutting_down"),
         _ => (500, $"internal error: {e.GetType().Name}: {Scrub(e.Message)} (the whole error is on the server's stderr)", "server_error", null, "internal_error"),

@@ -13,6 +13,10 @@ public enum ServingErrorKind
     QueueFull,
     /// <summary>The server is shutting down and takes no new requests.</summary>
     ShuttingDown,
+    /// <summary>The request asks for something the server will not reach: an adapter path outside its adapter root.</summary>
+    Forbidden,
+    /// <summary>A file or folder the request names does not exist (an adapter folder to load).</summary>
+    NotFound,
 }
 
 /// <summary>A request the server refuses, with what kind of refusal it is and the field it concerns.</summary>

@@ -9,11 +9,30 @@ namespace ResLora.Pipelines.Serving;
 public sealed partial class ServedModel
 {
     /// <summary>A checked request: what to generate (null for max_tokens 0), its reply's text, the prompt's ids and text.</summary>
-    private sealed record Prepared(CompletionRequest Request, string? Adapter, GenerationRow? Row, ReplyText? Reply, IReadOnlyList<int> Ids, string PromptText);
+    /// <remarks><see cref="Lease"/> holds the adapter until the request is answered; whoever drops the request disposes it.</remarks>
+    private sealed record Prepared(CompletionRequest Request, AdapterLease Lease, GenerationRow? Row, ReplyText? Reply, IReadOnlyList<int> Ids, string PromptText)
+    {
+        public string? Adapter => Lease.Adapter;
+    }
 
+    /// <summary>Resolves the model (holding its adapter) and checks the request; on a refusal the hold is released.</summary>
     private Prepared Prepare(CompletionRequest r, Action<string>? onText, CancellationToken cancel)
     {
-        string? adapter = Resolve(r.Model);
+        var lease = Acquire(r.Model);
+        try
+        {
+            return Prepare(r, lease, onText, cancel);
+        }
+        catch
+        {
+            lease.Dispose();
+            throw;
+        }
+    }
+
+    private Prepared Prepare(CompletionRequest r, AdapterLease lease, Action<string>? onText, CancellationToken cancel)
+    {
+        string? adapter = lease.Adapter;
         bool chat = r.Messages is not null;
         if (chat && (r.Echo || r.Logprobs is not null)) Invalid("echo and logprobs are for completions (a prompt), not chat messages.", r.Echo ? "echo" : "logprobs");
         if (r.Logprobs is < 0 or > CompletionLogprobs.MaxTopLogprobs)
@@ -54,7 +73,7 @@ public sealed partial class ServedModel
         if (r.Messages is { } conversation)
         {
             if (conversation.Count == 0) Invalid("messages is empty; give at least one message.", "messages");
-            format = _chat[adapter ?? ""]
+            format = lease.Chat
                 ?? throw new ServingException(ServingErrorKind.InvalidRequest, $"'{r.Model}' has no chat template (none in {_modelDir}/tokenizer_config.json{(adapter is null ? "" : " or recorded with the adapter")}); use /v1/completions, or start the server with --chat-template NAME|FILE.", "messages");
             try
             {
@@ -98,7 +117,7 @@ public sealed partial class ServedModel
         {
             if (ids.Count > positions)
                 Invalid($"the prompt is {ids.Count} tokens; the model holds {positions} positions.", "prompt");
-            return new Prepared(r, adapter, null, null, ids, promptText);
+            return new Prepared(r, lease, null, null, ids, promptText);
         }
         if (ids.Count >= positions)
             Invalid($"the prompt is {ids.Count} tokens; the model holds {positions} positions, so no token is left to generate.", r.Messages is null ? "prompt" : "messages");
@@ -123,7 +142,7 @@ public sealed partial class ServedModel
                 lock (_tokenizerLock) reply.Add(t);
             },
         };
-        return new Prepared(r, adapter, row, reply, ids, promptText);
+        return new Prepared(r, lease, row, reply, ids, promptText);
     }
 
     /// <summary>A token-id prompt: non-empty, within the model's positions, every id in the model's vocabulary.</summary>

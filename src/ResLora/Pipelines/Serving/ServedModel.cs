@@ -22,7 +22,6 @@ public sealed partial class ServedModel : IDisposable
     private readonly AdapterSet _set;
     private readonly ITextTokenizer _tokenizer;
     private readonly object _tokenizerLock = new();
-    private readonly Dictionary<string, ChatFormat?> _chat; // by adapter name; "" = the base
     private readonly string _modelDir;
 
     private readonly RuntimeOptions _runtime;
@@ -32,11 +31,11 @@ public sealed partial class ServedModel : IDisposable
     {
         _set = set;
         _tokenizer = tokenizer;
-        _chat = chat;
         _modelDir = options.ModelDir;
         Name = options.Name ?? DefaultName(options.ModelDir);
         Options = options;
         _runtime = runtime;
+        InitAdapters(chat, options.AdapterRoot);
         Scheduler = new BatchScheduler(rows =>
         {
             OnWorker();
@@ -61,6 +60,7 @@ public sealed partial class ServedModel : IDisposable
         options.Validate();
         var names = options.Adapters.Select(a => a.Key).ToList();
         if (names.Distinct().Count() != names.Count) throw new UserInputException($"--adapter: each adapter needs its own name; given: {string.Join(", ", names)}.");
+        if (options.AdapterRoot is { } root) _ = new AdapterRoot(root); // refused before the model is read
         var tokenizer = TokenizerLoader.Load(options.ModelDir);
         var set = AdapterSet.Load(options.ModelDir, runtime);
         try
@@ -128,21 +128,9 @@ public sealed partial class ServedModel : IDisposable
     /// <summary>The adapters and the base.</summary>
     public AdapterSet Adapters => _set;
 
-    /// <summary>Every served model id: the base's name, then <c>name:adapter</c> for each adapter.</summary>
-    public IReadOnlyList<string> ModelIds => _set.Adapters.Select(a => $"{Name}:{a.Name}").Prepend(Name).ToList();
-
     /// <summary>The name a model folder is served under by default: the folder's name.</summary>
     public static string DefaultName(string modelDir) =>
         Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelDir))) is { Length: > 0 } n ? n : "model";
-
-    /// <summary>The adapter a model id names (null for the base); refused when it names nothing served.</summary>
-    public string? Resolve(string model)
-    {
-        if (model == Name) return null;
-        if (model.StartsWith(Name + ":", StringComparison.Ordinal) && _set.Adapters.Any(a => a.Name == model[(Name.Length + 1)..]))
-            return model[(Name.Length + 1)..];
-        throw new ServingException(ServingErrorKind.ModelNotFound, $"the model '{model}' is not served; served models: {string.Join(", ", ModelIds)}.", "model");
-    }
 
     /// <summary>
     /// Generates one reply: validates the request, queues it, and returns when it is done. <paramref name="onText"/>
@@ -181,9 +169,12 @@ public sealed partial class ServedModel : IDisposable
             {
                 prepared.Add(Prepare(requests[i], null, linked.Token));
             }
-            catch (ServingException e) when (requests.Count > 1 && e.Kind == ServingErrorKind.InvalidRequest)
+            catch (Exception e)
             {
-                throw new ServingException(e.Kind, $"prompt[{i}]: {e.Message}", e.Param);
+                foreach (var p in prepared) p.Lease.Dispose(); // none of them runs
+                if (requests.Count > 1 && e is ServingException { Kind: ServingErrorKind.InvalidRequest } s)
+                    throw new ServingException(s.Kind, $"prompt[{i}]: {s.Message}", s.Param);
+                throw;
             }
         }
         var tasks = new List<Task<CompletionResult>>();
@@ -214,7 +205,20 @@ public sealed partial class ServedModel : IDisposable
         }
     }
 
+    /// <summary>Runs a prepared request and then releases its hold on its adapter (an unload waits for that).</summary>
     private async Task<CompletionResult> Run(Prepared p, CancellationToken cancel)
+    {
+        try
+        {
+            return await RunHeld(p, cancel).ConfigureAwait(false);
+        }
+        finally
+        {
+            p.Lease.Dispose();
+        }
+    }
+
+    private async Task<CompletionResult> RunHeld(Prepared p, CancellationToken cancel)
     {
         IReadOnlyList<int> tokens = Array.Empty<int>();
         IReadOnlyList<TokenScore>? scores = null;

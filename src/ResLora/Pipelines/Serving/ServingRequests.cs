@@ -18,6 +18,12 @@ public sealed record ServingOptions
     /// <summary>A chat template for every served model (a file or a built-in name); null = the model's, else each adapter's recorded one.</summary>
     public string? ChatTemplate { get; init; }
 
+    /// <summary>
+    /// The folder adapters may be loaded from at run time (<see cref="ServedModel.LoadAdapterAsync"/>); null = loading at
+    /// run time is off. Adapters named in <see cref="Adapters"/> load at start-up from anywhere.
+    /// </summary>
+    public string? AdapterRoot { get; init; }
+
     /// <summary>Most requests generated together in one batch.</summary>
     public int MaxBatch { get; init; } = 8;
 
