@@ -66,13 +66,13 @@ public sealed record RuntimeOptions
         if (flag is { } f)
         {
             if (f < 0) throw new UserInputException($"--threads must be 0 (libtorch's default) or more, got {f}.");
-            return new ThreadChoice(f, f == 0 ? "--threads 0: libtorch's default, one per core" : "--threads");
+            return new ThreadChoice(f, f == 0 ? "--threads 0" : "--threads");
         }
         if ((env ?? Environment.GetEnvironmentVariable)(ThreadsVariable) is { Length: > 0 } v)
         {
             if (!int.TryParse(v, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n))
                 throw new UserInputException($"{ThreadsVariable}='{v}' is not a thread count: set it to a whole number (0 = libtorch's default), or unset it to choose from the free cores.");
-            return new ThreadChoice(n, n == 0 ? $"{ThreadsVariable}=0: libtorch's default, one per core" : $"{ThreadsVariable}={n}; --threads N to override");
+            return new ThreadChoice(n, $"{ThreadsVariable}={n}; --threads N to override");
         }
         return ThreadBudget.Choose((probe ?? ThreadBudget.Probe)());
     }

@@ -17,7 +17,7 @@ internal sealed record CpuBudget(int AllowedCpus, double? QuotaCores, double? Bu
 public sealed record ThreadChoice(int Threads, string Reason)
 {
     /// <summary>The line a verb prints: "threads: 1 (2 cores allowed, 1 busy with other processes; --threads N to override)".</summary>
-    public override string ToString() => Threads == 0 ? $"threads: libtorch's default ({Reason})" : $"threads: {Threads} ({Reason})";
+    public override string ToString() => Threads == 0 ? $"threads: libtorch's default, one per core ({Reason})" : $"threads: {Threads} ({Reason})";
 }
 
 /// <summary>
