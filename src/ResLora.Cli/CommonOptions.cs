@@ -31,21 +31,45 @@ internal sealed class RuntimeOptionSet(bool baseBits = false, bool heap = false)
 
     /// <summary>
     /// The runtime the flags ask for, on this machine. The thread count is <c>--threads</c>, else RESLORA_THREADS, else the
-    /// free cores (<see cref="RuntimeOptions.ChooseThreads"/>); with <paramref name="announce"/> the choice and its reason go
-    /// to stderr as the run's first line ("threads: 1 (2 cores allowed, 1 busy with other processes; ...)").
+    /// free cores (<see cref="RuntimeOptions.ChooseThreads"/>); <see cref="AnnounceThreads"/> says which and why.
     /// </summary>
-    public RuntimeOptions Read(ParseResult r, bool announce = false)
+    public RuntimeOptions Read(ParseResult r)
     {
         // One choice per command line: a verb that reads the runtime twice probes the machine once.
         var threads = _chosen is { } c && ReferenceEquals(c.For, r) ? c.Choice : RuntimeOptions.ChooseThreads(r.GetValue(Threads));
         _chosen = (r, threads);
-        if (announce) Console.Error.WriteLine(threads.ToString());
         var o = new RuntimeOptions { Device = r.GetValue(Device)!, Dtype = r.GetValue(Dtype)!, Threads = threads.Threads, BaseBits = BaseBits is null ? "16" : r.GetValue(BaseBits)!, Heap = Heap is null ? "fast" : r.GetValue(Heap)! };
         _ = o.TorchDevice;
         _ = o.ScalarType;
         _ = o.BaseStorage;
         _ = o.HeapMode;
         return o.ForThisMachine(w => Console.Error.WriteLine($"warning: {w}"));
+    }
+
+    /// <summary>
+    /// A training observer that gives the thread choice of the last <see cref="Read"/> as the run's first message
+    /// ("threads: 1 (2 cores allowed, 1 busy with other processes; --threads N to override)"): when the run starts, after
+    /// the checks whose one-line errors must stay the only output.
+    /// </summary>
+    public Training.ITrainObserver AnnounceThreads(Training.ITrainObserver inner) =>
+        _chosen is { } c ? new ThreadsAnnouncer(inner, c.Choice.ToString()) : inner;
+
+    private sealed class ThreadsAnnouncer(Training.ITrainObserver inner, string line) : Training.ITrainObserver
+    {
+        private bool _said;
+
+        private void First()
+        {
+            if (_said) return;
+            _said = true;
+            inner.OnMessage(line);
+        }
+
+        public void OnStart(int totalSteps, int startStep) { First(); inner.OnStart(totalSteps, startStep); }
+        public void OnStep(Training.StepReport report) { First(); inner.OnStep(report); }
+        public void OnEval(Training.EvalReport report) { First(); inner.OnEval(report); }
+        public void OnMessage(string message) { First(); inner.OnMessage(message); }
+        public void OnFinish(Training.TrainSummary summary, string outDir) { First(); inner.OnFinish(summary, outDir); }
     }
 
     /// <summary>Refuses --base-bits for a model it does not apply to (BERT-family encoders keep full-precision bases).</summary>

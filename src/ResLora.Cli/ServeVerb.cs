@@ -53,7 +53,7 @@ internal static class ServeVerb
             };
             options.Validate();
             settings.Validate();
-            return Run(options, settings, rt.Read(r, announce: true));
+            return Run(options, settings, rt.Read(r));
         }));
         return cmd;
     }

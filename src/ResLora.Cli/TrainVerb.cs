@@ -67,7 +67,7 @@ internal static class TrainVerb
             // Under mpirun every rank runs this; rank 0 alone shows progress and prints (the library writes on rank 0 only).
             bool shows = comm is null || comm.Rank == 0;
             string dir = CliPaths.ModelDir(r.GetValue(model));
-            var runtime = rt.Read(r, announce: shows);
+            var runtime = rt.Read(r);
             string? taskName = r.GetValue(task)?.Trim().ToLowerInvariant();
             if (taskName is not (null or "lm" or "classify" or "regress"))
                 throw new UserInputException($"--task '{taskName}' is not known; use classify or regress (encoders; default: from the labels), or leave it out for a causal LM.");
@@ -133,7 +133,7 @@ internal static class TrainVerb
                 };
                 string title = family?.Kind == ModelKind.Encoder ? $"train {req.Method.Method} ({taskName ?? "classify/regress"})"
                     : req.Preference is { } pref ? $"train {req.Method.Method} ({pref.ObjectiveName})" : $"train {req.Method.Method}";
-                summary = shows ? ProgressDisplay.Run(title, obs => FineTuning.Run(req, obs)) : FineTuning.Run(req);
+                summary = shows ? ProgressDisplay.Run(title, obs => FineTuning.Run(req, rt.AnnounceThreads(obs))) : FineTuning.Run(req);
             }
             catch (TrainingInterruptedException stopped)
             {

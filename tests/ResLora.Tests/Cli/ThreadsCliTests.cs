@@ -2,7 +2,7 @@ using ResLora.Tests.Infrastructure;
 
 namespace ResLora.Tests.Cli;
 
-/// <summary><c>reslora train</c> says in its first line which thread count it chose and why.</summary>
+/// <summary><c>reslora train</c> says in its first line which thread count it chose and why (stderr when redirected).</summary>
 [Collection("console")]
 public sealed class ThreadsCliTests : IDisposable
 {
@@ -26,7 +26,7 @@ public sealed class ThreadsCliTests : IDisposable
         // The test setup sets RESLORA_THREADS=1 (Infrastructure/TestSetup.cs), which stands in for the machine probe.
         var (rc, _, err) = Train();
         Assert.True(rc == 0, err);
-        Assert.StartsWith("threads: 1 (RESLORA_THREADS=1; --threads N to override)", err, StringComparison.Ordinal);
+        Assert.StartsWith("[train lora] threads: 1 (RESLORA_THREADS=1; --threads N to override)", err, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -34,7 +34,7 @@ public sealed class ThreadsCliTests : IDisposable
     {
         var (rc, _, err) = Train("--threads", "1");
         Assert.True(rc == 0, err);
-        Assert.StartsWith("threads: 1 (--threads)", err, StringComparison.Ordinal);
+        Assert.StartsWith("[train lora] threads: 1 (--threads)", err, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -43,5 +43,15 @@ public sealed class ThreadsCliTests : IDisposable
         var (rc, _, err) = Train("--threads", "-2");
         Assert.NotEqual(0, rc);
         Assert.Contains("--threads must be 0 (libtorch's default) or more, got -2", err, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Train_RefusedBeforeItStarts_PrintsOnlyTheError()
+    {
+        // The thread line comes when the run starts, so a refused run's one-line error stays the whole output.
+        var (rc, _, err) = Train("--targets", "q_prj");
+        Assert.Equal(2, rc);
+        Assert.StartsWith("error: ", err, StringComparison.Ordinal);
+        Assert.DoesNotContain("threads:", err, StringComparison.Ordinal);
     }
 }
