@@ -65,8 +65,8 @@ PY
 for rep in $(seq 1 "$REPS"); do
   for beside in alone busy; do
     run before "$beside" "$rep" GOMP_SPINCOUNT=300000 -- --threads 0
-    run after "$beside" "$rep" X_RESLORA_BENCH=1 --
-    run passive "$beside" "$rep" X_RESLORA_BENCH=1 -- --threads 2
+    run after "$beside" "$rep" --
+    run passive "$beside" "$rep" -- --threads 2
   done
 done
 
