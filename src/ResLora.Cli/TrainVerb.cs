@@ -139,7 +139,7 @@ internal static class TrainVerb
                 };
                 string title = family?.Kind == ModelKind.Encoder ? $"train {req.Method.Method} ({taskName ?? "classify/regress"})"
                     : req.Preference is { } pref ? $"train {req.Method.Method} ({pref.ObjectiveName})" : $"train {req.Method.Method}";
-                summary = shows ? ProgressDisplay.Run(title, obs => FineTuning.Run(req, obs)) : FineTuning.Run(req);
+                summary = shows ? ProgressDisplay.Run(title, obs => FineTuning.Run(req, rt.AnnounceThreads(obs))) : FineTuning.Run(req);
             }
             catch (TrainingInterruptedException stopped)
             {

@@ -6,7 +6,10 @@ public sealed record RuntimeOptions
     public string Device { get; init; } = "cpu";
     /// <summary>float32 (default, the reference path) or bfloat16. float16 is refused on CPU: its matmul is unusably slow there.</summary>
     public string Dtype { get; init; } = "float32";
-    /// <summary>Torch intra-op threads; 0 leaves libtorch's default. Tests and CI use 1.</summary>
+    /// <summary>
+    /// Torch intra-op threads; 0 leaves libtorch's default (one per core). The <c>reslora</c> tool fills it from
+    /// <c>--threads</c>, <c>RESLORA_THREADS</c> or the free cores (<see cref="ChooseThreads"/>). Tests and CI use 1.
+    /// </summary>
     public int Threads { get; init; }
     /// <summary>
     /// How the frozen base's decoder linears are stored (<c>--base-bits</c>): 16 (full precision, default), 8 (int8 per
@@ -40,6 +43,39 @@ public sealed record RuntimeOptions
     /// nothing (another OS, or <c>THP_MEM_ALLOC_ENABLE</c> already set by the user).
     /// </summary>
     public static bool UseHugePages() => NativeHeap.UseHugePages();
+
+    /// <summary>
+    /// Makes libtorch's OpenMP threads sleep as soon as they wait instead of spinning (<c>OMP_WAIT_POLICY=PASSIVE</c>), so
+    /// a run beside other work does not burn the cores it shares. Call it first thing in Main, before any torch call (the
+    /// OpenMP runtime reads it once, when libtorch loads); the <c>reslora</c> tool does. False when it did nothing: the user
+    /// set <c>OMP_WAIT_POLICY</c>, <c>GOMP_SPINCOUNT</c>, <c>KMP_BLOCKTIME</c> or <c>KMP_LIBRARY</c>, which are kept.
+    /// </summary>
+    public static bool WaitPassively() => OpenMpWait.Apply();
+
+    /// <summary>The environment variable that sets the thread count when <c>--threads</c> is not given.</summary>
+    public const string ThreadsVariable = "RESLORA_THREADS";
+
+    /// <summary>
+    /// The torch thread count for a run: <paramref name="flag"/> (<c>--threads</c>) when given (0 = libtorch's default, one
+    /// per core, spinning: the choice before this existed), else <see cref="ThreadsVariable"/>, else the cores free now
+    /// (<see cref="ThreadBudget.Choose"/> of <paramref name="probe"/>, default <see cref="ThreadBudget.Probe"/>: affinity and
+    /// cgroup quota minus the cores other processes keep busy, at least 1).
+    /// </summary>
+    internal static ThreadChoice ChooseThreads(int? flag, Func<string, string?>? env = null, Func<CpuBudget>? probe = null)
+    {
+        if (flag is { } f)
+        {
+            if (f < 0) throw new UserInputException($"--threads must be 0 (libtorch's default) or more, got {f}.");
+            return new ThreadChoice(f, f == 0 ? "--threads 0" : "--threads");
+        }
+        if ((env ?? Environment.GetEnvironmentVariable)(ThreadsVariable) is { Length: > 0 } v)
+        {
+            if (!int.TryParse(v, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n))
+                throw new UserInputException($"{ThreadsVariable}='{v}' is not a thread count: set it to a whole number (0 = libtorch's default), or unset it to choose from the free cores.");
+            return new ThreadChoice(n, $"{ThreadsVariable}={n}; --threads N to override");
+        }
+        return ThreadBudget.Choose((probe ?? ThreadBudget.Probe)());
+    }
 
     /// <summary>Whether libtorch was asked for huge pages in this process (<see cref="UseHugePages"/> or THP_MEM_ALLOC_ENABLE=1).</summary>
     public static bool HugePagesRequested => NativeHeap.HugePagesRequested;

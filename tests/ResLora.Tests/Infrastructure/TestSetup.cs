@@ -10,5 +10,7 @@ internal static class TestSetup
     internal static void Init()
     {
         torch.set_num_threads(1);
+        // CLI runs without --threads take this instead of probing the machine (RuntimeOptions.ChooseThreads).
+        Environment.SetEnvironmentVariable(RuntimeOptions.ThreadsVariable, "1");
     }
 }
