@@ -103,28 +103,7 @@ internal sealed class LmHeadLogpsFunction : torch.autograd.SingleTensorFunction<
         }
         else
         {
-            var hv = saved[0];
-            var yv = saved[1];
-            gx = torch.zeros_like(hv);
-            var current = torch.get_rng_state();
-            try
-            {
-                using (var replay = torch.tensor((byte[])ctx.get_data("rng"))) torch.set_rng_state(replay);
-                using (torch.enable_grad())
-                using (ActivationCheckpoint.Recomputing())
-                    for (long s = 0, n = hv.shape[0]; s < n; s += head.Chunk)
-                    {
-                        using var inner = torch.NewDisposeScope();
-                        long len = Math.Min(head.Chunk, n - s);
-                        var rows = hv.narrow(0, s, len).detach().requires_grad_(true);
-                        LmHeadLoss.ChunkRowsBackward(head.Apply, rows, yv.narrow(0, s, len), factor.narrow(0, s, len));
-                        gx.narrow(0, s, len).copy_(rows.grad!);
-                    }
-            }
-            finally
-            {
-                torch.set_rng_state(current);
-            }
+            gx = LmHeadLoss.RecomputeBackward(head, saved[0], saved[1], (byte[])ctx.get_data("rng"), (s, len) => factor.narrow(0, s, len));
         }
         return CustomGradients.Return(grad_output, new List<Tensor> { scope.MoveToOuter(gx), null!, null! });
     }

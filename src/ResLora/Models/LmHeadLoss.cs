@@ -113,6 +113,36 @@ public static class LmHeadLoss
         return sum;
     }
 
+    /// <summary>
+    /// Backward through a trainable head: each chunk of rows recomputed with the forward's random state
+    /// (<paramref name="rng"/>), sending back Σᵢ scaleᵢ·CEᵢ with <paramref name="scale"/>(start, length) a float32 scalar or
+    /// one factor per row (length, 1); returns the rows' gradient (n, hidden).
+    /// </summary>
+    internal static Tensor RecomputeBackward(Head head, Tensor hv, Tensor yv, byte[] rng, Func<long, long, Tensor> scale)
+    {
+        var gx = torch.zeros_like(hv);
+        var current = torch.get_rng_state();
+        try
+        {
+            using (var replay = torch.tensor(rng)) torch.set_rng_state(replay);
+            using (torch.enable_grad())
+            using (ActivationCheckpoint.Recomputing())
+                for (long s = 0, n = hv.shape[0]; s < n; s += head.Chunk)
+                {
+                    using var inner = torch.NewDisposeScope();
+                    long len = Math.Min(head.Chunk, n - s);
+                    var rows = hv.narrow(0, s, len).detach().requires_grad_(true);
+                    ChunkRowsBackward(head.Apply, rows, yv.narrow(0, s, len), scale(s, len));
+                    gx.narrow(0, s, len).copy_(rows.grad!);
+                }
+        }
+        finally
+        {
+            torch.set_rng_state(current);
+        }
+        return gx;
+    }
+
     /// <summary>What the autograd function needs besides tensors: the head, the chunk rows, the mode and the loss tokens (the mean's divisor).</summary>
     internal sealed record Head(Func<Tensor, Tensor> Apply, long Chunk, bool Trainable, long Tokens);
 }
@@ -170,28 +200,8 @@ internal sealed class LmHeadLossFunction : torch.autograd.SingleTensorFunction<L
         }
         else
         {
-            var hv = saved[0];
-            var yv = saved[1];
-            gx = torch.zeros_like(hv);
-            var current = torch.get_rng_state();
-            try
-            {
-                using (var replay = torch.tensor((byte[])ctx.get_data("rng"))) torch.set_rng_state(replay);
-                using (torch.enable_grad())
-                using (ActivationCheckpoint.Recomputing())
-                    for (long s = 0, n = hv.shape[0]; s < n; s += head.Chunk)
-                    {
-                        using var inner = torch.NewDisposeScope();
-                        long len = Math.Min(head.Chunk, n - s);
-                        var rows = hv.narrow(0, s, len).detach().requires_grad_(true);
-                        LmHeadLoss.ChunkSumBackward(head.Apply, rows, yv.narrow(0, s, len), grad_output / head.Tokens);
-                        gx.narrow(0, s, len).copy_(rows.grad!);
-                    }
-            }
-            finally
-            {
-                torch.set_rng_state(current);
-            }
+            using var scale = grad_output / head.Tokens;
+            gx = LmHeadLoss.RecomputeBackward(head, saved[0], saved[1], (byte[])ctx.get_data("rng"), (_, _) => scale);
         }
         // One gradient per forward argument: the hidden rows'; none for the labels and the head.
         return CustomGradients.Return(grad_output, new List<Tensor> { scope.MoveToOuter(gx), null!, null! });
