@@ -129,11 +129,11 @@ internal static class DemoVerb
     private static void PrintPreference(DemoPreferenceResult r)
     {
         Console.Out.WriteLine();
-        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"DPO from each fine-tuned adapter ({r.TrainPairs} pairs, {r.Steps} steps, β {DemoPreference.Beta}, lr {DemoPreference.Lr}; the SFT model is the reference): held-out pairs whose right answer is the more likely one"));
-        var t = new Table().AddColumns("method", "SFT", "after DPO", "reward accuracy", "reward margin");
-        foreach (var row in r.Rows) t.AddRow(row.Label, F(row.SftAccuracy, "P0"), F(row.DpoAccuracy, "P0"), F(row.RewardAccuracy, "P0"), F(row.Margin, "0.000"));
+        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"DPO from each fine-tuned adapter ({r.TrainPairs} pairs: the right answer chosen, the adapter's own wrong answer or a near miss rejected; {r.Steps} steps, β {DemoPreference.Beta}, lr {DemoPreference.Lr}; the SFT model is the reference), on held-out questions:"));
+        var t = new Table().AddColumns("method", "preference accuracy SFT", "after DPO", "exact match SFT", "after DPO", "reward accuracy");
+        foreach (var row in r.Rows) t.AddRow(row.Label, F(row.SftAccuracy, "P0"), F(row.DpoAccuracy, "P0"), F(row.SftExactMatch, "P0"), F(row.DpoExactMatch, "P0"), F(row.RewardAccuracy, "P0"));
         CliConsole.Out().Write(t);
-        Console.Out.WriteLine($"pairs: {r.TrainPath} (train), {r.EvalPath} (held out); e.g. reslora train --objective dpo --data {r.TrainPath} --init-adapter <an SFT adapter> ...");
+        Console.Out.WriteLine($"pairs of the last method: {r.TrainPath} (train), {r.EvalPath} (held out); e.g. reslora train --objective dpo --data {r.TrainPath} --init-adapter <an SFT adapter> ...");
     }
 
     private static void PrintSummary(DemoResult? lm, DemoPreferenceResult? pref, DemoNluResult? nlu, bool quick)
@@ -150,7 +150,7 @@ internal static class DemoVerb
             lines.Add(string.Create(CultureInfo.InvariantCulture, $"the merged {lm.MergedLabel} model (no adapter at inference) answered {lm.Answers.Count(a => a.Correct)} of {lm.Answers.Count} held-out questions right; it differs from the unmerged model by KL {(lm.Merge.HeldOut is { } h ? F(h.MeanKl, "0.##e0") : "-")} on held-out text."));
         }
         if (pref is not null)
-            lines.Add("DPO on preference pairs moved held-out preference accuracy " + string.Join(", ", pref.Rows.Select(x => string.Create(CultureInfo.InvariantCulture, $"{x.Label} {F(x.SftAccuracy, "P0")} → {F(x.DpoAccuracy, "P0")}"))) + ".");
+            lines.Add("DPO on preference pairs moved held-out preference accuracy " + string.Join(", ", pref.Rows.Select(x => string.Create(CultureInfo.InvariantCulture, $"{x.Label} {F(x.SftAccuracy, "P0")} → {F(x.DpoAccuracy, "P0")}"))) + " (greedy exact match " + string.Join(", ", pref.Rows.Select(x => string.Create(CultureInfo.InvariantCulture, $"{F(x.SftExactMatch, "P0")} → {F(x.DpoExactMatch, "P0")}"))) + ").");
         if (nlu is not null)
         {
             var last = nlu.Runs.GroupBy(x => x.Label).Select(g => (g.Key, Acc: g.Average(x => x.Curve[^1].Accuracy), Merged: g.Average(x => x.MergedAccuracy))).ToList();

@@ -53,9 +53,9 @@ public sealed class DemoQuickTests : IDisposable
         Assert.Matches(@"\| demo_multiple_choice \| base \| acc \| \d+\.\d \| \d+\.\d \| 3 \|", mcOut);
         // The preference part: DPO from the LoRA and ResLoRA adapters, a row each, pairs a user can pass to train.
         Assert.Contains("## Preference tuning (DPO)", report);
-        Assert.Matches(@"\| lora \| \d+ ?% \| \d+ ?% \| \d+ ?% \| -?\d+\.\d{3} \|", report);
-        Assert.Matches(@"\| reslora-is \| \d+ ?% \| \d+ ?% \| \d+ ?% \| -?\d+\.\d{3} \|", report);
+        Assert.Matches(@"\| lora \| \d+ ?% \| \d+ ?% \| \d+ ?% \| \d+ ?% \| \d+ ?% \| -?\d+\.\d{3} \|", report);
+        Assert.Matches(@"\| reslora-is \| \d+ ?% \| \d+ ?% \| \d+ ?% \| \d+ ?% \| \d+ ?% \| -?\d+\.\d{3} \|", report);
         Assert.True(File.Exists(Path.Combine(outDir, "runs-preference", "reslora-bs", "adapter_model.safetensors")));
-        Assert.Contains("\"chosen\"", File.ReadLines(Path.Combine(outDir, "data", "preference-train.jsonl")).First());
+        Assert.Contains("\"chosen\"", File.ReadLines(Path.Combine(outDir, "data", "preference-train-lora.jsonl")).First());
     }
 }
