@@ -1,5 +1,6 @@
 using System.CommandLine;
 using ResLora.Adapters;
+using ResLora.Pipelines;
 
 namespace ResLora.Cli;
 
@@ -11,7 +12,7 @@ internal sealed class MethodOptionSet
 {
     private readonly List<(MethodFlag Flag, Option Option)> _flags = AdapterMethods.Flags.Select(f => (f.Flag, Make(f.Flag))).ToList();
 
-    public Option<string> Method { get; } = new("--method") { Description = $"Adapter method: {string.Join(", ", AdapterMethods.Names)}.", DefaultValueFactory = _ => "lora" };
+    public Option<string> Method { get; } = new("--method") { Description = $"Adapter method: {string.Join(", ", AdapterMethods.Names)}; or full (train: every parameter, no adapter; --out becomes a Hugging Face model folder).", DefaultValueFactory = _ => "lora" };
     public Option<int> Rank { get; } = new("--rank") { Description = "Adapter rank r.", DefaultValueFactory = _ => 8 };
     public Option<double> Alpha { get; } = new("--alpha") { Description = "Scaling numerator α (scaling = α/r).", DefaultValueFactory = _ => 16.0 };
     public Option<double> Dropout { get; } = new("--dropout") { Description = "Dropout on the adapter input.", DefaultValueFactory = _ => 0.0 };
@@ -37,6 +38,15 @@ internal sealed class MethodOptionSet
     /// </summary>
     public MethodSpec ReadSpec(ParseResult r, ModuleTargets? defaultTargets = null)
     {
+        if (r.GetValue(Method) is { } m && FullFineTuning.IsFull(new MethodSpec { Method = m }))
+        {
+            // Full fine-tuning has no adapter: a flag that shapes one, given explicitly, is refused rather than ignored.
+            var adapterOnly = new Option[] { Rank, Alpha, Dropout, Targets, Exclude, LayersToTransform, LayersPattern, ModulesToSave, Rslora, Init, LoftqIter, Refactor }
+                .Concat(_flags.Select(f => f.Option)).Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList();
+            if (adapterOnly.Count > 0)
+                throw new UserInputException($"{string.Join(", ", adapterOnly)} with --method full: {(adapterOnly.Count == 1 ? "it shapes" : "they shape")} an adapter, and --method full trains every parameter of the model without one. Drop {(adapterOnly.Count == 1 ? "it" : "them")}, or choose an adapter method.");
+            return new MethodSpec { Method = FullFineTuning.MethodName };
+        }
         var spec = new MethodSpec
         {
             Method = r.GetValue(Method) ?? "lora",

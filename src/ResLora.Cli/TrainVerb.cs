@@ -22,7 +22,7 @@ internal static class TrainVerb
         var completionTemplate = new Option<string?>("--completion-template") { Description = "Completion built from record fields, e.g. \" {Answer}\" (the loss covers only this part, unless --train-on-prompt)." };
         var trainOnPrompt = new Option<bool>("--train-on-prompt") { Description = "Causal LMs: the loss covers the prompt's tokens too (the Alpaca preamble, a conversation's system and user turns), not only the completion (LLaMA-Factory's train_on_prompt)." };
         var chatTemplate = new Option<string?>("--chat-template") { Description = $"Chat template for {{\"messages\"}}/ShareGPT records when the model has none or another is wanted: a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", Text.Templates.BuiltInChatTemplates.Names)})." };
-        var output = new Option<string>("--out") { Description = "Output folder: adapter (PEFT format), metrics.jsonl, train_summary.json, loss.png, checkpoint/.", Required = true };
+        var output = new Option<string>("--out") { Description = "Output folder: adapter (PEFT format; with --method full a Hugging Face model folder), metrics.jsonl, train_summary.json, loss.png, checkpoint/.", Required = true };
         var resume = new Option<bool>("--resume") { Description = "Continue the run in --out from its last checkpoint." };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace what --out holds (an adapter folder, or a previous run's checkpoint, metrics and summary) instead of refusing." };
         var seqLen = new Option<int?>("--seq-len") { Description = "Longest sequence in tokens; longer examples are cut (default: 256 or the model's max_position_embeddings if smaller)." };
@@ -59,7 +59,7 @@ internal static class TrainVerb
         var method = new MethodOptionSet();
         var preference = new PreferenceOptionSet();
         var rt = new RuntimeOptionSet(baseBits: true, heap: true);
-        var cmd = new Command("train", "Fine-tune a model with an adapter method; writes a PEFT-format adapter folder, metrics, a summary and a loss plot.");
+        var cmd = new Command("train", "Fine-tune a model with an adapter method (a PEFT-format adapter folder) or every parameter (--method full: a Hugging Face model folder); writes metrics, a summary and a loss plot.");
         foreach (var o in new Option[] { config, model, data, evalData, evalFraction, task, textField, pairField, labelField, promptTemplate, completionTemplate, chatTemplate, trainOnPrompt, output, resume, overwrite, seqLen, pack, gradCheckpoint, steps, epochs, batch, accum, lr, wd, warmup, schedule, clip, seed, logEvery, evalEvery, saveEvery, snapshotEvery, saveTotalLimit, patience, threshold, evalExamples, maxNew, checkWeights, loraPlus, precondition, preconditionDelta })
             cmd.Options.Add(o);
         method.AddTo(cmd);
@@ -152,7 +152,9 @@ internal static class TrainVerb
             if (summary.StoppedEarly == true)
                 Console.Out.WriteLine($"early stopping: stopped at step {summary.Steps} of {summary.PlannedSteps} (best eval loss {I(summary.BestEvalLoss)} at step {summary.BestEvalStep}); the adapter is the one at step {summary.Steps}");
             Console.Out.WriteLine($"done: {summary.Steps} steps in {summary.WallSeconds:0.0}s; train loss {I(summary.FinalTrainLoss)}, eval loss {I(summary.FinalEvalLoss)}, eval accuracy {(summary.FinalEvalAccuracy is { } a ? a.ToString("P1", CultureInfo.InvariantCulture) : "-")}{extra}");
-            Console.Out.WriteLine($"adapter: {Path.GetFullPath(outDir)} (PEFT format); plot: {Path.Combine(outDir, LossPlot.FileName)}");
+            Console.Out.WriteLine(FullFineTuning.IsFull(new MethodSpec { Method = r.GetValue(method.Method)! })
+                ? $"model: {Path.GetFullPath(outDir)} (Hugging Face folder: pass it as --model); plot: {Path.Combine(outDir, LossPlot.FileName)}"
+                : $"adapter: {Path.GetFullPath(outDir)} (PEFT format); plot: {Path.Combine(outDir, LossPlot.FileName)}");
             return 0;
         })));
         return cmd;

@@ -123,10 +123,13 @@ internal class CausalLmFineTune(FineTuneRequest req) : FineTuneTask(req)
     public override AdapterConfigBase PlanConfig(AdapterConfigBase config, string modelDir) =>
         config with { BaseModelNameOrPath = config.BaseModelNameOrPath ?? Path.GetFullPath(modelDir) };
 
-    public override nn.Module LoadModel(string modelDir, AdapterPlan plan)
+    public override nn.Module LoadModel(string modelDir, AdapterPlan plan) => LoadCausalLM(modelDir, plan);
+
+    /// <summary>Loads the model through <paramref name="factory"/> (null: plain linears, for <c>--method full</c>) with the tokenizer, and fixes the sequence length.</summary>
+    internal CausalLM LoadCausalLM(string modelDir, ILinearFactory? factory)
     {
         _tokenizer = TokenizerLoader.Load(modelDir);
-        _model = ModelSessions.LoadBase(modelDir, Request.Runtime, plan);
+        _model = ModelSessions.LoadBase(modelDir, Request.Runtime, factory);
         int positions = _model.Config.MaxPositionEmbeddings;
         if (Request.SeqLen > positions)
         {

@@ -70,6 +70,7 @@ public static class FineTuning
     {
         observer ??= SilentTrainObserver.Instance;
         req.Train.Validate();
+        if (FullFineTuning.IsFull(req.Method)) return FullFineTuning.Run(req, observer); // every parameter, no adapter
         AtomicFolder.CheckTarget(req.OutDir, modelDir: req.ModelDir); // before the data is read
         var task = FineTuneTask.For(req);
         int trainCount = task.ReadData();
@@ -162,10 +163,10 @@ public static class FineTuning
 
     /// <summary>
     /// Whether <paramref name="name"/> is a file a training run writes directly in --out and a new run would replace:
-    /// the adapter, metrics, summary, data record, recipe, loss plot and TensorBoard event files.
+    /// the adapter (or a full run's config.json and weights), metrics, summary, data record, recipe, loss plot and TensorBoard event files.
     /// </summary>
     public static bool IsRunFile(string name) =>
-        name is AdapterFolder.ConfigFileName or AdapterFolder.WeightsFileName or TrainLoop.MetricsFile or TrainLoop.SummaryFile
+        name is AdapterFolder.ConfigFileName or AdapterFolder.WeightsFileName or Models.ModelFolder.ConfigFile or IO.HfCheckpoint.SingleFile or IO.HfCheckpoint.IndexFile or TrainLoop.MetricsFile or TrainLoop.SummaryFile
             or TrainingDataRecord.FileName or ClassificationTaskRecord.FileName or LossPlotFile or RecipeFile or PreferenceFineTune.ReferenceFile
         || name.StartsWith(TensorBoardLog.FilePrefix, StringComparison.Ordinal);
 
@@ -189,6 +190,8 @@ public static class FineTuning
         if (resume || hasCheckpoint || overwrite || !Directory.Exists(outDir)) return;
         if (new[] { AdapterFolder.ConfigFileName, AdapterFolder.WeightsFileName }.FirstOrDefault(f => File.Exists(Path.Combine(outDir, f))) is { } adapter)
             throw new UserInputException($"--out {outDir} holds an adapter ({adapter}) but no training run (a downloaded PEFT adapter?); training would overwrite it. Choose another --out folder, or add --overwrite to replace it.");
+        if (new[] { Models.ModelFolder.ConfigFile, IO.HfCheckpoint.SingleFile }.FirstOrDefault(f => File.Exists(Path.Combine(outDir, f))) is { } weights)
+            throw new UserInputException($"--out {outDir} holds a model ({weights}) but no training run; training would overwrite it. Choose another --out folder, or add --overwrite to replace it.");
         if (Directory.EnumerateFiles(outDir).Select(Path.GetFileName).Order(StringComparer.Ordinal).FirstOrDefault(f => IsRunFile(f!)) is { } held)
             throw new UserInputException($"--out {outDir} holds {held} from an earlier run, but no checkpoint to resume; training would replace it. Choose another --out folder, or add --overwrite to replace it.");
     }

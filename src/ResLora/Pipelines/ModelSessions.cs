@@ -37,6 +37,8 @@ public static class ModelSessions
     {
         string cfgPath = Path.Combine(adapterDir, AdapterFolder.ConfigFileName);
         if (!Directory.Exists(adapterDir)) throw new DirectoryNotFoundException($"--adapter {adapterDir}: no such folder; pass a folder with {AdapterFolder.ConfigFileName} and {AdapterFolder.WeightsFileName}.");
+        if (!File.Exists(cfgPath) && File.Exists(Path.Combine(adapterDir, ModelFolder.ConfigFile)))
+            throw new UserInputException($"--adapter {adapterDir} holds a model ({ModelFolder.ConfigFile} and its weights, as reslora train --method full writes), not an adapter: there is nothing to merge or apply. Pass it as --model instead.");
         if (!File.Exists(cfgPath)) throw new FileNotFoundException($"{cfgPath}: not found; an adapter folder needs {AdapterFolder.ConfigFileName} and {AdapterFolder.WeightsFileName}.", cfgPath);
         var (config, warnings) = AdapterConfigJson.Parse(BoundedFile.ReadAllText(cfgPath, BoundedFile.ConfigLimit, "adapter config"), cfgPath);
         foreach (var w in warnings) warn?.Invoke(w);
