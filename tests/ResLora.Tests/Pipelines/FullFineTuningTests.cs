@@ -51,7 +51,8 @@ public sealed class FullFineTuningTests : IDisposable
         string model = ModelFolder(Path.Combine(_dir, "model"));
         string data = Data(Path.Combine(_dir, "train.jsonl"), 64, 1), eval = Data(Path.Combine(_dir, "eval.jsonl"), 16, 9);
         string outDir = Path.Combine(_dir, "full");
-        var summary = FineTuning.Run(Request(model, data, outDir, steps: 12, evalData: eval));
+        var req = Request(model, data, outDir, steps: 12, evalData: eval);
+        var summary = FineTuning.Run(req with { Train = req.Train with { SnapshotEvery = 6 } });
         Assert.Equal(FullFineTuning.MethodName, summary.Method);
         Assert.True(summary.Curve[^1].Loss < 0.8 * summary.Curve[0].Loss, $"loss {summary.Curve[0].Loss} -> {summary.Curve[^1].Loss}");
 
@@ -77,6 +78,12 @@ public sealed class FullFineTuningTests : IDisposable
 
         var (rc, _, err) = Run("generate", "--model", outDir, "--prompt", "1 + 2 =", "--max-new-tokens", "4");
         Assert.True(rc == 0, err);
+        (rc, _, err) = Run("export", "--as", "gguf", "--model", outDir, "--out", Path.Combine(_dir, "full.gguf"), "--gguf-type", "f32");
+        Assert.True(rc == 0, err);
+        // --snapshot-every: checkpoint-6/ is a complete model folder too, between the base and the final model.
+        string snap = Path.Combine(outDir, TrainCheckpoint.SnapshotPrefix + "6");
+        var snapEv = EvalPipeline.Run(new EvalRequest { ModelDir = snap, DataPath = eval, Templates = Arithmetic, SeqLen = 128, AccuracyExamples = 0 });
+        Assert.True(snapEv.Loss < baseEv.Loss && snapEv.Loss > ev.Loss, $"snapshot {snapEv.Loss}, base {baseEv.Loss}, final {ev.Loss}");
         // merge: the folder is a model, not an adapter.
         (rc, _, err) = Run("merge", "--model", model, "--adapter", outDir, "--out", Path.Combine(_dir, "merged"));
         Assert.Equal(2, rc);
