@@ -84,6 +84,7 @@ public static class FineTuning
         // removes the folder again if the lock created it).
         using var runLock = writes ? RunLock.Acquire(req.OutDir) : null; // one run per folder, for the run's lifetime
         if (writes) PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
+        if (writes && !req.Resume) FullFineTuning.RemoveOtherKindOfOutput(req.OutDir, full: false); // a full run's model, replaced with --overwrite
         int removed = writes ? AtomicFile.RemoveLeftovers(req.OutDir) : 0; // under the lock: no writer is active there
         if (removed > 0)
             observer.OnMessage($"removed {removed} temporary file(s) left in {req.OutDir} by an interrupted run");

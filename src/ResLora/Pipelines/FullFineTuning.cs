@@ -60,6 +60,7 @@ public static class FullFineTuning
         bool writes = req.Communicator is null || req.Communicator.Rank == 0;
         using var runLock = writes ? RunLock.Acquire(req.OutDir) : null;
         if (writes) FineTuning.PrepareOutDir(req.OutDir, req.Resume, req.Overwrite);
+        if (writes && !req.Resume) RemoveOtherKindOfOutput(req.OutDir, full: true);
         int removed = writes ? AtomicFile.RemoveLeftovers(req.OutDir) : 0;
         if (removed > 0)
             observer.OnMessage($"removed {removed} temporary file(s) left in {req.OutDir} by an interrupted run");
@@ -99,6 +100,22 @@ public static class FullFineTuning
                 model.LoadWeights(ckpt);
             },
         }, observer);
+    }
+
+    /// <summary>
+    /// A new run replacing what --out held (--overwrite) removes the other kind of result there: an adapter run's
+    /// adapter files before a full run (<paramref name="full"/>), a full run's config.json and weights before an adapter
+    /// run; otherwise a verb could load the stale one (an adapter folder beside a model, or a model beside an adapter).
+    /// </summary>
+    internal static void RemoveOtherKindOfOutput(string outDir, bool full)
+    {
+        if (!Directory.Exists(outDir)) return;
+        var stale = full
+            ? new[] { AdapterFolder.ConfigFileName, AdapterFolder.WeightsFileName }
+            : new[] { ModelFolder.ConfigFile, HfCheckpoint.SingleFile, HfCheckpoint.IndexFile }
+                .Concat(Directory.EnumerateFiles(outDir, "model-*-of-*.safetensors").Select(Path.GetFileName).OfType<string>());
+        foreach (var name in stale)
+            if (File.Exists(Path.Combine(outDir, name))) File.Delete(Path.Combine(outDir, name));
     }
 
     /// <summary>

@@ -117,6 +117,26 @@ public sealed class FullFineTuningTests : IDisposable
         Assert.All(f.Entries, e => Assert.Equal("BF16", e.Dtype));
     }
 
+    [Fact]
+    public void OverwriteBetweenAdapterAndFullRuns_LeavesOnlyTheNewKindOfResult()
+    {
+        string model = ModelFolder(Path.Combine(_dir, "model")), data = Data(Path.Combine(_dir, "train.jsonl"), 16, 6);
+        string outDir = Path.Combine(_dir, "out");
+        var lora = Request(model, data, outDir, steps: 2) with { Method = new MethodSpec { Method = "lora", Rank = 2 } };
+        FineTuning.Run(lora);
+        Assert.True(File.Exists(Path.Combine(outDir, AdapterFolder.ConfigFileName)));
+        var e = Assert.Throws<UserInputException>(() => FineTuning.Run(Request(model, data, outDir, steps: 2)));
+        Assert.Contains("--overwrite", e.Message);
+        FineTuning.Run(Request(model, data, outDir, steps: 2) with { Overwrite = true });
+        Assert.False(File.Exists(Path.Combine(outDir, AdapterFolder.ConfigFileName)));
+        Assert.False(File.Exists(Path.Combine(outDir, AdapterFolder.WeightsFileName)));
+        Assert.True(File.Exists(Path.Combine(outDir, HfCheckpoint.SingleFile)));
+        FineTuning.Run(lora with { Overwrite = true });
+        Assert.False(File.Exists(Path.Combine(outDir, "config.json")));
+        Assert.False(File.Exists(Path.Combine(outDir, HfCheckpoint.SingleFile)));
+        Assert.True(File.Exists(Path.Combine(outDir, AdapterFolder.WeightsFileName)));
+    }
+
     [Theory]
     [InlineData("--base-bits|4", "packed base weights are not trainable")]
     [InlineData("--rank|4", "--rank with --method full")]
