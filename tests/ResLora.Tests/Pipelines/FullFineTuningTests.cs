@@ -118,6 +118,21 @@ public sealed class FullFineTuningTests : IDisposable
     }
 
     [Fact]
+    public void FullRun_OnTwoThreadRanks_EqualsOneProcess_AndOnlyRankZeroWrites()
+    {
+        string model = ModelFolder(Path.Combine(_dir, "model")), data = Data(Path.Combine(_dir, "train.jsonl"), 32, 7);
+        FineTuneRequest Req(string outDir, ResLora.Training.Distributed.ICommunicator? comm) =>
+            Request(model, data, outDir, steps: 4) with { Communicator = comm, Train = Request(model, data, outDir, steps: 4).Train with { BatchSize = 6, SaveEvery = 0 } };
+        var one = FineTuning.Run(Req(Path.Combine(_dir, "one"), null));
+        var two = new ResLora.Tests.Distributed.ThreadGroup(2).Run(comm => FineTuning.Run(Req(Path.Combine(_dir, "two"), comm)));
+        foreach (var rank in two)
+            for (int i = 0; i < one.Curve.Count; i++) Assert.Equal(one.Curve[i].Loss, rank.Curve[i].Loss, 4);
+        var a = Weights(Path.Combine(_dir, "one"));
+        var b = Weights(Path.Combine(_dir, "two"));
+        foreach (var (name, w) in a) Assert.True(w.allclose(b[name], rtol: 0, atol: 1e-5), $"{name}: the two-rank run's weights differ from one process's");
+    }
+
+    [Fact]
     public void OverwriteBetweenAdapterAndFullRuns_LeavesOnlyTheNewKindOfResult()
     {
         string model = ModelFolder(Path.Combine(_dir, "model")), data = Data(Path.Combine(_dir, "train.jsonl"), 16, 6);
