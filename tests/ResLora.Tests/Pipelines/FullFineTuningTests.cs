@@ -46,7 +46,7 @@ public sealed class FullFineTuningTests : IDisposable
     }
 
     [Fact]
-    public void Full_LowersTheLoss_TrainsEveryWeight_AndItsFolderEvaluatesAsTheTrainedModel()
+    public async Task Full_LowersTheLoss_TrainsEveryWeight_AndItsFolderEvaluatesAsTheTrainedModel()
     {
         string model = ModelFolder(Path.Combine(_dir, "model"));
         string data = Data(Path.Combine(_dir, "train.jsonl"), 64, 1), eval = Data(Path.Combine(_dir, "eval.jsonl"), 16, 9);
@@ -80,6 +80,11 @@ public sealed class FullFineTuningTests : IDisposable
         Assert.True(rc == 0, err);
         (rc, _, err) = Run("export", "--as", "gguf", "--model", outDir, "--out", Path.Combine(_dir, "full.gguf"), "--gguf-type", "f32");
         Assert.True(rc == 0, err);
+        using (var served = ResLora.Pipelines.Serving.ServedModel.Load(new ResLora.Pipelines.Serving.ServingOptions { ModelDir = outDir }, new RuntimeOptions()))
+        {
+            var done = await served.CompleteAsync(new ResLora.Pipelines.Serving.CompletionRequest { Model = served.Name, Prompt = "1 + 2 =", MaxTokens = 3, Temperature = 0 });
+            Assert.True(done.PromptTokens > 0 && done.CompletionTokens is >= 1 and <= 3, $"served {done.PromptTokens} prompt and {done.CompletionTokens} completion tokens");
+        }
         // --snapshot-every: checkpoint-6/ is a complete model folder too, between the base and the final model.
         string snap = Path.Combine(outDir, TrainCheckpoint.SnapshotPrefix + "6");
         var snapEv = EvalPipeline.Run(new EvalRequest { ModelDir = snap, DataPath = eval, Templates = Arithmetic, SeqLen = 128, AccuracyExamples = 0 });
