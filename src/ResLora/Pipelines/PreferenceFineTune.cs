@@ -81,7 +81,10 @@ internal sealed class PreferenceFineTune(FineTuneRequest req) : CausalLmFineTune
             : _mutatedBase
                 // PiSSA, OLoRA, LoftQ moved part of W into the adapter: switched off, the layers would compute the residual.
                 ? PreferenceReference.InitialWeights(LoadedModel, "the model as initialised (--init moved part of the base into the adapter, so the adapter stays on with its initial weights)")
-                : PreferenceReference.AdapterOff(LoadedModel);
+                : Adapters.AdapterModel.FindAdapters(LoadedModel).Count == 0
+                    // Full fine-tuning (--precompute-reference only): the model as loaded, scored before any step.
+                    ? PreferenceReference.AdapterOff(LoadedModel, "the model as loaded, scored once before training")
+                    : PreferenceReference.AdapterOff(LoadedModel);
         observer.OnMessage($"{_o.ObjectiveName} reference: {_reference.Description}");
         if (!_o.PrecomputeReference) return new PreferenceTask(LoadedModel, train.Pairs, eval.Pairs, pad, _o, _reference);
 

@@ -26,8 +26,8 @@ public sealed class PreferenceReference : IDisposable
     public string Description { get; }
 
     /// <summary>The base model: every adapter switched off for the reference forward.</summary>
-    public static PreferenceReference AdapterOff(CausalLM model) =>
-        new(model, null, "the base model (adapters switched off for the reference forward)");
+    public static PreferenceReference AdapterOff(CausalLM model, string? description = null) =>
+        new(model, null, description ?? "the base model (adapters switched off for the reference forward)");
 
     /// <summary>The model as it is now: a copy of every trainable parameter (the adapter's size, not the model's) is kept and swapped in for each reference forward.</summary>
     public static PreferenceReference InitialWeights(CausalLM model, string what)
