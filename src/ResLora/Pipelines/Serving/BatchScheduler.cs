@@ -63,7 +63,8 @@ public sealed class BatchScheduler : IDisposable
         public CancellationTokenRegistration Registration { get; set; }
     }
 
-    private readonly Func<IReadOnlyList<GenerationRow>, IReadOnlyList<IReadOnlyList<int>>> _run;
+    private readonly Func<IReadOnlyList<GenerationRow>, IReadOnlyList<IReadOnlyList<int>>>? _run;
+    private readonly Func<ContinuousBatch>? _start;
     private readonly Func<IReadOnlyList<GenerationRow>, bool> _fits;
     private readonly Action<int>? _beforeBatch;
     private readonly LinkedList<Job> _queue = new();
@@ -94,6 +95,33 @@ public sealed class BatchScheduler : IDisposable
         _worker = new Thread(Work) { IsBackground = true, Name = "reslora-serve-worker" };
         _worker.Start();
     }
+
+    /// <summary>
+    /// Starts a worker that batches continuously: every decode step, queued rows (oldest first, while the batch has room:
+    /// <paramref name="maxBatch"/> rows and the batch's cache bound, <see cref="ContinuousBatch.Fits"/>) are prefilled and
+    /// join the running batch, and rows that finish or are cancelled leave it at once, completing their tasks. Other work
+    /// (<see cref="Run{T}"/>) at the head of the queue stops rows behind it from joining; it runs alone once the batch empties.
+    /// </summary>
+    /// <param name="start">Makes the batch, on the worker thread, when the first row arrives (and again after a failed step).</param>
+    /// <param name="maxBatch">Most rows in the batch at once (at least 1).</param>
+    /// <param name="maxQueue">Most rows waiting to join (at least 1); one more is refused.</param>
+    /// <param name="beforeStep">Called on the worker before each decode step (before the joining rows are prefilled) with the rows in
+    /// the batch for that step, the joining ones included (logging, tests).</param>
+    public BatchScheduler(Func<ContinuousBatch> start, int maxBatch, int maxQueue, Action<int>? beforeStep = null)
+    {
+        if (maxBatch < 1) throw new UserInputException($"--max-batch must be at least 1, got {maxBatch}.");
+        if (maxQueue < 1) throw new UserInputException($"--max-queue must be at least 1, got {maxQueue}.");
+        _start = start;
+        _fits = _ => true;
+        _beforeBatch = beforeStep;
+        MaxBatch = maxBatch;
+        MaxQueue = maxQueue;
+        _worker = new Thread(WorkContinuously) { IsBackground = true, Name = "reslora-serve-worker" };
+        _worker.Start();
+    }
+
+    /// <summary>Whether rows join a running batch at each decode step (the <see cref="ContinuousBatch"/> constructor).</summary>
+    public bool Continuous => _start is not null;
 
     /// <summary>Most rows in one batch.</summary>
     public int MaxBatch { get; }
@@ -236,7 +264,7 @@ public sealed class BatchScheduler : IDisposable
                 {
                     _beforeBatch?.Invoke(batch.Count);
                     var rows = batch.Select(j => j.Row! with { OnFinished = tokens => Finish(j, tokens, j.Token.IsCancellationRequested) }).ToList();
-                    var outputs = _run(rows);
+                    var outputs = _run!(rows);
                     for (int i = 0; i < batch.Count; i++) Finish(batch[i], outputs[i], batch[i].Token.IsCancellationRequested);
                 }
             }
@@ -249,6 +277,113 @@ public sealed class BatchScheduler : IDisposable
                 _running = 0;
                 CheckDrained();
             }
+        }
+    }
+
+    /// <summary>The continuous worker: admit what fits, prefill it, one decode step for all, repeat; work runs alone between.</summary>
+    private void WorkContinuously()
+    {
+        ContinuousBatch? batch = null;
+        var live = new HashSet<Job>(); // jobs whose rows are in the batch (touched only on this thread)
+        try
+        {
+            while (true)
+            {
+                var joining = new List<Job>();
+                Job? work = null;
+                lock (_lock)
+                {
+                    while (_queue.Count == 0 && live.Count == 0 && !_disposed) Monitor.Wait(_lock);
+                    if (_disposed && _queue.Count == 0 && live.Count == 0) return;
+                    // Oldest first; stop at the first row that does not fit, so no row is overtaken forever.
+                    while (_queue.First is { } node)
+                    {
+                        var job = node.Value;
+                        if (job.Work is not null)
+                        {
+                            if (live.Count == 0 && joining.Count == 0) work = job;
+                            else break;
+                        }
+                        else if (live.Count + joining.Count >= MaxBatch
+                            || (batch is not null && !batch.Fits(joining.Append(job).Select(j => j.Row!).ToList()))) break;
+                        _queue.RemoveFirst();
+                        job.Node = null;
+                        if (work is not null) break;
+                        joining.Add(job);
+                    }
+                    _running = live.Count + joining.Count + (work is null ? 0 : 1);
+                }
+                if (work is not null)
+                {
+                    try
+                    {
+                        if (work.Token.IsCancellationRequested) Finish(work, null, canceled: true);
+                        else Finish(work, work.Work!(), canceled: false);
+                    }
+                    catch (Exception e)
+                    {
+                        Finish(work, null, canceled: false, e);
+                    }
+                }
+                else batch = Advance(batch, joining, live);
+                lock (_lock)
+                {
+                    _running = live.Count;
+                    CheckDrained();
+                }
+            }
+        }
+        finally
+        {
+            batch?.Dispose();
+        }
+    }
+
+    /// <summary>Prefills the joining rows into the batch and runs one decode step; a failed step fails every live row.</summary>
+    private ContinuousBatch? Advance(ContinuousBatch? batch, List<Job> joining, HashSet<Job> live)
+    {
+        try
+        {
+            batch ??= _start!();
+        }
+        catch (Exception e)
+        {
+            foreach (var j in joining) Finish(j, null, canceled: false, e);
+            return null;
+        }
+        if (joining.Count + live.Count > 0) _beforeBatch?.Invoke(joining.Count + live.Count);
+        foreach (var job in joining)
+        {
+            live.Add(job);
+            try
+            {
+                batch.Join(job.Row! with
+                {
+                    OnFinished = tokens =>
+                    {
+                        live.Remove(job);
+                        Finish(job, tokens, job.Token.IsCancellationRequested);
+                    },
+                });
+            }
+            catch (Exception e)
+            {
+                // A row refused or failed at prefill fails alone; the batch is as it was.
+                live.Remove(job);
+                Finish(job, null, canceled: false, e);
+            }
+        }
+        try
+        {
+            batch.Step();
+            return batch;
+        }
+        catch (Exception e)
+        {
+            foreach (var j in live) Finish(j, null, canceled: false, e);
+            live.Clear();
+            batch.Dispose();
+            return null;
         }
     }
 
