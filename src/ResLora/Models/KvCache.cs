@@ -143,9 +143,6 @@ public sealed class KvCache : IDisposable
         }
     }
 
-    /// <summary>Batch rows held (layer 0's keys), 0 when empty.</summary>
-    internal long Rows => _keys[0] is { } k ? k.shape[0] : 0;
-
     public void Dispose()
     {
         for (int i = 0; i < _keys.Length; i++)

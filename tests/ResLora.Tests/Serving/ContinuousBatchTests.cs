@@ -173,4 +173,26 @@ public sealed class ContinuousBatchTests : IClassFixture<MultiAdapterFixture>
         Assert.True(scheduler.Continuous);
         Assert.Equal(0, scheduler.Running);
     }
+
+    [Fact]
+    public async Task Scheduler_KeepsTheBatchWithinItsCacheBound_RowsWaitTheirTurnOldestFirst()
+    {
+        using var set = LoadSet();
+        var rows = Rows(); // reserved positions: 17, 19, 11, 26, 8
+        var alone = rows.Select(r => set.Generate(new[] { r })[0]).ToList();
+        var sizes = new List<int>();
+        var events = new List<int>(); // the row of each token, in the order the worker picks them
+        // 40 cells: two rows of ≤ 19 reserved positions fit (38), three do not, and row 3 (26) only runs alone.
+        using var scheduler = new BatchScheduler(() => Batch(set, maxRows: 8, maxCache: 40), maxBatch: 8, maxQueue: 8, beforeStep: n => { lock (sizes) sizes.Add(n); });
+        var tasks = rows.Select((r, i) => scheduler.Submit(r with { OnToken = _ => { lock (events) events.Add(i); } })).ToList();
+        var got = await Task.WhenAll(tasks).WaitAsync(TimeSpan.FromMinutes(2));
+        for (int i = 0; i < rows.Count; i++) Assert.Equal(alone[i], got[i]);
+        lock (sizes) Assert.True(sizes.Max() == 2, $"sizes {string.Join(",", sizes)}");
+        lock (events)
+        {
+            Assert.True(events.IndexOf(1) < events.LastIndexOf(0)); // row 1 joined row 0 while it ran
+            Assert.True(events.LastIndexOf(2) < events.IndexOf(3)); // row 3 (2 × 26 > 40) waited for the batch to empty
+            Assert.True(events.LastIndexOf(3) < events.IndexOf(4)); // and row 4, behind it, did not overtake it nor join it
+        }
+    }
 }

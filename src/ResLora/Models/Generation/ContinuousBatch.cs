@@ -45,7 +45,7 @@ public sealed class ContinuousBatch : IDisposable
     public ContinuousBatch(CausalLM model, Func<IReadOnlyList<string?>, IDisposable>? route, int maxRows, long? maxCachePositions = null)
     {
         if (maxRows < 1) throw new UserInputException($"--max-batch must be at least 1, got {maxRows}.");
-        if (maxCachePositions is < 1) throw new UserInputException($"--max-cache-positions must be at least 1, got {maxCachePositions}.");
+        if (maxCachePositions is < 1) throw new UserInputException($"MaxCachePositions must be at least 1 (rows × positions), got {maxCachePositions}.");
         _model = model;
         _route = route;
         MaxRows = maxRows;

@@ -304,7 +304,8 @@ public sealed class BatchScheduler : IDisposable
                             if (live.Count == 0 && joining.Count == 0) work = job;
                             else break;
                         }
-                        else if (live.Count + joining.Count >= MaxBatch
+                        // Before the batch exists (first row, or after a failed step) one row starts it; the rest join next step.
+                        else if (live.Count + joining.Count >= MaxBatch || (batch is null && joining.Count > 0)
                             || (batch is not null && !batch.Fits(joining.Append(job).Select(j => j.Row!).ToList()))) break;
                         _queue.RemoveFirst();
                         job.Node = null;

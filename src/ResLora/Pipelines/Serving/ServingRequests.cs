@@ -50,7 +50,7 @@ public sealed record ServingOptions
     {
         if (MaxBatch < 1) throw new UserInputException($"--max-batch must be at least 1, got {MaxBatch}.");
         if (MaxQueue < 1) throw new UserInputException($"--max-queue must be at least 1, got {MaxQueue}.");
-        if (MaxCachePositions is < 1) throw new UserInputException($"--max-cache-positions must be at least 1, got {MaxCachePositions}.");
+        if (MaxCachePositions is < 1) throw new UserInputException($"MaxCachePositions must be at least 1 (rows × positions; null = max batch × max_position_embeddings), got {MaxCachePositions}.");
         if (MaxTokensLimit < 1) throw new UserInputException($"--max-tokens-limit must be at least 1, got {MaxTokensLimit}.");
         if (Name is not null && (Name.Length == 0 || Name.Contains(':', StringComparison.Ordinal) || Name.Any(char.IsWhiteSpace)))
             throw new UserInputException($"--name '{Name}': give a non-empty name without ':' or spaces (requests name adapters as NAME:ADAPTER).");
