@@ -105,14 +105,16 @@ public sealed class ContinuousBatchTests : IClassFixture<MultiAdapterFixture>
         var got = new IReadOnlyList<int>?[rows.Count];
         int seen = 0;
         using var batch = Batch(set);
+        var joining = new List<GenerationRow>();
         for (int i = 0; i < rows.Count; i++)
         {
             int k = i;
             var r = rows[i] with { OnFinished = t => got[k] = t.ToArray() };
             // Row 1 is cancelled from its stream after its third token, as a client that disconnects.
             if (i == 1) r = r with { Cancellation = cancel.Token, OnToken = _ => { if (++seen == 3) cancel.Cancel(); } };
-            batch.Join(r);
+            joining.Add(r);
         }
+        batch.Join(joining); // together: one left-padded prefill of prompts of 5, 9 and 3 tokens
         Assert.Equal(3, batch.Count);
         batch.Step();
         Assert.Equal(3, batch.Count);

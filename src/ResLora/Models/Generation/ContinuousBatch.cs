@@ -2,8 +2,9 @@ namespace ResLora.Models;
 
 /// <summary>
 /// Continuous batching: a running batch that rows join and leave between decode steps (the scheduling of Orca, Yu et al.
-/// 2022, and vLLM). <see cref="Join"/> prefills a row's prompt alone into its own KV cache, picks its first token, and
-/// aligns that cache with the batch's by left padding the shorter side with masked positions; <see cref="Step"/> decodes
+/// 2022, and vLLM). <see cref="Join(IReadOnlyList{GenerationRow})"/> prefills the prompts of the rows that arrive together
+/// into a KV cache of their own, picks their first tokens, and aligns that cache with the batch's by left padding the
+/// shorter side with masked positions; <see cref="Step"/> decodes
 /// one token for every live row. A row that finishes (budget, stop id, stop condition, stop string) or is cancelled leaves
 /// at once and its cache rows are dropped, with the leading padding no remaining row needs. Each row sees exactly the
 /// positions (the attention mask's running count, as <see cref="CausalLM.HiddenStates"/> derives them) and the keys it
@@ -81,51 +82,80 @@ public sealed class ContinuousBatch : IDisposable
     }
 
     /// <summary>
-    /// Adds a row: checks it (as <see cref="TextGenerator"/> does), prefills its prompt alone with its adapter, picks its
-    /// first token and, unless that ends it, puts it in the batch for the next <see cref="Step"/>. A row with no budget,
-    /// already cancelled, or finished by its first token gets <see cref="GenerationRow.OnFinished"/> here and does not stay.
+    /// Refuses a row the model cannot generate (as <see cref="TextGenerator"/> does: empty prompt, ids outside the vocabulary,
+    /// prompt plus budget beyond max_position_embeddings, invalid sampling, an adapter without routing), so a caller can
+    /// refuse it alone before <see cref="Join(IReadOnlyList{GenerationRow})"/>.
     /// </summary>
     /// <exception cref="UserInputException">The row's prompt or settings are invalid for the model.</exception>
-    public void Join(GenerationRow row)
+    public void Check(GenerationRow row)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
         TextGenerator.Check(_model.Config, new[] { row }, _route is not null);
         if (!row.Options.UseKvCache) throw new ArgumentException("continuous batching needs the KV cache; UseKvCache must be true.", nameof(row));
-        var live = new Live(row, row.Options.Greedy ? null : new torch.Generator((ulong)row.Options.Seed, _model.Device));
-        if (row.Options.MaxNewTokens == 0 || row.Cancellation.IsCancellationRequested)
+    }
+
+    /// <summary>Adds one row (<see cref="Join(IReadOnlyList{GenerationRow})"/>).</summary>
+    public void Join(GenerationRow row) => Join(new[] { row });
+
+    /// <summary>
+    /// Adds rows that arrive together: checks each (<see cref="Check"/>), prefills their prompts in one forward of their
+    /// own (left-padded to the longest, masked, each row with its adapter: the prefill TextGenerator runs for these rows as
+    /// a batch, and for one row alone its unpadded forward), picks each row's first token and puts the rows that go on
+    /// in the batch for the next <see cref="Step"/>. A row with no budget, already cancelled, or finished by its first
+    /// token gets <see cref="GenerationRow.OnFinished"/> here and does not stay.
+    /// </summary>
+    /// <exception cref="UserInputException">A row's prompt or settings are invalid for the model (then none joins).</exception>
+    public void Join(IReadOnlyList<GenerationRow> rows)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        foreach (var row in rows) Check(row);
+        var lives = new List<Live>();
+        foreach (var row in rows)
         {
-            Leave(live);
-            return;
+            var live = new Live(row, row.Options.Greedy ? null : new torch.Generator((ulong)row.Options.Seed, _model.Device));
+            if (row.Options.MaxNewTokens == 0 || row.Cancellation.IsCancellationRequested) Leave(live);
+            else lives.Add(live);
         }
+        if (lives.Count == 0) return;
         var own = new KvCache(_model.Config.NumHiddenLayers);
         try
         {
-            using (torch.no_grad())
-            using (var scope = torch.NewDisposeScope())
+            Prefill(lives, own);
+            var stay = Enumerable.Range(0, lives.Count).Where(j => !lives[j].Finished).ToList();
+            foreach (var l in lives.Where(l => l.Finished)) Leave(l);
+            if (stay.Count > 0)
             {
-                // The prompt alone, unpadded: the same forward TextGenerator runs for this row by itself.
-                var ids = torch.tensor(row.Prompt.Select(t => (long)t).ToArray(), dtype: ScalarType.Int64, device: _model.Device).view(1, row.Prompt.Count);
-                Tensor logits;
-                using (_route?.Invoke(new[] { row.Adapter }))
-                    logits = _model.Forward(ids, null, own);
-                Choose(live, logits.select(1, -1).to_type(ScalarType.Float32)[0]); // (vocab)
+                if (stay.Count < lives.Count) own.KeepRows(stay.Select(j => (long)j).ToArray());
+                var staying = stay.Select(j => lives[j]).ToList();
+                TrimPadding(own, staying);
+                Merge(staying, own);
             }
-            live.Mask.AddRange(Enumerable.Repeat(1L, row.Prompt.Count));
-            if (live.Finished)
-            {
-                Leave(live);
-                return;
-            }
-            Merge(live, own);
-        }
-        catch
-        {
-            live.Gen?.Dispose();
-            throw;
+            lives.Clear();
         }
         finally
         {
+            foreach (var l in lives) l.Gen?.Dispose(); // only after a failure
             own.Dispose();
+        }
+    }
+
+    /// <summary>The joining rows' prompts through the model into <paramref name="own"/>; each row's first token; their masks.</summary>
+    private void Prefill(List<Live> lives, KvCache own)
+    {
+        int n = lives.Count, len = lives.Max(l => l.Row.Prompt.Count);
+        // Left padding: every row's last prompt token in the last column; without padding, no mask (as for one row alone).
+        foreach (var l in lives) l.Mask.AddRange(Enumerable.Repeat(0L, len - l.Row.Prompt.Count).Concat(Enumerable.Repeat(1L, l.Row.Prompt.Count)));
+        bool padded = lives.Any(l => l.Row.Prompt.Count < len);
+        using (torch.no_grad())
+        using (var scope = torch.NewDisposeScope())
+        {
+            var ids = torch.tensor(lives.SelectMany(l => Enumerable.Repeat(0L, len - l.Row.Prompt.Count).Concat(l.Row.Prompt.Select(t => (long)t))).ToArray(),
+                dtype: ScalarType.Int64, device: _model.Device).view(n, len);
+            var mask = padded ? torch.tensor(lives.SelectMany(l => l.Mask).ToArray(), dtype: ScalarType.Int64, device: _model.Device).view(n, len) : null;
+            Tensor logits;
+            using (_route?.Invoke(lives.Select(l => l.Row.Adapter).ToList()))
+                logits = _model.Forward(ids, mask, own);
+            var last = logits.select(1, -1).to_type(ScalarType.Float32); // (joining, vocab)
+            for (int j = 0; j < n; j++) Choose(lives[j], last[j]);
         }
     }
 
@@ -174,30 +204,35 @@ public sealed class ContinuousBatch : IDisposable
         if (live.Output.Count >= o.MaxNewTokens || o.ShouldStop(live.Output, live.Stops)) live.Finished = true;
     }
 
-    /// <summary>Puts a prefilled row's cache (1, kvHeads, prompt, headDim) into the batch's, padding the shorter on the left.</summary>
-    private void Merge(Live live, KvCache own)
+    /// <summary>Puts prefilled rows' cache (rows, kvHeads, prompt, headDim) into the batch's, padding the shorter on the left.</summary>
+    private void Merge(List<Live> joining, KvCache own)
     {
-        if (_cache is null)
-        {
-            _cache = new KvCache(_model.Config.NumHiddenLayers);
-            _cache.AppendRows(own);
-        }
+        if (_cache is null) _cache = new KvCache(_model.Config.NumHiddenLayers);
         else
         {
             long width = _cache.Length, mine = own.Length;
             if (mine < width)
             {
                 own.PadLeft(width - mine);
-                live.Mask.InsertRange(0, Enumerable.Repeat(0L, (int)(width - mine)));
+                foreach (var l in joining) l.Mask.InsertRange(0, Enumerable.Repeat(0L, (int)(width - mine)));
             }
             else if (mine > width)
             {
                 _cache.PadLeft(mine - width);
                 foreach (var r in _rows) r.Mask.InsertRange(0, Enumerable.Repeat(0L, (int)(mine - width)));
             }
-            _cache.AppendRows(own);
         }
-        _rows.Add(live);
+        _cache.AppendRows(own);
+        _rows.AddRange(joining);
+    }
+
+    /// <summary>Drops the leading cache columns that are padding for every one of <paramref name="rows"/> (the rows of <paramref name="cache"/>).</summary>
+    private static void TrimPadding(KvCache cache, List<Live> rows)
+    {
+        int trim = rows.Min(r => r.Mask.IndexOf(1L));
+        if (trim <= 0) return;
+        cache.TrimLeft(trim);
+        foreach (var r in rows) r.Mask.RemoveRange(0, trim);
     }
 
     /// <summary>Lets finished and cancelled rows leave: their cache rows go, then the leading padding no live row needs.</summary>
@@ -227,12 +262,7 @@ public sealed class ContinuousBatch : IDisposable
         else
         {
             _cache!.KeepRows(keep.ToArray());
-            int trim = _rows.Min(r => r.Mask.IndexOf(1L));
-            if (trim > 0)
-            {
-                _cache.TrimLeft(trim);
-                foreach (var r in _rows) r.Mask.RemoveRange(0, trim);
-            }
+            TrimPadding(_cache, _rows);
         }
         foreach (var r in leaving) Leave(r);
     }

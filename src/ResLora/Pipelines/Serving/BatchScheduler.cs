@@ -44,7 +44,9 @@ public sealed class ServingException : Exception
 /// a row in a bounded queue (refused with <see cref="ServingErrorKind.QueueFull"/> when <c>maxQueue</c> rows wait, and with
 /// <see cref="ServingErrorKind.ShuttingDown"/> after <see cref="StopAccepting"/>). The worker takes up to <c>maxBatch</c>
 /// waiting rows, oldest first (as many as fit together, see <c>fits</c>), runs them as one batch and completes each row's
-/// task as soon as that row finishes. Rows that arrive while a batch runs wait for the next one. A row cancelled while it
+/// task as soon as that row finishes. Rows that arrive while a batch runs wait for the next one, unless the scheduler batches
+/// continuously (the constructor taking a <see cref="ContinuousBatch"/>): then they join the running batch at its next
+/// decode step, within its row and cache bounds. A row cancelled while it
 /// waits leaves the queue at once; one cancelled while it runs leaves its batch before the next step. Other work on the
 /// model (<see cref="Run{T}"/>: scoring a prompt's tokens) waits in the same queue and runs alone on the worker between
 /// batches, so it never races a batch for the model.
@@ -353,25 +355,38 @@ public sealed class BatchScheduler : IDisposable
             return null;
         }
         if (joining.Count + live.Count > 0) _beforeBatch?.Invoke(joining.Count + live.Count);
+        var valid = new List<Job>();
         foreach (var job in joining)
         {
-            live.Add(job);
             try
             {
-                batch.Join(job.Row! with
+                batch.Check(job.Row!);
+                valid.Add(job);
+            }
+            catch (Exception e)
+            {
+                Finish(job, null, canceled: false, e); // a refused row fails alone
+            }
+        }
+        if (valid.Count > 0)
+        {
+            foreach (var job in valid) live.Add(job);
+            try
+            {
+                batch.Join(valid.Select(job => job.Row! with
                 {
                     OnFinished = tokens =>
                     {
                         live.Remove(job);
                         Finish(job, tokens, job.Token.IsCancellationRequested);
                     },
-                });
+                }).ToList());
             }
             catch (Exception e)
             {
-                // A row refused or failed at prefill fails alone; the batch is as it was.
-                live.Remove(job);
-                Finish(job, null, canceled: false, e);
+                // A failed prefill fails the rows that joined with it; the batch is as it was.
+                foreach (var job in valid.Where(live.Contains)) Finish(job, null, canceled: false, e);
+                live.ExceptWith(valid);
             }
         }
         try
