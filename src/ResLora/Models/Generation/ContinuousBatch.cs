@@ -4,9 +4,8 @@ namespace ResLora.Models;
 /// Continuous batching: a running batch that rows join and leave between decode steps (the scheduling of Orca, Yu et al.
 /// 2022, and vLLM). <see cref="Join(IReadOnlyList{GenerationRow})"/> prefills the prompts of the rows that arrive together
 /// into a KV cache of their own, picks their first tokens, and aligns that cache with the batch's by left padding the
-/// shorter side with masked positions; <see cref="Step"/> decodes
-/// one token for every live row. A row that finishes (budget, stop id, stop condition, stop string) or is cancelled leaves
-/// at once and its cache rows are dropped, with the leading padding no remaining row needs. Each row sees exactly the
+/// shorter side with masked positions; <see cref="Step"/> decodes one token for every live row. A row that finishes
+/// (budget, stop id, stop condition, stop string) or is cancelled leaves at once and its cache rows are dropped, with the leading padding no remaining row needs. Each row sees exactly the
 /// positions (the attention mask's running count, as <see cref="CausalLM.HiddenStates"/> derives them) and the keys it
 /// would see alone, with its own sampling generator and, through the route callback, its own adapter, so its tokens are
 /// those of <see cref="TextGenerator.Generate(CausalLM, IReadOnlyList{GenerationRow}, Func{IReadOnlyList{string}, IDisposable})"/>
