@@ -77,6 +77,72 @@ public sealed class KvCache : IDisposable
         return copy;
     }
 
+    /// <summary>
+    /// Puts <paramref name="columns"/> zero positions before every layer's keys and values (batch, kvHeads, columns+past,
+    /// headDim): the left padding that aligns a shorter sequence with a longer one. The caller masks them out.
+    /// </summary>
+    internal void PadLeft(long columns)
+    {
+        if (columns <= 0) return;
+        using var scope = torch.NewDisposeScope();
+        for (int i = 0; i < _keys.Length; i++)
+        {
+            if (_keys[i] is not { } k || _values[i] is not { } v) continue;
+            var zk = torch.zeros(k.shape[0], k.shape[1], columns, k.shape[3], dtype: k.dtype, device: k.device);
+            var zv = torch.zeros(v.shape[0], v.shape[1], columns, v.shape[3], dtype: v.dtype, device: v.device);
+            var newK = torch.cat(new[] { zk, k }, 2).DetachFromDisposeScope(); // (batch, kvHeads, columns+past, headDim)
+            var newV = torch.cat(new[] { zv, v }, 2).DetachFromDisposeScope();
+            k.Dispose();
+            v.Dispose();
+            _keys[i] = newK;
+            _values[i] = newV;
+        }
+    }
+
+    /// <summary>
+    /// Drops the first <paramref name="columns"/> positions of every layer (padding that no row needs any more once the
+    /// rows it aligned have left), so the cache is as long as its longest row.
+    /// </summary>
+    internal void TrimLeft(long columns)
+    {
+        if (columns <= 0) return;
+        long len = Length;
+        if (columns > len) throw new ArgumentOutOfRangeException(nameof(columns), $"cannot drop {columns} of {len} positions.");
+        using var scope = torch.NewDisposeScope();
+        for (int i = 0; i < _keys.Length; i++)
+        {
+            if (_keys[i] is not { } k || _values[i] is not { } v) continue;
+            var newK = k.narrow(2, columns, len - columns).contiguous().DetachFromDisposeScope(); // (batch, kvHeads, len-columns, headDim)
+            var newV = v.narrow(2, columns, len - columns).contiguous().DetachFromDisposeScope();
+            k.Dispose();
+            v.Dispose();
+            _keys[i] = newK;
+            _values[i] = newV;
+        }
+    }
+
+    /// <summary>
+    /// Appends the rows of <paramref name="other"/> (same number of positions) after this cache's rows in every layer:
+    /// a sequence prefilled on its own joins a running batch. <paramref name="other"/> is left as it is.
+    /// </summary>
+    internal void AppendRows(KvCache other)
+    {
+        if (other._keys.Length != _keys.Length) throw new ArgumentException($"the caches have {_keys.Length} and {other._keys.Length} layers.", nameof(other));
+        if (_keys[0] is not null && other.Length != Length)
+            throw new ArgumentException($"the caches hold {Length} and {other.Length} positions; pad the shorter one first (PadLeft).", nameof(other));
+        using var scope = torch.NewDisposeScope();
+        for (int i = 0; i < _keys.Length; i++)
+        {
+            if (other._keys[i] is not { } ok || other._values[i] is not { } ov) continue;
+            var newK = (_keys[i] is { } k ? torch.cat(new[] { k, ok }, 0) : ok.clone()).DetachFromDisposeScope(); // (batch+rows, kvHeads, past, headDim)
+            var newV = (_values[i] is { } v ? torch.cat(new[] { v, ov }, 0) : ov.clone()).DetachFromDisposeScope();
+            _keys[i]?.Dispose();
+            _values[i]?.Dispose();
+            _keys[i] = newK;
+            _values[i] = newV;
+        }
+    }
+
     public void Dispose()
     {
         for (int i = 0; i < _keys.Length; i++)

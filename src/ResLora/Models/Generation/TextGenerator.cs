@@ -127,7 +127,7 @@ public static class TextGenerator
         return outputs;
     }
 
-    private static void Check(ModelConfig c, IReadOnlyList<GenerationRow> rows, bool routed)
+    internal static void Check(ModelConfig c, IReadOnlyList<GenerationRow> rows, bool routed)
     {
         bool one = rows.Count == 1;
         for (int i = 0; i < rows.Count; i++)

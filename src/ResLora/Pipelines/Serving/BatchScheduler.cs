@@ -44,12 +44,14 @@ public sealed class ServingException : Exception
 /// a row in a bounded queue (refused with <see cref="ServingErrorKind.QueueFull"/> when <c>maxQueue</c> rows wait, and with
 /// <see cref="ServingErrorKind.ShuttingDown"/> after <see cref="StopAccepting"/>). The worker takes up to <c>maxBatch</c>
 /// waiting rows, oldest first (as many as fit together, see <c>fits</c>), runs them as one batch and completes each row's
-/// task as soon as that row finishes. Rows that arrive while a batch runs wait for the next one. A row cancelled while it
+/// task as soon as that row finishes. Rows that arrive while a batch runs wait for the next one, unless the scheduler batches
+/// continuously (the constructor taking a <see cref="ContinuousBatch"/>): then they join the running batch at its next
+/// decode step, within its row and cache bounds. A row cancelled while it
 /// waits leaves the queue at once; one cancelled while it runs leaves its batch before the next step. Other work on the
 /// model (<see cref="Run{T}"/>: scoring a prompt's tokens) waits in the same queue and runs alone on the worker between
 /// batches, so it never races a batch for the model.
 /// </summary>
-public sealed class BatchScheduler : IDisposable
+public sealed partial class BatchScheduler : IDisposable
 {
     /// <summary>A queued generation row, or (when <see cref="Work"/> is set) a piece of other work that runs alone.</summary>
     private sealed class Job(GenerationRow? row, Func<object?>? work, CancellationTokenSource cancel)
@@ -63,7 +65,8 @@ public sealed class BatchScheduler : IDisposable
         public CancellationTokenRegistration Registration { get; set; }
     }
 
-    private readonly Func<IReadOnlyList<GenerationRow>, IReadOnlyList<IReadOnlyList<int>>> _run;
+    private readonly Func<IReadOnlyList<GenerationRow>, IReadOnlyList<IReadOnlyList<int>>>? _run;
+    private readonly Func<ContinuousBatch>? _start;
     private readonly Func<IReadOnlyList<GenerationRow>, bool> _fits;
     private readonly Action<int>? _beforeBatch;
     private readonly LinkedList<Job> _queue = new();
@@ -236,7 +239,7 @@ public sealed class BatchScheduler : IDisposable
                 {
                     _beforeBatch?.Invoke(batch.Count);
                     var rows = batch.Select(j => j.Row! with { OnFinished = tokens => Finish(j, tokens, j.Token.IsCancellationRequested) }).ToList();
-                    var outputs = _run(rows);
+                    var outputs = _run!(rows);
                     for (int i = 0; i < batch.Count; i++) Finish(batch[i], outputs[i], batch[i].Token.IsCancellationRequested);
                 }
             }

@@ -36,12 +36,18 @@ public sealed partial class ServedModel : IDisposable
         Options = options;
         _runtime = runtime;
         InitAdapters(chat, options.AdapterRoot);
-        Scheduler = new BatchScheduler(rows =>
-        {
-            OnWorker();
-            return _set.Generate(rows);
-        }, options.MaxBatch, options.MaxQueue,
-            rows => TextGenerator.PaddedLength(rows) <= _set.Model.Config.MaxPositionEmbeddings, options.BeforeBatch);
+        Scheduler = options.ContinuousBatching
+            ? new BatchScheduler(() =>
+            {
+                OnWorker();
+                return new ContinuousBatch(_set.Model, adapters => _set.Plan.Route(adapters, _set.Model.Device), options.MaxBatch, options.MaxCachePositions);
+            }, options.MaxBatch, options.MaxQueue, options.BeforeBatch)
+            : new BatchScheduler(rows =>
+            {
+                OnWorker();
+                return _set.Generate(rows);
+            }, options.MaxBatch, options.MaxQueue,
+                rows => TextGenerator.PaddedLength(rows) <= _set.Model.Config.MaxPositionEmbeddings, options.BeforeBatch);
     }
 
     /// <summary>libtorch's thread count can be per calling thread (OpenMP): set it on the worker too, once.</summary>

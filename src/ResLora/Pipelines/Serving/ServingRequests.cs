@@ -33,14 +33,24 @@ public sealed record ServingOptions
     /// <summary>Largest <c>max_tokens</c> a request may ask for.</summary>
     public int MaxTokensLimit { get; init; } = 512;
 
-    /// <summary>Called on the worker with the batch size before each batch (logging, tests).</summary>
+    /// <summary>
+    /// Called on the worker with the batch size before each batch (logging, tests); with <see cref="ContinuousBatching"/>,
+    /// before each decode step with the rows in it.
+    /// </summary>
     public Action<int>? BeforeBatch { get; init; }
+
+    /// <summary>Requests join the running batch at the next decode step and leave it when done (<see cref="ContinuousBatch"/>); false = one batch runs to its end before the next starts.</summary>
+    public bool ContinuousBatching { get; init; } = true;
+
+    /// <summary>Most KV-cache cells (rows × positions, each row counted at its prompt plus max_tokens) a continuous batch reserves; null = max batch × the model's max_position_embeddings.</summary>
+    public long? MaxCachePositions { get; init; }
 
     /// <summary>Rejects out-of-range settings, naming the flag.</summary>
     public void Validate()
     {
         if (MaxBatch < 1) throw new UserInputException($"--max-batch must be at least 1, got {MaxBatch}.");
         if (MaxQueue < 1) throw new UserInputException($"--max-queue must be at least 1, got {MaxQueue}.");
+        if (MaxCachePositions is < 1) throw new UserInputException($"MaxCachePositions must be at least 1 (rows × positions; null = max batch × max_position_embeddings), got {MaxCachePositions}.");
         if (MaxTokensLimit < 1) throw new UserInputException($"--max-tokens-limit must be at least 1, got {MaxTokensLimit}.");
         if (Name is not null && (Name.Length == 0 || Name.Contains(':', StringComparison.Ordinal) || Name.Any(char.IsWhiteSpace)))
             throw new UserInputException($"--name '{Name}': give a non-empty name without ':' or spaces (requests name adapters as NAME:ADAPTER).");
