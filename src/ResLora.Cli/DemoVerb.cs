@@ -53,7 +53,7 @@ internal static class DemoVerb
             }
             if (parts.Contains("preference"))
             {
-                Console.Error.WriteLine($"part {parts.ToList().IndexOf("preference") + 1} of {parts.Count}: DPO aligns the fine-tuned adapters with preference pairs (right answer chosen, a near miss rejected)");
+                Console.Error.WriteLine($"part {parts.ToList().IndexOf("preference") + 1} of {parts.Count}: DPO aligns the fine-tuned adapters with preference pairs (right answer chosen, the adapter's own wrong answer or a near miss rejected)");
                 var clock = System.Diagnostics.Stopwatch.StartNew();
                 pref = DemoPreference.Run(lm!, o, m => Console.Error.WriteLine($"[demo preference {clock.Elapsed.TotalSeconds:0} s] {m}"));
                 PrintPreference(pref);
