@@ -21,9 +21,10 @@ internal static class BenchServeVerb
         var adapters = new Option<int>("--adapters") { Description = "Adapters served beside the base (requests cycle over all models).", DefaultValueFactory = _ => 4 };
         var rank = new Option<int>("--rank") { Description = "Rank of every adapter (all-linear).", DefaultValueFactory = _ => 16 };
         var sequential = new Option<bool>("--sequential") { Description = "Also run the same load with --max-batch 1 (one request at a time) for comparison.", DefaultValueFactory = _ => true };
+        var wholeBatches = new Option<bool>("--whole-batches") { Description = "Also run the same load with whole batches (the batch runs to its end before queued requests start: serve --batching whole) to compare with continuous batching." };
         var threads = new Option<int>("--threads") { Description = "Torch threads.", DefaultValueFactory = _ => 1 };
         var cmd = new Command("serve", "Load test of reslora serve: C concurrent clients × R requests over HTTP (completions and chat, half streamed, mixing the base and adapters) on the bench model; checks every answer, prints requests/s, tokens/s and p50/p95 latency, batched against one request at a time.");
-        foreach (var o in new Option[] { quick, output, clients, requests, maxTokens, maxBatch, adapters, rank, sequential, threads }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { quick, output, clients, requests, maxTokens, maxBatch, adapters, rank, sequential, wholeBatches, threads }) cmd.Options.Add(o);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
             int th = r.GetValue(threads);
@@ -49,6 +50,8 @@ internal static class BenchServeVerb
             Console.Error.WriteLine($"bench serve: d={shape.Hidden}, {shape.Layers} layers, {load.Adapters} adapters (r {load.Rank}), {load.Clients} clients × {load.RequestsPerClient} requests, max_tokens {load.MaxTokens}, {th} thread(s)");
             string modelDir = ServeBench.Prepare(dir, shape, load.Adapters, load.Rank);
             var rows = new List<ServeLoadResult> { ServeBench.Run("batched", modelDir, dir, load, runtime, Console.Error.WriteLine) };
+            if (r.GetValue(wholeBatches) && load.MaxBatch > 1)
+                rows.Add(ServeBench.Run("whole batches", modelDir, dir, load with { Continuous = false }, runtime, Console.Error.WriteLine));
             if (r.GetValue(sequential) && load.MaxBatch > 1)
                 rows.Add(ServeBench.Run("sequential", modelDir, dir, load with { MaxBatch = 1 }, runtime, Console.Error.WriteLine));
 
@@ -60,7 +63,7 @@ internal static class BenchServeVerb
             var md = new StringBuilder().AppendLine("| server | max batch | requests | streamed | seconds | requests/s | tokens/s | p50 (ms) | p95 (ms) | mean batch |").AppendLine("|---|---|---|---|---|---|---|---|---|---|");
             foreach (var x in rows)
                 md.AppendLine($"| {x.Label} | {x.MaxBatch} | {x.Requests} | {x.Streamed} | {F(x.Seconds, "0.00")} | {F(x.RequestsPerSecond, "0.00")} | {F(x.TokensPerSecond, "0.0")} | {F(x.P50Ms, "0")} | {F(x.P95Ms, "0")} | {F(x.MeanBatch, "0.00")} |");
-            if (rows.Count == 2) md.AppendLine().AppendLine($"batched / sequential: {F(rows[0].RequestsPerSecond / rows[1].RequestsPerSecond, "0.00")}× requests/s");
+            foreach (var x in rows.Skip(1)) md.AppendLine().AppendLine($"batched / {x.Label}: {F(rows[0].RequestsPerSecond / x.RequestsPerSecond, "0.00")}× requests/s");
             IO.AtomicFile.WriteAllText(Path.Combine(dir, "serve.md"), md.ToString());
             var json = new
             {
@@ -73,7 +76,7 @@ internal static class BenchServeVerb
                 command = "reslora " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)),
             };
             IO.AtomicFile.WriteAllText(Path.Combine(dir, "serve.json"), JsonSerializer.Serialize(json, IO.Json.ReportJson.Indented));
-            if (rows.Count == 2) Console.Out.WriteLine($"batched / sequential: {F(rows[0].RequestsPerSecond / rows[1].RequestsPerSecond, "0.00")}× requests/s");
+            foreach (var x in rows.Skip(1)) Console.Out.WriteLine($"batched / {x.Label}: {F(rows[0].RequestsPerSecond / x.RequestsPerSecond, "0.00")}× requests/s");
             Console.Out.WriteLine($"wrote {Path.Combine(dir, "serve.md")} and serve.json");
             return 0;
         }));

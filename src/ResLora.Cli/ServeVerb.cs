@@ -20,6 +20,7 @@ internal static class ServeVerb
         var host = new Option<string>("--host") { Description = "Address to bind: 127.0.0.1 (default, this machine only), ::1, 0.0.0.0 (every interface: set --api-key), or localhost.", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "Port (0 = pick a free one; the address is printed).", DefaultValueFactory = _ => 8000 };
         var apiKey = new Option<string?>("--api-key") { Description = $"Require Authorization: Bearer KEY on every request (401 otherwise). Default: the {ApiKeyVariable} environment variable; none = no check." };
+        var batching = new Option<string>("--batching") { Description = "continuous (default): requests join the running batch at the next decode step and finished ones leave at once; whole: a batch runs to its end before queued requests start.", DefaultValueFactory = _ => "continuous" };
         var maxBatch = new Option<int>("--max-batch") { Description = "Most requests generated together in one batch (any mix of adapters and settings).", DefaultValueFactory = _ => 8 };
         var maxQueue = new Option<int>("--max-queue") { Description = "Most requests waiting for a batch; one more gets 429 with Retry-After.", DefaultValueFactory = _ => 64 };
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "Largest max_tokens a request may ask for (400 above it); also the budget of chat requests that give none.", DefaultValueFactory = _ => 512 };
@@ -28,7 +29,7 @@ internal static class ServeVerb
         var chatTemplate = new Option<string?>("--chat-template") { Description = $"Chat template for /v1/chat/completions when the model has none (or another is wanted): a Jinja file, a JSON file with chat_template, or a built-in ({string.Join(", ", BuiltInChatTemplates.Names)}). Default: the model's, else each adapter's recorded one." };
         var rt = new RuntimeOptionSet();
         var cmd = new Command("serve", "Serve a model and its adapters over HTTP with OpenAI's API: POST /v1/completions, POST /v1/chat/completions (\"stream\": true for Server-Sent Events), GET /v1/models; with --adapter-root, POST /v1/load_lora_adapter and /v1/unload_lora_adapter. Requests from all clients are generated in batches that mix adapters. Ctrl+C stops after the requests in flight. See docs/serving.md.");
-        foreach (var o in new Option[] { model, name, adapters, adapterRoot, host, port, apiKey, maxBatch, maxQueue, maxTokens, maxBytes, shutdown, chatTemplate }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, name, adapters, adapterRoot, host, port, apiKey, batching, maxBatch, maxQueue, maxTokens, maxBytes, shutdown, chatTemplate }) cmd.Options.Add(o);
         rt.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Guard(() =>
         {
@@ -40,6 +41,12 @@ internal static class ServeVerb
                 AdapterRoot = r.GetValue(adapterRoot),
                 ChatTemplate = r.GetValue(chatTemplate),
                 MaxBatch = r.GetValue(maxBatch),
+                ContinuousBatching = r.GetValue(batching)!.Trim().ToLowerInvariant() switch
+                {
+                    "continuous" => true,
+                    "whole" => false,
+                    var other => throw new UserInputException($"--batching '{other}' is not known; use continuous (the default) or whole."),
+                },
                 MaxQueue = r.GetValue(maxQueue),
                 MaxTokensLimit = r.GetValue(maxTokens),
             };

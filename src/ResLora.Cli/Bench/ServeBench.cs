@@ -34,6 +34,8 @@ public sealed record ServeLoad
     public int Adapters { get; init; } = 4;
     public int Rank { get; init; } = 16;
     public int MaxBatch { get; init; } = 8;
+    /// <summary>Continuous batching (rows join the running batch each decode step); false: whole batches, one after another.</summary>
+    public bool Continuous { get; init; } = true;
 }
 
 /// <summary>
@@ -86,6 +88,7 @@ public static class ServeBench
             Adapters = Enumerable.Range(0, load.Adapters).Select(i => new KeyValuePair<string, string>($"a{i}", Path.Combine(workDir, $"a{i}"))).ToList(),
             ChatTemplate = "chatml",
             MaxBatch = load.MaxBatch,
+            ContinuousBatching = load.Continuous,
             MaxQueue = Math.Max(64, load.Clients),
             MaxTokensLimit = Math.Max(512, load.MaxTokens),
             BeforeBatch = n => { lock (batches) batches.Add(n); },
