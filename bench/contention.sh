@@ -4,8 +4,8 @@
 # thread choice from before issue 36 and the current default:
 #   before   --threads 0 (libtorch's default: one thread per core) and GOMP_SPINCOUNT=300000 (libgomp's default spinning,
 #            which reslora leaves alone because the user set it): exactly what `reslora train` did before
-#   after    no flag: the thread count from the free cores, passive OpenMP waiting
-#   passive  --threads 2 with passive waiting: the waiting policy's share of the change, without the thread choice
+#   after    no flag: the thread count from the free cores (OpenMP waiting as libgomp's default)
+#   passive  --threads 2 with RESLORA_PASSIVE_WAIT=1 (OMP_WAIT_POLICY=PASSIVE): passive waiting without the thread choice
 # Each run's speed is the median of its logged windows after the first (the first holds the warm-up).
 # Usage: bench/contention.sh [--steps 60] [--log-every 10] [--reps 3] [--bin PATH] [--out DIR]
 # Run it alone: on a machine shared with other jobs the "alone" rows measure those jobs. About 1 minute per rep here.
@@ -66,7 +66,7 @@ for rep in $(seq 1 "$REPS"); do
   for beside in alone busy; do
     run before "$beside" "$rep" GOMP_SPINCOUNT=300000 -- --threads 0
     run after "$beside" "$rep" --
-    run passive "$beside" "$rep" -- --threads 2
+    run passive "$beside" "$rep" RESLORA_PASSIVE_WAIT=1 -- --threads 2
   done
 done
 

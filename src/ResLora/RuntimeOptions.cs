@@ -45,10 +45,10 @@ public sealed record RuntimeOptions
     public static bool UseHugePages() => NativeHeap.UseHugePages();
 
     /// <summary>
-    /// Makes libtorch's OpenMP threads sleep as soon as they wait instead of spinning (<c>OMP_WAIT_POLICY=PASSIVE</c>), so
-    /// a run beside other work does not burn the cores it shares. Call it first thing in Main, before any torch call (the
-    /// OpenMP runtime reads it once, when libtorch loads); the <c>reslora</c> tool does. False when it did nothing: the user
-    /// set <c>OMP_WAIT_POLICY</c>, <c>GOMP_SPINCOUNT</c>, <c>KMP_BLOCKTIME</c> or <c>KMP_LIBRARY</c>, which are kept.
+    /// Asks libtorch's OpenMP threads to sleep instead of spin while they wait, when <c>RESLORA_PASSIVE_WAIT=1</c> (off by
+    /// default: alone it cost a third of the speed, docs/benchmarks.md); call before the first torch call (the OpenMP
+    /// runtime reads it once, when libtorch loads); the <c>reslora</c> tool does. False when it did nothing: not asked, or
+    /// the user set <c>OMP_WAIT_POLICY</c>, <c>GOMP_SPINCOUNT</c>, <c>KMP_BLOCKTIME</c> or <c>KMP_LIBRARY</c>, which are kept.
     /// </summary>
     public static bool WaitPassively() => OpenMpWait.Apply();
 

@@ -11,20 +11,26 @@ namespace ResLora;
 /// block time 0). The runtimes read the variable once, when libtorch is loaded, so it must be set in the native
 /// environment (<c>setenv</c>; .NET's <see cref="Environment.SetEnvironmentVariable(string, string)"/> does not reach it
 /// on Unix) before the first torch call.
+/// Opt-in (<see cref="OptIn"/> = 1): measured alone on 2 cores (bench/contention.sh, docs/benchmarks.md), passive waiting
+/// cost a third of the training speed, while the thread choice from the free cores (<see cref="ThreadBudget"/>) already
+/// keeps a run beside a busy process at 0.65–0.7× its speed alone; spinning only hurts when threads outnumber free cores.
 /// </summary>
 internal static partial class OpenMpWait
 {
     /// <summary>The variable set, and the value.</summary>
     public const string Variable = "OMP_WAIT_POLICY", Passive = "PASSIVE";
 
+    /// <summary>The environment variable that asks for passive waiting (value 1).</summary>
+    public const string OptIn = "RESLORA_PASSIVE_WAIT";
+
     /// <summary>Variables by which a user already chose how OpenMP threads wait; any of them set leaves the choice to the user.</summary>
     public static readonly string[] UserChoices = { "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "KMP_LIBRARY" };
 
-    /// <summary>Whether to set passive waiting, given the environment: no when the user set any of <see cref="UserChoices"/>.</summary>
-    public static bool ShouldSet(Func<string, string?> env) => UserChoices.All(v => env(v) is null);
+    /// <summary>Whether to set passive waiting, given the environment: when <see cref="OptIn"/> is 1 and the user set none of <see cref="UserChoices"/>.</summary>
+    public static bool ShouldSet(Func<string, string?> env) => env(OptIn) == "1" && UserChoices.All(v => env(v) is null);
 
     /// <summary>
-    /// Sets <c>OMP_WAIT_POLICY=PASSIVE</c> unless the user chose a wait policy (<see cref="ShouldSet"/>); true when it did.
+    /// Sets <c>OMP_WAIT_POLICY=PASSIVE</c> when asked and the user chose no wait policy (<see cref="ShouldSet"/>); true when it did.
     /// setenv's overwrite flag is 0 as well, so a value already in the native environment is never replaced.
     /// </summary>
     public static bool Apply()
