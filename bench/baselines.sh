@@ -44,7 +44,7 @@ CONFIGS=(
   "vera r256|--method vera --rank 256 --lr 3e-3"
   "vera r256@3e-2|--method vera --rank 256 --lr 3e-2"
 )
-if "$R" train --help 2>/dev/null | grep -q -- "full fine-tuning"; then
+if "$R" train --help 2>/dev/null | grep -q -- "full a Hugging Face model folder"; then
   CONFIGS+=("full@1e-4|--method full --lr 1e-4" "full@3e-5|--method full --lr 3e-5")
 fi
 mkdir -p "$OUT/runs"; : > "$OUT/rows.jsonl"

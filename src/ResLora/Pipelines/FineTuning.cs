@@ -71,6 +71,8 @@ public static class FineTuning
         observer ??= SilentTrainObserver.Instance;
         req.Train.Validate();
         if (FullFineTuning.IsFull(req.Method)) return FullFineTuning.Run(req, observer); // every parameter, no adapter
+        if (req.InitAdapter is { } initDir && !File.Exists(Path.Combine(initDir, AdapterFolder.ConfigFileName)))
+            throw new UserInputException($"--init-adapter {initDir}: no {AdapterFolder.ConfigFileName} there; give the folder of an adapter (a train run's --out or a PEFT adapter).");
         AtomicFolder.CheckTarget(req.OutDir, modelDir: req.ModelDir); // before the data is read
         var task = FineTuneTask.For(req);
         int trainCount = task.ReadData();
