@@ -55,12 +55,7 @@ internal sealed partial class ServeServer
         }
         catch (Exception e)
         {
-            var (status, message, type, param, code) = Describe(e);
-            if (ctx.Response.HasStarted) return;
-            if (status == 429) ctx.Response.Headers.RetryAfter = "1";
-            if (status == 413 || e is ClientError { CloseConnection: true }) ctx.Response.Headers.Connection = "close";
-            if (status == 500) Console.Error.WriteLine($"serve: internal error: {e}");
-            await Error(ctx, status, message, type, param, code).ConfigureAwait(false);
+            await Fail(ctx, e).ConfigureAwait(false);
         }
     }
 

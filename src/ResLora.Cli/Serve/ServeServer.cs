@@ -232,14 +232,20 @@ internal sealed partial class ServeServer : IAsyncDisposable
         }
         catch (Exception e)
         {
-            var (status, message, type, param, code) = Describe(e);
-            if (ctx.Response.HasStarted) return;
-            if (status == 429) ctx.Response.Headers.RetryAfter = "1";
-            // The unread body stays on the connection: close it, so a client does not send its next request into it.
-            if (status == 413 || e is ClientError { CloseConnection: true }) ctx.Response.Headers.Connection = "close";
-            if (status == 500) Console.Error.WriteLine($"serve: internal error: {e}");
-            await Error(ctx, status, message, type, param, code).ConfigureAwait(false);
+            await Fail(ctx, e).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>The error answer for a request that failed before its response started (nothing when it had started).</summary>
+    private async Task Fail(HttpContext ctx, Exception e)
+    {
+        var (status, message, type, param, code) = Describe(e);
+        if (ctx.Response.HasStarted) return;
+        if (status == 429) ctx.Response.Headers.RetryAfter = "1";
+        // The unread body stays on the connection: close it, so a client does not send its next request into it.
+        if (status == 413 || e is ClientError { CloseConnection: true }) ctx.Response.Headers.Connection = "close";
+        if (status == 500) Console.Error.WriteLine($"serve: internal error: {e}");
+        await Error(ctx, status, message, type, param, code).ConfigureAwait(false);
     }
 
     /// <summary>
