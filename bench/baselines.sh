@@ -45,7 +45,7 @@ CONFIGS=(
   "vera r256@3e-2|--method vera --rank 256 --lr 3e-2"
 )
 if "$R" train --help 2>/dev/null | grep -q -- "full a Hugging Face model folder"; then
-  CONFIGS+=("full@1e-4|--method full --lr 1e-4" "full@3e-5|--method full --lr 3e-5")
+  CONFIGS+=("full@1e-3|--method full --lr 1e-3" "full@3e-4|--method full --lr 3e-4" "full@1e-4|--method full --lr 1e-4" "full@3e-5|--method full --lr 3e-5")
 fi
 mkdir -p "$OUT/runs"; : > "$OUT/rows.jsonl"
 for cfg in "${CONFIGS[@]}"; do
