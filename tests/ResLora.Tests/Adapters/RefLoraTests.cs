@@ -6,6 +6,7 @@ using static TorchSharp.torch;
 namespace ResLora.Tests.Adapters;
 
 /// <summary>docs/specs/reflora.md §10 in PEFT's orientation: lora_A = paper Aᵀ (r, in), lora_B = paper B (out, r).</summary>
+[Collection(Infrastructure.LongNativeLoopCollection.Name)]
 public sealed class RefLoraTests
 {
     private sealed class Pair(Tensor a, Tensor b) : ILowRankPair
