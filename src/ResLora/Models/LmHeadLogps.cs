@@ -72,18 +72,7 @@ internal sealed class LmHeadLogpsFunction : torch.autograd.SingleTensorFunction<
         }
         // Frozen head: ∂CEᵢ/∂hᵢ for every row now (scale 1), so backward is one multiplication.
         using var one = torch.tensor(1.0f, device: hv.device);
-        var ce = torch.empty(hv.shape[0], dtype: ScalarType.Float32, device: hv.device);
-        var grad = torch.zeros_like(hv);
-        long n = hv.shape[0];
-        using (torch.enable_grad())
-            for (long s = 0; s < n; s += head.Chunk)
-            {
-                using var inner = torch.NewDisposeScope();
-                long len = Math.Min(head.Chunk, n - s);
-                var rows = hv.narrow(0, s, len).detach().requires_grad_(true);
-                ce.narrow(0, s, len).copy_(LmHeadLoss.ChunkRowsBackward(head.Apply, rows, yv.narrow(0, s, len), one));
-                grad.narrow(0, s, len).copy_(rows.grad!);
-            }
+        var (ce, grad) = LmHeadLoss.FrozenRows(head, hv, yv, one);
         ctx.save_for_backward(new List<Tensor> { grad });
         return ce.neg_();
     }

@@ -66,21 +66,14 @@ public static class LmHeadLoss
         nn.functional.cross_entropy(head(rows).to_type(ScalarType.Float32), labels, reduction: nn.Reduction.Sum);
 
     /// <summary>
-    /// One chunk's summed float32 cross-entropy (returned, without a graph), and the gradient of <paramref name="scale"/>
-    /// (a float32 scalar) × that sum sent back through the head's graph: to the rows and to any trainable head parameters.
+    /// One chunk's float32 cross-entropy per row (returned, (rows), without a graph), and the gradient of
+    /// Σᵢ <paramref name="scale"/>ᵢ·CEᵢ (scale a float32 scalar or one factor per row, (rows, 1)) sent back through the head's graph: to the rows and to
+    /// any trainable head parameters.
     /// The softmax-minus-one-hot gradient is formed in place in one float32 copy of the logits (the logits themselves when
     /// the head computes in float32) and rounded back into the logits' own storage: 6 bytes a logit at peak with a bf16
     /// head, 4 with a float32 one, where autograd's cross-entropy holds the logits, their float32 copy, the log-softmax and
     /// two gradients of that size (20 and 16 bytes).
-    /// The same max-shifted log-sum-exp as libtorch's log-softmax; equal to <see cref="ChunkSum"/> up to rounding.
-    /// </summary>
-    internal static Tensor ChunkSumBackward(Func<Tensor, Tensor> head, Tensor rows, Tensor labels, Tensor scale) =>
-        ChunkRowsBackward(head, rows, labels, scale).sum();
-
-    /// <summary>
-    /// <see cref="ChunkSumBackward"/> with each row's cross-entropy returned, (rows) float32 without a graph;
-    /// <paramref name="scale"/> is a float32 scalar or one factor per row, (rows, 1): the gradient sent back is that of
-    /// Σᵢ scaleᵢ·CEᵢ.
+    /// The same max-shifted log-sum-exp as libtorch's log-softmax; the rows sum to <see cref="ChunkSum"/> up to rounding.
     /// </summary>
     internal static Tensor ChunkRowsBackward(Func<Tensor, Tensor> head, Tensor rows, Tensor labels, Tensor scale)
     {
@@ -143,6 +136,27 @@ public static class LmHeadLoss
         return gx;
     }
 
+    /// <summary>
+    /// A frozen head in forward: each row's float32 cross-entropy (n, no graph) and the gradient of Σᵢ scale·CEᵢ with
+    /// respect to the rows (n, hidden), a chunk of rows at a time, so backward is one multiplication.
+    /// </summary>
+    internal static (Tensor Rows, Tensor Grad) FrozenRows(Head head, Tensor hv, Tensor yv, Tensor scale)
+    {
+        var ce = torch.empty(hv.shape[0], dtype: ScalarType.Float32, device: hv.device);
+        var grad = torch.zeros_like(hv);
+        long n = hv.shape[0];
+        using (torch.enable_grad())
+            for (long s = 0; s < n; s += head.Chunk)
+            {
+                using var inner = torch.NewDisposeScope();
+                long len = Math.Min(head.Chunk, n - s);
+                var rows = hv.narrow(0, s, len).detach().requires_grad_(true);
+                ce.narrow(0, s, len).copy_(ChunkRowsBackward(head.Apply, rows, yv.narrow(0, s, len), scale));
+                grad.narrow(0, s, len).copy_(rows.grad!);
+            }
+        return (ce, grad);
+    }
+
     /// <summary>What the autograd function needs besides tensors: the head, the chunk rows, the mode and the loss tokens (the mean's divisor).</summary>
     internal sealed record Head(Func<Tensor, Tensor> Apply, long Chunk, bool Trainable, long Tokens);
 }
@@ -170,18 +184,9 @@ internal sealed class LmHeadLossFunction : torch.autograd.SingleTensorFunction<L
         // Frozen head: each chunk's loss and the mean's gradient with respect to the chunk's rows, now. Scaling by 1/n in
         // float32 before the rows' gradient is rounded to a bf16 model's dtype rounds it once, as the whole-batch loss does.
         using var mean = torch.tensor(1.0 / head.Tokens, dtype: ScalarType.Float32, device: hv.device);
-        var total = torch.zeros(Array.Empty<long>(), dtype: ScalarType.Float32, device: hv.device);
-        var grad = torch.zeros_like(hv);
-        long n = hv.shape[0];
-        using (torch.enable_grad())
-            for (long s = 0; s < n; s += head.Chunk)
-            {
-                using var inner = torch.NewDisposeScope();
-                long len = Math.Min(head.Chunk, n - s);
-                var rows = hv.narrow(0, s, len).detach().requires_grad_(true);
-                total.add_(LmHeadLoss.ChunkSumBackward(head.Apply, rows, yv.narrow(0, s, len), mean));
-                grad.narrow(0, s, len).copy_(rows.grad!);
-            }
+        var (ce, grad) = LmHeadLoss.FrozenRows(head, hv, yv, mean);
+        using var _ = ce;
+        var total = ce.sum();
         ctx.save_for_backward(new List<Tensor> { grad });
         return total.div_(head.Tokens);
     }
