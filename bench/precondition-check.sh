@@ -7,23 +7,6 @@
 # Usage: bench/precondition-check.sh [--tol 1e-6]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
-  echo "installing python3-torch (benchmark only)" >&2
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-torch >/dev/null
-fi
-TOL=1e-6
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --tol) TOL="$2"; shift 2 ;;
-    *) echo "bench/precondition-check.sh: unknown argument $1 (--tol X)" >&2; exit 2 ;;
-  esac
-done
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-RESLORA_PRECONDITION_PEER_OUT="$W/case.json" dotnet test tests/ResLora.Tests -nologo -v q \
-  --filter "FullyQualifiedName~RiemannianPreconditionerTests.PeerCase_MatchesGaussJordan_AndIsWrittenForThePyTorchPeer" >"$W/test.log" 2>&1 \
-  || { tail -30 "$W/test.log" >&2; echo "bench/precondition-check.sh: the ResLora side failed (log above)" >&2; exit 1; }
-[ -s "$W/case.json" ] || { echo "bench/precondition-check.sh: the test wrote no $W/case.json" >&2; exit 1; }
-/usr/bin/python3 bench/pytorch/precondition_peer.py --case "$W/case.json" --tol "$TOL"
+exec bench/pytorch/peer-check.sh bench/precondition-check.sh RESLORA_PRECONDITION_PEER_OUT \
+  RiemannianPreconditionerTests.PeerCase_MatchesGaussJordan_AndIsWrittenForThePyTorchPeer \
+  bench/pytorch/precondition_peer.py "$@"
