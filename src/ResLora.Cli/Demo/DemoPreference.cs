@@ -51,13 +51,18 @@ public static class DemoPreference
         foreach (var row in lm.Rows.Where(r => r.Label == "lora" || r.Label.StartsWith("reslora", StringComparison.Ordinal)))
         {
             string sft = row.Default.AdapterDir, dir = Path.Combine(outDir, "runs-preference", row.Label);
-            // This SFT model's own answers: its wrong ones are the rejected responses (on-policy pairs).
-            var (trainAnswers, _) = Answers(lm.BaseModelDir, sft, train, o.Runtime);
-            var (evalAnswers, sftExact) = Answers(lm.BaseModelDir, sft, eval, o.Runtime);
-            trainPath = Write(Path.Combine(dataDir, $"preference-train-{row.Label}.jsonl"), train, trainAnswers, o.Seed);
-            evalPath = Write(Path.Combine(dataDir, $"preference-eval-{row.Label}.jsonl"), eval, evalAnswers, o.Seed + 1);
-            var heldOut = PreferenceData.Tokenize(tokenizer, PreferenceRecords.Load(evalPath, null), 128).Pairs;
-            double before = Score(lm.BaseModelDir, sft, heldOut, pad, o.Runtime).LikelihoodAccuracy;
+            IReadOnlyList<PreferencePair> heldOut;
+            double before, sftExact;
+            using (var model = ModelSessions.Load(lm.BaseModelDir, sft, o.Runtime))
+            {
+                // This SFT model's own answers: its wrong ones are the rejected responses (on-policy pairs).
+                var (trainAnswers, _) = Answers(model, tokenizer, train);
+                (var evalAnswers, sftExact) = Answers(model, tokenizer, eval);
+                trainPath = Write(Path.Combine(dataDir, $"preference-train-{row.Label}.jsonl"), train, trainAnswers, o.Seed);
+                evalPath = Write(Path.Combine(dataDir, $"preference-eval-{row.Label}.jsonl"), eval, evalAnswers, o.Seed + 1);
+                heldOut = PreferenceData.Tokenize(tokenizer, PreferenceRecords.Load(evalPath, null), 128).Pairs;
+                before = PreferenceEvalPipeline.Score(model, heldOut, 16, pad, withReference: false).LikelihoodAccuracy;
+            }
             var summary = FineTuning.Run(new FineTuneRequest
             {
                 ModelDir = lm.BaseModelDir,
@@ -72,8 +77,12 @@ public static class DemoPreference
                 SeqLen = 128,
                 Train = new TrainOptions { Steps = steps, BatchSize = 8, LearningRate = Lr, WarmupSteps = Math.Max(1, steps / 10), LogEvery = Math.Max(1, steps / 20), Seed = o.Seed, SaveEvery = 0, EvalGenerateExamples = 0 },
             });
-            double after = Score(lm.BaseModelDir, dir, heldOut, pad, o.Runtime).LikelihoodAccuracy;
-            double dpoExact = Answers(lm.BaseModelDir, dir, eval, o.Runtime).Accuracy;
+            double after, dpoExact;
+            using (var model = ModelSessions.Load(lm.BaseModelDir, dir, o.Runtime))
+            {
+                after = PreferenceEvalPipeline.Score(model, heldOut, 16, pad, withReference: false).LikelihoodAccuracy;
+                dpoExact = Answers(model, tokenizer, eval).Accuracy;
+            }
             var metrics = summary.FinalEvalMetrics ?? new Dictionary<string, double>();
             rows.Add(new DemoPreferenceRow(row.Label, before, after, sftExact, dpoExact, summary.FinalEvalAccuracy ?? double.NaN, metrics.GetValueOrDefault("rewards/margins", double.NaN), dir));
             log(string.Create(CultureInfo.InvariantCulture, $"{row.Label}: held-out preference accuracy {before:P0} (SFT) → {after:P0} after {steps} DPO steps; exact match {sftExact:P0} → {dpoExact:P0}"));
@@ -96,18 +105,10 @@ public static class DemoPreference
         AtomicFile.WriteAllText(report, md.ToString());
     }
 
-    /// <summary>The model with an adapter on tokenized pairs (the likelihood accuracy is the one compared).</summary>
-    private static PreferenceEvalResult Score(string baseDir, string adapterDir, IReadOnlyList<PreferencePair> pairs, int pad, RuntimeOptions runtime)
-    {
-        using var model = ModelSessions.Load(baseDir, adapterDir, runtime);
-        return PreferenceEvalPipeline.Score(model, pairs, 16, pad, withReference: false);
-    }
-
     /// <summary>The model's greedy answers to the problems (as train's evaluation generates them) and its exact-match accuracy.</summary>
-    private static (IReadOnlyList<ExactMatchAnswer> Answers, double Accuracy) Answers(string baseDir, string adapterDir, IReadOnlyList<DemoExample> items, RuntimeOptions runtime)
+    private static (IReadOnlyList<ExactMatchAnswer> Answers, double Accuracy) Answers(Models.CausalLM model, ITextTokenizer tokenizer, IReadOnlyList<DemoExample> items)
     {
-        using var model = ModelSessions.Load(baseDir, adapterDir, runtime);
-        var res = Evaluation.Run(model, TokenizerLoader.Load(baseDir), items.Select(e => new TextExample(e.Prompt, e.Completion)).ToList(), 128, 16, 4, items.Count);
+        var res = Evaluation.Run(model, tokenizer, items.Select(e => new TextExample(e.Prompt, e.Completion)).ToList(), 128, 16, 4, items.Count);
         return (res.Answers, res.Accuracy ?? double.NaN);
     }
 

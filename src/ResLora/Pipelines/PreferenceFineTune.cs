@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using ResLora.IO;
+using ResLora.Text.Templates;
 using ResLora.Training;
 using ResLora.Training.Preference;
 
@@ -24,6 +25,7 @@ internal sealed class PreferenceFineTune(FineTuneRequest req) : CausalLmFineTune
     private PreferenceOptions _o = null!;
     private string _fingerprint = "";
     private PreferenceReference? _reference;
+    private ChatFormat? _chat;
     private bool _mutatedBase;
 
     public override Adapters.AdapterConfigBase PlanConfig(Adapters.AdapterConfigBase config, string modelDir)
@@ -43,7 +45,7 @@ internal sealed class PreferenceFineTune(FineTuneRequest req) : CausalLmFineTune
         if (req.SeqLen is < 2) throw new UserInputException($"--seq-len must be at least 2, got {req.SeqLen}.");
         if (req.Templates.PromptTemplate is not null || req.Templates.CompletionTemplate is not null)
             throw new UserInputException($"--prompt-template and --completion-template build SFT examples; preference pairs are read from their prompt/chosen/rejected fields (docs/preference-data.md). Drop them for --objective {_o.ObjectiveName}.");
-        var chat = req.Templates.ForModel(req.ModelDir).Chat;
+        var chat = _chat = req.Templates.ForModel(req.ModelDir).Chat;
         var all = PreferenceRecords.Load(req.DataPath, chat);
         if (req.EvalDataPath is { } evalPath) (_trainPairs, _evalPairs) = (all, PreferenceRecords.Load(evalPath, chat));
         else if (!(req.EvalFraction >= 0 && req.EvalFraction < 1)) throw new UserInputException($"--eval-fraction must be in [0, 1) (0 = no evaluation), got {req.EvalFraction}.");
@@ -73,7 +75,7 @@ internal sealed class PreferenceFineTune(FineTuneRequest req) : CausalLmFineTune
             Seed = req.Train.Seed,
             SeqLen = SeqLen,
             Objective = _o.ObjectiveName,
-        }.WithChat(_trainPairs.Concat(_evalPairs).Any(e => e.IsConversation) ? req.Templates.ForModel(req.ModelDir).Chat : null);
+        }.WithChat(_trainPairs.Concat(_evalPairs).Any(e => e.IsConversation) ? _chat : null);
         if (!_o.NeedsReference) return new PreferenceTask(LoadedModel, train.Pairs, eval.Pairs, pad, _o, null);
 
         _reference = req.InitAdapter is { } init
