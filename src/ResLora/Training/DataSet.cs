@@ -109,6 +109,8 @@ public static class DataSet
     {
         if (t.PromptTemplate is not null)
             return new TextExample(Render(t.PromptTemplate, rec, where), Render(t.CompletionTemplate!, rec, where));
+        if (rec.TryGetProperty("chosen", out _) && rec.TryGetProperty("rejected", out _))
+            throw new UserInputException($"{where}: a preference pair (\"chosen\", \"rejected\"); supervised fine-tuning needs {{\"prompt\",\"completion\"}} or {{\"text\"}} records. To train on pairs add --objective dpo (or ipo, orpo, simpo).");
         if (rec.TryGetProperty("prompt", out _) || rec.TryGetProperty("completion", out _))
             return new TextExample(Field(rec, "prompt", where), Field(rec, "completion", where));
         if (rec.TryGetProperty("instruction", out _))

@@ -153,6 +153,7 @@ public sealed class PreferenceTrainingTests : IDisposable
     [InlineData(new[] { "--objective", "kto" }, "--objective 'kto' is not known")]
     [InlineData(new[] { "--objective", "ipo", "--label-smoothing", "0.1" }, "not to ipo")]
     [InlineData(new[] { "--objective", "dpo", "--pack" }, "Drop --pack")]
+    [InlineData(new[] { "--method", "lora" }, "To train on pairs add --objective dpo")]
     public void BadFlags_AreOneLineErrorsNamingTheFix(string[] flags, string expected)
     {
         string model = ModelFolder(Path.Combine(_dir, "model")), data = Pairs(Path.Combine(_dir, "p.jsonl"), 10, 4);
